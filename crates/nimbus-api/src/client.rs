@@ -1,0 +1,388 @@
+//! The Nimbus API client: JSON over HTTP/1.1, on the local Unix socket or
+//! on TCP with TLS. Every call carries a bearer token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{ApiError, ErrorCode, ErrorResponse};
+
+/// Where the API is served.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// The local socket, e.g. `/run/nimbus/api.sock`.
+    Unix(PathBuf),
+    /// `host:port` with TLS; `ca_pem` is the certificate to trust (the
+    /// server's self-signed one), otherwise the system roots are not used
+    /// and the connection fails.
+    Https { addr: String, server_name: String, ca_pem: Vec<u8> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("cannot reach the Nimbus API at {endpoint}: {source}; is `nimbus up` running?")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("HTTP error talking to {endpoint}: {message}")]
+    Http { endpoint: String, message: String },
+    #[error("the server sent a response that is not valid JSON for {what}: {message}")]
+    Decode { what: String, message: String },
+}
+
+impl ClientError {
+    /// The API error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("endpoint", &self.endpoint).finish()
+    }
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, token: Option<String>) -> Result<Client, ClientError> {
+        let tls = match &endpoint {
+            Endpoint::Unix(_) => None,
+            Endpoint::Https { ca_pem, .. } => Some(Arc::new(tls_config(ca_pem)?)),
+        };
+        Ok(Client {
+            endpoint,
+            token,
+            tls,
+        })
+    }
+
+    pub fn endpoint_label(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            Endpoint::Https { addr, .. } => format!("https://{addr}"),
+        }
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+        let label = self.endpoint_label();
+        let connect_err = |source| ClientError::Connect {
+            endpoint: label.clone(),
+            source,
+        };
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Box::new(s))
+            }
+            Endpoint::Https {
+                addr, server_name, ..
+            } => {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(connect_err)?;
+                let _ = tcp.set_nodelay(true);
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| ClientError::Tls("no TLS configuration".into()))?;
+                let name = rustls::pki_types::ServerName::try_from(server_name.clone())
+                    .map_err(|e| ClientError::Tls(format!("server name {server_name:?}: {e}")))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+
+    fn build(&self, method: Method, path: &str, body: Body, content_type: &str) -> Result<Request<Body>, ClientError> {
+        let host = match &self.endpoint {
+            Endpoint::Unix(_) => "localhost".to_string(),
+            Endpoint::Https { addr, .. } => addr.clone(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("content-type", content_type);
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        req.body(body).map_err(|e| ClientError::Http {
+            endpoint: self.endpoint_label(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Send a request and return the raw response (errors already mapped).
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        let io = self.connect().await?;
+        let label = self.endpoint_label();
+        let http_err = |e: hyper::Error| ClientError::Http {
+            endpoint: label.clone(),
+            message: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let resp = sender.send_request(req).await.map_err(http_err)?;
+        if resp.status().is_success() || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp);
+        }
+        Err(error_from_response(resp).await.into())
+    }
+
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let body = full(body.unwrap_or_default());
+        let req = self.build(method, path, body, "application/json")?;
+        let resp = self.send(req).await?;
+        let label = self.endpoint_label();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                endpoint: label,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        Ok(bytes)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let bytes = self.request_bytes(Method::GET, path, None).await?;
+        decode(path, &bytes)
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.with_body(Method::POST, path, body).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.with_body(Method::PUT, path, body).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let bytes = self.request_bytes(Method::DELETE, path, None).await?;
+        decode(path, &bytes)
+    }
+
+    async fn with_body<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            what: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let bytes = self.request_bytes(method, path, Some(json)).await?;
+        decode(path, &bytes)
+    }
+
+    /// Upload a body from a stream of chunks (image import).
+    pub async fn upload<S, T>(&self, path: &str, chunks: S) -> Result<T, ClientError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+        T: DeserializeOwned,
+    {
+        let body = BoxBody::new(StreamBody::new(chunks.map(|c| c.map(Frame::data))));
+        let req = self.build(Method::POST, path, body, "application/octet-stream")?;
+        let resp = self.send(req).await?;
+        let label = self.endpoint_label();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                endpoint: label,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        decode(path, &bytes)
+    }
+
+    /// A streaming GET (watch, logs --follow): the body as chunks.
+    pub async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>>, ClientError> {
+        let req = self.build(Method::GET, path, full(Vec::new()), "application/json")?;
+        let resp = self.send(req).await?;
+        let label = self.endpoint_label();
+        Ok(resp.into_body().into_data_stream().map(move |r| {
+            r.map_err(|e| ClientError::Http {
+                endpoint: label.clone(),
+                message: e.to_string(),
+            })
+        }))
+    }
+
+    /// A JSON-lines stream decoded item by item.
+    pub async fn watch_lines<T: DeserializeOwned + Send + 'static>(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<T, ClientError>>, ClientError> {
+        let chunks = self.stream(path).await?;
+        let path = path.to_string();
+        Ok(lines(chunks).map(move |line| {
+            let line = line?;
+            decode::<T>(&path, &line)
+        }))
+    }
+
+    /// POST that upgrades the connection to a raw byte stream (exec).
+    pub async fn upgrade<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            what: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut req = self.build(Method::POST, path, full(json), "application/json")?;
+        req.headers_mut()
+            .insert("connection", hyper::header::HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert("upgrade", hyper::header::HeaderValue::from_static("nimbus-exec"));
+        let resp = self.send(req).await?;
+        let label = self.endpoint_label();
+        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ClientError::Http {
+            endpoint: label,
+            message: format!("upgrade to an exec stream failed: {e}"),
+        })?;
+        Ok(TokioIo::new(upgraded))
+    }
+}
+
+fn full(bytes: Vec<u8>) -> Body {
+    BoxBody::new(Full::new(Bytes::from(bytes)).map_err(|never| match never {}))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+async fn error_from_response(resp: Response<Incoming>) -> ApiError {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    match serde_json::from_slice::<ErrorResponse>(&bytes) {
+        Ok(body) => body.error.into(),
+        Err(_) => ApiError::new(
+            ErrorCode::from_http_status(status.as_u16()),
+            format!(
+                "the server answered {status}: {}",
+                String::from_utf8_lossy(&bytes).trim()
+            ),
+        ),
+    }
+}
+
+/// Split a chunk stream into lines (without the newline).
+pub fn lines<S>(chunks: S) -> impl Stream<Item = Result<Bytes, ClientError>>
+where
+    S: Stream<Item = Result<Bytes, ClientError>>,
+{
+    futures::stream::unfold(
+        (Box::pin(chunks), Vec::<u8>::new(), false),
+        |(mut chunks, mut buf, mut done)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let line = Bytes::from(line[..line.len() - 1].to_vec());
+                    if line.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(line), (chunks, buf, done)));
+                }
+                if done {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    let rest = Bytes::from(std::mem::take(&mut buf));
+                    return Some((Ok(rest), (chunks, buf, done)));
+                }
+                match chunks.next().await {
+                    Some(Ok(c)) => buf.extend_from_slice(&c),
+                    Some(Err(e)) => {
+                        done = true;
+                        return Some((Err(e), (chunks, buf, done)));
+                    }
+                    None => done = true,
+                }
+            }
+        },
+    )
+}
+
+fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = std::io::BufReader::new(ca_pem);
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| ClientError::Tls(format!("reading the CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(format!("adding the CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Tls(
+            "no certificate found in the CA file; pass the server's cert.pem".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}

@@ -1,0 +1,17 @@
+//! Nimbus API: the resource types every component shares, the API error
+//! format, and the client that speaks the public REST API.
+//!
+//! This crate holds data and the wire protocol only. It must never touch the
+//! host (no mounts, processes or files beyond reading a token or certificate
+//! for the client) and never depend on the store or a driver.
+
+pub mod client;
+pub mod error;
+pub mod exec;
+pub mod meta;
+pub mod resources;
+pub mod units;
+
+pub use error::{ApiError, ErrorCode};
+pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
+pub use resources::*;

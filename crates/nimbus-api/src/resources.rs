@@ -1,0 +1,481 @@
+//! The resources of the Nimbus API. Each has `metadata`, a `spec` (what the
+//! user wants) and a `status` (what controllers observed).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::meta::Metadata;
+
+/// Implemented by every stored resource so the server can handle them generically.
+pub trait Object: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {
+    /// Collection name in URLs and store keys, e.g. `instances`.
+    const COLLECTION: &'static str;
+    /// Singular, for messages: `instance "web"`.
+    const KIND: &'static str;
+    /// Whether it lives inside a project.
+    const PROJECT_SCOPED: bool;
+    fn metadata(&self) -> &Metadata;
+    fn metadata_mut(&mut self) -> &mut Metadata;
+}
+
+macro_rules! object {
+    ($ty:ty, $coll:literal, $kind:literal, $scoped:literal) => {
+        impl Object for $ty {
+            const COLLECTION: &'static str = $coll;
+            const KIND: &'static str = $kind;
+            const PROJECT_SCOPED: bool = $scoped;
+            fn metadata(&self) -> &Metadata {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut Metadata {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------- projects
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ProjectSpec {
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ProjectStatus {}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Project {
+    pub metadata: Metadata,
+    pub spec: ProjectSpec,
+    #[serde(default)]
+    pub status: ProjectStatus,
+}
+object!(Project, "projects", "project", false);
+
+// ---------------------------------------------------------------- users, tokens, roles
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct UserSpec {
+    /// A system administrator may manage every project, user and host.
+    #[serde(default)]
+    pub system_admin: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct UserStatus {}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct User {
+    pub metadata: Metadata,
+    pub spec: UserSpec,
+    #[serde(default)]
+    pub status: UserStatus,
+}
+object!(User, "users", "user", false);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct TokenSpec {
+    /// The user this token acts as.
+    pub user: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// For host agents: the host this token may report for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct TokenStatus {
+    /// Hex SHA-256 of the secret; the secret itself is never stored.
+    #[serde(default, skip_serializing)]
+    pub secret_sha256: String,
+}
+
+/// An API token. Its name is its id; the secret is shown once, at creation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Token {
+    pub metadata: Metadata,
+    pub spec: TokenSpec,
+    #[serde(default)]
+    pub status: TokenStatus,
+}
+object!(Token, "tokens", "token", false);
+
+/// Returned once by token creation: keep `secret`, it cannot be shown again.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: Token,
+    pub secret: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Reader,
+    Member,
+    Admin,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Reader => "reader",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reader" => Ok(Role::Reader),
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?}: use reader, member or admin")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RoleBindingSpec {
+    pub user: String,
+    pub role: Role,
+}
+
+/// Grants a user a role in one project. Its name is the user's name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RoleBinding {
+    pub metadata: Metadata,
+    pub spec: RoleBindingSpec,
+    #[serde(default)]
+    pub status: ProjectStatus,
+}
+object!(RoleBinding, "rolebindings", "role binding", true);
+
+// ---------------------------------------------------------------- hosts
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HostSpec {
+    /// Where the agent can be reached, informational for now.
+    #[serde(default)]
+    pub address: String,
+    /// Cordon: the scheduler places nothing new here.
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostPhase {
+    #[default]
+    Registering,
+    Ready,
+    Unreachable,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HostStatus {
+    pub phase: HostPhase,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub architecture: String,
+    pub kernel: String,
+    /// Which cgroup layout the host has (`v1`, `v2`, `hybrid`).
+    #[serde(default)]
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub instances: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Host {
+    pub metadata: Metadata,
+    pub spec: HostSpec,
+    #[serde(default)]
+    pub status: HostStatus,
+}
+object!(Host, "hosts", "host", false);
+
+// ---------------------------------------------------------------- images
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImageSpec {
+    /// Where it came from, informational (e.g. the file name imported).
+    #[serde(default)]
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImageDefaults {
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImageStatus {
+    /// `oci` or `rootfs`.
+    pub format: String,
+    /// Manifest digest (`sha256:...`).
+    pub digest: String,
+    /// Layer blob digests, lowest first.
+    pub layers: Vec<String>,
+    pub size_bytes: u64,
+    pub architecture: String,
+    #[serde(default)]
+    pub defaults: ImageDefaults,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Image {
+    pub metadata: Metadata,
+    pub spec: ImageSpec,
+    #[serde(default)]
+    pub status: ImageStatus,
+}
+object!(Image, "images", "image", true);
+
+// ---------------------------------------------------------------- instances
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceKind {
+    #[default]
+    Container,
+    Vm,
+    Unikernel,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU time in thousandths of a CPU (1000 = one full CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartMode {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RestartPolicy {
+    #[serde(default)]
+    pub mode: RestartMode,
+    /// With `on_failure`: give up after this many restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct InstanceSpec {
+    #[serde(default)]
+    pub kind: InstanceKind,
+    /// Image name in the same project.
+    pub image: String,
+    /// Command and arguments; empty means the image's entrypoint and cmd.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `uid` or `uid:gid` inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub desired_state: DesiredState,
+    /// Bumped by `restart`: the agent restarts the workload when it changes.
+    #[serde(default)]
+    pub restart_generation: u64,
+    /// Time between SIGTERM and SIGKILL on stop (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstancePhase {
+    /// Waiting for the scheduler.
+    #[default]
+    Pending,
+    /// Bound to a host; the agent has not started it yet.
+    Scheduled,
+    Starting,
+    Running,
+    /// Exited and waiting to be restarted by its restart policy.
+    Backoff,
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Exited by itself and will not be restarted.
+    Exited,
+    /// Could not be started, or the host lost it.
+    Failed,
+    Deleting,
+}
+
+impl InstancePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstancePhase::Pending => "pending",
+            InstancePhase::Scheduled => "scheduled",
+            InstancePhase::Starting => "starting",
+            InstancePhase::Running => "running",
+            InstancePhase::Backoff => "backoff",
+            InstancePhase::Stopping => "stopping",
+            InstancePhase::Stopped => "stopped",
+            InstancePhase::Exited => "exited",
+            InstancePhase::Failed => "failed",
+            InstancePhase::Deleting => "deleting",
+        }
+    }
+    /// The workload is not running and will not run again without a request.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            InstancePhase::Stopped | InstancePhase::Exited | InstancePhase::Failed
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct InstanceStatus {
+    #[serde(default)]
+    pub phase: InstancePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Why it is in this phase, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The spec `restart_generation` the agent last acted on.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// User-namespace range on the host: container uid 0 is this host uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_uid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Instance {
+    pub metadata: Metadata,
+    pub spec: InstanceSpec,
+    #[serde(default)]
+    pub status: InstanceStatus,
+}
+object!(Instance, "instances", "instance", true);
+
+// ---------------------------------------------------------------- audit
+
+/// One mutating API call: who, what, when, and how it ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct AuditRecord {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    /// The user name, or `-` when the caller could not be authenticated.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// HTTP status of the response.
+    pub status: u16,
+    /// `ok`, or the error code.
+    pub result: String,
+}
+
+/// Who the caller is: returned by `GET /v1/whoami`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct WhoAmI {
+    pub user: String,
+    pub system_admin: bool,
+    pub token_id: String,
+    pub roles: BTreeMap<String, Role>,
+}
+
+// ---------------------------------------------------------------- requests
+
+/// `POST /v1/projects/{project}/instances/{name}/status`: an agent reports.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusUpdate {
+    pub status: InstanceStatus,
+    /// Set by the agent once all host resources of a deleting instance are gone.
+    #[serde(default)]
+    pub finalized: bool,
+}
+
+/// Validate a resource name: DNS-label style, 1–63 chars.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name {name:?} is invalid: use 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}
