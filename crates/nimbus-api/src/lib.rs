@@ -8,6 +8,7 @@
 pub mod client;
 pub mod error;
 pub mod exec;
+pub mod hostio;
 pub mod meta;
 pub mod resources;
 pub mod units;

@@ -106,7 +106,7 @@ pub struct WatchEvent<T> {
     #[serde(rename = "type")]
     pub event_type: WatchEventType,
     pub revision: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<T>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::error::ErrorBody>,

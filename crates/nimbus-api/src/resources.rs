@@ -95,9 +95,12 @@ pub struct TokenSpec {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TokenStatus {
-    /// Hex SHA-256 of the secret; the secret itself is never stored.
-    #[serde(default, skip_serializing)]
+    /// Hex SHA-256 of the secret; the secret itself is never stored, and
+    /// the API blanks this field in every response.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// An API token. Its name is its id; the secret is shown once, at creation.
@@ -478,4 +481,36 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
             "{kind} name {name:?} is invalid: use 1-63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
         ))
     }
+}
+
+/// Body of every create call: a name, labels and the spec.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateRequest<S> {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub spec: S,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct CreateToken {
+    /// Defaults to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/hosts`: an agent registers (or re-registers) its host.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RegisterHost {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub spec: HostSpec,
+    pub status: HostStatus,
 }

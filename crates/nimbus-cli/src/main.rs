@@ -1,1 +1,137 @@
-fn main() {}
+//! `nimbus`: every role of Nimbus in one binary, and its command-line client.
+//!
+//! The binary only parses arguments and wires the library crates together:
+//! the work is done in nimbus-server, nimbus-agent and nimbus-image.
+
+mod cmd;
+mod ctx;
+mod output;
+mod starter;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::ctx::Globals;
+
+const EXAMPLES: &str = "\
+Examples:
+  nimbus up                                   # start a one-machine cloud
+  nimbus project create ops
+  nimbus image import ./rootfs.tar --name busybox
+  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'
+  nimbus instance list
+  nimbus instance logs web --follow
+  nimbus instance exec web -- ps
+  nimbus instance rm web
+";
+
+#[derive(Parser)]
+#[command(name = "nimbus", version, about = "Nimbus: a private cloud in one binary", after_help = EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the control plane and a local host agent in one process.
+    Up(cmd::up::UpArgs),
+    /// Start the control plane only.
+    Server(cmd::up::ServerArgs),
+    /// Supervise one instance (started by the agent).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+    /// Projects: the unit of tenancy.
+    #[command(subcommand)]
+    Project(cmd::project::ProjectCmd),
+    /// Images: import root filesystems and OCI archives.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCmd),
+    /// Instances: containers (and later VMs and unikernels).
+    #[command(subcommand)]
+    Instance(cmd::instance::InstanceCmd),
+    /// Users of the cloud.
+    #[command(subcommand)]
+    User(cmd::admin::UserCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(cmd::admin::TokenCmd),
+    /// Roles of users in projects.
+    #[command(subcommand)]
+    Role(cmd::admin::RoleCmd),
+    /// Hosts that run instances.
+    #[command(subcommand)]
+    Host(cmd::admin::HostCmd),
+    /// The audit log of mutating calls.
+    #[command(subcommand)]
+    Audit(cmd::admin::AuditCmd),
+    /// Who the current token acts as.
+    Whoami,
+    /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Shim { dir } = &cli.command {
+        // The shim runs without tokio and daemonizes itself: keep it lean.
+        return match nimbus_agent::container::run_shim(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nimbus shim: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "nimbus", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(matches!(cli.command, Command::Up(_) | Command::Server(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.globals;
+    match cli.command {
+        Command::Up(args) => cmd::up::up(&g, args).await,
+        Command::Server(args) => cmd::up::server(&g, args).await,
+        Command::Project(c) => cmd::project::run(&g, c).await,
+        Command::Image(c) => cmd::image::run(&g, c).await,
+        Command::Instance(c) => cmd::instance::run(&g, c).await,
+        Command::User(c) => cmd::admin::user(&g, c).await,
+        Command::Token(c) => cmd::admin::token(&g, c).await,
+        Command::Role(c) => cmd::admin::role(&g, c).await,
+        Command::Host(c) => cmd::admin::host(&g, c).await,
+        Command::Audit(c) => cmd::admin::audit(&g, c).await,
+        Command::Whoami => cmd::admin::whoami(&g).await,
+        Command::Shim { .. } | Command::Completions { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,58 @@
+//! What the agent tells the server about its host.
+
+use nimbus_api::{HostPhase, HostStatus};
+
+use super::AgentConfig;
+
+pub fn collect(config: &AgentConfig) -> HostStatus {
+    HostStatus {
+        phase: HostPhase::Ready,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        memory_bytes: mem_total_bytes().unwrap_or(0),
+        disk_bytes: disk_bytes(&config.data_dir).unwrap_or(0),
+        architecture: architecture().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        cgroup: cgroup_layout().to_string(),
+        last_heartbeat: None,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        instances: 0,
+    }
+}
+
+/// OCI architecture names.
+pub fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+fn mem_total_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn disk_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks() as u64 * st.fragment_size() as u64)
+}
+
+/// `v2` (unified only), `hybrid` (v1 controllers plus a v2 mount) or `v1`.
+pub fn cgroup_layout() -> &'static str {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        "v2"
+    } else if root.join("unified").exists() {
+        "hybrid"
+    } else {
+        "v1"
+    }
+}

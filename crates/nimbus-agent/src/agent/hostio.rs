@@ -1,0 +1,50 @@
+//! Logs and exec of local instances, for the server of `nimbus up`.
+
+use std::path::PathBuf;
+
+use nimbus_api::exec::ExecRequest;
+use nimbus_api::hostio::{ExecStream, HostIo};
+use nimbus_api::{ApiError, Instance};
+
+use crate::container::{self, ShimClient};
+
+pub struct LocalHostIo {
+    pub instances_dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl HostIo for LocalHostIo {
+    async fn log_files(&self, instance: &Instance) -> Result<Vec<PathBuf>, ApiError> {
+        let dir = self.instances_dir.join(&instance.metadata.id);
+        let mut files: Vec<PathBuf> = (1..=16)
+            .rev()
+            .map(|n| dir.join(format!("console.log.{n}")))
+            .filter(|p| p.exists())
+            .collect();
+        files.push(dir.join("console.log"));
+        Ok(files)
+    }
+
+    async fn exec(&self, instance: &Instance, req: &ExecRequest) -> Result<Box<dyn ExecStream>, ApiError> {
+        let dir = self.instances_dir.join(&instance.metadata.id);
+        let client = ShimClient::connect(&dir).map_err(|e| {
+            ApiError::conflict(format!(
+                "instance {:?} has no running supervisor: {e}",
+                instance.metadata.name
+            ))
+        })?;
+        let shim_req = container::ExecRequest {
+            args: req.args.clone(),
+            env: req.env.clone(),
+            cwd: req.cwd.clone(),
+            tty: req.tty,
+            rows: req.rows,
+            cols: req.cols,
+        };
+        let (_pid, stream) = client
+            .exec_async(&shim_req)
+            .await
+            .map_err(|e| ApiError::invalid(format!("exec in {:?} failed: {e}", instance.metadata.name)))?;
+        Ok(Box::new(stream))
+    }
+}

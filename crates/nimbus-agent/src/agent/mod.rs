@@ -1,0 +1,233 @@
+//! The host agent: registration, heartbeats, and the reconcile loop that
+//! turns instance specs bound to this host into running shims.
+
+pub mod hostinfo;
+pub mod hostio;
+pub mod idmap;
+pub mod reconcile;
+pub mod translate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use nimbus_api::client::{Client, ClientError};
+use nimbus_api::{Instance, RegisterHost, ResourceList, WatchEvent, WatchEventType};
+use nimbus_image::{ImageStore, Limits};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub host_name: String,
+    pub data_dir: PathBuf,
+    /// Where image layers live (shared with the server on one machine).
+    pub images_dir: PathBuf,
+    /// The `nimbus` executable, run as `nimbus shim <dir>`.
+    pub exe: PathBuf,
+    pub heartbeat_ms: u64,
+    /// First host uid handed to containers; each instance gets `id_range` ids.
+    pub id_base: u32,
+    pub id_range: u32,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl AgentConfig {
+    pub fn new(host_name: String, data_dir: PathBuf, exe: PathBuf) -> Self {
+        AgentConfig {
+            host_name,
+            images_dir: data_dir.join("images"),
+            data_dir,
+            exe,
+            heartbeat_ms: 5_000,
+            id_base: 100_000,
+            id_range: 65_536,
+            labels: Default::default(),
+        }
+    }
+
+    pub fn instances_dir(&self) -> PathBuf {
+        self.data_dir.join("instances")
+    }
+
+    pub fn instance_dir(&self, instance_id: &str) -> PathBuf {
+        self.instances_dir().join(instance_id)
+    }
+}
+
+pub struct Agent {
+    pub config: AgentConfig,
+    pub client: Client,
+    pub images: ImageStore,
+    /// One worker per instance, fed with the latest version of its resource.
+    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Instance>>>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
+        std::fs::create_dir_all(config.instances_dir())?;
+        let images = ImageStore::open(&config.images_dir, Limits::default())?;
+        Ok(Arc::new(Agent {
+            config,
+            client,
+            images,
+            workers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Register, then reconcile forever.
+    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+        self.register_until_ok().await;
+        let hb = self.clone();
+        tokio::spawn(async move { hb.heartbeat_loop().await });
+        loop {
+            if let Err(e) = self.clone().watch_and_reconcile().await {
+                tracing::warn!(error = %e, "instance watch ended; re-listing");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn register_until_ok(&self) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let req = RegisterHost {
+                name: self.config.host_name.clone(),
+                labels: self.config.labels.clone(),
+                spec: Default::default(),
+                status: hostinfo::collect(&self.config),
+            };
+            match self.client.post::<_, nimbus_api::Host>("/v1/hosts", &req).await {
+                Ok(_) => {
+                    tracing::info!(host = %self.config.host_name, "host registered");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering the host failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(&self) {
+        let path = format!("/v1/hosts/{}/status", self.config.host_name);
+        loop {
+            tokio::time::sleep(Duration::from_millis(self.config.heartbeat_ms)).await;
+            let mut status = hostinfo::collect(&self.config);
+            status.instances = self.workers.lock().map(|w| w.len() as u32).unwrap_or(0);
+            if let Err(e) = self.client.post::<_, nimbus_api::Host>(&path, &status).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+                if e.code() == Some(nimbus_api::ErrorCode::NotFound) {
+                    self.register_until_ok().await;
+                }
+            }
+        }
+    }
+
+    /// List the instances bound here, hand each to its worker, then follow
+    /// the watch from the list's revision. Also adopt or clean up instance
+    /// directories the store no longer knows.
+    async fn watch_and_reconcile(self: Arc<Self>) -> Result<(), ClientError> {
+        let host = &self.config.host_name;
+        let list: ResourceList<Instance> = self
+            .client
+            .get(&format!("/v1/instances?host={host}&limit=5000"))
+            .await?;
+        let known: std::collections::HashSet<String> =
+            list.items.iter().map(|i| i.metadata.id.clone()).collect();
+        self.clean_orphans(&known).await;
+        for i in list.items {
+            self.dispatch(i);
+        }
+        let mut events = Box::pin(
+            self.client
+                .watch_lines::<WatchEvent<Instance>>(&format!(
+                    "/v1/instances?host={host}&watch=true&revision={}",
+                    list.revision
+                ))
+                .await?,
+        );
+        let mut resync = tokio::time::interval(Duration::from_secs(15));
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                ev = events.next() => {
+                    let Some(ev) = ev else { return Ok(()) };
+                    let ev = ev?;
+                    match ev.event_type {
+                        WatchEventType::Added | WatchEventType::Modified => {
+                            if let Some(i) = ev.object { self.dispatch(i); }
+                        }
+                        WatchEventType::Deleted => {
+                            if let Some(i) = ev.object { self.forget(&i.metadata.id); }
+                        }
+                        WatchEventType::Error => return Ok(()),
+                    }
+                }
+                _ = resync.tick() => return Ok(()),
+            }
+        }
+    }
+
+    /// Instance directories with no instance in the store: removed while
+    /// the agent was down. Stop their shims and remove them.
+    async fn clean_orphans(&self, known: &std::collections::HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(self.config.instances_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            if known.contains(&id) || self.workers.lock().map(|w| w.contains_key(&id)).unwrap_or(false) {
+                continue;
+            }
+            let dir = entry.path();
+            tracing::info!(instance_id = %id, "removing an instance that no longer exists");
+            if let Err(e) = reconcile::destroy_local(&dir, 5_000).await {
+                tracing::warn!(instance_id = %id, error = %e, "could not clean up orphaned instance");
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, instance: Instance) {
+        if instance.status.host.as_deref() != Some(self.config.host_name.as_str()) {
+            return;
+        }
+        let id = instance.metadata.id.clone();
+        let Ok(mut workers) = self.workers.lock() else {
+            return;
+        };
+        if let Some(tx) = workers.get(&id) {
+            if tx.send(instance.clone()).is_ok() {
+                return;
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(instance);
+        workers.insert(id.clone(), tx);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            reconcile::worker(agent.clone(), rx).await;
+            if let Ok(mut w) = agent.workers.lock() {
+                w.remove(&id);
+            }
+        });
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut w) = self.workers.lock() {
+            w.remove(id);
+        }
+    }
+
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
+        self.config.instance_dir(id)
+    }
+}
+
+/// Whether `dir` looks like an instance directory made by this agent.
+pub fn is_instance_dir(dir: &Path) -> bool {
+    dir.join(crate::container::spec::SPEC_FILE).exists()
+}

@@ -1,0 +1,291 @@
+//! One worker per instance: converges the instance's host side (its
+//! directory and shim) to the latest spec, and reports status back.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use nimbus_api::{DesiredState, Image, Instance, InstancePhase, InstanceStatus, StatusUpdate};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{idmap, translate, Agent};
+use crate::container::{self, Phase, ShimClient, ShimState};
+
+/// Map a shim's state to the API's status.
+pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStatus {
+    let phase = match state.phase {
+        Phase::Starting => InstancePhase::Starting,
+        Phase::Running => InstancePhase::Running,
+        Phase::Backoff => InstancePhase::Backoff,
+        Phase::Stopping => InstancePhase::Stopping,
+        Phase::Exited if stop_requested => InstancePhase::Stopped,
+        Phase::Exited => InstancePhase::Exited,
+        Phase::Failed => InstancePhase::Failed,
+    };
+    InstanceStatus {
+        phase,
+        pid: state.pid.filter(|_| !state.phase.is_final()),
+        exit_code: state.exit_code,
+        signal: state.signal,
+        oom_killed: state.oom_killed,
+        started_at: state.started_at,
+        finished_at: state.finished_at,
+        restart_count: state.restart_count,
+        reason: if phase == InstancePhase::Stopped {
+            Some(match state.exit_code {
+                Some(c) => format!("stopped on request (exit code {c})"),
+                None => "stopped on request".into(),
+            })
+        } else {
+            state.reason.clone()
+        },
+        ..Default::default()
+    }
+}
+
+struct Tracked {
+    subscription: Option<JoinHandle<()>>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(s) = self.subscription.take() {
+            s.abort();
+        }
+    }
+}
+
+pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>) {
+    let mut tracked = Tracked { subscription: None };
+    while let Some(mut instance) = rx.recv().await {
+        while let Ok(newer) = rx.try_recv() {
+            instance = newer;
+        }
+        match step(&agent, &instance, &mut tracked).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(reason) => {
+                tracing::warn!(instance = %instance.metadata.name, %reason, "instance failed");
+                let status = InstanceStatus {
+                    phase: InstancePhase::Failed,
+                    reason: Some(reason),
+                    finished_at: Some(Utc::now()),
+                    observed_generation: instance.spec.restart_generation,
+                    ..Default::default()
+                };
+                report(&agent, &instance, status, false).await;
+            }
+        }
+    }
+}
+
+fn shim_alive(dir: &Path) -> Option<ShimClient> {
+    ShimClient::connect(dir).ok()
+}
+
+/// One reconcile pass; `Ok(true)` when the instance is gone for good.
+async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) -> Result<bool, String> {
+    let dir = agent.instance_dir(&instance.metadata.id);
+    let grace = instance
+        .spec
+        .stop_grace_ms
+        .unwrap_or(translate::DEFAULT_STOP_GRACE_MS);
+
+    if instance.metadata.deletion_requested_at.is_some() {
+        if let Some(s) = tracked.subscription.take() {
+            s.abort();
+        }
+        destroy_local(&dir, grace).await?;
+        report(agent, instance, InstanceStatus::default(), true).await;
+        return Ok(true);
+    }
+
+    let live = shim_alive(&dir);
+    let wanted_generation = instance.spec.restart_generation;
+    match instance.spec.desired_state {
+        DesiredState::Running => {
+            if instance.status.observed_generation != wanted_generation {
+                if let Some(s) = tracked.subscription.take() {
+                    s.abort();
+                }
+                if let Some(client) = live {
+                    client.stop_async(grace).await.map_err(|e| e.to_string())?;
+                }
+                let state = start(agent, instance, &dir).await?;
+                let mut status = status_from_shim(&state, false);
+                status.observed_generation = wanted_generation;
+                status.host_uid = container::spec::ShimSpec::load(&dir).ok().map(|s| s.id_map.host_id);
+                report(agent, instance, status.clone(), false).await;
+                if !state.phase.is_final() {
+                    tracked.subscription = Some(follow(agent.clone(), instance.clone(), status));
+                }
+            } else if tracked.subscription.is_none() {
+                // Adopt: after an agent restart, or a shim that ended.
+                let base = instance.status.clone();
+                if let Some(client) = live {
+                    let _ = client;
+                    tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
+                } else if !instance.status.phase.is_terminal() {
+                    report_final(agent, instance, &dir, base, false).await;
+                }
+            }
+        }
+        DesiredState::Stopped => {
+            if let Some(s) = tracked.subscription.take() {
+                s.abort();
+            }
+            let mut base = instance.status.clone();
+            base.observed_generation = instance.status.observed_generation;
+            if let Some(client) = live {
+                let mut stopping = base.clone();
+                stopping.phase = InstancePhase::Stopping;
+                report(agent, instance, stopping, false).await;
+                let final_state = client.stop_async(grace).await.map_err(|e| e.to_string())?;
+                let mut status = status_from_shim(&final_state, true);
+                status.observed_generation = base.observed_generation;
+                status.host_uid = base.host_uid;
+                report(agent, instance, status, false).await;
+            } else if !instance.status.phase.is_terminal() {
+                report_final(agent, instance, &dir, base, true).await;
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The shim is gone: report what its state file recorded.
+async fn report_final(agent: &Agent, instance: &Instance, dir: &Path, base: InstanceStatus, stop_requested: bool) {
+    let mut status = match container::read_state(dir) {
+        Some(s) if s.phase.is_final() => status_from_shim(&s, stop_requested),
+        Some(s) => {
+            let mut st = status_from_shim(&s, stop_requested);
+            st.phase = InstancePhase::Failed;
+            st.pid = None;
+            st.reason = Some("the instance's shim is gone (host reboot or crash); start it again".into());
+            st
+        }
+        None if stop_requested => InstanceStatus {
+            phase: InstancePhase::Stopped,
+            reason: Some("stopped before it started".into()),
+            ..Default::default()
+        },
+        None => InstanceStatus {
+            phase: InstancePhase::Failed,
+            reason: Some("the instance never started on this host".into()),
+            ..Default::default()
+        },
+    };
+    status.observed_generation = base.observed_generation;
+    status.host_uid = base.host_uid;
+    report(agent, instance, status, false).await;
+}
+
+/// Prepare the instance directory and spawn its shim.
+async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<ShimState, String> {
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let image: Image = agent
+        .client
+        .get(&format!("/v1/projects/{project}/images/{}", instance.spec.image))
+        .await
+        .map_err(|e| format!("image {:?}: {e}", instance.spec.image))?;
+    let mut starting = instance.status.clone();
+    starting.phase = InstancePhase::Starting;
+    starting.reason = None;
+    report(agent, instance, starting, false).await;
+
+    let imported = nimbus_image::ImportedImage::from_api(&image.status);
+    let images_dir = agent.config.images_dir.clone();
+    let layers = {
+        let images = nimbus_image::ImageStore::open(&images_dir, nimbus_image::Limits::default())
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || images.layer_dirs(&imported))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?
+    };
+    {
+        let _guard = idmap::ALLOCATION.lock().await;
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let id_map = idmap::allocate(
+            &agent.config.instances_dir(),
+            dir,
+            agent.config.id_base,
+            agent.config.id_range,
+        )?;
+        let spec = translate::shim_spec(instance, &image, layers, id_map);
+        spec.save(dir).map_err(|e| e.to_string())?;
+    }
+    let exe = agent.config.exe.clone();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || container::spawn_shim(&exe, &dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Forward every state change of the shim to the server until it ends.
+fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let dir = agent.instance_dir(&instance.metadata.id);
+        let stream = match ShimClient::connect(&dir) {
+            Ok(c) => c.subscribe_async().await,
+            Err(e) => Err(e),
+        };
+        if let Ok(mut stream) = stream {
+            while let Some(Ok(state)) = stream.next().await {
+                let mut status = status_from_shim(&state, false);
+                status.observed_generation = base.observed_generation.max(instance.spec.restart_generation);
+                status.host_uid = base.host_uid;
+                report(&agent, &instance, status, false).await;
+                if state.phase.is_final() {
+                    return;
+                }
+            }
+        }
+        // The shim closed the stream: it has exited; its state file says how.
+        let mut base = base;
+        base.observed_generation = base.observed_generation.max(instance.spec.restart_generation);
+        report_final(&agent, &instance, &dir, base, false).await;
+    })
+}
+
+async fn report(agent: &Agent, instance: &Instance, status: InstanceStatus, finalized: bool) {
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let path = format!(
+        "/v1/projects/{project}/instances/{}/status",
+        instance.metadata.name
+    );
+    let body = StatusUpdate { status, finalized };
+    let result = agent
+        .client
+        .request_bytes(
+            hyper::Method::POST,
+            &path,
+            Some(serde_json::to_vec(&body).unwrap_or_default()),
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(instance = %instance.metadata.name, error = %e, "status report failed");
+    }
+}
+
+/// Stop the shim if it runs and remove everything the instance had here.
+pub async fn destroy_local(dir: &Path, grace_ms: u64) -> Result<(), String> {
+    if let Some(client) = shim_alive(dir) {
+        if let Err(e) = client.stop_async(grace_ms).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "stopping the shim failed; cleaning up by force");
+        }
+    }
+    let owned = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        container::cleanup_instance_dir(&owned).map_err(|e| e.to_string())?;
+        match std::fs::remove_dir_all(&owned) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", owned.display())),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,12 @@
+//! Nimbus host agent and the per-instance shim.
+//!
+//! The agent makes the instances bound to its host real: it prepares each
+//! instance's directory, starts a `nimbus shim` for it, relays its status to
+//! the server through the public API, and cleans up on deletion. It never
+//! writes the store directly, and it never holds a workload itself: the
+//! shims do, so workloads survive the agent's crash or upgrade.
+
+pub mod agent;
+pub mod container;
+
+pub use agent::{Agent, AgentConfig};

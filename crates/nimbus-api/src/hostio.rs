@@ -1,0 +1,21 @@
+//! How the server reaches an instance's logs and exec on its host. On one
+//! machine the local agent provides this directly; across hosts an agent
+//! endpoint will.
+
+use std::path::PathBuf;
+
+use crate::exec::ExecRequest;
+use crate::{ApiError, Instance};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub trait ExecStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ExecStream for T {}
+
+#[async_trait::async_trait]
+pub trait HostIo: Send + Sync {
+    /// Log files of the instance, oldest first (rotated files, then current).
+    async fn log_files(&self, instance: &Instance) -> Result<Vec<PathBuf>, ApiError>;
+    /// Start a process in the running instance; the returned stream speaks
+    /// the frames of `nimbus_api::exec`.
+    async fn exec(&self, instance: &Instance, req: &ExecRequest) -> Result<Box<dyn ExecStream>, ApiError>;
+}

@@ -1,0 +1,251 @@
+//! Users, tokens, roles, hosts, audit and whoami.
+
+use clap::Subcommand;
+use nimbus_api::client::Method;
+use nimbus_api::units::format_size;
+use nimbus_api::{
+    AuditRecord, CreateRequest, CreateToken, Host, ResourceList, Role, RoleBinding,
+    RoleBindingSpec, Token, TokenCreated, User, UserSpec, WhoAmI,
+};
+
+use crate::ctx::Globals;
+use crate::output::{age, opt, print, table};
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a user (system administrators).
+    Create {
+        name: String,
+        /// Make the user a system administrator.
+        #[arg(long)]
+        system_admin: bool,
+    },
+    #[command(alias = "ls")]
+    List,
+    #[command(alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; its secret is printed once.
+    #[command(after_help = "Example:\n  nimbus token create --user alice   # as an administrator")]
+    Create {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token.
+    #[command(alias = "delete")]
+    Rm { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum RoleCmd {
+    /// Give a user a role (reader, member, admin) in the project (--project).
+    #[command(after_help = "Example:\n  nimbus role grant alice member --project ops")]
+    Grant { user: String, role: Role },
+    /// Take a user's role in the project away.
+    Revoke { user: String },
+    /// List role bindings of the project.
+    #[command(alias = "ls")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum HostCmd {
+    #[command(alias = "ls")]
+    List,
+    Get { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// List audit records (all, or --project's for a project admin).
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only this project's records.
+        #[arg(long)]
+        only_project: bool,
+    },
+}
+
+pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    match cmd {
+        UserCmd::Create { name, system_admin } => {
+            let req = CreateRequest {
+                name,
+                labels: Default::default(),
+                spec: UserSpec { system_admin, description: String::new() },
+            };
+            let u: User = client.post("/v1/users", &req).await?;
+            print(g, &u, || format!("user {:?} created", u.metadata.name))
+        }
+        UserCmd::List => {
+            let l: ResourceList<User> = client.get("/v1/users").await?;
+            print(g, &l, || {
+                table(
+                    &["name", "system admin", "age"],
+                    l.items
+                        .iter()
+                        .map(|u| vec![u.metadata.name.clone(), u.spec.system_admin.to_string(), age(Some(u.metadata.created_at))])
+                        .collect(),
+                )
+            })
+        }
+        UserCmd::Rm { name } => {
+            client.request_bytes(Method::DELETE, &format!("/v1/users/{name}"), None).await?;
+            print(g, &serde_json::json!({"deleted": name}), || format!("user {name:?} deleted"))
+        }
+    }
+}
+
+pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    match cmd {
+        TokenCmd::Create { user, description } => {
+            let t: TokenCreated = client.post("/v1/tokens", &CreateToken { user, description, expires_at: None }).await?;
+            print(g, &t, || {
+                format!(
+                    "token {} for user {:?} (shown once, keep it):\n{}",
+                    t.token.metadata.name, t.token.spec.user, t.secret
+                )
+            })
+        }
+        TokenCmd::List => {
+            let l: ResourceList<Token> = client.get("/v1/tokens").await?;
+            print(g, &l, || {
+                table(
+                    &["id", "user", "description", "age"],
+                    l.items
+                        .iter()
+                        .map(|t| {
+                            vec![t.metadata.name.clone(), t.spec.user.clone(), t.spec.description.clone(), age(Some(t.metadata.created_at))]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        TokenCmd::Rm { id } => {
+            client.request_bytes(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
+            print(g, &serde_json::json!({"deleted": id}), || format!("token {id} revoked"))
+        }
+    }
+}
+
+pub async fn role(g: &Globals, cmd: RoleCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let p = &g.project;
+    match cmd {
+        RoleCmd::Grant { user, role } => {
+            let b: RoleBinding = client
+                .post(&format!("/v1/projects/{p}/rolebindings"), &RoleBindingSpec { user, role })
+                .await?;
+            print(g, &b, || format!("user {:?} is now {} in project {p:?}", b.spec.user, b.spec.role))
+        }
+        RoleCmd::Revoke { user } => {
+            client
+                .request_bytes(Method::DELETE, &format!("/v1/projects/{p}/rolebindings/{user}"), None)
+                .await?;
+            print(g, &serde_json::json!({"revoked": user}), || format!("user {user:?} has no role in project {p:?} now"))
+        }
+        RoleCmd::List => {
+            let l: ResourceList<RoleBinding> = client.get(&format!("/v1/projects/{p}/rolebindings")).await?;
+            print(g, &l, || {
+                table(
+                    &["user", "role", "age"],
+                    l.items
+                        .iter()
+                        .map(|b| vec![b.spec.user.clone(), b.spec.role.to_string(), age(Some(b.metadata.created_at))])
+                        .collect(),
+                )
+            })
+        }
+    }
+}
+
+fn host_rows(items: &[Host]) -> String {
+    table(
+        &["name", "phase", "cpus", "memory", "arch", "cgroup", "instances", "heartbeat"],
+        items
+            .iter()
+            .map(|h| {
+                vec![
+                    h.metadata.name.clone(),
+                    format!("{:?}", h.status.phase).to_lowercase(),
+                    h.status.cpus.to_string(),
+                    format_size(h.status.memory_bytes),
+                    h.status.architecture.clone(),
+                    h.status.cgroup.clone(),
+                    h.status.instances.to_string(),
+                    age(h.status.last_heartbeat),
+                ]
+            })
+            .collect(),
+    )
+}
+
+pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    match cmd {
+        HostCmd::List => {
+            let l: ResourceList<Host> = client.get("/v1/hosts").await?;
+            print(g, &l, || host_rows(&l.items))
+        }
+        HostCmd::Get { name } => {
+            let h: Host = client.get(&format!("/v1/hosts/{name}")).await?;
+            print(g, &h, || host_rows(std::slice::from_ref(&h)))
+        }
+    }
+}
+
+pub async fn audit(g: &Globals, cmd: AuditCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let AuditCmd::List { limit, only_project } = cmd;
+    let mut url = format!("/v1/audit?limit={}", limit.unwrap_or(100));
+    if only_project {
+        url.push_str(&format!("&project={}", g.project));
+    }
+    let l: ResourceList<AuditRecord> = client.get(&url).await?;
+    print(g, &l, || {
+        table(
+            &["time", "actor", "method", "path", "status", "result"],
+            l.items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        r.actor.clone(),
+                        r.method.clone(),
+                        r.path.clone(),
+                        r.status.to_string(),
+                        r.result.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+pub async fn whoami(g: &Globals) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let w: WhoAmI = client.get("/v1/whoami").await?;
+    print(g, &w, || {
+        let roles: Vec<String> = w.roles.iter().map(|(p, r)| format!("{p}={r}")).collect();
+        format!(
+            "user {:?}{}, token {}, roles: {}",
+            w.user,
+            if w.system_admin { " (system administrator)" } else { "" },
+            w.token_id,
+            if roles.is_empty() { "-".into() } else { roles.join(", ") }
+        )
+    })?;
+    let _ = opt::<String>(None);
+    Ok(())
+}

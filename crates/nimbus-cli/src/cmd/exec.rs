@@ -1,0 +1,125 @@
+//! The client side of `nimbus instance exec`: frames over an upgraded
+//! connection, with the local terminal in raw mode for `--tty`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+
+use nimbus_api::client::Client;
+use nimbus_api::exec::{self, ExecRequest};
+use tokio::io::AsyncWriteExt;
+
+/// Restores the terminal's mode when dropped.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enable() -> RawMode {
+        let stdin = std::io::stdin();
+        let Ok(original) = nix::sys::termios::tcgetattr(stdin.as_fd()) else {
+            return RawMode(None);
+        };
+        let mut raw = original.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        if nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw).is_err() {
+            return RawMode(None);
+        }
+        RawMode(Some(original))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; fd 1 is ours.
+    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+pub async fn exec(
+    client: &Client,
+    instance_path: &str,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    tty: bool,
+    interactive: bool,
+) -> anyhow::Result<i32> {
+    let tty = tty && std::io::stdin().is_terminal();
+    let size = if tty { terminal_size() } else { None };
+    let req = ExecRequest {
+        args,
+        env,
+        cwd,
+        tty,
+        rows: size.map(|s| s.0),
+        cols: size.map(|s| s.1),
+    };
+    let stream = client.upgrade(&format!("{instance_path}/exec"), &req).await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let _raw = if tty { Some(RawMode::enable()) } else { None };
+
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(8);
+    if interactive {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 8192];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = stdin_tx.blocking_send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        let _ = stdin_tx.send(None).await;
+    }
+    let writer_task = tokio::spawn(async move {
+        while let Some(item) = stdin_rx.recv().await {
+            let result = match item {
+                Some(data) => exec::write_frame(&mut writer, exec::STDIN, &data).await,
+                None => exec::write_frame(&mut writer, exec::STDIN_EOF, &[]).await,
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let _ = writer.flush().await;
+        // Keep the write half open: closing it could end the session early.
+        std::future::pending::<()>().await;
+    });
+    let mut code = None;
+    while let Some((kind, payload)) = exec::read_frame(&mut reader).await? {
+        match kind {
+            exec::STDOUT => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&payload)?;
+                out.flush()?;
+            }
+            exec::STDERR => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&payload)?;
+                err.flush()?;
+            }
+            exec::EXIT if payload.len() == 4 => {
+                code = Some(i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
+                break;
+            }
+            _ => {}
+        }
+    }
+    writer_task.abort();
+    code.ok_or_else(|| anyhow::anyhow!("the exec session ended without an exit status; is the instance still running?"))
+}

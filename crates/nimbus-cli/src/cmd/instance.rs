@@ -1,0 +1,372 @@
+//! `nimbus instance ...`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use nimbus_api::client::{Client, Method};
+use nimbus_api::units::{format_size, parse_size};
+use nimbus_api::{
+    CreateRequest, Instance, InstanceKind, InstancePhase, InstanceSpec, ResourceList, Resources,
+    RestartMode, RestartPolicy,
+};
+
+use crate::ctx::Globals;
+use crate::output::{age, opt, print, table};
+
+#[derive(Subcommand)]
+pub enum InstanceCmd {
+    /// Create and start an instance.
+    #[command(after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'")]
+    Run(RunArgs),
+    /// List instances of the project.
+    #[command(alias = "ls")]
+    List {
+        /// Label selector, e.g. `tier=web,env!=prod`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
+    /// Show one instance.
+    Get { name: String },
+    /// Print the instance's output.
+    Logs {
+        name: String,
+        /// Keep printing new output until the instance stops.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Show the time and stream of each line.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+    },
+    /// Run a command inside a running instance.
+    #[command(after_help = "Examples:\n  nimbus instance exec web -- ps\n  nimbus instance exec -it web -- sh")]
+    Exec {
+        name: String,
+        /// Allocate a terminal.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Keep standard input open (implied by --tty).
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        #[arg(long, short = 'w')]
+        workdir: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        name: String,
+        /// Return without waiting for it to stop.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Start a stopped or exited instance.
+    Start {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Restart the instance's workload.
+    Restart {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete an instance and everything it had on its host.
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    pub name: String,
+    #[arg(long)]
+    pub image: String,
+    /// Memory limit, e.g. 64MiB.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 0.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Most processes the instance may have.
+    #[arg(long)]
+    pub pids: Option<i64>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long, short = 'e')]
+    pub env: Vec<String>,
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// uid or uid:gid inside the instance.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// never, on-failure[:max-retries] or always.
+    #[arg(long, default_value = "never")]
+    pub restart: String,
+    /// Seconds between SIGTERM and SIGKILL on stop.
+    #[arg(long)]
+    pub stop_timeout: Option<u64>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long, short = 'l')]
+    pub label: Vec<String>,
+    /// Return at once instead of waiting until it runs.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Command and arguments (after `--`); default: the image's.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{what} {kv:?} must be KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn parse_restart(text: &str) -> anyhow::Result<RestartPolicy> {
+    let (mode, max) = text.split_once(':').map(|(m, n)| (m, Some(n))).unwrap_or((text, None));
+    let mode = match mode {
+        "never" | "no" => RestartMode::Never,
+        "on-failure" | "on_failure" => RestartMode::OnFailure,
+        "always" => RestartMode::Always,
+        _ => anyhow::bail!("restart policy {text:?} is not one of never, on-failure[:N], always"),
+    };
+    let max_retries = match max {
+        Some(n) => Some(n.parse().map_err(|_| anyhow::anyhow!("restart limit {n:?} is not a number"))?),
+        None => None,
+    };
+    Ok(RestartPolicy { mode, max_retries })
+}
+
+pub fn rows(items: &[Instance]) -> String {
+    table(
+        &["name", "kind", "image", "phase", "host", "pid", "exit", "restarts", "memory", "age"],
+        items
+            .iter()
+            .map(|i| {
+                vec![
+                    i.metadata.name.clone(),
+                    match i.spec.kind {
+                        InstanceKind::Container => "container",
+                        InstanceKind::Vm => "vm",
+                        InstanceKind::Unikernel => "unikernel",
+                    }
+                    .into(),
+                    i.spec.image.clone(),
+                    i.status.phase.as_str().into(),
+                    opt(i.status.host.clone()),
+                    opt(i.status.pid),
+                    opt(i.status.exit_code),
+                    i.status.restart_count.to_string(),
+                    i.spec.resources.memory_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                    age(Some(i.metadata.created_at)),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn detail(i: &Instance) -> String {
+    let mut out = rows(std::slice::from_ref(i));
+    let mut line = |k: &str, v: String| out.push_str(&format!("\n{k:<12} {v}"));
+    line("", String::new());
+    line("id:", i.metadata.id.clone());
+    line("command:", if i.spec.args.is_empty() { "(image default)".into() } else { format!("{:?}", i.spec.args) });
+    line("started:", opt(i.status.started_at.map(|t| t.to_rfc3339())));
+    line("finished:", opt(i.status.finished_at.map(|t| t.to_rfc3339())));
+    if let Some(s) = i.status.signal {
+        line("signal:", s.to_string());
+    }
+    if i.status.oom_killed {
+        line("oom-killed:", "yes".into());
+    }
+    line("reason:", opt(i.status.reason.clone()));
+    line("revision:", i.metadata.revision.to_string());
+    out
+}
+
+fn path(g: &Globals, name: &str) -> String {
+    format!("/v1/projects/{}/instances/{name}", g.project)
+}
+
+/// Wait until `done` holds for the instance (or it is gone when `gone_ok`).
+async fn wait_for(
+    client: &Client,
+    g: &Globals,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Instance) -> bool,
+) -> anyhow::Result<Option<Instance>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match client.get::<Instance>(&path(g, name)).await {
+            Ok(i) if done(&i) => return Ok(Some(i)),
+            Ok(i) if Instant::now() > deadline => anyhow::bail!(
+                "instance {name:?} is still {} after 120 s waiting for it to {what}; see `nimbus instance get {name}`",
+                i.status.phase.as_str()
+            ),
+            Ok(_) => {}
+            Err(e) if e.code() == Some(nimbus_api::ErrorCode::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn started_or_done(i: &Instance) -> bool {
+    matches!(
+        i.status.phase,
+        InstancePhase::Running | InstancePhase::Exited | InstancePhase::Failed | InstancePhase::Backoff
+    ) && i.status.observed_generation >= i.spec.restart_generation
+}
+
+pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let p = &g.project;
+    match cmd {
+        InstanceCmd::Run(a) => {
+            let resources = Resources {
+                memory_bytes: a.memory.as_deref().map(parse_size).transpose().map_err(anyhow::Error::msg)?,
+                cpu_millis: a.cpus.map(|c| (c * 1000.0).round() as u64),
+                pids_max: a.pids,
+            };
+            let req = CreateRequest {
+                name: a.name.clone(),
+                labels: parse_kv(&a.label, "label")?,
+                spec: InstanceSpec {
+                    kind: InstanceKind::Container,
+                    image: a.image,
+                    args: a.command,
+                    env: parse_kv(&a.env, "environment variable")?,
+                    working_dir: a.workdir,
+                    user: a.user,
+                    resources,
+                    restart_policy: parse_restart(&a.restart)?,
+                    stop_grace_ms: a.stop_timeout.map(|s| s * 1000),
+                    ..Default::default()
+                },
+            };
+            let created: Instance = client.post(&format!("/v1/projects/{p}/instances"), &req).await?;
+            let shown = if a.no_wait {
+                created
+            } else {
+                wait_for(&client, g, &a.name, "start", started_or_done)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("instance {:?} disappeared while starting", a.name))?
+            };
+            if shown.status.phase == InstancePhase::Failed {
+                anyhow::bail!(
+                    "instance {:?} failed to start: {}",
+                    a.name,
+                    shown.status.reason.unwrap_or_default()
+                );
+            }
+            print(g, &shown, || rows(std::slice::from_ref(&shown)))
+        }
+        InstanceCmd::List { selector } => {
+            let mut url = format!("/v1/projects/{p}/instances?limit=5000");
+            if let Some(s) = selector {
+                url.push_str(&format!("&selector={}", urlencode(&s)));
+            }
+            let list: ResourceList<Instance> = client.get(&url).await?;
+            print(g, &list, || rows(&list.items))
+        }
+        InstanceCmd::Get { name } => {
+            let i: Instance = client.get(&path(g, &name)).await?;
+            print(g, &i, || detail(&i))
+        }
+        InstanceCmd::Logs { name, follow, tail, timestamps } => {
+            let mut url = format!("{}/logs?follow={follow}", path(g, &name));
+            if let Some(t) = tail {
+                url.push_str(&format!("&tail={t}"));
+            }
+            let chunks = client.stream(&url).await?;
+            let mut lines = Box::pin(nimbus_api::client::lines(chunks));
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let stderr = std::io::stderr();
+            while let Some(line) = lines.next().await {
+                let line = line?;
+                let text = String::from_utf8_lossy(&line);
+                let mut parts = text.splitn(3, ' ');
+                let (ts, stream, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                if g.json() {
+                    println!("{}", serde_json::json!({"time": ts, "stream": stream, "line": body}));
+                } else if timestamps {
+                    let _ = writeln!(stdout.lock(), "{text}");
+                } else if stream == "stderr" {
+                    let _ = writeln!(stderr.lock(), "{body}");
+                } else {
+                    let _ = writeln!(stdout.lock(), "{body}");
+                }
+            }
+            Ok(())
+        }
+        InstanceCmd::Exec { name, tty, interactive, env, workdir, command } => {
+            let code = crate::cmd::exec::exec(&client, &path(g, &name), command, env, workdir, tty, interactive || tty).await?;
+            std::process::exit(code);
+        }
+        InstanceCmd::Stop { name, no_wait } => {
+            let _: Instance = client.post(&format!("{}/stop", path(g, &name)), &serde_json::json!({})).await?;
+            finish(g, &client, &name, no_wait, "stop", |i| i.status.phase.is_terminal()).await
+        }
+        InstanceCmd::Start { name, no_wait } => {
+            let _: Instance = client.post(&format!("{}/start", path(g, &name)), &serde_json::json!({})).await?;
+            finish(g, &client, &name, no_wait, "start", started_or_done).await
+        }
+        InstanceCmd::Restart { name, no_wait } => {
+            let _: Instance = client.post(&format!("{}/restart", path(g, &name)), &serde_json::json!({})).await?;
+            finish(g, &client, &name, no_wait, "restart", started_or_done).await
+        }
+        InstanceCmd::Rm { name, no_wait } => {
+            client.request_bytes(Method::DELETE, &path(g, &name), None).await?;
+            if !no_wait {
+                wait_for(&client, g, &name, "be removed", |_| false).await?;
+            }
+            print(g, &serde_json::json!({"deleted": name}), || format!("instance {name:?} deleted"))
+        }
+    }
+}
+
+async fn finish(
+    g: &Globals,
+    client: &Client,
+    name: &str,
+    no_wait: bool,
+    what: &str,
+    done: impl Fn(&Instance) -> bool,
+) -> anyhow::Result<()> {
+    let i = if no_wait {
+        client.get::<Instance>(&path(g, name)).await?
+    } else {
+        wait_for(client, g, name, what, done)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("instance {name:?} disappeared"))?
+    };
+    print(g, &i, || rows(std::slice::from_ref(&i)))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'=' | b',' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! One file per group of subcommands.
+
+pub mod admin;
+pub mod exec;
+pub mod image;
+pub mod instance;
+pub mod project;
+pub mod up;

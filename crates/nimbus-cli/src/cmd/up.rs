@@ -1,0 +1,149 @@
+//! `nimbus up` and `nimbus server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use nimbus_api::client::{Client, Endpoint};
+use nimbus_api::{Metadata, Project, ProjectSpec, ProjectStatus};
+use nimbus_server::{server, AppState, ServerConfig};
+
+use crate::ctx::Globals;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TCP address for the HTTPS API.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Serve only the local Unix socket.
+    #[arg(long)]
+    pub no_tls: bool,
+    /// Certificate (PEM) to serve instead of a generated self-signed one.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest JSON request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Name of this host (default: the machine's hostname).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// Do not import the starter busybox image.
+    #[arg(long)]
+    pub no_starter_image: bool,
+}
+
+fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
+    let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
+    config.listen = (!args.no_tls).then_some(args.listen);
+    config.tls_cert = args.tls_cert.clone();
+    config.tls_key = args.tls_key.clone();
+    config.max_body_bytes = args.max_body_bytes;
+    config
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; instances keep running and are adopted at the next start");
+}
+
+/// The `default` project every cloud starts with.
+async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
+    if state.repo.try_get::<Project>(None, "default").await.ok().flatten().is_none() {
+        let created = state
+            .repo
+            .create(Project {
+                metadata: Metadata::new("default", None),
+                spec: ProjectSpec {
+                    description: "created at first start".into(),
+                },
+                status: ProjectStatus::default(),
+            })
+            .await;
+        if let Err(e) = created {
+            if e.0.code != nimbus_api::ErrorCode::AlreadyExists {
+                anyhow::bail!("creating the default project: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
+    let state = server::open_state(server_config(g, &args)).await?;
+    ensure_default_project(&state).await?;
+    server::serve(state, shutdown_signal()).await
+}
+
+fn local_host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let name: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
+    let state = server::open_state(server_config(g, &args.server)).await?;
+    ensure_default_project(&state).await?;
+    let host = args.host_name.clone().unwrap_or_else(local_host_name);
+    let token = server::ensure_host_token(&state, &host, &g.data_dir.join("agent.token")).await?;
+    let agent_config = nimbus_agent::AgentConfig::new(
+        host.clone(),
+        g.data_dir.clone(),
+        std::env::current_exe().context("finding the nimbus executable for the shims")?,
+    );
+    *state
+        .host_io
+        .write()
+        .map_err(|_| anyhow::anyhow!("host I/O lock poisoned"))? =
+        Some(Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+            instances_dir: agent_config.instances_dir(),
+        }));
+    let client = Client::new(Endpoint::Unix(state.config.socket_path.clone()), Some(token))?;
+    let agent = nimbus_agent::Agent::new(agent_config, client)?;
+    tokio::spawn(async move {
+        if let Err(e) = agent.run().await {
+            tracing::error!(error = %e, "the host agent stopped");
+        }
+    });
+    if !args.no_starter_image {
+        let g = g.clone();
+        tokio::spawn(async move {
+            match crate::starter::ensure_starter_image(&g).await {
+                Ok(true) => tracing::info!("imported the starter image \"busybox\" into project \"default\""),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not import the starter image"),
+            }
+        });
+    }
+    tracing::info!(
+        host = %host,
+        data_dir = %g.data_dir.display(),
+        "Nimbus is up; try: nimbus instance run hello --image busybox -- echo hello"
+    );
+    server::serve(state, shutdown_signal()).await
+}

@@ -1,0 +1,115 @@
+//! Hosts: registered by their agents, which then report heartbeats.
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use chrono::Utc;
+use nimbus_api::{
+    validate_name, ApiError, Host, HostPhase, HostStatus, ListOptions, Metadata, RegisterHost,
+    ResourceList,
+};
+
+use super::body::JsonBody;
+use super::St;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+
+fn require_operator(caller: &Caller) -> ApiResult<()> {
+    if caller.system_admin || caller.is_host_agent() {
+        Ok(())
+    } else {
+        Err(ServerError(ApiError::forbidden(
+            "hosts are visible to system administrators only",
+        )))
+    }
+}
+
+fn require_own_host(caller: &Caller, host: &str) -> ApiResult<()> {
+    if caller.system_admin || caller.host.as_deref() == Some(host) {
+        Ok(())
+    } else {
+        Err(ServerError(ApiError::forbidden(format!(
+            "this token may not report for host {host:?}"
+        ))))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/hosts", params(ListOptions), responses((status = 200, body = ResourceList<Host>)))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<axum::response::Response> {
+    require_operator(&caller)?;
+    if opts.watch == Some(true) {
+        return super::watch::stream::<Host>(&state, "/hosts/".into(), opts.revision, |_| true).await;
+    }
+    let page = state.repo.list::<Host>(None, &opts, |_| true).await?;
+    Ok(axum::response::IntoResponse::into_response(Json(page)))
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{host}", responses((status = 200, body = Host)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<Host>> {
+    require_operator(&caller)?;
+    Ok(Json(state.repo.get(None, &host).await?))
+}
+
+#[utoipa::path(post, path = "/v1/hosts", request_body = RegisterHost, responses((status = 200, body = Host)))]
+pub async fn register(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<RegisterHost>,
+) -> ApiResult<Json<Host>> {
+    validate_name("host", &req.name).map_err(ApiError::invalid)?;
+    require_own_host(&caller, &req.name)?;
+    let mut status = req.status;
+    status.phase = HostPhase::Ready;
+    status.last_heartbeat = Some(Utc::now());
+    let existing: Option<Host> = state.repo.try_get(None, &req.name).await?;
+    let host = match existing {
+        Some(mut h) => {
+            h.metadata.labels = req.labels;
+            h.spec.address = req.spec.address;
+            h.status = status;
+            state.repo.update(h).await?
+        }
+        None => {
+            let mut metadata = Metadata::new(&req.name, None);
+            metadata.labels = req.labels;
+            state
+                .repo
+                .create(Host {
+                    metadata,
+                    spec: req.spec,
+                    status,
+                })
+                .await?
+        }
+    };
+    Ok(Json(host))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{host}/status", request_body = HostStatus, responses((status = 200, body = Host)))]
+pub async fn report(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(host): Path<String>,
+    JsonBody(mut status): JsonBody<HostStatus>,
+) -> ApiResult<Json<Host>> {
+    require_own_host(&caller, &host)?;
+    status.phase = HostPhase::Ready;
+    status.last_heartbeat = Some(Utc::now());
+    let saved = state
+        .repo
+        .modify::<Host, _>(None, &host, |h| {
+            h.status = status.clone();
+            Ok(())
+        })
+        .await?;
+    Ok(Json(saved))
+}
+
+pub use auth::require_system_admin;

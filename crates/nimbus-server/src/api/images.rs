@@ -1,0 +1,212 @@
+//! Images: imported from a root-filesystem tarball or an OCI archive
+//! uploaded as the request body, stored content-addressed.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use futures::StreamExt;
+use nimbus_api::{
+    validate_name, ApiError, Image, ImageDefaults, ImageSpec, ImageStatus, Instance, ListOptions,
+    Metadata, ResourceList, Role,
+};
+use nimbus_image::{ImageFormat, ImportedImage};
+
+use super::St;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+
+#[utoipa::path(get, path = "/v1/projects/{project}/images", params(ListOptions), responses((status = 200, body = ResourceList<Image>)))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Json<ResourceList<Image>>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.list(Some(&project), &opts, |_| true).await?))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Image>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.get(Some(&project), &name).await?))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct ImportQuery {
+    /// Name of the new image.
+    pub name: String,
+    /// Where it came from (informational).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// Reads the uploaded body on the blocking side of a channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+pub fn status_from_imported(img: &ImportedImage) -> ImageStatus {
+    ImageStatus {
+        format: match img.format {
+            ImageFormat::Oci => "oci".into(),
+            ImageFormat::Rootfs => "rootfs".into(),
+        },
+        digest: img.manifest_digest.clone(),
+        layers: img.layers.clone(),
+        size_bytes: img.size_bytes,
+        architecture: img.architecture.clone(),
+        defaults: ImageDefaults {
+            env: img.config.env.clone(),
+            entrypoint: img.config.entrypoint.clone(),
+            cmd: img.config.cmd.clone(),
+            working_dir: img.config.working_dir.clone(),
+            user: img.config.user.clone(),
+        },
+    }
+}
+
+pub fn imported_from_status(status: &ImageStatus) -> ImportedImage {
+    ImportedImage {
+        format: if status.format == "oci" {
+            ImageFormat::Oci
+        } else {
+            ImageFormat::Rootfs
+        },
+        manifest_digest: status.digest.clone(),
+        layers: status.layers.clone(),
+        config: nimbus_image::ImageConfig {
+            env: status.defaults.env.clone(),
+            entrypoint: status.defaults.entrypoint.clone(),
+            cmd: status.defaults.cmd.clone(),
+            working_dir: status.defaults.working_dir.clone(),
+            user: status.defaults.user.clone(),
+        },
+        size_bytes: status.size_bytes,
+        architecture: status.architecture.clone(),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/images", params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive"),
+    responses((status = 201, body = Image), (status = 422, description = "rejected archive")))]
+pub async fn import(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(q): Query<ImportQuery>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    validate_name("image", &q.name).map_err(ApiError::invalid)?;
+    if state.repo.try_get::<Image>(Some(&project), &q.name).await?.is_some() {
+        return Err(ServerError(ApiError::already_exists(format!(
+            "image {:?} already exists in project {project:?}; remove it or pick another name",
+            q.name
+        ))));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let images = state.images.clone();
+    let importer = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        };
+        images.import(reader, &mut |_| {})
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("length limit") {
+                format!(
+                    "the archive is larger than the server's limit of {} bytes",
+                    state.config.max_image_bytes
+                )
+            } else {
+                format!("upload interrupted: {msg}")
+            }
+        });
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    let imported = importer
+        .await
+        .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
+        .map_err(|e| ApiError::invalid(format!("image {:?} was not imported: {e}", q.name)))?;
+    let mut metadata = Metadata::new(&q.name, Some(&project));
+    metadata.labels.insert("nimbus.io/format".into(), status_from_imported(&imported).format);
+    let image = state
+        .repo
+        .create(Image {
+            metadata,
+            spec: ImageSpec { source: q.source },
+            status: status_from_imported(&imported),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(image)))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project}/images/{name}",
+    responses((status = 204), (status = 409, description = "in use by an instance")))]
+pub async fn delete(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let _: Image = state.repo.get(Some(&project), &name).await?;
+    let users = state
+        .repo
+        .list::<Instance>(Some(&project), &ListOptions::default(), |i| i.spec.image == name)
+        .await?;
+    if let Some(i) = users.items.first() {
+        return Err(ServerError(ApiError::conflict(format!(
+            "image {name:?} is used by instance {:?}; remove the instance first",
+            i.metadata.name
+        ))));
+    }
+    state.repo.delete::<Image>(Some(&project), &name, None).await?;
+    let remaining = state
+        .repo
+        .list::<Image>(None, &ListOptions { limit: Some(5000), ..Default::default() }, |_| true)
+        .await?;
+    let keep: Vec<ImportedImage> = remaining
+        .items
+        .iter()
+        .map(|i| imported_from_status(&i.status))
+        .collect();
+    let images = state.images.clone();
+    let gc = tokio::task::spawn_blocking(move || images.gc(&keep)).await;
+    if let Ok(Err(e)) = gc {
+        tracing::warn!(error = %e, "image garbage collection failed; it will run again on the next delete");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,454 @@
+//! Instances: create, read, change, start/stop/restart, delete, status
+//! reports from agents, logs and exec.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::Utc;
+use nimbus_api::exec::ExecRequest;
+use nimbus_api::{
+    validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceKind,
+    InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, ResourceList, RestartMode,
+    Role, StatusUpdate,
+};
+
+use super::body::JsonBody;
+use super::St;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+use crate::state::AppState;
+
+#[utoipa::path(get, path = "/v1/projects/{project}/instances", params(ListOptions),
+    responses((status = 200, body = ResourceList<Instance>, description = "A page, or with watch=true a stream of JSON-line WatchEvents")))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    if opts.watch == Some(true) {
+        let terms = selector(&opts)?;
+        return super::watch::stream::<Instance>(
+            &state,
+            crate::repo::prefix::<Instance>(Some(&project)),
+            opts.revision,
+            move |i| nimbus_api::meta::selector_matches(&terms, &i.metadata.labels),
+        )
+        .await;
+    }
+    Ok(Json(state.repo.list::<Instance>(Some(&project), &opts, |_| true).await?).into_response())
+}
+
+fn selector(opts: &ListOptions) -> ApiResult<Vec<nimbus_api::meta::SelectorTerm>> {
+    match &opts.selector {
+        Some(s) => Ok(nimbus_api::meta::parse_selector(s).map_err(ApiError::bad_request)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct AllQuery {
+    /// Only instances bound to this host.
+    pub host: Option<String>,
+    pub selector: Option<String>,
+    pub limit: Option<usize>,
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    pub watch: Option<bool>,
+    pub revision: Option<i64>,
+}
+
+impl AllQuery {
+    fn list_options(&self) -> ListOptions {
+        ListOptions {
+            selector: self.selector.clone(),
+            limit: self.limit,
+            continue_token: self.continue_token.clone(),
+            watch: self.watch,
+            revision: self.revision,
+        }
+    }
+}
+
+/// Instances of every project: for system administrators and host agents.
+#[utoipa::path(get, path = "/v1/instances", params(AllQuery), responses((status = 200, body = ResourceList<Instance>)))]
+pub async fn list_all(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AllQuery>,
+) -> ApiResult<Response> {
+    if !caller.system_admin && !caller.is_host_agent() {
+        return Err(ServerError(ApiError::forbidden(
+            "listing instances of every project needs a system administrator; use /v1/projects/{project}/instances",
+        )));
+    }
+    let host = q.host.clone();
+    let on_host = move |i: &Instance| host.is_none() || i.status.host == host;
+    let opts = q.list_options();
+    if opts.watch == Some(true) {
+        return super::watch::stream::<Instance>(&state, "/instances/".into(), opts.revision, on_host)
+            .await;
+    }
+    Ok(Json(state.repo.list::<Instance>(None, &opts, on_host).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", responses((status = 200, body = Instance)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.get(Some(&project), &name).await?))
+}
+
+/// Check a spec against its image and sane bounds.
+async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> ApiResult<()> {
+    if spec.kind != InstanceKind::Container {
+        return Err(ServerError(ApiError::invalid(format!(
+            "instance kind {:?} is not available yet on this Nimbus; use kind container",
+            spec.kind
+        ))));
+    }
+    let image: Option<Image> = state.repo.try_get(Some(project), &spec.image).await?;
+    let Some(image) = image else {
+        return Err(ServerError(ApiError::invalid(format!(
+            "image {:?} not found in project {project:?}; import it with `nimbus image import <file> --name {}`",
+            spec.image, spec.image
+        ))));
+    };
+    if spec.args.is_empty()
+        && image.status.defaults.entrypoint.is_empty()
+        && image.status.defaults.cmd.is_empty()
+    {
+        return Err(ServerError(ApiError::invalid(format!(
+            "image {:?} has no default command; give one after `--`, e.g. `-- sh -c 'echo hi'`",
+            spec.image
+        ))));
+    }
+    if let Some(m) = spec.resources.memory_bytes {
+        if m < 4 << 20 {
+            return Err(ServerError(ApiError::invalid(format!(
+                "memory limit of {m} bytes is below the 4 MiB minimum; ask for at least 4MiB"
+            ))));
+        }
+    }
+    if spec.resources.cpu_millis == Some(0) {
+        return Err(ServerError(ApiError::invalid(
+            "cpu of 0 would never run; give at least 1 millicpu (e.g. 500 for half a CPU)",
+        )));
+    }
+    if let Some(p) = spec.resources.pids_max {
+        if p < 1 {
+            return Err(ServerError(ApiError::invalid(format!(
+                "pids limit {p} is below 1; give at least 1"
+            ))));
+        }
+    }
+    if spec.restart_policy.max_retries.is_some() && spec.restart_policy.mode != RestartMode::OnFailure {
+        return Err(ServerError(ApiError::invalid(
+            "max_retries applies to the on_failure restart policy only",
+        )));
+    }
+    for key in spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(ServerError(ApiError::invalid(format!(
+                "environment variable name {key:?} is invalid; it must be non-empty without '='"
+            ))));
+        }
+    }
+    if let Some(u) = &spec.user {
+        let ok = u
+            .split(':')
+            .all(|p| !p.is_empty() && p.parse::<u32>().map(|n| n < 65536).unwrap_or(false))
+            && u.split(':').count() <= 2;
+        if !ok {
+            return Err(ServerError(ApiError::invalid(format!(
+                "user {u:?} is invalid; give a numeric uid or uid:gid below 65536"
+            ))));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances", request_body = CreateRequest<InstanceSpec>,
+    responses((status = 201, body = Instance), (status = 422, description = "invalid spec")))]
+pub async fn create(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    JsonBody(req): JsonBody<CreateRequest<InstanceSpec>>,
+) -> ApiResult<(StatusCode, Json<Instance>)> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    validate_name("instance", &req.name).map_err(ApiError::invalid)?;
+    validate_spec(&state, &project, &req.spec).await?;
+    let mut metadata = Metadata::new(&req.name, Some(&project));
+    metadata.labels = req.labels;
+    let mut spec = req.spec;
+    spec.restart_generation = spec.restart_generation.max(1);
+    let instance = Instance {
+        metadata,
+        spec,
+        status: InstanceStatus {
+            phase: InstancePhase::Pending,
+            reason: Some("waiting for the scheduler to choose a host".into()),
+            ..Default::default()
+        },
+    };
+    let created = state.repo.create(instance).await?;
+    crate::scheduler::nudge(&state);
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Replace labels and spec; `metadata.revision` must be current (409 if not).
+#[utoipa::path(put, path = "/v1/projects/{project}/instances/{name}", request_body = Instance,
+    responses((status = 200, body = Instance), (status = 409, description = "stale revision")))]
+pub async fn replace(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Instance>,
+) -> ApiResult<Json<Instance>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    if body.metadata.name != name {
+        return Err(ServerError(ApiError::invalid(format!(
+            "the body names instance {:?} but the path names {name:?}; instances cannot be renamed",
+            body.metadata.name
+        ))));
+    }
+    validate_spec(&state, &project, &body.spec).await?;
+    let mut current: Instance = state.repo.get(Some(&project), &name).await?;
+    if current.metadata.deletion_requested_at.is_some() {
+        return Err(ServerError(ApiError::conflict(format!(
+            "instance {name:?} is being deleted"
+        ))));
+    }
+    current.metadata.labels = body.metadata.labels;
+    current.metadata.revision = body.metadata.revision;
+    current.spec = body.spec;
+    Ok(Json(state.repo.update(current).await?))
+}
+
+async fn change_spec(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    project: &str,
+    name: &str,
+    change: impl Fn(&mut InstanceSpec),
+) -> ApiResult<Json<Instance>> {
+    auth::require_role(&state.repo, caller, project, Role::Member).await?;
+    let saved = state
+        .repo
+        .modify::<Instance, _>(Some(project), name, |i| {
+            if i.metadata.deletion_requested_at.is_some() {
+                return Err(ServerError(ApiError::conflict(format!(
+                    "instance {name:?} is being deleted"
+                ))));
+            }
+            change(&mut i.spec);
+            Ok(())
+        })
+        .await?;
+    Ok(Json(saved))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/start", responses((status = 200, body = Instance)))]
+pub async fn start(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    let current: Instance = {
+        auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+        state.repo.get(Some(&project), &name).await?
+    };
+    let running = current.spec.desired_state == DesiredState::Running && !current.status.phase.is_terminal();
+    if running {
+        return Ok(Json(current));
+    }
+    change_spec(&state, &caller, &project, &name, |s| {
+        s.desired_state = DesiredState::Running;
+        s.restart_generation += 1;
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/stop", responses((status = 200, body = Instance)))]
+pub async fn stop(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    change_spec(&state, &caller, &project, &name, |s| {
+        s.desired_state = DesiredState::Stopped;
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/restart", responses((status = 200, body = Instance)))]
+pub async fn restart(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    change_spec(&state, &caller, &project, &name, |s| {
+        s.desired_state = DesiredState::Running;
+        s.restart_generation += 1;
+    })
+    .await
+}
+
+/// Deletion: instances never started are removed at once; others are
+/// marked and their host's agent removes everything, then finalizes.
+#[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}",
+    responses((status = 202, body = Instance, description = "deletion in progress"), (status = 204, description = "deleted")))]
+pub async fn delete(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let current: Instance = state.repo.get(Some(&project), &name).await?;
+    if current.status.host.is_none() {
+        state
+            .repo
+            .delete::<Instance>(Some(&project), &name, Some(current.metadata.revision))
+            .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let saved = state
+        .repo
+        .modify::<Instance, _>(Some(&project), &name, |i| {
+            if i.metadata.deletion_requested_at.is_none() {
+                i.metadata.deletion_requested_at = Some(Utc::now());
+            }
+            i.status.phase = InstancePhase::Deleting;
+            i.status.reason = Some("deletion requested; the host is cleaning up".into());
+            Ok(())
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(saved)).into_response())
+}
+
+/// An agent reports the observed status of an instance on its host.
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/status", request_body = StatusUpdate,
+    responses((status = 200, body = Instance), (status = 204, description = "finalized and removed")))]
+pub async fn report_status(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    JsonBody(update): JsonBody<StatusUpdate>,
+) -> ApiResult<Response> {
+    let current: Instance = state.repo.get(Some(&project), &name).await?;
+    let host = current.status.host.clone();
+    if !(caller.system_admin || (caller.host.is_some() && caller.host == host)) {
+        return Err(ServerError(ApiError::forbidden(format!(
+            "only the agent of the host running instance {name:?} may report its status"
+        ))));
+    }
+    if update.finalized {
+        if current.metadata.deletion_requested_at.is_none() {
+            return Err(ServerError(ApiError::conflict(format!(
+                "instance {name:?} was not being deleted; not finalizing"
+            ))));
+        }
+        state.repo.delete::<Instance>(Some(&project), &name, None).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let saved = state
+        .repo
+        .modify::<Instance, _>(Some(&project), &name, |i| {
+            let deleting = i.metadata.deletion_requested_at.is_some();
+            i.status = update.status.clone();
+            i.status.host = host.clone();
+            if deleting {
+                i.status.phase = InstancePhase::Deleting;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Json(saved).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Keep streaming new lines until the instance stops.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/logs", params(LogQuery),
+    responses((status = 200, content_type = "text/plain", description = "Lines: `<RFC 3339 time> <stdout|stderr> <text>`")))]
+pub async fn logs(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    let instance: Instance = state.repo.get(Some(&project), &name).await?;
+    let io = state.host_io().ok_or_else(|| {
+        ApiError::unavailable("no agent can serve logs on this server; is the host agent running?")
+    })?;
+    let files = io.log_files(&instance).await?;
+    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow);
+    Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/exec", request_body = ExecRequest,
+    responses((status = 101, description = "The connection becomes a framed exec stream")))]
+pub async fn exec(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let instance: Instance = state.repo.get(Some(&project), &name).await?;
+    if instance.status.phase != InstancePhase::Running {
+        return Err(ServerError(ApiError::conflict(format!(
+            "instance {name:?} is {}, not running; start it with `nimbus instance start {name}`",
+            instance.status.phase.as_str()
+        ))));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = axum::body::to_bytes(req.into_body(), 64 << 10)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the exec request: {e}")))?;
+    let exec_req: ExecRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the exec request is not valid JSON: {e}")))?;
+    if exec_req.args.is_empty() {
+        return Err(ServerError(ApiError::invalid(
+            "exec needs a command, e.g. `nimbus instance exec web -- ps`",
+        )));
+    }
+    let io = state
+        .host_io()
+        .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
+    let mut shim = io.exec(&instance, &exec_req).await?;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "nimbus-exec")
+        .body(Body::empty())
+        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}

@@ -1,0 +1,144 @@
+//! The REST API under `/v1`: one file per group of resources.
+
+pub mod audit;
+pub mod body;
+pub mod hosts;
+pub mod images;
+pub mod instances;
+pub mod openapi;
+pub mod projects;
+pub mod users;
+pub mod watch;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use nimbus_api::{ApiError, WhoAmI};
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+use crate::state::AppState;
+
+pub type St = axum::extract::State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let image_limit = usize::try_from(state.config.max_image_bytes).unwrap_or(usize::MAX);
+    let images = Router::new()
+        .route(
+            "/v1/projects/{project}/images",
+            get(images::list).post(images::import),
+        )
+        .layer(DefaultBodyLimit::max(image_limit));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/projects", get(projects::list).post(projects::create))
+        .route(
+            "/v1/projects/{project}",
+            get(projects::get).delete(projects::delete),
+        )
+        .route(
+            "/v1/projects/{project}/rolebindings",
+            get(users::list_bindings).post(users::create_binding),
+        )
+        .route(
+            "/v1/projects/{project}/rolebindings/{user}",
+            get(users::get_binding).delete(users::delete_binding),
+        )
+        .route("/v1/users", get(users::list).post(users::create))
+        .route("/v1/users/{user}", get(users::get).delete(users::delete))
+        .route("/v1/tokens", get(users::list_tokens).post(users::create_token))
+        .route(
+            "/v1/tokens/{token}",
+            get(users::get_token).delete(users::delete_token),
+        )
+        .route("/v1/hosts", get(hosts::list).post(hosts::register))
+        .route("/v1/hosts/{host}", get(hosts::get))
+        .route("/v1/hosts/{host}/status", post(hosts::report))
+        .merge(images)
+        .route(
+            "/v1/projects/{project}/images/{name}",
+            get(images::get).delete(images::delete),
+        )
+        .route("/v1/instances", get(instances::list_all))
+        .route(
+            "/v1/projects/{project}/instances",
+            get(instances::list).post(instances::create),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}",
+            get(instances::get)
+                .put(instances::replace)
+                .delete(instances::delete),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/start",
+            post(instances::start),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/stop",
+            post(instances::stop),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/restart",
+            post(instances::restart),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/status",
+            post(instances::report_status),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/logs",
+            get(instances::logs),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/exec",
+            post(instances::exec),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::auth_layer,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ServerError {
+    ServerError(ApiError::not_found(format!(
+        "no API route {}; see /v1/openapi.json for the routes",
+        uri.path()
+    )))
+}
+
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "The server is up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(
+    axum::extract::State(state): St,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<WhoAmI>> {
+    let mut roles = std::collections::BTreeMap::new();
+    let page = state
+        .repo
+        .list::<nimbus_api::RoleBinding>(None, &Default::default(), |b| b.spec.user == caller.user)
+        .await?;
+    for b in page.items {
+        if let Some(p) = b.metadata.project {
+            roles.insert(p, b.spec.role);
+        }
+    }
+    Ok(Json(WhoAmI {
+        user: caller.user.clone(),
+        system_admin: caller.system_admin,
+        token_id: caller.token_id.clone(),
+        roles,
+    }))
+}

@@ -1,0 +1,259 @@
+//! Users, their API tokens, and role bindings in projects.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use nimbus_api::{
+    validate_name, ApiError, CreateRequest, CreateToken, ListOptions, Metadata, ProjectStatus,
+    ResourceList, Role, RoleBinding, RoleBindingSpec, Token, TokenCreated, TokenSpec, TokenStatus,
+    User, UserSpec, UserStatus,
+};
+
+use super::body::JsonBody;
+use super::St;
+use crate::auth::{self, token, Caller};
+use crate::error::{ApiResult, ServerError};
+use crate::repo::Repo;
+
+#[utoipa::path(get, path = "/v1/users", params(ListOptions), responses((status = 200, body = ResourceList<User>)))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Json<ResourceList<User>>> {
+    auth::require_system_admin(&caller)?;
+    Ok(Json(state.repo.list(None, &opts, |_| true).await?))
+}
+
+#[utoipa::path(post, path = "/v1/users", request_body = CreateRequest<UserSpec>, responses((status = 201, body = User)))]
+pub async fn create(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateRequest<UserSpec>>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    auth::require_system_admin(&caller)?;
+    validate_name("user", &req.name).map_err(ApiError::invalid)?;
+    let mut metadata = Metadata::new(&req.name, None);
+    metadata.labels = req.labels;
+    let user = state
+        .repo
+        .create(User {
+            metadata,
+            spec: req.spec,
+            status: UserStatus::default(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[utoipa::path(get, path = "/v1/users/{user}", responses((status = 200, body = User)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult<Json<User>> {
+    if caller.user != user {
+        auth::require_system_admin(&caller)?;
+    }
+    Ok(Json(state.repo.get(None, &user).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/users/{user}", responses((status = 204)))]
+pub async fn delete(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth::require_system_admin(&caller)?;
+    if user == caller.user {
+        return Err(ServerError(ApiError::conflict(
+            "you cannot delete the user you are acting as; use another administrator",
+        )));
+    }
+    state.repo.delete::<User>(None, &user, None).await?;
+    // Its tokens and bindings go with it.
+    let tokens = state
+        .repo
+        .list::<Token>(None, &ListOptions::default(), |t| t.spec.user == user)
+        .await?;
+    for t in tokens.items {
+        let _ = state.repo.delete::<Token>(None, &t.metadata.name, None).await;
+    }
+    let bindings = state
+        .repo
+        .list::<RoleBinding>(None, &ListOptions::default(), |b| b.spec.user == user)
+        .await?;
+    for b in bindings.items {
+        let _ = state
+            .repo
+            .delete::<RoleBinding>(b.metadata.project.as_deref(), &b.metadata.name, None)
+            .await;
+    }
+    state.tokens.invalidate_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn redact(mut t: Token) -> Token {
+    t.status.secret_sha256.clear();
+    t
+}
+
+/// Create a token record and return it with its secret.
+pub async fn issue_token(
+    repo: &Repo,
+    user: &str,
+    description: &str,
+    host: Option<&str>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> ApiResult<TokenCreated> {
+    let (id, secret) = token::generate();
+    let t = repo
+        .create(Token {
+            metadata: Metadata::new(&id, None),
+            spec: TokenSpec {
+                user: user.to_string(),
+                description: description.to_string(),
+                expires_at,
+                host: host.map(str::to_string),
+            },
+            status: TokenStatus {
+                secret_sha256: token::hash_hex(&secret),
+                last_used_at: None,
+            },
+        })
+        .await?;
+    Ok(TokenCreated {
+        token: redact(t),
+        secret: token::format(&id, &secret),
+    })
+}
+
+#[utoipa::path(post, path = "/v1/tokens", request_body = CreateToken,
+    responses((status = 201, body = TokenCreated, description = "The secret is shown only here")))]
+pub async fn create_token(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    if caller.is_host_agent() {
+        return Err(ServerError(ApiError::forbidden("host tokens cannot create tokens")));
+    }
+    let user = req.user.unwrap_or_else(|| caller.user.clone());
+    if user != caller.user {
+        auth::require_system_admin(&caller)?;
+    }
+    let _: User = state.repo.get(None, &user).await?;
+    let created = issue_token(&state.repo, &user, &req.description, None, req.expires_at).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = ResourceList<Token>)))]
+pub async fn list_tokens(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Json<ResourceList<Token>>> {
+    let mut page = state
+        .repo
+        .list::<Token>(None, &opts, |t| caller.system_admin || t.spec.user == caller.user)
+        .await?;
+    page.items = page.items.into_iter().map(redact).collect();
+    Ok(Json(page))
+}
+
+async fn own_token(state: &crate::AppState, caller: &Caller, id: &str) -> ApiResult<Token> {
+    let t: Option<Token> = state.repo.try_get(None, id).await?;
+    match t {
+        Some(t) if caller.system_admin || t.spec.user == caller.user => Ok(t),
+        _ => Err(ServerError(ApiError::not_found(format!(
+            "token {id:?} not found; list yours with `nimbus token list`"
+        )))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/tokens/{token}", responses((status = 200, body = Token)))]
+pub async fn get_token(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Token>> {
+    Ok(Json(redact(own_token(&state, &caller, &id).await?)))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{token}", responses((status = 204)))]
+pub async fn delete_token(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    own_token(&state, &caller, &id).await?;
+    state.repo.delete::<Token>(None, &id, None).await?;
+    state.tokens.invalidate_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings", responses((status = 200, body = ResourceList<RoleBinding>)))]
+pub async fn list_bindings(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Json<ResourceList<RoleBinding>>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.list(Some(&project), &opts, |_| true).await?))
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 200, body = RoleBinding)))]
+pub async fn get_binding(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, user)): Path<(String, String)>,
+) -> ApiResult<Json<RoleBinding>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.get(Some(&project), &user).await?))
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/rolebindings", request_body = RoleBindingSpec,
+    responses((status = 201, body = RoleBinding)))]
+pub async fn create_binding(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    JsonBody(spec): JsonBody<RoleBindingSpec>,
+) -> ApiResult<(StatusCode, Json<RoleBinding>)> {
+    auth::require_role(&state.repo, &caller, &project, Role::Admin).await?;
+    let _: User = state.repo.get(None, &spec.user).await?;
+    let binding = RoleBinding {
+        metadata: Metadata::new(&spec.user, Some(&project)),
+        spec,
+        status: ProjectStatus::default(),
+    };
+    // Granting again replaces the role.
+    let existing: Option<RoleBinding> = state.repo.try_get(Some(&project), &binding.spec.user).await?;
+    let saved = match existing {
+        Some(mut old) => {
+            old.spec.role = binding.spec.role;
+            state.repo.update(old).await?
+        }
+        None => state.repo.create(binding).await?,
+    };
+    state.tokens.invalidate_all();
+    Ok((StatusCode::CREATED, Json(saved)))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 204)))]
+pub async fn delete_binding(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    auth::require_role(&state.repo, &caller, &project, Role::Admin).await?;
+    state.repo.delete::<RoleBinding>(Some(&project), &user, None).await?;
+    state.tokens.invalidate_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Role names accepted by the CLI.
+pub fn parse_role(s: &str) -> Result<Role, ApiError> {
+    s.parse().map_err(ApiError::invalid)
+}

@@ -1,0 +1,88 @@
+//! Watch streams: changes to a collection after a revision, one JSON
+//! object per line, ended by an ERROR event if the history is gone.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use futures::StreamExt;
+use nimbus_api::resources::Object;
+use nimbus_api::{ApiError, ErrorCode, WatchEvent, WatchEventType};
+use nimbus_store::{EventKind, StoreError};
+
+use crate::error::{ApiResult, ServerError};
+use crate::repo::decode;
+use crate::state::AppState;
+
+/// Stream events under `prefix` after `after_revision` (default: now),
+/// keeping those `filter` accepts.
+pub async fn stream<T: Object>(
+    state: &Arc<AppState>,
+    prefix: String,
+    after_revision: Option<i64>,
+    filter: impl Fn(&T) -> bool + Send + Sync + 'static,
+) -> ApiResult<Response> {
+    let after = match after_revision {
+        Some(r) => r,
+        None => state.repo.store.current_revision().await?,
+    };
+    let rx = match state.repo.store.watch(&prefix, after).await {
+        Ok(rx) => rx,
+        Err(e @ StoreError::Compacted { .. }) => {
+            return Err(ServerError(ApiError::new(ErrorCode::Compacted, e.to_string())))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .filter_map(move |item| {
+            let line = match item {
+                Ok(ev) => {
+                    let revision = ev.kv.mod_revision;
+                    let (event_type, kv) = match ev.kind {
+                        EventKind::Put if ev.prev.is_none() => (WatchEventType::Added, &ev.kv),
+                        EventKind::Put => (WatchEventType::Modified, &ev.kv),
+                        EventKind::Delete => (WatchEventType::Deleted, &ev.kv),
+                    };
+                    match decode::<T>(kv) {
+                        Ok(mut obj) => {
+                            if !filter(&obj) {
+                                None
+                            } else {
+                                obj.metadata_mut().revision = revision;
+                                Some(WatchEvent {
+                                    event_type,
+                                    revision,
+                                    object: Some(obj),
+                                    error: None,
+                                })
+                            }
+                        }
+                        Err(_) => None,
+                    }
+                }
+                Err(e) => {
+                    let code = match e {
+                        StoreError::Compacted { .. } => ErrorCode::Compacted,
+                        _ => ErrorCode::Internal,
+                    };
+                    let err = ApiError::new(code, format!("{e}; re-list and watch again"));
+                    Some(WatchEvent::<T> {
+                        event_type: WatchEventType::Error,
+                        revision: 0,
+                        object: None,
+                        error: Some(err.body().error),
+                    })
+                }
+            };
+            let bytes = line.and_then(|ev| {
+                let mut v = serde_json::to_vec(&ev).ok()?;
+                v.push(b'\n');
+                Some(Ok::<_, std::io::Error>(bytes::Bytes::from(v)))
+            });
+            futures::future::ready(bytes)
+        });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(events))
+        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}

@@ -1,0 +1,210 @@
+//! Authentication (bearer tokens) and authorisation (roles per project).
+//!
+//! Tenancy rule: a caller without a role in a project gets 404 for
+//! everything in it, exactly as if the project did not exist. A caller who
+//! can see the project but lacks the role for a change gets 403.
+
+pub mod audit;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use nimbus_api::{ApiError, Role, RoleBinding, Token, User};
+
+use crate::error::{ApiResult, ServerError};
+use crate::repo::Repo;
+use crate::state::AppState;
+
+/// Who is calling, established from the bearer token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: String,
+    pub system_admin: bool,
+    pub token_id: String,
+    /// Set for a host agent's token: the host it speaks for.
+    pub host: Option<String>,
+}
+
+impl Caller {
+    pub fn is_host_agent(&self) -> bool {
+        self.host.is_some()
+    }
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Verifies tokens, caching successful lookups briefly so the API hot path
+/// does not read three keys per request. Revocation takes effect within
+/// `CACHE_TTL`.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: RwLock<HashMap<String, (Caller, [u8; 32], Instant)>>,
+}
+
+impl TokenCache {
+    pub fn invalidate_all(&self) {
+        if let Ok(mut e) = self.entries.write() {
+            e.clear();
+        }
+    }
+}
+
+pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<Caller> {
+    let raw = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthenticated(
+                "missing bearer token: send `Authorization: Bearer <token>`; the admin token is in <data-dir>/admin.token",
+            )
+        })?;
+    let (token_id, secret) = token::parse(raw).ok_or_else(|| {
+        ApiError::unauthenticated("malformed token: expected nmb_<id>_<secret> as printed when it was created")
+    })?;
+    let presented = token::hash_secret(secret);
+    if let Ok(cache) = state.tokens.entries.read() {
+        if let Some((caller, hash, at)) = cache.get(token_id) {
+            if at.elapsed() < CACHE_TTL && token::hashes_equal(hash, &presented) {
+                return Ok(caller.clone());
+            }
+        }
+    }
+    let invalid = || {
+        ServerError(ApiError::unauthenticated(
+            "invalid or expired token; create a new one with `nimbus token create`",
+        ))
+    };
+    let stored: Token = state
+        .repo
+        .try_get::<Token>(None, token_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let stored_hash = token::decode_hash(&stored.status.secret_sha256).ok_or_else(invalid)?;
+    if !token::hashes_equal(&stored_hash, &presented) {
+        return Err(invalid());
+    }
+    if let Some(exp) = stored.spec.expires_at {
+        if exp < chrono::Utc::now() {
+            return Err(invalid());
+        }
+    }
+    let caller = if let Some(host) = &stored.spec.host {
+        Caller {
+            user: format!("host:{host}"),
+            system_admin: false,
+            token_id: token_id.to_string(),
+            host: Some(host.clone()),
+        }
+    } else {
+        let user: User = state
+            .repo
+            .try_get::<User>(None, &stored.spec.user)
+            .await?
+            .ok_or_else(invalid)?;
+        Caller {
+            user: user.metadata.name.clone(),
+            system_admin: user.spec.system_admin,
+            token_id: token_id.to_string(),
+            host: None,
+        }
+    };
+    if let Ok(mut cache) = state.tokens.entries.write() {
+        cache.insert(token_id.to_string(), (caller.clone(), stored_hash, Instant::now()));
+    }
+    Ok(caller)
+}
+
+/// The caller's role in `project`, `None` when it has none.
+pub async fn role_in(repo: &Repo, caller: &Caller, project: &str) -> ApiResult<Option<Role>> {
+    if caller.system_admin {
+        return Ok(Some(Role::Admin));
+    }
+    if caller.is_host_agent() {
+        return Ok(Some(Role::Reader));
+    }
+    let binding: Option<RoleBinding> = repo.try_get(Some(project), &caller.user).await?;
+    Ok(binding.map(|b| b.spec.role))
+}
+
+/// Require at least `min` in `project`: 404 when the caller cannot see the
+/// project at all, 403 when it can see but not do.
+pub async fn require_role(repo: &Repo, caller: &Caller, project: &str, min: Role) -> ApiResult<Role> {
+    let role = role_in(repo, caller, project).await?;
+    match role {
+        None => Err(project_not_found(project)),
+        Some(r) if r < min => Err(ServerError(ApiError::forbidden(format!(
+            "your role in project {project:?} is {r}; this needs {min}: ask a project admin for a role binding"
+        )))),
+        Some(r) => {
+            // The project must really exist (a binding can outlive nothing, but an
+            // admin may name a project that was never made).
+            if repo
+                .try_get::<nimbus_api::Project>(None, project)
+                .await?
+                .is_none()
+            {
+                return Err(project_not_found(project));
+            }
+            Ok(r)
+        }
+    }
+}
+
+pub fn project_not_found(project: &str) -> ServerError {
+    ServerError(ApiError::not_found(format!(
+        "project {project:?} not found; list yours with `nimbus project list`"
+    )))
+}
+
+pub fn require_system_admin(caller: &Caller) -> ApiResult<()> {
+    if caller.system_admin {
+        Ok(())
+    } else {
+        Err(ServerError(ApiError::forbidden(
+            "this needs a system administrator's token",
+        )))
+    }
+}
+
+/// Paths served without a token.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/v1/openapi.json" | "/v1/health")
+}
+
+/// Middleware: authenticate, run the handler, audit mutating calls.
+pub async fn auth_layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mutating = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    if is_public(&path) {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let caller = match authenticate(&state, header.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let resp = e.into_response();
+            if mutating {
+                audit::record(&state, None, &method, &path, audit::outcome(&resp)).await;
+            }
+            return resp;
+        }
+    };
+    req.extensions_mut().insert(caller.clone());
+    let resp = next.run(req).await;
+    // Agents report status several times a second; auditing each report
+    // would drown the log in noise, so only user calls are audited.
+    if mutating && !caller.is_host_agent() {
+        audit::record(&state, Some(&caller), &method, &path, audit::outcome(&resp)).await;
+    }
+    resp
+}

@@ -1,0 +1,54 @@
+//! Server configuration, with embedded defaults for a single machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Everything the server keeps: store, images, TLS material, tokens.
+    pub data_dir: PathBuf,
+    /// The local API socket.
+    pub socket_path: PathBuf,
+    /// TCP address for HTTPS; `None` serves the Unix socket only.
+    pub listen: Option<SocketAddr>,
+    /// Certificate and key to serve; generated self-signed when absent.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest JSON request body accepted.
+    pub max_body_bytes: usize,
+    /// Largest image archive accepted on import.
+    pub max_image_bytes: u64,
+    /// Largest total unpacked size of an image.
+    pub max_unpacked_bytes: u64,
+    /// A host that has not sent a heartbeat for this long is unreachable.
+    pub host_timeout_ms: u64,
+}
+
+impl ServerConfig {
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            socket_path: data_dir.join("api.sock"),
+            data_dir,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7443))),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 1 << 20,
+            max_image_bytes: 4 << 30,
+            max_unpacked_bytes: 8 << 30,
+            host_timeout_ms: 30_000,
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.db")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}

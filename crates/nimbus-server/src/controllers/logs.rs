@@ -1,0 +1,109 @@
+//! Streaming an instance's log files: the tail of what is there, then,
+//! with follow, new lines until the instance is no longer running.
+
+use std::collections::VecDeque;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use nimbus_api::Instance;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::state::AppState;
+
+const POLL: Duration = Duration::from_millis(100);
+
+async fn read_lines(path: &PathBuf) -> Vec<String> {
+    match tokio::fs::read(path).await {
+        Ok(data) => String::from_utf8_lossy(&data)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn stream(
+    state: Arc<AppState>,
+    instance: Instance,
+    files: Vec<PathBuf>,
+    tail: Option<usize>,
+    follow: bool,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    async_stream(move |tx| async move {
+        let mut lines: VecDeque<String> = VecDeque::new();
+        for f in &files {
+            lines.extend(read_lines(f).await);
+            if let Some(t) = tail {
+                while lines.len() > t {
+                    lines.pop_front();
+                }
+            }
+        }
+        let mut out = String::new();
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+            return;
+        }
+        if !follow {
+            return;
+        }
+        let Some(current) = files.last().cloned() else {
+            return;
+        };
+        let mut offset = tokio::fs::metadata(&current).await.map(|m| m.len()).unwrap_or(0);
+        let mut idle_checks = 0u32;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let len = tokio::fs::metadata(&current).await.map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                // Rotated: the current file started again.
+                offset = 0;
+            }
+            if len > offset {
+                if let Ok(mut f) = tokio::fs::File::open(&current).await {
+                    if f.seek(SeekFrom::Start(offset)).await.is_ok() {
+                        let mut buf = Vec::with_capacity((len - offset) as usize);
+                        if let Ok(n) = (&mut f).take(len - offset).read_to_end(&mut buf).await {
+                            offset += n as u64;
+                            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            idle_checks += 1;
+            if idle_checks % 10 == 0 {
+                let now: Option<Instance> = state
+                    .repo
+                    .try_get(instance.metadata.project.as_deref(), &instance.metadata.name)
+                    .await
+                    .ok()
+                    .flatten();
+                match now {
+                    Some(i) if !i.status.phase.is_terminal() => {}
+                    _ => return,
+                }
+            }
+        }
+    })
+}
+
+/// A tiny generator: run `f` with a sender, yield what it sends.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

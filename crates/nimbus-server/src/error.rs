@@ -1,0 +1,52 @@
+//! Server errors and their JSON form.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use nimbus_api::{ApiError, ErrorCode};
+use nimbus_store::StoreError;
+
+/// Every handler returns this; it renders as `{"error": {...}}`.
+#[derive(Debug)]
+pub struct ServerError(pub ApiError);
+
+pub type ApiResult<T> = Result<T, ServerError>;
+
+impl From<ApiError> for ServerError {
+    fn from(e: ApiError) -> Self {
+        ServerError(e)
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StoreError::Conflict { .. } => ErrorCode::Conflict,
+            StoreError::Compacted { .. } => ErrorCode::Compacted,
+            StoreError::Backend(_) => ErrorCode::Internal,
+        };
+        if code == ErrorCode::Internal {
+            tracing::error!(error = %e, "store failure");
+        }
+        ServerError(ApiError::new(code, e.to_string()))
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, axum::Json(self.0.body())).into_response();
+        resp.extensions_mut().insert(self.0.code);
+        resp
+    }
+}

@@ -1,0 +1,229 @@
+//! Typed access to resources in the store: keys, revisions, lists with
+//! label selectors and pagination.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use nimbus_api::meta::{parse_selector, selector_matches};
+use nimbus_api::resources::Object;
+use nimbus_api::{ApiError, ListOptions, ResourceList};
+use nimbus_store::{KeyValue, Store, StoreError};
+
+use crate::error::{ApiResult, ServerError};
+
+pub const DEFAULT_PAGE: usize = 500;
+pub const MAX_PAGE: usize = 5000;
+
+/// `/instances/ops/web` or `/hosts/node1`.
+pub fn key<T: Object>(project: Option<&str>, name: &str) -> String {
+    match project {
+        Some(p) if T::PROJECT_SCOPED => format!("/{}/{}/{}", T::COLLECTION, p, name),
+        _ => format!("/{}/{}", T::COLLECTION, name),
+    }
+}
+
+/// `/instances/ops/`, `/instances/` (all projects) or `/hosts/`.
+pub fn prefix<T: Object>(project: Option<&str>) -> String {
+    match project {
+        Some(p) if T::PROJECT_SCOPED => format!("/{}/{}/", T::COLLECTION, p),
+        _ => format!("/{}/", T::COLLECTION),
+    }
+}
+
+pub fn describe<T: Object>(project: Option<&str>, name: &str) -> String {
+    match project {
+        Some(p) if T::PROJECT_SCOPED => format!("{} {name:?} in project {p:?}", T::KIND),
+        _ => format!("{} {name:?}", T::KIND),
+    }
+}
+
+pub fn decode<T: Object>(kv: &KeyValue) -> ApiResult<T> {
+    let mut obj: T = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "stored {} at {} is corrupt ({e}); restore it from a backup or delete the key",
+            T::KIND,
+            kv.key
+        ))
+    })?;
+    obj.metadata_mut().revision = kv.mod_revision;
+    Ok(obj)
+}
+
+pub fn encode<T: Object>(obj: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(obj)
+        .map_err(|e| ServerError(ApiError::internal(format!("encoding {}: {e}", T::KIND))))
+}
+
+#[derive(Clone)]
+pub struct Repo {
+    pub store: Arc<dyn Store>,
+}
+
+impl Repo {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Repo { store }
+    }
+
+    pub async fn try_get<T: Object>(&self, project: Option<&str>, name: &str) -> ApiResult<Option<T>> {
+        match self.store.get(&key::<T>(project, name)).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get<T: Object>(&self, project: Option<&str>, name: &str) -> ApiResult<T> {
+        self.try_get(project, name).await?.ok_or_else(|| {
+            ServerError(ApiError::not_found(format!(
+                "{} not found; list them with `nimbus {} list`",
+                describe::<T>(project, name),
+                T::KIND.replace(' ', "")
+            )))
+        })
+    }
+
+    pub async fn create<T: Object>(&self, mut obj: T) -> ApiResult<T> {
+        let (project, name) = {
+            let m = obj.metadata();
+            (m.project.clone(), m.name.clone())
+        };
+        let now = Utc::now();
+        obj.metadata_mut().created_at = now;
+        obj.metadata_mut().updated_at = now;
+        obj.metadata_mut().revision = 0;
+        let value = encode(&obj)?;
+        match self.store.create(&key::<T>(project.as_deref(), &name), value).await {
+            Ok(kv) => {
+                obj.metadata_mut().revision = kv.mod_revision;
+                Ok(obj)
+            }
+            Err(StoreError::AlreadyExists(_)) => Err(ServerError(ApiError::already_exists(format!(
+                "{} already exists; pick another name or delete it first",
+                describe::<T>(project.as_deref(), &name)
+            )))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Compare-and-swap on `obj.metadata.revision`.
+    pub async fn update<T: Object>(&self, mut obj: T) -> ApiResult<T> {
+        let (project, name, expected) = {
+            let m = obj.metadata();
+            (m.project.clone(), m.name.clone(), m.revision)
+        };
+        obj.metadata_mut().updated_at = Utc::now();
+        let value = encode(&obj)?;
+        match self
+            .store
+            .update(&key::<T>(project.as_deref(), &name), value, expected)
+            .await
+        {
+            Ok(kv) => {
+                obj.metadata_mut().revision = kv.mod_revision;
+                Ok(obj)
+            }
+            Err(StoreError::Conflict { current, .. }) => Err(ServerError(ApiError::conflict(format!(
+                "{} was changed by someone else (your revision {expected}, current {current}); get it again and retry",
+                describe::<T>(project.as_deref(), &name)
+            )))),
+            Err(StoreError::NotFound(_)) => Err(ServerError(ApiError::not_found(format!(
+                "{} not found",
+                describe::<T>(project.as_deref(), &name)
+            )))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read-modify-write with retries on conflict.
+    pub async fn modify<T, F>(&self, project: Option<&str>, name: &str, mut change: F) -> ApiResult<T>
+    where
+        T: Object,
+        F: FnMut(&mut T) -> ApiResult<()>,
+    {
+        for _ in 0..16 {
+            let mut obj: T = self.get(project, name).await?;
+            change(&mut obj)?;
+            match self.update(obj).await {
+                Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::Conflict => continue,
+                other => return other,
+            }
+        }
+        Err(ServerError(ApiError::unavailable(format!(
+            "{} is changing too fast to update; retry",
+            describe::<T>(project, name)
+        ))))
+    }
+
+    pub async fn delete<T: Object>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        expected: Option<i64>,
+    ) -> ApiResult<()> {
+        match self.store.delete(&key::<T>(project, name), expected).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(ServerError(ApiError::not_found(format!(
+                "{} not found",
+                describe::<T>(project, name)
+            )))),
+            Err(StoreError::Conflict { current, .. }) => Err(ServerError(ApiError::conflict(format!(
+                "{} was changed (current revision {current}); get it again and retry",
+                describe::<T>(project, name)
+            )))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A page of resources under `project` (or all, for `None`), filtered
+    /// by the label selector.
+    pub async fn list<T: Object>(
+        &self,
+        project: Option<&str>,
+        opts: &ListOptions,
+        filter: impl Fn(&T) -> bool,
+    ) -> ApiResult<ResourceList<T>> {
+        let terms = match &opts.selector {
+            Some(s) => parse_selector(s).map_err(ApiError::bad_request)?,
+            None => Vec::new(),
+        };
+        let limit = opts.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let prefix = prefix::<T>(project);
+        let mut start_after = opts.continue_token.as_ref().map(|c| format!("{prefix}{c}"));
+        let mut items = Vec::new();
+        let mut revision = None;
+        loop {
+            let page = self
+                .store
+                .list(&prefix, start_after.as_deref(), limit + 1)
+                .await?;
+            revision.get_or_insert(page.revision);
+            let fetched = page.kvs.len();
+            for kv in &page.kvs {
+                start_after = Some(kv.key.clone());
+                let obj: T = decode(kv)?;
+                if selector_matches(&terms, &obj.metadata().labels) && filter(&obj) {
+                    items.push(obj);
+                    if items.len() > limit {
+                        break;
+                    }
+                }
+            }
+            if items.len() > limit || (fetched <= limit && !page.more) {
+                break;
+            }
+        }
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items
+                .last()
+                .map(|o| key::<T>(o.metadata().project.as_deref(), &o.metadata().name))
+                .map(|k| k[prefix.len()..].to_string())
+        } else {
+            None
+        };
+        Ok(ResourceList {
+            items,
+            revision: revision.unwrap_or_default(),
+            next,
+        })
+    }
+}

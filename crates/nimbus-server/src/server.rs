@@ -1,0 +1,155 @@
+//! Starting the server: store, bootstrap credentials, listeners and
+//! controllers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use nimbus_api::{ListOptions, Metadata, Token, User, UserSpec, UserStatus};
+use nimbus_image::{ImageStore, Limits};
+use nimbus_store::{SqliteOptions, SqliteStore, Store};
+
+use crate::api::users::issue_token;
+use crate::auth::token;
+use crate::config::ServerConfig;
+use crate::repo::Repo;
+use crate::state::AppState;
+
+pub const ADMIN_USER: &str = "admin";
+
+/// Open the store and image store and make sure the admin credentials exist.
+pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.store_path(), SqliteOptions::default())
+            .with_context(|| format!("opening the store {}", config.store_path().display()))?,
+    );
+    let limits = Limits {
+        max_archive_bytes: config.max_image_bytes,
+        max_unpacked_bytes: config.max_unpacked_bytes,
+        ..Limits::default()
+    };
+    let images = Arc::new(
+        ImageStore::open(&config.images_dir(), limits)
+            .with_context(|| format!("opening the image store {}", config.images_dir().display()))?,
+    );
+    let state = Arc::new(AppState {
+        config,
+        repo: Repo::new(store),
+        tokens: Default::default(),
+        images,
+        host_io: RwLock::new(None),
+        schedule_now: tokio::sync::Notify::new(),
+    });
+    bootstrap_admin(&state).await?;
+    Ok(state)
+}
+
+async fn token_file_valid(state: &AppState, path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Some((id, secret)) = token::parse(text.trim()) else {
+        return false;
+    };
+    match state.repo.try_get::<Token>(None, id).await {
+        Ok(Some(t)) => token::decode_hash(&t.status.secret_sha256)
+            .is_some_and(|h| token::hashes_equal(&h, &token::hash_secret(secret))),
+        _ => false,
+    }
+}
+
+/// Create the `admin` user and write its token to `admin.token` (mode
+/// 0600) when there is no valid one.
+async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
+    if state.repo.try_get::<User>(None, ADMIN_USER).await?.is_none() {
+        state
+            .repo
+            .create(User {
+                metadata: Metadata::new(ADMIN_USER, None),
+                spec: UserSpec {
+                    system_admin: true,
+                    description: "created at first start".into(),
+                },
+                status: UserStatus::default(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the admin user: {e}"))?;
+    }
+    let path = state.config.admin_token_path();
+    if !token_file_valid(state, &path).await {
+        let created = issue_token(&state.repo, ADMIN_USER, "admin token written at start", None, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the admin token: {e}"))?;
+        crate::tls::write_private(&path, format!("{}\n", created.secret).as_bytes())?;
+        tracing::info!(path = %path.display(), "wrote the admin token");
+    }
+    Ok(())
+}
+
+/// A token for the agent of `host`, kept in `path` (mode 0600).
+pub async fn ensure_host_token(state: &AppState, host: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    if token_file_valid(state, path).await {
+        return Ok(std::fs::read_to_string(path)?.trim().to_string());
+    }
+    let created = issue_token(&state.repo, &format!("host:{host}"), "host agent", Some(host), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the host token: {e}"))?;
+    crate::tls::write_private(path, format!("{}\n", created.secret).as_bytes())?;
+    Ok(created.secret)
+}
+
+/// Serve the API on the Unix socket and (if configured) TLS, and run the
+/// controllers, until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = crate::api::router(state.clone());
+    let sock = state.config.socket_path.clone();
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let unix = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding the API socket {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
+    tracing::info!(socket = %sock.display(), "API listening");
+
+    let handle = axum_server::Handle::new();
+    if let Some(addr) = state.config.listen {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (cert, key) = crate::tls::ensure_certificate(
+            &state.config.tls_dir(),
+            state.config.tls_cert.as_deref(),
+            state.config.tls_key.as_deref(),
+        )?;
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+            .await
+            .with_context(|| format!("loading TLS certificate {}", cert.display()))?;
+        let app = app.clone();
+        let handle = handle.clone();
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the API port {addr}; is another nimbus running? pass --listen to choose another"))?;
+        listener.set_nonblocking(true)?;
+        tracing::info!(%addr, cert = %cert.display(), "API listening with TLS");
+        tokio::spawn(async move {
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
+            if let Err(e) = server.serve(app.into_make_service()).await {
+                tracing::error!(error = %e, "TLS listener stopped");
+            }
+        });
+    }
+    tokio::spawn(crate::scheduler::run(state.clone()));
+    tokio::spawn(crate::controllers::hosts::run(state.clone()));
+    let _ = ListOptions::default();
+    axum::serve(unix, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API")?;
+    handle.shutdown();
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Shared server state handed to every handler.
+
+use std::sync::{Arc, RwLock};
+
+use nimbus_image::ImageStore;
+
+use crate::auth::TokenCache;
+use crate::config::ServerConfig;
+use crate::hostio::HostIo;
+use crate::repo::Repo;
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub repo: Repo,
+    pub tokens: TokenCache,
+    pub images: Arc<ImageStore>,
+    /// Reaches instance logs and exec on hosts; set by `nimbus up` for the
+    /// local agent.
+    pub host_io: RwLock<Option<Arc<dyn HostIo>>>,
+    /// Wakes the scheduler when an instance is created.
+    pub schedule_now: tokio::sync::Notify,
+}
+
+impl AppState {
+    pub fn host_io(&self) -> Option<Arc<dyn HostIo>> {
+        self.host_io.read().ok().and_then(|g| g.clone())
+    }
+}

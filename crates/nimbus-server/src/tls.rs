@@ -1,0 +1,57 @@
+//! TLS material for the TCP endpoint: the operator's certificate, or a
+//! self-signed one made at first start.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Paths of the certificate and key to serve, generating them if needed.
+pub fn ensure_certificate(
+    dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let (Some(c), Some(k)) = (cert, key) {
+        return Ok((c.to_path_buf(), k.to_path_buf()));
+    }
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(h) = nix_hostname() {
+        names.push(h);
+    }
+    let certified = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed TLS certificate")?;
+    write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, certified.cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    Ok((cert_path, key_path))
+}
+
+fn nix_hostname() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .to_string())
+}
+
+/// Write a file readable by its owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The SQLite backend: one database file (WAL mode) holding the current keys, a bounded
+//! event log for watch replay, and the store metadata.
+//!
+//! A single connection sits behind a mutex; every call takes it on the blocking thread
+//! pool. Holding that lock while committing and publishing to the watch hub is what
+//! keeps revisions, commits and live events in one order.
+
+mod db;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::hub::LiveSubscription;
+use crate::{
+    Compare, Event, KeyValue, ListResult, Op, Result, Revision, Store, StoreError, Txn, TxnResult,
+    WatchStream, WATCH_CHANNEL_CAPACITY,
+};
+use db::{Cursor, Db};
+
+/// Events read from the log per lock acquisition while a watcher replays history.
+const REPLAY_PAGE_SIZE: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Maximum number of events kept for watch replay; older revisions are compacted
+    /// automatically once the log grows past it (values below 1 count as 1).
+    pub history_limit: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            history_limit: 100_000,
+        }
+    }
+}
+
+/// A [`Store`] kept in a SQLite database. Cloning gives another handle to the same store.
+///
+/// When the last handle is dropped the database closes and open watch streams end.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Arc<Mutex<Db>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in the SQLite database at `path`.
+    ///
+    /// This blocks on file I/O; call it at startup or from `spawn_blocking`.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self> {
+        Ok(Self::from_db(Db::open(path, options.history_limit)?))
+    }
+
+    /// A store that lives only in memory, with default options; for tests and tools.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::open_in_memory_with_options(SqliteOptions::default())
+    }
+
+    pub fn open_in_memory_with_options(options: SqliteOptions) -> Result<Self> {
+        Ok(Self::from_db(Db::open_in_memory(options.history_limit)?))
+    }
+
+    fn from_db(db: Db) -> Self {
+        SqliteStore {
+            db: Arc::new(Mutex::new(db)),
+        }
+    }
+
+    /// The number of live watchers (watchers whose streams were dropped are not counted).
+    pub async fn watcher_count(&self) -> Result<usize> {
+        with_db(&self.db, |db| {
+            db.hub.remove_closed();
+            Ok(db.hub.len())
+        })
+        .await
+    }
+
+    /// The revision at or below which history has been dropped.
+    pub async fn compacted_revision(&self) -> Result<Revision> {
+        with_db(&self.db, |db| Ok(db.compacted())).await
+    }
+}
+
+/// Runs `work` on the blocking pool with the connection locked.
+async fn with_db<T: Send + 'static>(
+    db: &Arc<Mutex<Db>>,
+    work: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || {
+        let mut db = db.lock().map_err(|_| {
+            StoreError::Backend("SQLite connection lock poisoned by a panicked task".into())
+        })?;
+        work(&mut db)
+    })
+    .await
+    .map_err(|err| StoreError::Backend(format!("SQLite task failed: {err}")))?
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        with_db(&self.db, move |db| db.get(&key)).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult> {
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        with_db(&self.db, move |db| {
+            db.list(&prefix, start_after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
+        let key = key.to_string();
+        with_db(&self.db, move |db| {
+            db.write(|batch| {
+                if batch.current(&key)?.is_some() {
+                    return Err(StoreError::AlreadyExists(key.clone()));
+                }
+                batch.put(&key, value)
+            })
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue> {
+        let key = key.to_string();
+        with_db(&self.db, move |db| {
+            db.write(|batch| {
+                let current = batch
+                    .current(&key)?
+                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                check_mod_revision(&key, expected_mod_revision, &current)?;
+                batch.put(&key, value)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<KeyValue> {
+        let key = key.to_string();
+        with_db(&self.db, move |db| {
+            db.write(|batch| {
+                let current = batch
+                    .current(&key)?
+                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                if let Some(expected) = expected_mod_revision {
+                    check_mod_revision(&key, expected, &current)?;
+                }
+                batch
+                    .delete(&key)?
+                    .ok_or_else(|| StoreError::NotFound(key.clone()))
+            })
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult> {
+        with_db(&self.db, move |db| {
+            let succeeded = db.write(|batch| {
+                let mut succeeded = true;
+                for compare in &txn.compares {
+                    let current = batch.current(compare.key())?;
+                    let holds = match compare {
+                        Compare::Exists(_) => current.is_some(),
+                        Compare::Absent(_) => current.is_none(),
+                        Compare::ModRevision(_, expected) => {
+                            current.map_or(0, |kv| kv.mod_revision) == *expected
+                        }
+                    };
+                    if !holds {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                let ops = if succeeded { txn.success } else { txn.failure };
+                for op in ops {
+                    match op {
+                        Op::Put { key, value } => {
+                            batch.put(&key, value)?;
+                        }
+                        Op::Delete { key } => {
+                            batch.delete(&key)?;
+                        }
+                    }
+                }
+                Ok(succeeded)
+            })?;
+            Ok(TxnResult {
+                succeeded,
+                revision: db.revision(),
+            })
+        })
+        .await
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        with_db(&self.db, |db| Ok(db.revision())).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<WatchStream> {
+        // Revisions start at 1, so a negative start means "from the beginning".
+        let after_revision = after_revision.max(0);
+        let watched_prefix = prefix.to_string();
+        // Subscribing under the lock pins the live stream to start right after `head`,
+        // so replaying (after_revision, head] from the log then going live neither loses
+        // nor repeats an event.
+        let (head, live) = with_db(&self.db, move |db| {
+            if after_revision < db.compacted() {
+                return Err(StoreError::Compacted {
+                    requested: after_revision,
+                    compacted: db.compacted(),
+                });
+            }
+            let live = db.hub.subscribe(&watched_prefix, WATCH_CHANNEL_CAPACITY);
+            Ok((db.revision(), live))
+        })
+        .await?;
+        let (out, stream) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
+        let watch = Watch {
+            prefix: prefix.to_string(),
+            after_revision,
+            head,
+            out,
+        };
+        tokio::spawn(watch.run(Arc::clone(&self.db), live));
+        Ok(stream)
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        with_db(&self.db, move |db| db.compact(revision)).await
+    }
+}
+
+fn check_mod_revision(key: &str, expected: Revision, current: &KeyValue) -> Result<()> {
+    if current.mod_revision == expected {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            current: current.mod_revision,
+        })
+    }
+}
+
+/// The task behind one watch stream: replays the log up to `head`, then forwards live
+/// events.
+struct Watch {
+    prefix: String,
+    after_revision: Revision,
+    head: Revision,
+    out: mpsc::Sender<Result<Event>>,
+}
+
+impl Watch {
+    async fn run(self, db: Arc<Mutex<Db>>, live: LiveSubscription) {
+        if !self.replay(db).await {
+            return;
+        }
+        let LiveSubscription { mut events, lag } = live;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        // Only when watching from a future revision.
+                        if event.revision() <= self.after_revision {
+                            continue;
+                        }
+                        if self.out.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        // Closed by the hub (lagged) or because the store was dropped.
+                        if let Some(lag) = lag.get() {
+                            let _ = self.out.send(Err(lag.into_error())).await;
+                        }
+                        return;
+                    }
+                },
+                _ = self.out.closed() => return,
+            }
+        }
+    }
+
+    /// Sends the logged events in (after_revision, head]; false if the stream ended.
+    async fn replay(&self, db: Arc<Mutex<Db>>) -> bool {
+        let mut cursor = Cursor::after_revision(self.after_revision);
+        while cursor.revision < self.head {
+            let (prefix, head) = (self.prefix.clone(), self.head);
+            let page = with_db(&db, move |db| {
+                db.history_page(&prefix, cursor, head, REPLAY_PAGE_SIZE)
+            })
+            .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::debug!(prefix = %self.prefix, error = %err, "watch replay ended");
+                    let _ = self.out.send(Err(err)).await;
+                    return false;
+                }
+            };
+            let last_page = page.len() < REPLAY_PAGE_SIZE;
+            for (position, event) in page {
+                cursor = position;
+                if self.out.send(Ok(event)).await.is_err() {
+                    return false;
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        true
+    }
+}
