@@ -17,7 +17,7 @@ pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("running {} --list-full; install busybox-static", busybox.display()))?;
     let binary = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let mut tar = tar::Builder::new(Vec::new());
-    let mut dir = |path: &str, mode: u32, tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
+    let dir = |path: &str, mode: u32, tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(mode);
@@ -29,7 +29,7 @@ pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
         dir(d, 0o755, &mut tar)?;
     }
     dir("tmp", 0o1777, &mut tar)?;
-    let mut file = |path: &str, mode: u32, data: &[u8], tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
+    let file = |path: &str, mode: u32, data: &[u8], tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(mode);

@@ -42,6 +42,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         images,
         host_io: RwLock::new(None),
         schedule_now: tokio::sync::Notify::new(),
+        image_lock: tokio::sync::RwLock::new(()),
     });
     bootstrap_admin(&state).await?;
     Ok(state)

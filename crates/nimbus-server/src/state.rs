@@ -19,6 +19,9 @@ pub struct AppState {
     pub host_io: RwLock<Option<Arc<dyn HostIo>>>,
     /// Wakes the scheduler when an instance is created.
     pub schedule_now: tokio::sync::Notify,
+    /// Imports hold it shared, garbage collection exclusively: the image
+    /// store must not collect blobs an import is still writing.
+    pub image_lock: tokio::sync::RwLock<()>,
 }
 
 impl AppState {

@@ -9,10 +9,10 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use nimbus_api::{
-    validate_name, ApiError, Image, ImageDefaults, ImageSpec, ImageStatus, Instance, ListOptions,
+    validate_name, ApiError, Image, ImageSpec, Instance, ListOptions,
     Metadata, ResourceList, Role,
 };
-use nimbus_image::{ImageFormat, ImportedImage};
+use nimbus_image::ImportedImage;
 
 use super::St;
 use crate::auth::{self, Caller};
@@ -69,47 +69,6 @@ impl Read for ChannelReader {
     }
 }
 
-pub fn status_from_imported(img: &ImportedImage) -> ImageStatus {
-    ImageStatus {
-        format: match img.format {
-            ImageFormat::Oci => "oci".into(),
-            ImageFormat::Rootfs => "rootfs".into(),
-        },
-        digest: img.manifest_digest.clone(),
-        layers: img.layers.clone(),
-        size_bytes: img.size_bytes,
-        architecture: img.architecture.clone(),
-        defaults: ImageDefaults {
-            env: img.config.env.clone(),
-            entrypoint: img.config.entrypoint.clone(),
-            cmd: img.config.cmd.clone(),
-            working_dir: img.config.working_dir.clone(),
-            user: img.config.user.clone(),
-        },
-    }
-}
-
-pub fn imported_from_status(status: &ImageStatus) -> ImportedImage {
-    ImportedImage {
-        format: if status.format == "oci" {
-            ImageFormat::Oci
-        } else {
-            ImageFormat::Rootfs
-        },
-        manifest_digest: status.digest.clone(),
-        layers: status.layers.clone(),
-        config: nimbus_image::ImageConfig {
-            env: status.defaults.env.clone(),
-            entrypoint: status.defaults.entrypoint.clone(),
-            cmd: status.defaults.cmd.clone(),
-            working_dir: status.defaults.working_dir.clone(),
-            user: status.defaults.user.clone(),
-        },
-        size_bytes: status.size_bytes,
-        architecture: status.architecture.clone(),
-    }
-}
-
 #[utoipa::path(post, path = "/v1/projects/{project}/images", params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive"),
@@ -129,6 +88,7 @@ pub async fn import(
             q.name
         ))));
     }
+    let _importing = state.image_lock.read().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let images = state.images.clone();
     let importer = tokio::task::spawn_blocking(move || {
@@ -162,13 +122,13 @@ pub async fn import(
         .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
         .map_err(|e| ApiError::invalid(format!("image {:?} was not imported: {e}", q.name)))?;
     let mut metadata = Metadata::new(&q.name, Some(&project));
-    metadata.labels.insert("nimbus.io/format".into(), status_from_imported(&imported).format);
+    metadata.labels.insert("nimbus.io/format".into(), imported.to_api().format);
     let image = state
         .repo
         .create(Image {
             metadata,
             spec: ImageSpec { source: q.source },
-            status: status_from_imported(&imported),
+            status: imported.to_api(),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(image)))
@@ -201,9 +161,10 @@ pub async fn delete(
     let keep: Vec<ImportedImage> = remaining
         .items
         .iter()
-        .map(|i| imported_from_status(&i.status))
+        .map(|i| ImportedImage::from_api(&i.status))
         .collect();
     let images = state.images.clone();
+    let _collecting = state.image_lock.write().await;
     let gc = tokio::task::spawn_blocking(move || images.gc(&keep)).await;
     if let Ok(Err(e)) = gc {
         tracing::warn!(error = %e, "image garbage collection failed; it will run again on the next delete");

@@ -1,0 +1,195 @@
+//! The one error type of the crate. Each variant names the thing that failed and the
+//! value involved, and where the fix is on the caller's side, says what to do.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while importing, unpacking or collecting images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A host file operation failed (disk full, permissions, ...).
+    #[error("could not {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading the uploaded archive failed.
+    #[error("could not read the image archive: {source}")]
+    ReadArchive {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "image archive is larger than the limit of {limit} bytes (Limits::max_archive_bytes); \
+         import a smaller image or raise the limit"
+    )]
+    ArchiveTooLarge { limit: u64 },
+
+    #[error(
+        "archive is neither an OCI image layout nor a root-filesystem tarball ({detail}): expected \
+         a tar with `oci-layout`, `index.json` and `blobs/sha256/...`, or a plain, gzip or zstd tar \
+         of a root filesystem; create it with `skopeo copy docker://IMAGE oci-archive:image.tar` \
+         or `tar -C rootfs -c .`"
+    )]
+    NotAnImage { detail: String },
+
+    #[error(
+        "{what} is malformed: {reason}; re-create the archive with `skopeo copy ... oci-archive:` \
+         or `tar -C rootfs -c .`"
+    )]
+    MalformedTar { what: String, reason: String },
+
+    #[error(
+        "unexpected entry `{entry}` in the OCI archive: {reason}; an OCI image layout holds only \
+         `oci-layout`, `index.json` and regular files `blobs/sha256/<64 hex digits>`"
+    )]
+    UnexpectedOciEntry { entry: String, reason: String },
+
+    #[error("OCI archive has no `{name}` at its top level; create it with `skopeo copy ... oci-archive:`")]
+    MissingOciFile { name: &'static str },
+
+    #[error("{file} is not valid JSON for its kind: {source}")]
+    MalformedJson {
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{file} is {size} bytes, more than the {limit}-byte limit for image metadata")]
+    MetadataTooLarge { file: String, size: u64, limit: u64 },
+
+    #[error("invalid OCI image: {reason}")]
+    InvalidOci { reason: String },
+
+    #[error("{context}: `{value}` is not a digest of the form `sha256:<64 lowercase hex digits>`")]
+    InvalidDigest { context: String, value: String },
+
+    #[error("{what}: content digest mismatch: expected {expected}, got {actual}; the archive is corrupt or was tampered with")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{what}: size mismatch: descriptor says {expected} bytes, blob has {actual} bytes")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("{referenced_by} references blob {digest}, which is not in the archive")]
+    MissingBlob {
+        digest: String,
+        referenced_by: String,
+    },
+
+    #[error("{what} has unsupported media type `{media_type}`")]
+    UnsupportedMediaType { what: String, media_type: String },
+
+    #[error(
+        "image index offers no linux/amd64 image and more than one platform ({available}); \
+         copy a single platform with `skopeo copy --override-arch ...`"
+    )]
+    NoMatchingPlatform { available: String },
+
+    #[error(
+        "layer {layer} unpacks to more than {limit} bytes (Limits::max_unpacked_bytes); the layer \
+         may be a decompression bomb, or the limit is too low for this image"
+    )]
+    UnpackedTooLarge { layer: String, limit: u64 },
+
+    #[error("{what} has more than {limit} entries (Limits::max_entries)")]
+    TooManyEntries { what: String, limit: u64 },
+
+    #[error("layer {layer}: entry `{entry}` has an unsafe path: {reason}")]
+    UnsafePath {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+
+    #[error(
+        "layer {layer}: entry `{entry}` would be written through the symlink `{symlink}` created \
+         earlier in the layer (escaping symlink); tar archives never store entries below a symlink"
+    )]
+    EscapingSymlink {
+        layer: String,
+        entry: String,
+        symlink: String,
+    },
+
+    #[error("layer {layer}: hard link `{entry}` -> `{target}` rejected: {reason}")]
+    BadHardLink {
+        layer: String,
+        entry: String,
+        target: String,
+        reason: String,
+    },
+
+    #[error(
+        "layer {layer}: entry `{entry}` is a {kind} device node; images may not carry device \
+         nodes (the runtime creates /dev)"
+    )]
+    DeviceNode {
+        layer: String,
+        entry: String,
+        kind: &'static str,
+    },
+
+    #[error(
+        "layer {layer}: entry `{entry}` has mode {mode:o} with setuid/setgid bits, which this store \
+         does not allow (Limits::allow_setuid = false)"
+    )]
+    SetuidNotAllowed {
+        layer: String,
+        entry: String,
+        mode: u32,
+    },
+
+    #[error("layer {layer}: entry `{entry}` has unsupported tar entry type {kind}")]
+    UnsupportedEntryType {
+        layer: String,
+        entry: String,
+        kind: String,
+    },
+
+    #[error("layer {layer}: entry `{entry}` conflicts with an earlier entry: {reason}")]
+    EntryConflict {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+
+    #[error("layer {layer}: could not {action} `{entry}`: {source}")]
+    Extract {
+        layer: String,
+        entry: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "layer {digest} is neither unpacked nor stored as a blob in the image store; \
+         import the image again"
+    )]
+    LayerMissing { digest: String },
+}
+
+impl ImageError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        ImageError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

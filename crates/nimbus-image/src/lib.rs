@@ -1,0 +1,487 @@
+//! Nimbus image store: imports OCI image archives and root-filesystem tarballs into a
+//! content-addressed blob store, and unpacks each layer once into a directory that
+//! overlayfs can stack (the server imports, the agent asks for layer dirs).
+//!
+//! Images come from users and are hostile until proven otherwise. This crate must never
+//! create, modify or remove anything outside its store root: no entry path with `..` or
+//! an absolute path, no write through a symlink stored in an image, no hard link to a
+//! file outside the layer, no device nodes. It must never let a rejected import leave
+//! anything under `blobs/` or `layers/`, and never let a compressed layer expand past
+//! [`Limits`]. Blocking work: call it from `spawn_blocking`.
+
+mod api;
+mod blob;
+mod error;
+mod gc;
+mod oci;
+mod safe_fs;
+mod stream;
+mod unpack;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ImageError;
+pub use gc::GcReport;
+
+use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
+use unpack::{unpack_layer, UnpackBudget};
+
+/// Bounds applied to every import and unpack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Size of the uploaded archive.
+    pub max_archive_bytes: u64,
+    /// Total bytes written when unpacking (decompression-bomb guard).
+    pub max_unpacked_bytes: u64,
+    /// Tar entries per layer (and in the outer OCI archive).
+    pub max_entries: u64,
+    /// Whether regular files may carry setuid/setgid bits (busybox `su` needs them).
+    pub allow_setuid: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_archive_bytes: 4 << 30,
+            max_unpacked_bytes: 8 << 30,
+            max_entries: 500_000,
+            allow_setuid: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Oci,
+    Rootfs,
+}
+
+/// What the runtime needs from an image config.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// An image in the store; persisted by the caller and handed back to
+/// [`ImageStore::layer_dirs`] and [`ImageStore::gc`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImportedImage {
+    pub format: ImageFormat,
+    /// `sha256:...` of the manifest; for a rootfs tarball, of the layer blob.
+    pub manifest_digest: String,
+    /// Layer blob digests `sha256:...`, lowest first.
+    pub layers: Vec<String>,
+    pub config: ImageConfig,
+    /// Bytes of regular files across the image's distinct layers, unpacked.
+    pub size_bytes: u64,
+    pub architecture: String,
+}
+
+/// A content-addressed image store rooted at one directory:
+/// `blobs/sha256/<hex>`, `layers/<hex>/`, and `tmp/` for staging.
+///
+/// Imports may run concurrently (staging is per import, commits are renames), but
+/// [`ImageStore::gc`] must not run while an import or unpack is in progress.
+#[derive(Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+    blobs: BlobDir,
+    layers_dir: PathBuf,
+    tmp_dir: PathBuf,
+    limits: Limits,
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store at `root` and removes leftovers of
+    /// interrupted imports from `root/tmp`.
+    pub fn open(root: &Path, limits: Limits) -> Result<ImageStore, ImageError> {
+        std::fs::create_dir_all(root).map_err(|e| ImageError::io("create image store", root, e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| ImageError::io("resolve image store path", root, e))?;
+        let blobs = BlobDir::new(root.join("blobs").join("sha256"));
+        let layers_dir = root.join("layers");
+        let tmp_dir = root.join("tmp");
+        for dir in [blobs.dir(), &layers_dir, &tmp_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| ImageError::io("create", dir, e))?;
+        }
+        // Layers hold setuid binaries of other people's images: keep host users out.
+        for dir in [&layers_dir, &tmp_dir] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| ImageError::io("restrict permissions of", dir, e))?;
+        }
+        let entries =
+            std::fs::read_dir(&tmp_dir).map_err(|e| ImageError::io("list", &tmp_dir, e))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| ImageError::io("list", &tmp_dir, e))?
+                .path();
+            remove_any(&path).map_err(|e| ImageError::io("remove stale staging", &path, e))?;
+            tracing::info!(path = %path.display(), "removed stale staging data");
+        }
+        Ok(ImageStore {
+            root,
+            blobs,
+            layers_dir,
+            tmp_dir,
+            limits,
+        })
+    }
+
+    /// The store's root directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Imports an OCI image layout tarball or a root-filesystem tarball (plain, gzip or
+    /// zstd) read from `reader`. `progress` receives the number of archive bytes read so
+    /// far. On error nothing new is left in `blobs/`, `layers/` or `tmp/`.
+    pub fn import(
+        &self,
+        reader: impl Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ImportedImage, ImageError> {
+        let mut reader = reader;
+        let staging = Staging::create(&self.tmp_dir, "import")?;
+        let archive_path = staging.path.join("archive");
+        let (archive_hex, archive_size) = blob::copy_hashed_to_new_file(
+            &mut reader,
+            &archive_path,
+            self.limits.max_archive_bytes,
+            progress,
+        )
+        .map_err(|e| match e {
+            CopyError::Read(source) => ImageError::ReadArchive { source },
+            CopyError::Write(e) => ImageError::io("write staged archive", &archive_path, e),
+            CopyError::TooLarge => ImageError::ArchiveTooLarge {
+                limit: self.limits.max_archive_bytes,
+            },
+        })?;
+        tracing::debug!(bytes = archive_size, digest = %digest_from_hex(&archive_hex), "archive received");
+
+        let mut head = Vec::with_capacity(512);
+        File::open(&archive_path)
+            .and_then(|f| f.take(512).read_to_end(&mut head))
+            .map_err(|e| ImageError::io("read staged archive", &archive_path, e))?;
+        let image = match stream::compression_of(&head) {
+            stream::Compression::Gzip | stream::Compression::Zstd => {
+                self.import_rootfs(&staging, &archive_path, &archive_hex, true)?
+            }
+            stream::Compression::None if stream::looks_like_tar(&head) => {
+                match oci::scan_archive(&archive_path, &self.limits)? {
+                    Some(archive) => self.import_oci(&staging, &archive)?,
+                    None => self.import_rootfs(&staging, &archive_path, &archive_hex, false)?,
+                }
+            }
+            stream::Compression::None => {
+                return Err(ImageError::NotAnImage {
+                    detail: if head.is_empty() {
+                        "the archive is empty".to_string()
+                    } else {
+                        "its first bytes are neither gzip, zstd nor a tar header".to_string()
+                    },
+                })
+            }
+        };
+        tracing::info!(
+            manifest_digest = %image.manifest_digest,
+            format = ?image.format,
+            layers = image.layers.len(),
+            size_bytes = image.size_bytes,
+            "image imported"
+        );
+        Ok(image)
+    }
+
+    fn import_rootfs(
+        &self,
+        staging: &Staging,
+        archive_path: &Path,
+        hex: &str,
+        compressed: bool,
+    ) -> Result<ImportedImage, ImageError> {
+        let digest = digest_from_hex(hex);
+        let mut new_layer = None;
+        if !self.layer_path(hex).is_dir() {
+            let staged = staging.path.join(format!("layer-{hex}"));
+            let source = File::open(archive_path)
+                .map_err(|e| ImageError::io("open staged archive", archive_path, e))?;
+            let mut budget = UnpackBudget::new(self.limits.max_unpacked_bytes);
+            unpack_layer(source, &staged, &digest, &self.limits, &mut budget)?;
+            if compressed && is_oci_layout_dir(&staged) {
+                return Err(ImageError::NotAnImage {
+                    detail: "it is a compressed OCI image layout; decompress it first \
+                             (`gunzip` or `zstd -d`)"
+                        .to_string(),
+                });
+            }
+            new_layer = Some(staged);
+        }
+        if !self.blobs.contains(hex) {
+            self.blobs.commit(archive_path, hex)?;
+        }
+        if let Some(staged) = new_layer {
+            self.commit_layer(&staged, hex)?;
+        }
+        Ok(ImportedImage {
+            format: ImageFormat::Rootfs,
+            manifest_digest: digest.clone(),
+            layers: vec![digest],
+            config: ImageConfig::default(),
+            size_bytes: self.layer_size(hex)?,
+            architecture: "amd64".to_string(),
+        })
+    }
+
+    fn import_oci(
+        &self,
+        staging: &Staging,
+        archive: &oci::OciArchive,
+    ) -> Result<ImportedImage, ImageError> {
+        let resolved = archive.resolve()?;
+        let staged_blobs = staging.path.join("blobs");
+        std::fs::create_dir(&staged_blobs)
+            .map_err(|e| ImageError::io("create staging directory", &staged_blobs, e))?;
+        let mut new_blobs: Vec<(PathBuf, String)> = Vec::new();
+        for (hex, bytes) in [
+            (&resolved.manifest_hex, &resolved.manifest_bytes),
+            (&resolved.config_hex, &resolved.config_bytes),
+        ] {
+            if !self.blobs.contains(hex) && !new_blobs.iter().any(|(_, h)| h == hex) {
+                let path = staged_blobs.join(hex);
+                blob::write_new_file(&path, bytes)
+                    .map_err(|e| ImageError::io("write staged blob", &path, e))?;
+                new_blobs.push((path, hex.clone()));
+            }
+        }
+
+        let diff_ids = resolved.config.diff_ids();
+        let mut budget = UnpackBudget::new(self.limits.max_unpacked_bytes);
+        let mut new_layers: Vec<(PathBuf, String)> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for (position, hex) in resolved.layers.iter().enumerate() {
+            if seen.contains(&hex.as_str()) {
+                continue;
+            }
+            seen.push(hex);
+            let blob_path = if self.blobs.contains(hex) {
+                self.blobs.path(hex)
+            } else {
+                let path = staged_blobs.join(hex);
+                archive.copy_blob(hex, &path)?;
+                new_blobs.push((path.clone(), hex.clone()));
+                path
+            };
+            if self.layer_path(hex).is_dir() {
+                continue;
+            }
+            let digest = digest_from_hex(hex);
+            let staged = staging.path.join(format!("layer-{hex}"));
+            let source =
+                File::open(&blob_path).map_err(|e| ImageError::io("open blob", &blob_path, e))?;
+            let unpacked = unpack_layer(source, &staged, &digest, &self.limits, &mut budget)?;
+            if let Some(diff_id) = diff_ids.get(position) {
+                let expected = digest_hex(diff_id, "config rootfs.diff_ids")?;
+                oci::verify_digest(
+                    &format!("uncompressed layer {digest} (config rootfs.diff_ids[{position}])"),
+                    expected,
+                    &unpacked.diff_id_hex,
+                )?;
+            }
+            new_layers.push((staged, hex.clone()));
+        }
+
+        // Everything verified: publish blobs first, so a committed layer always has one.
+        for (path, hex) in &new_blobs {
+            self.blobs.commit(path, hex)?;
+        }
+        for (path, hex) in &new_layers {
+            self.commit_layer(path, hex)?;
+        }
+        let mut size_bytes = 0u64;
+        for hex in &seen {
+            size_bytes = size_bytes.saturating_add(self.layer_size(hex)?);
+        }
+        let architecture = match resolved.config.architecture.as_str() {
+            "" => "amd64".to_string(),
+            arch => arch.to_string(),
+        };
+        Ok(ImportedImage {
+            format: ImageFormat::Oci,
+            manifest_digest: digest_from_hex(&resolved.manifest_hex),
+            layers: resolved.layers.iter().map(|h| digest_from_hex(h)).collect(),
+            config: resolved.config.image_config(),
+            size_bytes,
+            architecture,
+        })
+    }
+
+    /// Absolute paths of the image's unpacked layer directories, lowest first (reverse
+    /// them for overlayfs `lowerdir`). A missing layer dir is unpacked from its blob.
+    /// A layer listed more than once appears only at its uppermost position: overlayfs
+    /// refuses a repeated lowerdir, and the merged view is the same.
+    pub fn layer_dirs(&self, image: &ImportedImage) -> Result<Vec<PathBuf>, ImageError> {
+        let mut hexes: Vec<&str> = Vec::new();
+        for digest in image.layers.iter().rev() {
+            let hex = digest_hex(digest, "image layer")?;
+            if !hexes.contains(&hex) {
+                hexes.push(hex);
+            }
+        }
+        hexes.reverse();
+        let mut dirs = Vec::with_capacity(hexes.len());
+        for hex in hexes {
+            let path = self.layer_path(hex);
+            if !path.is_dir() {
+                self.unpack_stored_layer(hex)?;
+            }
+            dirs.push(path);
+        }
+        Ok(dirs)
+    }
+
+    /// Removes blobs and layer dirs that none of `keep` references.
+    pub fn gc(&self, keep: &[ImportedImage]) -> Result<GcReport, ImageError> {
+        gc::collect(&self.blobs, &self.layers_dir, &self.tmp_dir, keep)
+    }
+
+    fn layer_path(&self, hex: &str) -> PathBuf {
+        self.layers_dir.join(hex)
+    }
+
+    fn layer_size(&self, hex: &str) -> Result<u64, ImageError> {
+        let path = self.layer_path(hex);
+        safe_fs::open_root(&path)
+            .and_then(|fd| safe_fs::tree_size(&fd))
+            .map_err(|e| ImageError::io("measure layer", path, e))
+    }
+
+    /// Renames a staged layer into `layers/`. Losing a race to another import that
+    /// committed the same layer is fine: its content is identical.
+    fn commit_layer(&self, staged: &Path, hex: &str) -> Result<(), ImageError> {
+        let dest = self.layer_path(hex);
+        match std::fs::rename(staged, &dest) {
+            Ok(()) => Ok(()),
+            Err(_) if dest.is_dir() => Ok(()),
+            Err(e) => Err(ImageError::io("store layer", dest, e)),
+        }
+    }
+
+    fn unpack_stored_layer(&self, hex: &str) -> Result<(), ImageError> {
+        let digest = digest_from_hex(hex);
+        if !self.blobs.contains(hex) {
+            return Err(ImageError::LayerMissing { digest });
+        }
+        let staging = Staging::create(&self.tmp_dir, "unpack")?;
+        let blob_path = self.blobs.path(hex);
+        let file =
+            File::open(&blob_path).map_err(|e| ImageError::io("open blob", &blob_path, e))?;
+        let mut hashing = HashingReader::new(file);
+        let staged = staging.path.join("layer");
+        let mut budget = UnpackBudget::new(self.limits.max_unpacked_bytes);
+        let unpacked = unpack_layer(&mut hashing, &staged, &digest, &self.limits, &mut budget);
+        // Check the digest even when unpacking failed: a damaged blob explains both.
+        let (actual, _) = hashing
+            .finish()
+            .map_err(|e| ImageError::io("read blob", &blob_path, e))?;
+        oci::verify_digest(
+            &format!(
+                "stored blob {} (the image store is damaged)",
+                blob_path.display()
+            ),
+            hex,
+            &actual,
+        )?;
+        unpacked?;
+        tracing::info!(layer = %digest, "unpacked layer from stored blob");
+        self.commit_layer(&staged, hex)
+    }
+}
+
+/// A compressed OCI layout would otherwise import as a root filesystem holding
+/// `oci-layout`, `index.json` and `blobs/`.
+fn is_oci_layout_dir(dir: &Path) -> bool {
+    let is = |name: &str| std::fs::symlink_metadata(dir.join(name));
+    is("oci-layout").is_ok_and(|m| m.is_file())
+        && is("index.json").is_ok_and(|m| m.is_file())
+        && is("blobs").is_ok_and(|m| m.is_dir())
+}
+
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A private directory under `tmp/`, removed with everything in it when dropped, so a
+/// failed import leaves nothing behind. Whatever should survive is renamed out first.
+struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    fn create(tmp_dir: &Path, purpose: &str) -> Result<Staging, ImageError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!(
+                "{purpose}-{}-{}-{nanos:09}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = tmp_dir.join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Staging { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(ImageError::io("create staging directory", path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = remove_any(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove staging directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_errors_can_cross_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ImageStore>();
+        assert_send_sync::<ImageError>();
+        assert_send_sync::<ImportedImage>();
+    }
+
+    #[test]
+    fn default_limits_are_the_documented_ones() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_archive_bytes, 4 * 1024 * 1024 * 1024);
+        assert_eq!(limits.max_unpacked_bytes, 8 * 1024 * 1024 * 1024);
+        assert_eq!(limits.max_entries, 500_000);
+        assert!(limits.allow_setuid);
+    }
+}

@@ -1,0 +1,386 @@
+//! A real Nimbus for end-to-end tests: `nimbus up` on its own data
+//! directory and port, driven through the real CLI and API, torn down and
+//! checked for leaks (mounts, cgroups, processes) when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
+
+pub struct Cloud {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub daemon: Option<Child>,
+    pub host: String,
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Wait until `f` returns Some, or panic with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+impl Cloud {
+    pub fn start() -> Cloud {
+        let dir = tempfile::Builder::new()
+            .prefix("nimbus-e2e-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir");
+        let port = free_port();
+        let host = "e2e-host".to_string();
+        let mut cloud = Cloud {
+            dir,
+            port,
+            daemon: None,
+            host,
+        };
+        cloud.spawn_daemon();
+        cloud.wait_ready();
+        cloud
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn spawn_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir().join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(NIMBUS)
+            .args(["up", "--listen", &format!("127.0.0.1:{}", self.port), "--host-name", &self.host])
+            .env("NIMBUS_DATA_DIR", self.data_dir())
+            .env("NIMBUS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nimbus up");
+        self.daemon = Some(child);
+    }
+
+    /// Wait for the API, the host and the starter image.
+    pub fn wait_ready(&self) {
+        wait_until(Duration::from_secs(60), "the busybox starter image", || {
+            let out = self.nimbus(&["image", "get", "busybox", "-o", "json"]);
+            out.status.success().then_some(())
+        });
+        wait_until(Duration::from_secs(30), "the host to be ready", || {
+            let v = self.json(&["host", "get", &self.host]).ok()?;
+            (v["status"]["phase"] == "ready").then_some(())
+        });
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(NIMBUS);
+        c.env("NIMBUS_DATA_DIR", self.data_dir())
+            .env_remove("NIMBUS_TOKEN")
+            .env_remove("NIMBUS_PROJECT")
+            .env_remove("NIMBUS_ENDPOINT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn nimbus(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run nimbus")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.nimbus(args);
+        assert!(
+            out.status.success(),
+            "nimbus {args:?} failed: {}\n{}\n--- daemon log tail ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon_log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.nimbus(&all);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    pub fn instance(&self, name: &str) -> serde_json::Value {
+        self.json(&["instance", "get", name])
+            .unwrap_or_else(|e| panic!("instance {name}: {e}"))
+    }
+
+    pub fn wait_phase(&self, name: &str, phases: &[&str], timeout: Duration) -> serde_json::Value {
+        wait_until(timeout, &format!("instance {name} to reach {phases:?}"), || {
+            let v = self.json(&["instance", "get", name]).ok()?;
+            let phase = v["status"]["phase"].as_str()?.to_string();
+            phases.contains(&phase.as_str()).then_some(v)
+        })
+    }
+
+    pub fn logs(&self, name: &str) -> String {
+        self.ok(&["instance", "logs", name])
+    }
+
+    /// Kill the daemon abruptly, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn instance_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.data_dir().join("instances"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Remove every instance of every project, then check nothing leaked.
+    pub fn remove_everything(&self) {
+        let ids_before = self.instance_ids();
+        if let Ok(list) = self.json(&["instance", "list", "--project", "default"]) {
+            for i in list["items"].as_array().cloned().unwrap_or_default() {
+                let name = i["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let project = i["metadata"]["project"].as_str().unwrap_or("default").to_string();
+                let _ = self.nimbus(&["instance", "rm", &name, "--project", &project]);
+            }
+        }
+        assert_no_leaks(self.data_dir(), &ids_before);
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            // Remove instances through the API so the real cleanup path runs.
+            let projects = self
+                .json(&["project", "list"])
+                .ok()
+                .and_then(|v| v["items"].as_array().cloned())
+                .unwrap_or_default();
+            for p in projects {
+                let project = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                if let Ok(list) = self.json(&["instance", "list", "--project", &project]) {
+                    for i in list["items"].as_array().cloned().unwrap_or_default() {
+                        let name = i["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        let _ = self.nimbus(&["instance", "rm", &name, "--project", &project]);
+                    }
+                }
+            }
+        }
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: sending SIGTERM to our own child process.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Last resort, so a failed test does not leave workloads behind.
+        force_cleanup(self.data_dir());
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Mount points at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// cgroup directories of instance `id`, on any hierarchy.
+pub fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("nimbus").join(id);
+            if p.exists() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                if String::from_utf8_lossy(&cmd).contains(needle) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+pub fn assert_no_leaks(data_dir: &Path, ids: &[String]) {
+    wait_until(Duration::from_secs(20), "instance cleanup", || {
+        let mounts = mounts_under(data_dir);
+        let cgroups: Vec<PathBuf> = ids.iter().flat_map(|id| cgroups_of(id)).collect();
+        let shims = processes_mentioning(&data_dir.join("instances").to_string_lossy());
+        let dirs: Vec<String> = ids
+            .iter()
+            .filter(|id| data_dir.join("instances").join(id).exists())
+            .cloned()
+            .collect();
+        (mounts.is_empty() && cgroups.is_empty() && shims.is_empty() && dirs.is_empty()).then_some(())
+    });
+}
+
+/// Kill shims and containers of this data dir and unmount what is left.
+pub fn force_cleanup(data_dir: &Path) {
+    let instances = data_dir.join("instances");
+    for pid in processes_mentioning(&instances.to_string_lossy()) {
+        // SAFETY: killing a leftover shim of this test's own data dir.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&instances) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            for cg in cgroups_of(&id) {
+                if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: killing a leftover container process of this test.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut mounts = mounts_under(data_dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    if let Ok(entries) = std::fs::read_dir(&instances) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            for cg in cgroups_of(&id) {
+                let _ = std::fs::remove_dir(&cg);
+            }
+        }
+    }
+}
+
+/// A raw HTTP/1.1 call on the API socket: (status, body).
+pub fn http(cloud: &Cloud, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    http_raw(cloud, method, path, token, body, "application/json")
+}
+
+pub fn http_raw(
+    cloud: &Cloud,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    content_type: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).expect("connect api.sock");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    // The server may answer (413) before reading a large body: ignore write errors.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+/// Undo chunked transfer encoding if present (best effort, for asserts).
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size_line, after)) = rest.split_once("\r\n") else {
+            return if out.is_empty() { body.to_string() } else { out };
+        };
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            return body.to_string();
+        };
+        if size == 0 || after.len() < size {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+}
