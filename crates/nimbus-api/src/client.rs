@@ -31,10 +31,10 @@ pub enum Endpoint {
 pub enum ClientError {
     #[error("{0}")]
     Api(#[from] ApiError),
-    #[error("cannot reach the Nimbus API at {endpoint}: {source}; is `nimbus up` running?")]
+    #[error("cannot reach the Nimbus API at {endpoint}: {error}; is `nimbus up` running?")]
     Connect {
         endpoint: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -94,9 +94,9 @@ impl Client {
 
     async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
         let label = self.endpoint_label();
-        let connect_err = |source| ClientError::Connect {
+        let connect_err = |error| ClientError::Connect {
             endpoint: label.clone(),
-            source,
+            error,
         };
         match &self.endpoint {
             Endpoint::Unix(path) => {

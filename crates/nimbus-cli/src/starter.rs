@@ -9,6 +9,18 @@ use nimbus_api::Image;
 pub const STARTER_IMAGE: &str = "busybox";
 const BUSYBOX: &str = "/bin/busybox";
 
+/// A header owned by root with a fixed time, so the image is reproducible.
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
 /// A tar of a minimal busybox root filesystem.
 pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
     let applets = std::process::Command::new(busybox)
@@ -18,11 +30,7 @@ pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
     let binary = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let mut tar = tar::Builder::new(Vec::new());
     let dir = |path: &str, mode: u32, tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(mode);
-        h.set_size(0);
-        h.set_mtime(0);
+        let mut h = header(tar::EntryType::Directory, mode, 0);
         tar.append_data(&mut h, path, std::io::empty())
     };
     for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root", "var", "run"] {
@@ -30,11 +38,7 @@ pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
     }
     dir("tmp", 0o1777, &mut tar)?;
     let file = |path: &str, mode: u32, data: &[u8], tar: &mut tar::Builder<Vec<u8>>| -> std::io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_mtime(0);
+        let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
         tar.append_data(&mut h, path, data)
     };
     file("bin/busybox", 0o755, &binary, &mut tar)?;
@@ -45,11 +49,7 @@ pub fn busybox_rootfs_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
         if path.is_empty() || path == "bin/busybox" {
             continue;
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(0);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         tar.append_link(&mut h, path, "/bin/busybox")?;
     }
     Ok(tar.into_inner()?)

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
-use nimbus_api::{ListOptions, Metadata, Token, User, UserSpec, UserStatus};
+use nimbus_api::{Metadata, Token, User, UserSpec, UserStatus};
 use nimbus_image::{ImageStore, Limits};
 use nimbus_store::{SqliteOptions, SqliteStore, Store};
 
@@ -145,11 +145,25 @@ pub async fn serve(
     }
     tokio::spawn(crate::scheduler::run(state.clone()));
     tokio::spawn(crate::controllers::hosts::run(state.clone()));
-    let _ = ListOptions::default();
-    axum::serve(unix, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API")?;
+    // Watch streams never end by themselves, so graceful shutdown gets a
+    // deadline: in-flight calls have two seconds to finish.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful_rx = stop_rx.clone();
+    let serving = axum::serve(unix, app).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|s| *s).await;
+    });
+    let deadline = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        r = serving => r.context("serving the API")?,
+        _ = deadline => tracing::info!("closing long-lived API streams"),
+    }
     handle.shutdown();
     let _ = std::fs::remove_file(&sock);
     Ok(())

@@ -137,6 +137,15 @@ async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) ->
             }
             let mut base = instance.status.clone();
             base.observed_generation = instance.status.observed_generation;
+            // A shim already stopping or done (e.g. right after our own stop)
+            // must not be stopped again.
+            let live = match live {
+                Some(c) => match c.status_async().await {
+                    Ok(s) if s.phase.is_final() || s.phase == Phase::Stopping => None,
+                    _ => Some(c),
+                },
+                None => None,
+            };
             if let Some(client) = live {
                 let mut stopping = base.clone();
                 stopping.phase = InstancePhase::Stopping;
