@@ -14,6 +14,7 @@ pub struct Cloud {
     pub port: u16,
     pub daemon: Option<Child>,
     pub host: String,
+    pub extra: Vec<String>,
 }
 
 /// A free TCP port on loopback.
@@ -42,6 +43,11 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 
 impl Cloud {
     pub fn start() -> Cloud {
+        Cloud::start_with(&[])
+    }
+
+    /// Start with extra `nimbus up` arguments.
+    pub fn start_with(extra: &[&str]) -> Cloud {
         let dir = tempfile::Builder::new()
             .prefix("nimbus-e2e-")
             .tempdir_in("/var/tmp")
@@ -53,6 +59,7 @@ impl Cloud {
             port,
             daemon: None,
             host,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cloud.spawn_daemon();
         cloud.wait_ready();
@@ -71,6 +78,7 @@ impl Cloud {
             .expect("daemon log");
         let child = Command::new(NIMBUS)
             .args(["up", "--listen", &format!("127.0.0.1:{}", self.port), "--host-name", &self.host])
+            .args(&self.extra)
             .env("NIMBUS_DATA_DIR", self.data_dir())
             .env("NIMBUS_LOG", "info")
             .stdin(Stdio::null())

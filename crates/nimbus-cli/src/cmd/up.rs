@@ -29,6 +29,16 @@ pub struct ServerArgs {
     /// Largest JSON request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Largest image archive accepted on import, e.g. 4GiB.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size_arg)]
+    pub max_image_size: u64,
+    /// Largest total size an image may unpack to (decompression-bomb guard).
+    #[arg(long, default_value = "8GiB", value_parser = parse_size_arg)]
+    pub max_unpacked_size: u64,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    nimbus_api::units::parse_size(s)
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +59,8 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.tls_cert = args.tls_cert.clone();
     config.tls_key = args.tls_key.clone();
     config.max_body_bytes = args.max_body_bytes;
+    config.max_image_bytes = args.max_image_size;
+    config.max_unpacked_bytes = args.max_unpacked_size;
     config
 }
 
