@@ -162,8 +162,13 @@ impl Cloud {
         })
     }
 
+    /// Both streams of the instance's output, without timestamps.
     pub fn logs(&self, name: &str) -> String {
-        self.ok(&["instance", "logs", name])
+        self.ok(&["instance", "logs", name, "--timestamps"])
+            .lines()
+            .map(|l| l.splitn(3, ' ').nth(2).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Kill the daemon abruptly, as a crash would.
@@ -349,8 +354,20 @@ pub fn http_raw(
     body: &[u8],
     content_type: &str,
 ) -> (u16, String) {
+    http_at(cloud.data_dir(), method, path, token, body, content_type)
+}
+
+/// A raw HTTP/1.1 call on the API socket of the cloud in `data_dir`.
+pub fn http_at(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    content_type: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).expect("connect api.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(data_dir.join("api.sock")).expect("connect api.sock");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()

@@ -46,6 +46,10 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
 
 struct Tracked {
     subscription: Option<JoinHandle<()>>,
+    /// The restart generation this worker last started. Watch events can
+    /// carry an older status (written before our own report), so the
+    /// stored `observed_generation` alone would start the workload twice.
+    started_generation: Option<u64>,
 }
 
 impl Drop for Tracked {
@@ -57,7 +61,10 @@ impl Drop for Tracked {
 }
 
 pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>) {
-    let mut tracked = Tracked { subscription: None };
+    let mut tracked = Tracked {
+        subscription: None,
+        started_generation: None,
+    };
     while let Some(mut instance) = rx.recv().await {
         while let Ok(newer) = rx.try_recv() {
             instance = newer;
@@ -105,7 +112,10 @@ async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) ->
     let wanted_generation = instance.spec.restart_generation;
     match instance.spec.desired_state {
         DesiredState::Running => {
-            if instance.status.observed_generation != wanted_generation {
+            let acted = instance.status.observed_generation == wanted_generation
+                || tracked.started_generation == Some(wanted_generation);
+            if !acted {
+                tracked.started_generation = Some(wanted_generation);
                 if let Some(s) = tracked.subscription.take() {
                     s.abort();
                 }

@@ -1,0 +1,169 @@
+//! Shared by the benchmarks: percentiles, a watch-stream recorder, and
+//! peers (runc bundles, podman images) built from the starter image.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::Cloud;
+
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    if s.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((p / 100.0) * (s.len() as f64 - 1.0)).round() as usize;
+    s[idx.min(s.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        return "-".into();
+    }
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+/// First time each (instance name, phase) was seen on the watch stream.
+#[derive(Clone, Default)]
+pub struct PhaseLog(pub Arc<Mutex<HashMap<(String, String), Instant>>>);
+
+impl PhaseLog {
+    pub fn get(&self, name: &str, phase: &str) -> Option<Instant> {
+        self.0.lock().ok()?.get(&(name.to_string(), phase.to_string())).copied()
+    }
+
+    pub fn wait(&self, name: &str, phases: &[&str], timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(t) = phases.iter().filter_map(|p| self.get(name, p)).min() {
+                return Some(t);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        None
+    }
+}
+
+/// Follow the project's instance watch in a thread, recording phase times.
+pub fn record_phases(cloud: &Cloud, project: &str) -> PhaseLog {
+    let log = PhaseLog::default();
+    let sock = cloud.data_dir().join("api.sock");
+    let token = cloud.admin_token();
+    let project = project.to_string();
+    let out = log.clone();
+    std::thread::spawn(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(sock).expect("watch connect");
+        write!(
+            s,
+            "GET /v1/projects/{project}/instances?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .expect("watch request");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let now = Instant::now();
+            if line.starts_with('{') {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let name = v["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                    let phase = v["object"]["status"]["phase"].as_str().unwrap_or_default().to_string();
+                    if let Ok(mut m) = out.0.lock() {
+                        m.entry((name, phase)).or_insert(now);
+                    }
+                }
+            }
+            line.clear();
+        }
+    });
+    // Let the watch connect before anything is created.
+    std::thread::sleep(Duration::from_millis(200));
+    log
+}
+
+/// POST an instance; returns when the API has answered.
+pub fn create_instance(cloud: &Cloud, project: &str, name: &str, args: &[&str], extra_spec: serde_json::Value) {
+    let mut spec = serde_json::json!({"image": "busybox", "args": args});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    let body = serde_json::to_vec(&serde_json::json!({"name": name, "spec": spec})).expect("json");
+    let token = cloud.admin_token();
+    let (status, resp) = crate::common::http(cloud, "POST", &format!("/v1/projects/{project}/instances"), Some(&token), &body);
+    assert_eq!(status, 201, "create {name}: {resp}");
+}
+
+pub fn delete_instance(cloud: &Cloud, project: &str, name: &str) {
+    let token = cloud.admin_token();
+    crate::common::http(cloud, "DELETE", &format!("/v1/projects/{project}/instances/{name}"), Some(&token), b"");
+}
+
+/// The unpacked starter image (a plain busybox root filesystem).
+pub fn starter_rootfs(cloud: &Cloud) -> PathBuf {
+    let v = cloud.json(&["image", "get", "busybox"]).expect("starter image");
+    let layer = v["status"]["layers"][0].as_str().expect("layer").trim_start_matches("sha256:").to_string();
+    cloud.data_dir().join("images/layers").join(layer)
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// A runc bundle running `args` on `rootfs` (read-only), with a user
+/// namespace like Nimbus's containers.
+pub fn runc_bundle(dir: &Path, rootfs: &Path, args: &[&str]) {
+    std::fs::create_dir_all(dir).expect("bundle dir");
+    let st = Command::new("runc").args(["spec"]).current_dir(dir).status().expect("runc spec");
+    assert!(st.success());
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
+    cfg["process"]["args"] = serde_json::json!(args);
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
+    cfg["hostname"] = serde_json::json!("bench");
+    if let Some(ns) = cfg["linux"]["namespaces"].as_array_mut() {
+        ns.push(serde_json::json!({"type": "user"}));
+    }
+    cfg["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    cfg["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write config");
+}
+
+/// A containers.conf that podman accepts on this machine.
+pub fn podman_env(dir: &Path) -> PathBuf {
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\n",
+    )
+    .expect("containers.conf");
+    conf
+}
+
+/// Import the rootfs into podman as `nimbus-bench-busybox`.
+pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> bool {
+    let tar = work.join("rootfs.tar");
+    let ok = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().map(|s| s.success()).unwrap_or(false);
+    ok && Command::new("podman")
+        .env("CONTAINERS_CONF", conf)
+        .args(["import", "--quiet"])
+        .arg(&tar)
+        .arg("nimbus-bench-busybox")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,293 @@
+//! The instance rootfs: an overlay of the shared image layers under a private upper dir.
+//!
+//! Layers are owned by image ids (root = 0) and shared by every instance, so they are
+//! never chowned. Each layer is bind-mounted read-only at `<dir>/lower/<n>` through an
+//! *idmapped* mount (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)` + `move_mount`)
+//! that shifts its ids into the instance's host range; the overlay at `<dir>/rootfs`
+//! stacks those under `<dir>/upper` (owned by the instance's host root, kept across
+//! restarts as the writable layer).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::wait::waitpid;
+use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
+
+use super::mounts::{mount_points_under, unmount_all_under};
+use super::spec::{IdMap, ShimSpec};
+use super::ShimError;
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub fn rootfs_dir(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("rootfs")
+}
+pub fn lower_dir(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("lower")
+}
+pub fn upper_dir(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("upper")
+}
+pub fn work_dir(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("work")
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> ShimError {
+    move |source| ShimError::Io { what, source }
+}
+
+/// Mounts the rootfs unless it is already mounted (a restart reuses it).
+pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, ShimError> {
+    let rootfs = rootfs_dir(instance_dir);
+    if mount_points_under(instance_dir)
+        .map(|m| m.iter().any(|p| p == &rootfs))
+        .unwrap_or(false)
+    {
+        return Ok(rootfs);
+    }
+    check_searchable(instance_dir)?;
+    for layer in &spec.layers {
+        if !layer.is_dir() {
+            return Err(ShimError::Rootfs(format!(
+                "image layer {} is missing",
+                layer.display()
+            )));
+        }
+    }
+    let (upper, work) = (upper_dir(instance_dir), work_dir(instance_dir));
+    for dir in [&rootfs, &upper, &work, &lower_dir(instance_dir)] {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+    }
+    let host_root = (Uid::from_raw(spec.id_map.host_id), Gid::from_raw(spec.id_map.host_id));
+    for dir in [&upper, &work] {
+        chown(dir.as_path(), Some(host_root.0), Some(host_root.1)).map_err(|e| {
+            ShimError::Rootfs(format!("chown {} to {}: {e}", dir.display(), host_root.0))
+        })?;
+    }
+    // The container root reaches its rootfs through this path from inside its user
+    // namespace, so every directory on the way must be searchable by "others".
+    std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(format!("chmod {}", rootfs.display())))?;
+
+    let result = mount_layers(instance_dir, spec, &rootfs, &upper, &work);
+    if result.is_err() {
+        let _ = unmount_all_under(instance_dir);
+    }
+    result.map(|_| rootfs)
+}
+
+fn mount_layers(
+    instance_dir: &Path,
+    spec: &ShimSpec,
+    rootfs: &Path,
+    upper: &Path,
+    work: &Path,
+) -> Result<(), ShimError> {
+    let userns = IdmapUserns::create(spec.id_map)?;
+    let mut lowers = Vec::with_capacity(spec.layers.len());
+    for (n, layer) in spec.layers.iter().enumerate() {
+        let target = lower_dir(instance_dir).join(n.to_string());
+        std::fs::create_dir_all(&target)
+            .map_err(io_err(format!("create {}", target.display())))?;
+        idmapped_bind(layer, &target, &userns.fd).map_err(|e| {
+            ShimError::Rootfs(format!(
+                "idmapped mount of layer {} at {} failed: {e}",
+                layer.display(),
+                target.display()
+            ))
+        })?;
+        lowers.push(target);
+    }
+    // overlayfs wants the topmost layer first.
+    let lowerdir = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let options = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    if options.len() >= 4000 {
+        return Err(ShimError::Rootfs(format!(
+            "overlay options for {} layers under {} exceed a page",
+            lowers.len(),
+            instance_dir.display()
+        )));
+    }
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| ShimError::Rootfs(format!("overlay mount at {}: {e}", rootfs.display())))
+}
+
+/// Clones the mount tree at `source` and attaches it at `target`, read-only, with its
+/// ids shifted through `userns`.
+fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd) -> Result<(), std::io::Error> {
+    let source_c = CString::new(source.as_os_str().as_bytes())?;
+    let target_c = CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: open_tree takes a NUL-terminated path that outlives the call; the
+    // returned descriptor is checked and then owned by `tree`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source_c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open_tree and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: `attr` is a properly laid out mount_attr living across the call and its
+    // size is passed; `tree` is a valid detached mount descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both paths are NUL-terminated and live across the call; `tree` is valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A user namespace carrying the instance's id mapping, held open by a descriptor.
+/// A short-lived child creates it; its `/proc/<pid>/ns/user` outlives the child.
+struct IdmapUserns {
+    fd: OwnedFd,
+}
+
+impl IdmapUserns {
+    fn create(map: IdMap) -> Result<IdmapUserns, ShimError> {
+        let pipe_err = |e| ShimError::Rootfs(format!("pipe for id-map helper: {e}"));
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
+        let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
+        // SAFETY: the shim is single-threaded here; the child only makes raw syscalls
+        // and leaves with _exit, never returning into Rust code that assumes one owner.
+        let child = match unsafe { fork() } {
+            Err(e) => return Err(ShimError::Rootfs(format!("fork id-map helper: {e}"))),
+            Ok(ForkResult::Child) => {
+                drop(ready_r);
+                drop(hold_w);
+                let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+                let mut ready = File::from(ready_w);
+                let _ = ready.write_all(if ok { b"1" } else { b"0" });
+                let mut byte = [0u8; 1];
+                let _ = File::from(hold_r).read(&mut byte);
+                // SAFETY: _exit is async-signal-safe and skips the parent's atexit state.
+                unsafe { libc::_exit(0) }
+            }
+            Ok(ForkResult::Parent { child }) => child,
+        };
+        drop(ready_w);
+        drop(hold_r);
+        let result = (|| {
+            let mut byte = [0u8; 1];
+            let n = File::from(ready_r).read(&mut byte).unwrap_or(0);
+            if n != 1 || byte[0] != b'1' {
+                return Err(ShimError::Rootfs(
+                    "id-map helper could not create a user namespace".to_string(),
+                ));
+            }
+            let line = format!("0 {} {}\n", map.host_id, map.size);
+            for file in ["uid_map", "gid_map"] {
+                let path = format!("/proc/{child}/{file}");
+                std::fs::write(&path, &line)
+                    .map_err(|e| ShimError::Rootfs(format!("write {line:?} to {path}: {e}")))?;
+            }
+            let path = format!("/proc/{child}/ns/user");
+            let ns = File::open(&path)
+                .map_err(|e| ShimError::Rootfs(format!("open user namespace {path}: {e}")))?;
+            Ok(IdmapUserns { fd: ns.into() })
+        })();
+        drop(hold_w);
+        let _ = waitpid(child, None);
+        result
+    }
+}
+
+/// Fails with a clear reason when the container root could not reach its rootfs.
+fn check_searchable(instance_dir: &Path) -> Result<(), ShimError> {
+    for dir in instance_dir.ancestors() {
+        let mode = std::fs::metadata(dir)
+            .map_err(io_err(format!("stat {}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(ShimError::Rootfs(format!(
+                "{} (mode {:o}) is not searchable by others, so the container's user \
+                 namespace cannot reach its rootfs",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts the rootfs and the idmapped layers and removes their mount points.
+/// The upper and work dirs stay: they are the instance's writable layer.
+pub fn unmount_rootfs(instance_dir: &Path) -> Result<(), ShimError> {
+    unmount_all_under(instance_dir)?;
+    let _ = std::fs::remove_dir(rootfs_dir(instance_dir));
+    let lower = lower_dir(instance_dir);
+    if lower.exists() {
+        std::fs::remove_dir_all(&lower).map_err(io_err(format!("remove {}", lower.display())))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,625 @@
+//! The shim process: daemonizes, then supervises one container until it is stopped
+//! or exits for good.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::Utc;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use super::bundle::{bundle_dir, default_capabilities, default_seccomp, environment, write_bundle};
+use super::cgroups::{kill_and_remove, oom_kill_count};
+use super::control::SOCKET_FILE;
+use super::exec::{bring_up_loopback, ExecContext};
+use super::logs::{ConsoleLog, LineSplitter, Stream};
+use super::pipes::AsyncPipe;
+use super::rootfs::{mount_rootfs, unmount_rootfs, work_dir};
+use super::spec::{RestartMode, ShimSpec};
+use super::state::{read_state, write_state, Phase, ShimState};
+use super::ShimError;
+
+const READY_RUNNING: u8 = b'R';
+const READY_FAILED: u8 = b'F';
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A run at least this long resets the back-off delay.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// How long output may keep flowing after the init exited (a leaked descriptor in
+/// another process must not stall the exit report).
+const LOG_DRAIN: Duration = Duration::from_secs(2);
+
+pub(super) enum Command {
+    Stop {
+        grace_ms: Option<u64>,
+        reply: oneshot::Sender<ShimState>,
+    },
+}
+
+/// Collects exits of the shim's children and hands them to whoever waits for a pid.
+#[derive(Default)]
+pub(super) struct Reaper {
+    waiters: RefCell<HashMap<i32, oneshot::Sender<WaitStatus>>>,
+    unclaimed: RefCell<HashMap<i32, WaitStatus>>,
+}
+
+impl Reaper {
+    pub(super) fn watch(&self, pid: Pid) -> oneshot::Receiver<WaitStatus> {
+        let (tx, rx) = oneshot::channel();
+        match self.unclaimed.borrow_mut().remove(&pid.as_raw()) {
+            Some(status) => {
+                let _ = tx.send(status);
+            }
+            None => {
+                self.waiters.borrow_mut().insert(pid.as_raw(), tx);
+            }
+        }
+        rx
+    }
+
+    fn reap(&self) {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            let Some(pid) = status.pid() else { break };
+            if !matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
+                continue;
+            }
+            match self.waiters.borrow_mut().remove(&pid.as_raw()) {
+                Some(tx) => {
+                    let _ = tx.send(status);
+                }
+                None => {
+                    let mut unclaimed = self.unclaimed.borrow_mut();
+                    if unclaimed.len() >= 64 {
+                        unclaimed.clear();
+                    }
+                    unclaimed.insert(pid.as_raw(), status);
+                }
+            }
+        }
+    }
+}
+
+/// Shared state of the supervisor and its connection handlers (one thread).
+pub(super) struct Shim {
+    pub(super) dir: PathBuf,
+    pub(super) spec: ShimSpec,
+    state: RefCell<ShimState>,
+    pub(super) events: broadcast::Sender<ShimState>,
+    pub(super) reaper: Reaper,
+    log: RefCell<ConsoleLog>,
+    pub(super) exec_ctx: ExecContext,
+    pub(super) commands: mpsc::UnboundedSender<Command>,
+    init_pid: Cell<Option<Pid>>,
+    pub(super) connections: Cell<usize>,
+    pub(super) connection_closed: Notify,
+}
+
+impl Shim {
+    pub(super) fn state(&self) -> ShimState {
+        self.state.borrow().clone()
+    }
+
+    pub(super) fn init_pid(&self) -> Option<Pid> {
+        self.init_pid.get()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ShimState)) {
+        let snapshot = {
+            let mut state = self.state.borrow_mut();
+            change(&mut state);
+            state.clone()
+        };
+        if let Err(e) = write_state(&self.dir, &snapshot) {
+            tracing::warn!(instance_id = %self.spec.instance_id, error = %e, "cannot write state");
+        }
+        let _ = self.events.send(snapshot);
+    }
+}
+
+/// Entry point of `nimbus shim <instance_dir>`.
+///
+/// Forks the supervisor into the background and returns once it has started the
+/// container (`Ok`) or given up (`Err` with the reason); the supervisor itself never
+/// returns. Must be called before the process starts any thread or runtime.
+pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
+    ensure_single_threaded()?;
+    let dir = std::path::absolute(instance_dir)
+        .with_context(|| format!("resolve instance dir {}", instance_dir.display()))?;
+    let (ready_r, ready_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create ready pipe")?;
+    // SAFETY: the process is single-threaded (checked above).
+    match unsafe { fork() }.context("fork shim")? {
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            let n = File::from(ready_r).read(&mut byte).unwrap_or(0);
+            let _ = waitpid(child, None);
+            match (n, byte[0]) {
+                (1, READY_RUNNING) => Ok(()),
+                (1, _) => Err(anyhow!(
+                    "instance in {} failed to start: {}",
+                    dir.display(),
+                    read_state(&dir).and_then(|s| s.reason).unwrap_or_default()
+                )),
+                _ => Err(anyhow!("shim for {} died before reporting", dir.display())),
+            }
+        }
+        ForkResult::Child => {
+            drop(ready_r);
+            let code = match nix::unistd::setsid() {
+                Err(_) => 1,
+                // SAFETY: still single-threaded; a fresh session leader forks once more
+                // so the supervisor can never reacquire a controlling terminal.
+                Ok(_) => match unsafe { fork() } {
+                    Err(_) => 1,
+                    Ok(ForkResult::Parent { .. }) => 0,
+                    Ok(ForkResult::Child) => std::process::exit(supervisor_main(&dir, ready_w)),
+                },
+            };
+            // SAFETY: the intermediate leaves without running the caller's code.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+fn ensure_single_threaded() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    if threads != "1" {
+        return Err(anyhow!("run_shim must run single-threaded, found {threads} threads"));
+    }
+    Ok(())
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Leaves the caller's world: cwd, stdio and every inherited descriptor but `keep`.
+fn detach_from_caller(keep: RawFd) {
+    let _ = std::env::set_current_dir("/");
+    // SAFETY: close_range only closes descriptors; nothing in this fresh process
+    // refers to the inherited ones above 2 except `keep`, which is spared.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+    // A no-op handler instead of SIG_IGN: handlers reset to default at execve, so the
+    // container's processes do not inherit an ignored SIGPIPE/SIGHUP.
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(ignore_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [Signal::SIGHUP, Signal::SIGPIPE] {
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
+    }
+    // Exec'd processes are re-parented to the shim when their helper exits.
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
+    detach_from_caller(ready.as_raw_fd());
+    let mut ready = Some(File::from(ready));
+    let shim_pid = std::process::id() as i32;
+    let fail = |ready: &mut Option<File>, reason: String| {
+        let mut state = ShimState::new(shim_pid);
+        state.phase = Phase::Failed;
+        state.finished_at = Some(Utc::now());
+        state.reason = Some(reason);
+        let _ = write_state(dir, &state);
+        signal_ready(ready, READY_FAILED);
+        1
+    };
+    let _ = write_state(dir, &ShimState::new(shim_pid));
+    let spec = match ShimSpec::load(dir) {
+        Ok(spec) => spec,
+        Err(e) => return fail(&mut ready, e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&mut ready, format!("cannot start the shim's event loop: {e}")),
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, supervise(dir.to_path_buf(), spec, ready, shim_pid))
+}
+
+fn signal_ready(ready: &mut Option<File>, byte: u8) {
+    if let Some(mut file) = ready.take() {
+        let _ = file.write_all(&[byte]);
+    }
+}
+
+async fn supervise(dir: PathBuf, spec: ShimSpec, mut ready: Option<File>, shim_pid: i32) -> i32 {
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let setup = (|| -> Result<(ConsoleLog, ExecContext), ShimError> {
+        let log = ConsoleLog::open(&dir, spec.log_max_bytes, spec.log_files)?;
+        let exec_ctx = ExecContext {
+            instance_id: spec.instance_id.clone(),
+            env: environment(&spec.env),
+            working_dir: spec.working_dir.clone(),
+            user: spec.user,
+            capabilities: default_capabilities()?,
+            seccomp: default_seccomp()?,
+            nofile: (super::bundle::NOFILE_SOFT, super::bundle::NOFILE_HARD),
+        };
+        Ok((log, exec_ctx))
+    })();
+    let (log, exec_ctx) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            let mut state = ShimState::new(shim_pid);
+            state.phase = Phase::Failed;
+            state.reason = Some(e.to_string());
+            let _ = write_state(&dir, &state);
+            signal_ready(&mut ready, READY_FAILED);
+            return 1;
+        }
+    };
+    let shim = Rc::new(Shim {
+        dir,
+        spec,
+        state: RefCell::new(ShimState::new(shim_pid)),
+        events: broadcast::channel(32).0,
+        reaper: Reaper::default(),
+        log: RefCell::new(log),
+        exec_ctx,
+        commands,
+        init_pid: Cell::new(None),
+        connections: Cell::new(0),
+        connection_closed: Notify::new(),
+    });
+
+    if let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        let reaper_shim = shim.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                reaper_shim.reaper.reap();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+    }
+    match super::server::listen(&shim) {
+        Ok(listener) => {
+            tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            finish(&shim, Phase::Failed, Some(reason), Vec::new()).await;
+            signal_ready(&mut ready, READY_FAILED);
+            return 1;
+        }
+    }
+
+    let (phase, reason, stop_replies) = run_container_loop(&shim, &mut ready, &mut command_rx).await;
+    let mut stop_replies = stop_replies;
+    command_rx.close();
+    while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
+        stop_replies.push(reply);
+    }
+    let code = if phase == Phase::Failed { 1 } else { 0 };
+    finish(&shim, phase, reason, stop_replies).await;
+    signal_ready(&mut ready, READY_FAILED);
+    code
+}
+
+/// Starts, watches and restarts the container. Returns the final phase, a reason to
+/// record if the run failed, and the stop requests still waiting for an answer.
+async fn run_container_loop(
+    shim: &Rc<Shim>,
+    ready: &mut Option<File>,
+    command_rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Phase, Option<String>, Vec<oneshot::Sender<ShimState>>) {
+    let mut stop_replies = Vec::new();
+    let mut backoff = BACKOFF_START;
+    loop {
+        shim.update(|s| {
+            s.phase = Phase::Starting;
+            s.pid = None;
+        });
+        let mut run = match start_container(shim) {
+            Ok(run) => run,
+            Err(e) => {
+                return (Phase::Failed, Some(e.to_string()), stop_replies);
+            }
+        };
+        shim.init_pid.set(Some(run.pid));
+        shim.update(|s| {
+            s.phase = Phase::Running;
+            s.pid = Some(run.pid.as_raw());
+            s.started_at = Some(Utc::now());
+            s.finished_at = None;
+            s.exit_code = None;
+            s.signal = None;
+            s.oom_killed = false;
+            s.reason = None;
+        });
+        signal_ready(ready, READY_RUNNING);
+        let started = Instant::now();
+
+        // Wait for the exit, handling stop requests meanwhile.
+        let mut stopping = false;
+        let mut kill_at: Option<Instant> = None;
+        let mut forced = false;
+        let status = loop {
+            tokio::select! {
+                status = &mut run.exit => break status.ok(),
+                Some(Command::Stop { grace_ms, reply }) = command_rx.recv() => {
+                    stop_replies.push(reply);
+                    if !stopping {
+                        stopping = true;
+                        let grace = grace_ms.unwrap_or(shim.spec.stop_grace_ms);
+                        shim.update(|s| s.phase = Phase::Stopping);
+                        let _ = kill(run.pid, Signal::SIGTERM);
+                        kill_at = Some(Instant::now() + Duration::from_millis(grace));
+                    }
+                }
+                _ = sleep_until_opt(kill_at) => {
+                    let _ = kill(run.pid, Signal::SIGKILL);
+                    forced = true;
+                    kill_at = None;
+                }
+            }
+        };
+        shim.init_pid.set(None);
+        let _ = tokio::time::timeout(LOG_DRAIN, async {
+            for pump in run.log_pumps.drain(..) {
+                let _ = pump.await;
+            }
+        })
+        .await;
+        let oom_kills = oom_kill_count(&shim.spec.instance_id);
+        let delete_error = delete_container(&mut run.container);
+        while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
+            stop_replies.push(reply);
+            stopping = true;
+        }
+        let exit = describe_exit(status, oom_kills, shim.spec.resources.memory_bytes, forced);
+        let restart = !stopping && delete_error.is_none() && should_restart(&shim.spec, &exit, shim.state().restart_count);
+        shim.update(|s| {
+            s.phase = if restart { Phase::Backoff } else { Phase::Stopping };
+            s.pid = None;
+            s.finished_at = Some(Utc::now());
+            s.exit_code = exit.code;
+            s.signal = exit.signal;
+            s.oom_killed = exit.oom;
+            s.reason = Some(exit.reason.clone());
+        });
+        if let Some(e) = delete_error {
+            return (Phase::Failed, Some(format!("{}; {e}", exit.reason)), stop_replies);
+        }
+        if !restart {
+            return (Phase::Exited, None, stop_replies);
+        }
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            backoff = BACKOFF_START;
+        }
+        let wake = Instant::now() + backoff;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                Some(Command::Stop { reply, .. }) = command_rx.recv() => {
+                    stop_replies.push(reply);
+                    return (Phase::Exited, None, stop_replies);
+                }
+            }
+        }
+        shim.update(|s| s.restart_count += 1);
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    oom: bool,
+    failed: bool,
+    reason: String,
+}
+
+fn describe_exit(status: Option<WaitStatus>, oom_kills: u64, memory: Option<u64>, forced: bool) -> Exit {
+    let (code, signal) = match status {
+        Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+        Some(WaitStatus::Signaled(_, sig, _)) => (Some(128 + sig as i32), Some(sig as i32)),
+        _ => (None, None),
+    };
+    let oom = oom_kills > 0;
+    let reason = if oom {
+        match memory {
+            Some(bytes) => format!("OOM-killed: memory limit {} MiB exceeded", bytes >> 20),
+            None => "OOM-killed: host memory exhausted".to_string(),
+        }
+    } else if let Some(sig) = signal {
+        if forced {
+            format!("killed by signal {sig} after the stop grace period")
+        } else {
+            format!("killed by signal {sig}")
+        }
+    } else if let Some(code) = code {
+        format!("exited with code {code}")
+    } else {
+        "exit status was lost".to_string()
+    };
+    Exit { code, signal, oom, failed: oom || code != Some(0), reason }
+}
+
+fn should_restart(spec: &ShimSpec, exit: &Exit, restarts: u32) -> bool {
+    let wanted = match spec.restart.policy {
+        RestartMode::Never => false,
+        RestartMode::OnFailure => exit.failed,
+        RestartMode::Always => true,
+    };
+    wanted && spec.restart.max_retries.is_none_or(|max| restarts < max)
+}
+
+struct RunningContainer {
+    container: Container,
+    pid: Pid,
+    exit: oneshot::Receiver<WaitStatus>,
+    log_pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn runtime_dir(dir: &Path) -> PathBuf {
+    dir.join("runtime")
+}
+
+fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
+    let spec = &shim.spec;
+    let id = &spec.instance_id;
+    let rootfs = mount_rootfs(&shim.dir, spec)?;
+    write_bundle(&shim.dir, spec, &rootfs)?;
+    let runtime = runtime_dir(&shim.dir);
+    let stale = runtime.join(id);
+    if stale.exists() {
+        if let Ok(mut old) = Container::load(stale.clone()) {
+            let _ = old.delete(true);
+        }
+        let _ = std::fs::remove_dir_all(&stale);
+    }
+    std::fs::create_dir_all(&runtime).map_err(|source| ShimError::Io {
+        what: format!("create runtime dir {}", runtime.display()),
+        source,
+    })?;
+    let pipe = |what: &str| {
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ShimError::Container(format!("create {what} pipe for {id}: {e}")))
+    };
+    let (out_r, out_w) = pipe("stdout")?;
+    let (err_r, err_w) = pipe("stderr")?;
+    let stdin = File::open("/dev/null").map_err(|source| ShimError::Io {
+        what: "open /dev/null".to_string(),
+        source,
+    })?;
+    let container_err = |e: libcontainer::error::LibcontainerError| {
+        ShimError::Container(format!("libcontainer could not create container {id}: {e}"))
+    };
+    let mut container = ContainerBuilder::new(id.clone(), SyscallType::default())
+        .with_root_path(&runtime)
+        .map_err(container_err)?
+        .with_stdin(stdin)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(bundle_dir(&shim.dir))
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(container_err)?;
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        return Err(ShimError::Container(format!("container {id} has no init pid")));
+    };
+    let exit = shim.reaper.watch(pid);
+    let started = bring_up_loopback(pid).and_then(|()| {
+        container
+            .start()
+            .map_err(|e| ShimError::Container(format!("start container {id}: {e}")))
+    });
+    if let Err(e) = started {
+        let _ = container.delete(true);
+        return Err(e);
+    }
+    let log_pumps = vec![
+        tokio::task::spawn_local(pump_log(shim.clone(), out_r, Stream::Stdout)),
+        tokio::task::spawn_local(pump_log(shim.clone(), err_r, Stream::Stderr)),
+    ];
+    Ok(RunningContainer { container, pid, exit, log_pumps })
+}
+
+async fn pump_log(shim: Rc<Shim>, fd: OwnedFd, stream: Stream) {
+    let Ok(pipe) = AsyncPipe::new(fd) else { return };
+    let mut buf = vec![0u8; 8192];
+    let mut splitter = LineSplitter::default();
+    while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+        let mut log = shim.log.borrow_mut();
+        splitter.feed(&buf[..n], |line| log.write_line(stream, line));
+    }
+    let mut log = shim.log.borrow_mut();
+    splitter.finish(|line| log.write_line(stream, line));
+}
+
+fn delete_container(container: &mut Container) -> Option<String> {
+    container
+        .delete(true)
+        .err()
+        .map(|e| format!("libcontainer could not delete container {}: {e}", container.id()))
+}
+
+/// Tears everything down, records the final state, answers stop requests and waits
+/// (briefly) for connection handlers to flush.
+async fn finish(
+    shim: &Rc<Shim>,
+    phase: Phase,
+    reason: Option<String>,
+    stop_replies: Vec<oneshot::Sender<ShimState>>,
+) {
+    let mut problems = Vec::new();
+    let id = &shim.spec.instance_id;
+    if let Err(e) = kill_and_remove(id, Duration::from_secs(5)) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = unmount_rootfs(&shim.dir) {
+        problems.push(e.to_string());
+    }
+    for dir in [runtime_dir(&shim.dir), bundle_dir(&shim.dir), work_dir(&shim.dir)] {
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                problems.push(format!("remove {}: {e}", dir.display()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(shim.dir.join(SOCKET_FILE));
+    shim.update(|s| {
+        s.phase = if problems.is_empty() { phase } else { Phase::Failed };
+        s.pid = None;
+        if s.finished_at.is_none() {
+            s.finished_at = Some(Utc::now());
+        }
+        let mut words: Vec<String> = reason.into_iter().chain(s.reason.take()).take(1).collect();
+        if !problems.is_empty() {
+            words.push(format!("teardown incomplete: {}", problems.join("; ")));
+        }
+        s.reason = if words.is_empty() { None } else { Some(words.join("; ")) };
+    });
+    let final_state = shim.state();
+    for reply in stop_replies {
+        let _ = reply.send(final_state.clone());
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while shim.connections.get() > 0 {
+            shim.connection_closed.notified().await;
+        }
+    })
+    .await;
+}

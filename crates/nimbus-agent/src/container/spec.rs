@@ -1,0 +1,162 @@
+//! `spec.json`: what the agent asks the shim to run.
+//!
+//! The agent writes this file before it spawns the shim; the shim only reads it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ShimError;
+
+/// File name of the spec inside an instance directory.
+pub const SPEC_FILE: &str = "spec.json";
+
+/// Everything the shim needs to run one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub instance_id: String,
+    pub name: String,
+    pub hostname: String,
+    /// Unpacked image layer directories, lowest first. Shared between instances and
+    /// never written to.
+    pub layers: Vec<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: UserSpec,
+    pub resources: Resources,
+    pub restart: RestartPolicy,
+    pub id_map: IdMap,
+    pub stop_grace_ms: u64,
+    pub log_max_bytes: u64,
+    pub log_files: u32,
+}
+
+/// The user the container process runs as, in container ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits, enforced through the instance's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    /// 1000 = one CPU, enforced as a CFS quota.
+    pub cpu_millis: Option<u64>,
+    pub pids_max: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartMode {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RestartPolicy {
+    pub policy: RestartMode,
+    /// How many restarts are allowed; `None` means no limit.
+    pub max_retries: Option<u32>,
+}
+
+/// Container uid/gid 0 maps to `host_id`, `size` ids in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl ShimSpec {
+    /// Reads and validates `<instance_dir>/spec.json`.
+    pub fn load(instance_dir: &Path) -> Result<ShimSpec, ShimError> {
+        let path = instance_dir.join(SPEC_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ShimError::Io {
+            what: format!("read instance spec {}", path.display()),
+            source,
+        })?;
+        let spec: ShimSpec = serde_json::from_str(&text).map_err(|err| {
+            ShimError::InvalidSpec(format!("{} is not a valid spec: {err}", path.display()))
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Writes the spec as `<instance_dir>/spec.json` (used by the agent and tests).
+    pub fn save(&self, instance_dir: &Path) -> Result<(), ShimError> {
+        let path = instance_dir.join(SPEC_FILE);
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|err| ShimError::InvalidSpec(format!("cannot encode spec: {err}")))?;
+        super::state::write_atomically(&path, &text)
+    }
+
+    /// Rejects specs the shim cannot run safely, naming the offending value.
+    pub fn validate(&self) -> Result<(), ShimError> {
+        let bad = |msg: String| Err(ShimError::InvalidSpec(msg));
+        let id_ok = !self.instance_id.is_empty()
+            && self.instance_id.len() <= 128
+            && self.instance_id != "."
+            && self.instance_id != ".."
+            && self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+        if !id_ok {
+            return bad(format!(
+                "instance id {:?} must be 1-128 characters of [A-Za-z0-9._+-]",
+                self.instance_id
+            ));
+        }
+        if self.args.is_empty() {
+            return bad(format!("instance {:?} has no command", self.instance_id));
+        }
+        if self.layers.is_empty() {
+            return bad(format!("instance {:?} has no image layers", self.instance_id));
+        }
+        if let Some(layer) = self.layers.iter().find(|l| !l.is_absolute()) {
+            return bad(format!("layer path {} is not absolute", layer.display()));
+        }
+        if self.id_map.host_id == 0 || self.id_map.size == 0 {
+            return bad(format!(
+                "id map {}+{} must map container root to a non-root host range",
+                self.id_map.host_id, self.id_map.size
+            ));
+        }
+        if self.id_map.host_id.checked_add(self.id_map.size).is_none() {
+            return bad(format!(
+                "id map {}+{} overflows the uid space",
+                self.id_map.host_id, self.id_map.size
+            ));
+        }
+        if self.user.uid >= self.id_map.size || self.user.gid >= self.id_map.size {
+            return bad(format!(
+                "user {}:{} is outside the {} mapped ids",
+                self.user.uid, self.user.gid, self.id_map.size
+            ));
+        }
+        if !self.working_dir.is_empty() && !self.working_dir.starts_with('/') {
+            return bad(format!("working dir {:?} is not absolute", self.working_dir));
+        }
+        if self.hostname.len() > 64 {
+            return bad(format!("hostname {:?} is longer than 64 bytes", self.hostname));
+        }
+        if let Some(pids) = self.resources.pids_max {
+            if pids < 1 {
+                return bad(format!("pids limit {pids} must be at least 1"));
+            }
+        }
+        if let Some(mem) = self.resources.memory_bytes {
+            if mem < 4 * 1024 * 1024 {
+                return bad(format!("memory limit {mem} bytes is below 4 MiB"));
+            }
+        }
+        if self.resources.cpu_millis == Some(0) {
+            return bad("cpu limit 0 millis would never run".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! `state.json`: what the shim reports about its instance.
+//!
+//! Rewritten atomically (temporary file + rename) at every change so a reader never
+//! sees half a file, even when the shim dies mid-write.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ShimError;
+
+/// File name of the state inside an instance directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The shim is preparing the rootfs or creating the container.
+    Starting,
+    Running,
+    /// The container exited and will be restarted after a back-off delay.
+    Backoff,
+    /// A stop was requested; the container is being signalled.
+    Stopping,
+    /// The container exited and will not be restarted; the shim has torn down.
+    Exited,
+    /// The instance could not be set up or started; see `reason`.
+    Failed,
+}
+
+impl Phase {
+    /// True once the shim has nothing left to supervise.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Exited | Phase::Failed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimState {
+    pub phase: Phase,
+    pub shim_pid: i32,
+    /// Host pid of the container init while it runs.
+    pub pid: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub restart_count: u32,
+    /// Why the instance is where it is, in words.
+    pub reason: Option<String>,
+}
+
+impl ShimState {
+    pub fn new(shim_pid: i32) -> ShimState {
+        ShimState {
+            phase: Phase::Starting,
+            shim_pid,
+            pid: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            restart_count: 0,
+            reason: None,
+        }
+    }
+}
+
+/// Reads `<instance_dir>/state.json`; `None` if it is missing or unreadable.
+pub fn read_state(instance_dir: &Path) -> Option<ShimState> {
+    let text = std::fs::read(instance_dir.join(STATE_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+pub(crate) fn write_state(instance_dir: &Path, state: &ShimState) -> Result<(), ShimError> {
+    let text = serde_json::to_vec(state)
+        .map_err(|err| ShimError::Protocol(format!("cannot encode state: {err}")))?;
+    write_atomically(&instance_dir.join(STATE_FILE), &text)
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let io_err = |what: &str, source| ShimError::Io {
+        what: format!("{what} {}", tmp.display()),
+        source,
+    };
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io_err("create", e))?;
+    file.write_all(bytes).map_err(|e| io_err("write", e))?;
+    file.sync_data().map_err(|e| io_err("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|source| ShimError::Io {
+        what: format!("rename {} to {}", tmp.display(), path.display()),
+        source,
+    })
+}

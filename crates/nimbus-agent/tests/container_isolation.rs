@@ -1,0 +1,106 @@
+//! End-to-end: what a process inside the container can see and do.
+
+mod container_support;
+
+use std::time::Duration;
+
+use container_support::*;
+use nimbus_agent::container::Phase;
+
+const PROBE: &str = r#"
+grep -E '^(Seccomp|CapEff|CapInh|CapAmb|NoNewPrivs):' /proc/self/status
+echo "pid=$$"
+echo "pid1=$(tr '\0' ' ' < /proc/1/cmdline)"
+echo "hostname=$(hostname)"
+echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')"
+echo "gid_map=$(cat /proc/self/gid_map | tr -s ' ' | sed 's/^ //')"
+echo "id=$(id -u):$(id -g)"
+mkdir /tmp/made && echo mkdir=ok
+mount -t tmpfs x /mnt 2>/dev/null && echo mount=ok || echo mount=denied
+unshare -U true 2>/dev/null && echo unshare=ok || echo unshare=denied
+echo "links=$(ls /sys/class/net | tr '\n' ' ')"
+ip link show lo | grep -q 'UP' && echo lo=up || echo lo=down
+echo "devices=$(ls /dev | tr '\n' ' ')"
+echo "kcore=$(cat /proc/kcore 2>/dev/null | wc -c)"
+echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo procsys=writable || echo procsys=readonly
+echo "nofile=$(ulimit -n)"
+echo "ps=$(ps -o pid,comm | tail -n +2 | wc -l)"
+echo "ps1=$(ps -o pid,comm | awk '$1 == 1 { print $2 }')"
+echo probe-done
+exec sleep 600
+"#;
+
+fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).or_else(|| l.strip_prefix(&format!("{key}:"))))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in {lines:#?}"))
+}
+
+#[test]
+fn container_is_isolated_and_confined() {
+    if !is_root() {
+        return;
+    }
+    let inst = Instance::new("iso", |id, layer| sh_spec(id, layer, PROBE));
+    let running = inst.spawn();
+    assert_eq!(running.phase, Phase::Running, "{running:?}");
+    assert!(wait_until(Duration::from_secs(20), || inst.console_lines("stdout").iter().any(|l| l == "probe-done")),
+        "probe did not finish:\n{}", inst.console());
+    let out = inst.console_lines("stdout");
+    let spec = inst.spec();
+
+    assert_eq!(value(&out, "Seccomp"), "2", "seccomp filter mode");
+    assert_eq!(value(&out, "NoNewPrivs"), "1");
+    let cap_eff = u64::from_str_radix(value(&out, "CapEff"), 16).expect("CapEff hex");
+    assert_ne!(cap_eff, 0x1ff_ffff_ffff, "capabilities must be reduced");
+    assert_eq!(cap_eff & (1 << 21), 0, "CAP_SYS_ADMIN must be absent");
+    assert_ne!(cap_eff & (1 << 0), 0, "CAP_CHOWN is in the default set");
+    assert_eq!(u64::from_str_radix(value(&out, "CapInh"), 16).expect("hex"), 0);
+    assert_eq!(u64::from_str_radix(value(&out, "CapAmb"), 16).expect("hex"), 0);
+
+    assert_eq!(value(&out, "pid"), "1", "the init is pid 1 of its own namespace");
+    assert!(value(&out, "pid1").starts_with("/bin/sh -c"), "{out:?}");
+    assert_eq!(value(&out, "hostname"), spec.hostname);
+    let expected_map = format!("0 {} {}", spec.id_map.host_id, spec.id_map.size);
+    assert_eq!(value(&out, "uid_map"), expected_map);
+    assert_eq!(value(&out, "gid_map"), expected_map);
+    assert_eq!(value(&out, "id"), "0:0");
+    assert_eq!(value(&out, "mkdir"), "ok");
+    assert_eq!(value(&out, "mount"), "denied");
+    assert_eq!(value(&out, "unshare"), "denied");
+    assert_eq!(value(&out, "links"), "lo", "loopback only");
+    assert_eq!(value(&out, "lo"), "up");
+    let devices = value(&out, "devices");
+    for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] {
+        assert!(devices.split(' ').any(|d| d == dev), "/dev/{dev} missing: {devices}");
+    }
+    assert_eq!(value(&out, "kcore"), "0", "/proc/kcore is masked");
+    assert_eq!(value(&out, "procsys"), "readonly");
+    assert_eq!(value(&out, "nofile"), "1024");
+    // Only the probe's own processes are visible (the host runs hundreds).
+    assert_eq!(value(&out, "ps1"), "sh");
+    assert!(value(&out, "ps").parse::<u32>().expect("count") <= 8, "{out:?}");
+
+    // From the host: the container init runs as the instance's host id, in the
+    // instance's cgroup.
+    let pid = running.pid.expect("init pid");
+    assert_eq!(host_uids(pid), vec![spec.id_map.host_id; 4]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    assert!(cgroups.contains(&format!(":memory:/nimbus/{}", inst.id)), "{cgroups}");
+
+    // The image layer stays untouched and still root-owned; writes land in upper/.
+    assert!(!inst.layer.join("tmp/made").exists());
+    assert!(inst.dir.join("upper/tmp/made").exists());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(inst.layer.join("bin/busybox")).expect("stat").uid(), 0);
+    assert_eq!(
+        std::fs::metadata(inst.dir.join("upper/tmp/made")).expect("stat").uid(),
+        spec.id_map.host_id
+    );
+
+    let last = inst.client().stop(0).expect("stop");
+    assert_eq!(last.phase, Phase::Exited);
+    inst.assert_torn_down(&last);
+}
