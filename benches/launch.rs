@@ -20,7 +20,10 @@ fn main() {
         println!("launch: bench");
         return;
     }
-    let runs: usize = std::env::var("NIMBUS_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let runs: usize = std::env::var("NIMBUS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let cloud = common::Cloud::start();
     let idle_rss = cloud.daemon.as_ref().and_then(|c| rss_kib(c.id() as i32));
     let phases = record_phases(&cloud, "default");
@@ -31,9 +34,19 @@ fn main() {
     for i in 0..runs {
         let name = format!("true-{i}");
         let t0 = Instant::now();
-        create_instance(&cloud, "default", &name, &["/bin/true"], serde_json::json!({}));
-        let running = phases.wait(&name, &["running", "exited"], Duration::from_secs(30)).expect("running");
-        let exited = phases.wait(&name, &["exited"], Duration::from_secs(30)).expect("exited");
+        create_instance(
+            &cloud,
+            "default",
+            &name,
+            &["/bin/true"],
+            serde_json::json!({}),
+        );
+        let running = phases
+            .wait(&name, &["running", "exited"], Duration::from_secs(30))
+            .expect("running");
+        let exited = phases
+            .wait(&name, &["exited"], Duration::from_secs(30))
+            .expect("exited");
         to_running.push(running - t0);
         to_exited.push(exited - t0);
         delete_instance(&cloud, "default", &name);
@@ -49,7 +62,12 @@ fn main() {
         for i in 0..runs {
             let t0 = Instant::now();
             let st = Command::new("runc")
-                .args(["--root", &work.path().join("runc-state").to_string_lossy(), "run", "--bundle"])
+                .args([
+                    "--root",
+                    &work.path().join("runc-state").to_string_lossy(),
+                    "run",
+                    "--bundle",
+                ])
                 .arg(&bundle)
                 .arg(format!("nimbus-bench-{i}"))
                 .stdin(std::process::Stdio::null())
@@ -70,13 +88,29 @@ fn main() {
             let t0 = Instant::now();
             let out = Command::new("podman")
                 .env("CONTAINERS_CONF", &conf)
-                .args(["run", "--rm", "--network", "none", "--runtime", "runc", "nimbus-bench-busybox", "/bin/true"])
+                .args([
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "--runtime",
+                    "runc",
+                    "nimbus-bench-busybox",
+                    "/bin/true",
+                ])
                 .output()
                 .expect("podman run");
             podman.push(t0.elapsed());
-            assert!(out.status.success(), "podman run failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "podman run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let _ = Command::new("podman").env("CONTAINERS_CONF", &conf).args(["rmi", "-f", "nimbus-bench-busybox"]).output();
+        let _ = Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
+            .args(["rmi", "-f", "nimbus-bench-busybox"])
+            .output();
     } else {
         eprintln!("SKIPPED PEER: podman is missing or could not import the rootfs");
     }
@@ -85,7 +119,11 @@ fn main() {
     println!("{:<34} {:>10} {:>10}", "", "p50", "p90");
     let row = |label: &str, s: &[Duration]| {
         if !s.is_empty() {
-            println!("{label:<34} {:>10} {:>10}", ms(percentile(s, 50.0)), ms(percentile(s, 90.0)));
+            println!(
+                "{label:<34} {:>10} {:>10}",
+                ms(percentile(s, 50.0)),
+                ms(percentile(s, 90.0))
+            );
         }
     };
     row("nimbus API create -> running", &to_running);
@@ -94,10 +132,16 @@ fn main() {
     row("podman run --network none", &podman);
     let n50 = percentile(&to_exited, 50.0);
     if !runc.is_empty() {
-        println!("ratio nimbus/runc   (p50, exited): {}  (goal <= 1.00x)", ratio(n50, percentile(&runc, 50.0)));
+        println!(
+            "ratio nimbus/runc   (p50, exited): {}  (goal <= 1.00x)",
+            ratio(n50, percentile(&runc, 50.0))
+        );
     }
     if !podman.is_empty() {
-        println!("ratio podman/nimbus (p50, exited): {}  (goal >= 5.00x)", ratio(percentile(&podman, 50.0), n50));
+        println!(
+            "ratio podman/nimbus (p50, exited): {}  (goal >= 5.00x)",
+            ratio(percentile(&podman, 50.0), n50)
+        );
     }
 
     // Burst: 100 concurrent creates, time until all run.
@@ -122,18 +166,36 @@ fn main() {
     }
     let mut last = t0;
     for i in 0..burst {
-        let t = phases.wait(&format!("burst-{i}"), &["running"], Duration::from_secs(300)).expect("burst instance running");
+        let t = phases
+            .wait(
+                &format!("burst-{i}"),
+                &["running"],
+                Duration::from_secs(300),
+            )
+            .expect("burst instance running");
         last = last.max(t);
     }
-    println!("\n== burst: {burst} containers created concurrently, all running after {}", ms(last - t0));
+    println!(
+        "\n== burst: {burst} containers created concurrently, all running after {}",
+        ms(last - t0)
+    );
 
     // Memory: one shim with its container running, and the daemon.
     let shim_rss: Vec<u64> = cloud
         .instance_ids()
         .iter()
         .filter_map(|id| {
-            let st: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(cloud.data_dir().join("instances").join(id).join("state.json")).ok()?).ok()?;
+            let st: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(
+                    cloud
+                        .data_dir()
+                        .join("instances")
+                        .join(id)
+                        .join("state.json"),
+                )
+                .ok()?,
+            )
+            .ok()?;
             rss_kib(st["shim_pid"].as_i64()? as i32)
         })
         .collect();
@@ -143,10 +205,15 @@ fn main() {
         println!("\n== memory: nimbus shim RSS median {:.2} MiB over {} shims (goal <= 3 MiB; containerd-shim ~5 MB)", *median as f64 / 1024.0, sorted.len());
     }
     if let Some(kib) = idle_rss {
-        println!("== memory: idle nimbus up RSS {:.1} MiB (goal <= 40 MiB)", kib as f64 / 1024.0);
+        println!(
+            "== memory: idle nimbus up RSS {:.1} MiB (goal <= 40 MiB)",
+            kib as f64 / 1024.0
+        );
     }
     for i in 0..burst {
         delete_instance(&cloud, "default", &format!("burst-{i}"));
     }
-    common::wait_until(Duration::from_secs(300), "burst cleanup", || cloud.instance_ids().is_empty().then_some(()));
+    common::wait_until(Duration::from_secs(300), "burst cleanup", || {
+        cloud.instance_ids().is_empty().then_some(())
+    });
 }

@@ -38,7 +38,11 @@ pub struct PhaseLog(pub Arc<Mutex<HashMap<(String, String), Instant>>>);
 
 impl PhaseLog {
     pub fn get(&self, name: &str, phase: &str) -> Option<Instant> {
-        self.0.lock().ok()?.get(&(name.to_string(), phase.to_string())).copied()
+        self.0
+            .lock()
+            .ok()?
+            .get(&(name.to_string(), phase.to_string()))
+            .copied()
     }
 
     pub fn wait(&self, name: &str, phases: &[&str], timeout: Duration) -> Option<Instant> {
@@ -73,8 +77,14 @@ pub fn record_phases(cloud: &Cloud, project: &str) -> PhaseLog {
             let now = Instant::now();
             if line.starts_with('{') {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let name = v["object"]["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                    let phase = v["object"]["status"]["phase"].as_str().unwrap_or_default().to_string();
+                    let name = v["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let phase = v["object"]["status"]["phase"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
                     if let Ok(mut m) = out.0.lock() {
                         m.entry((name, phase)).or_insert(now);
                     }
@@ -89,7 +99,13 @@ pub fn record_phases(cloud: &Cloud, project: &str) -> PhaseLog {
 }
 
 /// POST an instance; returns when the API has answered.
-pub fn create_instance(cloud: &Cloud, project: &str, name: &str, args: &[&str], extra_spec: serde_json::Value) {
+pub fn create_instance(
+    cloud: &Cloud,
+    project: &str,
+    name: &str,
+    args: &[&str],
+    extra_spec: serde_json::Value,
+) {
     let mut spec = serde_json::json!({"image": "busybox", "args": args});
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
         for (k, v) in e {
@@ -98,34 +114,61 @@ pub fn create_instance(cloud: &Cloud, project: &str, name: &str, args: &[&str], 
     }
     let body = serde_json::to_vec(&serde_json::json!({"name": name, "spec": spec})).expect("json");
     let token = cloud.admin_token();
-    let (status, resp) = crate::common::http(cloud, "POST", &format!("/v1/projects/{project}/instances"), Some(&token), &body);
+    let (status, resp) = crate::common::http(
+        cloud,
+        "POST",
+        &format!("/v1/projects/{project}/instances"),
+        Some(&token),
+        &body,
+    );
     assert_eq!(status, 201, "create {name}: {resp}");
 }
 
 pub fn delete_instance(cloud: &Cloud, project: &str, name: &str) {
     let token = cloud.admin_token();
-    crate::common::http(cloud, "DELETE", &format!("/v1/projects/{project}/instances/{name}"), Some(&token), b"");
+    crate::common::http(
+        cloud,
+        "DELETE",
+        &format!("/v1/projects/{project}/instances/{name}"),
+        Some(&token),
+        b"",
+    );
 }
 
 /// The unpacked starter image (a plain busybox root filesystem).
 pub fn starter_rootfs(cloud: &Cloud) -> PathBuf {
-    let v = cloud.json(&["image", "get", "busybox"]).expect("starter image");
-    let layer = v["status"]["layers"][0].as_str().expect("layer").trim_start_matches("sha256:").to_string();
+    let v = cloud
+        .json(&["image", "get", "busybox"])
+        .expect("starter image");
+    let layer = v["status"]["layers"][0]
+        .as_str()
+        .expect("layer")
+        .trim_start_matches("sha256:")
+        .to_string();
     cloud.data_dir().join("images/layers").join(layer)
 }
 
 pub fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A runc bundle running `args` on `rootfs` (read-only), with a user
 /// namespace like Nimbus's containers.
 pub fn runc_bundle(dir: &Path, rootfs: &Path, args: &[&str]) {
     std::fs::create_dir_all(dir).expect("bundle dir");
-    let st = Command::new("runc").args(["spec"]).current_dir(dir).status().expect("runc spec");
+    let st = Command::new("runc")
+        .args(["spec"])
+        .current_dir(dir)
+        .status()
+        .expect("runc spec");
     assert!(st.success());
     let path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
     cfg["process"]["args"] = serde_json::json!(args);
     cfg["process"]["terminal"] = serde_json::json!(false);
     cfg["root"] = serde_json::json!({"path": rootfs, "readonly": true});
@@ -133,8 +176,10 @@ pub fn runc_bundle(dir: &Path, rootfs: &Path, args: &[&str]) {
     if let Some(ns) = cfg["linux"]["namespaces"].as_array_mut() {
         ns.push(serde_json::json!({"type": "user"}));
     }
-    cfg["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    cfg["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    cfg["linux"]["gidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg).expect("json")).expect("write config");
 }
 
@@ -152,7 +197,15 @@ pub fn podman_env(dir: &Path) -> PathBuf {
 /// Import the rootfs into podman as `nimbus-bench-busybox`.
 pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> bool {
     let tar = work.join("rootfs.tar");
-    let ok = Command::new("tar").arg("-C").arg(rootfs).arg("-cf").arg(&tar).arg(".").status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     ok && Command::new("podman")
         .env("CONTAINERS_CONF", conf)
         .args(["import", "--quiet"])
@@ -165,5 +218,10 @@ pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> bool {
 
 pub fn rss_kib(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }

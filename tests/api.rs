@@ -7,7 +7,9 @@ use common::{http, http_raw, Cloud};
 use serde_json::{json, Value};
 
 fn token_for(cloud: &Cloud, user: &str) -> String {
-    let v = cloud.json(&["token", "create", "--user", user]).expect("token create");
+    let v = cloud
+        .json(&["token", "create", "--user", user])
+        .expect("token create");
     v["secret"].as_str().expect("secret").to_string()
 }
 
@@ -26,9 +28,15 @@ fn api_authorisation_matrix_and_bad_input() {
 
     // Token file is root-only.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(cloud.data_dir().join("admin.token")).unwrap().permissions(),
+        &std::fs::metadata(cloud.data_dir().join("admin.token"))
+            .unwrap()
+            .permissions(),
     );
-    assert_eq!(mode & 0o077, 0, "admin.token must be readable by its owner only");
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "admin.token must be readable by its owner only"
+    );
 
     cloud.ok(&["project", "create", "alpha"]);
     cloud.ok(&["project", "create", "beta"]);
@@ -41,7 +49,13 @@ fn api_authorisation_matrix_and_bad_input() {
 
     // Image in each project, imported by admin through the API.
     for p in ["alpha", "beta"] {
-        let (s, body) = http(&cloud, "POST", &format!("/v1/projects/{p}/instances"), Some(&admin), &create_instance_body("x"));
+        let (s, body) = http(
+            &cloud,
+            "POST",
+            &format!("/v1/projects/{p}/instances"),
+            Some(&admin),
+            &create_instance_body("x"),
+        );
         // No image yet in these projects: a clear 422 that names the fix.
         assert_eq!(s, 422, "{body}");
         assert!(body.contains("nimbus image import"), "{body}");
@@ -49,7 +63,10 @@ fn api_authorisation_matrix_and_bad_input() {
 
     // No token, malformed token, wrong token: 401.
     assert_eq!(http(&cloud, "GET", "/v1/projects", None, b"").0, 401);
-    assert_eq!(http(&cloud, "GET", "/v1/projects", Some("garbage"), b"").0, 401);
+    assert_eq!(
+        http(&cloud, "GET", "/v1/projects", Some("garbage"), b"").0,
+        401
+    );
     let wrong = format!("nmb_{}_{}", "0".repeat(16), "1".repeat(64));
     let (s, body) = http(&cloud, "GET", "/v1/projects", Some(&wrong), b"");
     assert_eq!(s, 401);
@@ -66,23 +83,97 @@ fn api_authorisation_matrix_and_bad_input() {
         .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, vec!["alpha"]);
-    for path in ["/v1/projects/beta", "/v1/projects/beta/instances", "/v1/projects/beta/images", "/v1/projects/beta/instances/x"] {
+    for path in [
+        "/v1/projects/beta",
+        "/v1/projects/beta/instances",
+        "/v1/projects/beta/images",
+        "/v1/projects/beta/instances/x",
+    ] {
         let (s, body) = http(&cloud, "GET", path, Some(&alice), b"");
         assert_eq!(s, 404, "{path}: {body}");
     }
-    let (s, _) = http(&cloud, "POST", "/v1/projects/beta/instances", Some(&alice), &create_instance_body("y"));
-    assert_eq!(s, 404, "creating in another project must look like it does not exist");
+    let (s, _) = http(
+        &cloud,
+        "POST",
+        "/v1/projects/beta/instances",
+        Some(&alice),
+        &create_instance_body("y"),
+    );
+    assert_eq!(
+        s, 404,
+        "creating in another project must look like it does not exist"
+    );
     // Same for a project that really does not exist.
-    assert_eq!(http(&cloud, "GET", "/v1/projects/nope/instances", Some(&alice), b"").0, 404);
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/nope/instances",
+            Some(&alice),
+            b""
+        )
+        .0,
+        404
+    );
 
     // bob reads beta but may not change it: 403 there; alpha is 404.
-    assert_eq!(http(&cloud, "GET", "/v1/projects/beta/instances", Some(&bob), b"").0, 200);
-    assert_eq!(http(&cloud, "POST", "/v1/projects/beta/instances", Some(&bob), &create_instance_body("z")).0, 403);
-    assert_eq!(http(&cloud, "GET", "/v1/projects/alpha/instances", Some(&bob), b"").0, 404);
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/beta/instances",
+            Some(&bob),
+            b""
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects/beta/instances",
+            Some(&bob),
+            &create_instance_body("z")
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/alpha/instances",
+            Some(&bob),
+            b""
+        )
+        .0,
+        404
+    );
 
     // Tenants cannot create projects, users or read hosts and the audit log.
-    assert_eq!(http(&cloud, "POST", "/v1/projects", Some(&alice), br#"{"name":"mine","spec":{}}"#).0, 403);
-    assert_eq!(http(&cloud, "POST", "/v1/users", Some(&alice), br#"{"name":"eve","spec":{}}"#).0, 403);
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects",
+            Some(&alice),
+            br#"{"name":"mine","spec":{}}"#
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/users",
+            Some(&alice),
+            br#"{"name":"eve","spec":{}}"#
+        )
+        .0,
+        403
+    );
     assert_eq!(http(&cloud, "GET", "/v1/hosts", Some(&alice), b"").0, 403);
     assert_eq!(http(&cloud, "GET", "/v1/audit", Some(&alice), b"").0, 403);
 
@@ -90,11 +181,41 @@ fn api_authorisation_matrix_and_bad_input() {
     let (s, body) = http(&cloud, "POST", "/v1/projects", Some(&admin), b"{not json");
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("\"code\":\"bad_request\""), "{body}");
-    assert_eq!(http(&cloud, "POST", "/v1/projects", Some(&admin), br#"{"nom":"x"}"#).0, 400);
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects",
+            Some(&admin),
+            br#"{"nom":"x"}"#
+        )
+        .0,
+        400
+    );
     let big = vec![b'a'; 2 << 20];
-    assert_eq!(http(&cloud, "POST", "/v1/projects", Some(&admin), &big).0, 413);
-    assert_eq!(http_raw(&cloud, "POST", "/v1/projects", Some(&admin), b"name=x", "text/plain").0, 415);
-    let (s, body) = http(&cloud, "POST", "/v1/projects", Some(&admin), br#"{"name":"Bad Name!","spec":{}}"#);
+    assert_eq!(
+        http(&cloud, "POST", "/v1/projects", Some(&admin), &big).0,
+        413
+    );
+    assert_eq!(
+        http_raw(
+            &cloud,
+            "POST",
+            "/v1/projects",
+            Some(&admin),
+            b"name=x",
+            "text/plain"
+        )
+        .0,
+        415
+    );
+    let (s, body) = http(
+        &cloud,
+        "POST",
+        "/v1/projects",
+        Some(&admin),
+        br#"{"name":"Bad Name!","spec":{}}"#,
+    );
     assert_eq!(s, 422, "{body}");
     // Nothing was created by the bad calls.
     let all = cloud.json(&["project", "list"]).unwrap();
@@ -104,25 +225,55 @@ fn api_authorisation_matrix_and_bad_input() {
     // Audit: the mutating calls are there with who and the result.
     let audit = cloud.json(&["audit", "list", "--limit", "1000"]).unwrap();
     let records = audit["items"].as_array().unwrap();
-    assert!(records.iter().any(|r| r["actor"] == "admin" && r["path"] == "/v1/projects" && r["result"] == "ok"));
-    assert!(records.iter().any(|r| r["actor"] == "alice" && r["status"] == 404));
+    assert!(records
+        .iter()
+        .any(|r| r["actor"] == "admin" && r["path"] == "/v1/projects" && r["result"] == "ok"));
+    assert!(records
+        .iter()
+        .any(|r| r["actor"] == "alice" && r["status"] == 404));
     // The create attempt with no token was audited as anonymous.
-    let (s, _) = http(&cloud, "POST", "/v1/projects", None, br#"{"name":"anon","spec":{}}"#);
+    let (s, _) = http(
+        &cloud,
+        "POST",
+        "/v1/projects",
+        None,
+        br#"{"name":"anon","spec":{}}"#,
+    );
     assert_eq!(s, 401);
     let audit = cloud.json(&["audit", "list", "--limit", "1000"]).unwrap();
     let records = audit["items"].as_array().unwrap();
-    assert!(records.iter().any(|r| r["actor"] == "-" && r["status"] == 401), "{audit}");
-    assert!(records.iter().any(|r| r["actor"] == "bob" && r["result"] == "forbidden"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["actor"] == "-" && r["status"] == 401),
+        "{audit}"
+    );
+    assert!(records
+        .iter()
+        .any(|r| r["actor"] == "bob" && r["result"] == "forbidden"));
 
     // Revoked tokens stop working (within the cache's 2 s).
     let v = cloud.json(&["token", "list"]).unwrap();
-    let bob_id = v["items"].as_array().unwrap().iter().find(|t| t["spec"]["user"] == "bob").unwrap()["metadata"]["name"]
+    let bob_id = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["spec"]["user"] == "bob")
+        .unwrap()["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_string();
     cloud.ok(&["token", "rm", &bob_id]);
     common::wait_until(std::time::Duration::from_secs(5), "revocation", || {
-        (http(&cloud, "GET", "/v1/projects/beta/instances", Some(&bob), b"").0 == 401).then_some(())
+        (http(
+            &cloud,
+            "GET",
+            "/v1/projects/beta/instances",
+            Some(&bob),
+            b"",
+        )
+        .0 == 401)
+            .then_some(())
     });
     // Token secrets never appear in responses.
     let (_, body) = http(&cloud, "GET", "/v1/tokens", Some(&admin), b"");
@@ -148,16 +299,34 @@ fn api_revisions_lists_watch_and_openapi() {
             "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}
         }))
         .unwrap();
-        let (s, b) = http(&cloud, "POST", "/v1/projects/default/instances", Some(&admin), &body);
+        let (s, b) = http(
+            &cloud,
+            "POST",
+            "/v1/projects/default/instances",
+            Some(&admin),
+            &body,
+        );
         assert_eq!(s, 201, "{b}");
     }
     // Duplicate name: 409 already_exists.
-    let (s, b) = http(&cloud, "POST", "/v1/projects/default/instances", Some(&admin), &create_instance_body("i0"));
+    let (s, b) = http(
+        &cloud,
+        "POST",
+        "/v1/projects/default/instances",
+        Some(&admin),
+        &create_instance_body("i0"),
+    );
     assert_eq!(s, 409, "{b}");
     assert!(b.contains("already_exists"));
 
     // Label selector and pagination.
-    let (_, b) = http(&cloud, "GET", "/v1/projects/default/instances?selector=tier%3Dweb", Some(&admin), b"");
+    let (_, b) = http(
+        &cloud,
+        "GET",
+        "/v1/projects/default/instances?selector=tier%3Dweb",
+        Some(&admin),
+        b"",
+    );
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 4);
     let mut seen = Vec::new();
@@ -180,23 +349,55 @@ fn api_revisions_lists_watch_and_openapi() {
     assert_eq!(seen, (0..7).map(|i| format!("i{i}")).collect::<Vec<_>>());
 
     // Stale revision: 409 and the stored instance is unchanged.
-    let (_, b) = http(&cloud, "GET", "/v1/projects/default/instances/i1", Some(&admin), b"");
+    let (_, b) = http(
+        &cloud,
+        "GET",
+        "/v1/projects/default/instances/i1",
+        Some(&admin),
+        b"",
+    );
     let mut inst: Value = serde_json::from_str(&b).unwrap();
     let rev = inst["metadata"]["revision"].as_i64().unwrap();
     inst["metadata"]["labels"]["tier"] = json!("cache");
-    let (s, b) = http(&cloud, "PUT", "/v1/projects/default/instances/i1", Some(&admin), &serde_json::to_vec(&inst).unwrap());
+    let (s, b) = http(
+        &cloud,
+        "PUT",
+        "/v1/projects/default/instances/i1",
+        Some(&admin),
+        &serde_json::to_vec(&inst).unwrap(),
+    );
     assert_eq!(s, 200, "{b}");
     inst["metadata"]["revision"] = json!(rev);
     inst["metadata"]["labels"]["tier"] = json!("stale");
-    let (s, b) = http(&cloud, "PUT", "/v1/projects/default/instances/i1", Some(&admin), &serde_json::to_vec(&inst).unwrap());
+    let (s, b) = http(
+        &cloud,
+        "PUT",
+        "/v1/projects/default/instances/i1",
+        Some(&admin),
+        &serde_json::to_vec(&inst).unwrap(),
+    );
     assert_eq!(s, 409, "{b}");
     let now = cloud.instance("i1");
     assert_eq!(now["metadata"]["labels"]["tier"], "cache");
 
     // Watch from the list's revision sees a later change.
-    let (_, b) = http(&cloud, "GET", "/v1/projects/default/instances", Some(&admin), b"");
-    let list_rev = serde_json::from_str::<Value>(&b).unwrap()["revision"].as_i64().unwrap();
-    let (s, _) = http(&cloud, "DELETE", "/v1/projects/default/instances/i6", Some(&admin), b"");
+    let (_, b) = http(
+        &cloud,
+        "GET",
+        "/v1/projects/default/instances",
+        Some(&admin),
+        b"",
+    );
+    let list_rev = serde_json::from_str::<Value>(&b).unwrap()["revision"]
+        .as_i64()
+        .unwrap();
+    let (s, _) = http(
+        &cloud,
+        "DELETE",
+        "/v1/projects/default/instances/i6",
+        Some(&admin),
+        b"",
+    );
     assert!(s == 202 || s == 204);
     let token = admin.clone();
     let sock = cloud.data_dir().join("api.sock");

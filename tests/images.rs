@@ -74,7 +74,8 @@ fn hostile_archives_are_rejected_and_leave_nothing() {
     });
     let hardlink_out = tar_with(|b| {
         let mut h = header(tar::EntryType::Link, 0);
-        b.append_link(&mut h, "shadow", "../../../etc/shadow").unwrap();
+        b.append_link(&mut h, "shadow", "../../../etc/shadow")
+            .unwrap();
     });
     let bomb = {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -82,7 +83,8 @@ fn hostile_archives_are_rejected_and_leave_nothing() {
             let h = header(tar::EntryType::Regular, 64 << 20);
             let mut h = h;
             raw_path(&mut h, "zeros");
-            b.append(&h, std::io::repeat(0).take_exact(64 << 20)).unwrap();
+            b.append(&h, std::io::repeat(0).take_exact(64 << 20))
+                .unwrap();
         });
         gz.write_all(&tar).unwrap();
         gz.finish().unwrap()
@@ -108,7 +110,10 @@ fn hostile_archives_are_rejected_and_leave_nothing() {
         assert_eq!(status, 422, "{name}: {resp}");
         assert!(resp.contains("was not imported"), "{name}: {resp}");
         assert_eq!(listing(&images), before, "{name} left files behind");
-        assert!(!cloud.nimbus(&["image", "get", name]).status.success(), "{name} exists");
+        assert!(
+            !cloud.nimbus(&["image", "get", name]).status.success(),
+            "{name} exists"
+        );
     }
     assert!(!Path::new("/etc/nimbus-e2e-probe").exists());
     assert!(!Path::new("/etc/evil").exists());

@@ -77,7 +77,13 @@ impl Cloud {
             .open(self.data_dir().join("daemon.log"))
             .expect("daemon log");
         let child = Command::new(NIMBUS)
-            .args(["up", "--listen", &format!("127.0.0.1:{}", self.port), "--host-name", &self.host])
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--host-name",
+                &self.host,
+            ])
             .args(&self.extra)
             .env("NIMBUS_DATA_DIR", self.data_dir())
             .env("NIMBUS_LOG", "info")
@@ -155,11 +161,15 @@ impl Cloud {
     }
 
     pub fn wait_phase(&self, name: &str, phases: &[&str], timeout: Duration) -> serde_json::Value {
-        wait_until(timeout, &format!("instance {name} to reach {phases:?}"), || {
-            let v = self.json(&["instance", "get", name]).ok()?;
-            let phase = v["status"]["phase"].as_str()?.to_string();
-            phases.contains(&phase.as_str()).then_some(v)
-        })
+        wait_until(
+            timeout,
+            &format!("instance {name} to reach {phases:?}"),
+            || {
+                let v = self.json(&["instance", "get", name]).ok()?;
+                let phase = v["status"]["phase"].as_str()?.to_string();
+                phases.contains(&phase.as_str()).then_some(v)
+            },
+        )
     }
 
     /// Both streams of the instance's output, without timestamps.
@@ -181,7 +191,11 @@ impl Cloud {
 
     pub fn instance_ids(&self) -> Vec<String> {
         std::fs::read_dir(self.data_dir().join("instances"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -190,8 +204,14 @@ impl Cloud {
         let ids_before = self.instance_ids();
         if let Ok(list) = self.json(&["instance", "list", "--project", "default"]) {
             for i in list["items"].as_array().cloned().unwrap_or_default() {
-                let name = i["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                let project = i["metadata"]["project"].as_str().unwrap_or("default").to_string();
+                let name = i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let project = i["metadata"]["project"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .to_string();
                 let _ = self.nimbus(&["instance", "rm", &name, "--project", &project]);
             }
         }
@@ -209,10 +229,16 @@ impl Drop for Cloud {
                 .and_then(|v| v["items"].as_array().cloned())
                 .unwrap_or_default();
             for p in projects {
-                let project = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let project = p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 if let Ok(list) = self.json(&["instance", "list", "--project", &project]) {
                     for i in list["items"].as_array().cloned().unwrap_or_default() {
-                        let name = i["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                        let name = i["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
                         let _ = self.nimbus(&["instance", "rm", &name, "--project", &project]);
                     }
                 }
@@ -273,7 +299,9 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
             if pid == std::process::id() as i32 {
                 continue;
             }
@@ -297,7 +325,8 @@ pub fn assert_no_leaks(data_dir: &Path, ids: &[String]) {
             .filter(|id| data_dir.join("instances").join(id).exists())
             .cloned()
             .collect();
-        (mounts.is_empty() && cgroups.is_empty() && shims.is_empty() && dirs.is_empty()).then_some(())
+        (mounts.is_empty() && cgroups.is_empty() && shims.is_empty() && dirs.is_empty())
+            .then_some(())
     });
 }
 
@@ -342,7 +371,13 @@ pub fn force_cleanup(data_dir: &Path) {
 }
 
 /// A raw HTTP/1.1 call on the API socket: (status, body).
-pub fn http(cloud: &Cloud, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+pub fn http(
+    cloud: &Cloud,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
     http_raw(cloud, method, path, token, body, "application/json")
 }
 
@@ -367,7 +402,8 @@ pub fn http_at(
     content_type: &str,
 ) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(data_dir.join("api.sock")).expect("connect api.sock");
+    let mut s = std::os::unix::net::UnixStream::connect(data_dir.join("api.sock"))
+        .expect("connect api.sock");
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()
@@ -387,7 +423,10 @@ pub fn http_at(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, dechunk(&body))
 }
 
@@ -397,7 +436,11 @@ fn dechunk(body: &str) -> String {
     let mut rest = body;
     loop {
         let Some((size_line, after)) = rest.split_once("\r\n") else {
-            return if out.is_empty() { body.to_string() } else { out };
+            return if out.is_empty() {
+                body.to_string()
+            } else {
+                out
+            };
         };
         let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
             return body.to_string();

@@ -24,7 +24,11 @@ pub enum Endpoint {
     /// `host:port` with TLS; `ca_pem` is the certificate to trust (the
     /// server's self-signed one), otherwise the system roots are not used
     /// and the connection fails.
-    Https { addr: String, server_name: String, ca_pem: Vec<u8> },
+    Https {
+        addr: String,
+        server_name: String,
+        ca_pem: Vec<u8>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +72,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("endpoint", &self.endpoint).finish()
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish()
     }
 }
 
@@ -127,7 +133,13 @@ impl Client {
         }
     }
 
-    fn build(&self, method: Method, path: &str, body: Body, content_type: &str) -> Result<Request<Body>, ClientError> {
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        content_type: &str,
+    ) -> Result<Request<Body>, ClientError> {
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
             Endpoint::Https { addr, .. } => addr.clone(),
@@ -194,11 +206,19 @@ impl Client {
         decode(path, &bytes)
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.with_body(Method::POST, path, body).await
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.with_body(Method::PUT, path, body).await
     }
 
@@ -283,16 +303,22 @@ impl Client {
             message: e.to_string(),
         })?;
         let mut req = self.build(Method::POST, path, full(json), "application/json")?;
-        req.headers_mut()
-            .insert("connection", hyper::header::HeaderValue::from_static("upgrade"));
-        req.headers_mut()
-            .insert("upgrade", hyper::header::HeaderValue::from_static("nimbus-exec"));
+        req.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        req.headers_mut().insert(
+            "upgrade",
+            hyper::header::HeaderValue::from_static("nimbus-exec"),
+        );
         let resp = self.send(req).await?;
         let label = self.endpoint_label();
-        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ClientError::Http {
-            endpoint: label,
-            message: format!("upgrade to an exec stream failed: {e}"),
-        })?;
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| ClientError::Http {
+                endpoint: label,
+                message: format!("upgrade to an exec stream failed: {e}"),
+            })?;
         Ok(TokioIo::new(upgraded))
     }
 }
@@ -369,7 +395,8 @@ fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut reader = std::io::BufReader::new(ca_pem);
     for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.map_err(|e| ClientError::Tls(format!("reading the CA certificate: {e}")))?;
+        let cert =
+            cert.map_err(|e| ClientError::Tls(format!("reading the CA certificate: {e}")))?;
         roots
             .add(cert)
             .map_err(|e| ClientError::Tls(format!("adding the CA certificate: {e}")))?;

@@ -17,5 +17,9 @@ pub trait HostIo: Send + Sync {
     async fn log_files(&self, instance: &Instance) -> Result<Vec<PathBuf>, ApiError>;
     /// Start a process in the running instance; the returned stream speaks
     /// the frames of `nimbus_api::exec`.
-    async fn exec(&self, instance: &Instance, req: &ExecRequest) -> Result<Box<dyn ExecStream>, ApiError>;
+    async fn exec(
+        &self,
+        instance: &Instance,
+        req: &ExecRequest,
+    ) -> Result<Box<dyn ExecStream>, ApiError>;
 }

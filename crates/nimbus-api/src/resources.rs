@@ -19,6 +19,8 @@ pub trait Object: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync 
     const PROJECT_SCOPED: bool;
     fn metadata(&self) -> &Metadata;
     fn metadata_mut(&mut self) -> &mut Metadata;
+    /// Remove what must never leave the server (token hashes).
+    fn redact(&mut self) {}
 }
 
 macro_rules! object {
@@ -111,7 +113,20 @@ pub struct Token {
     #[serde(default)]
     pub status: TokenStatus,
 }
-object!(Token, "tokens", "token", false);
+impl Object for Token {
+    const COLLECTION: &'static str = "tokens";
+    const KIND: &'static str = "token";
+    const PROJECT_SCOPED: bool = false;
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+    fn redact(&mut self) {
+        self.status.secret_sha256.clear();
+    }
+}
 
 /// Returned once by token creation: keep `secret`, it cannot be shown again.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -470,9 +485,9 @@ pub struct StatusUpdate {
 pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        })
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())

@@ -7,9 +7,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("size {text:?} does not start with a number; write e.g. 64MiB or 1GiB"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("size {text:?} does not start with a number; write e.g. 64MiB or 1GiB")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,

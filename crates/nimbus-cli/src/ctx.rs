@@ -30,7 +30,13 @@ pub struct Globals {
     #[arg(long, global = true, env = "NIMBUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Project to act in.
-    #[arg(long, short = 'p', global = true, env = "NIMBUS_PROJECT", default_value = "default")]
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        env = "NIMBUS_PROJECT",
+        default_value = "default"
+    )]
     pub project: String,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -95,5 +101,7 @@ fn parse_endpoint(text: &str, ca: Option<&Path>, data_dir: &Path) -> anyhow::Res
             ca_pem,
         });
     }
-    anyhow::bail!("endpoint {text:?} is not understood: use unix:/path/to/api.sock or https://host:port")
+    anyhow::bail!(
+        "endpoint {text:?} is not understood: use unix:/path/to/api.sock or https://host:port"
+    )
 }

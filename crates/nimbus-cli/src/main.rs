@@ -88,11 +88,19 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Completions { shell } = &cli.command {
-        clap_complete::generate(*shell, &mut Cli::command(), "nimbus", &mut std::io::stdout());
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "nimbus",
+            &mut std::io::stdout(),
+        );
         return ExitCode::SUCCESS;
     }
     init_tracing(matches!(cli.command, Command::Up(_) | Command::Server(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -22,7 +22,11 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// Print `value` as JSON, or the table that `rows` renders.
-pub fn print<T: Serialize>(g: &Globals, value: &T, render: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    g: &Globals,
+    value: &T,
+    render: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if g.json() {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {

@@ -64,7 +64,11 @@ impl Repo {
         Repo { store }
     }
 
-    pub async fn try_get<T: Object>(&self, project: Option<&str>, name: &str) -> ApiResult<Option<T>> {
+    pub async fn try_get<T: Object>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Option<T>> {
         match self.store.get(&key::<T>(project, name)).await? {
             Some(kv) => Ok(Some(decode(&kv)?)),
             None => Ok(None),
@@ -91,15 +95,21 @@ impl Repo {
         obj.metadata_mut().updated_at = now;
         obj.metadata_mut().revision = 0;
         let value = encode(&obj)?;
-        match self.store.create(&key::<T>(project.as_deref(), &name), value).await {
+        match self
+            .store
+            .create(&key::<T>(project.as_deref(), &name), value)
+            .await
+        {
             Ok(kv) => {
                 obj.metadata_mut().revision = kv.mod_revision;
                 Ok(obj)
             }
-            Err(StoreError::AlreadyExists(_)) => Err(ServerError(ApiError::already_exists(format!(
-                "{} already exists; pick another name or delete it first",
-                describe::<T>(project.as_deref(), &name)
-            )))),
+            Err(StoreError::AlreadyExists(_)) => {
+                Err(ServerError(ApiError::already_exists(format!(
+                    "{} already exists; pick another name or delete it first",
+                    describe::<T>(project.as_deref(), &name)
+                ))))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -134,7 +144,12 @@ impl Repo {
     }
 
     /// Read-modify-write with retries on conflict.
-    pub async fn modify<T, F>(&self, project: Option<&str>, name: &str, mut change: F) -> ApiResult<T>
+    pub async fn modify<T, F>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        mut change: F,
+    ) -> ApiResult<T>
     where
         T: Object,
         F: FnMut(&mut T) -> ApiResult<()>,
@@ -165,10 +180,12 @@ impl Repo {
                 "{} not found",
                 describe::<T>(project, name)
             )))),
-            Err(StoreError::Conflict { current, .. }) => Err(ServerError(ApiError::conflict(format!(
-                "{} was changed (current revision {current}); get it again and retry",
-                describe::<T>(project, name)
-            )))),
+            Err(StoreError::Conflict { current, .. }) => {
+                Err(ServerError(ApiError::conflict(format!(
+                    "{} was changed (current revision {current}); get it again and retry",
+                    describe::<T>(project, name)
+                ))))
+            }
             Err(e) => Err(e.into()),
         }
     }

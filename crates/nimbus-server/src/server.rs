@@ -32,8 +32,9 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         ..Limits::default()
     };
     let images = Arc::new(
-        ImageStore::open(&config.images_dir(), limits)
-            .with_context(|| format!("opening the image store {}", config.images_dir().display()))?,
+        ImageStore::open(&config.images_dir(), limits).with_context(|| {
+            format!("opening the image store {}", config.images_dir().display())
+        })?,
     );
     let state = Arc::new(AppState {
         config,
@@ -65,7 +66,12 @@ async fn token_file_valid(state: &AppState, path: &std::path::Path) -> bool {
 /// Create the `admin` user and write its token to `admin.token` (mode
 /// 0600) when there is no valid one.
 async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
-    if state.repo.try_get::<User>(None, ADMIN_USER).await?.is_none() {
+    if state
+        .repo
+        .try_get::<User>(None, ADMIN_USER)
+        .await?
+        .is_none()
+    {
         state
             .repo
             .create(User {
@@ -81,9 +87,15 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     }
     let path = state.config.admin_token_path();
     if !token_file_valid(state, &path).await {
-        let created = issue_token(&state.repo, ADMIN_USER, "admin token written at start", None, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the admin token: {e}"))?;
+        let created = issue_token(
+            &state.repo,
+            ADMIN_USER,
+            "admin token written at start",
+            None,
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the admin token: {e}"))?;
         crate::tls::write_private(&path, format!("{}\n", created.secret).as_bytes())?;
         tracing::info!(path = %path.display(), "wrote the admin token");
     }
@@ -91,13 +103,23 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// A token for the agent of `host`, kept in `path` (mode 0600).
-pub async fn ensure_host_token(state: &AppState, host: &str, path: &std::path::Path) -> anyhow::Result<String> {
+pub async fn ensure_host_token(
+    state: &AppState,
+    host: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
     if token_file_valid(state, path).await {
         return Ok(std::fs::read_to_string(path)?.trim().to_string());
     }
-    let created = issue_token(&state.repo, &format!("host:{host}"), "host agent", Some(host), None)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the host token: {e}"))?;
+    let created = issue_token(
+        &state.repo,
+        &format!("host:{host}"),
+        "host agent",
+        Some(host),
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the host token: {e}"))?;
     crate::tls::write_private(path, format!("{}\n", created.secret).as_bytes())?;
     Ok(created.secret)
 }

@@ -25,7 +25,11 @@ impl HostIo for LocalHostIo {
         Ok(files)
     }
 
-    async fn exec(&self, instance: &Instance, req: &ExecRequest) -> Result<Box<dyn ExecStream>, ApiError> {
+    async fn exec(
+        &self,
+        instance: &Instance,
+        req: &ExecRequest,
+    ) -> Result<Box<dyn ExecStream>, ApiError> {
         let dir = self.instances_dir.join(&instance.metadata.id);
         let client = ShimClient::connect(&dir).map_err(|e| {
             ApiError::conflict(format!(
@@ -41,10 +45,9 @@ impl HostIo for LocalHostIo {
             rows: req.rows,
             cols: req.cols,
         };
-        let (_pid, stream) = client
-            .exec_async(&shim_req)
-            .await
-            .map_err(|e| ApiError::invalid(format!("exec in {:?} failed: {e}", instance.metadata.name)))?;
+        let (_pid, stream) = client.exec_async(&shim_req).await.map_err(|e| {
+            ApiError::invalid(format!("exec in {:?} failed: {e}", instance.metadata.name))
+        })?;
         Ok(Box::new(stream))
     }
 }

@@ -10,7 +10,12 @@ use crate::container::spec::{IdMap, ShimSpec};
 pub static ALLOCATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The range this instance already has, or the lowest free one.
-pub fn allocate(instances_dir: &Path, instance_dir: &Path, base: u32, size: u32) -> Result<IdMap, String> {
+pub fn allocate(
+    instances_dir: &Path,
+    instance_dir: &Path,
+    base: u32,
+    size: u32,
+) -> Result<IdMap, String> {
     if let Ok(spec) = ShimSpec::load(instance_dir) {
         return Ok(spec.id_map);
     }
@@ -27,7 +32,9 @@ pub fn allocate(instances_dir: &Path, instance_dir: &Path, base: u32, size: u32)
         .map(|slot| base + slot * size)
         .find(|id| !used.contains(id))
         .map(|host_id| IdMap { host_id, size })
-        .ok_or_else(|| "no free user-namespace id range left on this host; remove instances".to_string())
+        .ok_or_else(|| {
+            "no free user-namespace id range left on this host; remove instances".to_string()
+        })
 }
 
 #[cfg(test)]
@@ -45,6 +52,9 @@ mod tests {
         // counts ranges recorded in spec.json files.
         let b = root.path().join("b");
         std::fs::create_dir_all(&b).unwrap();
-        assert_eq!(allocate(root.path(), &b, 100_000, 65_536).unwrap().host_id, 100_000);
+        assert_eq!(
+            allocate(root.path(), &b, 100_000, 65_536).unwrap().host_id,
+            100_000
+        );
     }
 }

@@ -98,7 +98,11 @@ impl Agent {
                 spec: Default::default(),
                 status: hostinfo::collect(&self.config),
             };
-            match self.client.post::<_, nimbus_api::Host>("/v1/hosts", &req).await {
+            match self
+                .client
+                .post::<_, nimbus_api::Host>("/v1/hosts", &req)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(host = %self.config.host_name, "host registered");
                     return;
@@ -118,7 +122,11 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(self.config.heartbeat_ms)).await;
             let mut status = hostinfo::collect(&self.config);
             status.instances = self.workers.lock().map(|w| w.len() as u32).unwrap_or(0);
-            if let Err(e) = self.client.post::<_, nimbus_api::Host>(&path, &status).await {
+            if let Err(e) = self
+                .client
+                .post::<_, nimbus_api::Host>(&path, &status)
+                .await
+            {
                 tracing::warn!(error = %e, "heartbeat failed");
                 if e.code() == Some(nimbus_api::ErrorCode::NotFound) {
                     self.register_until_ok().await;
@@ -180,7 +188,13 @@ impl Agent {
         };
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().to_string();
-            if known.contains(&id) || self.workers.lock().map(|w| w.contains_key(&id)).unwrap_or(false) {
+            if known.contains(&id)
+                || self
+                    .workers
+                    .lock()
+                    .map(|w| w.contains_key(&id))
+                    .unwrap_or(false)
+            {
                 continue;
             }
             let dir = entry.path();

@@ -92,7 +92,11 @@ fn shim_alive(dir: &Path) -> Option<ShimClient> {
 }
 
 /// One reconcile pass; `Ok(true)` when the instance is gone for good.
-async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) -> Result<bool, String> {
+async fn step(
+    agent: &Arc<Agent>,
+    instance: &Instance,
+    tracked: &mut Tracked,
+) -> Result<bool, String> {
     let dir = agent.instance_dir(&instance.metadata.id);
     let grace = instance
         .spec
@@ -125,7 +129,9 @@ async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) ->
                 let state = start(agent, instance, &dir).await?;
                 let mut status = status_from_shim(&state, false);
                 status.observed_generation = wanted_generation;
-                status.host_uid = container::spec::ShimSpec::load(&dir).ok().map(|s| s.id_map.host_id);
+                status.host_uid = container::spec::ShimSpec::load(&dir)
+                    .ok()
+                    .map(|s| s.id_map.host_id);
                 report(agent, instance, status.clone(), false).await;
                 if !state.phase.is_final() {
                     tracked.subscription = Some(follow(agent.clone(), instance.clone(), status));
@@ -174,14 +180,21 @@ async fn step(agent: &Arc<Agent>, instance: &Instance, tracked: &mut Tracked) ->
 }
 
 /// The shim is gone: report what its state file recorded.
-async fn report_final(agent: &Agent, instance: &Instance, dir: &Path, base: InstanceStatus, stop_requested: bool) {
+async fn report_final(
+    agent: &Agent,
+    instance: &Instance,
+    dir: &Path,
+    base: InstanceStatus,
+    stop_requested: bool,
+) {
     let mut status = match container::read_state(dir) {
         Some(s) if s.phase.is_final() => status_from_shim(&s, stop_requested),
         Some(s) => {
             let mut st = status_from_shim(&s, stop_requested);
             st.phase = InstancePhase::Failed;
             st.pid = None;
-            st.reason = Some("the instance's shim is gone (host reboot or crash); start it again".into());
+            st.reason =
+                Some("the instance's shim is gone (host reboot or crash); start it again".into());
             st
         }
         None if stop_requested => InstanceStatus {
@@ -205,7 +218,10 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     let project = instance.metadata.project.clone().unwrap_or_default();
     let image: Image = agent
         .client
-        .get(&format!("/v1/projects/{project}/images/{}", instance.spec.image))
+        .get(&format!(
+            "/v1/projects/{project}/images/{}",
+            instance.spec.image
+        ))
         .await
         .map_err(|e| format!("image {:?}: {e}", instance.spec.image))?;
     let mut starting = instance.status.clone();
@@ -254,7 +270,9 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
         if let Ok(mut stream) = stream {
             while let Some(Ok(state)) = stream.next().await {
                 let mut status = status_from_shim(&state, false);
-                status.observed_generation = base.observed_generation.max(instance.spec.restart_generation);
+                status.observed_generation = base
+                    .observed_generation
+                    .max(instance.spec.restart_generation);
                 status.host_uid = base.host_uid;
                 report(&agent, &instance, status, false).await;
                 if state.phase.is_final() {
@@ -264,7 +282,9 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
         }
         // The shim closed the stream: it has exited; its state file says how.
         let mut base = base;
-        base.observed_generation = base.observed_generation.max(instance.spec.restart_generation);
+        base.observed_generation = base
+            .observed_generation
+            .max(instance.spec.restart_generation);
         report_final(&agent, &instance, &dir, base, false).await;
     })
 }

@@ -21,7 +21,12 @@ fn parse_user(user: Option<&str>) -> UserSpec {
     UserSpec { uid, gid }
 }
 
-pub fn shim_spec(instance: &Instance, image: &Image, layers: Vec<PathBuf>, id_map: IdMap) -> ShimSpec {
+pub fn shim_spec(
+    instance: &Instance,
+    image: &Image,
+    layers: Vec<PathBuf>,
+    id_map: IdMap,
+) -> ShimSpec {
     let defaults = &image.status.defaults;
     let args = if instance.spec.args.is_empty() {
         defaults
@@ -30,7 +35,9 @@ pub fn shim_spec(instance: &Instance, image: &Image, layers: Vec<PathBuf>, id_ma
             .chain(defaults.cmd.iter())
             .cloned()
             .collect()
-    } else if !defaults.entrypoint.is_empty() && instance.spec.args.first() != defaults.entrypoint.first() {
+    } else if !defaults.entrypoint.is_empty()
+        && instance.spec.args.first() != defaults.entrypoint.first()
+    {
         // Like `docker run image args`: args replace cmd, the entrypoint stays,
         // unless the user spelled out the entrypoint themselves.
         defaults

@@ -59,7 +59,9 @@ pub enum RoleCmd {
 pub enum HostCmd {
     #[command(alias = "ls")]
     List,
-    Get { name: String },
+    Get {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,7 +84,10 @@ pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
             let req = CreateRequest {
                 name,
                 labels: Default::default(),
-                spec: UserSpec { system_admin, description: String::new() },
+                spec: UserSpec {
+                    system_admin,
+                    description: String::new(),
+                },
             };
             let u: User = client.post("/v1/users", &req).await?;
             print(g, &u, || format!("user {:?} created", u.metadata.name))
@@ -94,14 +99,24 @@ pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
                     &["name", "system admin", "age"],
                     l.items
                         .iter()
-                        .map(|u| vec![u.metadata.name.clone(), u.spec.system_admin.to_string(), age(Some(u.metadata.created_at))])
+                        .map(|u| {
+                            vec![
+                                u.metadata.name.clone(),
+                                u.spec.system_admin.to_string(),
+                                age(Some(u.metadata.created_at)),
+                            ]
+                        })
                         .collect(),
                 )
             })
         }
         UserCmd::Rm { name } => {
-            client.request_bytes(Method::DELETE, &format!("/v1/users/{name}"), None).await?;
-            print(g, &serde_json::json!({"deleted": name}), || format!("user {name:?} deleted"))
+            client
+                .request_bytes(Method::DELETE, &format!("/v1/users/{name}"), None)
+                .await?;
+            print(g, &serde_json::json!({"deleted": name}), || {
+                format!("user {name:?} deleted")
+            })
         }
     }
 }
@@ -110,7 +125,16 @@ pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     match cmd {
         TokenCmd::Create { user, description } => {
-            let t: TokenCreated = client.post("/v1/tokens", &CreateToken { user, description, expires_at: None }).await?;
+            let t: TokenCreated = client
+                .post(
+                    "/v1/tokens",
+                    &CreateToken {
+                        user,
+                        description,
+                        expires_at: None,
+                    },
+                )
+                .await?;
             print(g, &t, || {
                 format!(
                     "token {} for user {:?} (shown once, keep it):\n{}",
@@ -126,15 +150,24 @@ pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
                     l.items
                         .iter()
                         .map(|t| {
-                            vec![t.metadata.name.clone(), t.spec.user.clone(), t.spec.description.clone(), age(Some(t.metadata.created_at))]
+                            vec![
+                                t.metadata.name.clone(),
+                                t.spec.user.clone(),
+                                t.spec.description.clone(),
+                                age(Some(t.metadata.created_at)),
+                            ]
                         })
                         .collect(),
                 )
             })
         }
         TokenCmd::Rm { id } => {
-            client.request_bytes(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
-            print(g, &serde_json::json!({"deleted": id}), || format!("token {id} revoked"))
+            client
+                .request_bytes(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            print(g, &serde_json::json!({"deleted": id}), || {
+                format!("token {id} revoked")
+            })
         }
     }
 }
@@ -145,24 +178,46 @@ pub async fn role(g: &Globals, cmd: RoleCmd) -> anyhow::Result<()> {
     match cmd {
         RoleCmd::Grant { user, role } => {
             let b: RoleBinding = client
-                .post(&format!("/v1/projects/{p}/rolebindings"), &RoleBindingSpec { user, role })
+                .post(
+                    &format!("/v1/projects/{p}/rolebindings"),
+                    &RoleBindingSpec { user, role },
+                )
                 .await?;
-            print(g, &b, || format!("user {:?} is now {} in project {p:?}", b.spec.user, b.spec.role))
+            print(g, &b, || {
+                format!(
+                    "user {:?} is now {} in project {p:?}",
+                    b.spec.user, b.spec.role
+                )
+            })
         }
         RoleCmd::Revoke { user } => {
             client
-                .request_bytes(Method::DELETE, &format!("/v1/projects/{p}/rolebindings/{user}"), None)
+                .request_bytes(
+                    Method::DELETE,
+                    &format!("/v1/projects/{p}/rolebindings/{user}"),
+                    None,
+                )
                 .await?;
-            print(g, &serde_json::json!({"revoked": user}), || format!("user {user:?} has no role in project {p:?} now"))
+            print(g, &serde_json::json!({"revoked": user}), || {
+                format!("user {user:?} has no role in project {p:?} now")
+            })
         }
         RoleCmd::List => {
-            let l: ResourceList<RoleBinding> = client.get(&format!("/v1/projects/{p}/rolebindings")).await?;
+            let l: ResourceList<RoleBinding> = client
+                .get(&format!("/v1/projects/{p}/rolebindings"))
+                .await?;
             print(g, &l, || {
                 table(
                     &["user", "role", "age"],
                     l.items
                         .iter()
-                        .map(|b| vec![b.spec.user.clone(), b.spec.role.to_string(), age(Some(b.metadata.created_at))])
+                        .map(|b| {
+                            vec![
+                                b.spec.user.clone(),
+                                b.spec.role.to_string(),
+                                age(Some(b.metadata.created_at)),
+                            ]
+                        })
                         .collect(),
                 )
             })
@@ -172,7 +227,16 @@ pub async fn role(g: &Globals, cmd: RoleCmd) -> anyhow::Result<()> {
 
 fn host_rows(items: &[Host]) -> String {
     table(
-        &["name", "phase", "cpus", "memory", "arch", "cgroup", "instances", "heartbeat"],
+        &[
+            "name",
+            "phase",
+            "cpus",
+            "memory",
+            "arch",
+            "cgroup",
+            "instances",
+            "heartbeat",
+        ],
         items
             .iter()
             .map(|h| {
@@ -207,7 +271,10 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
 
 pub async fn audit(g: &Globals, cmd: AuditCmd) -> anyhow::Result<()> {
     let client = g.client()?;
-    let AuditCmd::List { limit, only_project } = cmd;
+    let AuditCmd::List {
+        limit,
+        only_project,
+    } = cmd;
     let mut url = format!("/v1/audit?limit={}", limit.unwrap_or(100));
     if only_project {
         url.push_str(&format!("&project={}", g.project));
@@ -241,9 +308,17 @@ pub async fn whoami(g: &Globals) -> anyhow::Result<()> {
         format!(
             "user {:?}{}, token {}, roles: {}",
             w.user,
-            if w.system_admin { " (system administrator)" } else { "" },
+            if w.system_admin {
+                " (system administrator)"
+            } else {
+                ""
+            },
             w.token_id,
-            if roles.is_empty() { "-".into() } else { roles.join(", ") }
+            if roles.is_empty() {
+                "-".into()
+            } else {
+                roles.join(", ")
+            }
         )
     })?;
     let _ = opt::<String>(None);

@@ -19,7 +19,9 @@ impl RawMode {
         };
         let mut raw = original.clone();
         nix::sys::termios::cfmakeraw(&mut raw);
-        if nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw).is_err() {
+        if nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw)
+            .is_err()
+        {
             return RawMode(None);
         }
         RawMode(Some(original))
@@ -29,7 +31,11 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.0 {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, t);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
         }
     }
 }
@@ -60,7 +66,9 @@ pub async fn exec(
         rows: size.map(|s| s.0),
         cols: size.map(|s| s.1),
     };
-    let stream = client.upgrade(&format!("{instance_path}/exec"), &req).await?;
+    let stream = client
+        .upgrade(&format!("{instance_path}/exec"), &req)
+        .await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let _raw = if tty { Some(RawMode::enable()) } else { None };
 
@@ -114,12 +122,18 @@ pub async fn exec(
                 err.flush()?;
             }
             exec::EXIT if payload.len() == 4 => {
-                code = Some(i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
+                code = Some(i32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
                 break;
             }
             _ => {}
         }
     }
     writer_task.abort();
-    code.ok_or_else(|| anyhow::anyhow!("the exec session ended without an exit status; is the instance still running?"))
+    code.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the exec session ended without an exit status; is the instance still running?"
+        )
+    })
 }

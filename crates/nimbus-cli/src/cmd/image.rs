@@ -17,7 +17,9 @@ use crate::output::{age, print, table};
 #[derive(Subcommand)]
 pub enum ImageCmd {
     /// Import a root-filesystem tarball (plain, gzip or zstd) or an OCI archive.
-    #[command(after_help = "Examples:\n  tar -C rootfs -c . > rootfs.tar && nimbus image import rootfs.tar --name mybox\n  skopeo copy docker://alpine oci-archive:alpine.tar && nimbus image import alpine.tar --name alpine")]
+    #[command(
+        after_help = "Examples:\n  tar -C rootfs -c . > rootfs.tar && nimbus image import rootfs.tar --name mybox\n  skopeo copy docker://alpine oci-archive:alpine.tar && nimbus image import alpine.tar --name alpine"
+    )]
     Import {
         file: PathBuf,
         #[arg(long)]
@@ -67,9 +69,11 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                 ProgressBar::new(len)
             };
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             bar.set_message(format!("uploading {}", file.display()));
             let b = bar.clone();
@@ -79,10 +83,16 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                 }
                 chunk
             });
-            let source = file.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let source = file
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
             let path = format!(
                 "/v1/projects/{p}/images?name={name}&source={}",
-                source.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-' && c != '_', "_")
+                source.replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-' && c != '_',
+                    "_"
+                )
             );
             let result: Result<Image, _> = client.upload(&path, body).await;
             bar.finish_and_clear();
@@ -102,14 +112,22 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             print(g, &list, || rows(&list.items))
         }
         ImageCmd::Get { name } => {
-            let i: Image = client.get(&format!("/v1/projects/{p}/images/{name}")).await?;
+            let i: Image = client
+                .get(&format!("/v1/projects/{p}/images/{name}"))
+                .await?;
             print(g, &i, || rows(std::slice::from_ref(&i)))
         }
         ImageCmd::Rm { name } => {
             client
-                .request_bytes(Method::DELETE, &format!("/v1/projects/{p}/images/{name}"), None)
+                .request_bytes(
+                    Method::DELETE,
+                    &format!("/v1/projects/{p}/images/{name}"),
+                    None,
+                )
                 .await?;
-            print(g, &serde_json::json!({"deleted": name}), || format!("image {name:?} deleted"))
+            print(g, &serde_json::json!({"deleted": name}), || {
+                format!("image {name:?} deleted")
+            })
         }
     }
 }

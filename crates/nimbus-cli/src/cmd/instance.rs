@@ -18,7 +18,9 @@ use crate::output::{age, opt, print, table};
 #[derive(Subcommand)]
 pub enum InstanceCmd {
     /// Create and start an instance.
-    #[command(after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'")]
+    #[command(
+        after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'"
+    )]
     Run(RunArgs),
     /// List instances of the project.
     #[command(alias = "ls")]
@@ -43,7 +45,9 @@ pub enum InstanceCmd {
         timestamps: bool,
     },
     /// Run a command inside a running instance.
-    #[command(after_help = "Examples:\n  nimbus instance exec web -- ps\n  nimbus instance exec -it web -- sh")]
+    #[command(
+        after_help = "Examples:\n  nimbus instance exec web -- ps\n  nimbus instance exec -it web -- sh"
+    )]
     Exec {
         name: String,
         /// Allocate a terminal.
@@ -138,7 +142,10 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
 }
 
 fn parse_restart(text: &str) -> anyhow::Result<RestartPolicy> {
-    let (mode, max) = text.split_once(':').map(|(m, n)| (m, Some(n))).unwrap_or((text, None));
+    let (mode, max) = text
+        .split_once(':')
+        .map(|(m, n)| (m, Some(n)))
+        .unwrap_or((text, None));
     let mode = match mode {
         "never" | "no" => RestartMode::Never,
         "on-failure" | "on_failure" => RestartMode::OnFailure,
@@ -146,7 +153,10 @@ fn parse_restart(text: &str) -> anyhow::Result<RestartPolicy> {
         _ => anyhow::bail!("restart policy {text:?} is not one of never, on-failure[:N], always"),
     };
     let max_retries = match max {
-        Some(n) => Some(n.parse().map_err(|_| anyhow::anyhow!("restart limit {n:?} is not a number"))?),
+        Some(n) => Some(
+            n.parse()
+                .map_err(|_| anyhow::anyhow!("restart limit {n:?} is not a number"))?,
+        ),
         None => None,
     };
     Ok(RestartPolicy { mode, max_retries })
@@ -154,7 +164,9 @@ fn parse_restart(text: &str) -> anyhow::Result<RestartPolicy> {
 
 pub fn rows(items: &[Instance]) -> String {
     table(
-        &["name", "kind", "image", "phase", "host", "pid", "exit", "restarts", "memory", "age"],
+        &[
+            "name", "kind", "image", "phase", "host", "pid", "exit", "restarts", "memory", "age",
+        ],
         items
             .iter()
             .map(|i| {
@@ -172,7 +184,11 @@ pub fn rows(items: &[Instance]) -> String {
                     opt(i.status.pid),
                     opt(i.status.exit_code),
                     i.status.restart_count.to_string(),
-                    i.spec.resources.memory_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                    i.spec
+                        .resources
+                        .memory_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "-".into()),
                     age(Some(i.metadata.created_at)),
                 ]
             })
@@ -185,9 +201,19 @@ fn detail(i: &Instance) -> String {
     let mut line = |k: &str, v: String| out.push_str(&format!("\n{k:<12} {v}"));
     line("", String::new());
     line("id:", i.metadata.id.clone());
-    line("command:", if i.spec.args.is_empty() { "(image default)".into() } else { format!("{:?}", i.spec.args) });
+    line(
+        "command:",
+        if i.spec.args.is_empty() {
+            "(image default)".into()
+        } else {
+            format!("{:?}", i.spec.args)
+        },
+    );
     line("started:", opt(i.status.started_at.map(|t| t.to_rfc3339())));
-    line("finished:", opt(i.status.finished_at.map(|t| t.to_rfc3339())));
+    line(
+        "finished:",
+        opt(i.status.finished_at.map(|t| t.to_rfc3339())),
+    );
     if let Some(s) = i.status.signal {
         line("signal:", s.to_string());
     }
@@ -232,7 +258,10 @@ async fn wait_for(
 fn started_or_done(i: &Instance) -> bool {
     matches!(
         i.status.phase,
-        InstancePhase::Running | InstancePhase::Exited | InstancePhase::Failed | InstancePhase::Backoff
+        InstancePhase::Running
+            | InstancePhase::Exited
+            | InstancePhase::Failed
+            | InstancePhase::Backoff
     ) && i.status.observed_generation >= i.spec.restart_generation
 }
 
@@ -242,7 +271,12 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
     match cmd {
         InstanceCmd::Run(a) => {
             let resources = Resources {
-                memory_bytes: a.memory.as_deref().map(parse_size).transpose().map_err(anyhow::Error::msg)?,
+                memory_bytes: a
+                    .memory
+                    .as_deref()
+                    .map(parse_size)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 cpu_millis: a.cpus.map(|c| (c * 1000.0).round() as u64),
                 pids_max: a.pids,
             };
@@ -262,13 +296,17 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             };
-            let created: Instance = client.post(&format!("/v1/projects/{p}/instances"), &req).await?;
+            let created: Instance = client
+                .post(&format!("/v1/projects/{p}/instances"), &req)
+                .await?;
             let shown = if a.no_wait {
                 created
             } else {
                 wait_for(&client, g, &a.name, "start", started_or_done)
                     .await?
-                    .ok_or_else(|| anyhow::anyhow!("instance {:?} disappeared while starting", a.name))?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("instance {:?} disappeared while starting", a.name)
+                    })?
             };
             if shown.status.phase == InstancePhase::Failed {
                 anyhow::bail!(
@@ -291,7 +329,12 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             let i: Instance = client.get(&path(g, &name)).await?;
             print(g, &i, || detail(&i))
         }
-        InstanceCmd::Logs { name, follow, tail, timestamps } => {
+        InstanceCmd::Logs {
+            name,
+            follow,
+            tail,
+            timestamps,
+        } => {
             let mut url = format!("{}/logs?follow={follow}", path(g, &name));
             if let Some(t) = tail {
                 url.push_str(&format!("&tail={t}"));
@@ -305,9 +348,16 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                 let line = line?;
                 let text = String::from_utf8_lossy(&line);
                 let mut parts = text.splitn(3, ' ');
-                let (ts, stream, body) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (ts, stream, body) = (
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                );
                 if g.json() {
-                    println!("{}", serde_json::json!({"time": ts, "stream": stream, "line": body}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"time": ts, "stream": stream, "line": body})
+                    );
                 } else if timestamps {
                     let _ = writeln!(stdout.lock(), "{text}");
                 } else if stream == "stderr" {
@@ -318,28 +368,60 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        InstanceCmd::Exec { name, tty, interactive, env, workdir, command } => {
-            let code = crate::cmd::exec::exec(&client, &path(g, &name), command, env, workdir, tty, interactive || tty).await?;
+        InstanceCmd::Exec {
+            name,
+            tty,
+            interactive,
+            env,
+            workdir,
+            command,
+        } => {
+            let code = crate::cmd::exec::exec(
+                &client,
+                &path(g, &name),
+                command,
+                env,
+                workdir,
+                tty,
+                interactive || tty,
+            )
+            .await?;
             std::process::exit(code);
         }
         InstanceCmd::Stop { name, no_wait } => {
-            let _: Instance = client.post(&format!("{}/stop", path(g, &name)), &serde_json::json!({})).await?;
-            finish(g, &client, &name, no_wait, "stop", |i| i.status.phase.is_terminal()).await
+            let _: Instance = client
+                .post(&format!("{}/stop", path(g, &name)), &serde_json::json!({}))
+                .await?;
+            finish(g, &client, &name, no_wait, "stop", |i| {
+                i.status.phase.is_terminal()
+            })
+            .await
         }
         InstanceCmd::Start { name, no_wait } => {
-            let _: Instance = client.post(&format!("{}/start", path(g, &name)), &serde_json::json!({})).await?;
+            let _: Instance = client
+                .post(&format!("{}/start", path(g, &name)), &serde_json::json!({}))
+                .await?;
             finish(g, &client, &name, no_wait, "start", started_or_done).await
         }
         InstanceCmd::Restart { name, no_wait } => {
-            let _: Instance = client.post(&format!("{}/restart", path(g, &name)), &serde_json::json!({})).await?;
+            let _: Instance = client
+                .post(
+                    &format!("{}/restart", path(g, &name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
             finish(g, &client, &name, no_wait, "restart", started_or_done).await
         }
         InstanceCmd::Rm { name, no_wait } => {
-            client.request_bytes(Method::DELETE, &path(g, &name), None).await?;
+            client
+                .request_bytes(Method::DELETE, &path(g, &name), None)
+                .await?;
             if !no_wait {
                 wait_for(&client, g, &name, "be removed", |_| false).await?;
             }
-            print(g, &serde_json::json!({"deleted": name}), || format!("instance {name:?} deleted"))
+            print(g, &serde_json::json!({"deleted": name}), || {
+                format!("instance {name:?} deleted")
+            })
         }
     }
 }
@@ -365,7 +447,9 @@ async fn finish(
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'=' | b',' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'=' | b',' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -62,9 +62,15 @@ pub async fn run(g: &Globals, cmd: ProjectCmd) -> anyhow::Result<()> {
         }
         ProjectCmd::Rm { name } => {
             client
-                .request_bytes(hyper_method("DELETE"), &format!("/v1/projects/{name}"), None)
+                .request_bytes(
+                    hyper_method("DELETE"),
+                    &format!("/v1/projects/{name}"),
+                    None,
+                )
                 .await?;
-            print(g, &serde_json::json!({"deleted": name}), || format!("project {name:?} deleted"))
+            print(g, &serde_json::json!({"deleted": name}), || {
+                format!("project {name:?} deleted")
+            })
         }
     }
 }

@@ -81,7 +81,14 @@ async fn shutdown_signal() {
 
 /// The `default` project every cloud starts with.
 async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
-    if state.repo.try_get::<Project>(None, "default").await.ok().flatten().is_none() {
+    if state
+        .repo
+        .try_get::<Project>(None, "default")
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
         let created = state
             .repo
             .create(Project {
@@ -108,14 +115,25 @@ pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
 }
 
 fn local_host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let raw =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
     let name: String = raw
         .trim()
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    if name.is_empty() { "localhost".into() } else { name }
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
 }
 
 pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
@@ -135,7 +153,10 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         Some(Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
             instances_dir: agent_config.instances_dir(),
         }));
-    let client = Client::new(Endpoint::Unix(state.config.socket_path.clone()), Some(token))?;
+    let client = Client::new(
+        Endpoint::Unix(state.config.socket_path.clone()),
+        Some(token),
+    )?;
     let agent = nimbus_agent::Agent::new(agent_config, client)?;
     tokio::spawn(async move {
         if let Err(e) = agent.run().await {
@@ -146,7 +167,9 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         let g = g.clone();
         tokio::spawn(async move {
             match crate::starter::ensure_starter_image(&g).await {
-                Ok(true) => tracing::info!("imported the starter image \"busybox\" into project \"default\""),
+                Ok(true) => tracing::info!(
+                    "imported the starter image \"busybox\" into project \"default\""
+                ),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not import the starter image"),
             }

@@ -36,7 +36,9 @@ where
                     "request body is larger than the server accepts (1 MiB by default); send less",
                 ))
             } else {
-                ServerError(ApiError::bad_request(format!("could not read the request body: {e}")))
+                ServerError(ApiError::bad_request(format!(
+                    "could not read the request body: {e}"
+                )))
             }
         })?;
         if bytes.is_empty() {

@@ -40,11 +40,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
     require_operator(&caller)?;
-    if opts.watch == Some(true) {
-        return super::watch::stream::<Host>(&state, "/hosts/".into(), opts.revision, |_| true).await;
-    }
-    let page = state.repo.list::<Host>(None, &opts, |_| true).await?;
-    Ok(axum::response::IntoResponse::into_response(Json(page)))
+    super::watch::list_or_watch::<Host>(&state, None, &opts, |_| true).await
 }
 
 #[utoipa::path(get, path = "/v1/hosts/{host}", responses((status = 200, body = Host)))]

@@ -9,8 +9,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use nimbus_api::{
-    validate_name, ApiError, Image, ImageSpec, Instance, ListOptions,
-    Metadata, ResourceList, Role,
+    validate_name, ApiError, Image, ImageSpec, Instance, ListOptions, Metadata, ResourceList, Role,
 };
 use nimbus_image::ImportedImage;
 
@@ -24,9 +23,9 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Query(opts): Query<ListOptions>,
-) -> ApiResult<Json<ResourceList<Image>>> {
+) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.list(Some(&project), &opts, |_| true).await?))
+    super::watch::list_or_watch::<Image>(&state, Some(&project), &opts, |_| true).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]
@@ -82,7 +81,12 @@ pub async fn import(
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     validate_name("image", &q.name).map_err(ApiError::invalid)?;
-    if state.repo.try_get::<Image>(Some(&project), &q.name).await?.is_some() {
+    if state
+        .repo
+        .try_get::<Image>(Some(&project), &q.name)
+        .await?
+        .is_some()
+    {
         return Err(ServerError(ApiError::already_exists(format!(
             "image {:?} already exists in project {project:?}; remove it or pick another name",
             q.name
@@ -122,7 +126,9 @@ pub async fn import(
         .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
         .map_err(|e| ApiError::invalid(format!("image {:?} was not imported: {e}", q.name)))?;
     let mut metadata = Metadata::new(&q.name, Some(&project));
-    metadata.labels.insert("nimbus.io/format".into(), imported.to_api().format);
+    metadata
+        .labels
+        .insert("nimbus.io/format".into(), imported.to_api().format);
     let image = state
         .repo
         .create(Image {
@@ -145,7 +151,9 @@ pub async fn delete(
     let _: Image = state.repo.get(Some(&project), &name).await?;
     let users = state
         .repo
-        .list::<Instance>(Some(&project), &ListOptions::default(), |i| i.spec.image == name)
+        .list::<Instance>(Some(&project), &ListOptions::default(), |i| {
+            i.spec.image == name
+        })
         .await?;
     if let Some(i) = users.items.first() {
         return Err(ServerError(ApiError::conflict(format!(
@@ -153,10 +161,20 @@ pub async fn delete(
             i.metadata.name
         ))));
     }
-    state.repo.delete::<Image>(Some(&project), &name, None).await?;
+    state
+        .repo
+        .delete::<Image>(Some(&project), &name, None)
+        .await?;
     let remaining = state
         .repo
-        .list::<Image>(None, &ListOptions { limit: Some(5000), ..Default::default() }, |_| true)
+        .list::<Image>(
+            None,
+            &ListOptions {
+                limit: Some(5000),
+                ..Default::default()
+            },
+            |_| true,
+        )
         .await?;
     let keep: Vec<ImportedImage> = remaining
         .items

@@ -31,24 +31,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    if opts.watch == Some(true) {
-        let terms = selector(&opts)?;
-        return super::watch::stream::<Instance>(
-            &state,
-            crate::repo::prefix::<Instance>(Some(&project)),
-            opts.revision,
-            move |i| nimbus_api::meta::selector_matches(&terms, &i.metadata.labels),
-        )
-        .await;
-    }
-    Ok(Json(state.repo.list::<Instance>(Some(&project), &opts, |_| true).await?).into_response())
-}
-
-fn selector(opts: &ListOptions) -> ApiResult<Vec<nimbus_api::meta::SelectorTerm>> {
-    match &opts.selector {
-        Some(s) => Ok(nimbus_api::meta::parse_selector(s).map_err(ApiError::bad_request)?),
-        None => Ok(Vec::new()),
-    }
+    super::watch::list_or_watch::<Instance>(&state, Some(&project), &opts, |_| true).await
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
@@ -89,12 +72,7 @@ pub async fn list_all(
     }
     let host = q.host.clone();
     let on_host = move |i: &Instance| host.is_none() || i.status.host == host;
-    let opts = q.list_options();
-    if opts.watch == Some(true) {
-        return super::watch::stream::<Instance>(&state, "/instances/".into(), opts.revision, on_host)
-            .await;
-    }
-    Ok(Json(state.repo.list::<Instance>(None, &opts, on_host).await?).into_response())
+    super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", responses((status = 200, body = Instance)))]
@@ -150,7 +128,9 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             ))));
         }
     }
-    if spec.restart_policy.max_retries.is_some() && spec.restart_policy.mode != RestartMode::OnFailure {
+    if spec.restart_policy.max_retries.is_some()
+        && spec.restart_policy.mode != RestartMode::OnFailure
+    {
         return Err(ServerError(ApiError::invalid(
             "max_retries applies to the on_failure restart policy only",
         )));
@@ -267,7 +247,8 @@ pub async fn start(
         auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
         state.repo.get(Some(&project), &name).await?
     };
-    let running = current.spec.desired_state == DesiredState::Running && !current.status.phase.is_terminal();
+    let running =
+        current.spec.desired_state == DesiredState::Running && !current.status.phase.is_terminal();
     if running {
         return Ok(Json(current));
     }
@@ -357,7 +338,10 @@ pub async fn report_status(
                 "instance {name:?} was not being deleted; not finalizing"
             ))));
         }
-        state.repo.delete::<Instance>(Some(&project), &name, None).await?;
+        state
+            .repo
+            .delete::<Instance>(Some(&project), &name, None)
+            .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let saved = state

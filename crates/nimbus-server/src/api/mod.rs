@@ -51,7 +51,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/users", get(users::list).post(users::create))
         .route("/v1/users/{user}", get(users::get).delete(users::delete))
-        .route("/v1/tokens", get(users::list_tokens).post(users::create_token))
+        .route(
+            "/v1/tokens",
+            get(users::list_tokens).post(users::create_token),
+        )
         .route(
             "/v1/tokens/{token}",
             get(users::get_token).delete(users::delete_token),

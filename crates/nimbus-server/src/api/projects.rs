@@ -18,13 +18,15 @@ pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
-) -> ApiResult<Json<ResourceList<Project>>> {
+) -> ApiResult<axum::response::Response> {
     let visible: Option<std::collections::HashSet<String>> = if caller.system_admin {
         None
     } else {
         let bindings = state
             .repo
-            .list::<RoleBinding>(None, &ListOptions::default(), |b| b.spec.user == caller.user)
+            .list::<RoleBinding>(None, &ListOptions::default(), |b| {
+                b.spec.user == caller.user
+            })
             .await?;
         Some(
             bindings
@@ -34,15 +36,12 @@ pub async fn list(
                 .collect(),
         )
     };
-    let page = state
-        .repo
-        .list::<Project>(None, &opts, |p| {
-            visible
-                .as_ref()
-                .is_none_or(|v| v.contains(&p.metadata.name))
-        })
-        .await?;
-    Ok(Json(page))
+    super::watch::list_or_watch::<Project>(&state, None, &opts, move |p| {
+        visible
+            .as_ref()
+            .is_none_or(|v| v.contains(&p.metadata.name))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/projects", request_body = CreateRequest<ProjectSpec>,
@@ -91,8 +90,14 @@ pub async fn delete(
         limit: Some(1),
         ..Default::default()
     };
-    let instances = state.repo.list::<Instance>(Some(&project), &opts, |_| true).await?;
-    let images = state.repo.list::<Image>(Some(&project), &opts, |_| true).await?;
+    let instances = state
+        .repo
+        .list::<Instance>(Some(&project), &opts, |_| true)
+        .await?;
+    let images = state
+        .repo
+        .list::<Image>(Some(&project), &opts, |_| true)
+        .await?;
     if !instances.items.is_empty() || !images.items.is_empty() {
         return Err(ServerError(ApiError::conflict(format!(
             "project {project:?} still has instances or images; remove them first (`nimbus instance list --project {project}`)"

@@ -20,9 +20,9 @@ pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
-) -> ApiResult<Json<ResourceList<User>>> {
+) -> ApiResult<axum::response::Response> {
     auth::require_system_admin(&caller)?;
-    Ok(Json(state.repo.list(None, &opts, |_| true).await?))
+    super::watch::list_or_watch::<User>(&state, None, &opts, |_| true).await
 }
 
 #[utoipa::path(post, path = "/v1/users", request_body = CreateRequest<UserSpec>, responses((status = 201, body = User)))]
@@ -77,7 +77,10 @@ pub async fn delete(
         .list::<Token>(None, &ListOptions::default(), |t| t.spec.user == user)
         .await?;
     for t in tokens.items {
-        let _ = state.repo.delete::<Token>(None, &t.metadata.name, None).await;
+        let _ = state
+            .repo
+            .delete::<Token>(None, &t.metadata.name, None)
+            .await;
     }
     let bindings = state
         .repo
@@ -94,7 +97,7 @@ pub async fn delete(
 }
 
 fn redact(mut t: Token) -> Token {
-    t.status.secret_sha256.clear();
+    nimbus_api::resources::Object::redact(&mut t);
     t
 }
 
@@ -136,7 +139,9 @@ pub async fn create_token(
     JsonBody(req): JsonBody<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     if caller.is_host_agent() {
-        return Err(ServerError(ApiError::forbidden("host tokens cannot create tokens")));
+        return Err(ServerError(ApiError::forbidden(
+            "host tokens cannot create tokens",
+        )));
     }
     let user = req.user.unwrap_or_else(|| caller.user.clone());
     if user != caller.user {
@@ -152,13 +157,11 @@ pub async fn list_tokens(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
-) -> ApiResult<Json<ResourceList<Token>>> {
-    let mut page = state
-        .repo
-        .list::<Token>(None, &opts, |t| caller.system_admin || t.spec.user == caller.user)
-        .await?;
-    page.items = page.items.into_iter().map(redact).collect();
-    Ok(Json(page))
+) -> ApiResult<axum::response::Response> {
+    super::watch::list_or_watch::<Token>(&state, None, &opts, move |t| {
+        caller.system_admin || t.spec.user == caller.user
+    })
+    .await
 }
 
 async fn own_token(state: &crate::AppState, caller: &Caller, id: &str) -> ApiResult<Token> {
@@ -198,9 +201,9 @@ pub async fn list_bindings(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Query(opts): Query<ListOptions>,
-) -> ApiResult<Json<ResourceList<RoleBinding>>> {
+) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.list(Some(&project), &opts, |_| true).await?))
+    super::watch::list_or_watch::<RoleBinding>(&state, Some(&project), &opts, |_| true).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 200, body = RoleBinding)))]
@@ -229,7 +232,10 @@ pub async fn create_binding(
         status: ProjectStatus::default(),
     };
     // Granting again replaces the role.
-    let existing: Option<RoleBinding> = state.repo.try_get(Some(&project), &binding.spec.user).await?;
+    let existing: Option<RoleBinding> = state
+        .repo
+        .try_get(Some(&project), &binding.spec.user)
+        .await?;
     let saved = match existing {
         Some(mut old) => {
             old.spec.role = binding.spec.role;
@@ -248,7 +254,10 @@ pub async fn delete_binding(
     Path((project, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     auth::require_role(&state.repo, &caller, &project, Role::Admin).await?;
-    state.repo.delete::<RoleBinding>(Some(&project), &user, None).await?;
+    state
+        .repo
+        .delete::<RoleBinding>(Some(&project), &user, None)
+        .await?;
     state.tokens.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -29,60 +29,89 @@ pub async fn stream<T: Object>(
     let rx = match state.repo.store.watch(&prefix, after).await {
         Ok(rx) => rx,
         Err(e @ StoreError::Compacted { .. }) => {
-            return Err(ServerError(ApiError::new(ErrorCode::Compacted, e.to_string())))
+            return Err(ServerError(ApiError::new(
+                ErrorCode::Compacted,
+                e.to_string(),
+            )))
         }
         Err(e) => return Err(e.into()),
     };
-    let events = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .filter_map(move |item| {
-            let line = match item {
-                Ok(ev) => {
-                    let revision = ev.kv.mod_revision;
-                    let (event_type, kv) = match ev.kind {
-                        EventKind::Put if ev.prev.is_none() => (WatchEventType::Added, &ev.kv),
-                        EventKind::Put => (WatchEventType::Modified, &ev.kv),
-                        EventKind::Delete => (WatchEventType::Deleted, &ev.kv),
-                    };
-                    match decode::<T>(kv) {
-                        Ok(mut obj) => {
-                            if !filter(&obj) {
-                                None
-                            } else {
-                                obj.metadata_mut().revision = revision;
-                                Some(WatchEvent {
-                                    event_type,
-                                    revision,
-                                    object: Some(obj),
-                                    error: None,
-                                })
-                            }
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).filter_map(move |item| {
+        let line = match item {
+            Ok(ev) => {
+                let revision = ev.kv.mod_revision;
+                let (event_type, kv) = match ev.kind {
+                    EventKind::Put if ev.prev.is_none() => (WatchEventType::Added, &ev.kv),
+                    EventKind::Put => (WatchEventType::Modified, &ev.kv),
+                    EventKind::Delete => (WatchEventType::Deleted, &ev.kv),
+                };
+                match decode::<T>(kv) {
+                    Ok(mut obj) => {
+                        if !filter(&obj) {
+                            None
+                        } else {
+                            obj.metadata_mut().revision = revision;
+                            obj.redact();
+                            Some(WatchEvent {
+                                event_type,
+                                revision,
+                                object: Some(obj),
+                                error: None,
+                            })
                         }
-                        Err(_) => None,
                     }
+                    Err(_) => None,
                 }
-                Err(e) => {
-                    let code = match e {
-                        StoreError::Compacted { .. } => ErrorCode::Compacted,
-                        _ => ErrorCode::Internal,
-                    };
-                    let err = ApiError::new(code, format!("{e}; re-list and watch again"));
-                    Some(WatchEvent::<T> {
-                        event_type: WatchEventType::Error,
-                        revision: 0,
-                        object: None,
-                        error: Some(err.body().error),
-                    })
-                }
-            };
-            let bytes = line.and_then(|ev| {
-                let mut v = serde_json::to_vec(&ev).ok()?;
-                v.push(b'\n');
-                Some(Ok::<_, std::io::Error>(bytes::Bytes::from(v)))
-            });
-            futures::future::ready(bytes)
+            }
+            Err(e) => {
+                let code = match e {
+                    StoreError::Compacted { .. } => ErrorCode::Compacted,
+                    _ => ErrorCode::Internal,
+                };
+                let err = ApiError::new(code, format!("{e}; re-list and watch again"));
+                Some(WatchEvent::<T> {
+                    event_type: WatchEventType::Error,
+                    revision: 0,
+                    object: None,
+                    error: Some(err.body().error),
+                })
+            }
+        };
+        let bytes = line.and_then(|ev| {
+            let mut v = serde_json::to_vec(&ev).ok()?;
+            v.push(b'\n');
+            Some(Ok::<_, std::io::Error>(bytes::Bytes::from(v)))
         });
+        futures::future::ready(bytes)
+    });
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(events))
         .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
+
+/// A list call that streams changes instead when `watch=true`.
+pub async fn list_or_watch<T: Object>(
+    state: &Arc<AppState>,
+    project: Option<&str>,
+    opts: &nimbus_api::ListOptions,
+    filter: impl Fn(&T) -> bool + Send + Sync + 'static,
+) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
+    if opts.watch == Some(true) {
+        let terms = match &opts.selector {
+            Some(s) => nimbus_api::meta::parse_selector(s).map_err(ApiError::bad_request)?,
+            None => Vec::new(),
+        };
+        return stream::<T>(
+            state,
+            crate::repo::prefix::<T>(project),
+            opts.revision,
+            move |o| nimbus_api::meta::selector_matches(&terms, &o.metadata().labels) && filter(o),
+        )
+        .await;
+    }
+    let mut page = state.repo.list::<T>(project, opts, filter).await?;
+    page.items.iter_mut().for_each(Object::redact);
+    Ok(axum::Json(page).into_response())
 }

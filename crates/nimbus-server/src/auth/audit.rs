@@ -12,7 +12,10 @@ pub const PREFIX: &str = "/audit/";
 
 /// What the audit log needs of a response (a `Response` is not `Sync`).
 pub fn outcome(resp: &Response) -> (u16, Option<ErrorCode>) {
-    (resp.status().as_u16(), resp.extensions().get::<ErrorCode>().copied())
+    (
+        resp.status().as_u16(),
+        resp.extensions().get::<ErrorCode>().copied(),
+    )
 }
 
 pub async fn record(

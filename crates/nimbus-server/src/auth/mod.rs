@@ -41,9 +41,12 @@ const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Verifies tokens, caching successful lookups briefly so the API hot path
 /// does not read three keys per request. Revocation takes effect within
 /// `CACHE_TTL`.
+/// A verified caller, the secret hash it was verified with, and when.
+type CacheEntry = (Caller, [u8; 32], Instant);
+
 #[derive(Default)]
 pub struct TokenCache {
-    entries: RwLock<HashMap<String, (Caller, [u8; 32], Instant)>>,
+    entries: RwLock<HashMap<String, CacheEntry>>,
 }
 
 impl TokenCache {
@@ -64,7 +67,9 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
             )
         })?;
     let (token_id, secret) = token::parse(raw).ok_or_else(|| {
-        ApiError::unauthenticated("malformed token: expected nmb_<id>_<secret> as printed when it was created")
+        ApiError::unauthenticated(
+            "malformed token: expected nmb_<id>_<secret> as printed when it was created",
+        )
     })?;
     let presented = token::hash_secret(secret);
     if let Ok(cache) = state.tokens.entries.read() {
@@ -114,7 +119,10 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
         }
     };
     if let Ok(mut cache) = state.tokens.entries.write() {
-        cache.insert(token_id.to_string(), (caller.clone(), stored_hash, Instant::now()));
+        cache.insert(
+            token_id.to_string(),
+            (caller.clone(), stored_hash, Instant::now()),
+        );
     }
     Ok(caller)
 }
@@ -133,7 +141,12 @@ pub async fn role_in(repo: &Repo, caller: &Caller, project: &str) -> ApiResult<O
 
 /// Require at least `min` in `project`: 404 when the caller cannot see the
 /// project at all, 403 when it can see but not do.
-pub async fn require_role(repo: &Repo, caller: &Caller, project: &str, min: Role) -> ApiResult<Role> {
+pub async fn require_role(
+    repo: &Repo,
+    caller: &Caller,
+    project: &str,
+    min: Role,
+) -> ApiResult<Role> {
     let role = role_in(repo, caller, project).await?;
     match role {
         None => Err(project_not_found(project)),
@@ -177,7 +190,11 @@ fn is_public(path: &str) -> bool {
 }
 
 /// Middleware: authenticate, run the handler, audit mutating calls.
-pub async fn auth_layer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn auth_layer(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mutating = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");

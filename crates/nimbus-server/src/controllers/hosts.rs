@@ -20,13 +20,13 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 async fn check_once(state: &AppState, timeout: chrono::Duration) -> Result<(), crate::ServerError> {
-    let hosts = state.repo.list::<Host>(None, &ListOptions::default(), |_| true).await?;
+    let hosts = state
+        .repo
+        .list::<Host>(None, &ListOptions::default(), |_| true)
+        .await?;
     let now = Utc::now();
     for host in hosts.items {
-        let stale = host
-            .status
-            .last_heartbeat
-            .is_none_or(|t| now - t > timeout);
+        let stale = host.status.last_heartbeat.is_none_or(|t| now - t > timeout);
         if host.status.phase == HostPhase::Ready && stale {
             let name = host.metadata.name.clone();
             tracing::warn!(host = %name, "host missed its heartbeats; marking it unreachable");

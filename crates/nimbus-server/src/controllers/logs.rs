@@ -57,11 +57,17 @@ pub fn stream(
         let Some(current) = files.last().cloned() else {
             return;
         };
-        let mut offset = tokio::fs::metadata(&current).await.map(|m| m.len()).unwrap_or(0);
+        let mut offset = tokio::fs::metadata(&current)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut idle_checks = 0u32;
         loop {
             tokio::time::sleep(POLL).await;
-            let len = tokio::fs::metadata(&current).await.map(|m| m.len()).unwrap_or(0);
+            let len = tokio::fs::metadata(&current)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
             if len < offset {
                 // Rotated: the current file started again.
                 offset = 0;
@@ -81,10 +87,13 @@ pub fn stream(
                 continue;
             }
             idle_checks += 1;
-            if idle_checks % 10 == 0 {
+            if idle_checks.is_multiple_of(10) {
                 let now: Option<Instance> = state
                     .repo
-                    .try_get(instance.metadata.project.as_deref(), &instance.metadata.name)
+                    .try_get(
+                        instance.metadata.project.as_deref(),
+                        &instance.metadata.name,
+                    )
                     .await
                     .ok()
                     .flatten();

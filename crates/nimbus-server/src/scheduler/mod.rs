@@ -24,13 +24,22 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-/// Memory an instance reserves on its host (unlimited counts as 64 MiB).
+/// Memory an instance reserves on its host: its limit while it is meant to
+/// run. Without a limit it reserves nothing (best effort, as without a
+/// request in Kubernetes).
 fn reserved_bytes(i: &Instance) -> u64 {
-    i.spec.resources.memory_bytes.unwrap_or(64 << 20)
+    if i.spec.desired_state == nimbus_api::DesiredState::Stopped {
+        return 0;
+    }
+    i.spec.resources.memory_bytes.unwrap_or(0)
 }
 
 /// Choose the host for `instance`, or say in words why none fits.
-pub fn choose_host(instance: &Instance, hosts: &[Host], used: &HashMap<String, u64>) -> Result<String, String> {
+pub fn choose_host(
+    instance: &Instance,
+    hosts: &[Host],
+    used: &HashMap<String, u64>,
+) -> Result<String, String> {
     let need = reserved_bytes(instance);
     let mut best: Option<(&Host, u64)> = None;
     let mut reasons = Vec::new();
@@ -49,7 +58,9 @@ pub fn choose_host(instance: &Instance, hosts: &[Host], used: &HashMap<String, u
             .memory_bytes
             .saturating_sub(used.get(name).copied().unwrap_or(0));
         if free < need {
-            reasons.push(format!("{name}: {free} bytes of memory free, {need} needed"));
+            reasons.push(format!(
+                "{name}: {free} bytes of memory free, {need} needed"
+            ));
             continue;
         }
         if best.is_none_or(|(_, f)| free > f) {
@@ -58,7 +69,9 @@ pub fn choose_host(instance: &Instance, hosts: &[Host], used: &HashMap<String, u
     }
     match best {
         Some((h, _)) => Ok(h.metadata.name.clone()),
-        None if hosts.is_empty() => Err("no hosts are registered; start an agent (`nimbus up` runs one)".into()),
+        None if hosts.is_empty() => {
+            Err("no hosts are registered; start an agent (`nimbus up` runs one)".into())
+        }
         None => Err(format!("no host fits: {}", reasons.join("; "))),
     }
 }
@@ -80,7 +93,9 @@ async fn schedule_pending(state: &AppState) -> Result<(), ServerError> {
     let hosts = state.repo.list::<Host>(None, &all, |_| true).await?.items;
     let placed = state
         .repo
-        .list::<Instance>(None, &all, |i| i.status.host.is_some() && !i.status.phase.is_terminal())
+        .list::<Instance>(None, &all, |i| {
+            i.status.host.is_some() && !i.status.phase.is_terminal()
+        })
         .await?;
     let mut used: HashMap<String, u64> = HashMap::new();
     for i in &placed.items {
@@ -166,6 +181,8 @@ mod tests {
         let err = choose_host(&instance(8 << 30), &hosts, &used).unwrap_err();
         assert!(err.contains("b: not ready"), "{err}");
         assert!(err.contains("a: "), "{err}");
-        assert!(choose_host(&instance(1), &[], &used).unwrap_err().contains("no hosts"));
+        assert!(choose_host(&instance(1), &[], &used)
+            .unwrap_err()
+            .contains("no hosts"));
     }
 }

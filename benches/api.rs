@@ -1,0 +1,115 @@
+//! API throughput and tail latency under 50 concurrent clients (wrk over
+//! the TLS port): GET of one instance, and a list of 1,000 instances.
+//!
+//! Run: `cargo bench -p nimbus-cli --bench api` (as root, needs `wrk`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+struct WrkResult {
+    requests_per_sec: f64,
+    p99_ms: f64,
+    errors: String,
+}
+
+fn parse_ms(text: &str) -> Option<f64> {
+    let t = text.trim();
+    if let Some(v) = t.strip_suffix("us") {
+        return v.parse::<f64>().ok().map(|x| x / 1000.0);
+    }
+    if let Some(v) = t.strip_suffix("ms") {
+        return v.parse().ok();
+    }
+    if let Some(v) = t.strip_suffix('s') {
+        return v.parse::<f64>().ok().map(|x| x * 1000.0);
+    }
+    None
+}
+
+fn wrk(url: &str, token: &str, seconds: u32) -> WrkResult {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c50", &format!("-d{seconds}s"), "--latency", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(url)
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(parse_ms)
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    WrkResult {
+        requests_per_sec: rps,
+        p99_ms: p99,
+        errors,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("api: bench");
+        return;
+    }
+    if !support::have("wrk") {
+        eprintln!("SKIPPED: wrk is not installed (scripts/deps installs it)");
+        return;
+    }
+    let cloud = common::Cloud::start();
+    let token = cloud.admin_token();
+    let count = 1000;
+    for i in 0..count {
+        support::create_instance(
+            &cloud,
+            "default",
+            &format!("i-{i:04}"),
+            &["true"],
+            serde_json::json!({"desired_state": "stopped"}),
+        );
+    }
+    // Let the scheduler and agent settle so the benchmark measures the API alone.
+    common::wait_until(Duration::from_secs(120), "instances to settle", || {
+        let v = cloud.json(&["instance", "list"]).ok()?;
+        let items = v["items"].as_array()?;
+        (items.len() == count && items.iter().all(|i| i["status"]["phase"] == "stopped"))
+            .then_some(())
+    });
+    let base = format!(
+        "https://127.0.0.1:{}/v1/projects/default/instances",
+        cloud.port
+    );
+    let get = wrk(&format!("{base}/i-0500"), &token, 10);
+    let list = wrk(&format!("{base}?limit={count}"), &token, 10);
+    println!("\n== API under 50 concurrent clients (wrk, TLS, 10 s each)");
+    println!("{:<32} {:>12} {:>10}", "", "requests/s", "p99");
+    println!(
+        "{:<32} {:>12.0} {:>8.2} ms",
+        "GET one instance", get.requests_per_sec, get.p99_ms
+    );
+    println!(
+        "{:<32} {:>12.0} {:>8.2} ms",
+        format!("LIST {count} instances"),
+        list.requests_per_sec,
+        list.p99_ms
+    );
+    println!("goal: p99 <= 20 ms for both");
+    for (what, r) in [("get", &get), ("list", &list)] {
+        if !r.errors.is_empty() {
+            println!("{what}: {}", r.errors);
+        }
+    }
+}
