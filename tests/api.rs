@@ -291,6 +291,29 @@ fn api_revisions_lists_watch_and_openapi() {
     let doc: Value = serde_json::from_str(&body).unwrap();
     assert!(doc["paths"]["/v1/projects/{project}/instances/{name}"].is_object());
 
+    // The TLS endpoint serves the same API with the self-signed certificate
+    // made at first start; the CLI trusts it with --ca-cert.
+    let endpoint = format!("https://127.0.0.1:{}", cloud.port);
+    let cert = cloud.data_dir().join("tls/cert.pem");
+    let out = cloud
+        .command()
+        .args(["--endpoint", &endpoint, "--ca-cert", cert.to_str().unwrap(), "--token", &admin, "whoami", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(who["user"], "admin");
+    assert_eq!(who["system_admin"], true);
+    // Without the right certificate the client refuses the connection.
+    let other = cloud.data_dir().join("other.pem");
+    std::fs::write(&other, include_str!("data/unrelated-cert.pem")).unwrap();
+    let out = cloud
+        .command()
+        .args(["--endpoint", &endpoint, "--ca-cert", other.to_str().unwrap(), "--token", &admin, "whoami"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a server whose certificate is not trusted must be refused");
+
     // Create stopped instances with labels.
     for i in 0..7 {
         let tier = if i % 2 == 0 { "web" } else { "db" };
