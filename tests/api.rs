@@ -297,10 +297,24 @@ fn api_revisions_lists_watch_and_openapi() {
     let cert = cloud.data_dir().join("tls/cert.pem");
     let out = cloud
         .command()
-        .args(["--endpoint", &endpoint, "--ca-cert", cert.to_str().unwrap(), "--token", &admin, "whoami", "-o", "json"])
+        .args([
+            "--endpoint",
+            &endpoint,
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--token",
+            &admin,
+            "whoami",
+            "-o",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let who: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(who["user"], "admin");
     assert_eq!(who["system_admin"], true);
@@ -309,10 +323,21 @@ fn api_revisions_lists_watch_and_openapi() {
     std::fs::write(&other, include_str!("data/unrelated-cert.pem")).unwrap();
     let out = cloud
         .command()
-        .args(["--endpoint", &endpoint, "--ca-cert", other.to_str().unwrap(), "--token", &admin, "whoami"])
+        .args([
+            "--endpoint",
+            &endpoint,
+            "--ca-cert",
+            other.to_str().unwrap(),
+            "--token",
+            &admin,
+            "whoami",
+        ])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a server whose certificate is not trusted must be refused");
+    assert!(
+        !out.status.success(),
+        "a server whose certificate is not trusted must be refused"
+    );
 
     // Create stopped instances with labels.
     for i in 0..7 {

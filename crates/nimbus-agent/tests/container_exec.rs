@@ -16,14 +16,18 @@ struct ExecOutput {
 }
 
 fn collect(mut stream: UnixStream) -> ExecOutput {
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
     while let Some((kind, payload)) = read_frame(&mut stream).expect("frame") {
         match kind {
             frame::STDOUT => stdout.extend(payload),
             frame::STDERR => stderr.extend(payload),
             frame::EXIT => {
-                code = Some(i32::from_be_bytes(payload.try_into().expect("4-byte exit code")));
+                code = Some(i32::from_be_bytes(
+                    payload.try_into().expect("4-byte exit code"),
+                ));
             }
             other => panic!("unexpected frame kind {other}"),
         }
@@ -36,7 +40,10 @@ fn collect(mut stream: UnixStream) -> ExecOutput {
 }
 
 fn exec(client: &ShimClient, args: &[&str], stdin: Option<&[u8]>) -> ExecOutput {
-    let req = ExecRequest { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let req = ExecRequest {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
     let (_pid, mut stream) = client.exec(&req).expect("exec");
     // A process that does not read stdin may be gone (and the stream closed by the
     // shim) before these arrive, so write errors are expected and ignored.
@@ -48,7 +55,9 @@ fn exec(client: &ShimClient, args: &[&str], stdin: Option<&[u8]>) -> ExecOutput 
 }
 
 fn running_instance(name: &str) -> Instance {
-    let inst = Instance::new(name, |id, layer| sh_spec(id, layer, "echo up; exec sleep 600"));
+    let inst = Instance::new(name, |id, layer| {
+        sh_spec(id, layer, "echo up; exec sleep 600")
+    });
     let state = inst.spawn();
     assert_eq!(state.phase, Phase::Running, "{state:?}");
     inst
@@ -65,14 +74,29 @@ fn exec_runs_inside_the_container() {
 
     let ps = exec(&client, &["ps", "-o", "pid,comm"], None);
     assert_eq!(ps.code, 0, "{}", ps.stderr);
-    let pid1 = ps.stdout.lines().find(|l| l.split_whitespace().next() == Some("1"));
-    assert_eq!(pid1.map(|l| l.split_whitespace().nth(1)), Some(Some("sleep")), "{}", ps.stdout);
-    assert!(ps.stdout.lines().count() <= 4, "host processes visible:\n{}", ps.stdout);
+    let pid1 = ps
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"));
+    assert_eq!(
+        pid1.map(|l| l.split_whitespace().nth(1)),
+        Some(Some("sleep")),
+        "{}",
+        ps.stdout
+    );
+    assert!(
+        ps.stdout.lines().count() <= 4,
+        "host processes visible:\n{}",
+        ps.stdout
+    );
 
     assert_eq!(exec(&client, &["sh", "-c", "exit 7"], None).code, 7);
 
     let split = exec(&client, &["sh", "-c", "echo out; echo err >&2"], None);
-    assert_eq!((split.stdout.as_str(), split.stderr.as_str(), split.code), ("out\n", "err\n", 0));
+    assert_eq!(
+        (split.stdout.as_str(), split.stderr.as_str(), split.code),
+        ("out\n", "err\n", 0)
+    );
 
     let cat = exec(&client, &["cat"], Some(b"hello through stdin\n"));
     assert_eq!(cat.stdout, "hello through stdin\n");
@@ -83,26 +107,51 @@ fn exec_runs_inside_the_container() {
         &["sh", "-c", "cat /proc/self/uid_map; id -u; grep -E '^(Seccomp|CapEff|NoNewPrivs):' /proc/self/status; hostname; mount -t tmpfs x /mnt || echo mount-denied"],
         None,
     );
-    let lines: Vec<String> = probe.stdout.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
-    assert_eq!(lines[0], format!("0 {} {}", spec.id_map.host_id, spec.id_map.size), "{lines:?}");
+    let lines: Vec<String> = probe
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines[0],
+        format!("0 {} {}", spec.id_map.host_id, spec.id_map.size),
+        "{lines:?}"
+    );
     assert_eq!(lines[1], "0");
     assert!(lines.contains(&"Seccomp: 2".to_string()), "{lines:?}");
     assert!(lines.contains(&"NoNewPrivs: 1".to_string()), "{lines:?}");
-    assert!(lines.contains(&"CapEff: 00000000a80425fb".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"CapEff: 00000000a80425fb".to_string()),
+        "{lines:?}"
+    );
     assert!(lines.contains(&spec.hostname), "{lines:?}");
     assert!(lines.contains(&"mount-denied".to_string()), "{lines:?}");
 
     // From the host, the exec'd process runs as the instance's host id, in its cgroup.
-    let req = ExecRequest { args: vec!["sleep".into(), "30".into()], ..Default::default() };
+    let req = ExecRequest {
+        args: vec!["sleep".into(), "30".into()],
+        ..Default::default()
+    };
     let (pid, stream) = client.exec(&req).expect("exec sleep");
     assert_eq!(host_uids(pid), vec![spec.id_map.host_id; 4]);
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    assert!(cgroup.contains(&format!(":pids:/nimbus/{}", inst.id)), "{cgroup}");
+    assert!(
+        cgroup.contains(&format!(":pids:/nimbus/{}", inst.id)),
+        "{cgroup}"
+    );
     drop(stream);
 
-    let missing = client.exec(&ExecRequest { args: vec!["no-such-tool".into()], ..Default::default() });
-    let err = missing.expect_err("exec of a missing program fails").to_string();
-    assert!(err.contains("no-such-tool") && err.contains("not found"), "{err}");
+    let missing = client.exec(&ExecRequest {
+        args: vec!["no-such-tool".into()],
+        ..Default::default()
+    });
+    let err = missing
+        .expect_err("exec of a missing program fails")
+        .to_string();
+    assert!(
+        err.contains("no-such-tool") && err.contains("not found"),
+        "{err}"
+    );
 
     let last = client.stop(0).expect("stop");
     inst.assert_torn_down(&last);
@@ -116,14 +165,20 @@ fn exec_with_a_tty() {
     let inst = running_instance("tty");
     let client = inst.client();
     let req = ExecRequest {
-        args: vec!["sh".into(), "-c".into(), "test -t 0 && echo is-a-tty; stty size; read line; echo got-$line".into()],
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "test -t 0 && echo is-a-tty; stty size; read line; echo got-$line".into(),
+        ],
         tty: true,
         rows: Some(33),
         cols: Some(101),
         ..Default::default()
     };
     let (_pid, mut stream) = client.exec(&req).expect("exec with tty");
-    stream.write_all(&encode_frame(frame::STDIN, b"typed\n")).expect("type");
+    stream
+        .write_all(&encode_frame(frame::STDIN, b"typed\n"))
+        .expect("type");
     let out = collect(stream);
     assert_eq!(out.code, 0);
     assert!(out.stderr.is_empty(), "a tty merges stderr into stdout");
@@ -142,10 +197,18 @@ fn exec_with_a_tty() {
     let mut size = Vec::new();
     size.extend(50u16.to_be_bytes());
     size.extend(132u16.to_be_bytes());
-    stream.write_all(&encode_frame(frame::RESIZE, &size)).expect("resize");
-    stream.write_all(&encode_frame(frame::STDIN, b"go\n")).expect("type");
+    stream
+        .write_all(&encode_frame(frame::RESIZE, &size))
+        .expect("resize");
+    stream
+        .write_all(&encode_frame(frame::STDIN, b"go\n"))
+        .expect("type");
     let out = collect(stream);
-    assert!(out.stdout.replace('\r', "").contains("50 132\n"), "{:?}", out.stdout);
+    assert!(
+        out.stdout.replace('\r', "").contains("50 132\n"),
+        "{:?}",
+        out.stdout
+    );
 
     let last = client.stop(0).expect("stop");
     inst.assert_torn_down(&last);
@@ -163,10 +226,15 @@ fn exec_is_refused_when_nothing_runs() {
         spec
     });
     inst.spawn();
-    let state = inst.wait_for("back-off", Duration::from_secs(20), |s| s.phase == Phase::Backoff && s.restart_count >= 3);
+    let state = inst.wait_for("back-off", Duration::from_secs(20), |s| {
+        s.phase == Phase::Backoff && s.restart_count >= 3
+    });
     assert!(state.pid.is_none());
     // The back-off is long enough by now (>= 800 ms) to catch it.
-    let refused = inst.client().exec(&ExecRequest { args: vec!["true".into()], ..Default::default() });
+    let refused = inst.client().exec(&ExecRequest {
+        args: vec!["true".into()],
+        ..Default::default()
+    });
     let err = refused.expect_err("exec while in back-off").to_string();
     assert!(err.contains("not running"), "{err}");
 }
@@ -178,16 +246,25 @@ async fn async_client_follows_the_instance() {
     }
     let inst = running_instance("async");
     let client = inst.client();
-    assert_eq!(client.status_async().await.expect("status").phase, Phase::Running);
+    assert_eq!(
+        client.status_async().await.expect("status").phase,
+        Phase::Running
+    );
     let mut events = client.subscribe_async().await.expect("subscribe");
     let first = events.next().await.expect("first state").expect("state");
     assert_eq!(first.phase, Phase::Running);
 
-    let req = ExecRequest { args: vec!["echo".into(), "async".into()], ..Default::default() };
+    let req = ExecRequest {
+        args: vec!["echo".into(), "async".into()],
+        ..Default::default()
+    };
     let (_pid, mut stream) = client.exec_async(&req).await.expect("exec");
     let mut out = Vec::new();
     let mut code = None;
-    while let Some((kind, payload)) = nimbus_agent::container::read_frame_async(&mut stream).await.expect("frame") {
+    while let Some((kind, payload)) = nimbus_agent::container::read_frame_async(&mut stream)
+        .await
+        .expect("frame")
+    {
         match kind {
             frame::STDOUT => out.extend(payload),
             frame::EXIT => code = Some(i32::from_be_bytes(payload.try_into().expect("code"))),

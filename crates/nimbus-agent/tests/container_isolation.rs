@@ -33,7 +33,10 @@ exec sleep 600
 fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
     lines
         .iter()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")).or_else(|| l.strip_prefix(&format!("{key}:"))))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}="))
+                .or_else(|| l.strip_prefix(&format!("{key}:")))
+        })
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {key} in {lines:#?}"))
 }
@@ -46,8 +49,14 @@ fn container_is_isolated_and_confined() {
     let inst = Instance::new("iso", |id, layer| sh_spec(id, layer, PROBE));
     let running = inst.spawn();
     assert_eq!(running.phase, Phase::Running, "{running:?}");
-    assert!(wait_until(Duration::from_secs(20), || inst.console_lines("stdout").iter().any(|l| l == "probe-done")),
-        "probe did not finish:\n{}", inst.console());
+    assert!(
+        wait_until(Duration::from_secs(20), || inst
+            .console_lines("stdout")
+            .iter()
+            .any(|l| l == "probe-done")),
+        "probe did not finish:\n{}",
+        inst.console()
+    );
     let out = inst.console_lines("stdout");
     let spec = inst.spec();
 
@@ -57,10 +66,20 @@ fn container_is_isolated_and_confined() {
     assert_ne!(cap_eff, 0x1ff_ffff_ffff, "capabilities must be reduced");
     assert_eq!(cap_eff & (1 << 21), 0, "CAP_SYS_ADMIN must be absent");
     assert_ne!(cap_eff & (1 << 0), 0, "CAP_CHOWN is in the default set");
-    assert_eq!(u64::from_str_radix(value(&out, "CapInh"), 16).expect("hex"), 0);
-    assert_eq!(u64::from_str_radix(value(&out, "CapAmb"), 16).expect("hex"), 0);
+    assert_eq!(
+        u64::from_str_radix(value(&out, "CapInh"), 16).expect("hex"),
+        0
+    );
+    assert_eq!(
+        u64::from_str_radix(value(&out, "CapAmb"), 16).expect("hex"),
+        0
+    );
 
-    assert_eq!(value(&out, "pid"), "1", "the init is pid 1 of its own namespace");
+    assert_eq!(
+        value(&out, "pid"),
+        "1",
+        "the init is pid 1 of its own namespace"
+    );
     assert!(value(&out, "pid1").starts_with("/bin/sh -c"), "{out:?}");
     assert_eq!(value(&out, "hostname"), spec.hostname);
     let expected_map = format!("0 {} {}", spec.id_map.host_id, spec.id_map.size);
@@ -73,34 +92,91 @@ fn container_is_isolated_and_confined() {
     assert_eq!(value(&out, "links"), "lo", "loopback only");
     assert_eq!(value(&out, "lo"), "up");
     let devices = value(&out, "devices");
-    for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"] {
-        assert!(devices.split(' ').any(|d| d == dev), "/dev/{dev} missing: {devices}");
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
+        assert!(
+            devices.split(' ').any(|d| d == dev),
+            "/dev/{dev} missing: {devices}"
+        );
     }
     assert_eq!(value(&out, "kcore"), "0", "/proc/kcore is masked");
     assert_eq!(value(&out, "procsys"), "readonly");
     assert_eq!(value(&out, "nofile"), "1024");
     // Only the probe's own processes are visible (the host runs hundreds).
     assert_eq!(value(&out, "ps1"), "sh");
-    assert!(value(&out, "ps").parse::<u32>().expect("count") <= 8, "{out:?}");
+    assert!(
+        value(&out, "ps").parse::<u32>().expect("count") <= 8,
+        "{out:?}"
+    );
 
     // From the host: the container init runs as the instance's host id, in the
     // instance's cgroup.
     let pid = running.pid.expect("init pid");
     assert_eq!(host_uids(pid), vec![spec.id_map.host_id; 4]);
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    assert!(cgroups.contains(&format!(":memory:/nimbus/{}", inst.id)), "{cgroups}");
+    assert!(
+        cgroups.contains(&format!(":memory:/nimbus/{}", inst.id)),
+        "{cgroups}"
+    );
 
     // The image layer stays untouched and still root-owned; writes land in upper/.
     assert!(!inst.layer.join("tmp/made").exists());
     assert!(inst.dir.join("upper/tmp/made").exists());
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(inst.layer.join("bin/busybox")).expect("stat").uid(), 0);
     assert_eq!(
-        std::fs::metadata(inst.dir.join("upper/tmp/made")).expect("stat").uid(),
+        std::fs::metadata(inst.layer.join("bin/busybox"))
+            .expect("stat")
+            .uid(),
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(inst.dir.join("upper/tmp/made"))
+            .expect("stat")
+            .uid(),
         spec.id_map.host_id
     );
 
     let last = inst.client().stop(0).expect("stop");
     assert_eq!(last.phase, Phase::Exited);
+    inst.assert_torn_down(&last);
+}
+
+#[test]
+fn a_non_root_user_is_mapped_too() {
+    if !is_root() {
+        return;
+    }
+    let inst = Instance::new("user", |id, layer| {
+        let mut spec = sh_spec(
+            id,
+            layer,
+            "echo id=$(id -u):$(id -g); echo home=$(stat -c %u:%g /root); exec sleep 600",
+        );
+        spec.user = nimbus_agent::container::UserSpec {
+            uid: 1000,
+            gid: 1000,
+        };
+        spec
+    });
+    let running = inst.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || inst
+            .console_lines("stdout")
+            .len()
+            >= 2),
+        "{}",
+        inst.console()
+    );
+    let out = inst.console_lines("stdout");
+    assert_eq!(value(&out, "id"), "1000:1000");
+    // Image files owned by uid 0 appear owned by the container's root.
+    assert_eq!(value(&out, "home"), "0:0");
+    let host_id = inst.spec().id_map.host_id;
+    assert_eq!(
+        host_uids(running.pid.expect("pid")),
+        vec![host_id + 1000; 4]
+    );
+    let last = inst.client().stop(0).expect("stop");
     inst.assert_torn_down(&last);
 }

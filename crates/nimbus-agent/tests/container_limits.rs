@@ -24,7 +24,10 @@ fn memory_limit_oom_kills_and_says_so() {
     assert_eq!(last.exit_code, Some(137), "{last:?}");
     assert!(last.oom_killed, "{last:?}");
     let reason = last.reason.clone().unwrap_or_default();
-    assert!(reason.contains("OOM") && reason.contains("16 MiB"), "reason: {reason}");
+    assert!(
+        reason.contains("OOM") && reason.contains("16 MiB"),
+        "reason: {reason}"
+    );
     assert_eq!(inst.console_lines("stdout"), vec!["start"]);
     inst.assert_torn_down(&last);
 }
@@ -51,7 +54,9 @@ fn pids_limit_contains_a_fork_bomb() {
     // The bomb hits the limit: forks start failing ("max" events count them).
     assert!(
         wait_until(Duration::from_secs(20), || {
-            read("pids.events").lines().any(|l| l.starts_with("max ") && l != "max 0")
+            read("pids.events")
+                .lines()
+                .any(|l| l.starts_with("max ") && l != "max 0")
         }),
         "the fork bomb never hit the limit: {}",
         read("pids.events")
@@ -64,9 +69,14 @@ fn pids_limit_contains_a_fork_bomb() {
     let peak: u32 = read("pids.peak").trim().parse().unwrap_or(0);
     assert!(peak <= 20, "pids.peak {peak}");
     // The host still forks fine and the shim still answers.
-    let status = std::process::Command::new("true").status().expect("host can still fork");
+    let status = std::process::Command::new("true")
+        .status()
+        .expect("host can still fork");
     assert!(status.success());
-    assert_eq!(inst.client().status().expect("status").phase, Phase::Running);
+    assert_eq!(
+        inst.client().status().expect("status").phase,
+        Phase::Running
+    );
     let last = inst.client().stop(0).expect("stop");
     assert_eq!(last.phase, Phase::Exited);
     assert_eq!(last.signal, Some(9));
@@ -91,8 +101,14 @@ fn cpu_quota_is_applied() {
     assert_eq!(read("cpu.cfs_quota_us").trim(), "25000");
     let mem = std::path::Path::new("/sys/fs/cgroup/memory/nimbus").join(&inst.id);
     let mem_read = |file: &str| std::fs::read_to_string(mem.join(file)).unwrap_or_default();
-    assert_eq!(mem_read("memory.limit_in_bytes").trim(), (32u64 << 20).to_string());
-    assert_eq!(mem_read("memory.memsw.limit_in_bytes").trim(), (32u64 << 20).to_string());
+    assert_eq!(
+        mem_read("memory.limit_in_bytes").trim(),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(
+        mem_read("memory.memsw.limit_in_bytes").trim(),
+        (32u64 << 20).to_string()
+    );
     let last = inst.client().stop(0).expect("stop");
     inst.assert_torn_down(&last);
 }

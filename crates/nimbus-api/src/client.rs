@@ -33,7 +33,7 @@ pub enum Endpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
     #[error("cannot reach the Nimbus API at {endpoint}: {error}; is `nimbus up` running?")]
     Connect {

@@ -38,7 +38,9 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: nimbus-shim-test shim <instance_dir> | spawn-and-wait <instance_dir>");
+            eprintln!(
+                "usage: nimbus-shim-test shim <instance_dir> | spawn-and-wait <instance_dir>"
+            );
             2
         }
     };

@@ -12,9 +12,9 @@ use oci_spec::runtime::{
     get_default_maskedpaths, get_default_readonly_paths, Capability, LinuxBuilder,
     LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
-    LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::spec::ShimSpec;
@@ -241,7 +241,11 @@ pub fn default_capabilities() -> Result<LinuxCapabilities, ShimError> {
 /// runc's masked paths plus a few newer /proc and /sys files that leak host state.
 fn masked_paths() -> Vec<String> {
     let mut paths = get_default_maskedpaths();
-    for extra in ["/proc/interrupts", "/proc/timer_list", "/sys/devices/virtual/powercap"] {
+    for extra in [
+        "/proc/interrupts",
+        "/proc/timer_list",
+        "/sys/devices/virtual/powercap",
+    ] {
         if !paths.iter().any(|p| p == extra) {
             paths.push(extra.to_string());
         }
@@ -251,7 +255,12 @@ fn masked_paths() -> Vec<String> {
 
 pub fn default_seccomp() -> Result<LinuxSeccomp, ShimError> {
     let deny = LinuxSyscallBuilder::default()
-        .names(DENIED_SYSCALLS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .names(
+            DENIED_SYSCALLS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .action(LinuxSeccompAction::ScmpActErrno)
         .errno_ret(libc::EPERM as u32)
         .build()
@@ -263,7 +272,11 @@ pub fn default_seccomp() -> Result<LinuxSeccomp, ShimError> {
     let builder = {
         use oci_spec::runtime::Arch;
         // 32-bit syscall entry points must see the same deny list.
-        builder.architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32])
+        builder.architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
     };
     builder.build().map_err(spec_err("seccomp"))
 }
@@ -289,8 +302,9 @@ fn resources(spec: &ShimSpec) -> Result<oci_spec::runtime::LinuxResources, ShimE
         );
     }
     if let Some(millis) = spec.resources.cpu_millis {
-        let quota = i64::try_from(millis.saturating_mul(CFS_PERIOD_US) / 1000)
-            .map_err(|_| ShimError::InvalidSpec(format!("cpu limit {millis} millis is too large")))?;
+        let quota = i64::try_from(millis.saturating_mul(CFS_PERIOD_US) / 1000).map_err(|_| {
+            ShimError::InvalidSpec(format!("cpu limit {millis} millis is too large"))
+        })?;
         builder = builder.cpu(
             LinuxCpuBuilder::default()
                 .quota(quota.max(1000))
@@ -333,7 +347,14 @@ fn default_mounts() -> Result<Vec<Mount>, ShimError> {
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
         mount(
             "/dev/shm",
@@ -341,8 +362,18 @@ fn default_mounts() -> Result<Vec<Mount>, ShimError> {
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
     ])
 }
 
@@ -367,7 +398,10 @@ mod tests {
                 pids_max: Some(20),
             },
             restart: RestartPolicy::default(),
-            id_map: IdMap { host_id: 200_000, size: 65536 },
+            id_map: IdMap {
+                host_id: 200_000,
+                size: 65536,
+            },
             stop_grace_ms: 1000,
             log_max_bytes: 1 << 20,
             log_files: 2,

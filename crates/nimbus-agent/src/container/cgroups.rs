@@ -34,7 +34,10 @@ pub fn instance_cgroup_dirs(instance_id: &str) -> Vec<PathBuf> {
 pub fn oom_kill_count(instance_id: &str) -> u64 {
     let relative = Path::new("nimbus").join(instance_id);
     let candidates = [
-        Path::new(CGROUP_ROOT).join("memory").join(&relative).join("memory.oom_control"),
+        Path::new(CGROUP_ROOT)
+            .join("memory")
+            .join(&relative)
+            .join("memory.oom_control"),
         Path::new(CGROUP_ROOT).join(&relative).join("memory.events"),
     ];
     candidates

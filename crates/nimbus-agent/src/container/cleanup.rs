@@ -18,6 +18,7 @@ use super::ShimError;
 /// container may already be `exited`; a failed one is `failed` with a reason).
 /// Blocking: call it from `spawn_blocking` or use [`spawn_shim_async`].
 pub fn spawn_shim(exe: &Path, instance_dir: &Path) -> Result<ShimState, ShimError> {
+    refuse_if_supervised(instance_dir)?;
     let _ = std::fs::remove_file(instance_dir.join(STATE_FILE));
     let output = Command::new(exe)
         .arg("shim")
@@ -35,6 +36,11 @@ pub fn spawn_shim(exe: &Path, instance_dir: &Path) -> Result<ShimState, ShimErro
 
 /// Async [`spawn_shim`] for the agent's runtime.
 pub async fn spawn_shim_async(exe: &Path, instance_dir: &Path) -> Result<ShimState, ShimError> {
+    if let Ok(client) = ShimClient::connect(instance_dir) {
+        if let Ok(state) = client.status_async().await {
+            return Err(already_supervised(instance_dir, &state));
+        }
+    }
     let _ = tokio::fs::remove_file(instance_dir.join(STATE_FILE)).await;
     let output = tokio::process::Command::new(exe)
         .arg("shim")
@@ -49,6 +55,24 @@ pub async fn spawn_shim_async(exe: &Path, instance_dir: &Path) -> Result<ShimSta
             source,
         })?;
     reported_state(exe, instance_dir, &output.status, &output.stderr)
+}
+
+fn already_supervised(instance_dir: &Path, state: &ShimState) -> ShimError {
+    ShimError::Refused(format!(
+        "{} is already supervised by shim {} (phase {:?})",
+        instance_dir.display(),
+        state.shim_pid,
+        state.phase
+    ))
+}
+
+fn refuse_if_supervised(instance_dir: &Path) -> Result<(), ShimError> {
+    if let Ok(client) = ShimClient::connect(instance_dir) {
+        if let Ok(state) = client.status() {
+            return Err(already_supervised(instance_dir, &state));
+        }
+    }
+    Ok(())
 }
 
 fn reported_state(
@@ -72,22 +96,17 @@ fn reported_state(
 /// the rootfs and layer mounts, runtime files and the socket. Keeps spec.json,
 /// state.json, console logs and the upper dir. Refuses while a shim still answers.
 pub fn cleanup_instance_dir(instance_dir: &Path) -> Result<(), ShimError> {
-    if let Ok(client) = ShimClient::connect(instance_dir) {
-        if let Ok(state) = client.status() {
-            return Err(ShimError::Refused(format!(
-                "shim {} still supervises {}; stop it instead",
-                state.shim_pid,
-                instance_dir.display()
-            )));
-        }
-    }
+    refuse_if_supervised(instance_dir)?;
     let instance_id = match ShimSpec::load(instance_dir) {
         Ok(spec) => spec.instance_id,
         Err(_) => instance_dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| {
-                ShimError::InvalidSpec(format!("cannot tell the instance id of {}", instance_dir.display()))
+                ShimError::InvalidSpec(format!(
+                    "cannot tell the instance id of {}",
+                    instance_dir.display()
+                ))
             })?,
     };
     let mut problems = Vec::new();
@@ -98,7 +117,11 @@ pub fn cleanup_instance_dir(instance_dir: &Path) -> Result<(), ShimError> {
     if let Err(e) = unmount_rootfs(instance_dir) {
         problems.push(e.to_string());
     }
-    for dir in ["runtime", "bundle"].map(|d| instance_dir.join(d)).into_iter().chain([work_dir(instance_dir)]) {
+    for dir in ["runtime", "bundle"]
+        .map(|d| instance_dir.join(d))
+        .into_iter()
+        .chain([work_dir(instance_dir)])
+    {
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 problems.push(format!("remove {}: {e}", dir.display()));
@@ -111,7 +134,10 @@ pub fn cleanup_instance_dir(instance_dir: &Path) -> Result<(), ShimError> {
             state.phase = Phase::Failed;
             state.pid = None;
             state.finished_at = Some(Utc::now());
-            state.reason = Some(format!("shim {} died; cleaned up by the agent", state.shim_pid));
+            state.reason = Some(format!(
+                "shim {} died; cleaned up by the agent",
+                state.shim_pid
+            ));
             let _ = write_state(instance_dir, &state);
         }
     }

@@ -73,10 +73,16 @@ pub struct ExecRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ShimResponse {
-    State { state: ShimState },
+    State {
+        state: ShimState,
+    },
     /// The exec'd process runs (host pid); frames follow.
-    ExecStarted { pid: i32 },
-    Error { message: String },
+    ExecStarted {
+        pid: i32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Encodes one exec frame.
@@ -131,7 +137,11 @@ fn frame_len(header: &[u8; 5]) -> std::io::Result<usize> {
 
 fn decode_response(line: &str, socket: &Path) -> Result<ShimResponse, ShimError> {
     serde_json::from_str(line.trim_end()).map_err(|err| {
-        ShimError::Protocol(format!("bad response {:?} from {}: {err}", line.trim_end(), socket.display()))
+        ShimError::Protocol(format!(
+            "bad response {:?} from {}: {err}",
+            line.trim_end(),
+            socket.display()
+        ))
     })
 }
 
@@ -139,7 +149,9 @@ fn expect_state(resp: ShimResponse) -> Result<ShimState, ShimError> {
     match resp {
         ShimResponse::State { state } => Ok(state),
         ShimResponse::Error { message } => Err(ShimError::Refused(message)),
-        other => Err(ShimError::Protocol(format!("expected a state, got {other:?}"))),
+        other => Err(ShimError::Protocol(format!(
+            "expected a state, got {other:?}"
+        ))),
     }
 }
 
@@ -153,7 +165,9 @@ pub struct ShimClient {
 impl ShimClient {
     /// Checks that a shim listens at `<instance_dir>/shim.sock`.
     pub fn connect(instance_dir: &Path) -> Result<ShimClient, ShimError> {
-        let client = ShimClient { socket: instance_dir.join(SOCKET_FILE) };
+        let client = ShimClient {
+            socket: instance_dir.join(SOCKET_FILE),
+        };
         client.open()?;
         Ok(client)
     }
@@ -181,7 +195,9 @@ impl ShimClient {
             let what = format!("{what} {}", self.socket.display());
             move |source| ShimError::Io { what, source }
         };
-        stream.set_read_timeout(timeout).map_err(io("set timeout on"))?;
+        stream
+            .set_read_timeout(timeout)
+            .map_err(io("set timeout on"))?;
         let mut line = serde_json::to_vec(req)
             .map_err(|e| ShimError::Protocol(format!("cannot encode {req:?}: {e}")))?;
         line.push(b'\n');
@@ -219,7 +235,9 @@ impl ShimClient {
     /// has torn everything down.
     pub fn stop(&self, grace_ms: u64) -> Result<ShimState, ShimError> {
         let timeout = Duration::from_millis(grace_ms) + Duration::from_secs(60);
-        let req = ShimRequest::Stop { grace_ms: Some(grace_ms) };
+        let req = ShimRequest::Stop {
+            grace_ms: Some(grace_ms),
+        };
         let (_, resp) = self.request(&req, Some(timeout))?;
         expect_state(resp)
     }
@@ -238,15 +256,19 @@ impl ShimClient {
     /// Starts a process in the running container. The returned stream carries
     /// [`frame`]s; see [`read_frame`] and [`encode_frame`].
     pub fn exec(&self, req: &ExecRequest) -> Result<(i32, UnixStream), ShimError> {
-        let (stream, resp) =
-            self.request(&ShimRequest::Exec(req.clone()), Some(Duration::from_secs(30)))?;
+        let (stream, resp) = self.request(
+            &ShimRequest::Exec(req.clone()),
+            Some(Duration::from_secs(30)),
+        )?;
         match resp {
             ShimResponse::ExecStarted { pid } => {
                 let _ = stream.set_read_timeout(None);
                 Ok((pid, stream))
             }
             ShimResponse::Error { message } => Err(ShimError::Refused(message)),
-            other => Err(ShimError::Protocol(format!("expected exec_started, got {other:?}"))),
+            other => Err(ShimError::Protocol(format!(
+                "expected exec_started, got {other:?}"
+            ))),
         }
     }
 
@@ -264,7 +286,10 @@ impl ShimClient {
         let mut line = serde_json::to_vec(req)
             .map_err(|e| ShimError::Protocol(format!("cannot encode {req:?}: {e}")))?;
         line.push(b'\n');
-        stream.write_all(&line).await.map_err(io("send request to"))?;
+        stream
+            .write_all(&line)
+            .await
+            .map_err(io("send request to"))?;
         let mut resp = Vec::with_capacity(256);
         loop {
             let byte = match stream.read_u8().await {
@@ -297,7 +322,9 @@ impl ShimClient {
     }
 
     pub async fn stop_async(&self, grace_ms: u64) -> Result<ShimState, ShimError> {
-        let req = ShimRequest::Stop { grace_ms: Some(grace_ms) };
+        let req = ShimRequest::Stop {
+            grace_ms: Some(grace_ms),
+        };
         expect_state(self.request_async(&req).await?.1)
     }
 
@@ -319,7 +346,9 @@ impl ShimClient {
         match resp {
             ShimResponse::ExecStarted { pid } => Ok((pid, stream)),
             ShimResponse::Error { message } => Err(ShimError::Refused(message)),
-            other => Err(ShimError::Protocol(format!("expected exec_started, got {other:?}"))),
+            other => Err(ShimError::Protocol(format!(
+                "expected exec_started, got {other:?}"
+            ))),
         }
     }
 }
@@ -358,7 +387,12 @@ impl Iterator for StateStream {
             return Some(Ok(first));
         }
         let mut line = String::new();
-        match self.reader.by_ref().take(MAX_LINE_BYTES as u64).read_line(&mut line) {
+        match self
+            .reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64)
+            .read_line(&mut line)
+        {
             Ok(0) => None,
             Ok(_) => Some(decode_response(&line, &self.socket).and_then(expect_state)),
             Err(source) => Some(Err(ShimError::Io {
@@ -399,7 +433,8 @@ mod tests {
         let json = serde_json::to_string(&ShimRequest::Stop { grace_ms: Some(5) }).expect("encode");
         assert_eq!(json, r#"{"op":"stop","grace_ms":5}"#);
         let exec: ShimRequest =
-            serde_json::from_str(r#"{"op":"exec","args":["ps"],"tty":true,"rows":24}"#).expect("decode");
+            serde_json::from_str(r#"{"op":"exec","args":["ps"],"tty":true,"rows":24}"#)
+                .expect("decode");
         match exec {
             ShimRequest::Exec(e) => {
                 assert_eq!(e.args, vec!["ps"]);
@@ -415,8 +450,14 @@ mod tests {
         let mut bytes = encode_frame(frame::STDOUT, b"hello");
         bytes.extend(encode_frame(frame::EXIT, &7i32.to_be_bytes()));
         let mut cursor = std::io::Cursor::new(bytes);
-        assert_eq!(read_frame(&mut cursor).expect("frame"), Some((frame::STDOUT, b"hello".to_vec())));
-        assert_eq!(read_frame(&mut cursor).expect("frame"), Some((frame::EXIT, 7i32.to_be_bytes().to_vec())));
+        assert_eq!(
+            read_frame(&mut cursor).expect("frame"),
+            Some((frame::STDOUT, b"hello".to_vec()))
+        );
+        assert_eq!(
+            read_frame(&mut cursor).expect("frame"),
+            Some((frame::EXIT, 7i32.to_be_bytes().to_vec()))
+        );
         assert_eq!(read_frame(&mut cursor).expect("eof"), None);
     }
 }

@@ -94,30 +94,35 @@ pub fn spawn_exec(
     let prepared = Prepared::new(ctx, req)?;
 
     // (stdin, stdout, stderr) for the child; the shim's ends.
-    let (child_stdio, shim_in, shim_out, shim_err): ([OwnedFd; 3], OwnedFd, OwnedFd, Option<OwnedFd>) =
-        if req.tty {
-            let size = nix::pty::Winsize {
-                ws_row: req.rows.unwrap_or(24),
-                ws_col: req.cols.unwrap_or(80),
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            let pty = nix::pty::openpty(Some(&size), None)
-                .map_err(|e| ShimError::Exec(format!("open a pty: {e}")))?;
-            set_cloexec(pty.master.as_raw_fd())?;
-            set_cloexec(pty.slave.as_raw_fd())?;
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|e| ShimError::Exec(format!("dup pty: {e}")))
-            };
-            let slaves = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-            let master_in = dup(&pty.master)?;
-            (slaves, master_in, pty.master, None)
-        } else {
-            let (in_r, in_w) = cloexec_pipe("stdin")?;
-            let (out_r, out_w) = cloexec_pipe("stdout")?;
-            let (err_r, err_w) = cloexec_pipe("stderr")?;
-            ([in_r, out_w, err_w], in_w, out_r, Some(err_r))
+    let (child_stdio, shim_in, shim_out, shim_err): (
+        [OwnedFd; 3],
+        OwnedFd,
+        OwnedFd,
+        Option<OwnedFd>,
+    ) = if req.tty {
+        let size = nix::pty::Winsize {
+            ws_row: req.rows.unwrap_or(24),
+            ws_col: req.cols.unwrap_or(80),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
         };
+        let pty = nix::pty::openpty(Some(&size), None)
+            .map_err(|e| ShimError::Exec(format!("open a pty: {e}")))?;
+        set_cloexec(pty.master.as_raw_fd())?;
+        set_cloexec(pty.slave.as_raw_fd())?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| ShimError::Exec(format!("dup pty: {e}")))
+        };
+        let slaves = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
+        let master_in = dup(&pty.master)?;
+        (slaves, master_in, pty.master, None)
+    } else {
+        let (in_r, in_w) = cloexec_pipe("stdin")?;
+        let (out_r, out_w) = cloexec_pipe("stdout")?;
+        let (err_r, err_w) = cloexec_pipe("stderr")?;
+        ([in_r, out_w, err_w], in_w, out_r, Some(err_r))
+    };
     let (pid_r, pid_w) = cloexec_pipe("pid report")?;
     let (err_r, err_w) = cloexec_pipe("error report")?;
 
@@ -194,8 +199,12 @@ fn enter_container(
         let procs = dir.join("cgroup.procs");
         std::fs::write(&procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, nofile.0, nofile.1)
-        .map_err(|e| format!("set open-file limit {}:{}: {e}", nofile.0, nofile.1))?;
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        nofile.0,
+        nofile.1,
+    )
+    .map_err(|e| format!("set open-file limit {}:{}: {e}", nofile.0, nofile.1))?;
     for (fd, flag) in namespaces {
         setns(fd, *flag).map_err(|e| format!("join {flag:?} namespace: {e}"))?;
     }
@@ -240,7 +249,9 @@ impl Prepared {
             .unwrap_or_else(|| ctx.working_dir.clone());
         let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
         if !cwd.starts_with('/') {
-            return Err(ShimError::Exec(format!("working dir {cwd:?} is not absolute")));
+            return Err(ShimError::Exec(format!(
+                "working dir {cwd:?} is not absolute"
+            )));
         }
         Ok(Prepared {
             program: cstr(&req.args[0])?,
@@ -289,11 +300,16 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
         if tty {
             // SAFETY: TIOCSCTTY on fd 0 (the pty slave) with argument 0 takes no pointer.
             if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-                return Err(format!("make the pty the controlling terminal: {}", std::io::Error::last_os_error()));
+                return Err(format!(
+                    "make the pty the controlling terminal: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         let syscall = create_syscall();
-        syscall.set_groups(&[]).map_err(|e| format!("clear supplementary groups: {e}"))?;
+        syscall
+            .set_groups(&[])
+            .map_err(|e| format!("clear supplementary groups: {e}"))?;
         syscall
             .set_id(Uid::from_raw(p.user.uid), Gid::from_raw(p.user.gid))
             .map_err(|e| format!("switch to user {}:{}: {e}", p.user.uid, p.user.gid))?;
@@ -304,7 +320,10 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
             .map_err(|e| format!("drop capabilities: {e}"))?;
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!("set no_new_privs: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "set no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let program = p.resolve()?;
         libcontainer::seccomp::initialize_seccomp(&p.seccomp)
@@ -312,7 +331,12 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
         // Whatever descriptor the shim still had open must not reach the process.
         // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on descriptors.
         unsafe {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
         }
         nix::unistd::execve(&program, &p.args, &p.env)
             .map_err(|e| format!("execve {:?}: {e}", program))
@@ -326,7 +350,10 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
 /// Brings up `lo` in the network namespace of `init_pid` (libcontainer leaves it down).
 pub fn bring_up_loopback(init_pid: Pid) -> Result<(), ShimError> {
     let path = format!("/proc/{init_pid}/ns/net");
-    let netns = File::open(&path).map_err(|e| ShimError::Io { what: format!("open {path}"), source: e })?;
+    let netns = File::open(&path).map_err(|e| ShimError::Io {
+        what: format!("open {path}"),
+        source: e,
+    })?;
     // SAFETY: the shim is single-threaded; the child makes a few syscalls and _exits.
     match unsafe { fork() } {
         Err(e) => Err(ShimError::Exec(format!("fork loopback helper: {e}"))),

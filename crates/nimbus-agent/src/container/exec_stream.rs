@@ -27,7 +27,10 @@ pub(super) async fn run(
     let refuse = |message: String| ShimResponse::Error { message };
     let Some(init_pid) = shim.init_pid() else {
         let phase = shim.state().phase;
-        let message = format!("instance {} is not running (phase {phase:?})", shim.spec.instance_id);
+        let message = format!(
+            "instance {} is not running (phase {phase:?})",
+            shim.spec.instance_id
+        );
         let _ = write_response(&mut writer, &refuse(message)).await;
         return;
     };
@@ -53,7 +56,13 @@ pub(super) async fn run(
             return;
         }
     };
-    if write_response(&mut writer, &ShimResponse::ExecStarted { pid: pid.as_raw() }).await.is_err() {
+    if write_response(
+        &mut writer,
+        &ShimResponse::ExecStarted { pid: pid.as_raw() },
+    )
+    .await
+    .is_err()
+    {
         let _ = kill(pid, Signal::SIGKILL);
         return;
     }
@@ -65,10 +74,8 @@ pub(super) async fn run(
         let mut stdin = Some(stdin);
         while let Ok(Some((kind, payload))) = read_frame_async(&mut reader).await {
             match (kind, &stdin) {
-                (frame::STDIN, Some(pipe)) => {
-                    if pipe.write_all(&payload).await.is_err() {
-                        stdin = None;
-                    }
+                (frame::STDIN, Some(pipe)) if pipe.write_all(&payload).await.is_err() => {
+                    stdin = None;
                 }
                 (frame::STDIN_EOF, Some(pipe)) => {
                     if tty {
@@ -114,7 +121,11 @@ pub(super) async fn run(
             },
             _ = sleep_until_opt(drain_until) => break,
         };
-        let buf = if kind == frame::STDOUT { &out_buf[..n] } else { &err_buf[..n] };
+        let buf = if kind == frame::STDOUT {
+            &out_buf[..n]
+        } else {
+            &err_buf[..n]
+        };
         if writer.write_all(&encode_frame(kind, buf)).await.is_err() {
             client_gone = true;
             break;
@@ -122,8 +133,11 @@ pub(super) async fn run(
     }
     input.abort();
     if client_gone {
-        // Nobody can see the output any more; do not leave the process behind.
-        let _ = kill(pid, Signal::SIGKILL);
+        // Nobody can see the output any more; do not leave the process behind (once
+        // reaped, its pid may belong to someone else).
+        if code.is_none() && exit.try_recv().is_err() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
         return;
     }
     let code = match code {
@@ -134,7 +148,9 @@ pub(super) async fn run(
             _ => 255,
         },
     };
-    let _ = writer.write_all(&encode_frame(frame::EXIT, &code.to_be_bytes())).await;
+    let _ = writer
+        .write_all(&encode_frame(frame::EXIT, &code.to_be_bytes()))
+        .await;
     let _ = writer.shutdown().await;
 }
 

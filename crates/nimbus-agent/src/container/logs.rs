@@ -184,7 +184,10 @@ mod tests {
     #[test]
     fn splits_lines_across_reads() {
         let got = lines(&[b"a\nb", b"c\n\nd"]);
-        assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec(), vec![], b"d".to_vec()]);
+        assert_eq!(
+            got,
+            vec![b"a".to_vec(), b"bc".to_vec(), vec![], b"d".to_vec()]
+        );
     }
 
     #[test]

@@ -32,12 +32,19 @@
 //! `/nimbus/<instance_id>` with memory (swap = memory), CFS quota and pids limits and
 //! a deny-by-default device list.
 //!
+//! Files: `daemon.rs` turns `nimbus shim` into the background supervisor;
+//! `shim.rs` runs the life cycle; `server.rs` / `exec_stream.rs` serve the socket;
+//! `rootfs.rs` (overlay + idmapped layers), `bundle.rs` (OCI config), `exec.rs`
+//! (joining a running container), `logs.rs`, `cgroups.rs`, `mounts.rs` and
+//! `cleanup.rs` (spawning and crash recovery for the agent).
+//!
 //! Life cycle: the container's exit is reaped by the shim (it is the shim's child);
 //! the exit code, signal and OOM kills (from the memory cgroup) are recorded, then
 //! the restart policy decides between `backoff` (100 ms doubling to 10 s, reset after
 //! 10 s of running; a fresh libcontainer container on the same rootfs) and teardown.
-//! `stop` sends SIGTERM to the init — which, as pid 1 of its namespace, only reacts
-//! if it installed a handler — then SIGKILL after the grace period. Teardown deletes
+//! `stop` (or SIGTERM to the shim) sends SIGTERM to the init — which, as pid 1 of its
+//! namespace, only reacts if it installed a handler — then SIGKILL after the grace
+//! period; phase `stopping` also covers the teardown after a final exit. Teardown deletes
 //! the container and its cgroups, unmounts the rootfs and layer mounts, removes
 //! `runtime/`, `bundle/`, `work/` and the socket, writes the final state, and only
 //! then answers `stop`.
@@ -45,19 +52,22 @@
 //! Exec joins the container without libcontainer's tenant builder, which would not
 //! enter the user namespace; see [`exec`].
 //!
-//! The shim keeps its instance directory's path: the container's root reaches the
-//! rootfs through it from inside its user namespace, so every directory on the way
-//! must be searchable by others (mode `o+x`); the shim checks and says so.
+//! Requirements on the caller: [`run_shim`] must run before the process starts any
+//! thread or runtime (it checks). The container's root reaches its rootfs through
+//! the instance directory's path from inside its user namespace, so every directory
+//! on the way must be searchable by others (mode `o+x`); the shim checks and says so.
 
 pub mod bundle;
 mod cgroups;
 mod cleanup;
 pub mod control;
+mod daemon;
 pub mod exec;
 mod exec_stream;
 pub mod logs;
 mod mounts;
 mod pipes;
+mod reaper;
 pub mod rootfs;
 mod server;
 mod shim;
@@ -69,7 +79,7 @@ pub use control::{
     encode_frame, frame, read_frame, read_frame_async, AsyncStateStream, ExecRequest, ShimClient,
     ShimRequest, ShimResponse, StateStream,
 };
-pub use shim::run_shim;
+pub use daemon::run_shim;
 pub use spec::{IdMap, Resources, RestartMode, RestartPolicy, ShimSpec, UserSpec};
 pub use state::{read_state, Phase, ShimState};
 

@@ -66,6 +66,13 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
         return Ok(rootfs);
     }
     check_searchable(instance_dir)?;
+    // overlayfs splits its options on ',' and lowerdir on ':'.
+    let text = instance_dir.to_string_lossy();
+    if text.contains(',') || text.contains(':') {
+        return Err(ShimError::Rootfs(format!(
+            "instance dir {text:?} contains ',' or ':', which overlayfs options cannot carry"
+        )));
+    }
     for layer in &spec.layers {
         if !layer.is_dir() {
             return Err(ShimError::Rootfs(format!(
@@ -78,7 +85,10 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
     for dir in [&rootfs, &upper, &work, &lower_dir(instance_dir)] {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     }
-    let host_root = (Uid::from_raw(spec.id_map.host_id), Gid::from_raw(spec.id_map.host_id));
+    let host_root = (
+        Uid::from_raw(spec.id_map.host_id),
+        Gid::from_raw(spec.id_map.host_id),
+    );
     for dir in [&upper, &work] {
         chown(dir.as_path(), Some(host_root.0), Some(host_root.1)).map_err(|e| {
             ShimError::Rootfs(format!("chown {} to {}: {e}", dir.display(), host_root.0))
@@ -107,8 +117,7 @@ fn mount_layers(
     let mut lowers = Vec::with_capacity(spec.layers.len());
     for (n, layer) in spec.layers.iter().enumerate() {
         let target = lower_dir(instance_dir).join(n.to_string());
-        std::fs::create_dir_all(&target)
-            .map_err(io_err(format!("create {}", target.display())))?;
+        std::fs::create_dir_all(&target).map_err(io_err(format!("create {}", target.display())))?;
         idmapped_bind(layer, &target, &userns.fd).map_err(|e| {
             ShimError::Rootfs(format!(
                 "idmapped mount of layer {} at {} failed: {e}",
@@ -215,8 +224,10 @@ struct IdmapUserns {
 impl IdmapUserns {
     fn create(map: IdMap) -> Result<IdmapUserns, ShimError> {
         let pipe_err = |e| ShimError::Rootfs(format!("pipe for id-map helper: {e}"));
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
-        let (hold_r, hold_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
+        let (ready_r, ready_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
+        let (hold_r, hold_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
         // SAFETY: the shim is single-threaded here; the child only makes raw syscalls
         // and leaves with _exit, never returning into Rust code that assumes one owner.
         let child = match unsafe { fork() } {

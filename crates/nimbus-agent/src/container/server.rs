@@ -47,12 +47,17 @@ struct ConnectionGuard(Rc<Shim>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get().saturating_sub(1));
+        self.0
+            .connections
+            .set(self.0.connections.get().saturating_sub(1));
         self.0.connection_closed.notify_one();
     }
 }
 
-pub(super) async fn write_response(writer: &mut OwnedWriteHalf, resp: &ShimResponse) -> std::io::Result<()> {
+pub(super) async fn write_response(
+    writer: &mut OwnedWriteHalf,
+    resp: &ShimResponse,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
     line.push(b'\n');
     writer.write_all(&line).await
@@ -66,7 +71,9 @@ async fn handle_connection(shim: Rc<Shim>, stream: UnixStream) {
     let mut line = String::new();
     let read = tokio::time::timeout(
         REQUEST_TIMEOUT,
-        (&mut reader).take(MAX_LINE_BYTES as u64).read_line(&mut line),
+        (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_line(&mut line),
     )
     .await;
     if !matches!(read, Ok(Ok(1..))) {
@@ -82,7 +89,13 @@ async fn handle_connection(shim: Rc<Shim>, stream: UnixStream) {
     };
     match request {
         ShimRequest::Status => {
-            let _ = write_response(&mut writer, &ShimResponse::State { state: shim.state() }).await;
+            let _ = write_response(
+                &mut writer,
+                &ShimResponse::State {
+                    state: shim.state(),
+                },
+            )
+            .await;
         }
         ShimRequest::Subscribe => subscribe(&shim, reader, writer).await,
         ShimRequest::Stop { grace_ms } => {
@@ -97,13 +110,21 @@ async fn handle_connection(shim: Rc<Shim>, stream: UnixStream) {
     }
 }
 
-async fn subscribe(shim: &Rc<Shim>, mut reader: BufReader<OwnedReadHalf>, mut writer: OwnedWriteHalf) {
+async fn subscribe(
+    shim: &Rc<Shim>,
+    mut reader: BufReader<OwnedReadHalf>,
+    mut writer: OwnedWriteHalf,
+) {
     let mut events = shim.events.subscribe();
     let mut state = shim.state();
     let mut probe = [0u8; 64];
     loop {
         let last = state.phase.is_final();
-        if write_response(&mut writer, &ShimResponse::State { state }).await.is_err() || last {
+        if write_response(&mut writer, &ShimResponse::State { state })
+            .await
+            .is_err()
+            || last
+        {
             return;
         }
         state = tokio::select! {

@@ -1,39 +1,36 @@
-//! The shim process: daemonizes, then supervises one container until it is stopped
-//! or exits for good.
+//! The supervisor: runs one container, restarts it by policy, answers control
+//! requests (through [`super::server`]) and tears everything down at the end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
 use chrono::Utc;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{pipe2, Pid};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::bundle::{bundle_dir, default_capabilities, default_seccomp, environment, write_bundle};
 use super::cgroups::{kill_and_remove, oom_kill_count};
 use super::control::SOCKET_FILE;
+use super::daemon::{signal_ready, READY_FAILED, READY_RUNNING};
 use super::exec::{bring_up_loopback, ExecContext};
 use super::logs::{ConsoleLog, LineSplitter, Stream};
 use super::pipes::AsyncPipe;
+use super::reaper::Reaper;
 use super::rootfs::{mount_rootfs, unmount_rootfs, work_dir};
 use super::spec::{RestartMode, ShimSpec};
-use super::state::{read_state, write_state, Phase, ShimState};
+use super::state::{write_state, Phase, ShimState};
 use super::ShimError;
 
-const READY_RUNNING: u8 = b'R';
-const READY_FAILED: u8 = b'F';
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A run at least this long resets the back-off delay.
@@ -47,49 +44,6 @@ pub(super) enum Command {
         grace_ms: Option<u64>,
         reply: oneshot::Sender<ShimState>,
     },
-}
-
-/// Collects exits of the shim's children and hands them to whoever waits for a pid.
-#[derive(Default)]
-pub(super) struct Reaper {
-    waiters: RefCell<HashMap<i32, oneshot::Sender<WaitStatus>>>,
-    unclaimed: RefCell<HashMap<i32, WaitStatus>>,
-}
-
-impl Reaper {
-    pub(super) fn watch(&self, pid: Pid) -> oneshot::Receiver<WaitStatus> {
-        let (tx, rx) = oneshot::channel();
-        match self.unclaimed.borrow_mut().remove(&pid.as_raw()) {
-            Some(status) => {
-                let _ = tx.send(status);
-            }
-            None => {
-                self.waiters.borrow_mut().insert(pid.as_raw(), tx);
-            }
-        }
-        rx
-    }
-
-    fn reap(&self) {
-        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            let Some(pid) = status.pid() else { break };
-            if !matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
-                continue;
-            }
-            match self.waiters.borrow_mut().remove(&pid.as_raw()) {
-                Some(tx) => {
-                    let _ = tx.send(status);
-                }
-                None => {
-                    let mut unclaimed = self.unclaimed.borrow_mut();
-                    if unclaimed.len() >= 64 {
-                        unclaimed.clear();
-                    }
-                    unclaimed.insert(pid.as_raw(), status);
-                }
-            }
-        }
-    }
 }
 
 /// Shared state of the supervisor and its connection handlers (one thread).
@@ -129,131 +83,12 @@ impl Shim {
     }
 }
 
-/// Entry point of `nimbus shim <instance_dir>`.
-///
-/// Forks the supervisor into the background and returns once it has started the
-/// container (`Ok`) or given up (`Err` with the reason); the supervisor itself never
-/// returns. Must be called before the process starts any thread or runtime.
-pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
-    ensure_single_threaded()?;
-    let dir = std::path::absolute(instance_dir)
-        .with_context(|| format!("resolve instance dir {}", instance_dir.display()))?;
-    let (ready_r, ready_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("create ready pipe")?;
-    // SAFETY: the process is single-threaded (checked above).
-    match unsafe { fork() }.context("fork shim")? {
-        ForkResult::Parent { child } => {
-            drop(ready_w);
-            let mut byte = [0u8; 1];
-            let n = File::from(ready_r).read(&mut byte).unwrap_or(0);
-            let _ = waitpid(child, None);
-            match (n, byte[0]) {
-                (1, READY_RUNNING) => Ok(()),
-                (1, _) => Err(anyhow!(
-                    "instance in {} failed to start: {}",
-                    dir.display(),
-                    read_state(&dir).and_then(|s| s.reason).unwrap_or_default()
-                )),
-                _ => Err(anyhow!("shim for {} died before reporting", dir.display())),
-            }
-        }
-        ForkResult::Child => {
-            drop(ready_r);
-            let code = match nix::unistd::setsid() {
-                Err(_) => 1,
-                // SAFETY: still single-threaded; a fresh session leader forks once more
-                // so the supervisor can never reacquire a controlling terminal.
-                Ok(_) => match unsafe { fork() } {
-                    Err(_) => 1,
-                    Ok(ForkResult::Parent { .. }) => 0,
-                    Ok(ForkResult::Child) => std::process::exit(supervisor_main(&dir, ready_w)),
-                },
-            };
-            // SAFETY: the intermediate leaves without running the caller's code.
-            unsafe { libc::_exit(code) }
-        }
-    }
-}
-
-fn ensure_single_threaded() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default();
-    if threads != "1" {
-        return Err(anyhow!("run_shim must run single-threaded, found {threads} threads"));
-    }
-    Ok(())
-}
-
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
-/// Leaves the caller's world: cwd, stdio and every inherited descriptor but `keep`.
-fn detach_from_caller(keep: RawFd) {
-    let _ = std::env::set_current_dir("/");
-    // SAFETY: close_range only closes descriptors; nothing in this fresh process
-    // refers to the inherited ones above 2 except `keep`, which is spared.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
-    }
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
-        }
-    }
-    // A no-op handler instead of SIG_IGN: handlers reset to default at execve, so the
-    // container's processes do not inherit an ignored SIGPIPE/SIGHUP.
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(ignore_signal),
-        nix::sys::signal::SaFlags::SA_RESTART,
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [Signal::SIGHUP, Signal::SIGPIPE] {
-        // SAFETY: the handler does nothing, so it is async-signal-safe.
-        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
-    }
-    // Exec'd processes are re-parented to the shim when their helper exits.
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-}
-
-fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
-    detach_from_caller(ready.as_raw_fd());
-    let mut ready = Some(File::from(ready));
-    let shim_pid = std::process::id() as i32;
-    let fail = |ready: &mut Option<File>, reason: String| {
-        let mut state = ShimState::new(shim_pid);
-        state.phase = Phase::Failed;
-        state.finished_at = Some(Utc::now());
-        state.reason = Some(reason);
-        let _ = write_state(dir, &state);
-        signal_ready(ready, READY_FAILED);
-        1
-    };
-    let _ = write_state(dir, &ShimState::new(shim_pid));
-    let spec = match ShimSpec::load(dir) {
-        Ok(spec) => spec,
-        Err(e) => return fail(&mut ready, e.to_string()),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&mut ready, format!("cannot start the shim's event loop: {e}")),
-    };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, supervise(dir.to_path_buf(), spec, ready, shim_pid))
-}
-
-fn signal_ready(ready: &mut Option<File>, byte: u8) {
-    if let Some(mut file) = ready.take() {
-        let _ = file.write_all(&[byte]);
-    }
-}
-
-async fn supervise(dir: PathBuf, spec: ShimSpec, mut ready: Option<File>, shim_pid: i32) -> i32 {
+pub(super) async fn supervise(
+    dir: PathBuf,
+    spec: ShimSpec,
+    mut ready: Option<File>,
+    shim_pid: i32,
+) -> i32 {
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let setup = (|| -> Result<(ConsoleLog, ExecContext), ShimError> {
         let log = ConsoleLog::open(&dir, spec.log_max_bytes, spec.log_files)?;
@@ -304,6 +139,21 @@ async fn supervise(dir: PathBuf, spec: ShimSpec, mut ready: Option<File>, shim_p
             }
         });
     }
+    // SIGTERM to the shim (e.g. a host shutdown) is a stop with the spec's grace.
+    if let Ok(mut sigterm) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        let commands = shim.commands.clone();
+        tokio::task::spawn_local(async move {
+            while sigterm.recv().await.is_some() {
+                let (reply, _) = oneshot::channel();
+                let _ = commands.send(Command::Stop {
+                    grace_ms: None,
+                    reply,
+                });
+            }
+        });
+    }
     match super::server::listen(&shim) {
         Ok(listener) => {
             tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
@@ -316,7 +166,8 @@ async fn supervise(dir: PathBuf, spec: ShimSpec, mut ready: Option<File>, shim_p
         }
     }
 
-    let (phase, reason, stop_replies) = run_container_loop(&shim, &mut ready, &mut command_rx).await;
+    let (phase, reason, stop_replies) =
+        run_container_loop(&shim, &mut ready, &mut command_rx).await;
     let mut stop_replies = stop_replies;
     command_rx.close();
     while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
@@ -367,7 +218,10 @@ async fn run_container_loop(
         let mut kill_at: Option<Instant> = None;
         let mut forced = false;
         let status = loop {
+            // Biased: once the init is reaped its pid may be reused, so its exit must
+            // win over a due SIGKILL or a stop request.
             tokio::select! {
+                biased;
                 status = &mut run.exit => break status.ok(),
                 Some(Command::Stop { grace_ms, reply }) = command_rx.recv() => {
                     stop_replies.push(reply);
@@ -400,9 +254,15 @@ async fn run_container_loop(
             stopping = true;
         }
         let exit = describe_exit(status, oom_kills, shim.spec.resources.memory_bytes, forced);
-        let restart = !stopping && delete_error.is_none() && should_restart(&shim.spec, &exit, shim.state().restart_count);
+        let restart = !stopping
+            && delete_error.is_none()
+            && should_restart(&shim.spec, &exit, shim.state().restart_count);
         shim.update(|s| {
-            s.phase = if restart { Phase::Backoff } else { Phase::Stopping };
+            s.phase = if restart {
+                Phase::Backoff
+            } else {
+                Phase::Stopping
+            };
             s.pid = None;
             s.finished_at = Some(Utc::now());
             s.exit_code = exit.code;
@@ -411,7 +271,11 @@ async fn run_container_loop(
             s.reason = Some(exit.reason.clone());
         });
         if let Some(e) = delete_error {
-            return (Phase::Failed, Some(format!("{}; {e}", exit.reason)), stop_replies);
+            return (
+                Phase::Failed,
+                Some(format!("{}; {e}", exit.reason)),
+                stop_replies,
+            );
         }
         if !restart {
             return (Phase::Exited, None, stop_replies);
@@ -421,13 +285,11 @@ async fn run_container_loop(
         }
         let wake = Instant::now() + backoff;
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => break,
-                Some(Command::Stop { reply, .. }) = command_rx.recv() => {
-                    stop_replies.push(reply);
-                    return (Phase::Exited, None, stop_replies);
-                }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            Some(Command::Stop { reply, .. }) = command_rx.recv() => {
+                stop_replies.push(reply);
+                return (Phase::Exited, None, stop_replies);
             }
         }
         shim.update(|s| s.restart_count += 1);
@@ -449,7 +311,12 @@ struct Exit {
     reason: String,
 }
 
-fn describe_exit(status: Option<WaitStatus>, oom_kills: u64, memory: Option<u64>, forced: bool) -> Exit {
+fn describe_exit(
+    status: Option<WaitStatus>,
+    oom_kills: u64,
+    memory: Option<u64>,
+    forced: bool,
+) -> Exit {
     let (code, signal) = match status {
         Some(WaitStatus::Exited(_, code)) => (Some(code), None),
         Some(WaitStatus::Signaled(_, sig, _)) => (Some(128 + sig as i32), Some(sig as i32)),
@@ -472,7 +339,13 @@ fn describe_exit(status: Option<WaitStatus>, oom_kills: u64, memory: Option<u64>
     } else {
         "exit status was lost".to_string()
     };
-    Exit { code, signal, oom, failed: oom || code != Some(0), reason }
+    Exit {
+        code,
+        signal,
+        oom,
+        failed: oom || code != Some(0),
+        reason,
+    }
 }
 
 fn should_restart(spec: &ShimSpec, exit: &Exit, restarts: u32) -> bool {
@@ -538,7 +411,9 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
         .map_err(container_err)?;
     let Some(pid) = container.pid() else {
         let _ = container.delete(true);
-        return Err(ShimError::Container(format!("container {id} has no init pid")));
+        return Err(ShimError::Container(format!(
+            "container {id} has no init pid"
+        )));
     };
     let exit = shim.reaper.watch(pid);
     let started = bring_up_loopback(pid).and_then(|()| {
@@ -554,7 +429,12 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
         tokio::task::spawn_local(pump_log(shim.clone(), out_r, Stream::Stdout)),
         tokio::task::spawn_local(pump_log(shim.clone(), err_r, Stream::Stderr)),
     ];
-    Ok(RunningContainer { container, pid, exit, log_pumps })
+    Ok(RunningContainer {
+        container,
+        pid,
+        exit,
+        log_pumps,
+    })
 }
 
 async fn pump_log(shim: Rc<Shim>, fd: OwnedFd, stream: Stream) {
@@ -570,10 +450,12 @@ async fn pump_log(shim: Rc<Shim>, fd: OwnedFd, stream: Stream) {
 }
 
 fn delete_container(container: &mut Container) -> Option<String> {
-    container
-        .delete(true)
-        .err()
-        .map(|e| format!("libcontainer could not delete container {}: {e}", container.id()))
+    container.delete(true).err().map(|e| {
+        format!(
+            "libcontainer could not delete container {}: {e}",
+            container.id()
+        )
+    })
 }
 
 /// Tears everything down, records the final state, answers stop requests and waits
@@ -592,7 +474,11 @@ async fn finish(
     if let Err(e) = unmount_rootfs(&shim.dir) {
         problems.push(e.to_string());
     }
-    for dir in [runtime_dir(&shim.dir), bundle_dir(&shim.dir), work_dir(&shim.dir)] {
+    for dir in [
+        runtime_dir(&shim.dir),
+        bundle_dir(&shim.dir),
+        work_dir(&shim.dir),
+    ] {
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 problems.push(format!("remove {}: {e}", dir.display()));
@@ -601,7 +487,11 @@ async fn finish(
     }
     let _ = std::fs::remove_file(shim.dir.join(SOCKET_FILE));
     shim.update(|s| {
-        s.phase = if problems.is_empty() { phase } else { Phase::Failed };
+        s.phase = if problems.is_empty() {
+            phase
+        } else {
+            Phase::Failed
+        };
         s.pid = None;
         if s.finished_at.is_none() {
             s.finished_at = Some(Utc::now());
@@ -610,7 +500,11 @@ async fn finish(
         if !problems.is_empty() {
             words.push(format!("teardown incomplete: {}", problems.join("; ")));
         }
-        s.reason = if words.is_empty() { None } else { Some(words.join("; ")) };
+        s.reason = if words.is_empty() {
+            None
+        } else {
+            Some(words.join("; "))
+        };
     });
     let final_state = shim.state();
     for reply in stop_replies {
@@ -622,4 +516,86 @@ async fn finish(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec::RestartPolicy;
+
+    fn spec_with(policy: RestartMode, max_retries: Option<u32>) -> ShimSpec {
+        let mut spec: ShimSpec = serde_json::from_value(serde_json::json!({
+            "instance_id": "i", "name": "n", "hostname": "h", "layers": ["/l"],
+            "args": ["true"], "env": [], "working_dir": "/", "user": {"uid": 0, "gid": 0},
+            "resources": {"memory_bytes": null, "cpu_millis": null, "pids_max": null},
+            "restart": {"policy": "never", "max_retries": null},
+            "id_map": {"host_id": 100000, "size": 65536},
+            "stop_grace_ms": 10, "log_max_bytes": 1024, "log_files": 1
+        }))
+        .expect("spec");
+        spec.restart = RestartPolicy {
+            policy,
+            max_retries,
+        };
+        spec
+    }
+
+    fn exited(code: i32) -> Option<WaitStatus> {
+        Some(WaitStatus::Exited(Pid::from_raw(1), code))
+    }
+
+    #[test]
+    fn exit_descriptions_are_in_words() {
+        let oom = describe_exit(exited(137), 1, Some(64 << 20), false);
+        assert_eq!(oom.reason, "OOM-killed: memory limit 64 MiB exceeded");
+        assert!(oom.oom && oom.failed);
+        let killed = describe_exit(
+            Some(WaitStatus::Signaled(
+                Pid::from_raw(1),
+                Signal::SIGKILL,
+                false,
+            )),
+            0,
+            None,
+            false,
+        );
+        assert_eq!((killed.code, killed.signal), (Some(137), Some(9)));
+        assert_eq!(killed.reason, "killed by signal 9");
+        assert_eq!(
+            describe_exit(exited(1), 0, None, false).reason,
+            "exited with code 1"
+        );
+        assert!(!describe_exit(exited(0), 0, None, false).failed);
+    }
+
+    #[test]
+    fn restart_policy_decisions() {
+        let ok = describe_exit(exited(0), 0, None, false);
+        let bad = describe_exit(exited(3), 0, None, false);
+        assert!(!should_restart(
+            &spec_with(RestartMode::Never, None),
+            &bad,
+            0
+        ));
+        assert!(!should_restart(
+            &spec_with(RestartMode::OnFailure, None),
+            &ok,
+            0
+        ));
+        assert!(should_restart(
+            &spec_with(RestartMode::OnFailure, Some(2)),
+            &bad,
+            1
+        ));
+        assert!(!should_restart(
+            &spec_with(RestartMode::OnFailure, Some(2)),
+            &bad,
+            2
+        ));
+        assert!(should_restart(
+            &spec_with(RestartMode::Always, None),
+            &ok,
+            1000
+        ));
+    }
 }

@@ -115,7 +115,10 @@ impl ShimSpec {
             return bad(format!("instance {:?} has no command", self.instance_id));
         }
         if self.layers.is_empty() {
-            return bad(format!("instance {:?} has no image layers", self.instance_id));
+            return bad(format!(
+                "instance {:?} has no image layers",
+                self.instance_id
+            ));
         }
         if let Some(layer) = self.layers.iter().find(|l| !l.is_absolute()) {
             return bad(format!("layer path {} is not absolute", layer.display()));
@@ -139,10 +142,16 @@ impl ShimSpec {
             ));
         }
         if !self.working_dir.is_empty() && !self.working_dir.starts_with('/') {
-            return bad(format!("working dir {:?} is not absolute", self.working_dir));
+            return bad(format!(
+                "working dir {:?} is not absolute",
+                self.working_dir
+            ));
         }
         if self.hostname.len() > 64 {
-            return bad(format!("hostname {:?} is longer than 64 bytes", self.hostname));
+            return bad(format!(
+                "hostname {:?} is longer than 64 bytes",
+                self.hostname
+            ));
         }
         if let Some(pids) = self.resources.pids_max {
             if pids < 1 {

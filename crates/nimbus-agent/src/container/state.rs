@@ -23,7 +23,8 @@ pub enum Phase {
     Running,
     /// The container exited and will be restarted after a back-off delay.
     Backoff,
-    /// A stop was requested; the container is being signalled.
+    /// A stop was requested and the container is being signalled, or the container
+    /// exited for good and the shim is tearing down (exit details already set).
     Stopping,
     /// The container exited and will not be restarted; the shim has torn down.
     Exited,

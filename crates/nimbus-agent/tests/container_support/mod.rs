@@ -36,7 +36,10 @@ pub fn busybox_layer(dir: &Path) {
         .find(|p| Path::new(p).exists())
         .expect("busybox-static is installed");
     std::fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" && !applet.contains('/') {
             let _ = symlink("busybox", dir.join("bin").join(applet));
@@ -59,7 +62,10 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
         user: UserSpec { uid: 0, gid: 0 },
         resources: Resources::default(),
         restart: RestartPolicy::default(),
-        id_map: IdMap { host_id: host_id_for(id), size: 65536 },
+        id_map: IdMap {
+            host_id: host_id_for(id),
+            size: 65536,
+        },
         stop_grace_ms: 2000,
         log_max_bytes: 1 << 20,
         log_files: 3,
@@ -68,7 +74,9 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
 
 /// A distinct, stable id range per instance id.
 pub fn host_id_for(id: &str) -> u32 {
-    let hash = id.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let hash = id
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
     1_000_000 + (hash % 2000) * 65536
 }
 
@@ -96,7 +104,12 @@ impl Instance {
         busybox_layer(&layer);
         let spec = make_spec(&id, &layer);
         spec.save(&dir).expect("write spec");
-        Instance { base, dir, layer, id }
+        Instance {
+            base,
+            dir,
+            layer,
+            id,
+        }
     }
 
     pub fn spec(&self) -> ShimSpec {
@@ -121,7 +134,12 @@ impl Instance {
     }
 
     /// Waits until the state satisfies `done`, failing after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&ShimState) -> bool) -> ShimState {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&ShimState) -> bool,
+    ) -> ShimState {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(state) = self.state() {
@@ -129,7 +147,10 @@ impl Instance {
                     return state;
                 }
                 if Instant::now() >= deadline {
-                    panic!("timed out waiting for {what}; state is {state:?}\nconsole:\n{}", self.console());
+                    panic!(
+                        "timed out waiting for {what}; state is {state:?}\nconsole:\n{}",
+                        self.console()
+                    );
                 }
             } else if Instant::now() >= deadline {
                 panic!("timed out waiting for {what}; no state");
@@ -161,14 +182,24 @@ impl Instance {
 
     /// Asserts nothing of the instance is left on the host.
     pub fn assert_torn_down(&self, last: &ShimState) {
-        assert_eq!(mounts_under(&self.dir), Vec::<String>::new(), "mounts left under the instance dir");
+        assert_eq!(
+            mounts_under(&self.dir),
+            Vec::<String>::new(),
+            "mounts left under the instance dir"
+        );
         assert_eq!(cgroup_dirs(&self.id), Vec::<PathBuf>::new(), "cgroups left");
         if let Some(pid) = last.pid {
-            assert!(!pid_alive(pid), "container init {pid} still alive");
+            assert!(
+                !is_in_instance(pid, &self.id),
+                "container init {pid} still alive"
+            );
         }
         // The shim answers `stop` after teardown and exits right after.
         assert!(
-            wait_until(Duration::from_secs(5), || !pid_alive(last.shim_pid)),
+            wait_until(Duration::from_secs(5), || !is_shim_of(
+                last.shim_pid,
+                &self.dir
+            )),
             "shim {} still alive",
             last.shim_pid
         );
@@ -176,7 +207,10 @@ impl Instance {
         assert!(!self.dir.join("runtime").exists(), "runtime dir left");
         assert!(self.dir.join("state.json").exists());
         assert!(self.dir.join("spec.json").exists());
-        assert!(self.dir.join("upper").exists(), "the writable layer must persist");
+        assert!(
+            self.dir.join("upper").exists(),
+            "the writable layer must persist"
+        );
     }
 }
 
@@ -185,13 +219,17 @@ impl Drop for Instance {
         if let Ok(client) = ShimClient::connect(&self.dir) {
             let _ = client.stop(0);
         }
+        // Pids are reused quickly (pid_max is 32768 here): only a process that is
+        // really this instance's shim may be killed.
         if let Some(state) = read_state(&self.dir) {
-            if !state.phase.is_final() || pid_alive(state.shim_pid) {
+            if is_shim_of(state.shim_pid, &self.dir) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(state.shim_pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                wait_until(Duration::from_secs(5), || !pid_alive(state.shim_pid));
+                wait_until(Duration::from_secs(5), || {
+                    !is_shim_of(state.shim_pid, &self.dir)
+                });
             }
         }
         let _ = cleanup_instance_dir(&self.dir);
@@ -199,6 +237,19 @@ impl Drop for Instance {
             let _ = std::fs::remove_dir_all(&self.base);
         }
     }
+}
+
+/// True if `pid` is alive and is a shim supervising `dir`.
+pub fn is_shim_of(pid: i32, dir: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    pid_alive(pid) && args.contains(&dir.as_os_str().as_encoded_bytes())
+}
+
+/// True if `pid` is alive and in the instance's cgroup.
+pub fn is_in_instance(pid: i32, id: &str) -> bool {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    pid_alive(pid) && cgroups.contains(&format!("/nimbus/{id}\n"))
 }
 
 pub fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> bool {
