@@ -55,10 +55,17 @@ fn main() {
     // runc run of an equivalent bundle.
     let rootfs = starter_rootfs(&cloud);
     let work = tempfile::tempdir().expect("tmp");
+    // Reachable from inside user namespaces.
+    std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let mut runc = Vec::new();
     if have("runc") {
+        // runc gets its own copy of the rootfs, owned by the range its user
+        // namespace maps to root (Nimbus shows the shared layer through an
+        // idmapped mount instead).
         let bundle = work.path().join("bundle");
-        runc_bundle(&bundle, &rootfs, &["/bin/true"]);
+        let runc_rootfs = work.path().join("runc-rootfs");
+        copy_rootfs_for_userns(&rootfs, &runc_rootfs, 200_000);
+        runc_bundle(&bundle, &runc_rootfs, &["/bin/true"]);
         for i in 0..runs {
             let t0 = Instant::now();
             let st = Command::new("runc")

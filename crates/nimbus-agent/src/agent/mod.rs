@@ -59,15 +59,24 @@ impl AgentConfig {
 pub struct Agent {
     pub config: AgentConfig,
     pub client: Client,
-    pub images: ImageStore,
+    pub images: Arc<ImageStore>,
     /// One worker per instance, fed with the latest version of its resource.
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Instance>>>,
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
+    /// `images` shares the server's image store when both run in one
+    /// process (`nimbus up`); otherwise the agent opens its own.
+    pub fn new(
+        config: AgentConfig,
+        client: Client,
+        images: Option<Arc<ImageStore>>,
+    ) -> anyhow::Result<Arc<Agent>> {
         std::fs::create_dir_all(config.instances_dir())?;
-        let images = ImageStore::open(&config.images_dir, Limits::default())?;
+        let images = match images {
+            Some(i) => i,
+            None => Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),
+        };
         Ok(Arc::new(Agent {
             config,
             client,

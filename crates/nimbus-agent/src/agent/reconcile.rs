@@ -230,11 +230,9 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     report(agent, instance, starting, false).await;
 
     let imported = nimbus_image::ImportedImage::from_api(&image.status);
-    let images_dir = agent.config.images_dir.clone();
     let layers = {
-        let images = nimbus_image::ImageStore::open(&images_dir, nimbus_image::Limits::default())
-            .map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || images.layer_dirs(&imported))
+        let agent = agent.clone();
+        tokio::task::spawn_blocking(move || agent.images.layer_dirs(&imported))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?

@@ -157,7 +157,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         Endpoint::Unix(state.config.socket_path.clone()),
         Some(token),
     )?;
-    let agent = nimbus_agent::Agent::new(agent_config, client)?;
+    let agent = nimbus_agent::Agent::new(agent_config, client, Some(state.images.clone()))?;
     tokio::spawn(async move {
         if let Err(e) = agent.run().await {
             tracing::error!(error = %e, "the host agent stopped");
