@@ -56,7 +56,11 @@ fn main() {
     let rootfs = starter_rootfs(&cloud);
     let work = tempfile::tempdir().expect("tmp");
     // Reachable from inside user namespaces.
-    std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let mut runc = Vec::new();
     if have("runc") {
         // runc gets its own copy of the rootfs, owned by the range its user

@@ -228,7 +228,12 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 
 /// Copy a root filesystem and shift its owners by `host_id`.
 pub fn copy_rootfs_for_userns(from: &Path, to: &Path, host_id: u32) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
     assert!(st.success(), "copying the rootfs failed");
     let st = Command::new("chown")
         .args(["-R", "-h", &format!("{host_id}:{host_id}")])
