@@ -75,7 +75,14 @@ fn open_namespaces(init_pid: Pid) -> Result<Vec<(OwnedFd, CloneFlags)>, ShimErro
             let path = format!("/proc/{init_pid}/ns/{name}");
             File::open(&path)
                 .map(|f| (OwnedFd::from(f), *flag))
-                .map_err(|e| ShimError::Exec(format!("open namespace {path}: {e}")))
+                .map_err(|e| match e.kind() {
+                    // The init exited between the shim's last look and now.
+                    std::io::ErrorKind::NotFound => ShimError::Exec(
+                        "the container is not running (its init just exited); start it and retry"
+                            .to_string(),
+                    ),
+                    _ => ShimError::Exec(format!("open namespace {path}: {e}")),
+                })
         })
         .collect()
 }
