@@ -20,7 +20,9 @@ pub fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("SKIPPED (NOT RUN): the container tests need root; run them as root to test containers");
+    eprintln!(
+        "SKIPPED (NOT RUN): the container tests need root; run them as root to test containers"
+    );
     false
 }
 
