@@ -70,7 +70,7 @@ pub(super) async fn run(
     let tty = child.tty;
     // Input runs in its own task: reading a frame is not cancel-safe, so it must not
     // sit in the select below.
-    let input = tokio::task::spawn_local(async move {
+    let mut input = tokio::task::spawn_local(async move {
         let mut stdin = Some(stdin);
         while let Ok(Some((kind, payload))) = read_frame_async(&mut reader).await {
             match (kind, &stdin) {
@@ -131,8 +131,8 @@ pub(super) async fn run(
             break;
         }
     }
-    input.abort();
     if client_gone {
+        input.abort();
         // Nobody can see the output any more; do not leave the process behind (once
         // reaped, its pid may belong to someone else).
         if code.is_none() && exit.try_recv().is_err() {
@@ -152,7 +152,15 @@ pub(super) async fn run(
         .write_all(&encode_frame(frame::EXIT, &code.to_be_bytes()))
         .await;
     let _ = writer.shutdown().await;
+    // Keep reading (and dropping) input until the client closes: closing a
+    // Unix socket with unread input resets it, and a relay in between could
+    // then lose the exit frame.
+    let _ = tokio::time::timeout(INPUT_LINGER, &mut input).await;
+    input.abort();
 }
+
+/// How long the shim waits for the client to hang up after the exit frame.
+const INPUT_LINGER: Duration = Duration::from_secs(2);
 
 async fn read_opt(pipe: &Option<AsyncPipe>, buf: &mut [u8]) -> std::io::Result<usize> {
     match pipe {

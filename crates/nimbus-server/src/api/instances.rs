@@ -419,13 +419,10 @@ pub async fn exec(
     let io = state
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
-    let mut shim = io.exec(&instance, &exec_req).await?;
+    let shim = io.exec(&instance, &exec_req).await?;
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
-            }
+            Ok(upgraded) => relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim).await,
             Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
         }
     });
@@ -435,4 +432,22 @@ pub async fn exec(
         .header("upgrade", "nimbus-exec")
         .body(Body::empty())
         .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
+
+/// Relay an exec session. The shim's output is copied to its end even if
+/// the other direction fails first, so the exit frame always arrives.
+async fn relay_exec<C>(client: C, shim: Box<dyn crate::hostio::ExecStream>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
+    let input = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_rd, &mut shim_wr).await;
+        let _ = shim_wr.shutdown().await;
+    });
+    let _ = tokio::io::copy(&mut shim_rd, &mut client_wr).await;
+    let _ = client_wr.shutdown().await;
+    input.abort();
 }
