@@ -76,16 +76,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The shim is started once per instance launch: it skips building the
+    // whole command-line parser, which costs time and memory it never needs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "shim" {
+        return run_shim(std::path::Path::new(&args[2]));
+    }
     let cli = Cli::parse();
     if let Command::Shim { dir } = &cli.command {
-        // The shim runs without tokio and daemonizes itself: keep it lean.
-        return match nimbus_agent::container::run_shim(dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("nimbus shim: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return run_shim(dir);
     }
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
@@ -111,6 +110,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_shim(dir: &std::path::Path) -> ExitCode {
+    // The shim runs without tokio's multi-threaded runtime and daemonizes itself.
+    match nimbus_agent::container::run_shim(dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nimbus shim: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -17,11 +17,44 @@ use crate::state::AppState;
 
 pub const ADMIN_USER: &str = "admin";
 
+/// Holds the data directory's lock for the life of the process: two
+/// servers on one data directory would corrupt each other's state.
+pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
+
+/// Lock `<data>/nimbus.lock`, waiting up to 10 s for a previous server
+/// that is still shutting down.
+pub async fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("nimbus.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(DataDirLock(file));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "another nimbus is running on the data directory {}; stop it first, or pass another --data-dir",
+                data_dir.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Open the store and image store and make sure the admin credentials exist.
 pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))?;
+    let lock = lock_data_dir(&config.data_dir).await?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.store_path(), SqliteOptions::default())
             .with_context(|| format!("opening the store {}", config.store_path().display()))?,
@@ -44,6 +77,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         host_io: RwLock::new(None),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
+        _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;
     Ok(state)
@@ -187,6 +221,5 @@ pub async fn serve(
         _ = deadline => tracing::info!("closing long-lived API streams"),
     }
     handle.shutdown();
-    let _ = std::fs::remove_file(&sock);
     Ok(())
 }

@@ -215,6 +215,7 @@ impl Agent {
     }
 
     fn dispatch(self: &Arc<Self>, instance: Instance) {
+        tracing::debug!(instance = %instance.metadata.name, phase = instance.status.phase.as_str(), "event");
         if instance.status.host.as_deref() != Some(self.config.host_name.as_str()) {
             return;
         }

@@ -215,19 +215,18 @@ async fn report_final(
 
 /// Prepare the instance directory and spawn its shim.
 async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<ShimState, String> {
+    let t0 = std::time::Instant::now();
     let project = instance.metadata.project.clone().unwrap_or_default();
-    let image: Image = agent
-        .client
-        .get(&format!(
-            "/v1/projects/{project}/images/{}",
-            instance.spec.image
-        ))
-        .await
-        .map_err(|e| format!("image {:?}: {e}", instance.spec.image))?;
     let mut starting = instance.status.clone();
     starting.phase = InstancePhase::Starting;
     starting.reason = None;
-    report(agent, instance, starting, false).await;
+    let image_path = format!("/v1/projects/{project}/images/{}", instance.spec.image);
+    // Both are round trips to the server and independent of each other.
+    let (image, ()) = tokio::join!(
+        agent.client.get::<Image>(&image_path),
+        report(agent, instance, starting, false)
+    );
+    let image = image.map_err(|e| format!("image {:?}: {e}", instance.spec.image))?;
 
     let imported = nimbus_image::ImportedImage::from_api(&image.status);
     let layers = {
@@ -251,10 +250,16 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     }
     let exe = agent.config.exe.clone();
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || container::spawn_shim(&exe, &dir))
+    let r = tokio::task::spawn_blocking(move || container::spawn_shim(&exe, &dir))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    tracing::debug!(
+        instance = %instance.metadata.name,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "shim spawned"
+    );
+    r
 }
 
 /// Forward every state change of the shim to the server until it ends.

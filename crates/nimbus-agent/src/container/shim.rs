@@ -31,8 +31,11 @@ use super::spec::{RestartMode, ShimSpec};
 use super::state::{write_state, Phase, ShimState};
 use super::ShimError;
 
+/// Restart back-off: starts here and doubles up to `BACKOFF_MAX`.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// When the shim trims its working set a second time after a start.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// A run at least this long resets the back-off delay.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// How long output may keep flowing after the init exited (a leaked descriptor in
@@ -211,7 +214,11 @@ async fn run_container_loop(
             s.reason = None;
         });
         signal_ready(ready, READY_RUNNING);
+        // Startup code (argument parsing, libcontainer, mounts) is done with;
+        // trim again once the agent has subscribed and the first output ran.
+        super::trim::trim_working_set();
         let started = Instant::now();
+        let mut trim_at = Some(started + TRIM_AGAIN_AFTER);
 
         // Wait for the exit, handling stop requests meanwhile.
         let mut stopping = false;
@@ -237,6 +244,10 @@ async fn run_container_loop(
                     let _ = kill(run.pid, Signal::SIGKILL);
                     forced = true;
                     kill_at = None;
+                }
+                _ = sleep_until_opt(trim_at) => {
+                    super::trim::trim_working_set();
+                    trim_at = None;
                 }
             }
         };
