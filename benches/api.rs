@@ -30,9 +30,16 @@ fn parse_ms(text: &str) -> Option<f64> {
     None
 }
 
-fn wrk(url: &str, token: &str, seconds: u32) -> WrkResult {
+fn wrk(url: &str, token: &str, seconds: u32, clients: u32) -> WrkResult {
+    let threads = clients.min(2);
     let out = Command::new("wrk")
-        .args(["-t2", "-c50", &format!("-d{seconds}s"), "--latency", "-H"])
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{clients}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-H",
+        ])
         .arg(format!("Authorization: Bearer {token}"))
         .arg(url)
         .output()
@@ -107,7 +114,11 @@ fn main() {
         list.p99_ms
     );
     println!("goal: p99 <= 20 ms for both");
-    for (what, r) in [("get", &get), ("list", &list)] {
+    for (what, r) in [
+        ("get", &get),
+        ("list", &list),
+        ("list, 1 client", &list_one),
+    ] {
         if !r.errors.is_empty() {
             println!("{what}: {}", r.errors);
         }

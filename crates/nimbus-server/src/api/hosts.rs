@@ -40,7 +40,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
     require_operator(&caller)?;
-    super::watch::list_or_watch::<Host>(&state, None, &opts, |_| true).await
+    super::watch::list_or_watch_all::<Host>(&state, None, &opts).await
 }
 
 #[utoipa::path(get, path = "/v1/hosts/{host}", responses((status = 200, body = Host)))]

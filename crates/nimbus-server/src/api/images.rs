@@ -25,7 +25,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch::<Image>(&state, Some(&project), &opts, |_| true).await
+    super::watch::list_or_watch_all::<Image>(&state, Some(&project), &opts).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]

@@ -31,7 +31,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch::<Instance>(&state, Some(&project), &opts, |_| true).await
+    super::watch::list_or_watch_all::<Instance>(&state, Some(&project), &opts).await
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]

@@ -22,7 +22,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
     auth::require_system_admin(&caller)?;
-    super::watch::list_or_watch::<User>(&state, None, &opts, |_| true).await
+    super::watch::list_or_watch_all::<User>(&state, None, &opts).await
 }
 
 #[utoipa::path(post, path = "/v1/users", request_body = CreateRequest<UserSpec>, responses((status = 201, body = User)))]
@@ -203,7 +203,7 @@ pub async fn list_bindings(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch::<RoleBinding>(&state, Some(&project), &opts, |_| true).await
+    super::watch::list_or_watch_all::<RoleBinding>(&state, Some(&project), &opts).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 200, body = RoleBinding)))]

@@ -115,3 +115,20 @@ pub async fn list_or_watch<T: Object>(
     page.items.iter_mut().for_each(Object::redact);
     Ok(axum::Json(page).into_response())
 }
+
+/// `list_or_watch` without a filter: plain lists are served from the
+/// encoded cache.
+pub async fn list_or_watch_all<T: Object>(
+    state: &Arc<AppState>,
+    project: Option<&str>,
+    opts: &nimbus_api::ListOptions,
+) -> ApiResult<Response> {
+    if opts.watch == Some(true) || opts.selector.is_some() {
+        return list_or_watch::<T>(state, project, opts, |_| true).await;
+    }
+    let body = state.repo.list_json::<T>(project, opts).await?;
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
