@@ -193,7 +193,13 @@ pub async fn serve(
         listener.set_nonblocking(true)?;
         tracing::info!(%addr, cert = %cert.display(), "API listening with TLS");
         tokio::spawn(async move {
-            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
+            // TCP_NODELAY: without it the last segment of a large response
+            // waits for the client's delayed ACK (40 ms tail latencies).
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle);
             if let Err(e) = server.serve(app.into_make_service()).await {
                 tracing::error!(error = %e, "TLS listener stopped");
             }

@@ -18,6 +18,9 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
         Phase::Starting => InstancePhase::Starting,
         Phase::Running => InstancePhase::Running,
         Phase::Backoff => InstancePhase::Backoff,
+        // The workload exited by itself and the shim is unmounting: for
+        // the user it has exited (its output and exit status are final).
+        Phase::Stopping if state.finished_at.is_some() && !stop_requested => InstancePhase::Exited,
         Phase::Stopping => InstancePhase::Stopping,
         Phase::Exited if stop_requested => InstancePhase::Stopped,
         Phase::Exited => InstancePhase::Exited,

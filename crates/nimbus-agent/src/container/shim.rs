@@ -259,15 +259,28 @@ async fn run_container_loop(
         })
         .await;
         let oom_kills = oom_kill_count(&shim.spec.instance_id);
+        let exit = describe_exit(status, oom_kills, shim.spec.resources.memory_bytes, forced);
+        let may_restart =
+            !stopping && should_restart(&shim.spec, &exit, shim.state().restart_count);
+        if !may_restart {
+            // The exit is final: publish it before the container's cgroups
+            // and state are deleted, which takes a few milliseconds.
+            shim.update(|s| {
+                s.phase = Phase::Stopping;
+                s.pid = None;
+                s.finished_at = Some(Utc::now());
+                s.exit_code = exit.code;
+                s.signal = exit.signal;
+                s.oom_killed = exit.oom;
+                s.reason = Some(exit.reason.clone());
+            });
+        }
         let delete_error = delete_container(&mut run.container);
         while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
             stop_replies.push(reply);
             stopping = true;
         }
-        let exit = describe_exit(status, oom_kills, shim.spec.resources.memory_bytes, forced);
-        let restart = !stopping
-            && delete_error.is_none()
-            && should_restart(&shim.spec, &exit, shim.state().restart_count);
+        let restart = may_restart && !stopping && delete_error.is_none();
         shim.update(|s| {
             s.phase = if restart {
                 Phase::Backoff
