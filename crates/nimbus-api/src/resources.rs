@@ -429,6 +429,9 @@ pub struct InstanceStatus {
     /// User-namespace range on the host: container uid 0 is this host uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_uid: Option<u32>,
+    /// The id of the image resolved when the instance was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]

@@ -62,6 +62,9 @@ pub struct Agent {
     pub images: Arc<ImageStore>,
     /// One worker per instance, fed with the latest version of its resource.
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Instance>>>,
+    /// Images by id (resolved by the server when the instance was created),
+    /// so a launch need not ask the server again.
+    pub image_cache: Mutex<HashMap<String, nimbus_api::Image>>,
 }
 
 impl Agent {
@@ -82,6 +85,7 @@ impl Agent {
             client,
             images,
             workers: Mutex::new(HashMap::new()),
+            image_cache: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -190,6 +190,12 @@ async fn report_final(
     base: InstanceStatus,
     stop_requested: bool,
 ) {
+    let status = final_status(dir, &base, stop_requested);
+    report(agent, instance, status, false).await;
+}
+
+/// The status of an instance whose shim has ended, from its state file.
+fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> InstanceStatus {
     let mut status = match container::read_state(dir) {
         Some(s) if s.phase.is_final() => status_from_shim(&s, stop_requested),
         Some(s) => {
@@ -213,7 +219,7 @@ async fn report_final(
     };
     status.observed_generation = base.observed_generation;
     status.host_uid = base.host_uid;
-    report(agent, instance, status, false).await;
+    status
 }
 
 /// Prepare the instance directory and spawn its shim.
@@ -223,22 +229,34 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     let mut starting = instance.status.clone();
     starting.phase = InstancePhase::Starting;
     starting.reason = None;
-    let image_path = format!("/v1/projects/{project}/images/{}", instance.spec.image);
-    // Both are round trips to the server and independent of each other.
+    let key = instance.status.image_id.clone();
+    let cached = key
+        .as_ref()
+        .and_then(|k| agent.image_cache.lock().ok()?.get(k).cloned());
+    // The status report and (when not cached) the image lookup are
+    // independent round trips to the server.
     let (image, ()) = tokio::join!(
-        agent.client.get::<Image>(&image_path),
+        async {
+            match cached {
+                Some(image) => Ok(image),
+                None => fetch_image(agent, &project, &instance.spec.image).await,
+            }
+        },
         report(agent, instance, starting, false)
     );
-    let image = image.map_err(|e| format!("image {:?}: {e}", instance.spec.image))?;
-
-    let imported = nimbus_image::ImportedImage::from_api(&image.status);
-    let layers = {
-        let agent = agent.clone();
-        tokio::task::spawn_blocking(move || agent.images.layer_dirs(&imported))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?
-    };
+    let image = image?;
+    if key.as_ref().is_some_and(|k| *k != image.metadata.id) {
+        return Err(format!(
+            "image {:?} was replaced after the instance was created; create the instance again",
+            instance.spec.image
+        ));
+    }
+    let layers = layer_dirs(agent, &image)
+        .await
+        .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?;
+    if let Ok(mut cache) = agent.image_cache.lock() {
+        cache.insert(image.metadata.id.clone(), image.clone());
+    }
     {
         let _guard = idmap::ALLOCATION.lock().await;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -265,6 +283,23 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     r
 }
 
+async fn fetch_image(agent: &Agent, project: &str, name: &str) -> Result<Image, String> {
+    agent
+        .client
+        .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
+        .await
+        .map_err(|e| format!("image {name:?}: {e}"))
+}
+
+async fn layer_dirs(agent: &Arc<Agent>, image: &Image) -> Result<Vec<std::path::PathBuf>, String> {
+    let imported = nimbus_image::ImportedImage::from_api(&image.status);
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || agent.images.layer_dirs(&imported))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// Forward every state change of the shim to the server until it ends.
 fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -273,6 +308,9 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
             Ok(c) => c.subscribe_async().await,
             Err(e) => Err(e),
         };
+        // What the server already has: the subscription starts with the
+        // current state, which is usually the one just reported.
+        let mut last = base.clone();
         if let Ok(mut stream) = stream {
             while let Some(Ok(state)) = stream.next().await {
                 let mut status = status_from_shim(&state, false);
@@ -280,7 +318,10 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
                     .observed_generation
                     .max(instance.spec.restart_generation);
                 status.host_uid = base.host_uid;
-                report(&agent, &instance, status, false).await;
+                if status != last {
+                    report(&agent, &instance, status.clone(), false).await;
+                    last = status;
+                }
                 if state.phase.is_final() {
                     return;
                 }
@@ -291,7 +332,10 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
         base.observed_generation = base
             .observed_generation
             .max(instance.spec.restart_generation);
-        report_final(&agent, &instance, &dir, base, false).await;
+        let status = final_status(&dir, &base, false);
+        if status != last {
+            report(&agent, &instance, status, false).await;
+        }
     })
 }
 

@@ -288,7 +288,8 @@ async fn run_container_loop(
                 Phase::Stopping
             };
             s.pid = None;
-            s.finished_at = Some(Utc::now());
+            // Keep the time already published for a final exit.
+            s.finished_at.get_or_insert_with(Utc::now);
             s.exit_code = exit.code;
             s.signal = exit.signal;
             s.oom_killed = exit.oom;

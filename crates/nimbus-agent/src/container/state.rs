@@ -84,7 +84,11 @@ pub(crate) fn write_state(instance_dir: &Path, state: &ShimState) -> Result<(), 
     write_atomically(&instance_dir.join(STATE_FILE), &text)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
+/// Writes `bytes` to `path` through a temporary sibling and a rename, so a
+/// reader sees the old or the new content, never a mix. There is no fsync:
+/// these files describe processes that do not survive a host crash, and a
+/// file lost in one reads as "no state", which the agent reports as failed.
+/// Syncing cost several milliseconds per write on every launch.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -95,7 +99,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShimErro
     };
     let mut file = std::fs::File::create(&tmp).map_err(|e| io_err("create", e))?;
     file.write_all(bytes).map_err(|e| io_err("write", e))?;
-    file.sync_data().map_err(|e| io_err("sync", e))?;
     std::fs::rename(&tmp, path).map_err(|source| ShimError::Io {
         what: format!("rename {} to {}", tmp.display(), path.display()),
         source,

@@ -86,7 +86,8 @@ pub async fn get(
 }
 
 /// Check a spec against its image and sane bounds.
-async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> ApiResult<()> {
+/// Check a spec; returns the id of the image it names.
+async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> ApiResult<String> {
     if spec.kind != InstanceKind::Container {
         return Err(ServerError(ApiError::invalid(format!(
             "instance kind {:?} is not available yet on this Nimbus; use kind container",
@@ -153,7 +154,7 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             ))));
         }
     }
-    Ok(())
+    Ok(image.metadata.id)
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/instances", request_body = CreateRequest<InstanceSpec>,
@@ -166,7 +167,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Instance>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     validate_name("instance", &req.name).map_err(ApiError::invalid)?;
-    validate_spec(&state, &project, &req.spec).await?;
+    let image_id = validate_spec(&state, &project, &req.spec).await?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let mut spec = req.spec;
@@ -177,6 +178,7 @@ pub async fn create(
         status: InstanceStatus {
             phase: InstancePhase::Pending,
             reason: Some("waiting for the scheduler to choose a host".into()),
+            image_id: Some(image_id),
             ..Default::default()
         },
     };
@@ -201,7 +203,7 @@ pub async fn replace(
             body.metadata.name
         ))));
     }
-    validate_spec(&state, &project, &body.spec).await?;
+    let image_id = validate_spec(&state, &project, &body.spec).await?;
     let mut current: Instance = state.repo.get(Some(&project), &name).await?;
     if current.metadata.deletion_requested_at.is_some() {
         return Err(ServerError(ApiError::conflict(format!(
@@ -211,6 +213,7 @@ pub async fn replace(
     current.metadata.labels = body.metadata.labels;
     current.metadata.revision = body.metadata.revision;
     current.spec = body.spec;
+    current.status.image_id = Some(image_id);
     Ok(Json(state.repo.update(current).await?))
 }
 
@@ -348,8 +351,10 @@ pub async fn report_status(
         .repo
         .modify::<Instance, _>(Some(&project), &name, |i| {
             let deleting = i.metadata.deletion_requested_at.is_some();
+            let image_id = i.status.image_id.take();
             i.status = update.status.clone();
             i.status.host = host.clone();
+            i.status.image_id = image_id;
             if deleting {
                 i.status.phase = InstancePhase::Deleting;
             }
