@@ -5,24 +5,32 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// client → shim: bytes for the process's stdin.
 pub const STDIN: u8 = 0;
+/// shim → client: bytes the process wrote to stdout (or the terminal).
 pub const STDOUT: u8 = 1;
+/// shim → client: bytes the process wrote to stderr.
 pub const STDERR: u8 = 2;
-/// Payload: the exit code as i32 big-endian; the last frame.
+/// shim → client, last frame: the exit code as i32 BE (128+n if killed by signal n).
 pub const EXIT: u8 = 3;
-/// Payload: rows u16 BE, cols u16 BE.
+/// client → shim: terminal size, rows u16 BE then cols u16 BE.
 pub const RESIZE: u8 = 4;
+/// client → shim: no more stdin.
 pub const STDIN_EOF: u8 = 5;
 
 /// Frames larger than this are a protocol error.
 pub const MAX_FRAME: u32 = 1 << 20;
 
 /// What the client asks for; sent as the request body of the exec call.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct ExecRequest {
     pub args: Vec<String>,
+    /// `KEY=value` entries added to (or replacing) the instance's environment.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Working directory; the instance's working dir if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default)]

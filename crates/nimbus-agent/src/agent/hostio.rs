@@ -6,7 +6,7 @@ use nimbus_api::exec::ExecRequest;
 use nimbus_api::hostio::{ExecStream, HostIo};
 use nimbus_api::{ApiError, Instance};
 
-use crate::container::{self, ShimClient};
+use crate::container::ShimClient;
 
 pub struct LocalHostIo {
     pub instances_dir: PathBuf,
@@ -37,15 +37,7 @@ impl HostIo for LocalHostIo {
                 instance.metadata.name
             ))
         })?;
-        let shim_req = container::ExecRequest {
-            args: req.args.clone(),
-            env: req.env.clone(),
-            cwd: req.cwd.clone(),
-            tty: req.tty,
-            rows: req.rows,
-            cols: req.cols,
-        };
-        let (_pid, stream) = client.exec_async(&shim_req).await.map_err(|e| {
+        let (_pid, stream) = client.exec_async(req).await.map_err(|e| {
             ApiError::invalid(format!("exec in {:?} failed: {e}", instance.metadata.name))
         })?;
         Ok(Box::new(stream))

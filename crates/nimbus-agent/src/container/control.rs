@@ -22,22 +22,12 @@ pub const SOCKET_FILE: &str = "shim.sock";
 /// Longest request or response line either side accepts.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// Exec stream frame kinds.
+/// Exec stream frame kinds: the protocol of `nimbus_api::exec`, which the
+/// server relays unchanged between the CLI and the shim.
 pub mod frame {
-    /// client → shim: bytes for the process's stdin.
-    pub const STDIN: u8 = 0;
-    /// shim → client: bytes the process wrote to stdout (or the terminal).
-    pub const STDOUT: u8 = 1;
-    /// shim → client: bytes the process wrote to stderr.
-    pub const STDERR: u8 = 2;
-    /// shim → client, last frame: the exit code as i32 BE (128+n if killed by signal n).
-    pub const EXIT: u8 = 3;
-    /// client → shim: terminal size, rows u16 BE then cols u16 BE.
-    pub const RESIZE: u8 = 4;
-    /// client → shim: no more stdin.
-    pub const STDIN_EOF: u8 = 5;
+    pub use nimbus_api::exec::{EXIT, RESIZE, STDERR, STDIN, STDIN_EOF, STDOUT};
     /// Largest payload either side sends or accepts.
-    pub const MAX_PAYLOAD: usize = 1 << 20;
+    pub const MAX_PAYLOAD: usize = nimbus_api::exec::MAX_FRAME as usize;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,22 +43,8 @@ pub enum ShimRequest {
     Exec(ExecRequest),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ExecRequest {
-    pub args: Vec<String>,
-    /// `KEY=value` entries added to (or replacing) the instance's environment.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Working directory; the instance's working dir if absent.
-    #[serde(default)]
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub tty: bool,
-    #[serde(default)]
-    pub rows: Option<u16>,
-    #[serde(default)]
-    pub cols: Option<u16>,
-}
+/// What to run: the API's exec request, passed through unchanged.
+pub use nimbus_api::exec::ExecRequest;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
