@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use nimbus_api::{DesiredState, Image, Instance, InstancePhase, InstanceStatus, StatusUpdate};
+use nimbus_api::{
+    DesiredState, Image, Instance, InstancePhase, InstanceStatus, RestartMode, StatusUpdate,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -129,24 +131,29 @@ async fn step(
                 if let Some(client) = live {
                     client.stop_async(grace).await.map_err(|e| e.to_string())?;
                 }
-                let state = start(agent, instance, &dir).await?;
-                let mut status = status_from_shim(&state, false);
-                status.observed_generation = wanted_generation;
-                status.host_uid = container::spec::ShimSpec::load(&dir)
-                    .ok()
-                    .map(|s| s.id_map.host_id);
-                report(agent, instance, status.clone(), false).await;
-                if !state.phase.is_final() {
-                    tracked.subscription = Some(follow(agent.clone(), instance.clone(), status));
-                }
+                launch(agent, instance, &dir, tracked).await?;
             } else if tracked.subscription.is_none() {
                 // Adopt: after an agent restart, or a shim that ended.
                 let base = instance.status.clone();
-                if let Some(client) = live {
-                    let _ = client;
+                if live.is_some() {
                     tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
                 } else if !instance.status.phase.is_terminal() {
-                    report_final(agent, instance, &dir, base, false).await;
+                    let shim_died = container::read_state(&dir).is_none_or(|s| !s.phase.is_final());
+                    if shim_died && instance.spec.restart_policy.mode != RestartMode::Never {
+                        // The host rebooted or the shim was killed: the restart
+                        // policy asks for the workload to come back.
+                        tracing::info!(instance = %instance.metadata.name, "supervisor gone; starting again");
+                        let owned = dir.clone();
+                        tokio::task::spawn_blocking(move || {
+                            container::cleanup_instance_dir(&owned)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                        launch(agent, instance, &dir, tracked).await?;
+                    } else {
+                        report_final(agent, instance, &dir, base, false).await;
+                    }
                 }
             }
         }
@@ -180,6 +187,26 @@ async fn step(
         }
     }
     Ok(false)
+}
+
+/// Start the instance's shim, report it, and follow its state changes.
+async fn launch(
+    agent: &Arc<Agent>,
+    instance: &Instance,
+    dir: &Path,
+    tracked: &mut Tracked,
+) -> Result<(), String> {
+    let state = start(agent, instance, dir).await?;
+    let mut status = status_from_shim(&state, false);
+    status.observed_generation = instance.spec.restart_generation;
+    status.host_uid = container::spec::ShimSpec::load(dir)
+        .ok()
+        .map(|s| s.id_map.host_id);
+    report(agent, instance, status.clone(), false).await;
+    if !state.phase.is_final() {
+        tracked.subscription = Some(follow(agent.clone(), instance.clone(), status));
+    }
+    Ok(())
 }
 
 /// The shim is gone: report what its state file recorded.
