@@ -87,6 +87,10 @@ fn main() -> ExitCode {
         return run_shim(dir);
     }
     if let Command::Completions { shell } = &cli.command {
+        // SAFETY: as below, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
         clap_complete::generate(
             *shell,
             &mut Cli::command(),
@@ -95,7 +99,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(matches!(cli.command, Command::Up(_) | Command::Server(_)));
+    let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_));
+    if !daemon {
+        // A client piped into `head` should stop quietly, as other tools do.
+        // SAFETY: restoring the default disposition of SIGPIPE before any
+        // thread or runtime exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
