@@ -107,7 +107,10 @@ fn always_restarts_even_after_success() {
     inst.wait_for("two restarts", Duration::from_secs(30), |s| {
         s.restart_count >= 2
     });
-    let last = inst.client().stop(0).expect("stop");
+    let last = inst
+        .client()
+        .stop(0)
+        .unwrap_or_else(|e| panic!("stop failed: {e}; state file: {:?}", inst.state()));
     assert_eq!(last.phase, Phase::Exited);
     assert!(last.restart_count >= 2);
     let runs = inst.console_lines("stdout").len() as u32;

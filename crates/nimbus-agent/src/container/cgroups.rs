@@ -100,3 +100,27 @@ pub fn kill_and_remove(instance_id: &str, timeout: Duration) -> Result<(), ShimE
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Start a cgroup migration in a throwaway child, so that the kernel's
+/// wait for an RCU grace period (taken by the first cgroup migration after
+/// a quiet spell, 10–15 ms here) overlaps the shim's rootfs and bundle work
+/// instead of stalling libcontainer when it moves the container's first
+/// process into its cgroups. The child moves itself to the root of the pids
+/// hierarchy and exits; the shim's reaper collects it.
+pub fn warm_cgroup_migration() {
+    let procs = Path::new("/sys/fs/cgroup/pids/cgroup.procs");
+    if !procs.exists() {
+        return;
+    }
+    // SAFETY: the shim is single-threaded here; the child only writes a file
+    // and calls _exit, both safe after fork.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = std::fs::write(procs, "0");
+            // SAFETY: leaving the child without running the parent's atexit
+            // handlers or destructors.
+            unsafe { libc::_exit(0) };
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) | Err(_) => {}
+    }
+}

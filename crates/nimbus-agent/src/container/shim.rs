@@ -396,6 +396,7 @@ fn runtime_dir(dir: &Path) -> PathBuf {
 fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let spec = &shim.spec;
     let id = &spec.instance_id;
+    super::cgroups::warm_cgroup_migration();
     let rootfs = mount_rootfs(&shim.dir, spec)?;
     write_bundle(&shim.dir, spec, &rootfs)?;
     let runtime = runtime_dir(&shim.dir);
