@@ -30,7 +30,7 @@ fn parse_ms(text: &str) -> Option<f64> {
     None
 }
 
-fn wrk(url: &str, token: &str, seconds: u32, clients: u32) -> WrkResult {
+fn wrk(url: &str, token: &str, seconds: u32, clients: u32, gzip: bool) -> WrkResult {
     let threads = clients.min(2);
     let out = Command::new("wrk")
         .args([
@@ -41,6 +41,11 @@ fn wrk(url: &str, token: &str, seconds: u32, clients: u32) -> WrkResult {
             "-H",
         ])
         .arg(format!("Authorization: Bearer {token}"))
+        .args(if gzip {
+            vec!["-H", "Accept-Encoding: gzip"]
+        } else {
+            vec![]
+        })
         .arg(url)
         .output()
         .expect("run wrk");
@@ -99,9 +104,10 @@ fn main() {
         "https://127.0.0.1:{}/v1/projects/default/instances",
         cloud.port
     );
-    let get = wrk(&format!("{base}/i-0500"), &token, 10, 50);
-    let list = wrk(&format!("{base}?limit={count}"), &token, 10, 50);
-    let list_one = wrk(&format!("{base}?limit={count}"), &token, 5, 1);
+    let get = wrk(&format!("{base}/i-0500"), &token, 10, 50, false);
+    let list = wrk(&format!("{base}?limit={count}"), &token, 10, 50, false);
+    let list_gzip = wrk(&format!("{base}?limit={count}"), &token, 10, 50, true);
+    let list_one = wrk(&format!("{base}?limit={count}"), &token, 5, 1, false);
     let list_path = format!("/v1/projects/default/instances?limit={count}");
     let body = common::http(&cloud, "GET", &list_path, Some(&token), b"").1;
     println!("\n== API (wrk over TLS on loopback, sharing the 2 cores with the server)");
@@ -114,6 +120,10 @@ fn main() {
     };
     row("GET one instance, 50 clients".into(), &get);
     row(format!("LIST {count} instances, 50 clients"), &list);
+    row(
+        format!("LIST {count}, 50 clients, gzip accepted"),
+        &list_gzip,
+    );
     row(format!("LIST {count} instances, 1 client"), &list_one);
     println!(
         "list response: {} KiB; with 50 clients {:.0} MiB/s go through TLS",
@@ -125,6 +135,7 @@ fn main() {
         ("get", &get),
         ("list", &list),
         ("list, 1 client", &list_one),
+        ("list, gzip", &list_gzip),
     ] {
         if !r.errors.is_empty() {
             println!("{what}: {}", r.errors);

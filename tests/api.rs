@@ -396,6 +396,71 @@ fn api_revisions_lists_watch_and_openapi() {
     }
     assert_eq!(seen, (0..7).map(|i| format!("i{i}")).collect::<Vec<_>>());
 
+    // The same list gzip-compressed for a client that asks, and a change is
+    // seen at once (lists are cached only while the store is unchanged).
+    let gz_list = |cloud: &Cloud| -> Value {
+        use std::io::{Read, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).unwrap();
+        write!(
+            s,
+            "GET /v1/projects/default/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept-Encoding: gzip\r\nAuthorization: Bearer {}\r\n\r\n",
+            cloud.admin_token()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        let mut body = raw[split + 4..].to_vec();
+        if head.contains("transfer-encoding: chunked") {
+            let mut out = Vec::new();
+            let mut rest = &body[..];
+            loop {
+                let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+                        .unwrap();
+                if size == 0 {
+                    break;
+                }
+                out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
+                rest = &rest[nl + 2 + size + 2..];
+            }
+            body = out;
+        }
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        let _ = std::io::stdout().flush();
+        serde_json::from_str(&text).unwrap()
+    };
+    let first = gz_list(&cloud);
+    assert_eq!(first["items"].as_array().unwrap().len(), 7);
+    let body = serde_json::to_vec(&json!({
+        "name": "i7", "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}
+    }))
+    .unwrap();
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects/default/instances",
+            Some(&admin),
+            &body
+        )
+        .0,
+        201
+    );
+    let second = gz_list(&cloud);
+    assert_eq!(
+        second["items"].as_array().unwrap().len(),
+        8,
+        "the new instance is listed"
+    );
+
     // Stale revision: 409 and the stored instance is unchanged.
     let (_, b) = http(
         &cloud,

@@ -106,7 +106,7 @@ impl Repo {
         &self,
         project: Option<&str>,
         opts: &ListOptions,
-    ) -> ApiResult<Vec<u8>> {
+    ) -> ApiResult<(i64, Vec<u8>)> {
         let limit = opts.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
         let prefix = prefix::<T>(project);
         let start_after = opts.continue_token.as_ref().map(|c| format!("{prefix}{c}"));
@@ -133,7 +133,7 @@ impl Repo {
             }
         }
         out.push(b'}');
-        Ok(out)
+        Ok((page.revision, out))
     }
 
     pub async fn try_get<T: Object>(

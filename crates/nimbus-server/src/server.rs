@@ -77,6 +77,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         host_io: RwLock::new(None),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
+        list_cache: Default::default(),
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;

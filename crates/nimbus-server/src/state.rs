@@ -22,6 +22,8 @@ pub struct AppState {
     /// Imports hold it shared, garbage collection exclusively: the image
     /// store must not collect blobs an import is still writing.
     pub image_lock: tokio::sync::RwLock<()>,
+    /// Whole list responses while the store is unchanged.
+    pub list_cache: crate::api::watch::ListResponseCache,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

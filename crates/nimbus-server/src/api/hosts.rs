@@ -38,9 +38,16 @@ pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
     require_operator(&caller)?;
-    super::watch::list_or_watch_all::<Host>(&state, None, &opts).await
+    super::watch::list_or_watch_all::<Host>(
+        &state,
+        None,
+        &opts,
+        super::watch::accepts_gzip(&headers),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/hosts/{host}", responses((status = 200, body = Host)))]

@@ -23,9 +23,16 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch_all::<Image>(&state, Some(&project), &opts).await
+    super::watch::list_or_watch_all::<Image>(
+        &state,
+        Some(&project),
+        &opts,
+        super::watch::accepts_gzip(&headers),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]

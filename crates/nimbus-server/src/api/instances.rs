@@ -29,9 +29,16 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch_all::<Instance>(&state, Some(&project), &opts).await
+    super::watch::list_or_watch_all::<Instance>(
+        &state,
+        Some(&project),
+        &opts,
+        super::watch::accepts_gzip(&headers),
+    )
+    .await
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]

@@ -20,9 +20,16 @@ pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
     auth::require_system_admin(&caller)?;
-    super::watch::list_or_watch_all::<User>(&state, None, &opts).await
+    super::watch::list_or_watch_all::<User>(
+        &state,
+        None,
+        &opts,
+        super::watch::accepts_gzip(&headers),
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/users", request_body = CreateRequest<UserSpec>, responses((status = 201, body = User)))]
@@ -201,9 +208,16 @@ pub async fn list_bindings(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch_all::<RoleBinding>(&state, Some(&project), &opts).await
+    super::watch::list_or_watch_all::<RoleBinding>(
+        &state,
+        Some(&project),
+        &opts,
+        super::watch::accepts_gzip(&headers),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 200, body = RoleBinding)))]

@@ -116,19 +116,114 @@ pub async fn list_or_watch<T: Object>(
     Ok(axum::Json(page).into_response())
 }
 
-/// `list_or_watch` without a filter: plain lists are served from the
-/// encoded cache.
+/// Whether the client accepts a gzip-compressed response.
+pub fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.trim().split(';').next() == Some("gzip"))
+}
+
+/// Whole list responses by request, valid while the store revision is
+/// unchanged (any write anywhere moves it), with their gzip form made once.
+#[derive(Default)]
+pub struct ListResponseCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, CachedList>>,
+}
+
+struct CachedList {
+    revision: i64,
+    json: bytes::Bytes,
+    gzip: Option<bytes::Bytes>,
+}
+
+/// Requests remembered at most; past this the cache starts over.
+const LIST_CACHE_MAX: usize = 1024;
+
+fn gzip(data: &[u8]) -> std::io::Result<bytes::Bytes> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 8),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(data)?;
+    Ok(bytes::Bytes::from(enc.finish()?))
+}
+
+/// `list_or_watch` without a filter: plain lists are answered from the
+/// encoded-object cache, and whole responses are reused (gzipped when the
+/// client accepts it) while nothing in the store has changed.
 pub async fn list_or_watch_all<T: Object>(
     state: &Arc<AppState>,
     project: Option<&str>,
     opts: &nimbus_api::ListOptions,
+    gzip_ok: bool,
 ) -> ApiResult<Response> {
     if opts.watch == Some(true) || opts.selector.is_some() {
         return list_or_watch::<T>(state, project, opts, |_| true).await;
     }
-    let body = state.repo.list_json::<T>(project, opts).await?;
-    Response::builder()
+    let key = format!(
+        "{}|{:?}|{:?}",
+        crate::repo::prefix::<T>(project),
+        opts.limit,
+        opts.continue_token
+    );
+    let now = state.repo.store.current_revision().await?;
+    let cached = state.list_cache.entries.lock().ok().and_then(|c| {
+        c.get(&key)
+            .filter(|e| e.revision == now)
+            .map(|e| (e.json.clone(), e.gzip.clone()))
+    });
+    let (json, mut gz) = match cached {
+        Some(hit) => hit,
+        None => {
+            let (revision, body) = state.repo.list_json::<T>(project, opts).await?;
+            let json = bytes::Bytes::from(body);
+            if let Ok(mut c) = state.list_cache.entries.lock() {
+                if c.len() >= LIST_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert(
+                    key.clone(),
+                    CachedList {
+                        revision,
+                        json: json.clone(),
+                        gzip: None,
+                    },
+                );
+            }
+            (json, None)
+        }
+    };
+    let builder = Response::builder()
         .header("content-type", "application/json")
-        .body(Body::from(body))
-        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+        .header("vary", "accept-encoding");
+    let response = if gzip_ok && json.len() > 1024 {
+        let body = match gz.take() {
+            Some(b) => b,
+            None => {
+                let compressed = {
+                    let json = json.clone();
+                    tokio::task::spawn_blocking(move || gzip(&json))
+                        .await
+                        .map_err(|e| ServerError(ApiError::internal(e.to_string())))?
+                        .map_err(|e| ServerError(ApiError::internal(e.to_string())))?
+                };
+                if let Ok(mut c) = state.list_cache.entries.lock() {
+                    if let Some(e) = c.get_mut(&key) {
+                        e.gzip = Some(compressed.clone());
+                    }
+                }
+                compressed
+            }
+        };
+        builder
+            .header("content-encoding", "gzip")
+            .body(Body::from(body))
+    } else {
+        builder.body(Body::from(json))
+    };
+    response.map_err(|e| ServerError(ApiError::internal(e.to_string())))
 }
