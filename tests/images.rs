@@ -141,3 +141,126 @@ trait TakeExact: std::io::Read + Sized {
     }
 }
 impl<R: std::io::Read> TakeExact for R {}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// An OCI image layout tarball, as `skopeo copy ... oci-archive:` writes.
+fn oci_archive(layers: &[Vec<u8>], config: serde_json::Value) -> Vec<u8> {
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for layer in layers {
+        let digest = sha256_hex(layer);
+        layer_descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{digest}"), "size": layer.len()
+        }));
+        diff_ids.push(format!("sha256:{digest}"));
+        blobs.push((digest, layer.clone()));
+    }
+    let mut config = config;
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+    config["architecture"] = serde_json::json!("amd64");
+    config["os"] = serde_json::json!("linux");
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = sha256_hex(&config_bytes);
+    blobs.push((config_digest.clone(), config_bytes.clone()));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config_digest}"), "size": config_bytes.len()},
+        "layers": layer_descs
+    }))
+    .unwrap();
+    let manifest_digest = sha256_hex(&manifest);
+    blobs.push((manifest_digest.clone(), manifest.clone()));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha256:{manifest_digest}"), "size": manifest.len()}]
+    }))
+    .unwrap();
+    tar_with(|b| {
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = header(tar::EntryType::Regular, data.len() as u64);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        add("index.json", &index);
+        for (digest, data) in &blobs {
+            add(&format!("blobs/sha256/{digest}"), data);
+        }
+    })
+}
+
+#[test]
+fn oci_image_runs_with_its_default_command_and_whiteouts() {
+    let cloud = Cloud::start();
+    // Lower layer: the starter busybox root filesystem, as a tar.
+    let starter = cloud.json(&["image", "get", "busybox"]).unwrap();
+    let layer_dir = cloud.data_dir().join("images/layers").join(
+        starter["status"]["layers"][0]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layer_dir)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let base = out.stdout;
+    // Upper layer: a script, and a whiteout deleting /etc/group.
+    let upper = tar_with(|b| {
+        let script = b"echo \"greeting=$GREETING from $(cat /etc/motd)\"; ls /etc/group 2>&1\n";
+        let mut h = header(tar::EntryType::Regular, script.len() as u64);
+        b.append_data(&mut h, "hello.sh", &script[..]).unwrap();
+        let motd = b"the upper layer\n";
+        let mut h = header(tar::EntryType::Regular, motd.len() as u64);
+        b.append_data(&mut h, "etc/motd", &motd[..]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0);
+        b.append_data(&mut h, "etc/.wh.group", std::io::empty())
+            .unwrap();
+    });
+    let archive = oci_archive(
+        &[base, upper],
+        serde_json::json!({"config": {"Cmd": ["/bin/sh", "/hello.sh"], "Env": ["GREETING=oci"], "WorkingDir": "/"}}),
+    );
+    let file = cloud.data_dir().join("app.oci.tar");
+    std::fs::write(&file, archive).unwrap();
+    cloud.ok(&["image", "import", file.to_str().unwrap(), "--name", "app"]);
+    let img = cloud.json(&["image", "get", "app"]).unwrap();
+    assert_eq!(img["status"]["format"], "oci");
+    assert_eq!(img["status"]["layers"].as_array().unwrap().len(), 2);
+    // A second image with the same layers shares them: nothing new is unpacked.
+    let layer_count = || {
+        std::fs::read_dir(cloud.data_dir().join("images/layers"))
+            .unwrap()
+            .count()
+    };
+    let before = layer_count();
+    cloud.ok(&[
+        "image",
+        "import",
+        file.to_str().unwrap(),
+        "--name",
+        "app-again",
+    ]);
+    assert_eq!(layer_count(), before);
+
+    cloud.ok(&["instance", "run", "app1", "--image", "app"]);
+    cloud.wait_phase("app1", &["exited"], std::time::Duration::from_secs(60));
+    let logs = cloud.logs("app1");
+    assert!(logs.contains("greeting=oci from the upper layer"), "{logs}");
+    assert!(
+        logs.contains("No such file"),
+        "the whiteout hides /etc/group: {logs}"
+    );
+    cloud.remove_everything();
+}
