@@ -100,3 +100,73 @@ fn containers_survive_daemon_kill_and_are_readopted() {
     assert!(!alive(pid));
     cloud.remove_everything();
 }
+
+#[test]
+fn daemon_killed_mid_import_leaves_nothing_behind() {
+    use std::io::Write;
+    let mut cloud = Cloud::start();
+    let images = cloud.data_dir().join("images");
+    let listing = |dir: &std::path::Path| -> Vec<String> {
+        let mut out: Vec<String> = ["blobs/sha256", "layers", "tmp"]
+            .iter()
+            .flat_map(|sub| {
+                std::fs::read_dir(dir.join(sub))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| format!("{sub}/{}", e.file_name().to_string_lossy()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = listing(&images);
+    // Start uploading a 64 MiB root filesystem and stop a quarter of the way.
+    let total: usize = 64 << 20;
+    let mut s = std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).unwrap();
+    write!(
+        s,
+        "POST /v1/projects/default/images?name=big HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\nAuthorization: Bearer {}\r\n\r\n",
+        cloud.admin_token()
+    )
+    .unwrap();
+    let mut header = [0u8; 512];
+    let name = b"big.bin";
+    header[..name.len()].copy_from_slice(name);
+    header[100..107].copy_from_slice(b"0000644");
+    header[108..115].copy_from_slice(b"0000000");
+    header[116..123].copy_from_slice(b"0000000");
+    header[124..135].copy_from_slice(format!("{:011o}", total - 1024).as_bytes());
+    header[136..147].copy_from_slice(b"00000000000");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| *b as u32).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    s.write_all(&header).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..16 {
+        s.write_all(&chunk).unwrap();
+    }
+    // The importer is now writing into the store's staging area.
+    common::wait_until(T, "the import to be under way", || {
+        std::fs::read_dir(images.join("tmp"))
+            .ok()?
+            .next()
+            .map(|_| ())
+    });
+    cloud.kill_daemon();
+    drop(s);
+
+    cloud.spawn_daemon();
+    cloud.wait_ready();
+    assert_eq!(
+        listing(&images),
+        before,
+        "a killed import leaves nothing behind"
+    );
+    assert!(!cloud.nimbus(&["image", "get", "big"]).status.success());
+}
