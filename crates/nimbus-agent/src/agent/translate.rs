@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use nimbus_api::{Image, Instance, RestartMode};
+use nimbus_api::{Image, Instance};
 
 use crate::container::spec::{self as shim, IdMap, ShimSpec, UserSpec};
 
@@ -88,11 +88,7 @@ pub fn shim_spec(
             pids_max: instance.spec.resources.pids_max,
         },
         restart: shim::RestartPolicy {
-            policy: match instance.spec.restart_policy.mode {
-                RestartMode::Never => shim::RestartMode::Never,
-                RestartMode::OnFailure => shim::RestartMode::OnFailure,
-                RestartMode::Always => shim::RestartMode::Always,
-            },
+            policy: instance.spec.restart_policy.mode,
             max_retries: instance.spec.restart_policy.max_retries,
         },
         id_map,

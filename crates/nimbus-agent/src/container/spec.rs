@@ -48,14 +48,8 @@ pub struct Resources {
     pub pids_max: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RestartMode {
-    #[default]
-    Never,
-    OnFailure,
-    Always,
-}
+/// The API's restart modes (`never`, `on_failure`, `always`), unchanged.
+pub use nimbus_api::RestartMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RestartPolicy {
