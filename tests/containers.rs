@@ -39,7 +39,9 @@ fn container_runs_and_is_isolated() {
     let v = cloud.wait_phase("iso", &["running"], T);
     let out = common::wait_until(T, "isolation output", || {
         let l = cloud.logs("iso");
-        l.contains("IFACES=").then_some(l)
+        l.lines()
+            .any(|line| line.starts_with("IFACES="))
+            .then_some(l)
     });
     assert!(
         out.contains("Seccomp:\t2") || out.contains("Seccomp: 2"),
