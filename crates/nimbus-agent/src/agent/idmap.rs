@@ -6,19 +6,59 @@ use std::path::Path;
 
 use crate::container::spec::{IdMap, ShimSpec};
 
-/// Serialises allocation across the agent's instance workers.
-pub static ALLOCATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The range this instance already has, or the lowest free one.
-pub fn allocate(
-    instances_dir: &Path,
-    instance_dir: &Path,
+/// Hands out ranges. The set of ranges in use is read from the instance
+/// directories once, then kept in memory, so a launch does not read every
+/// other instance's spec.
+pub struct IdAllocator {
     base: u32,
     size: u32,
-) -> Result<IdMap, String> {
-    if let Ok(spec) = ShimSpec::load(instance_dir) {
-        return Ok(spec.id_map);
+    used: tokio::sync::Mutex<Option<HashSet<u32>>>,
+}
+
+impl IdAllocator {
+    pub fn new(base: u32, size: u32) -> Self {
+        IdAllocator {
+            base,
+            size,
+            used: tokio::sync::Mutex::new(None),
+        }
     }
+
+    /// The range this instance already has, or the lowest free one (now
+    /// taken until `release`).
+    pub async fn allocate(
+        &self,
+        instances_dir: &Path,
+        instance_dir: &Path,
+    ) -> Result<IdMap, String> {
+        if let Ok(spec) = ShimSpec::load(instance_dir) {
+            return Ok(spec.id_map);
+        }
+        let mut guard = self.used.lock().await;
+        let used = guard.get_or_insert_with(|| ranges_on_disk(instances_dir));
+        let max_slots = (u32::MAX - self.base) / self.size;
+        let host_id = (0..max_slots)
+            .map(|slot| self.base + slot * self.size)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| {
+                "no free user-namespace id range left on this host; remove instances".to_string()
+            })?;
+        used.insert(host_id);
+        Ok(IdMap {
+            host_id,
+            size: self.size,
+        })
+    }
+
+    /// The instance is gone: its range may be handed out again.
+    pub async fn release(&self, host_id: u32) {
+        if let Some(used) = self.used.lock().await.as_mut() {
+            used.remove(&host_id);
+        }
+    }
+}
+
+fn ranges_on_disk(instances_dir: &Path) -> HashSet<u32> {
     let mut used = HashSet::new();
     if let Ok(entries) = std::fs::read_dir(instances_dir) {
         for e in entries.flatten() {
@@ -27,34 +67,28 @@ pub fn allocate(
             }
         }
     }
-    let max_slots = (u32::MAX - base) / size;
-    (0..max_slots)
-        .map(|slot| base + slot * size)
-        .find(|id| !used.contains(id))
-        .map(|host_id| IdMap { host_id, size })
-        .ok_or_else(|| {
-            "no free user-namespace id range left on this host; remove instances".to_string()
-        })
+    used
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn fresh_instances_get_distinct_ranges() {
+    #[tokio::test]
+    async fn instances_get_distinct_ranges_and_released_ones_are_reused() {
         let root = tempfile::tempdir().unwrap();
-        let a = root.path().join("a");
-        std::fs::create_dir_all(&a).unwrap();
-        let first = allocate(root.path(), &a, 100_000, 65_536).unwrap();
-        assert_eq!(first.host_id, 100_000);
-        // Nothing saved yet for a, so b would get the same: allocation only
-        // counts ranges recorded in spec.json files.
-        let b = root.path().join("b");
-        std::fs::create_dir_all(&b).unwrap();
-        assert_eq!(
-            allocate(root.path(), &b, 100_000, 65_536).unwrap().host_id,
-            100_000
-        );
+        let ids = IdAllocator::new(100_000, 65_536);
+        let dir = |n: &str| {
+            let d = root.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let a = ids.allocate(root.path(), &dir("a")).await.unwrap();
+        let b = ids.allocate(root.path(), &dir("b")).await.unwrap();
+        assert_eq!(a.host_id, 100_000);
+        assert_eq!(b.host_id, 165_536);
+        ids.release(a.host_id).await;
+        let c = ids.allocate(root.path(), &dir("c")).await.unwrap();
+        assert_eq!(c.host_id, 100_000);
     }
 }

@@ -65,6 +65,8 @@ pub struct Agent {
     /// Images by id (resolved by the server when the instance was created),
     /// so a launch need not ask the server again.
     pub image_cache: Mutex<HashMap<String, nimbus_api::Image>>,
+    /// User-namespace id ranges of this host's instances.
+    pub ids: idmap::IdAllocator,
 }
 
 impl Agent {
@@ -81,11 +83,12 @@ impl Agent {
             None => Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),
         };
         Ok(Arc::new(Agent {
-            config,
             client,
             images,
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
+            ids: idmap::IdAllocator::new(config.id_base, config.id_range),
+            config,
         }))
     }
 
@@ -212,7 +215,7 @@ impl Agent {
             }
             let dir = entry.path();
             tracing::info!(instance_id = %id, "removing an instance that no longer exists");
-            if let Err(e) = reconcile::destroy_local(&dir, 5_000).await {
+            if let Err(e) = reconcile::destroy_local(self, &dir, 5_000).await {
                 tracing::warn!(instance_id = %id, error = %e, "could not clean up orphaned instance");
             }
         }

@@ -11,7 +11,7 @@ use nimbus_api::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{idmap, translate, Agent};
+use super::{translate, Agent};
 use crate::container::{self, Phase, ShimClient, ShimState};
 
 /// Map a shim's state to the API's status.
@@ -112,7 +112,7 @@ async fn step(
         if let Some(s) = tracked.subscription.take() {
             s.abort();
         }
-        destroy_local(&dir, grace).await?;
+        destroy_local(agent, &dir, grace).await?;
         report(agent, instance, InstanceStatus::default(), true).await;
         return Ok(true);
     }
@@ -285,14 +285,11 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
         cache.insert(image.metadata.id.clone(), image.clone());
     }
     {
-        let _guard = idmap::ALLOCATION.lock().await;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let id_map = idmap::allocate(
-            &agent.config.instances_dir(),
-            dir,
-            agent.config.id_base,
-            agent.config.id_range,
-        )?;
+        let id_map = agent
+            .ids
+            .allocate(&agent.config.instances_dir(), dir)
+            .await?;
         let spec = translate::shim_spec(instance, &image, layers, id_map);
         spec.save(dir).map_err(|e| e.to_string())?;
     }
@@ -387,7 +384,10 @@ async fn report(agent: &Agent, instance: &Instance, status: InstanceStatus, fina
 }
 
 /// Stop the shim if it runs and remove everything the instance had here.
-pub async fn destroy_local(dir: &Path, grace_ms: u64) -> Result<(), String> {
+pub async fn destroy_local(agent: &Agent, dir: &Path, grace_ms: u64) -> Result<(), String> {
+    let id_range = container::spec::ShimSpec::load(dir)
+        .ok()
+        .map(|s| s.id_map.host_id);
     if let Some(client) = shim_alive(dir) {
         if let Err(e) = client.stop_async(grace_ms).await {
             tracing::warn!(dir = %dir.display(), error = %e, "stopping the shim failed; cleaning up by force");
@@ -403,5 +403,9 @@ pub async fn destroy_local(dir: &Path, grace_ms: u64) -> Result<(), String> {
         }
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())??;
+    if let Some(host_id) = id_range {
+        agent.ids.release(host_id).await;
+    }
+    Ok(())
 }
