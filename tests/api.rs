@@ -151,6 +151,57 @@ fn api_authorisation_matrix_and_bad_input() {
         404
     );
 
+    // Reporting status into another project reveals nothing either.
+    let (s, _) = http(
+        &cloud,
+        "POST",
+        "/v1/projects/beta/instances/x/status",
+        Some(&alice),
+        br#"{"status":{}}"#,
+    );
+    assert_eq!(s, 404);
+    // The host agent's token reads images and instances, not role bindings
+    // or other projects' records.
+    let agent = std::fs::read_to_string(cloud.data_dir().join("agent.token")).unwrap();
+    let agent = agent.trim();
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/default/images/busybox",
+            Some(agent),
+            b""
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/default/rolebindings",
+            Some(agent),
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(&cloud, "GET", "/v1/projects/alpha", Some(agent), b"").0,
+        404
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects/alpha/instances",
+            Some(agent),
+            &create_instance_body("h")
+        )
+        .0,
+        404
+    );
+
     // Tenants cannot create projects, users or read hosts and the audit log.
     assert_eq!(
         http(

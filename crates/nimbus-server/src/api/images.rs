@@ -41,7 +41,7 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Image>> {
-    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
     Ok(Json(state.repo.get(Some(&project), &name).await?))
 }
 

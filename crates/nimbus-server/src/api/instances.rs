@@ -335,6 +335,10 @@ pub async fn report_status(
     Path((project, name)): Path<(String, String)>,
     JsonBody(update): JsonBody<StatusUpdate>,
 ) -> ApiResult<Response> {
+    // Users without a role in the project must not learn what exists there.
+    if !caller.is_host_agent() {
+        auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    }
     let current: Instance = state.repo.get(Some(&project), &name).await?;
     let host = current.status.host.clone();
     if !(caller.system_admin || (caller.host.is_some() && caller.host == host)) {

@@ -103,15 +103,22 @@ pub async fn delete(
             "project {project:?} still has instances or images; remove them first (`nimbus instance list --project {project}`)"
         ))));
     }
-    let bindings = state
-        .repo
-        .list::<RoleBinding>(Some(&project), &ListOptions::default(), |_| true)
-        .await?;
-    for b in bindings.items {
-        let _ = state
+    // Every binding goes, page by page: a later project of the same name
+    // must not inherit roles.
+    loop {
+        let bindings = state
             .repo
-            .delete::<RoleBinding>(Some(&project), &b.metadata.name, None)
-            .await;
+            .list::<RoleBinding>(Some(&project), &ListOptions::default(), |_| true)
+            .await?;
+        if bindings.items.is_empty() {
+            break;
+        }
+        for b in bindings.items {
+            state
+                .repo
+                .delete::<RoleBinding>(Some(&project), &b.metadata.name, None)
+                .await?;
+        }
     }
     state.repo.delete::<Project>(None, &project, None).await?;
     state.tokens.invalidate_all();

@@ -176,8 +176,8 @@ pub async fn list_or_watch_all<T: Object>(
             .filter(|e| e.revision == now)
             .map(|e| (e.json.clone(), e.gzip.clone()))
     });
-    let (json, mut gz) = match cached {
-        Some(hit) => hit,
+    let (json, mut gz, revision) = match cached {
+        Some((json, gz)) => (json, gz, now),
         None => {
             let (revision, body) = state.repo.list_json::<T>(project, opts).await?;
             let json = bytes::Bytes::from(body);
@@ -194,7 +194,7 @@ pub async fn list_or_watch_all<T: Object>(
                     },
                 );
             }
-            (json, None)
+            (json, None, revision)
         }
     };
     let builder = Response::builder()
@@ -212,8 +212,12 @@ pub async fn list_or_watch_all<T: Object>(
                         .map_err(|e| ServerError(ApiError::internal(e.to_string())))?
                 };
                 if let Ok(mut c) = state.list_cache.entries.lock() {
+                    // Only onto the entry it was made from: a newer list
+                    // may have replaced it meanwhile.
                     if let Some(e) = c.get_mut(&key) {
-                        e.gzip = Some(compressed.clone());
+                        if e.revision == revision && e.json.as_ptr() == json.as_ptr() {
+                            e.gzip = Some(compressed.clone());
+                        }
                     }
                 }
                 compressed

@@ -33,11 +33,12 @@ pub async fn record(
         None if status < 400 => "ok".into(),
         None => format!("http_{status}"),
     };
+    // Decoded as the router decodes it, so `vic%74im` is logged as `victim`.
     let project = path
         .strip_prefix("/v1/projects/")
         .and_then(|rest| rest.split('/').next())
         .filter(|p| !p.is_empty())
-        .map(str::to_string);
+        .map(percent_decode);
     let now = Utc::now();
     let record = AuditRecord {
         id: nimbus_api::meta::new_id(),
@@ -63,5 +64,36 @@ pub async fn record(
             }
         }
         Err(e) => tracing::error!(error = %e, "could not encode audit record"),
+    }
+}
+
+fn percent_decode(segment: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(hi * 16 + lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn project_segments_are_decoded_like_the_router_does() {
+        assert_eq!(super::percent_decode("vic%74im"), "victim");
+        assert_eq!(super::percent_decode("plain"), "plain");
+        assert_eq!(super::percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(super::percent_decode("end%4"), "end%4");
+        assert_eq!(super::percent_decode("x%é"), "x%é");
     }
 }

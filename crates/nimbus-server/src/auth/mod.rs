@@ -133,7 +133,8 @@ pub async fn role_in(repo: &Repo, caller: &Caller, project: &str) -> ApiResult<O
         return Ok(Some(Role::Admin));
     }
     if caller.is_host_agent() {
-        return Ok(Some(Role::Reader));
+        // Agents read only what they run (see `require_host_or_role`).
+        return Ok(None);
     }
     let binding: Option<RoleBinding> = repo.try_get(Some(project), &caller.user).await?;
     Ok(binding.map(|b| b.spec.role))
@@ -166,6 +167,27 @@ pub async fn require_role(
             Ok(r)
         }
     }
+}
+
+/// Host agents may read the images their instances need, in any project
+/// that exists; everyone else needs `min` in the project.
+pub async fn require_host_or_role(
+    repo: &Repo,
+    caller: &Caller,
+    project: &str,
+    min: Role,
+) -> ApiResult<()> {
+    if caller.is_host_agent() {
+        if repo
+            .try_get::<nimbus_api::Project>(None, project)
+            .await?
+            .is_none()
+        {
+            return Err(project_not_found(project));
+        }
+        return Ok(());
+    }
+    require_role(repo, caller, project, min).await.map(|_| ())
 }
 
 pub fn project_not_found(project: &str) -> ServerError {
