@@ -587,4 +587,102 @@ fn api_revisions_lists_watch_and_openapi() {
     .join()
     .unwrap();
     assert!(got.contains("i6"), "watch line: {got}");
+
+    // A project deleted and made again under the same name: watching its
+    // instances from revision 1 shows nothing of the earlier project.
+    cloud.ok(&["project", "create", "gamma"]);
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "gamma",
+        "--name",
+        "busybox",
+        &starter_tar(&cloud),
+    ]);
+    let old = serde_json::to_vec(&json!({"name": "old-tenant", "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}})).unwrap();
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects/gamma/instances",
+            Some(&admin),
+            &old
+        )
+        .0,
+        201
+    );
+    cloud.ok(&["instance", "rm", "old-tenant", "--project", "gamma"]);
+    cloud.ok(&["image", "rm", "busybox", "--project", "gamma"]);
+    cloud.ok(&["project", "rm", "gamma"]);
+    cloud.ok(&["project", "create", "gamma"]);
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "gamma",
+        "--name",
+        "busybox",
+        &starter_tar(&cloud),
+    ]);
+    let new = serde_json::to_vec(&json!({"name": "new-tenant", "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}})).unwrap();
+    assert_eq!(
+        http(
+            &cloud,
+            "POST",
+            "/v1/projects/gamma/instances",
+            Some(&admin),
+            &new
+        )
+        .0,
+        201
+    );
+    let token = admin.clone();
+    let sock = cloud.data_dir().join("api.sock");
+    let first = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /v1/projects/gamma/instances?watch=true&revision=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with('{') {
+                return line;
+            }
+            line.clear();
+        }
+        line
+    })
+    .join()
+    .unwrap();
+    assert!(first.contains("new-tenant"), "first event: {first}");
+    assert!(!first.contains("old-tenant"), "{first}");
+}
+
+/// The starter image's root filesystem as a tar file, for importing elsewhere.
+fn starter_tar(cloud: &Cloud) -> String {
+    let v = cloud.json(&["image", "get", "busybox"]).unwrap();
+    let layer = v["status"]["layers"][0]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let out = cloud.data_dir().join("starter.tar");
+    if !out.exists() {
+        let st = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(cloud.data_dir().join("images/layers").join(layer))
+            .arg("-cf")
+            .arg(&out)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    out.to_string_lossy().to_string()
 }

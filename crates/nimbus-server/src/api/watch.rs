@@ -103,12 +103,17 @@ pub async fn list_or_watch<T: Object>(
             Some(s) => nimbus_api::meta::parse_selector(s).map_err(ApiError::bad_request)?,
             None => Vec::new(),
         };
-        return stream::<T>(
-            state,
-            crate::repo::prefix::<T>(project),
-            opts.revision,
-            move |o| nimbus_api::meta::selector_matches(&terms, &o.metadata().labels) && filter(o),
-        )
+        // History from before this project was created belongs to an
+        // earlier project of the same name, perhaps another tenant's.
+        let mut after = opts.revision;
+        if let (Some(p), Some(requested)) = (project.filter(|_| T::PROJECT_SCOPED), after) {
+            if let Some(kv) = state.repo.store.get(&format!("/projects/{p}")).await? {
+                after = Some(requested.max(kv.create_revision));
+            }
+        }
+        return stream::<T>(state, crate::repo::prefix::<T>(project), after, move |o| {
+            nimbus_api::meta::selector_matches(&terms, &o.metadata().labels) && filter(o)
+        })
         .await;
     }
     let mut page = state.repo.list::<T>(project, opts, filter).await?;
