@@ -326,6 +326,55 @@ fn api_authorisation_matrix_and_bad_input() {
         .0 == 401)
             .then_some(())
     });
+    // An open watch ends once its caller loses the role in the project.
+    let sock = cloud.data_dir().join("api.sock");
+    let alice_token = alice.clone();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            s,
+            "GET /v1/projects/alpha/instances?watch=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {alice_token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        // The watch is open (200) before the role goes.
+        opened_tx.send(line.contains(" 200 ")).unwrap();
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(
+        opened_rx.recv().unwrap(),
+        "alice's watch opens while she has a role"
+    );
+    cloud.ok(&["role", "revoke", "alice", "--project", "alpha"]);
+    assert!(
+        watcher.join().unwrap(),
+        "the watch must end after the role is revoked"
+    );
+    assert_eq!(
+        http(
+            &cloud,
+            "GET",
+            "/v1/projects/alpha/instances",
+            Some(&alice),
+            b""
+        )
+        .0,
+        404
+    );
+
     // Token secrets never appear in responses.
     let (_, body) = http(&cloud, "GET", "/v1/tokens", Some(&admin), b"");
     assert!(!body.contains("secret_sha256"), "{body}");

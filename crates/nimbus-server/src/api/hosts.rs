@@ -46,6 +46,7 @@ pub async fn list(
         None,
         &opts,
         super::watch::accepts_gzip(&headers),
+        None,
     )
     .await
 }

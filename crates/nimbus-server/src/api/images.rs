@@ -31,6 +31,10 @@ pub async fn list(
         Some(&project),
         &opts,
         super::watch::accepts_gzip(&headers),
+        Some(super::watch::Guard {
+            caller: caller.clone(),
+            project: project.clone(),
+        }),
     )
     .await
 }

@@ -37,6 +37,10 @@ pub async fn list(
         Some(&project),
         &opts,
         super::watch::accepts_gzip(&headers),
+        Some(super::watch::Guard {
+            caller: caller.clone(),
+            project: project.clone(),
+        }),
     )
     .await
 }
@@ -79,7 +83,7 @@ pub async fn list_all(
     }
     let host = q.host.clone();
     let on_host = move |i: &Instance| host.is_none() || i.status.host == host;
-    super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host).await
+    super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host, None).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", responses((status = 200, body = Instance)))]

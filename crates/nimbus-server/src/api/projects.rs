@@ -36,11 +36,17 @@ pub async fn list(
                 .collect(),
         )
     };
-    super::watch::list_or_watch::<Project>(&state, None, &opts, move |p| {
-        visible
-            .as_ref()
-            .is_none_or(|v| v.contains(&p.metadata.name))
-    })
+    super::watch::list_or_watch::<Project>(
+        &state,
+        None,
+        &opts,
+        move |p| {
+            visible
+                .as_ref()
+                .is_none_or(|v| v.contains(&p.metadata.name))
+        },
+        None,
+    )
     .await
 }
 

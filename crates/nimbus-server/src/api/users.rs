@@ -28,6 +28,7 @@ pub async fn list(
         None,
         &opts,
         super::watch::accepts_gzip(&headers),
+        None,
     )
     .await
 }
@@ -165,9 +166,13 @@ pub async fn list_tokens(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
-    super::watch::list_or_watch::<Token>(&state, None, &opts, move |t| {
-        caller.system_admin || t.spec.user == caller.user
-    })
+    super::watch::list_or_watch::<Token>(
+        &state,
+        None,
+        &opts,
+        move |t| caller.system_admin || t.spec.user == caller.user,
+        None,
+    )
     .await
 }
 
@@ -216,6 +221,10 @@ pub async fn list_bindings(
         Some(&project),
         &opts,
         super::watch::accepts_gzip(&headers),
+        Some(super::watch::Guard {
+            caller: caller.clone(),
+            project: project.clone(),
+        }),
     )
     .await
 }

@@ -16,11 +16,23 @@ use crate::state::AppState;
 
 /// Stream events under `prefix` after `after_revision` (default: now),
 /// keeping those `filter` accepts.
+/// Who watches a project's collection: the stream ends when they lose
+/// their role in it.
+#[derive(Clone)]
+pub struct Guard {
+    pub caller: crate::auth::Caller,
+    pub project: String,
+}
+
+/// How often an open stream re-checks its caller's role.
+const ROLE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn stream<T: Object>(
     state: &Arc<AppState>,
     prefix: String,
     after_revision: Option<i64>,
     filter: impl Fn(&T) -> bool + Send + Sync + 'static,
+    guard: Option<Guard>,
 ) -> ApiResult<Response> {
     let after = match after_revision {
         Some(r) => r,
@@ -84,6 +96,22 @@ pub async fn stream<T: Object>(
         });
         futures::future::ready(bytes)
     });
+    let events = match guard {
+        None => events.boxed(),
+        Some(g) => {
+            let state = state.clone();
+            let revoked = async move {
+                loop {
+                    tokio::time::sleep(ROLE_RECHECK).await;
+                    match crate::auth::role_in(&state.repo, &g.caller, &g.project).await {
+                        Ok(Some(_)) => continue,
+                        _ => break,
+                    }
+                }
+            };
+            events.take_until(revoked).boxed()
+        }
+    };
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(events))
@@ -96,6 +124,7 @@ pub async fn list_or_watch<T: Object>(
     project: Option<&str>,
     opts: &nimbus_api::ListOptions,
     filter: impl Fn(&T) -> bool + Send + Sync + 'static,
+    guard: Option<Guard>,
 ) -> ApiResult<Response> {
     use axum::response::IntoResponse;
     if opts.watch == Some(true) {
@@ -111,9 +140,13 @@ pub async fn list_or_watch<T: Object>(
                 after = Some(requested.max(kv.create_revision));
             }
         }
-        return stream::<T>(state, crate::repo::prefix::<T>(project), after, move |o| {
-            nimbus_api::meta::selector_matches(&terms, &o.metadata().labels) && filter(o)
-        })
+        return stream::<T>(
+            state,
+            crate::repo::prefix::<T>(project),
+            after,
+            move |o| nimbus_api::meta::selector_matches(&terms, &o.metadata().labels) && filter(o),
+            guard,
+        )
         .await;
     }
     let mut page = state.repo.list::<T>(project, opts, filter).await?;
@@ -165,9 +198,10 @@ pub async fn list_or_watch_all<T: Object>(
     project: Option<&str>,
     opts: &nimbus_api::ListOptions,
     gzip_ok: bool,
+    guard: Option<Guard>,
 ) -> ApiResult<Response> {
     if opts.watch == Some(true) || opts.selector.is_some() {
-        return list_or_watch::<T>(state, project, opts, |_| true).await;
+        return list_or_watch::<T>(state, project, opts, |_| true, guard).await;
     }
     let key = format!(
         "{}|{:?}|{:?}",
