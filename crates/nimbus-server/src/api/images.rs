@@ -25,18 +25,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
-    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch_all::<Image>(
-        &state,
-        Some(&project),
-        &opts,
-        super::watch::accepts_gzip(&headers),
-        Some(super::watch::Guard {
-            caller: caller.clone(),
-            project: project.clone(),
-        }),
-    )
-    .await
+    super::watch::list_in_project::<Image>(&state, caller, project, &opts, &headers).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]

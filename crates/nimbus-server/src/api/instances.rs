@@ -31,18 +31,7 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    super::watch::list_or_watch_all::<Instance>(
-        &state,
-        Some(&project),
-        &opts,
-        super::watch::accepts_gzip(&headers),
-        Some(super::watch::Guard {
-            caller: caller.clone(),
-            project: project.clone(),
-        }),
-    )
-    .await
+    super::watch::list_in_project::<Instance>(&state, caller, project, &opts, &headers).await
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]

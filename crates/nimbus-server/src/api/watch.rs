@@ -270,3 +270,21 @@ pub async fn list_or_watch_all<T: Object>(
     };
     response.map_err(|e| ServerError(ApiError::internal(e.to_string())))
 }
+
+/// A project collection for a reader of that project: checks the role,
+/// then lists (cached, gzip when accepted) or watches until the role goes.
+pub async fn list_in_project<T: Object>(
+    state: &Arc<AppState>,
+    caller: crate::auth::Caller,
+    project: String,
+    opts: &nimbus_api::ListOptions,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    crate::auth::require_role(&state.repo, &caller, &project, nimbus_api::Role::Reader).await?;
+    let gzip_ok = accepts_gzip(headers);
+    let guard = Guard {
+        caller,
+        project: project.clone(),
+    };
+    list_or_watch_all::<T>(state, Some(&project), opts, gzip_ok, Some(guard)).await
+}
