@@ -13,6 +13,37 @@ fn token_for(cloud: &Cloud, user: &str) -> String {
     v["secret"].as_str().expect("secret").to_string()
 }
 
+/// Open a streaming GET as `token` and check it answers 200; the thread
+/// returns true when the server ends the stream within 20 s.
+fn open_stream(cloud: &Cloud, token: &str, path: &str) -> std::thread::JoinHandle<bool> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains(" 200 "),
+        "{path} opens while the role is held: {line}"
+    );
+    // A stream that keeps sending (a chatty log) must still end in time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    std::thread::spawn(move || loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return true,
+            Ok(_) if std::time::Instant::now() < deadline => continue,
+            _ => return false,
+        }
+    })
+}
+
 fn create_instance_body(name: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "name": name,
@@ -326,43 +357,52 @@ fn api_authorisation_matrix_and_bad_input() {
         .0 == 401)
             .then_some(())
     });
-    // An open watch ends once its caller loses the role in the project.
-    let sock = cloud.data_dir().join("api.sock");
-    let alice_token = alice.clone();
-    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-    let watcher = std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        write!(
-            s,
-            "GET /v1/projects/alpha/instances?watch=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {alice_token}\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        // The watch is open (200) before the role goes.
-        opened_tx.send(line.contains(" 200 ")).unwrap();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
-            }
-        }
+    // An open watch and a followed log end once their caller loses the
+    // role in the project.
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "alpha",
+        "--name",
+        "busybox",
+        &starter_tar(&cloud),
+    ]);
+    cloud.ok(&[
+        "instance",
+        "run",
+        "chatty",
+        "--project",
+        "alpha",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 1; done",
+    ]);
+    common::wait_until(std::time::Duration::from_secs(30), "chatty running", || {
+        let v = cloud
+            .json(&["instance", "get", "chatty", "--project", "alpha"])
+            .ok()?;
+        (v["status"]["phase"] == "running").then_some(())
     });
-    assert!(
-        opened_rx.recv().unwrap(),
-        "alice's watch opens while she has a role"
+    let watch = open_stream(&cloud, &alice, "/v1/projects/alpha/instances?watch=true");
+    let logs = open_stream(
+        &cloud,
+        &alice,
+        "/v1/projects/alpha/instances/chatty/logs?follow=true",
     );
     cloud.ok(&["role", "revoke", "alice", "--project", "alpha"]);
     assert!(
-        watcher.join().unwrap(),
+        watch.join().unwrap(),
         "the watch must end after the role is revoked"
     );
+    assert!(
+        logs.join().unwrap(),
+        "the followed log must end after the role is revoked"
+    );
+    cloud.ok(&["instance", "rm", "chatty", "--project", "alpha"]);
     assert_eq!(
         http(
             &cloud,

@@ -391,7 +391,14 @@ pub async fn logs(
         ApiError::unavailable("no agent can serve logs on this server; is the host agent running?")
     })?;
     let files = io.log_files(&instance).await?;
-    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow);
+    let guard = super::watch::Guard {
+        caller,
+        project: project.clone(),
+    };
+    // A followed log ends when the caller loses their role in the project.
+    use futures::StreamExt;
+    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow)
+        .take_until(super::watch::revoked(state.clone(), guard));
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
@@ -429,9 +436,22 @@ pub async fn exec(
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
     let shim = io.exec(&instance, &exec_req).await?;
+    // The session ends when the caller loses their role in the project.
+    let revoked = super::watch::revoked(
+        state.clone(),
+        super::watch::Guard {
+            caller,
+            project: project.clone(),
+        },
+    );
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim).await,
+            Ok(upgraded) => {
+                tokio::select! {
+                    _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
+                    _ = revoked => tracing::info!("exec session ended: the caller's role was revoked"),
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
         }
     });
