@@ -775,3 +775,47 @@ fn starter_tar(cloud: &Cloud) -> String {
     }
     out.to_string_lossy().to_string()
 }
+
+#[test]
+fn token_expiry_is_exact_even_while_cached() {
+    let cloud = Cloud::start();
+    cloud.ok(&["user", "create", "carol"]);
+    let bad = cloud.nimbus(&["token", "create", "--user", "carol", "--expires-in", "3w"]);
+    assert!(!bad.status.success(), "an unknown unit is refused");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"),
+        "the error says which units work: {}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let v = cloud
+        .json(&["token", "create", "--user", "carol", "--expires-in", "3s"])
+        .expect("token create");
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let expires: chrono::DateTime<chrono::Utc> = v["token"]["spec"]["expires_at"]
+        .as_str()
+        .expect("expires_at is set")
+        .parse()
+        .unwrap();
+    // Keep the token hot in the server's cache until it is refused.
+    let refused_at = loop {
+        let status = http(&cloud, "GET", "/v1/whoami", Some(&secret), b"").0;
+        let now = chrono::Utc::now();
+        if status == 401 {
+            break now;
+        }
+        assert_eq!(status, 200, "the token works until it expires");
+        assert!(
+            now < expires + chrono::Duration::seconds(5),
+            "the token still works 5 s after expiring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(refused_at >= expires, "refused before its expiry");
+    assert!(
+        refused_at < expires + chrono::Duration::milliseconds(500),
+        "refused {} ms after expiry; a cached token must stop at its expiry",
+        (refused_at - expires).num_milliseconds()
+    );
+    let list = cloud.nimbus(&["token", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("EXPIRES"));
+}
