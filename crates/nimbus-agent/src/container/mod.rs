@@ -61,7 +61,7 @@ pub mod bundle;
 mod cgroups;
 mod cleanup;
 pub mod control;
-mod daemon;
+pub(crate) mod daemon;
 pub mod exec;
 mod exec_stream;
 pub mod logs;
