@@ -73,6 +73,22 @@ pub struct KernelInfo {
     pub entry: KernelEntry,
 }
 
+/// Initrds are stored padded to whole pages (see [`ImageStore::import_kernel`]).
+const INITRD_ALIGN: u64 = 4096;
+
+/// Appends zeros up to the next page and returns the new digest and size.
+fn pad_to_pages(path: &Path, size: u64) -> std::io::Result<(String, u64)> {
+    use sha2::Digest as _;
+    let padded = size.div_ceil(INITRD_ALIGN) * INITRD_ALIGN;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(padded)?;
+    file.sync_all()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut reader = std::fs::File::open(path)?;
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), padded))
+}
+
 /// `qemu-img info --output=json`, the fields we act on.
 #[derive(Debug, Deserialize)]
 struct QemuImgInfo {
@@ -201,7 +217,14 @@ impl ImageStore {
         }
         let entry = check_kernel(&kernel_path).map_err(bad)?;
         let initrd_path = staging.path.join("initrd");
-        let (initrd_hex, initrd_size) = self.stage(&mut reader, &initrd_path)?;
+        let (mut initrd_hex, mut initrd_size) = self.stage(&mut reader, &initrd_path)?;
+        if initrd_size % INITRD_ALIGN != 0 {
+            // On microvm QEMU places the initrd so it ends at the top of RAM,
+            // where the ACPI tables are; a size that is not whole pages
+            // overwrites them. The kernel ignores zeros after the archive.
+            (initrd_hex, initrd_size) = pad_to_pages(&initrd_path, initrd_size)
+                .map_err(|e| ImageError::io("pad staged initrd", &initrd_path, e))?;
+        }
         if !self.blobs.contains(&kernel_hex) {
             self.blobs.commit(&kernel_path, &kernel_hex)?;
         }

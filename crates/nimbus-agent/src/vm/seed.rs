@@ -28,6 +28,13 @@ pub struct Seed {
     pub network_config: Option<String>,
 }
 
+/// A serial number per instance (FNV-1a of its id) instead of a constant.
+fn volume_id(instance_id: &str) -> u32 {
+    instance_id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// YAML double-quoted scalar (JSON string syntax is valid YAML).
 fn quoted(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
@@ -83,6 +90,7 @@ impl Seed {
             &mut file,
             fatfs::FormatVolumeOptions::new()
                 .volume_label(*b"cidata     ")
+                .volume_id(volume_id(&self.instance_id))
                 .fat_type(fatfs::FatType::Fat12),
         )
         .map_err(io("format"))?;
