@@ -226,6 +226,11 @@ fn validate_vm_spec(spec: &InstanceSpec, image: &Image) -> ApiResult<()> {
             ));
         }
     }
+    if spec.restart_policy.mode != RestartMode::Never {
+        return bad(format!(
+            "restart policies apply to containers for now; a {kind} runs until it powers off or is stopped; start it again with `nimbus instance start`"
+        ));
+    }
     if spec.resources.pids_max.is_some() || spec.resources.cpu_millis.is_some() {
         return bad(format!(
             "--cpus and --pids limit containers; a {kind} takes --vcpus"
