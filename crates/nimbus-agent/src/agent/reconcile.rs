@@ -329,6 +329,18 @@ async fn prepare_vm(
     dir: &Path,
 ) -> Result<(), String> {
     let accel = agent.accelerator().await;
+    let kernel_image = match instance
+        .spec
+        .vm
+        .as_ref()
+        .and_then(|v| v.kernel_image.clone())
+    {
+        Some(name) => {
+            let project = instance.metadata.project.clone().unwrap_or_default();
+            Some(fetch_image(agent, &project, &name).await?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let (agent, instance, image, dir) = (
         agent.clone(),
@@ -341,6 +353,7 @@ async fn prepare_vm(
             &dir,
             &instance,
             &image,
+            kernel_image.as_ref(),
             &agent.images,
             &accel,
             instance

@@ -33,7 +33,9 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
         Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accelerator::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    let direct_kernel = matches!(spec.boot, Boot::Kernel { .. });
+    // microvm (virtio-mmio) for kernels without a disk; a PC (virtio-pci,
+    // which distribution initramfs images carry drivers for) otherwise.
+    let direct_kernel = matches!(spec.boot, Boot::Kernel { disk: None, .. });
     match (spec.kind, direct_kernel) {
         (VmKind::Unikernel, _) => push(&["-M", "microvm,pit=off,pic=off,rtc=off,acpi=off"]),
         // Direct kernel boot of a Linux VM: microvm with ACPI (power button
@@ -54,7 +56,19 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
             kernel,
             initrd,
             cmdline,
+            disk,
         } => {
+            if let Some(overlay) = disk {
+                push(&[
+                    "-drive",
+                    &format!(
+                        "file={},if=none,id=root,format=qcow2,cache=writeback,discard=unmap",
+                        qemu_path(overlay)
+                    ),
+                    "-device",
+                    "virtio-blk-pci,drive=root",
+                ]);
+            }
             push(&["-kernel", &kernel.display().to_string()]);
             if let Some(initrd) = initrd {
                 push(&["-initrd", &initrd.display().to_string()]);
@@ -160,6 +174,7 @@ mod tests {
                 kernel: "/b/k".into(),
                 initrd: None,
                 cmdline: "exit=3".into(),
+                disk: None,
             },
         );
         s.seed = None;
@@ -210,6 +225,7 @@ mod tests {
                 kernel: "/b/k".into(),
                 initrd: Some("/b/i".into()),
                 cmdline: "quiet".into(),
+                disk: None,
             },
         );
         let (_, args) = qemu_command(&s, Path::new("/d"));
@@ -220,5 +236,25 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(append, format!("{LINUX_CMDLINE} quiet"));
         assert!(args.iter().any(|a| a == "virtio-blk-device,drive=seed"));
+    }
+
+    #[test]
+    fn kernel_with_disk_boots_a_pc_with_the_disk_first() {
+        let s = spec(
+            VmKind::Vm,
+            Boot::Kernel {
+                kernel: "/b/k".into(),
+                initrd: Some("/b/i".into()),
+                cmdline: "root=/dev/vda1".into(),
+                disk: Some("/d/root.qcow2".into()),
+            },
+        );
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let line = args.join(" ");
+        assert!(line.contains("-M q35"), "{line}");
+        let root = line.find("drive=root").expect("root disk");
+        let seed = line.find("drive=seed").expect("seed disk");
+        assert!(root < seed, "the root disk comes first (vda): {line}");
+        assert!(line.contains("root=/dev/vda1"), "{line}");
     }
 }

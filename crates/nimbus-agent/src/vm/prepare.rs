@@ -27,6 +27,7 @@ pub fn prepare_instance(
     dir: &Path,
     instance: &Instance,
     image: &Image,
+    kernel_image: Option<&Image>,
     images: &ImageStore,
     accel: &ProbeResult,
     stop_grace_ms: u64,
@@ -53,24 +54,48 @@ pub fn prepare_instance(
             .blob_path(digest)
             .map_err(|e| format!("image {:?} {what}: {e}", instance.spec.image))
     };
-    let boot = match (&image.status.disk, &image.status.kernel) {
-        (_, Some(kernel)) => Boot::Kernel {
+    let overlay_of = |disk: &nimbus_api::DiskImage| -> Result<std::path::PathBuf, String> {
+        let base = blob(&disk.digest, "disk")?;
+        let overlay = dir.join(OVERLAY_FILE);
+        if !overlay.exists() {
+            create_overlay(&base, &disk.format, &overlay, vm.disk_bytes)?;
+        }
+        Ok(overlay)
+    };
+    let boot = match (&image.status.disk, &image.status.kernel, kernel_image) {
+        (Some(disk), None, Some(kimg)) => {
+            let kernel =
+                kimg.status.kernel.as_ref().ok_or_else(|| {
+                    format!("image {:?} is not a kernel image", kimg.metadata.name)
+                })?;
+            let kblob = |digest: &str, what: &str| {
+                images
+                    .blob_path(digest)
+                    .map_err(|e| format!("image {:?} {what}: {e}", kimg.metadata.name))
+            };
+            Boot::Kernel {
+                kernel: kblob(&kernel.digest, "kernel")?,
+                initrd: match &kernel.initrd {
+                    Some(d) => Some(kblob(d, "initrd")?),
+                    None => None,
+                },
+                cmdline: instance.spec.args.join(" "),
+                disk: Some(overlay_of(disk)?),
+            }
+        }
+        (_, Some(kernel), _) => Boot::Kernel {
             kernel: blob(&kernel.digest, "kernel")?,
             initrd: match &kernel.initrd {
                 Some(d) => Some(blob(d, "initrd")?),
                 None => None,
             },
             cmdline: instance.spec.args.join(" "),
+            disk: None,
         },
-        (Some(disk), None) => {
-            let base = blob(&disk.digest, "disk")?;
-            let overlay = dir.join(OVERLAY_FILE);
-            if !overlay.exists() {
-                create_overlay(&base, &disk.format, &overlay, vm.disk_bytes)?;
-            }
-            Boot::Disk { overlay }
-        }
-        (None, None) => {
+        (Some(disk), None, None) => Boot::Disk {
+            overlay: overlay_of(disk)?,
+        },
+        (None, None, _) => {
             return Err(format!(
                 "image {:?} is neither a disk nor a kernel image",
                 instance.spec.image

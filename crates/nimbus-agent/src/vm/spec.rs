@@ -42,11 +42,14 @@ impl Accelerator {
 pub enum Boot {
     /// Firmware boots the root disk (a qcow2 overlay of the image's base).
     Disk { overlay: PathBuf },
-    /// QEMU loads the kernel (PVH or multiboot ELF) directly.
+    /// QEMU loads the kernel (PVH or multiboot ELF) directly; with `disk`,
+    /// that overlay is the guest's first disk (its root).
     Kernel {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: String,
+        #[serde(default)]
+        disk: Option<PathBuf>,
     },
 }
 

@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// VMs: cloud-init user-data file (`#cloud-config` or a `#!` script).
     #[arg(long)]
     pub user_data: Option<std::path::PathBuf>,
+    /// VMs from disk images: boot this kernel image directly, the disk as root;
+    /// the arguments after `--` are the kernel command line.
+    #[arg(long)]
+    pub kernel_image: Option<String>,
     /// VMs: HOST:GUEST, forward 127.0.0.1:HOST to the guest's TCP port (repeatable).
     #[arg(long)]
     pub forward: Vec<String>,
@@ -161,6 +165,7 @@ fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
         && a.ssh_key.is_empty()
         && a.user_data.is_none()
         && a.forward.is_empty()
+        && a.kernel_image.is_none()
     {
         return Ok(None);
     }
@@ -213,6 +218,7 @@ fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
             .map_err(anyhow::Error::msg)?,
         ssh_authorized_keys: keys,
         user_data,
+        kernel_image: a.kernel_image.clone(),
         port_forwards,
     }))
 }

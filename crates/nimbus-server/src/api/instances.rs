@@ -101,7 +101,7 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
         ))));
     };
     if spec.kind != InstanceKind::Container {
-        validate_vm_spec(spec, &image)?;
+        validate_vm_spec(state, spec, &image).await?;
         return Ok(image.metadata.id);
     }
     if spec.vm.is_some() {
@@ -180,7 +180,7 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
 /// Largest user-data accepted (cloud-init's NoCloud seed is a small disk).
 const MAX_USER_DATA_BYTES: usize = 256 << 10;
 
-fn validate_vm_spec(spec: &InstanceSpec, image: &Image) -> ApiResult<()> {
+async fn validate_vm_spec(state: &AppState, spec: &InstanceSpec, image: &Image) -> ApiResult<()> {
     let bad = |msg: String| Err(ServerError(ApiError::invalid(msg)));
     let vm = spec.vm.clone().unwrap_or_default();
     let kind = if spec.kind == InstanceKind::Vm {
@@ -213,9 +213,31 @@ fn validate_vm_spec(spec: &InstanceSpec, image: &Image) -> ApiResult<()> {
             "a unikernel gets no disk, cloud-init data or network; drop --disk, --ssh-key, --user-data and --forward".into(),
         );
     }
-    if image.status.disk.is_some() && !spec.args.is_empty() {
+    if let Some(k) = &vm.kernel_image {
+        if spec.kind != InstanceKind::Vm || image.status.disk.is_none() {
+            return bad(format!(
+                "--kernel-image boots a disk image's VM directly; image {:?} is not a disk image",
+                spec.image
+            ));
+        }
+        let project = image.metadata.project.clone().unwrap_or_default();
+        let kernel: Option<Image> = state.repo.try_get(Some(&project), k).await?;
+        match kernel {
+            Some(kimg) if kimg.status.kernel.is_some() => {}
+            Some(_) => {
+                return bad(format!(
+                    "image {k:?} is not a kernel image; import one with `nimbus image import-kernel`"
+                ))
+            }
+            None => {
+                return bad(format!(
+                    "kernel image {k:?} not found in project {project:?}; import it with `nimbus image import-kernel <vmlinux> --initrd <initrd> --name {k}`"
+                ))
+            }
+        }
+    } else if image.status.disk.is_some() && !spec.args.is_empty() {
         return bad(format!(
-            "image {:?} boots from its disk through firmware, so a kernel command line cannot be given; drop the arguments after `--`",
+            "image {:?} boots from its disk through firmware, so a kernel command line cannot be given; drop the arguments after `--` or boot a kernel with --kernel-image",
             spec.image
         ));
     }
