@@ -113,6 +113,12 @@ fn nimbus_boot(
         (shim, qemu)
     });
     delete_instance(cloud, "default", name);
+    // The next (bare) run must not share the CPU with this guest's power-off.
+    common::wait_until(
+        Duration::from_secs(60),
+        "the instance to be removed",
+        || (!dir.exists()).then_some(()),
+    );
     (elapsed, vm, rss)
 }
 

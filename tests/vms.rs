@@ -596,3 +596,138 @@ fn disk_vm_boots_from_an_overlay_that_rm_removes() {
     );
     cloud.remove_everything();
 }
+
+/// A real Debian 12 guest (debootstrap, cloud-init, sshd): cloud-init applies
+/// the hostname, the SSH key and a runcmd from the NoCloud seed, and the test
+/// logs in over SSH through a loopback port forward.
+#[test]
+fn debian_guest_applies_cloud_init_and_accepts_ssh() {
+    let dir = match build_guest("debian") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED debian_guest_applies_cloud_init_and_accepts_ssh: the Debian guest \
+                 could not be built (it needs debootstrap and the Debian mirror): {e}\n"
+            );
+            return;
+        }
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("debian manifest"))
+            .expect("manifest json");
+    let cmdline = manifest["cmdline"].as_str().expect("cmdline").to_string();
+    let cloud = Cloud::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = work.path().join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "nimbus-test", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let user_data = work.path().join("cloud-config.yaml");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\nhostname: nimbus-deb\nruncmd:\n  - echo \"RUNCMD-MARKER $(hostname) $((40+2))\" > /dev/ttyS0\n  - touch /root/runcmd-done\n",
+    )
+    .expect("user-data");
+    cloud.ok(&[
+        "image",
+        "import-disk",
+        &dir.join("debian-12.qcow2").to_string_lossy(),
+        "--name",
+        "debian-12",
+    ]);
+    cloud.ok(&[
+        "image",
+        "import-kernel",
+        &dir.join("debian-vmlinux").to_string_lossy(),
+        "--initrd",
+        &dir.join("debian-initrd.img").to_string_lossy(),
+        "--name",
+        "debian-kernel",
+    ]);
+    let port = common::free_port();
+    let mut args = vec![
+        "instance".to_string(),
+        "run".into(),
+        "deb".into(),
+        "--kind".into(),
+        "vm".into(),
+        "--image".into(),
+        "debian-12".into(),
+        "--kernel-image".into(),
+        "debian-kernel".into(),
+        "--memory".into(),
+        "1GiB".into(),
+        "--vcpus".into(),
+        "2".into(),
+        "--disk".into(),
+        "4GiB".into(),
+        "--ssh-key".into(),
+        format!("{}.pub", key.display()),
+        "--user-data".into(),
+        user_data.display().to_string(),
+        "--forward".into(),
+        format!("{port}:22"),
+        "--".into(),
+    ];
+    args.extend(cmdline.split_whitespace().map(str::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cloud.ok(&args);
+    // Under TCG a Debian boot with cloud-init takes minutes.
+    let logs = wait_log(&cloud, "deb", "RUNCMD-MARKER", Duration::from_secs(900));
+    assert!(
+        logs.contains("RUNCMD-MARKER nimbus-deb 42"),
+        "cloud-init ran the runcmd after applying the hostname: {}",
+        common::tail(&logs, 30)
+    );
+    let ssh = |cmd: &str| {
+        Command::new("ssh")
+            .args([
+                "-i",
+                &key.to_string_lossy(),
+                "-p",
+                &port.to_string(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "debian@127.0.0.1",
+                cmd,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    };
+    let out = wait_until(
+        Duration::from_secs(300),
+        "SSH login with the seeded key",
+        || {
+            let out = ssh("hostname; sudo test -f /root/runcmd-done && echo RUNCMD-DONE");
+            out.status.success().then_some(out)
+        },
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nimbus-deb"), "hostname over SSH: {text}");
+    assert!(
+        text.contains("RUNCMD-DONE"),
+        "runcmd's file over SSH: {text}"
+    );
+    let v = cloud.instance("deb");
+    assert_eq!(v["status"]["phase"], "running", "{v}");
+    cloud.ok(&["instance", "stop", "deb"]);
+    let v = cloud.wait_phase("deb", &["stopped"], Duration::from_secs(300));
+    assert!(
+        v["status"]["exit_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("powered off"),
+        "Debian powers off on the ACPI button: {v}"
+    );
+    cloud.remove_everything();
+}
