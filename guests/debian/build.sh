@@ -3,6 +3,8 @@
 # guests/lib.sh). Part of this target's cache key.
 
 debian_suite=bookworm
+debian_mirror=${NIMBUS_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+debian_security_mirror=${NIMBUS_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 # Fixed so the documented direct-boot command line (root=UUID=...) holds.
 debian_root_uuid=6e696d62-7573-4465-8269-616e31320001
 debian_disk_gib=3
@@ -26,7 +28,7 @@ build_debian() {
     echo "$final"
     return
   fi
-  log "debian: building $final (takes minutes: debootstrap downloads ~300 packages)"
+  log "debian: building $final (takes minutes: debootstrap, then ~250 packages with apt)"
   local started=$SECONDS
   begin_build debian "$key"
   tmp=$build_tmp
@@ -36,27 +38,47 @@ build_debian() {
   # fetches only what changed.
   mkdir -p "$cache/.debootstrap-debs"
 
-  log "debian: debootstrap $debian_suite from $debian_mirror into $rootfs"
+  # debootstrap lays down only the base system: its own resolver cannot
+  # follow virtual packages (python3-cryptography needs one), so everything
+  # else is installed with apt inside the new root.
+  log "debian: debootstrap $debian_suite (base system) from $debian_mirror into $rootfs"
   mkdir -p "$rootfs/etc/dpkg/dpkg.cfg.d"
   install -m 0644 "$repo/guests/debian/nodoc" "$rootfs/etc/dpkg/dpkg.cfg.d/01-nimbus-nodoc"
-  local joined
-  joined=$(
-    IFS=,
-    echo "${debian_packages[*]}"
-  )
-  debootstrap --variant=minbase --include="$joined" --cache-dir="$cache/.debootstrap-debs" \
+  debootstrap --variant=minbase --cache-dir="$cache/.debootstrap-debs" \
     "$debian_suite" "$rootfs" "$debian_mirror" 2>&1 |
     while IFS= read -r line; do
-      case "$line" in I:\ Retrieving* | I:\ Validating* | I:\ Extracting* | I:\ Unpacking* | I:\ Configuring*) ;; *) log "debian: $line" ;; esac
+      case "$line" in I:\ Retrieving* | I:\ Validating* | I:\ Extracting* | I:\ Unpacking*) ;; *) log "debian: $line" ;; esac
     done
-  [ -x "$rootfs/usr/bin/cloud-init" ] || die "debootstrap did not install cloud-init; see the messages above"
-  install -m 0644 "$repo/guests/debian/nodoc" "$rootfs/etc/dpkg/dpkg.cfg.d/01-nimbus-nodoc"
+  [ -x "$rootfs/usr/bin/apt-get" ] || die "debootstrap did not finish (no apt-get in $rootfs); see the messages above"
 
   for m in proc sys dev; do
     mount --rbind "/$m" "$rootfs/$m"
     mount --make-rslave "$rootfs/$m"
     cleanup_mounts+=("$rootfs/$m")
   done
+  # Downloaded packages are kept between builds.
+  mkdir -p "$rootfs/var/cache/apt/archives"
+  mount --bind "$cache/.debootstrap-debs" "$rootfs/var/cache/apt/archives"
+  cleanup_mounts+=("$rootfs/var/cache/apt/archives")
+  mkdir -p "$rootfs/var/cache/apt/archives/partial"
+  cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+  # No service may start inside the build root.
+  printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+  chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+  cat >"$rootfs/etc/apt/sources.list" <<SOURCES
+deb $debian_mirror $debian_suite main
+deb $debian_mirror $debian_suite-updates main
+deb $debian_security_mirror $debian_suite-security main
+SOURCES
+  log "debian: apt-get install ${debian_packages[*]}"
+  in_root apt-get update -q >/dev/null
+  in_root apt-get install -y -q --no-install-recommends "${debian_packages[@]}" 2>&1 |
+    while IFS= read -r line; do
+      case "$line" in Setting\ up* | E:* | W:* | dpkg:*) log "debian: $line" ;; esac
+    done
+  [ -x "$rootfs/usr/bin/cloud-init" ] || die "apt did not install cloud-init; see the messages above"
+  rm -f "$rootfs/usr/sbin/policy-rc.d"
+  : >"$rootfs/etc/resolv.conf"
 
   log "debian: configuring cloud-init (NoCloud), network, serial console, fstab"
   install -m 0644 "$repo/guests/debian/nimbus.cfg" "$rootfs/etc/cloud/cloud.cfg.d/90-nimbus.cfg"
@@ -75,7 +97,10 @@ build_debian() {
   [ -n "$kver" ] || die "no kernel in the Debian root"
   log "debian: initramfs for kernel $kver"
   install -m 0644 "$repo/guests/debian/initramfs-modules" "$rootfs/etc/initramfs-tools/modules"
+  install -m 0644 "$repo/guests/debian/initramfs.conf" "$rootfs/etc/initramfs-tools/conf.d/nimbus.conf"
   in_root update-initramfs -u -k "$kver" >/dev/null
+  in_root lsinitramfs "/boot/initrd.img-$kver" | grep -q '/virtio_blk.ko' ||
+    die "the Debian initramfs lacks virtio_blk; check guests/debian/initramfs-modules"
 
   log "debian: GRUB (BIOS) and its configuration"
   local cmdline="console=ttyS0,115200 tsc_early_khz=2000000 net.ifnames=0 root=UUID=$debian_root_uuid ro"
@@ -104,7 +129,7 @@ GRUB
 
   for ((i = ${#cleanup_mounts[@]} - 1; i >= 0; i--)); do umount -R "${cleanup_mounts[i]}"; done
   cleanup_mounts=()
-  in_root apt-get clean
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/archives/partial
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/tmp/* "$rootfs"/var/log/*.log \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/* "$rootfs"/usr/share/info/*
   find "$rootfs/var/log" -type f -delete
@@ -112,7 +137,7 @@ GRUB
   # Disk: MBR, one bootable ext4 partition from 1 MiB, GRUB's boot sector in
   # the MBR and its core image in the gap before the partition. No loop device
   # is needed: the filesystem is made from the directory (mke2fs -d).
-  log "debian: ext4 filesystem from the root ($(du -sh "$rootfs" | cut -f1))"
+  log "debian: ext4 filesystem from the root ($(du -shx "$rootfs" | cut -f1))"
   local part_bytes=$(((debian_disk_gib * 1024 - 1) * 1024 * 1024))
   truncate -s "$part_bytes" "$tmp/root.ext4"
   mkfs.ext4 -q -L debian-root -U "$debian_root_uuid" -d "$rootfs" "$tmp/root.ext4"
