@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2154
+# (sourced: $repo, $cache, $build_tmp and the helpers come from scripts/build-guests)
 # Helpers shared by the guest recipes in guests/*/build.sh. Sourced by
 # scripts/build-guests; part of every target's cache key, so a change here
 # rebuilds every guest.

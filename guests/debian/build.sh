@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2154
+# (sourced: $repo, $cache, $build_tmp and the helpers come from scripts/build-guests)
 # Recipe of the Debian guest, sourced by scripts/build-guests (which provides
 # log, die, ensure_deps, target_key, $repo, $cache and the helpers of
 # guests/lib.sh). Part of this target's cache key.
@@ -99,8 +101,10 @@ SOURCES
   install -m 0644 "$repo/guests/debian/initramfs-modules" "$rootfs/etc/initramfs-tools/modules"
   install -m 0644 "$repo/guests/debian/initramfs.conf" "$rootfs/etc/initramfs-tools/conf.d/nimbus.conf"
   in_root update-initramfs -u -k "$kver" >/dev/null
-  in_root lsinitramfs "/boot/initrd.img-$kver" | grep -q '/virtio_blk.ko' ||
+  in_root lsinitramfs "/boot/initrd.img-$kver" >"$tmp/initrd.list"
+  grep -q '/virtio_blk\.ko' "$tmp/initrd.list" ||
     die "the Debian initramfs lacks virtio_blk; check guests/debian/initramfs-modules"
+  rm -f "$tmp/initrd.list"
 
   log "debian: GRUB (BIOS) and its configuration"
   local cmdline="console=ttyS0,115200 tsc_early_khz=2000000 net.ifnames=0 root=UUID=$debian_root_uuid ro"

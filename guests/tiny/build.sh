@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2154
+# (sourced: $repo, $cache, $build_tmp and the helpers come from scripts/build-guests)
 # Recipe of the tiny guest, sourced by scripts/build-guests (which provides
 # log, die, ensure_deps, target_key, $repo, $cache and the helpers of
 # guests/lib.sh). Part of this target's cache key.
@@ -6,8 +8,9 @@ build_tiny() {
   local kver key final tmp root modules_dir m
   kver=$(host_kernel_version)
   ensure_deps busybox cpio xz
-  [ -x /bin/busybox ] && file_is_static /bin/busybox ||
+  if ! [ -x /bin/busybox ] || ! file_is_static /bin/busybox; then
     die "/bin/busybox is not the static busybox: install busybox-static (scripts/deps does)"
+  fi
   key=$(target_key tiny "kernel $kver $(dpkg-query -W -f='${Version}' "linux-image-$kver" 2>/dev/null)" \
     "busybox $(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null)")
   final=$cache/tiny-$key

@@ -1,3 +1,5 @@
+# shellcheck shell=bash disable=SC2154
+# (sourced: $repo, $cache, $build_tmp and the helpers come from scripts/build-guests)
 # Recipe of the unikernel guest, sourced by scripts/build-guests (which provides
 # log, die, ensure_deps, target_key, $repo, $cache and the helpers of
 # guests/lib.sh). Part of this target's cache key.
