@@ -102,7 +102,13 @@ fn nimbus_boot(
     let dir = cloud.data_dir().join("instances").join(&id);
     let t = wait_for_marker_in(&dir.join("console.log"), marker, Duration::from_secs(120));
     let elapsed = t - t0;
-    let vm = VmShimSpec::load(&dir).expect("vm.json");
+    let mut vm = VmShimSpec::load(&dir).expect("vm.json");
+    // The bare run needs the seed after the instance is gone.
+    if let Some(seed) = &vm.seed {
+        let kept = cloud.data_dir().join(format!("{name}-seed.img"));
+        std::fs::copy(seed, &kept).expect("keep the seed");
+        vm.seed = Some(kept);
+    }
     let rss = measure_rss.then(|| {
         std::thread::sleep(Duration::from_secs(2));
         let state: serde_json::Value =
