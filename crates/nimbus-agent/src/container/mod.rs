@@ -73,7 +73,7 @@ mod server;
 mod shim;
 pub mod spec;
 pub mod state;
-mod trim;
+pub(crate) mod trim;
 
 pub use cleanup::{cleanup_instance_dir, spawn_shim, spawn_shim_async};
 pub use control::{

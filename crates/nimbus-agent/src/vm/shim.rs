@@ -30,6 +30,8 @@ use crate::container::state::{write_state, Phase, ShimState};
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long console output may keep arriving after QEMU exited.
 const DRAIN: Duration = Duration::from_secs(1);
+/// When the shim trims its working set a second time after the start.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// Lines of QEMU's stderr kept for the exit reason.
 const STDERR_TAIL_LINES: usize = 8;
 
@@ -352,6 +354,10 @@ pub(crate) async fn supervise(
         s.started_at = Some(Utc::now());
     });
     signal_ready(&mut ready, READY_RUNNING);
+    // Start-up code is done with: give back its clean pages, and again once
+    // the agent has subscribed (as the container shim does).
+    crate::container::trim::trim_working_set();
+    let mut trim_at = Some(Instant::now() + TRIM_AGAIN_AFTER);
 
     let mut stop_replies: Vec<oneshot::Sender<ShimState>> = Vec::new();
     let mut stop_requested = false;
@@ -392,6 +398,10 @@ pub(crate) async fn supervise(
                     let _ = kill(qemu.pid, Signal::SIGKILL);
                     forced = true;
                     kill_at = None;
+                }
+                _ = sleep_until_opt(trim_at) => {
+                    crate::container::trim::trim_working_set();
+                    trim_at = None;
                 }
             }
         },
