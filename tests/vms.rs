@@ -584,6 +584,39 @@ fn disk_vm_boots_from_an_overlay_that_rm_removes() {
         cmdline.contains("-smp 2") && cmdline.contains("-m 64M"),
         "{cmdline}"
     );
+    // The same file (inode and birth time), not a fresh overlay, after a restart.
+    let identity = |p: &Path| {
+        let m = std::fs::metadata(p).expect("overlay");
+        (std::os::unix::fs::MetadataExt::ino(&m), m.created().ok())
+    };
+    let overlay_before = identity(&dir.join("root.qcow2"));
+
+    // A QEMU crash is a failure with its reason; the disk survives it and a
+    // new QEMU starts on the same overlay.
+    // SAFETY: signalling the QEMU this test started through Nimbus.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSEGV);
+    }
+    let v = cloud.wait_phase("disk1", &["failed"], Duration::from_secs(30));
+    assert!(
+        v["status"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("QEMU was killed by signal 11"),
+        "{v}"
+    );
+    cloud.ok(&["instance", "start", "disk1"]);
+    cloud.wait_phase("disk1", &["running"], Duration::from_secs(60));
+    let pid = qemu_pid(&cloud, "disk1");
+    assert_eq!(
+        identity(&dir.join("root.qcow2")),
+        overlay_before,
+        "the overlay is kept across a restart"
+    );
+    // The image cannot be removed while a VM uses it.
+    let out = cloud.nimbus(&["image", "rm", "blank"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is used by instance"));
+
     cloud.ok(&["instance", "rm", "disk1"]);
     wait_until(Duration::from_secs(30), "QEMU to end after rm", || {
         (!pid_alive(pid)).then_some(())

@@ -193,6 +193,7 @@ pub async fn delete(
         .repo
         .list::<Instance>(Some(&project), &ListOptions::default(), |i| {
             i.spec.image == name
+                || i.spec.vm.as_ref().and_then(|v| v.kernel_image.as_deref()) == Some(&name)
         })
         .await?;
     if let Some(i) = users.items.first() {

@@ -177,6 +177,10 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
     Ok(image.metadata.id)
 }
 
+/// Guest RAM when a VM or unikernel asks for none.
+const DEFAULT_VM_MEMORY_BYTES: u64 = 512 << 20;
+const DEFAULT_UNIKERNEL_MEMORY_BYTES: u64 = 64 << 20;
+
 /// Largest user-data accepted (cloud-init's NoCloud seed is a small disk).
 const MAX_USER_DATA_BYTES: usize = 256 << 10;
 
@@ -333,6 +337,14 @@ pub async fn create(
     metadata.labels = req.labels;
     let mut spec = req.spec;
     spec.restart_generation = spec.restart_generation.max(1);
+    // The guest's RAM is fixed: record it so the scheduler counts it.
+    if spec.resources.memory_bytes.is_none() {
+        spec.resources.memory_bytes = match spec.kind {
+            InstanceKind::Container => None,
+            InstanceKind::Vm => Some(DEFAULT_VM_MEMORY_BYTES),
+            InstanceKind::Unikernel => Some(DEFAULT_UNIKERNEL_MEMORY_BYTES),
+        };
+    }
     let instance = Instance {
         metadata,
         spec,
