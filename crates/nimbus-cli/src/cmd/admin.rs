@@ -255,6 +255,7 @@ fn host_rows(items: &[Host]) -> String {
             "memory",
             "arch",
             "cgroup",
+            "vm accel",
             "instances",
             "heartbeat",
         ],
@@ -268,6 +269,11 @@ fn host_rows(items: &[Host]) -> String {
                     format_size(h.status.memory_bytes),
                     h.status.architecture.clone(),
                     h.status.cgroup.clone(),
+                    if h.status.accelerator.is_empty() {
+                        "-".into()
+                    } else {
+                        h.status.accelerator.clone()
+                    },
                     h.status.instances.to_string(),
                     age(h.status.last_heartbeat),
                 ]
@@ -285,7 +291,16 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
         }
         HostCmd::Get { name } => {
             let h: Host = client.get(&format!("/v1/hosts/{name}")).await?;
-            print(g, &h, || host_rows(std::slice::from_ref(&h)))
+            print(g, &h, || {
+                let mut out = host_rows(std::slice::from_ref(&h));
+                if !h.status.accelerator_reason.is_empty() {
+                    out.push_str(&format!(
+                        "\n\nvm accelerator: {} ({})",
+                        h.status.accelerator, h.status.accelerator_reason
+                    ));
+                }
+                out
+            })
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{audit, hosts, images, instances, projects, users};
         instances::list, instances::list_all, instances::get, instances::create, instances::replace,
         instances::start, instances::stop, instances::restart, instances::delete,
         instances::report_status, instances::logs, instances::exec,
+        instances::pause, instances::resume, instances::console,
     ),
     components(schemas(nimbus_api::error::ErrorResponse, nimbus_api::WatchEvent<nimbus_api::Instance>)),
     modifiers(&BearerAuth),
