@@ -127,8 +127,10 @@ impl ImageStore {
         for dir in [blobs.dir(), &layers_dir, &tmp_dir] {
             std::fs::create_dir_all(dir).map_err(|e| ImageError::io("create", dir, e))?;
         }
-        // Layers hold setuid binaries of other people's images: keep host users out.
-        for dir in [&layers_dir, &tmp_dir] {
+        // Layers hold setuid binaries of other people's images, blobs hold
+        // tenants' disks and kernels: keep host users out.
+        let blobs_root = root.join("blobs");
+        for dir in [&layers_dir, &tmp_dir, &blobs_root] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| ImageError::io("restrict permissions of", dir, e))?;

@@ -164,6 +164,18 @@ async fn step(
                         .map_err(|e| e.to_string())?;
                         launch(agent, instance, &dir, tracked).await?;
                     } else {
+                        if shim_died {
+                            // Nothing supervises what the shim left running
+                            // (a container's processes, a VM's QEMU): end it.
+                            let owned = dir.clone();
+                            let cleaned = tokio::task::spawn_blocking(move || {
+                                container::cleanup_instance_dir(&owned)
+                            })
+                            .await;
+                            if let Ok(Err(e)) = cleaned {
+                                tracing::warn!(instance = %instance.metadata.name, error = %e, "cleaning up after a dead supervisor");
+                            }
+                        }
                         report_final(agent, instance, &dir, base, false).await;
                     }
                 }
@@ -241,6 +253,7 @@ fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> Inst
             let mut st = status_from_shim(&s, stop_requested);
             st.phase = InstancePhase::Failed;
             st.pid = None;
+            st.qemu_pid = None;
             st.reason =
                 Some("the instance's shim is gone (host reboot or crash); start it again".into());
             st
@@ -414,6 +427,16 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
             }
         }
         // The shim closed the stream: it has exited; its state file says how.
+        // A shim that died without recording an end leaves its workload (a
+        // container's processes, a VM's QEMU) unsupervised: end it.
+        if container::read_state(&dir).is_some_and(|s| !s.phase.is_final()) {
+            let owned = dir.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || container::cleanup_instance_dir(&owned)).await
+            {
+                tracing::warn!(instance = %instance.metadata.name, error = %e, "cleaning up after a dead shim");
+            }
+        }
         let mut base = base;
         base.observed_generation = base
             .observed_generation

@@ -30,6 +30,29 @@ pub fn instance_cgroup_dirs(instance_id: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// Makes the instance's pids cgroup (`nimbus/<id>` in the v1 pids hierarchy,
+/// or under the v2 root) for a workload not run by libcontainer (QEMU), with
+/// `pids.max` set, and returns its `cgroup.procs` path: the workload joins
+/// it before exec, so cleanup finds and kills it by membership even when its
+/// supervisor is gone.
+pub fn create_tracking_cgroup(
+    instance_id: &str,
+    pids_max: u32,
+) -> Result<std::ffi::CString, ShimError> {
+    let relative = Path::new("nimbus").join(instance_id);
+    let v1 = Path::new(CGROUP_ROOT).join("pids");
+    let dir = if v1.join("cgroup.procs").exists() {
+        v1.join(&relative)
+    } else {
+        Path::new(CGROUP_ROOT).join(&relative)
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ShimError::Cgroup(format!("create {}: {e}", dir.display())))?;
+    let _ = std::fs::write(dir.join("pids.max"), pids_max.to_string());
+    std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())
+        .map_err(|e| ShimError::Cgroup(e.to_string()))
+}
+
 /// How many processes the kernel OOM-killed in the instance's memory cgroup.
 pub fn oom_kill_count(instance_id: &str) -> u64 {
     let relative = Path::new("nimbus").join(instance_id);

@@ -108,9 +108,8 @@ impl ConsoleLog {
 }
 
 fn open_append(path: &Path) -> Result<File, ShimError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
+    // Workload output is the tenant's: root only.
+    std::os::unix::fs::OpenOptionsExt::mode(OpenOptions::new().create(true).append(true), 0o600)
         .open(path)
         .map_err(|source| ShimError::Io {
             what: format!("open console log {}", path.display()),

@@ -58,7 +58,7 @@
 //! on the way must be searchable by others (mode `o+x`); the shim checks and says so.
 
 pub mod bundle;
-mod cgroups;
+pub(crate) mod cgroups;
 mod cleanup;
 pub mod control;
 pub(crate) mod daemon;

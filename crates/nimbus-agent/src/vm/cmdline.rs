@@ -119,7 +119,9 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
             .iter()
             .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
             .collect();
-        push(&["-netdev", &format!("user,id=net0{fwd}")]);
+        // `restrict=on`: the guest reaches nothing outside (not the host's
+        // loopback, not other networks); only the forwards reach it.
+        push(&["-netdev", &format!("user,id=net0,restrict=on{fwd}")]);
         push(&["-device", &format!("{nic},netdev=net0")]);
     }
     if spec.kind == VmKind::Unikernel {

@@ -1,6 +1,7 @@
 //! The agent's half: from an API instance and its image to a ready instance
 //! directory (overlay, seed, `vm.json`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -170,6 +171,10 @@ fn create_overlay(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    // The guest's disk is the tenant's data: root only (QEMU opens it
+    // before dropping to its unprivileged user).
+    std::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", overlay.display()))?;
     Ok(())
 }
 

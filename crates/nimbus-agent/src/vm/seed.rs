@@ -8,6 +8,7 @@
 //! user-data, a `#cloud-config` with `ssh_authorized_keys` carries them too.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::container::ShimError;
@@ -83,6 +84,7 @@ impl Seed {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)
             .map_err(io("create"))?;
         file.set_len(SEED_BYTES).map_err(io("size"))?;

@@ -197,11 +197,21 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
         .stderr(std::process::Stdio::piped())
         .current_dir(&shim.dir)
         .kill_on_drop(false);
-    // SAFETY: prctl is async-signal-safe; the child runs nothing else before exec.
+    // QEMU joins the instance's pids cgroup before exec. The parent-death
+    // signal below is cleared when QEMU drops to its unprivileged user, so
+    // the cgroup is what lets cleanup find and kill a QEMU whose shim died.
+    let procs = crate::container::cgroups::create_tracking_cgroup(&shim.spec.instance_id, 4096)
+        .map_err(|e| format!("cannot make the VM's cgroup: {e}"))?;
+    // SAFETY: open, write, close and prctl are async-signal-safe and use no
+    // allocation; the child runs nothing else before exec.
     unsafe {
-        cmd.pre_exec(|| {
-            // QEMU must not outlive its supervisor: nobody would hold its
-            // console or record its exit.
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            // Until QEMU changes user, it also dies with its supervisor.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             Ok(())
         });

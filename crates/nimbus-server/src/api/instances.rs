@@ -307,9 +307,9 @@ async fn validate_vm_spec(state: &AppState, spec: &InstanceSpec, image: &Image) 
     }
     let mut seen = std::collections::BTreeSet::new();
     for f in &vm.port_forwards {
-        if f.host_port == 0 || f.guest_port == 0 || !seen.insert(f.host_port) {
+        if f.host_port < 1024 || f.guest_port == 0 || !seen.insert(f.host_port) {
             return bad(format!(
-                "port forward {}:{} is invalid; give distinct non-zero HOST:GUEST ports",
+                "port forward {}:{} is invalid; give distinct HOST:GUEST ports with HOST from 1024 up",
                 f.host_port, f.guest_port
             ));
         }
@@ -561,9 +561,22 @@ pub async fn console(
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve consoles on this server"))?;
     let shim = io.console(&instance).await?;
+    // The console (often a root shell) ends when the caller loses their role.
+    let revoked = super::watch::revoked(
+        state.clone(),
+        super::watch::Guard {
+            caller,
+            project: project.clone(),
+        },
+    );
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim).await,
+            Ok(upgraded) => {
+                tokio::select! {
+                    _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
+                    _ = revoked => tracing::info!("console session ended: the caller's role was revoked"),
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "console upgrade failed"),
         }
     });
