@@ -264,6 +264,23 @@ fn vm_images_are_validated_at_import_and_rejects_leave_nothing() {
         ],
         &["backing file", "qemu-img convert"],
     );
+    // A VMDK descriptor naming a host file is never opened as such.
+    let vmdk = work.path().join("sneaky.img");
+    std::fs::write(
+        &vmdk,
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/shadow\" 0\n",
+    )
+    .expect("write");
+    reject(
+        &[
+            "image",
+            "import-disk",
+            &vmdk.to_string_lossy(),
+            "--name",
+            "v",
+        ],
+        &["vmdk", "qemu-img convert"],
+    );
     reject(
         &[
             "image",

@@ -265,12 +265,107 @@ impl ImageStore {
     }
 }
 
-fn qemu_img_info(path: &Path) -> Result<QemuImgInfo, String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(path)
-        .output()
+/// The format by the file's own first bytes: qcow2 by its magic, anything
+/// else raw. qemu-img is then told the format instead of probing it, so an
+/// uploaded VMDK or other descriptor never makes it open host paths.
+fn sniff_format(path: &Path) -> Result<&'static str, String> {
+    let mut head = [0u8; 64];
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the staged disk: {e}"))?;
+    let n = f
+        .read(&mut head)
+        .map_err(|e| format!("cannot read the staged disk: {e}"))?;
+    let head = &head[..n];
+    let other = [
+        (&b"KDMV"[..], "vmdk"),
+        (&b"# Disk DescriptorFile"[..], "vmdk"),
+        (&b"vhdxfile"[..], "vhdx"),
+        (&b"QED\0"[..], "qed"),
+        (&b"conectix"[..], "vpc"),
+        (&b"<<< "[..], "vdi"),
+    ];
+    if let Some((_, name)) = other.iter().find(|(m, _)| head.starts_with(m)) {
+        return Err(format!(
+            "its format is {name}; convert it with `qemu-img convert -O qcow2 FILE out.qcow2`"
+        ));
+    }
+    Ok(if head.starts_with(b"QFI\xfb") {
+        "qcow2"
+    } else {
+        "raw"
+    })
+}
+
+/// Run a qemu-img command on untrusted input with bounded memory, CPU time
+/// and wall-clock time.
+fn run_qemu_img(mut cmd: Command) -> Result<std::process::Output, String> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mem = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            let cpu = libc::rlimit {
+                rlim_cur: 60,
+                rlim_max: 60,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &mem);
+            libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let reader = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        if let Some(s) = out.as_mut() {
+            let _ = s.read_to_end(&mut o);
+        }
+        o
+    });
+    let mut e = Vec::new();
+    let err_reader = std::thread::spawn(move || {
+        if let Some(s) = err.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        e
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(
+                    "qemu-img did not finish within 120 s; the file is not a usable disk image"
+                        .into(),
+                );
+            }
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+fn qemu_img_info(path: &Path) -> Result<QemuImgInfo, String> {
+    let format = sniff_format(path)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "--output=json", "-f", format]).arg(path);
+    let out = run_qemu_img(cmd)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let err = err.trim().replace(&path.display().to_string(), "the file");
@@ -285,11 +380,10 @@ fn qemu_img_info(path: &Path) -> Result<QemuImgInfo, String> {
 /// `qemu-img check`: 0 clean, 3 only leaked clusters (harmless), 2 corrupt,
 /// 1 the check itself failed.
 fn qemu_img_check(path: &Path) -> Result<(), String> {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", "--output=json"])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["check", "-f", "qcow2", "--output=json"])
+        .arg(path);
+    let out = run_qemu_img(cmd)?;
     match out.status.code() {
         Some(0) | Some(3) => Ok(()),
         Some(2) => {

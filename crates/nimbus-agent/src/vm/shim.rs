@@ -133,15 +133,22 @@ pub(crate) fn describe_exit(
         let reason = match shutdown_reason {
             _ if stop_requested => "the guest powered off on request".to_string(),
             Some("guest-shutdown") | None => "the guest powered off".to_string(),
-            Some("guest-reset") => "the guest rebooted; unikernels do not restart".to_string(),
+            Some("guest-reset") => {
+                "the guest reset (a unikernel's triple fault, or a reboot where reboots end the VM)"
+                    .to_string()
+            }
+            Some("host-signal") => "QEMU was ended by a signal from outside Nimbus".to_string(),
             Some("guest-panic") => "the guest kernel panicked".to_string(),
             Some(other) => format!("QEMU shut down ({other})"),
         };
-        let phase = if shutdown_reason == Some("guest-panic") {
-            Phase::Failed
-        } else {
-            Phase::Exited
-        };
+        // A reset nobody asked for (a unikernel's triple fault) or QEMU ended
+        // by a signal Nimbus did not send is a failure, not a clean exit.
+        let failed = !stop_requested
+            && matches!(
+                shutdown_reason,
+                Some("guest-panic") | Some("guest-reset") | Some("host-signal")
+            );
+        let phase = if failed { Phase::Failed } else { Phase::Exited };
         return VmExit {
             phase,
             exit_code: Some(0),
@@ -191,6 +198,10 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
         .try_clone()
         .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
     let mut cmd = tokio::process::Command::new(&program);
+    // QEMU gets no part of the daemon's environment (tokens, proxies).
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LANG", "C.UTF-8");
     cmd.args(&args)
         .stdin(std::process::Stdio::from(theirs_in))
         .stdout(std::process::Stdio::from(theirs))
@@ -416,6 +427,21 @@ pub(crate) async fn supervise(
             }
         },
     };
+    // QEMU sends SHUTDOWN (with its reason) just before it exits; the exit
+    // usually wins the race above, so read what is still queued.
+    if shutdown_reason.is_none() {
+        let drain = async {
+            while let Some(event) = next_event_or_end(&mut qmp).await {
+                if let QmpEvent::Shutdown { reason, .. } = event {
+                    return Some(reason);
+                }
+            }
+            None
+        };
+        if let Ok(reason) = tokio::time::timeout(Duration::from_millis(200), drain).await {
+            shutdown_reason = reason;
+        }
+    }
     drop(qmp);
     let _ = tokio::time::timeout(DRAIN, serial_task).await;
     if let Some(t) = stderr_task {
@@ -511,6 +537,14 @@ fn start_console_pumps(
         }
         splitter.finish(|line| log.borrow_mut().write_line(Stream::Stdout, line));
     }))
+}
+
+/// The next event, or `None` once QMP is closed (never pending forever).
+async fn next_event_or_end(qmp: &mut Option<Qmp>) -> Option<QmpEvent> {
+    match qmp {
+        Some(q) => q.next_event().await.ok(),
+        None => None,
+    }
 }
 
 async fn next_event(qmp: &mut Option<Qmp>) -> Option<QmpEvent> {
@@ -677,5 +711,47 @@ mod tests {
         let e = describe_exit(VmKind::Vm, None, Some(9), true, true, None, "");
         assert_eq!(e.phase, Phase::Exited);
         assert!(e.reason.contains("did not power off"), "{}", e.reason);
+    }
+
+    #[test]
+    fn unasked_resets_and_outside_signals_are_failures() {
+        let reset = |stop| {
+            describe_exit(
+                VmKind::Unikernel,
+                Some(0),
+                None,
+                stop,
+                false,
+                Some("guest-reset"),
+                "",
+            )
+        };
+        assert_eq!(reset(false).phase, Phase::Failed);
+        assert!(reset(false).reason.contains("triple fault"));
+        let e = describe_exit(
+            VmKind::Vm,
+            Some(0),
+            None,
+            false,
+            false,
+            Some("host-signal"),
+            "",
+        );
+        assert_eq!(e.phase, Phase::Failed);
+        assert!(e.reason.contains("outside Nimbus"), "{}", e.reason);
+        let e = describe_exit(
+            VmKind::Vm,
+            Some(0),
+            None,
+            true,
+            false,
+            Some("host-qmp-quit"),
+            "",
+        );
+        assert_eq!(
+            e.phase,
+            Phase::Exited,
+            "a stop Nimbus asked for is a clean exit"
+        );
     }
 }
