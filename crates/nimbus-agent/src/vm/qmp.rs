@@ -20,6 +20,9 @@ use tokio::net::UnixStream;
 /// Longest line accepted from QEMU (replies here are small).
 const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// How long a command (or the greeting) may take before QEMU counts as hung.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("QMP socket {path}: {source}")]
@@ -32,6 +35,8 @@ pub enum QmpError {
     Closed(String),
     #[error("QMP protocol: {0}")]
     Protocol(String),
+    #[error("QEMU did not answer {0} within {1:?}: it is hung; stop the instance (it is killed after its grace period)")]
+    Timeout(String, Duration),
     /// QEMU refused the command (`{"error": {"class", "desc"}}`).
     #[error("QEMU refused {command}: {class}: {desc}")]
     Command {
@@ -104,7 +109,12 @@ impl Qmp {
             events: VecDeque::new(),
             next_id: 1,
         };
-        let greeting = qmp.read_message().await?;
+        let greeting = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + COMMAND_TIMEOUT),
+            qmp.read_message(),
+        )
+        .await
+        .map_err(|_| QmpError::Timeout("the QMP greeting".into(), COMMAND_TIMEOUT))??;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Protocol(format!(
                 "expected the QMP greeting, got {greeting}"
@@ -134,8 +144,19 @@ impl Qmp {
             .map_err(|e| QmpError::Protocol(format!("not JSON: {e}: {line:.200}")))
     }
 
-    /// Runs `command` and decodes its `return` value.
+    /// Runs `command` and decodes its `return` value; a QEMU that does not
+    /// answer within [`COMMAND_TIMEOUT`] is an error, never a hang.
     pub async fn execute<R: DeserializeOwned>(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<R, QmpError> {
+        tokio::time::timeout(COMMAND_TIMEOUT, self.execute_untimed(command, arguments))
+            .await
+            .map_err(|_| QmpError::Timeout(command.to_string(), COMMAND_TIMEOUT))?
+    }
+
+    async fn execute_untimed<R: DeserializeOwned>(
         &mut self,
         command: &str,
         arguments: Option<Value>,

@@ -527,11 +527,10 @@ fn start_console_pumps(
             let attached = shim.console_out.borrow().clone();
             if let Some(tx) = attached {
                 if tx.try_send(chunk.to_vec()).is_err() {
-                    // A client that does not read is detached rather than
-                    // allowed to stall the guest's console.
-                    if tx.is_closed() {
-                        shim.console_out.borrow_mut().take();
-                    }
+                    // A client that has gone, or does not read (its queue
+                    // is full), is detached rather than allowed to stall the
+                    // guest's console or hold it from everyone else.
+                    shim.console_out.borrow_mut().take();
                 }
             }
         }
