@@ -403,6 +403,19 @@ fn unikernel_exit_status_becomes_the_instance_exit_code() {
     let v = cloud.wait_phase("uk0", &["exited", "failed"], Duration::from_secs(60));
     assert_eq!(v["status"]["phase"], "exited", "{v}");
     assert_eq!(v["status"]["exit_code"], 0, "{v}");
+    // What a VM was made from cannot be swapped under it by a replace.
+    let mut changed = cloud.instance("uk3");
+    changed["spec"]["kind"] = "vm".into();
+    let (status, body) = common::http(
+        &cloud,
+        "PUT",
+        "/v1/projects/default/instances/uk3",
+        Some(&cloud.admin_token()),
+        &serde_json::to_vec(&changed).unwrap(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("cannot change"), "{body}");
+    assert_eq!(cloud.instance("uk3")["spec"]["kind"], "unikernel");
     // A privileged host port cannot be taken through a port forward.
     let out = cloud.nimbus(&[
         "instance",

@@ -337,14 +337,7 @@ pub async fn create(
     metadata.labels = req.labels;
     let mut spec = req.spec;
     spec.restart_generation = spec.restart_generation.max(1);
-    // The guest's RAM is fixed: record it so the scheduler counts it.
-    if spec.resources.memory_bytes.is_none() {
-        spec.resources.memory_bytes = match spec.kind {
-            InstanceKind::Container => None,
-            InstanceKind::Vm => Some(DEFAULT_VM_MEMORY_BYTES),
-            InstanceKind::Unikernel => Some(DEFAULT_UNIKERNEL_MEMORY_BYTES),
-        };
-    }
+    default_guest_memory(&mut spec);
     let instance = Instance {
         metadata,
         spec,
@@ -358,6 +351,17 @@ pub async fn create(
     let created = state.repo.create(instance).await?;
     crate::scheduler::nudge(&state);
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The guest's RAM is fixed: record it so the scheduler counts it.
+fn default_guest_memory(spec: &mut InstanceSpec) {
+    if spec.resources.memory_bytes.is_none() {
+        spec.resources.memory_bytes = match spec.kind {
+            InstanceKind::Container => None,
+            InstanceKind::Vm => Some(DEFAULT_VM_MEMORY_BYTES),
+            InstanceKind::Unikernel => Some(DEFAULT_UNIKERNEL_MEMORY_BYTES),
+        };
+    }
 }
 
 /// Replace labels and spec; `metadata.revision` must be current (409 if not).
@@ -383,9 +387,32 @@ pub async fn replace(
             "instance {name:?} is being deleted"
         ))));
     }
+    // What an instance was made from stays: its kind, and for VMs the image,
+    // boot kernel and disk the overlay was built on.
+    let (old, new) = (&current.spec, &body.spec);
+    let old_vm = old.vm.clone().unwrap_or_default();
+    let new_vm = new.vm.clone().unwrap_or_default();
+    let fixed = if old.kind != new.kind {
+        Some("kind")
+    } else if old.kind != InstanceKind::Container && old.image != new.image {
+        Some("image")
+    } else if old_vm.kernel_image != new_vm.kernel_image {
+        Some("kernel image")
+    } else if old_vm.disk_bytes != new_vm.disk_bytes {
+        Some("disk size")
+    } else {
+        None
+    };
+    if let Some(what) = fixed {
+        return Err(ServerError(ApiError::invalid(format!(
+            "the {what} of instance {name:?} cannot change; delete it and run a new one"
+        ))));
+    }
+    let mut spec = body.spec;
+    default_guest_memory(&mut spec);
     current.metadata.labels = body.metadata.labels;
     current.metadata.revision = body.metadata.revision;
-    current.spec = body.spec;
+    current.spec = spec;
     current.status.image_id = Some(image_id);
     Ok(Json(state.repo.update(current).await?))
 }
