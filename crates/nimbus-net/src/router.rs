@@ -169,6 +169,11 @@ pub fn attach_container(router: &Path, port: &PortSpec) -> Result<PathBuf> {
     let (ip, prefix, gw) = (port.ip, port.prefix_len, port.gateway);
     netns::run_in(Some(&ins), move || {
         let mut nl = Netlink::new()?;
+        // The namespace belongs to the host's user namespace, where the
+        // container's root has no capabilities: let it bind low ports and
+        // ping as any process may in a container's own namespace.
+        netns::sysctl("net.ipv4.ip_unprivileged_port_start", "0")?;
+        netns::sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
         nl.set_up("lo")?;
         nl.add_address("eth0", ip, prefix)?;
         nl.set_up("eth0")?;

@@ -161,11 +161,16 @@ pub fn router_script(r: &RouterRules) -> String {
         match &p.ingress {
             None => s.push_str("    accept\n"),
             Some(ing) => {
-                for g in &ing.own_groups {
-                    let _ = writeln!(s, "    ip saddr @{} accept", set_name(g));
-                }
-                for rule in &ing.rules {
-                    let _ = writeln!(s, "    {}", rule_line(rule));
+                let mut lines: Vec<String> = ing
+                    .own_groups
+                    .iter()
+                    .map(|g| format!("ip saddr @{} accept", set_name(g)))
+                    .chain(ing.rules.iter().map(rule_line))
+                    .collect();
+                let mut seen = std::collections::HashSet::new();
+                lines.retain(|l| seen.insert(l.clone()));
+                for l in lines {
+                    let _ = writeln!(s, "    {l}");
                 }
                 s.push_str("    drop\n");
             }
@@ -174,14 +179,24 @@ pub fn router_script(r: &RouterRules) -> String {
     }
     let _ = writeln!(
         s,
-        "  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ct state invalid drop\n    iifname \"{UPLINK}\" ct status != dnat drop"
+        "  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ct state invalid drop"
     );
-    if !r.ports.is_empty() {
-        let map: Vec<String> = r
-            .ports
-            .iter()
-            .map(|p| format!("\"{}\" : jump {}", p.link, chain_name(&p.link)))
-            .collect();
+    // From outside, only published ports (DNAT) may reach a port, and
+    // then through its ingress filter like any other traffic.
+    let map: Vec<String> = r
+        .ports
+        .iter()
+        .map(|p| format!("\"{}\" : jump {}", p.link, chain_name(&p.link)))
+        .collect();
+    if !map.is_empty() {
+        let _ = writeln!(
+            s,
+            "    iifname \"{UPLINK}\" ct status dnat oifname vmap {{ {} }}",
+            map.join(", ")
+        );
+    }
+    let _ = writeln!(s, "    iifname \"{UPLINK}\" drop");
+    if !map.is_empty() {
         let _ = writeln!(s, "    oifname vmap {{ {} }}", map.join(", "));
     }
     let _ = writeln!(
@@ -259,7 +274,7 @@ pub fn host_script(table: &str, uplinks: &[String], forwards: &[HostForward]) ->
     }
     let _ = writeln!(
         s,
-        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority dstnat; policy accept;\n{dnat}  }}"
+        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}"
     );
     let _ = writeln!(
         s,
