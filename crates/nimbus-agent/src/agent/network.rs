@@ -75,7 +75,7 @@ pub struct NetDriver {
     known: std::sync::Mutex<Known>,
     routers: tokio::sync::Mutex<HashMap<String, RouterState>>,
     ports: std::sync::Mutex<HashMap<String, PortRecord>>,
-    host_applied: std::sync::Mutex<String>,
+    host_applied: std::sync::Mutex<Option<String>>,
     wake: tokio::sync::Notify,
 }
 
@@ -436,12 +436,9 @@ impl NetDriver {
         } else {
             rules::host_script(&self.host_table, &uplinks, &host_forwards)
         };
-        let previous = self
-            .host_applied
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default();
-        if previous != host_script || previous.is_empty() && routers.is_empty() {
+        // `None`: not known yet (a fresh agent removes a stale table once).
+        let previous = self.host_applied.lock().ok().and_then(|h| h.clone());
+        if previous.as_deref() != Some(host_script.as_str()) {
             let table = self.host_table.clone();
             let s = host_script.clone();
             let result = if s.is_empty() {
@@ -452,7 +449,7 @@ impl NetDriver {
             match result {
                 Ok(()) => {
                     if let Ok(mut h) = self.host_applied.lock() {
-                        *h = host_script;
+                        *h = Some(host_script);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "applying host network rules failed"),

@@ -21,7 +21,7 @@ pub enum InstanceCmd {
     #[command(
         after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List instances of the project.
     #[command(alias = "ls")]
     List {
