@@ -184,7 +184,7 @@ struct Internet {
     name: String,
     host_if: String,
     pub addr: Ipv4Addr,
-    server: std::process::Child,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn ip(args: &[&str]) {
@@ -228,30 +228,42 @@ impl Internet {
         ]);
         ip(&["-n", &name, "link", "set", &inner_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
-        let server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &name,
-                "python3",
-                "-c",
-                "import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(s):\n  s.send_response(200); s.end_headers(); s.wfile.write(('seen '+s.client_address[0]).encode())\n def log_message(s,*a): pass\nh.HTTPServer(('0.0.0.0',80),H).serve_forever()",
-            ])
-            .spawn()
+        // The server runs on a thread of this process that joined the
+        // namespace: its listening socket stays there.
+        let listener =
+            nimbus_net::netns::run_in(Some(Path::new(&format!("/run/netns/{name}"))), move || {
+                std::net::TcpListener::bind((addr, 80))
+                    .map_err(|e| nimbus_net::NetError::io("bind the internet server", e))
+            })
             .expect("internet server");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        let mut buf = [0u8; 512];
+                        let _ = s.read(&mut buf);
+                        let _ = write!(s, "HTTP/1.0 200 OK\r\n\r\nseen {}\n", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
         Internet {
             name,
             host_if,
             addr,
-            server,
+            stop,
         }
     }
 }
 
 impl Drop for Internet {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
@@ -454,19 +466,13 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
     // dropped by the router: a foreign address, then a foreign MAC.
     let box_id = id_of(&cloud, "instance", "box", "red");
     let ns = format!("{NETNS_DIR}/ni-{box_id}");
-    let curl_from = |src: &str| -> bool {
-        let out = Command::new("nsenter")
-            .args([
-                &format!("--net={ns}"),
-                "python3",
-                "-c",
-                &format!(
-                    "import socket\ns=socket.socket(); s.settimeout(2); s.bind(('{src}',0))\ntry:\n s.connect(('{srv_ip}',80)); print('CONNECTED')\nexcept Exception as e: print('FAILED', e)"
-                ),
-            ])
-            .output()
-            .expect("nsenter");
-        String::from_utf8_lossy(&out.stdout).contains("CONNECTED")
+    let srv_addr: Ipv4Addr = srv_ip.parse().expect("srv ip");
+    let connect_from = |src: &str| -> bool {
+        let src: Ipv4Addr = src.parse().expect("source address");
+        nimbus_net::netns::run_in(Some(Path::new(&ns)), move || {
+            Ok(connect_bound(src, srv_addr, 80))
+        })
+        .unwrap_or(false)
     };
     let box_ip = cloud
         .json(&["instance", "get", "box", "--project", "red"])
@@ -474,7 +480,7 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         .as_str()
         .expect("ip")
         .to_string();
-    assert!(curl_from(&box_ip), "the real address must work");
+    assert!(connect_from(&box_ip), "the real address must work");
     let ip_cmd = |args: &[&str]| {
         let out = Command::new("nsenter")
             .arg(format!("--net={ns}"))
@@ -490,12 +496,12 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
     };
     ip_cmd(&["addr", "add", "10.30.0.250/24", "dev", "eth0"]);
     assert!(
-        !curl_from("10.30.0.250"),
+        !connect_from("10.30.0.250"),
         "a spoofed source address got through"
     );
     ip_cmd(&["addr", "del", "10.30.0.250/24", "dev", "eth0"]);
     ip_cmd(&["link", "set", "eth0", "address", "02:11:22:33:44:55"]);
-    assert!(!curl_from(&box_ip), "a spoofed MAC address got through");
+    assert!(!connect_from(&box_ip), "a spoofed MAC address got through");
 
     let nets = vec![
         id_of(&cloud, "network", "net", "red"),
@@ -648,4 +654,56 @@ fn networks_survive_kill_9_and_bad_input_changes_nothing() {
     cloud.ok(&["instance", "rm", "a"]);
     cloud.ok(&["instance", "rm", "b"]);
     assert_network_leftovers_gone(&cloud, &[net_id], &ids);
+}
+
+/// A TCP connection from `src` (bound first) to `dst:port` within 2 s.
+fn connect_bound(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> bool {
+    use std::os::fd::FromRawFd;
+    let to_sockaddr = |ip: Ipv4Addr, port: u16| {
+        // SAFETY: an all-zero sockaddr_in is valid; fields are set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = port.to_be();
+        sa.sin_addr.s_addr = u32::from(ip).to_be();
+        sa
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, wrapped at once so it is closed on return.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd is a socket we own.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = to_sockaddr(src, 0);
+    let remote = to_sockaddr(dst, port);
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: valid pointers to stack values of the sizes passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if libc::bind(
+            fd,
+            &local as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return false;
+        }
+        let ok = libc::connect(
+            fd,
+            &remote as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        ) == 0;
+        drop(stream);
+        ok
+    }
 }

@@ -34,6 +34,13 @@ pub struct Attachment {
     pub hosts_file: PathBuf,
 }
 
+/// A VM's network: its tap (pass to QEMU) and its address settings.
+#[derive(Debug)]
+pub struct VmAttachment {
+    pub tap: std::os::fd::OwnedFd,
+    pub config: nimbus_net::tap::VmNetConfig,
+}
+
 /// A port this agent made, as recorded in `<data>/net/ports/<instance id>`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PortRecord {
@@ -322,6 +329,72 @@ impl NetDriver {
             netns,
             resolv_conf,
             hosts_file,
+        }))
+    }
+
+    /// The seam for the VM driver: create the instance's tap on its
+    /// network's router (same anti-spoofing and security groups as a
+    /// container's veth; DHCP requests from the VM's MAC are let through)
+    /// and return the tap's fd for QEMU's `-netdev tap,fd=N` with the
+    /// settings for a NoCloud `network-config` (v2) or a DHCP answer.
+    /// `Ok(None)` for an instance on no network. Call [`NetDriver::detach`]
+    /// when the VM is deleted.
+    pub async fn attach_vm(
+        &self,
+        agent: &Agent,
+        instance: &Instance,
+    ) -> Result<Option<VmAttachment>, String> {
+        let Some(addr) = instance.status.addresses.first().cloned() else {
+            return Ok(None);
+        };
+        let project = instance.metadata.project.clone().unwrap_or_default();
+        let net = self.network(agent, &project, &addr.network).await?;
+        let mut routers = self.routers.lock().await;
+        self.ensure_router(&mut routers, &project, &net, &addr)
+            .await?;
+        let router_ns = names::router_netns(&net.metadata.id);
+        let port = PortSpec {
+            instance_id: instance.metadata.id.clone(),
+            ip: addr.ip,
+            prefix_len: addr.prefix_len,
+            gateway: addr.gateway,
+            mac: addr.mac.clone(),
+            mtu: router::DEFAULT_MTU,
+        };
+        self.save_port(
+            &instance.metadata.id,
+            &PortRecord {
+                network_id: net.metadata.id.clone(),
+                project: project.clone(),
+                link: names::tap_link(&instance.metadata.id),
+                ip: addr.ip,
+                mac: addr.mac.clone(),
+                vm: true,
+            },
+        )?;
+        let tap = blocking(move || router::attach_tap(&router_ns, &port))
+            .await
+            .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
+        if let Ok(mut k) = self.known.lock() {
+            k.instances
+                .insert(instance.metadata.id.clone(), instance.clone());
+        }
+        self.sync_locked(&mut routers).await;
+        Ok(Some(VmAttachment {
+            tap,
+            config: nimbus_net::tap::VmNetConfig {
+                mac: addr.mac.clone(),
+                ip: addr.ip,
+                prefix_len: addr.prefix_len,
+                gateway: addr.gateway,
+                dns: if net.spec.dns.is_empty() {
+                    vec![addr.gateway]
+                } else {
+                    net.spec.dns.clone()
+                },
+                search: net.spec.dns_search.iter().cloned().collect(),
+                mtu: router::DEFAULT_MTU,
+            },
         }))
     }
 
