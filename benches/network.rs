@@ -1,6 +1,6 @@
 //! Network benchmarks, each against a peer measured in the same run:
 //! - throughput and latency between two containers on one Nimbus network
-//!   (iperf3 and ping run in the instances' network namespaces) against a
+//!   (iperf3 and a TCP echo run in the instances' network namespaces) against a
 //!   bare veth pair between two namespaces;
 //! - what joining a network adds to a container launch (create → running,
 //!   with and without `--network`, p50);
@@ -118,7 +118,44 @@ struct Measured {
     rtt_ms: f64,
 }
 
-/// iperf3 (5 s, one stream) and ping (200 × 5 ms) from `client` to `server_ip`.
+/// Mean round trip of 2,000 one-byte TCP exchanges (TCP_NODELAY), from a
+/// thread in `client_ns` to an echo thread in `server_ns`.
+fn tcp_rtt_ms(server_ns: &Path, client_ns: &Path, server_ip: Ipv4Addr) -> f64 {
+    use std::io::{Read, Write};
+    let listener = nimbus_net::netns::run_in(Some(server_ns), move || {
+        std::net::TcpListener::bind((server_ip, 7777))
+            .map_err(|e| nimbus_net::NetError::io("bind echo", e))
+    })
+    .expect("echo listener");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_nodelay(true);
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if s.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let rounds = 2000;
+    nimbus_net::netns::run_in(Some(client_ns), move || {
+        let mut s = TcpStream::connect((server_ip, 7777))
+            .map_err(|e| nimbus_net::NetError::io("connect echo", e))?;
+        let _ = s.set_nodelay(true);
+        let mut b = [0u8; 1];
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            s.write_all(&b)
+                .and_then(|()| s.read_exact(&mut b))
+                .map_err(|e| nimbus_net::NetError::io("echo", e))?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64)
+    })
+    .unwrap_or(f64::NAN)
+}
+
+/// iperf3 (5 s, one stream) and TCP round trips from `client` to `server_ip`.
 fn measure(server_ns: &Path, client_ns: &Path, server_ip: &str) -> Measured {
     let mut server = in_ns(server_ns, &["iperf3", "-s", "-1"])
         .stdout(std::process::Stdio::null())
@@ -134,21 +171,7 @@ fn measure(server_ns: &Path, client_ns: &Path, server_ip: &str) -> Measured {
         .as_f64()
         .unwrap_or(0.0)
         / 1e9;
-    let ping = in_ns(
-        client_ns,
-        &["ping", "-c", "200", "-i", "0.005", "-q", server_ip],
-    )
-    .output()
-    .expect("ping");
-    let text = String::from_utf8_lossy(&ping.stdout);
-    // rtt min/avg/max/mdev = 0.030/0.045/0.120/0.010 ms
-    let rtt_ms = text
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
+    let rtt_ms = tcp_rtt_ms(server_ns, client_ns, server_ip.parse().expect("server ip"));
     Measured { gbits, rtt_ms }
 }
 
@@ -204,7 +227,9 @@ fn throughput(cloud: &common::Cloud) {
     );
     let _ = Command::new("ip").args(["netns", "del", &a]).status();
     let _ = Command::new("ip").args(["netns", "del", &b]).status();
-    println!("two containers on one network vs a bare veth pair (iperf3 5 s, ping 200×):");
+    println!(
+        "two containers on one network vs a bare veth pair (iperf3 5 s; TCP 1-byte round trips):"
+    );
     println!(
         "  nimbus network     {:.2} Gbit/s, rtt {:.3} ms",
         nimbus.gbits, nimbus.rtt_ms
@@ -250,7 +275,7 @@ fn secgroup_update(cloud: &common::Cloud) {
         "--",
         "sh",
         "-c",
-        "exec nc -lk -p 7000 -e cat",
+        "exec nc -ll -p 7000 -e cat",
     ]);
     cloud.wait_phase("guarded", &["running"], Duration::from_secs(60));
     let target: Ipv4Addr = ip_of(cloud, "guarded").parse().expect("ip");

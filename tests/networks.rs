@@ -1,6 +1,7 @@
 //! Tenant networks end to end, as root, with real traffic: containers talk
 //! by name, security groups block and then allow on a running instance,
-//! published ports answer from the host, egress reaches a server outside,
+//! published TCP and UDP ports answer from the host, egress reaches a
+//! server outside,
 //! projects with the same subnet are isolated, spoofing is dropped,
 //! concurrent launches get distinct addresses, the network survives
 //! `kill -9` of the daemon, and nothing is left behind.
@@ -354,6 +355,45 @@ fn containers_talk_by_name_filter_publish_and_egress() {
     assert!(!dup.status.success(), "a host port is published once");
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already published"));
 
+    // A UDP port: an echo server in the instance's namespace.
+    run(&cloud, "udp", &["--network", "backend"], "exec sleep 600");
+    let udp_ns = PathBuf::from(format!(
+        "{NETNS_DIR}/ni-{}",
+        id_of(&cloud, "instance", "udp", "default")
+    ));
+    let echo = nimbus_net::netns::run_in(Some(&udp_ns), || {
+        std::net::UdpSocket::bind("0.0.0.0:5353")
+            .map_err(|e| nimbus_net::NetError::io("bind udp echo", e))
+    })
+    .expect("udp echo socket");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], peer);
+        }
+    });
+    let uport = common::free_port();
+    cloud.ok(&[
+        "address",
+        "publish",
+        "udp",
+        "--port",
+        &format!("{uport}:5353/udp"),
+    ]);
+    let echoed = wait_until(T, "the published UDP port to echo", || {
+        // A new source port each time: a datagram sent before the rule
+        // existed leaves a conntrack entry without NAT for its port pair.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .ok()?;
+        client.send_to(b"ping-udp", ("127.0.0.1", uport)).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = client.recv_from(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    });
+    assert_eq!(echoed, b"ping-udp");
+
     // Egress: a server outside every network sees the host's address.
     let inet = Internet::new();
     let seen = wait_until(T, "egress to the outside server", || {
@@ -375,13 +415,18 @@ fn containers_talk_by_name_filter_publish_and_egress() {
 
     // Removing the instance removes its published port and rules.
     let net_id = id_of(&cloud, "network", "backend", "default");
-    let ids: Vec<String> = ["api", "cli", "peer"]
+    let ids: Vec<String> = ["api", "cli", "peer", "udp"]
         .iter()
         .map(|n| id_of(&cloud, "instance", n, "default"))
         .collect();
     cloud.ok(&["instance", "rm", "api"]);
     let list = cloud.json(&["address", "list"]).expect("addresses");
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    let left: Vec<&serde_json::Value> = list["items"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    assert_eq!(left.len(), 1, "only udp's port is left: {list}");
+    assert_eq!(left[0]["spec"]["instance"], "udp", "{list}");
     wait_until(T, "the published port to close", || {
         get_from_host(SocketAddr::from(([127, 0, 0, 1], port)))
             .is_none()
@@ -389,6 +434,7 @@ fn containers_talk_by_name_filter_publish_and_egress() {
     });
     cloud.ok(&["instance", "rm", "cli"]);
     cloud.ok(&["instance", "rm", "peer"]);
+    cloud.ok(&["instance", "rm", "udp"]);
     cloud.ok(&["network", "rm", "backend"]);
     assert_network_leftovers_gone(&cloud, &[net_id], &ids);
 }

@@ -94,6 +94,12 @@ fn chain_name(link: &str) -> String {
     format!("in_{link}")
 }
 
+/// Anti-spoofing chain of a port (reached through one map lookup, so the
+/// cost per packet does not grow with the number of ports).
+fn spoof_chain(link: &str) -> String {
+    format!("as_{link}")
+}
+
 fn rule_line(r: &AllowRule) -> String {
     let mut m = String::new();
     if let Some(c) = &r.cidr {
@@ -118,48 +124,135 @@ fn rule_line(r: &AllowRule) -> String {
     m
 }
 
-/// The router namespace's whole table.
-pub fn router_script(r: &RouterRules) -> String {
-    let mut s = String::with_capacity(4096 + r.ports.len() * 512);
+/// Base chains of a router's table: (name, definition).
+const ROUTER_BASE_CHAINS: [(&str, &str); 5] = [
+    (
+        "antispoof",
+        "type filter hook prerouting priority -300; policy accept;",
+    ),
+    (
+        "forward",
+        "type filter hook forward priority 0; policy drop;",
+    ),
+    ("input", "type filter hook input priority 0; policy drop;"),
+    (
+        "portfwd",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    ),
+    (
+        "egress",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    ),
+];
+
+/// The script that brings a router's tables (`inet` and `arp`) from
+/// `previous` (what this process applied last; `None`: unknown) to `r`.
+///
+/// Base chains are kept and flushed rather than deleted: removing a hook
+/// waits for an RCU grace period in the kernel (about 15 ms here), which a
+/// launch should not pay. With `previous` unknown the tables are replaced
+/// whole, once.
+pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String {
     let t = ROUTER_TABLE;
-    let _ = writeln!(
-        s,
-        "table inet {t}\ndelete table inet {t}\ntable inet {t} {{"
-    );
-    for (g, members) in &r.groups {
-        let _ = writeln!(s, "  set {} {{\n    type ipv4_addr", set_name(g));
-        if !members.is_empty() {
-            let list: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-            let _ = writeln!(s, "    elements = {{ {} }}", list.join(", "));
-        }
-        s.push_str("  }\n");
-    }
-    // Frames from a port must carry the port's own MAC and IPv4 address.
-    s.push_str(
-        "  chain antispoof {\n    type filter hook prerouting priority -300; policy accept;\n",
-    );
-    for p in &r.ports {
-        let l = &p.link;
-        let _ = writeln!(s, "    iifname \"{l}\" ether saddr != {} drop", p.mac);
-        if p.dhcp {
-            let _ = writeln!(
-                s,
-                "    iifname \"{l}\" ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept"
-            );
-        }
+    let mut s = String::with_capacity(4096 + r.ports.len() * 512);
+    if previous.is_none() {
         let _ = writeln!(
             s,
-            "    iifname \"{l}\" meta nfproto ipv4 ip saddr != {} drop",
-            p.ip
+            "table inet {t}\ndelete table inet {t}\ntable arp {t}\ndelete table arp {t}"
         );
-        let _ = writeln!(s, "    iifname \"{l}\" meta nfproto ipv6 drop");
     }
-    s.push_str("  }\n");
+    let _ = writeln!(s, "add table inet {t}\nadd table arp {t}");
+    let _ = writeln!(
+        s,
+        "add chain arp {t} input {{ type filter hook input priority 0; policy accept; }}\nflush chain arp {t} input"
+    );
+    for (name, def) in ROUTER_BASE_CHAINS {
+        let _ = writeln!(
+            s,
+            "add chain inet {t} {name} {{ {def} }}\nflush chain inet {t} {name}"
+        );
+    }
+    for p in &r.ports {
+        for c in [chain_name(&p.link), spoof_chain(&p.link)] {
+            let _ = writeln!(s, "add chain inet {t} {c}\nflush chain inet {t} {c}");
+        }
+    }
+    for g in r.groups.keys() {
+        let g = set_name(g);
+        let _ = writeln!(
+            s,
+            "add set inet {t} {g} {{ type ipv4_addr; }}\nflush set inet {t} {g}"
+        );
+    }
+    // What the previous state had and this one has not: unreferenced now.
+    if let Some(prev) = previous {
+        for p in &prev.ports {
+            if !r.ports.iter().any(|q| q.link == p.link) {
+                let _ = writeln!(s, "delete chain inet {t} {}", chain_name(&p.link));
+                let _ = writeln!(s, "delete chain inet {t} {}", spoof_chain(&p.link));
+            }
+        }
+        for g in prev.groups.keys() {
+            if !r.groups.contains_key(g) {
+                let _ = writeln!(s, "delete set inet {t} {}", set_name(g));
+            }
+        }
+    }
+    for (g, members) in &r.groups {
+        if !members.is_empty() {
+            let list: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "add element inet {t} {} {{ {} }}",
+                set_name(g),
+                list.join(", ")
+            );
+        }
+    }
+    let rule = |s: &mut String, chain: &str, text: &str| {
+        let _ = writeln!(s, "add rule inet {t} {chain} {text}");
+    };
+    // Frames from a port must carry the port's own MAC and IPv4 address.
+    for p in &r.ports {
+        let l = &p.link;
+        let c = spoof_chain(l);
+        rule(&mut s, &c, &format!("ether saddr != {} drop", p.mac));
+        if p.dhcp {
+            rule(
+                &mut s,
+                &c,
+                "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept",
+            );
+        }
+        rule(
+            &mut s,
+            &c,
+            &format!("meta nfproto ipv4 ip saddr != {} drop", p.ip),
+        );
+        rule(&mut s, &c, "meta nfproto ipv6 drop");
+        let _ = writeln!(
+            s,
+            "add rule arp {t} input iifname \"{l}\" arp saddr ether != {} drop\nadd rule arp {t} input iifname \"{l}\" arp saddr ip != {{ {}, 0.0.0.0 }} drop",
+            p.mac, p.ip
+        );
+    }
+    if !r.ports.is_empty() {
+        let map: Vec<String> = r
+            .ports
+            .iter()
+            .map(|p| format!("\"{}\" : jump {}", p.link, spoof_chain(&p.link)))
+            .collect();
+        rule(
+            &mut s,
+            "antispoof",
+            &format!("iifname vmap {{ {} }}", map.join(", ")),
+        );
+    }
     // Ingress of each port.
     for p in &r.ports {
-        let _ = writeln!(s, "  chain {} {{", chain_name(&p.link));
+        let c = chain_name(&p.link);
         match &p.ingress {
-            None => s.push_str("    accept\n"),
+            None => rule(&mut s, &c, "accept"),
             Some(ing) => {
                 let mut lines: Vec<String> = ing
                     .own_groups
@@ -170,17 +263,14 @@ pub fn router_script(r: &RouterRules) -> String {
                 let mut seen = std::collections::HashSet::new();
                 lines.retain(|l| seen.insert(l.clone()));
                 for l in lines {
-                    let _ = writeln!(s, "    {l}");
+                    rule(&mut s, &c, &l);
                 }
-                s.push_str("    drop\n");
+                rule(&mut s, &c, "drop");
             }
         }
-        s.push_str("  }\n");
     }
-    let _ = writeln!(
-        s,
-        "  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ct state established,related accept\n    ct state invalid drop"
-    );
+    rule(&mut s, "forward", "ct state established,related accept");
+    rule(&mut s, "forward", "ct state invalid drop");
     // From outside, only published ports (DNAT) may reach a port, and
     // then through its ingress filter like any other traffic.
     let map: Vec<String> = r
@@ -189,55 +279,56 @@ pub fn router_script(r: &RouterRules) -> String {
         .map(|p| format!("\"{}\" : jump {}", p.link, chain_name(&p.link)))
         .collect();
     if !map.is_empty() {
-        let _ = writeln!(
-            s,
-            "    iifname \"{UPLINK}\" ct status dnat oifname vmap {{ {} }}",
-            map.join(", ")
+        rule(
+            &mut s,
+            "forward",
+            &format!(
+                "iifname \"{UPLINK}\" ct status dnat oifname vmap {{ {} }}",
+                map.join(", ")
+            ),
         );
     }
-    let _ = writeln!(s, "    iifname \"{UPLINK}\" drop");
+    rule(&mut s, "forward", &format!("iifname \"{UPLINK}\" drop"));
     if !map.is_empty() {
-        let _ = writeln!(s, "    oifname vmap {{ {} }}", map.join(", "));
+        rule(
+            &mut s,
+            "forward",
+            &format!("oifname vmap {{ {} }}", map.join(", ")),
+        );
     }
-    let _ = writeln!(
-        s,
-        "    oifname \"{UPLINK}\" ip daddr {} drop\n    oifname \"{UPLINK}\" accept\n  }}",
-        r.subnet
+    rule(
+        &mut s,
+        "forward",
+        &format!("oifname \"{UPLINK}\" ip daddr {} drop", r.subnet),
     );
+    rule(&mut s, "forward", &format!("oifname \"{UPLINK}\" accept"));
     let gw = r.gateway;
-    let _ = writeln!(
-        s,
-        "  chain input {{\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iifname \"lo\" accept\n    iifname != \"{UPLINK}\" ip daddr {gw} udp dport 53 accept\n    iifname != \"{UPLINK}\" ip daddr {gw} tcp dport 53 accept\n    iifname != \"{UPLINK}\" udp dport 67 accept\n    iifname != \"{UPLINK}\" icmp type echo-request accept\n  }}"
-    );
-    s.push_str("  chain portfwd {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+    for text in [
+        "ct state established,related accept".to_string(),
+        "iifname \"lo\" accept".to_string(),
+        format!("iifname != \"{UPLINK}\" ip daddr {gw} udp dport 53 accept"),
+        format!("iifname != \"{UPLINK}\" ip daddr {gw} tcp dport 53 accept"),
+        format!("iifname != \"{UPLINK}\" udp dport 67 accept"),
+        format!("iifname != \"{UPLINK}\" icmp type echo-request accept"),
+    ] {
+        rule(&mut s, "input", &text);
+    }
     for f in &r.forwards {
         let p = if f.udp { "udp" } else { "tcp" };
-        let _ = writeln!(
-            s,
-            "    iifname \"{UPLINK}\" {p} dport {} dnat ip to {}:{}",
-            f.port, f.ip, f.to_port
+        rule(
+            &mut s,
+            "portfwd",
+            &format!(
+                "iifname \"{UPLINK}\" {p} dport {} dnat ip to {}:{}",
+                f.port, f.ip, f.to_port
+            ),
         );
     }
-    s.push_str("  }\n");
-    let _ = writeln!(
-        s,
-        "  chain egress {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{UPLINK}\" masquerade\n  }}\n}}"
+    rule(
+        &mut s,
+        "egress",
+        &format!("oifname \"{UPLINK}\" masquerade"),
     );
-    s
-}
-
-/// The ARP filter of a router namespace: a port may only claim its own
-/// addresses. (ARP frames never reach the inet family.)
-pub fn router_arp_script(ports: &[PortRules]) -> String {
-    let mut s = format!("table arp {ROUTER_TABLE}\ndelete table arp {ROUTER_TABLE}\ntable arp {ROUTER_TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n");
-    for p in ports {
-        let _ = writeln!(
-            s,
-            "    iifname \"{}\" arp saddr ether != {} drop\n    iifname \"{}\" arp saddr ip != {{ {}, 0.0.0.0 }} drop",
-            p.link, p.mac, p.link, p.ip
-        );
-    }
-    s.push_str("  }\n}\n");
     s
 }
 
@@ -249,36 +340,88 @@ pub struct HostForward {
     pub router_ip: Ipv4Addr,
 }
 
-/// The agent's table in the host namespace.
-pub fn host_script(table: &str, uplinks: &[String], forwards: &[HostForward]) -> String {
-    let mut s = format!("table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n  set uplinks {{\n    type ifname\n");
+/// The agent's table in the host namespace; like `router_script`, it is
+/// replaced whole the first time (`fresh`) and flushed and refilled after.
+pub fn host_script(
+    table: &str,
+    uplinks: &[String],
+    forwards: &[HostForward],
+    fresh: bool,
+) -> String {
+    let mut s = String::new();
+    if fresh {
+        let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
+    }
+    let _ = writeln!(
+        s,
+        "add table inet {table}\nadd set inet {table} uplinks {{ type ifname; }}\nflush set inet {table} uplinks"
+    );
     if !uplinks.is_empty() {
         let list: Vec<String> = uplinks.iter().map(|u| format!("\"{u}\"")).collect();
-        let _ = writeln!(s, "    elements = {{ {} }}", list.join(", "));
-    }
-    s.push_str("  }\n");
-    let p = HOST_LINK_PREFIX;
-    // Networks never reach each other, nor the host's own services.
-    let _ = writeln!(
-        s,
-        "  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{p}*\" oifname \"{p}*\" drop\n  }}\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname @uplinks ct state established,related accept\n    iifname @uplinks drop\n  }}"
-    );
-    let mut dnat = String::new();
-    for f in forwards {
-        let proto = if f.udp { "udp" } else { "tcp" };
         let _ = writeln!(
-            dnat,
-            "    fib daddr type local {proto} dport {} dnat ip to {}:{}",
-            f.port, f.router_ip, f.port
+            s,
+            "add element inet {table} uplinks {{ {} }}",
+            list.join(", ")
         );
     }
-    let _ = writeln!(
-        s,
-        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{dnat}  }}\n  chain output {{\n    type nat hook output priority -100; policy accept;\n{dnat}  }}"
+    for (name, def) in [
+        (
+            "forward",
+            "type filter hook forward priority 0; policy accept;",
+        ),
+        ("input", "type filter hook input priority 0; policy accept;"),
+        (
+            "prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+        ),
+        (
+            "output",
+            "type nat hook output priority -100; policy accept;",
+        ),
+        (
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "add chain inet {table} {name} {{ {def} }}\nflush chain inet {table} {name}"
+        );
+    }
+    let p = HOST_LINK_PREFIX;
+    let rule = |s: &mut String, chain: &str, text: &str| {
+        let _ = writeln!(s, "add rule inet {table} {chain} {text}");
+    };
+    // Networks never reach each other, nor the host's own services.
+    rule(
+        &mut s,
+        "forward",
+        &format!("iifname \"{p}*\" oifname \"{p}*\" drop"),
     );
-    let _ = writeln!(
-        s,
-        "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    iifname @uplinks oifname != \"{p}*\" masquerade\n    oifname @uplinks ip saddr 127.0.0.0/8 masquerade\n  }}\n}}"
+    rule(
+        &mut s,
+        "input",
+        "iifname @uplinks ct state established,related accept",
+    );
+    rule(&mut s, "input", "iifname @uplinks drop");
+    for f in forwards {
+        let proto = if f.udp { "udp" } else { "tcp" };
+        let text = format!(
+            "fib daddr type local {proto} dport {} dnat ip to {}:{}",
+            f.port, f.router_ip, f.port
+        );
+        rule(&mut s, "prerouting", &text);
+        rule(&mut s, "output", &text);
+    }
+    rule(
+        &mut s,
+        "postrouting",
+        &format!("iifname @uplinks oifname != \"{p}*\" masquerade"),
+    );
+    rule(
+        &mut s,
+        "postrouting",
+        "oifname @uplinks ip saddr 127.0.0.0/8 masquerade",
     );
     s
 }
@@ -328,16 +471,33 @@ mod tests {
 
     #[test]
     fn router_script_has_filters_and_nat() {
-        let s = router_script(&sample());
+        let s = router_script(&sample(), None);
         assert!(
-            s.contains("iifname \"pabc\" ether saddr != 02:00:00:00:00:05 drop"),
+            s.contains("add rule inet nimbus as_pabc ether saddr != 02:00:00:00:00:05 drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname vmap { \"pabc\" : jump as_pabc }"),
             "{s}"
         );
         assert!(s.contains("ip saddr @g_web accept"), "{s}");
         assert!(s.contains("tcp dport 80 accept"), "{s}");
         assert!(s.contains("ip saddr 10.0.0.0/8 tcp dport 22 accept"), "{s}");
         assert!(s.contains("dnat ip to 10.20.0.5:80"), "{s}");
-        assert!(s.contains("elements = { 10.20.0.5 }"), "{s}");
+        assert!(
+            s.contains("add element inet nimbus g_web { 10.20.0.5 }"),
+            "{s}"
+        );
+        assert!(s.starts_with("table inet nimbus\ndelete table inet nimbus\n"));
+        // Later changes keep the base chains and drop what went away.
+        let mut next = sample();
+        next.ports.clear();
+        next.groups.clear();
+        let inc = router_script(&next, Some(&sample()));
+        assert!(!inc.contains("delete table"), "{inc}");
+        assert!(inc.contains("flush chain inet nimbus forward"), "{inc}");
+        assert!(inc.contains("delete chain inet nimbus in_pabc"), "{inc}");
+        assert!(inc.contains("delete set inet nimbus g_web"), "{inc}");
     }
 
     #[test]
@@ -350,6 +510,7 @@ mod tests {
                 port: 5353,
                 router_ip: Ipv4Addr::new(100, 64, 0, 2),
             }],
+            true,
         );
         assert!(s.starts_with("table inet nimbus_t1\ndelete table inet nimbus_t1\n"));
         assert!(s.contains("udp dport 5353 dnat ip to 100.64.0.2:5353"));

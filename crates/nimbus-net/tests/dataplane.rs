@@ -116,16 +116,18 @@ fn ports_talk_filter_and_clean_up() {
         forwards: vec![],
         groups: Default::default(),
     };
-    nft::apply(Some(&router_ns), &rules::router_script(&rr)).expect("rules");
+    nft::apply(Some(&router_ns), &rules::router_script(&rr, None)).expect("rules");
     serve(&b_ns, 8000);
     assert!(talk(&a_ns, b.ip, 8000), "a reaches b on an open port");
 
     // A group with no rules: b accepts nothing from a.
+    let before = rr.clone();
     rr.ports[1].ingress = Some(Ingress::default());
-    nft::apply(Some(&router_ns), &rules::router_script(&rr)).expect("rules");
+    nft::apply(Some(&router_ns), &rules::router_script(&rr, Some(&before))).expect("rules");
     assert!(!talk(&a_ns, b.ip, 8000), "the security group blocks a");
 
     // Allow tcp:8000: the running listener is reachable again.
+    let before = rr.clone();
     rr.ports[1].ingress = Some(Ingress {
         own_groups: vec![],
         rules: vec![AllowRule {
@@ -135,7 +137,7 @@ fn ports_talk_filter_and_clean_up() {
             group: None,
         }],
     });
-    nft::apply(Some(&router_ns), &rules::router_script(&rr)).expect("rules");
+    nft::apply(Some(&router_ns), &rules::router_script(&rr, Some(&before))).expect("rules");
     assert!(talk(&a_ns, b.ip, 8000), "the new rule lets a in");
 
     // a takes another address: its packets are dropped.

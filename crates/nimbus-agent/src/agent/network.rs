@@ -41,6 +41,8 @@ pub struct VmAttachment {
     pub config: nimbus_net::tap::VmNetConfig,
 }
 
+type HostState = (Vec<String>, Vec<HostForward>);
+
 /// A port this agent made, as recorded in `<data>/net/ports/<instance id>`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct PortRecord {
@@ -60,7 +62,8 @@ struct RouterState {
     gateway: Ipv4Addr,
     names: dns::Names,
     _dns: Option<dns::DnsServer>,
-    applied: String,
+    /// The rules last applied by this process (`None`: unknown).
+    applied: Option<RouterRules>,
 }
 
 #[derive(Default)]
@@ -82,7 +85,8 @@ pub struct NetDriver {
     known: std::sync::Mutex<Known>,
     routers: tokio::sync::Mutex<HashMap<String, RouterState>>,
     ports: std::sync::Mutex<HashMap<String, PortRecord>>,
-    host_applied: std::sync::Mutex<Option<String>>,
+    /// `None`: unknown; `Some(None)`: no table; else what was applied.
+    host_applied: std::sync::Mutex<Option<Option<HostState>>>,
     wake: tokio::sync::Notify,
 }
 
@@ -258,7 +262,7 @@ impl NetDriver {
                 gateway: addr.gateway,
                 names,
                 _dns: server,
-                applied: String::new(),
+                applied: None,
             },
         );
         Ok(())
@@ -306,7 +310,16 @@ impl NetDriver {
                 .insert(instance.metadata.id.clone(), instance.clone());
         }
         self.sync_locked(&mut routers).await;
+        let guarded = rules_cover(&routers, &net.metadata.id, &record.link);
         drop(routers);
+        if !guarded {
+            // Never run a workload whose port has no anti-spoofing rules.
+            self.detach(&instance.metadata.id).await;
+            return Err(format!(
+                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
+                addr.network
+            ));
+        }
         let dns: Vec<Ipv4Addr> = if net.spec.dns.is_empty() {
             vec![addr.gateway]
         } else {
@@ -380,6 +393,16 @@ impl NetDriver {
                 .insert(instance.metadata.id.clone(), instance.clone());
         }
         self.sync_locked(&mut routers).await;
+        let link = names::tap_link(&instance.metadata.id);
+        if !rules_cover(&routers, &net.metadata.id, &link) {
+            drop(routers);
+            drop(tap);
+            self.detach(&instance.metadata.id).await;
+            return Err(format!(
+                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
+                addr.network
+            ));
+        }
         Ok(Some(VmAttachment {
             tap,
             config: nimbus_net::tap::VmNetConfig {
@@ -484,48 +507,57 @@ impl NetDriver {
             let Ok(k) = self.known.lock() else { return };
             render(&k, routers, &ports)
         };
-        for (id, (script, names_map)) in router_rules {
+        for (id, (rr, names_map)) in router_rules {
             let Some(r) = routers.get_mut(&id) else {
                 continue;
             };
             if let Ok(mut n) = r.names.write() {
                 *n = names_map;
             }
-            if r.applied == script {
+            if r.applied.as_ref() == Some(&rr) {
                 continue;
             }
             let ns = r.host.netns.clone();
-            let s = script.clone();
-            match blocking(move || nft::apply(Some(&ns), &s)).await {
-                Ok(()) => r.applied = script,
+            let script = rules::router_script(&rr, r.applied.as_ref());
+            match blocking(move || nft::apply(Some(&ns), &script)).await {
+                Ok(()) => r.applied = Some(rr),
                 Err(e) => {
-                    tracing::warn!(network = %r.network, error = %e, "applying network rules failed")
+                    // Start over from a whole replacement next time.
+                    r.applied = None;
+                    tracing::warn!(network = %r.network, error = %e, "applying network rules failed");
                 }
             }
         }
-        let uplinks: Vec<String> = routers.values().map(|r| r.host.host_link.clone()).collect();
-        let host_script = if routers.is_empty() {
-            String::new()
-        } else {
-            rules::host_script(&self.host_table, &uplinks, &host_forwards)
-        };
-        // `None`: not known yet (a fresh agent removes a stale table once).
+        let mut uplinks: Vec<String> = routers.values().map(|r| r.host.host_link.clone()).collect();
+        uplinks.sort();
+        let desired = (!routers.is_empty()).then_some((uplinks, host_forwards));
         let previous = self.host_applied.lock().ok().and_then(|h| h.clone());
-        if previous.as_deref() != Some(host_script.as_str()) {
+        // Ports whose router is not re-opened yet (just after a restart,
+        // before the watches filled in): keep the host table as it is, so
+        // published ports of running instances keep answering.
+        let waiting = routers.is_empty() && !ports.is_empty();
+        if previous.as_ref() != Some(&desired) && !waiting {
             let table = self.host_table.clone();
-            let s = host_script.clone();
-            let result = if s.is_empty() {
-                blocking(move || nft::delete_table("inet", &table)).await
-            } else {
-                blocking(move || nft::apply(None, &s)).await
+            let fresh = !matches!(previous, Some(Some(_)));
+            let script = desired
+                .as_ref()
+                .map(|(u, f)| rules::host_script(&self.host_table, u, f, fresh));
+            let result = match script {
+                None => blocking(move || nft::delete_table("inet", &table)).await,
+                Some(s) => blocking(move || nft::apply(None, &s)).await,
             };
             match result {
                 Ok(()) => {
                     if let Ok(mut h) = self.host_applied.lock() {
-                        *h = Some(host_script);
+                        *h = Some(desired);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "applying host network rules failed"),
+                Err(e) => {
+                    if let Ok(mut h) = self.host_applied.lock() {
+                        *h = None;
+                    }
+                    tracing::warn!(error = %e, "applying host network rules failed");
+                }
             }
         }
     }
@@ -619,7 +651,15 @@ async fn watch_once<T: Object>(
     Ok(())
 }
 
-type RouterOutput = (String, HashMap<String, Ipv4Addr>);
+/// Whether the rules applied on a router guard the port `link`.
+fn rules_cover(routers: &HashMap<String, RouterState>, network_id: &str, link: &str) -> bool {
+    routers
+        .get(network_id)
+        .and_then(|r| r.applied.as_ref())
+        .is_some_and(|rr| rr.ports.iter().any(|p| p.link == link))
+}
+
+type RouterOutput = (RouterRules, HashMap<String, Ipv4Addr>);
 
 /// Every router's script and DNS names, and the host's port forwards.
 fn render(
@@ -740,12 +780,7 @@ fn render(
             forwards,
             groups,
         };
-        let script = format!(
-            "{}{}",
-            rules::router_script(&rr),
-            rules::router_arp_script(&rr.ports)
-        );
-        out.insert(net_id.clone(), (script, names));
+        out.insert(net_id.clone(), (rr, names));
     }
     host_forwards.sort();
     (out, host_forwards)
