@@ -71,6 +71,13 @@ fn launch(cloud: &common::Cloud, runs: usize) {
                 .expect("running");
             out.push(running - t0);
             delete_instance(cloud, "default", &name);
+            // Measure launches, not launches racing the previous teardown.
+            common::wait_until(Duration::from_secs(30), "the instance to be gone", || {
+                cloud
+                    .json(&["instance", "get", &name])
+                    .is_err()
+                    .then_some(())
+            });
         }
     }
     let (p, n) = (percentile(&plain, 50.0), percentile(&networked, 50.0));
@@ -284,7 +291,7 @@ fn secgroup_update(cloud: &common::Cloud) {
     for round in 0..5 {
         let sg: serde_json::Value = cloud.json(&["secgroup", "get", "big"]).expect("get");
         let mut sg = sg;
-        let extra = serde_json::json!({"protocol": "tcp", "port_from": 7000});
+        let extra = serde_json::json!({"protocol": "tcp", "port_from": 7000, "port_to": 7000});
         let list = sg["spec"]["rules"].as_array_mut().expect("rules");
         list.retain(|r| r["port_from"] != 7000);
         let before = list.len();

@@ -1,7 +1,6 @@
 //! The nftables scripts: one table per router namespace, one per Nimbus
-//! host agent in the host namespace. Each script replaces its whole table
-//! in one transaction, so a change (a new port, a security-group edit) is
-//! applied atomically and running instances never see a half-made ruleset.
+//! host agent in the host namespace. Each change is one script, so one
+//! transaction: running instances never see a half-made ruleset.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -90,16 +89,6 @@ fn set_name(group: &str) -> String {
     format!("g_{clean}")
 }
 
-fn chain_name(link: &str) -> String {
-    format!("in_{link}")
-}
-
-/// Anti-spoofing chain of a port (reached through one map lookup, so the
-/// cost per packet does not grow with the number of ports).
-fn spoof_chain(link: &str) -> String {
-    format!("as_{link}")
-}
-
 fn rule_line(r: &AllowRule) -> String {
     let mut m = String::new();
     if let Some(c) = &r.cidr {
@@ -145,16 +134,170 @@ const ROUTER_BASE_CHAINS: [(&str, &str); 5] = [
     ),
 ];
 
+/// Sets and maps every router table has: (family, kind, name, type).
+const ROUTER_SETS: [(&str, &str, &str, &str); 8] = [
+    ("inet", "set", "ports", "ifname"),
+    ("inet", "set", "port_macs", "ifname . ether_addr"),
+    ("inet", "set", "port_ips", "ifname . ipv4_addr"),
+    ("inet", "set", "dhcp_ports", "ifname"),
+    ("inet", "map", "ingress", "ifname : verdict"),
+    ("arp", "set", "arp_macs", "ifname . ether_addr"),
+    ("arp", "set", "arp_ips", "ifname . ipv4_addr"),
+    ("arp", "set", "arp_ports", "ifname"),
+];
+
+fn fnv(text: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    h
+}
+
+/// The rule lines of an ingress filter.
+fn ingress_lines(ing: &Ingress) -> Vec<String> {
+    let mut lines: Vec<String> = ing
+        .own_groups
+        .iter()
+        .map(|g| format!("ip saddr @{} accept", set_name(g)))
+        .chain(ing.rules.iter().map(rule_line))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    lines.retain(|l| seen.insert(l.clone()));
+    lines.push("drop".into());
+    lines
+}
+
+/// Ports with the same filter share one chain, named after its rules: a
+/// launch into an existing group adds map elements, not rules.
+fn ingress_chain(lines: &[String]) -> String {
+    format!("sg_{:08x}", fnv(&lines.join("\n")))
+}
+
+fn verdict(p: &PortRules) -> String {
+    match &p.ingress {
+        None => "accept".into(),
+        Some(ing) => format!("jump {}", ingress_chain(&ingress_lines(ing))),
+    }
+}
+
+/// What needs rules (not just set elements) to change.
+#[derive(PartialEq, Eq)]
+struct Structure<'a> {
+    gateway: Ipv4Addr,
+    subnet: &'a str,
+    forwards: &'a [Forward],
+    groups: Vec<&'a String>,
+    chains: BTreeMap<String, Vec<String>>,
+}
+
+fn structure(r: &RouterRules) -> Structure<'_> {
+    Structure {
+        gateway: r.gateway,
+        subnet: &r.subnet,
+        forwards: &r.forwards,
+        groups: r.groups.keys().collect(),
+        chains: r
+            .ports
+            .iter()
+            .filter_map(|p| p.ingress.as_ref())
+            .map(|ing| {
+                let lines = ingress_lines(ing);
+                (ingress_chain(&lines), lines)
+            })
+            .collect(),
+    }
+}
+
+/// Every element of every set and map: (family, set) → elements. Map
+/// elements are `key : value`.
+fn elements(
+    r: &RouterRules,
+) -> BTreeMap<(&'static str, String), std::collections::BTreeSet<String>> {
+    let mut e: BTreeMap<(&'static str, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
+    for (family, _, name, _) in ROUTER_SETS {
+        e.entry((family, name.to_string())).or_default();
+    }
+    fn put(
+        e: &mut BTreeMap<(&'static str, String), std::collections::BTreeSet<String>>,
+        family: &'static str,
+        set: &str,
+        value: String,
+    ) {
+        e.entry((family, set.to_string()))
+            .or_default()
+            .insert(value);
+    }
+    for p in &r.ports {
+        let l = format!("\"{}\"", p.link);
+        put(&mut e, "inet", "ports", l.clone());
+        put(&mut e, "inet", "port_macs", format!("{l} . {}", p.mac));
+        put(&mut e, "inet", "port_ips", format!("{l} . {}", p.ip));
+        if p.dhcp {
+            put(&mut e, "inet", "dhcp_ports", l.clone());
+        }
+        put(&mut e, "inet", "ingress", format!("{l} : {}", verdict(p)));
+        put(&mut e, "arp", "arp_ports", l.clone());
+        put(&mut e, "arp", "arp_macs", format!("{l} . {}", p.mac));
+        put(&mut e, "arp", "arp_ips", format!("{l} . {}", p.ip));
+    }
+    for (g, members) in &r.groups {
+        let set = e.entry(("inet", set_name(g))).or_default();
+        for m in members {
+            set.insert(m.to_string());
+        }
+    }
+    e
+}
+
 /// The script that brings a router's tables (`inet` and `arp`) from
 /// `previous` (what this process applied last; `None`: unknown) to `r`.
 ///
-/// Base chains are kept and flushed rather than deleted: removing a hook
-/// waits for an RCU grace period in the kernel (about 15 ms here), which a
-/// launch should not pay. With `previous` unknown the tables are replaced
-/// whole, once.
+/// Ports, their addresses and filters, and group members are elements of
+/// sets and maps, so a launch or a membership change only adds and removes
+/// elements. Rules change only when the structure does (a new filter, a
+/// rule edit, a published port); then base chains are flushed rather than
+/// deleted. Both matter here: a transaction that changes rules waits for
+/// an RCU grace period in the kernel (about 15 ms on this machine kind),
+/// one that only changes elements does not. With `previous` unknown the
+/// tables are replaced whole, once.
 pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String {
     let t = ROUTER_TABLE;
     let mut s = String::with_capacity(4096 + r.ports.len() * 512);
+    let now = elements(r);
+    let restructure = previous.is_none_or(|p| structure(p) != structure(r));
+    if !restructure {
+        let before = previous.map(elements).unwrap_or_default();
+        let key = |e: &str| e.split(" : ").next().unwrap_or(e).to_string();
+        for ((family, set), items) in &now {
+            let old = before.get(&(*family, set.clone()));
+            let gone: Vec<String> = old
+                .map(|o| o.difference(items).map(|e| key(e)).collect())
+                .unwrap_or_default();
+            let new: Vec<&String> = items
+                .iter()
+                .filter(|e| old.is_none_or(|o| !o.contains(*e)))
+                .collect();
+            if !gone.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "delete element {family} {t} {set} {{ {} }}",
+                    gone.join(", ")
+                );
+            }
+            if !new.is_empty() {
+                let list: Vec<&str> = new.iter().map(|e| e.as_str()).collect();
+                let _ = writeln!(
+                    s,
+                    "add element {family} {t} {set} {{ {} }}",
+                    list.join(", ")
+                );
+            }
+        }
+        return s;
+    }
     if previous.is_none() {
         let _ = writeln!(
             s,
@@ -162,6 +305,20 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
         );
     }
     let _ = writeln!(s, "add table inet {t}\nadd table arp {t}");
+    for (family, kind, name, typ) in ROUTER_SETS {
+        let _ = writeln!(
+            s,
+            "add {kind} {family} {t} {name} {{ type {typ}; }}\nflush {kind} {family} {t} {name}"
+        );
+    }
+    let st = structure(r);
+    for g in r.groups.keys() {
+        let g = set_name(g);
+        let _ = writeln!(
+            s,
+            "add set inet {t} {g} {{ type ipv4_addr; }}\nflush set inet {t} {g}"
+        );
+    }
     let _ = writeln!(
         s,
         "add chain arp {t} input {{ type filter hook input priority 0; policy accept; }}\nflush chain arp {t} input"
@@ -172,140 +329,65 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
             "add chain inet {t} {name} {{ {def} }}\nflush chain inet {t} {name}"
         );
     }
-    for p in &r.ports {
-        for c in [chain_name(&p.link), spoof_chain(&p.link)] {
-            let _ = writeln!(s, "add chain inet {t} {c}\nflush chain inet {t} {c}");
-        }
+    for c in st.chains.keys() {
+        let _ = writeln!(s, "add chain inet {t} {c}\nflush chain inet {t} {c}");
     }
-    for g in r.groups.keys() {
-        let g = set_name(g);
-        let _ = writeln!(
-            s,
-            "add set inet {t} {g} {{ type ipv4_addr; }}\nflush set inet {t} {g}"
-        );
-    }
-    // What the previous state had and this one has not: unreferenced now.
+    // Unreferenced now (the map and the chains were flushed above).
     if let Some(prev) = previous {
-        for p in &prev.ports {
-            if !r.ports.iter().any(|q| q.link == p.link) {
-                let _ = writeln!(s, "delete chain inet {t} {}", chain_name(&p.link));
-                let _ = writeln!(s, "delete chain inet {t} {}", spoof_chain(&p.link));
-            }
+        let old = structure(prev);
+        for c in old.chains.keys().filter(|c| !st.chains.contains_key(*c)) {
+            let _ = writeln!(s, "delete chain inet {t} {c}");
         }
-        for g in prev.groups.keys() {
-            if !r.groups.contains_key(g) {
-                let _ = writeln!(s, "delete set inet {t} {}", set_name(g));
-            }
-        }
-    }
-    for (g, members) in &r.groups {
-        if !members.is_empty() {
-            let list: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-            let _ = writeln!(
-                s,
-                "add element inet {t} {} {{ {} }}",
-                set_name(g),
-                list.join(", ")
-            );
+        for g in prev.groups.keys().filter(|g| !r.groups.contains_key(*g)) {
+            let _ = writeln!(s, "delete set inet {t} {}", set_name(g));
         }
     }
     let rule = |s: &mut String, chain: &str, text: &str| {
         let _ = writeln!(s, "add rule inet {t} {chain} {text}");
     };
-    // Frames from a port must carry the port's own MAC and IPv4 address.
-    for p in &r.ports {
-        let l = &p.link;
-        let c = spoof_chain(l);
-        rule(&mut s, &c, &format!("ether saddr != {} drop", p.mac));
-        if p.dhcp {
-            rule(
-                &mut s,
-                &c,
-                "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept",
-            );
-        }
-        rule(
-            &mut s,
-            &c,
-            &format!("meta nfproto ipv4 ip saddr != {} drop", p.ip),
-        );
-        rule(&mut s, &c, "meta nfproto ipv6 drop");
-        let _ = writeln!(
-            s,
-            "add rule arp {t} input iifname \"{l}\" arp saddr ether != {} drop\nadd rule arp {t} input iifname \"{l}\" arp saddr ip != {{ {}, 0.0.0.0 }} drop",
-            p.mac, p.ip
-        );
-    }
-    if !r.ports.is_empty() {
-        let map: Vec<String> = r
-            .ports
-            .iter()
-            .map(|p| format!("\"{}\" : jump {}", p.link, spoof_chain(&p.link)))
-            .collect();
-        rule(
-            &mut s,
-            "antispoof",
-            &format!("iifname vmap {{ {} }}", map.join(", ")),
-        );
-    }
-    // Ingress of each port.
-    for p in &r.ports {
-        let c = chain_name(&p.link);
-        match &p.ingress {
-            None => rule(&mut s, &c, "accept"),
-            Some(ing) => {
-                let mut lines: Vec<String> = ing
-                    .own_groups
-                    .iter()
-                    .map(|g| format!("ip saddr @{} accept", set_name(g)))
-                    .chain(ing.rules.iter().map(rule_line))
-                    .collect();
-                let mut seen = std::collections::HashSet::new();
-                lines.retain(|l| seen.insert(l.clone()));
-                for l in lines {
-                    rule(&mut s, &c, &l);
-                }
-                rule(&mut s, &c, "drop");
-            }
+    for (c, lines) in &st.chains {
+        for l in lines {
+            rule(&mut s, c, l);
         }
     }
-    rule(&mut s, "forward", "ct state established,related accept");
-    rule(&mut s, "forward", "ct state invalid drop");
+    // Frames from a port must carry the port's own MAC and IPv4 address;
+    // links that are not ports yet send nothing.
+    for text in [
+        format!("iifname {{ \"lo\", \"{UPLINK}\" }} accept"),
+        "iifname != @ports drop".into(),
+        "iifname . ether saddr != @port_macs drop".into(),
+        "meta nfproto ipv6 drop".into(),
+        "iifname @dhcp_ports ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept".into(),
+        "iifname . ip saddr != @port_ips drop".into(),
+    ] {
+        rule(&mut s, "antispoof", &text);
+    }
+    for text in [
+        format!("iifname \"{UPLINK}\" accept"),
+        "iifname != @arp_ports drop".into(),
+        "iifname . arp saddr ether != @arp_macs drop".into(),
+        "arp saddr ip 0.0.0.0 accept".into(),
+        "iifname . arp saddr ip != @arp_ips drop".into(),
+    ] {
+        let _ = writeln!(s, "add rule arp {t} input {text}");
+    }
     // From outside, only published ports (DNAT) may reach a port, and
     // then through its ingress filter like any other traffic.
-    let map: Vec<String> = r
-        .ports
-        .iter()
-        .map(|p| format!("\"{}\" : jump {}", p.link, chain_name(&p.link)))
-        .collect();
-    if !map.is_empty() {
-        rule(
-            &mut s,
-            "forward",
-            &format!(
-                "iifname \"{UPLINK}\" ct status dnat oifname vmap {{ {} }}",
-                map.join(", ")
-            ),
-        );
+    for text in [
+        "ct state established,related accept".to_string(),
+        "ct state invalid drop".into(),
+        format!("iifname \"{UPLINK}\" ct status dnat oifname vmap @ingress"),
+        format!("iifname \"{UPLINK}\" drop"),
+        "oifname vmap @ingress".into(),
+        format!("oifname \"{UPLINK}\" ip daddr {} drop", r.subnet),
+        format!("oifname \"{UPLINK}\" accept"),
+    ] {
+        rule(&mut s, "forward", &text);
     }
-    rule(&mut s, "forward", &format!("iifname \"{UPLINK}\" drop"));
-    if !map.is_empty() {
-        rule(
-            &mut s,
-            "forward",
-            &format!("oifname vmap {{ {} }}", map.join(", ")),
-        );
-    }
-    rule(
-        &mut s,
-        "forward",
-        &format!("oifname \"{UPLINK}\" ip daddr {} drop", r.subnet),
-    );
-    rule(&mut s, "forward", &format!("oifname \"{UPLINK}\" accept"));
     let gw = r.gateway;
     for text in [
         "ct state established,related accept".to_string(),
-        "iifname \"lo\" accept".to_string(),
+        "iifname \"lo\" accept".into(),
         format!("iifname != \"{UPLINK}\" ip daddr {gw} udp dport 53 accept"),
         format!("iifname != \"{UPLINK}\" ip daddr {gw} tcp dport 53 accept"),
         format!("iifname != \"{UPLINK}\" udp dport 67 accept"),
@@ -329,6 +411,16 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
         "egress",
         &format!("oifname \"{UPLINK}\" masquerade"),
     );
+    for ((family, set), items) in &now {
+        if !items.is_empty() {
+            let list: Vec<&str> = items.iter().map(|e| e.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "add element {family} {t} {set} {{ {} }}",
+                list.join(", ")
+            );
+        }
+    }
     s
 }
 
@@ -472,14 +564,12 @@ mod tests {
     #[test]
     fn router_script_has_filters_and_nat() {
         let s = router_script(&sample(), None);
+        assert!(s.starts_with("table inet nimbus\ndelete table inet nimbus\n"));
         assert!(
-            s.contains("add rule inet nimbus as_pabc ether saddr != 02:00:00:00:00:05 drop"),
+            s.contains("add element inet nimbus port_macs { \"pabc\" . 02:00:00:00:00:05 }"),
             "{s}"
         );
-        assert!(
-            s.contains("iifname vmap { \"pabc\" : jump as_pabc }"),
-            "{s}"
-        );
+        assert!(s.contains("iifname . ip saddr != @port_ips drop"), "{s}");
         assert!(s.contains("ip saddr @g_web accept"), "{s}");
         assert!(s.contains("tcp dport 80 accept"), "{s}");
         assert!(s.contains("ip saddr 10.0.0.0/8 tcp dport 22 accept"), "{s}");
@@ -488,15 +578,35 @@ mod tests {
             s.contains("add element inet nimbus g_web { 10.20.0.5 }"),
             "{s}"
         );
-        assert!(s.starts_with("table inet nimbus\ndelete table inet nimbus\n"));
-        // Later changes keep the base chains and drop what went away.
+        // A second port with the same filter: only elements change.
         let mut next = sample();
-        next.ports.clear();
-        next.groups.clear();
+        let mut second = next.ports[0].clone();
+        second.link = "pdef".into();
+        second.ip = Ipv4Addr::new(10, 20, 0, 6);
+        second.mac = "02:00:00:00:00:06".into();
+        next.ports.push(second);
+        next.groups.insert(
+            "web".into(),
+            vec![Ipv4Addr::new(10, 20, 0, 5), Ipv4Addr::new(10, 20, 0, 6)],
+        );
         let inc = router_script(&next, Some(&sample()));
+        assert!(!inc.contains("add rule"), "{inc}");
+        assert!(
+            inc.contains("add element inet nimbus ports { \"pdef\" }"),
+            "{inc}"
+        );
+        assert!(
+            inc.contains("add element inet nimbus g_web { 10.20.0.6 }"),
+            "{inc}"
+        );
+        // Removing every port and group: chains and sets go, base chains stay.
+        let mut empty = sample();
+        empty.ports.clear();
+        empty.groups.clear();
+        let inc = router_script(&empty, Some(&next));
         assert!(!inc.contains("delete table"), "{inc}");
         assert!(inc.contains("flush chain inet nimbus forward"), "{inc}");
-        assert!(inc.contains("delete chain inet nimbus in_pabc"), "{inc}");
+        assert!(inc.contains("delete chain inet nimbus sg_"), "{inc}");
         assert!(inc.contains("delete set inet nimbus g_web"), "{inc}");
     }
 

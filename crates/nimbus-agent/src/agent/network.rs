@@ -302,14 +302,22 @@ impl NetDriver {
             vm: instance.spec.kind == InstanceKind::Vm,
         };
         self.save_port(&instance.metadata.id, &record)?;
+        let t0 = std::time::Instant::now();
         let netns = blocking(move || router::attach_container(&router_ns, &port))
             .await
             .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
+        let t_links = t0.elapsed();
         if let Ok(mut k) = self.known.lock() {
             k.instances
                 .insert(instance.metadata.id.clone(), instance.clone());
         }
         self.sync_locked(&mut routers).await;
+        tracing::debug!(
+            instance = %instance.metadata.name,
+            links_ms = t_links.as_secs_f64() * 1e3,
+            rules_ms = (t0.elapsed() - t_links).as_secs_f64() * 1e3,
+            "network attached"
+        );
         let guarded = rules_cover(&routers, &net.metadata.id, &record.link);
         drop(routers);
         if !guarded {
