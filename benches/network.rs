@@ -59,10 +59,11 @@ fn launch(cloud: &common::Cloud, runs: usize) {
     for i in 0..runs {
         for (with_net, out) in [(false, &mut plain), (true, &mut networked)] {
             let name = format!("l{i}-{with_net}");
+            // A short stop grace: `sleep` as pid 1 ignores SIGTERM.
             let extra = if with_net {
-                serde_json::json!({"networks": ["bench"]})
+                serde_json::json!({"networks": ["bench"], "stop_grace_ms": 100})
             } else {
-                serde_json::json!({})
+                serde_json::json!({"stop_grace_ms": 100})
             };
             let t0 = Instant::now();
             create_instance(cloud, "default", &name, &["/bin/sleep", "30"], extra);

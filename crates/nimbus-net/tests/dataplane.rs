@@ -160,6 +160,58 @@ fn ports_talk_filter_and_clean_up() {
         "a connection from a spoofed source must not get through"
     );
 
+    // DHCP: a port marked for it gets its address from the router (as a
+    // VM's tap would); busybox's udhcpc stands for the guest's client.
+    let before = rr.clone();
+    rr.ports[0].dhcp = true;
+    nft::apply(Some(&router_ns), &rules::router_script(&rr, Some(&before))).expect("rules");
+    let leases: nimbus_net::dhcp::Leases = Default::default();
+    if let Ok(mut l) = leases.write() {
+        l.insert(
+            nimbus_net::netlink::parse_mac(&a.mac).expect("mac"),
+            nimbus_net::dhcp::Lease {
+                ip: a.ip,
+                prefix_len: 24,
+                gateway: a.gateway,
+                dns: vec![a.gateway],
+                mtu: 1500,
+            },
+        );
+    }
+    let _dhcp = nimbus_net::dhcp::start(&router_ns, a.gateway, leases).expect("dhcp");
+    if std::path::Path::new("/bin/busybox").exists() {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", a_ns.display()))
+            .args([
+                "/bin/busybox",
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "3",
+                "-T",
+                "1",
+                "-s",
+                "/bin/true",
+            ])
+            .output()
+            .expect("udhcpc");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("lease of {} obtained", a.ip)),
+            "no DHCP lease:\n{text}"
+        );
+    } else {
+        eprintln!("SKIPPED the DHCP check: /bin/busybox (busybox-static) is missing");
+    }
+
     router::detach_container(Some(&router_ns), &a.instance_id).expect("detach a");
     router::detach_container(Some(&router_ns), &b.instance_id).expect("detach b");
     router::remove_router(&net_id).expect("remove router");

@@ -62,6 +62,9 @@ struct RouterState {
     gateway: Ipv4Addr,
     names: dns::Names,
     _dns: Option<dns::DnsServer>,
+    /// DHCP for VM ports, started with the first one.
+    leases: nimbus_net::dhcp::Leases,
+    dhcp: Option<nimbus_net::dhcp::DhcpServer>,
     /// The rules last applied by this process (`None`: unknown).
     applied: Option<RouterRules>,
 }
@@ -262,6 +265,8 @@ impl NetDriver {
                 gateway: addr.gateway,
                 names,
                 _dns: server,
+                leases: Default::default(),
+                dhcp: None,
                 applied: None,
             },
         );
@@ -393,6 +398,16 @@ impl NetDriver {
                 vm: true,
             },
         )?;
+        if let Some(r) = routers.get_mut(&net.metadata.id) {
+            if r.dhcp.is_none() {
+                match nimbus_net::dhcp::start(&r.host.netns, addr.gateway, r.leases.clone()) {
+                    Ok(d) => r.dhcp = Some(d),
+                    Err(e) => {
+                        tracing::warn!(network = %net.metadata.name, error = %e, "no DHCP for the network")
+                    }
+                }
+            }
+        }
         let tap = blocking(move || router::attach_tap(&router_ns, &port))
             .await
             .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
@@ -521,6 +536,33 @@ impl NetDriver {
             };
             if let Ok(mut n) = r.names.write() {
                 *n = names_map;
+            }
+            // DHCP answers exactly the VM ports of this router.
+            let prefix_len = r
+                .subnet
+                .split_once('/')
+                .and_then(|(_, l)| l.parse().ok())
+                .unwrap_or(24);
+            let leases: HashMap<[u8; 6], nimbus_net::dhcp::Lease> = rr
+                .ports
+                .iter()
+                .filter(|p| p.dhcp)
+                .filter_map(|p| {
+                    let mac = nimbus_net::netlink::parse_mac(&p.mac).ok()?;
+                    Some((
+                        mac,
+                        nimbus_net::dhcp::Lease {
+                            ip: p.ip,
+                            prefix_len,
+                            gateway: r.gateway,
+                            dns: vec![r.gateway],
+                            mtu: router::DEFAULT_MTU as u16,
+                        },
+                    ))
+                })
+                .collect();
+            if let Ok(mut l) = r.leases.write() {
+                *l = leases;
             }
             if r.applied.as_ref() == Some(&rr) {
                 continue;
