@@ -308,19 +308,25 @@ impl NetDriver {
         };
         self.save_port(&instance.metadata.id, &record)?;
         let t0 = std::time::Instant::now();
-        let netns = blocking(move || router::attach_container(&router_ns, &port))
-            .await
-            .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
-        let t_links = t0.elapsed();
         if let Ok(mut k) = self.known.lock() {
             k.instances
                 .insert(instance.metadata.id.clone(), instance.clone());
         }
-        self.sync_locked(&mut routers).await;
+        // Rules name ports by interface name, so they can be applied while
+        // the links are made; both are done before the workload starts.
+        let links = blocking(move || router::attach_container(&router_ns, &port));
+        let (netns, ()) = tokio::join!(links, self.sync_locked(&mut routers));
+        let netns = match netns {
+            Ok(n) => n,
+            Err(e) => {
+                drop(routers);
+                self.detach(&instance.metadata.id).await;
+                return Err(format!("attaching to network {:?}: {e}", addr.network));
+            }
+        };
         tracing::debug!(
             instance = %instance.metadata.name,
-            links_ms = t_links.as_secs_f64() * 1e3,
-            rules_ms = (t0.elapsed() - t_links).as_secs_f64() * 1e3,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
             "network attached"
         );
         let guarded = rules_cover(&routers, &net.metadata.id, &record.link);
