@@ -13,6 +13,37 @@ fn token_for(cloud: &Cloud, user: &str) -> String {
     v["secret"].as_str().expect("secret").to_string()
 }
 
+/// Open a streaming GET as `token` and check it answers 200; the thread
+/// returns true when the server ends the stream within 20 s.
+fn open_stream(cloud: &Cloud, token: &str, path: &str) -> std::thread::JoinHandle<bool> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(cloud.data_dir().join("api.sock")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains(" 200 "),
+        "{path} opens while the role is held: {line}"
+    );
+    // A stream that keeps sending (a chatty log) must still end in time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    std::thread::spawn(move || loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return true,
+            Ok(_) if std::time::Instant::now() < deadline => continue,
+            _ => return false,
+        }
+    })
+}
+
 fn create_instance_body(name: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "name": name,
@@ -326,43 +357,52 @@ fn api_authorisation_matrix_and_bad_input() {
         .0 == 401)
             .then_some(())
     });
-    // An open watch ends once its caller loses the role in the project.
-    let sock = cloud.data_dir().join("api.sock");
-    let alice_token = alice.clone();
-    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-    let watcher = std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        write!(
-            s,
-            "GET /v1/projects/alpha/instances?watch=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {alice_token}\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        // The watch is open (200) before the role goes.
-        opened_tx.send(line.contains(" 200 ")).unwrap();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
-            }
-        }
+    // An open watch and a followed log end once their caller loses the
+    // role in the project.
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "alpha",
+        "--name",
+        "busybox",
+        &starter_tar(&cloud),
+    ]);
+    cloud.ok(&[
+        "instance",
+        "run",
+        "chatty",
+        "--project",
+        "alpha",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 1; done",
+    ]);
+    common::wait_until(std::time::Duration::from_secs(30), "chatty running", || {
+        let v = cloud
+            .json(&["instance", "get", "chatty", "--project", "alpha"])
+            .ok()?;
+        (v["status"]["phase"] == "running").then_some(())
     });
-    assert!(
-        opened_rx.recv().unwrap(),
-        "alice's watch opens while she has a role"
+    let watch = open_stream(&cloud, &alice, "/v1/projects/alpha/instances?watch=true");
+    let logs = open_stream(
+        &cloud,
+        &alice,
+        "/v1/projects/alpha/instances/chatty/logs?follow=true",
     );
     cloud.ok(&["role", "revoke", "alice", "--project", "alpha"]);
     assert!(
-        watcher.join().unwrap(),
+        watch.join().unwrap(),
         "the watch must end after the role is revoked"
     );
+    assert!(
+        logs.join().unwrap(),
+        "the followed log must end after the role is revoked"
+    );
+    cloud.ok(&["instance", "rm", "chatty", "--project", "alpha"]);
     assert_eq!(
         http(
             &cloud,
@@ -734,4 +774,48 @@ fn starter_tar(cloud: &Cloud) -> String {
         assert!(st.success());
     }
     out.to_string_lossy().to_string()
+}
+
+#[test]
+fn token_expiry_is_exact_even_while_cached() {
+    let cloud = Cloud::start();
+    cloud.ok(&["user", "create", "carol"]);
+    let bad = cloud.nimbus(&["token", "create", "--user", "carol", "--expires-in", "3w"]);
+    assert!(!bad.status.success(), "an unknown unit is refused");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"),
+        "the error says which units work: {}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let v = cloud
+        .json(&["token", "create", "--user", "carol", "--expires-in", "3s"])
+        .expect("token create");
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let expires: chrono::DateTime<chrono::Utc> = v["token"]["spec"]["expires_at"]
+        .as_str()
+        .expect("expires_at is set")
+        .parse()
+        .unwrap();
+    // Keep the token hot in the server's cache until it is refused.
+    let refused_at = loop {
+        let status = http(&cloud, "GET", "/v1/whoami", Some(&secret), b"").0;
+        let now = chrono::Utc::now();
+        if status == 401 {
+            break now;
+        }
+        assert_eq!(status, 200, "the token works until it expires");
+        assert!(
+            now < expires + chrono::Duration::seconds(5),
+            "the token still works 5 s after expiring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(refused_at >= expires, "refused before its expiry");
+    assert!(
+        refused_at < expires + chrono::Duration::milliseconds(500),
+        "refused {} ms after expiry; a cached token must stop at its expiry",
+        (refused_at - expires).num_milliseconds()
+    );
+    let list = cloud.nimbus(&["token", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("EXPIRES"));
 }

@@ -8,5 +8,6 @@
 
 pub mod agent;
 pub mod container;
+pub mod vm;
 
 pub use agent::{Agent, AgentConfig};

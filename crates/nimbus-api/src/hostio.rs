@@ -22,4 +22,20 @@ pub trait HostIo: Send + Sync {
         instance: &Instance,
         req: &ExecRequest,
     ) -> Result<Box<dyn ExecStream>, ApiError>;
+    /// Attach to a VM's serial console; the stream speaks the exec frames
+    /// (STDIN in, STDOUT out, EXIT when the console ends).
+    async fn console(&self, instance: &Instance) -> Result<Box<dyn ExecStream>, ApiError> {
+        Err(ApiError::invalid(format!(
+            "instance {:?}: this host cannot attach consoles",
+            instance.metadata.name
+        )))
+    }
+    /// Pause (`true`) or resume (`false`) a running VM's CPUs.
+    async fn set_paused(&self, instance: &Instance, paused: bool) -> Result<(), ApiError> {
+        let _ = paused;
+        Err(ApiError::invalid(format!(
+            "instance {:?}: this host cannot pause instances",
+            instance.metadata.name
+        )))
+    }
 }

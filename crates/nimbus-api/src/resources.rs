@@ -219,6 +219,12 @@ pub struct HostStatus {
     pub agent_version: String,
     #[serde(default)]
     pub instances: u32,
+    /// How virtual machines run here: `kvm` or `tcg`, chosen by probing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accelerator: String,
+    /// Why that accelerator, in words (e.g. what KVM failed to run).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub accelerator_reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -265,6 +271,34 @@ pub struct ImageStatus {
     pub architecture: String,
     #[serde(default)]
     pub defaults: ImageDefaults,
+    /// For `format: disk`: the base disk of virtual machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskImage>,
+    /// For `format: kernel`: a kernel booted directly (VMs and unikernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelImage>,
+}
+
+/// A disk image: stored once, never written; each VM gets a qcow2 overlay on it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DiskImage {
+    /// Blob digest of the base file (`sha256:...`).
+    pub digest: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// The size the guest sees.
+    pub virtual_size_bytes: u64,
+}
+
+/// A kernel image: an ELF with a PVH or multiboot entry, and an optional initrd.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct KernelImage {
+    /// Blob digest of the kernel ELF.
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// `pvh` or `multiboot`.
+    pub entry: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -349,7 +383,8 @@ pub struct InstanceSpec {
     /// Bumped by `restart`: the agent restarts the workload when it changes.
     #[serde(default)]
     pub restart_generation: u64,
-    /// Time between SIGTERM and SIGKILL on stop (default 10000).
+    /// Time between SIGTERM and SIGKILL on stop (default 10000). For VMs:
+    /// between the ACPI power-down request and killing QEMU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
     /// Networks of the same project to attach to (one for now). Empty:
@@ -360,6 +395,44 @@ pub struct InstanceSpec {
     /// network of the instance. Empty: ingress is not filtered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secgroups: Vec<String>,
+    /// Virtual hardware and first-boot data of `vm` and `unikernel` instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSpec>,
+}
+
+/// What a virtual machine (or unikernel) gets besides memory (`resources.memory_bytes`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VmSpec {
+    /// Virtual CPUs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Root disk size for disk images (default: the image's size); the
+    /// overlay grows up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// SSH public keys for the default user, through cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    /// cloud-init user-data: a `#cloud-config` document or a `#!` script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// For a VM from a disk image: boot this kernel image (same project)
+    /// directly, with the disk as its root; the instance's arguments are the
+    /// kernel command line (e.g. `root=/dev/vda1`). Skips firmware and
+    /// bootloader, which is much faster under TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_image: Option<String>,
+    /// Guest TCP ports reachable on the host's loopback through QEMU's user
+    /// network (until the VM joins a Nimbus network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_forwards: Vec<PortForward>,
+}
+
+/// `127.0.0.1:host_port` on the host reaches `guest_port` in the guest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PortForward {
+    pub host_port: u16,
+    pub guest_port: u16,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -372,6 +445,8 @@ pub enum InstancePhase {
     Scheduled,
     Starting,
     Running,
+    /// A virtual machine whose CPUs are stopped on request (`resume` continues).
+    Paused,
     /// Exited and waiting to be restarted by its restart policy.
     Backoff,
     Stopping,
@@ -391,6 +466,7 @@ impl InstancePhase {
             InstancePhase::Scheduled => "scheduled",
             InstancePhase::Starting => "starting",
             InstancePhase::Running => "running",
+            InstancePhase::Paused => "paused",
             InstancePhase::Backoff => "backoff",
             InstancePhase::Stopping => "stopping",
             InstancePhase::Stopped => "stopped",
@@ -440,6 +516,20 @@ pub struct InstanceStatus {
     /// The id of the image resolved when the instance was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// VMs: `kvm` or `tcg`, and why (from the host's probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_reason: Option<String>,
+    /// VMs: the QEMU process on the host while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_pid: Option<i32>,
+    /// VMs: the serial console log on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<String>,
+    /// Why the workload ended, in words, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
     /// Addresses allocated by the server on each network, at creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<InstanceAddress>,

@@ -1,4 +1,4 @@
-//! Human sizes: `64MiB`, `1GiB`, `512k`, plain bytes.
+//! Human sizes (`64MiB`, `1GiB`, `512k`, plain bytes) and durations (`90s`, `12h`, `7d`).
 
 /// Parse a size such as `64MiB`, `1.5GiB`, `512KiB`, `100MB`, `4096`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -49,6 +49,30 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Parse a duration such as `90s`, `30m`, `12h` or `7d` into seconds.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num.parse().map_err(|_| {
+        format!("duration {text:?} does not start with a whole number; write e.g. 30m, 12h or 7d")
+    })?;
+    let mult: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {other:?}; use s, m, h or d (e.g. 12h)"
+            ))
+        }
+    };
+    value
+        .checked_mul(mult)
+        .ok_or_else(|| format!("duration {text:?} is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +87,15 @@ mod tests {
         assert!(parse_size("5parsecs").is_err());
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1536), "1.5KiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("90s").unwrap(), 90);
+        assert_eq!(parse_duration_secs("12h").unwrap(), 43_200);
+        assert_eq!(parse_duration_secs("7d").unwrap(), 604_800);
+        assert!(parse_duration_secs("12").is_err());
+        assert!(parse_duration_secs("soon").is_err());
+        assert!(parse_duration_secs("3w").is_err());
     }
 }

@@ -1,8 +1,10 @@
 //! Conversion between an imported image and the API's image status.
 
-use nimbus_api::{ImageDefaults, ImageStatus};
+use nimbus_api::{DiskImage, ImageDefaults, ImageStatus, KernelImage};
 
-use crate::{ImageConfig, ImageFormat, ImportedImage};
+use crate::{
+    DiskFormat, DiskInfo, ImageConfig, ImageFormat, ImportedImage, KernelEntry, KernelInfo,
+};
 
 impl ImportedImage {
     /// The image as the API reports it.
@@ -11,6 +13,8 @@ impl ImportedImage {
             format: match self.format {
                 ImageFormat::Oci => "oci".into(),
                 ImageFormat::Rootfs => "rootfs".into(),
+                ImageFormat::Disk => "disk".into(),
+                ImageFormat::Kernel => "kernel".into(),
             },
             digest: self.manifest_digest.clone(),
             layers: self.layers.clone(),
@@ -23,16 +27,27 @@ impl ImportedImage {
                 working_dir: self.config.working_dir.clone(),
                 user: self.config.user.clone(),
             },
+            disk: self.disk.as_ref().map(|d| DiskImage {
+                digest: d.digest.clone(),
+                format: d.format.as_str().into(),
+                virtual_size_bytes: d.virtual_size_bytes,
+            }),
+            kernel: self.kernel.as_ref().map(|k| KernelImage {
+                digest: k.digest.clone(),
+                initrd: k.initrd.clone(),
+                entry: k.entry.as_str().into(),
+            }),
         }
     }
 
     /// Back from the API's status, e.g. for an agent to find the layers.
     pub fn from_api(status: &ImageStatus) -> ImportedImage {
         ImportedImage {
-            format: if status.format == "oci" {
-                ImageFormat::Oci
-            } else {
-                ImageFormat::Rootfs
+            format: match status.format.as_str() {
+                "oci" => ImageFormat::Oci,
+                "disk" => ImageFormat::Disk,
+                "kernel" => ImageFormat::Kernel,
+                _ => ImageFormat::Rootfs,
             },
             manifest_digest: status.digest.clone(),
             layers: status.layers.clone(),
@@ -45,6 +60,24 @@ impl ImportedImage {
             },
             size_bytes: status.size_bytes,
             architecture: status.architecture.clone(),
+            disk: status.disk.as_ref().map(|d| DiskInfo {
+                digest: d.digest.clone(),
+                format: if d.format == "raw" {
+                    DiskFormat::Raw
+                } else {
+                    DiskFormat::Qcow2
+                },
+                virtual_size_bytes: d.virtual_size_bytes,
+            }),
+            kernel: status.kernel.as_ref().map(|k| KernelInfo {
+                digest: k.digest.clone(),
+                initrd: k.initrd.clone(),
+                entry: if k.entry == "multiboot" {
+                    KernelEntry::Multiboot
+                } else {
+                    KernelEntry::Pvh
+                },
+            }),
         }
     }
 }
@@ -68,7 +101,25 @@ mod tests {
             },
             size_bytes: 42,
             architecture: "amd64".into(),
+            disk: None,
+            kernel: None,
         };
+        assert_eq!(ImportedImage::from_api(&img.to_api()), img);
+        let disk = ImportedImage {
+            format: ImageFormat::Kernel,
+            manifest_digest: "sha256:ab".into(),
+            layers: vec![],
+            config: ImageConfig::default(),
+            size_bytes: 7,
+            architecture: "amd64".into(),
+            disk: None,
+            kernel: Some(KernelInfo {
+                digest: "sha256:ab".into(),
+                initrd: Some("sha256:cd".into()),
+                entry: KernelEntry::Multiboot,
+            }),
+        };
+        assert_eq!(ImportedImage::from_api(&disk.to_api()), disk);
         assert_eq!(ImportedImage::from_api(&img.to_api()), img);
     }
 }

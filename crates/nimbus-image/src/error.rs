@@ -6,6 +6,14 @@ use std::path::PathBuf;
 /// Everything that can go wrong while importing, unpacking or collecting images.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// A disk image that QEMU would not run safely or at all.
+    #[error("disk image {name} was rejected: {reason}")]
+    BadDisk { name: String, reason: String },
+
+    /// A kernel image that cannot be booted directly.
+    #[error("kernel image {name} was rejected: {reason}")]
+    BadKernel { name: String, reason: String },
+
     /// A host file operation failed (disk full, permissions, ...).
     #[error("could not {action} {path}: {source}")]
     Io {

@@ -35,6 +35,11 @@ pub(crate) fn collect(
             keep_blobs.insert(hex.clone());
             keep_layers.insert(hex);
         }
+        if let Some(kernel) = &image.kernel {
+            if let Some(initrd) = &kernel.initrd {
+                keep_blobs.insert(digest_hex(initrd, "initrd of an image to keep")?.to_string());
+            }
+        }
         let manifest_hex = digest_hex(&image.manifest_digest, "manifest of an image to keep")?;
         keep_blobs.insert(manifest_hex.to_string());
         if image.format == ImageFormat::Oci {

@@ -17,6 +17,7 @@ mod oci;
 mod safe_fs;
 mod stream;
 mod unpack;
+mod vm;
 
 use std::fs::File;
 use std::io::Read;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
 pub use gc::GcReport;
+pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
 use unpack::{unpack_layer, UnpackBudget};
@@ -60,6 +62,10 @@ impl Default for Limits {
 pub enum ImageFormat {
     Oci,
     Rootfs,
+    /// A VM disk (qcow2 or raw); see [`ImportedImage::disk`].
+    Disk,
+    /// A directly booted kernel (+ initrd); see [`ImportedImage::kernel`].
+    Kernel,
 }
 
 /// What the runtime needs from an image config.
@@ -85,6 +91,12 @@ pub struct ImportedImage {
     /// Bytes of regular files across the image's distinct layers, unpacked.
     pub size_bytes: u64,
     pub architecture: String,
+    /// For [`ImageFormat::Disk`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskInfo>,
+    /// For [`ImageFormat::Kernel`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelInfo>,
 }
 
 /// A content-addressed image store rooted at one directory:
@@ -241,6 +253,8 @@ impl ImageStore {
             config: ImageConfig::default(),
             size_bytes: self.layer_size(hex)?,
             architecture: "amd64".to_string(),
+            disk: None,
+            kernel: None,
         })
     }
 
@@ -324,6 +338,8 @@ impl ImageStore {
             config: resolved.config.image_config(),
             size_bytes,
             architecture,
+            disk: None,
+            kernel: None,
         })
     }
 

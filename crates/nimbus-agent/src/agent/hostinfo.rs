@@ -20,6 +20,9 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         last_heartbeat: None,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         instances: 0,
+        // Filled in by the agent from its probe.
+        accelerator: String::new(),
+        accelerator_reason: String::new(),
     }
 }
 

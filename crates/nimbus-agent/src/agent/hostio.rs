@@ -42,4 +42,38 @@ impl HostIo for LocalHostIo {
         })?;
         Ok(Box::new(stream))
     }
+
+    async fn console(&self, instance: &Instance) -> Result<Box<dyn ExecStream>, ApiError> {
+        let client = self.shim(instance)?;
+        let stream = client.console_async().await.map_err(|e| {
+            ApiError::conflict(format!(
+                "cannot attach to the console of {:?}: {e}",
+                instance.metadata.name
+            ))
+        })?;
+        Ok(Box::new(stream))
+    }
+
+    async fn set_paused(&self, instance: &Instance, paused: bool) -> Result<(), ApiError> {
+        let client = self.shim(instance)?;
+        client.pause_async(paused).await.map(drop).map_err(|e| {
+            ApiError::conflict(format!(
+                "cannot {} {:?}: {e}",
+                if paused { "pause" } else { "resume" },
+                instance.metadata.name
+            ))
+        })
+    }
+}
+
+impl LocalHostIo {
+    fn shim(&self, instance: &Instance) -> Result<ShimClient, ApiError> {
+        let dir = self.instances_dir.join(&instance.metadata.id);
+        ShimClient::connect(&dir).map_err(|e| {
+            ApiError::conflict(format!(
+                "instance {:?} has no running supervisor: {e}; start it with `nimbus instance start {}`",
+                instance.metadata.name, instance.metadata.name
+            ))
+        })
+    }
 }

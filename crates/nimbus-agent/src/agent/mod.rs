@@ -70,6 +70,8 @@ pub struct Agent {
     pub ids: idmap::IdAllocator,
     /// Networks of this host's instances.
     pub net: Arc<network::NetDriver>,
+    /// The VM accelerator, probed once (see `vm::probe`).
+    accelerator: tokio::sync::OnceCell<crate::vm::ProbeResult>,
 }
 
 impl Agent {
@@ -92,8 +94,35 @@ impl Agent {
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
             net: Arc::new(network::NetDriver::new(&config.data_dir)),
+            accelerator: tokio::sync::OnceCell::new(),
             config,
         }))
+    }
+
+    /// Which accelerator VMs use here, and why; probed on first use.
+    pub async fn accelerator(&self) -> crate::vm::ProbeResult {
+        self.accelerator
+            .get_or_init(|| async {
+                let dir = self.config.data_dir.clone();
+                let result = tokio::task::spawn_blocking(move || crate::vm::probe(&dir))
+                    .await
+                    .unwrap_or_else(|e| crate::vm::ProbeResult {
+                        accelerator: crate::vm::Accelerator::Tcg,
+                        reason: format!("the accelerator probe crashed ({e}); using TCG"),
+                    });
+                tracing::info!(accelerator = result.accelerator.as_str(), reason = %result.reason, "VM accelerator chosen");
+                result
+            })
+            .await
+            .clone()
+    }
+
+    async fn host_status(&self) -> nimbus_api::HostStatus {
+        let mut status = hostinfo::collect(&self.config);
+        let accel = self.accelerator().await;
+        status.accelerator = accel.accelerator.as_str().to_string();
+        status.accelerator_reason = accel.reason;
+        status
     }
 
     /// Register, then reconcile forever.
@@ -117,7 +146,7 @@ impl Agent {
                 name: self.config.host_name.clone(),
                 labels: self.config.labels.clone(),
                 spec: Default::default(),
-                status: hostinfo::collect(&self.config),
+                status: self.host_status().await,
             };
             match self
                 .client
@@ -141,7 +170,7 @@ impl Agent {
         let path = format!("/v1/hosts/{}/status", self.config.host_name);
         loop {
             tokio::time::sleep(Duration::from_millis(self.config.heartbeat_ms)).await;
-            let mut status = hostinfo::collect(&self.config);
+            let mut status = self.host_status().await;
             status.instances = self.workers.lock().map(|w| w.len() as u32).unwrap_or(0);
             if let Err(e) = self
                 .client
@@ -280,4 +309,5 @@ impl Agent {
 /// Whether `dir` looks like an instance directory made by this agent.
 pub fn is_instance_dir(dir: &Path) -> bool {
     dir.join(crate::container::spec::SPEC_FILE).exists()
+        || dir.join(crate::vm::VM_SPEC_FILE).exists()
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use nimbus_api::{
-    DesiredState, Image, Instance, InstancePhase, InstanceStatus, RestartMode, StatusUpdate,
+    DesiredState, Image, Instance, InstanceKind, InstancePhase, InstanceStatus, RestartMode,
+    StatusUpdate,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
     let phase = match state.phase {
         Phase::Starting => InstancePhase::Starting,
         Phase::Running => InstancePhase::Running,
+        Phase::Paused => InstancePhase::Paused,
         Phase::Backoff => InstancePhase::Backoff,
         // The workload exited by itself and the shim is unmounting: for
         // the user it has exited (its output and exit status are final).
@@ -45,6 +47,16 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
         } else {
             state.reason.clone()
         },
+        exit_reason: state
+            .finished_at
+            .and(state.reason.clone())
+            .filter(|_| state.phase.is_final() || state.phase == Phase::Stopping),
+        accelerator: state.accelerator.clone(),
+        accelerator_reason: state.accelerator_reason.clone(),
+        qemu_pid: state
+            .pid
+            .filter(|_| state.accelerator.is_some() && !state.phase.is_final()),
+        console_log: state.console_log.clone(),
         ..Default::default()
     }
 }
@@ -278,13 +290,15 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             instance.spec.image
         ));
     }
-    let layers = layer_dirs(agent, &image)
-        .await
-        .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?;
     if let Ok(mut cache) = agent.image_cache.lock() {
         cache.insert(image.metadata.id.clone(), image.clone());
     }
-    {
+    if instance.spec.kind != InstanceKind::Container {
+        prepare_vm(agent, instance, &image, dir).await?;
+    } else {
+        let layers = layer_dirs(agent, &image)
+            .await
+            .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let id_map = agent
             .ids
@@ -310,6 +324,54 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
         "shim spawned"
     );
     r
+}
+
+/// Overlay, seed and `vm.json` for a VM or unikernel.
+async fn prepare_vm(
+    agent: &Arc<Agent>,
+    instance: &Instance,
+    image: &Image,
+    dir: &Path,
+) -> Result<(), String> {
+    let accel = agent.accelerator().await;
+    let kernel_image = match instance
+        .spec
+        .vm
+        .as_ref()
+        .and_then(|v| v.kernel_image.clone())
+    {
+        Some(name) => {
+            let project = instance.metadata.project.clone().unwrap_or_default();
+            Some(fetch_image(agent, &project, &name).await?)
+        }
+        None => None,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let (agent, instance, image, dir) = (
+        agent.clone(),
+        instance.clone(),
+        image.clone(),
+        dir.to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::vm::prepare_instance(
+            &dir,
+            &instance,
+            &image,
+            kernel_image.as_ref(),
+            &agent.images,
+            &accel,
+            instance
+                .spec
+                .stop_grace_ms
+                .unwrap_or(translate::DEFAULT_STOP_GRACE_MS),
+            translate::LOG_MAX_BYTES,
+            translate::LOG_FILES,
+        )
+        .map(drop)
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn fetch_image(agent: &Agent, project: &str, name: &str) -> Result<Image, String> {

@@ -41,6 +41,12 @@ pub enum ShimRequest {
         grace_ms: Option<u64>,
     },
     Exec(ExecRequest),
+    /// Virtual machines: stop the vCPUs (QMP `stop`).
+    Pause,
+    /// Virtual machines: continue the vCPUs (QMP `cont`).
+    Resume,
+    /// Virtual machines: attach to the serial console; frames follow as for exec.
+    Console,
 }
 
 /// What to run: the API's exec request, passed through unchanged.
@@ -56,6 +62,8 @@ pub enum ShimResponse {
     ExecStarted {
         pid: i32,
     },
+    /// The console is attached; frames follow (STDIN in, STDOUT out).
+    ConsoleAttached,
     Error {
         message: String,
     },
@@ -312,6 +320,27 @@ impl ShimClient {
             first: Some(first),
             socket: self.socket.clone(),
         })
+    }
+
+    pub async fn pause_async(&self, paused: bool) -> Result<ShimState, ShimError> {
+        let req = if paused {
+            ShimRequest::Pause
+        } else {
+            ShimRequest::Resume
+        };
+        expect_state(self.request_async(&req).await?.1)
+    }
+
+    /// Attaches to a virtual machine's serial console.
+    pub async fn console_async(&self) -> Result<tokio::net::UnixStream, ShimError> {
+        let (stream, resp) = self.request_async(&ShimRequest::Console).await?;
+        match resp {
+            ShimResponse::ConsoleAttached => Ok(stream),
+            ShimResponse::Error { message } => Err(ShimError::Refused(message)),
+            other => Err(ShimError::Protocol(format!(
+                "expected console_attached, got {other:?}"
+            ))),
+        }
     }
 
     pub async fn exec_async(

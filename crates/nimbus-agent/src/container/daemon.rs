@@ -20,8 +20,8 @@ use super::shim::supervise;
 use super::spec::ShimSpec;
 use super::state::{read_state, write_state, Phase, ShimState};
 
-pub(super) const READY_RUNNING: u8 = b'R';
-pub(super) const READY_FAILED: u8 = b'F';
+pub(crate) const READY_RUNNING: u8 = b'R';
+pub(crate) const READY_FAILED: u8 = b'F';
 
 /// Entry point of `nimbus shim <instance_dir>`.
 ///
@@ -147,6 +147,29 @@ fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
         1
     };
     let _ = write_state(dir, &ShimState::new(shim_pid));
+    if dir.join(crate::vm::VM_SPEC_FILE).exists() {
+        let spec = match crate::vm::VmShimSpec::load(dir) {
+            Ok(spec) => spec,
+            Err(e) => return fail(&mut ready, e.to_string()),
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                return fail(
+                    &mut ready,
+                    format!("cannot start the shim's event loop: {e}"),
+                )
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        return local.block_on(
+            &runtime,
+            crate::vm::shim::supervise(dir.to_path_buf(), spec, ready, shim_pid),
+        );
+    }
     let spec = match ShimSpec::load(dir) {
         Ok(spec) => spec,
         Err(e) => return fail(&mut ready, e.to_string()),
@@ -186,7 +209,7 @@ fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
     )
 }
 
-pub(super) fn signal_ready(ready: &mut Option<File>, byte: u8) {
+pub(crate) fn signal_ready(ready: &mut Option<File>, byte: u8) {
     if let Some(mut file) = ready.take() {
         let _ = file.write_all(&[byte]);
     }

@@ -61,7 +61,7 @@ pub mod bundle;
 mod cgroups;
 mod cleanup;
 pub mod control;
-mod daemon;
+pub(crate) mod daemon;
 pub mod exec;
 mod exec_stream;
 pub mod logs;
@@ -73,7 +73,7 @@ mod server;
 mod shim;
 pub mod spec;
 pub mod state;
-mod trim;
+pub(crate) mod trim;
 
 pub use cleanup::{cleanup_instance_dir, spawn_shim, spawn_shim_async};
 pub use control::{

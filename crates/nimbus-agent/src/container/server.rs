@@ -107,6 +107,10 @@ async fn handle_connection(shim: Rc<Shim>, stream: UnixStream) {
             let _ = write_response(&mut writer, &ShimResponse::State { state }).await;
         }
         ShimRequest::Exec(req) => super::exec_stream::run(shim.clone(), reader, writer, req).await,
+        ShimRequest::Pause | ShimRequest::Resume | ShimRequest::Console => {
+            let message = "pause, resume and console are for virtual machines; this instance is a container (use exec)".to_string();
+            let _ = write_response(&mut writer, &ShimResponse::Error { message }).await;
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Phase {
     /// The shim is preparing the rootfs or creating the container.
     Starting,
     Running,
+    /// A virtual machine whose CPUs were stopped on request.
+    Paused,
     /// The container exited and will be restarted after a back-off delay.
     Backoff,
     /// A stop was requested and the container is being signalled, or the container
@@ -53,6 +55,14 @@ pub struct ShimState {
     pub restart_count: u32,
     /// Why the instance is where it is, in words.
     pub reason: Option<String>,
+    /// Virtual machines: `kvm` or `tcg` and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_reason: Option<String>,
+    /// Virtual machines: the serial console log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<String>,
 }
 
 impl ShimState {
@@ -68,6 +78,9 @@ impl ShimState {
             oom_killed: false,
             restart_count: 0,
             reason: None,
+            accelerator: None,
+            accelerator_reason: None,
+            console_log: None,
         }
     }
 }

@@ -29,12 +29,17 @@ pub enum UserCmd {
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create a token; its secret is printed once.
-    #[command(after_help = "Example:\n  nimbus token create --user alice   # as an administrator")]
+    #[command(
+        after_help = "Examples:\n  nimbus token create --user alice   # as an administrator\n  nimbus token create --expires-in 12h --description ci"
+    )]
     Create {
         #[arg(long)]
         user: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// The token stops working after this long, e.g. 90s, 30m, 12h, 7d.
+        #[arg(long, value_parser = nimbus_api::units::parse_duration_secs)]
+        expires_in: Option<u64>,
     },
     #[command(alias = "ls")]
     List,
@@ -124,14 +129,26 @@ pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
 pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     match cmd {
-        TokenCmd::Create { user, description } => {
+        TokenCmd::Create {
+            user,
+            description,
+            expires_in,
+        } => {
+            let expires_at = match expires_in {
+                Some(secs) => Some(
+                    chrono::Utc::now()
+                        + chrono::Duration::try_seconds(secs as i64)
+                            .ok_or_else(|| anyhow::anyhow!("--expires-in is too long"))?,
+                ),
+                None => None,
+            };
             let t: TokenCreated = client
                 .post(
                     "/v1/tokens",
                     &CreateToken {
                         user,
                         description,
-                        expires_at: None,
+                        expires_at,
                     },
                 )
                 .await?;
@@ -146,7 +163,7 @@ pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
             let l: ResourceList<Token> = client.get("/v1/tokens").await?;
             print(g, &l, || {
                 table(
-                    &["id", "user", "description", "age"],
+                    &["id", "user", "description", "expires", "age"],
                     l.items
                         .iter()
                         .map(|t| {
@@ -154,6 +171,10 @@ pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
                                 t.metadata.name.clone(),
                                 t.spec.user.clone(),
                                 t.spec.description.clone(),
+                                t.spec
+                                    .expires_at
+                                    .map(|e| e.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                                    .unwrap_or_else(|| "never".into()),
                                 age(Some(t.metadata.created_at)),
                             ]
                         })
@@ -234,6 +255,7 @@ fn host_rows(items: &[Host]) -> String {
             "memory",
             "arch",
             "cgroup",
+            "vm accel",
             "instances",
             "heartbeat",
         ],
@@ -247,6 +269,11 @@ fn host_rows(items: &[Host]) -> String {
                     format_size(h.status.memory_bytes),
                     h.status.architecture.clone(),
                     h.status.cgroup.clone(),
+                    if h.status.accelerator.is_empty() {
+                        "-".into()
+                    } else {
+                        h.status.accelerator.clone()
+                    },
                     h.status.instances.to_string(),
                     age(h.status.last_heartbeat),
                 ]
@@ -264,7 +291,16 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
         }
         HostCmd::Get { name } => {
             let h: Host = client.get(&format!("/v1/hosts/{name}")).await?;
-            print(g, &h, || host_rows(std::slice::from_ref(&h)))
+            print(g, &h, || {
+                let mut out = host_rows(std::slice::from_ref(&h));
+                if !h.status.accelerator_reason.is_empty() {
+                    out.push_str(&format!(
+                        "\n\nvm accelerator: {} ({})",
+                        h.status.accelerator, h.status.accelerator_reason
+                    ));
+                }
+                out
+            })
         }
     }
 }

@@ -137,3 +137,78 @@ pub async fn exec(
         )
     })
 }
+
+/// Ctrl-]: the key that detaches from a console, as in telnet and virsh.
+const DETACH_KEY: u8 = 0x1d;
+
+/// `nimbus instance console`: the VM's serial port on this terminal, raw,
+/// until Ctrl-] or the VM ends. Returns the exit code to leave with.
+pub async fn console(client: &Client, instance_path: &str, name: &str) -> anyhow::Result<i32> {
+    let stream = client
+        .upgrade(&format!("{instance_path}/console"), &serde_json::json!({}))
+        .await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!(
+        "Connected to the serial console of {name:?}; detach with Ctrl-] (the VM keeps running).\r"
+    );
+    let _raw = if interactive {
+        Some(RawMode::enable())
+    } else {
+        None
+    };
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(8);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = stdin_tx.blocking_send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            input = stdin_rx.recv(), if stdin_open => match input {
+                Some(Some(data)) => {
+                    if let Some(pos) = data.iter().position(|&b| b == DETACH_KEY) {
+                        if pos > 0 {
+                            exec::write_frame(&mut writer, exec::STDIN, &data[..pos]).await?;
+                        }
+                        eprintln!("\r\nDetached from {name:?}; it keeps running.\r");
+                        return Ok(0);
+                    }
+                    exec::write_frame(&mut writer, exec::STDIN, &data).await?;
+                }
+                // End of non-interactive input: keep showing output until the VM ends.
+                Some(None) | None => stdin_open = false,
+            },
+            frame = exec::read_frame(&mut reader) => match frame? {
+                Some((exec::STDOUT, payload)) => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&payload)?;
+                    out.flush()?;
+                }
+                Some((exec::EXIT, payload)) if payload.len() == 4 => {
+                    let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    eprintln!("\r\nThe VM {name:?} has ended (exit code {code}).\r");
+                    return Ok(code);
+                }
+                Some(_) => {}
+                None => {
+                    eprintln!("\r\nThe console connection closed.\r");
+                    return Ok(0);
+                }
+            },
+        }
+    }
+}

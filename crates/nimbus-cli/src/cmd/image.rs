@@ -25,6 +25,29 @@ pub enum ImageCmd {
         #[arg(long)]
         name: String,
     },
+    /// Import a VM disk image (qcow2 or raw); VMs boot it through firmware.
+    #[command(
+        after_help = "Examples:\n  nimbus image import-disk ./debian.qcow2 --name debian-12\n  nimbus image import-disk ./disk.img --name scratch --format raw"
+    )]
+    ImportDisk {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// qcow2 or raw; default from the file name (.qcow2, .raw/.img), else detected.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Import a kernel (an ELF with a PVH or multiboot entry) and an optional initrd.
+    #[command(
+        after_help = "Examples:\n  nimbus image import-kernel ./vmlinux --initrd ./initrd.img --name tiny\n  nimbus image import-kernel ./hello-uk --name hello-uk\nA compressed bzImage is refused: extract the ELF with `extract-vmlinux`."
+    )]
+    ImportKernel {
+        file: PathBuf,
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        #[arg(long)]
+        name: String,
+    },
     /// List images of the project.
     #[command(alias = "ls")]
     List,
@@ -33,6 +56,57 @@ pub enum ImageCmd {
     /// Delete an image no instance uses.
     #[command(alias = "delete")]
     Rm { name: String },
+}
+
+fn source_name(file: &std::path::Path) -> String {
+    file.file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+        .replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-' && c != '_',
+            "_",
+        )
+}
+
+/// Streams `files` one after the other as the body of `path`, with a progress bar.
+async fn upload_files(
+    g: &Globals,
+    client: &nimbus_api::client::Client,
+    files: &[PathBuf],
+    path: &str,
+) -> anyhow::Result<Image> {
+    let mut total = 0;
+    let mut opened = Vec::new();
+    for file in files {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        total += f.metadata().await?.len();
+        opened.push(f);
+    }
+    let bar = if g.json() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("uploading {}", files[0].display()));
+    let b = bar.clone();
+    let body = futures::stream::iter(opened.into_iter().map(ReaderStream::new))
+        .flatten()
+        .map(move |chunk| {
+            if let Ok(c) = &chunk {
+                b.inc(c.len() as u64);
+            }
+            chunk
+        });
+    let result: Result<Image, _> = client.upload(path, body).await;
+    bar.finish_and_clear();
+    Ok(result?)
 }
 
 fn rows(items: &[Image]) -> String {
@@ -103,6 +177,58 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                     image.metadata.name,
                     image.status.layers.len(),
                     format_size(image.status.size_bytes),
+                    image.status.digest
+                )
+            })
+        }
+        ImageCmd::ImportDisk { file, name, format } => {
+            let format = format.or_else(|| match file.extension().and_then(|e| e.to_str()) {
+                Some("qcow2") => Some("qcow2".to_string()),
+                Some("raw") | Some("img") => Some("raw".to_string()),
+                _ => None,
+            });
+            let mut path = format!(
+                "/v1/projects/{p}/images?kind=disk&name={name}&source={}",
+                source_name(&file)
+            );
+            if let Some(f) = &format {
+                path.push_str(&format!("&format={f}"));
+            }
+            let image = upload_files(g, &client, std::slice::from_ref(&file), &path).await?;
+            print(g, &image, || {
+                let disk = image.status.disk.clone().unwrap_or_default();
+                format!(
+                    "disk image {:?} imported: {}, virtual size {}, {}",
+                    image.metadata.name,
+                    disk.format,
+                    format_size(disk.virtual_size_bytes),
+                    image.status.digest
+                )
+            })
+        }
+        ImageCmd::ImportKernel { file, initrd, name } => {
+            let kernel_bytes = tokio::fs::metadata(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?
+                .len();
+            let path = format!(
+                "/v1/projects/{p}/images?kind=kernel&name={name}&kernel_bytes={kernel_bytes}&source={}",
+                source_name(&file)
+            );
+            let mut files = vec![file];
+            files.extend(initrd);
+            let image = upload_files(g, &client, &files, &path).await?;
+            print(g, &image, || {
+                let k = image.status.kernel.clone().unwrap_or_default();
+                format!(
+                    "kernel image {:?} imported: {} entry{}, {}",
+                    image.metadata.name,
+                    k.entry,
+                    if k.initrd.is_some() {
+                        ", with initrd"
+                    } else {
+                        ""
+                    },
                     image.status.digest
                 )
             })

@@ -63,7 +63,13 @@ pub enum InstanceCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Stop: SIGTERM, then SIGKILL after the grace period.
+    /// Attach to a VM's serial console (detach with Ctrl-]).
+    Console { name: String },
+    /// Pause a VM's virtual CPUs.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// Stop: SIGTERM (a VM: the ACPI power button), then a kill after the grace period.
     Stop {
         name: String,
         /// Return without waiting for it to stop.
@@ -96,9 +102,31 @@ pub struct RunArgs {
     pub name: String,
     #[arg(long)]
     pub image: String,
-    /// Memory limit, e.g. 64MiB.
+    /// container, vm or unikernel.
+    #[arg(long, default_value = "container")]
+    pub kind: String,
+    /// Memory limit, e.g. 64MiB (a VM's RAM; default 512MiB, unikernel 64MiB).
     #[arg(long)]
     pub memory: Option<String>,
+    /// VMs: virtual CPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// VMs from disk images: root disk size, e.g. 10GiB (default: the image's).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// VMs: an SSH public key file for the default user (repeatable).
+    #[arg(long)]
+    pub ssh_key: Vec<std::path::PathBuf>,
+    /// VMs: cloud-init user-data file (`#cloud-config` or a `#!` script).
+    #[arg(long)]
+    pub user_data: Option<std::path::PathBuf>,
+    /// VMs from disk images: boot this kernel image directly, the disk as root;
+    /// the arguments after `--` are the kernel command line.
+    #[arg(long)]
+    pub kernel_image: Option<String>,
+    /// VMs: HOST:GUEST, forward 127.0.0.1:HOST to the guest's TCP port (repeatable).
+    #[arg(long)]
+    pub forward: Vec<String>,
     /// CPU limit in CPUs, e.g. 0.5.
     #[arg(long)]
     pub cpus: Option<f64>,
@@ -134,6 +162,71 @@ pub struct RunArgs {
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// The `vm` part of a run request, from the VM flags; `None` without any.
+fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
+    if a.vcpus.is_none()
+        && a.disk.is_none()
+        && a.ssh_key.is_empty()
+        && a.user_data.is_none()
+        && a.forward.is_empty()
+        && a.kernel_image.is_none()
+    {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for path in &a.ssh_key {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!(
+                "reading SSH key {}: {e}; pass a public key file (.pub)",
+                path.display()
+            )
+        })?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    let user_data = match &a.user_data {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading user-data {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let port_forwards = a
+        .forward
+        .iter()
+        .map(|f| {
+            let (h, g) = f.split_once(':').ok_or_else(|| {
+                anyhow::anyhow!("--forward {f:?} must be HOST:GUEST, e.g. 2222:22")
+            })?;
+            Ok(nimbus_api::PortForward {
+                host_port: h
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("host port {h:?} is not a port number"))?,
+                guest_port: g
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("guest port {g:?} is not a port number"))?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(nimbus_api::VmSpec {
+        vcpus: a.vcpus,
+        disk_bytes: a
+            .disk
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        ssh_authorized_keys: keys,
+        user_data,
+        kernel_image: a.kernel_image.clone(),
+        port_forwards,
+    }))
 }
 
 fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -239,6 +332,24 @@ fn detail(i: &Instance) -> String {
         line("secgroups:", i.spec.secgroups.join(", "));
     }
     line("reason:", opt(i.status.reason.clone()));
+    if i.spec.kind != InstanceKind::Container {
+        line(
+            "accelerator:",
+            match (&i.status.accelerator, &i.status.accelerator_reason) {
+                (Some(a), Some(r)) => format!("{a} ({r})"),
+                (Some(a), None) => a.clone(),
+                _ => "-".into(),
+            },
+        );
+        line("qemu pid:", opt(i.status.qemu_pid));
+        line("console log:", opt(i.status.console_log.clone()));
+        if let Some(vm) = &i.spec.vm {
+            line("vcpus:", vm.vcpus.unwrap_or(1).to_string());
+        }
+    }
+    if let Some(r) = &i.status.exit_reason {
+        line("exit reason:", r.clone());
+    }
     line("revision:", i.metadata.revision.to_string());
     out
 }
@@ -298,11 +409,19 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                 cpu_millis: a.cpus.map(|c| (c * 1000.0).round() as u64),
                 pids_max: a.pids,
             };
+            let kind = match a.kind.as_str() {
+                "container" => InstanceKind::Container,
+                "vm" => InstanceKind::Vm,
+                "unikernel" => InstanceKind::Unikernel,
+                other => anyhow::bail!("kind {other:?} is not container, vm or unikernel"),
+            };
+            let vm = vm_spec(&a)?;
             let req = CreateRequest {
                 name: a.name.clone(),
                 labels: parse_kv(&a.label, "label")?,
                 spec: InstanceSpec {
-                    kind: InstanceKind::Container,
+                    kind,
+                    vm,
                     image: a.image,
                     args: a.command,
                     env: parse_kv(&a.env, "environment variable")?,
@@ -407,6 +526,25 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             )
             .await?;
             std::process::exit(code);
+        }
+        InstanceCmd::Console { name } => {
+            let code = crate::cmd::exec::console(&client, &path(g, &name), &name).await?;
+            std::process::exit(code);
+        }
+        InstanceCmd::Pause { name } => {
+            let i: Instance = client
+                .post(&format!("{}/pause", path(g, &name)), &serde_json::json!({}))
+                .await?;
+            print(g, &i, || rows(std::slice::from_ref(&i)))
+        }
+        InstanceCmd::Resume { name } => {
+            let i: Instance = client
+                .post(
+                    &format!("{}/resume", path(g, &name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            print(g, &i, || rows(std::slice::from_ref(&i)))
         }
         InstanceCmd::Stop { name, no_wait } => {
             let _: Instance = client

@@ -45,6 +45,17 @@ pub struct ImportQuery {
     /// Where it came from (informational).
     #[serde(default)]
     pub source: String,
+    /// `archive` (default: rootfs tarball or OCI archive), `disk` (qcow2 or
+    /// raw VM disk) or `kernel` (ELF kernel, optionally followed by an initrd).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// For `kind=disk`: the format the file must have (`qcow2` or `raw`).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// For `kind=kernel`: how many leading bytes of the body are the kernel;
+    /// the rest is the initrd.
+    #[serde(default)]
+    pub kernel_bytes: Option<u64>,
 }
 
 /// Reads the uploaded body on the blocking side of a channel.
@@ -92,15 +103,44 @@ pub async fn import(
             q.name
         ))));
     }
+    enum Kind {
+        Archive,
+        Disk(Option<nimbus_image::DiskFormat>),
+        Kernel(u64),
+    }
+    let kind = match q.kind.as_deref().unwrap_or("archive") {
+        "archive" => Kind::Archive,
+        "disk" => Kind::Disk(match q.format.as_deref() {
+            None | Some("") => None,
+            Some(f) => Some(nimbus_image::DiskFormat::parse(f).ok_or_else(|| {
+                ApiError::invalid(format!("disk format {f:?} is not qcow2 or raw"))
+            })?),
+        }),
+        "kernel" => Kind::Kernel(q.kernel_bytes.ok_or_else(|| {
+            ApiError::invalid(
+                "a kernel import needs kernel_bytes: the length of the kernel at the start of the body",
+            )
+        })?),
+        other => {
+            return Err(ServerError(ApiError::invalid(format!(
+                "image kind {other:?} is not archive, disk or kernel"
+            ))))
+        }
+    };
     let _importing = state.image_lock.read().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let images = state.images.clone();
+    let display_name = q.name.clone();
     let importer = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader {
             rx,
             current: bytes::Bytes::new(),
         };
-        images.import(reader, &mut |_| {})
+        match kind {
+            Kind::Archive => images.import(reader, &mut |_| {}),
+            Kind::Disk(format) => images.import_disk(reader, &display_name, format),
+            Kind::Kernel(bytes) => images.import_kernel(reader, &display_name, bytes),
+        }
     });
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -153,6 +193,7 @@ pub async fn delete(
         .repo
         .list::<Instance>(Some(&project), &ListOptions::default(), |i| {
             i.spec.image == name
+                || i.spec.vm.as_ref().and_then(|v| v.kernel_image.as_deref()) == Some(&name)
         })
         .await?;
     if let Some(i) = users.items.first() {

@@ -85,22 +85,42 @@ pub async fn get(
     Ok(Json(state.repo.get(Some(&project), &name).await?))
 }
 
-/// Check a spec against its image and sane bounds.
-/// Check a spec; returns the id of the image it names.
+/// Check a spec against its image and sane bounds; returns the id of the
+/// image it names.
 async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> ApiResult<String> {
-    if spec.kind != InstanceKind::Container {
-        return Err(ServerError(ApiError::invalid(format!(
-            "instance kind {:?} is not available yet on this Nimbus; use kind container",
-            spec.kind
-        ))));
-    }
     let image: Option<Image> = state.repo.try_get(Some(project), &spec.image).await?;
     let Some(image) = image else {
+        let how = match spec.kind {
+            InstanceKind::Container => "nimbus image import <file>",
+            InstanceKind::Vm => "nimbus image import-disk <file>",
+            InstanceKind::Unikernel => "nimbus image import-kernel <file>",
+        };
         return Err(ServerError(ApiError::invalid(format!(
-            "image {:?} not found in project {project:?}; import it with `nimbus image import <file> --name {}`",
+            "image {:?} not found in project {project:?}; import it with `{how} --name {}`",
             spec.image, spec.image
         ))));
     };
+    if spec.kind != InstanceKind::Container {
+        validate_vm_spec(state, spec, &image).await?;
+        return Ok(image.metadata.id);
+    }
+    if spec.vm.is_some() {
+        return Err(ServerError(ApiError::invalid(
+            "vm settings (vcpus, disk, ssh keys, user-data) apply to kind vm or unikernel only",
+        )));
+    }
+    if image.status.disk.is_some() || image.status.kernel.is_some() {
+        return Err(ServerError(ApiError::invalid(format!(
+            "image {:?} is a {} image for virtual machines; run it with --kind vm{}",
+            spec.image,
+            image.status.format,
+            if image.status.kernel.is_some() {
+                " or --kind unikernel"
+            } else {
+                ""
+            }
+        ))));
+    }
     if spec.args.is_empty()
         && image.status.defaults.entrypoint.is_empty()
         && image.status.defaults.cmd.is_empty()
@@ -199,6 +219,151 @@ async fn resolve_networks(
     Ok(nets)
 }
 
+/// Guest RAM when a VM or unikernel asks for none.
+const DEFAULT_VM_MEMORY_BYTES: u64 = 512 << 20;
+const DEFAULT_UNIKERNEL_MEMORY_BYTES: u64 = 64 << 20;
+
+/// Largest user-data accepted (cloud-init's NoCloud seed is a small disk).
+const MAX_USER_DATA_BYTES: usize = 256 << 10;
+
+async fn validate_vm_spec(state: &AppState, spec: &InstanceSpec, image: &Image) -> ApiResult<()> {
+    let bad = |msg: String| Err(ServerError(ApiError::invalid(msg)));
+    let vm = spec.vm.clone().unwrap_or_default();
+    let kind = if spec.kind == InstanceKind::Vm {
+        "vm"
+    } else {
+        "unikernel"
+    };
+    match (spec.kind, &image.status.disk, &image.status.kernel) {
+        (InstanceKind::Unikernel, _, None) => {
+            return bad(format!(
+                "image {:?} is not a kernel image; a unikernel boots from one imported with `nimbus image import-kernel`",
+                spec.image
+            ))
+        }
+        (InstanceKind::Vm, None, None) => {
+            return bad(format!(
+                "image {:?} is a {} image for containers; a vm boots from `nimbus image import-disk` or `import-kernel` images",
+                spec.image, image.status.format
+            ))
+        }
+        _ => {}
+    }
+    if spec.kind == InstanceKind::Unikernel
+        && (vm.disk_bytes.is_some()
+            || !vm.ssh_authorized_keys.is_empty()
+            || vm.user_data.is_some()
+            || !vm.port_forwards.is_empty())
+    {
+        return bad(
+            "a unikernel gets no disk, cloud-init data or network; drop --disk, --ssh-key, --user-data and --forward".into(),
+        );
+    }
+    if let Some(k) = &vm.kernel_image {
+        if spec.kind != InstanceKind::Vm || image.status.disk.is_none() {
+            return bad(format!(
+                "--kernel-image boots a disk image's VM directly; image {:?} is not a disk image",
+                spec.image
+            ));
+        }
+        let project = image.metadata.project.clone().unwrap_or_default();
+        let kernel: Option<Image> = state.repo.try_get(Some(&project), k).await?;
+        match kernel {
+            Some(kimg) if kimg.status.kernel.is_some() => {}
+            Some(_) => {
+                return bad(format!(
+                    "image {k:?} is not a kernel image; import one with `nimbus image import-kernel`"
+                ))
+            }
+            None => {
+                return bad(format!(
+                    "kernel image {k:?} not found in project {project:?}; import it with `nimbus image import-kernel <vmlinux> --initrd <initrd> --name {k}`"
+                ))
+            }
+        }
+    } else if image.status.disk.is_some() && !spec.args.is_empty() {
+        return bad(format!(
+            "image {:?} boots from its disk through firmware, so a kernel command line cannot be given; drop the arguments after `--` or boot a kernel with --kernel-image",
+            spec.image
+        ));
+    }
+    if let Some(m) = spec.resources.memory_bytes {
+        if m < 16 << 20 {
+            return bad(format!(
+                "memory of {m} bytes is below the 16 MiB a {kind} needs; ask for at least 16MiB"
+            ));
+        }
+    }
+    if spec.restart_policy.mode != RestartMode::Never {
+        return bad(format!(
+            "restart policies apply to containers for now; a {kind} runs until it powers off or is stopped; start it again with `nimbus instance start`"
+        ));
+    }
+    if spec.resources.pids_max.is_some() || spec.resources.cpu_millis.is_some() {
+        return bad(format!(
+            "--cpus and --pids limit containers; a {kind} takes --vcpus"
+        ));
+    }
+    if let Some(v) = vm.vcpus {
+        if !(1..=64).contains(&v) {
+            return bad(format!("vcpus {v} is not between 1 and 64"));
+        }
+    }
+    if let (Some(want), Some(disk)) = (vm.disk_bytes, &image.status.disk) {
+        if want < disk.virtual_size_bytes {
+            return bad(format!(
+                "disk of {want} bytes is smaller than image {:?} ({} bytes); ask for at least its size",
+                spec.image, disk.virtual_size_bytes
+            ));
+        }
+    }
+    if vm.disk_bytes.is_some() && image.status.disk.is_none() {
+        return bad(format!(
+            "image {:?} is a kernel image without a disk; --disk applies to disk images",
+            spec.image
+        ));
+    }
+    if let Some(ud) = &vm.user_data {
+        if ud.len() > MAX_USER_DATA_BYTES {
+            return bad(format!(
+                "user-data is {} bytes, more than {MAX_USER_DATA_BYTES}; keep it smaller or fetch the rest from the guest",
+                ud.len()
+            ));
+        }
+        if !(ud.starts_with("#cloud-config") || ud.starts_with("#!")) {
+            return bad(
+                "user-data must start with `#cloud-config` or a `#!` script line, as cloud-init expects".into(),
+            );
+        }
+    }
+    for key in &vm.ssh_authorized_keys {
+        let kind_ok = key.split_whitespace().next().is_some_and(|t| {
+            t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-")
+        });
+        if !kind_ok || key.contains('\n') || key.split_whitespace().count() < 2 {
+            return bad(format!(
+                "{:?} is not an SSH public key line; pass the .pub file, e.g. --ssh-key ~/.ssh/id_ed25519.pub",
+                key.chars().take(40).collect::<String>()
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &vm.port_forwards {
+        if f.host_port == 0 || f.guest_port == 0 || !seen.insert(f.host_port) {
+            return bad(format!(
+                "port forward {}:{} is invalid; give distinct non-zero HOST:GUEST ports",
+                f.host_port, f.guest_port
+            ));
+        }
+    }
+    if !spec.env.is_empty() || spec.working_dir.is_some() || spec.user.is_some() {
+        return bad(format!(
+            "--env, --workdir and --user apply to containers; give a {kind} its settings through --user-data"
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/v1/projects/{project}/instances", request_body = CreateRequest<InstanceSpec>,
     responses((status = 201, body = Instance), (status = 422, description = "invalid spec")))]
 pub async fn create(
@@ -215,6 +380,14 @@ pub async fn create(
     metadata.labels = req.labels;
     let mut spec = req.spec;
     spec.restart_generation = spec.restart_generation.max(1);
+    // The guest's RAM is fixed: record it so the scheduler counts it.
+    if spec.resources.memory_bytes.is_none() {
+        spec.resources.memory_bytes = match spec.kind {
+            InstanceKind::Container => None,
+            InstanceKind::Vm => Some(DEFAULT_VM_MEMORY_BYTES),
+            InstanceKind::Unikernel => Some(DEFAULT_UNIKERNEL_MEMORY_BYTES),
+        };
+    }
     let instance = Instance {
         metadata,
         spec,
@@ -339,6 +512,121 @@ pub async fn restart(
     .await
 }
 
+async fn running_vm(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    project: &str,
+    name: &str,
+    action: &str,
+) -> ApiResult<Instance> {
+    auth::require_role(&state.repo, caller, project, Role::Member).await?;
+    let instance: Instance = state.repo.get(Some(project), name).await?;
+    if instance.spec.kind == InstanceKind::Container {
+        return Err(ServerError(ApiError::invalid(format!(
+            "{action} works on virtual machines and unikernels; instance {name:?} is a container (use `nimbus instance exec` or stop it)"
+        ))));
+    }
+    Ok(instance)
+}
+
+async fn set_paused(
+    state: Arc<AppState>,
+    caller: Caller,
+    project: String,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<Instance>> {
+    let action = if paused { "pause" } else { "resume" };
+    let instance = running_vm(&state, &caller, &project, &name, action).await?;
+    let wanted_from = if paused {
+        InstancePhase::Running
+    } else {
+        InstancePhase::Paused
+    };
+    if instance.status.phase != wanted_from {
+        return Err(ServerError(ApiError::conflict(format!(
+            "instance {name:?} is {}; only a {} instance can be {action}d",
+            instance.status.phase.as_str(),
+            wanted_from.as_str()
+        ))));
+    }
+    let io = state
+        .host_io()
+        .ok_or_else(|| ApiError::unavailable("no agent can reach this instance's host"))?;
+    io.set_paused(&instance, paused).await?;
+    // The agent reports the new phase; wait briefly so the answer shows it.
+    let want = if paused {
+        InstancePhase::Paused
+    } else {
+        InstancePhase::Running
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now: Instance = state.repo.get(Some(&project), &name).await?;
+        if now.status.phase == want || tokio::time::Instant::now() > deadline {
+            return Ok(Json(now));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/pause", responses((status = 200, body = Instance)))]
+pub async fn pause(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    set_paused(state, caller, project, name, true).await
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/resume", responses((status = 200, body = Instance)))]
+pub async fn resume(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Instance>> {
+    set_paused(state, caller, project, name, false).await
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/console",
+    responses((status = 101, description = "The connection becomes the VM's serial console: exec frames (STDIN in, STDOUT out)")))]
+pub async fn console(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let instance = running_vm(&state, &caller, &project, &name, "console").await?;
+    if !matches!(
+        instance.status.phase,
+        InstancePhase::Running | InstancePhase::Paused
+    ) {
+        return Err(ServerError(ApiError::conflict(format!(
+            "instance {name:?} is {}, not running; start it with `nimbus instance start {name}`",
+            instance.status.phase.as_str()
+        ))));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // The body (an empty JSON object) must be read before the upgrade.
+    let _ = axum::body::to_bytes(req.into_body(), 4 << 10).await;
+    let io = state
+        .host_io()
+        .ok_or_else(|| ApiError::unavailable("no agent can serve consoles on this server"))?;
+    let shim = io.console(&instance).await?;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim).await,
+            Err(e) => tracing::warn!(error = %e, "console upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "nimbus-exec")
+        .body(Body::empty())
+        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
+
 /// Deletion: instances never started are removed at once; others are
 /// marked and their host's agent removes everything, then finalizes.
 #[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}",
@@ -440,7 +728,14 @@ pub async fn logs(
         ApiError::unavailable("no agent can serve logs on this server; is the host agent running?")
     })?;
     let files = io.log_files(&instance).await?;
-    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow);
+    let guard = super::watch::Guard {
+        caller,
+        project: project.clone(),
+    };
+    // A followed log ends when the caller loses their role in the project.
+    use futures::StreamExt;
+    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow)
+        .take_until(super::watch::revoked(state.clone(), guard));
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
@@ -478,9 +773,22 @@ pub async fn exec(
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
     let shim = io.exec(&instance, &exec_req).await?;
+    // The session ends when the caller loses their role in the project.
+    let revoked = super::watch::revoked(
+        state.clone(),
+        super::watch::Guard {
+            caller,
+            project: project.clone(),
+        },
+    );
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim).await,
+            Ok(upgraded) => {
+                tokio::select! {
+                    _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
+                    _ = revoked => tracing::info!("exec session ended: the caller's role was revoked"),
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
         }
     });

@@ -94,6 +94,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(instances::restart),
         )
         .route(
+            "/v1/projects/{project}/instances/{name}/pause",
+            post(instances::pause),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/resume",
+            post(instances::resume),
+        )
+        .route(
+            "/v1/projects/{project}/instances/{name}/console",
+            post(instances::console),
+        )
+        .route(
             "/v1/projects/{project}/instances/{name}/status",
             post(instances::report_status),
         )

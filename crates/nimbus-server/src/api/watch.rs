@@ -27,6 +27,18 @@ pub struct Guard {
 /// How often an open stream re-checks its caller's role.
 const ROLE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Resolves once the guarded caller no longer holds any role in the
+/// project (checked every [`ROLE_RECHECK`]); long-lived responses end there.
+pub async fn revoked(state: Arc<AppState>, guard: Guard) {
+    loop {
+        tokio::time::sleep(ROLE_RECHECK).await;
+        match crate::auth::role_in(&state.repo, &guard.caller, &guard.project).await {
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
+}
+
 pub async fn stream<T: Object>(
     state: &Arc<AppState>,
     prefix: String,
@@ -98,19 +110,7 @@ pub async fn stream<T: Object>(
     });
     let events = match guard {
         None => events.boxed(),
-        Some(g) => {
-            let state = state.clone();
-            let revoked = async move {
-                loop {
-                    tokio::time::sleep(ROLE_RECHECK).await;
-                    match crate::auth::role_in(&state.repo, &g.caller, &g.project).await {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
-            };
-            events.take_until(revoked).boxed()
-        }
+        Some(g) => events.take_until(revoked(state.clone(), g)).boxed(),
     };
     Response::builder()
         .header("content-type", "application/x-ndjson")

@@ -39,10 +39,16 @@ impl Caller {
 const CACHE_TTL: Duration = Duration::from_secs(2);
 
 /// Verifies tokens, caching successful lookups briefly so the API hot path
-/// does not read three keys per request. Revocation takes effect within
-/// `CACHE_TTL`.
-/// A verified caller, the secret hash it was verified with, and when.
-type CacheEntry = (Caller, [u8; 32], Instant);
+/// does not read three keys per request. Deletions through this server
+/// clear it at once; changes made elsewhere take effect within `CACHE_TTL`.
+/// A verified caller, the secret hash it was verified with, when, and
+/// when the token expires (checked on every hit, so expiry is exact).
+type CacheEntry = (
+    Caller,
+    [u8; 32],
+    Instant,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
 
 #[derive(Default)]
 pub struct TokenCache {
@@ -73,8 +79,9 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
     })?;
     let presented = token::hash_secret(secret);
     if let Ok(cache) = state.tokens.entries.read() {
-        if let Some((caller, hash, at)) = cache.get(token_id) {
-            if at.elapsed() < CACHE_TTL && token::hashes_equal(hash, &presented) {
+        if let Some((caller, hash, at, expires)) = cache.get(token_id) {
+            let unexpired = expires.is_none_or(|e| e >= chrono::Utc::now());
+            if unexpired && at.elapsed() < CACHE_TTL && token::hashes_equal(hash, &presented) {
                 return Ok(caller.clone());
             }
         }
@@ -121,7 +128,12 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
     if let Ok(mut cache) = state.tokens.entries.write() {
         cache.insert(
             token_id.to_string(),
-            (caller.clone(), stored_hash, Instant::now()),
+            (
+                caller.clone(),
+                stored_hash,
+                Instant::now(),
+                stored.spec.expires_at,
+            ),
         );
     }
     Ok(caller)

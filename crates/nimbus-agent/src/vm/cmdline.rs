@@ -1,0 +1,260 @@
+//! The QEMU command line of one instance. Everything a guest gets is listed
+//! here: no default devices, no display, no user config, the sandbox on.
+
+use std::path::Path;
+
+use super::spec::{Accelerator, Boot, VmKind, VmPaths, VmShimSpec};
+
+/// The seccomp sandbox. `elevateprivileges` stays `allow`: QEMU installs its
+/// filter before `-run-with user=` drops it to the unprivileged user, and
+/// both `deny` and `children` kill it at that `setuid` (SIGSYS, seen with
+/// QEMU 10). Once running as that user it cannot regain root anyway.
+pub const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+
+/// Kernel parameters every directly booted Linux guest needs here: the serial
+/// console, and a fixed TSC frequency (under a busy TCG host the kernel can
+/// hang calibrating it), no reboot loop on panic.
+pub const LINUX_CMDLINE: &str = "console=ttyS0 tsc_early_khz=2000000 panic=-1";
+
+/// The program and its arguments. The serial console is QEMU's stdio, which
+/// the shim connects to a socket pair it holds.
+pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
+    let paths = VmPaths::new(dir);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-sandbox", SANDBOX]);
+    if let Some(user) = &spec.run_as {
+        push(&["-run-with", &format!("user={user}")]);
+    }
+    match spec.accelerator {
+        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accelerator::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    }
+    // microvm (virtio-mmio) for kernels without a disk; a PC (virtio-pci,
+    // which distribution initramfs images carry drivers for) otherwise.
+    let direct_kernel = matches!(spec.boot, Boot::Kernel { disk: None, .. });
+    match (spec.kind, direct_kernel) {
+        (VmKind::Unikernel, _) => push(&["-M", "microvm,pit=off,pic=off,rtc=off,acpi=off"]),
+        // Direct kernel boot of a Linux VM: microvm with ACPI (power button
+        // for graceful stops, virtio-mmio devices described in ACPI).
+        (VmKind::Vm, true) => push(&["-M", "microvm,rtc=on,acpi=on"]),
+        // Firmware boot of a disk: a PC with SeaBIOS.
+        (VmKind::Vm, false) => push(&["-M", "q35"]),
+    }
+    let virtio_blk = if direct_kernel {
+        "virtio-blk-device"
+    } else {
+        "virtio-blk-pci"
+    };
+    push(&["-m", &format!("{}M", spec.memory_mib)]);
+    push(&["-smp", &spec.vcpus.to_string()]);
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+            disk,
+        } => {
+            if let Some(overlay) = disk {
+                push(&[
+                    "-drive",
+                    &format!(
+                        "file={},if=none,id=root,format=qcow2,cache=writeback,discard=unmap",
+                        qemu_path(overlay)
+                    ),
+                    "-device",
+                    "virtio-blk-pci,drive=root",
+                ]);
+            }
+            push(&["-kernel", &kernel.display().to_string()]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd", &initrd.display().to_string()]);
+            }
+            let line = match spec.kind {
+                VmKind::Vm if cmdline.is_empty() => LINUX_CMDLINE.to_string(),
+                VmKind::Vm => format!("{LINUX_CMDLINE} {cmdline}"),
+                VmKind::Unikernel => cmdline.clone(),
+            };
+            if !line.is_empty() {
+                push(&["-append", &line]);
+            }
+        }
+        Boot::Disk { overlay } => {
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},if=none,id=root,format=qcow2,cache=writeback,discard=unmap",
+                    qemu_path(overlay)
+                ),
+                "-device",
+                "virtio-blk-pci,drive=root,bootindex=1",
+            ]);
+        }
+    }
+    if let Some(seed) = &spec.seed {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=seed,format=raw,readonly=on",
+                qemu_path(seed)
+            ),
+            "-device",
+            &format!("{virtio_blk},drive=seed"),
+        ]);
+    }
+    let nic = if direct_kernel {
+        "virtio-net-device"
+    } else {
+        "virtio-net-pci"
+    };
+    if let Some(fd) = spec.tap_fd {
+        push(&["-netdev", &format!("tap,id=net0,fd={fd}")]);
+        push(&["-device", &format!("{nic},netdev=net0")]);
+    } else if !spec.port_forwards.is_empty() {
+        let fwd: String = spec
+            .port_forwards
+            .iter()
+            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+            .collect();
+        push(&["-netdev", &format!("user,id=net0{fwd}")]);
+        push(&["-device", &format!("{nic},netdev=net0")]);
+    }
+    if spec.kind == VmKind::Unikernel {
+        push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        push(&["-no-reboot"]);
+    }
+    push(&["-chardev", "stdio,id=console,signal=off"]);
+    push(&["-serial", "chardev:console"]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
+    ]);
+    push(&["-pidfile", &paths.pidfile.display().to_string()]);
+    ("qemu-system-x86_64".to_string(), a)
+}
+
+/// QEMU's option syntax splits on commas; doubling them keeps a path whole.
+fn qemu_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn spec(kind: VmKind, boot: Boot) -> VmShimSpec {
+        VmShimSpec {
+            instance_id: "i1".into(),
+            name: "web".into(),
+            kind,
+            accelerator: Accelerator::Tcg,
+            accelerator_reason: "test".into(),
+            memory_mib: 128,
+            vcpus: 2,
+            boot,
+            seed: Some(PathBuf::from("/d/seed,1.img")),
+            port_forwards: vec![(2222, 22)],
+            tap_fd: None,
+            run_as: Some("nimbus-vm".into()),
+            stop_grace_ms: 1000,
+            log_max_bytes: 1 << 20,
+            log_files: 2,
+        }
+    }
+
+    #[test]
+    fn unikernel_gets_microvm_debug_exit_and_no_disk() {
+        let mut s = spec(
+            VmKind::Unikernel,
+            Boot::Kernel {
+                kernel: "/b/k".into(),
+                initrd: None,
+                cmdline: "exit=3".into(),
+                disk: None,
+            },
+        );
+        s.seed = None;
+        s.port_forwards.clear();
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let line = args.join(" ");
+        assert!(line.contains("-M microvm,"), "{line}");
+        assert!(line.contains("isa-debug-exit,iobase=0xf4"), "{line}");
+        assert!(line.contains("-append exit=3"), "{line}");
+        assert!(!line.contains("-drive"), "{line}");
+        assert!(!line.contains("-netdev"), "{line}");
+        assert!(
+            line.contains("-nodefaults") && line.contains("-sandbox on,"),
+            "{line}"
+        );
+        assert!(line.contains("-run-with user=nimbus-vm"), "{line}");
+    }
+
+    #[test]
+    fn disk_vm_boots_overlay_with_seed_and_forwards() {
+        let s = spec(
+            VmKind::Vm,
+            Boot::Disk {
+                overlay: "/d/root.qcow2".into(),
+            },
+        );
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let line = args.join(" ");
+        assert!(line.contains("-M q35"), "{line}");
+        assert!(
+            line.contains("file=/d/root.qcow2,if=none,id=root,format=qcow2"),
+            "{line}"
+        );
+        assert!(line.contains("file=/d/seed,,1.img,"), "{line}");
+        assert!(line.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{line}");
+        assert!(
+            line.contains("-m 128M") && line.contains("-smp 2"),
+            "{line}"
+        );
+        assert!(!line.contains("isa-debug-exit"), "{line}");
+    }
+
+    #[test]
+    fn kernel_vm_gets_linux_console_parameters() {
+        let s = spec(
+            VmKind::Vm,
+            Boot::Kernel {
+                kernel: "/b/k".into(),
+                initrd: Some("/b/i".into()),
+                cmdline: "quiet".into(),
+                disk: None,
+            },
+        );
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let append = args
+            .iter()
+            .position(|a| a == "-append")
+            .map(|i| args[i + 1].clone())
+            .unwrap_or_default();
+        assert_eq!(append, format!("{LINUX_CMDLINE} quiet"));
+        assert!(args.iter().any(|a| a == "virtio-blk-device,drive=seed"));
+    }
+
+    #[test]
+    fn kernel_with_disk_boots_a_pc_with_the_disk_first() {
+        let s = spec(
+            VmKind::Vm,
+            Boot::Kernel {
+                kernel: "/b/k".into(),
+                initrd: Some("/b/i".into()),
+                cmdline: "root=/dev/vda1".into(),
+                disk: Some("/d/root.qcow2".into()),
+            },
+        );
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let line = args.join(" ");
+        assert!(line.contains("-M q35"), "{line}");
+        let root = line.find("drive=root").expect("root disk");
+        let seed = line.find("drive=seed").expect("seed disk");
+        assert!(root < seed, "the root disk comes first (vda): {line}");
+        assert!(line.contains("root=/dev/vda1"), "{line}");
+    }
+}

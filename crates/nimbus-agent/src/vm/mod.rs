@@ -1,0 +1,41 @@
+//! VM and unikernel driver: QEMU supervised by the per-instance shim.
+//!
+//! # Design
+//!
+//! The agent prepares the instance directory ([`prepare`]): a qcow2 overlay on
+//! the image's base disk (the base is shared and never written), a NoCloud
+//! seed ([`seed`]), and `vm.json` ([`VmShimSpec`]). It then runs the same
+//! `nimbus shim <dir>` as for containers; the shim sees `vm.json` and
+//! supervises QEMU instead ([`shim`]). The shim speaks the container shim's
+//! control protocol on `shim.sock` (status, subscribe, stop) plus `pause`,
+//! `resume` and `console`, so the agent's reconcile loop, re-adoption after an
+//! agent crash and status reporting are shared with containers.
+//!
+//! QEMU is the shim's child, started with `-nodefaults -no-user-config
+//! -display none`, the seccomp sandbox and `-run-with user=nimbus-vm`
+//! ([`cmdline`]); it opens its files as root, then drops to that user. Its
+//! serial port is its stdio, a socket pair held by the shim, which tees the
+//! output into the size-capped `console.log` and to one attached console
+//! client. QMP ([`qmp`]) on `qmp.sock` is held by the shim: power-down,
+//! pause (`stop`/`cont`), status and events. The accelerator is chosen once
+//! per agent by [`probe`].
+//!
+//! Instance directory (besides the container shim's `state.json`,
+//! `shim.sock`, `console.log*`): `vm.json`, `root.qcow2` (overlay, kept
+//! across stop/start), `seed.img`, `qmp.sock` and `qemu.pid` while running.
+
+pub mod cmdline;
+pub mod prepare;
+pub mod probe;
+pub mod qmp;
+pub mod seed;
+mod server;
+pub(crate) mod shim;
+pub mod spec;
+
+pub use prepare::{prepare_instance, OVERLAY_FILE};
+pub use probe::{probe, ProbeResult};
+pub use spec::{Accelerator, Boot, VmKind, VmShimSpec, VM_SPEC_FILE};
+
+/// The unprivileged user QEMU runs as.
+pub const VM_USER: &str = "nimbus-vm";

@@ -1,0 +1,204 @@
+//! The agent's half: from an API instance and its image to a ready instance
+//! directory (overlay, seed, `vm.json`).
+
+use std::path::Path;
+use std::process::Command;
+
+use nimbus_api::{Image, Instance, InstanceKind};
+use nimbus_image::ImageStore;
+
+use super::probe::ProbeResult;
+use super::seed::{Seed, SEED_FILE};
+use super::spec::{Boot, VmKind, VmShimSpec};
+use super::VM_USER;
+
+/// The VM's root disk: a qcow2 overlay on the image's base file.
+pub const OVERLAY_FILE: &str = "root.qcow2";
+
+/// Memory when the spec gives none.
+const DEFAULT_VM_MEMORY_MIB: u64 = 512;
+const DEFAULT_UNIKERNEL_MEMORY_MIB: u64 = 64;
+
+/// Writes everything the VM shim needs into `dir`. The overlay is created
+/// once and kept across stop/start (the guest's disk persists); the seed is
+/// rewritten at every start. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_instance(
+    dir: &Path,
+    instance: &Instance,
+    image: &Image,
+    kernel_image: Option<&Image>,
+    images: &ImageStore,
+    accel: &ProbeResult,
+    stop_grace_ms: u64,
+    log_max_bytes: u64,
+    log_files: u32,
+) -> Result<VmShimSpec, String> {
+    let kind = match instance.spec.kind {
+        InstanceKind::Vm => VmKind::Vm,
+        InstanceKind::Unikernel => VmKind::Unikernel,
+        InstanceKind::Container => return Err("a container is not a VM".into()),
+    };
+    let vm = instance.spec.vm.clone().unwrap_or_default();
+    let memory_mib = instance
+        .spec
+        .resources
+        .memory_bytes
+        .map(|b| b.div_ceil(1 << 20))
+        .unwrap_or(match kind {
+            VmKind::Vm => DEFAULT_VM_MEMORY_MIB,
+            VmKind::Unikernel => DEFAULT_UNIKERNEL_MEMORY_MIB,
+        });
+    let blob = |digest: &str, what: &str| {
+        images
+            .blob_path(digest)
+            .map_err(|e| format!("image {:?} {what}: {e}", instance.spec.image))
+    };
+    let overlay_of = |disk: &nimbus_api::DiskImage| -> Result<std::path::PathBuf, String> {
+        let base = blob(&disk.digest, "disk")?;
+        let overlay = dir.join(OVERLAY_FILE);
+        if !overlay.exists() {
+            create_overlay(&base, &disk.format, &overlay, vm.disk_bytes)?;
+        }
+        Ok(overlay)
+    };
+    let boot = match (&image.status.disk, &image.status.kernel, kernel_image) {
+        (Some(disk), None, Some(kimg)) => {
+            let kernel =
+                kimg.status.kernel.as_ref().ok_or_else(|| {
+                    format!("image {:?} is not a kernel image", kimg.metadata.name)
+                })?;
+            let kblob = |digest: &str, what: &str| {
+                images
+                    .blob_path(digest)
+                    .map_err(|e| format!("image {:?} {what}: {e}", kimg.metadata.name))
+            };
+            Boot::Kernel {
+                kernel: kblob(&kernel.digest, "kernel")?,
+                initrd: match &kernel.initrd {
+                    Some(d) => Some(kblob(d, "initrd")?),
+                    None => None,
+                },
+                cmdline: instance.spec.args.join(" "),
+                disk: Some(overlay_of(disk)?),
+            }
+        }
+        (_, Some(kernel), _) => Boot::Kernel {
+            kernel: blob(&kernel.digest, "kernel")?,
+            initrd: match &kernel.initrd {
+                Some(d) => Some(blob(d, "initrd")?),
+                None => None,
+            },
+            cmdline: instance.spec.args.join(" "),
+            disk: None,
+        },
+        (Some(disk), None, None) => Boot::Disk {
+            overlay: overlay_of(disk)?,
+        },
+        (None, None, _) => {
+            return Err(format!(
+                "image {:?} is neither a disk nor a kernel image",
+                instance.spec.image
+            ))
+        }
+    };
+    let seed = match kind {
+        VmKind::Vm => {
+            let path = dir.join(SEED_FILE);
+            Seed {
+                instance_id: instance.metadata.id.clone(),
+                hostname: instance.metadata.name.clone(),
+                ssh_authorized_keys: vm.ssh_authorized_keys.clone(),
+                user_data: vm.user_data.clone(),
+                network_config: None,
+            }
+            .write(&path)
+            .map_err(|e| e.to_string())?;
+            Some(path)
+        }
+        VmKind::Unikernel => None,
+    };
+    ensure_vm_user()?;
+    let spec = VmShimSpec {
+        instance_id: instance.metadata.id.clone(),
+        name: instance.metadata.name.clone(),
+        kind,
+        accelerator: accel.accelerator,
+        accelerator_reason: accel.reason.clone(),
+        memory_mib,
+        vcpus: vm.vcpus.unwrap_or(1),
+        boot,
+        seed,
+        port_forwards: vm
+            .port_forwards
+            .iter()
+            .map(|f| (f.host_port, f.guest_port))
+            .collect(),
+        tap_fd: None,
+        run_as: Some(VM_USER.to_string()),
+        stop_grace_ms,
+        log_max_bytes,
+        log_files,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    spec.save(dir).map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// `qemu-img create -f qcow2 -F <fmt> -b <base> <overlay> [size]`.
+fn create_overlay(
+    base: &Path,
+    format: &str,
+    overlay: &Path,
+    size_bytes: Option<u64>,
+) -> Result<(), String> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(base)
+        .arg(overlay);
+    if let Some(size) = size_bytes {
+        cmd.arg(size.to_string());
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(overlay);
+        return Err(format!(
+            "creating the VM disk {} failed: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the system user QEMU drops to, at first use.
+fn ensure_vm_user() -> Result<(), String> {
+    if matches!(nix::unistd::User::from_name(VM_USER), Ok(Some(_))) {
+        return Ok(());
+    }
+    let out = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            VM_USER,
+        ])
+        .output()
+        .map_err(|e| {
+            format!("cannot run useradd to create the {VM_USER} user QEMU runs as: {e}")
+        })?;
+    // Another agent may have created it meanwhile (exit 9: already exists).
+    if out.status.success() || out.status.code() == Some(9) {
+        Ok(())
+    } else {
+        Err(format!(
+            "could not create the {VM_USER} user QEMU runs as: {}; create it with `useradd --system {VM_USER}`",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

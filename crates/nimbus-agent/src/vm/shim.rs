@@ -1,0 +1,671 @@
+//! The VM supervisor: runs QEMU, drives it over QMP, tees the serial console
+//! into the log and to one attached client, and records how it ended.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use super::cmdline::qemu_command;
+use super::qmp::{Qmp, QmpEvent};
+use super::spec::{VmKind, VmPaths, VmShimSpec};
+use crate::container::control::SOCKET_FILE;
+use crate::container::daemon::{signal_ready, READY_FAILED, READY_RUNNING};
+use crate::container::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
+use crate::container::state::{write_state, Phase, ShimState};
+
+/// How long QEMU gets to open its QMP socket after it starts.
+const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long console output may keep arriving after QEMU exited.
+const DRAIN: Duration = Duration::from_secs(1);
+/// When the shim trims its working set a second time after the start.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(2);
+/// Lines of QEMU's stderr kept for the exit reason.
+const STDERR_TAIL_LINES: usize = 8;
+
+pub(super) enum VmCommand {
+    Stop {
+        grace_ms: Option<u64>,
+        reply: oneshot::Sender<ShimState>,
+    },
+    Pause {
+        paused: bool,
+        reply: oneshot::Sender<Result<ShimState, String>>,
+    },
+}
+
+/// Shared state of the supervisor and its connection handlers (one thread).
+pub(super) struct VmShim {
+    pub(super) dir: PathBuf,
+    pub(super) spec: VmShimSpec,
+    state: RefCell<ShimState>,
+    pub(super) events: broadcast::Sender<ShimState>,
+    pub(super) commands: mpsc::UnboundedSender<VmCommand>,
+    /// Serial output for the attached console client, if one is attached.
+    pub(super) console_out: RefCell<Option<mpsc::Sender<Vec<u8>>>>,
+    /// Keystrokes for the guest's serial port.
+    pub(super) console_in: mpsc::UnboundedSender<Vec<u8>>,
+    pub(super) connections: Cell<usize>,
+    pub(super) connection_closed: Notify,
+}
+
+impl VmShim {
+    pub(super) fn state(&self) -> ShimState {
+        self.state.borrow().clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ShimState)) {
+        let snapshot = {
+            let mut state = self.state.borrow_mut();
+            change(&mut state);
+            state.clone()
+        };
+        if let Err(e) = write_state(&self.dir, &snapshot) {
+            tracing::warn!(instance_id = %self.spec.instance_id, error = %e, "cannot write state");
+        }
+        let _ = self.events.send(snapshot);
+    }
+}
+
+/// How QEMU ended, in the API's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VmExit {
+    pub phase: Phase,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: String,
+}
+
+/// Maps QEMU's exit to an exit code and words. A unikernel's status N written
+/// to the debug-exit port makes QEMU exit with (N << 1) | 1; QEMU's own
+/// errors also exit 1 but print to stderr, which tells them apart.
+pub(crate) fn describe_exit(
+    kind: VmKind,
+    code: Option<i32>,
+    signal: Option<i32>,
+    stop_requested: bool,
+    forced: bool,
+    shutdown_reason: Option<&str>,
+    stderr_tail: &str,
+) -> VmExit {
+    let qemu_error = stderr_tail
+        .lines()
+        .find(|l| !l.contains("warning:") && !l.contains("terminating on signal"))
+        .map(|l| l.trim_start_matches("qemu-system-x86_64: ").to_string());
+    if let Some(sig) = signal {
+        return if forced {
+            VmExit {
+                phase: Phase::Exited,
+                exit_code: Some(128 + sig),
+                signal: Some(sig),
+                reason: "killed after the stop grace period: the guest did not power off".into(),
+            }
+        } else {
+            VmExit {
+                phase: Phase::Failed,
+                exit_code: Some(128 + sig),
+                signal: Some(sig),
+                reason: format!("QEMU was killed by signal {sig}"),
+            }
+        };
+    }
+    let Some(code) = code else {
+        return VmExit {
+            phase: Phase::Failed,
+            exit_code: None,
+            signal: None,
+            reason: "QEMU's exit status was lost".into(),
+        };
+    };
+    if code == 0 {
+        let reason = match shutdown_reason {
+            _ if stop_requested => "the guest powered off on request".to_string(),
+            Some("guest-shutdown") | None => "the guest powered off".to_string(),
+            Some("guest-reset") => "the guest rebooted; unikernels do not restart".to_string(),
+            Some("guest-panic") => "the guest kernel panicked".to_string(),
+            Some(other) => format!("QEMU shut down ({other})"),
+        };
+        let phase = if shutdown_reason == Some("guest-panic") {
+            Phase::Failed
+        } else {
+            Phase::Exited
+        };
+        return VmExit {
+            phase,
+            exit_code: Some(0),
+            signal: None,
+            reason,
+        };
+    }
+    if kind == VmKind::Unikernel && code & 1 == 1 && qemu_error.is_none() {
+        let status = code >> 1;
+        return VmExit {
+            phase: Phase::Exited,
+            exit_code: Some(status),
+            signal: None,
+            reason: format!("the unikernel exited with status {status}"),
+        };
+    }
+    VmExit {
+        phase: Phase::Failed,
+        exit_code: Some(code),
+        signal: None,
+        reason: match qemu_error {
+            Some(e) => format!("QEMU failed (exit status {code}): {e}"),
+            None => format!("QEMU failed with exit status {code}"),
+        },
+    }
+}
+
+struct Qemu {
+    child: tokio::process::Child,
+    pid: Pid,
+    serial: OwnedFd,
+}
+
+fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
+    let (program, args) = qemu_command(&shim.spec, &shim.dir);
+    let paths = VmPaths::new(&shim.dir);
+    let _ = std::fs::remove_file(&paths.qmp_socket);
+    let _ = std::fs::remove_file(&paths.pidfile);
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot create the serial console socket pair: {e}"))?;
+    let theirs_in = theirs
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::from(theirs_in))
+        .stdout(std::process::Stdio::from(theirs))
+        .stderr(std::process::Stdio::piped())
+        .current_dir(&shim.dir)
+        .kill_on_drop(false);
+    // SAFETY: prctl is async-signal-safe; the child runs nothing else before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // QEMU must not outlive its supervisor: nobody would hold its
+            // console or record its exit.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        format!("cannot run {program}: {e}; install QEMU (`apt-get install qemu-system-x86`)")
+    })?;
+    let pid = child
+        .id()
+        .map(|p| Pid::from_raw(p as i32))
+        .ok_or_else(|| "QEMU exited at once".to_string())?;
+    Ok(Qemu {
+        child,
+        pid,
+        serial: ours,
+    })
+}
+
+pub(crate) async fn supervise(
+    dir: PathBuf,
+    spec: VmShimSpec,
+    mut ready: Option<File>,
+    shim_pid: i32,
+) -> i32 {
+    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let (console_in, console_in_rx) = mpsc::unbounded_channel();
+    let log = match ConsoleLog::open(&dir, spec.log_max_bytes, spec.log_files) {
+        Ok(l) => Rc::new(RefCell::new(l)),
+        Err(e) => {
+            let mut state = ShimState::new(shim_pid);
+            state.phase = Phase::Failed;
+            state.reason = Some(e.to_string());
+            let _ = write_state(&dir, &state);
+            signal_ready(&mut ready, READY_FAILED);
+            return 1;
+        }
+    };
+    let mut initial = ShimState::new(shim_pid);
+    initial.accelerator = Some(spec.accelerator.as_str().to_string());
+    initial.accelerator_reason = Some(spec.accelerator_reason.clone());
+    initial.console_log = Some(dir.join(CONSOLE_LOG).display().to_string());
+    let shim = Rc::new(VmShim {
+        dir,
+        spec,
+        state: RefCell::new(initial),
+        events: broadcast::channel(32).0,
+        commands,
+        console_out: RefCell::new(None),
+        console_in,
+        connections: Cell::new(0),
+        connection_closed: Notify::new(),
+    });
+    // SIGTERM to the shim (e.g. host shutdown) is a stop with the spec's grace.
+    if let Ok(mut sigterm) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        let commands = shim.commands.clone();
+        tokio::task::spawn_local(async move {
+            while sigterm.recv().await.is_some() {
+                let (reply, _) = oneshot::channel();
+                let _ = commands.send(VmCommand::Stop {
+                    grace_ms: None,
+                    reply,
+                });
+            }
+        });
+    }
+    match super::server::listen(&shim.dir) {
+        Ok(listener) => {
+            tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
+        }
+        Err(e) => {
+            fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
+            return 1;
+        }
+    }
+    let mut qemu = match spawn_qemu(&shim) {
+        Ok(q) => q,
+        Err(reason) => {
+            fail(&shim, &mut ready, reason, Vec::new()).await;
+            return 1;
+        }
+    };
+    let stderr_tail = Rc::new(RefCell::new(VecDeque::<String>::new()));
+    let stderr_task = qemu.child.stderr.take().map(|err| {
+        let tail = stderr_tail.clone();
+        let log = log.clone();
+        tokio::task::spawn_local(async move {
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.borrow_mut().write_line(Stream::Stderr, line.as_bytes());
+                let mut t = tail.borrow_mut();
+                if t.len() == STDERR_TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        })
+    });
+    let serial_task = match start_console_pumps(&shim, &qemu, log.clone(), console_in_rx) {
+        Ok(t) => t,
+        Err(reason) => {
+            let _ = qemu.child.start_kill();
+            let _ = qemu.child.wait().await;
+            fail(&shim, &mut ready, reason, Vec::new()).await;
+            return 1;
+        }
+    };
+
+    // QEMU opens the QMP socket during start-up. It may also end first: a
+    // unikernel can finish before the shim connects, and a bad command line
+    // fails at once; both are judged by their exit below.
+    let paths = VmPaths::new(&shim.dir);
+    enum Start {
+        Connected(Qmp),
+        NoQmp(String),
+        Exited(Option<std::process::ExitStatus>),
+    }
+    let start = tokio::select! {
+        q = Qmp::connect(&paths.qmp_socket, QMP_CONNECT_TIMEOUT) => match q {
+            Ok(q) => Start::Connected(q),
+            Err(e) => Start::NoQmp(e.to_string()),
+        },
+        status = qemu.child.wait() => Start::Exited(status.ok()),
+    };
+    let mut qmp = None;
+    let mut early_exit = None;
+    match start {
+        Start::Connected(q) => qmp = Some(q),
+        Start::Exited(status) => early_exit = Some(status),
+        Start::NoQmp(why) => {
+            let _ = qemu.child.start_kill();
+            let _ = qemu.child.wait().await;
+            if let Some(t) = stderr_task {
+                let _ = tokio::time::timeout(DRAIN, t).await;
+            }
+            fail(
+                &shim,
+                &mut ready,
+                format!("QEMU did not open its QMP socket: {why}"),
+                Vec::new(),
+            )
+            .await;
+            return 1;
+        }
+    }
+    shim.update(|s| {
+        s.phase = Phase::Running;
+        s.pid = Some(qemu.pid.as_raw());
+        s.started_at = Some(Utc::now());
+    });
+    signal_ready(&mut ready, READY_RUNNING);
+    // Start-up code is done with: give back its clean pages, and again once
+    // the agent has subscribed (as the container shim does).
+    crate::container::trim::trim_working_set();
+    let mut trim_at = Some(Instant::now() + TRIM_AGAIN_AFTER);
+
+    let mut stop_replies: Vec<oneshot::Sender<ShimState>> = Vec::new();
+    let mut stop_requested = false;
+    let mut kill_at: Option<Instant> = None;
+    let mut forced = false;
+    let mut shutdown_reason: Option<String> = None;
+    let status = match early_exit {
+        Some(status) => status,
+        None => loop {
+            tokio::select! {
+                biased;
+                status = qemu.child.wait() => break status.ok(),
+                event = next_event(&mut qmp) => match event {
+                    Some(QmpEvent::Stop) => shim.update(|s| { if s.phase == Phase::Running { s.phase = Phase::Paused } }),
+                    Some(QmpEvent::Resume) => shim.update(|s| { if s.phase == Phase::Paused { s.phase = Phase::Running } }),
+                    Some(QmpEvent::Shutdown { reason, .. }) => shutdown_reason = Some(reason),
+                    Some(_) => {}
+                    // QMP closed: QEMU is exiting; its exit comes next.
+                    None => qmp = None,
+                },
+                Some(cmd) = command_rx.recv() => match cmd {
+                    VmCommand::Stop { grace_ms, reply } => {
+                        stop_replies.push(reply);
+                        if !stop_requested {
+                            stop_requested = true;
+                            shim.update(|s| s.phase = Phase::Stopping);
+                            let grace = grace_ms.unwrap_or(shim.spec.stop_grace_ms);
+                            kill_at = Some(Instant::now() + Duration::from_millis(grace));
+                            request_power_off(&shim.spec, &mut qmp).await;
+                        }
+                    }
+                    VmCommand::Pause { paused, reply } => {
+                        let result = set_paused(&shim, &mut qmp, paused).await;
+                        let _ = reply.send(result);
+                    }
+                },
+                _ = sleep_until_opt(kill_at) => {
+                    let _ = kill(qemu.pid, Signal::SIGKILL);
+                    forced = true;
+                    kill_at = None;
+                }
+                _ = sleep_until_opt(trim_at) => {
+                    crate::container::trim::trim_working_set();
+                    trim_at = None;
+                }
+            }
+        },
+    };
+    drop(qmp);
+    let _ = tokio::time::timeout(DRAIN, serial_task).await;
+    if let Some(t) = stderr_task {
+        let _ = tokio::time::timeout(DRAIN, t).await;
+    }
+    let (code, signal) = match status {
+        Some(s) => (s.code(), s.signal()),
+        None => (None, None),
+    };
+    let tail: String = stderr_tail
+        .borrow()
+        .iter()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let exit = describe_exit(
+        shim.spec.kind,
+        code,
+        signal,
+        stop_requested,
+        forced,
+        shutdown_reason.as_deref(),
+        &tail,
+    );
+    while let Ok(cmd) = command_rx.try_recv() {
+        match cmd {
+            VmCommand::Stop { reply, .. } => stop_replies.push(reply),
+            VmCommand::Pause { reply, .. } => {
+                let _ = reply.send(Err("the VM has ended".into()));
+            }
+        }
+    }
+    command_rx.close();
+    finish(&shim, exit, stop_replies).await;
+    signal_ready(&mut ready, READY_FAILED);
+    0
+}
+
+/// Serial console: QEMU's stdio socket into the log and the attached client,
+/// and the client's keystrokes back. Returns the output task.
+fn start_console_pumps(
+    shim: &Rc<VmShim>,
+    qemu: &Qemu,
+    log: Rc<RefCell<ConsoleLog>>,
+    mut input: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let fd = qemu
+        .serial
+        .try_clone()
+        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("serial console socket: {e}"))?;
+    let stream = tokio::net::UnixStream::from_std(std_stream)
+        .map_err(|e| format!("serial console socket: {e}"))?;
+    let (mut reader, mut writer) = stream.into_split();
+    tokio::task::spawn_local(async move {
+        while let Some(bytes) = input.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let shim = shim.clone();
+    Ok(tokio::task::spawn_local(async move {
+        let mut splitter = LineSplitter::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            {
+                let mut log = log.borrow_mut();
+                // Serial lines end in CRLF; the log keeps lines without the CR.
+                splitter.feed(chunk, |line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    log.write_line(Stream::Stdout, line);
+                });
+            }
+            let attached = shim.console_out.borrow().clone();
+            if let Some(tx) = attached {
+                if tx.try_send(chunk.to_vec()).is_err() {
+                    // A client that does not read is detached rather than
+                    // allowed to stall the guest's console.
+                    if tx.is_closed() {
+                        shim.console_out.borrow_mut().take();
+                    }
+                }
+            }
+        }
+        splitter.finish(|line| log.borrow_mut().write_line(Stream::Stdout, line));
+    }))
+}
+
+async fn next_event(qmp: &mut Option<Qmp>) -> Option<QmpEvent> {
+    match qmp {
+        Some(q) => q.next_event().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// A VM gets the ACPI power button (after its vCPUs run again, or it could
+/// not react); a unikernel has no ACPI and is told to quit.
+async fn request_power_off(spec: &VmShimSpec, qmp: &mut Option<Qmp>) {
+    let Some(q) = qmp.as_mut() else { return };
+    let result = match spec.kind {
+        VmKind::Vm => {
+            let _ = q.cont().await;
+            q.system_powerdown().await
+        }
+        VmKind::Unikernel => q.quit().await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(instance_id = %spec.instance_id, error = %e, "power-off request failed; the grace period ends in a kill");
+    }
+}
+
+async fn set_paused(
+    shim: &VmShim,
+    qmp: &mut Option<Qmp>,
+    paused: bool,
+) -> Result<ShimState, String> {
+    let phase = shim.state().phase;
+    let wanted_from = if paused {
+        Phase::Running
+    } else {
+        Phase::Paused
+    };
+    if phase != wanted_from {
+        return Err(format!(
+            "the VM is {phase:?}, so it cannot be {}",
+            if paused { "paused" } else { "resumed" }
+        ));
+    }
+    let q = qmp
+        .as_mut()
+        .ok_or_else(|| "QEMU's QMP connection is gone".to_string())?;
+    if paused {
+        q.stop().await.map_err(|e| e.to_string())?;
+    } else {
+        q.cont().await.map_err(|e| e.to_string())?;
+    }
+    // The STOP/RESUME event may be queued behind the reply; confirm directly.
+    let status = q.query_status().await.map_err(|e| e.to_string())?;
+    shim.update(|s| {
+        s.phase = if status.running {
+            Phase::Running
+        } else {
+            Phase::Paused
+        }
+    });
+    Ok(shim.state())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn fail(
+    shim: &Rc<VmShim>,
+    ready: &mut Option<File>,
+    reason: String,
+    replies: Vec<oneshot::Sender<ShimState>>,
+) {
+    finish(
+        shim,
+        VmExit {
+            phase: Phase::Failed,
+            exit_code: None,
+            signal: None,
+            reason,
+        },
+        replies,
+    )
+    .await;
+    signal_ready(ready, READY_FAILED);
+}
+
+/// Records the end, removes QEMU's sockets and the pid file, answers stop
+/// requests, and lets clients read the final state.
+async fn finish(shim: &Rc<VmShim>, exit: VmExit, replies: Vec<oneshot::Sender<ShimState>>) {
+    let paths = VmPaths::new(&shim.dir);
+    let _ = std::fs::remove_file(&paths.qmp_socket);
+    let _ = std::fs::remove_file(&paths.pidfile);
+    let _ = std::fs::remove_file(shim.dir.join(SOCKET_FILE));
+    shim.console_out.borrow_mut().take();
+    shim.update(|s| {
+        s.phase = exit.phase;
+        s.pid = None;
+        s.finished_at = Some(Utc::now());
+        s.exit_code = exit.exit_code;
+        s.signal = exit.signal;
+        s.reason = Some(exit.reason.clone());
+    });
+    let final_state = shim.state();
+    for reply in replies {
+        let _ = reply.send(final_state.clone());
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while shim.connections.get() > 0 {
+            shim.connection_closed.notified().await;
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unikernel_debug_exit_status_becomes_the_exit_code() {
+        let e = describe_exit(VmKind::Unikernel, Some(7), None, false, false, None, "");
+        assert_eq!((e.phase, e.exit_code), (Phase::Exited, Some(3)));
+        assert_eq!(e.reason, "the unikernel exited with status 3");
+        let e = describe_exit(VmKind::Unikernel, Some(1), None, false, false, None, "");
+        assert_eq!(e.exit_code, Some(0));
+    }
+
+    #[test]
+    fn qemu_errors_are_failures_in_words() {
+        let e = describe_exit(
+            VmKind::Unikernel,
+            Some(1),
+            None,
+            false,
+            false,
+            None,
+            "qemu-system-x86_64: warning: x\nqemu-system-x86_64: -kernel /k: cannot load kernel",
+        );
+        assert_eq!(e.phase, Phase::Failed);
+        assert_eq!(
+            e.reason,
+            "QEMU failed (exit status 1): -kernel /k: cannot load kernel"
+        );
+        let e = describe_exit(VmKind::Vm, None, Some(11), false, false, None, "");
+        assert_eq!((e.phase, e.exit_code), (Phase::Failed, Some(139)));
+    }
+
+    #[test]
+    fn power_off_and_forced_stop() {
+        let e = describe_exit(
+            VmKind::Vm,
+            Some(0),
+            None,
+            false,
+            false,
+            Some("guest-shutdown"),
+            "",
+        );
+        assert_eq!((e.phase, e.exit_code), (Phase::Exited, Some(0)));
+        assert_eq!(e.reason, "the guest powered off");
+        let e = describe_exit(VmKind::Vm, None, Some(9), true, true, None, "");
+        assert_eq!(e.phase, Phase::Exited);
+        assert!(e.reason.contains("did not power off"), "{}", e.reason);
+    }
+}

@@ -1,0 +1,135 @@
+//! `vm.json`: what the agent asks the VM shim to run. Its presence in an
+//! instance directory is what makes `nimbus shim` supervise QEMU instead of a
+//! container.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::ShimError;
+
+/// File name of the VM spec inside an instance directory.
+pub const VM_SPEC_FILE: &str = "vm.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmKind {
+    /// A virtual machine: ACPI power-down on stop, reboots stay inside QEMU.
+    Vm,
+    /// A kernel-only guest on `microvm` with the debug-exit port for its status.
+    Unikernel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+impl Accelerator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum Boot {
+    /// Firmware boots the root disk (a qcow2 overlay of the image's base).
+    Disk { overlay: PathBuf },
+    /// QEMU loads the kernel (PVH or multiboot ELF) directly; with `disk`,
+    /// that overlay is the guest's first disk (its root).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+        #[serde(default)]
+        disk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmShimSpec {
+    pub instance_id: String,
+    pub name: String,
+    pub kind: VmKind,
+    pub accelerator: Accelerator,
+    /// Why this accelerator (from the host's probe), reported in the status.
+    pub accelerator_reason: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub boot: Boot,
+    /// The NoCloud seed image (label `cidata`), attached read-only.
+    pub seed: Option<PathBuf>,
+    /// `(host_port, guest_port)` over QEMU's user network on 127.0.0.1.
+    pub port_forwards: Vec<(u16, u16)>,
+    /// Seam for host networking: a tap device's descriptor passed to QEMU
+    /// (`-netdev tap,fd=N`). Not set by the agent yet.
+    #[serde(default)]
+    pub tap_fd: Option<i32>,
+    /// The unprivileged user QEMU runs as after opening its files.
+    pub run_as: Option<String>,
+    pub stop_grace_ms: u64,
+    pub log_max_bytes: u64,
+    pub log_files: u32,
+}
+
+impl VmShimSpec {
+    pub fn load(instance_dir: &Path) -> Result<VmShimSpec, ShimError> {
+        let path = instance_dir.join(VM_SPEC_FILE);
+        let text = std::fs::read(&path).map_err(|source| ShimError::Io {
+            what: format!("read VM spec {}", path.display()),
+            source,
+        })?;
+        let spec: VmShimSpec = serde_json::from_slice(&text).map_err(|e| {
+            ShimError::InvalidSpec(format!("{} is not a valid VM spec: {e}", path.display()))
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn save(&self, instance_dir: &Path) -> Result<(), ShimError> {
+        let text = serde_json::to_vec_pretty(self)
+            .map_err(|e| ShimError::InvalidSpec(format!("cannot encode VM spec: {e}")))?;
+        crate::container::state::write_atomically(&instance_dir.join(VM_SPEC_FILE), &text)
+    }
+
+    pub fn validate(&self) -> Result<(), ShimError> {
+        let bad = |m: String| Err(ShimError::InvalidSpec(m));
+        if self.memory_mib < 16 {
+            return bad(format!("memory {} MiB is below 16 MiB", self.memory_mib));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return bad(format!("{} vcpus is not between 1 and 64", self.vcpus));
+        }
+        if self.kind == VmKind::Unikernel && !matches!(self.boot, Boot::Kernel { .. }) {
+            return bad("a unikernel boots from a kernel, not a disk".into());
+        }
+        if let Boot::Kernel { cmdline, .. } = &self.boot {
+            if cmdline.contains('\n') || cmdline.len() > 4096 {
+                return bad("kernel command line has a newline or exceeds 4096 bytes".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-instance files the VM shim and QEMU use.
+pub struct VmPaths {
+    pub qmp_socket: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(dir: &Path) -> VmPaths {
+        VmPaths {
+            qmp_socket: dir.join("qmp.sock"),
+            pidfile: dir.join("qemu.pid"),
+        }
+    }
+}
