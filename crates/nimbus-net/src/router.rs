@@ -192,21 +192,28 @@ pub fn detach_container(router: Option<&Path>, instance_id: &str) -> Result<()> 
     netns::remove(&names::instance_netns(instance_id))
 }
 
-/// Create a VM's tap on its router and route its address there. Pass the
-/// returned fd to QEMU as `-netdev tap,fd=N` (clear its close-on-exec flag
-/// in the QEMU child); the tap disappears when the last copy of the fd
-/// closes. The VM must use `port.mac` on its NIC: frames with any other
-/// source MAC or IP are dropped by the router's rules (see
-/// `rules::PortRules` with `dhcp: true`).
-pub fn attach_tap(router: &Path, port: &PortSpec) -> Result<OwnedFd> {
+/// Create a VM's persistent tap on its router and route its address
+/// there. The VM's supervisor opens it by name with [`open_tap`] (a shim
+/// closes inherited descriptors, so the tap is not handed over as an fd);
+/// it stays until [`detach_tap`] deletes it. The VM must use `port.mac` on
+/// its NIC: frames with any other source MAC or IP are dropped by the
+/// router's rules (DHCP requests from 0.0.0.0 are let through).
+pub fn attach_tap(router: &Path, port: &PortSpec) -> Result<()> {
     let name = names::tap_link(&port.instance_id);
     let n = name.clone();
-    let fd = netns::run_in(Some(router), move || {
+    netns::run_in(Some(router), move || {
         let _ = Netlink::new()?.delete_link(&n);
-        tap::create_tap(&n, false)
+        let fd = tap::create_tap(&n, false)?;
+        tap::set_persistent(&fd)
     })?;
-    prepare_port(router, name, port)?;
-    Ok(fd)
+    prepare_port(router, name, port)
+}
+
+/// Open the persistent tap `name` of the router at `router` (for QEMU's
+/// `-netdev tap,fd=N`).
+pub fn open_tap(router: &Path, name: &str) -> Result<OwnedFd> {
+    let n = name.to_string();
+    netns::run_in(Some(router), move || tap::create_tap(&n, false))
 }
 
 /// Remove a VM's tap route (the tap itself goes with QEMU's fd).

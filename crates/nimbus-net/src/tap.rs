@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use crate::{NetError, Result};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -46,6 +47,20 @@ pub fn create_tap(name: &str, vnet_hdr: bool) -> Result<OwnedFd> {
         ));
     }
     Ok(OwnedFd::from(file))
+}
+
+/// Make the tap behind `fd` outlive its descriptors (until its link is
+/// deleted), so another process can open it by name.
+pub fn set_persistent(fd: &OwnedFd) -> Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument by value.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
+    if rc != 0 {
+        return Err(NetError::io(
+            "make the tap persistent",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// A VM's address settings: for a NoCloud `network-config` or a DHCP answer.

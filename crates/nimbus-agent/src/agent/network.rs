@@ -34,10 +34,12 @@ pub struct Attachment {
     pub hosts_file: PathBuf,
 }
 
-/// A VM's network: its tap (pass to QEMU) and its address settings.
+/// A VM's network: where its tap is (for the VM shim to open) and its
+/// address settings.
 #[derive(Debug)]
 pub struct VmAttachment {
-    pub tap: std::os::fd::OwnedFd,
+    pub router_netns: PathBuf,
+    pub tap_name: String,
     pub config: nimbus_net::tap::VmNetConfig,
 }
 
@@ -366,9 +368,9 @@ impl NetDriver {
 
     /// The seam for the VM driver: create the instance's tap on its
     /// network's router (same anti-spoofing and security groups as a
-    /// container's veth; DHCP requests from the VM's MAC are let through)
-    /// and return the tap's fd for QEMU's `-netdev tap,fd=N` with the
-    /// settings for a NoCloud `network-config` (v2) or a DHCP answer.
+    /// container's veth; DHCP requests from the VM's MAC are answered by
+    /// the router) and return where it is, for the VM shim to open, with
+    /// the settings for a NoCloud `network-config` (v2).
     /// `Ok(None)` for an instance on no network. Call [`NetDriver::detach`]
     /// when the VM is deleted.
     pub async fn attach_vm(
@@ -414,7 +416,8 @@ impl NetDriver {
                 }
             }
         }
-        let tap = blocking(move || router::attach_tap(&router_ns, &port))
+        let tap_ns = router_ns.clone();
+        blocking(move || router::attach_tap(&router_ns, &port))
             .await
             .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
         if let Ok(mut k) = self.known.lock() {
@@ -425,7 +428,6 @@ impl NetDriver {
         let link = names::tap_link(&instance.metadata.id);
         if !rules_cover(&routers, &net.metadata.id, &link) {
             drop(routers);
-            drop(tap);
             self.detach(&instance.metadata.id).await;
             return Err(format!(
                 "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
@@ -433,7 +435,8 @@ impl NetDriver {
             ));
         }
         Ok(Some(VmAttachment {
-            tap,
+            router_netns: tap_ns,
+            tap_name: link,
             config: nimbus_net::tap::VmNetConfig {
                 mac: addr.mac.clone(),
                 ip: addr.ip,

@@ -295,6 +295,15 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     }
     if instance.spec.kind != InstanceKind::Container {
         prepare_vm(agent, instance, &image, dir).await?;
+        if let Some(a) = agent.net.attach_vm(agent, instance).await? {
+            let mut spec = crate::vm::spec::VmShimSpec::load(dir).map_err(|e| e.to_string())?;
+            spec.tap = Some(crate::vm::spec::TapRef {
+                netns: a.router_netns,
+                name: a.tap_name,
+                mac: a.config.mac.clone(),
+            });
+            spec.save(dir).map_err(|e| e.to_string())?;
+        }
     } else {
         let layers = layer_dirs(agent, &image)
             .await

@@ -100,6 +100,22 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             spec.image, spec.image
         ))));
     };
+    if spec.kind == InstanceKind::Unikernel && !spec.networks.is_empty() {
+        return Err(ServerError(ApiError::invalid(
+            "a unikernel cannot join a network; drop --network",
+        )));
+    }
+    if spec.kind == InstanceKind::Vm
+        && !spec.networks.is_empty()
+        && spec
+            .vm
+            .as_ref()
+            .is_some_and(|v| !v.port_forwards.is_empty())
+    {
+        return Err(ServerError(ApiError::invalid(
+            "a VM on a network is reached through it; drop --forward and publish ports with `nimbus address publish`",
+        )));
+    }
     if spec.kind != InstanceKind::Container {
         validate_vm_spec(state, spec, &image).await?;
         return Ok(image.metadata.id);
