@@ -5,6 +5,7 @@
 //! host (no mounts, processes or files beyond reading a token or certificate
 //! for the client) and never depend on the store or a driver.
 
+pub mod cidr;
 pub mod client;
 pub mod error;
 pub mod exec;

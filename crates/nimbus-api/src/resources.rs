@@ -387,6 +387,14 @@ pub struct InstanceSpec {
     /// between the ACPI power-down request and killing QEMU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_ms: Option<u64>,
+    /// Networks of the same project to attach to (one for now). Empty:
+    /// loopback only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Security groups of the same project; they filter ingress on every
+    /// network of the instance. Empty: ingress is not filtered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secgroups: Vec<String>,
     /// Virtual hardware and first-boot data of `vm` and `unikernel` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmSpec>,
@@ -522,6 +530,24 @@ pub struct InstanceStatus {
     /// Why the workload ended, in words, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,
+    /// Addresses allocated by the server on each network, at creation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<InstanceAddress>,
+}
+
+/// An instance's address on one network.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct InstanceAddress {
+    pub network: String,
+    /// The network's id (its host-side links and namespaces are named after it).
+    pub network_id: String,
+    #[schema(value_type = String)]
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    #[schema(value_type = String)]
+    pub gateway: std::net::Ipv4Addr,
+    /// `02:..`, locally administered, derived from the instance id.
+    pub mac: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -532,6 +558,160 @@ pub struct Instance {
     pub status: InstanceStatus,
 }
 object!(Instance, "instances", "instance", true);
+
+// ---------------------------------------------------------------- networks
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct NetworkSpec {
+    /// IPv4 subnet in CIDR form, /16 to /29, e.g. `10.20.0.0/24`.
+    pub subnet: String,
+    /// Default: the first address of the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Resolver given to instances. Default: the gateway, where Nimbus
+    /// answers for instance names of the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Search domain written to instances' resolv.conf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_search: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct NetworkStatus {
+    /// The gateway actually used (the spec's, or the subnet's first address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Addresses handed out.
+    #[serde(default)]
+    pub allocated: u32,
+    /// Usable instance addresses in the subnet.
+    #[serde(default)]
+    pub capacity: u32,
+}
+
+/// A private network of a project: on each host, its own router namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Network {
+    pub metadata: Metadata,
+    pub spec: NetworkSpec,
+    #[serde(default)]
+    pub status: NetworkStatus,
+}
+object!(Network, "networks", "network", true);
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Icmp,
+    /// Every protocol.
+    Any,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Any => "any",
+        }
+    }
+}
+
+/// One ingress rule: traffic matching it may reach members of the group.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct SecurityRule {
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// First port (tcp/udp); none means every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_from: Option<u16>,
+    /// Last port, inclusive; defaults to `port_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_to: Option<u16>,
+    /// Source CIDR; none means any source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// Source: members of this security group (same project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl SecurityRule {
+    /// `tcp:80`, `tcp:8000-8080:10.0.0.0/8`, `any:group=web`.
+    pub fn describe(&self) -> String {
+        let mut s = self.protocol.as_str().to_string();
+        if let Some(f) = self.port_from {
+            s.push_str(&format!(":{f}"));
+            if let Some(t) = self.port_to.filter(|t| *t != f) {
+                s.push_str(&format!("-{t}"));
+            }
+        }
+        if let Some(c) = &self.cidr {
+            s.push_str(&format!(" from {c}"));
+        }
+        if let Some(g) = &self.group {
+            s.push_str(&format!(" from group {g}"));
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SecurityGroupSpec {
+    #[serde(default)]
+    pub description: String,
+    /// Ingress allowed on top of traffic from members of the group itself
+    /// and replies to the members' own connections.
+    #[serde(default)]
+    pub rules: Vec<SecurityRule>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SecurityGroupStatus {}
+
+/// Stateful ingress filter for instances: default deny from outside the group.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SecurityGroup {
+    pub metadata: Metadata,
+    pub spec: SecurityGroupSpec,
+    #[serde(default)]
+    pub status: SecurityGroupStatus,
+}
+object!(SecurityGroup, "secgroups", "security group", true);
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PublishedPortSpec {
+    /// The instance (same project) that receives the traffic.
+    pub instance: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Port on every address of the host.
+    pub host_port: u16,
+    /// Port inside the instance.
+    pub instance_port: u16,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PublishedPortStatus {}
+
+/// A host port forwarded to an instance (`nimbus address publish`).
+/// Its name is `<instance>-<protocol>-<host port>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PublishedPort {
+    pub metadata: Metadata,
+    pub spec: PublishedPortSpec,
+    #[serde(default)]
+    pub status: PublishedPortStatus,
+}
+object!(PublishedPort, "addresses", "published port", true);
 
 // ---------------------------------------------------------------- audit
 

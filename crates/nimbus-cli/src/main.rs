@@ -25,6 +25,10 @@ Examples:
   nimbus instance logs web --follow
   nimbus instance exec web -- ps
   nimbus instance rm web
+  nimbus network create backend --subnet 10.20.0.0/24
+  nimbus secgroup create web --allow tcp:80 --allow-from-group web
+  nimbus instance run api --image busybox --network backend --secgroup web -- httpd -f -p 80
+  nimbus address publish api --port 8080:80
 ";
 
 #[derive(Parser)]
@@ -54,6 +58,15 @@ enum Command {
     /// Instances: containers (and later VMs and unikernels).
     #[command(subcommand)]
     Instance(cmd::instance::InstanceCmd),
+    /// Private networks of a project.
+    #[command(subcommand)]
+    Network(cmd::network::NetworkCmd),
+    /// Security groups: stateful ingress filters for instances.
+    #[command(subcommand)]
+    Secgroup(cmd::network::SecgroupCmd),
+    /// Host ports published to instances.
+    #[command(subcommand)]
+    Address(cmd::network::AddressCmd),
     /// Users of the cloud.
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -157,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(c) => cmd::project::run(&g, c).await,
         Command::Image(c) => cmd::image::run(&g, c).await,
         Command::Instance(c) => cmd::instance::run(&g, c).await,
+        Command::Network(c) => cmd::network::network(&g, c).await,
+        Command::Secgroup(c) => cmd::network::secgroup(&g, c).await,
+        Command::Address(c) => cmd::network::address(&g, c).await,
         Command::User(c) => cmd::admin::user(&g, c).await,
         Command::Token(c) => cmd::admin::token(&g, c).await,
         Command::Role(c) => cmd::admin::role(&g, c).await,

@@ -4,6 +4,7 @@
 pub mod hostinfo;
 pub mod hostio;
 pub mod idmap;
+pub mod network;
 pub mod reconcile;
 pub mod translate;
 
@@ -67,6 +68,8 @@ pub struct Agent {
     pub image_cache: Mutex<HashMap<String, nimbus_api::Image>>,
     /// User-namespace id ranges of this host's instances.
     pub ids: idmap::IdAllocator,
+    /// Networks of this host's instances.
+    pub net: Arc<network::NetDriver>,
     /// The VM accelerator, probed once (see `vm::probe`).
     accelerator: tokio::sync::OnceCell<crate::vm::ProbeResult>,
 }
@@ -90,6 +93,7 @@ impl Agent {
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
+            net: Arc::new(network::NetDriver::new(&config.data_dir)),
             accelerator: tokio::sync::OnceCell::new(),
             config,
         }))
@@ -124,6 +128,7 @@ impl Agent {
     /// Register, then reconcile forever.
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         self.register_until_ok().await;
+        self.net.start(self.clone());
         let hb = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
         loop {
@@ -248,10 +253,23 @@ impl Agent {
                 tracing::warn!(instance_id = %id, error = %e, "could not clean up orphaned instance");
             }
         }
+        // Ports whose instance directory is already gone (killed mid-delete).
+        for id in self.net.recorded_ports() {
+            let busy = self
+                .workers
+                .lock()
+                .map(|w| w.contains_key(&id))
+                .unwrap_or(false);
+            if !known.contains(&id) && !busy && !self.instance_dir(&id).exists() {
+                tracing::info!(instance_id = %id, "removing the port of an instance that no longer exists");
+                self.net.detach(&id).await;
+            }
+        }
     }
 
     fn dispatch(self: &Arc<Self>, instance: Instance) {
         tracing::debug!(instance = %instance.metadata.name, phase = instance.status.phase.as_str(), "event");
+        self.net.observe_instance(&instance);
         if instance.status.host.as_deref() != Some(self.config.host_name.as_str()) {
             return;
         }
@@ -277,6 +295,7 @@ impl Agent {
     }
 
     fn forget(&self, id: &str) {
+        self.net.forget_instance(id);
         if let Ok(mut w) = self.workers.lock() {
             w.remove(id);
         }

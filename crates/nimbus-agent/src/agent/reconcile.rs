@@ -308,6 +308,15 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     }
     if instance.spec.kind != InstanceKind::Container {
         prepare_vm(agent, instance, &image, dir).await?;
+        if let Some(a) = agent.net.attach_vm(agent, instance).await? {
+            let mut spec = crate::vm::spec::VmShimSpec::load(dir).map_err(|e| e.to_string())?;
+            spec.tap = Some(crate::vm::spec::TapRef {
+                netns: a.router_netns,
+                name: a.tap_name,
+                mac: a.config.mac.clone(),
+            });
+            spec.save(dir).map_err(|e| e.to_string())?;
+        }
     } else {
         let layers = layer_dirs(agent, &image)
             .await
@@ -317,7 +326,12 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             .ids
             .allocate(&agent.config.instances_dir(), dir)
             .await?;
-        let spec = translate::shim_spec(instance, &image, layers, id_map);
+        let mut spec = translate::shim_spec(instance, &image, layers, id_map);
+        if let Some(a) = agent.net.attach_container(agent, instance, dir).await? {
+            spec.netns = Some(a.netns);
+            spec.resolv_conf = Some(a.resolv_conf);
+            spec.hosts_file = Some(a.hosts_file);
+        }
         spec.save(dir).map_err(|e| e.to_string())?;
     }
     let exe = agent.config.exe.clone();
@@ -491,6 +505,9 @@ pub async fn destroy_local(agent: &Agent, dir: &Path, grace_ms: u64) -> Result<(
     .map_err(|e| e.to_string())??;
     if let Some(host_id) = id_range {
         agent.ids.release(host_id).await;
+    }
+    if let Some(id) = dir.file_name() {
+        agent.net.detach(&id.to_string_lossy()).await;
     }
     Ok(())
 }

@@ -95,5 +95,8 @@ pub fn shim_spec(
         stop_grace_ms: instance.spec.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
         log_max_bytes: LOG_MAX_BYTES,
         log_files: LOG_FILES,
+        netns: None,
+        resolv_conf: None,
+        hosts_file: None,
     }
 }

@@ -175,6 +175,9 @@ pub fn build_oci_spec(spec: &ShimSpec, rootfs: &Path) -> Result<Spec, ShimError>
         .size(spec.id_map.size)
         .build()
         .map_err(spec_err("id mapping"))?;
+    // With a prepared network namespace the shim has joined it already and
+    // the container inherits it: that namespace belongs to the host's user
+    // namespace, so the container's root cannot reconfigure its interface.
     let namespaces = [
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Network,
@@ -185,6 +188,7 @@ pub fn build_oci_spec(spec: &ShimSpec, rootfs: &Path) -> Result<Spec, ShimError>
         LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
+    .filter(|t| spec.netns.is_none() || *t != LinuxNamespaceType::Network)
     .map(|typ| {
         LinuxNamespaceBuilder::default()
             .typ(typ)
@@ -209,7 +213,7 @@ pub fn build_oci_spec(spec: &ShimSpec, rootfs: &Path) -> Result<Spec, ShimError>
         .version("1.0.2")
         .root(root)
         .hostname(spec.hostname.clone())
-        .mounts(default_mounts()?)
+        .mounts(mounts_for(spec)?)
         .process(process)
         .linux(linux)
         .build()
@@ -334,6 +338,26 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
         .map_err(spec_err("mount"))
 }
 
+/// sysfs belongs to a network namespace: in one the host prepared (owned by
+/// the host's user namespace) the container's root may not mount it, so the
+/// host's /sys is bind-mounted read-only instead, as other runtimes do.
+fn mounts_for(spec: &ShimSpec) -> Result<Vec<Mount>, ShimError> {
+    let mut mounts = default_mounts()?;
+    if spec.netns.is_some() {
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new("/sys") {
+                *m = mount(
+                    "/sys",
+                    "bind",
+                    "/sys",
+                    &["rbind", "nosuid", "noexec", "nodev", "ro"],
+                )?;
+            }
+        }
+    }
+    Ok(mounts)
+}
+
 fn default_mounts() -> Result<Vec<Mount>, ShimError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -405,6 +429,9 @@ mod tests {
             stop_grace_ms: 1000,
             log_max_bytes: 1 << 20,
             log_files: 2,
+            netns: None,
+            resolv_conf: None,
+            hosts_file: None,
         }
     }
 

@@ -174,6 +174,22 @@ fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
         Ok(spec) => spec,
         Err(e) => return fail(&mut ready, e.to_string()),
     };
+    if let Some(ns) = &spec.netns {
+        // Still single-threaded: the whole shim, and so every container
+        // it starts, moves into the prepared network namespace.
+        let joined = std::fs::File::open(ns)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            return fail(
+                &mut ready,
+                format!("joining network namespace {}: {e}", ns.display()),
+            );
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

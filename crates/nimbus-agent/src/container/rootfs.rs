@@ -45,6 +45,39 @@ pub fn rootfs_dir(instance_dir: &Path) -> PathBuf {
 pub fn lower_dir(instance_dir: &Path) -> PathBuf {
     instance_dir.join("lower")
 }
+/// Put the network's resolver files in the upper layer, where they hide
+/// the image's, owned by the container's root so it may edit them.
+fn place_etc_files(upper: &Path, spec: &ShimSpec, owner: (Uid, Gid)) -> Result<(), ShimError> {
+    let files = [
+        (&spec.resolv_conf, "resolv.conf"),
+        (&spec.hosts_file, "hosts"),
+    ];
+    if files.iter().all(|(f, _)| f.is_none()) {
+        return Ok(());
+    }
+    let etc = upper.join("etc");
+    if !etc.is_dir() {
+        std::fs::create_dir_all(&etc).map_err(io_err(format!("create {}", etc.display())))?;
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", etc.display())))?;
+        chown(etc.as_path(), Some(owner.0), Some(owner.1))
+            .map_err(|e| ShimError::Rootfs(format!("chown {}: {e}", etc.display())))?;
+    }
+    for (src, name) in files {
+        let Some(src) = src else { continue };
+        let dest = etc.join(name);
+        let _ = std::fs::remove_file(&dest);
+        std::fs::copy(src, &dest).map_err(io_err(format!(
+            "copy {} to {}",
+            src.display(),
+            dest.display()
+        )))?;
+        chown(dest.as_path(), Some(owner.0), Some(owner.1))
+            .map_err(|e| ShimError::Rootfs(format!("chown {}: {e}", dest.display())))?;
+    }
+    Ok(())
+}
+
 pub fn upper_dir(instance_dir: &Path) -> PathBuf {
     instance_dir.join("upper")
 }
@@ -94,6 +127,7 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
             ShimError::Rootfs(format!("chown {} to {}: {e}", dir.display(), host_root.0))
         })?;
     }
+    place_etc_files(&upper, spec, host_root)?;
     // The container root reaches its rootfs through this path from inside its user
     // namespace, so every directory on the way must be searchable by "others".
     std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))

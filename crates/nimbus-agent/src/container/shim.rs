@@ -442,7 +442,13 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
         )));
     };
     let exit = shim.reaper.watch(pid);
-    let started = bring_up_loopback(pid).and_then(|()| {
+    // A prepared namespace has its loopback up already.
+    let loopback = if spec.netns.is_some() {
+        Ok(())
+    } else {
+        bring_up_loopback(pid)
+    };
+    let started = loopback.and_then(|()| {
         container
             .start()
             .map_err(|e| ShimError::Container(format!("start container {id}: {e}")))

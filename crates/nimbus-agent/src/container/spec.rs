@@ -30,6 +30,16 @@ pub struct ShimSpec {
     pub stop_grace_ms: u64,
     pub log_max_bytes: u64,
     pub log_files: u32,
+    /// A network namespace prepared by the agent (bind-mounted path) for the
+    /// container to run in. `None`: a fresh namespace with loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Files copied over the image's `/etc/resolv.conf` and `/etc/hosts`
+    /// (into the instance's upper layer, owned by the container's root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// The user the container process runs as, in container ids.
@@ -140,6 +150,14 @@ impl ShimSpec {
                 "working dir {:?} is not absolute",
                 self.working_dir
             ));
+        }
+        for p in [&self.netns, &self.resolv_conf, &self.hosts_file]
+            .into_iter()
+            .flatten()
+        {
+            if !p.is_absolute() {
+                return bad(format!("path {} is not absolute", p.display()));
+            }
         }
         if self.hostname.len() > 64 {
             return bad(format!(

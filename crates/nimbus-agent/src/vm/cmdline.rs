@@ -112,7 +112,13 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     };
     if let Some(fd) = spec.tap_fd {
         push(&["-netdev", &format!("tap,id=net0,fd={fd}")]);
-        push(&["-device", &format!("{nic},netdev=net0")]);
+        // The router drops frames from any other MAC.
+        let mac = spec
+            .tap
+            .as_ref()
+            .map(|t| format!(",mac={}", t.mac))
+            .unwrap_or_default();
+        push(&["-device", &format!("{nic},netdev=net0{mac}")]);
     } else if !spec.port_forwards.is_empty() {
         let fwd: String = spec
             .port_forwards
@@ -161,6 +167,7 @@ mod tests {
             seed: Some(PathBuf::from("/d/seed,1.img")),
             port_forwards: vec![(2222, 22)],
             tap_fd: None,
+            tap: None,
             run_as: Some("nimbus-vm".into()),
             stop_grace_ms: 1000,
             log_max_bytes: 1 << 20,

@@ -136,6 +136,7 @@ pub fn prepare_instance(
             .map(|f| (f.host_port, f.guest_port))
             .collect(),
         tap_fd: None,
+        tap: None,
         run_as: Some(VM_USER.to_string()),
         stop_grace_ms,
         log_max_bytes,

@@ -183,7 +183,18 @@ struct Qemu {
 }
 
 fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
-    let (program, args) = qemu_command(&shim.spec, &shim.dir);
+    // The network port: the persistent tap the agent made on the router.
+    let tap = match &shim.spec.tap {
+        Some(t) => Some(
+            nimbus_net::router::open_tap(&t.netns, &t.name)
+                .map_err(|e| format!("cannot open the VM's network port {}: {e}", t.name))?,
+        ),
+        None => None,
+    };
+    let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let mut spec = shim.spec.clone();
+    spec.tap_fd = tap_raw;
+    let (program, args) = qemu_command(&spec, &shim.dir);
     let paths = VmPaths::new(&shim.dir);
     let _ = std::fs::remove_file(&paths.qmp_socket);
     let _ = std::fs::remove_file(&paths.pidfile);
@@ -224,12 +235,18 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
             libc::close(fd);
             // Until QEMU changes user, it also dies with its supervisor.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // QEMU inherits the tap (only the child's copy loses close-on-exec).
+            if let Some(fd) = tap_raw {
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| {
         format!("cannot run {program}: {e}; install QEMU (`apt-get install qemu-system-x86`)")
     })?;
+    // QEMU holds its own copy now.
+    drop(tap);
     let pid = child
         .id()
         .map(|p| Pid::from_raw(p as i32))

@@ -68,15 +68,27 @@ pub struct VmShimSpec {
     pub seed: Option<PathBuf>,
     /// `(host_port, guest_port)` over QEMU's user network on 127.0.0.1.
     pub port_forwards: Vec<(u16, u16)>,
-    /// Seam for host networking: a tap device's descriptor passed to QEMU
-    /// (`-netdev tap,fd=N`). Not set by the agent yet.
+    /// A tap device's descriptor passed to QEMU (`-netdev tap,fd=N`); set
+    /// by the shim after it opened `tap`.
     #[serde(default)]
     pub tap_fd: Option<i32>,
+    /// The VM's port on a Nimbus network: a persistent tap in a router
+    /// namespace, opened by the shim just before QEMU starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<TapRef>,
     /// The unprivileged user QEMU runs as after opening its files.
     pub run_as: Option<String>,
     pub stop_grace_ms: u64,
     pub log_max_bytes: u64,
     pub log_files: u32,
+}
+
+/// Where a VM's tap is, and the MAC its NIC must use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRef {
+    pub netns: PathBuf,
+    pub name: String,
+    pub mac: String,
 }
 
 impl VmShimSpec {

@@ -71,6 +71,9 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
         stop_grace_ms: 2000,
         log_max_bytes: 1 << 20,
         log_files: 3,
+        netns: None,
+        resolv_conf: None,
+        hosts_file: None,
     }
 }
 

@@ -150,6 +150,12 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable).
     #[arg(long, short = 'l')]
     pub label: Vec<String>,
+    /// Network to join (`default` is created on demand); none: loopback only.
+    #[arg(long)]
+    pub network: Vec<String>,
+    /// Security group filtering ingress (repeatable).
+    #[arg(long)]
+    pub secgroup: Vec<String>,
     /// Return at once instead of waiting until it runs.
     #[arg(long)]
     pub no_wait: bool,
@@ -313,6 +319,18 @@ fn detail(i: &Instance) -> String {
     if i.status.oom_killed {
         line("oom-killed:", "yes".into());
     }
+    for a in &i.status.addresses {
+        line(
+            "address:",
+            format!(
+                "{}/{} on {} (gateway {}, mac {})",
+                a.ip, a.prefix_len, a.network, a.gateway, a.mac
+            ),
+        );
+    }
+    if !i.spec.secgroups.is_empty() {
+        line("secgroups:", i.spec.secgroups.join(", "));
+    }
     line("reason:", opt(i.status.reason.clone()));
     if i.spec.kind != InstanceKind::Container {
         line(
@@ -412,6 +430,8 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     resources,
                     restart_policy: parse_restart(&a.restart)?,
                     stop_grace_ms: a.stop_timeout.map(|s| s * 1000),
+                    networks: a.network,
+                    secgroups: a.secgroup,
                     ..Default::default()
                 },
             };

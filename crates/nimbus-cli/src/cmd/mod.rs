@@ -4,5 +4,6 @@ pub mod admin;
 pub mod exec;
 pub mod image;
 pub mod instance;
+pub mod network;
 pub mod project;
 pub mod up;

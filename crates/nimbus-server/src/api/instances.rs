@@ -100,6 +100,22 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             spec.image, spec.image
         ))));
     };
+    if spec.kind == InstanceKind::Unikernel && !spec.networks.is_empty() {
+        return Err(ServerError(ApiError::invalid(
+            "a unikernel cannot join a network; drop --network",
+        )));
+    }
+    if spec.kind == InstanceKind::Vm
+        && !spec.networks.is_empty()
+        && spec
+            .vm
+            .as_ref()
+            .is_some_and(|v| !v.port_forwards.is_empty())
+    {
+        return Err(ServerError(ApiError::invalid(
+            "a VM on a network is reached through it; drop --forward and publish ports with `nimbus address publish`",
+        )));
+    }
     if spec.kind != InstanceKind::Container {
         validate_vm_spec(state, spec, &image).await?;
         return Ok(image.metadata.id);
@@ -174,7 +190,49 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             ))));
         }
     }
+    if spec.networks.len() > 1 {
+        return Err(ServerError(ApiError::invalid(
+            "an instance can join one network for now; give a single --network",
+        )));
+    }
+    for g in &spec.secgroups {
+        let found: Option<nimbus_api::SecurityGroup> = state.repo.try_get(Some(project), g).await?;
+        if found.is_none() {
+            return Err(ServerError(ApiError::invalid(format!(
+                "security group {g:?} not found in project {project:?}; create it with `nimbus secgroup create {g} --allow tcp:80`"
+            ))));
+        }
+    }
+    if !spec.secgroups.is_empty() && spec.networks.is_empty() {
+        return Err(ServerError(ApiError::invalid(
+            "security groups filter network traffic, but the instance joins no network; add --network <name>",
+        )));
+    }
     Ok(image.metadata.id)
+}
+
+/// The networks an instance spec names; `default` is created on demand.
+async fn resolve_networks(
+    state: &AppState,
+    project: &str,
+    spec: &InstanceSpec,
+) -> ApiResult<Vec<nimbus_api::Network>> {
+    let mut nets = Vec::new();
+    for n in &spec.networks {
+        if n == super::networks::DEFAULT_NETWORK {
+            nets.push(super::networks::default_network(&state.repo, project).await?);
+            continue;
+        }
+        match state.repo.try_get(Some(project), n).await? {
+            Some(net) => nets.push(net),
+            None => {
+                return Err(ServerError(ApiError::invalid(format!(
+                    "network {n:?} not found in project {project:?}; create it with `nimbus network create {n} --subnet 10.20.0.0/24`"
+                ))))
+            }
+        }
+    }
+    Ok(nets)
 }
 
 /// Guest RAM when a VM or unikernel asks for none.
@@ -333,6 +391,7 @@ pub async fn create(
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     validate_name("instance", &req.name).map_err(ApiError::invalid)?;
     let image_id = validate_spec(&state, &project, &req.spec).await?;
+    let networks = resolve_networks(&state, &project, &req.spec).await?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let mut spec = req.spec;
@@ -348,7 +407,11 @@ pub async fn create(
             ..Default::default()
         },
     };
-    let created = state.repo.create(instance).await?;
+    let created = if networks.is_empty() {
+        state.repo.create(instance).await?
+    } else {
+        crate::ipam::create_with_addresses(&state.repo, instance, &networks).await?
+    };
     crate::scheduler::nudge(&state);
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -385,6 +448,11 @@ pub async fn replace(
     if current.metadata.deletion_requested_at.is_some() {
         return Err(ServerError(ApiError::conflict(format!(
             "instance {name:?} is being deleted"
+        ))));
+    }
+    if body.spec.networks != current.spec.networks {
+        return Err(ServerError(ApiError::invalid(format!(
+            "the networks of instance {name:?} cannot change; create a new instance on the other network"
         ))));
     }
     // What an instance was made from stays: its kind, and for VMs the image,
@@ -627,9 +695,7 @@ pub async fn delete(
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     let current: Instance = state.repo.get(Some(&project), &name).await?;
     if current.status.host.is_none() {
-        state
-            .repo
-            .delete::<Instance>(Some(&project), &name, Some(current.metadata.revision))
+        crate::ipam::delete_with_addresses(&state.repo, &current, Some(current.metadata.revision))
             .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -673,10 +739,7 @@ pub async fn report_status(
                 "instance {name:?} was not being deleted; not finalizing"
             ))));
         }
-        state
-            .repo
-            .delete::<Instance>(Some(&project), &name, None)
-            .await?;
+        crate::ipam::delete_with_addresses(&state.repo, &current, None).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let saved = state
@@ -684,9 +747,11 @@ pub async fn report_status(
         .modify::<Instance, _>(Some(&project), &name, |i| {
             let deleting = i.metadata.deletion_requested_at.is_some();
             let image_id = i.status.image_id.take();
+            let addresses = std::mem::take(&mut i.status.addresses);
             i.status = update.status.clone();
             i.status.host = host.clone();
             i.status.image_id = image_id;
+            i.status.addresses = addresses;
             if deleting {
                 i.status.phase = InstancePhase::Deleting;
             }

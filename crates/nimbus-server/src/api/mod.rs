@@ -1,12 +1,15 @@
 //! The REST API under `/v1`: one file per group of resources.
 
+pub mod addresses;
 pub mod audit;
 pub mod body;
 pub mod hosts;
 pub mod images;
 pub mod instances;
+pub mod networks;
 pub mod openapi;
 pub mod projects;
+pub mod secgroups;
 pub mod users;
 pub mod watch;
 
@@ -113,6 +116,35 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/instances/{name}/exec",
             post(instances::exec),
+        )
+        .route("/v1/networks", get(networks::list_all))
+        .route(
+            "/v1/projects/{project}/networks",
+            get(networks::list).post(networks::create),
+        )
+        .route(
+            "/v1/projects/{project}/networks/{name}",
+            get(networks::get).delete(networks::delete),
+        )
+        .route("/v1/secgroups", get(secgroups::list_all))
+        .route(
+            "/v1/projects/{project}/secgroups",
+            get(secgroups::list).post(secgroups::create),
+        )
+        .route(
+            "/v1/projects/{project}/secgroups/{name}",
+            get(secgroups::get)
+                .put(secgroups::replace)
+                .delete(secgroups::delete),
+        )
+        .route("/v1/addresses", get(addresses::list_all))
+        .route(
+            "/v1/projects/{project}/addresses",
+            get(addresses::list).post(addresses::create),
+        )
+        .route(
+            "/v1/projects/{project}/addresses/{name}",
+            get(addresses::get).delete(addresses::delete),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{audit, hosts, images, instances, projects, users};
+use super::{addresses, audit, hosts, images, instances, networks, projects, secgroups, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,9 @@ use super::{audit, hosts, images, instances, projects, users};
         instances::list, instances::list_all, instances::get, instances::create, instances::replace,
         instances::start, instances::stop, instances::restart, instances::delete,
         instances::report_status, instances::logs, instances::exec,
+        networks::list, networks::list_all, networks::get, networks::create, networks::delete,
+        secgroups::list, secgroups::list_all, secgroups::get, secgroups::create, secgroups::replace, secgroups::delete,
+        addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
         instances::pause, instances::resume, instances::console,
     ),
     components(schemas(nimbus_api::error::ErrorResponse, nimbus_api::WatchEvent<nimbus_api::Instance>)),

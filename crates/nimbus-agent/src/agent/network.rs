@@ -1,0 +1,846 @@
+//! The agent's network driver: makes the networks of this host's instances
+//! real with `nimbus-net` and keeps their rules in step with the store.
+//!
+//! What it made is recorded under `<data>/net/` (`routers/<network id>`,
+//! `ports/<instance id>`), so a restarted agent adopts running instances'
+//! ports without touching them and removes what no instance needs any more.
+//! One sync pass (serialised by the `routers` lock) renders every router's
+//! table and the host table and applies those that changed, each as one
+//! nftables transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use nimbus_api::resources::Object;
+use nimbus_api::{
+    Instance, InstanceAddress, InstanceKind, Network, Protocol, PublishedPort, ResourceList,
+    SecurityGroup, WatchEvent, WatchEventType,
+};
+use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
+use nimbus_net::{dns, names, nft, router, HostSide, PortSpec, RouterSpec};
+use serde::{Deserialize, Serialize};
+
+use super::Agent;
+
+/// What a container needs from its network: its namespace and the files
+/// that point its resolver at the network's DNS.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hosts_file: PathBuf,
+}
+
+/// A VM's network: where its tap is (for the VM shim to open) and its
+/// address settings.
+#[derive(Debug)]
+pub struct VmAttachment {
+    pub router_netns: PathBuf,
+    pub tap_name: String,
+    pub config: nimbus_net::tap::VmNetConfig,
+}
+
+type HostState = (Vec<String>, Vec<HostForward>);
+
+/// A port this agent made, as recorded in `<data>/net/ports/<instance id>`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PortRecord {
+    network_id: String,
+    project: String,
+    link: String,
+    ip: Ipv4Addr,
+    mac: String,
+    vm: bool,
+}
+
+struct RouterState {
+    project: String,
+    network: String,
+    host: HostSide,
+    subnet: String,
+    gateway: Ipv4Addr,
+    names: dns::Names,
+    _dns: Option<dns::DnsServer>,
+    /// DHCP for VM ports, started with the first one.
+    leases: nimbus_net::dhcp::Leases,
+    dhcp: Option<nimbus_net::dhcp::DhcpServer>,
+    /// The rules last applied by this process (`None`: unknown).
+    applied: Option<RouterRules>,
+}
+
+#[derive(Default)]
+struct Known {
+    networks: HashMap<String, Network>,
+    secgroups: HashMap<String, SecurityGroup>,
+    published: HashMap<String, PublishedPort>,
+    instances: HashMap<String, Instance>,
+}
+
+fn pkey(project: &Option<String>, name: &str) -> String {
+    format!("{}/{name}", project.as_deref().unwrap_or_default())
+}
+
+pub struct NetDriver {
+    dir: PathBuf,
+    /// The agent's own table in the host namespace.
+    pub host_table: String,
+    known: std::sync::Mutex<Known>,
+    routers: tokio::sync::Mutex<HashMap<String, RouterState>>,
+    ports: std::sync::Mutex<HashMap<String, PortRecord>>,
+    /// `None`: unknown; `Some(None)`: no table; else what was applied.
+    host_applied: std::sync::Mutex<Option<Option<HostState>>>,
+    wake: tokio::sync::Notify,
+}
+
+fn fnv(text: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    h
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> nimbus_net::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+impl NetDriver {
+    pub fn new(data_dir: &Path) -> NetDriver {
+        NetDriver {
+            dir: data_dir.join("net"),
+            host_table: format!("nimbus_{:08x}", fnv(&data_dir.to_string_lossy())),
+            known: Default::default(),
+            routers: Default::default(),
+            ports: Default::default(),
+            host_applied: Default::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn port_record_path(&self, instance_id: &str) -> PathBuf {
+        self.dir.join("ports").join(instance_id)
+    }
+
+    fn router_record_path(&self, network_id: &str) -> PathBuf {
+        self.dir.join("routers").join(network_id)
+    }
+
+    /// Ids of instances with a recorded port on this host.
+    pub fn recorded_ports(&self) -> Vec<String> {
+        self.ports
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn observe_instance(&self, instance: &Instance) {
+        if let Ok(mut k) = self.known.lock() {
+            k.instances
+                .insert(instance.metadata.id.clone(), instance.clone());
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn forget_instance(&self, id: &str) {
+        if let Ok(mut k) = self.known.lock() {
+            k.instances.remove(id);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Adopt what an earlier agent made: re-open routers that still have
+    /// ports (restarting their DNS), remove the others, re-apply rules.
+    pub async fn rebuild(&self) {
+        let _ = std::fs::create_dir_all(self.dir.join("ports"));
+        let _ = std::fs::create_dir_all(self.dir.join("routers"));
+        let mut records = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("ports")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                match std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<PortRecord>(&b).ok())
+                {
+                    Some(r) => {
+                        records.insert(id, r);
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        if let Ok(mut p) = self.ports.lock() {
+            *p = records.clone();
+        }
+        let mut stale = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("routers")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                if !records.values().any(|r| r.network_id == id) {
+                    stale.push(id);
+                }
+            }
+        }
+        for id in stale {
+            tracing::info!(network_id = %id, "removing a router no instance uses");
+            let owned = id.clone();
+            if let Err(e) = blocking(move || router::remove_router(&owned)).await {
+                tracing::warn!(network_id = %id, error = %e, "removing router failed");
+            }
+            let _ = std::fs::remove_file(self.router_record_path(&id));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Find a network by project and name: from the watch, else the API.
+    async fn network(&self, agent: &Agent, project: &str, name: &str) -> Result<Network, String> {
+        let cached = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|k| k.networks.get(&format!("{project}/{name}")).cloned());
+        if let Some(n) = cached {
+            return Ok(n);
+        }
+        let n: Network = agent
+            .client
+            .get(&format!("/v1/projects/{project}/networks/{name}"))
+            .await
+            .map_err(|e| format!("network {name:?}: {e}"))?;
+        if let Ok(mut k) = self.known.lock() {
+            k.networks.insert(format!("{project}/{name}"), n.clone());
+        }
+        Ok(n)
+    }
+
+    async fn ensure_router(
+        &self,
+        routers: &mut HashMap<String, RouterState>,
+        project: &str,
+        net: &Network,
+        addr: &InstanceAddress,
+    ) -> Result<(), String> {
+        let id = net.metadata.id.clone();
+        if routers.contains_key(&id) {
+            return Ok(());
+        }
+        let spec = RouterSpec {
+            network_id: id.clone(),
+            gateway: addr.gateway,
+        };
+        let _ = std::fs::create_dir_all(self.dir.join("routers"));
+        std::fs::write(self.router_record_path(&id), project)
+            .map_err(|e| format!("recording router of network {:?}: {e}", net.metadata.name))?;
+        let host = blocking(move || router::ensure_router(&spec)).await?;
+        let names: dns::Names = Default::default();
+        let server = dns::start(
+            &host.netns,
+            addr.gateway,
+            net.metadata.name.clone(),
+            names.clone(),
+            dns::host_upstream(),
+        );
+        let server = match server {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(network = %net.metadata.name, error = %e, "no DNS for the network");
+                None
+            }
+        };
+        routers.insert(
+            id,
+            RouterState {
+                project: project.to_string(),
+                network: net.metadata.name.clone(),
+                host,
+                subnet: net.spec.subnet.clone(),
+                gateway: addr.gateway,
+                names,
+                _dns: server,
+                leases: Default::default(),
+                dhcp: None,
+                applied: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Give a container its network: router, port, namespace, rules and
+    /// resolver files. `Ok(None)` for an instance on no network.
+    pub async fn attach_container(
+        &self,
+        agent: &Agent,
+        instance: &Instance,
+        dir: &Path,
+    ) -> Result<Option<Attachment>, String> {
+        let Some(addr) = instance.status.addresses.first().cloned() else {
+            return Ok(None);
+        };
+        let project = instance.metadata.project.clone().unwrap_or_default();
+        let net = self.network(agent, &project, &addr.network).await?;
+        let mut routers = self.routers.lock().await;
+        self.ensure_router(&mut routers, &project, &net, &addr)
+            .await?;
+        let router_ns = names::router_netns(&net.metadata.id);
+        let port = PortSpec {
+            instance_id: instance.metadata.id.clone(),
+            ip: addr.ip,
+            prefix_len: addr.prefix_len,
+            gateway: addr.gateway,
+            mac: addr.mac.clone(),
+            mtu: router::DEFAULT_MTU,
+        };
+        let record = PortRecord {
+            network_id: net.metadata.id.clone(),
+            project: project.clone(),
+            link: names::port_link(&instance.metadata.id),
+            ip: addr.ip,
+            mac: addr.mac.clone(),
+            vm: instance.spec.kind == InstanceKind::Vm,
+        };
+        self.save_port(&instance.metadata.id, &record)?;
+        let t0 = std::time::Instant::now();
+        if let Ok(mut k) = self.known.lock() {
+            k.instances
+                .insert(instance.metadata.id.clone(), instance.clone());
+        }
+        // Rules name ports by interface name, so they can be applied while
+        // the links are made; both are done before the workload starts.
+        let links = blocking(move || router::attach_container(&router_ns, &port));
+        let (netns, ()) = tokio::join!(links, self.sync_locked(&mut routers));
+        let netns = match netns {
+            Ok(n) => n,
+            Err(e) => {
+                drop(routers);
+                self.detach(&instance.metadata.id).await;
+                return Err(format!("attaching to network {:?}: {e}", addr.network));
+            }
+        };
+        tracing::debug!(
+            instance = %instance.metadata.name,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "network attached"
+        );
+        let guarded = rules_cover(&routers, &net.metadata.id, &record.link);
+        drop(routers);
+        if !guarded {
+            // Never run a workload whose port has no anti-spoofing rules.
+            self.detach(&instance.metadata.id).await;
+            return Err(format!(
+                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
+                addr.network
+            ));
+        }
+        let dns: Vec<Ipv4Addr> = if net.spec.dns.is_empty() {
+            vec![addr.gateway]
+        } else {
+            net.spec.dns.clone()
+        };
+        let mut resolv: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        if let Some(s) = &net.spec.dns_search {
+            resolv.push_str(&format!("search {s}\n"));
+        }
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n{}\t{}\n",
+            addr.ip, instance.metadata.name
+        );
+        let resolv_conf = dir.join("resolv.conf");
+        let hosts_file = dir.join("hosts");
+        std::fs::write(&resolv_conf, resolv)
+            .and_then(|()| std::fs::write(&hosts_file, hosts))
+            .map_err(|e| format!("writing resolver files in {}: {e}", dir.display()))?;
+        Ok(Some(Attachment {
+            netns,
+            resolv_conf,
+            hosts_file,
+        }))
+    }
+
+    /// The seam for the VM driver: create the instance's tap on its
+    /// network's router (same anti-spoofing and security groups as a
+    /// container's veth; DHCP requests from the VM's MAC are answered by
+    /// the router) and return where it is, for the VM shim to open, with
+    /// the settings for a NoCloud `network-config` (v2).
+    /// `Ok(None)` for an instance on no network. Call [`NetDriver::detach`]
+    /// when the VM is deleted.
+    pub async fn attach_vm(
+        &self,
+        agent: &Agent,
+        instance: &Instance,
+    ) -> Result<Option<VmAttachment>, String> {
+        let Some(addr) = instance.status.addresses.first().cloned() else {
+            return Ok(None);
+        };
+        let project = instance.metadata.project.clone().unwrap_or_default();
+        let net = self.network(agent, &project, &addr.network).await?;
+        let mut routers = self.routers.lock().await;
+        self.ensure_router(&mut routers, &project, &net, &addr)
+            .await?;
+        let router_ns = names::router_netns(&net.metadata.id);
+        let port = PortSpec {
+            instance_id: instance.metadata.id.clone(),
+            ip: addr.ip,
+            prefix_len: addr.prefix_len,
+            gateway: addr.gateway,
+            mac: addr.mac.clone(),
+            mtu: router::DEFAULT_MTU,
+        };
+        self.save_port(
+            &instance.metadata.id,
+            &PortRecord {
+                network_id: net.metadata.id.clone(),
+                project: project.clone(),
+                link: names::tap_link(&instance.metadata.id),
+                ip: addr.ip,
+                mac: addr.mac.clone(),
+                vm: true,
+            },
+        )?;
+        if let Some(r) = routers.get_mut(&net.metadata.id) {
+            if r.dhcp.is_none() {
+                match nimbus_net::dhcp::start(&r.host.netns, addr.gateway, r.leases.clone()) {
+                    Ok(d) => r.dhcp = Some(d),
+                    Err(e) => {
+                        tracing::warn!(network = %net.metadata.name, error = %e, "no DHCP for the network")
+                    }
+                }
+            }
+        }
+        let tap_ns = router_ns.clone();
+        blocking(move || router::attach_tap(&router_ns, &port))
+            .await
+            .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
+        if let Ok(mut k) = self.known.lock() {
+            k.instances
+                .insert(instance.metadata.id.clone(), instance.clone());
+        }
+        self.sync_locked(&mut routers).await;
+        let link = names::tap_link(&instance.metadata.id);
+        if !rules_cover(&routers, &net.metadata.id, &link) {
+            drop(routers);
+            self.detach(&instance.metadata.id).await;
+            return Err(format!(
+                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
+                addr.network
+            ));
+        }
+        Ok(Some(VmAttachment {
+            router_netns: tap_ns,
+            tap_name: link,
+            config: nimbus_net::tap::VmNetConfig {
+                mac: addr.mac.clone(),
+                ip: addr.ip,
+                prefix_len: addr.prefix_len,
+                gateway: addr.gateway,
+                dns: if net.spec.dns.is_empty() {
+                    vec![addr.gateway]
+                } else {
+                    net.spec.dns.clone()
+                },
+                search: net.spec.dns_search.iter().cloned().collect(),
+                mtu: router::DEFAULT_MTU,
+            },
+        }))
+    }
+
+    fn save_port(&self, instance_id: &str, record: &PortRecord) -> Result<(), String> {
+        let _ = std::fs::create_dir_all(self.dir.join("ports"));
+        let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        std::fs::write(self.port_record_path(instance_id), bytes)
+            .map_err(|e| format!("recording port of instance {instance_id}: {e}"))?;
+        if let Ok(mut p) = self.ports.lock() {
+            p.insert(instance_id.to_string(), record.clone());
+        }
+        Ok(())
+    }
+
+    /// Remove an instance's port and namespace, and its router once unused.
+    pub async fn detach(&self, instance_id: &str) {
+        let record = self
+            .ports
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(instance_id));
+        let mut routers = self.routers.lock().await;
+        let router_ns = record.as_ref().map(|r| names::router_netns(&r.network_id));
+        let id = instance_id.to_string();
+        let vm = record.as_ref().is_some_and(|r| r.vm);
+        let result = blocking(move || match (vm, &router_ns) {
+            (true, Some(r)) => router::detach_tap(r, &id),
+            _ => router::detach_container(router_ns.as_deref(), &id),
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(instance_id, error = %e, "removing the instance's port failed");
+        }
+        let _ = std::fs::remove_file(self.port_record_path(instance_id));
+        self.sync_locked(&mut routers).await;
+    }
+
+    /// Re-render and apply every rule set that changed, and drop routers
+    /// no port uses any more.
+    async fn sync_locked(&self, routers: &mut HashMap<String, RouterState>) {
+        let ports: Vec<(String, PortRecord)> = self
+            .ports
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        // Routers without ports go (unless a port is recorded for one we
+        // have not re-opened yet: then open it).
+        let unused: Vec<String> = routers
+            .keys()
+            .filter(|id| !ports.iter().any(|(_, p)| &p.network_id == *id))
+            .cloned()
+            .collect();
+        for id in unused {
+            routers.remove(&id);
+            let owned = id.clone();
+            if let Err(e) = blocking(move || router::remove_router(&owned)).await {
+                tracing::warn!(network_id = %id, error = %e, "removing router failed");
+            }
+            let _ = std::fs::remove_file(self.router_record_path(&id));
+        }
+        let missing: Vec<(String, PortRecord)> = ports
+            .iter()
+            .filter(|(_, p)| !routers.contains_key(&p.network_id))
+            .cloned()
+            .collect();
+        for (iid, p) in missing {
+            let (net, inst) = {
+                let Ok(k) = self.known.lock() else { return };
+                let inst = k.instances.get(&iid).cloned();
+                let net = inst.as_ref().and_then(|i| {
+                    let a = i.status.addresses.first()?;
+                    k.networks
+                        .get(&format!("{}/{}", p.project, a.network))
+                        .cloned()
+                });
+                (net, inst)
+            };
+            if let (Some(net), Some(inst)) = (net, inst) {
+                if let Some(addr) = inst.status.addresses.first() {
+                    if let Err(e) = self.ensure_router(routers, &p.project, &net, addr).await {
+                        tracing::warn!(network = %net.metadata.name, error = %e, "re-opening router failed");
+                    }
+                }
+            }
+        }
+        let (router_rules, host_forwards) = {
+            let Ok(k) = self.known.lock() else { return };
+            render(&k, routers, &ports)
+        };
+        for (id, (rr, names_map)) in router_rules {
+            let Some(r) = routers.get_mut(&id) else {
+                continue;
+            };
+            if let Ok(mut n) = r.names.write() {
+                *n = names_map;
+            }
+            // DHCP answers exactly the VM ports of this router.
+            let prefix_len = r
+                .subnet
+                .split_once('/')
+                .and_then(|(_, l)| l.parse().ok())
+                .unwrap_or(24);
+            let leases: HashMap<[u8; 6], nimbus_net::dhcp::Lease> = rr
+                .ports
+                .iter()
+                .filter(|p| p.dhcp)
+                .filter_map(|p| {
+                    let mac = nimbus_net::netlink::parse_mac(&p.mac).ok()?;
+                    Some((
+                        mac,
+                        nimbus_net::dhcp::Lease {
+                            ip: p.ip,
+                            prefix_len,
+                            gateway: r.gateway,
+                            dns: vec![r.gateway],
+                            mtu: router::DEFAULT_MTU as u16,
+                        },
+                    ))
+                })
+                .collect();
+            if let Ok(mut l) = r.leases.write() {
+                *l = leases;
+            }
+            if r.applied.as_ref() == Some(&rr) {
+                continue;
+            }
+            let ns = r.host.netns.clone();
+            let script = rules::router_script(&rr, r.applied.as_ref());
+            match blocking(move || nft::apply(Some(&ns), &script)).await {
+                Ok(()) => r.applied = Some(rr),
+                Err(e) => {
+                    // Start over from a whole replacement next time.
+                    r.applied = None;
+                    tracing::warn!(network = %r.network, error = %e, "applying network rules failed");
+                }
+            }
+        }
+        let mut uplinks: Vec<String> = routers.values().map(|r| r.host.host_link.clone()).collect();
+        uplinks.sort();
+        let desired = (!routers.is_empty()).then_some((uplinks, host_forwards));
+        let previous = self.host_applied.lock().ok().and_then(|h| h.clone());
+        // Ports whose router is not re-opened yet (just after a restart,
+        // before the watches filled in): keep the host table as it is, so
+        // published ports of running instances keep answering.
+        let waiting = routers.is_empty() && !ports.is_empty();
+        if previous.as_ref() != Some(&desired) && !waiting {
+            let table = self.host_table.clone();
+            let fresh = !matches!(previous, Some(Some(_)));
+            let script = desired
+                .as_ref()
+                .map(|(u, f)| rules::host_script(&self.host_table, u, f, fresh));
+            let result = match script {
+                None => blocking(move || nft::delete_table("inet", &table)).await,
+                Some(s) => blocking(move || nft::apply(None, &s)).await,
+            };
+            match result {
+                Ok(()) => {
+                    if let Ok(mut h) = self.host_applied.lock() {
+                        *h = Some(desired);
+                    }
+                }
+                Err(e) => {
+                    if let Ok(mut h) = self.host_applied.lock() {
+                        *h = None;
+                    }
+                    tracing::warn!(error = %e, "applying host network rules failed");
+                }
+            }
+        }
+    }
+
+    /// Keep the store's networks, security groups and published ports in
+    /// memory, and re-sync whenever anything changes.
+    pub fn start(self: &Arc<Self>, agent: Arc<Agent>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.rebuild().await;
+            loop {
+                me.wake.notified().await;
+                let mut routers = me.routers.lock().await;
+                me.sync_locked(&mut routers).await;
+            }
+        });
+        spawn_watch::<Network>(agent.clone(), self.clone(), "/v1/networks", |k| {
+            &mut k.networks
+        });
+        spawn_watch::<SecurityGroup>(agent.clone(), self.clone(), "/v1/secgroups", |k| {
+            &mut k.secgroups
+        });
+        spawn_watch::<PublishedPort>(agent, self.clone(), "/v1/addresses", |k| &mut k.published);
+    }
+}
+
+fn spawn_watch<T: Object>(
+    agent: Arc<Agent>,
+    net: Arc<NetDriver>,
+    path: &'static str,
+    map: fn(&mut Known) -> &mut HashMap<String, T>,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = watch_once::<T>(&agent, &net, path, map).await {
+                tracing::debug!(error = %e, path, "network watch ended; re-listing");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+}
+
+async fn watch_once<T: Object>(
+    agent: &Agent,
+    net: &NetDriver,
+    path: &str,
+    map: fn(&mut Known) -> &mut HashMap<String, T>,
+) -> Result<(), String> {
+    let list: ResourceList<T> = agent
+        .client
+        .get(&format!("{path}?limit=5000"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Ok(mut k) = net.known.lock() {
+        let m = map(&mut k);
+        m.clear();
+        for o in list.items {
+            m.insert(pkey(&o.metadata().project, &o.metadata().name), o);
+        }
+    }
+    net.wake.notify_one();
+    let mut events = Box::pin(
+        agent
+            .client
+            .watch_lines::<WatchEvent<T>>(&format!("{path}?watch=true&revision={}", list.revision))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    while let Some(ev) = events.next().await {
+        let ev = ev.map_err(|e| e.to_string())?;
+        let Some(o) = ev.object else {
+            if ev.event_type == WatchEventType::Error {
+                return Ok(());
+            }
+            continue;
+        };
+        if let Ok(mut k) = net.known.lock() {
+            let key = pkey(&o.metadata().project, &o.metadata().name);
+            match ev.event_type {
+                WatchEventType::Added | WatchEventType::Modified => {
+                    map(&mut k).insert(key, o);
+                }
+                WatchEventType::Deleted => {
+                    map(&mut k).remove(&key);
+                }
+                WatchEventType::Error => return Ok(()),
+            }
+        }
+        net.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Whether the rules applied on a router guard the port `link`.
+fn rules_cover(routers: &HashMap<String, RouterState>, network_id: &str, link: &str) -> bool {
+    routers
+        .get(network_id)
+        .and_then(|r| r.applied.as_ref())
+        .is_some_and(|rr| rr.ports.iter().any(|p| p.link == link))
+}
+
+type RouterOutput = (RouterRules, HashMap<String, Ipv4Addr>);
+
+/// Every router's script and DNS names, and the host's port forwards.
+fn render(
+    k: &Known,
+    routers: &HashMap<String, RouterState>,
+    ports: &[(String, PortRecord)],
+) -> (HashMap<String, RouterOutput>, Vec<HostForward>) {
+    let mut out = HashMap::new();
+    let mut host_forwards = Vec::new();
+    for (net_id, r) in routers {
+        // Instances of this network known to the agent, with their address.
+        let members: Vec<(&Instance, &InstanceAddress)> = k
+            .instances
+            .values()
+            .filter(|i| i.metadata.project.as_deref() == Some(r.project.as_str()))
+            .filter(|i| i.metadata.deletion_requested_at.is_none())
+            .filter_map(|i| {
+                let a = i
+                    .status
+                    .addresses
+                    .iter()
+                    .find(|a| &a.network_id == net_id)?;
+                Some((i, a))
+            })
+            .collect();
+        let names: HashMap<String, Ipv4Addr> = members
+            .iter()
+            .map(|(i, a)| (i.metadata.name.to_ascii_lowercase(), a.ip))
+            .collect();
+        let mut groups: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+        let mut port_rules = Vec::new();
+        let mut forwards = Vec::new();
+        let mut on_router: Vec<&(String, PortRecord)> = ports
+            .iter()
+            .filter(|(_, p)| &p.network_id == net_id)
+            .collect();
+        on_router.sort_by(|a, b| a.1.link.cmp(&b.1.link));
+        for (iid, p) in on_router {
+            let inst = k.instances.get(iid);
+            let secgroups = inst.map(|i| i.spec.secgroups.clone()).unwrap_or_default();
+            let ingress = if secgroups.is_empty() {
+                None
+            } else {
+                let mut ing = Ingress {
+                    own_groups: secgroups.clone(),
+                    rules: Vec::new(),
+                };
+                for g in &secgroups {
+                    groups.entry(g.clone()).or_default();
+                    let Some(sg) = k.secgroups.get(&format!("{}/{g}", r.project)) else {
+                        continue;
+                    };
+                    for rule in &sg.spec.rules {
+                        if let Some(src) = &rule.group {
+                            groups.entry(src.clone()).or_default();
+                        }
+                        ing.rules.push(AllowRule {
+                            proto: match rule.protocol {
+                                Protocol::Tcp => rules::Proto::Tcp,
+                                Protocol::Udp => rules::Proto::Udp,
+                                Protocol::Icmp => rules::Proto::Icmp,
+                                Protocol::Any => rules::Proto::Any,
+                            },
+                            ports: rule.port_from.map(|f| (f, rule.port_to.unwrap_or(f))),
+                            cidr: rule.cidr.clone(),
+                            group: rule.group.clone(),
+                        });
+                    }
+                }
+                Some(ing)
+            };
+            port_rules.push(PortRules {
+                link: if p.vm {
+                    names::tap_link(iid)
+                } else {
+                    p.link.clone()
+                },
+                ip: p.ip,
+                mac: p.mac.clone(),
+                dhcp: p.vm,
+                ingress,
+            });
+            if let Some(i) = inst {
+                for pp in k.published.values() {
+                    if pp.metadata.project == i.metadata.project
+                        && pp.spec.instance == i.metadata.name
+                    {
+                        let udp = pp.spec.protocol == Protocol::Udp;
+                        forwards.push(Forward {
+                            udp,
+                            port: pp.spec.host_port,
+                            ip: p.ip,
+                            to_port: pp.spec.instance_port,
+                        });
+                        host_forwards.push(HostForward {
+                            udp,
+                            port: pp.spec.host_port,
+                            router_ip: r.host.router_ip,
+                        });
+                    }
+                }
+            }
+        }
+        for (g, list) in groups.iter_mut() {
+            for (i, a) in &members {
+                if i.spec.secgroups.contains(g) {
+                    list.push(a.ip);
+                }
+            }
+            list.sort();
+            list.dedup();
+        }
+        forwards.sort();
+        let rr = RouterRules {
+            gateway: r.gateway,
+            subnet: r.subnet.clone(),
+            ports: port_rules,
+            forwards,
+            groups,
+        };
+        out.insert(net_id.clone(), (rr, names));
+    }
+    host_forwards.sort();
+    (out, host_forwards)
+}

@@ -1,0 +1,223 @@
+//! Router namespaces and instance ports: links, addresses, routes and
+//! sysctls, all through netlink and `/proc/sys` of the namespace itself.
+//!
+//! Ports are routed, not bridged: each instance's veth (or tap) end in the
+//! router has proxy ARP on and a /32 route to the instance, so instances
+//! on one subnet reach each other through the router, where nftables sees
+//! every packet with its real in/out port (the bridge family of this
+//! kernel has no connection tracking, and routed ports need none of
+//! br_netfilter's special cases).
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use crate::netlink::{parse_mac, Netlink};
+use crate::{names, netns, tap, NetError, Result};
+
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// A network's router, as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterSpec {
+    pub network_id: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// The uplink between a router namespace and the host: a /30 from
+/// 100.64.0.0/10 (host .1, router .2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostSide {
+    pub netns: PathBuf,
+    pub host_link: String,
+    pub host_ip: Ipv4Addr,
+    pub router_ip: Ipv4Addr,
+}
+
+/// One instance's port on its network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub instance_id: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    pub mtu: u32,
+}
+
+fn transit_block(network_id: &str, attempt: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let mut h: u32 = 0x811c9dc5;
+    for b in network_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    // 2^20 /30 blocks in 100.64.0.0/10.
+    let block = (h.wrapping_add(attempt)) & 0xfffff;
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) + block * 4;
+    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+}
+
+/// Make (or find) the router namespace of a network and its uplink.
+pub fn ensure_router(spec: &RouterSpec) -> Result<HostSide> {
+    let ns_path = names::router_netns(&spec.network_id);
+    netns::create(&ns_path)?;
+    let host_link = names::host_link(&spec.network_id);
+    let gateway = spec.gateway;
+    // Inside: loopback, the gateway address, forwarding.
+    netns::run_in(Some(&ns_path), move || {
+        let mut nl = Netlink::new()?;
+        nl.set_up("lo")?;
+        nl.add_address("lo", gateway, 32)?;
+        netns::sysctl("net.ipv4.ip_forward", "1")?;
+        Ok(())
+    })?;
+    // The uplink veth, made from the host side.
+    let ns_for_host = ns_path.clone();
+    let link = host_link.clone();
+    let network_id = spec.network_id.clone();
+    let (host_ip, router_ip, fresh) = netns::run_in(None, move || {
+        let mut nl = Netlink::new()?;
+        let existing = nl.link_index(&link)?;
+        let addrs = nl.addresses()?;
+        if let Some(index) = existing {
+            if let Some((_, ip, _)) = addrs.iter().find(|(i, _, p)| *i == index && *p == 30) {
+                let router = Ipv4Addr::from(u32::from(*ip) + 1);
+                return Ok((*ip, router, false));
+            }
+            // A half-made uplink: start over.
+            nl.delete_link(&link)?;
+        }
+        let taken: Vec<Ipv4Addr> = addrs.iter().map(|(_, ip, _)| *ip).collect();
+        let mut attempt = 0;
+        let (host, router) = loop {
+            let (h, r) = transit_block(&network_id, attempt);
+            if !taken.contains(&h) && !taken.contains(&r) {
+                break (h, r);
+            }
+            attempt += 1;
+            if attempt > 64 {
+                return Err(NetError::Invalid(
+                    "no free transit block in 100.64.0.0/10 for a router uplink".into(),
+                ));
+            }
+        };
+        let ns = netns::open(&ns_for_host)?;
+        nl.add_veth(&link, names::UPLINK, Some(netns::raw(&ns)), None, None)?;
+        nl.add_address(&link, host, 30)?;
+        netns::sysctl(&format!("net.ipv4.conf.{link}.forwarding"), "1")?;
+        // Published ports answer connections to 127.0.0.1 too.
+        netns::sysctl(&format!("net.ipv4.conf.{link}.route_localnet"), "1")?;
+        nl.set_up(&link)?;
+        Ok((host, router, true))
+    })?;
+    if fresh {
+        netns::run_in(Some(&ns_path), move || {
+            let mut nl = Netlink::new()?;
+            nl.add_address(names::UPLINK, router_ip, 30)?;
+            nl.set_up(names::UPLINK)?;
+            nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(host_ip), None)?;
+            Ok(())
+        })?;
+    }
+    Ok(HostSide {
+        netns: ns_path,
+        host_link,
+        host_ip,
+        router_ip,
+    })
+}
+
+/// Remove a network's router namespace and uplink.
+pub fn remove_router(network_id: &str) -> Result<()> {
+    let link = names::host_link(network_id);
+    netns::run_in(None, move || Netlink::new()?.delete_link(&link))?;
+    netns::remove(&names::router_netns(network_id))
+}
+
+fn prepare_port(router: &Path, link: String, port: &PortSpec) -> Result<()> {
+    let ip = port.ip;
+    netns::run_in(Some(router), move || {
+        let mut nl = Netlink::new()?;
+        nl.set_up(&link)?;
+        netns::sysctl(&format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
+        // Proxy ARP answers at once instead of after a random delay.
+        netns::sysctl(&format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
+        netns::sysctl(&format!("net.ipv6.conf.{link}.disable_ipv6"), "1")?;
+        nl.add_route(ip, 32, None, Some(&link))?;
+        Ok(())
+    })
+}
+
+/// Give a container its network namespace (bind-mounted at the returned
+/// path) with `eth0` on the router. Idempotent: an existing port is
+/// replaced.
+pub fn attach_container(router: &Path, port: &PortSpec) -> Result<PathBuf> {
+    let ins = names::instance_netns(&port.instance_id);
+    netns::create(&ins)?;
+    let link = names::port_link(&port.instance_id);
+    let mac = parse_mac(&port.mac)?;
+    let mtu = port.mtu;
+    let ins_for_router = ins.clone();
+    let l = link.clone();
+    netns::run_in(Some(router), move || {
+        let mut nl = Netlink::new()?;
+        nl.delete_link(&l)?;
+        let target = netns::open(&ins_for_router)?;
+        nl.add_veth(&l, "eth0", Some(netns::raw(&target)), Some(mac), Some(mtu))
+    })?;
+    prepare_port(router, link, port)?;
+    let (ip, prefix, gw) = (port.ip, port.prefix_len, port.gateway);
+    netns::run_in(Some(&ins), move || {
+        let mut nl = Netlink::new()?;
+        // The namespace belongs to the host's user namespace, where the
+        // container's root has no capabilities: let it bind low ports and
+        // ping as any process may in a container's own namespace.
+        netns::sysctl("net.ipv4.ip_unprivileged_port_start", "0")?;
+        netns::sysctl("net.ipv4.ping_group_range", "0 2147483647")?;
+        nl.set_up("lo")?;
+        nl.add_address("eth0", ip, prefix)?;
+        nl.set_up("eth0")?;
+        nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), None)?;
+        Ok(())
+    })?;
+    Ok(ins)
+}
+
+/// Remove a container's port and namespace.
+pub fn detach_container(router: Option<&Path>, instance_id: &str) -> Result<()> {
+    if let Some(r) = router.filter(|r| r.exists()) {
+        let link = names::port_link(instance_id);
+        netns::run_in(Some(r), move || Netlink::new()?.delete_link(&link))?;
+    }
+    netns::remove(&names::instance_netns(instance_id))
+}
+
+/// Create a VM's persistent tap on its router and route its address
+/// there. The VM's supervisor opens it by name with [`open_tap`] (a shim
+/// closes inherited descriptors, so the tap is not handed over as an fd);
+/// it stays until [`detach_tap`] deletes it. The VM must use `port.mac` on
+/// its NIC: frames with any other source MAC or IP are dropped by the
+/// router's rules (DHCP requests from 0.0.0.0 are let through).
+pub fn attach_tap(router: &Path, port: &PortSpec) -> Result<()> {
+    let name = names::tap_link(&port.instance_id);
+    let n = name.clone();
+    netns::run_in(Some(router), move || {
+        let _ = Netlink::new()?.delete_link(&n);
+        let fd = tap::create_tap(&n, false)?;
+        tap::set_persistent(&fd)
+    })?;
+    prepare_port(router, name, port)
+}
+
+/// Open the persistent tap `name` of the router at `router` (for QEMU's
+/// `-netdev tap,fd=N`).
+pub fn open_tap(router: &Path, name: &str) -> Result<OwnedFd> {
+    let n = name.to_string();
+    netns::run_in(Some(router), move || tap::create_tap(&n, false))
+}
+
+/// Remove a VM's tap route (the tap itself goes with QEMU's fd).
+pub fn detach_tap(router: &Path, instance_id: &str) -> Result<()> {
+    let link = names::tap_link(instance_id);
+    netns::run_in(Some(router), move || Netlink::new()?.delete_link(&link))
+}

@@ -1,0 +1,179 @@
+//! Published ports: a host port forwarded to an instance. Host ports are
+//! claimed in the store (`/hostports/...`) so two projects never share one.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use nimbus_api::{
+    ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol, PublishedPort,
+    PublishedPortSpec, ResourceList, Role,
+};
+use nimbus_store::{Compare, Op, Txn};
+
+use super::body::JsonBody;
+use super::St;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+use crate::{ipam, repo};
+
+#[utoipa::path(get, path = "/v1/projects/{project}/addresses", params(ListOptions),
+    responses((status = 200, body = ResourceList<PublishedPort>)))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    super::watch::list_in_project::<PublishedPort>(&state, caller, project, &opts, &headers).await
+}
+
+/// Published ports of every project: for system administrators and host agents.
+#[utoipa::path(get, path = "/v1/addresses", params(ListOptions), responses((status = 200, body = ResourceList<PublishedPort>)))]
+pub async fn list_all(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Response> {
+    super::networks::require_agent_or_admin(&caller, "addresses")?;
+    super::watch::list_or_watch::<PublishedPort>(&state, None, &opts, |_| true, None).await
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/addresses/{name}", responses((status = 200, body = PublishedPort)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<PublishedPort>> {
+    auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
+    Ok(Json(state.repo.get(Some(&project), &name).await?))
+}
+
+/// The name a published port gets when the request leaves it empty.
+pub fn default_name(spec: &PublishedPortSpec) -> String {
+    format!(
+        "{}-{}-{}",
+        spec.instance,
+        spec.protocol.as_str(),
+        spec.host_port
+    )
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/addresses", request_body = CreateRequest<PublishedPortSpec>,
+    responses((status = 201, body = PublishedPort), (status = 409, description = "host port taken")))]
+pub async fn create(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    JsonBody(req): JsonBody<CreateRequest<PublishedPortSpec>>,
+) -> ApiResult<(StatusCode, Json<PublishedPort>)> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let spec = req.spec;
+    let name = if req.name.is_empty() {
+        default_name(&spec)
+    } else {
+        req.name
+    };
+    nimbus_api::validate_name("published port", &name).map_err(ApiError::invalid)?;
+    if !matches!(spec.protocol, Protocol::Tcp | Protocol::Udp) {
+        return Err(ServerError(ApiError::invalid(
+            "only tcp and udp ports can be published; use --port 8080:80 or --port 53:53/udp",
+        )));
+    }
+    if spec.host_port == 0 || spec.instance_port == 0 {
+        return Err(ServerError(ApiError::invalid(
+            "ports must be 1-65535, e.g. --port 8080:80",
+        )));
+    }
+    let instance: Instance = state.repo.get(Some(&project), &spec.instance).await?;
+    if instance.status.addresses.is_empty() {
+        return Err(ServerError(ApiError::invalid(format!(
+            "instance {:?} is on no network, so nothing can reach it; run it with --network <name>",
+            spec.instance
+        ))));
+    }
+    let mut metadata = Metadata::new(&name, Some(&project));
+    metadata.labels = req.labels;
+    let now = chrono::Utc::now();
+    metadata.created_at = now;
+    metadata.updated_at = now;
+    let mut port = PublishedPort {
+        metadata,
+        spec,
+        status: Default::default(),
+    };
+    let key = repo::key::<PublishedPort>(Some(&project), &name);
+    let hp = ipam::host_port_key(port.spec.protocol.as_str(), port.spec.host_port);
+    let ikey = repo::key::<Instance>(Some(&project), &port.spec.instance);
+    let result = state
+        .repo
+        .store
+        .txn(Txn {
+            compares: vec![
+                Compare::Absent(key.clone()),
+                Compare::Absent(hp.clone()),
+                Compare::ModRevision(ikey, instance.metadata.revision),
+            ],
+            success: vec![
+                Op::Put {
+                    key: key.clone(),
+                    value: repo::encode(&port)?,
+                },
+                Op::Put {
+                    key: hp.clone(),
+                    value: format!("{project}/{name}").into_bytes(),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    if result.succeeded {
+        port.metadata.revision = result.revision;
+        return Ok((StatusCode::CREATED, Json(port)));
+    }
+    if state.repo.store.get(&key).await?.is_some() {
+        return Err(ServerError(ApiError::already_exists(format!(
+            "published port {name:?} already exists in project {project:?}; remove it with `nimbus address rm {name}`"
+        ))));
+    }
+    if state.repo.store.get(&hp).await?.is_some() {
+        return Err(ServerError(ApiError::conflict(format!(
+            "host port {}/{} is already published; pick another host port",
+            port.spec.host_port,
+            port.spec.protocol.as_str()
+        ))));
+    }
+    Err(ServerError(ApiError::conflict(format!(
+        "instance {:?} changed meanwhile; retry",
+        port.spec.instance
+    ))))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{project}/addresses/{name}",
+    responses((status = 204, description = "deleted")))]
+pub async fn delete(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let port: PublishedPort = state.repo.get(Some(&project), &name).await?;
+    state
+        .repo
+        .store
+        .txn(Txn {
+            compares: vec![],
+            success: vec![
+                Op::Delete {
+                    key: repo::key::<PublishedPort>(Some(&project), &name),
+                },
+                Op::Delete {
+                    key: ipam::host_port_key(port.spec.protocol.as_str(), port.spec.host_port),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,191 @@
+//! Networks: private IPv4 networks of a project. The server validates and
+//! stores them and hands out addresses (`ipam.rs`); each host's agent
+//! builds the network's router namespace when an instance needs it.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use nimbus_api::cidr::Subnet;
+use nimbus_api::{
+    validate_name, ApiError, CreateRequest, Instance, ListOptions, Metadata, Network, NetworkSpec,
+    NetworkStatus, ResourceList, Role,
+};
+
+use super::St;
+use crate::auth::{self, Caller};
+use crate::error::{ApiResult, ServerError};
+use crate::ipam;
+use crate::repo::Repo;
+
+/// The network made on demand when an instance asks for `default`.
+pub const DEFAULT_NETWORK: &str = "default";
+pub const DEFAULT_SUBNET: &str = "10.0.0.0/24";
+
+#[utoipa::path(get, path = "/v1/projects/{project}/networks", params(ListOptions),
+    responses((status = 200, body = ResourceList<Network>)))]
+pub async fn list(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    Query(opts): Query<ListOptions>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    super::watch::list_in_project::<Network>(&state, caller, project, &opts, &headers).await
+}
+
+/// Networks of every project: for system administrators and host agents.
+#[utoipa::path(get, path = "/v1/networks", params(ListOptions), responses((status = 200, body = ResourceList<Network>)))]
+pub async fn list_all(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Query(opts): Query<ListOptions>,
+) -> ApiResult<Response> {
+    require_agent_or_admin(&caller, "networks")?;
+    super::watch::list_or_watch::<Network>(&state, None, &opts, |_| true, None).await
+}
+
+pub fn require_agent_or_admin(caller: &Caller, what: &str) -> ApiResult<()> {
+    if caller.system_admin || caller.is_host_agent() {
+        Ok(())
+    } else {
+        Err(ServerError(ApiError::forbidden(format!(
+            "listing {what} of every project needs a system administrator; use /v1/projects/{{project}}/{what}"
+        ))))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/projects/{project}/networks/{name}", responses((status = 200, body = Network)))]
+pub async fn get(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<Network>> {
+    auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
+    let mut net: Network = state.repo.get(Some(&project), &name).await?;
+    fill_status(&state.repo, &project, &mut net).await?;
+    Ok(Json(net))
+}
+
+async fn fill_status(repo: &Repo, project: &str, net: &mut Network) -> ApiResult<()> {
+    let (subnet, gateway) = ipam::subnet_and_gateway(net)?;
+    let used = ipam::used_addresses(repo, project, &net.metadata.name).await?;
+    net.status = NetworkStatus {
+        gateway: Some(gateway),
+        allocated: used.len() as u32,
+        capacity: subnet.host_count().saturating_sub(1),
+    };
+    Ok(())
+}
+
+/// Check a network spec: a /16 to /29 IPv4 subnet, a gateway inside it.
+pub fn validate_spec(spec: &NetworkSpec) -> Result<(), String> {
+    let subnet = Subnet::parse(&spec.subnet)?;
+    if !(16..=29).contains(&subnet.prefix_len) {
+        return Err(format!(
+            "subnet {} must have a prefix length from /16 to /29 (e.g. 10.20.0.0/24)",
+            spec.subnet
+        ));
+    }
+    if let Some(gw) = spec.gateway {
+        if !subnet.contains(gw) || gw == subnet.network || gw == subnet.broadcast() {
+            return Err(format!(
+                "gateway {gw} is not a usable address of subnet {subnet}; leave it out to use {}",
+                subnet.first_host()
+            ));
+        }
+    }
+    if let Some(d) = &spec.dns_search {
+        validate_name("dns search domain", d)?;
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/projects/{project}/networks", request_body = CreateRequest<NetworkSpec>,
+    responses((status = 201, body = Network), (status = 422, description = "invalid spec")))]
+pub async fn create(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    super::body::JsonBody(req): super::body::JsonBody<CreateRequest<NetworkSpec>>,
+) -> ApiResult<(StatusCode, Json<Network>)> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    validate_name("network", &req.name).map_err(ApiError::invalid)?;
+    validate_spec(&req.spec).map_err(ApiError::invalid)?;
+    let mut metadata = Metadata::new(&req.name, Some(&project));
+    metadata.labels = req.labels;
+    let mut net = state
+        .repo
+        .create(Network {
+            metadata,
+            spec: req.spec,
+            status: NetworkStatus::default(),
+        })
+        .await?;
+    fill_status(&state.repo, &project, &mut net).await?;
+    Ok((StatusCode::CREATED, Json(net)))
+}
+
+/// The project's `default` network, created if it does not exist yet.
+pub async fn default_network(repo: &Repo, project: &str) -> ApiResult<Network> {
+    if let Some(n) = repo.try_get(Some(project), DEFAULT_NETWORK).await? {
+        return Ok(n);
+    }
+    let net = Network {
+        metadata: Metadata::new(DEFAULT_NETWORK, Some(project)),
+        spec: NetworkSpec {
+            subnet: DEFAULT_SUBNET.into(),
+            gateway: None,
+            dns: vec![],
+            dns_search: None,
+        },
+        status: NetworkStatus::default(),
+    };
+    match repo.create(net).await {
+        Ok(n) => Ok(n),
+        // Created by a concurrent launch.
+        Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::AlreadyExists => {
+            repo.get(Some(project), DEFAULT_NETWORK).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deleting a network some instance uses is refused.
+#[utoipa::path(delete, path = "/v1/projects/{project}/networks/{name}",
+    responses((status = 204, description = "deleted"), (status = 409, description = "in use")))]
+pub async fn delete(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let net: Network = state.repo.get(Some(&project), &name).await?;
+    // Bump the revision first: a launch that read the old one fails its
+    // address transaction, and a later one shows up in the list below.
+    let net = state.repo.update(net).await?;
+    let users = state
+        .repo
+        .list::<Instance>(Some(&project), &Default::default(), |i| {
+            i.spec.networks.contains(&name)
+        })
+        .await?;
+    if !users.items.is_empty() {
+        let names: Vec<&str> = users
+            .items
+            .iter()
+            .take(5)
+            .map(|i| i.metadata.name.as_str())
+            .collect();
+        return Err(ServerError(ApiError::conflict(format!(
+            "network {name:?} is in use by {} instance(s) ({}); delete them first with `nimbus instance rm <name>`",
+            users.items.len(),
+            names.join(", ")
+        ))));
+    }
+    state
+        .repo
+        .delete::<Network>(Some(&project), &name, Some(net.metadata.revision))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,219 @@
+//! Address management: instance addresses and host ports are claimed with
+//! store transactions, so concurrent launches never get the same address.
+//!
+//! Keys: `/ipam/{project}/{network}/{ip}` (value: the instance name) and
+//! `/hostports/{protocol}/{port}` (value: `{project}/{published port}`).
+//! An instance and its address keys are created and deleted in one
+//! transaction, so an address is held exactly as long as its instance.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use nimbus_api::cidr::Subnet;
+use nimbus_api::resources::Object;
+use nimbus_api::{ApiError, Instance, InstanceAddress, Network, PublishedPort};
+use nimbus_store::{Compare, Op, Txn};
+use rand::Rng;
+
+use crate::error::{ApiResult, ServerError};
+use crate::repo::{self, Repo};
+
+/// Tries before giving up on a crowded network.
+const MAX_ATTEMPTS: usize = 200;
+
+pub fn ip_key(project: &str, network: &str, ip: Ipv4Addr) -> String {
+    format!("/ipam/{project}/{network}/{ip}")
+}
+
+pub fn ip_prefix(project: &str, network: &str) -> String {
+    format!("/ipam/{project}/{network}/")
+}
+
+pub fn host_port_key(protocol: &str, port: u16) -> String {
+    format!("/hostports/{protocol}/{port}")
+}
+
+/// The subnet and gateway of a stored network (validated at creation).
+pub fn subnet_and_gateway(net: &Network) -> ApiResult<(Subnet, Ipv4Addr)> {
+    let subnet = Subnet::parse(&net.spec.subnet).map_err(ApiError::internal)?;
+    let gateway = net.spec.gateway.unwrap_or_else(|| subnet.first_host());
+    Ok((subnet, gateway))
+}
+
+/// A locally administered MAC derived from the instance id.
+pub fn mac_for(instance_id: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in instance_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let b = h.to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
+/// Addresses in use on a network.
+pub async fn used_addresses(
+    repo: &Repo,
+    project: &str,
+    network: &str,
+) -> ApiResult<HashSet<Ipv4Addr>> {
+    let page = repo
+        .store
+        .list(&ip_prefix(project, network), None, 0)
+        .await?;
+    Ok(page
+        .kvs
+        .iter()
+        .filter_map(|kv| kv.key.rsplit('/').next()?.parse().ok())
+        .collect())
+}
+
+/// Store `instance` together with one address on each of `networks`.
+pub async fn create_with_addresses(
+    repo: &Repo,
+    mut instance: Instance,
+    networks: &[Network],
+) -> ApiResult<Instance> {
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let name = instance.metadata.name.clone();
+    let key = repo::key::<Instance>(Some(&project), &name);
+    let now = chrono::Utc::now();
+    instance.metadata.created_at = now;
+    instance.metadata.updated_at = now;
+    for _ in 0..MAX_ATTEMPTS {
+        let mut compares = vec![Compare::Absent(key.clone())];
+        let mut ops = Vec::new();
+        instance.status.addresses.clear();
+        for net in networks {
+            let (subnet, gateway) = subnet_and_gateway(net)?;
+            let used = used_addresses(repo, &project, &net.metadata.name).await?;
+            let free: Vec<Ipv4Addr> = subnet
+                .hosts()
+                .filter(|ip| *ip != gateway && !used.contains(ip))
+                .collect();
+            if free.is_empty() {
+                return Err(ServerError(ApiError::conflict(format!(
+                    "network {:?} in project {project:?} has no free address left ({} in use); delete instances or create a larger network",
+                    net.metadata.name,
+                    used.len()
+                ))));
+            }
+            // A random free address: concurrent launches rarely pick the
+            // same one, and when they do the transaction tells.
+            let ip = free[rand::thread_rng().gen_range(0..free.len())];
+            let ipk = ip_key(&project, &net.metadata.name, ip);
+            compares.push(Compare::Absent(ipk.clone()));
+            compares.push(Compare::ModRevision(
+                repo::key::<Network>(Some(&project), &net.metadata.name),
+                net.metadata.revision,
+            ));
+            ops.push(Op::Put {
+                key: ipk,
+                value: name.clone().into_bytes(),
+            });
+            instance.status.addresses.push(InstanceAddress {
+                network: net.metadata.name.clone(),
+                network_id: net.metadata.id.clone(),
+                ip,
+                prefix_len: subnet.prefix_len,
+                gateway,
+                mac: mac_for(&instance.metadata.id),
+            });
+        }
+        instance.metadata.revision = 0;
+        ops.insert(
+            0,
+            Op::Put {
+                key: key.clone(),
+                value: repo::encode(&instance)?,
+            },
+        );
+        let result = repo
+            .store
+            .txn(Txn {
+                compares,
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if result.succeeded {
+            instance.metadata.revision = result.revision;
+            return Ok(instance);
+        }
+        if repo.store.get(&key).await?.is_some() {
+            return Err(ServerError(ApiError::already_exists(format!(
+                "{} already exists; pick another name or delete it first",
+                repo::describe::<Instance>(Some(&project), &name)
+            ))));
+        }
+        for net in networks {
+            let current: Option<Network> = repo.try_get(Some(&project), &net.metadata.name).await?;
+            if current.is_none() {
+                return Err(ServerError(ApiError::invalid(format!(
+                    "network {:?} was deleted while the instance was being created; create it again",
+                    net.metadata.name
+                ))));
+            }
+        }
+        // Another launch took the address: pick again.
+    }
+    Err(ServerError(ApiError::unavailable(format!(
+        "could not claim an address for instance {name:?} (too many concurrent launches); retry"
+    ))))
+}
+
+/// Delete `instance`, its address keys and its published ports in one
+/// transaction. `expected`: the instance's revision, if it must match.
+pub async fn delete_with_addresses(
+    repo: &Repo,
+    instance: &Instance,
+    expected: Option<i64>,
+) -> ApiResult<()> {
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let name = &instance.metadata.name;
+    let key = repo::key::<Instance>(Some(&project), name);
+    let mut ops = vec![Op::Delete { key: key.clone() }];
+    for a in &instance.status.addresses {
+        ops.push(Op::Delete {
+            key: ip_key(&project, &a.network, a.ip),
+        });
+    }
+    let ports = repo
+        .list::<PublishedPort>(Some(&project), &Default::default(), |p| {
+            p.spec.instance == *name
+        })
+        .await?;
+    for p in &ports.items {
+        ops.push(Op::Delete {
+            key: repo::key::<PublishedPort>(Some(&project), &p.metadata.name),
+        });
+        ops.push(Op::Delete {
+            key: host_port_key(p.spec.protocol.as_str(), p.spec.host_port),
+        });
+    }
+    let compares = match expected {
+        Some(rev) => vec![Compare::ModRevision(key, rev)],
+        None => vec![Compare::Exists(key)],
+    };
+    let result = repo
+        .store
+        .txn(Txn {
+            compares,
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    if !result.succeeded {
+        return Err(ServerError(ApiError::conflict(format!(
+            "{} changed while being deleted; get it again and retry",
+            repo::describe::<Instance>(Some(&project), name)
+        ))));
+    }
+    Ok(())
+}
+
+/// Kinds are checked against this so the generic repo helpers stay right.
+const _: () = assert!(Instance::PROJECT_SCOPED && Network::PROJECT_SCOPED);
