@@ -354,6 +354,14 @@ fn containers_talk_by_name_filter_publish_and_egress() {
     let dup = cloud.nimbus(&["address", "publish", "cli", "--port", &format!("{port}:80")]);
     assert!(!dup.status.success(), "a host port is published once");
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already published"));
+    // The host's own services (DNS, SSH) cannot be taken over by a tenant.
+    let dns = cloud.nimbus(&["address", "publish", "api", "--port", "53:53/udp"]);
+    assert!(!dns.status.success(), "host port 53 cannot be published");
+    assert!(
+        String::from_utf8_lossy(&dns.stderr).contains("below 1024"),
+        "{}",
+        String::from_utf8_lossy(&dns.stderr)
+    );
 
     // A UDP port: an echo server in the instance's namespace.
     run(&cloud, "udp", &["--network", "backend"], "exec sleep 600");
@@ -527,6 +535,48 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         .expect("ip")
         .to_string();
     assert!(connect_from(&box_ip), "the real address must work");
+    // One-way UDP, counted where it lands (in srv's namespace), so a drop
+    // anywhere but the anti-spoofing rules cannot make the check pass.
+    let srv_id = id_of(&cloud, "instance", "srv", "red");
+    let srv_ns = format!("{NETNS_DIR}/ni-{srv_id}");
+    let receiver = nimbus_net::netns::run_in(Some(Path::new(&srv_ns)), move || {
+        let sock = std::net::UdpSocket::bind((srv_addr, 9999))
+            .map_err(|e| nimbus_net::NetError::io("bind the UDP receiver", e))?;
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .map_err(|e| nimbus_net::NetError::io("receiver timeout", e))?;
+        Ok(sock)
+    })
+    .expect("UDP receiver in srv's namespace");
+    let send_from = |src: &str, tag: &'static str| {
+        let src: Ipv4Addr = src.parse().expect("source address");
+        nimbus_net::netns::run_in(Some(Path::new(&ns)), move || {
+            let sock = std::net::UdpSocket::bind((src, 0))
+                .map_err(|e| nimbus_net::NetError::io("bind the UDP sender", e))?;
+            for _ in 0..3 {
+                let _ = sock.send_to(tag.as_bytes(), (srv_addr, 9999));
+            }
+            Ok(())
+        })
+        .expect("send UDP from box's namespace");
+    };
+    let received = |receiver: &std::net::UdpSocket| -> Vec<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = receiver.recv_from(&mut buf) {
+            got.push(format!(
+                "{} from {}",
+                String::from_utf8_lossy(&buf[..n]),
+                from.ip()
+            ));
+        }
+        got
+    };
+    send_from(&box_ip, "genuine");
+    let got = received(&receiver);
+    assert!(
+        got.iter().any(|g| g.starts_with("genuine")),
+        "the genuine datagram must arrive: {got:?}"
+    );
     let ip_cmd = |args: &[&str]| {
         let out = Command::new("nsenter")
             .arg(format!("--net={ns}"))
@@ -545,9 +595,22 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         !connect_from("10.30.0.250"),
         "a spoofed source address got through"
     );
+    send_from("10.30.0.250", "spoofed-ip");
+    let got = received(&receiver);
+    assert!(
+        !got.iter().any(|g| g.starts_with("spoofed-ip")),
+        "a datagram from a spoofed address arrived: {got:?}"
+    );
     ip_cmd(&["addr", "del", "10.30.0.250/24", "dev", "eth0"]);
     ip_cmd(&["link", "set", "eth0", "address", "02:11:22:33:44:55"]);
     assert!(!connect_from(&box_ip), "a spoofed MAC address got through");
+    send_from(&box_ip, "spoofed-mac");
+    let got = received(&receiver);
+    assert!(
+        !got.iter().any(|g| g.starts_with("spoofed-mac")),
+        "a datagram from a spoofed MAC arrived: {got:?}"
+    );
+    drop(receiver);
 
     let nets = vec![
         id_of(&cloud, "network", "net", "red"),

@@ -17,9 +17,9 @@ impl Subnet {
         let network: Ipv4Addr = addr
             .parse()
             .map_err(|_| format!("{addr:?} in subnet {text:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
+        let prefix_len: u8 = Some(len)
+            .filter(|l| !l.is_empty() && l.len() <= 2 && l.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|l| l.parse().ok())
             .filter(|l| *l <= 32)
             .ok_or_else(|| format!("prefix length {len:?} in {text:?} must be 0 to 32"))?;
         let s = Subnet {
@@ -95,6 +95,10 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
+        assert!(
+            Subnet::parse("10.0.0.0/+24").is_err(),
+            "a signed prefix is refused"
+        );
         let s = Subnet::parse("10.20.0.0/24").unwrap();
         assert_eq!(s.first_host(), Ipv4Addr::new(10, 20, 0, 1));
         assert_eq!(s.broadcast(), Ipv4Addr::new(10, 20, 0, 255));

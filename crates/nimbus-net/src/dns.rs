@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ use crate::{netns, NetError, Result};
 pub type Names = Arc<RwLock<HashMap<String, Ipv4Addr>>>;
 
 const TTL_SECS: u32 = 5;
+/// Upstream lookups in flight at once per network.
+const MAX_FORWARDS: usize = 32;
 const TYPE_A: u16 = 1;
 const CLASS_IN: u16 = 1;
 const RCODE_SERVFAIL: u8 = 2;
@@ -72,6 +74,7 @@ pub fn host_upstream() -> Option<SocketAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
         .map(|ip| SocketAddr::from((ip, 53)))
         .next()
 }
@@ -84,6 +87,7 @@ fn serve(
     stop: Arc<AtomicBool>,
 ) {
     let mut buf = [0u8; 1500];
+    let in_flight = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             continue;
@@ -105,18 +109,32 @@ fn serve(
             None if !short.contains('.') => answer(query, &q, None, RCODE_NXDOMAIN),
             None => match upstream {
                 Some(up) => {
-                    let socket = match socket.try_clone() {
-                        Ok(s) => s,
-                        Err(_) => continue,
-                    };
-                    let owned = query.to_vec();
-                    let q2 = q.clone();
-                    std::thread::spawn(move || {
-                        let reply = forward(&owned, up)
-                            .unwrap_or_else(|| answer(&owned, &q2, None, RCODE_SERVFAIL));
-                        let _ = socket.send_to(&reply, peer);
-                    });
-                    continue;
+                    // At most MAX_FORWARDS lookups in flight per network: a
+                    // flood of queries is answered SERVFAIL, not with threads.
+                    if in_flight.load(Ordering::Acquire) >= MAX_FORWARDS {
+                        answer(query, &q, None, RCODE_SERVFAIL)
+                    } else {
+                        let socket = match socket.try_clone() {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        };
+                        let owned = query.to_vec();
+                        let q2 = q.clone();
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        let counter = in_flight.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("nimbus-dns-fwd".into())
+                            .spawn(move || {
+                                let reply = forward(&owned, up)
+                                    .unwrap_or_else(|| answer(&owned, &q2, None, RCODE_SERVFAIL));
+                                let _ = socket.send_to(&reply, peer);
+                                counter.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            in_flight.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        continue;
+                    }
                 }
                 None => answer(query, &q, None, RCODE_REFUSED),
             },

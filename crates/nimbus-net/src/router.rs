@@ -75,14 +75,18 @@ pub fn ensure_router(spec: &RouterSpec) -> Result<HostSide> {
     let ns_for_host = ns_path.clone();
     let link = host_link.clone();
     let network_id = spec.network_id.clone();
-    let (host_ip, router_ip, fresh) = netns::run_in(None, move || {
+    let (host_ip, router_ip) = netns::run_in(None, move || {
         let mut nl = Netlink::new()?;
         let existing = nl.link_index(&link)?;
         let addrs = nl.addresses()?;
         if let Some(index) = existing {
             if let Some((_, ip, _)) = addrs.iter().find(|(i, _, p)| *i == index && *p == 30) {
                 let router = Ipv4Addr::from(u32::from(*ip) + 1);
-                return Ok((*ip, router, false));
+                // Re-applied: a crash may have come between these steps.
+                netns::sysctl(&format!("net.ipv4.conf.{link}.forwarding"), "1")?;
+                netns::sysctl(&format!("net.ipv4.conf.{link}.route_localnet"), "1")?;
+                nl.set_up(&link)?;
+                return Ok((*ip, router));
             }
             // A half-made uplink: start over.
             nl.delete_link(&link)?;
@@ -108,17 +112,17 @@ pub fn ensure_router(spec: &RouterSpec) -> Result<HostSide> {
         // Published ports answer connections to 127.0.0.1 too.
         netns::sysctl(&format!("net.ipv4.conf.{link}.route_localnet"), "1")?;
         nl.set_up(&link)?;
-        Ok((host, router, true))
+        Ok((host, router))
     })?;
-    if fresh {
-        netns::run_in(Some(&ns_path), move || {
-            let mut nl = Netlink::new()?;
-            nl.add_address(names::UPLINK, router_ip, 30)?;
-            nl.set_up(names::UPLINK)?;
-            nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(host_ip), None)?;
-            Ok(())
-        })?;
-    }
+    // The router side is applied every time (address and route replace),
+    // so a router whose setup was cut short by a crash is completed.
+    netns::run_in(Some(&ns_path), move || {
+        let mut nl = Netlink::new()?;
+        nl.add_address(names::UPLINK, router_ip, 30)?;
+        nl.set_up(names::UPLINK)?;
+        nl.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(host_ip), None)?;
+        Ok(())
+    })?;
     Ok(HostSide {
         netns: ns_path,
         host_link,

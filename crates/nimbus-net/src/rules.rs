@@ -81,18 +81,32 @@ pub struct RouterRules {
 }
 
 fn set_name(group: &str) -> String {
-    // Set names: letters, digits, underscore.
-    let clean: String = group
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    // Set names: letters, digits, underscore. Every other byte is escaped
+    // (`_` as `__`, others as `_xx`), so distinct groups never share a set.
+    let mut clean = String::new();
+    for b in group.bytes() {
+        match b {
+            b'_' => clean.push_str("__"),
+            b if b.is_ascii_alphanumeric() => clean.push(b as char),
+            b => clean.push_str(&format!("_{b:02x}")),
+        }
+    }
     format!("g_{clean}")
 }
 
 fn rule_line(r: &AllowRule) -> String {
     let mut m = String::new();
     if let Some(c) = &r.cidr {
-        let _ = write!(m, "ip saddr {c} ");
+        // The server stores only validated CIDRs; anything else that got
+        // in matches nothing rather than breaking the network's ruleset.
+        if !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
+        {
+            let _ = write!(m, "ip saddr {c} ");
+        } else {
+            let _ = write!(m, "ip saddr 0.0.0.0/32 ip saddr != 0.0.0.0/32 ");
+        }
     }
     if let Some(g) = &r.group {
         let _ = write!(m, "ip saddr @{} ", set_name(g));
@@ -493,9 +507,10 @@ pub fn host_script(
     rule(
         &mut s,
         "input",
-        "iifname @uplinks ct state established,related accept",
+        &format!("iifname \"{p}*\" ct state established,related accept"),
     );
-    rule(&mut s, "input", "iifname @uplinks drop");
+    // Every Nimbus uplink, also of routers not (yet) reopened after a restart.
+    rule(&mut s, "input", &format!("iifname \"{p}*\" drop"));
     for f in forwards {
         let proto = if f.udp { "udp" } else { "tcp" };
         let text = format!(
@@ -520,6 +535,14 @@ pub fn host_script(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn group_sets_never_collide() {
+        let names = ["db-clients", "db.clients", "db_clients", "db__clients"];
+        let sets: std::collections::BTreeSet<String> = names.iter().map(|n| set_name(n)).collect();
+        assert_eq!(sets.len(), names.len(), "{sets:?}");
+    }
+
     use super::*;
 
     fn sample() -> RouterRules {

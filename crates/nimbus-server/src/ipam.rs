@@ -54,6 +54,16 @@ pub fn mac_for(instance_id: &str) -> String {
     )
 }
 
+/// Host ports a VM's user-network forwards bind.
+fn forward_ports(instance: &Instance) -> Vec<u16> {
+    instance
+        .spec
+        .vm
+        .as_ref()
+        .map(|vm| vm.port_forwards.iter().map(|f| f.host_port).collect())
+        .unwrap_or_default()
+}
+
 /// Addresses in use on a network.
 pub async fn used_addresses(
     repo: &Repo,
@@ -83,11 +93,23 @@ pub async fn create_with_addresses(
     let now = chrono::Utc::now();
     instance.metadata.created_at = now;
     instance.metadata.updated_at = now;
+    let mut networks = networks.to_vec();
+    // A VM's user-network forwards bind host ports: claimed like published
+    // ports, so no project can publish (and so intercept) the same port.
+    let forwards = forward_ports(&instance);
     for _ in 0..MAX_ATTEMPTS {
         let mut compares = vec![Compare::Absent(key.clone())];
         let mut ops = Vec::new();
+        for port in &forwards {
+            let hk = host_port_key("tcp", *port);
+            compares.push(Compare::Absent(hk.clone()));
+            ops.push(Op::Put {
+                key: hk,
+                value: format!("{project}/instance/{name}").into_bytes(),
+            });
+        }
         instance.status.addresses.clear();
-        for net in networks {
+        for net in &networks {
             let (subnet, gateway) = subnet_and_gateway(net)?;
             let used = used_addresses(repo, &project, &net.metadata.name).await?;
             let free: Vec<Ipv4Addr> = subnet
@@ -149,13 +171,29 @@ pub async fn create_with_addresses(
                 repo::describe::<Instance>(Some(&project), &name)
             ))));
         }
-        for net in networks {
-            let current: Option<Network> = repo.try_get(Some(&project), &net.metadata.name).await?;
-            if current.is_none() {
-                return Err(ServerError(ApiError::invalid(format!(
-                    "network {:?} was deleted while the instance was being created; create it again",
-                    net.metadata.name
+        for port in &forwards {
+            if repo
+                .store
+                .get(&host_port_key("tcp", *port))
+                .await?
+                .is_some()
+            {
+                return Err(ServerError(ApiError::conflict(format!(
+                    "host port {port}/tcp is already published or forwarded; pick another --forward port"
                 ))));
+            }
+        }
+        for net in networks.iter_mut() {
+            let current: Option<Network> = repo.try_get(Some(&project), &net.metadata.name).await?;
+            match current {
+                // Changed since read (e.g. a refused delete bumped it): use the new revision.
+                Some(c) => *net = c,
+                None => {
+                    return Err(ServerError(ApiError::invalid(format!(
+                        "network {:?} was deleted while the instance was being created; create it again",
+                        net.metadata.name
+                    ))))
+                }
             }
         }
         // Another launch took the address: pick again.
@@ -176,6 +214,11 @@ pub async fn delete_with_addresses(
     let name = &instance.metadata.name;
     let key = repo::key::<Instance>(Some(&project), name);
     let mut ops = vec![Op::Delete { key: key.clone() }];
+    for port in forward_ports(instance) {
+        ops.push(Op::Delete {
+            key: host_port_key("tcp", port),
+        });
+    }
     for a in &instance.status.addresses {
         ops.push(Op::Delete {
             key: ip_key(&project, &a.network, a.ip),

@@ -417,9 +417,12 @@ impl NetDriver {
             }
         }
         let tap_ns = router_ns.clone();
-        blocking(move || router::attach_tap(&router_ns, &port))
-            .await
-            .map_err(|e| format!("attaching to network {:?}: {e}", addr.network))?;
+        if let Err(e) = blocking(move || router::attach_tap(&router_ns, &port)).await {
+            // Nothing half-made stays: the tap, its route and the port record.
+            drop(routers);
+            self.detach(&instance.metadata.id).await;
+            return Err(format!("attaching to network {:?}: {e}", addr.network));
+        }
         if let Ok(mut k) = self.known.lock() {
             k.instances
                 .insert(instance.metadata.id.clone(), instance.clone());
@@ -570,8 +573,18 @@ impl NetDriver {
                     ))
                 })
                 .collect();
+            let any_vm = !leases.is_empty();
             if let Ok(mut l) = r.leases.write() {
                 *l = leases;
+            }
+            // A router reopened after a restart serves its VMs' leases again.
+            if any_vm && r.dhcp.is_none() {
+                match nimbus_net::dhcp::start(&r.host.netns, r.gateway, r.leases.clone()) {
+                    Ok(d) => r.dhcp = Some(d),
+                    Err(e) => {
+                        tracing::warn!(network = %r.network, error = %e, "no DHCP for the network")
+                    }
+                }
             }
             if r.applied.as_ref() == Some(&rr) {
                 continue;
@@ -759,7 +772,14 @@ fn render(
         for (iid, p) in on_router {
             let inst = k.instances.get(iid);
             let secgroups = inst.map(|i| i.spec.secgroups.clone()).unwrap_or_default();
-            let ingress = if secgroups.is_empty() {
+            let ingress = if inst.is_none() {
+                // Not seen yet (e.g. just after a restart): its groups are
+                // unknown, so its port is closed until it is, never open.
+                Some(Ingress {
+                    own_groups: Vec::new(),
+                    rules: Vec::new(),
+                })
+            } else if secgroups.is_empty() {
                 None
             } else {
                 let mut ing = Ingress {

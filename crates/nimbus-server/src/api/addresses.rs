@@ -81,9 +81,9 @@ pub async fn create(
             "only tcp and udp ports can be published; use --port 8080:80 or --port 53:53/udp",
         )));
     }
-    if spec.host_port == 0 || spec.instance_port == 0 {
+    if spec.host_port < 1024 || spec.instance_port == 0 {
         return Err(ServerError(ApiError::invalid(
-            "ports must be 1-65535, e.g. --port 8080:80",
+            "host ports below 1024 belong to the host's own services (DNS, SSH, ...); publish on 1024-65535, e.g. --port 8080:80",
         )));
     }
     let instance: Instance = state.repo.get(Some(&project), &spec.instance).await?;

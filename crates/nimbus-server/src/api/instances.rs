@@ -407,7 +407,12 @@ pub async fn create(
             ..Default::default()
         },
     };
-    let created = if networks.is_empty() {
+    let forwards = instance
+        .spec
+        .vm
+        .as_ref()
+        .is_some_and(|vm| !vm.port_forwards.is_empty());
+    let created = if networks.is_empty() && !forwards {
         state.repo.create(instance).await?
     } else {
         crate::ipam::create_with_addresses(&state.repo, instance, &networks).await?
@@ -468,6 +473,8 @@ pub async fn replace(
         Some("kernel image")
     } else if old_vm.disk_bytes != new_vm.disk_bytes {
         Some("disk size")
+    } else if old_vm.port_forwards != new_vm.port_forwards {
+        Some("port forwards")
     } else {
         None
     };
