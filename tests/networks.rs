@@ -483,6 +483,12 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         &["--network", "net", "--project", "blue"],
         "exec sleep 600",
     );
+    run(
+        &cloud,
+        "srv",
+        &["--network", "net", "--project", "blue"],
+        &web("blue-secret"),
+    );
     let srv = cloud
         .json(&["instance", "get", "srv", "--project", "red"])
         .expect("srv");
@@ -495,11 +501,54 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         get_from(&cloud, "box", "red", &srv_ip, 80)
     });
     assert!(ok.contains("red-secret"));
-    assert_eq!(
-        get_from(&cloud, "box", "blue", &srv_ip, 80),
-        None,
-        "blue reached red's server at {srv_ip}"
+    // Blue's own network works (so a miss below is isolation, not a broken
+    // box), and nothing of red answers it: not red's server (the same
+    // address may be blue's own server, which answers as blue), not red's
+    // router uplink.
+    let blue_srv_ip = cloud
+        .json(&["instance", "get", "srv", "--project", "blue"])
+        .expect("blue srv")["status"]["addresses"][0]["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let own = wait_until(T, "blue to reach blue", || {
+        get_from(&cloud, "box", "blue", &blue_srv_ip, 80)
+    });
+    assert!(own.contains("blue-secret"), "{own}");
+    let crossed = get_from(&cloud, "box", "blue", &srv_ip, 80).unwrap_or_default();
+    assert!(
+        !crossed.contains("red-secret"),
+        "blue reached red's server at {srv_ip}: {crossed}"
     );
+    let red_net = id_of(&cloud, "network", "net", "red");
+    let red_uplink = nimbus_net::netns::run_in(
+        Some(Path::new(&format!("{NETNS_DIR}/nr-{red_net}"))),
+        || {
+            let text = std::fs::read_to_string("/proc/net/fib_trie")
+                .map_err(|e| nimbus_net::NetError::io("read fib_trie", e))?;
+            Ok(text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("|-- "))
+                .find(|a| a.starts_with("100."))
+                .map(str::to_string))
+        },
+    )
+    .expect("red router addresses");
+    if let Some(uplink) = red_uplink {
+        let out = exec(
+            &cloud,
+            "box",
+            "blue",
+            &format!("ping -c 1 -W 1 {uplink} >/dev/null 2>&1; echo rc=$?"),
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+            "blue reached red's router uplink {uplink}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    } else {
+        panic!("red's router has no uplink address in 100.64.0.0/10");
+    }
 
     // The container's root cannot change its address or MAC.
     let out = exec(
@@ -620,8 +669,14 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
         id_of(&cloud, "instance", "srv", "red"),
         box_id,
         id_of(&cloud, "instance", "box", "blue"),
+        id_of(&cloud, "instance", "srv", "blue"),
     ];
-    for (n, p) in [("srv", "red"), ("box", "red"), ("box", "blue")] {
+    for (n, p) in [
+        ("srv", "red"),
+        ("box", "red"),
+        ("box", "blue"),
+        ("srv", "blue"),
+    ] {
         cloud.ok(&["instance", "rm", n, "--project", p]);
     }
     assert_network_leftovers_gone(&cloud, &nets, &ids);
