@@ -98,6 +98,15 @@ pub async fn create_with_addresses(
     // ports, so no project can publish (and so intercept) the same port.
     let forwards = forward_ports(&instance);
     for _ in 0..MAX_ATTEMPTS {
+        if let Some(net) = networks
+            .iter()
+            .find(|n| n.metadata.deletion_requested_at.is_some())
+        {
+            return Err(ServerError(ApiError::conflict(format!(
+                "network {:?} is being deleted; create it again or pick another network",
+                net.metadata.name
+            ))));
+        }
         let mut compares = vec![Compare::Absent(key.clone())];
         let mut ops = Vec::new();
         for port in &forwards {

@@ -160,10 +160,13 @@ pub async fn delete(
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    let net: Network = state.repo.get(Some(&project), &name).await?;
-    // Bump the revision first: a launch that read the old one fails its
-    // address transaction, and a later one shows up in the list below.
-    let net = state.repo.update(net).await?;
+    let mut net: Network = state.repo.get(Some(&project), &name).await?;
+    // Mark it first (which also moves its revision): a launch that read it
+    // before fails its address transaction and, re-reading, sees the mark;
+    // a launch after the mark refuses; one that committed before shows up
+    // in the list below.
+    net.metadata.deletion_requested_at = Some(chrono::Utc::now());
+    let mut net = state.repo.update(net).await?;
     let users = state
         .repo
         .list::<Instance>(Some(&project), &Default::default(), |i| {
@@ -171,6 +174,10 @@ pub async fn delete(
         })
         .await?;
     if !users.items.is_empty() {
+        net.metadata.deletion_requested_at = None;
+        if let Err(e) = state.repo.update(net).await {
+            tracing::warn!(network = %name, error = %e.0, "clearing the deletion mark of a network in use");
+        }
         let names: Vec<&str> = users
             .items
             .iter()
