@@ -189,7 +189,14 @@ impl ShimClient {
         let mut resp = Vec::with_capacity(256);
         let mut byte = [0u8; 1];
         loop {
-            match stream.read(&mut byte).map_err(io("read response from"))? {
+            let n = match stream.read(&mut byte) {
+                Ok(n) => n,
+                // A signal in the calling process (a child exiting) is not
+                // an answer: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io("read response from")(e)),
+            };
+            match n {
                 0 => {
                     return Err(ShimError::Protocol(format!(
                         "shim at {} closed the connection without answering",
