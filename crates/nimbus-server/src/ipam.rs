@@ -264,6 +264,34 @@ pub async fn delete_with_addresses(
             repo::describe::<Instance>(Some(&project), name)
         ))));
     }
+    // A port published between the list above and the transaction names
+    // an instance that is gone now (later publishes fail on its missing
+    // key): sweep ports older than the deletion.
+    let late = repo
+        .list::<PublishedPort>(Some(&project), &Default::default(), |p| {
+            p.spec.instance == *name
+        })
+        .await?;
+    for p in late
+        .items
+        .iter()
+        .filter(|p| p.metadata.revision < result.revision)
+    {
+        let pkey = repo::key::<PublishedPort>(Some(&project), &p.metadata.name);
+        let _ = repo
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision(pkey.clone(), p.metadata.revision)],
+                success: vec![
+                    Op::Delete { key: pkey },
+                    Op::Delete {
+                        key: host_port_key(p.spec.protocol.as_str(), p.spec.host_port),
+                    },
+                ],
+                failure: vec![],
+            })
+            .await?;
+    }
     Ok(())
 }
 
