@@ -69,7 +69,7 @@ mod mounts;
 mod pipes;
 mod reaper;
 pub mod rootfs;
-mod server;
+pub(crate) mod server;
 mod shim;
 pub mod spec;
 pub mod state;

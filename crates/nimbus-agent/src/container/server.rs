@@ -1,6 +1,7 @@
 //! The shim's side of the control socket: one task per connection.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use super::shim::{Command, Shim};
 use super::ShimError;
 
 /// A client has this long to send its request line.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) fn listen(shim: &Shim) -> Result<UnixListener, ShimError> {
-    let path = shim.dir.join(SOCKET_FILE);
+/// The control socket of a shim (container or VM) in `dir`, root only.
+pub(crate) fn listen(dir: &Path) -> Result<UnixListener, ShimError> {
+    let path = dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&path);
     let io = |what: &str| {
         let what = format!("{what} control socket {}", path.display());

@@ -157,7 +157,7 @@ pub(super) async fn supervise(
             }
         });
     }
-    match super::server::listen(&shim) {
+    match super::server::listen(&shim.dir) {
         Ok(listener) => {
             tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
         }

@@ -1,8 +1,6 @@
 //! The VM shim's side of the control socket: the container shim's protocol
 //! (`status`, `subscribe`, `stop`) plus `pause`, `resume` and `console`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,25 +11,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::shim::{VmCommand, VmShim};
 use crate::container::control::{
-    encode_frame, frame, read_frame_async, ShimRequest, ShimResponse, MAX_LINE_BYTES, SOCKET_FILE,
+    encode_frame, frame, read_frame_async, ShimRequest, ShimResponse, MAX_LINE_BYTES,
 };
-use crate::container::ShimError;
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::container::server::REQUEST_TIMEOUT;
 /// Console output chunks buffered for a slow client before it is detached.
 const CONSOLE_BUFFER_CHUNKS: usize = 256;
-
-pub(super) fn listen(dir: &Path) -> Result<UnixListener, ShimError> {
-    let path = dir.join(SOCKET_FILE);
-    let _ = std::fs::remove_file(&path);
-    let io = |what: &str| {
-        let what = format!("{what} control socket {}", path.display());
-        move |source| ShimError::Io { what, source }
-    };
-    let listener = UnixListener::bind(&path).map_err(io("bind"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io("chmod"))?;
-    Ok(listener)
-}
 
 pub(super) async fn serve(shim: Rc<VmShim>, listener: UnixListener) {
     loop {

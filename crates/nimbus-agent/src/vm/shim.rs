@@ -307,7 +307,7 @@ pub(crate) async fn supervise(
             }
         });
     }
-    match super::server::listen(&shim.dir) {
+    match crate::container::server::listen(&shim.dir) {
         Ok(listener) => {
             tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
         }

@@ -664,30 +664,7 @@ pub async fn console(
         .ok_or_else(|| ApiError::unavailable("no agent can serve consoles on this server"))?;
     let shim = io.console(&instance).await?;
     // The console (often a root shell) ends when the caller loses their role.
-    let revoked = super::watch::revoked(
-        state.clone(),
-        super::watch::Guard {
-            caller,
-            project: project.clone(),
-        },
-    );
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                tokio::select! {
-                    _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
-                    _ = revoked => tracing::info!("console session ended: the caller's role was revoked"),
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "console upgrade failed"),
-        }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "upgrade")
-        .header("upgrade", "nimbus-exec")
-        .body(Body::empty())
-        .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+    upgrade_to_relay(&state, caller, &project, on_upgrade, shim, "console")
 }
 
 /// Deletion: instances never started are removed at once; others are
@@ -837,11 +814,25 @@ pub async fn exec(
         .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
     let shim = io.exec(&instance, &exec_req).await?;
     // The session ends when the caller loses their role in the project.
+    upgrade_to_relay(&state, caller, &project, on_upgrade, shim, "exec")
+}
+
+/// Answer 101 and relay the upgraded connection to the shim's stream (exec
+/// or console) until either ends, or until the caller loses their role in
+/// the project.
+fn upgrade_to_relay(
+    state: &Arc<AppState>,
+    caller: Caller,
+    project: &str,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    shim: Box<dyn crate::hostio::ExecStream>,
+    what: &'static str,
+) -> ApiResult<Response> {
     let revoked = super::watch::revoked(
         state.clone(),
         super::watch::Guard {
             caller,
-            project: project.clone(),
+            project: project.to_string(),
         },
     );
     tokio::spawn(async move {
@@ -849,10 +840,10 @@ pub async fn exec(
             Ok(upgraded) => {
                 tokio::select! {
                     _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
-                    _ = revoked => tracing::info!("exec session ended: the caller's role was revoked"),
+                    _ = revoked => tracing::info!("{what} session ended: the caller's role was revoked"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "exec upgrade failed"),
+            Err(e) => tracing::warn!(error = %e, "{what} upgrade failed"),
         }
     });
     Response::builder()
