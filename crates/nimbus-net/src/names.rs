@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub const NETNS_DIR: &str = "/run/nimbus/netns";
 /// Prefix of every host-side link Nimbus creates.
 pub const HOST_LINK_PREFIX: &str = "nb";
+/// The bridge inside a router namespace; instance ports are its ports.
+pub const BRIDGE: &str = "br0";
 /// Name of the router's link towards the host, inside its namespace.
 pub const UPLINK: &str = "uplink";
 

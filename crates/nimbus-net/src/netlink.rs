@@ -137,6 +137,33 @@ impl Netlink {
             .collect())
     }
 
+    /// Names of the ports of the bridge `bridge`.
+    pub fn bridge_ports(&mut self, bridge: &str) -> Result<Vec<String>> {
+        let master = self.require_index(bridge)?;
+        let replies = self.request(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => {
+                    let on_bridge = l
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == master));
+                    let name = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })?;
+                    on_bridge.then_some(name)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -201,6 +228,44 @@ impl Netlink {
             &format!("create veth {name}/{peer}"),
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// A Linux bridge `name` with a fixed MAC address (a bridge otherwise
+    /// takes the lowest MAC of its ports, which changes as ports come and
+    /// go and makes instances re-learn their gateway). An existing link of
+    /// that name is kept.
+    pub fn add_bridge(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
+        if self.link_index(name)?.is_some() {
+            return Ok(());
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(
+            &format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Make `link` a port of the bridge `bridge`.
+    pub fn set_master(&mut self, link: &str, bridge: &str) -> Result<()> {
+        let index = self.require_index(link)?;
+        let master = self.require_index(bridge)?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Controller(master));
+        self.request(
+            &format!("attach {link} to bridge {bridge}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
         )?;
         Ok(())
     }

@@ -1,12 +1,15 @@
 //! Router namespaces and instance ports: links, addresses, routes and
 //! sysctls, all through netlink and `/proc/sys` of the namespace itself.
 //!
-//! Ports are routed, not bridged: each instance's veth (or tap) end in the
-//! router has proxy ARP on and a /32 route to the instance, so instances
-//! on one subnet reach each other through the router, where nftables sees
-//! every packet with its real in/out port (the bridge family of this
-//! kernel has no connection tracking, and routed ports need none of
-//! br_netfilter's special cases).
+//! Each router namespace holds one Linux bridge (`br0`) carrying the
+//! network's gateway address; every instance port (the router end of a
+//! container's veth, or a VM's tap) is a port of that bridge. Instances on
+//! one network exchange frames through the bridge. The bridge family of
+//! this kernel has no connection tracking, so the namespace turns on
+//! `bridge-nf-call-iptables`: bridged IPv4 packets then also pass the
+//! namespace's `inet` hooks, where the stateful security groups match
+//! them by destination address (sources and destinations are made
+//! trustworthy by the bridge-family anti-spoofing rules, see `rules`).
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
@@ -22,6 +25,15 @@ pub const DEFAULT_MTU: u32 = 1500;
 pub struct RouterSpec {
     pub network_id: String,
     pub gateway: Ipv4Addr,
+    /// Prefix length of the network's subnet.
+    pub prefix_len: u8,
+}
+
+/// The bridge's MAC: locally administered, fixed per network.
+fn bridge_mac(network_id: &str) -> [u8; 6] {
+    let (h, _) = transit_block(network_id, 0);
+    let b = u32::from(h).to_be_bytes();
+    [0x02, 0x6e, b[0], b[1], b[2], b[3]]
 }
 
 /// The uplink between a router namespace and the host: a /30 from
@@ -63,11 +75,23 @@ pub fn ensure_router(spec: &RouterSpec) -> Result<HostSide> {
     netns::create(&ns_path)?;
     let host_link = names::host_link(&spec.network_id);
     let gateway = spec.gateway;
-    // Inside: loopback, the gateway address, forwarding.
+    let prefix_len = spec.prefix_len;
+    let mac = bridge_mac(&spec.network_id);
+    // Inside: loopback, the bridge with the gateway address, forwarding,
+    // and bridged IPv4 through the inet hooks (conntrack for the groups).
     netns::run_in(Some(&ns_path), move || {
         let mut nl = Netlink::new()?;
         nl.set_up("lo")?;
-        nl.add_address("lo", gateway, 32)?;
+        netns::sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+        netns::sysctl("net.bridge.bridge-nf-call-ip6tables", "0")?;
+        netns::sysctl("net.bridge.bridge-nf-call-arptables", "0")?;
+        nl.add_bridge(names::BRIDGE, mac)?;
+        netns::sysctl(
+            &format!("net.ipv6.conf.{}.disable_ipv6", names::BRIDGE),
+            "1",
+        )?;
+        nl.add_address(names::BRIDGE, gateway, prefix_len)?;
+        nl.set_up(names::BRIDGE)?;
         netns::sysctl("net.ipv4.ip_forward", "1")?;
         Ok(())
     })?;
@@ -138,17 +162,12 @@ pub fn remove_router(network_id: &str) -> Result<()> {
     netns::remove(&names::router_netns(network_id))
 }
 
-fn prepare_port(router: &Path, link: String, port: &PortSpec) -> Result<()> {
-    let ip = port.ip;
+fn prepare_port(router: &Path, link: String) -> Result<()> {
     netns::run_in(Some(router), move || {
         let mut nl = Netlink::new()?;
-        nl.set_up(&link)?;
-        netns::sysctl(&format!("net.ipv4.conf.{link}.proxy_arp"), "1")?;
-        // Proxy ARP answers at once instead of after a random delay.
-        netns::sysctl(&format!("net.ipv4.neigh.{link}.proxy_delay"), "0")?;
         netns::sysctl(&format!("net.ipv6.conf.{link}.disable_ipv6"), "1")?;
-        nl.add_route(ip, 32, None, Some(&link))?;
-        Ok(())
+        nl.set_master(&link, names::BRIDGE)?;
+        nl.set_up(&link)
     })
 }
 
@@ -169,7 +188,7 @@ pub fn attach_container(router: &Path, port: &PortSpec) -> Result<PathBuf> {
         let target = netns::open(&ins_for_router)?;
         nl.add_veth(&l, "eth0", Some(netns::raw(&target)), Some(mac), Some(mtu))
     })?;
-    prepare_port(router, link, port)?;
+    prepare_port(router, link)?;
     let (ip, prefix, gw) = (port.ip, port.prefix_len, port.gateway);
     netns::run_in(Some(&ins), move || {
         let mut nl = Netlink::new()?;
@@ -196,8 +215,7 @@ pub fn detach_container(router: Option<&Path>, instance_id: &str) -> Result<()> 
     netns::remove(&names::instance_netns(instance_id))
 }
 
-/// Create a VM's persistent tap on its router and route its address
-/// there. The VM's supervisor opens it by name with [`open_tap`] (a shim
+/// Create a VM's persistent tap on its router, as a port of its bridge. The VM's supervisor opens it by name with [`open_tap`] (a shim
 /// closes inherited descriptors, so the tap is not handed over as an fd);
 /// it stays until [`detach_tap`] deletes it. The VM must use `port.mac` on
 /// its NIC: frames with any other source MAC or IP are dropped by the
@@ -210,7 +228,7 @@ pub fn attach_tap(router: &Path, port: &PortSpec) -> Result<()> {
         let fd = tap::create_tap(&n, false)?;
         tap::set_persistent(&fd)
     })?;
-    prepare_port(router, name, port)
+    prepare_port(router, name)
 }
 
 /// Open the persistent tap `name` of the router at `router` (for QEMU's
@@ -220,7 +238,7 @@ pub fn open_tap(router: &Path, name: &str) -> Result<OwnedFd> {
     netns::run_in(Some(router), move || tap::create_tap(&n, false))
 }
 
-/// Remove a VM's tap route (the tap itself goes with QEMU's fd).
+/// Remove a VM's tap.
 pub fn detach_tap(router: &Path, instance_id: &str) -> Result<()> {
     let link = names::tap_link(instance_id);
     netns::run_in(Some(router), move || Netlink::new()?.delete_link(&link))

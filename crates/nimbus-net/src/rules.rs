@@ -1,12 +1,20 @@
-//! The nftables scripts: one table per router namespace, one per Nimbus
+//! The nftables scripts: two tables per router namespace (`bridge nimbus`
+//! for anti-spoofing at the bridge ports, `inet nimbus` for the stateful
+//! security groups, NAT and the router's own services), one per Nimbus
 //! host agent in the host namespace. Each change is one script, so one
 //! transaction: running instances never see a half-made ruleset.
+//!
+//! The bridge tables see each frame with its real port, the inet tables
+//! (through `bridge-nf-call-iptables`) see bridged packets with the bridge
+//! as both interfaces. So ports are pinned to their MAC and IPv4 address
+//! in the bridge table, frames to a port must carry that port's address,
+//! and the inet table can then filter ingress by destination address.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::names::{HOST_LINK_PREFIX, UPLINK};
+use crate::names::{BRIDGE, HOST_LINK_PREFIX, UPLINK};
 
 /// Name of the table inside router namespaces.
 pub const ROUTER_TABLE: &str = "nimbus";
@@ -127,12 +135,20 @@ fn rule_line(r: &AllowRule) -> String {
     m
 }
 
-/// Base chains of a router's table: (name, definition).
-const ROUTER_BASE_CHAINS: [(&str, &str); 5] = [
+/// Base chains of a router's bridge table: (name, definition).
+const BRIDGE_BASE_CHAINS: [(&str, &str); 2] = [
     (
         "antispoof",
         "type filter hook prerouting priority -300; policy accept;",
     ),
+    (
+        "deliver",
+        "type filter hook forward priority -300; policy accept;",
+    ),
+];
+
+/// Base chains of a router's inet table: (name, definition).
+const ROUTER_BASE_CHAINS: [(&str, &str); 4] = [
     (
         "forward",
         "type filter hook forward priority 0; policy drop;",
@@ -149,15 +165,12 @@ const ROUTER_BASE_CHAINS: [(&str, &str); 5] = [
 ];
 
 /// Sets and maps every router table has: (family, kind, name, type).
-const ROUTER_SETS: [(&str, &str, &str, &str); 8] = [
-    ("inet", "set", "ports", "ifname"),
-    ("inet", "set", "port_macs", "ifname . ether_addr"),
-    ("inet", "set", "port_ips", "ifname . ipv4_addr"),
-    ("inet", "set", "dhcp_ports", "ifname"),
-    ("inet", "map", "ingress", "ifname : verdict"),
-    ("arp", "set", "arp_macs", "ifname . ether_addr"),
-    ("arp", "set", "arp_ips", "ifname . ipv4_addr"),
-    ("arp", "set", "arp_ports", "ifname"),
+const ROUTER_SETS: [(&str, &str, &str, &str); 5] = [
+    ("bridge", "set", "ports", "ifname"),
+    ("bridge", "set", "port_macs", "ifname . ether_addr"),
+    ("bridge", "set", "port_ips", "ifname . ipv4_addr"),
+    ("bridge", "set", "dhcp_ports", "ifname"),
+    ("inet", "map", "ingress", "ipv4_addr : verdict"),
 ];
 
 fn fnv(text: &str) -> u32 {
@@ -246,16 +259,18 @@ fn elements(
     }
     for p in &r.ports {
         let l = format!("\"{}\"", p.link);
-        put(&mut e, "inet", "ports", l.clone());
-        put(&mut e, "inet", "port_macs", format!("{l} . {}", p.mac));
-        put(&mut e, "inet", "port_ips", format!("{l} . {}", p.ip));
+        put(&mut e, "bridge", "ports", l.clone());
+        put(&mut e, "bridge", "port_macs", format!("{l} . {}", p.mac));
+        put(&mut e, "bridge", "port_ips", format!("{l} . {}", p.ip));
         if p.dhcp {
-            put(&mut e, "inet", "dhcp_ports", l.clone());
+            put(&mut e, "bridge", "dhcp_ports", l.clone());
         }
-        put(&mut e, "inet", "ingress", format!("{l} : {}", verdict(p)));
-        put(&mut e, "arp", "arp_ports", l.clone());
-        put(&mut e, "arp", "arp_macs", format!("{l} . {}", p.mac));
-        put(&mut e, "arp", "arp_ips", format!("{l} . {}", p.ip));
+        put(
+            &mut e,
+            "inet",
+            "ingress",
+            format!("{} : {}", p.ip, verdict(p)),
+        );
     }
     for (g, members) in &r.groups {
         let set = e.entry(("inet", set_name(g))).or_default();
@@ -266,7 +281,7 @@ fn elements(
     e
 }
 
-/// The script that brings a router's tables (`inet` and `arp`) from
+/// The script that brings a router's tables (`inet` and `bridge`) from
 /// `previous` (what this process applied last; `None`: unknown) to `r`.
 ///
 /// Ports, their addresses and filters, and group members are elements of
@@ -315,10 +330,10 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
     if previous.is_none() {
         let _ = writeln!(
             s,
-            "table inet {t}\ndelete table inet {t}\ntable arp {t}\ndelete table arp {t}"
+            "table inet {t}\ndelete table inet {t}\ntable bridge {t}\ndelete table bridge {t}"
         );
     }
-    let _ = writeln!(s, "add table inet {t}\nadd table arp {t}");
+    let _ = writeln!(s, "add table inet {t}\nadd table bridge {t}");
     for (family, kind, name, typ) in ROUTER_SETS {
         let _ = writeln!(
             s,
@@ -333,10 +348,12 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
             "add set inet {t} {g} {{ type ipv4_addr; }}\nflush set inet {t} {g}"
         );
     }
-    let _ = writeln!(
-        s,
-        "add chain arp {t} input {{ type filter hook input priority 0; policy accept; }}\nflush chain arp {t} input"
-    );
+    for (name, def) in BRIDGE_BASE_CHAINS {
+        let _ = writeln!(
+            s,
+            "add chain bridge {t} {name} {{ {def} }}\nflush chain bridge {t} {name}"
+        );
+    }
     for (name, def) in ROUTER_BASE_CHAINS {
         let _ = writeln!(
             s,
@@ -364,35 +381,37 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
             rule(&mut s, c, l);
         }
     }
-    // Frames from a port must carry the port's own MAC and IPv4 address;
-    // links that are not ports yet send nothing.
+    // Frames from a port must carry the port's own MAC and IPv4 address
+    // (ARP included), and be IPv4 or ARP; links that are not ports yet
+    // send nothing. Only an address-less DHCP request is let through.
     for text in [
-        format!("iifname {{ \"lo\", \"{UPLINK}\" }} accept"),
-        "iifname != @ports drop".into(),
-        "iifname . ether saddr != @port_macs drop".into(),
-        "meta nfproto ipv6 drop".into(),
-        "iifname @dhcp_ports ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept".into(),
-        "iifname . ip saddr != @port_ips drop".into(),
+        "iifname != @ports drop",
+        "iifname . ether saddr != @port_macs drop",
+        "ether type != { ip, arp } drop",
+        "iifname @dhcp_ports ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept",
+        "ether type ip iifname . ip saddr != @port_ips drop",
+        "ether type arp iifname . arp saddr ether != @port_macs drop",
+        "ether type arp arp saddr ip 0.0.0.0 accept",
+        "ether type arp iifname . arp saddr ip != @port_ips drop",
     ] {
-        rule(&mut s, "antispoof", &text);
+        let _ = writeln!(s, "add rule bridge {t} antispoof {text}");
     }
-    for text in [
-        format!("iifname \"{UPLINK}\" accept"),
-        "iifname != @arp_ports drop".into(),
-        "iifname . arp saddr ether != @arp_macs drop".into(),
-        "arp saddr ip 0.0.0.0 accept".into(),
-        "iifname . arp saddr ip != @arp_ips drop".into(),
-    ] {
-        let _ = writeln!(s, "add rule arp {t} input {text}");
-    }
+    // A bridged IPv4 frame reaches a port only if addressed to that
+    // port's address, so the inet table's filter by destination address
+    // is the filter of the port the frame goes out of.
+    let _ = writeln!(
+        s,
+        "add rule bridge {t} deliver ether type ip oifname . ip daddr != @port_ips drop"
+    );
     // From outside, only published ports (DNAT) may reach a port, and
-    // then through its ingress filter like any other traffic.
+    // then through its ingress filter like any other traffic. Bridged
+    // packets show the bridge as both interfaces.
     for text in [
         "ct state established,related accept".to_string(),
         "ct state invalid drop".into(),
-        format!("iifname \"{UPLINK}\" ct status dnat oifname vmap @ingress"),
+        format!("iifname \"{UPLINK}\" ct status dnat ip daddr vmap @ingress"),
         format!("iifname \"{UPLINK}\" drop"),
-        "oifname vmap @ingress".into(),
+        format!("oifname \"{BRIDGE}\" ip daddr vmap @ingress"),
         format!("oifname \"{UPLINK}\" ip daddr {} drop", r.subnet),
         format!("oifname \"{UPLINK}\" accept"),
     ] {
@@ -589,10 +608,17 @@ mod tests {
         let s = router_script(&sample(), None);
         assert!(s.starts_with("table inet nimbus\ndelete table inet nimbus\n"));
         assert!(
-            s.contains("add element inet nimbus port_macs { \"pabc\" . 02:00:00:00:00:05 }"),
+            s.contains("add element bridge nimbus port_macs { \"pabc\" . 02:00:00:00:00:05 }"),
             "{s}"
         );
-        assert!(s.contains("iifname . ip saddr != @port_ips drop"), "{s}");
+        assert!(
+            s.contains("ether type ip iifname . ip saddr != @port_ips drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add element inet nimbus ingress { 10.20.0.5 : jump sg_"),
+            "{s}"
+        );
         assert!(s.contains("ip saddr @g_web accept"), "{s}");
         assert!(s.contains("tcp dport 80 accept"), "{s}");
         assert!(s.contains("ip saddr 10.0.0.0/8 tcp dport 22 accept"), "{s}");
@@ -615,7 +641,7 @@ mod tests {
         let inc = router_script(&next, Some(&sample()));
         assert!(!inc.contains("add rule"), "{inc}");
         assert!(
-            inc.contains("add element inet nimbus ports { \"pdef\" }"),
+            inc.contains("add element bridge nimbus ports { \"pdef\" }"),
             "{inc}"
         );
         assert!(

@@ -105,6 +105,7 @@ fn ports_talk_filter_and_clean_up() {
     let host = router::ensure_router(&RouterSpec {
         network_id: net_id.clone(),
         gateway: Ipv4Addr::new(10, 99, 0, 1),
+        prefix_len: 24,
     })
     .expect("router");
     let a_ns = router::attach_container(&router_ns, &a).expect("attach a");
@@ -117,6 +118,18 @@ fn ports_talk_filter_and_clean_up() {
         groups: Default::default(),
     };
     nft::apply(Some(&router_ns), &rules::router_script(&rr, None)).expect("rules");
+    // One Linux bridge per network, the two ports on it.
+    let mut on_bridge = netns::run_in(Some(&router_ns), || {
+        Netlink::new()?.bridge_ports(names::BRIDGE)
+    })
+    .expect("bridge ports");
+    on_bridge.sort();
+    let mut expected = vec![
+        names::port_link(&a.instance_id),
+        names::port_link(&b.instance_id),
+    ];
+    expected.sort();
+    assert_eq!(on_bridge, expected, "ports of the network's bridge");
     serve(&b_ns, 8000);
     assert!(talk(&a_ns, b.ip, 8000), "a reaches b on an open port");
 

@@ -237,6 +237,7 @@ impl NetDriver {
         let spec = RouterSpec {
             network_id: id.clone(),
             gateway: addr.gateway,
+            prefix_len: addr.prefix_len,
         };
         let _ = std::fs::create_dir_all(self.dir.join("routers"));
         std::fs::write(self.router_record_path(&id), project)
