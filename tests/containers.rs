@@ -34,7 +34,17 @@ fn container_runs_and_is_isolated() {
                   mkdir /tmp/ok && echo MKDIR=ok; mount -t tmpfs x /mnt 2>&1 || echo MOUNT=denied; \
                   echo IFACES=$(ls /sys/class/net | tr '\\n' ' '); sleep 600";
     cloud.ok(&[
-        "instance", "run", "iso", "--image", "busybox", "--", "sh", "-c", script,
+        "instance",
+        "run",
+        "iso",
+        "--image",
+        "busybox",
+        "--network",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        script,
     ]);
     let v = cloud.wait_phase("iso", &["running"], T);
     let out = common::wait_until(T, "isolation output", || {

@@ -1,6 +1,7 @@
 //! A VM on a Nimbus network: the tiny test guest (TCG) gets its address
-//! from the router's DHCP and reaches a container's web server; its port
-//! and the router go when the instances are removed.
+//! from the router's DHCP, reaches a container's web server and serves
+//! one the container reaches; its port and the router go when the
+//! instances are removed.
 
 mod common;
 
@@ -140,6 +141,28 @@ fn vm_gets_its_address_and_reaches_a_container() {
         "from-container",
     );
     assert!(seen.contains("from-container"));
+    // And the container reaches a web server in the VM (the marker is
+    // computed by the guest's shell, so the echoed input never matches).
+    console_roundtrip(
+        &cloud,
+        "vm1",
+        "mkdir -p /w && echo from-vm > /w/index.html && httpd -p 8080 -h /w && echo HTTPD-$((1+1))UP",
+        "HTTPD-2UP",
+    );
+    let body = wait_until(T, "the container to reach the VM", || {
+        let out = cloud.nimbus(&[
+            "instance",
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {vm_ip} 8080"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("from-vm").then_some(text)
+    });
+    assert!(body.contains("from-vm"), "{body}");
     cloud.ok(&["instance", "rm", "vm1"]);
     cloud.ok(&["instance", "rm", "web"]);
     // The router namespace (with the VM's tap in it) went with the instances.

@@ -170,10 +170,36 @@ fn assert_network_leftovers_gone(cloud: &Cloud, network_ids: &[String], instance
             .filter(|l| links.contains(l))
             .collect();
         let table_left = tables.contains(&table);
-        if netns_left.is_empty() && links_left.is_empty() && !table_left {
+        // Namespaces are bind mounts: none may stay mounted either.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts_left: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| {
+                network_ids
+                    .iter()
+                    .chain(instance_ids)
+                    .any(|id| l.contains(id.as_str()))
+            })
+            .collect();
+        // Nor the agent's records of routers and ports.
+        let net_dir = cloud.data_dir().join("net");
+        let records_left: Vec<PathBuf> = network_ids
+            .iter()
+            .map(|id| net_dir.join("routers").join(id))
+            .chain(instance_ids.iter().map(|id| net_dir.join("ports").join(id)))
+            .filter(|p| p.exists())
+            .collect();
+        if netns_left.is_empty()
+            && links_left.is_empty()
+            && !table_left
+            && mounts_left.is_empty()
+            && records_left.is_empty()
+        {
             Some(())
         } else {
-            eprintln!("waiting: netns {netns_left:?}, links {links_left:?}, table {table_left}");
+            eprintln!(
+                "waiting: netns {netns_left:?}, links {links_left:?}, table {table_left}, mounts {mounts_left:?}, records {records_left:?}"
+            );
             None
         }
     });
@@ -381,26 +407,43 @@ fn containers_talk_by_name_filter_publish_and_egress() {
         }
     });
     let uport = common::free_port();
-    cloud.ok(&[
-        "address",
-        "publish",
-        "udp",
-        "--port",
-        &format!("{uport}:5353/udp"),
-    ]);
-    let echoed = wait_until(T, "the published UDP port to echo", || {
-        // A new source port each time: a datagram sent before the rule
-        // existed leaves a conntrack entry without NAT for its port pair.
-        let client = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-        client
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .ok()?;
+    // One client socket (one source port) for the whole check: it sends
+    // before the port is published, which leaves the host a tracked flow
+    // without NAT. Publishing must clear that flow, or the client, which
+    // keeps the flow alive by sending, would never be answered.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp client");
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let ask = |client: &std::net::UdpSocket| -> Option<Vec<u8>> {
         client.send_to(b"ping-udp", ("127.0.0.1", uport)).ok()?;
         let mut buf = [0u8; 64];
         let (n, _) = client.recv_from(&mut buf).ok()?;
         Some(buf[..n].to_vec())
-    });
+    };
+    assert_eq!(ask(&client), None, "nothing answers an unpublished port");
+    cloud.ok(&[
+        "address",
+        "publish",
+        "udp",
+        "--name",
+        "udp-echo",
+        "--port",
+        &format!("{uport}:5353/udp"),
+    ]);
+    let echoed = wait_until(T, "the published UDP port to echo", || ask(&client));
     assert_eq!(echoed, b"ping-udp");
+    // Unpublished: the same flow, answered a moment ago, stops at once
+    // instead of being forwarded until it goes idle.
+    cloud.ok(&["address", "rm", "udp-echo"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the unpublished flow to stop",
+        || ask(&client).is_none().then_some(()),
+    );
+    for _ in 0..5 {
+        assert_eq!(ask(&client), None, "an unpublished port answered");
+    }
 
     // Egress: a server outside every network sees the host's address.
     let inet = Internet::new();
@@ -433,8 +476,7 @@ fn containers_talk_by_name_filter_publish_and_egress() {
         .as_array()
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    assert_eq!(left.len(), 1, "only udp's port is left: {list}");
-    assert_eq!(left[0]["spec"]["instance"], "udp", "{list}");
+    assert!(left.is_empty(), "api's port went with it: {list}");
     wait_until(T, "the published port to close", || {
         get_from_host(SocketAddr::from(([127, 0, 0, 1], port)))
             .is_none()
@@ -870,4 +912,96 @@ fn connect_bound(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> bool {
         drop(stream);
         ok
     }
+}
+
+/// Changes an instance's security groups through the API (PUT), as a
+/// script would.
+fn set_secgroups(cloud: &Cloud, name: &str, groups: &[&str]) {
+    let mut v = cloud.instance(name);
+    v["spec"]["secgroups"] = serde_json::json!(groups);
+    let body = serde_json::to_vec(&v).expect("json");
+    let token = cloud.admin_token();
+    let (code, text) = common::http(
+        cloud,
+        "PUT",
+        &format!("/v1/projects/default/instances/{name}"),
+        Some(&token),
+        &body,
+    );
+    assert_eq!(code, 200, "PUT {name}: {text}");
+}
+
+#[test]
+fn instances_join_the_default_network_unless_none() {
+    let cloud = Cloud::start();
+    let none = cloud.nimbus(&["network", "create", "none", "--subnet", "10.70.0.0/24"]);
+    assert!(
+        !none.status.success() && String::from_utf8_lossy(&none.stderr).contains("reserved"),
+        "the name none is reserved: {none:?}"
+    );
+    cloud.ok(&["secgroup", "create", "locked"]);
+    // No --network: the project's default network, made on demand.
+    run(&cloud, "srv", &[], &web("hello-default"));
+    run(&cloud, "peer", &[], "exec sleep 600");
+    run(
+        &cloud,
+        "alone",
+        &["--network", "none"],
+        "echo IFACES=$(ls /sys/class/net | tr '\\n' ' '); exec sleep 600",
+    );
+    let net = cloud
+        .json(&["network", "get", "default"])
+        .expect("default network");
+    assert!(net["spec"]["subnet"].as_str().is_some(), "{net}");
+    let srv = cloud.instance("srv");
+    assert_eq!(srv["status"]["addresses"][0]["network"], "default", "{srv}");
+    let alone = cloud.instance("alone");
+    assert!(
+        alone["status"]["addresses"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "--network none joins nothing: {alone}"
+    );
+    let ifaces = wait_until(T, "alone's interfaces", || {
+        cloud
+            .logs("alone")
+            .lines()
+            .find(|l| l.starts_with("IFACES="))
+            .map(str::to_string)
+    });
+    assert_eq!(ifaces.trim(), "IFACES=lo", "only loopback");
+    // Default-network instances reach each other by name.
+    let body = wait_until(T, "peer to reach srv by name", || {
+        get_from(&cloud, "peer", "default", "srv", 80)
+    });
+    assert!(body.contains("hello-default"), "{body}");
+
+    // Joining a group with no rules through PUT closes srv while it runs;
+    // leaving it opens srv again. The workload is never restarted.
+    let pid = srv["status"]["pid"].clone();
+    set_secgroups(&cloud, "srv", &["locked"]);
+    wait_until(T, "the group to block peer", || {
+        get_from(&cloud, "peer", "default", "srv", 80)
+            .is_none()
+            .then_some(())
+    });
+    set_secgroups(&cloud, "srv", &[]);
+    wait_until(T, "leaving the group to let peer in", || {
+        get_from(&cloud, "peer", "default", "srv", 80)
+    });
+    assert_eq!(
+        cloud.instance("srv")["status"]["pid"],
+        pid,
+        "srv was restarted"
+    );
+
+    let net_id = id_of(&cloud, "network", "default", "default");
+    let ids: Vec<String> = ["srv", "peer", "alone"]
+        .iter()
+        .map(|n| id_of(&cloud, "instance", n, "default"))
+        .collect();
+    for n in ["srv", "peer", "alone"] {
+        cloud.ok(&["instance", "rm", n]);
+    }
+    assert_network_leftovers_gone(&cloud, &[net_id], &ids);
 }

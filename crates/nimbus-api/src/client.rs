@@ -226,6 +226,29 @@ impl Client {
         decode(path, &bytes)
     }
 
+    /// Every item of a collection, page by page (`path` may carry a query,
+    /// but no `limit` or `continue`). The revision is the first page's:
+    /// a watch from it may repeat later changes, never miss one.
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<crate::ResourceList<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut all: crate::ResourceList<T> = self.get(&format!("{path}{sep}limit=5000")).await?;
+        let mut next = all.next.take();
+        while let Some(token) = next {
+            let page: crate::ResourceList<T> = self
+                .get(&format!(
+                    "{path}{sep}limit=5000&continue={}",
+                    query_escape(&token)
+                ))
+                .await?;
+            all.items.extend(page.items);
+            next = page.next;
+        }
+        Ok(all)
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -424,4 +447,17 @@ fn tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// Percent-encode a query value (everything but unreserved characters).
+pub fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

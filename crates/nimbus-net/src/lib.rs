@@ -16,6 +16,7 @@
 //! not name: host links start with `nb`, namespaces live under
 //! `/run/nimbus/netns/`, the host table is `inet nimbus_<tag>`.
 
+pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
 pub mod names;

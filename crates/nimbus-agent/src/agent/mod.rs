@@ -192,7 +192,7 @@ impl Agent {
         let host = &self.config.host_name;
         let list: ResourceList<Instance> = self
             .client
-            .get(&format!("/v1/instances?host={host}&limit=5000"))
+            .list_all(&format!("/v1/instances?host={host}"))
             .await?;
         let known: std::collections::HashSet<String> =
             list.items.iter().map(|i| i.metadata.id.clone()).collect();

@@ -8,7 +8,7 @@
 //! table and the host table and applies those that changed, each as one
 //! nftables transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use nimbus_api::{
     Instance, InstanceAddress, InstanceKind, Network, Protocol, PublishedPort, ResourceList,
     SecurityGroup, WatchEvent, WatchEventType,
 };
+use nimbus_net::conntrack::{self, FlowPort};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
-use nimbus_net::{dns, names, nft, router, HostSide, PortSpec, RouterSpec};
+use nimbus_net::{dns, names, netns, nft, router, HostSide, PortSpec, RouterSpec};
 use serde::{Deserialize, Serialize};
 
 use super::Agent;
@@ -621,8 +622,35 @@ impl NetDriver {
             };
             match result {
                 Ok(()) => {
+                    // Flows already tracked to a port that was just published
+                    // or unpublished would keep their old fate: drop them.
+                    let before: BTreeSet<(bool, u16)> = previous
+                        .iter()
+                        .flatten()
+                        .flat_map(|(_, f)| f.iter().map(|f| (f.udp, f.port)))
+                        .collect();
+                    let after: BTreeSet<(bool, u16)> = desired
+                        .iter()
+                        .flat_map(|(_, f)| f.iter().map(|f| (f.udp, f.port)))
+                        .collect();
+                    let changed: Vec<FlowPort> = before
+                        .symmetric_difference(&after)
+                        .map(|(udp, port)| FlowPort {
+                            proto: if *udp { 17 } else { 6 },
+                            port: *port,
+                        })
+                        .collect();
                     if let Ok(mut h) = self.host_applied.lock() {
                         *h = Some(desired);
+                    }
+                    if !changed.is_empty() {
+                        let flushed = blocking(move || {
+                            netns::run_in(None, move || conntrack::remove_flows(&changed))
+                        })
+                        .await;
+                        if let Err(e) = flushed {
+                            tracing::warn!(error = %e, "removing tracked flows of changed published ports failed");
+                        }
                     }
                 }
                 Err(e) => {
@@ -681,7 +709,7 @@ async fn watch_once<T: Object>(
 ) -> Result<(), String> {
     let list: ResourceList<T> = agent
         .client
-        .get(&format!("{path}?limit=5000"))
+        .list_all(path)
         .await
         .map_err(|e| e.to_string())?;
     if let Ok(mut k) = net.known.lock() {

@@ -98,7 +98,7 @@ pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
             print(g, &u, || format!("user {:?} created", u.metadata.name))
         }
         UserCmd::List => {
-            let l: ResourceList<User> = client.get("/v1/users").await?;
+            let l: ResourceList<User> = client.list_all("/v1/users").await?;
             print(g, &l, || {
                 table(
                     &["name", "system admin", "age"],
@@ -160,7 +160,7 @@ pub async fn token(g: &Globals, cmd: TokenCmd) -> anyhow::Result<()> {
             })
         }
         TokenCmd::List => {
-            let l: ResourceList<Token> = client.get("/v1/tokens").await?;
+            let l: ResourceList<Token> = client.list_all("/v1/tokens").await?;
             print(g, &l, || {
                 table(
                     &["id", "user", "description", "expires", "age"],
@@ -225,7 +225,7 @@ pub async fn role(g: &Globals, cmd: RoleCmd) -> anyhow::Result<()> {
         }
         RoleCmd::List => {
             let l: ResourceList<RoleBinding> = client
-                .get(&format!("/v1/projects/{p}/rolebindings"))
+                .list_all(&format!("/v1/projects/{p}/rolebindings"))
                 .await?;
             print(g, &l, || {
                 table(
@@ -286,7 +286,7 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     match cmd {
         HostCmd::List => {
-            let l: ResourceList<Host> = client.get("/v1/hosts").await?;
+            let l: ResourceList<Host> = client.list_all("/v1/hosts").await?;
             print(g, &l, || host_rows(&l.items))
         }
         HostCmd::Get { name } => {

@@ -234,7 +234,8 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             })
         }
         ImageCmd::List => {
-            let list: ResourceList<Image> = client.get(&format!("/v1/projects/{p}/images")).await?;
+            let list: ResourceList<Image> =
+                client.list_all(&format!("/v1/projects/{p}/images")).await?;
             print(g, &list, || rows(&list.items))
         }
         ImageCmd::Get { name } => {

@@ -19,7 +19,7 @@ use crate::output::{age, opt, print, table};
 pub enum InstanceCmd {
     /// Create and start an instance.
     #[command(
-        after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'"
+        after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'\n  nimbus instance run api --image busybox --network backend --secgroup web -- httpd -f -p 80\n  nimbus instance run batch --image busybox --network none -- true"
     )]
     Run(Box<RunArgs>),
     /// List instances of the project.
@@ -150,7 +150,8 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable).
     #[arg(long, short = 'l')]
     pub label: Vec<String>,
-    /// Network to join (`default` is created on demand); none: loopback only.
+    /// Network to join. Without it, containers and VMs join the project's
+    /// `default` network (created on demand); `none`: loopback only.
     #[arg(long)]
     pub network: Vec<String>,
     /// Security group filtering ingress (repeatable).
@@ -162,6 +163,27 @@ pub struct RunArgs {
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// The networks of a run request. No `--network`: the project's `default`
+/// network, except for a unikernel or a VM reached through `--forward`
+/// (user-mode networking), which join none; `--network none`: loopback only.
+fn networks_of(a: &RunArgs, kind: InstanceKind) -> anyhow::Result<Vec<String>> {
+    if a.network.iter().any(|n| n == "none") {
+        if a.network.len() > 1 {
+            anyhow::bail!("--network none means no network; drop the other --network flags");
+        }
+        return Ok(Vec::new());
+    }
+    if !a.network.is_empty() {
+        return Ok(a.network.clone());
+    }
+    let own_networking = kind == InstanceKind::Unikernel || !a.forward.is_empty();
+    Ok(if own_networking {
+        Vec::new()
+    } else {
+        vec!["default".to_string()]
+    })
 }
 
 /// The `vm` part of a run request, from the VM flags; `None` without any.
@@ -416,6 +438,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                 other => anyhow::bail!("kind {other:?} is not container, vm or unikernel"),
             };
             let vm = vm_spec(&a)?;
+            let networks = networks_of(&a, kind)?;
             let req = CreateRequest {
                 name: a.name.clone(),
                 labels: parse_kv(&a.label, "label")?,
@@ -430,7 +453,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     resources,
                     restart_policy: parse_restart(&a.restart)?,
                     stop_grace_ms: a.stop_timeout.map(|s| s * 1000),
-                    networks: a.network,
+                    networks,
                     secgroups: a.secgroup,
                     ..Default::default()
                 },
@@ -457,11 +480,11 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             print(g, &shown, || rows(std::slice::from_ref(&shown)))
         }
         InstanceCmd::List { selector } => {
-            let mut url = format!("/v1/projects/{p}/instances?limit=5000");
+            let mut url = format!("/v1/projects/{p}/instances");
             if let Some(s) = selector {
-                url.push_str(&format!("&selector={}", urlencode(&s)));
+                url.push_str(&format!("?selector={}", urlencode(&s)));
             }
-            let list: ResourceList<Instance> = client.get(&url).await?;
+            let list: ResourceList<Instance> = client.list_all(&url).await?;
             print(g, &list, || rows(&list.items))
         }
         InstanceCmd::Get { name } => {

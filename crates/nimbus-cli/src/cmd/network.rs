@@ -90,6 +90,9 @@ pub enum AddressCmd {
         /// HOST:INSTANCE[/tcp|/udp].
         #[arg(long)]
         port: String,
+        /// Name of the published port (default: `<instance>-<protocol>-<host port>`).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// List published ports of the project.
     #[command(alias = "ls")]
@@ -197,8 +200,9 @@ pub async fn network(g: &Globals, cmd: NetworkCmd) -> anyhow::Result<()> {
             print(g, &n, || network_rows(std::slice::from_ref(&n)))
         }
         NetworkCmd::List => {
-            let list: ResourceList<Network> =
-                client.get(&format!("/v1/projects/{p}/networks")).await?;
+            let list: ResourceList<Network> = client
+                .list_all(&format!("/v1/projects/{p}/networks"))
+                .await?;
             print(g, &list, || network_rows(&list.items))
         }
         NetworkCmd::Get { name } => {
@@ -303,8 +307,9 @@ pub async fn secgroup(g: &Globals, cmd: SecgroupCmd) -> anyhow::Result<()> {
             print(g, &sg, || group_detail(&sg))
         }
         SecgroupCmd::List => {
-            let list: ResourceList<SecurityGroup> =
-                client.get(&format!("/v1/projects/{p}/secgroups")).await?;
+            let list: ResourceList<SecurityGroup> = client
+                .list_all(&format!("/v1/projects/{p}/secgroups"))
+                .await?;
             print(g, &list, || {
                 table(
                     &["name", "rules", "age"],
@@ -385,10 +390,14 @@ pub async fn address(g: &Globals, cmd: AddressCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     let p = &g.project;
     match cmd {
-        AddressCmd::Publish { instance, port } => {
+        AddressCmd::Publish {
+            instance,
+            port,
+            name,
+        } => {
             let (host_port, instance_port, protocol) = parse_port(&port)?;
             let req = CreateRequest {
-                name: String::new(),
+                name: name.unwrap_or_default(),
                 labels: Default::default(),
                 spec: PublishedPortSpec {
                     instance,
@@ -403,8 +412,9 @@ pub async fn address(g: &Globals, cmd: AddressCmd) -> anyhow::Result<()> {
             print(g, &a, || address_rows(std::slice::from_ref(&a)))
         }
         AddressCmd::List => {
-            let list: ResourceList<PublishedPort> =
-                client.get(&format!("/v1/projects/{p}/addresses")).await?;
+            let list: ResourceList<PublishedPort> = client
+                .list_all(&format!("/v1/projects/{p}/addresses"))
+                .await?;
             print(g, &list, || address_rows(&list.items))
         }
         AddressCmd::Rm { name } => {

@@ -53,7 +53,7 @@ pub async fn run(g: &Globals, cmd: ProjectCmd) -> anyhow::Result<()> {
             print(g, &p, || format!("project {:?} created", p.metadata.name))
         }
         ProjectCmd::List => {
-            let list: ResourceList<Project> = client.get("/v1/projects").await?;
+            let list: ResourceList<Project> = client.list_all("/v1/projects").await?;
             print(g, &list, || rows(&list.items))
         }
         ProjectCmd::Get { name } => {

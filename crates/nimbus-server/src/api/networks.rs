@@ -111,6 +111,11 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Network>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     validate_name("network", &req.name).map_err(ApiError::invalid)?;
+    if req.name == "none" {
+        return Err(ServerError(ApiError::invalid(
+            "\"none\" is reserved (`--network none` means loopback only); choose another network name",
+        )));
+    }
     validate_spec(&req.spec).map_err(ApiError::invalid)?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
