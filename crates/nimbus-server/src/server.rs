@@ -184,9 +184,9 @@ pub async fn serve(
             state.config.tls_cert.as_deref(),
             state.config.tls_key.as_deref(),
         )?;
-        let tls = axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(
-            crate::tls::server_config(&cert, &key)?,
-        ));
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+            .await
+            .with_context(|| format!("loading TLS certificate {}", cert.display()))?;
         let app = app.clone();
         let handle = handle.clone();
         let listener = std::net::TcpListener::bind(addr)
