@@ -793,10 +793,13 @@ fn debian_guest_applies_cloud_init_and_accepts_ssh() {
         format!("{}.pub", key.display()),
         "--user-data".into(),
         user_data.display().to_string(),
-        "--forward".into(),
-        format!("{port}:22"),
+        "--network".into(),
+        "debnet".into(),
         "--".into(),
     ];
+    // On a Nimbus network: the stock image takes its address from the
+    // seed's network-config, and SSH is reached through a published port.
+    cloud.ok(&["network", "create", "debnet", "--subnet", "10.80.0.0/24"]);
     args.extend(cmdline.split_whitespace().map(str::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     cloud.ok(&args);
@@ -807,6 +810,11 @@ fn debian_guest_applies_cloud_init_and_accepts_ssh() {
         "cloud-init ran the runcmd after applying the hostname: {}",
         common::tail(&logs, 30)
     );
+    cloud.ok(&["address", "publish", "deb", "--port", &format!("{port}:22")]);
+    let vm_ip = cloud.instance("deb")["status"]["addresses"][0]["ip"]
+        .as_str()
+        .expect("the VM's address")
+        .to_string();
     let ssh = |cmd: &str| {
         Command::new("ssh")
             .args([
@@ -833,12 +841,18 @@ fn debian_guest_applies_cloud_init_and_accepts_ssh() {
         Duration::from_secs(300),
         "SSH login with the seeded key",
         || {
-            let out = ssh("hostname; sudo test -f /root/runcmd-done && echo RUNCMD-DONE");
+            let out = ssh(
+                "hostname; ip -4 -o addr show; sudo test -f /root/runcmd-done && echo RUNCMD-DONE",
+            );
             out.status.success().then_some(out)
         },
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nimbus-deb"), "hostname over SSH: {text}");
+    assert!(
+        text.contains(&format!("inet {vm_ip}/24")),
+        "the guest has the address Nimbus allocated ({vm_ip}): {text}"
+    );
     assert!(
         text.contains("RUNCMD-DONE"),
         "runcmd's file over SSH: {text}"

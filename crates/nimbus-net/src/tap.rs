@@ -76,11 +76,14 @@ pub struct VmNetConfig {
 }
 
 impl VmNetConfig {
-    /// cloud-init network-config version 2, matching the NIC by MAC.
+    /// cloud-init network-config version 2, matching the NIC by MAC. The
+    /// default route is `gateway4`: cloud-init renders `routes` for
+    /// ifupdown as `route add` commands, and a stock Debian image has no
+    /// `route` (net-tools), so such a guest came up without one.
     pub fn network_config_v2(&self) -> String {
         let dns: Vec<String> = self.dns.iter().map(|d| d.to_string()).collect();
         let mut s = format!(
-            "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{}\"\n    set-name: eth0\n    mtu: {}\n    addresses: [\"{}/{}\"]\n    routes:\n      - to: 0.0.0.0/0\n        via: {}\n    nameservers:\n      addresses: [{}]\n",
+            "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{}\"\n    set-name: eth0\n    mtu: {}\n    addresses: [\"{}/{}\"]\n    gateway4: {}\n    nameservers:\n      addresses: [{}]\n",
             self.mac,
             self.mtu,
             self.ip,
@@ -122,6 +125,7 @@ mod tests {
         let y = c.network_config_v2();
         assert!(y.contains("macaddress: \"02:01:02:03:04:05\""));
         assert!(y.contains("addresses: [\"10.20.0.7/24\"]"));
+        assert!(y.contains("gateway4: 10.20.0.1"), "{y}");
         assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
     }
 }

@@ -33,7 +33,7 @@ mod server;
 pub(crate) mod shim;
 pub mod spec;
 
-pub use prepare::{prepare_instance, OVERLAY_FILE};
+pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
 pub use spec::{Accelerator, Boot, VmKind, VmShimSpec, VM_SPEC_FILE};
 

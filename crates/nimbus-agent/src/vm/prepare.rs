@@ -2,7 +2,7 @@
 //! directory (overlay, seed, `vm.json`).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nimbus_api::{Image, Instance, InstanceKind};
@@ -19,6 +19,28 @@ pub const OVERLAY_FILE: &str = "root.qcow2";
 /// Memory when the spec gives none.
 const DEFAULT_VM_MEMORY_MIB: u64 = 512;
 const DEFAULT_UNIKERNEL_MEMORY_MIB: u64 = 64;
+
+/// Write the VM's NoCloud seed (`dir/seed.img`): instance id, hostname,
+/// SSH keys, user-data and, for a VM on a Nimbus network, the
+/// `network-config` with its address. Blocking.
+pub fn write_seed(
+    dir: &Path,
+    instance: &Instance,
+    network_config: Option<String>,
+) -> Result<PathBuf, String> {
+    let vm = instance.spec.vm.clone().unwrap_or_default();
+    let path = dir.join(SEED_FILE);
+    Seed {
+        instance_id: instance.metadata.id.clone(),
+        hostname: instance.metadata.name.clone(),
+        ssh_authorized_keys: vm.ssh_authorized_keys,
+        user_data: vm.user_data,
+        network_config,
+    }
+    .write(&path)
+    .map_err(|e| e.to_string())?;
+    Ok(path)
+}
 
 /// Writes everything the VM shim needs into `dir`. The overlay is created
 /// once and kept across stop/start (the guest's disk persists); the seed is
@@ -104,19 +126,7 @@ pub fn prepare_instance(
         }
     };
     let seed = match kind {
-        VmKind::Vm => {
-            let path = dir.join(SEED_FILE);
-            Seed {
-                instance_id: instance.metadata.id.clone(),
-                hostname: instance.metadata.name.clone(),
-                ssh_authorized_keys: vm.ssh_authorized_keys.clone(),
-                user_data: vm.user_data.clone(),
-                network_config: None,
-            }
-            .write(&path)
-            .map_err(|e| e.to_string())?;
-            Some(path)
-        }
+        VmKind::Vm => Some(write_seed(dir, instance, None)?),
         VmKind::Unikernel => None,
     };
     ensure_vm_user()?;
