@@ -1,6 +1,6 @@
 //! Launch latency: API create → running and create → exited for
 //! `/bin/true`, against `runc run` and `podman run` of the same rootfs, in
-//! the same run. Also a burst of 100 and the memory of a shim and an idle
+//! the same run (interleaved: one launch of each per round). Also a burst of 100 and the memory of a shim and an idle
 //! `nimbus up`.
 //!
 //! Run: `cargo bench -p nimbus-cli --bench launch` (as root). Set
@@ -28,9 +28,43 @@ fn main() {
     let idle_rss = cloud.daemon.as_ref().and_then(|c| rss_kib(c.id() as i32));
     let phases = record_phases(&cloud, "default");
 
-    // Nimbus: create → running, create → exited.
+    // Peers: runc run of an equivalent bundle, podman run --network none
+    // of the same rootfs.
+    let rootfs = starter_rootfs(&cloud);
+    let work = tempfile::tempdir().expect("tmp");
+    // Reachable from inside user namespaces.
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let bundle = work.path().join("bundle");
+    let with_runc = have("runc");
+    if with_runc {
+        // runc gets its own copy of the rootfs, owned by the range its user
+        // namespace maps to root (Nimbus shows the shared layer through an
+        // idmapped mount instead).
+        let runc_rootfs = work.path().join("runc-rootfs");
+        copy_rootfs_for_userns(&rootfs, &runc_rootfs, 200_000);
+        runc_bundle(&bundle, &runc_rootfs, &["/bin/true"]);
+    } else {
+        eprintln!("SKIPPED PEER: runc is not installed (scripts/deps installs it)");
+    }
+    let conf = podman_env(work.path());
+    let with_podman = have("podman") && podman_import(&rootfs, &conf, work.path());
+    if !with_podman {
+        eprintln!("SKIPPED PEER: podman is missing or could not import the rootfs");
+    }
+
+    // Rounds of one launch each, Nimbus, runc and podman in turn, so load
+    // that comes and goes on the shared cores falls on all of them alike.
+    // Each launch starts on a quiet host: the previous Nimbus instance is
+    // gone (its teardown is not part of create → exited; runc's and
+    // podman's own teardown is inside their figures).
     let mut to_running = Vec::new();
     let mut to_exited = Vec::new();
+    let mut runc = Vec::new();
+    let mut podman = Vec::new();
     for i in 0..runs {
         let name = format!("true-{i}");
         let t0 = Instant::now();
@@ -50,27 +84,14 @@ fn main() {
         to_running.push(running - t0);
         to_exited.push(exited - t0);
         delete_instance(&cloud, "default", &name);
-    }
+        common::wait_until(Duration::from_secs(30), "the instance to be gone", || {
+            cloud
+                .json(&["instance", "get", &name])
+                .is_err()
+                .then_some(())
+        });
 
-    // runc run of an equivalent bundle.
-    let rootfs = starter_rootfs(&cloud);
-    let work = tempfile::tempdir().expect("tmp");
-    // Reachable from inside user namespaces.
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let mut runc = Vec::new();
-    if have("runc") {
-        // runc gets its own copy of the rootfs, owned by the range its user
-        // namespace maps to root (Nimbus shows the shared layer through an
-        // idmapped mount instead).
-        let bundle = work.path().join("bundle");
-        let runc_rootfs = work.path().join("runc-rootfs");
-        copy_rootfs_for_userns(&rootfs, &runc_rootfs, 200_000);
-        runc_bundle(&bundle, &runc_rootfs, &["/bin/true"]);
-        for i in 0..runs {
+        if with_runc {
             let t0 = Instant::now();
             let st = Command::new("runc")
                 .args([
@@ -87,15 +108,8 @@ fn main() {
             runc.push(t0.elapsed());
             assert!(st.success(), "runc run failed");
         }
-    } else {
-        eprintln!("SKIPPED PEER: runc is not installed (scripts/deps installs it)");
-    }
 
-    // podman run --network none of the same rootfs.
-    let mut podman = Vec::new();
-    let conf = podman_env(work.path());
-    if have("podman") && podman_import(&rootfs, &conf, work.path()) {
-        for _ in 0..runs {
+        if with_podman {
             let t0 = Instant::now();
             let out = Command::new("podman")
                 .env("CONTAINERS_CONF", &conf)
@@ -118,12 +132,12 @@ fn main() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+    if with_podman {
         let _ = Command::new("podman")
             .env("CONTAINERS_CONF", &conf)
             .args(["rmi", "-f", "nimbus-bench-busybox"])
             .output();
-    } else {
-        eprintln!("SKIPPED PEER: podman is missing or could not import the rootfs");
     }
 
     println!("\n== launch latency, /bin/true in busybox, {runs} runs each");

@@ -226,9 +226,21 @@ async fn launch(
     status.host_uid = container::spec::ShimSpec::load(dir)
         .ok()
         .map(|s| s.id_map.host_id);
+    // Subscribe before reporting: a short-lived workload's exit is then
+    // already on its way while the report is being made.
+    let subscription = if state.phase.is_final() {
+        None
+    } else {
+        Some(subscribe(dir).await)
+    };
     report(agent, instance, status.clone(), false).await;
-    if !state.phase.is_final() {
-        tracked.subscription = Some(follow(agent.clone(), instance.clone(), status));
+    if let Some(stream) = subscription {
+        tracked.subscription = Some(follow_stream(
+            agent.clone(),
+            instance.clone(),
+            status,
+            stream,
+        ));
     }
     Ok(())
 }
@@ -309,6 +321,11 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
     if instance.spec.kind != InstanceKind::Container {
         prepare_vm(agent, instance, &image, dir).await?;
         if let Some(a) = agent.net.attach_vm(agent, instance).await? {
+            if instance.spec.kind == InstanceKind::Vm {
+                // A stock cloud image takes its address from the seed's
+                // network-config; other guests ask the router's DHCP.
+                crate::vm::write_seed(dir, instance, Some(a.config.network_config_v2()))?;
+            }
             let mut spec = crate::vm::spec::VmShimSpec::load(dir).map_err(|e| e.to_string())?;
             spec.tap = Some(crate::vm::spec::TapRef {
                 netns: a.router_netns,
@@ -413,14 +430,43 @@ async fn layer_dirs(agent: &Arc<Agent>, image: &Image) -> Result<Vec<std::path::
         .map_err(|e| e.to_string())
 }
 
+type Subscription = Result<container::control::AsyncStateStream, container::ShimError>;
+
+/// A subscription to the state changes of the shim in `dir`.
+async fn subscribe(dir: &Path) -> Subscription {
+    match ShimClient::connect(dir) {
+        Ok(c) => c.subscribe_async().await,
+        Err(e) => Err(e),
+    }
+}
+
 /// Forward every state change of the shim to the server until it ends.
 fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<()> {
     tokio::spawn(async move {
         let dir = agent.instance_dir(&instance.metadata.id);
-        let stream = match ShimClient::connect(&dir) {
-            Ok(c) => c.subscribe_async().await,
-            Err(e) => Err(e),
-        };
+        let stream = subscribe(&dir).await;
+        forward_states(agent, instance, base, stream).await
+    })
+}
+
+/// [`follow`] with a subscription already made.
+fn follow_stream(
+    agent: Arc<Agent>,
+    instance: Instance,
+    base: InstanceStatus,
+    stream: Subscription,
+) -> JoinHandle<()> {
+    tokio::spawn(forward_states(agent, instance, base, stream))
+}
+
+async fn forward_states(
+    agent: Arc<Agent>,
+    instance: Instance,
+    base: InstanceStatus,
+    stream: Subscription,
+) {
+    {
+        let dir = agent.instance_dir(&instance.metadata.id);
         // What the server already has: the subscription starts with the
         // current state, which is usually the one just reported.
         let mut last = base.clone();
@@ -459,7 +505,7 @@ fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHa
         if status != last {
             report(&agent, &instance, status, false).await;
         }
-    })
+    }
 }
 
 async fn report(agent: &Agent, instance: &Instance, status: InstanceStatus, finalized: bool) {

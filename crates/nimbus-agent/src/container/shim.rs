@@ -275,7 +275,18 @@ async fn run_container_loop(
                 s.reason = Some(exit.reason.clone());
             });
         }
-        let delete_error = delete_container(&mut run.container);
+        // Deleting the container's cgroups waits on the kernel (RCU grace
+        // periods, milliseconds): do it off this single-threaded runtime,
+        // so subscribers get the exit published above at once and control
+        // requests keep being answered meanwhile.
+        let mut container = run.container;
+        let (container, delete_error) = tokio::task::spawn_blocking(move || {
+            let error = delete_container(&mut container);
+            (container, error)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("deleting the container panicked: {e}"));
+        drop(container);
         while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
             stop_replies.push(reply);
             stopping = true;
