@@ -1,13 +1,14 @@
 //! Host networking for Nimbus instances, on one host.
 //!
 //! Every Nimbus network gets a *router namespace* on the host
-//! (`/run/nimbus/netns/nr-<network id>`): it holds the network's gateway
-//! address, one routed port per instance (a veth whose other end is the
-//! instance's `eth0`, or a tap for a VM), the nftables table that enforces
-//! anti-spoofing, security groups, egress masquerade and port forwards,
-//! and the DNS responder's socket. A veth pair (`nb<id>` on the host,
-//! `uplink` inside) joins it to the host, whose own Nimbus table
-//! masquerades egress and forwards published host ports.
+//! (`/run/nimbus/netns/nr-<network id>`): it holds the network's Linux
+//! bridge with the gateway address, one bridge port per instance (a veth
+//! whose other end is the instance's `eth0`, or a tap for a VM), the
+//! nftables tables that enforce anti-spoofing, security groups, egress
+//! masquerade and port forwards, and the DNS and DHCP responders' sockets.
+//! A veth pair (`nb<id>` on the host, `uplink` inside) joins it to the
+//! host, whose own Nimbus table masquerades egress and forwards published
+//! host ports.
 //!
 //! All links and addresses are made through netlink; nftables rules go to
 //! `nft -f -` as one script (one atomic transaction) per change.
