@@ -792,7 +792,7 @@ fn concurrent_launches_get_distinct_addresses() {
 }
 
 #[test]
-fn networks_survive_kill_9_and_bad_input_changes_nothing() {
+fn networks_survive_kill_9_and_a_reboot_and_bad_input_changes_nothing() {
     let mut cloud = Cloud::start();
     for (args, needle) in [
         (
@@ -857,6 +857,50 @@ fn networks_survive_kill_9_and_bad_input_changes_nothing() {
         id_of(&cloud, "instance", "a", "default"),
         id_of(&cloud, "instance", "b", "default"),
     ];
+
+    // A host reboot, as far as one can be staged: the daemon, the shims
+    // and the containers die, and with them every mount, cgroup, network
+    // namespace, link and nftables rule (`/run` is a tmpfs); the data
+    // directory stays.
+    cloud.kill_daemon();
+    common::force_cleanup(cloud.data_dir());
+    let table = host_table(&cloud);
+    for ns in [format!("nr-{net_id}")]
+        .into_iter()
+        .chain(ids.iter().map(|i| format!("ni-{i}")))
+    {
+        let path = Path::new(NETNS_DIR).join(ns);
+        let _ = Command::new("umount").arg(&path).status();
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = Command::new("ip")
+        .args(["link", "del", &host_link(&net_id)])
+        .status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &table])
+        .status();
+    assert!(
+        get_from_host(host).is_none(),
+        "nothing answers after the staged reboot"
+    );
+    cloud.spawn_daemon();
+    cloud.wait_ready();
+    for n in ["a", "b"] {
+        cloud.wait_phase(n, &["failed", "exited", "stopped"], T);
+    }
+    // Started again, the instances get their network rebuilt from the
+    // store: the same addresses, names, published port and rules.
+    cloud.ok(&["instance", "start", "a"]);
+    cloud.ok(&["instance", "start", "b"]);
+    let body = wait_until(T, "b to reach a by name after the reboot", || {
+        get_from(&cloud, "b", "default", "a", 80)
+    });
+    assert!(body.contains("still-here"));
+    let body = wait_until(T, "the published port after the reboot", || {
+        get_from_host(host)
+    });
+    assert!(body.contains("still-here"));
+
     cloud.ok(&["instance", "rm", "a"]);
     cloud.ok(&["instance", "rm", "b"]);
     assert_network_leftovers_gone(&cloud, &[net_id], &ids);

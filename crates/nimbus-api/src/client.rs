@@ -236,7 +236,14 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut all: crate::ResourceList<T> = self.get(&format!("{path}{sep}limit=5000")).await?;
         let mut next = all.next.take();
+        let mut seen = std::collections::HashSet::new();
         while let Some(token) = next {
+            if !seen.insert(token.clone()) {
+                return Err(ClientError::Http {
+                    endpoint: path.to_string(),
+                    message: format!("the server repeated the continue token {token:?}"),
+                });
+            }
             let page: crate::ResourceList<T> = self
                 .get(&format!(
                     "{path}{sep}limit=5000&continue={}",

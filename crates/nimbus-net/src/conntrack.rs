@@ -8,6 +8,7 @@
 //! Handwritten: a dump request and a delete per matching entry, with the
 //! fixed nfnetlink header and a few nested attributes.
 
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::{NetError, Result};
@@ -17,20 +18,31 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_HDR: usize = 16;
 const NFGEN_HDR: usize = 4;
 
-/// A tracked flow to remove: IP protocol (6 TCP, 17 UDP) and original
-/// destination port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlowPort {
+/// One tracked IPv4 flow: its original direction (as the first packet
+/// went) and the reply direction (as the answer comes back; after NAT it
+/// names the translated address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// IP protocol: 6 TCP, 17 UDP.
     pub proto: u8,
-    pub port: u16,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub reply_src: Ipv4Addr,
+    pub reply_sport: u16,
 }
 
 fn align(n: usize) -> usize {
@@ -52,17 +64,51 @@ fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// The original tuple's protocol and destination port, if it has both.
-fn flow_of(tuple: &[u8]) -> Option<FlowPort> {
-    let (_, proto) = attrs(tuple)
+fn find(area: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(area)
         .into_iter()
-        .find(|(k, _)| *k == CTA_TUPLE_PROTO)?;
-    let a = attrs(proto);
-    let num = a.iter().find(|(k, _)| *k == CTA_PROTO_NUM)?.1.first()?;
-    let port = a.iter().find(|(k, _)| *k == CTA_PROTO_DST_PORT)?.1;
-    Some(FlowPort {
-        proto: *num,
-        port: u16::from_be_bytes([*port.first()?, *port.get(1)?]),
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v)
+}
+
+fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    Some(Ipv4Addr::new(
+        *b.first()?,
+        *b.get(1)?,
+        *b.get(2)?,
+        *b.get(3)?,
+    ))
+}
+
+fn port(b: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
+}
+
+/// A tuple: (protocol, source, destination, source port, destination port).
+fn tuple_of(tuple: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> {
+    let ip = find(tuple, CTA_TUPLE_IP)?;
+    let proto = find(tuple, CTA_TUPLE_PROTO)?;
+    Some((
+        *find(proto, CTA_PROTO_NUM)?.first()?,
+        ipv4(find(ip, CTA_IP_V4_SRC)?)?,
+        ipv4(find(ip, CTA_IP_V4_DST)?)?,
+        port(find(proto, CTA_PROTO_SRC_PORT)?)?,
+        port(find(proto, CTA_PROTO_DST_PORT)?)?,
+    ))
+}
+
+/// The flow an entry's attributes describe; None for anything but a
+/// complete IPv4 TCP/UDP entry.
+fn flow_of(entry: &[u8]) -> Option<Flow> {
+    let (proto, src, dst, _, dport) = tuple_of(find(entry, CTA_TUPLE_ORIG)?)?;
+    let (_, reply_src, _, reply_sport, _) = tuple_of(find(entry, CTA_TUPLE_REPLY)?)?;
+    Some(Flow {
+        proto,
+        src,
+        dst,
+        dport,
+        reply_src,
+        reply_sport,
     })
 }
 
@@ -90,7 +136,10 @@ fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
     a
 }
 
-struct Socket(OwnedFd);
+struct Socket {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
 
 impl Socket {
     fn open() -> Result<Socket> {
@@ -132,7 +181,10 @@ impl Socket {
                 &tv as *const libc::timeval as *const libc::c_void,
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
-            Ok(Socket(owned))
+            Ok(Socket {
+                fd: owned,
+                buf: vec![0u8; 256 * 1024],
+            })
         }
     }
 
@@ -140,7 +192,7 @@ impl Socket {
         // SAFETY: sending an initialised buffer on our socket.
         let n = unsafe {
             libc::send(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 msg.as_ptr() as *const libc::c_void,
                 msg.len(),
                 0,
@@ -159,10 +211,10 @@ impl Socket {
         // SAFETY: receiving into a buffer we own, bounded by its length.
         let n = unsafe {
             libc::recv(
-                self.0.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 buf.as_mut_ptr() as *mut libc::c_void,
                 buf.len(),
-                0,
+                libc::MSG_TRUNC,
             )
         };
         if n < 0 {
@@ -176,16 +228,42 @@ impl Socket {
 
     /// Read replies to `seq` until the dump ends or the ack comes; each
     /// reply's attribute area goes to `each`. Err for a negative ack.
-    fn replies(&self, seq: u32, mut each: impl FnMut(&[u8])) -> Result<()> {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = self.recv(&mut buf)?;
+    fn replies(&mut self, seq: u32, mut each: impl FnMut(&[u8])) -> Result<()> {
+        let malformed = || {
+            NetError::io(
+                "ctnetlink",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed reply"),
+            )
+        };
+        let status = |body: &[u8]| -> Result<()> {
+            let code = body
+                .get(..4)
+                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(NetError::io(
+                    "ctnetlink",
+                    std::io::Error::from_raw_os_error(-code),
+                ))
+            }
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = loop {
+            let n = match self.recv(&mut buf) {
+                Ok(n) if n > buf.len() => break Err(malformed()),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
             let mut off = 0;
+            let mut end = None;
             while off + NLMSG_HDR <= n {
                 let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
                     as usize;
                 if len < NLMSG_HDR || off + len > n {
-                    return Ok(());
+                    end = Some(Err(malformed()));
+                    break;
                 }
                 let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
                 let mseq =
@@ -193,19 +271,9 @@ impl Socket {
                 let body = &buf[off + NLMSG_HDR..off + len];
                 if mseq == seq {
                     match kind as libc::c_int {
-                        libc::NLMSG_DONE => return Ok(()),
-                        libc::NLMSG_ERROR => {
-                            let code = body
-                                .get(..4)
-                                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                                .unwrap_or(0);
-                            if code == 0 {
-                                return Ok(());
-                            }
-                            return Err(NetError::io(
-                                "ctnetlink",
-                                std::io::Error::from_raw_os_error(-code),
-                            ));
+                        libc::NLMSG_DONE | libc::NLMSG_ERROR => {
+                            end = Some(status(body));
+                            break;
                         }
                         _ => {
                             if body.len() >= NFGEN_HDR {
@@ -216,30 +284,31 @@ impl Socket {
                 }
                 off += align(len);
             }
-        }
+            if let Some(r) = end {
+                break r;
+            }
+        };
+        self.buf = buf;
+        result
     }
 }
 
-/// Remove the tracked IPv4 flows of the calling thread's network namespace
-/// whose original destination port and protocol are in `ports`; returns
-/// how many went. Entries that vanish meanwhile are not an error.
-pub fn remove_flows(ports: &[FlowPort]) -> Result<usize> {
-    if ports.is_empty() {
-        return Ok(0);
-    }
-    let sock = Socket::open()?;
+/// Remove the tracked IPv4 TCP and UDP flows of the calling thread's
+/// network namespace that `matches` picks; returns how many went. Entries
+/// that vanish meanwhile are not an error.
+pub fn remove_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize> {
+    let mut sock = Socket::open()?;
     let mut victims: Vec<Vec<u8>> = Vec::new();
     sock.send(&message(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, 1, &[]))?;
     sock.replies(1, |area| {
-        let a = attrs(area);
-        let Some((_, tuple)) = a.iter().find(|(k, _)| *k == CTA_TUPLE_ORIG) else {
-            return;
-        };
-        if !flow_of(tuple).is_some_and(|f| ports.contains(&f)) {
+        if !flow_of(area).is_some_and(|f| matches(&f)) {
             return;
         }
+        let Some(tuple) = find(area, CTA_TUPLE_ORIG) else {
+            return;
+        };
         let mut payload = attr(CTA_TUPLE_ORIG | libc::NLA_F_NESTED as u16, tuple);
-        if let Some((_, zone)) = a.iter().find(|(k, _)| *k == CTA_ZONE) {
+        if let Some(zone) = find(area, CTA_ZONE) {
             payload.extend(attr(CTA_ZONE, zone));
         }
         victims.push(payload);
@@ -266,26 +335,46 @@ pub fn remove_flows(ports: &[FlowPort]) -> Result<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_the_protocol_and_port_of_a_tuple() {
-        let proto = [
-            attr(CTA_PROTO_NUM, &[17]),
-            attr(2, &1234u16.to_be_bytes()),
-            attr(CTA_PROTO_DST_PORT, &5353u16.to_be_bytes()),
+    fn tuple(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let ip = [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)].concat();
+        let l4 = [
+            attr(CTA_PROTO_NUM, &[proto]),
+            attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
+            attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
         ]
         .concat();
-        let tuple = [
-            attr(1 | libc::NLA_F_NESTED as u16, &attr(1, &[10, 0, 0, 1])),
-            attr(CTA_TUPLE_PROTO | libc::NLA_F_NESTED as u16, &proto),
+        [
+            attr(CTA_TUPLE_IP | libc::NLA_F_NESTED as u16, &ip),
+            attr(CTA_TUPLE_PROTO | libc::NLA_F_NESTED as u16, &l4),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn reads_both_directions_of_an_entry() {
+        // 127.0.0.1:40000 → 127.0.0.1:5353, DNAT'ed to 100.64.0.2:5353.
+        let entry = [
+            attr(
+                CTA_TUPLE_ORIG | libc::NLA_F_NESTED as u16,
+                &tuple(17, [127, 0, 0, 1], [127, 0, 0, 1], 40000, 5353),
+            ),
+            attr(
+                CTA_TUPLE_REPLY | libc::NLA_F_NESTED as u16,
+                &tuple(17, [100, 64, 0, 2], [100, 64, 0, 1], 5353, 40000),
+            ),
         ]
         .concat();
         assert_eq!(
-            flow_of(&tuple),
-            Some(FlowPort {
+            flow_of(&entry),
+            Some(Flow {
                 proto: 17,
-                port: 5353
+                src: Ipv4Addr::new(127, 0, 0, 1),
+                dst: Ipv4Addr::new(127, 0, 0, 1),
+                dport: 5353,
+                reply_src: Ipv4Addr::new(100, 64, 0, 2),
+                reply_sport: 5353,
             })
         );
-        assert_eq!(flow_of(&tuple[..8]), None, "a cut tuple reads as nothing");
+        assert_eq!(flow_of(&entry[..20]), None, "a cut entry reads as nothing");
     }
 }

@@ -82,7 +82,12 @@ pub fn ensure_router(spec: &RouterSpec) -> Result<HostSide> {
     netns::run_in(Some(&ns_path), move || {
         let mut nl = Netlink::new()?;
         nl.set_up("lo")?;
-        netns::sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+        netns::sysctl("net.bridge.bridge-nf-call-iptables", "1").map_err(|e| {
+            NetError::Invalid(format!(
+                "security groups need bridged traffic to pass nftables, and this kernel has no \
+                 br_netfilter loaded ({e}); run `modprobe br_netfilter` and try again"
+            ))
+        })?;
         netns::sysctl("net.bridge.bridge-nf-call-ip6tables", "0")?;
         netns::sysctl("net.bridge.bridge-nf-call-arptables", "0")?;
         nl.add_bridge(names::BRIDGE, mac)?;

@@ -148,7 +148,11 @@ const BRIDGE_BASE_CHAINS: [(&str, &str); 2] = [
 ];
 
 /// Base chains of a router's inet table: (name, definition).
-const ROUTER_BASE_CHAINS: [(&str, &str); 4] = [
+const ROUTER_BASE_CHAINS: [(&str, &str); 5] = [
+    (
+        "links",
+        "type filter hook prerouting priority -300; policy accept;",
+    ),
     (
         "forward",
         "type filter hook forward priority 0; policy drop;",
@@ -265,12 +269,20 @@ fn elements(
         if p.dhcp {
             put(&mut e, "bridge", "dhcp_ports", l.clone());
         }
-        put(
-            &mut e,
-            "inet",
-            "ingress",
-            format!("{} : {}", p.ip, verdict(p)),
-        );
+    }
+    // One verdict per address. Two ports hold one address only for the
+    // moment a removed instance's port outlives the reuse of its address:
+    // until it is gone, that address is closed.
+    let mut by_ip: BTreeMap<Ipv4Addr, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for p in &r.ports {
+        by_ip.entry(p.ip).or_default().insert(verdict(p));
+    }
+    for (ip, verdicts) in by_ip {
+        let v = match verdicts.len() {
+            1 => verdicts.into_iter().next().unwrap_or_else(|| "drop".into()),
+            _ => "drop".into(),
+        };
+        put(&mut e, "inet", "ingress", format!("{ip} : {v}"));
     }
     for (g, members) in &r.groups {
         let set = e.entry(("inet", set_name(g))).or_default();
@@ -330,7 +342,7 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
     if previous.is_none() {
         let _ = writeln!(
             s,
-            "table inet {t}\ndelete table inet {t}\ntable bridge {t}\ndelete table bridge {t}"
+            "table inet {t}\ndelete table inet {t}\ntable bridge {t}\ndelete table bridge {t}\ntable arp {t}\ndelete table arp {t}"
         );
     }
     let _ = writeln!(s, "add table inet {t}\nadd table bridge {t}");
@@ -403,10 +415,19 @@ pub fn router_script(r: &RouterRules, previous: Option<&RouterRules>) -> String 
         s,
         "add rule bridge {t} deliver ether type ip oifname . ip daddr != @port_ips drop"
     );
+    // IPv4 enters the router only from loopback, the uplink or the bridge
+    // (whose ports the bridge table guards); any other link is not ours.
+    rule(
+        &mut s,
+        "links",
+        &format!("iifname != {{ \"lo\", \"{UPLINK}\", \"{BRIDGE}\" }} drop"),
+    );
     // From outside, only published ports (DNAT) may reach a port, and
     // then through its ingress filter like any other traffic. Bridged
     // packets show the bridge as both interfaces.
     for text in [
+        // Nothing from outside may claim an address of the network.
+        format!("iifname \"{UPLINK}\" ip saddr {} drop", r.subnet),
         "ct state established,related accept".to_string(),
         "ct state invalid drop".into(),
         format!("iifname \"{UPLINK}\" ct status dnat ip daddr vmap @ingress"),
@@ -657,6 +678,24 @@ mod tests {
         assert!(inc.contains("flush chain inet nimbus forward"), "{inc}");
         assert!(inc.contains("delete chain inet nimbus sg_"), "{inc}");
         assert!(inc.contains("delete set inet nimbus g_web"), "{inc}");
+    }
+
+    #[test]
+    fn an_address_held_by_two_ports_is_closed() {
+        let mut r = sample();
+        let mut old = r.ports[0].clone();
+        old.link = "pold".into();
+        old.ingress = None;
+        r.ports.push(old);
+        let s = router_script(&r, None);
+        assert!(
+            s.contains("add element inet nimbus ingress { 10.20.0.5 : drop }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname \"uplink\" ip saddr 10.20.0.0/24 drop"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use nimbus_api::{
     Instance, InstanceAddress, InstanceKind, Network, Protocol, PublishedPort, ResourceList,
     SecurityGroup, WatchEvent, WatchEventType,
 };
-use nimbus_net::conntrack::{self, FlowPort};
+use nimbus_net::conntrack::{self, Flow};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
 use nimbus_net::{dns, names, netns, nft, router, HostSide, PortSpec, RouterSpec};
 use serde::{Deserialize, Serialize};
@@ -593,8 +593,29 @@ impl NetDriver {
             }
             let ns = r.host.netns.clone();
             let script = rules::router_script(&rr, r.applied.as_ref());
+            let stale = r
+                .applied
+                .as_ref()
+                .map(|old| stale_router_flows(old, &rr, r.host.router_ip));
             match blocking(move || nft::apply(Some(&ns), &script)).await {
-                Ok(()) => r.applied = Some(rr),
+                Ok(()) => {
+                    r.applied = Some(rr);
+                    // Tracked flows of a removed port (its address may go to
+                    // a new instance) or of a changed port forward would
+                    // bypass the new rules: drop them.
+                    if let Some(stale) = stale.filter(|s| !s.is_empty()) {
+                        let ns = r.host.netns.clone();
+                        let flushed = blocking(move || {
+                            netns::run_in(Some(&ns), move || {
+                                conntrack::remove_flows(|f| stale.matches(f))
+                            })
+                        })
+                        .await;
+                        if let Err(e) = flushed {
+                            tracing::warn!(network = %r.network, error = %e, "removing stale tracked flows failed");
+                        }
+                    }
+                }
                 Err(e) => {
                     // Start over from a whole replacement next time.
                     r.applied = None;
@@ -623,29 +644,25 @@ impl NetDriver {
             match result {
                 Ok(()) => {
                     // Flows already tracked to a port that was just published
-                    // or unpublished would keep their old fate: drop them.
-                    let before: BTreeSet<(bool, u16)> = previous
+                    // or unpublished would keep their old fate: drop them,
+                    // and only them (never the host's own connections).
+                    let before: BTreeSet<HostForward> = previous
                         .iter()
                         .flatten()
-                        .flat_map(|(_, f)| f.iter().map(|f| (f.udp, f.port)))
+                        .flat_map(|(_, f)| f.iter().cloned())
                         .collect();
-                    let after: BTreeSet<(bool, u16)> = desired
+                    let after: BTreeSet<HostForward> = desired
                         .iter()
-                        .flat_map(|(_, f)| f.iter().map(|f| (f.udp, f.port)))
+                        .flat_map(|(_, f)| f.iter().cloned())
                         .collect();
-                    let changed: Vec<FlowPort> = before
-                        .symmetric_difference(&after)
-                        .map(|(udp, port)| FlowPort {
-                            proto: if *udp { 17 } else { 6 },
-                            port: *port,
-                        })
-                        .collect();
+                    let gone: Vec<HostForward> = before.difference(&after).cloned().collect();
+                    let new: Vec<HostForward> = after.difference(&before).cloned().collect();
                     if let Ok(mut h) = self.host_applied.lock() {
                         *h = Some(desired);
                     }
-                    if !changed.is_empty() {
+                    if !gone.is_empty() || !new.is_empty() {
                         let flushed = blocking(move || {
-                            netns::run_in(None, move || conntrack::remove_flows(&changed))
+                            netns::run_in(None, move || flush_host_flows(&gone, &new))
                         })
                         .await;
                         if let Err(e) = flushed {
@@ -758,6 +775,74 @@ fn rules_cover(routers: &HashMap<String, RouterState>, network_id: &str, link: &
         .get(network_id)
         .and_then(|r| r.applied.as_ref())
         .is_some_and(|rr| rr.ports.iter().any(|p| p.link == link))
+}
+
+/// Tracked flows inside a router that its new rules must not inherit.
+#[derive(Default)]
+struct StaleFlows {
+    /// Addresses of ports that are gone.
+    addresses: Vec<Ipv4Addr>,
+    /// (protocol, port) of forwards that changed, to the uplink address.
+    forwards: Vec<(u8, u16)>,
+    router_ip: Option<Ipv4Addr>,
+}
+
+impl StaleFlows {
+    fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.forwards.is_empty()
+    }
+
+    fn matches(&self, f: &Flow) -> bool {
+        self.addresses
+            .iter()
+            .any(|a| f.src == *a || f.dst == *a || f.reply_src == *a)
+            || (Some(f.dst) == self.router_ip && self.forwards.contains(&(f.proto, f.dport)))
+    }
+}
+
+fn stale_router_flows(old: &RouterRules, new: &RouterRules, router_ip: Ipv4Addr) -> StaleFlows {
+    let addresses = old
+        .ports
+        .iter()
+        .map(|p| p.ip)
+        .filter(|ip| !new.ports.iter().any(|p| p.ip == *ip))
+        .collect();
+    let before: BTreeSet<&Forward> = old.forwards.iter().collect();
+    let after: BTreeSet<&Forward> = new.forwards.iter().collect();
+    let forwards = before
+        .symmetric_difference(&after)
+        .map(|f| (if f.udp { 17 } else { 6 }, f.port))
+        .collect();
+    StaleFlows {
+        addresses,
+        forwards,
+        router_ip: Some(router_ip),
+    }
+}
+
+/// In the host namespace: drop flows DNAT'ed to a forward that is gone,
+/// and flows to a newly published port that went to the host itself
+/// untranslated (sent before the port was published). Outgoing
+/// connections of the host and of instances are never touched.
+fn flush_host_flows(gone: &[HostForward], new: &[HostForward]) -> nimbus_net::Result<usize> {
+    let proto = |udp: bool| if udp { 17u8 } else { 6u8 };
+    let local: Vec<Ipv4Addr> = nimbus_net::netlink::Netlink::new()?
+        .addresses()?
+        .into_iter()
+        .map(|(_, ip, _)| ip)
+        .collect();
+    conntrack::remove_flows(|f| {
+        let dnat_gone = gone.iter().any(|h| {
+            f.proto == proto(h.udp) && f.reply_src == h.router_ip && f.reply_sport == h.port
+        });
+        let untranslated_new = f.reply_src == f.dst
+            && f.reply_sport == f.dport
+            && (f.dst.is_loopback() || local.contains(&f.dst))
+            && new
+                .iter()
+                .any(|h| f.proto == proto(h.udp) && f.dport == h.port);
+        dnat_gone || untranslated_new
+    })
 }
 
 type RouterOutput = (RouterRules, HashMap<String, Ipv4Addr>);

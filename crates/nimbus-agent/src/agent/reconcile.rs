@@ -108,6 +108,14 @@ fn shim_alive(dir: &Path) -> Option<ShimClient> {
     ShimClient::connect(dir).ok()
 }
 
+/// Whether the shim that wrote `dir`'s state is still a live process and
+/// has not recorded an end.
+fn shim_process_alive(dir: &Path) -> bool {
+    container::read_state(dir).is_some_and(|s| {
+        !s.phase.is_final() && Path::new(&format!("/proc/{}", s.shim_pid)).exists()
+    })
+}
+
 /// One reconcile pass; `Ok(true)` when the instance is gone for good.
 async fn step(
     agent: &Arc<Agent>,
@@ -324,7 +332,14 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             if instance.spec.kind == InstanceKind::Vm {
                 // A stock cloud image takes its address from the seed's
                 // network-config; other guests ask the router's DHCP.
-                crate::vm::write_seed(dir, instance, Some(a.config.network_config_v2()))?;
+                let (d, i, config) = (
+                    dir.to_path_buf(),
+                    instance.clone(),
+                    a.config.network_config_v2(),
+                );
+                tokio::task::spawn_blocking(move || crate::vm::write_seed(&d, &i, Some(config)))
+                    .await
+                    .map_err(|e| e.to_string())??;
             }
             let mut spec = crate::vm::spec::VmShimSpec::load(dir).map_err(|e| e.to_string())?;
             spec.tap = Some(crate::vm::spec::TapRef {
@@ -432,11 +447,24 @@ async fn layer_dirs(agent: &Arc<Agent>, image: &Image) -> Result<Vec<std::path::
 
 type Subscription = Result<container::control::AsyncStateStream, container::ShimError>;
 
-/// A subscription to the state changes of the shim in `dir`.
+/// A subscription to the state changes of the shim in `dir`. A failed
+/// attempt is retried while the shim's process lives: treating a hiccup
+/// as the shim's death would end a running workload.
 async fn subscribe(dir: &Path) -> Subscription {
-    match ShimClient::connect(dir) {
-        Ok(c) => c.subscribe_async().await,
-        Err(e) => Err(e),
+    let mut attempt = 0;
+    loop {
+        let result = match ShimClient::connect(dir) {
+            Ok(c) => c.subscribe_async().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if attempt < 10 && shim_process_alive(dir) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "subscribing to the shim again");
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
 

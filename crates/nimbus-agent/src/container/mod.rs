@@ -12,7 +12,11 @@
 //! The shim is single-threaded (a tokio current-thread runtime, no blocking pool),
 //! because libcontainer forks the container init from the calling process and
 //! `fork` is only safe in a single-threaded one. Blocking host work (mounts,
-//! libcontainer create/delete, exec set-up) runs inline; it takes milliseconds.
+//! libcontainer create, exec set-up) runs inline; it takes milliseconds. The
+//! one exception is libcontainer's delete after the workload exited: it runs
+//! on a helper thread that is joined before the shim goes on, while nothing
+//! forks (the init is gone, so exec is refused), so the exit reaches
+//! subscribers without waiting for the kernel to remove the cgroups.
 //!
 //! Instance directory:
 //! - `spec.json` — written by the agent.

@@ -276,17 +276,13 @@ async fn run_container_loop(
             });
         }
         // Deleting the container's cgroups waits on the kernel (RCU grace
-        // periods, milliseconds): do it off this single-threaded runtime,
-        // so subscribers get the exit published above at once and control
-        // requests keep being answered meanwhile.
-        let mut container = run.container;
-        let (container, delete_error) = tokio::task::spawn_blocking(move || {
-            let error = delete_container(&mut container);
-            (container, error)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("deleting the container panicked: {e}"));
-        drop(container);
+        // periods, milliseconds): do it on a helper thread while this
+        // runtime sends the exit published above to subscribers and keeps
+        // answering control requests. The thread is joined before anything
+        // else happens, so the shim is single-threaded again before it
+        // forks (a restart, an exec).
+        shim.update(|s| s.pid = None);
+        let delete_error = delete_off_thread(run.container).await;
         while let Ok(Command::Stop { reply, .. }) = command_rx.try_recv() {
             stop_replies.push(reply);
             stopping = true;
@@ -490,6 +486,29 @@ async fn pump_log(shim: Rc<Shim>, fd: OwnedFd, stream: Stream) {
     }
     let mut log = shim.log.borrow_mut();
     splitter.finish(|line| log.write_line(stream, line));
+}
+
+/// [`delete_container`] on a short-lived thread, awaited without blocking
+/// the runtime; returns once the thread has been joined.
+async fn delete_off_thread(mut container: Container) -> Option<String> {
+    let (tx, rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("nimbus-delete".into())
+        .spawn(move || {
+            let _ = tx.send(delete_container(&mut container));
+        });
+    match thread {
+        Ok(handle) => {
+            let result = rx.await.unwrap_or_else(|_| {
+                Some("deleting the container failed: its thread panicked".into())
+            });
+            let _ = handle.join();
+            result
+        }
+        Err(e) => Some(format!(
+            "could not start a thread to delete the container: {e}"
+        )),
+    }
 }
 
 fn delete_container(container: &mut Container) -> Option<String> {

@@ -151,7 +151,8 @@ pub struct RunArgs {
     #[arg(long, short = 'l')]
     pub label: Vec<String>,
     /// Network to join. Without it, containers and VMs join the project's
-    /// `default` network (created on demand); `none`: loopback only.
+    /// `default` network (created on demand), except unikernels and VMs
+    /// with --forward; `none`: loopback only.
     #[arg(long)]
     pub network: Vec<String>,
     /// Security group filtering ingress (repeatable).
