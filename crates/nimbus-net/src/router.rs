@@ -220,9 +220,10 @@ pub fn detach_container(router: Option<&Path>, instance_id: &str) -> Result<()> 
     netns::remove(&names::instance_netns(instance_id))
 }
 
-/// Create a VM's persistent tap on its router, as a port of its bridge. The VM's supervisor opens it by name with [`open_tap`] (a shim
-/// closes inherited descriptors, so the tap is not handed over as an fd);
-/// it stays until [`detach_tap`] deletes it. The VM must use `port.mac` on
+/// Create a VM's persistent tap on its router, as a port of its bridge.
+/// The VM's supervisor opens it by name with [`open_tap`] (a shim closes
+/// inherited descriptors, so the tap is not handed over as an fd); it
+/// stays until [`detach_tap`] deletes it. The VM must use `port.mac` on
 /// its NIC: frames with any other source MAC or IP are dropped by the
 /// router's rules (DHCP requests from 0.0.0.0 are let through).
 pub fn attach_tap(router: &Path, port: &PortSpec) -> Result<()> {
