@@ -999,6 +999,11 @@ fn instances_join_the_default_network_unless_none() {
     assert!(net["spec"]["subnet"].as_str().is_some(), "{net}");
     let srv = cloud.instance("srv");
     assert_eq!(srv["status"]["addresses"][0]["network"], "default", "{srv}");
+    let listed = cloud.json(&["network", "list"]).expect("network list");
+    assert_eq!(
+        listed["items"][0]["status"]["allocated"], 2,
+        "the list counts srv's and peer's addresses: {listed}"
+    );
     let alone = cloud.instance("alone");
     assert!(
         alone["status"]["addresses"]
