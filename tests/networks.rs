@@ -852,10 +852,18 @@ fn networks_survive_kill_9_and_a_reboot_and_bad_input_changes_nothing() {
     });
     assert!(body.contains("still-here"));
     assert!(get_from_host(host).is_some());
+    // An instance whose restart policy asks it to come back by itself.
+    run(
+        &cloud,
+        "c",
+        &["--network", "default", "--restart", "always"],
+        &web("back-by-itself"),
+    );
     let net_id = id_of(&cloud, "network", "default", "default");
     let ids = vec![
         id_of(&cloud, "instance", "a", "default"),
         id_of(&cloud, "instance", "b", "default"),
+        id_of(&cloud, "instance", "c", "default"),
     ];
 
     // A host reboot, as far as one can be staged: the daemon, the shims
@@ -888,6 +896,8 @@ fn networks_survive_kill_9_and_a_reboot_and_bad_input_changes_nothing() {
     for n in ["a", "b"] {
         cloud.wait_phase(n, &["failed", "exited", "stopped"], T);
     }
+    // c (restart: always) is started again by the agent, network and all.
+    cloud.wait_phase("c", &["running"], T);
     // Started again, the instances get their network rebuilt from the
     // store: the same addresses, names, published port and rules.
     cloud.ok(&["instance", "start", "a"]);
@@ -900,9 +910,14 @@ fn networks_survive_kill_9_and_a_reboot_and_bad_input_changes_nothing() {
         get_from_host(host)
     });
     assert!(body.contains("still-here"));
+    let body = wait_until(T, "b to reach c, which came back by itself", || {
+        get_from(&cloud, "b", "default", "c", 80)
+    });
+    assert!(body.contains("back-by-itself"));
 
     cloud.ok(&["instance", "rm", "a"]);
     cloud.ok(&["instance", "rm", "b"]);
+    cloud.ok(&["instance", "rm", "c"]);
     assert_network_leftovers_gone(&cloud, &[net_id], &ids);
 }
 
