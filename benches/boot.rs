@@ -13,7 +13,7 @@ mod common;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,28 +22,6 @@ use support::*;
 
 const TINY_MARKER: &str = "NIMBUS-TINY: ready";
 const UK_MARKER: &str = "NIMBUS-UK: hello";
-
-fn build_guest(target: &str) -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-guests"))
-        .arg(target)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-guests");
-    assert!(
-        out.status.success(),
-        "scripts/build-guests {target} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    )
-}
 
 fn instance_id(cloud: &common::Cloud, name: &str) -> String {
     let token = cloud.admin_token();
@@ -215,8 +193,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let tiny = build_guest("tiny");
-    let uk = build_guest("unikernel");
+    let tiny = common::guest("tiny");
+    let uk = common::guest("unikernel");
     let cloud = common::Cloud::start();
     cloud.ok(&[
         "image",

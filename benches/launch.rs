@@ -30,7 +30,7 @@ fn main() {
 
     // Peers: runc run of an equivalent bundle, podman run --network none
     // of the same rootfs.
-    let rootfs = starter_rootfs(&cloud);
+    let rootfs = cloud.starter_rootfs();
     let work = tempfile::tempdir().expect("tmp");
     // Reachable from inside user namespaces.
     std::fs::set_permissions(

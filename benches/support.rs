@@ -135,19 +135,6 @@ pub fn delete_instance(cloud: &Cloud, project: &str, name: &str) {
     );
 }
 
-/// The unpacked starter image (a plain busybox root filesystem).
-pub fn starter_rootfs(cloud: &Cloud) -> PathBuf {
-    let v = cloud
-        .json(&["image", "get", "busybox"])
-        .expect("starter image");
-    let layer = v["status"]["layers"][0]
-        .as_str()
-        .expect("layer")
-        .trim_start_matches("sha256:")
-        .to_string();
-    cloud.data_dir().join("images/layers").join(layer)
-}
-
 pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])

@@ -366,7 +366,7 @@ fn api_authorisation_matrix_and_bad_input() {
         "alpha",
         "--name",
         "busybox",
-        &starter_tar(&cloud),
+        &cloud.starter_tar(),
     ]);
     cloud.ok(&[
         "instance",
@@ -687,7 +687,7 @@ fn api_revisions_lists_watch_and_openapi() {
         "gamma",
         "--name",
         "busybox",
-        &starter_tar(&cloud),
+        &cloud.starter_tar(),
     ]);
     let old = serde_json::to_vec(&json!({"name": "old-tenant", "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}})).unwrap();
     assert_eq!(
@@ -712,7 +712,7 @@ fn api_revisions_lists_watch_and_openapi() {
         "gamma",
         "--name",
         "busybox",
-        &starter_tar(&cloud),
+        &cloud.starter_tar(),
     ]);
     let new = serde_json::to_vec(&json!({"name": "new-tenant", "spec": {"image": "busybox", "args": ["true"], "desired_state": "stopped"}})).unwrap();
     assert_eq!(
@@ -751,29 +751,6 @@ fn api_revisions_lists_watch_and_openapi() {
     .unwrap();
     assert!(first.contains("new-tenant"), "first event: {first}");
     assert!(!first.contains("old-tenant"), "{first}");
-}
-
-/// The starter image's root filesystem as a tar file, for importing elsewhere.
-fn starter_tar(cloud: &Cloud) -> String {
-    let v = cloud.json(&["image", "get", "busybox"]).unwrap();
-    let layer = v["status"]["layers"][0]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let out = cloud.data_dir().join("starter.tar");
-    if !out.exists() {
-        let st = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(cloud.data_dir().join("images/layers").join(layer))
-            .arg("-cf")
-            .arg(&out)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    out.to_string_lossy().to_string()
 }
 
 #[test]

@@ -5,92 +5,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{wait_until, Cloud};
 
 const T: Duration = Duration::from_secs(60);
 
-fn tiny_guest() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-guests"))
-        .arg("tiny")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-guests");
-    assert!(
-        out.status.success(),
-        "the tiny test guest is needed: scripts/build-guests tiny failed:\n{}",
-        common::tail(&String::from_utf8_lossy(&out.stderr), 20)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    )
-}
-
-/// Types `input` on the VM's console until `expect` shows up.
-fn console_roundtrip(cloud: &Cloud, name: &str, input: &str, expect: &str) -> String {
-    let mut child = cloud
-        .command()
-        .args(["instance", "console", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nimbus instance console");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if tx.send(std::mem::take(&mut line)).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    for _ in 0..15 {
-        let _ = stdin.write_all(format!("{input}\n").as_bytes());
-        let deadline = std::time::Instant::now() + Duration::from_secs(4);
-        while std::time::Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-                seen.push_str(&l);
-            }
-            if seen.contains(expect) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return seen;
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the console never showed {expect:?}:\n{seen}");
-}
-
 #[test]
 fn vm_gets_its_address_and_reaches_a_container() {
     let cloud = Cloud::start();
-    let dir = tiny_guest();
-    cloud.ok(&[
-        "image",
-        "import-kernel",
-        &dir.join("vmlinux").to_string_lossy(),
-        "--initrd",
-        &dir.join("tiny-initrd.img").to_string_lossy(),
-        "--name",
-        "tiny",
-    ]);
+    cloud.import_tiny();
     cloud.ok(&["network", "create", "mixed", "--subnet", "10.70.0.0/24"]);
     cloud.ok(&[
         "instance",
@@ -134,18 +59,11 @@ fn vm_gets_its_address_and_reaches_a_container() {
         cloud.logs("vm1").contains(&lease).then_some(())
     });
     // The VM reaches the container's web server.
-    let seen = console_roundtrip(
-        &cloud,
-        "vm1",
-        &format!("wget -q -O - http://{web_ip}/"),
-        "from-container",
-    );
-    assert!(seen.contains("from-container"));
+    common::Console::attach(&cloud, "vm1")
+        .roundtrip(&format!("wget -q -O - http://{web_ip}/"), "from-container");
     // And the container reaches a web server in the VM (the marker is
     // computed by the guest's shell, so the echoed input never matches).
-    console_roundtrip(
-        &cloud,
-        "vm1",
+    common::Console::attach(&cloud, "vm1").roundtrip(
         "mkdir -p /w && echo from-vm > /w/index.html && httpd -p 8080 -h /w && echo HTTPD-$((1+1))UP",
         "HTTPD-2UP",
     );

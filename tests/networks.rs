@@ -20,29 +20,6 @@ use common::{wait_until, Cloud};
 const T: Duration = Duration::from_secs(60);
 const NETNS_DIR: &str = "/run/nimbus/netns";
 
-/// The starter image's root filesystem as a tar, to import in other projects.
-fn starter_tar(cloud: &Cloud) -> String {
-    let v = cloud
-        .json(&["image", "get", "busybox"])
-        .expect("starter image");
-    let layer = v["status"]["layers"][0]
-        .as_str()
-        .expect("layer")
-        .trim_start_matches("sha256:")
-        .to_string();
-    let out = cloud.data_dir().join("starter.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(cloud.data_dir().join("images/layers").join(layer))
-        .arg("-cf")
-        .arg(&out)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success());
-    out.to_string_lossy().to_string()
-}
-
 /// A web server answering `body` on port 80 (busybox httpd).
 fn web(body: &str) -> String {
     format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
@@ -494,7 +471,7 @@ fn projects_are_isolated_and_spoofing_is_dropped() {
     let cloud = Cloud::start();
     cloud.ok(&["project", "create", "red"]);
     cloud.ok(&["project", "create", "blue"]);
-    let tar = starter_tar(&cloud);
+    let tar = cloud.starter_tar();
     for p in ["red", "blue"] {
         cloud.ok(&["image", "import", &tar, "--name", "busybox", "--project", p]);
         cloud.ok(&[

@@ -10,42 +10,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{wait_until, Cloud};
 
 /// Builds (or finds in the cache) a guest; the directory it printed.
-fn build_guest(target: &str) -> Result<PathBuf, String> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-guests"))
-        .arg(target)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run scripts/build-guests: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/build-guests {target} failed ({}):\n{}",
-            out.status,
-            common::tail(&String::from_utf8_lossy(&out.stderr), 20)
-        ));
-    }
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    Ok(PathBuf::from(dir))
-}
-
-fn guest(target: &str) -> PathBuf {
-    build_guest(target).unwrap_or_else(|e| panic!("the {target} test guest is needed: {e}"))
-}
-
 fn pid_alive(pid: i64) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
@@ -66,104 +38,6 @@ fn wait_log(cloud: &Cloud, name: &str, needle: &str, timeout: Duration) -> Strin
             logs.contains(needle).then_some(logs)
         },
     )
-}
-
-fn import_tiny(cloud: &Cloud) {
-    let dir = guest("tiny");
-    cloud.ok(&[
-        "image",
-        "import-kernel",
-        &dir.join("vmlinux").to_string_lossy(),
-        "--initrd",
-        &dir.join("tiny-initrd.img").to_string_lossy(),
-        "--name",
-        "tiny",
-    ]);
-}
-
-/// `nimbus instance console NAME` driven through pipes.
-struct Console {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: String,
-}
-
-impl Console {
-    fn attach(cloud: &Cloud, name: &str) -> Console {
-        let mut child = cloud
-            .command()
-            .args(["instance", "console", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nimbus instance console");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take().expect("stdin");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if tx.send(std::mem::take(&mut line)).is_err() {
-                    return;
-                }
-            }
-        });
-        Console {
-            child,
-            stdin,
-            lines,
-            seen: String::new(),
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("type on the console");
-    }
-
-    /// Whether `expect` shows up within `timeout`.
-    fn shows(&mut self, expect: &str, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while !self.seen.contains(expect) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            if let Ok(line) = self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(200)))
-            {
-                self.seen.push_str(&line);
-            }
-        }
-        true
-    }
-
-    /// Types `input` until the guest's shell prints `expect` (it may still
-    /// be starting), then detaches by ending the client; the VM stays.
-    fn roundtrip(mut self, input: &str, expect: &str) {
-        for _ in 0..10 {
-            self.type_line(input);
-            if self.shows(expect, Duration::from_secs(3)) {
-                return;
-            }
-        }
-        panic!(
-            "the console never showed {expect:?}; it showed:\n{}",
-            self.seen
-        );
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -344,7 +218,7 @@ fn vm_images_are_validated_at_import_and_rejects_leave_nothing() {
 #[test]
 fn unikernel_exit_status_becomes_the_instance_exit_code() {
     let cloud = Cloud::start();
-    let dir = guest("unikernel");
+    let dir = common::guest("unikernel");
     cloud.ok(&[
         "image",
         "import-kernel",
@@ -444,7 +318,7 @@ fn unikernel_exit_status_becomes_the_instance_exit_code() {
 #[test]
 fn tiny_vm_seed_console_pause_stop_and_survives_a_daemon_kill() {
     let mut cloud = Cloud::start();
-    import_tiny(&cloud);
+    cloud.import_tiny();
     let work = tempfile::tempdir().expect("tempdir");
     let user_data = work.path().join("user-data");
     std::fs::write(
@@ -509,10 +383,10 @@ fn tiny_vm_seed_console_pause_stop_and_survives_a_daemon_kill() {
     assert!(v["status"]["accelerator"].as_str().is_some(), "{v}");
 
     // Interactive console.
-    Console::attach(&cloud, "tiny1").roundtrip("echo CONSOLE-$((6*7))", "CONSOLE-42");
+    common::Console::attach(&cloud, "tiny1").roundtrip("echo CONSOLE-$((6*7))", "CONSOLE-42");
 
     // Pause and resume: a paused guest does not answer; it does once resumed.
-    let mut console = Console::attach(&cloud, "tiny1");
+    let mut console = common::Console::attach(&cloud, "tiny1");
     let v = cloud.json(&["instance", "pause", "tiny1"]).expect("pause");
     assert_eq!(v["status"]["phase"], "paused", "{v}");
     let err = cloud.nimbus(&["instance", "pause", "tiny1"]);
@@ -547,7 +421,7 @@ fn tiny_vm_seed_console_pause_stop_and_survives_a_daemon_kill() {
         v["status"]["qemu_pid"], pid,
         "same QEMU after re-adoption: {v}"
     );
-    Console::attach(&cloud, "tiny1").roundtrip("echo ADOPTED-$((3*3))", "ADOPTED-9");
+    common::Console::attach(&cloud, "tiny1").roundtrip("echo ADOPTED-$((3*3))", "ADOPTED-9");
 
     // Graceful stop: the ACPI power button, and the guest powers off.
     cloud.ok(&["instance", "stop", "tiny1"]);
@@ -720,7 +594,7 @@ fn disk_vm_boots_from_an_overlay_that_rm_removes() {
 /// logs in over SSH through a loopback port forward.
 #[test]
 fn debian_guest_applies_cloud_init_and_accepts_ssh() {
-    let dir = match build_guest("debian") {
+    let dir = match common::build_guest("debian") {
         Ok(d) => d,
         Err(e) if std::env::var_os("NIMBUS_SKIP_DEBIAN_GUEST").is_some() => {
             // Straight to the terminal: the test harness captures eprintln!

@@ -3,6 +3,7 @@
 //! checked for leaks (mounts, cgroups, processes) when dropped.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +65,51 @@ impl Cloud {
         cloud.spawn_daemon();
         cloud.wait_ready();
         cloud
+    }
+
+    /// Import the tiny test guest (kernel + initramfs) as image `tiny`.
+    pub fn import_tiny(&self) {
+        let dir = guest("tiny");
+        self.ok(&[
+            "image",
+            "import-kernel",
+            &dir.join("vmlinux").to_string_lossy(),
+            "--initrd",
+            &dir.join("tiny-initrd.img").to_string_lossy(),
+            "--name",
+            "tiny",
+        ]);
+    }
+
+    /// The unpacked starter image (a plain busybox root filesystem).
+    pub fn starter_rootfs(&self) -> PathBuf {
+        let v = self
+            .json(&["image", "get", "busybox"])
+            .expect("starter image");
+        let layer = v["status"]["layers"][0]
+            .as_str()
+            .expect("layer")
+            .trim_start_matches("sha256:")
+            .to_string();
+        self.data_dir().join("images/layers").join(layer)
+    }
+
+    /// The starter image's root filesystem as a tar file (made once), for
+    /// importing in other projects.
+    pub fn starter_tar(&self) -> String {
+        let out = self.data_dir().join("starter.tar");
+        if !out.exists() {
+            let st = Command::new("tar")
+                .arg("-C")
+                .arg(self.starter_rootfs())
+                .arg("-cf")
+                .arg(&out)
+                .arg(".")
+                .status()
+                .expect("tar");
+            assert!(st.success(), "tar of the starter image");
+        }
+        out.to_string_lossy().to_string()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -450,5 +496,120 @@ fn dechunk(body: &str) -> String {
         }
         out.push_str(&after[..size]);
         rest = after[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Build (or find cached) a test guest with `scripts/build-guests`: its directory.
+pub fn build_guest(target: &str) -> Result<PathBuf, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(repo.join("scripts/build-guests"))
+        .arg(target)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run scripts/build-guests: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/build-guests {target} failed ({}):\n{}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        ));
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(PathBuf::from(dir))
+}
+
+/// [`build_guest`], or a panic saying which guest is needed.
+pub fn guest(target: &str) -> PathBuf {
+    build_guest(target).unwrap_or_else(|e| panic!("the {target} test guest is needed: {e}"))
+}
+
+/// `nimbus instance console NAME` driven through pipes.
+pub struct Console {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: String,
+}
+
+impl Console {
+    pub fn attach(cloud: &Cloud, name: &str) -> Console {
+        let mut child = cloud
+            .command()
+            .args(["instance", "console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nimbus instance console");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take().expect("stdin");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if tx.send(std::mem::take(&mut line)).is_err() {
+                    return;
+                }
+            }
+        });
+        Console {
+            child,
+            stdin,
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type on the console");
+    }
+
+    /// Whether `expect` shows up within `timeout`.
+    pub fn shows(&mut self, expect: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.seen.contains(expect) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                self.seen.push_str(&line);
+            }
+        }
+        true
+    }
+
+    /// Types `input` until the guest's shell prints `expect` (it may still
+    /// be starting), then detaches by ending the client; the VM stays.
+    pub fn roundtrip(mut self, input: &str, expect: &str) {
+        for _ in 0..10 {
+            self.type_line(input);
+            if self.shows(expect, Duration::from_secs(3)) {
+                return;
+            }
+        }
+        panic!(
+            "the console never showed {expect:?}; it showed:\n{}",
+            self.seen
+        );
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -170,17 +170,7 @@ impl Socket {
                     std::io::Error::last_os_error(),
                 ));
             }
-            let tv = libc::timeval {
-                tv_sec: 5,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
+            crate::set_recv_timeout(fd, std::time::Duration::from_secs(5))?;
             Ok(Socket {
                 fd: owned,
                 buf: vec![0u8; 256 * 1024],

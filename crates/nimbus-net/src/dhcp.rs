@@ -75,20 +75,7 @@ fn socket_in_router() -> Result<OwnedFd> {
             libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, p, len),
             "IP_PKTINFO",
         )?;
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 500_000,
-        };
-        check(
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            ),
-            "SO_RCVTIMEO",
-        )?;
+        crate::set_recv_timeout(fd, std::time::Duration::from_millis(500))?;
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_port = 67u16.to_be();

@@ -57,3 +57,25 @@ impl NetError {
 }
 
 pub type Result<T> = std::result::Result<T, NetError>;
+
+/// Give the socket `fd` a receive timeout (`SO_RCVTIMEO`).
+pub(crate) fn set_recv_timeout(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid timeval of the size passed, on a descriptor the caller owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(NetError::io("SO_RCVTIMEO", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -115,8 +115,8 @@ impl Netlink {
         }
     }
 
-    /// Every link: (index, name, flags up).
-    pub fn links(&mut self) -> Result<Vec<(u32, String)>> {
+    /// Every link's message.
+    fn dump_links(&mut self) -> Result<Vec<LinkMessage>> {
         let replies = self.request(
             "list links",
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -125,42 +125,40 @@ impl Netlink {
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => {
-                    let name = l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    })?;
-                    Some((l.header.index, name))
-                }
+                RouteNetlinkMessage::NewLink(l) => Some(l),
                 _ => None,
             })
+            .collect())
+    }
+
+    fn name_of(link: &LinkMessage) -> Option<String> {
+        link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+    }
+
+    /// Every link: (index, name).
+    pub fn links(&mut self) -> Result<Vec<(u32, String)>> {
+        Ok(self
+            .dump_links()?
+            .iter()
+            .filter_map(|l| Some((l.header.index, Self::name_of(l)?)))
             .collect())
     }
 
     /// Names of the ports of the bridge `bridge`.
     pub fn bridge_ports(&mut self, bridge: &str) -> Result<Vec<String>> {
         let master = self.require_index(bridge)?;
-        let replies = self.request(
-            "list links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => {
-                    let on_bridge = l
-                        .attributes
-                        .iter()
-                        .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == master));
-                    let name = l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    })?;
-                    on_bridge.then_some(name)
-                }
-                _ => None,
+        Ok(self
+            .dump_links()?
+            .iter()
+            .filter(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == master))
             })
+            .filter_map(Self::name_of)
             .collect())
     }
 

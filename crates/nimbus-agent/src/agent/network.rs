@@ -16,8 +16,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use nimbus_api::resources::Object;
 use nimbus_api::{
-    Instance, InstanceAddress, InstanceKind, Network, Protocol, PublishedPort, ResourceList,
-    SecurityGroup, WatchEvent, WatchEventType,
+    Instance, InstanceAddress, Network, Protocol, PublishedPort, ResourceList, SecurityGroup,
+    WatchEvent, WatchEventType,
 };
 use nimbus_net::conntrack::{self, Flow};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
@@ -277,14 +277,16 @@ impl NetDriver {
         Ok(())
     }
 
-    /// Give a container its network: router, port, namespace, rules and
-    /// resolver files. `Ok(None)` for an instance on no network.
-    pub async fn attach_container(
+    /// What both kinds of attachment start with: the instance's address
+    /// and network, its router (made if needed, and locked), the port to
+    /// make, and its record (saved, so a crash from here on is cleaned up).
+    /// `None` for an instance on no network.
+    async fn open_port(
         &self,
         agent: &Agent,
         instance: &Instance,
-        dir: &Path,
-    ) -> Result<Option<Attachment>, String> {
+        vm: bool,
+    ) -> Result<Option<Opened<'_>>, String> {
         let Some(addr) = instance.status.addresses.first().cloned() else {
             return Ok(None);
         };
@@ -293,9 +295,9 @@ impl NetDriver {
         let mut routers = self.routers.lock().await;
         self.ensure_router(&mut routers, &project, &net, &addr)
             .await?;
-        let router_ns = names::router_netns(&net.metadata.id);
+        let id = &instance.metadata.id;
         let port = PortSpec {
-            instance_id: instance.metadata.id.clone(),
+            instance_id: id.clone(),
             ip: addr.ip,
             prefix_len: addr.prefix_len,
             gateway: addr.gateway,
@@ -304,13 +306,46 @@ impl NetDriver {
         };
         let record = PortRecord {
             network_id: net.metadata.id.clone(),
-            project: project.clone(),
-            link: names::port_link(&instance.metadata.id),
+            project,
+            link: if vm {
+                names::tap_link(id)
+            } else {
+                names::port_link(id)
+            },
             ip: addr.ip,
             mac: addr.mac.clone(),
-            vm: instance.spec.kind == InstanceKind::Vm,
+            vm,
         };
-        self.save_port(&instance.metadata.id, &record)?;
+        self.save_port(id, &record)?;
+        Ok(Some(Opened {
+            router_ns: names::router_netns(&net.metadata.id),
+            addr,
+            net,
+            routers,
+            port,
+            record,
+        }))
+    }
+
+    /// Give a container its network: router, port, namespace, rules and
+    /// resolver files. `Ok(None)` for an instance on no network.
+    pub async fn attach_container(
+        &self,
+        agent: &Agent,
+        instance: &Instance,
+        dir: &Path,
+    ) -> Result<Option<Attachment>, String> {
+        let Some(Opened {
+            addr,
+            net,
+            mut routers,
+            router_ns,
+            port,
+            record,
+        }) = self.open_port(agent, instance, false).await?
+        else {
+            return Ok(None);
+        };
         let t0 = std::time::Instant::now();
         if let Ok(mut k) = self.known.lock() {
             k.instances
@@ -343,11 +378,7 @@ impl NetDriver {
                 addr.network
             ));
         }
-        let dns: Vec<Ipv4Addr> = if net.spec.dns.is_empty() {
-            vec![addr.gateway]
-        } else {
-            net.spec.dns.clone()
-        };
+        let dns = resolvers(&net, &addr);
         let mut resolv: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         if let Some(s) = &net.spec.dns_search {
             resolv.push_str(&format!("search {s}\n"));
@@ -380,34 +411,17 @@ impl NetDriver {
         agent: &Agent,
         instance: &Instance,
     ) -> Result<Option<VmAttachment>, String> {
-        let Some(addr) = instance.status.addresses.first().cloned() else {
+        let Some(Opened {
+            addr,
+            net,
+            mut routers,
+            router_ns,
+            port,
+            ..
+        }) = self.open_port(agent, instance, true).await?
+        else {
             return Ok(None);
         };
-        let project = instance.metadata.project.clone().unwrap_or_default();
-        let net = self.network(agent, &project, &addr.network).await?;
-        let mut routers = self.routers.lock().await;
-        self.ensure_router(&mut routers, &project, &net, &addr)
-            .await?;
-        let router_ns = names::router_netns(&net.metadata.id);
-        let port = PortSpec {
-            instance_id: instance.metadata.id.clone(),
-            ip: addr.ip,
-            prefix_len: addr.prefix_len,
-            gateway: addr.gateway,
-            mac: addr.mac.clone(),
-            mtu: router::DEFAULT_MTU,
-        };
-        self.save_port(
-            &instance.metadata.id,
-            &PortRecord {
-                network_id: net.metadata.id.clone(),
-                project: project.clone(),
-                link: names::tap_link(&instance.metadata.id),
-                ip: addr.ip,
-                mac: addr.mac.clone(),
-                vm: true,
-            },
-        )?;
         if let Some(r) = routers.get_mut(&net.metadata.id) {
             if r.dhcp.is_none() {
                 match nimbus_net::dhcp::start(&r.host.netns, addr.gateway, r.leases.clone()) {
@@ -447,11 +461,7 @@ impl NetDriver {
                 ip: addr.ip,
                 prefix_len: addr.prefix_len,
                 gateway: addr.gateway,
-                dns: if net.spec.dns.is_empty() {
-                    vec![addr.gateway]
-                } else {
-                    net.spec.dns.clone()
-                },
+                dns: resolvers(&net, &addr),
                 search: net.spec.dns_search.iter().cloned().collect(),
                 mtu: router::DEFAULT_MTU,
             },
@@ -846,6 +856,25 @@ fn flush_host_flows(gone: &[HostForward], new: &[HostForward]) -> nimbus_net::Re
 }
 
 type RouterOutput = (RouterRules, HashMap<String, Ipv4Addr>);
+
+/// The resolvers an instance is given: the network's, else its gateway's.
+fn resolvers(net: &Network, addr: &InstanceAddress) -> Vec<Ipv4Addr> {
+    if net.spec.dns.is_empty() {
+        vec![addr.gateway]
+    } else {
+        net.spec.dns.clone()
+    }
+}
+
+/// See [`NetDriver::open_port`].
+struct Opened<'a> {
+    addr: InstanceAddress,
+    net: Network,
+    routers: tokio::sync::MutexGuard<'a, HashMap<String, RouterState>>,
+    router_ns: PathBuf,
+    port: PortSpec,
+    record: PortRecord,
+}
 
 /// Every router's script and DNS names, and the host's port forwards.
 fn render(
