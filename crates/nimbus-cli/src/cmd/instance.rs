@@ -483,7 +483,10 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
         InstanceCmd::List { selector } => {
             let mut url = format!("/v1/projects/{p}/instances");
             if let Some(s) = selector {
-                url.push_str(&format!("?selector={}", urlencode(&s)));
+                url.push_str(&format!(
+                    "?selector={}",
+                    nimbus_api::client::query_escape(&s)
+                ));
             }
             let list: ResourceList<Instance> = client.list_all(&url).await?;
             print(g, &list, || rows(&list.items))
@@ -624,15 +627,4 @@ async fn finish(
             .ok_or_else(|| anyhow::anyhow!("instance {name:?} disappeared"))?
     };
     print(g, &i, || rows(std::slice::from_ref(&i)))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'=' | b',' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -200,19 +200,9 @@ pub async fn network(g: &Globals, cmd: NetworkCmd) -> anyhow::Result<()> {
             print(g, &n, || network_rows(std::slice::from_ref(&n)))
         }
         NetworkCmd::List => {
-            let mut list: ResourceList<Network> = client
+            let list: ResourceList<Network> = client
                 .list_all(&format!("/v1/projects/{p}/networks"))
                 .await?;
-            // Lists carry networks as stored; their address counts and
-            // gateway are computed per network.
-            for n in list.items.iter_mut() {
-                if let Ok(full) = client
-                    .get::<Network>(&format!("/v1/projects/{p}/networks/{}", n.metadata.name))
-                    .await
-                {
-                    *n = full;
-                }
-            }
             print(g, &list, || network_rows(&list.items))
         }
         NetworkCmd::Get { name } => {

@@ -31,7 +31,21 @@ pub async fn list(
     Query(opts): Query<ListOptions>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
-    super::watch::list_in_project::<Network>(&state, caller, project, &opts, &headers).await
+    if opts.watch == Some(true) {
+        return super::watch::list_in_project::<Network>(&state, caller, project, &opts, &headers)
+            .await;
+    }
+    // A network's status (gateway, addresses in use) is computed, not
+    // stored, so a list is filled like a get. Projects have few networks.
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    let mut page = state
+        .repo
+        .list::<Network>(Some(&project), &opts, |_| true)
+        .await?;
+    for net in page.items.iter_mut() {
+        fill_status(&state.repo, &project, net).await?;
+    }
+    Ok(Json(page).into_response())
 }
 
 /// Networks of every project: for system administrators and host agents.
