@@ -277,6 +277,27 @@ fn unikernel_exit_status_becomes_the_instance_exit_code() {
     let v = cloud.wait_phase("uk0", &["exited", "failed"], Duration::from_secs(60));
     assert_eq!(v["status"]["phase"], "exited", "{v}");
     assert_eq!(v["status"]["exit_code"], 0, "{v}");
+    // A unikernel may end while the shim is still greeting QEMU's QMP
+    // socket; every such quick run still ends as an exit with its status.
+    for i in 0..8 {
+        let name = format!("ukq{i}");
+        cloud.ok(&[
+            "instance",
+            "run",
+            &name,
+            "--kind",
+            "unikernel",
+            "--image",
+            "hello-uk",
+            "--memory",
+            "32MiB",
+            "--",
+            "exit=5",
+        ]);
+        let v = cloud.wait_phase(&name, &["exited", "failed"], Duration::from_secs(60));
+        assert_eq!(v["status"]["exit_code"], 5, "{v}");
+        cloud.ok(&["instance", "rm", &name]);
+    }
     // What a VM was made from cannot be swapped under it by a replace.
     let mut changed = cloud.instance("uk3");
     changed["spec"]["kind"] = "vm".into();

@@ -153,8 +153,11 @@ async fn step(
                 }
                 launch(agent, instance, &dir, tracked).await?;
             } else if tracked.subscription.is_none() {
-                // Adopt: after an agent restart, or a shim that ended.
-                let base = instance.status.clone();
+                // Adopt: after an agent restart, or a shim that ended. The
+                // watch event may predate our own report of this start, so
+                // the generation acted on is the wanted one either way.
+                let mut base = instance.status.clone();
+                base.observed_generation = wanted_generation;
                 if live.is_some() {
                     tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
                 } else if !instance.status.phase.is_terminal() {

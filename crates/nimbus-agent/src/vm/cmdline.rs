@@ -25,6 +25,10 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // The vCPUs start paused; the shim lets them run once it holds QMP. A
+    // guest that ends while QEMU still negotiates QMP leaves QEMU 10.0 stuck
+    // in its monitor cleanup, with the guest's exit status lost.
+    push(&["-S"]);
     push(&["-sandbox", SANDBOX]);
     if let Some(user) = &spec.run_as {
         push(&["-run-with", &format!("user={user}")]);
@@ -193,6 +197,10 @@ mod tests {
         assert!(line.contains("-M microvm,"), "{line}");
         assert!(line.contains("isa-debug-exit,iobase=0xf4"), "{line}");
         assert!(line.contains("-append exit=3"), "{line}");
+        assert!(
+            args.iter().any(|a| a == "-S"),
+            "vCPUs wait for the shim to hold QMP: {line}"
+        );
         assert!(!line.contains("-drive"), "{line}");
         assert!(!line.contains("-netdev"), "{line}");
         assert!(

@@ -28,6 +28,10 @@ use crate::container::state::{write_state, Phase, ShimState};
 
 /// How long QEMU gets to open its QMP socket after it starts.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a QEMU whose QMP connection failed is given to show it is exiting.
+const QMP_EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long QEMU may take to exit after it reported the guest's shutdown.
+const SHUTDOWN_EXIT_GRACE: Duration = Duration::from_secs(10);
 /// How long console output may keep arriving after QEMU exited.
 const DRAIN: Duration = Duration::from_secs(1);
 /// When the shim trims its working set a second time after the start.
@@ -361,9 +365,26 @@ pub(crate) async fn supervise(
     let start = tokio::select! {
         q = Qmp::connect(&paths.qmp_socket, QMP_CONNECT_TIMEOUT) => match q {
             Ok(q) => Start::Connected(q),
-            Err(e) => Start::NoQmp(e.to_string()),
+            Err(e) => Start::NoQmp(format!("QEMU did not open its QMP socket: {e}")),
         },
         status = qemu.child.wait() => Start::Exited(status.ok()),
+    };
+    // A QMP failure while QEMU is on its way out (a unikernel ending during
+    // the handshake resets the connection) is an exit, not a start failure.
+    let start = match start {
+        Start::NoQmp(why) => match tokio::time::timeout(QMP_EXIT_GRACE, qemu.child.wait()).await {
+            Ok(status) => Start::Exited(status.ok()),
+            Err(_) => Start::NoQmp(why),
+        },
+        other => other,
+    };
+    // QEMU holds the vCPUs (`-S`) until QMP is ready: let the guest run.
+    let start = match start {
+        Start::Connected(mut q) => match q.cont().await {
+            Ok(()) => Start::Connected(q),
+            Err(e) => Start::NoQmp(format!("QEMU did not start the guest's vCPUs: {e}")),
+        },
+        other => other,
     };
     let mut qmp = None;
     let mut early_exit = None;
@@ -376,13 +397,7 @@ pub(crate) async fn supervise(
             if let Some(t) = stderr_task {
                 let _ = tokio::time::timeout(DRAIN, t).await;
             }
-            fail(
-                &shim,
-                &mut ready,
-                format!("QEMU did not open its QMP socket: {why}"),
-                Vec::new(),
-            )
-            .await;
+            fail(&shim, &mut ready, why, Vec::new()).await;
             return 1;
         }
     }
@@ -411,7 +426,14 @@ pub(crate) async fn supervise(
                 event = next_event(&mut qmp) => match event {
                     Some(QmpEvent::Stop) => shim.update(|s| { if s.phase == Phase::Running { s.phase = Phase::Paused } }),
                     Some(QmpEvent::Resume) => shim.update(|s| { if s.phase == Phase::Paused { s.phase = Phase::Running } }),
-                    Some(QmpEvent::Shutdown { reason, .. }) => shutdown_reason = Some(reason),
+                    Some(QmpEvent::Shutdown { reason, .. }) => {
+                        shutdown_reason = Some(reason);
+                        // QEMU exits right after SHUTDOWN; one stuck in its
+                        // cleanup would otherwise hold the instance forever.
+                        if kill_at.is_none() {
+                            kill_at = Some(Instant::now() + SHUTDOWN_EXIT_GRACE);
+                        }
+                    }
                     Some(_) => {}
                     // QMP closed: QEMU is exiting; its exit comes next.
                     None => qmp = None,
@@ -474,7 +496,7 @@ pub(crate) async fn supervise(
         .cloned()
         .collect::<Vec<_>>()
         .join("\n");
-    let exit = describe_exit(
+    let mut exit = describe_exit(
         shim.spec.kind,
         code,
         signal,
@@ -483,6 +505,14 @@ pub(crate) async fn supervise(
         shutdown_reason.as_deref(),
         &tail,
     );
+    if forced && !stop_requested {
+        exit.phase = Phase::Failed;
+        exit.reason = format!(
+            "QEMU did not exit within {}s after the guest shut down ({}) and was killed; the guest's exit status is lost",
+            SHUTDOWN_EXIT_GRACE.as_secs(),
+            shutdown_reason.as_deref().unwrap_or("no reason given")
+        );
+    }
     while let Ok(cmd) = command_rx.try_recv() {
         match cmd {
             VmCommand::Stop { reply, .. } => stop_replies.push(reply),
