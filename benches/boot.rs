@@ -126,7 +126,10 @@ fn bare_boot(
         matches!(spec.boot, Boot::Kernel { .. }),
         "the boot bench uses kernel images"
     );
-    let (program, args) = qemu_command(&spec, scratch);
+    let (program, mut args) = qemu_command(&spec, scratch);
+    // Nimbus holds the vCPUs (`-S`) until its shim has QMP; bare QEMU has
+    // nobody to release them, so it runs at once.
+    args.retain(|a| a != "-S");
     let t0 = Instant::now();
     let mut child = Command::new(program)
         .args(&args)

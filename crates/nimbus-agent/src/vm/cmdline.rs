@@ -140,10 +140,20 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     }
     push(&["-chardev", "stdio,id=console,signal=off"]);
     push(&["-serial", "chardev:console"]);
-    push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
-    ]);
+    match spec.qmp_fd {
+        // Already connected: the shim speaks QMP at once, with no socket
+        // file to wait for and nobody else able to connect.
+        Some(fd) => push(&[
+            "-chardev",
+            &format!("socket,id=qmp,fd={fd}"),
+            "-mon",
+            "chardev=qmp,mode=control",
+        ]),
+        None => push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", paths.qmp_socket.display()),
+        ]),
+    }
     push(&["-pidfile", &paths.pidfile.display().to_string()]);
     ("qemu-system-x86_64".to_string(), a)
 }
@@ -171,6 +181,7 @@ mod tests {
             seed: Some(PathBuf::from("/d/seed,1.img")),
             port_forwards: vec![(2222, 22)],
             tap_fd: None,
+            qmp_fd: None,
             tap: None,
             run_as: Some("nimbus-vm".into()),
             stop_grace_ms: 1000,
@@ -192,8 +203,14 @@ mod tests {
         );
         s.seed = None;
         s.port_forwards.clear();
+        s.qmp_fd = Some(7);
         let (_, args) = qemu_command(&s, Path::new("/d"));
         let line = args.join(" ");
+        assert!(
+            line.contains("-chardev socket,id=qmp,fd=7 -mon chardev=qmp,mode=control"),
+            "QMP over the shim's socket pair: {line}"
+        );
+        assert!(!line.contains("qmp.sock"), "{line}");
         assert!(line.contains("-M microvm,"), "{line}");
         assert!(line.contains("isa-debug-exit,iobase=0xf4"), "{line}");
         assert!(line.contains("-append exit=3"), "{line}");

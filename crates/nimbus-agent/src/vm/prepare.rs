@@ -146,6 +146,7 @@ pub fn prepare_instance(
             .map(|f| (f.host_port, f.guest_port))
             .collect(),
         tap_fd: None,
+        qmp_fd: None,
         tap: None,
         run_as: Some(VM_USER.to_string()),
         stop_grace_ms,

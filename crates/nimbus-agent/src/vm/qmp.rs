@@ -7,7 +7,6 @@
 //! handed out by [`Qmp::next_event`].
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -84,23 +83,22 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects (retrying until QEMU has created the socket or `timeout`
-    /// passes), reads the greeting and leaves capability negotiation mode.
-    pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let shown = path.display().to_string();
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => break s,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(QmpError::Io {
-                        path: shown,
-                        source: e,
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
+    /// Speaks QMP over a socket already connected to QEMU (the shim's end
+    /// of a socket pair): reads the greeting and leaves negotiation mode.
+    pub async fn over(stream: UnixStream, name: &str, timeout: Duration) -> Result<Qmp, QmpError> {
+        Qmp::handshake(
+            stream,
+            name.to_string(),
+            tokio::time::Instant::now() + timeout,
+        )
+        .await
+    }
+
+    async fn handshake(
+        stream: UnixStream,
+        shown: String,
+        deadline: tokio::time::Instant,
+    ) -> Result<Qmp, QmpError> {
         let (read, writer) = stream.into_split();
         let mut qmp = Qmp {
             path: shown,
@@ -271,11 +269,8 @@ mod tests {
     /// A fake QEMU on a socket pair, next to the real-QEMU tests in `tests/vms.rs`.
     #[tokio::test]
     async fn negotiates_matches_replies_and_queues_events() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("qmp.sock");
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let (ours, mut s) = UnixStream::pair().expect("socket pair");
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
             s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
                 .await
                 .expect("greet");
@@ -298,9 +293,9 @@ mod tests {
                 .await
                 .expect("error");
         });
-        let mut qmp = Qmp::connect(&path, Duration::from_secs(5))
+        let mut qmp = Qmp::over(ours, "test", Duration::from_secs(5))
             .await
-            .expect("connect");
+            .expect("handshake");
         let st = qmp.query_status().await.expect("status");
         assert_eq!(st.status, "paused");
         let err = qmp.cont().await.expect_err("refused");

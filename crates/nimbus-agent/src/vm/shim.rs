@@ -26,8 +26,8 @@ use crate::container::daemon::{signal_ready, READY_FAILED, READY_RUNNING};
 use crate::container::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
 use crate::container::state::{write_state, Phase, ShimState};
 
-/// How long QEMU gets to open its QMP socket after it starts.
-const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long QEMU gets to greet on QMP and leave negotiation after it starts.
+const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a QEMU whose QMP connection failed is given to show it is exiting.
 const QMP_EXIT_GRACE: Duration = Duration::from_millis(500);
 /// How long QEMU may take to exit after it reported the guest's shutdown.
@@ -184,6 +184,8 @@ struct Qemu {
     child: tokio::process::Child,
     pid: Pid,
     serial: OwnedFd,
+    /// The shim's end of the QMP socket pair, taken by the handshake.
+    qmp: OwnedFd,
 }
 
 fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
@@ -196,11 +198,20 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
         None => None,
     };
     let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // QMP: a connected socket pair, QEMU's end passed as a descriptor.
+    let (qmp_ours, qmp_theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot create the QMP socket pair: {e}"))?;
+    let qmp_raw = std::os::fd::AsRawFd::as_raw_fd(&qmp_theirs);
     let mut spec = shim.spec.clone();
     spec.tap_fd = tap_raw;
+    spec.qmp_fd = Some(qmp_raw);
     let (program, args) = qemu_command(&spec, &shim.dir);
     let paths = VmPaths::new(&shim.dir);
-    let _ = std::fs::remove_file(&paths.qmp_socket);
     let _ = std::fs::remove_file(&paths.pidfile);
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -239,18 +250,21 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
             libc::close(fd);
             // Until QEMU changes user, it also dies with its supervisor.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // QEMU inherits the tap (only the child's copy loses close-on-exec).
+            // QEMU inherits the tap and its QMP socket (only the child's
+            // copies lose close-on-exec).
             if let Some(fd) = tap_raw {
                 libc::fcntl(fd, libc::F_SETFD, 0);
             }
+            libc::fcntl(qmp_raw, libc::F_SETFD, 0);
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| {
         format!("cannot run {program}: {e}; install QEMU (`apt-get install qemu-system-x86`)")
     })?;
-    // QEMU holds its own copy now.
+    // QEMU holds its own copies now.
     drop(tap);
+    drop(qmp_theirs);
     let pid = child
         .id()
         .map(|p| Pid::from_raw(p as i32))
@@ -259,6 +273,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
         child,
         pid,
         serial: ours,
+        qmp: qmp_ours,
     })
 }
 
@@ -356,16 +371,25 @@ pub(crate) async fn supervise(
     // QEMU opens the QMP socket during start-up. It may also end first: a
     // unikernel can finish before the shim connects, and a bad command line
     // fails at once; both are judged by their exit below.
-    let paths = VmPaths::new(&shim.dir);
     enum Start {
         Connected(Qmp),
         NoQmp(String),
         Exited(Option<std::process::ExitStatus>),
     }
+    let qmp_stream = std::os::unix::net::UnixStream::from(qemu.qmp);
+    let handshake = async {
+        qmp_stream
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::from_std(qmp_stream).map_err(|e| e.to_string())?;
+        Qmp::over(stream, "QEMU's QMP socket pair", QMP_HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+    };
     let start = tokio::select! {
-        q = Qmp::connect(&paths.qmp_socket, QMP_CONNECT_TIMEOUT) => match q {
+        q = handshake => match q {
             Ok(q) => Start::Connected(q),
-            Err(e) => Start::NoQmp(format!("QEMU did not open its QMP socket: {e}")),
+            Err(e) => Start::NoQmp(format!("QEMU did not answer on QMP: {e}")),
         },
         status = qemu.child.wait() => Start::Exited(status.ok()),
     };
@@ -684,7 +708,6 @@ async fn fail(
 /// requests, and lets clients read the final state.
 async fn finish(shim: &Rc<VmShim>, exit: VmExit, replies: Vec<oneshot::Sender<ShimState>>) {
     let paths = VmPaths::new(&shim.dir);
-    let _ = std::fs::remove_file(&paths.qmp_socket);
     let _ = std::fs::remove_file(&paths.pidfile);
     let _ = std::fs::remove_file(shim.dir.join(SOCKET_FILE));
     shim.console_out.borrow_mut().take();

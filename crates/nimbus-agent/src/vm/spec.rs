@@ -72,6 +72,11 @@ pub struct VmShimSpec {
     /// by the shim after it opened `tap`.
     #[serde(default)]
     pub tap_fd: Option<i32>,
+    /// QEMU's end of the shim's QMP socket pair (`-chardev socket,fd=N`);
+    /// set by the shim. Without one QEMU listens on `qmp.sock` instead (the
+    /// boot benchmark's bare QEMU).
+    #[serde(default)]
+    pub qmp_fd: Option<i32>,
     /// The VM's port on a Nimbus network: a persistent tap in a router
     /// namespace, opened by the shim just before QEMU starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
