@@ -16,13 +16,14 @@
 //! ([`cmdline`]); it opens its files as root, then drops to that user. Its
 //! serial port is its stdio, a socket pair held by the shim, which tees the
 //! output into the size-capped `console.log` and to one attached console
-//! client. QMP ([`qmp`]) on `qmp.sock` is held by the shim: power-down,
+//! client. QMP ([`qmp`]), over a second socket pair, is held by the shim:
+//! power-down,
 //! pause (`stop`/`cont`), status and events. The accelerator is chosen once
 //! per agent by [`probe`].
 //!
 //! Instance directory (besides the container shim's `state.json`,
 //! `shim.sock`, `console.log*`): `vm.json`, `root.qcow2` (overlay, kept
-//! across stop/start), `seed.img`, `qmp.sock` and `qemu.pid` while running.
+//! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
 pub mod prepare;
