@@ -30,8 +30,10 @@ use crate::container::state::{write_state, Phase, ShimState};
 const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a QEMU whose QMP connection failed is given to show it is exiting.
 const QMP_EXIT_GRACE: Duration = Duration::from_millis(500);
-/// How long QEMU may take to exit after it reported the guest's shutdown.
-const SHUTDOWN_EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long QEMU may take to exit after it reported the guest's shutdown:
+/// long enough to close its disks, short enough to end a QEMU stuck in its
+/// cleanup.
+const SHUTDOWN_EXIT_GRACE: Duration = Duration::from_secs(30);
 /// How long console output may keep arriving after QEMU exited.
 const DRAIN: Duration = Duration::from_secs(1);
 /// When the shim trims its working set a second time after the start.
@@ -368,9 +370,9 @@ pub(crate) async fn supervise(
         }
     };
 
-    // QEMU opens the QMP socket during start-up. It may also end first: a
-    // unikernel can finish before the shim connects, and a bad command line
-    // fails at once; both are judged by their exit below.
+    // QEMU greets on QMP during start-up, its vCPUs held (`-S`). It may also
+    // end first (a bad command line fails at once): that is judged by its
+    // exit below.
     enum Start {
         Connected(Qmp),
         NoQmp(String),
