@@ -38,9 +38,11 @@ fn pids_limit_contains_a_fork_bomb() {
         return;
     }
     let inst = Instance::new("pids", |id, layer| {
-        // The shell that hits the limit dies ("can't fork"), so the bomb runs in
-        // children while the init itself stays up as `sleep`.
-        let bomb = "for i in 1 2 3; do (while true; do sleep 10 & done) & done; exec sleep 600";
+        // A shell that hits the limit dies ("can't fork"), so the bomb runs in
+        // children, started only once the init itself is `sleep`: under the
+        // CPU quota the bomb could otherwise take the last pids before the
+        // init's own forks, and the container would end.
+        let bomb = "(sleep 0.3; for i in 1 2 3; do (while true; do sleep 10 & done) & done) & exec sleep 600";
         let mut spec = sh_spec(id, layer, bomb);
         spec.resources.pids_max = Some(20);
         spec.resources.cpu_millis = Some(200);
@@ -58,8 +60,9 @@ fn pids_limit_contains_a_fork_bomb() {
                 .lines()
                 .any(|l| l.starts_with("max ") && l != "max 0")
         }),
-        "the fork bomb never hit the limit: {}",
-        read("pids.events")
+        "the fork bomb never hit the limit: pids.events {:?}, container {:?}",
+        read("pids.events"),
+        inst.client().status().map(|s| s.phase)
     );
     for _ in 0..10 {
         let current: u32 = read("pids.current").trim().parse().unwrap_or(0);
