@@ -196,18 +196,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let tiny = common::guest("tiny");
     let uk = common::guest("unikernel");
     let cloud = common::Cloud::start();
-    cloud.ok(&[
-        "image",
-        "import-kernel",
-        &tiny.join("vmlinux").to_string_lossy(),
-        "--initrd",
-        &tiny.join("tiny-initrd.img").to_string_lossy(),
-        "--name",
-        "tiny",
-    ]);
+    cloud.import_tiny();
     cloud.ok(&[
         "image",
         "import-kernel",

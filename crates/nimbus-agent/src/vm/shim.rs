@@ -190,6 +190,17 @@ struct Qemu {
     qmp: OwnedFd,
 }
 
+/// A connected, close-on-exec pair of stream sockets for `what`.
+fn stream_pair(what: &str) -> Result<(OwnedFd, OwnedFd), String> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot create the {what} socket pair: {e}"))
+}
+
 fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     // The network port: the persistent tap the agent made on the router.
     let tap = match &shim.spec.tap {
@@ -201,13 +212,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     };
     let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     // QMP: a connected socket pair, QEMU's end passed as a descriptor.
-    let (qmp_ours, qmp_theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot create the QMP socket pair: {e}"))?;
+    let (qmp_ours, qmp_theirs) = stream_pair("QMP")?;
     let qmp_raw = std::os::fd::AsRawFd::as_raw_fd(&qmp_theirs);
     let mut spec = shim.spec.clone();
     spec.tap_fd = tap_raw;
@@ -215,13 +220,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     let (program, args) = qemu_command(&spec, &shim.dir);
     let paths = VmPaths::new(&shim.dir);
     let _ = std::fs::remove_file(&paths.pidfile);
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot create the serial console socket pair: {e}"))?;
+    let (ours, theirs) = stream_pair("serial console")?;
     let theirs_in = theirs
         .try_clone()
         .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
