@@ -45,6 +45,66 @@ macro_rules! object {
 pub struct ProjectSpec {
     #[serde(default)]
     pub description: String,
+    /// Limits given to instances that do not set their own. Unset fields
+    /// fall back to the built-in defaults (`InstanceDefaults::BUILT_IN`).
+    #[serde(default)]
+    pub instance_defaults: Resources,
+    /// Host ports the project's members may publish (and claim as VM
+    /// forwards). Only a system administrator changes it.
+    #[serde(default)]
+    pub host_ports: HostPortPolicy,
+}
+
+/// Which host ports a project may claim, and how many at once.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct HostPortPolicy {
+    /// Lowest host port the project may claim (never below 1024).
+    pub min: u16,
+    /// Highest host port the project may claim.
+    pub max: u16,
+    /// How many host ports the project may hold at once (published ports
+    /// and VM forwards together).
+    pub max_count: u32,
+}
+
+impl HostPortPolicy {
+    pub const DEFAULT_MAX_COUNT: u32 = 64;
+}
+
+impl Default for HostPortPolicy {
+    fn default() -> Self {
+        HostPortPolicy {
+            min: 1024,
+            max: 65535,
+            max_count: Self::DEFAULT_MAX_COUNT,
+        }
+    }
+}
+
+/// The limits an instance gets when neither it nor its project sets them.
+pub struct InstanceDefaults;
+
+impl InstanceDefaults {
+    /// 1 GiB of memory, one CPU, 1024 processes.
+    pub const BUILT_IN: Resources = Resources {
+        memory_bytes: Some(1 << 30),
+        cpu_millis: Some(1000),
+        pids_max: Some(1024),
+    };
+
+    /// `spec`'s unset fields filled from the project's defaults, then from
+    /// the built-in ones.
+    pub fn effective(spec: &Resources, project: &Resources) -> Resources {
+        let b = Self::BUILT_IN;
+        Resources {
+            memory_bytes: spec
+                .memory_bytes
+                .or(project.memory_bytes)
+                .or(b.memory_bytes),
+            cpu_millis: spec.cpu_millis.or(project.cpu_millis).or(b.cpu_millis),
+            pids_max: spec.pids_max.or(project.pids_max).or(b.pids_max),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]

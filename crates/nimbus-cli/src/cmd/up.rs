@@ -95,6 +95,7 @@ async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
                 metadata: Metadata::new("default", None),
                 spec: ProjectSpec {
                     description: "created at first start".into(),
+                    ..Default::default()
                 },
                 status: ProjectStatus::default(),
             })

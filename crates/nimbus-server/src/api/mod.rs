@@ -42,7 +42,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/projects", get(projects::list).post(projects::create))
         .route(
             "/v1/projects/{project}",
-            get(projects::get).delete(projects::delete),
+            get(projects::get)
+                .put(projects::update)
+                .delete(projects::delete),
         )
         .route(
             "/v1/projects/{project}/rolebindings",

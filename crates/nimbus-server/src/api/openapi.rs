@@ -10,7 +10,7 @@ use super::{addresses, audit, hosts, images, instances, networks, projects, secg
     info(title = "Nimbus API", description = "Private and hybrid cloud: projects, images, instances, hosts."),
     paths(
         super::health, super::whoami, audit::list,
-        projects::list, projects::create, projects::get, projects::delete,
+        projects::list, projects::create, projects::get, projects::update, projects::delete,
         users::list, users::create, users::get, users::delete,
         users::create_token, users::list_tokens, users::get_token, users::delete_token,
         users::list_bindings, users::get_binding, users::create_binding, users::delete_binding,

@@ -59,6 +59,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Project>)> {
     auth::require_system_admin(&caller)?;
     validate_name("project", &req.name).map_err(ApiError::invalid)?;
+    validate_project_spec(&req.spec).map_err(ApiError::invalid)?;
     let mut metadata = Metadata::new(&req.name, None);
     metadata.labels = req.labels;
     let project = state
@@ -81,6 +82,57 @@ pub async fn get(
 ) -> ApiResult<Json<Project>> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
     Ok(Json(state.repo.get(None, &project).await?))
+}
+
+/// Replace a project's settings: description, instance defaults and host
+/// port policy (system administrators).
+#[utoipa::path(put, path = "/v1/projects/{project}", request_body = ProjectSpec,
+    responses((status = 200, body = Project), (status = 404, description = "not found or not yours")))]
+pub async fn update(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    super::body::JsonBody(spec): super::body::JsonBody<ProjectSpec>,
+) -> ApiResult<Json<Project>> {
+    auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    auth::require_system_admin(&caller)?;
+    validate_project_spec(&spec).map_err(ApiError::invalid)?;
+    let saved = state
+        .repo
+        .modify::<Project, _>(None, &project, |p| {
+            p.spec = spec.clone();
+            Ok(())
+        })
+        .await?;
+    Ok(Json(saved))
+}
+
+/// What a project's settings must satisfy.
+pub fn validate_project_spec(spec: &ProjectSpec) -> Result<(), String> {
+    let ports = &spec.host_ports;
+    if ports.min < 1024 {
+        return Err(format!(
+            "host port range starts at {}: ports below 1024 belong to the host; use 1024 or more",
+            ports.min
+        ));
+    }
+    if ports.min > ports.max {
+        return Err(format!(
+            "host port range {}-{} is empty: give the lower port first",
+            ports.min, ports.max
+        ));
+    }
+    let d = &spec.instance_defaults;
+    if d.memory_bytes.is_some_and(|m| m < 4 << 20) {
+        return Err("default memory must be at least 4 MiB".into());
+    }
+    if d.cpu_millis == Some(0) {
+        return Err("default CPU must be more than 0".into());
+    }
+    if d.pids_max.is_some_and(|p| p < 1) {
+        return Err("default pids limit must be at least 1".into());
+    }
+    Ok(())
 }
 
 #[utoipa::path(delete, path = "/v1/projects/{project}",
