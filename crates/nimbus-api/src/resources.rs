@@ -427,8 +427,16 @@ pub struct InstanceSpec {
     /// Command and arguments; empty means the image's entrypoint and cmd.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Environment of the container, shown to every reader of the project.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment whose values are never shown: responses carry the names
+    /// with the value `<secret>` (`SECRET_REDACTED`), and the store holds
+    /// them sealed. Only the agent of the instance's host gets the values,
+    /// to start the workload. In a replace, `<secret>` keeps a value and a
+    /// name left out removes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// `uid` or `uid:gid` inside the container.
@@ -617,7 +625,33 @@ pub struct Instance {
     #[serde(default)]
     pub status: InstanceStatus,
 }
-object!(Instance, "instances", "instance", true);
+impl Object for Instance {
+    const COLLECTION: &'static str = "instances";
+    const KIND: &'static str = "instance";
+    const PROJECT_SCOPED: bool = true;
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+    /// Secret values never leave the server: only their names are shown.
+    fn redact(&mut self) {
+        for value in self.spec.secret_env.values_mut() {
+            *value = SECRET_REDACTED.to_string();
+        }
+    }
+}
+
+/// The opened secret environment of an instance, for its host's agent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SecretEnv {
+    pub values: BTreeMap<String, String>,
+}
+
+/// What responses show instead of a secret environment value. Sent back in
+/// a replace (PUT), it keeps the stored value.
+pub const SECRET_REDACTED: &str = "<secret>";
 
 // ---------------------------------------------------------------- networks
 

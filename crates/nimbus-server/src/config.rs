@@ -48,6 +48,10 @@ impl ServerConfig {
     pub fn admin_token_path(&self) -> PathBuf {
         self.data_dir.join("admin.token")
     }
+    /// The key that seals instances' secret environment values (0600).
+    pub fn secrets_key_path(&self) -> PathBuf {
+        self.data_dir.join("secrets.key")
+    }
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
     }

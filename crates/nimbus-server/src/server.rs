@@ -51,10 +51,29 @@ pub async fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<DataDir
 
 /// Open the store and image store and make sure the admin credentials exist.
 pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
+    // Before anything is created: what the daemon makes is root's alone.
+    crate::datadir::restrict_umask();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::set_permissions(
+        &config.data_dir,
+        std::fs::Permissions::from_mode(crate::datadir::SEARCH_ONLY_MODE),
+    )?;
     let lock = lock_data_dir(&config.data_dir).await?;
+    // Older versions left the store, specs and logs readable by everyone.
+    let data_dir = config.data_dir.clone();
+    let tightened =
+        tokio::task::spawn_blocking(move || crate::datadir::secure_existing(&data_dir))
+            .await
+            .context("checking the data directory's permissions")??;
+    if tightened > 0 {
+        tracing::warn!(
+            entries = tightened,
+            data_dir = %config.data_dir.display(),
+            "removed access of other users to files in the data directory (left open by an older version)"
+        );
+    }
+    let secrets = crate::secrets::SecretBox::open_or_create(&config.secrets_key_path())?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.store_path(), SqliteOptions::default())
             .with_context(|| format!("opening the store {}", config.store_path().display()))?,
@@ -74,6 +93,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         repo: Repo::new(store),
         tokens: Default::default(),
         images,
+        secrets,
         host_io: RwLock::new(None),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
@@ -159,6 +179,29 @@ pub async fn ensure_host_token(
     Ok(created.secret)
 }
 
+/// The group whose members may use the API socket (`scripts/up` makes it).
+pub const SOCKET_GROUP: &str = "nimbus";
+
+/// Give the API socket to the `nimbus` group (0660) if that group exists,
+/// else to root alone (0600). Callers still need a token; the group only
+/// decides which local users may connect at all. Returns the group's name.
+fn restrict_socket(sock: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let group = nix::unistd::Group::from_name(SOCKET_GROUP)
+        .with_context(|| format!("looking up the group {SOCKET_GROUP:?}"))?;
+    let mode = match &group {
+        Some(g) => {
+            nix::unistd::chown(sock, None, Some(g.gid)).with_context(|| {
+                format!("giving the API socket {} to group {SOCKET_GROUP:?}", sock.display())
+            })?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting the API socket {}", sock.display()))?;
+    Ok(group.map(|g| g.name))
+}
+
 /// Serve the API on the Unix socket and (if configured) TLS, and run the
 /// controllers, until `shutdown` resolves.
 pub async fn serve(
@@ -173,8 +216,8 @@ pub async fn serve(
     let _ = std::fs::remove_file(&sock);
     let unix = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding the API socket {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
-    tracing::info!(socket = %sock.display(), "API listening");
+    let group = restrict_socket(&sock)?;
+    tracing::info!(socket = %sock.display(), group = group.as_deref().unwrap_or("root only"), "API listening");
 
     let handle = axum_server::Handle::new();
     if let Some(addr) = state.config.listen {

@@ -14,6 +14,8 @@ pub struct AppState {
     pub repo: Repo,
     pub tokens: TokenCache,
     pub images: Arc<ImageStore>,
+    /// Seals and opens instances' secret environment values.
+    pub secrets: crate::secrets::SecretBox,
     /// Reaches instance logs and exec on hosts; set by `nimbus up` for the
     /// local agent.
     pub host_io: RwLock<Option<Arc<dyn HostIo>>>,

@@ -8,6 +8,7 @@ pub mod network;
 pub mod reconcile;
 pub mod translate;
 
+use std::os::unix::fs::PermissionsExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,26 @@ pub struct Agent {
     accelerator: tokio::sync::OnceCell<crate::vm::ProbeResult>,
 }
 
+/// Give the instance directories made by older versions (root:root 0755)
+/// their private modes: a container's directory lets only its root's group
+/// through (0710), a VM's is root's alone (0700).
+fn secure_instance_dirs(instances: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(instances) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+        let result = match crate::container::spec::ShimSpec::load(&dir) {
+            Ok(spec) => crate::container::rootfs::secure_instance_dir(&dir, spec.id_map)
+                .map_err(|e| e.to_string()),
+            Err(_) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not restrict an instance directory");
+        }
+    }
+}
+
 impl Agent {
     /// `images` shares the server's image store when both run in one
     /// process (`nimbus up`); otherwise the agent opens its own.
@@ -82,7 +103,12 @@ impl Agent {
         client: Client,
         images: Option<Arc<ImageStore>>,
     ) -> anyhow::Result<Arc<Agent>> {
-        std::fs::create_dir_all(config.instances_dir())?;
+        let instances = config.instances_dir();
+        std::fs::create_dir_all(&instances)?;
+        // Searchable, not listable: containers' roots pass through to their
+        // own instance directory, nobody but root learns which exist.
+        std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))?;
+        secure_instance_dirs(&instances);
         let images = match images {
             Some(i) => i,
             None => Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),

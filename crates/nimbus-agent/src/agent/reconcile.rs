@@ -361,7 +361,8 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             .ids
             .allocate(&agent.config.instances_dir(), dir)
             .await?;
-        let mut spec = translate::shim_spec(instance, &image, layers, id_map);
+        let secret_env = fetch_secret_env(agent, instance).await?;
+        let mut spec = translate::shim_spec(instance, &image, layers, id_map, &secret_env);
         if let Some(a) = agent.net.attach_container(agent, instance, dir).await? {
             spec.netns = Some(a.netns);
             spec.resolv_conf = Some(a.resolv_conf);
@@ -437,6 +438,27 @@ async fn fetch_image(agent: &Agent, project: &str, name: &str) -> Result<Image, 
         .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
         .await
         .map_err(|e| format!("image {name:?}: {e}"))
+}
+
+/// The opened secret environment of an instance: the watch shows only the
+/// names, the values come from the server for this host's token alone.
+async fn fetch_secret_env(
+    agent: &Agent,
+    instance: &Instance,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    if instance.spec.secret_env.is_empty() {
+        return Ok(Default::default());
+    }
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let name = &instance.metadata.name;
+    agent
+        .client
+        .get::<nimbus_api::SecretEnv>(&format!(
+            "/v1/projects/{project}/instances/{name}/secret-env"
+        ))
+        .await
+        .map(|s| s.values)
+        .map_err(|e| format!("secret environment of instance {name:?}: {e}"))
 }
 
 async fn layer_dirs(agent: &Arc<Agent>, image: &Image) -> Result<Vec<std::path::PathBuf>, String> {

@@ -26,6 +26,7 @@ pub fn shim_spec(
     image: &Image,
     layers: Vec<PathBuf>,
     id_map: IdMap,
+    secret_env: &std::collections::BTreeMap<String, String>,
 ) -> ShimSpec {
     let defaults = &image.status.defaults;
     let args = if instance.spec.args.is_empty() {
@@ -60,7 +61,7 @@ pub fn shim_spec(
     for e in &defaults.env {
         set(e.clone());
     }
-    for (k, v) in &instance.spec.env {
+    for (k, v) in instance.spec.env.iter().chain(secret_env) {
         set(format!("{k}={v}"));
     }
     let user = instance.spec.user.as_deref().or(defaults

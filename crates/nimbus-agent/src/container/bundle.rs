@@ -121,6 +121,9 @@ fn spec_err(what: &str) -> impl Fn(oci_spec::OciSpecError) -> ShimError + '_ {
     move |err| ShimError::InvalidSpec(format!("cannot build OCI {what}: {err}"))
 }
 
+/// The umask of container processes (init and exec'd ones).
+pub const CONTAINER_UMASK: u32 = 0o022;
+
 /// Writes `<dir>/bundle/config.json` for `spec` with the rootfs at `rootfs`.
 pub fn write_bundle(instance_dir: &Path, spec: &ShimSpec, rootfs: &Path) -> Result<(), ShimError> {
     let dir = bundle_dir(instance_dir);
@@ -148,6 +151,9 @@ pub fn build_oci_spec(spec: &ShimSpec, rootfs: &Path) -> Result<Spec, ShimError>
             UserBuilder::default()
                 .uid(spec.user.uid)
                 .gid(spec.user.gid)
+                // The shim runs with the daemon's private umask (077); the
+                // workload gets the usual one, as other runtimes give it.
+                .umask(CONTAINER_UMASK)
                 .build()
                 .map_err(spec_err("user"))?,
         )

@@ -321,6 +321,10 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
             .set_id(Uid::from_raw(p.user.uid), Gid::from_raw(p.user.gid))
             .map_err(|e| format!("switch to user {}:{}: {e}", p.user.uid, p.user.gid))?;
         nix::unistd::chdir(&p.cwd).map_err(|e| format!("chdir to {}: {e}", p.cwd.display()))?;
+        // Not the shim's private umask: the same one the container's init got.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            super::bundle::CONTAINER_UMASK,
+        ));
         libcontainer::capabilities::reset_effective(syscall.as_ref())
             .map_err(|e| format!("reset capabilities: {e}"))?;
         libcontainer::capabilities::drop_privileges(&p.capabilities, syscall.as_ref())

@@ -74,6 +74,10 @@ fn place_etc_files(upper: &Path, spec: &ShimSpec, owner: (Uid, Gid)) -> Result<(
         )))?;
         chown(dest.as_path(), Some(owner.0), Some(owner.1))
             .map_err(|e| ShimError::Rootfs(format!("chown {}: {e}", dest.display())))?;
+        // The agent writes the source root-only; in the container every
+        // user must read its resolver files.
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(format!("chmod {}", dest.display())))?;
     }
     Ok(())
 }
@@ -98,7 +102,10 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
     {
         return Ok(rootfs);
     }
-    check_searchable(instance_dir)?;
+    if let Some(parent) = instance_dir.parent() {
+        check_searchable(parent)?;
+    }
+    secure_instance_dir(instance_dir, spec.id_map)?;
     // overlayfs splits its options on ',' and lowerdir on ':'.
     let text = instance_dir.to_string_lossy();
     if text.contains(',') || text.contains(':') {
@@ -127,9 +134,14 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
             ShimError::Rootfs(format!("chown {} to {}: {e}", dir.display(), host_root.0))
         })?;
     }
+    // The upper dir's mode is the container's `/`: everyone in the
+    // container must be able to search it, whatever the daemon's umask.
+    std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(format!("chmod {}", upper.display())))?;
     place_etc_files(&upper, spec, host_root)?;
     // The container root reaches its rootfs through this path from inside its user
-    // namespace, so every directory on the way must be searchable by "others".
+    // namespace: the instance dir lets it through by group (see
+    // `secure_instance_dir`), the rootfs mount point is the container's own.
     std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err(format!("chmod {}", rootfs.display())))?;
 
@@ -307,8 +319,31 @@ impl IdmapUserns {
 }
 
 /// Fails with a clear reason when the container root could not reach its rootfs.
-fn check_searchable(instance_dir: &Path) -> Result<(), ShimError> {
-    for dir in instance_dir.ancestors() {
+/// The instance dir is root's, with its group the instance's host root gid
+/// and mode 0710: the container's root (that gid on the host) may pass
+/// through it to its rootfs, nobody else may enter, and nobody but root may
+/// list it. The files in it are 0600, so passing through reveals nothing.
+pub fn secure_instance_dir(instance_dir: &Path, id_map: IdMap) -> Result<(), ShimError> {
+    chown(
+        instance_dir,
+        Some(Uid::from_raw(0)),
+        Some(Gid::from_raw(id_map.host_id)),
+    )
+    .map_err(|e| {
+        ShimError::Rootfs(format!(
+            "chown {} to root:{}: {e}",
+            instance_dir.display(),
+            id_map.host_id
+        ))
+    })?;
+    std::fs::set_permissions(instance_dir, std::fs::Permissions::from_mode(0o710))
+        .map_err(io_err(format!("chmod {}", instance_dir.display())))
+}
+
+/// Every directory above the instance dir must be searchable by "others":
+/// the container's root is an unprivileged uid on the host.
+fn check_searchable(instances_dir: &Path) -> Result<(), ShimError> {
+    for dir in instances_dir.ancestors() {
         let mode = std::fs::metadata(dir)
             .map_err(io_err(format!("stat {}", dir.display())))?
             .permissions()

@@ -102,6 +102,8 @@ pub(crate) fn write_state(instance_dir: &Path, state: &ShimState) -> Result<(), 
 /// these files describe processes that do not survive a host crash, and a
 /// file lost in one reads as "no state", which the agent reports as failed.
 /// Syncing cost several milliseconds per write on every launch.
+/// The file is root's alone (0600) whatever the umask: specs and OCI
+/// configs carry tenants' environment, secrets included.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShimError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -110,7 +112,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShimErro
         what: format!("{what} {}", tmp.display()),
         source,
     };
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io_err("create", e))?;
+    // A leftover temporary file would keep its old mode through O_TRUNC.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        0o600,
+    )
+    .open(&tmp)
+    .map_err(|e| io_err("create", e))?;
     file.write_all(bytes).map_err(|e| io_err("write", e))?;
     std::fs::rename(&tmp, path).map_err(|source| ShimError::Io {
         what: format!("rename {} to {}", tmp.display(), path.display()),

@@ -136,6 +136,12 @@ pub struct RunArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long, short = 'e')]
     pub env: Vec<String>,
+    /// Secret environment variable (repeatable): KEY=VALUE, or KEY alone to
+    /// take the value from this command's own environment (then it is not
+    /// on the command line, which other local users can see). The API never
+    /// shows the value again; the store keeps it encrypted.
+    #[arg(long = "secret-env", value_name = "KEY[=VALUE]")]
+    pub secret_env: Vec<String>,
     #[arg(long, short = 'w')]
     pub workdir: Option<String>,
     /// uid or uid:gid inside the instance.
@@ -259,6 +265,23 @@ fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, Str
             kv.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| anyhow::anyhow!("{what} {kv:?} must be KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `KEY=VALUE`, or `KEY` with the value from this process's environment.
+fn parse_secret_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => std::env::var(item)
+                .map(|v| (item.clone(), v))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "secret environment variable {item:?} is not set in this shell; export it first or give --secret-env {item}=VALUE"
+                    )
+                }),
         })
         .collect()
 }
@@ -449,6 +472,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     image: a.image,
                     args: a.command,
                     env: parse_kv(&a.env, "environment variable")?,
+                    secret_env: parse_secret_env(&a.secret_env)?,
                     working_dir: a.workdir,
                     user: a.user,
                     resources,

@@ -13,8 +13,9 @@ use nimbus_api::exec::ExecRequest;
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceKind,
     InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, ResourceList, RestartMode,
-    Role, StatusUpdate,
+    Role, SecretEnv, StatusUpdate, SECRET_REDACTED,
 };
+use nimbus_api::resources::Object;
 
 use super::body::JsonBody;
 use super::St;
@@ -82,7 +83,78 @@ pub async fn get(
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Instance>> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.get(Some(&project), &name).await?))
+    Ok(shown(state.repo.get(Some(&project), &name).await?))
+}
+
+/// An instance as responses show it: secret values replaced by
+/// `<secret>`. Every handler answers with this, never the stored object.
+fn shown(mut instance: Instance) -> Json<Instance> {
+    instance.redact();
+    Json(instance)
+}
+
+/// Seal the secret values of a spec for the store. `current` is what the
+/// store holds (on replace): a value sent back as `<secret>` keeps it.
+fn seal_secret_env(
+    state: &AppState,
+    instance_id: &str,
+    given: std::collections::BTreeMap<String, String>,
+    current: Option<&std::collections::BTreeMap<String, String>>,
+) -> ApiResult<std::collections::BTreeMap<String, String>> {
+    let mut sealed = std::collections::BTreeMap::new();
+    for (key, value) in given {
+        let stored = if value == SECRET_REDACTED {
+            match current.and_then(|c| c.get(&key)) {
+                Some(old) if crate::secrets::is_sealed(old) => old.clone(),
+                _ => {
+                    return Err(ServerError(ApiError::invalid(format!(
+                        "secret environment variable {key:?} has the placeholder value {SECRET_REDACTED:?} but no stored value to keep; give its real value"
+                    ))))
+                }
+            }
+        } else {
+            state
+                .secrets
+                .seal(&crate::secrets::env_context(instance_id, &key), &value)
+                .map_err(|e| ServerError(ApiError::internal(e.to_string())))?
+        };
+        sealed.insert(key, stored);
+    }
+    Ok(sealed)
+}
+
+/// The secret environment values of an instance, for the agent of the host
+/// it is bound to, which needs them to start the workload. Nobody else,
+/// administrators included, gets them through the API.
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/secret-env", responses((status = 200, body = SecretEnv)))]
+pub async fn secret_env(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+) -> ApiResult<Json<SecretEnv>> {
+    if !caller.is_host_agent() {
+        // Users without a role in the project must not learn what exists there.
+        auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+        return Err(ServerError(ApiError::forbidden(format!(
+            "secret environment values of instance {name:?} go only to the agent of its host; they are never shown"
+        ))));
+    }
+    let instance: Instance = state.repo.get(Some(&project), &name).await?;
+    if caller.host.is_none() || caller.host != instance.status.host {
+        return Err(ServerError(ApiError::forbidden(format!(
+            "only the agent of the host running instance {name:?} may read its secret environment"
+        ))));
+    }
+    let mut values = std::collections::BTreeMap::new();
+    for (key, sealed) in &instance.spec.secret_env {
+        let context = crate::secrets::env_context(&instance.metadata.id, key);
+        let plain = state
+            .secrets
+            .unseal(&context, sealed)
+            .map_err(|e| ServerError(ApiError::internal(e.to_string())))?;
+        values.insert(key.clone(), plain);
+    }
+    Ok(Json(SecretEnv { values }))
 }
 
 /// Check a spec against its image and sane bounds; returns the id of the
@@ -172,12 +244,22 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             "max_retries applies to the on_failure restart policy only",
         )));
     }
-    for key in spec.env.keys() {
+    for key in spec.env.keys().chain(spec.secret_env.keys()) {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(ServerError(ApiError::invalid(format!(
                 "environment variable name {key:?} is invalid; it must be non-empty without '='"
             ))));
         }
+    }
+    if let Some(key) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
+        return Err(ServerError(ApiError::invalid(format!(
+            "environment variable {key:?} is given both as --env and --secret-env; give it once"
+        ))));
+    }
+    if let Some((key, _)) = spec.secret_env.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(ServerError(ApiError::invalid(format!(
+            "the value of secret environment variable {key:?} contains a NUL byte, which an environment cannot carry"
+        ))));
     }
     if let Some(u) = &spec.user {
         let ok = u
@@ -372,9 +454,13 @@ async fn validate_vm_spec(state: &AppState, spec: &InstanceSpec, image: &Image) 
             ));
         }
     }
-    if !spec.env.is_empty() || spec.working_dir.is_some() || spec.user.is_some() {
+    if !spec.env.is_empty()
+        || !spec.secret_env.is_empty()
+        || spec.working_dir.is_some()
+        || spec.user.is_some()
+    {
         return bad(format!(
-            "--env, --workdir and --user apply to containers; give a {kind} its settings through --user-data"
+            "--env, --secret-env, --workdir and --user apply to containers; give a {kind} its settings through --user-data"
         ));
     }
     Ok(())
@@ -395,6 +481,7 @@ pub async fn create(
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let mut spec = req.spec;
+    spec.secret_env = seal_secret_env(&state, &metadata.id, spec.secret_env, None)?;
     spec.restart_generation = spec.restart_generation.max(1);
     default_guest_memory(&mut spec);
     let instance = Instance {
@@ -418,7 +505,7 @@ pub async fn create(
         crate::ipam::create_with_addresses(&state.repo, instance, &networks).await?
     };
     crate::scheduler::nudge(&state);
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((StatusCode::CREATED, shown(created)))
 }
 
 /// The guest's RAM is fixed: record it so the scheduler counts it.
@@ -485,11 +572,17 @@ pub async fn replace(
     }
     let mut spec = body.spec;
     default_guest_memory(&mut spec);
+    spec.secret_env = seal_secret_env(
+        &state,
+        &current.metadata.id,
+        spec.secret_env,
+        Some(&current.spec.secret_env),
+    )?;
     current.metadata.labels = body.metadata.labels;
     current.metadata.revision = body.metadata.revision;
     current.spec = spec;
     current.status.image_id = Some(image_id);
-    Ok(Json(state.repo.update(current).await?))
+    Ok(shown(state.repo.update(current).await?))
 }
 
 async fn change_spec(
@@ -512,7 +605,7 @@ async fn change_spec(
             Ok(())
         })
         .await?;
-    Ok(Json(saved))
+    Ok(shown(saved))
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/start", responses((status = 200, body = Instance)))]
@@ -528,7 +621,7 @@ pub async fn start(
     let running =
         current.spec.desired_state == DesiredState::Running && !current.status.phase.is_terminal();
     if running {
-        return Ok(Json(current));
+        return Ok(shown(current));
     }
     change_spec(&state, &caller, &project, &name, |s| {
         s.desired_state = DesiredState::Running;
@@ -614,7 +707,7 @@ async fn set_paused(
     loop {
         let now: Instance = state.repo.get(Some(&project), &name).await?;
         if now.status.phase == want || tokio::time::Instant::now() > deadline {
-            return Ok(Json(now));
+            return Ok(shown(now));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -694,7 +787,7 @@ pub async fn delete(
             Ok(())
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(saved)).into_response())
+    Ok((StatusCode::ACCEPTED, shown(saved)).into_response())
 }
 
 /// An agent reports the observed status of an instance on its host.
@@ -742,7 +835,7 @@ pub async fn report_status(
             Ok(())
         })
         .await?;
-    Ok(Json(saved).into_response())
+    Ok(shown(saved).into_response())
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]

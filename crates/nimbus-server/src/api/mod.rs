@@ -112,6 +112,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(instances::report_status),
         )
         .route(
+            "/v1/projects/{project}/instances/{name}/secret-env",
+            get(instances::secret_env),
+        )
+        .route(
             "/v1/projects/{project}/instances/{name}/logs",
             get(instances::logs),
         )

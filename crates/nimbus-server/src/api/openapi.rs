@@ -18,7 +18,7 @@ use super::{addresses, audit, hosts, images, instances, networks, projects, secg
         images::list, images::get, images::import, images::delete,
         instances::list, instances::list_all, instances::get, instances::create, instances::replace,
         instances::start, instances::stop, instances::restart, instances::delete,
-        instances::report_status, instances::logs, instances::exec,
+        instances::report_status, instances::logs, instances::exec, instances::secret_env,
         networks::list, networks::list_all, networks::get, networks::create, networks::delete,
         secgroups::list, secgroups::list_all, secgroups::get, secgroups::create, secgroups::replace, secgroups::delete,
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
