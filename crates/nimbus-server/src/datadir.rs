@@ -32,10 +32,7 @@ pub enum DataDirError {
     },
 }
 
-fn io<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> DataDirError + 'a {
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DataDirError + 'a {
     move |source| DataDirError::Io {
         what,
         path: path.to_path_buf(),
@@ -78,11 +75,8 @@ fn is_tenant_filesystem(rel: &Path) -> bool {
 /// returns how many entries it tightened.
 pub fn secure_existing(data_dir: &Path) -> Result<usize, DataDirError> {
     let meta = std::fs::symlink_metadata(data_dir).map_err(io("stat", data_dir))?;
-    std::fs::set_permissions(
-        data_dir,
-        std::fs::Permissions::from_mode(SEARCH_ONLY_MODE),
-    )
-    .map_err(io("restrict permissions of", data_dir))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(SEARCH_ONLY_MODE))
+        .map_err(io("restrict permissions of", data_dir))?;
     let instances = data_dir.join("instances");
     if instances.is_dir() {
         std::fs::set_permissions(
@@ -173,7 +167,11 @@ mod tests {
         std::fs::write(data.join("instances/abc/spec.json"), b"x").unwrap();
         std::fs::write(data.join("instances/abc/bundle/config.json"), b"x").unwrap();
         std::fs::write(data.join("images/layers/l1/bin/sh"), b"x").unwrap();
-        for p in ["store.db", "instances/abc/spec.json", "instances/abc/bundle/config.json"] {
+        for p in [
+            "store.db",
+            "instances/abc/spec.json",
+            "instances/abc/bundle/config.json",
+        ] {
             set(&data.join(p), 0o644);
         }
         set(&data.join("images/layers/l1/bin/sh"), 0o755);
@@ -182,7 +180,11 @@ mod tests {
         let changed = secure_existing(data).unwrap();
         assert!(changed >= 3, "{changed}");
         let mode = |p: &str| {
-            std::fs::metadata(data.join(p)).unwrap().permissions().mode() & 0o7777
+            std::fs::metadata(data.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
         };
         assert_eq!(mode(""), 0o711);
         assert_eq!(mode("instances"), 0o711);

@@ -32,7 +32,9 @@ pub enum SecretError {
     KeyLength { path: PathBuf, len: usize },
     #[error("the system random generator failed")]
     Random,
-    #[error("the sealed value of {context} does not open with this server's secrets key; set it again")]
+    #[error(
+        "the sealed value of {context} does not open with this server's secrets key; set it again"
+    )]
     Corrupt { context: String },
 }
 
@@ -54,7 +56,8 @@ impl SecretBox {
         let bytes = match std::fs::File::open(path) {
             Ok(mut f) => {
                 let mut bytes = Vec::with_capacity(KEY_LEN);
-                f.read_to_end(&mut bytes).map_err(|e| key_file("reading", e))?;
+                f.read_to_end(&mut bytes)
+                    .map_err(|e| key_file("reading", e))?;
                 bytes
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -81,12 +84,11 @@ impl SecretBox {
                 len: bytes.len(),
             });
         }
-        let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| {
-            SecretError::KeyLength {
+        let key =
+            UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| SecretError::KeyLength {
                 path: path.to_path_buf(),
                 len: bytes.len(),
-            }
-        })?;
+            })?;
         Ok(SecretBox {
             key: LessSafeKey::new(key),
             rng,

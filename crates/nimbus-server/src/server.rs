@@ -62,10 +62,9 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
     let lock = lock_data_dir(&config.data_dir).await?;
     // Older versions left the store, specs and logs readable by everyone.
     let data_dir = config.data_dir.clone();
-    let tightened =
-        tokio::task::spawn_blocking(move || crate::datadir::secure_existing(&data_dir))
-            .await
-            .context("checking the data directory's permissions")??;
+    let tightened = tokio::task::spawn_blocking(move || crate::datadir::secure_existing(&data_dir))
+        .await
+        .context("checking the data directory's permissions")??;
     if tightened > 0 {
         tracing::warn!(
             entries = tightened,
@@ -191,7 +190,10 @@ fn restrict_socket(sock: &std::path::Path) -> anyhow::Result<Option<String>> {
     let mode = match &group {
         Some(g) => {
             nix::unistd::chown(sock, None, Some(g.gid)).with_context(|| {
-                format!("giving the API socket {} to group {SOCKET_GROUP:?}", sock.display())
+                format!(
+                    "giving the API socket {} to group {SOCKET_GROUP:?}",
+                    sock.display()
+                )
             })?;
             0o660
         }

@@ -8,8 +8,8 @@ pub mod network;
 pub mod reconcile;
 pub mod translate;
 
-use std::os::unix::fs::PermissionsExt;
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

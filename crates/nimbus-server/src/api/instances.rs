@@ -10,12 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use nimbus_api::exec::ExecRequest;
+use nimbus_api::resources::Object;
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceKind,
     InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, ResourceList, RestartMode,
     Role, SecretEnv, StatusUpdate, SECRET_REDACTED,
 };
-use nimbus_api::resources::Object;
 
 use super::body::JsonBody;
 use super::St;
