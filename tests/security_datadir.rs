@@ -145,11 +145,31 @@ fn nobody_finds_no_tenant_secret_in_the_data_dir() {
         "seed.img and the console log hold the user-data"
     );
 
-    let (found, listed) = nobody_search(data, &[&plain, &secret, &vm_secret]);
+    // The data directory itself is not listable, so the search also starts
+    // from every directory whose path nobody could learn or guess.
+    let needles = [plain.as_str(), secret.as_str(), vm_secret.as_str()];
+    let (found, listed) = nobody_search(data, &needles);
     assert!(
         found.trim().is_empty(),
         "nobody found tenants' secrets in:\n{found}"
     );
+    for start in [
+        data.join("instances"),
+        app.clone(),
+        app.join("bundle"),
+        app.join("runtime"),
+        vm.clone(),
+        data.join("net"),
+        data.join("images"),
+        data.join("tmp"),
+    ] {
+        let (found, _) = nobody_search(&start, &needles);
+        assert!(
+            found.trim().is_empty(),
+            "nobody found tenants' secrets under {}:\n{found}",
+            start.display()
+        );
+    }
     let rootfs = app.join("rootfs");
     assert!(
         !listed.contains(&*rootfs.to_string_lossy()) && !listed.contains("/instances/"),
