@@ -506,3 +506,52 @@ fn nix_chown_root(path: &Path) {
         .expect("chown");
     assert!(st.success(), "chown {}", path.display());
 }
+
+#[test]
+fn members_of_the_socket_group_reach_the_api_with_their_token() {
+    // `nogroup` (65534) stands in for `nimbus`, which this machine may lack:
+    // nobody's own group, so nobody is a member and no system change is needed.
+    let cloud = Cloud::start_with(&["--socket-group", "nogroup"]);
+    let sock = std::fs::metadata(cloud.data_dir().join("api.sock")).expect("api.sock");
+    assert_eq!(sock.permissions().mode() & 0o777, 0o660);
+    assert_eq!(sock.gid(), 65534);
+    cloud.ok(&["user", "create", "carol"]);
+    let token = cloud
+        .json(&["token", "create", "--user", "carol"])
+        .expect("token create")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let data = cloud.data_dir().to_string_lossy().to_string();
+    let whoami = |groups: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", groups, "--"])
+            .args([common::NIMBUS, "--data-dir", &data, "whoami"])
+            .env("NIMBUS_TOKEN", &token)
+            .output()
+            .expect("setpriv")
+    };
+    let out = whoami("--clear-groups");
+    assert!(
+        out.status.success(),
+        "a member of the socket group reaches the API: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("carol"));
+    // The token still decides: without one (admin.token is root's), nothing.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([common::NIMBUS, "--data-dir", &data, "instance", "list"])
+        .env_remove("NIMBUS_TOKEN")
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    // Someone outside the group cannot connect at all.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65533", "--clear-groups", "--"])
+        .args([common::NIMBUS, "--data-dir", &data, "whoami"])
+        .env("NIMBUS_TOKEN", &token)
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success(), "outside the group: no connection");
+}

@@ -9,6 +9,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The local API socket.
     pub socket_path: PathBuf,
+    /// Group whose members may connect to the socket (mode 0660); when no
+    /// group of that name exists the socket is root's alone (0600).
+    pub socket_group: String,
     /// TCP address for HTTPS; `None` serves the Unix socket only.
     pub listen: Option<SocketAddr>,
     /// Certificate and key to serve; generated self-signed when absent.
@@ -29,6 +32,7 @@ impl ServerConfig {
         ServerConfig {
             socket_path: data_dir.join("api.sock"),
             data_dir,
+            socket_group: crate::server::SOCKET_GROUP.to_string(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7443))),
             tls_cert: None,
             tls_key: None,

@@ -178,15 +178,16 @@ pub async fn ensure_host_token(
     Ok(created.secret)
 }
 
-/// The group whose members may use the API socket (`scripts/up` makes it).
+/// The default group whose members may use the API socket (`scripts/up`
+/// makes it).
 pub const SOCKET_GROUP: &str = "nimbus";
 
-/// Give the API socket to the `nimbus` group (0660) if that group exists,
-/// else to root alone (0600). Callers still need a token; the group only
-/// decides which local users may connect at all. Returns the group's name.
-fn restrict_socket(sock: &std::path::Path) -> anyhow::Result<Option<String>> {
-    let group = nix::unistd::Group::from_name(SOCKET_GROUP)
-        .with_context(|| format!("looking up the group {SOCKET_GROUP:?}"))?;
+/// Give the API socket to `group_name` (0660) if that group exists, else
+/// to root alone (0600). Callers still need a token; the group only decides
+/// which local users may connect at all. Returns the group's name.
+fn restrict_socket(sock: &std::path::Path, group_name: &str) -> anyhow::Result<Option<String>> {
+    let group = nix::unistd::Group::from_name(group_name)
+        .with_context(|| format!("looking up the group {group_name:?}"))?;
     let mode = match &group {
         Some(g) => {
             nix::unistd::chown(sock, None, Some(g.gid)).with_context(|| {
@@ -218,7 +219,7 @@ pub async fn serve(
     let _ = std::fs::remove_file(&sock);
     let unix = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding the API socket {}", sock.display()))?;
-    let group = restrict_socket(&sock)?;
+    let group = restrict_socket(&sock, &state.config.socket_group)?;
     tracing::info!(socket = %sock.display(), group = group.as_deref().unwrap_or("root only"), "API listening");
 
     let handle = axum_server::Handle::new();
@@ -274,4 +275,28 @@ pub async fn serve(
     }
     handle.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_socket_goes_to_its_group_or_to_root_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        // A group every system has stands in for `nimbus`.
+        let (gid, name) = match nix::unistd::Group::from_gid(nix::unistd::getegid()) {
+            Ok(Some(g)) => (g.gid.as_raw(), g.name),
+            _ => return,
+        };
+        assert_eq!(restrict_socket(&sock, &name).unwrap(), Some(name));
+        let m = std::fs::metadata(&sock).unwrap();
+        assert_eq!((m.mode() & 0o777, m.gid()), (0o660, gid));
+        let missing = "nimbus-no-such-group-for-tests";
+        assert_eq!(restrict_socket(&sock, missing).unwrap(), None);
+        assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+    }
 }

@@ -20,6 +20,10 @@ pub struct ServerArgs {
     /// Serve only the local Unix socket.
     #[arg(long)]
     pub no_tls: bool,
+    /// Local group whose members may connect to the API socket (they still
+    /// need a token). Without such a group the socket is root's alone.
+    #[arg(long, default_value = nimbus_server::server::SOCKET_GROUP)]
+    pub socket_group: String,
     /// Certificate (PEM) to serve instead of a generated self-signed one.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -56,6 +60,7 @@ pub struct UpArgs {
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
     config.listen = (!args.no_tls).then_some(args.listen);
+    config.socket_group = args.socket_group.clone();
     config.tls_cert = args.tls_cert.clone();
     config.tls_key = args.tls_key.clone();
     config.max_body_bytes = args.max_body_bytes;
