@@ -377,3 +377,127 @@ impl InProject for Cloud {
         })
     }
 }
+
+/// Names in a project's collection, through the CLI.
+fn names_in(cloud: &Cloud, project: &str, what: &str) -> Vec<String> {
+    let v = cloud
+        .json(&[what, "list", "--project", project])
+        .unwrap_or_else(|e| panic!("{what} list in {project}: {e}"));
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn project_rm_refuses_while_it_holds_resources_and_force_leaves_nothing() {
+    let cloud = Cloud::start();
+    let host_port = common::free_port().to_string();
+    let p = ["--project", "gone"];
+    let in_gone = |args: &[&str]| {
+        // Before any `--`: what follows it is the workload's command.
+        let mut all = args.to_vec();
+        all.splice(2..2, p);
+        cloud.ok(&all)
+    };
+    cloud.ok(&["project", "create", "gone"]);
+    in_gone(&["image", "import", "--name", "busybox", &cloud.starter_tar()]);
+    in_gone(&["network", "create", "net1", "--subnet", "10.20.0.0/24"]);
+    in_gone(&["secgroup", "create", "web", "--allow", "tcp:80"]);
+    in_gone(&[
+        "instance",
+        "run",
+        "app",
+        "--image",
+        "busybox",
+        "--network",
+        "net1",
+        "--secgroup",
+        "web",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    cloud.wait_phase_in("gone", "app");
+    in_gone(&[
+        "address",
+        "publish",
+        "app",
+        "--port",
+        &format!("{host_port}:80"),
+        "--name",
+        "app-http",
+    ]);
+    let app_id = instance_id_in(&cloud, "gone", "app");
+
+    // Refused, naming what is left and how to remove it.
+    let out = cloud.nimbus(&["project", "rm", "gone"]);
+    assert!(!out.status.success(), "project rm must refuse");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    for needle in [
+        "app-http",
+        "instances (app)",
+        "security groups (web)",
+        "networks (net1)",
+        "images (busybox)",
+        "nimbus project rm gone --force",
+        "nimbus address rm",
+        "nimbus instance rm",
+    ] {
+        assert!(
+            err.contains(needle),
+            "the refusal must mention {needle:?}: {err}"
+        );
+    }
+
+    // --force removes everything, then the project.
+    cloud.ok(&["project", "rm", "gone", "--force"]);
+    common::assert_no_leaks(cloud.data_dir(), &[app_id]);
+    let projects = cloud.ok(&["project", "list"]);
+    assert!(!projects.contains("gone"), "{projects}");
+
+    // A new project of the same name inherits none of it.
+    cloud.ok(&["project", "create", "gone"]);
+    for what in ["instance", "network", "secgroup", "address", "image"] {
+        let left = names_in(&cloud, "gone", what);
+        assert!(
+            left.is_empty(),
+            "the new project inherited {what}s {left:?}"
+        );
+    }
+    in_gone(&["image", "import", "--name", "busybox", &cloud.starter_tar()]);
+    in_gone(&["network", "create", "net1", "--subnet", "10.20.0.0/24"]);
+    let net = cloud
+        .json(&["network", "get", "net1", "--project", "gone"])
+        .expect("network get");
+    assert_eq!(
+        net["status"]["allocated"], 0,
+        "no address of the old project's instance is still allocated: {net}"
+    );
+    // The host port is free again, for any project.
+    cloud.ok(&[
+        "instance", "run", "other", "--image", "busybox", "--", "sleep", "3600",
+    ]);
+    cloud.wait_phase("other", &["running"], T);
+    cloud.ok(&[
+        "address",
+        "publish",
+        "other",
+        "--port",
+        &format!("{host_port}:80"),
+    ]);
+    cloud.ok(&["project", "rm", "gone", "--force"]);
+    cloud.remove_everything();
+}
+
+fn instance_id_in(cloud: &Cloud, project: &str, name: &str) -> String {
+    cloud
+        .json(&["instance", "get", name, "--project", project])
+        .expect("instance get")["metadata"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
