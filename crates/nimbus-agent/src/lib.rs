@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod container;
+pub mod protect;
 pub mod vm;
 
 pub use agent::{Agent, AgentConfig};

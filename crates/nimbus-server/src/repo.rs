@@ -262,6 +262,30 @@ impl Repo {
         }
     }
 
+    /// Every resource under `project` (or all, for `None`), read
+    /// `page_size` at a time. The pages are read at different revisions:
+    /// callers that need a consistent whole hold the lock that keeps its
+    /// writers out.
+    pub async fn list_every<T: Object>(
+        &self,
+        project: Option<&str>,
+        page_size: usize,
+    ) -> ApiResult<Vec<T>> {
+        let mut opts = ListOptions {
+            limit: Some(page_size),
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.list::<T>(project, &opts, |_| true).await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => opts.continue_token = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// A page of resources under `project` (or all, for `None`), filtered
     /// by the label selector.
     pub async fn list<T: Object>(

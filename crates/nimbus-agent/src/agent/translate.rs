@@ -83,10 +83,19 @@ pub fn shim_spec(
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into()),
         user: parse_user(user),
-        resources: shim::Resources {
-            memory_bytes: instance.spec.resources.memory_bytes,
-            cpu_millis: instance.spec.resources.cpu_millis,
-            pids_max: instance.spec.resources.pids_max,
+        resources: {
+            // The server fills in the project's defaults at create; an
+            // instance stored by an older server may have none, and must
+            // still not run unlimited.
+            let limits = nimbus_api::InstanceDefaults::effective(
+                &instance.spec.resources,
+                &Default::default(),
+            );
+            shim::Resources {
+                memory_bytes: limits.memory_bytes,
+                cpu_millis: limits.cpu_millis,
+                pids_max: limits.pids_max,
+            }
         },
         restart: shim::RestartPolicy {
             policy: instance.spec.restart_policy.mode,

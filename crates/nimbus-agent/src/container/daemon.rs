@@ -135,6 +135,10 @@ fn detach_from_caller(keep: RawFd) {
 
 fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
     detach_from_caller(ready.as_raw_fd());
+    // The shim must outlive any workload under memory pressure: it holds
+    // the workload's exit status and supervision. Best effort: a shim that
+    // is not root cannot lower its score, and runs anyway.
+    let _ = crate::protect::set_own_oom_score_adj(crate::protect::SHIM_OOM_SCORE_ADJ);
     let mut ready = Some(File::from(ready));
     let shim_pid = std::process::id() as i32;
     let fail = |ready: &mut Option<File>, reason: String| {

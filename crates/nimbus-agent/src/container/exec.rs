@@ -201,6 +201,13 @@ fn enter_container(
     cgroups: &[PathBuf],
     nofile: (u64, u64),
 ) -> Result<(), String> {
+    // The helper inherited the shim's OOM protection; the exec'd process
+    // (its child) must be as killable as the container's other processes.
+    std::fs::write(
+        "/proc/self/oom_score_adj",
+        crate::protect::workload_oom_score_adj().to_string(),
+    )
+    .map_err(|e| format!("reset the OOM score of the exec'd process: {e}"))?;
     let me = std::process::id().to_string();
     for dir in cgroups {
         let procs = dir.join("cgroup.procs");

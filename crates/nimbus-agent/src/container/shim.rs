@@ -431,7 +431,14 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let container_err = |e: libcontainer::error::LibcontainerError| {
         ShimError::Container(format!("libcontainer could not create container {id}: {e}"))
     };
-    let mut container = ContainerBuilder::new(id.clone(), SyscallType::default())
+    // libcontainer forks the container's init from the shim itself: the
+    // init must start at the workload's OOM score, not the shim's.
+    let workload_oom = crate::protect::WorkloadOomScope::enter().map_err(|e| {
+        ShimError::Container(format!(
+            "cannot give container {id} the workload's OOM score: {e}"
+        ))
+    })?;
+    let built = ContainerBuilder::new(id.clone(), SyscallType::default())
         .with_root_path(&runtime)
         .map_err(container_err)?
         .with_stdin(stdin)
@@ -440,8 +447,9 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
         .as_init(bundle_dir(&shim.dir))
         .with_systemd(false)
         .with_detach(true)
-        .build()
-        .map_err(container_err)?;
+        .build();
+    drop(workload_oom);
+    let mut container = built.map_err(container_err)?;
     let Some(pid) = container.pid() else {
         let _ = container.delete(true);
         return Err(ShimError::Container(format!(

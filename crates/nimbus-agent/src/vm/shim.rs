@@ -238,14 +238,38 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     // QEMU joins the instance's pids cgroup before exec. The parent-death
     // signal below is cleared when QEMU drops to its unprivileged user, so
     // the cgroup is what lets cleanup find and kill a QEMU whose shim died.
+    // Formatted before the fork: the child must not allocate.
+    let qemu_oom_score = crate::protect::workload_oom_score_adj().to_string();
     let procs = crate::container::cgroups::create_tracking_cgroup(&shim.spec.instance_id, 4096)
         .map_err(|e| format!("cannot make the VM's cgroup: {e}"))?;
     // SAFETY: open, write, close and prctl are async-signal-safe and use no
-    // allocation; the child runs nothing else before exec.
+    // allocation (the paths were made before the fork); the child runs
+    // nothing else before exec.
     unsafe {
         cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            // Writing "0" to cgroup.procs moves the writer. The pids cgroup
+            // (first) is what cleanup relies on; cpu and memory only place
+            // QEMU under the instances' parent, so a failure there is
+            // not fatal.
+            for (i, path) in procs.iter().enumerate() {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let joined = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                if !joined && i == 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // QEMU is a workload: it must not inherit the shim's OOM
+            // protection (raising the score needs no privilege).
+            let fd = libc::open(
+                crate::protect::OWN_OOM_SCORE_ADJ_PATH.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            let score = qemu_oom_score.as_bytes();
+            if fd < 0 || libc::write(fd, score.as_ptr().cast(), score.len()) != score.len() as isize
+            {
                 return Err(std::io::Error::last_os_error());
             }
             libc::close(fd);

@@ -359,6 +359,28 @@ fn detail(i: &Instance) -> String {
         "finished:",
         opt(i.status.finished_at.map(|t| t.to_rfc3339())),
     );
+    let r = &i.spec.resources;
+    line(
+        "limits:",
+        format!(
+            "memory {}, cpus {}, pids {}",
+            r.memory_bytes
+                .map(format_size)
+                .unwrap_or_else(|| "unlimited".into()),
+            r.cpu_millis
+                .map(|m| format!("{}", m as f64 / 1000.0))
+                .unwrap_or_else(|| match i.spec.kind {
+                    InstanceKind::Container => "unlimited".into(),
+                    _ => "see vcpus".into(),
+                }),
+            r.pids_max
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| match i.spec.kind {
+                    InstanceKind::Container => "unlimited".into(),
+                    _ => "4096 (QEMU)".into(),
+                }),
+        ),
+    );
     if let Some(s) = i.status.signal {
         line("signal:", s.to_string());
     }

@@ -2,7 +2,14 @@
 
 use clap::Subcommand;
 use nimbus_api::units::{format_size, parse_size};
-use nimbus_api::{CreateRequest, InstanceDefaults, Project, ProjectSpec, ResourceList};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nimbus_api::client::{Client, ClientError};
+use nimbus_api::{
+    CreateRequest, ErrorCode, Image, Instance, InstanceDefaults, Network, Project, ProjectSpec,
+    PublishedPort, ResourceList, SecurityGroup,
+};
 
 use crate::ctx::Globals;
 use crate::output::{age, print, table};
@@ -45,9 +52,16 @@ pub enum ProjectCmd {
         #[arg(long)]
         max_ports: Option<u32>,
     },
-    /// Delete an empty project.
+    /// Delete an empty project; with --force, first remove everything in
+    /// it.
     #[command(alias = "delete")]
-    Rm { name: String },
+    Rm {
+        name: String,
+        /// Remove the project's published ports, instances (waiting until
+        /// they are gone), security groups, networks and images first.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn rows(items: &[Project]) -> String {
@@ -146,7 +160,10 @@ pub async fn run(g: &Globals, cmd: ProjectCmd) -> anyhow::Result<()> {
             let p: Project = client.put(&format!("/v1/projects/{name}"), &spec).await?;
             print(g, &p, || rows(std::slice::from_ref(&p)))
         }
-        ProjectCmd::Rm { name } => {
+        ProjectCmd::Rm { name, force } => {
+            if force {
+                remove_contents(&client, &name).await?;
+            }
             client
                 .request_bytes(
                     hyper_method("DELETE"),
@@ -163,4 +180,126 @@ pub async fn run(g: &Globals, cmd: ProjectCmd) -> anyhow::Result<()> {
 
 pub fn hyper_method(m: &str) -> nimbus_api::client::Method {
     nimbus_api::client::Method::from_bytes(m.as_bytes()).unwrap_or(nimbus_api::client::Method::GET)
+}
+
+/// How long `project rm --force` waits for the project's instances to be
+/// torn down by their hosts.
+const INSTANCES_GONE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Names of a project's resources of one collection.
+async fn names_of<T: serde::de::DeserializeOwned + nimbus_api::resources::Object>(
+    client: &Client,
+    project: &str,
+) -> anyhow::Result<Vec<String>> {
+    let path = format!("/v1/projects/{project}/{}", T::COLLECTION);
+    let list: ResourceList<T> = client
+        .list_all(&path)
+        .await
+        .with_context(|| format!("listing the {} of project {project:?}", T::COLLECTION))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|o| o.metadata().name.clone())
+        .collect())
+}
+
+/// DELETE that treats "already gone" as done: something else may remove
+/// the resource meanwhile.
+async fn delete_if_present(client: &Client, path: &str) -> Result<(), ClientError> {
+    match client
+        .request_bytes(hyper_method("DELETE"), path, None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Everything in a project, in dependency order: published ports point at
+/// instances; instances use security groups, networks and images, and are
+/// gone only once their host has torn them down.
+async fn remove_contents(client: &Client, project: &str) -> anyhow::Result<()> {
+    let base = format!("/v1/projects/{project}");
+    for name in names_of::<PublishedPort>(client, project).await? {
+        delete_if_present(client, &format!("{base}/addresses/{name}"))
+            .await
+            .with_context(|| format!("removing published port {name:?}"))?;
+    }
+    for name in names_of::<Instance>(client, project).await? {
+        delete_if_present(client, &format!("{base}/instances/{name}"))
+            .await
+            .with_context(|| format!("removing instance {name:?}"))?;
+    }
+    let deadline = Instant::now() + INSTANCES_GONE_TIMEOUT;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let left = names_of::<Instance>(client, project).await?;
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "instances of project {project:?} still being deleted after {} s: {}; see `nimbus instance list --project {project}` and run `nimbus project rm {project} --force` again",
+                INSTANCES_GONE_TIMEOUT.as_secs(),
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+    remove_security_groups(client, project).await?;
+    for name in names_of::<Network>(client, project).await? {
+        delete_if_present(client, &format!("{base}/networks/{name}"))
+            .await
+            .with_context(|| format!("removing network {name:?}"))?;
+    }
+    for name in names_of::<Image>(client, project).await? {
+        delete_if_present(client, &format!("{base}/images/{name}"))
+            .await
+            .with_context(|| format!("removing image {name:?}"))?;
+    }
+    Ok(())
+}
+
+/// A group named as the source of another group's rule cannot be deleted
+/// first: delete in rounds, and when a round makes no progress (groups
+/// naming each other), drop the rules that name groups and go on.
+async fn remove_security_groups(client: &Client, project: &str) -> anyhow::Result<()> {
+    let base = format!("/v1/projects/{project}/secgroups");
+    let mut rules_cleared = false;
+    loop {
+        let left = names_of::<SecurityGroup>(client, project).await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let mut progress = false;
+        let mut last_error = None;
+        for name in &left {
+            match delete_if_present(client, &format!("{base}/{name}")).await {
+                Ok(()) => progress = true,
+                Err(e) if e.code() == Some(ErrorCode::Conflict) => last_error = Some(e),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing security group {name:?}"))
+                }
+            }
+        }
+        if progress {
+            continue;
+        }
+        if rules_cleared {
+            let e = last_error.map(|e| e.to_string()).unwrap_or_default();
+            anyhow::bail!("security groups of project {project:?} cannot be removed: {e}");
+        }
+        for name in &left {
+            let path = format!("{base}/{name}");
+            let mut group: SecurityGroup = client.get(&path).await?;
+            group.spec.rules.retain(|r| r.group.is_none());
+            let _: SecurityGroup = client
+                .put(&path, &group)
+                .await
+                .with_context(|| format!("dropping the group rules of security group {name:?}"))?;
+        }
+        rules_cleared = true;
+    }
 }

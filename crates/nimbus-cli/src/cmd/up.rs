@@ -55,6 +55,11 @@ pub struct UpArgs {
     /// Do not import the starter busybox image.
     #[arg(long)]
     pub no_starter_image: bool,
+    /// Memory kept for the control plane and the host: all instances
+    /// together are limited to the host's memory minus this (default: a
+    /// tenth of it, at least 1GiB, at most half).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub reserved_memory: Option<u64>,
 }
 
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
@@ -115,6 +120,8 @@ async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
 }
 
 pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
+    // No instances run on a server-only host: no memory reserve to set.
+    nimbus_agent::protect::protect_daemon(None);
     let state = server::open_state(server_config(g, &args)).await?;
     ensure_default_project(&state).await?;
     server::serve(state, shutdown_signal()).await
@@ -143,6 +150,7 @@ fn local_host_name() -> String {
 }
 
 pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
+    nimbus_agent::protect::protect_daemon(Some(args.reserved_memory));
     let state = server::open_state(server_config(g, &args.server)).await?;
     ensure_default_project(&state).await?;
     let host = args.host_name.clone().unwrap_or_else(local_host_name);

@@ -206,27 +206,205 @@ pub async fn delete(
         .repo
         .delete::<Image>(Some(&project), &name, None)
         .await?;
-    let remaining = state
-        .repo
-        .list::<Image>(
-            None,
-            &ListOptions {
-                limit: Some(5000),
-                ..Default::default()
-            },
-            |_| true,
-        )
-        .await?;
-    let keep: Vec<ImportedImage> = remaining
-        .items
+    if let Err(e) = collect_garbage(
+        &state.repo,
+        state.images.clone(),
+        &state.image_lock,
+        crate::repo::MAX_PAGE,
+    )
+    .await
+    {
+        tracing::warn!(error = %e.0, "image garbage collection failed; it will run again on the next delete");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the blobs and layers no image of any project references.
+///
+/// The keep-list is read under the exclusive image lock: an import holds
+/// the lock shared until its image record is stored, so every import has
+/// either finished (and is listed) or not begun writing. It is read page by
+/// page (`page_size` images each) to the end, so no project's images fall
+/// off a page boundary.
+pub(crate) async fn collect_garbage(
+    repo: &crate::repo::Repo,
+    images: std::sync::Arc<nimbus_image::ImageStore>,
+    image_lock: &tokio::sync::RwLock<()>,
+    page_size: usize,
+) -> ApiResult<nimbus_image::GcReport> {
+    let _collecting = image_lock.write().await;
+    let keep: Vec<ImportedImage> = repo
+        .list_every::<Image>(None, page_size)
+        .await?
         .iter()
         .map(|i| ImportedImage::from_api(&i.status))
         .collect();
-    let images = state.images.clone();
-    let _collecting = state.image_lock.write().await;
-    let gc = tokio::task::spawn_blocking(move || images.gc(&keep)).await;
-    if let Ok(Err(e)) = gc {
-        tracing::warn!(error = %e, "image garbage collection failed; it will run again on the next delete");
+    tokio::task::spawn_blocking(move || images.gc(&keep))
+        .await
+        .map_err(|e| ApiError::internal(format!("image garbage collection task failed: {e}")))?
+        .map_err(|e| ServerError(ApiError::internal(format!("image garbage collection: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use nimbus_api::{Image, ImageSpec, Metadata};
+    use nimbus_image::{ImageStore, ImportedImage, Limits};
+    use nimbus_store::SqliteStore;
+
+    use super::collect_garbage;
+    use crate::repo::{Repo, MAX_PAGE};
+
+    /// A root-filesystem tarball whose one file makes its layer unique.
+    fn rootfs_tar(content: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "data.txt", content.as_bytes())
+            .expect("tar entry");
+        builder.into_inner().expect("tar")
     }
-    Ok(StatusCode::NO_CONTENT)
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        repo: Repo,
+        images: Arc<ImageStore>,
+        lock: tokio::sync::RwLock<()>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let images = Arc::new(
+                ImageStore::open(&dir.path().join("images"), Limits::default())
+                    .expect("image store"),
+            );
+            let store = SqliteStore::open_in_memory().expect("store");
+            Fixture {
+                _dir: dir,
+                repo: Repo::new(Arc::new(store)),
+                images,
+                lock: tokio::sync::RwLock::new(()),
+            }
+        }
+
+        fn import(&self, content: &str) -> ImportedImage {
+            self.images
+                .import(std::io::Cursor::new(rootfs_tar(content)), &mut |_| {})
+                .expect("import")
+        }
+
+        async fn record(&self, project: &str, name: &str, image: &ImportedImage) {
+            self.repo
+                .create(Image {
+                    metadata: Metadata::new(name, Some(project)),
+                    spec: ImageSpec::default(),
+                    status: image.to_api(),
+                })
+                .await
+                .expect("image record");
+        }
+
+        /// Whether the image's layer blobs and unpacked layers are all there.
+        fn intact(&self, image: &ImportedImage) -> bool {
+            let root = self.images.root();
+            image.layers.iter().all(|digest| {
+                let hex = digest.trim_start_matches("sha256:");
+                root.join("blobs/sha256").join(hex).is_file()
+                    && root.join("layers").join(hex).is_dir()
+            })
+        }
+    }
+
+    // More images than one page of the largest list the API serves: the
+    // keep-list must not end at the first page. Records share one layer,
+    // as real tags of one image do, so making them is cheap.
+    #[tokio::test]
+    async fn gc_keeps_blobs_of_images_beyond_the_first_page() {
+        let f = Fixture::new();
+        let shared = f.import("shared by many tags");
+        let other = f.import("another project's image");
+        for i in 0..MAX_PAGE + 2 {
+            f.record("aaa", &format!("tag-{i:05}"), &shared).await;
+        }
+        f.record("zzz", "web", &other).await;
+        f.repo
+            .delete::<Image>(Some("aaa"), "tag-00000", None)
+            .await
+            .expect("delete one record");
+        let report = collect_garbage(&f.repo, f.images.clone(), &f.lock, MAX_PAGE)
+            .await
+            .expect("gc");
+        assert!(f.intact(&shared), "{report:?}");
+        assert!(
+            f.intact(&other),
+            "project zzz's image lost its blobs: {report:?}"
+        );
+    }
+
+    // The same with a small page, and an image that no record keeps.
+    #[tokio::test]
+    async fn gc_reads_every_page_and_collects_only_unreferenced_blobs() {
+        let f = Fixture::new();
+        let kept: Vec<ImportedImage> = (0..7).map(|i| f.import(&format!("kept {i}"))).collect();
+        let doomed = f.import("doomed");
+        for (i, image) in kept.iter().enumerate() {
+            f.record(&format!("p{i}"), "img", image).await;
+        }
+        let report = collect_garbage(&f.repo, f.images.clone(), &f.lock, 2)
+            .await
+            .expect("gc");
+        for image in &kept {
+            assert!(f.intact(image), "{report:?}");
+        }
+        assert!(
+            !f.intact(&doomed),
+            "an unreferenced image stays: {report:?}"
+        );
+    }
+
+    // An import whose record is stored while a delete's collection waits:
+    // the collection must see the record. The import holds the lock shared
+    // until its record is stored, as the import handler does.
+    #[tokio::test]
+    async fn an_import_racing_a_delete_keeps_its_blobs() {
+        let f = Arc::new(Fixture::new());
+        let existing = f.import("existing");
+        f.record("ops", "base", &existing).await;
+        let importing = f.lock.read().await;
+        let arriving = f.import("arriving while a delete collects");
+        let gc = {
+            let f = f.clone();
+            tokio::spawn(async move {
+                collect_garbage(&f.repo, f.images.clone(), &f.lock, MAX_PAGE).await
+            })
+        };
+        // Wait until the collection is queued for the lock behind the
+        // import (tokio's lock is fair: a queued writer blocks new readers).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.lock.try_read().is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the collection never asked for the lock"
+            );
+            tokio::task::yield_now().await;
+        }
+        f.record("dev", "fresh", &arriving).await;
+        drop(importing);
+        let report = gc.await.expect("gc task").expect("gc");
+        assert!(
+            f.intact(&arriving),
+            "the import's blobs were collected: {report:?}"
+        );
+        assert!(f.intact(&existing), "{report:?}");
+    }
 }

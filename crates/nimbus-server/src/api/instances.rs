@@ -12,9 +12,9 @@ use chrono::Utc;
 use nimbus_api::exec::ExecRequest;
 use nimbus_api::resources::Object;
 use nimbus_api::{
-    validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceKind,
-    InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, ResourceList, RestartMode,
-    Role, SecretEnv, StatusUpdate, SECRET_REDACTED,
+    validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceDefaults,
+    InstanceKind, InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, Project,
+    ResourceList, RestartMode, Role, SecretEnv, StatusUpdate, SECRET_REDACTED,
 };
 
 use super::body::JsonBody;
@@ -483,7 +483,7 @@ pub async fn create(
     let mut spec = req.spec;
     spec.secret_env = seal_secret_env(&state, &metadata.id, spec.secret_env, None)?;
     spec.restart_generation = spec.restart_generation.max(1);
-    default_guest_memory(&mut spec);
+    apply_default_limits(&state, &project, &mut spec).await?;
     let instance = Instance {
         metadata,
         spec,
@@ -508,15 +508,36 @@ pub async fn create(
     Ok((StatusCode::CREATED, shown(created)))
 }
 
-/// The guest's RAM is fixed: record it so the scheduler counts it.
-fn default_guest_memory(spec: &mut InstanceSpec) {
-    if spec.resources.memory_bytes.is_none() {
-        spec.resources.memory_bytes = match spec.kind {
-            InstanceKind::Container => None,
-            InstanceKind::Vm => Some(DEFAULT_VM_MEMORY_BYTES),
-            InstanceKind::Unikernel => Some(DEFAULT_UNIKERNEL_MEMORY_BYTES),
-        };
+/// Record the limits the instance will really run with, so `instance get`
+/// shows them and the scheduler counts them: a container without its own
+/// limits gets the project's defaults, then the built-in ones (one tenant's
+/// fork bomb or memory hog must not starve the host). A VM's or unikernel's
+/// memory is its guest RAM, with a default of its own; their CPU is
+/// `--vcpus` and QEMU's process count is capped by the agent, so those two
+/// limits stay unset for them.
+async fn apply_default_limits(
+    state: &AppState,
+    project: &str,
+    spec: &mut InstanceSpec,
+) -> ApiResult<()> {
+    match spec.kind {
+        InstanceKind::Container => {
+            let project: Project = state.repo.get(None, project).await?;
+            spec.resources =
+                InstanceDefaults::effective(&spec.resources, &project.spec.instance_defaults);
+        }
+        InstanceKind::Vm => {
+            spec.resources
+                .memory_bytes
+                .get_or_insert(DEFAULT_VM_MEMORY_BYTES);
+        }
+        InstanceKind::Unikernel => {
+            spec.resources
+                .memory_bytes
+                .get_or_insert(DEFAULT_UNIKERNEL_MEMORY_BYTES);
+        }
     }
+    Ok(())
 }
 
 /// Replace labels and spec; `metadata.revision` must be current (409 if not).
@@ -570,8 +591,11 @@ pub async fn replace(
             "the {what} of instance {name:?} cannot change; delete it and run a new one"
         ))));
     }
+    // Limits the body sets are kept; unset ones (a client that built the
+    // spec from scratch) get the project's current defaults, so no replace
+    // can leave an instance unlimited.
     let mut spec = body.spec;
-    default_guest_memory(&mut spec);
+    apply_default_limits(&state, &project, &mut spec).await?;
     spec.secret_env = seal_secret_env(
         &state,
         &current.metadata.id,

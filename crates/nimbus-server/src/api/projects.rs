@@ -3,14 +3,18 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use nimbus_api::resources::Object;
 use nimbus_api::{
-    validate_name, ApiError, CreateRequest, Image, Instance, ListOptions, Metadata, Project,
-    ProjectSpec, ProjectStatus, ResourceList, Role, RoleBinding,
+    validate_name, ApiError, CreateRequest, Image, Instance, ListOptions, Metadata, Network,
+    Project, ProjectSpec, ProjectStatus, PublishedPort, ResourceList, Role, RoleBinding,
+    SecurityGroup,
 };
+use nimbus_store::{Op, Txn};
 
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
+use crate::repo::{Repo, MAX_PAGE};
 
 #[utoipa::path(get, path = "/v1/projects", params(ListOptions),
     responses((status = 200, body = ResourceList<Project>)))]
@@ -107,6 +111,142 @@ pub async fn update(
     Ok(Json(saved))
 }
 
+/// Names of what a project still holds, per kind.
+struct Holdings {
+    kinds: Vec<HeldKind>,
+}
+
+struct HeldKind {
+    /// Plural noun for the message.
+    noun: &'static str,
+    /// The command removing one, without the name.
+    remove: &'static str,
+    names: Vec<String>,
+}
+
+/// How many names of each kind a refusal lists.
+const NAMES_SHOWN: usize = 5;
+
+impl Holdings {
+    /// In the order `project rm --force` removes them: published ports
+    /// point at instances, instances use security groups, networks and
+    /// images.
+    async fn of(repo: &Repo, project: &str) -> ApiResult<Holdings> {
+        async fn names<T: Object>(repo: &Repo, project: &str) -> ApiResult<Vec<String>> {
+            Ok(repo
+                .list_every::<T>(Some(project), MAX_PAGE)
+                .await?
+                .into_iter()
+                .map(|o| o.metadata().name.clone())
+                .collect())
+        }
+        Ok(Holdings {
+            kinds: vec![
+                HeldKind {
+                    noun: "published ports",
+                    remove: "nimbus address rm",
+                    names: names::<PublishedPort>(repo, project).await?,
+                },
+                HeldKind {
+                    noun: "instances",
+                    remove: "nimbus instance rm",
+                    names: names::<Instance>(repo, project).await?,
+                },
+                HeldKind {
+                    noun: "security groups",
+                    remove: "nimbus secgroup rm",
+                    names: names::<SecurityGroup>(repo, project).await?,
+                },
+                HeldKind {
+                    noun: "networks",
+                    remove: "nimbus network rm",
+                    names: names::<Network>(repo, project).await?,
+                },
+                HeldKind {
+                    noun: "images",
+                    remove: "nimbus image rm",
+                    names: names::<Image>(repo, project).await?,
+                },
+            ],
+        })
+    }
+
+    /// The 409 message naming what is left and how to remove it, or None
+    /// when the project is empty.
+    fn refusal(&self, project: &str) -> Option<String> {
+        let held: Vec<&HeldKind> = self.kinds.iter().filter(|k| !k.names.is_empty()).collect();
+        if held.is_empty() {
+            return None;
+        }
+        let what: Vec<String> = held
+            .iter()
+            .map(|k| {
+                let mut shown: Vec<&str> = k
+                    .names
+                    .iter()
+                    .take(NAMES_SHOWN)
+                    .map(String::as_str)
+                    .collect();
+                if k.names.len() > NAMES_SHOWN {
+                    shown.push("...");
+                }
+                format!("{} {} ({})", k.names.len(), k.noun, shown.join(", "))
+            })
+            .collect();
+        let how: Vec<String> = held
+            .iter()
+            .map(|k| format!("`{} <name> --project {project}`", k.remove))
+            .collect();
+        Some(format!(
+            "project {project:?} still holds {}; remove everything with `nimbus project rm {project} --force`, or one by one in this order: {}",
+            what.join(", "),
+            how.join(", ")
+        ))
+    }
+}
+
+/// Deletes the project's address keys and the host ports claimed in its
+/// name. Called once no instance, network or published port of the project
+/// is left, so every such key is an orphan.
+async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
+    let ipam_prefix = format!("/ipam/{project}/");
+    let addresses = repo.store.list(&ipam_prefix, None, 0).await?;
+    let claimed = repo.store.list("/hostports/", None, 0).await?;
+    let owner = format!("{project}/");
+    let mut ops: Vec<Op> = addresses
+        .kvs
+        .iter()
+        .map(|kv| Op::Delete {
+            key: kv.key.clone(),
+        })
+        .collect();
+    ops.extend(
+        claimed
+            .kvs
+            .iter()
+            .filter(|kv| kv.value.starts_with(owner.as_bytes()))
+            .map(|kv| Op::Delete {
+                key: kv.key.clone(),
+            }),
+    );
+    if ops.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        project,
+        keys = ops.len(),
+        "removing orphaned address and host-port keys of a deleted project"
+    );
+    repo.store
+        .txn(Txn {
+            compares: vec![],
+            success: ops,
+            failure: vec![],
+        })
+        .await?;
+    Ok(())
+}
+
 /// What a project's settings must satisfy.
 pub fn validate_project_spec(spec: &ProjectSpec) -> Result<(), String> {
     let ports = &spec.host_ports;
@@ -144,23 +284,15 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
     auth::require_system_admin(&caller)?;
-    let opts = ListOptions {
-        limit: Some(1),
-        ..Default::default()
-    };
-    let instances = state
-        .repo
-        .list::<Instance>(Some(&project), &opts, |_| true)
-        .await?;
-    let images = state
-        .repo
-        .list::<Image>(Some(&project), &opts, |_| true)
-        .await?;
-    if !instances.items.is_empty() || !images.items.is_empty() {
-        return Err(ServerError(ApiError::conflict(format!(
-            "project {project:?} still has instances or images; remove them first (`nimbus instance list --project {project}`)"
-        ))));
+    let held = Holdings::of(&state.repo, &project).await?;
+    if let Some(message) = held.refusal(&project) {
+        return Err(ServerError(ApiError::conflict(message)));
     }
+    // Nothing names the project any more; keys no resource owns (an
+    // address or host port whose owner went in a crash, or a store written
+    // before deletions swept them) go with it, so a later project of the
+    // same name starts empty.
+    sweep_orphan_keys(&state.repo, &project).await?;
     // Every binding goes, page by page: a later project of the same name
     // must not inherit roles.
     loop {
