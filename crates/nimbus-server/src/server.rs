@@ -78,6 +78,8 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
         list_cache: Default::default(),
+        streams: Default::default(),
+        audit: Default::default(),
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;
@@ -174,7 +176,13 @@ pub async fn serve(
     let unix = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding the API socket {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
-    tracing::info!(socket = %sock.display(), "API listening");
+    let open_files = crate::connlimit::open_file_limit();
+    let caps = crate::connlimit::caps_for(open_files, state.config.max_connections);
+    tracing::info!(socket = %sock.display(), open_files, tls_connections = caps.tls, local_connections = caps.local, "API listening");
+    let unix = crate::connlimit::LimitedUnixListener {
+        inner: unix,
+        permits: Arc::new(tokio::sync::Semaphore::new(caps.local)),
+    };
 
     let handle = axum_server::Handle::new();
     if let Some(addr) = state.config.listen {
@@ -196,18 +204,26 @@ pub async fn serve(
         tokio::spawn(async move {
             // TCP_NODELAY: without it the last segment of a large response
             // waits for the client's delayed ACK (40 ms tail latencies).
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(
+                crate::connlimit::LimitedAcceptor {
+                    inner: axum_server::accept::NoDelayAcceptor::new(),
+                    permits: Arc::new(tokio::sync::Semaphore::new(caps.tls)),
+                },
+            );
             let server = axum_server::from_tcp(listener)
                 .acceptor(acceptor)
                 .handle(handle);
-            if let Err(e) = server.serve(app.into_make_service()).await {
+            // The peer address names the source of unauthenticated calls
+            // in the audit log.
+            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = server.serve(service).await {
                 tracing::error!(error = %e, "TLS listener stopped");
             }
         });
     }
     tokio::spawn(crate::scheduler::run(state.clone()));
     tokio::spawn(crate::controllers::hosts::run(state.clone()));
+    tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
     // Watch streams never end by themselves, so graceful shutdown gets a
     // deadline: in-flight calls have two seconds to finish.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

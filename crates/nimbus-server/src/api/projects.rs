@@ -36,6 +36,7 @@ pub async fn list(
                 .collect(),
         )
     };
+    let guard = super::watch::Guard::admin_or_self(caller.clone());
     super::watch::list_or_watch::<Project>(
         &state,
         None,
@@ -45,7 +46,7 @@ pub async fn list(
                 .as_ref()
                 .is_none_or(|v| v.contains(&p.metadata.name))
         },
-        None,
+        guard,
     )
     .await
 }
