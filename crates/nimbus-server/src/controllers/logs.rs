@@ -168,8 +168,10 @@ mod tests {
                 self.0.notify_one();
             }
         }
+        // Moved into the producer, so dropped exactly when it is.
+        let ended_guard = SetOnDrop(tx_flag);
         let stream = super::async_stream(move |_tx| async move {
-            let _ended = SetOnDrop(tx_flag);
+            let _ended = ended_guard;
             loop {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
