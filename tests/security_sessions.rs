@@ -236,9 +236,14 @@ fn exec_ends_and_drops_input_when_the_role_drops_or_the_token_goes() {
     // reports are not).
     cloud.ok(&["instance", "rm", "shell"]);
     wait_until(Duration::from_secs(30), "shell to be removed", || {
-        cloud.json(&["instance", "get", "shell"]).is_err().then_some(())
+        cloud
+            .json(&["instance", "get", "shell"])
+            .is_err()
+            .then_some(())
     });
-    let audit = cloud.json(&["audit", "list", "--limit", "5000"]).expect("audit");
+    let audit = cloud
+        .json(&["audit", "list", "--limit", "5000"])
+        .expect("audit");
     let records = audit["items"].as_array().expect("items");
     let agent = format!("host:{}", cloud.host);
     assert!(
@@ -276,7 +281,10 @@ fn system_admin_sessions_end_when_the_admin_goes_and_tokens_expire() {
         "a system administrator's exec must end when the administrator is removed"
     );
     assert_input_dropped(&cloud, &mut session, "box", "/tmp/admin-after");
-    assert!(all.join().expect("thread"), "the all-instances watch must end");
+    assert!(
+        all.join().expect("thread"),
+        "the all-instances watch must end"
+    );
     assert!(users.join().expect("thread"), "the users watch must end");
 
     // An expiring token's watch ends at expiry.
@@ -339,7 +347,9 @@ fn tokens_cannot_outlive_their_maker_or_their_user() {
         "POST",
         "/v1/tokens",
         Some(&admin),
-        json!({"user": "tim", "expires_at": later}).to_string().as_bytes(),
+        json!({"user": "tim", "expires_at": later})
+            .to_string()
+            .as_bytes(),
     );
     assert_eq!(s, 201, "{body}");
 
@@ -414,7 +424,9 @@ fn unauthenticated_floods_leave_a_small_bounded_audit_log() {
     let cloud = Cloud::start_with(&["--audit-max-records", "50"]);
     let path = format!("/v1/projects/{}", "a".repeat(60_000));
     flood_unauthenticated(&cloud, &path, 5_000, 4);
-    let audit = cloud.json(&["audit", "list", "--limit", "5000"]).expect("audit");
+    let audit = cloud
+        .json(&["audit", "list", "--limit", "5000"])
+        .expect("audit");
     let records = audit["items"].as_array().expect("items");
     let anonymous: Vec<&Value> = records.iter().filter(|r| r["actor"] == "-").collect();
     assert!(
@@ -440,7 +452,9 @@ fn unauthenticated_floods_leave_a_small_bounded_audit_log() {
         assert_eq!(s, 422);
     }
     cloud.ok(&["project", "create", "after-flood"]);
-    let audit = cloud.json(&["audit", "list", "--limit", "5000"]).expect("audit");
+    let audit = cloud
+        .json(&["audit", "list", "--limit", "5000"])
+        .expect("audit");
     let records = audit["items"].as_array().expect("items");
     assert!(
         records.len() <= 51,
@@ -558,7 +572,10 @@ fn one_token_cannot_exhaust_the_api_with_streams() {
     let during = during.join().expect("victim");
 
     let opened = held.lock().expect("held").len();
-    assert_eq!(opened, PER_TOKEN, "one token holds at most {PER_TOKEN} streams");
+    assert_eq!(
+        opened, PER_TOKEN,
+        "one token holds at most {PER_TOKEN} streams"
+    );
     assert_eq!(refused.load(Ordering::SeqCst), ATTEMPTS - PER_TOKEN);
     assert!(
         during.iter().all(|(_, ok)| *ok),
@@ -580,7 +597,11 @@ fn one_token_cannot_exhaust_the_api_with_streams() {
     for _ in 0..PER_TOKEN {
         let mut s = connect(&cloud);
         write!(s, "GET /v1/projects/default/instances?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {second}\r\n\r\n").expect("write");
-        assert_eq!(read_head(&mut s).0, 200, "a second token has its own allowance");
+        assert_eq!(
+            read_head(&mut s).0,
+            200,
+            "a second token has its own allowance"
+        );
         more.push(s);
     }
     let (s, body) = http(

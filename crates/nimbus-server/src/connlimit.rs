@@ -159,7 +159,9 @@ where
 {
     type Stream = Limited<A::Stream>;
     type Service = A::Service;
-    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>,
+    >;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         let Some(placed) = admit(&self.permits, (), "tls") else {

@@ -161,6 +161,29 @@ pub async fn ensure_host_token(
     Ok(created.secret)
 }
 
+/// When many streams have closed, hand the freed heap back to the system:
+/// glibc keeps freed memory in its per-thread arenas, so without this a
+/// burst of thousands of watches leaves the server's RSS at its peak.
+async fn return_memory_after_streams_close(state: Arc<AppState>) {
+    const CLOSED_BEFORE_TRIM: usize = 256;
+    let mut peak = 0usize;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let open = state.streams.total();
+        peak = peak.max(open);
+        if peak - open >= CLOSED_BEFORE_TRIM {
+            peak = open;
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only walks and releases glibc's own free
+                // lists; it touches no memory we hold.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        }
+    }
+}
+
 /// Serve the API on the Unix socket and (if configured) TLS, and run the
 /// controllers, until `shutdown` resolves.
 pub async fn serve(
@@ -224,6 +247,7 @@ pub async fn serve(
     tokio::spawn(crate::scheduler::run(state.clone()));
     tokio::spawn(crate::controllers::hosts::run(state.clone()));
     tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
+    tokio::spawn(return_memory_after_streams_close(state.clone()));
     // Watch streams never end by themselves, so graceful shutdown gets a
     // deadline: in-flight calls have two seconds to finish.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -905,9 +905,15 @@ mod relay_tests {
         let (client, mut client_peer) = tokio::io::duplex(1024);
         let (shim, mut shim_peer) = tokio::io::duplex(1024);
         let relay = tokio::spawn(super::relay_exec(client, shim));
-        client_peer.write_all(b"before").await.expect("write before");
+        client_peer
+            .write_all(b"before")
+            .await
+            .expect("write before");
         let mut got = [0u8; 6];
-        shim_peer.read_exact(&mut got).await.expect("relayed before");
+        shim_peer
+            .read_exact(&mut got)
+            .await
+            .expect("relayed before");
         assert_eq!(&got, b"before");
         relay.abort();
         let _ = relay.await;
@@ -922,6 +928,9 @@ mod relay_tests {
         .await
         .expect("the shim side must be closed once the relay is dropped");
         assert!(read.is_ok());
-        assert!(rest.is_empty(), "input after the relay ended reached the shim: {rest:?}");
+        assert!(
+            rest.is_empty(),
+            "input after the relay ended reached the shim: {rest:?}"
+        );
     }
 }

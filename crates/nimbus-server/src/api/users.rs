@@ -89,11 +89,14 @@ pub async fn delete(
     for id in &tokens {
         delete_if_present::<Token>(&state.repo, None, id).await?;
     }
-    let bindings =
-        list_all_matching::<RoleBinding>(&state.repo, |b| b.spec.user == user).await?;
+    let bindings = list_all_matching::<RoleBinding>(&state.repo, |b| b.spec.user == user).await?;
     for b in &bindings {
-        delete_if_present::<RoleBinding>(&state.repo, b.metadata.project.as_deref(), &b.metadata.name)
-            .await?;
+        delete_if_present::<RoleBinding>(
+            &state.repo,
+            b.metadata.project.as_deref(),
+            &b.metadata.name,
+        )
+        .await?;
     }
     state.tokens.invalidate_all();
     Ok(StatusCode::NO_CONTENT)

@@ -122,7 +122,11 @@ async fn load_token(state: &AppState, token_id: &str) -> ApiResult<Option<(Calle
     let Some(stored) = state.repo.try_get::<Token>(None, token_id).await? else {
         return Ok(None);
     };
-    if stored.spec.expires_at.is_some_and(|exp| exp < chrono::Utc::now()) {
+    if stored
+        .spec
+        .expires_at
+        .is_some_and(|exp| exp < chrono::Utc::now())
+    {
         return Ok(None);
     }
     let caller = if let Some(host) = &stored.spec.host {
@@ -133,11 +137,7 @@ async fn load_token(state: &AppState, token_id: &str) -> ApiResult<Option<(Calle
             host: Some(host.clone()),
         }
     } else {
-        let Some(user) = state
-            .repo
-            .try_get::<User>(None, &stored.spec.user)
-            .await?
-        else {
+        let Some(user) = state.repo.try_get::<User>(None, &stored.spec.user).await? else {
             return Ok(None);
         };
         Caller {

@@ -168,10 +168,9 @@ impl StreamLimiter {
     ) -> ApiResult<StreamPermit> {
         let token = Holder::Token(caller.token_id.clone());
         let user = Holder::User(caller.user.clone());
-        let mut open = self
-            .open
-            .lock()
-            .map_err(|_| ServerError(ApiError::internal("the stream limiter's lock is poisoned")))?;
+        let mut open = self.open.lock().map_err(|_| {
+            ServerError(ApiError::internal("the stream limiter's lock is poisoned"))
+        })?;
         let on_token = open.get(&token).copied().unwrap_or(0);
         let on_user = open.get(&user).copied().unwrap_or(0);
         if on_token >= max_per_token {
@@ -257,16 +256,26 @@ mod tests {
         let first: Vec<_> = (0..2)
             .map(|_| limiter.try_acquire(&a1, 2, 3).expect("under the limits"))
             .collect();
-        let err = limiter.try_acquire(&a1, 2, 3).err().expect("token at its limit");
+        let err = limiter
+            .try_acquire(&a1, 2, 3)
+            .err()
+            .expect("token at its limit");
         assert_eq!(err.0.code, nimbus_api::ErrorCode::TooManyRequests);
         let third = limiter.try_acquire(&a2, 2, 3).expect("another token");
-        let err = limiter.try_acquire(&a2, 2, 3).err().expect("user at its limit");
+        let err = limiter
+            .try_acquire(&a2, 2, 3)
+            .err()
+            .expect("user at its limit");
         assert!(err.0.message.contains("per user"), "{}", err.0.message);
-        let _b = limiter.try_acquire(&bob, 2, 3).expect("another user is not affected");
+        let _b = limiter
+            .try_acquire(&bob, 2, 3)
+            .expect("another user is not affected");
         assert_eq!(limiter.total(), 4);
         drop(first);
         drop(third);
         assert_eq!(limiter.total(), 1);
-        limiter.try_acquire(&a1, 2, 3).expect("places come back when sessions end");
+        limiter
+            .try_acquire(&a1, 2, 3)
+            .expect("places come back when sessions end");
     }
 }
