@@ -623,3 +623,46 @@ fn one_token_cannot_exhaust_the_api_with_streams() {
         (read_head(&mut s).0 == 200).then_some(())
     });
 }
+
+#[test]
+fn tls_connections_past_the_cap_are_closed_and_the_local_socket_keeps_working() {
+    const CAP: usize = 50;
+    const EXTRA: usize = 10;
+    let cloud = Cloud::start_with(&["--max-connections", "50"]);
+    // Plain TCP connections that never start TLS hold their place until
+    // the 10 s handshake timeout; those past the cap are closed at once.
+    let outcomes: Vec<_> = (0..CAP + EXTRA)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", cloud.port)).expect("connect");
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(4)))
+                    .expect("read timeout");
+                let mut buf = [0u8; 16];
+                // Ok(0) or a reset: closed by the server; a timeout: held.
+                let closed = match s.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                };
+                (closed, s)
+            })
+        })
+        .collect();
+    // While the TLS port is full, the local socket still answers.
+    let (status, body) = http(&cloud, "GET", "/v1/whoami", Some(&cloud.admin_token()), b"");
+    assert_eq!(status, 200, "{body}");
+    let results: Vec<(bool, std::net::TcpStream)> = outcomes
+        .into_iter()
+        .map(|h| h.join().expect("reader"))
+        .collect();
+    let closed = results.iter().filter(|(c, _)| *c).count();
+    assert_eq!(
+        closed,
+        EXTRA,
+        "of {} connections with a cap of {CAP}, exactly {EXTRA} must be closed at once",
+        CAP + EXTRA
+    );
+}
