@@ -16,6 +16,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     Invalid,
+    /// Too many concurrent streams or requests for this token or user.
+    TooManyRequests,
     Compacted,
     Internal,
     Unavailable,
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Invalid => 422,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
@@ -48,6 +51,7 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             415 => ErrorCode::UnsupportedMediaType,
             422 => ErrorCode::Invalid,
+            429 => ErrorCode::TooManyRequests,
             503 => ErrorCode::Unavailable,
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
@@ -106,6 +110,9 @@ impl ApiError {
     }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, m)
+    }
+    pub fn too_many_requests(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::TooManyRequests, m)
     }
     pub fn unavailable(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, m)

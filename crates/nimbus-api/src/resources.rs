@@ -826,6 +826,14 @@ pub struct AuditRecord {
     pub status: u16,
     /// `ok`, or the error code.
     pub result: String,
+    /// Where an unauthenticated call came from (peer address, or the local
+    /// socket); unauthenticated failures are recorded once per source and
+    /// window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For an aggregate record: how many calls it stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// Who the caller is: returned by `GET /v1/whoami`.

@@ -25,6 +25,16 @@ pub struct ServerConfig {
     pub max_unpacked_bytes: u64,
     /// A host that has not sent a heartbeat for this long is unreachable.
     pub host_timeout_ms: u64,
+    /// Long-lived streams (watch, logs --follow, exec, console) one token
+    /// may hold open at once; more are refused with 429.
+    pub max_streams_per_token: usize,
+    /// The same across all tokens of one user.
+    pub max_streams_per_user: usize,
+    /// Audit records kept; the oldest are pruned past this.
+    pub audit_max_records: usize,
+    /// Concurrent connections on the TLS listener; `None` derives it from
+    /// the open-file limit, leaving room for the local socket and the store.
+    pub max_connections: Option<usize>,
 }
 
 impl ServerConfig {
@@ -40,6 +50,10 @@ impl ServerConfig {
             max_image_bytes: 4 << 30,
             max_unpacked_bytes: 8 << 30,
             host_timeout_ms: 30_000,
+            max_streams_per_token: 32,
+            max_streams_per_user: 64,
+            audit_max_records: 100_000,
+            max_connections: None,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connlimit;
 pub mod controllers;
 pub mod datadir;
 pub mod error;

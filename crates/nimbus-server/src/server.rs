@@ -97,6 +97,8 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
         list_cache: Default::default(),
+        streams: Default::default(),
+        audit: Default::default(),
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;
@@ -205,6 +207,29 @@ fn restrict_socket(sock: &std::path::Path, group_name: &str) -> anyhow::Result<O
     Ok(group.map(|g| g.name))
 }
 
+/// When many streams have closed, hand the freed heap back to the system:
+/// glibc keeps freed memory in its per-thread arenas, so without this a
+/// burst of thousands of watches leaves the server's RSS at its peak.
+async fn return_memory_after_streams_close(state: Arc<AppState>) {
+    const CLOSED_BEFORE_TRIM: usize = 256;
+    let mut peak = 0usize;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let open = state.streams.total();
+        peak = peak.max(open);
+        if peak - open >= CLOSED_BEFORE_TRIM {
+            peak = open;
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only walks and releases glibc's own free
+                // lists; it touches no memory we hold.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        }
+    }
+}
+
 /// Serve the API on the Unix socket and (if configured) TLS, and run the
 /// controllers, until `shutdown` resolves.
 pub async fn serve(
@@ -220,7 +245,13 @@ pub async fn serve(
     let unix = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding the API socket {}", sock.display()))?;
     let group = restrict_socket(&sock, &state.config.socket_group)?;
-    tracing::info!(socket = %sock.display(), group = group.as_deref().unwrap_or("root only"), "API listening");
+    let open_files = crate::connlimit::open_file_limit();
+    let caps = crate::connlimit::caps_for(open_files, state.config.max_connections);
+    tracing::info!(socket = %sock.display(), group = group.as_deref().unwrap_or("root only"), open_files, tls_connections = caps.tls, local_connections = caps.local, "API listening");
+    let unix = crate::connlimit::LimitedUnixListener {
+        inner: unix,
+        permits: Arc::new(tokio::sync::Semaphore::new(caps.local)),
+    };
 
     let handle = axum_server::Handle::new();
     if let Some(addr) = state.config.listen {
@@ -242,18 +273,27 @@ pub async fn serve(
         tokio::spawn(async move {
             // TCP_NODELAY: without it the last segment of a large response
             // waits for the client's delayed ACK (40 ms tail latencies).
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(
+                crate::connlimit::LimitedAcceptor {
+                    inner: axum_server::accept::NoDelayAcceptor::new(),
+                    permits: Arc::new(tokio::sync::Semaphore::new(caps.tls)),
+                },
+            );
             let server = axum_server::from_tcp(listener)
                 .acceptor(acceptor)
                 .handle(handle);
-            if let Err(e) = server.serve(app.into_make_service()).await {
+            // The peer address names the source of unauthenticated calls
+            // in the audit log.
+            let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = server.serve(service).await {
                 tracing::error!(error = %e, "TLS listener stopped");
             }
         });
     }
     tokio::spawn(crate::scheduler::run(state.clone()));
     tokio::spawn(crate::controllers::hosts::run(state.clone()));
+    tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
+    tokio::spawn(return_memory_after_streams_close(state.clone()));
     // Watch streams never end by themselves, so graceful shutdown gets a
     // deadline: in-flight calls have two seconds to finish.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

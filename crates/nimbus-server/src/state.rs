@@ -26,6 +26,11 @@ pub struct AppState {
     pub image_lock: tokio::sync::RwLock<()>,
     /// Whole list responses while the store is unchanged.
     pub list_cache: crate::api::watch::ListResponseCache,
+    /// Open long-lived sessions per token and user (see `auth::session`).
+    pub streams: Arc<crate::auth::session::StreamLimiter>,
+    /// Audit records written and failed-authentication windows (see
+    /// `auth::audit`).
+    pub audit: crate::auth::audit::AuditLog,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

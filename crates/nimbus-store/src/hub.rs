@@ -35,13 +35,16 @@ pub(crate) type LagSignal = Arc<OnceLock<Lag>>;
 
 struct Subscriber {
     prefix: String,
-    sender: mpsc::Sender<Event>,
+    /// Events are shared, not copied, across subscribers: a commit costs one
+    /// copy however many watch it, and an idle subscriber's channel holds
+    /// pointers, not whole events.
+    sender: mpsc::Sender<Arc<Event>>,
     lag: LagSignal,
 }
 
 /// The receiving side of a live subscription.
 pub(crate) struct LiveSubscription {
-    pub events: mpsc::Receiver<Event>,
+    pub events: mpsc::Receiver<Arc<Event>>,
     /// Set when the hub dropped this subscription because its channel was full; the
     /// channel then closes after the events it already holds.
     pub lag: LagSignal,
@@ -67,12 +70,16 @@ impl WatchHub {
 
     /// Delivers the events of one commit (all at `head_revision`) to matching subscribers.
     pub fn publish(&mut self, events: &[Event], head_revision: Revision) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let events: Vec<Arc<Event>> = events.iter().cloned().map(Arc::new).collect();
         self.subscribers.retain(|subscriber| {
-            for event in events {
+            for event in &events {
                 if !event.kv.key.starts_with(&subscriber.prefix) {
                     continue;
                 }
-                match subscriber.sender.try_send(event.clone()) {
+                match subscriber.sender.try_send(Arc::clone(event)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::warn!(

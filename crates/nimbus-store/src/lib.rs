@@ -29,8 +29,10 @@ pub type Revision = i64;
 
 /// Capacity of each watcher's channel. A watcher that falls more than about this many
 /// events behind (a backend may buffer up to twice as many) receives
-/// [`StoreError::Compacted`] as its last item.
-pub const WATCH_CHANNEL_CAPACITY: usize = 4096;
+/// [`StoreError::Compacted`] as its last item, and re-lists. It bounds what one stalled
+/// watcher (a client that stopped reading) can make the server hold: at 4096 that was
+/// up to 8192 copies of whole events per watch, tens of MiB for large objects.
+pub const WATCH_CHANNEL_CAPACITY: usize = 1024;
 
 /// A key with its value and revisions.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,6 +39,20 @@ pub struct ServerArgs {
     /// Largest total size an image may unpack to (decompression-bomb guard).
     #[arg(long, default_value = "8GiB", value_parser = parse_size_arg)]
     pub max_unpacked_size: u64,
+    /// Long-lived streams (watch, logs --follow, exec, console) one token
+    /// may hold open; more get 429.
+    #[arg(long, default_value_t = 32)]
+    pub max_streams_per_token: usize,
+    /// The same across all tokens of one user.
+    #[arg(long, default_value_t = 64)]
+    pub max_streams_per_user: usize,
+    /// Audit records kept; the oldest are pruned past this.
+    #[arg(long, default_value_t = 100_000)]
+    pub audit_max_records: usize,
+    /// Concurrent connections on the HTTPS port (default: from the
+    /// open-file limit, leaving room for the local socket).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -71,6 +85,10 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.max_body_bytes = args.max_body_bytes;
     config.max_image_bytes = args.max_image_size;
     config.max_unpacked_bytes = args.max_unpacked_size;
+    config.max_streams_per_token = args.max_streams_per_token;
+    config.max_streams_per_user = args.max_streams_per_user;
+    config.audit_max_records = args.audit_max_records;
+    config.max_connections = args.max_connections;
     config
 }
 

@@ -37,7 +37,14 @@ pub async fn list_all(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
     super::networks::require_agent_or_admin(&caller, "addresses")?;
-    super::watch::list_or_watch::<PublishedPort>(&state, None, &opts, |_| true, None).await
+    super::watch::list_or_watch::<PublishedPort>(
+        &state,
+        None,
+        &opts,
+        |_| true,
+        super::watch::Guard::admin_or_host(caller.clone()),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/addresses/{name}", responses((status = 200, body = PublishedPort)))]

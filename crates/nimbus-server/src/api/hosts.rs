@@ -46,7 +46,7 @@ pub async fn list(
         None,
         &opts,
         super::watch::accepts_gzip(&headers),
-        None,
+        super::watch::Guard::admin_or_host(caller),
     )
     .await
 }

@@ -73,7 +73,8 @@ pub async fn list_all(
     }
     let host = q.host.clone();
     let on_host = move |i: &Instance| host.is_none() || i.status.host == host;
-    super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host, None).await
+    let guard = super::watch::Guard::admin_or_host(caller);
+    super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host, guard).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", responses((status = 200, body = Instance)))]
@@ -764,6 +765,7 @@ pub async fn console(
     mut req: Request,
 ) -> ApiResult<Response> {
     let instance = running_vm(&state, &caller, &project, &name, "console").await?;
+    let session = super::watch::Guard::role(caller, &project, Role::Member).open(&state)?;
     if !matches!(
         instance.status.phase,
         InstancePhase::Running | InstancePhase::Paused
@@ -780,8 +782,9 @@ pub async fn console(
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve consoles on this server"))?;
     let shim = io.console(&instance).await?;
-    // The console (often a root shell) ends when the caller loses their role.
-    upgrade_to_relay(&state, caller, &project, on_upgrade, shim, "console")
+    // The console (often a root shell) ends when the caller loses member
+    // in the project or their token.
+    upgrade_to_relay(&state, session, on_upgrade, shim, "console")
 }
 
 /// Deletion: instances never started are removed at once; others are
@@ -841,7 +844,11 @@ pub async fn report_status(
             ))));
         }
         crate::ipam::delete_with_addresses(&state.repo, &current, None).await?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        // Finalizing removes the instance: audited even from an agent.
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        resp.extensions_mut()
+            .insert(crate::auth::audit::AuditAgentCall);
+        return Ok(resp);
     }
     let saved = state
         .repo
@@ -884,15 +891,21 @@ pub async fn logs(
     let io = state.host_io().ok_or_else(|| {
         ApiError::unavailable("no agent can serve logs on this server; is the host agent running?")
     })?;
-    let files = io.log_files(&instance).await?;
-    let guard = super::watch::Guard {
-        caller,
-        project: project.clone(),
+    // Counted against the caller's stream limits only when it is long-lived.
+    let session = if q.follow {
+        Some(super::watch::Guard::role(caller, &project, Role::Reader).open(&state)?)
+    } else {
+        None
     };
-    // A followed log ends when the caller loses their role in the project.
+    let files = io.log_files(&instance).await?;
+    // A followed log ends when the caller loses their role in the project
+    // or their token.
     use futures::StreamExt;
-    let stream = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow)
-        .take_until(super::watch::revoked(state.clone(), guard));
+    let lines = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow);
+    let stream = match session {
+        Some(session) => lines.take_until(session.revoked(state.clone())).boxed(),
+        None => lines.boxed(),
+    };
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
@@ -908,6 +921,8 @@ pub async fn exec(
     mut req: Request,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    // Counted before the shim is asked for anything.
+    let session = super::watch::Guard::role(caller, &project, Role::Member).open(&state)?;
     let instance: Instance = state.repo.get(Some(&project), &name).await?;
     if instance.status.phase != InstancePhase::Running {
         return Err(ServerError(ApiError::conflict(format!(
@@ -930,34 +945,29 @@ pub async fn exec(
         .host_io()
         .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
     let shim = io.exec(&instance, &exec_req).await?;
-    // The session ends when the caller loses their role in the project.
-    upgrade_to_relay(&state, caller, &project, on_upgrade, shim, "exec")
+    // The session ends when the caller loses member in the project or
+    // their token.
+    upgrade_to_relay(&state, session, on_upgrade, shim, "exec")
 }
 
 /// Answer 101 and relay the upgraded connection to the shim's stream (exec
-/// or console) until either ends, or until the caller loses their role in
-/// the project.
+/// or console) until either ends, or until the session is revoked.
 fn upgrade_to_relay(
     state: &Arc<AppState>,
-    caller: Caller,
-    project: &str,
+    session: crate::auth::session::Session,
     on_upgrade: hyper::upgrade::OnUpgrade,
     shim: Box<dyn crate::hostio::ExecStream>,
     what: &'static str,
 ) -> ApiResult<Response> {
-    let revoked = super::watch::revoked(
-        state.clone(),
-        super::watch::Guard {
-            caller,
-            project: project.to_string(),
-        },
-    );
+    let revoked = session.revoked(state.clone());
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                // Dropping the relay drops both directions and both
+                // connections: nothing typed after revocation reaches the shim.
                 tokio::select! {
                     _ = relay_exec(hyper_util::rt::TokioIo::new(upgraded), shim) => {}
-                    _ = revoked => tracing::info!("{what} session ended: the caller's role was revoked"),
+                    _ = revoked => tracing::info!("{what} session ended: its caller is no longer allowed"),
                 }
             }
             Err(e) => tracing::warn!(error = %e, "{what} upgrade failed"),
@@ -972,19 +982,72 @@ fn upgrade_to_relay(
 }
 
 /// Relay an exec session. The shim's output is copied to its end even if
-/// the other direction fails first, so the exit frame always arrives.
-async fn relay_exec<C>(client: C, shim: Box<dyn crate::hostio::ExecStream>)
+/// the other direction fails first, so the exit frame always arrives. Both
+/// directions run inside this one future (no spawned task), so dropping it
+/// ends the whole session.
+async fn relay_exec<C, S>(client: C, shim: S)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::AsyncWriteExt;
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut shim_rd, mut shim_wr) = tokio::io::split(shim);
-    let input = tokio::spawn(async move {
+    let input = async {
         let _ = tokio::io::copy(&mut client_rd, &mut shim_wr).await;
         let _ = shim_wr.shutdown().await;
-    });
-    let _ = tokio::io::copy(&mut shim_rd, &mut client_wr).await;
-    let _ = client_wr.shutdown().await;
-    input.abort();
+    };
+    let output = async {
+        let _ = tokio::io::copy(&mut shim_rd, &mut client_wr).await;
+        let _ = client_wr.shutdown().await;
+    };
+    tokio::pin!(input, output);
+    let mut input_done = false;
+    loop {
+        tokio::select! {
+            _ = &mut input, if !input_done => input_done = true,
+            _ = &mut output => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Dropping a relay (as revocation does) must stop input at once: the
+    /// old relay copied stdin in a spawned task that outlived it.
+    #[tokio::test]
+    async fn a_dropped_relay_forwards_no_more_input() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (shim, mut shim_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(super::relay_exec(client, shim));
+        client_peer
+            .write_all(b"before")
+            .await
+            .expect("write before");
+        let mut got = [0u8; 6];
+        shim_peer
+            .read_exact(&mut got)
+            .await
+            .expect("relayed before");
+        assert_eq!(&got, b"before");
+        relay.abort();
+        let _ = relay.await;
+        // The relay is gone: the shim side sees the end of its stream,
+        // never the bytes typed afterwards.
+        let _ = client_peer.write_all(b"after").await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            shim_peer.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the shim side must be closed once the relay is dropped");
+        assert!(read.is_ok());
+        assert!(
+            rest.is_empty(),
+            "input after the relay ended reached the shim: {rest:?}"
+        );
+    }
 }

@@ -56,7 +56,14 @@ pub async fn list_all(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
     require_agent_or_admin(&caller, "networks")?;
-    super::watch::list_or_watch::<Network>(&state, None, &opts, |_| true, None).await
+    super::watch::list_or_watch::<Network>(
+        &state,
+        None,
+        &opts,
+        |_| true,
+        super::watch::Guard::admin_or_host(caller.clone()),
+    )
+    .await
 }
 
 pub fn require_agent_or_admin(caller: &Caller, what: &str) -> ApiResult<()> {

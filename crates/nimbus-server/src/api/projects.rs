@@ -40,6 +40,7 @@ pub async fn list(
                 .collect(),
         )
     };
+    let guard = super::watch::Guard::admin_or_self(caller.clone());
     super::watch::list_or_watch::<Project>(
         &state,
         None,
@@ -49,7 +50,7 @@ pub async fn list(
                 .as_ref()
                 .is_none_or(|v| v.contains(&p.metadata.name))
         },
-        None,
+        guard,
     )
     .await
 }

@@ -39,7 +39,14 @@ pub async fn list_all(
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
     super::networks::require_agent_or_admin(&caller, "secgroups")?;
-    super::watch::list_or_watch::<SecurityGroup>(&state, None, &opts, |_| true, None).await
+    super::watch::list_or_watch::<SecurityGroup>(
+        &state,
+        None,
+        &opts,
+        |_| true,
+        super::watch::Guard::admin_or_host(caller.clone()),
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/secgroups/{name}", responses((status = 200, body = SecurityGroup)))]

@@ -28,7 +28,7 @@ pub async fn list(
         None,
         &opts,
         super::watch::accepts_gzip(&headers),
-        None,
+        super::watch::Guard::new(caller, super::watch::Need::SystemAdmin),
     )
     .await
 }
@@ -79,29 +79,60 @@ pub async fn delete(
         )));
     }
     state.repo.delete::<User>(None, &user, None).await?;
-    // Its tokens and bindings go with it.
-    let tokens = state
-        .repo
-        .list::<Token>(None, &ListOptions::default(), |t| t.spec.user == user)
-        .await?;
-    for t in tokens.items {
-        let _ = state
-            .repo
-            .delete::<Token>(None, &t.metadata.name, None)
-            .await;
+    // Its tokens and bindings go with it, every page of them: a token left
+    // behind would come back to life with a new user of the same name.
+    let tokens: Vec<String> = list_all_matching::<Token>(&state.repo, |t| t.spec.user == user)
+        .await?
+        .into_iter()
+        .map(|t| t.metadata.name)
+        .collect();
+    for id in &tokens {
+        delete_if_present::<Token>(&state.repo, None, id).await?;
     }
-    let bindings = state
-        .repo
-        .list::<RoleBinding>(None, &ListOptions::default(), |b| b.spec.user == user)
+    let bindings = list_all_matching::<RoleBinding>(&state.repo, |b| b.spec.user == user).await?;
+    for b in &bindings {
+        delete_if_present::<RoleBinding>(
+            &state.repo,
+            b.metadata.project.as_deref(),
+            &b.metadata.name,
+        )
         .await?;
-    for b in bindings.items {
-        let _ = state
-            .repo
-            .delete::<RoleBinding>(b.metadata.project.as_deref(), &b.metadata.name, None)
-            .await;
     }
     state.tokens.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every object of a collection (all projects) that `keep` accepts,
+/// across all pages.
+async fn list_all_matching<T: nimbus_api::resources::Object>(
+    repo: &Repo,
+    keep: impl Fn(&T) -> bool + Copy,
+) -> ApiResult<Vec<T>> {
+    let mut all = Vec::new();
+    let mut opts = ListOptions {
+        limit: Some(crate::repo::MAX_PAGE),
+        ..ListOptions::default()
+    };
+    loop {
+        let page = repo.list::<T>(None, &opts, keep).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => opts.continue_token = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Delete, treating "already gone" as done (another call may race us).
+async fn delete_if_present<T: nimbus_api::resources::Object>(
+    repo: &Repo,
+    project: Option<&str>,
+    name: &str,
+) -> ApiResult<()> {
+    match repo.delete::<T>(project, name, None).await {
+        Err(e) if e.0.code == nimbus_api::ErrorCode::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 fn redact(mut t: Token) -> Token {
@@ -156,8 +187,34 @@ pub async fn create_token(
         auth::require_system_admin(&caller)?;
     }
     let _: User = state.repo.get(None, &user).await?;
-    let created = issue_token(&state.repo, &user, &req.description, None, req.expires_at).await?;
+    let expires_at = capped_expiry(&state, &caller, req.expires_at).await?;
+    let created = issue_token(&state.repo, &user, &req.description, None, expires_at).await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A token may not outlive the token that creates it (else a short-lived
+/// token could mint itself a permanent one); system administrators may
+/// issue any expiry. Without an asked expiry, the new token gets the
+/// creating token's.
+async fn capped_expiry(
+    state: &crate::AppState,
+    caller: &Caller,
+    asked: Option<chrono::DateTime<chrono::Utc>>,
+) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+    if caller.system_admin {
+        return Ok(asked);
+    }
+    let creator: Option<Token> = state.repo.try_get(None, &caller.token_id).await?;
+    let Some(limit) = creator.and_then(|t| t.spec.expires_at) else {
+        return Ok(asked);
+    };
+    match asked {
+        None => Ok(Some(limit)),
+        Some(at) if at <= limit => Ok(Some(at)),
+        Some(at) => Err(ServerError(ApiError::invalid(format!(
+            "a token expiring at {at} would outlive the token creating it, which expires at {limit}; ask for an expiry no later than that, or ask a system administrator"
+        )))),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = ResourceList<Token>)))]
@@ -166,12 +223,13 @@ pub async fn list_tokens(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
+    let guard = super::watch::Guard::admin_or_self(caller.clone());
     super::watch::list_or_watch::<Token>(
         &state,
         None,
         &opts,
         move |t| caller.system_admin || t.spec.user == caller.user,
-        None,
+        guard,
     )
     .await
 }

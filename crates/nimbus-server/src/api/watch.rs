@@ -14,38 +14,21 @@ use crate::error::{ApiResult, ServerError};
 use crate::repo::decode;
 use crate::state::AppState;
 
+pub use crate::auth::session::{Guard, Need};
+
 /// Stream events under `prefix` after `after_revision` (default: now),
-/// keeping those `filter` accepts.
-/// Who watches a project's collection: the stream ends when they lose
-/// their role in it.
-#[derive(Clone)]
-pub struct Guard {
-    pub caller: crate::auth::Caller,
-    pub project: String,
-}
-
-/// How often an open stream re-checks its caller's role.
-const ROLE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Resolves once the guarded caller no longer holds any role in the
-/// project (checked every [`ROLE_RECHECK`]); long-lived responses end there.
-pub async fn revoked(state: Arc<AppState>, guard: Guard) {
-    loop {
-        tokio::time::sleep(ROLE_RECHECK).await;
-        match crate::auth::role_in(&state.repo, &guard.caller, &guard.project).await {
-            Ok(Some(_)) => continue,
-            _ => break,
-        }
-    }
-}
-
+/// keeping those `filter` accepts, until the guard's caller is no longer
+/// allowed (token deleted or expired, role or admin flag gone). The stream
+/// counts against the caller's stream limits while it is open.
 pub async fn stream<T: Object>(
     state: &Arc<AppState>,
     prefix: String,
     after_revision: Option<i64>,
     filter: impl Fn(&T) -> bool + Send + Sync + 'static,
-    guard: Option<Guard>,
+    guard: Guard,
 ) -> ApiResult<Response> {
+    // Counted before any work, so refused streams cost next to nothing.
+    let session = guard.open(state)?;
     let after = match after_revision {
         Some(r) => r,
         None => state.repo.store.current_revision().await?,
@@ -108,10 +91,7 @@ pub async fn stream<T: Object>(
         });
         futures::future::ready(bytes)
     });
-    let events = match guard {
-        None => events.boxed(),
-        Some(g) => events.take_until(revoked(state.clone(), g)).boxed(),
-    };
+    let events = events.take_until(session.revoked(state.clone()));
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(events))
@@ -124,7 +104,7 @@ pub async fn list_or_watch<T: Object>(
     project: Option<&str>,
     opts: &nimbus_api::ListOptions,
     filter: impl Fn(&T) -> bool + Send + Sync + 'static,
-    guard: Option<Guard>,
+    guard: Guard,
 ) -> ApiResult<Response> {
     use axum::response::IntoResponse;
     if opts.watch == Some(true) {
@@ -198,7 +178,7 @@ pub async fn list_or_watch_all<T: Object>(
     project: Option<&str>,
     opts: &nimbus_api::ListOptions,
     gzip_ok: bool,
-    guard: Option<Guard>,
+    guard: Guard,
 ) -> ApiResult<Response> {
     if opts.watch == Some(true) || opts.selector.is_some() {
         return list_or_watch::<T>(state, project, opts, |_| true, guard).await;
@@ -282,9 +262,6 @@ pub async fn list_in_project<T: Object>(
 ) -> ApiResult<Response> {
     crate::auth::require_role(&state.repo, &caller, &project, nimbus_api::Role::Reader).await?;
     let gzip_ok = accepts_gzip(headers);
-    let guard = Guard {
-        caller,
-        project: project.clone(),
-    };
-    list_or_watch_all::<T>(state, Some(&project), opts, gzip_ok, Some(guard)).await
+    let guard = Guard::role(caller, &project, nimbus_api::Role::Reader);
+    list_or_watch_all::<T>(state, Some(&project), opts, gzip_ok, guard).await
 }

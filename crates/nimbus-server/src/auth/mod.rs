@@ -5,6 +5,7 @@
 //! can see the project but lacks the role for a change gets 403.
 
 pub mod audit;
+pub mod session;
 pub mod token;
 
 use std::collections::HashMap;
@@ -91,40 +92,11 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
             "invalid or expired token; create a new one with `nimbus token create`",
         ))
     };
-    let stored: Token = state
-        .repo
-        .try_get::<Token>(None, token_id)
-        .await?
-        .ok_or_else(invalid)?;
+    let (caller, stored) = load_token(state, token_id).await?.ok_or_else(invalid)?;
     let stored_hash = token::decode_hash(&stored.status.secret_sha256).ok_or_else(invalid)?;
     if !token::hashes_equal(&stored_hash, &presented) {
         return Err(invalid());
     }
-    if let Some(exp) = stored.spec.expires_at {
-        if exp < chrono::Utc::now() {
-            return Err(invalid());
-        }
-    }
-    let caller = if let Some(host) = &stored.spec.host {
-        Caller {
-            user: format!("host:{host}"),
-            system_admin: false,
-            token_id: token_id.to_string(),
-            host: Some(host.clone()),
-        }
-    } else {
-        let user: User = state
-            .repo
-            .try_get::<User>(None, &stored.spec.user)
-            .await?
-            .ok_or_else(invalid)?;
-        Caller {
-            user: user.metadata.name.clone(),
-            system_admin: user.spec.system_admin,
-            token_id: token_id.to_string(),
-            host: None,
-        }
-    };
     if let Ok(mut cache) = state.tokens.entries.write() {
         cache.insert(
             token_id.to_string(),
@@ -137,6 +109,45 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
         );
     }
     Ok(caller)
+}
+
+/// The caller a token acts as, read from the store (never the cache):
+/// `None` when the token is gone or expired, or its user is gone. The
+/// secret is not checked here.
+pub async fn load_caller(state: &AppState, token_id: &str) -> ApiResult<Option<Caller>> {
+    Ok(load_token(state, token_id).await?.map(|(caller, _)| caller))
+}
+
+async fn load_token(state: &AppState, token_id: &str) -> ApiResult<Option<(Caller, Token)>> {
+    let Some(stored) = state.repo.try_get::<Token>(None, token_id).await? else {
+        return Ok(None);
+    };
+    if stored
+        .spec
+        .expires_at
+        .is_some_and(|exp| exp < chrono::Utc::now())
+    {
+        return Ok(None);
+    }
+    let caller = if let Some(host) = &stored.spec.host {
+        Caller {
+            user: format!("host:{host}"),
+            system_admin: false,
+            token_id: token_id.to_string(),
+            host: Some(host.clone()),
+        }
+    } else {
+        let Some(user) = state.repo.try_get::<User>(None, &stored.spec.user).await? else {
+            return Ok(None);
+        };
+        Caller {
+            user: user.metadata.name.clone(),
+            system_admin: user.spec.system_admin,
+            token_id: token_id.to_string(),
+            host: None,
+        }
+    };
+    Ok(Some((caller, stored)))
 }
 
 /// The caller's role in `project`, `None` when it has none.
@@ -245,7 +256,19 @@ pub async fn auth_layer(
         Err(e) => {
             let resp = e.into_response();
             if mutating {
-                audit::record(&state, None, &method, &path, audit::outcome(&resp)).await;
+                let source = req
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip().to_string())
+                    .unwrap_or_else(|| "local socket".into());
+                audit::record_unauthenticated(
+                    &state,
+                    &source,
+                    &method,
+                    &path,
+                    audit::outcome(&resp),
+                )
+                .await;
             }
             return resp;
         }
@@ -253,8 +276,13 @@ pub async fn auth_layer(
     req.extensions_mut().insert(caller.clone());
     let resp = next.run(req).await;
     // Agents report status several times a second; auditing each report
-    // would drown the log in noise, so only user calls are audited.
-    if mutating && !caller.is_host_agent() {
+    // would drown the log in noise, so of agents' calls only those that
+    // change what exists are audited: anything but a status report, and
+    // the report that finalizes a deletion (its handler marks it).
+    let routine_report = caller.is_host_agent()
+        && path.ends_with("/status")
+        && resp.extensions().get::<audit::AuditAgentCall>().is_none();
+    if mutating && !routine_report {
         audit::record(&state, Some(&caller), &method, &path, audit::outcome(&resp)).await;
     }
     resp

@@ -106,13 +106,79 @@ pub fn stream(
     })
 }
 
-/// A tiny generator: run `f` with a sender, yield what it sends.
+/// Log streams whose producing task is still alive (tests and metrics).
+static LIVE_PRODUCERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many log streams still have a producing task.
+pub fn live_producers() -> usize {
+    LIVE_PRODUCERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+struct LiveProducer;
+
+impl LiveProducer {
+    fn new() -> LiveProducer {
+        LIVE_PRODUCERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LiveProducer
+    }
+}
+
+impl Drop for LiveProducer {
+    fn drop(&mut self) {
+        LIVE_PRODUCERS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A tiny generator: run `f` with a sender, yield what it sends. The task
+/// running `f` ends as soon as the stream is dropped, even if `f` is
+/// waiting for something else (a quiet log never sends, so it would never
+/// notice the client had gone).
 fn async_stream<F, Fut>(f: F) -> impl Stream<Item = std::io::Result<Bytes>> + Send
 where
     F: FnOnce(tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
+    let gone = tx.clone();
+    let producer = f(tx);
+    let live = LiveProducer::new();
+    tokio::spawn(async move {
+        let _live = live;
+        tokio::select! {
+            _ = producer => {}
+            _ = gone.closed() => {}
+        }
+    });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A follower of a quiet log (its producer never sends) must end when
+    /// the client drops the stream.
+    #[tokio::test]
+    async fn a_dropped_stream_ends_its_quiet_producer() {
+        let ended = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (tx_flag, flag) = (ended.clone(), ended);
+        struct SetOnDrop(std::sync::Arc<tokio::sync::Notify>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.notify_one();
+            }
+        }
+        // Moved into the producer, so dropped exactly when it is.
+        let ended_guard = SetOnDrop(tx_flag);
+        let stream = super::async_stream(move |_tx| async move {
+            let _ended = ended_guard;
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        drop(stream);
+        tokio::time::timeout(Duration::from_secs(10), flag.notified())
+            .await
+            .expect("the producer must end once its stream is dropped");
+    }
 }

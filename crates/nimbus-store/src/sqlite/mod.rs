@@ -231,7 +231,10 @@ impl Store for SqliteStore {
             Ok((db.revision(), live))
         })
         .await?;
-        let (out, stream) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
+        // Small: the task reads the live channel only as fast as the watcher
+        // takes events, so a slow watcher lags (and ends with Compacted) at
+        // the live channel's capacity; this one only smooths the hand-over.
+        let (out, stream) = mpsc::channel(OUT_CHANNEL_CAPACITY);
         let watch = Watch {
             prefix: prefix.to_string(),
             after_revision,
@@ -259,6 +262,9 @@ fn check_mod_revision(key: &str, expected: Revision, current: &KeyValue) -> Resu
     }
 }
 
+/// Events buffered between a watch's task and its reader.
+const OUT_CHANNEL_CAPACITY: usize = 64;
+
 /// The task behind one watch stream: replays the log up to `head`, then forwards live
 /// events.
 struct Watch {
@@ -282,6 +288,7 @@ impl Watch {
                         if event.revision() <= self.after_revision {
                             continue;
                         }
+                        let event = Arc::unwrap_or_clone(event);
                         if self.out.send(Ok(event)).await.is_err() {
                             return;
                         }
