@@ -4,7 +4,8 @@
 //! The server is the only writer of the store. It never touches a host
 //! directly: agents make instances real and report back through the API.
 //! It must never show one project's resources to a caller without a role in
-//! that project.
+//! that project, nor an instance's secret environment values to anyone but
+//! the agent of the instance's host, nor store those values unsealed.
 
 pub mod api;
 pub mod auth;
