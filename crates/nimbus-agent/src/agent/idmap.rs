@@ -1,10 +1,23 @@
-//! Host uid/gid ranges for user namespaces: each instance on this host gets
-//! its own range, recorded in its spec.json so it survives restarts.
+//! Host uid/gid ranges: each instance on this host gets its own range,
+//! recorded in its directory so it survives restarts. A container maps its
+//! user namespace onto the range (`spec.json`); a VM's or unikernel's QEMU
+//! runs as the range's first id (`vm.json`), so no two QEMUs, and no QEMU
+//! and container, share a uid.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use crate::container::spec::{IdMap, ShimSpec};
+use crate::vm::VmShimSpec;
+
+/// The first host id of the range recorded in an instance directory, by a
+/// container's `spec.json` or a VM's `vm.json`.
+pub fn recorded_range(instance_dir: &Path) -> Option<u32> {
+    if let Ok(spec) = ShimSpec::load(instance_dir) {
+        return Some(spec.id_map.host_id);
+    }
+    VmShimSpec::load(instance_dir).ok()?.run_as?.allocated_uid()
+}
 
 /// Hands out ranges. The set of ranges in use is read from the instance
 /// directories once, then kept in memory, so a launch does not read every
@@ -31,8 +44,11 @@ impl IdAllocator {
         instances_dir: &Path,
         instance_dir: &Path,
     ) -> Result<IdMap, String> {
-        if let Ok(spec) = ShimSpec::load(instance_dir) {
-            return Ok(spec.id_map);
+        if let Some(host_id) = recorded_range(instance_dir) {
+            return Ok(IdMap {
+                host_id,
+                size: self.size,
+            });
         }
         let mut guard = self.used.lock().await;
         let used = guard.get_or_insert_with(|| ranges_on_disk(instances_dir));
@@ -62,8 +78,8 @@ fn ranges_on_disk(instances_dir: &Path) -> HashSet<u32> {
     let mut used = HashSet::new();
     if let Ok(entries) = std::fs::read_dir(instances_dir) {
         for e in entries.flatten() {
-            if let Ok(spec) = ShimSpec::load(&e.path()) {
-                used.insert(spec.id_map.host_id);
+            if let Some(host_id) = recorded_range(&e.path()) {
+                used.insert(host_id);
             }
         }
     }
