@@ -12,6 +12,7 @@ pub mod config;
 pub mod controllers;
 pub mod error;
 pub mod hostio;
+pub mod hostports;
 pub mod ipam;
 pub mod repo;
 pub mod scheduler;

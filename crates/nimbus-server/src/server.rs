@@ -75,6 +75,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         tokens: Default::default(),
         images,
         host_io: RwLock::new(None),
+        host_port_claims: Default::default(),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
         list_cache: Default::default(),

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub id_base: u32,
     pub id_range: u32,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Host TCP ports Nimbus's own listeners use on this host (the API's
+    /// TLS port under `nimbus up`): never forwarded to an instance.
+    pub reserved_tcp_ports: Vec<u16>,
 }
 
 impl AgentConfig {
@@ -45,6 +48,7 @@ impl AgentConfig {
             id_base: 100_000,
             id_range: 65_536,
             labels: Default::default(),
+            reserved_tcp_ports: Vec::new(),
         }
     }
 
@@ -93,7 +97,10 @@ impl Agent {
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
-            net: Arc::new(network::NetDriver::new(&config.data_dir)),
+            net: Arc::new(network::NetDriver::new(
+                &config.data_dir,
+                config.reserved_tcp_ports.clone(),
+            )),
             accelerator: tokio::sync::OnceCell::new(),
             config,
         }))
