@@ -107,4 +107,49 @@ mod tests {
         let c = ids.allocate(root.path(), &dir("c")).await.unwrap();
         assert_eq!(c.host_id, 100_000);
     }
+
+    fn write_vm_spec(dir: &Path, run_as: serde_json::Value) {
+        let spec = serde_json::json!({
+            "instance_id": "i1", "name": "vm", "kind": "vm",
+            "accelerator": "tcg", "accelerator_reason": "test",
+            "memory_mib": 64, "vcpus": 1,
+            "boot": {"from": "disk", "overlay": "/x/root.qcow2"},
+            "seed": null, "port_forwards": [], "run_as": run_as,
+            "stop_grace_ms": 1000, "log_max_bytes": 1024, "log_files": 1,
+        });
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("vm.json"), spec.to_string()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_vm_keeps_the_range_its_qemu_runs_as_and_others_avoid_it() {
+        let root = tempfile::tempdir().unwrap();
+        let vm = root.path().join("vm");
+        write_vm_spec(&vm, serde_json::json!({"uid": 100_000, "gid": 100_000}));
+        // vm.json of an older agent: the shared user, no range of ours.
+        let old = root.path().join("old");
+        write_vm_spec(&old, serde_json::json!("nimbus-vm"));
+        assert_eq!(recorded_range(&vm), Some(100_000));
+        assert_eq!(recorded_range(&old), None);
+        let ids = IdAllocator::new(100_000, 65_536);
+        assert_eq!(
+            ids.allocate(root.path(), &vm).await.unwrap().host_id,
+            100_000
+        );
+        let other = root.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        assert_eq!(
+            ids.allocate(root.path(), &other).await.unwrap().host_id,
+            165_536,
+            "a range a VM's QEMU runs as is never handed out again"
+        );
+    }
+
+    #[test]
+    fn qemu_never_runs_as_root() {
+        let root = tempfile::tempdir().unwrap();
+        let vm = root.path().join("vm");
+        write_vm_spec(&vm, serde_json::json!({"uid": 0, "gid": 0}));
+        assert!(VmShimSpec::load(&vm).is_err());
+    }
 }

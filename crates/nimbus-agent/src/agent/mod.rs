@@ -28,7 +28,9 @@ pub struct AgentConfig {
     /// The `nimbus` executable, run as `nimbus shim <dir>`.
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
-    /// First host uid handed to containers; each instance gets `id_range` ids.
+    /// First host uid handed out; each instance gets `id_range` ids (a
+    /// container maps its user namespace onto them, a VM's QEMU runs as the
+    /// first).
     pub id_base: u32,
     pub id_range: u32,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -70,7 +72,7 @@ pub struct Agent {
     /// Images by id (resolved by the server when the instance was created),
     /// so a launch need not ask the server again.
     pub image_cache: Mutex<HashMap<String, nimbus_api::Image>>,
-    /// User-namespace id ranges of this host's instances.
+    /// Host id ranges of this host's instances (containers and VMs).
     pub ids: idmap::IdAllocator,
     /// Networks of this host's instances.
     pub net: Arc<network::NetDriver>,
