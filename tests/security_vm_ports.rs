@@ -404,7 +404,7 @@ fn each_vm_runs_qemu_as_its_own_uid_and_cannot_open_other_disks() {
     for dir in [&dir_a, &dir_b] {
         let mode = std::fs::metadata(dir).expect("dir").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{} is root's alone", dir.display());
-        for f in ["root.qcow2", "seed.img"] {
+        for f in ["root.qcow2", "seed.img", "console.log"] {
             let m = std::fs::metadata(dir.join(f)).expect("file");
             assert_eq!((m.uid(), m.permissions().mode() & 0o777), (0, 0o600), "{f}");
         }

@@ -712,6 +712,11 @@ impl NetDriver {
         installed: BTreeSet<HostForward>,
     ) -> Vec<HostForward> {
         let reserved = self.reserved_tcp_ports.clone();
+        let fallback: Vec<HostForward> = forwards
+            .iter()
+            .filter(|f| installed.contains(f))
+            .cloned()
+            .collect();
         // On a blocking-pool thread: those stay in the host's namespace,
         // whose sockets are the ones a host forward would take over.
         let judged = tokio::task::spawn_blocking(move || {
@@ -730,8 +735,15 @@ impl NetDriver {
                 })
                 .collect::<Vec<_>>()
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let judged = match judged {
+            Ok(j) => j,
+            Err(e) => {
+                // Nothing new without a check; what is installed stays.
+                tracing::warn!(error = %e, "checking host ports for listeners failed");
+                return fallback;
+            }
+        };
         let mut keep = Vec::new();
         let mut skipped = BTreeMap::new();
         for (f, why) in judged {
@@ -749,7 +761,7 @@ impl NetDriver {
                         port = f.port,
                         protocol = if f.udp { "udp" } else { "tcp" },
                         reason = %why,
-                        "not forwarding a published host port: the host keeps it; remove the published port (`nimbus address rm`), or stop the host service and change the project's ports"
+                        "not forwarding a published host port: the host's service keeps it; remove the published port (`nimbus address rm`), or stop that service and the port is forwarded at the next rule change"
                     );
                 }
             }
