@@ -1,11 +1,12 @@
-//! How the server reaches an instance's logs and exec on its host. On one
-//! machine the local agent provides this directly; across hosts an agent
-//! endpoint will.
+//! How the server reaches an instance's logs and exec on its host, and asks
+//! a host about its own services. On one machine the local agent provides
+//! this directly; across hosts an agent endpoint will.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::exec::ExecRequest;
-use crate::{ApiError, Instance};
+use crate::{ApiError, Instance, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub trait ExecStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -38,4 +39,16 @@ pub trait HostIo: Send + Sync {
             instance.metadata.name
         )))
     }
+    /// Local addresses on which a service of the host that would forward
+    /// host port `port` already accepts new flows (TCP listeners, unconnected
+    /// UDP sockets; any address, IPv4 and IPv6). `host` is the host the
+    /// instance is bound to, `None` before it is placed. Forwarding such a
+    /// port would take that service's connections, so the server refuses
+    /// to claim it. Asked of the host because only it sees its sockets.
+    async fn host_port_listeners(
+        &self,
+        host: Option<&str>,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ApiError>;
 }

@@ -20,6 +20,7 @@
 pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
+pub mod listeners;
 pub mod names;
 pub mod netlink;
 pub mod netns;

@@ -29,8 +29,11 @@ pub fn ip_prefix(project: &str, network: &str) -> String {
     format!("/ipam/{project}/{network}/")
 }
 
+/// Where host port claims live; `hostports` counts a project's by value.
+pub const HOST_PORT_PREFIX: &str = "/hostports/";
+
 pub fn host_port_key(protocol: &str, port: u16) -> String {
-    format!("/hostports/{protocol}/{port}")
+    format!("{HOST_PORT_PREFIX}{protocol}/{port}")
 }
 
 /// The subnet and gateway of a stored network (validated at creation).

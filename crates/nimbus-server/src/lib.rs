@@ -15,6 +15,7 @@ pub mod controllers;
 pub mod datadir;
 pub mod error;
 pub mod hostio;
+pub mod hostports;
 pub mod ipam;
 pub mod repo;
 pub mod scheduler;

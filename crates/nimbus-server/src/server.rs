@@ -94,6 +94,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         images,
         secrets,
         host_io: RwLock::new(None),
+        host_port_claims: Default::default(),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
         list_cache: Default::default(),

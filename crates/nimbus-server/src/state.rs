@@ -19,6 +19,10 @@ pub struct AppState {
     /// Reaches instance logs and exec on hosts; set by `nimbus up` for the
     /// local agent.
     pub host_io: RwLock<Option<Arc<dyn HostIo>>>,
+    /// Held while a host port claim is checked and written
+    /// (`hostports::check`), so concurrent claims cannot overrun a
+    /// project's count.
+    pub host_port_claims: crate::hostports::ClaimLock,
     /// Wakes the scheduler when an instance is created.
     pub schedule_now: tokio::sync::Notify,
     /// Imports hold it shared, garbage collection exclusively: the image

@@ -1,10 +1,13 @@
-//! Logs and exec of local instances, for the server of `nimbus up`.
+//! Logs and exec of local instances, and this host's listening sockets, for
+//! the server of `nimbus up`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use nimbus_api::exec::ExecRequest;
 use nimbus_api::hostio::{ExecStream, HostIo};
-use nimbus_api::{ApiError, Instance};
+use nimbus_api::{ApiError, Instance, Protocol};
+use nimbus_net::listeners::{self, Transport};
 
 use crate::container::ShimClient;
 
@@ -63,6 +66,36 @@ impl HostIo for LocalHostIo {
                 instance.metadata.name
             ))
         })
+    }
+
+    async fn host_port_listeners(
+        &self,
+        _host: Option<&str>,
+        protocol: Protocol,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, ApiError> {
+        // One host: whichever instance it is, this host forwards the port.
+        let transport = match protocol {
+            Protocol::Tcp => Transport::Tcp,
+            Protocol::Udp => Transport::Udp,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "host ports are tcp or udp, not {}",
+                    other.as_str()
+                )))
+            }
+        };
+        // The blocking pool's threads stay in the host's network namespace
+        // (namespace work runs on threads of its own).
+        tokio::task::spawn_blocking(move || listeners::accepting_on(transport, port))
+            .await
+            .map_err(|e| ApiError::internal(format!("checking host port {port}: {e}")))?
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "cannot tell whether a host service listens on port {port}/{}: {e}",
+                    transport.as_str()
+                ))
+            })
     }
 }
 

@@ -29,10 +29,15 @@ pub struct AgentConfig {
     /// The `nimbus` executable, run as `nimbus shim <dir>`.
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
-    /// First host uid handed to containers; each instance gets `id_range` ids.
+    /// First host uid handed out; each instance gets `id_range` ids (a
+    /// container maps its user namespace onto them, a VM's QEMU runs as the
+    /// first).
     pub id_base: u32,
     pub id_range: u32,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Host TCP ports Nimbus's own listeners use on this host (the API's
+    /// TLS port under `nimbus up`): never forwarded to an instance.
+    pub reserved_tcp_ports: Vec<u16>,
 }
 
 impl AgentConfig {
@@ -46,6 +51,7 @@ impl AgentConfig {
             id_base: 100_000,
             id_range: 65_536,
             labels: Default::default(),
+            reserved_tcp_ports: Vec::new(),
         }
     }
 
@@ -67,7 +73,7 @@ pub struct Agent {
     /// Images by id (resolved by the server when the instance was created),
     /// so a launch need not ask the server again.
     pub image_cache: Mutex<HashMap<String, nimbus_api::Image>>,
-    /// User-namespace id ranges of this host's instances.
+    /// Host id ranges of this host's instances (containers and VMs).
     pub ids: idmap::IdAllocator,
     /// Networks of this host's instances.
     pub net: Arc<network::NetDriver>,
@@ -119,7 +125,10 @@ impl Agent {
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
-            net: Arc::new(network::NetDriver::new(&config.data_dir)),
+            net: Arc::new(network::NetDriver::new(
+                &config.data_dir,
+                config.reserved_tcp_ports.clone(),
+            )),
             accelerator: tokio::sync::OnceCell::new(),
             config,
         }))

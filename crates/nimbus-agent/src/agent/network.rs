@@ -9,7 +9,7 @@
 //! nftables transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use nimbus_api::{
     WatchEvent, WatchEventType,
 };
 use nimbus_net::conntrack::{self, Flow};
+use nimbus_net::listeners::{self, Transport};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
 use nimbus_net::{dns, names, netns, nft, router, HostSide, PortSpec, RouterSpec};
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,10 @@ pub struct NetDriver {
     ports: std::sync::Mutex<HashMap<String, PortRecord>>,
     /// `None`: unknown; `Some(None)`: no table; else what was applied.
     host_applied: std::sync::Mutex<Option<Option<HostState>>>,
+    /// Host TCP ports Nimbus's own listeners use here: never forwarded.
+    reserved_tcp_ports: Vec<u16>,
+    /// Published ports left out of the host table, and why (logged once).
+    skipped_forwards: std::sync::Mutex<BTreeMap<HostForward, String>>,
     wake: tokio::sync::Notify,
 }
 
@@ -115,7 +120,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl NetDriver {
-    pub fn new(data_dir: &Path) -> NetDriver {
+    /// `reserved_tcp_ports`: host ports Nimbus itself listens on.
+    pub fn new(data_dir: &Path, reserved_tcp_ports: Vec<u16>) -> NetDriver {
         NetDriver {
             dir: data_dir.join("net"),
             host_table: format!("nimbus_{:08x}", fnv(&data_dir.to_string_lossy())),
@@ -123,6 +129,8 @@ impl NetDriver {
             routers: Default::default(),
             ports: Default::default(),
             host_applied: Default::default(),
+            reserved_tcp_ports,
+            skipped_forwards: Default::default(),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -635,8 +643,14 @@ impl NetDriver {
         }
         let mut uplinks: Vec<String> = routers.values().map(|r| r.host.host_link.clone()).collect();
         uplinks.sort();
-        let desired = (!routers.is_empty()).then_some((uplinks, host_forwards));
         let previous = self.host_applied.lock().ok().and_then(|h| h.clone());
+        let installed: BTreeSet<HostForward> = previous
+            .iter()
+            .flatten()
+            .flat_map(|(_, f)| f.iter().cloned())
+            .collect();
+        let host_forwards = self.installable(host_forwards, installed).await;
+        let desired = (!routers.is_empty()).then_some((uplinks, host_forwards));
         // Ports whose router is not re-opened yet (just after a restart,
         // before the watches filled in): keep the host table as it is, so
         // published ports of running instances keep answering.
@@ -688,6 +702,72 @@ impl NetDriver {
                 }
             }
         }
+    }
+
+    /// The published ports the host table may forward: see
+    /// [`forward_refusal`]. Each one left out is logged once.
+    async fn installable(
+        &self,
+        forwards: Vec<HostForward>,
+        installed: BTreeSet<HostForward>,
+    ) -> Vec<HostForward> {
+        let reserved = self.reserved_tcp_ports.clone();
+        let fallback: Vec<HostForward> = forwards
+            .iter()
+            .filter(|f| installed.contains(f))
+            .cloned()
+            .collect();
+        // On a blocking-pool thread: those stay in the host's namespace,
+        // whose sockets are the ones a host forward would take over.
+        let judged = tokio::task::spawn_blocking(move || {
+            forwards
+                .into_iter()
+                .map(|f| {
+                    let why = forward_refusal(&f, &installed, &reserved, |f| {
+                        let transport = if f.udp {
+                            Transport::Udp
+                        } else {
+                            Transport::Tcp
+                        };
+                        listeners::accepting_on(transport, f.port)
+                    });
+                    (f, why)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let judged = match judged {
+            Ok(j) => j,
+            Err(e) => {
+                // Nothing new without a check; what is installed stays.
+                tracing::warn!(error = %e, "checking host ports for listeners failed");
+                return fallback;
+            }
+        };
+        let mut keep = Vec::new();
+        let mut skipped = BTreeMap::new();
+        for (f, why) in judged {
+            match why {
+                None => keep.push(f),
+                Some(why) => {
+                    skipped.insert(f, why);
+                }
+            }
+        }
+        if let Ok(mut before) = self.skipped_forwards.lock() {
+            for (f, why) in &skipped {
+                if before.get(f) != Some(why) {
+                    tracing::warn!(
+                        port = f.port,
+                        protocol = if f.udp { "udp" } else { "tcp" },
+                        reason = %why,
+                        "not forwarding a published host port: the host's service keeps it; remove the published port (`nimbus address rm`), or stop that service and the port is forwarded at the next rule change"
+                    );
+                }
+            }
+            *before = skipped;
+        }
+        keep
     }
 
     /// Keep the store's networks, security groups and published ports in
@@ -855,6 +935,36 @@ fn flush_host_flows(gone: &[HostForward], new: &[HostForward]) -> nimbus_net::Re
     })
 }
 
+/// Why the host must not forward `f` (`None`: it may). Never a port
+/// Nimbus itself listens on; a forward not installed yet only while no
+/// host service accepts flows on its port (one may have started after the
+/// server checked, or while the agent was down): its DNAT would take that
+/// service's new connections. Installed forwards stay: the port was
+/// claimed first. If the sockets cannot be read, nothing new is forwarded.
+fn forward_refusal(
+    f: &HostForward,
+    installed: &BTreeSet<HostForward>,
+    reserved_tcp_ports: &[u16],
+    listening: impl Fn(&HostForward) -> nimbus_net::Result<Vec<SocketAddr>>,
+) -> Option<String> {
+    if !f.udp && reserved_tcp_ports.contains(&f.port) {
+        return Some(format!("Nimbus's own API listens on port {}", f.port));
+    }
+    if installed.contains(f) {
+        return None;
+    }
+    match listening(f) {
+        Ok(found) if found.is_empty() => None,
+        Ok(found) => {
+            let addrs: Vec<String> = found.iter().map(|a| a.to_string()).collect();
+            Some(format!("a host service listens on {}", addrs.join(", ")))
+        }
+        Err(e) => Some(format!(
+            "cannot tell whether a host service listens on it: {e}"
+        )),
+    }
+}
+
 type RouterOutput = (RouterRules, HashMap<String, Ipv4Addr>);
 
 /// The resolvers an instance is given: the network's, else its gateway's.
@@ -1006,4 +1116,57 @@ fn render(
     }
     host_forwards.sort();
     (out, host_forwards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(udp: bool, port: u16) -> HostForward {
+        HostForward {
+            udp,
+            port,
+            router_ip: Ipv4Addr::new(100, 64, 0, 2),
+        }
+    }
+
+    #[test]
+    fn a_new_forward_yields_to_a_host_listener_and_an_installed_one_stays() {
+        let listener = |f: &HostForward| -> nimbus_net::Result<Vec<SocketAddr>> {
+            Ok(if f.port == 8080 {
+                vec!["[::]:8080".parse().unwrap()]
+            } else {
+                Vec::new()
+            })
+        };
+        let none = BTreeSet::new();
+        let why = forward_refusal(&fwd(false, 8080), &none, &[], listener).unwrap();
+        assert!(why.contains("[::]:8080"), "{why}");
+        assert_eq!(
+            forward_refusal(&fwd(false, 8081), &none, &[], listener),
+            None
+        );
+        let installed: BTreeSet<HostForward> = [fwd(false, 8080)].into();
+        assert_eq!(
+            forward_refusal(&fwd(false, 8080), &installed, &[], listener),
+            None,
+            "a host process that bound the port later does not undo the forward"
+        );
+    }
+
+    #[test]
+    fn nimbus_own_port_is_never_forwarded_and_unreadable_sockets_refuse() {
+        let nothing = |_: &HostForward| -> nimbus_net::Result<Vec<SocketAddr>> { Ok(Vec::new()) };
+        let installed: BTreeSet<HostForward> = [fwd(false, 7443)].into();
+        assert!(forward_refusal(&fwd(false, 7443), &installed, &[7443], nothing).is_some());
+        assert_eq!(
+            forward_refusal(&fwd(true, 7443), &BTreeSet::new(), &[7443], nothing),
+            None,
+            "the API listens on TCP only"
+        );
+        let broken = |_: &HostForward| -> nimbus_net::Result<Vec<SocketAddr>> {
+            Err(nimbus_net::NetError::Invalid("no /proc".into()))
+        };
+        assert!(forward_refusal(&fwd(false, 9000), &BTreeSet::new(), &[], broken).is_some());
+    }
 }

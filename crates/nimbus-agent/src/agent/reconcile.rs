@@ -234,9 +234,7 @@ async fn launch(
     let state = start(agent, instance, dir).await?;
     let mut status = status_from_shim(&state, false);
     status.observed_generation = instance.spec.restart_generation;
-    status.host_uid = container::spec::ShimSpec::load(dir)
-        .ok()
-        .map(|s| s.id_map.host_id);
+    status.host_uid = super::idmap::recorded_range(dir);
     // Subscribe before reporting: a short-lived workload's exit is then
     // already on its way while the report is being made.
     let subscription = if state.phase.is_final() {
@@ -405,6 +403,17 @@ async fn prepare_vm(
         None => None,
     };
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // QEMU drops to the first id of the instance's own range: the range is
+    // recorded in vm.json, so it stays across restarts and is released
+    // with the instance.
+    let ids = agent
+        .ids
+        .allocate(&agent.config.instances_dir(), dir)
+        .await?;
+    let run_as = crate::vm::RunAs::Ids {
+        uid: ids.host_id,
+        gid: ids.host_id,
+    };
     let (agent, instance, image, dir) = (
         agent.clone(),
         instance.clone(),
@@ -414,6 +423,7 @@ async fn prepare_vm(
     tokio::task::spawn_blocking(move || {
         crate::vm::prepare_instance(
             &dir,
+            run_as,
             &instance,
             &image,
             kernel_image.as_ref(),
@@ -583,9 +593,7 @@ async fn report(agent: &Agent, instance: &Instance, status: InstanceStatus, fina
 
 /// Stop the shim if it runs and remove everything the instance had here.
 pub async fn destroy_local(agent: &Agent, dir: &Path, grace_ms: u64) -> Result<(), String> {
-    let id_range = container::spec::ShimSpec::load(dir)
-        .ok()
-        .map(|s| s.id_map.host_id);
+    let id_range = super::idmap::recorded_range(dir);
     if let Some(client) = shim_alive(dir) {
         if let Err(e) = client.stop_async(grace_ms).await {
             tracing::warn!(dir = %dir.display(), error = %e, "stopping the shim failed; cleaning up by force");

@@ -31,7 +31,7 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     push(&["-S"]);
     push(&["-sandbox", SANDBOX]);
     if let Some(user) = &spec.run_as {
-        push(&["-run-with", &format!("user={user}")]);
+        push(&["-run-with", &format!("user={}", user.qemu_user())]);
     }
     match spec.accelerator {
         Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -165,6 +165,7 @@ fn qemu_path(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::spec::RunAs;
     use super::*;
     use std::path::PathBuf;
 
@@ -183,7 +184,10 @@ mod tests {
             tap_fd: None,
             qmp_fd: None,
             tap: None,
-            run_as: Some("nimbus-vm".into()),
+            run_as: Some(RunAs::Ids {
+                uid: 231_072,
+                gid: 231_072,
+            }),
             stop_grace_ms: 1000,
             log_max_bytes: 1 << 20,
             log_files: 2,
@@ -224,7 +228,10 @@ mod tests {
             line.contains("-nodefaults") && line.contains("-sandbox on,"),
             "{line}"
         );
-        assert!(line.contains("-run-with user=nimbus-vm"), "{line}");
+        assert!(
+            line.contains("-run-with user=231072:231072"),
+            "QEMU drops to the instance's own ids: {line}"
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! agent crash and status reporting are shared with containers.
 //!
 //! QEMU is the shim's child, started with `-nodefaults -no-user-config
-//! -display none`, the seccomp sandbox and `-run-with user=nimbus-vm`
-//! ([`cmdline`]); it opens its files as root, then drops to that user. Its
+//! -display none`, the seccomp sandbox and `-run-with user=UID:GID`
+//! ([`cmdline`]); it opens its files as root, then drops to the instance's
+//! own ids ([`RunAs`]), the base of the host id range the agent allocated
+//! to it, so no two QEMUs share a uid. Its
 //! serial port is its stdio, a socket pair held by the shim, which tees the
 //! output into the size-capped `console.log` and to one attached console
 //! client. QMP ([`qmp`]), over a second socket pair, is held by the shim:
@@ -36,7 +38,4 @@ pub mod spec;
 
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
-pub use spec::{Accelerator, Boot, VmKind, VmShimSpec, VM_SPEC_FILE};
-
-/// The unprivileged user QEMU runs as.
-pub const VM_USER: &str = "nimbus-vm";
+pub use spec::{Accelerator, Boot, RunAs, VmKind, VmShimSpec, VM_SPEC_FILE};

@@ -10,8 +10,7 @@ use nimbus_image::ImageStore;
 
 use super::probe::ProbeResult;
 use super::seed::{Seed, SEED_FILE};
-use super::spec::{Boot, VmKind, VmShimSpec};
-use super::VM_USER;
+use super::spec::{Boot, RunAs, VmKind, VmShimSpec};
 
 /// The VM's root disk: a qcow2 overlay on the image's base file.
 pub const OVERLAY_FILE: &str = "root.qcow2";
@@ -44,10 +43,11 @@ pub fn write_seed(
 
 /// Writes everything the VM shim needs into `dir`. The overlay is created
 /// once and kept across stop/start (the guest's disk persists); the seed is
-/// rewritten at every start. Blocking.
+/// rewritten at every start. QEMU runs as `run_as`. Blocking.
 #[allow(clippy::too_many_arguments)]
 pub fn prepare_instance(
     dir: &Path,
+    run_as: RunAs,
     instance: &Instance,
     image: &Image,
     kernel_image: Option<&Image>,
@@ -62,6 +62,12 @@ pub fn prepare_instance(
         InstanceKind::Unikernel => VmKind::Unikernel,
         InstanceKind::Container => return Err("a container is not a VM".into()),
     };
+    // Root only (the agent, the shim, QEMU before it drops its ids): no
+    // other instance's QEMU uid may even look up the disk and seed paths
+    // in here, and the overlay qemu-img creates 0644 is never exposed
+    // before it is restricted.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
     let vm = instance.spec.vm.clone().unwrap_or_default();
     let memory_mib = instance
         .spec
@@ -129,7 +135,6 @@ pub fn prepare_instance(
         VmKind::Vm => Some(write_seed(dir, instance, None)?),
         VmKind::Unikernel => None,
     };
-    ensure_vm_user()?;
     let spec = VmShimSpec {
         instance_id: instance.metadata.id.clone(),
         name: instance.metadata.name.clone(),
@@ -148,7 +153,7 @@ pub fn prepare_instance(
         tap_fd: None,
         qmp_fd: None,
         tap: None,
-        run_as: Some(VM_USER.to_string()),
+        run_as: Some(run_as),
         stop_grace_ms,
         log_max_bytes,
         log_files,
@@ -188,34 +193,4 @@ fn create_overlay(
     std::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", overlay.display()))?;
     Ok(())
-}
-
-/// Creates the system user QEMU drops to, at first use.
-fn ensure_vm_user() -> Result<(), String> {
-    if matches!(nix::unistd::User::from_name(VM_USER), Ok(Some(_))) {
-        return Ok(());
-    }
-    let out = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            VM_USER,
-        ])
-        .output()
-        .map_err(|e| {
-            format!("cannot run useradd to create the {VM_USER} user QEMU runs as: {e}")
-        })?;
-    // Another agent may have created it meanwhile (exit 9: already exists).
-    if out.status.success() || out.status.code() == Some(9) {
-        Ok(())
-    } else {
-        Err(format!(
-            "could not create the {VM_USER} user QEMU runs as: {}; create it with `useradd --system {VM_USER}`",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }

@@ -81,11 +81,43 @@ pub struct VmShimSpec {
     /// namespace, opened by the shim just before QEMU starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<TapRef>,
-    /// The unprivileged user QEMU runs as after opening its files.
-    pub run_as: Option<String>,
+    /// Who QEMU runs as after opening its files.
+    pub run_as: Option<RunAs>,
     pub stop_grace_ms: u64,
     pub log_max_bytes: u64,
     pub log_files: u32,
+}
+
+/// The unprivileged identity QEMU drops to (`-run-with user=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunAs {
+    /// This instance's own uid and gid, the base of the host id range the
+    /// agent allocated to it: no other instance (VM or container) owns
+    /// them, so an escaped QEMU reaches no other tenant's files or
+    /// processes.
+    Ids { uid: u32, gid: u32 },
+    /// A named user; what `vm.json` files of older agents recorded (the
+    /// shared `nimbus-vm`), kept so running VMs are still understood.
+    User(String),
+}
+
+impl RunAs {
+    /// The value of QEMU's `-run-with user=` (QEMU 10 takes `uid:gid`).
+    pub fn qemu_user(&self) -> String {
+        match self {
+            RunAs::Ids { uid, gid } => format!("{uid}:{gid}"),
+            RunAs::User(name) => name.clone(),
+        }
+    }
+
+    /// The host uid, when it is one of Nimbus's id ranges.
+    pub fn allocated_uid(&self) -> Option<u32> {
+        match self {
+            RunAs::Ids { uid, .. } => Some(*uid),
+            RunAs::User(_) => None,
+        }
+    }
 }
 
 /// Where a VM's tap is, and the MAC its NIC must use.
@@ -126,6 +158,9 @@ impl VmShimSpec {
         }
         if self.kind == VmKind::Unikernel && !matches!(self.boot, Boot::Kernel { .. }) {
             return bad("a unikernel boots from a kernel, not a disk".into());
+        }
+        if let Some(RunAs::Ids { uid: 0, .. } | RunAs::Ids { gid: 0, .. }) = self.run_as {
+            return bad("QEMU must not run as uid or gid 0".into());
         }
         if let Boot::Kernel { cmdline, .. } = &self.boot {
             if cmdline.contains('\n') || cmdline.len() > 4096 {

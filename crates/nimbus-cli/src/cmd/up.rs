@@ -173,11 +173,16 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
     ensure_default_project(&state).await?;
     let host = args.host_name.clone().unwrap_or_else(local_host_name);
     let token = server::ensure_host_token(&state, &host, &g.data_dir.join("agent.token")).await?;
-    let agent_config = nimbus_agent::AgentConfig::new(
+    let mut agent_config = nimbus_agent::AgentConfig::new(
         host.clone(),
         g.data_dir.clone(),
         std::env::current_exe().context("finding the nimbus executable for the shims")?,
     );
+    // The server's own listeners, which no published port may take over.
+    agent_config.reserved_tcp_ports = nimbus_server::hostports::reserved_by_nimbus(&state.config)
+        .iter()
+        .map(|c| c.port)
+        .collect();
     *state
         .host_io
         .write()

@@ -1,5 +1,7 @@
 //! Published ports: a host port forwarded to an instance. Host ports are
-//! claimed in the store (`/hostports/...`) so two projects never share one.
+//! claimed in the store (`/hostports/...`) so two projects never share one,
+//! within the project's range and count, and never over Nimbus's own
+//! listeners or a host service's port (`hostports`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,7 +17,7 @@ use super::body::JsonBody;
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
-use crate::{ipam, repo};
+use crate::{hostports, ipam, repo};
 
 #[utoipa::path(get, path = "/v1/projects/{project}/addresses", params(ListOptions),
     responses((status = 200, body = ResourceList<PublishedPort>)))]
@@ -68,7 +70,9 @@ pub fn default_name(spec: &PublishedPortSpec) -> String {
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/addresses", request_body = CreateRequest<PublishedPortSpec>,
-    responses((status = 201, body = PublishedPort), (status = 409, description = "host port taken")))]
+    responses((status = 201, body = PublishedPort),
+        (status = 403, description = "host port outside the project's range"),
+        (status = 409, description = "host port taken, reserved, used by a host service, or the project's count reached")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -88,7 +92,7 @@ pub async fn create(
             "only tcp and udp ports can be published; use --port 8080:80 or --port 53:53/udp",
         )));
     }
-    if spec.host_port < 1024 || spec.instance_port == 0 {
+    if spec.host_port < hostports::FIRST_CLAIMABLE_PORT || spec.instance_port == 0 {
         return Err(ServerError(ApiError::invalid(
             "host ports below 1024 belong to the host's own services (DNS, SSH, ...); publish on 1024-65535, e.g. --port 8080:80",
         )));
@@ -113,6 +117,17 @@ pub async fn create(
     let key = repo::key::<PublishedPort>(Some(&project), &name);
     let hp = ipam::host_port_key(port.spec.protocol.as_str(), port.spec.host_port);
     let ikey = repo::key::<Instance>(Some(&project), &port.spec.instance);
+    let _claiming = state.host_port_claims.lock().await;
+    hostports::check(
+        &state,
+        &project,
+        instance.status.host.as_deref(),
+        &[hostports::Claim {
+            protocol: port.spec.protocol,
+            port: port.spec.host_port,
+        }],
+    )
+    .await?;
     let result = state
         .repo
         .store

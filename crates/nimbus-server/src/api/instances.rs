@@ -495,14 +495,29 @@ pub async fn create(
             ..Default::default()
         },
     };
-    let forwards = instance
+    // A VM's forwards bind host ports on 127.0.0.1: claimed like published
+    // ports, under the same policy and checks.
+    let forwards: Vec<crate::hostports::Claim> = instance
         .spec
         .vm
         .as_ref()
-        .is_some_and(|vm| !vm.port_forwards.is_empty());
-    let created = if networks.is_empty() && !forwards {
+        .map(|vm| {
+            vm.port_forwards
+                .iter()
+                .map(|f| crate::hostports::Claim {
+                    protocol: nimbus_api::Protocol::Tcp,
+                    port: f.host_port,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let created = if networks.is_empty() && forwards.is_empty() {
         state.repo.create(instance).await?
+    } else if forwards.is_empty() {
+        crate::ipam::create_with_addresses(&state.repo, instance, &networks).await?
     } else {
+        let _claiming = state.host_port_claims.lock().await;
+        crate::hostports::check(&state, &project, None, &forwards).await?;
         crate::ipam::create_with_addresses(&state.repo, instance, &networks).await?
     };
     crate::scheduler::nudge(&state);
