@@ -143,6 +143,12 @@ fn fork_bomb_and_memory_hog_without_flags_leave_the_control_plane_answering() {
         "all instances together may use at most the host's memory minus the reserve: {instances_limit}"
     );
 
+    let host = cloud.json(&["host", "get", &cloud.host]).expect("host get");
+    assert_eq!(
+        host["status"]["memory_bytes"], instances_limit,
+        "the scheduler offers instances what their cgroup allows: {host}"
+    );
+
     // Baseline: the API at rest.
     let baseline = median((0..15).map(|_| api_latency(&cloud, &token)).collect());
 

@@ -32,6 +32,11 @@ pub struct AgentConfig {
     pub id_base: u32,
     pub id_range: u32,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Memory the host offers instances: the host's memory minus the
+    /// control plane's reserve, when `nimbus up` set one
+    /// (`protect::reserve_host_memory`). The scheduler fills hosts up to
+    /// it, so it never places more than the instances' cgroup allows.
+    pub instances_memory_bytes: Option<u64>,
 }
 
 impl AgentConfig {
@@ -45,6 +50,7 @@ impl AgentConfig {
             id_base: 100_000,
             id_range: 65_536,
             labels: Default::default(),
+            instances_memory_bytes: None,
         }
     }
 
