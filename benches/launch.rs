@@ -178,7 +178,9 @@ fn main() {
             let token = cloud.admin_token();
             std::thread::spawn(move || {
                 let body = serde_json::to_vec(&serde_json::json!({
-                    "name": format!("burst-{i}"), "spec": {"image": "busybox", "args": ["sleep", "600"], "stop_grace_ms": 100}
+                    // Each instance reserves its memory limit on the host
+                    // (1 GiB by default): 100 must fit at once.
+                    "name": format!("burst-{i}"), "spec": {"image": "busybox", "args": ["sleep", "600"], "stop_grace_ms": 100, "resources": {"memory_bytes": 16 << 20}}
                 }))
                 .expect("json");
                 let (s, r) = common::http_at(&dir, "POST", "/v1/projects/default/instances", Some(&token), &body, "application/json");

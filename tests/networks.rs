@@ -719,6 +719,10 @@ fn concurrent_launches_get_distinct_addresses() {
                         "busybox",
                         "--network",
                         "many",
+                        // Each instance reserves its memory limit on the
+                        // host (1 GiB by default): 50 must fit at once.
+                        "--memory",
+                        "16MiB",
                         "--no-wait",
                         "--",
                         "true",

@@ -143,6 +143,12 @@ fn fork_bomb_and_memory_hog_without_flags_leave_the_control_plane_answering() {
         "all instances together may use at most the host's memory minus the reserve: {instances_limit}"
     );
 
+    let host = cloud.json(&["host", "get", &cloud.host]).expect("host get");
+    assert_eq!(
+        host["status"]["memory_bytes"], instances_limit,
+        "the scheduler offers instances what their cgroup allows: {host}"
+    );
+
     // Baseline: the API at rest.
     let baseline = median((0..15).map(|_| api_latency(&cloud, &token)).collect());
 
@@ -500,4 +506,56 @@ fn instance_id_in(cloud: &Cloud, project: &str, name: &str) -> String {
         .as_str()
         .expect("id")
         .to_string()
+}
+
+// VMs: guest RAM is their memory (with its own default), vCPUs their CPU;
+// QEMU is a workload: it runs under the instance's cgroups (never in the
+// control plane's) and at the workload's OOM score.
+#[test]
+fn qemu_runs_under_its_instance_cgroups_at_the_workload_oom_score() {
+    let cloud = Cloud::start();
+    cloud.import_tiny();
+    cloud.ok(&[
+        "instance",
+        "run",
+        "vm1",
+        "--kind",
+        "vm",
+        "--image",
+        "tiny",
+        "--network",
+        "none",
+    ]);
+    let vm = cloud.wait_phase("vm1", &["running"], Duration::from_secs(120));
+    assert_eq!(
+        vm["spec"]["resources"]["memory_bytes"],
+        512u64 << 20,
+        "{vm}"
+    );
+    let shown = cloud.ok(&["instance", "get", "vm1"]);
+    assert!(
+        shown.contains("memory 512MiB, cpus see vcpus, pids 4096 (QEMU)"),
+        "{shown}"
+    );
+    let qemu = vm["status"]["qemu_pid"].as_i64().expect("qemu pid");
+    let id = vm["metadata"]["id"].as_str().expect("id");
+    let cgroups = read_trim(format!("/proc/{qemu}/cgroup"));
+    for controller in ["pids", "cpu", "memory"] {
+        assert!(
+            cgroups
+                .lines()
+                .any(|l| l.ends_with(&format!(":{controller}:/nimbus/{id}"))),
+            "QEMU must be in its instance's {controller} cgroup: {cgroups}"
+        );
+    }
+    let shim = shim_pid(&cloud, "vm1");
+    let (qemu_score, shim_score) = (score(qemu), score(shim));
+    assert!(
+        qemu_score >= 0 && qemu_score > shim_score,
+        "QEMU {qemu_score} must rank above its shim {shim_score} for the OOM killer"
+    );
+    if can_lower_oom_scores() {
+        assert_eq!((qemu_score, shim_score), (0, -1000));
+    }
+    cloud.remove_everything();
 }

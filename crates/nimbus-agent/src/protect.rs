@@ -248,9 +248,14 @@ pub fn default_memory_reserve(total_bytes: u64) -> u64 {
 }
 
 /// The limit of the instances' parent cgroup for a host of `total_bytes`
-/// keeping `reserve_bytes`.
+/// keeping `reserve_bytes`, in whole MiB: the kernel rounds a limit down
+/// to pages, and the scheduler must see the very value the cgroup holds.
 pub fn instances_memory_limit(total_bytes: u64, reserve_bytes: u64) -> Result<u64, ProtectError> {
-    match total_bytes.checked_sub(reserve_bytes) {
+    const MIB: u64 = 1 << 20;
+    match total_bytes
+        .checked_sub(reserve_bytes)
+        .map(|l| l / MIB * MIB)
+    {
         Some(limit) if limit > 0 => Ok(limit),
         _ => Err(ProtectError::ReserveTooLarge {
             reserve_bytes,
@@ -292,9 +297,12 @@ pub fn reserve_host_memory(reserve_bytes: Option<u64>) -> Result<u64, ProtectErr
 
 /// Everything above for a daemon (`nimbus up`, `nimbus server`): each
 /// step that the host refuses is logged and skipped, since a control plane
-/// without protection is still better than none. `reserve_bytes` is
-/// `None` for a server without instances on its host.
-pub fn protect_daemon(reserve: Option<Option<u64>>) {
+/// without protection is still better than none, except a reserve the
+/// operator asked for (`--reserved-memory`), which must hold. `reserve` is
+/// `None` for a server without instances on its host, `Some(None)` for the
+/// default reserve. Returns the memory left to instances when the reserve
+/// is in force.
+pub fn protect_daemon(reserve: Option<Option<u64>>) -> Result<Option<u64>, ProtectError> {
     match set_own_oom_score_adj(DAEMON_OOM_SCORE_ADJ) {
         Ok(()) => tracing::info!(oom_score_adj = DAEMON_OOM_SCORE_ADJ, "OOM protection set"),
         Err(e) => tracing::warn!(error = %e, "running without OOM protection"),
@@ -303,13 +311,21 @@ pub fn protect_daemon(reserve: Option<Option<u64>>) {
         Ok(dir) => tracing::info!(cgroup = %dir.display(), "control plane in its own CPU cgroup"),
         Err(e) => tracing::warn!(error = %e, "control plane shares the CPU cgroup of its parent"),
     }
-    if let Some(reserve) = reserve {
-        match reserve_host_memory(reserve) {
-            Ok(limit) => tracing::info!(
+    let Some(reserve) = reserve else {
+        return Ok(None);
+    };
+    match reserve_host_memory(reserve) {
+        Ok(limit) => {
+            tracing::info!(
                 instances_memory_limit_bytes = limit,
                 "instances together are limited to the host's memory minus the reserve"
-            ),
-            Err(e) => tracing::warn!(error = %e, "instances together have no memory limit"),
+            );
+            Ok(Some(limit))
+        }
+        Err(e) if reserve.is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "instances together have no memory limit");
+            Ok(None)
         }
     }
 }
@@ -335,6 +351,11 @@ mod tests {
     #[test]
     fn a_reserve_leaving_nothing_is_refused() {
         assert_eq!(instances_memory_limit(8 << 30, 1 << 30).ok(), Some(7 << 30));
+        assert_eq!(
+            instances_memory_limit((8 << 30) + 12345, 1 << 30).ok(),
+            Some(7 << 30),
+            "whole MiB, as the cgroup keeps it"
+        );
         let err = instances_memory_limit(1 << 30, 1 << 30).unwrap_err();
         assert!(err.to_string().contains("--reserved-memory"), "{err}");
     }

@@ -10,7 +10,10 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
-        memory_bytes: mem_total_bytes().unwrap_or(0),
+        memory_bytes: config
+            .instances_memory_bytes
+            .or_else(mem_total_bytes)
+            .unwrap_or(0),
         disk_bytes: disk_bytes(&config.data_dir).unwrap_or(0),
         architecture: architecture().to_string(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")

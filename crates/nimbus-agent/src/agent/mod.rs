@@ -38,6 +38,11 @@ pub struct AgentConfig {
     /// Host TCP ports Nimbus's own listeners use on this host (the API's
     /// TLS port under `nimbus up`): never forwarded to an instance.
     pub reserved_tcp_ports: Vec<u16>,
+    /// Memory the host offers instances: the host's memory minus the
+    /// control plane's reserve, when `nimbus up` set one
+    /// (`protect::reserve_host_memory`). The scheduler fills hosts up to
+    /// it, so it never places more than the instances' cgroup allows.
+    pub instances_memory_bytes: Option<u64>,
 }
 
 impl AgentConfig {
@@ -52,6 +57,7 @@ impl AgentConfig {
             id_range: 65_536,
             labels: Default::default(),
             reserved_tcp_ports: Vec::new(),
+            instances_memory_bytes: None,
         }
     }
 

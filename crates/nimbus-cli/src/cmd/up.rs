@@ -139,7 +139,7 @@ async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
 
 pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
     // No instances run on a server-only host: no memory reserve to set.
-    nimbus_agent::protect::protect_daemon(None);
+    nimbus_agent::protect::protect_daemon(None)?;
     let state = server::open_state(server_config(g, &args)).await?;
     ensure_default_project(&state).await?;
     server::serve(state, shutdown_signal()).await
@@ -168,7 +168,7 @@ fn local_host_name() -> String {
 }
 
 pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
-    nimbus_agent::protect::protect_daemon(Some(args.reserved_memory));
+    let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.reserved_memory))?;
     let state = server::open_state(server_config(g, &args.server)).await?;
     ensure_default_project(&state).await?;
     let host = args.host_name.clone().unwrap_or_else(local_host_name);
@@ -183,6 +183,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| c.port)
         .collect();
+    agent_config.instances_memory_bytes = instances_memory;
     *state
         .host_io
         .write()

@@ -315,3 +315,54 @@ pub async fn delete(
     state.tokens.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{HeldKind, Holdings};
+
+    fn kind(noun: &'static str, remove: &'static str, names: &[&str]) -> HeldKind {
+        HeldKind {
+            noun,
+            remove,
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_empty_project_is_not_refused() {
+        let held = Holdings {
+            kinds: vec![kind("instances", "nimbus instance rm", &[])],
+        };
+        assert_eq!(held.refusal("ops"), None);
+    }
+
+    #[test]
+    fn a_refusal_names_a_few_of_each_kind_and_the_commands() {
+        let held = Holdings {
+            kinds: vec![
+                kind("published ports", "nimbus address rm", &[]),
+                kind(
+                    "instances",
+                    "nimbus instance rm",
+                    &["a", "b", "c", "d", "e", "f", "g"],
+                ),
+                kind("networks", "nimbus network rm", &["default"]),
+            ],
+        };
+        let message = held.refusal("ops").expect("refused");
+        assert!(
+            message.contains("7 instances (a, b, c, d, e, ...)"),
+            "{message}"
+        );
+        assert!(message.contains("1 networks (default)"), "{message}");
+        assert!(!message.contains("published ports"), "{message}");
+        assert!(
+            message.contains("`nimbus project rm ops --force`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("`nimbus instance rm <name> --project ops`, `nimbus network rm <name> --project ops`"),
+            "{message}"
+        );
+    }
+}
