@@ -9,18 +9,20 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use nimbus_api::{
     ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol, PublishedPort,
-    PublishedPortSpec, ResourceList, Role,
+    PublishedPortSpec, ResourceList, Role, WatchEvent,
 };
 use nimbus_store::{Compare, Op, Txn};
 
 use super::body::JsonBody;
+use super::params::{AddressPath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
 use crate::{hostports, ipam, repo};
 
-#[utoipa::path(get, path = "/v1/projects/{project}/addresses", params(ListOptions),
-    responses((status = 200, body = ResourceList<PublishedPort>)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/addresses", operation_id = "list_published_ports", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's published ports; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<PublishedPort> = "application/json"), (WatchEvent<PublishedPort> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -32,7 +34,9 @@ pub async fn list(
 }
 
 /// Published ports of every project: for system administrators and host agents.
-#[utoipa::path(get, path = "/v1/addresses", params(ListOptions), responses((status = 200, body = ResourceList<PublishedPort>)))]
+#[utoipa::path(get, path = "/v1/addresses", operation_id = "list_all_published_ports", params(ListOptions),
+    responses((status = 200, description = "A page of published ports of every project; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<PublishedPort> = "application/json"), (WatchEvent<PublishedPort> = "application/x-ndjson")))))]
 pub async fn list_all(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -49,7 +53,8 @@ pub async fn list_all(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/addresses/{name}", responses((status = 200, body = PublishedPort)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/addresses/{name}", operation_id = "get_published_port", params(AddressPath),
+    responses((status = 200, body = PublishedPort, description = "The published port")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -69,8 +74,8 @@ pub fn default_name(spec: &PublishedPortSpec) -> String {
     )
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/addresses", request_body = CreateRequest<PublishedPortSpec>,
-    responses((status = 201, body = PublishedPort),
+#[utoipa::path(post, path = "/v1/projects/{project}/addresses", operation_id = "create_published_port", params(ProjectPath), request_body = CreateRequest<PublishedPortSpec>,
+    responses((status = 201, body = PublishedPort, description = "Published"),
         (status = 403, description = "host port outside the project's range"),
         (status = 409, description = "host port taken, reserved, used by a host service, or the project's count reached")))]
 pub async fn create(
@@ -172,8 +177,8 @@ pub async fn create(
     ))))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/addresses/{name}",
-    responses((status = 204, description = "deleted")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/addresses/{name}", operation_id = "delete_published_port", params(AddressPath),
+    responses((status = 204, description = "Deleted; the host port is free again")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,

@@ -9,17 +9,21 @@ use crate::auth::{self, audit::PREFIX, Caller};
 use crate::error::ApiResult;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only records of this project.
     pub project: Option<String>,
+    /// Page size (default 500, at most 5000).
     pub limit: Option<usize>,
+    /// Continue token from a previous page.
     #[serde(rename = "continue")]
     pub continue_token: Option<String>,
 }
 
 /// System administrators see every record; a project admin sees the
 /// records of that project (pass `project`).
-#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = ResourceList<AuditRecord>)))]
+#[utoipa::path(get, path = "/v1/audit", operation_id = "list_audit_records", params(AuditQuery),
+    responses((status = 200, body = ResourceList<AuditRecord>, description = "A page of audit records, oldest first")))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,

@@ -5,10 +5,11 @@ use axum::{Extension, Json};
 use chrono::Utc;
 use nimbus_api::{
     validate_name, ApiError, Host, HostPhase, HostStatus, ListOptions, Metadata, RegisterHost,
-    ResourceList,
+    ResourceList, WatchEvent,
 };
 
 use super::body::JsonBody;
+use super::params::HostPath;
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
@@ -33,7 +34,9 @@ fn require_own_host(caller: &Caller, host: &str) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/hosts", params(ListOptions), responses((status = 200, body = ResourceList<Host>)))]
+#[utoipa::path(get, path = "/v1/hosts", operation_id = "list_hosts", params(ListOptions),
+    responses((status = 200, description = "A page of hosts (system administrators and host agents); with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Host> = "application/json"), (WatchEvent<Host> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -51,7 +54,8 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/hosts/{host}", responses((status = 200, body = Host)))]
+#[utoipa::path(get, path = "/v1/hosts/{host}", operation_id = "get_host", params(HostPath),
+    responses((status = 200, body = Host, description = "The host")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -61,7 +65,8 @@ pub async fn get(
     Ok(Json(state.repo.get(None, &host).await?))
 }
 
-#[utoipa::path(post, path = "/v1/hosts", request_body = RegisterHost, responses((status = 200, body = Host)))]
+#[utoipa::path(post, path = "/v1/hosts", operation_id = "register_host", request_body = RegisterHost,
+    responses((status = 200, body = Host, description = "Registered (or registered again); the host is ready")))]
 pub async fn register(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -96,7 +101,8 @@ pub async fn register(
     Ok(Json(host))
 }
 
-#[utoipa::path(post, path = "/v1/hosts/{host}/status", request_body = HostStatus, responses((status = 200, body = Host)))]
+#[utoipa::path(post, path = "/v1/hosts/{host}/status", operation_id = "report_host_status", params(HostPath), request_body = HostStatus,
+    responses((status = 200, body = Host, description = "The host with the reported status and a new heartbeat")))]
 pub async fn report(
     State(state): St,
     Extension(caller): Extension<Caller>,

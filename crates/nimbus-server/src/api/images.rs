@@ -10,14 +10,18 @@ use axum::{Extension, Json};
 use futures::StreamExt;
 use nimbus_api::{
     validate_name, ApiError, Image, ImageSpec, Instance, ListOptions, Metadata, ResourceList, Role,
+    WatchEvent,
 };
 use nimbus_image::ImportedImage;
 
+use super::params::{ImagePath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
 
-#[utoipa::path(get, path = "/v1/projects/{project}/images", params(ListOptions), responses((status = 200, body = ResourceList<Image>)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/images", operation_id = "list_images", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's images; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Image> = "application/json"), (WatchEvent<Image> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -28,7 +32,8 @@ pub async fn list(
     super::watch::list_in_project::<Image>(&state, caller, project, &opts, &headers).await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", responses((status = 200, body = Image)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/images/{name}", operation_id = "get_image", params(ImagePath),
+    responses((status = 200, body = Image, description = "The image")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -39,6 +44,7 @@ pub async fn get(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
     /// Name of the new image.
     pub name: String,
@@ -79,10 +85,12 @@ impl Read for ChannelReader {
     }
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/images", params(ImportQuery),
+#[utoipa::path(post, path = "/v1/projects/{project}/images", operation_id = "import_image", params(ProjectPath, ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive"),
-    responses((status = 201, body = Image), (status = 422, description = "rejected archive")))]
+        description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive; with `kind=disk` a qcow2 or raw disk; with `kind=kernel` an ELF kernel, optionally followed by an initrd. Capped by the server's image size limit (413 past it)"),
+    responses((status = 201, body = Image, description = "Imported"),
+        (status = 409, description = "An image of that name already exists in the project"),
+        (status = 422, description = "The archive, disk or kernel was rejected")))]
 pub async fn import(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -180,8 +188,8 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(image)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/images/{name}",
-    responses((status = 204), (status = 409, description = "in use by an instance")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/images/{name}", operation_id = "delete_image", params(ImagePath),
+    responses((status = 204, description = "Deleted"), (status = 409, description = "An instance still uses the image")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,

@@ -14,17 +14,19 @@ use nimbus_api::resources::Object;
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, DesiredState, Image, Instance, InstanceDefaults,
     InstanceKind, InstancePhase, InstanceSpec, InstanceStatus, ListOptions, Metadata, Project,
-    ResourceList, RestartMode, Role, SecretEnv, StatusUpdate, SECRET_REDACTED,
+    ResourceList, RestartMode, Role, SecretEnv, StatusUpdate, WatchEvent, SECRET_REDACTED,
 };
 
 use super::body::JsonBody;
+use super::params::{InstancePath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/v1/projects/{project}/instances", params(ListOptions),
-    responses((status = 200, body = ResourceList<Instance>, description = "A page, or with watch=true a stream of JSON-line WatchEvents")))]
+#[utoipa::path(get, path = "/v1/projects/{project}/instances", operation_id = "list_instances", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's instances; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Instance> = "application/json"), (WatchEvent<Instance> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -36,14 +38,20 @@ pub async fn list(
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AllQuery {
     /// Only instances bound to this host.
     pub host: Option<String>,
+    /// Label selector: `key=value,key2!=value,key3` (comma = and).
     pub selector: Option<String>,
+    /// Page size (default 500, at most 5000).
     pub limit: Option<usize>,
+    /// Continue token from a previous page.
     #[serde(rename = "continue")]
     pub continue_token: Option<String>,
+    /// Stream changes as JSON lines instead of listing.
     pub watch: Option<bool>,
+    /// With `watch`: stream changes after this revision (from a list).
     pub revision: Option<i64>,
 }
 
@@ -60,7 +68,9 @@ impl AllQuery {
 }
 
 /// Instances of every project: for system administrators and host agents.
-#[utoipa::path(get, path = "/v1/instances", params(AllQuery), responses((status = 200, body = ResourceList<Instance>)))]
+#[utoipa::path(get, path = "/v1/instances", operation_id = "list_all_instances", params(AllQuery),
+    responses((status = 200, description = "A page of instances of every project; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Instance> = "application/json"), (WatchEvent<Instance> = "application/x-ndjson")))))]
 pub async fn list_all(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -77,7 +87,8 @@ pub async fn list_all(
     super::watch::list_or_watch::<Instance>(&state, None, &q.list_options(), on_host, guard).await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", responses((status = 200, body = Instance)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}", operation_id = "get_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "The instance, secret environment values shown as `<secret>`")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -127,7 +138,8 @@ fn seal_secret_env(
 /// The secret environment values of an instance, for the agent of the host
 /// it is bound to, which needs them to start the workload. Nobody else,
 /// administrators included, gets them through the API.
-#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/secret-env", responses((status = 200, body = SecretEnv)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/secret-env", operation_id = "get_instance_secret_env", params(InstancePath),
+    responses((status = 200, body = SecretEnv, description = "The plain secret environment values (host agent of the instance's host only)")))]
 pub async fn secret_env(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -467,8 +479,10 @@ async fn validate_vm_spec(state: &AppState, spec: &InstanceSpec, image: &Image) 
     Ok(())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances", request_body = CreateRequest<InstanceSpec>,
-    responses((status = 201, body = Instance), (status = 422, description = "invalid spec")))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances", operation_id = "create_instance", params(ProjectPath), request_body = CreateRequest<InstanceSpec>,
+    responses((status = 201, body = Instance, description = "Created, `phase: pending`"),
+        (status = 409, description = "An instance of that name already exists in the project"),
+        (status = 422, description = "The spec is invalid, or names an image, network or security group that does not exist")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -557,8 +571,8 @@ async fn apply_default_limits(
 }
 
 /// Replace labels and spec; `metadata.revision` must be current (409 if not).
-#[utoipa::path(put, path = "/v1/projects/{project}/instances/{name}", request_body = Instance,
-    responses((status = 200, body = Instance), (status = 409, description = "stale revision")))]
+#[utoipa::path(put, path = "/v1/projects/{project}/instances/{name}", operation_id = "replace_instance", params(InstancePath), request_body = Instance,
+    responses((status = 200, body = Instance, description = "The instance as stored"), (status = 409, description = "`metadata.revision` is not the current one: read it again and retry")))]
 pub async fn replace(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -648,7 +662,8 @@ async fn change_spec(
     Ok(shown(saved))
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/start", responses((status = 200, body = Instance)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/start", operation_id = "start_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "Started (or already running): the restart generation moves on")))]
 pub async fn start(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -670,7 +685,8 @@ pub async fn start(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/stop", responses((status = 200, body = Instance)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/stop", operation_id = "stop_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "Asked to stop")))]
 pub async fn stop(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -682,7 +698,8 @@ pub async fn stop(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/restart", responses((status = 200, body = Instance)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/restart", operation_id = "restart_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "Asked to restart: the restart generation moves on")))]
 pub async fn restart(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -753,7 +770,9 @@ async fn set_paused(
     }
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/pause", responses((status = 200, body = Instance)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/pause", operation_id = "pause_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "Paused (a running VM or unikernel)"), (status = 409, description = "The instance is not in the phase this needs"),
+        (status = 422, description = "The instance is a container")))]
 pub async fn pause(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -762,7 +781,9 @@ pub async fn pause(
     set_paused(state, caller, project, name, true).await
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/resume", responses((status = 200, body = Instance)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/resume", operation_id = "resume_instance", params(InstancePath),
+    responses((status = 200, body = Instance, description = "Resumed (a paused VM or unikernel)"), (status = 409, description = "The instance is not in the phase this needs"),
+        (status = 422, description = "The instance is a container")))]
 pub async fn resume(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -771,8 +792,22 @@ pub async fn resume(
     set_paused(state, caller, project, name, false).await
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/console",
-    responses((status = 101, description = "The connection becomes the VM's serial console: exec frames (STDIN in, STDOUT out)")))]
+/// Attach to the serial console of a running or paused VM or unikernel.
+///
+/// The request carries `Connection: upgrade` and `Upgrade: nimbus-exec`;
+/// the server answers 101 and from then on the connection carries the exec
+/// frames of `exec_in_instance`, each `[kind u8][length u32 big-endian]
+/// [payload]`: 0 STDIN (keystrokes) from the client, 1 STDOUT (console
+/// output) from the server. The console ends when the caller loses the
+/// member role in the project or their token.
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/console", operation_id = "attach_instance_console",
+    params(InstancePath, ("Upgrade" = String, Header, description = "`nimbus-exec`, with `Connection: upgrade`")),
+    request_body(content = serde_json::Value, description = "An empty JSON object, `{}`"),
+    responses(
+        (status = 101, description = "Switching Protocols: the connection becomes the serial console of the VM or unikernel, carrying exec frames (see the operation's description): STDIN (0) in, STDOUT (1) out",
+            headers(("Upgrade" = String, description = "`nimbus-exec`"), ("Connection" = String, description = "`upgrade`"))),
+        (status = 409, description = "The instance is not running or paused"),
+        (status = 422, description = "The instance is a container")))]
 pub async fn console(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -804,8 +839,9 @@ pub async fn console(
 
 /// Deletion: instances never started are removed at once; others are
 /// marked and their host's agent removes everything, then finalizes.
-#[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}",
-    responses((status = 202, body = Instance, description = "deletion in progress"), (status = 204, description = "deleted")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}", operation_id = "delete_instance", params(InstancePath),
+    responses((status = 202, body = Instance, description = "Deletion in progress: the host's agent cleans up, then the instance goes"),
+        (status = 204, description = "Deleted (it was never bound to a host)")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -833,8 +869,10 @@ pub async fn delete(
 }
 
 /// An agent reports the observed status of an instance on its host.
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/status", request_body = StatusUpdate,
-    responses((status = 200, body = Instance), (status = 204, description = "finalized and removed")))]
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/status", operation_id = "report_instance_status", params(InstancePath), request_body = StatusUpdate,
+    responses((status = 200, body = Instance, description = "The instance with the reported status"),
+        (status = 204, description = "Finalized and removed"),
+        (status = 409, description = "`finalized` was reported for an instance not being deleted")))]
 pub async fn report_status(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -885,6 +923,7 @@ pub async fn report_status(
 }
 
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Keep streaming new lines until the instance stops.
     #[serde(default)]
@@ -893,8 +932,9 @@ pub struct LogQuery {
     pub tail: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/logs", params(LogQuery),
-    responses((status = 200, content_type = "text/plain", description = "Lines: `<RFC 3339 time> <stdout|stderr> <text>`")))]
+#[utoipa::path(get, path = "/v1/projects/{project}/instances/{name}/logs", operation_id = "get_instance_logs", params(InstancePath, LogQuery),
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Lines `<RFC 3339 time> <stdout|stderr> <text>`. With `follow=true` the body is streamed (chunked): new lines arrive as the workload writes them, until the instance stops or the caller loses their role or token")))]
 pub async fn logs(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -927,8 +967,26 @@ pub async fn logs(
         .map_err(|e| ServerError(ApiError::internal(e.to_string())))
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/exec", request_body = ExecRequest,
-    responses((status = 101, description = "The connection becomes a framed exec stream")))]
+/// Run a command in a running instance, its input and output relayed over
+/// the upgraded connection.
+///
+/// The request carries `Connection: upgrade` and `Upgrade: nimbus-exec`;
+/// the server answers 101 and from then on the connection carries frames
+/// in both directions, each `[kind u8][length u32 big-endian][payload]`,
+/// payloads of at most 1 MiB. Client to server: 0 STDIN (bytes for the
+/// process's stdin), 4 RESIZE (terminal rows u16 BE, then cols u16 BE),
+/// 5 STDIN_EOF (no more stdin). Server to client: 1 STDOUT, 2 STDERR,
+/// 3 EXIT (last frame: the exit code as i32 BE, 128+n if killed by signal
+/// n). The session ends when the process exits, or when the caller loses
+/// the member role in the project or their token.
+#[utoipa::path(post, path = "/v1/projects/{project}/instances/{name}/exec", operation_id = "exec_in_instance",
+    params(InstancePath, ("Upgrade" = String, Header, description = "`nimbus-exec`, with `Connection: upgrade`")),
+    request_body = ExecRequest,
+    responses(
+        (status = 101, description = "Switching Protocols: the connection becomes a framed exec stream (see the operation's description)",
+            headers(("Upgrade" = String, description = "`nimbus-exec`"), ("Connection" = String, description = "`upgrade`"))),
+        (status = 409, description = "The instance is not running"),
+        (status = 422, description = "No command given")))]
 pub async fn exec(
     State(state): St,
     Extension(caller): Extension<Caller>,

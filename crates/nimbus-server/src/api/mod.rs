@@ -8,6 +8,7 @@ pub mod images;
 pub mod instances;
 pub mod networks;
 pub mod openapi;
+pub mod params;
 pub mod projects;
 pub mod secgroups;
 pub mod users;
@@ -168,12 +169,14 @@ async fn not_found(uri: axum::http::Uri) -> ServerError {
     )))
 }
 
-#[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "The server is up")))]
+#[utoipa::path(get, path = "/v1/health", operation_id = "health", tag = "system", security(()),
+    responses((status = 200, body = serde_json::Value, description = "The server is up: `{\"status\": \"ok\", \"version\": \"<version>\"}`")))]
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
+#[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami", tag = "system",
+    responses((status = 200, body = WhoAmI, description = "The caller: user, token, system administrator or not, roles per project")))]
 pub async fn whoami(
     axum::extract::State(state): St,
     Extension(caller): Extension<Caller>,

@@ -9,9 +9,10 @@ use axum::{Extension, Json};
 use nimbus_api::cidr::Subnet;
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, Instance, ListOptions, Metadata, Network, NetworkSpec,
-    NetworkStatus, ResourceList, Role,
+    NetworkStatus, ResourceList, Role, WatchEvent,
 };
 
+use super::params::{NetworkPath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
@@ -22,8 +23,9 @@ use crate::repo::Repo;
 pub const DEFAULT_NETWORK: &str = "default";
 pub const DEFAULT_SUBNET: &str = "10.0.0.0/24";
 
-#[utoipa::path(get, path = "/v1/projects/{project}/networks", params(ListOptions),
-    responses((status = 200, body = ResourceList<Network>)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/networks", operation_id = "list_networks", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's networks; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Network> = "application/json"), (WatchEvent<Network> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -49,7 +51,9 @@ pub async fn list(
 }
 
 /// Networks of every project: for system administrators and host agents.
-#[utoipa::path(get, path = "/v1/networks", params(ListOptions), responses((status = 200, body = ResourceList<Network>)))]
+#[utoipa::path(get, path = "/v1/networks", operation_id = "list_all_networks", params(ListOptions),
+    responses((status = 200, description = "A page of networks of every project; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Network> = "application/json"), (WatchEvent<Network> = "application/x-ndjson")))))]
 pub async fn list_all(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -76,7 +80,8 @@ pub fn require_agent_or_admin(caller: &Caller, what: &str) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/networks/{name}", responses((status = 200, body = Network)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/networks/{name}", operation_id = "get_network", params(NetworkPath),
+    responses((status = 200, body = Network, description = "The network")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -122,8 +127,10 @@ pub fn validate_spec(spec: &NetworkSpec) -> Result<(), String> {
     Ok(())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/networks", request_body = CreateRequest<NetworkSpec>,
-    responses((status = 201, body = Network), (status = 422, description = "invalid spec")))]
+#[utoipa::path(post, path = "/v1/projects/{project}/networks", operation_id = "create_network", params(ProjectPath), request_body = CreateRequest<NetworkSpec>,
+    responses((status = 201, body = Network, description = "Created"),
+        (status = 409, description = "A network of that name already exists, or its subnet overlaps another"),
+        (status = 422, description = "The spec is invalid")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -178,8 +185,8 @@ pub async fn default_network(repo: &Repo, project: &str) -> ApiResult<Network> {
 }
 
 /// Deleting a network some instance uses is refused.
-#[utoipa::path(delete, path = "/v1/projects/{project}/networks/{name}",
-    responses((status = 204, description = "deleted"), (status = 409, description = "in use")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/networks/{name}", operation_id = "delete_network", params(NetworkPath),
+    responses((status = 204, description = "Deleted"), (status = 409, description = "An instance still uses the network")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,

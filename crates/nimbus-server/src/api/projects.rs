@@ -7,17 +7,19 @@ use nimbus_api::resources::Object;
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, Image, Instance, ListOptions, Metadata, Network,
     Project, ProjectSpec, ProjectStatus, PublishedPort, ResourceList, Role, RoleBinding,
-    SecurityGroup,
+    SecurityGroup, WatchEvent,
 };
 use nimbus_store::{Op, Txn};
 
+use super::params::ProjectPath;
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
 use crate::repo::{Repo, MAX_PAGE};
 
-#[utoipa::path(get, path = "/v1/projects", params(ListOptions),
-    responses((status = 200, body = ResourceList<Project>)))]
+#[utoipa::path(get, path = "/v1/projects", operation_id = "list_projects", params(ListOptions),
+    responses((status = 200, description = "The projects the caller has a role in (all for system administrators); with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Project> = "application/json"), (WatchEvent<Project> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -55,8 +57,8 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/projects", request_body = CreateRequest<ProjectSpec>,
-    responses((status = 201, body = Project), (status = 409, description = "already exists")))]
+#[utoipa::path(post, path = "/v1/projects", operation_id = "create_project", request_body = CreateRequest<ProjectSpec>,
+    responses((status = 201, body = Project, description = "Created"), (status = 409, description = "A project of that name already exists")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -78,8 +80,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}",
-    responses((status = 200, body = Project), (status = 404, description = "not found or not yours")))]
+#[utoipa::path(get, path = "/v1/projects/{project}", operation_id = "get_project", params(ProjectPath),
+    responses((status = 200, body = Project, description = "The project"), (status = 404, description = "Not found, or the caller has no role in it")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -91,8 +93,8 @@ pub async fn get(
 
 /// Replace a project's settings: description, instance defaults and host
 /// port policy (system administrators).
-#[utoipa::path(put, path = "/v1/projects/{project}", request_body = ProjectSpec,
-    responses((status = 200, body = Project), (status = 404, description = "not found or not yours")))]
+#[utoipa::path(put, path = "/v1/projects/{project}", operation_id = "update_project", params(ProjectPath), request_body = ProjectSpec,
+    responses((status = 200, body = Project, description = "The project with its new settings"), (status = 404, description = "Not found, or the caller has no role in it")))]
 pub async fn update(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -276,8 +278,8 @@ pub fn validate_project_spec(spec: &ProjectSpec) -> Result<(), String> {
     Ok(())
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}",
-    responses((status = 204), (status = 409, description = "still has resources")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}", operation_id = "delete_project", params(ProjectPath),
+    responses((status = 204, description = "Deleted"), (status = 409, description = "The project still holds published ports, instances, security groups, networks or images")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,

@@ -7,10 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol,
-    ResourceList, Role, SecurityGroup, SecurityGroupSpec,
+    ResourceList, Role, SecurityGroup, SecurityGroupSpec, WatchEvent,
 };
 
 use super::body::JsonBody;
+use super::params::{ProjectPath, SecgroupPath};
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
@@ -19,8 +20,9 @@ use crate::state::AppState;
 /// Rules per group at most: one nftables transaction applies them all.
 pub const MAX_RULES: usize = 5000;
 
-#[utoipa::path(get, path = "/v1/projects/{project}/secgroups", params(ListOptions),
-    responses((status = 200, body = ResourceList<SecurityGroup>)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/secgroups", operation_id = "list_security_groups", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's security groups; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<SecurityGroup> = "application/json"), (WatchEvent<SecurityGroup> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -32,7 +34,9 @@ pub async fn list(
 }
 
 /// Security groups of every project: for system administrators and host agents.
-#[utoipa::path(get, path = "/v1/secgroups", params(ListOptions), responses((status = 200, body = ResourceList<SecurityGroup>)))]
+#[utoipa::path(get, path = "/v1/secgroups", operation_id = "list_all_security_groups", params(ListOptions),
+    responses((status = 200, description = "A page of security groups of every project; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<SecurityGroup> = "application/json"), (WatchEvent<SecurityGroup> = "application/x-ndjson")))))]
 pub async fn list_all(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -49,7 +53,8 @@ pub async fn list_all(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/secgroups/{name}", responses((status = 200, body = SecurityGroup)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/secgroups/{name}", operation_id = "get_security_group", params(SecgroupPath),
+    responses((status = 200, body = SecurityGroup, description = "The security group")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -122,8 +127,10 @@ async fn validate_spec(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/secgroups", request_body = CreateRequest<SecurityGroupSpec>,
-    responses((status = 201, body = SecurityGroup), (status = 422, description = "invalid rules")))]
+#[utoipa::path(post, path = "/v1/projects/{project}/secgroups", operation_id = "create_security_group", params(ProjectPath), request_body = CreateRequest<SecurityGroupSpec>,
+    responses((status = 201, body = SecurityGroup, description = "Created"),
+        (status = 409, description = "A security group of that name already exists"),
+        (status = 422, description = "The rules are invalid")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -147,8 +154,9 @@ pub async fn create(
 }
 
 /// Replace the rules; running members get the new filter without restart.
-#[utoipa::path(put, path = "/v1/projects/{project}/secgroups/{name}", request_body = SecurityGroup,
-    responses((status = 200, body = SecurityGroup), (status = 409, description = "stale revision")))]
+#[utoipa::path(put, path = "/v1/projects/{project}/secgroups/{name}", operation_id = "replace_security_group", params(SecgroupPath), request_body = SecurityGroup,
+    responses((status = 200, body = SecurityGroup, description = "The security group as stored; instances using it get the new rules"),
+        (status = 409, description = "`metadata.revision` is not the current one: read it again and retry")))]
 pub async fn replace(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -170,8 +178,8 @@ pub async fn replace(
     Ok(Json(state.repo.update(current).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/secgroups/{name}",
-    responses((status = 204, description = "deleted"), (status = 409, description = "in use")))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/secgroups/{name}", operation_id = "delete_security_group", params(SecgroupPath),
+    responses((status = 204, description = "Deleted"), (status = 409, description = "An instance still uses the security group")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,

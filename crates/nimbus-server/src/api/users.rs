@@ -6,16 +6,19 @@ use axum::{Extension, Json};
 use nimbus_api::{
     validate_name, ApiError, CreateRequest, CreateToken, ListOptions, Metadata, ProjectStatus,
     ResourceList, Role, RoleBinding, RoleBindingSpec, Token, TokenCreated, TokenSpec, TokenStatus,
-    User, UserSpec, UserStatus,
+    User, UserSpec, UserStatus, WatchEvent,
 };
 
 use super::body::JsonBody;
+use super::params::{BindingPath, ProjectPath, TokenPath, UserPath};
 use super::St;
 use crate::auth::{self, token, Caller};
 use crate::error::{ApiResult, ServerError};
 use crate::repo::Repo;
 
-#[utoipa::path(get, path = "/v1/users", params(ListOptions), responses((status = 200, body = ResourceList<User>)))]
+#[utoipa::path(get, path = "/v1/users", operation_id = "list_users", params(ListOptions),
+    responses((status = 200, description = "A page of users; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<User> = "application/json"), (WatchEvent<User> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -33,7 +36,8 @@ pub async fn list(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/users", request_body = CreateRequest<UserSpec>, responses((status = 201, body = User)))]
+#[utoipa::path(post, path = "/v1/users", operation_id = "create_user", request_body = CreateRequest<UserSpec>,
+    responses((status = 201, body = User, description = "Created"), (status = 409, description = "A user of that name already exists")))]
 pub async fn create(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -54,7 +58,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-#[utoipa::path(get, path = "/v1/users/{user}", responses((status = 200, body = User)))]
+#[utoipa::path(get, path = "/v1/users/{user}", operation_id = "get_user", params(UserPath),
+    responses((status = 200, body = User, description = "The user (any caller may read their own)")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -66,7 +71,8 @@ pub async fn get(
     Ok(Json(state.repo.get(None, &user).await?))
 }
 
-#[utoipa::path(delete, path = "/v1/users/{user}", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/users/{user}", operation_id = "delete_user", params(UserPath),
+    responses((status = 204, description = "Deleted, with its tokens and role bindings"), (status = 409, description = "The caller tried to delete the user they act as")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -170,8 +176,8 @@ pub async fn issue_token(
     })
 }
 
-#[utoipa::path(post, path = "/v1/tokens", request_body = CreateToken,
-    responses((status = 201, body = TokenCreated, description = "The secret is shown only here")))]
+#[utoipa::path(post, path = "/v1/tokens", operation_id = "create_token", request_body = CreateToken,
+    responses((status = 201, body = TokenCreated, description = "Created; the secret is shown only here")))]
 pub async fn create_token(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -217,7 +223,9 @@ async fn capped_expiry(
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = ResourceList<Token>)))]
+#[utoipa::path(get, path = "/v1/tokens", operation_id = "list_tokens", params(ListOptions),
+    responses((status = 200, description = "The caller's tokens (all for system administrators), secrets never shown; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<Token> = "application/json"), (WatchEvent<Token> = "application/x-ndjson")))))]
 pub async fn list_tokens(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -244,7 +252,8 @@ async fn own_token(state: &crate::AppState, caller: &Caller, id: &str) -> ApiRes
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens/{token}", responses((status = 200, body = Token)))]
+#[utoipa::path(get, path = "/v1/tokens/{token}", operation_id = "get_token", params(TokenPath),
+    responses((status = 200, body = Token, description = "The token, without its secret")))]
 pub async fn get_token(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -253,7 +262,8 @@ pub async fn get_token(
     Ok(Json(redact(own_token(&state, &caller, &id).await?)))
 }
 
-#[utoipa::path(delete, path = "/v1/tokens/{token}", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/tokens/{token}", operation_id = "delete_token", params(TokenPath),
+    responses((status = 204, description = "Deleted; the token stops working at once")))]
 pub async fn delete_token(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -265,7 +275,9 @@ pub async fn delete_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings", responses((status = 200, body = ResourceList<RoleBinding>)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings", operation_id = "list_role_bindings", params(ProjectPath, ListOptions),
+    responses((status = 200, description = "A page of the project's role bindings; with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<RoleBinding> = "application/json"), (WatchEvent<RoleBinding> = "application/x-ndjson")))))]
 pub async fn list_bindings(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -276,7 +288,8 @@ pub async fn list_bindings(
     super::watch::list_in_project::<RoleBinding>(&state, caller, project, &opts, &headers).await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 200, body = RoleBinding)))]
+#[utoipa::path(get, path = "/v1/projects/{project}/rolebindings/{user}", operation_id = "get_role_binding", params(BindingPath),
+    responses((status = 200, body = RoleBinding, description = "The user's role in the project")))]
 pub async fn get_binding(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -286,8 +299,8 @@ pub async fn get_binding(
     Ok(Json(state.repo.get(Some(&project), &user).await?))
 }
 
-#[utoipa::path(post, path = "/v1/projects/{project}/rolebindings", request_body = RoleBindingSpec,
-    responses((status = 201, body = RoleBinding)))]
+#[utoipa::path(post, path = "/v1/projects/{project}/rolebindings", operation_id = "create_role_binding", params(ProjectPath), request_body = RoleBindingSpec,
+    responses((status = 201, body = RoleBinding, description = "Granted (granting again replaces the role)")))]
 pub async fn create_binding(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -317,7 +330,8 @@ pub async fn create_binding(
     Ok((StatusCode::CREATED, Json(saved)))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/rolebindings/{user}", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/projects/{project}/rolebindings/{user}", operation_id = "delete_role_binding", params(BindingPath),
+    responses((status = 204, description = "Revoked")))]
 pub async fn delete_binding(
     State(state): St,
     Extension(caller): Extension<Caller>,
