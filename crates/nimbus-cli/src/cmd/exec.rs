@@ -98,9 +98,9 @@ pub async fn exec(
     let (mut reader, mut writer) = tokio::io::split(stream);
     let _raw = if tty { Some(RawMode::enable()) } else { None };
 
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Input>(8);
+    let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Input>(8);
     if let Some(mut window_changes) = window_changes {
-        let resize_tx = stdin_tx.clone();
+        let resize_tx = input_tx.clone();
         tokio::spawn(async move {
             // The size now, in case it changed since the request was made; then
             // every change, so full-screen programs redraw to fit.
@@ -127,11 +127,11 @@ pub async fn exec(
             loop {
                 match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        let _ = stdin_tx.blocking_send(Input::Eof);
+                        let _ = input_tx.blocking_send(Input::Eof);
                         return;
                     }
                     Ok(n) => {
-                        if stdin_tx
+                        if input_tx
                             .blocking_send(Input::Data(buf[..n].to_vec()))
                             .is_err()
                         {
@@ -142,10 +142,10 @@ pub async fn exec(
             }
         });
     } else {
-        let _ = stdin_tx.send(Input::Eof).await;
+        let _ = input_tx.send(Input::Eof).await;
     }
     let writer_task = tokio::spawn(async move {
-        while let Some(item) = stdin_rx.recv().await {
+        while let Some(item) = input_rx.recv().await {
             let result = match item {
                 Input::Data(data) => exec::write_frame(&mut writer, exec::STDIN, &data).await,
                 Input::Eof => exec::write_frame(&mut writer, exec::STDIN_EOF, &[]).await,
