@@ -168,7 +168,8 @@ fn exec_with_a_tty() {
         args: vec![
             "sh".into(),
             "-c".into(),
-            "test -t 0 && echo is-a-tty; stty size; read line; echo got-$line".into(),
+            "test -t 0 && echo is-a-tty; echo tty=$(tty); stty size; read line; echo got-$line"
+                .into(),
         ],
         tty: true,
         rows: Some(33),
@@ -184,6 +185,9 @@ fn exec_with_a_tty() {
     assert!(out.stderr.is_empty(), "a tty merges stderr into stdout");
     let text = out.stdout.replace('\r', "");
     assert!(text.contains("is-a-tty\n"), "{text:?}");
+    // The container's own devpts, not the host's (whose pts the container
+    // cannot name: `tty` said "not a tty").
+    assert!(text.contains("tty=/dev/pts/"), "{text:?}");
     assert!(text.contains("33 101\n"), "{text:?}");
     assert!(text.contains("got-typed\n"), "{text:?}");
 

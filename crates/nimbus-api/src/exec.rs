@@ -13,7 +13,10 @@ pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 /// shim → client, last frame: the exit code as i32 BE (128+n if killed by signal n).
 pub const EXIT: u8 = 3;
-/// client → shim: terminal size, rows u16 BE then cols u16 BE.
+/// client → shim: terminal size, rows u16 BE then cols u16 BE (see
+/// [`encode_resize`]). Sent at the start of a `tty` session and whenever the
+/// client's terminal changes size; the shim sets it on the terminal, and the
+/// kernel signals the process (SIGWINCH).
 pub const RESIZE: u8 = 4;
 /// client → shim: no more stdin.
 pub const STDIN_EOF: u8 = 5;
@@ -39,6 +42,21 @@ pub struct ExecRequest {
     pub rows: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cols: Option<u16>,
+}
+
+/// The payload of a [`RESIZE`] frame.
+pub fn encode_resize(rows: u16, cols: u16) -> [u8; 4] {
+    let [r0, r1] = rows.to_be_bytes();
+    let [c0, c1] = cols.to_be_bytes();
+    [r0, r1, c0, c1]
+}
+
+/// `(rows, cols)` from a [`RESIZE`] payload; `None` if it is malformed or
+/// either side is zero (a terminal of no size is a client bug, not a size).
+pub fn decode_resize(payload: &[u8]) -> Option<(u16, u16)> {
+    let [r0, r1, c0, c1] = <[u8; 4]>::try_from(payload).ok()?;
+    let (rows, cols) = (u16::from_be_bytes([r0, r1]), u16::from_be_bytes([c0, c1]));
+    (rows > 0 && cols > 0).then_some((rows, cols))
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(
@@ -72,4 +90,24 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).await?;
     Ok(Some((header[0], payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_payload_round_trips() {
+        assert_eq!(encode_resize(50, 132), [0, 50, 0, 132]);
+        assert_eq!(decode_resize(&encode_resize(50, 132)), Some((50, 132)));
+        assert_eq!(decode_resize(&encode_resize(300, 1000)), Some((300, 1000)));
+    }
+
+    #[test]
+    fn malformed_or_empty_sizes_are_ignored() {
+        assert_eq!(decode_resize(&[0, 50, 0]), None);
+        assert_eq!(decode_resize(&[0, 50, 0, 132, 0]), None);
+        assert_eq!(decode_resize(&encode_resize(0, 80)), None);
+        assert_eq!(decode_resize(&encode_resize(24, 0)), None);
+    }
 }

@@ -9,17 +9,29 @@
 //! user, drops to the default capabilities, sets no-new-privileges and loads the same
 //! seccomp filter as the init before `execve`. The shim is a child subreaper, so the
 //! process becomes the shim's child when the intermediate exits.
+//!
+//! A terminal is allocated by the exec'd process itself, as the instance user and
+//! inside the container's mount namespace, from the container's own devpts
+//! (`/dev/pts/ptmx`), the way OCI runtimes use a console socket: the pts is then
+//! `/dev/pts/N` to the process (`tty`, `ttyname`, `/proc/self/fd/0` resolve) and
+//! owned by the user (`sudo`, `passwd` and `screen` check that). The master comes
+//! back to the shim over a socket (SCM_RIGHTS). A pty opened by the shim would come
+//! from the host's devpts, which the container cannot see.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use libcontainer::syscall::syscall::create_syscall;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp};
@@ -100,35 +112,34 @@ pub fn spawn_exec(
     let cgroups = instance_cgroup_dirs(&ctx.instance_id);
     let prepared = Prepared::new(ctx, req)?;
 
-    // (stdin, stdout, stderr) for the child; the shim's ends.
-    let (child_stdio, shim_in, shim_out, shim_err): (
-        [OwnedFd; 3],
-        OwnedFd,
-        OwnedFd,
-        Option<OwnedFd>,
-    ) = if req.tty {
-        let size = nix::pty::Winsize {
-            ws_row: req.rows.unwrap_or(24),
-            ws_col: req.cols.unwrap_or(80),
+    // What the child gets for its stdio, and the shim's ends.
+    let (child_stdio, shim_ends) = if req.tty {
+        let (shim_end, child_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| ShimError::Exec(format!("create the terminal hand-over socket: {e}")))?;
+        let size = libc::winsize {
+            ws_row: req.rows.filter(|r| *r > 0).unwrap_or(24),
+            ws_col: req.cols.filter(|c| *c > 0).unwrap_or(80),
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        let pty = nix::pty::openpty(Some(&size), None)
-            .map_err(|e| ShimError::Exec(format!("open a pty: {e}")))?;
-        set_cloexec(pty.master.as_raw_fd())?;
-        set_cloexec(pty.slave.as_raw_fd())?;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| ShimError::Exec(format!("dup pty: {e}")))
+        let stdio = ChildStdio::Terminal {
+            master_to_shim: child_end,
+            size,
         };
-        let slaves = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-        let master_in = dup(&pty.master)?;
-        (slaves, master_in, pty.master, None)
+        (stdio, ShimEnds::Terminal(shim_end))
     } else {
         let (in_r, in_w) = cloexec_pipe("stdin")?;
         let (out_r, out_w) = cloexec_pipe("stdout")?;
         let (err_r, err_w) = cloexec_pipe("stderr")?;
-        ([in_r, out_w, err_w], in_w, out_r, Some(err_r))
+        (
+            ChildStdio::Pipes([in_r, out_w, err_w]),
+            ShimEnds::Pipes(in_w, out_r, err_r),
+        )
     };
     let (pid_r, pid_w) = cloexec_pipe("pid report")?;
     let (err_r, err_w) = cloexec_pipe("error report")?;
@@ -145,7 +156,7 @@ pub fn spawn_exec(
                 Ok(()) => match unsafe { fork() } {
                     Err(e) => report(&err_w, &format!("fork exec process: {e}")),
                     Ok(ForkResult::Child) => {
-                        let msg = become_process(&prepared, &child_stdio, req.tty);
+                        let msg = become_process(&prepared, &child_stdio);
                         report(&err_w, &msg)
                     }
                     Ok(ForkResult::Parent { child }) => {
@@ -174,25 +185,88 @@ pub fn spawn_exec(
         };
         return Err(ShimError::Exec(format!("{:?}: {message}", req.args)));
     }
+    let pid = Pid::from_raw(i32::from_be_bytes(pid_bytes));
+    let (stdin, stdout, stderr) = match shim_ends {
+        ShimEnds::Pipes(stdin, stdout, stderr) => (stdin, stdout, Some(stderr)),
+        ShimEnds::Terminal(socket) => {
+            // The process has reached execve (its error pipe closed), so the master
+            // it sent is already queued.
+            let master = receive_terminal(&socket).map_err(|e| {
+                // It runs without a terminal anyone can reach: do not leave it behind.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                ShimError::Exec(format!("{:?}: {e}", req.args))
+            })?;
+            let master_in = master
+                .try_clone()
+                .map_err(|e| ShimError::Exec(format!("dup the terminal master: {e}")))?;
+            (master_in, master, None)
+        }
+    };
     Ok(ExecChild {
-        pid: Pid::from_raw(i32::from_be_bytes(pid_bytes)),
-        stdin: shim_in,
-        stdout: shim_out,
-        stderr: shim_err,
+        pid,
+        stdin,
+        stdout,
+        stderr,
         tty: req.tty,
     })
+}
+
+/// The stdio the exec'd process sets up for itself.
+enum ChildStdio {
+    /// stdin, stdout, stderr.
+    Pipes([OwnedFd; 3]),
+    /// Allocate a terminal in the container and send its master here.
+    Terminal {
+        master_to_shim: OwnedFd,
+        size: libc::winsize,
+    },
+}
+
+/// The shim's ends of an exec'd process's stdio.
+enum ShimEnds {
+    /// Write end of stdin, read ends of stdout and stderr.
+    Pipes(OwnedFd, OwnedFd, OwnedFd),
+    /// Where the process sends its terminal's master.
+    Terminal(OwnedFd),
+}
+
+/// Receives the terminal master the exec'd process sent, without waiting.
+fn receive_terminal(socket: &OwnedFd) -> Result<OwnedFd, String> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("the process did not hand over its terminal: {e}"))?;
+    let mut received = Vec::new();
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| format!("read the terminal hand-over message: {e}"))?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the kernel installed these descriptors in this process for
+            // this message; nothing else owns them.
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    // Anything beyond the one master is closed when `received` drops.
+    received
+        .into_iter()
+        .next()
+        .ok_or_else(|| "the process ended before handing over its terminal".to_string())
 }
 
 fn report(err_w: &OwnedFd, msg: &str) -> i32 {
     // SAFETY: writes a byte slice to a descriptor this process owns.
     let _ = unsafe { libc::write(err_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
     127
-}
-
-fn set_cloexec(fd: RawFd) -> Result<(), ShimError> {
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map(|_| ())
-        .map_err(|e| ShimError::Exec(format!("set close-on-exec on fd {fd}: {e}")))
 }
 
 /// In the helper: join the cgroups and namespaces while still host root.
@@ -304,22 +378,9 @@ impl Prepared {
 
 /// In the exec'd process (inside every namespace): set up and execve. Returns the
 /// error message only if something failed.
-fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
+fn become_process(p: &Prepared, stdio: &ChildStdio) -> String {
     let result = (|| -> Result<std::convert::Infallible, String> {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-        for (target, fd) in stdio.iter().enumerate() {
-            nix::unistd::dup2(fd.as_raw_fd(), target as RawFd)
-                .map_err(|e| format!("set up fd {target}: {e}"))?;
-        }
-        if tty {
-            // SAFETY: TIOCSCTTY on fd 0 (the pty slave) with argument 0 takes no pointer.
-            if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-                return Err(format!(
-                    "make the pty the controlling terminal: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
         let syscall = create_syscall();
         syscall
             .set_groups(&[])
@@ -327,6 +388,32 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
         syscall
             .set_id(Uid::from_raw(p.user.uid), Gid::from_raw(p.user.gid))
             .map_err(|e| format!("switch to user {}:{}: {e}", p.user.uid, p.user.gid))?;
+        // After the switch, so that a terminal's pts is created owned by the user.
+        match stdio {
+            ChildStdio::Pipes(fds) => {
+                for (target, fd) in fds.iter().enumerate() {
+                    nix::unistd::dup2(fd.as_raw_fd(), target as RawFd)
+                        .map_err(|e| format!("set up fd {target}: {e}"))?;
+                }
+            }
+            ChildStdio::Terminal {
+                master_to_shim,
+                size,
+            } => {
+                let slave = open_container_terminal(master_to_shim, size)?;
+                for target in 0..3 {
+                    nix::unistd::dup2(slave.as_raw_fd(), target)
+                        .map_err(|e| format!("set up fd {target} on the terminal: {e}"))?;
+                }
+                // SAFETY: TIOCSCTTY on fd 0 (the pty slave) with argument 0 takes no pointer.
+                if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                    return Err(format!(
+                        "make the pty the controlling terminal: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+        }
         nix::unistd::chdir(&p.cwd).map_err(|e| format!("chdir to {}: {e}", p.cwd.display()))?;
         // Not the shim's private umask: the same one the container's init got.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
@@ -363,6 +450,82 @@ fn become_process(p: &Prepared, stdio: &[OwnedFd; 3], tty: bool) -> String {
         Err(msg) => msg,
         Ok(never) => match never {},
     }
+}
+
+/// Where a container's terminals come from: its own devpts instance, then the
+/// `/dev/ptmx` that normally points to it.
+const PTMX_PATHS: [&str; 2] = ["/dev/pts/ptmx", "/dev/ptmx"];
+
+/// In the exec'd process: opens a pty in the container's devpts, sized `size`, and
+/// sends the master to the shim; returns the slave. The pts is created with the
+/// caller's fsuid, so it belongs to the instance user.
+fn open_container_terminal(
+    master_to_shim: &OwnedFd,
+    size: &libc::winsize,
+) -> Result<OwnedFd, String> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let mut failures = Vec::new();
+    let mut master = None;
+    for path in PTMX_PATHS {
+        match nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => {
+                // SAFETY: open just returned this descriptor; nothing else owns it.
+                master = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                break;
+            }
+            Err(e) => failures.push(format!("{path}: {e}")),
+        }
+    }
+    let master = master.ok_or_else(|| {
+        format!(
+            "open a terminal in the container ({}); does the image hide /dev/pts?",
+            failures.join(", ")
+        )
+    })?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int that lives across the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(format!(
+            "unlock the container terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: TIOCSWINSZ reads a winsize that lives across the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, size) } < 0 {
+        return Err(format!(
+            "set the terminal size to {}x{}: {}",
+            size.ws_row,
+            size.ws_col,
+            std::io::Error::last_os_error()
+        ));
+    }
+    // TIOCGPTPEER opens the slave from the master itself, with no path lookup in a
+    // /dev/pts the tenant controls.
+    // SAFETY: TIOCGPTPEER takes open flags as an integer and returns a new descriptor.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(format!(
+            "open the container terminal's pts: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the ioctl just returned this descriptor; nothing else owns it.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    sendmsg::<()>(
+        master_to_shim.as_raw_fd(),
+        &[IoSlice::new(b"t")],
+        &[ControlMessage::ScmRights(&[master.as_raw_fd()])],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("hand the terminal to the shim: {e}"))?;
+    Ok(slave)
 }
 
 /// Brings up `lo` in the network namespace of `init_pid` (libcontainer leaves it down).

@@ -85,8 +85,10 @@ pub(super) async fn run(
                         stdin = None;
                     }
                 }
-                (frame::RESIZE, Some(pipe)) if tty && payload.len() == 4 => {
-                    resize(pipe.raw_fd(), &payload);
+                (frame::RESIZE, Some(pipe)) if tty => {
+                    if let Some((rows, cols)) = nimbus_api::exec::decode_resize(&payload) {
+                        resize(pipe.raw_fd(), rows, cols);
+                    }
                 }
                 _ => {}
             }
@@ -176,13 +178,22 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn resize(fd: i32, payload: &[u8]) {
+/// Sets the terminal's size; the kernel then sends SIGWINCH to its foreground
+/// process group, which is how the process learns of it.
+fn resize(fd: i32, rows: u16, cols: u16) {
     let size = libc::winsize {
-        ws_row: u16::from_be_bytes([payload[0], payload[1]]),
-        ws_col: u16::from_be_bytes([payload[2], payload[3]]),
+        ws_row: rows,
+        ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a winsize that lives across the call; fd is the pty master.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) };
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) } < 0 {
+        tracing::debug!(
+            rows,
+            cols,
+            error = %std::io::Error::last_os_error(),
+            "exec terminal resize failed"
+        );
+    }
 }

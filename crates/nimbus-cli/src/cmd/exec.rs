@@ -40,11 +40,28 @@ impl Drop for RawMode {
     }
 }
 
+/// The size of the terminal on stdin (the one the session was asked for with),
+/// else on stdout.
 fn terminal_size() -> Option<(u16, u16)> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; fd 1 is ours.
-    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+    [0, 1].into_iter().find_map(|fd| {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass, which
+        // lives across the call; fds 0 and 1 are this process's own.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+    })
+}
+
+/// What the client sends to the exec'd process.
+enum Input {
+    Data(Vec<u8>),
+    Eof,
+    Resize(u16, u16),
 }
 
 pub async fn exec(
@@ -57,6 +74,15 @@ pub async fn exec(
     interactive: bool,
 ) -> anyhow::Result<i32> {
     let tty = tty && std::io::stdin().is_terminal();
+    // Listening before the size is read, so no change is missed in between.
+    let window_changes = if tty {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                .map_err(|e| anyhow::anyhow!("cannot watch the terminal for resizes: {e}"))?,
+        )
+    } else {
+        None
+    };
     let size = if tty { terminal_size() } else { None };
     let req = ExecRequest {
         args,
@@ -72,7 +98,28 @@ pub async fn exec(
     let (mut reader, mut writer) = tokio::io::split(stream);
     let _raw = if tty { Some(RawMode::enable()) } else { None };
 
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(8);
+    let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Input>(8);
+    if let Some(mut window_changes) = window_changes {
+        let resize_tx = input_tx.clone();
+        tokio::spawn(async move {
+            // The size now, in case it changed since the request was made; then
+            // every change, so full-screen programs redraw to fit.
+            let mut last = None;
+            loop {
+                if let Some((rows, cols)) = terminal_size() {
+                    if last != Some((rows, cols)) {
+                        last = Some((rows, cols));
+                        if resize_tx.send(Input::Resize(rows, cols)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if window_changes.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+    }
     if interactive {
         std::thread::spawn(move || {
             let mut stdin = std::io::stdin();
@@ -80,11 +127,14 @@ pub async fn exec(
             loop {
                 match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        let _ = stdin_tx.blocking_send(None);
+                        let _ = input_tx.blocking_send(Input::Eof);
                         return;
                     }
                     Ok(n) => {
-                        if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                        if input_tx
+                            .blocking_send(Input::Data(buf[..n].to_vec()))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -92,13 +142,17 @@ pub async fn exec(
             }
         });
     } else {
-        let _ = stdin_tx.send(None).await;
+        let _ = input_tx.send(Input::Eof).await;
     }
     let writer_task = tokio::spawn(async move {
-        while let Some(item) = stdin_rx.recv().await {
+        while let Some(item) = input_rx.recv().await {
             let result = match item {
-                Some(data) => exec::write_frame(&mut writer, exec::STDIN, &data).await,
-                None => exec::write_frame(&mut writer, exec::STDIN_EOF, &[]).await,
+                Input::Data(data) => exec::write_frame(&mut writer, exec::STDIN, &data).await,
+                Input::Eof => exec::write_frame(&mut writer, exec::STDIN_EOF, &[]).await,
+                Input::Resize(rows, cols) => {
+                    let size = exec::encode_resize(rows, cols);
+                    exec::write_frame(&mut writer, exec::RESIZE, &size).await
+                }
             };
             if result.is_err() {
                 break;
