@@ -62,7 +62,10 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
 }
 
 struct Tracked {
-    subscription: Option<JoinHandle<()>>,
+    /// Follows the shim's states; ends with `true` when the shim died
+    /// without a final state and the restart policy wants the workload
+    /// back (see [`forward_states`]).
+    subscription: Option<JoinHandle<bool>>,
     /// The restart generation this worker last started. Watch events can
     /// carry an older status (written before our own report), so the
     /// stored `observed_generation` alone would start the workload twice.
@@ -82,10 +85,34 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
         subscription: None,
         started_generation: None,
     };
-    while let Some(mut instance) = rx.recv().await {
-        while let Ok(newer) = rx.try_recv() {
-            instance = newer;
+    let mut latest: Option<Instance> = None;
+    loop {
+        let follower_ended = async {
+            match tracked.subscription.as_mut() {
+                Some(follower) => follower.await.unwrap_or(false),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some(instance) => latest = Some(instance),
+                None => return,
+            },
+            restart = follower_ended => {
+                tracked.subscription = None;
+                // A lost shim: reconcile the latest version of the
+                // instance again, which starts it anew.
+                if !restart {
+                    continue;
+                }
+            }
         }
+        while let Ok(newer) = rx.try_recv() {
+            latest = Some(newer);
+        }
+        let Some(instance) = latest.clone() else {
+            continue;
+        };
         match step(&agent, &instance, &mut tracked).await {
             Ok(true) => return,
             Ok(false) => {}
@@ -152,7 +179,12 @@ async fn step(
                     client.stop_async(grace).await.map_err(|e| e.to_string())?;
                 }
                 launch(agent, instance, &dir, tracked).await?;
-            } else if tracked.subscription.is_none() {
+            } else if tracked
+                .subscription
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+            {
+                tracked.subscription = None;
                 // Adopt: after an agent restart, or a shim that ended. The
                 // watch event may predate our own report of this start, so
                 // the generation acted on is the wanted one either way.
@@ -162,7 +194,7 @@ async fn step(
                     tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
                 } else if !instance.status.phase.is_terminal() {
                     let shim_died = container::read_state(&dir).is_none_or(|s| !s.phase.is_final());
-                    if shim_died && instance.spec.restart_policy.mode != RestartMode::Never {
+                    if shim_died && restarts_after_lost_shim(instance) {
                         // The host rebooted or the shim was killed: the restart
                         // policy asks for the workload to come back.
                         tracing::info!(instance = %instance.metadata.name, "supervisor gone; starting again");
@@ -503,8 +535,16 @@ async fn subscribe(dir: &Path) -> Subscription {
     }
 }
 
+/// Whether a workload whose shim died without recording an end (killed,
+/// host reboot) starts again: its restart policy decides, as for a
+/// workload that died under a live shim. The shim was lost, not the
+/// workload's own failure, so `on_failure` restarts it too.
+fn restarts_after_lost_shim(instance: &Instance) -> bool {
+    instance.spec.restart_policy.mode != RestartMode::Never
+}
+
 /// Forward every state change of the shim to the server until it ends.
-fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<()> {
+fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<bool> {
     tokio::spawn(async move {
         let dir = agent.instance_dir(&instance.metadata.id);
         let stream = subscribe(&dir).await;
@@ -518,7 +558,7 @@ fn follow_stream(
     instance: Instance,
     base: InstanceStatus,
     stream: Subscription,
-) -> JoinHandle<()> {
+) -> JoinHandle<bool> {
     tokio::spawn(forward_states(agent, instance, base, stream))
 }
 
@@ -527,7 +567,7 @@ async fn forward_states(
     instance: Instance,
     base: InstanceStatus,
     stream: Subscription,
-) {
+) -> bool {
     {
         let dir = agent.instance_dir(&instance.metadata.id);
         // What the server already has: the subscription starts with the
@@ -545,14 +585,23 @@ async fn forward_states(
                     last = status;
                 }
                 if state.phase.is_final() {
-                    return;
+                    return false;
                 }
             }
         }
         // The shim closed the stream: it has exited; its state file says how.
+        let shim_died = container::read_state(&dir).is_some_and(|s| !s.phase.is_final());
+        if shim_died && restarts_after_lost_shim(&instance) {
+            // Lost like a workload that died: the worker cleans up what the
+            // shim left and starts it again, as its restart policy asks.
+            // Nothing is reported in between, so the instance never shows
+            // `failed` on its way back.
+            tracing::info!(instance = %instance.metadata.name, "shim died; the restart policy starts the instance again");
+            return true;
+        }
         // A shim that died without recording an end leaves its workload (a
         // container's processes, a VM's QEMU) unsupervised: end it.
-        if container::read_state(&dir).is_some_and(|s| !s.phase.is_final()) {
+        if shim_died {
             let owned = dir.clone();
             if let Ok(Err(e)) =
                 tokio::task::spawn_blocking(move || container::cleanup_instance_dir(&owned)).await
@@ -568,6 +617,7 @@ async fn forward_states(
         if status != last {
             report(&agent, &instance, status, false).await;
         }
+        false
     }
 }
 
