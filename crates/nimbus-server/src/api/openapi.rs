@@ -22,6 +22,7 @@ use super::{addresses, audit, hosts, images, instances, networks, projects, secg
         networks::list, networks::list_all, networks::get, networks::create, networks::delete,
         secgroups::list, secgroups::list_all, secgroups::get, secgroups::create, secgroups::replace, secgroups::delete,
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
+        addresses::report_status,
         instances::pause, instances::resume, instances::console,
     ),
     components(schemas(nimbus_api::error::ErrorResponse, nimbus_api::WatchEvent<nimbus_api::Instance>)),
