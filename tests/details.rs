@@ -190,6 +190,29 @@ fn address_publish_returns_when_the_port_answers() {
         assert_eq!(entry["status"]["applied"], true, "{entry}");
         cloud.ok(&["address", "rm", &format!("web-tcp-{port}")]);
     }
+
+    // Only the agent of the instance's host reports forwarding: a project
+    // member cannot make a port look forwarded (or not).
+    let port = common::free_port();
+    cloud.ok(&["address", "publish", "web", "--port", &format!("{port}:80")]);
+    cloud.ok(&["user", "create", "mel"]);
+    cloud.ok(&["role", "grant", "mel", "member", "--project", "default"]);
+    let token = cloud
+        .json(&["token", "create", "--user", "mel"])
+        .expect("token create")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let (status, body) = common::http(
+        &cloud,
+        "POST",
+        &format!("/v1/projects/default/addresses/web-tcp-{port}/status"),
+        Some(&token),
+        br#"{"applied": false, "reason": "forged"}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    let v = cloud.json(&["address", "list"]).expect("address list");
+    assert!(!v.to_string().contains("forged"), "{v}");
     cloud.remove_everything();
 }
 

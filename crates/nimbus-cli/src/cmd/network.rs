@@ -372,6 +372,7 @@ fn address_rows(items: &[PublishedPort]) -> String {
             "host port",
             "instance port",
             "protocol",
+            "forwarded",
             "age",
         ],
         items
@@ -383,6 +384,11 @@ fn address_rows(items: &[PublishedPort]) -> String {
                     a.spec.host_port.to_string(),
                     a.spec.instance_port.to_string(),
                     a.spec.protocol.as_str().into(),
+                    match (&a.status.reason, a.status.applied) {
+                        (_, true) => "yes".into(),
+                        (Some(why), false) => format!("no: {why}"),
+                        (None, false) => "not yet".into(),
+                    },
                     age(Some(a.metadata.created_at)),
                 ]
             })
