@@ -89,6 +89,22 @@ fn rm_force_kills_at_once_and_run_rm_removes_itself() {
     );
     common::assert_no_leaks(cloud.data_dir(), &ids);
 
+    // A graceful rm already waiting out the grace period is overtaken by
+    // rm --force.
+    let v = run(&cloud, "stubborn2", &[], "trap '' TERM; sleep 600");
+    let ids = vec![id_of(&v)];
+    cloud.ok(&["instance", "rm", "--no-wait", "stubborn2"]);
+    cloud.wait_phase("stubborn2", &["deleting"], T);
+    let started = Instant::now();
+    cloud.ok(&["instance", "rm", "--force", "stubborn2"]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "rm --force after a graceful rm took {took:?}"
+    );
+    assert!(gone(&cloud, "stubborn2"));
+    common::assert_no_leaks(cloud.data_dir(), &ids);
+
     // --rm: a short job deletes itself once it has ended.
     let out = cloud.ok(&[
         "instance", "run", "job", "--rm", "--image", "busybox", "--", "true",

@@ -238,6 +238,11 @@ async fn run_container_loop(
                         shim.update(|s| s.phase = Phase::Stopping);
                         let _ = kill(run.pid, Signal::SIGTERM);
                         kill_at = Some(Instant::now() + Duration::from_millis(grace));
+                    } else if let Some(grace) = grace_ms {
+                        // A later stop asking for less time (`rm --force`
+                        // during a graceful stop) brings the kill forward.
+                        let asked = Instant::now() + Duration::from_millis(grace);
+                        kill_at = kill_at.map(|at| at.min(asked));
                     }
                 }
                 _ = sleep_until_opt(kill_at) => {
