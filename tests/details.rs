@@ -146,14 +146,19 @@ fn a_killed_shim_follows_the_restart_policy() {
             .then_some(v)
     });
     assert!(!alive(first), "the old workload must be gone");
+    assert_eq!(
+        v["status"]["restart_count"], 1,
+        "a lost shim counts as a restart: {v}"
+    );
     // The new shim is a live supervisor: a dead workload restarts too.
     let second = pid_of(&v);
     kill9(second);
-    wait_until(T, "keeper to restart after its workload was killed", || {
+    let v = wait_until(T, "keeper to restart after its workload was killed", || {
         let v = cloud.instance("keeper");
         (v["status"]["phase"] == "running" && v["status"]["pid"].as_i64()? != second as i64)
-            .then_some(())
+            .then_some(v)
     });
+    assert_eq!(v["status"]["restart_count"], 2, "{v}");
 
     // --restart never: a killed shim leaves the instance failed.
     let v = run(&cloud, "once", &[], "exec sleep 600");

@@ -178,7 +178,7 @@ async fn step(
                 if let Some(client) = live {
                     client.stop_async(grace).await.map_err(|e| e.to_string())?;
                 }
-                launch(agent, instance, &dir, tracked).await?;
+                launch(agent, instance, &dir, tracked, 0).await?;
             } else if tracked
                 .subscription
                 .as_ref()
@@ -205,7 +205,9 @@ async fn step(
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
-                        launch(agent, instance, &dir, tracked).await?;
+                        // It counts as a restart, as for a dead workload.
+                        let restarts = instance.status.restart_count.saturating_add(1);
+                        launch(agent, instance, &dir, tracked, restarts).await?;
                     } else {
                         if shim_died {
                             // Nothing supervises what the shim left running
@@ -257,13 +259,15 @@ async fn step(
 }
 
 /// Start the instance's shim, report it, and follow its state changes.
+/// `restarts_before`: restarts already made (by a shim that was lost).
 async fn launch(
     agent: &Arc<Agent>,
     instance: &Instance,
     dir: &Path,
     tracked: &mut Tracked,
+    restarts_before: u32,
 ) -> Result<(), String> {
-    let state = start(agent, instance, dir).await?;
+    let state = start(agent, instance, dir, restarts_before).await?;
     let mut status = status_from_shim(&state, false);
     status.observed_generation = instance.spec.restart_generation;
     status.host_uid = super::idmap::recorded_range(dir);
@@ -328,7 +332,12 @@ fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> Inst
 }
 
 /// Prepare the instance directory and spawn its shim.
-async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<ShimState, String> {
+async fn start(
+    agent: &Arc<Agent>,
+    instance: &Instance,
+    dir: &Path,
+    restarts_before: u32,
+) -> Result<ShimState, String> {
     let t0 = std::time::Instant::now();
     let project = instance.metadata.project.clone().unwrap_or_default();
     let mut starting = instance.status.clone();
@@ -393,6 +402,7 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             .await?;
         let secret_env = fetch_secret_env(agent, instance).await?;
         let mut spec = translate::shim_spec(instance, &image, layers, id_map, &secret_env);
+        spec.restarts_before = restarts_before;
         if let Some(a) = agent.net.attach_container(agent, instance, dir).await? {
             spec.netns = Some(a.netns);
             spec.resolv_conf = Some(a.resolv_conf);
@@ -540,7 +550,14 @@ async fn subscribe(dir: &Path) -> Subscription {
 /// workload that died under a live shim. The shim was lost, not the
 /// workload's own failure, so `on_failure` restarts it too.
 fn restarts_after_lost_shim(instance: &Instance) -> bool {
-    instance.spec.restart_policy.mode != RestartMode::Never
+    let policy = &instance.spec.restart_policy;
+    match policy.mode {
+        RestartMode::Never => false,
+        RestartMode::Always => true,
+        RestartMode::OnFailure => policy
+            .max_retries
+            .is_none_or(|max| instance.status.restart_count < max),
+    }
 }
 
 /// Forward every state change of the shim to the server until it ends.

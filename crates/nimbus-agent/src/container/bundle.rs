@@ -458,6 +458,7 @@ mod tests {
             netns: None,
             resolv_conf: None,
             hosts_file: None,
+            restarts_before: 0,
         }
     }
 

@@ -117,10 +117,12 @@ pub(super) async fn supervise(
             return 1;
         }
     };
+    let mut initial = ShimState::new(shim_pid);
+    initial.restart_count = spec.restarts_before;
     let shim = Rc::new(Shim {
         dir,
         spec,
-        state: RefCell::new(ShimState::new(shim_pid)),
+        state: RefCell::new(initial),
         events: broadcast::channel(32).0,
         reaper: Reaper::default(),
         log: RefCell::new(log),
