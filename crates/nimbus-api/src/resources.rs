@@ -466,6 +466,11 @@ pub struct InstanceSpec {
     /// Virtual hardware and first-boot data of `vm` and `unikernel` instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmSpec>,
+    /// Delete the instance once its workload has ended for good: when it
+    /// reaches `exited`, `failed` or `stopped` (its restart policy will
+    /// not start it again). `nimbus instance run --rm`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
 }
 
 /// What a virtual machine (or unikernel) gets besides memory (`resources.memory_bytes`).
@@ -793,8 +798,22 @@ pub struct PublishedPortSpec {
     pub instance_port: u16,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
-pub struct PublishedPortStatus {}
+/// Whether the host of the instance forwards the port, as its agent
+/// reports (`POST .../addresses/{name}/status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct PublishedPortStatus {
+    /// The forwarding rules are in place on the instance's host: a
+    /// connection to the host port now reaches the instance.
+    #[serde(default)]
+    pub applied: bool,
+    /// The host whose agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Why the host does not forward the port (e.g. a host service
+    /// listens on it), in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
 
 /// A host port forwarded to an instance (`nimbus address publish`).
 /// Its name is `<instance>-<protocol>-<host port>`.

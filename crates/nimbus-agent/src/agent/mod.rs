@@ -315,6 +315,11 @@ impl Agent {
             return;
         }
         let id = instance.metadata.id.clone();
+        if instance.metadata.deletion_requested_at.is_some()
+            && instance.spec.stop_grace_ms == Some(0)
+        {
+            self.kill_now(&id);
+        }
         let Ok(mut workers) = self.workers.lock() else {
             return;
         };
@@ -331,6 +336,23 @@ impl Agent {
             reconcile::worker(agent.clone(), rx).await;
             if let Ok(mut w) = agent.workers.lock() {
                 w.remove(&id);
+            }
+        });
+    }
+
+    /// `rm --force` may come while the instance's worker waits out a
+    /// graceful stop (an earlier `rm`): the worker sees the new spec only
+    /// afterwards, so ask the shim directly; a shim already stopping
+    /// brings its kill forward, one that is gone is left alone.
+    fn kill_now(&self, id: &str) {
+        let dir = self.instance_dir(id);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let Ok(client) = crate::container::ShimClient::connect(&dir) else {
+                return;
+            };
+            if let Err(e) = client.stop_async(0).await {
+                tracing::debug!(instance_id = %id, error = %e, "forced stop");
             }
         });
     }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use nimbus_api::resources::Object;
 use nimbus_api::{
-    Instance, InstanceAddress, Network, Protocol, PublishedPort, ResourceList, SecurityGroup,
-    WatchEvent, WatchEventType,
+    Instance, InstanceAddress, Network, Protocol, PublishedPort, PublishedPortStatus, ResourceList,
+    SecurityGroup, WatchEvent, WatchEventType,
 };
 use nimbus_net::conntrack::{self, Flow};
 use nimbus_net::listeners::{self, Transport};
@@ -98,7 +98,19 @@ pub struct NetDriver {
     reserved_tcp_ports: Vec<u16>,
     /// Published ports left out of the host table, and why (logged once).
     skipped_forwards: std::sync::Mutex<BTreeMap<HostForward, String>>,
+    /// What was last reported of each published port (by its id): whether
+    /// it is forwarded and why not. The watch echoes a report a moment
+    /// later; this keeps a sync in between from sending it again.
+    reported_forwards: std::sync::Mutex<HashMap<String, (bool, Option<String>)>>,
     wake: tokio::sync::Notify,
+}
+
+/// A published port's forwarding, to report to the server.
+struct ForwardingReport {
+    project: String,
+    name: String,
+    id: String,
+    status: PublishedPortStatus,
 }
 
 fn fnv(text: &str) -> u32 {
@@ -131,6 +143,7 @@ impl NetDriver {
             host_applied: Default::default(),
             reserved_tcp_ports,
             skipped_forwards: Default::default(),
+            reported_forwards: Default::default(),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -774,12 +787,17 @@ impl NetDriver {
     /// memory, and re-sync whenever anything changes.
     pub fn start(self: &Arc<Self>, agent: Arc<Agent>) {
         let me = self.clone();
+        let reporter = agent.clone();
         tokio::spawn(async move {
             me.rebuild().await;
             loop {
                 me.wake.notified().await;
-                let mut routers = me.routers.lock().await;
-                me.sync_locked(&mut routers).await;
+                let reports = {
+                    let mut routers = me.routers.lock().await;
+                    me.sync_locked(&mut routers).await;
+                    me.forwarding_changes(&routers)
+                };
+                me.report_forwarding(&reporter, reports).await;
             }
         });
         spawn_watch::<Network>(agent.clone(), self.clone(), "/v1/networks", |k| {
@@ -857,6 +875,108 @@ async fn watch_once<T: Object>(
         net.wake.notify_one();
     }
     Ok(())
+}
+
+impl NetDriver {
+    /// Published ports of this host's instances whose forwarding changed
+    /// since the server last heard: a port is forwarded once both its
+    /// router's rules and the host table carry it.
+    fn forwarding_changes(&self, routers: &HashMap<String, RouterState>) -> Vec<ForwardingReport> {
+        let ports = self.ports.lock().map(|p| p.clone()).unwrap_or_default();
+        let installed: BTreeSet<HostForward> = self
+            .host_applied
+            .lock()
+            .ok()
+            .and_then(|h| h.clone())
+            .flatten()
+            .map(|(_, f)| f.into_iter().collect())
+            .unwrap_or_default();
+        let skipped = self
+            .skipped_forwards
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let Ok(k) = self.known.lock() else {
+            return Vec::new();
+        };
+        let Ok(mut reported) = self.reported_forwards.lock() else {
+            return Vec::new();
+        };
+        reported.retain(|id, _| k.published.values().any(|p| &p.metadata.id == id));
+        let mut changes = Vec::new();
+        for pp in k.published.values() {
+            let Some(instance) = k.instances.values().find(|i| {
+                i.metadata.project == pp.metadata.project
+                    && i.metadata.name == pp.spec.instance
+                    && i.metadata.deletion_requested_at.is_none()
+            }) else {
+                continue;
+            };
+            // Only the host with the instance's port speaks for it.
+            let Some(record) = ports.get(&instance.metadata.id) else {
+                continue;
+            };
+            let Some(router) = routers.get(&record.network_id) else {
+                continue;
+            };
+            let udp = pp.spec.protocol == Protocol::Udp;
+            let in_router = router.applied.as_ref().is_some_and(|rr| {
+                rr.forwards.contains(&Forward {
+                    udp,
+                    port: pp.spec.host_port,
+                    ip: record.ip,
+                    to_port: pp.spec.instance_port,
+                })
+            });
+            let host_forward = HostForward {
+                udp,
+                port: pp.spec.host_port,
+                router_ip: router.host.router_ip,
+            };
+            let applied = in_router && installed.contains(&host_forward);
+            let reason = if applied {
+                None
+            } else {
+                skipped.get(&host_forward).cloned()
+            };
+            let now = (applied, reason.clone());
+            let stored = (pp.status.applied, pp.status.reason.clone());
+            if now == stored || reported.get(&pp.metadata.id) == Some(&now) {
+                continue;
+            }
+            reported.insert(pp.metadata.id.clone(), now);
+            changes.push(ForwardingReport {
+                project: pp.metadata.project.clone().unwrap_or_default(),
+                name: pp.metadata.name.clone(),
+                id: pp.metadata.id.clone(),
+                status: PublishedPortStatus {
+                    applied,
+                    host: None,
+                    reason,
+                },
+            });
+        }
+        changes
+    }
+
+    /// Tell the server which published ports are forwarded now, so
+    /// `nimbus address publish` returns once the port answers.
+    async fn report_forwarding(&self, agent: &Agent, reports: Vec<ForwardingReport>) {
+        for r in reports {
+            let path = format!("/v1/projects/{}/addresses/{}/status", r.project, r.name);
+            let sent = agent
+                .client
+                .post::<_, PublishedPort>(&path, &r.status)
+                .await;
+            if let Err(e) = sent {
+                // Forget it, so the next sync reports again (unless the port is gone).
+                if let Ok(mut reported) = self.reported_forwards.lock() {
+                    reported.remove(&r.id);
+                }
+                tracing::debug!(published_port = %r.name, error = %e, "reporting a published port's forwarding failed");
+            }
+        }
+    }
 }
 
 /// Whether the rules applied on a router guard the port `link`.

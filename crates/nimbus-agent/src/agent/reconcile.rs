@@ -62,7 +62,10 @@ pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStat
 }
 
 struct Tracked {
-    subscription: Option<JoinHandle<()>>,
+    /// Follows the shim's states; ends with `true` when the shim died
+    /// without a final state and the restart policy wants the workload
+    /// back (see [`forward_states`]).
+    subscription: Option<JoinHandle<bool>>,
     /// The restart generation this worker last started. Watch events can
     /// carry an older status (written before our own report), so the
     /// stored `observed_generation` alone would start the workload twice.
@@ -82,10 +85,34 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
         subscription: None,
         started_generation: None,
     };
-    while let Some(mut instance) = rx.recv().await {
-        while let Ok(newer) = rx.try_recv() {
-            instance = newer;
+    let mut latest: Option<Instance> = None;
+    loop {
+        let follower_ended = async {
+            match tracked.subscription.as_mut() {
+                Some(follower) => follower.await.unwrap_or(false),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some(instance) => latest = Some(instance),
+                None => return,
+            },
+            restart = follower_ended => {
+                tracked.subscription = None;
+                // A lost shim: reconcile the latest version of the
+                // instance again, which starts it anew.
+                if !restart {
+                    continue;
+                }
+            }
         }
+        while let Ok(newer) = rx.try_recv() {
+            latest = Some(newer);
+        }
+        let Some(instance) = latest.clone() else {
+            continue;
+        };
         match step(&agent, &instance, &mut tracked).await {
             Ok(true) => return,
             Ok(false) => {}
@@ -151,8 +178,13 @@ async fn step(
                 if let Some(client) = live {
                     client.stop_async(grace).await.map_err(|e| e.to_string())?;
                 }
-                launch(agent, instance, &dir, tracked).await?;
-            } else if tracked.subscription.is_none() {
+                launch(agent, instance, &dir, tracked, 0).await?;
+            } else if tracked
+                .subscription
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+            {
+                tracked.subscription = None;
                 // Adopt: after an agent restart, or a shim that ended. The
                 // watch event may predate our own report of this start, so
                 // the generation acted on is the wanted one either way.
@@ -162,7 +194,7 @@ async fn step(
                     tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
                 } else if !instance.status.phase.is_terminal() {
                     let shim_died = container::read_state(&dir).is_none_or(|s| !s.phase.is_final());
-                    if shim_died && instance.spec.restart_policy.mode != RestartMode::Never {
+                    if shim_died && restarts_after_lost_shim(instance) {
                         // The host rebooted or the shim was killed: the restart
                         // policy asks for the workload to come back.
                         tracing::info!(instance = %instance.metadata.name, "supervisor gone; starting again");
@@ -173,7 +205,9 @@ async fn step(
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
-                        launch(agent, instance, &dir, tracked).await?;
+                        // It counts as a restart, as for a dead workload.
+                        let restarts = instance.status.restart_count.saturating_add(1);
+                        launch(agent, instance, &dir, tracked, restarts).await?;
                     } else {
                         if shim_died {
                             // Nothing supervises what the shim left running
@@ -225,13 +259,15 @@ async fn step(
 }
 
 /// Start the instance's shim, report it, and follow its state changes.
+/// `restarts_before`: restarts already made (by a shim that was lost).
 async fn launch(
     agent: &Arc<Agent>,
     instance: &Instance,
     dir: &Path,
     tracked: &mut Tracked,
+    restarts_before: u32,
 ) -> Result<(), String> {
-    let state = start(agent, instance, dir).await?;
+    let state = start(agent, instance, dir, restarts_before).await?;
     let mut status = status_from_shim(&state, false);
     status.observed_generation = instance.spec.restart_generation;
     status.host_uid = super::idmap::recorded_range(dir);
@@ -296,7 +332,12 @@ fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> Inst
 }
 
 /// Prepare the instance directory and spawn its shim.
-async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<ShimState, String> {
+async fn start(
+    agent: &Arc<Agent>,
+    instance: &Instance,
+    dir: &Path,
+    restarts_before: u32,
+) -> Result<ShimState, String> {
     let t0 = std::time::Instant::now();
     let project = instance.metadata.project.clone().unwrap_or_default();
     let mut starting = instance.status.clone();
@@ -361,6 +402,7 @@ async fn start(agent: &Arc<Agent>, instance: &Instance, dir: &Path) -> Result<Sh
             .await?;
         let secret_env = fetch_secret_env(agent, instance).await?;
         let mut spec = translate::shim_spec(instance, &image, layers, id_map, &secret_env);
+        spec.restarts_before = restarts_before;
         if let Some(a) = agent.net.attach_container(agent, instance, dir).await? {
             spec.netns = Some(a.netns);
             spec.resolv_conf = Some(a.resolv_conf);
@@ -503,8 +545,23 @@ async fn subscribe(dir: &Path) -> Subscription {
     }
 }
 
+/// Whether a workload whose shim died without recording an end (killed,
+/// host reboot) starts again: its restart policy decides, as for a
+/// workload that died under a live shim. The shim was lost, not the
+/// workload's own failure, so `on_failure` restarts it too.
+fn restarts_after_lost_shim(instance: &Instance) -> bool {
+    let policy = &instance.spec.restart_policy;
+    match policy.mode {
+        RestartMode::Never => false,
+        RestartMode::Always => true,
+        RestartMode::OnFailure => policy
+            .max_retries
+            .is_none_or(|max| instance.status.restart_count < max),
+    }
+}
+
 /// Forward every state change of the shim to the server until it ends.
-fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<()> {
+fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<bool> {
     tokio::spawn(async move {
         let dir = agent.instance_dir(&instance.metadata.id);
         let stream = subscribe(&dir).await;
@@ -518,7 +575,7 @@ fn follow_stream(
     instance: Instance,
     base: InstanceStatus,
     stream: Subscription,
-) -> JoinHandle<()> {
+) -> JoinHandle<bool> {
     tokio::spawn(forward_states(agent, instance, base, stream))
 }
 
@@ -527,7 +584,7 @@ async fn forward_states(
     instance: Instance,
     base: InstanceStatus,
     stream: Subscription,
-) {
+) -> bool {
     {
         let dir = agent.instance_dir(&instance.metadata.id);
         // What the server already has: the subscription starts with the
@@ -545,14 +602,23 @@ async fn forward_states(
                     last = status;
                 }
                 if state.phase.is_final() {
-                    return;
+                    return false;
                 }
             }
         }
         // The shim closed the stream: it has exited; its state file says how.
+        let shim_died = container::read_state(&dir).is_some_and(|s| !s.phase.is_final());
+        if shim_died && restarts_after_lost_shim(&instance) {
+            // Lost like a workload that died: the worker cleans up what the
+            // shim left and starts it again, as its restart policy asks.
+            // Nothing is reported in between, so the instance never shows
+            // `failed` on its way back.
+            tracing::info!(instance = %instance.metadata.name, "shim died; the restart policy starts the instance again");
+            return true;
+        }
         // A shim that died without recording an end leaves its workload (a
         // container's processes, a VM's QEMU) unsupervised: end it.
-        if container::read_state(&dir).is_some_and(|s| !s.phase.is_final()) {
+        if shim_died {
             let owned = dir.clone();
             if let Ok(Err(e)) =
                 tokio::task::spawn_blocking(move || container::cleanup_instance_dir(&owned)).await
@@ -568,6 +634,7 @@ async fn forward_states(
         if status != last {
             report(&agent, &instance, status, false).await;
         }
+        false
     }
 }
 

@@ -108,5 +108,6 @@ pub fn shim_spec(
         netns: None,
         resolv_conf: None,
         hosts_file: None,
+        restarts_before: 0,
     }
 }

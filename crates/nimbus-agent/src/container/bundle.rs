@@ -21,6 +21,10 @@ use super::spec::ShimSpec;
 use super::ShimError;
 
 /// Capabilities a container process keeps (bounding, effective and permitted sets).
+/// `CAP_NET_RAW` stays: the starter image's busybox (1.35) `ping` knows
+/// raw sockets only. Processes without it (another user, dropped
+/// capabilities) ping through ICMP datagram sockets, which
+/// `net.ipv4.ping_group_range` opens to every group of the container.
 pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::Chown,
     Capability::DacOverride,
@@ -203,7 +207,23 @@ pub fn build_oci_spec(spec: &ShimSpec, rootfs: &Path) -> Result<Spec, ShimError>
     })
     .collect::<Result<Vec<_>, _>>()?;
 
+    // A network namespace of its own (no Nimbus network) is made by the
+    // container's init inside its user namespace, which may set its
+    // sysctls. One the agent prepared belongs to the host's user
+    // namespace and gets the same settings from the agent.
+    let sysctl: std::collections::HashMap<String, String> = if spec.netns.is_none() {
+        [(
+            "net.ipv4.ping_group_range".to_string(),
+            // Group ids as the container sees them (written from inside
+            // its user namespace): all of its mapped range.
+            format!("0 {}", spec.id_map.size.saturating_sub(1)),
+        )]
+        .into()
+    } else {
+        Default::default()
+    };
     let linux = LinuxBuilder::default()
+        .sysctl(sysctl)
         .uid_mappings(vec![id_mapping])
         .gid_mappings(vec![id_mapping])
         .namespaces(namespaces)
@@ -438,6 +458,7 @@ mod tests {
             netns: None,
             resolv_conf: None,
             hosts_file: None,
+            restarts_before: 0,
         }
     }
 
@@ -459,5 +480,10 @@ mod tests {
             .expect("bounding caps");
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        // No prepared namespace: the container's own gets ping for all its groups.
+        assert_eq!(
+            linux["sysctl"]["net.ipv4.ping_group_range"],
+            format!("0 {}", sample_spec().id_map.size - 1)
+        );
     }
 }

@@ -117,10 +117,12 @@ pub(super) async fn supervise(
             return 1;
         }
     };
+    let mut initial = ShimState::new(shim_pid);
+    initial.restart_count = spec.restarts_before;
     let shim = Rc::new(Shim {
         dir,
         spec,
-        state: RefCell::new(ShimState::new(shim_pid)),
+        state: RefCell::new(initial),
         events: broadcast::channel(32).0,
         reaper: Reaper::default(),
         log: RefCell::new(log),
@@ -238,6 +240,11 @@ async fn run_container_loop(
                         shim.update(|s| s.phase = Phase::Stopping);
                         let _ = kill(run.pid, Signal::SIGTERM);
                         kill_at = Some(Instant::now() + Duration::from_millis(grace));
+                    } else if let Some(grace) = grace_ms {
+                        // A later stop asking for less time (`rm --force`
+                        // during a graceful stop) brings the kill forward.
+                        let asked = Instant::now() + Duration::from_millis(grace);
+                        kill_at = kill_at.map(|at| at.min(asked));
                     }
                 }
                 _ = sleep_until_opt(kill_at) => {

@@ -40,6 +40,10 @@ pub struct ShimSpec {
     pub resolv_conf: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts_file: Option<PathBuf>,
+    /// Restarts made before this shim started, by an earlier shim that
+    /// was lost: counted against `max_retries` and in the reported count.
+    #[serde(default)]
+    pub restarts_before: u32,
 }
 
 /// The user the container process runs as, in container ids.

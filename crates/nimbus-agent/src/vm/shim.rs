@@ -496,6 +496,11 @@ pub(crate) async fn supervise(
                             let grace = grace_ms.unwrap_or(shim.spec.stop_grace_ms);
                             kill_at = Some(Instant::now() + Duration::from_millis(grace));
                             request_power_off(&shim.spec, &mut qmp).await;
+                        } else if let Some(grace) = grace_ms {
+                            // A later stop asking for less time (`rm --force`
+                            // during a graceful stop) brings the kill forward.
+                            let asked = Instant::now() + Duration::from_millis(grace);
+                            kill_at = kill_at.map(|at| at.min(asked));
                         }
                     }
                     VmCommand::Pause { paused, reply } => {

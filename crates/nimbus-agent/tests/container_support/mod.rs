@@ -74,6 +74,7 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
         netns: None,
         resolv_conf: None,
         hosts_file: None,
+        restarts_before: 0,
     }
 }
 

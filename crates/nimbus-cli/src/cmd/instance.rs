@@ -1,7 +1,7 @@
 //! `nimbus instance ...`
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -12,6 +12,7 @@ use nimbus_api::{
     RestartMode, RestartPolicy,
 };
 
+use crate::cmd::wait::{self, Waited};
 use crate::ctx::Globals;
 use crate::output::{age, opt, print, table};
 
@@ -94,6 +95,10 @@ pub enum InstanceCmd {
         name: String,
         #[arg(long)]
         no_wait: bool,
+        /// Kill a running workload at once instead of giving it its stop
+        /// grace period (SIGKILL; a VM's QEMU is killed).
+        #[arg(long, short = 'f')]
+        force: bool,
     },
 }
 
@@ -167,6 +172,10 @@ pub struct RunArgs {
     /// Return at once instead of waiting until it runs.
     #[arg(long)]
     pub no_wait: bool,
+    /// Delete the instance when its workload ends and its restart policy
+    /// does not restart it (exited, failed or stopped).
+    #[arg(long)]
+    pub rm: bool,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -426,29 +435,29 @@ fn path(g: &Globals, name: &str) -> String {
     format!("/v1/projects/{}/instances/{name}", g.project)
 }
 
-/// Wait until `done` holds for the instance (or it is gone when `gone_ok`).
+/// How long a command waits for an instance to start, stop or go.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Wait until `done` holds for the instance (`None`: it is gone), on the
+/// watch stream from the revision of `known` (the instance as the call
+/// that changed it returned it).
 async fn wait_for(
     client: &Client,
     g: &Globals,
     name: &str,
+    known: Option<Instance>,
     what: &str,
     done: impl Fn(&Instance) -> bool,
 ) -> anyhow::Result<Option<Instance>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut delay = Duration::from_millis(20);
-    loop {
-        match client.get::<Instance>(&path(g, name)).await {
-            Ok(i) if done(&i) => return Ok(Some(i)),
-            Ok(i) if Instant::now() > deadline => anyhow::bail!(
-                "instance {name:?} is still {} after 120 s waiting for it to {what}; see `nimbus instance get {name}`",
-                i.status.phase.as_str()
-            ),
-            Ok(_) => {}
-            Err(e) if e.code() == Some(nimbus_api::ErrorCode::NotFound) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
+    let collection = format!("/v1/projects/{}/instances", g.project);
+    match wait::until(client, &collection, name, known, WAIT_TIMEOUT, done).await? {
+        Waited::Done(i) => Ok(Some(i)),
+        Waited::Gone => Ok(None),
+        Waited::TimedOut(i) => anyhow::bail!(
+            "instance {name:?} is still {} after {} s waiting for it to {what}; see `nimbus instance get {name}`",
+            i.status.phase.as_str(),
+            WAIT_TIMEOUT.as_secs()
+        ),
     }
 }
 
@@ -502,6 +511,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     stop_grace_ms: a.stop_timeout.map(|s| s * 1000),
                     networks,
                     secgroups: a.secgroup,
+                    auto_remove: a.rm,
                     ..Default::default()
                 },
             };
@@ -511,11 +521,17 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             let shown = if a.no_wait {
                 created
             } else {
-                wait_for(&client, g, &a.name, "start", started_or_done)
-                    .await?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("instance {:?} disappeared while starting", a.name)
-                    })?
+                match wait_for(&client, g, &a.name, Some(created), "start", started_or_done).await?
+                {
+                    Some(i) => i,
+                    // With --rm a short workload may be gone already.
+                    None if a.rm => {
+                        return print(g, &serde_json::json!({"deleted": a.name}), || {
+                            format!("instance {:?} ended and was removed (--rm)", a.name)
+                        })
+                    }
+                    None => anyhow::bail!("instance {:?} disappeared while starting", a.name),
+                }
             };
             if shown.status.phase == InstancePhase::Failed {
                 anyhow::bail!(
@@ -620,35 +636,62 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             print(g, &i, || rows(std::slice::from_ref(&i)))
         }
         InstanceCmd::Stop { name, no_wait } => {
-            let _: Instance = client
+            let changed: Instance = client
                 .post(&format!("{}/stop", path(g, &name)), &serde_json::json!({}))
                 .await?;
-            finish(g, &client, &name, no_wait, "stop", |i| {
+            finish(g, &client, &name, changed, no_wait, "stop", |i| {
                 i.status.phase.is_terminal()
             })
             .await
         }
         InstanceCmd::Start { name, no_wait } => {
-            let _: Instance = client
+            let changed: Instance = client
                 .post(&format!("{}/start", path(g, &name)), &serde_json::json!({}))
                 .await?;
-            finish(g, &client, &name, no_wait, "start", started_or_done).await
+            finish(
+                g,
+                &client,
+                &name,
+                changed,
+                no_wait,
+                "start",
+                started_or_done,
+            )
+            .await
         }
         InstanceCmd::Restart { name, no_wait } => {
-            let _: Instance = client
+            let changed: Instance = client
                 .post(
                     &format!("{}/restart", path(g, &name)),
                     &serde_json::json!({}),
                 )
                 .await?;
-            finish(g, &client, &name, no_wait, "restart", started_or_done).await
+            finish(
+                g,
+                &client,
+                &name,
+                changed,
+                no_wait,
+                "restart",
+                started_or_done,
+            )
+            .await
         }
-        InstanceCmd::Rm { name, no_wait } => {
-            client
-                .request_bytes(Method::DELETE, &path(g, &name), None)
-                .await?;
-            if !no_wait {
-                wait_for(&client, g, &name, "be removed", |_| false).await?;
+        InstanceCmd::Rm {
+            name,
+            no_wait,
+            force,
+        } => {
+            let url = if force {
+                format!("{}?force=true", path(g, &name))
+            } else {
+                path(g, &name)
+            };
+            let body = client.request_bytes(Method::DELETE, &url, None).await?;
+            // 202 carries the instance being deleted; 204 (removed at once) nothing.
+            let deleting = serde_json::from_slice::<Instance>(&body).ok();
+            if !no_wait && deleting.is_some() {
+                wait_for(&client, g, &name, deleting, "be removed", |_| false).await?;
             }
             print(g, &serde_json::json!({"deleted": name}), || {
                 format!("instance {name:?} deleted")
@@ -661,14 +704,15 @@ async fn finish(
     g: &Globals,
     client: &Client,
     name: &str,
+    changed: Instance,
     no_wait: bool,
     what: &str,
     done: impl Fn(&Instance) -> bool,
 ) -> anyhow::Result<()> {
     let i = if no_wait {
-        client.get::<Instance>(&path(g, name)).await?
+        changed
     } else {
-        wait_for(client, g, name, what, done)
+        wait_for(client, g, name, Some(changed), what, done)
             .await?
             .ok_or_else(|| anyhow::anyhow!("instance {name:?} disappeared"))?
     };

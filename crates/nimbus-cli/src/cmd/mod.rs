@@ -7,3 +7,4 @@ pub mod instance;
 pub mod network;
 pub mod project;
 pub mod up;
+pub mod wait;

@@ -93,6 +93,10 @@ pub enum AddressCmd {
         /// Name of the published port (default: `<instance>-<protocol>-<host port>`).
         #[arg(long)]
         name: Option<String>,
+        /// Return once the port is recorded, without waiting until the
+        /// host forwards it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// List published ports of the project.
     #[command(alias = "ls")]
@@ -368,6 +372,7 @@ fn address_rows(items: &[PublishedPort]) -> String {
             "host port",
             "instance port",
             "protocol",
+            "forwarded",
             "age",
         ],
         items
@@ -379,11 +384,57 @@ fn address_rows(items: &[PublishedPort]) -> String {
                     a.spec.host_port.to_string(),
                     a.spec.instance_port.to_string(),
                     a.spec.protocol.as_str().into(),
+                    match (&a.status.reason, a.status.applied) {
+                        (_, true) => "yes".into(),
+                        (Some(why), false) => format!("no: {why}"),
+                        (None, false) => "not yet".into(),
+                    },
                     age(Some(a.metadata.created_at)),
                 ]
             })
             .collect(),
     )
+}
+
+/// How long `address publish` waits for the host to forward the port.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Wait until the agent of the instance's host reports the port forwarded
+/// (its rules are in place, so a connection now reaches the instance), or
+/// says why it is not.
+async fn forwarded(
+    client: &nimbus_api::client::Client,
+    project: &str,
+    created: PublishedPort,
+) -> anyhow::Result<PublishedPort> {
+    use crate::cmd::wait::{self, Waited};
+    let name = created.metadata.name.clone();
+    let instance = created.spec.instance.clone();
+    let collection = format!("/v1/projects/{project}/addresses");
+    let waited = wait::until(
+        client,
+        &collection,
+        &name,
+        Some(created),
+        FORWARD_TIMEOUT,
+        |p: &PublishedPort| p.status.applied || p.status.reason.is_some(),
+    )
+    .await?;
+    match waited {
+        Waited::Done(p) if p.status.applied => Ok(p),
+        Waited::Done(p) => anyhow::bail!(
+            "published port {name:?} is recorded but host {} does not forward it: {}; remove it with `nimbus address rm {name}` and pick another host port",
+            p.status.host.as_deref().unwrap_or("(unknown)"),
+            p.status.reason.unwrap_or_default()
+        ),
+        Waited::Gone => anyhow::bail!(
+            "published port {name:?} was removed while waiting for it to be forwarded (was instance {instance:?} deleted?)"
+        ),
+        Waited::TimedOut(_) => anyhow::bail!(
+            "published port {name:?} is recorded, but the host of instance {instance:?} has not forwarded it after {} s; is the instance running (`nimbus instance get {instance}`)? Use --no-wait not to wait",
+            FORWARD_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 pub async fn address(g: &Globals, cmd: AddressCmd) -> anyhow::Result<()> {
@@ -394,6 +445,7 @@ pub async fn address(g: &Globals, cmd: AddressCmd) -> anyhow::Result<()> {
             instance,
             port,
             name,
+            no_wait,
         } => {
             let (host_port, instance_port, protocol) = parse_port(&port)?;
             let req = CreateRequest {
@@ -409,6 +461,11 @@ pub async fn address(g: &Globals, cmd: AddressCmd) -> anyhow::Result<()> {
             let a: PublishedPort = client
                 .post(&format!("/v1/projects/{p}/addresses"), &req)
                 .await?;
+            let a = if no_wait {
+                a
+            } else {
+                forwarded(&client, p, a).await?
+            };
             print(g, &a, || address_rows(std::slice::from_ref(&a)))
         }
         AddressCmd::List => {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use nimbus_api::{
     ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol, PublishedPort,
-    PublishedPortSpec, ResourceList, Role, WatchEvent,
+    PublishedPortSpec, PublishedPortStatus, ResourceList, Role, WatchEvent,
 };
 use nimbus_store::{Compare, Op, Txn};
 
@@ -203,4 +203,42 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The agent of the instance's host reports whether it forwards the port.
+#[utoipa::path(post, path = "/v1/projects/{project}/addresses/{name}/status", operation_id = "report_published_port_status", params(AddressPath), request_body = PublishedPortStatus,
+    responses((status = 200, body = PublishedPort), (status = 403, description = "Not the agent of the instance's host")))]
+pub async fn report_status(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    JsonBody(mut status): JsonBody<PublishedPortStatus>,
+) -> ApiResult<Json<PublishedPort>> {
+    // Users without a role in the project must not learn what exists there.
+    if !caller.is_host_agent() {
+        auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
+    }
+    let port: PublishedPort = state.repo.get(Some(&project), &name).await?;
+    let instance: Option<Instance> = state
+        .repo
+        .try_get(Some(&project), &port.spec.instance)
+        .await?;
+    let host = instance.and_then(|i| i.status.host);
+    if !(caller.system_admin || (caller.host.is_some() && caller.host == host)) {
+        return Err(ServerError(ApiError::forbidden(format!(
+            "only the agent of the host running instance {:?} may report the status of published port {name:?}",
+            port.spec.instance
+        ))));
+    }
+    if caller.host.is_some() {
+        status.host = caller.host.clone();
+    }
+    let saved = state
+        .repo
+        .modify::<PublishedPort, _>(Some(&project), &name, |p| {
+            p.status = status.clone();
+            Ok(())
+        })
+        .await?;
+    Ok(Json(saved))
 }

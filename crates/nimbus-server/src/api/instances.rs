@@ -837,15 +837,25 @@ pub async fn console(
     upgrade_to_relay(&state, session, on_upgrade, shim, "console")
 }
 
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Kill a running workload at once instead of giving it its stop
+    /// grace period.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Deletion: instances never started are removed at once; others are
 /// marked and their host's agent removes everything, then finalizes.
-#[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}", operation_id = "delete_instance", params(InstancePath),
+#[utoipa::path(delete, path = "/v1/projects/{project}/instances/{name}", operation_id = "delete_instance", params(InstancePath, DeleteQuery),
     responses((status = 202, body = Instance, description = "Deletion in progress: the host's agent cleans up, then the instance goes"),
         (status = 204, description = "Deleted (it was never bound to a host)")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     let current: Instance = state.repo.get(Some(&project), &name).await?;
@@ -859,6 +869,11 @@ pub async fn delete(
         .modify::<Instance, _>(Some(&project), &name, |i| {
             if i.metadata.deletion_requested_at.is_none() {
                 i.metadata.deletion_requested_at = Some(Utc::now());
+            }
+            if q.force {
+                // The agent stops the workload with the spec's grace
+                // period: none means SIGKILL at once.
+                i.spec.stop_grace_ms = Some(0);
             }
             i.status.phase = InstancePhase::Deleting;
             i.status.reason = Some("deletion requested; the host is cleaning up".into());
@@ -915,6 +930,15 @@ pub async fn report_status(
             i.status.addresses = addresses;
             if deleting {
                 i.status.phase = InstancePhase::Deleting;
+            } else if i.spec.auto_remove
+                && i.status.phase.is_terminal()
+                && i.status.observed_generation >= i.spec.restart_generation
+            {
+                // The workload ended for good (a restart policy that
+                // restarts it keeps it in `backoff`): delete the instance
+                // as `rm` would. The ending phase stays visible in this
+                // revision, so a watcher sees how it ended.
+                i.metadata.deletion_requested_at = Some(Utc::now());
             }
             Ok(())
         })

@@ -153,6 +153,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/projects/{project}/addresses/{name}",
             get(addresses::get).delete(addresses::delete),
         )
+        .route(
+            "/v1/projects/{project}/addresses/{name}/status",
+            post(addresses::report_status),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

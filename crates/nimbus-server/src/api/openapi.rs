@@ -31,6 +31,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         networks::list, networks::list_all, networks::get, networks::create, networks::delete,
         secgroups::list, secgroups::list_all, secgroups::get, secgroups::create, secgroups::replace, secgroups::delete,
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
+        addresses::report_status,
         instances::pause, instances::resume, instances::console,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
