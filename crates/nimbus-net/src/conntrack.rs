@@ -5,31 +5,29 @@
 //! the instance, and a flow to a port that was unpublished (or whose
 //! instance is gone) would keep being forwarded until it went idle.
 //!
-//! Handwritten: a dump request and a delete per matching entry, with the
-//! fixed nfnetlink header and a few nested attributes.
+//! A dump request and a delete per matching entry; the messages are
+//! decoded and encoded with `netlink-packet-netfilter`.
 
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::Socket;
 
 use crate::{NetError, Result};
 
-const NETLINK_NETFILTER: libc::c_int = 12;
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
+/// Not among the attributes the crate names: kept as it came, so the
+/// delete addresses the entry's zone.
 const CTA_ZONE: u16 = 18;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const NLMSG_HDR: usize = 16;
-const NFGEN_HDR: usize = 4;
 
 /// One tracked IPv4 flow: its original direction (as the first packet
 /// went) and the reply direction (as the answer comes back; after NAT it
@@ -45,63 +43,50 @@ pub struct Flow {
     pub reply_sport: u16,
 }
 
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Attributes of a netlink attribute area: (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while buf.len() >= 4 {
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            break;
+/// A tuple: (protocol, source, destination, source port, destination
+/// port); None unless it is a complete IPv4 one with ports.
+fn tuple_of(tuple: &[Tuple]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> {
+    let (mut proto, mut src, mut dst, mut sport, mut dport) = (None, None, None, None, None);
+    for part in tuple {
+        match part {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(IpAddr::V4(a)) => src = Some(*a),
+                        IPTuple::DestinationAddress(IpAddr::V4(a)) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            Tuple::Proto(l4) => {
+                for p in l4 {
+                    match p {
+                        ProtoTuple::Protocol(n) => proto = Some(u8::from(*n)),
+                        ProtoTuple::SourcePort(n) => sport = Some(*n),
+                        ProtoTuple::DestinationPort(n) => dport = Some(*n),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
-        out.push((kind, &buf[4..len]));
-        buf = &buf[align(len).min(buf.len())..];
     }
-    out
-}
-
-fn find(area: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(area)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| v)
-}
-
-fn ipv4(b: &[u8]) -> Option<Ipv4Addr> {
-    Some(Ipv4Addr::new(
-        *b.first()?,
-        *b.get(1)?,
-        *b.get(2)?,
-        *b.get(3)?,
-    ))
-}
-
-fn port(b: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
-}
-
-/// A tuple: (protocol, source, destination, source port, destination port).
-fn tuple_of(tuple: &[u8]) -> Option<(u8, Ipv4Addr, Ipv4Addr, u16, u16)> {
-    let ip = find(tuple, CTA_TUPLE_IP)?;
-    let proto = find(tuple, CTA_TUPLE_PROTO)?;
-    Some((
-        *find(proto, CTA_PROTO_NUM)?.first()?,
-        ipv4(find(ip, CTA_IP_V4_SRC)?)?,
-        ipv4(find(ip, CTA_IP_V4_DST)?)?,
-        port(find(proto, CTA_PROTO_SRC_PORT)?)?,
-        port(find(proto, CTA_PROTO_DST_PORT)?)?,
-    ))
+    Some((proto?, src?, dst?, sport?, dport?))
 }
 
 /// The flow an entry's attributes describe; None for anything but a
 /// complete IPv4 TCP/UDP entry.
-fn flow_of(entry: &[u8]) -> Option<Flow> {
-    let (proto, src, dst, _, dport) = tuple_of(find(entry, CTA_TUPLE_ORIG)?)?;
-    let (_, reply_src, _, reply_sport, _) = tuple_of(find(entry, CTA_TUPLE_REPLY)?)?;
+fn flow_of(entry: &[ConntrackAttribute]) -> Option<Flow> {
+    let orig = entry.iter().find_map(|a| match a {
+        ConntrackAttribute::CtaTupleOrig(t) => Some(t),
+        _ => None,
+    })?;
+    let reply = entry.iter().find_map(|a| match a {
+        ConntrackAttribute::CtaTupleReply(t) => Some(t),
+        _ => None,
+    })?;
+    let (proto, src, dst, _, dport) = tuple_of(orig)?;
+    let (_, reply_src, _, reply_sport, _) = tuple_of(reply)?;
     Some(Flow {
         proto,
         src,
@@ -112,170 +97,121 @@ fn flow_of(entry: &[u8]) -> Option<Flow> {
     })
 }
 
-fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDR + NFGEN_HDR + payload.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family, version 0, resource id 0.
-    m.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
-    m.extend_from_slice(payload);
-    m
+/// What deletes `entry`: its original tuple, and its zone if it has one.
+fn delete_of(entry: &[ConntrackAttribute]) -> Option<ConntrackMessage> {
+    let mut attrs = Vec::with_capacity(2);
+    for a in entry {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(_) => attrs.push(a.clone()),
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => attrs.push(a.clone()),
+            _ => {}
+        }
+    }
+    attrs
+        .iter()
+        .any(|a| matches!(a, ConntrackAttribute::CtaTupleOrig(_)))
+        .then_some(ConntrackMessage::Delete(attrs))
 }
 
-fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut a = Vec::with_capacity(align(len));
-    a.extend_from_slice(&(len as u16).to_ne_bytes());
-    a.extend_from_slice(&kind.to_ne_bytes());
-    a.extend_from_slice(payload);
-    a.resize(align(len), 0);
-    a
+/// A ctnetlink request for IPv4, as bytes.
+fn request(message: ConntrackMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut nl = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            message,
+        )),
+    );
+    nl.header.flags = NLM_F_REQUEST | flags;
+    nl.header.sequence_number = seq;
+    nl.finalize();
+    let mut buf = vec![0u8; nl.header.length as usize];
+    nl.serialize(&mut buf[..]);
+    buf
 }
 
-struct Socket {
-    fd: OwnedFd,
+struct Ctnetlink {
+    socket: Socket,
     buf: Vec<u8>,
 }
 
-impl Socket {
-    fn open() -> Result<Socket> {
-        // SAFETY: socket(2) and bind(2) on a descriptor owned from creation.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            );
-            if fd < 0 {
-                return Err(NetError::io(
-                    "open a ctnetlink socket",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            let owned = OwnedFd::from_raw_fd(fd);
-            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            if libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) != 0
-            {
-                return Err(NetError::io(
-                    "bind the ctnetlink socket",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            crate::set_recv_timeout(fd, std::time::Duration::from_secs(5))?;
-            Ok(Socket {
-                fd: owned,
-                buf: vec![0u8; 256 * 1024],
-            })
-        }
+impl Ctnetlink {
+    /// A socket in the calling thread's network namespace.
+    fn open() -> Result<Ctnetlink> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)
+            .map_err(|e| NetError::io("open a ctnetlink socket", e))?;
+        socket
+            .bind_auto()
+            .map_err(|e| NetError::io("bind the ctnetlink socket", e))?;
+        crate::set_recv_timeout(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            std::time::Duration::from_secs(5),
+        )?;
+        Ok(Ctnetlink {
+            socket,
+            buf: vec![0u8; 256 * 1024],
+        })
     }
 
     fn send(&self, msg: &[u8]) -> Result<()> {
-        // SAFETY: sending an initialised buffer on our socket.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                msg.as_ptr() as *const libc::c_void,
-                msg.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(NetError::io(
-                "send a ctnetlink request",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        self.socket
+            .send(msg, 0)
+            .map_err(|e| NetError::io("send a ctnetlink request", e))?;
         Ok(())
     }
 
-    fn recv(&self, buf: &mut [u8]) -> Result<usize> {
-        // SAFETY: receiving into a buffer we own, bounded by its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        if n < 0 {
-            return Err(NetError::io(
-                "receive a ctnetlink reply",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(n as usize)
-    }
-
     /// Read replies to `seq` until the dump ends or the ack comes; each
-    /// reply's attribute area goes to `each`. Err for a negative ack.
-    fn replies(&mut self, seq: u32, mut each: impl FnMut(&[u8])) -> Result<()> {
+    /// conntrack entry's attributes go to `each`. Err for a negative ack.
+    /// An entry the crate cannot read is skipped, not fatal.
+    fn replies(&mut self, seq: u32, mut each: impl FnMut(&[ConntrackAttribute])) -> Result<()> {
         let malformed = || {
             NetError::io(
                 "ctnetlink",
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed reply"),
             )
         };
-        let status = |body: &[u8]| -> Result<()> {
-            let code = body
-                .get(..4)
-                .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(NetError::io(
-                    "ctnetlink",
-                    std::io::Error::from_raw_os_error(-code),
-                ))
-            }
-        };
         let mut buf = std::mem::take(&mut self.buf);
-        let result = loop {
-            let n = match self.recv(&mut buf) {
+        let result = 'recv: loop {
+            let n = match self.socket.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
                 Ok(n) if n > buf.len() => break Err(malformed()),
                 Ok(n) => n,
-                Err(e) => break Err(e),
+                Err(e) => break Err(NetError::io("receive a ctnetlink reply", e)),
             };
             let mut off = 0;
-            let mut end = None;
-            while off + NLMSG_HDR <= n {
-                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
-                    as usize;
-                if len < NLMSG_HDR || off + len > n {
-                    end = Some(Err(malformed()));
-                    break;
+            while off < n {
+                let Ok(header) = NetlinkBuffer::new_checked(&buf[off..n]) else {
+                    break 'recv Err(malformed());
+                };
+                let len = header.length() as usize;
+                let mseq = header.sequence_number();
+                let msg = &buf[off..off + len];
+                off += (len + 3) & !3;
+                if mseq != seq {
+                    continue;
                 }
-                let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let mseq =
-                    u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-                let body = &buf[off + NLMSG_HDR..off + len];
-                if mseq == seq {
-                    match kind as libc::c_int {
-                        libc::NLMSG_DONE | libc::NLMSG_ERROR => {
-                            end = Some(status(body));
-                            break;
-                        }
-                        _ => {
-                            if body.len() >= NFGEN_HDR {
-                                each(&body[NFGEN_HDR..]);
-                            }
-                        }
+                let parsed = match NetlinkMessage::<NetfilterMessage>::deserialize(msg) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "skipping an unreadable conntrack entry");
+                        continue;
                     }
+                };
+                match parsed.payload {
+                    NetlinkPayload::Done(_) => break 'recv Ok(()),
+                    NetlinkPayload::Error(e) if e.code.is_none() => break 'recv Ok(()),
+                    NetlinkPayload::Error(e) => {
+                        break 'recv Err(NetError::io("ctnetlink", e.to_io()))
+                    }
+                    // Dumped entries come back with the request's type (GET).
+                    NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner:
+                            NetfilterMessageInner::Conntrack(
+                                ConntrackMessage::Get(attrs) | ConntrackMessage::New(attrs),
+                            ),
+                        ..
+                    }) => each(&attrs),
+                    _ => {}
                 }
-                off += align(len);
-            }
-            if let Some(r) = end {
-                break r;
             }
         };
         self.buf = buf;
@@ -287,31 +223,18 @@ impl Socket {
 /// network namespace that `matches` picks; returns how many went. Entries
 /// that vanish meanwhile are not an error.
 pub fn remove_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize> {
-    let mut sock = Socket::open()?;
-    let mut victims: Vec<Vec<u8>> = Vec::new();
-    sock.send(&message(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, 1, &[]))?;
-    sock.replies(1, |area| {
-        if !flow_of(area).is_some_and(|f| matches(&f)) {
-            return;
+    let mut sock = Ctnetlink::open()?;
+    let mut victims: Vec<ConntrackMessage> = Vec::new();
+    sock.send(&request(ConntrackMessage::Get(Vec::new()), NLM_F_DUMP, 1))?;
+    sock.replies(1, |entry| {
+        if flow_of(entry).is_some_and(|f| matches(&f)) {
+            victims.extend(delete_of(entry));
         }
-        let Some(tuple) = find(area, CTA_TUPLE_ORIG) else {
-            return;
-        };
-        let mut payload = attr(CTA_TUPLE_ORIG | libc::NLA_F_NESTED as u16, tuple);
-        if let Some(zone) = find(area, CTA_ZONE) {
-            payload.extend(attr(CTA_ZONE, zone));
-        }
-        victims.push(payload);
     })?;
     let mut removed = 0;
-    for (i, payload) in victims.iter().enumerate() {
+    for (i, delete) in victims.into_iter().enumerate() {
         let seq = 2 + i as u32;
-        sock.send(&message(
-            IPCTNL_MSG_CT_DELETE,
-            libc::NLM_F_ACK as u16,
-            seq,
-            payload,
-        ))?;
+        sock.send(&request(delete, NLM_F_ACK, seq))?;
         match sock.replies(seq, |_| {}) {
             Ok(()) => removed += 1,
             Err(NetError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
@@ -325,35 +248,75 @@ pub fn remove_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize> {
 mod tests {
     use super::*;
 
+    const NESTED: u16 = libc::NLA_F_NESTED as u16;
+
+    /// A netlink attribute as the kernel lays it out, padded to 4 bytes.
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 4 + payload.len();
+        let mut a = Vec::new();
+        a.extend_from_slice(&(len as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize((len + 3) & !3, 0);
+        a
+    }
+
     fn tuple(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        let ip = [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)].concat();
+        let ip = [attr(1, &src), attr(2, &dst)].concat();
         let l4 = [
-            attr(CTA_PROTO_NUM, &[proto]),
-            attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
-            attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+            attr(1, &[proto]),
+            attr(2, &sport.to_be_bytes()),
+            attr(3, &dport.to_be_bytes()),
         ]
         .concat();
+        [attr(1 | NESTED, &ip), attr(2 | NESTED, &l4)].concat()
+    }
+
+    /// A dumped entry as the kernel sends it: nlmsghdr (ctnetlink GET),
+    /// nfgenmsg, then the attributes.
+    fn dumped(attrs: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + 4 + attrs.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&((1u16 << 8) | 1).to_ne_bytes());
+        m.extend_from_slice(&(libc::NLM_F_MULTI as u16).to_ne_bytes());
+        m.extend_from_slice(&1u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        m.extend_from_slice(attrs);
+        m
+    }
+
+    fn entry_attrs(bytes: &[u8]) -> Vec<ConntrackAttribute> {
+        let msg = <NetlinkMessage<NetfilterMessage>>::deserialize(bytes).expect("an entry");
+        match msg.payload {
+            NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::Get(attrs)),
+                ..
+            }) => attrs,
+            other => panic!("not a conntrack entry: {other:?}"),
+        }
+    }
+
+    // 127.0.0.1:40000 → 127.0.0.1:5353, DNAT'ed to 100.64.0.2:5353, in zone 7.
+    fn nat_entry() -> Vec<u8> {
         [
-            attr(CTA_TUPLE_IP | libc::NLA_F_NESTED as u16, &ip),
-            attr(CTA_TUPLE_PROTO | libc::NLA_F_NESTED as u16, &l4),
+            attr(
+                1 | NESTED,
+                &tuple(17, [127, 0, 0, 1], [127, 0, 0, 1], 40000, 5353),
+            ),
+            attr(
+                2 | NESTED,
+                &tuple(17, [100, 64, 0, 2], [100, 64, 0, 1], 5353, 40000),
+            ),
+            attr(3, &0x188u32.to_be_bytes()), // CTA_STATUS
+            attr(CTA_ZONE, &7u16.to_be_bytes()),
         ]
         .concat()
     }
 
     #[test]
     fn reads_both_directions_of_an_entry() {
-        // 127.0.0.1:40000 → 127.0.0.1:5353, DNAT'ed to 100.64.0.2:5353.
-        let entry = [
-            attr(
-                CTA_TUPLE_ORIG | libc::NLA_F_NESTED as u16,
-                &tuple(17, [127, 0, 0, 1], [127, 0, 0, 1], 40000, 5353),
-            ),
-            attr(
-                CTA_TUPLE_REPLY | libc::NLA_F_NESTED as u16,
-                &tuple(17, [100, 64, 0, 2], [100, 64, 0, 1], 5353, 40000),
-            ),
-        ]
-        .concat();
+        let entry = entry_attrs(&dumped(&nat_entry()));
         assert_eq!(
             flow_of(&entry),
             Some(Flow {
@@ -365,6 +328,51 @@ mod tests {
                 reply_sport: 5353,
             })
         );
-        assert_eq!(flow_of(&entry[..20]), None, "a cut entry reads as nothing");
+        let cut = [attr(
+            1 | NESTED,
+            &tuple(6, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2),
+        )]
+        .concat();
+        assert_eq!(
+            flow_of(&entry_attrs(&dumped(&cut))),
+            None,
+            "an entry without its reply direction reads as nothing"
+        );
+    }
+
+    #[test]
+    fn deletes_name_the_original_tuple_and_the_zone() {
+        let entry = entry_attrs(&dumped(&nat_entry()));
+        let delete = delete_of(&entry).expect("a delete");
+        let bytes = request(delete, NLM_F_ACK, 9);
+        let attrs = [
+            attr(
+                1 | NESTED,
+                &tuple(17, [127, 0, 0, 1], [127, 0, 0, 1], 40000, 5353),
+            ),
+            attr(CTA_ZONE, &7u16.to_be_bytes()),
+        ]
+        .concat();
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&((16 + 4 + attrs.len()) as u32).to_ne_bytes());
+        expected.extend_from_slice(&((1u16 << 8) | 2).to_ne_bytes()); // CT_DELETE
+        expected.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        expected.extend_from_slice(&9u32.to_ne_bytes());
+        expected.extend_from_slice(&0u32.to_ne_bytes());
+        expected.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        expected.extend_from_slice(&attrs);
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn dump_request_is_a_ctnetlink_get() {
+        let bytes = request(ConntrackMessage::Get(Vec::new()), NLM_F_DUMP, 1);
+        assert_eq!(bytes.len(), 20);
+        assert_eq!(&bytes[4..6], &((1u16 << 8) | 1).to_ne_bytes());
+        assert_eq!(
+            &bytes[6..8],
+            &((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes()
+        );
+        assert_eq!(&bytes[16..20], &[libc::AF_INET as u8, 0, 0, 0]);
     }
 }

@@ -1,8 +1,8 @@
 //! A DHCP responder per router, for VM ports: it answers DISCOVER and
 //! REQUEST from a MAC it has a lease for, with the address the server
 //! allocated (the same one a NoCloud network-config would carry), so a
-//! stock guest that only does DHCP comes up networked. Handwritten: it
-//! needs the fixed BOOTP header and six options.
+//! stock guest that only does DHCP comes up networked. Messages are
+//! decoded and encoded with `dhcproto`; the socket handling is ours.
 //!
 //! The socket is bound to port 67 inside the router namespace; replies are
 //! broadcast out of the port the request came in on (IP_PKTINFO).
@@ -13,6 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+
+use dhcproto::v4::{self, DhcpOption, HType, MessageType, Opcode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use crate::{netns, NetError, Result};
 
@@ -30,11 +33,8 @@ pub struct Lease {
 pub type Leases = Arc<RwLock<HashMap<[u8; 6], Lease>>>;
 
 const LEASE_SECS: u32 = 86_400;
-const MAGIC: [u8; 4] = [99, 130, 83, 99];
-const DISCOVER: u8 = 1;
-const OFFER: u8 = 2;
-const REQUEST: u8 = 3;
-const ACK: u8 = 5;
+/// Where the options start: after the fixed BOOTP header and the cookie.
+const OPTIONS_AT: usize = 240;
 
 /// A running responder; stops when dropped.
 pub struct DhcpServer {
@@ -110,92 +110,84 @@ fn serve(fd: OwnedFd, server: Ipv4Addr, leases: Leases, stop: Arc<AtomicBool>) {
         let Some((n, ifindex)) = recv(&fd, &mut buf) else {
             continue;
         };
-        let Some(req) = parse(&buf[..n]) else {
+        let Some(req) = Request::parse(&buf[..n]) else {
             continue;
         };
         let lease = leases.read().ok().and_then(|l| l.get(&req.mac).cloned());
         let Some(lease) = lease else { continue };
-        let kind = match req.kind {
-            DISCOVER => OFFER,
-            REQUEST => ACK,
-            _ => continue,
+        let Some(reply) = req.reply(&lease, server) else {
+            continue;
         };
-        let reply = answer(&buf[..n], &lease, server, kind);
         send(&fd, &reply, ifindex);
     }
 }
 
-/// A request: the client's MAC and the DHCP message type.
-#[derive(Debug, PartialEq, Eq)]
+/// A request from an Ethernet client: its MAC and DHCP message type.
+#[derive(Debug)]
 pub struct Request {
     pub mac: [u8; 6],
-    pub kind: u8,
+    pub kind: MessageType,
+    message: v4::Message,
 }
 
-/// Parse a BOOTREQUEST from an Ethernet client.
-pub fn parse(msg: &[u8]) -> Option<Request> {
-    if msg.len() < 240 || msg[0] != 1 || msg[1] != 1 || msg[2] != 6 || msg[236..240] != MAGIC {
-        return None;
+impl Request {
+    /// Decode a BOOTREQUEST from an Ethernet client that carries a DHCP
+    /// message type; None for anything else.
+    pub fn parse(msg: &[u8]) -> Option<Request> {
+        // dhcproto reads the magic cookie without checking it: a BOOTP
+        // message without one has no DHCP options to trust.
+        if msg.get(OPTIONS_AT - 4..OPTIONS_AT) != Some(&v4::MAGIC[..]) {
+            return None;
+        }
+        let message = v4::Message::decode(&mut Decoder::new(msg)).ok()?;
+        if message.opcode() != Opcode::BootRequest
+            || message.htype() != HType::Eth
+            || message.hlen() != 6
+        {
+            return None;
+        }
+        let mac = <[u8; 6]>::try_from(message.chaddr()).ok()?;
+        let kind = message.opts().msg_type()?;
+        Some(Request { mac, kind, message })
     }
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&msg[28..34]);
-    let mut i = 240;
-    while i < msg.len() {
-        let code = msg[i];
-        if code == 255 {
-            break;
-        }
-        if code == 0 {
-            i += 1;
-            continue;
-        }
-        let len = *msg.get(i + 1)? as usize;
-        if code == 53 && len == 1 {
-            return Some(Request {
-                mac,
-                kind: *msg.get(i + 2)?,
-            });
-        }
-        i += 2 + len;
-    }
-    None
-}
 
-/// The OFFER or ACK for `request`.
-pub fn answer(request: &[u8], lease: &Lease, server: Ipv4Addr, kind: u8) -> Vec<u8> {
-    let mut out = vec![0u8; 240];
-    out[0] = 2; // BOOTREPLY
-    out[1] = 1;
-    out[2] = 6;
-    out[4..8].copy_from_slice(&request[4..8]); // xid
-    out[10..12].copy_from_slice(&request[10..12]); // flags
-    out[16..20].copy_from_slice(&lease.ip.octets()); // yiaddr
-    out[20..24].copy_from_slice(&server.octets()); // siaddr
-    out[24..28].copy_from_slice(&request[24..28]); // giaddr
-    out[28..44].copy_from_slice(&request[28..44]); // chaddr
-    out[236..240].copy_from_slice(&MAGIC);
-    let mask = if lease.prefix_len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(lease.prefix_len))
-    };
-    let mut opt = |code: u8, data: &[u8]| {
-        out.push(code);
-        out.push(data.len() as u8);
-        out.extend_from_slice(data);
-    };
-    opt(53, &[kind]);
-    opt(54, &server.octets());
-    opt(51, &LEASE_SECS.to_be_bytes());
-    opt(1, &mask.to_be_bytes());
-    opt(3, &lease.gateway.octets());
-    let dns: Vec<u8> = lease.dns.iter().flat_map(|d| d.octets()).collect();
-    if !dns.is_empty() {
-        opt(6, &dns);
+    /// The OFFER for a DISCOVER, the ACK for a REQUEST, with `lease`;
+    /// `server` is the server identifier. None for other message types.
+    pub fn reply(&self, lease: &Lease, server: Ipv4Addr) -> Option<Vec<u8>> {
+        let kind = match self.kind {
+            MessageType::Discover => MessageType::Offer,
+            MessageType::Request => MessageType::Ack,
+            _ => return None,
+        };
+        let asked = &self.message;
+        let mut reply = v4::Message::new_with_id(
+            asked.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            lease.ip,
+            server,
+            asked.giaddr(),
+            &self.mac,
+        );
+        reply.set_opcode(Opcode::BootReply).set_flags(asked.flags());
+        let mask = if lease.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(lease.prefix_len.min(32)))
+        };
+        let opts = reply.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        opts.insert(DhcpOption::ServerIdentifier(server));
+        opts.insert(DhcpOption::AddressLeaseTime(LEASE_SECS));
+        opts.insert(DhcpOption::SubnetMask(Ipv4Addr::from(mask)));
+        opts.insert(DhcpOption::Router(vec![lease.gateway]));
+        if !lease.dns.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(lease.dns.clone()));
+        }
+        opts.insert(DhcpOption::InterfaceMtu(lease.mtu));
+        let mut out = Vec::with_capacity(OPTIONS_AT + 64);
+        reply.encode(&mut Encoder::new(&mut out)).ok()?;
+        Some(out)
     }
-    opt(26, &lease.mtu.to_be_bytes());
-    out.push(255);
-    out
 }
 
 fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, i32)> {
@@ -268,32 +260,119 @@ fn send(fd: &OwnedFd, data: &[u8], ifindex: i32) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn offers_the_lease_of_the_mac() {
+    const MAGIC: [u8; 4] = [99, 130, 83, 99];
+
+    /// A request as a client sends it, built byte by byte: xid 1.2.3.4,
+    /// the broadcast flag, MAC 02:00:00:00:00:07, then `options`.
+    fn request(options: &[u8]) -> Vec<u8> {
         let mut req = vec![0u8; 240];
-        req[0] = 1;
-        req[1] = 1;
+        req[0] = 1; // BOOTREQUEST
+        req[1] = 1; // Ethernet
         req[2] = 6;
         req[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        req[10] = 0x80;
         req[28..34].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
         req[236..240].copy_from_slice(&MAGIC);
-        req.extend_from_slice(&[53, 1, DISCOVER, 255]);
-        let r = parse(&req).expect("request");
-        assert_eq!(r.mac, [2, 0, 0, 0, 0, 7]);
-        assert_eq!(r.kind, DISCOVER);
-        let lease = Lease {
+        req.extend_from_slice(options);
+        req
+    }
+
+    fn lease() -> Lease {
+        Lease {
             ip: Ipv4Addr::new(10, 20, 0, 7),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 20, 0, 1),
             dns: vec![Ipv4Addr::new(10, 20, 0, 1)],
-            mtu: 1500,
+            mtu: 1450,
+        }
+    }
+
+    /// The options of a reply as (code, data), in wire order.
+    fn options(reply: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = OPTIONS_AT;
+        while reply[i] != 255 {
+            let len = reply[i + 1] as usize;
+            out.push((reply[i], reply[i + 2..i + 2 + len].to_vec()));
+            i += 2 + len;
+        }
+        out
+    }
+
+    fn option(reply: &[u8], code: u8) -> Option<Vec<u8>> {
+        options(reply)
+            .into_iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, d)| d)
+    }
+
+    fn assert_carries_the_lease(a: &[u8], kind: u8) {
+        assert_eq!(a[0], 2, "BOOTREPLY");
+        assert_eq!(&a[1..3], &[1, 6], "Ethernet");
+        assert_eq!(&a[4..8], &[1, 2, 3, 4], "the xid is copied");
+        assert_eq!(a[10], 0x80, "the broadcast flag is copied");
+        assert_eq!(&a[12..16], &[0, 0, 0, 0], "ciaddr");
+        assert_eq!(&a[16..20], &[10, 20, 0, 7], "yiaddr: the lease");
+        assert_eq!(&a[20..24], &[10, 20, 0, 1], "siaddr: the server");
+        assert_eq!(&a[28..34], &[2, 0, 0, 0, 0, 7], "chaddr");
+        assert_eq!(&a[236..240], &MAGIC);
+        assert_eq!(option(a, 53), Some(vec![kind]));
+        assert_eq!(option(a, 54), Some(vec![10, 20, 0, 1]), "server id");
+        assert_eq!(option(a, 51), Some(86_400u32.to_be_bytes().to_vec()));
+        assert_eq!(option(a, 1), Some(vec![255, 255, 255, 0]), "mask");
+        assert_eq!(option(a, 3), Some(vec![10, 20, 0, 1]), "router");
+        assert_eq!(option(a, 6), Some(vec![10, 20, 0, 1]), "DNS");
+        assert_eq!(option(a, 26), Some(1450u16.to_be_bytes().to_vec()), "MTU");
+        assert_eq!(options(a).len(), 7, "nothing else");
+    }
+
+    #[test]
+    fn offers_and_acks_the_lease_of_the_mac() {
+        let server = Ipv4Addr::new(10, 20, 0, 1);
+        // DISCOVER, with a parameter request list before the type.
+        let discover = request(&[55, 3, 1, 3, 6, 53, 1, 1, 255]);
+        let r = Request::parse(&discover).expect("request");
+        assert_eq!(r.mac, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(r.kind, MessageType::Discover);
+        let offer = r.reply(&lease(), server).expect("an offer");
+        assert_carries_the_lease(&offer, 2);
+
+        // REQUEST for the offered address.
+        let req = request(&[53, 1, 3, 50, 4, 10, 20, 0, 7, 54, 4, 10, 20, 0, 1, 255]);
+        let r = Request::parse(&req).expect("request");
+        assert_eq!(r.kind, MessageType::Request);
+        let ack = r.reply(&lease(), server).expect("an ack");
+        assert_carries_the_lease(&ack, 5);
+
+        // RELEASE and others get no answer.
+        let release = Request::parse(&request(&[53, 1, 7, 255])).expect("request");
+        assert!(release.reply(&lease(), server).is_none());
+    }
+
+    #[test]
+    fn leaves_out_dns_when_the_lease_has_none() {
+        let r = Request::parse(&request(&[53, 1, 1, 255])).expect("request");
+        let no_dns = Lease {
+            dns: vec![],
+            ..lease()
         };
-        let a = answer(&req, &lease, Ipv4Addr::new(10, 20, 0, 1), OFFER);
-        assert_eq!(a[0], 2);
-        assert_eq!(&a[4..8], &[1, 2, 3, 4]);
-        assert_eq!(&a[16..20], &[10, 20, 0, 7]);
-        assert_eq!(&a[240..243], &[53, 1, OFFER]);
-        assert!(a.windows(6).any(|w| w == [1, 4, 255, 255, 255, 0]));
-        assert!(parse(&req[..100]).is_none());
+        let offer = r.reply(&no_dns, no_dns.gateway).expect("an offer");
+        assert_eq!(option(&offer, 6), None);
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_dhcp_request() {
+        let discover = request(&[53, 1, 1, 255]);
+        assert!(Request::parse(&discover[..100]).is_none(), "cut");
+        assert!(Request::parse(&request(&[255])).is_none(), "plain BOOTP");
+        let mut reply = discover.clone();
+        reply[0] = 2;
+        assert!(Request::parse(&reply).is_none(), "a BOOTREPLY");
+        let mut no_cookie = discover.clone();
+        no_cookie[236] = 0;
+        assert!(Request::parse(&no_cookie).is_none(), "no magic cookie");
+        let mut long_hw = discover.clone();
+        long_hw[2] = 16;
+        assert!(Request::parse(&long_hw).is_none(), "not an Ethernet MAC");
     }
 }

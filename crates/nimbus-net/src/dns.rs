@@ -1,7 +1,8 @@
 //! A small DNS responder per network: answers A queries for the names of
 //! the network's instances, forwards other names to the host's resolver,
-//! refuses what it cannot serve. Written by hand: it needs a few dozen
-//! lines of the wire format, and the DNS crates bring whole resolvers.
+//! refuses what it cannot serve. Messages are decoded and encoded with
+//! `hickory-proto` (its codec only, without the resolver or a runtime);
+//! forwarded queries and their answers pass through as they are.
 //!
 //! The socket is opened by a thread inside the router namespace (bound to
 //! the gateway address, port 53) and served from the agent's namespace,
@@ -14,6 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+
 use crate::{netns, NetError, Result};
 
 /// Instance names (lowercase, without a domain) to addresses.
@@ -22,11 +27,6 @@ pub type Names = Arc<RwLock<HashMap<String, Ipv4Addr>>>;
 const TTL_SECS: u32 = 5;
 /// Upstream lookups in flight at once per network.
 const MAX_FORWARDS: usize = 32;
-const TYPE_A: u16 = 1;
-const CLASS_IN: u16 = 1;
-const RCODE_SERVFAIL: u8 = 2;
-const RCODE_NXDOMAIN: u8 = 3;
-const RCODE_REFUSED: u8 = 5;
 
 /// A running responder; stops when dropped.
 pub struct DnsServer {
@@ -93,41 +93,42 @@ fn serve(
             continue;
         };
         let query = &buf[..n];
-        let Some(q) = parse_query(query) else {
+        let Some(q) = Query::parse(query) else {
             continue;
         };
-        let lookup = q.name.trim_end_matches('.').to_ascii_lowercase();
+        let lookup = q.name();
         let short = lookup
             .strip_suffix(&format!(".{domain}"))
             .unwrap_or(&lookup)
             .to_string();
         let found = names.read().ok().and_then(|m| m.get(&short).copied());
         let reply = match found {
-            Some(ip) if q.qtype == TYPE_A && q.qclass == CLASS_IN => answer(query, &q, Some(ip), 0),
+            Some(ip) if q.asks_for_a() => q.answer(Some(ip), ResponseCode::NoError),
             // A known name without an A record asked: no data, no error.
-            Some(_) => answer(query, &q, None, 0),
-            None if !short.contains('.') => answer(query, &q, None, RCODE_NXDOMAIN),
+            Some(_) => q.answer(None, ResponseCode::NoError),
+            None if !short.contains('.') => q.answer(None, ResponseCode::NXDomain),
             None => match upstream {
                 Some(up) => {
                     // At most MAX_FORWARDS lookups in flight per network: a
                     // flood of queries is answered SERVFAIL, not with threads.
                     if in_flight.load(Ordering::Acquire) >= MAX_FORWARDS {
-                        answer(query, &q, None, RCODE_SERVFAIL)
+                        q.answer(None, ResponseCode::ServFail)
                     } else {
                         let socket = match socket.try_clone() {
                             Ok(s) => s,
                             Err(_) => continue,
                         };
                         let owned = query.to_vec();
-                        let q2 = q.clone();
                         in_flight.fetch_add(1, Ordering::AcqRel);
                         let counter = in_flight.clone();
                         let spawned = std::thread::Builder::new()
                             .name("nimbus-dns-fwd".into())
                             .spawn(move || {
                                 let reply = forward(&owned, up)
-                                    .unwrap_or_else(|| answer(&owned, &q2, None, RCODE_SERVFAIL));
-                                let _ = socket.send_to(&reply, peer);
+                                    .or_else(|| q.answer(None, ResponseCode::ServFail));
+                                if let Some(reply) = reply {
+                                    let _ = socket.send_to(&reply, peer);
+                                }
                                 counter.fetch_sub(1, Ordering::AcqRel);
                             });
                         if spawned.is_err() {
@@ -136,8 +137,11 @@ fn serve(
                         continue;
                     }
                 }
-                None => answer(query, &q, None, RCODE_REFUSED),
+                None => q.answer(None, ResponseCode::Refused),
             },
+        };
+        let Some(reply) = reply else {
+            continue;
         };
         let _ = socket.send_to(&reply, peer);
     }
@@ -152,75 +156,71 @@ fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     (n >= 2 && buf[..2] == query[..2]).then(|| buf[..n].to_vec())
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A decoded standard query; only its first question is served.
+#[derive(Clone, Debug)]
 pub struct Query {
-    pub name: String,
-    pub qtype: u16,
-    pub qclass: u16,
-    /// End of the question section.
-    pub end: usize,
+    message: Message,
 }
 
-/// The first question of a standard query.
-pub fn parse_query(msg: &[u8]) -> Option<Query> {
-    if msg.len() < 12 || msg[2] & 0x80 != 0 {
-        return None;
+impl Query {
+    /// A query (not a response) with at least one question; None for
+    /// anything that does not decode.
+    pub fn parse(msg: &[u8]) -> Option<Query> {
+        let message = Message::from_vec(msg).ok()?;
+        (message.metadata.message_type == MessageType::Query && !message.queries.is_empty())
+            .then_some(Query { message })
     }
-    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
-    if qdcount < 1 {
-        return None;
-    }
-    let mut pos = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *msg.get(pos)? as usize;
-        pos += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        let label = msg.get(pos..pos + len)?;
-        labels.push(String::from_utf8_lossy(label).to_string());
-        pos += len;
-    }
-    let qtype = u16::from_be_bytes([*msg.get(pos)?, *msg.get(pos + 1)?]);
-    let qclass = u16::from_be_bytes([*msg.get(pos + 2)?, *msg.get(pos + 3)?]);
-    Some(Query {
-        name: labels.join("."),
-        qtype,
-        qclass,
-        end: pos + 4,
-    })
-}
 
-/// A response to `query` with at most one A record.
-pub fn answer(query: &[u8], q: &Query, ip: Option<Ipv4Addr>, rcode: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(q.end + 16);
-    out.extend_from_slice(&query[..2]);
-    let rd = query[2] & 0x01;
-    out.push(0x80 | 0x04 | rd); // QR, AA, RD copied
-    out.push(0x80 | (rcode & 0x0f)); // RA
-    out.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
-    out.extend_from_slice(&(ip.is_some() as u16).to_be_bytes()); // ANCOUNT
-    out.extend_from_slice(&[0, 0, 0, 0]); // NSCOUNT, ARCOUNT
-    out.extend_from_slice(&query[12..q.end]);
-    if let Some(ip) = ip {
-        out.extend_from_slice(&[0xc0, 0x0c]); // the question's name
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&TTL_SECS.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&ip.octets());
+    fn question(&self) -> Option<&hickory_proto::op::Query> {
+        self.message.queries.first()
     }
-    out
+
+    /// The name asked, lowercase, without the root's trailing dot.
+    pub fn name(&self) -> String {
+        self.question()
+            .map(|q| q.name().to_lowercase().to_ascii())
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_string()
+    }
+
+    /// Whether the question is for an IN A record.
+    pub fn asks_for_a(&self) -> bool {
+        self.question()
+            .is_some_and(|q| q.query_type() == RecordType::A && q.query_class() == DNSClass::IN)
+    }
+
+    /// The authoritative response: the first question echoed, with at most
+    /// one A record for it; RD copied, RA set. None if it cannot be encoded.
+    pub fn answer(&self, ip: Option<Ipv4Addr>, rcode: ResponseCode) -> Option<Vec<u8>> {
+        let question = self.question()?;
+        let asked = &self.message.metadata;
+        let mut reply = Message::response(asked.id, asked.op_code);
+        reply.metadata.authoritative = true;
+        reply.metadata.recursion_desired = asked.recursion_desired;
+        reply.metadata.recursion_available = true;
+        reply.metadata.response_code = rcode;
+        reply.add_query(question.clone());
+        if let Some(ip) = ip {
+            reply.add_answer(Record::from_rdata(
+                question.name().clone(),
+                TTL_SECS,
+                RData::A(A(ip)),
+            ));
+        }
+        reply.to_vec().ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const TYPE_A: u16 = 1;
+    const TYPE_AAAA: u16 = 28;
+
+    /// A query as a stub resolver sends it, built byte by byte (id 0x1234,
+    /// RD set, one question of class IN).
     fn query(name: &str, qtype: u16) -> Vec<u8> {
         let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         for l in name.split('.') {
@@ -233,18 +233,104 @@ mod tests {
         m
     }
 
+    fn count(reply: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([reply[at], reply[at + 1]])
+    }
+
     #[test]
     fn answers_a_records() {
-        let q = query("db.backend", TYPE_A);
-        let parsed = parse_query(&q).unwrap();
-        assert_eq!(parsed.name, "db.backend");
-        let r = answer(&q, &parsed, Some(Ipv4Addr::new(10, 20, 0, 5)), 0);
-        assert_eq!(&r[..2], &[0x12, 0x34]);
-        assert_eq!(r[3] & 0x0f, 0);
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1);
-        assert_eq!(&r[r.len() - 4..], &[10, 20, 0, 5]);
-        let nx = answer(&q, &parsed, None, RCODE_NXDOMAIN);
-        assert_eq!(nx[3] & 0x0f, RCODE_NXDOMAIN);
-        assert!(parse_query(&q[..10]).is_none());
+        let q = query("DB.backend", TYPE_A);
+        let parsed = Query::parse(&q).expect("a query");
+        assert_eq!(parsed.name(), "db.backend");
+        assert!(parsed.asks_for_a());
+        let r = parsed
+            .answer(Some(Ipv4Addr::new(10, 20, 0, 5)), ResponseCode::NoError)
+            .expect("encoded");
+        assert_eq!(&r[..2], &[0x12, 0x34], "the id is copied");
+        assert_eq!(r[2] & 0x85, 0x85, "QR, AA and the asked RD are set");
+        assert_eq!(r[3] & 0x80, 0x80, "RA is set");
+        assert_eq!(r[3] & 0x0f, 0, "NOERROR");
+        assert_eq!(count(&r, 4), 1, "one question");
+        assert_eq!(count(&r, 6), 1, "one answer");
+        // The question is echoed as asked, case included.
+        assert_eq!(&r[12..q.len()], &q[12..]);
+        // The answer: type A, class IN, TTL 5 s, 4 bytes of address.
+        assert_eq!(
+            &r[r.len() - 14..],
+            &[0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 20, 0, 5]
+        );
+    }
+
+    #[test]
+    fn unknown_names_and_other_types_get_no_records() {
+        let q = query("nosuch", TYPE_A);
+        let parsed = Query::parse(&q).expect("a query");
+        let nx = parsed
+            .answer(None, ResponseCode::NXDomain)
+            .expect("encoded");
+        assert_eq!(&nx[..2], &[0x12, 0x34]);
+        assert_eq!(nx[3] & 0x0f, 3, "NXDOMAIN");
+        assert_eq!(count(&nx, 6), 0, "no answer");
+        assert_eq!(&nx[12..], &q[12..], "only the question");
+
+        let aaaa = Query::parse(&query("web", TYPE_AAAA)).expect("a query");
+        assert!(!aaaa.asks_for_a());
+        let empty = aaaa.answer(None, ResponseCode::NoError).expect("encoded");
+        assert_eq!(empty[3] & 0x0f, 0);
+        assert_eq!(count(&empty, 6), 0);
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_query() {
+        let q = query("db", TYPE_A);
+        assert!(Query::parse(&q[..10]).is_none(), "cut header");
+        assert!(Query::parse(&q[..q.len() - 3]).is_none(), "cut question");
+        let mut response = q.clone();
+        response[2] |= 0x80;
+        assert!(Query::parse(&response).is_none(), "a response");
+        let mut no_question = q[..12].to_vec();
+        no_question[5] = 0;
+        assert!(Query::parse(&no_question).is_none(), "no question");
+    }
+
+    /// An upstream resolver on loopback that answers one query with
+    /// `reply(query)`; joined, it gives the query it got.
+    fn upstream(
+        reply: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("address");
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, peer) = socket.recv_from(&mut buf).expect("query");
+            let asked = buf[..n].to_vec();
+            socket.send_to(&reply(&asked), peer).expect("send");
+            asked
+        });
+        (addr, thread)
+    }
+
+    #[test]
+    fn forwards_the_query_and_passes_the_answer_through() {
+        let q = query("example.org", TYPE_A);
+        let (up, asked) = upstream(|asked| {
+            let mut reply = asked.to_vec();
+            reply[2] |= 0x80;
+            reply.extend_from_slice(b"anything upstream says");
+            reply
+        });
+        let reply = forward(&q, up).expect("an answer");
+        assert_eq!(asked.join().expect("upstream"), q, "sent as it was");
+        assert_eq!(&reply[..2], &q[..2]);
+        assert!(reply.ends_with(b"anything upstream says"), "byte for byte");
+
+        // An answer with another id is not taken for this query's.
+        let (up, asked) = upstream(|asked| {
+            let mut stray = asked.to_vec();
+            stray[0] ^= 0xff;
+            stray
+        });
+        assert_eq!(forward(&q, up), None);
+        asked.join().expect("upstream");
     }
 }
