@@ -182,27 +182,6 @@ fn published_ports_never_take_over_the_api_or_a_host_service() {
     cloud.remove_everything();
 }
 
-/// Import an empty qcow2 as disk image `blank` (SeaBIOS finds nothing to
-/// boot and waits: a VM with an overlay and a seed that costs little).
-fn import_blank_disk(cloud: &Cloud) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let base = work.path().join("blank.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    cloud.ok(&[
-        "image",
-        "import-disk",
-        &base.to_string_lossy(),
-        "--name",
-        "blank",
-    ]);
-}
-
 fn run_vm(cloud: &Cloud, name: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "instance", "run", name, "--kind", "vm", "--image", "blank", "--memory", "64MiB",
@@ -214,7 +193,7 @@ fn run_vm(cloud: &Cloud, name: &str, extra: &[&str]) -> std::process::Output {
 #[test]
 fn project_port_range_and_count_cover_publishes_and_vm_forwards() {
     let cloud = Cloud::start();
-    import_blank_disk(&cloud);
+    cloud.import_blank_disk();
     cloud.ok(&[
         "instance",
         "run",
@@ -388,7 +367,7 @@ fn read_as(uid: u32, gid: u32, path: &Path) -> Option<String> {
 #[test]
 fn each_vm_runs_qemu_as_its_own_uid_and_cannot_open_other_disks() {
     let cloud = Cloud::start();
-    import_blank_disk(&cloud);
+    cloud.import_blank_disk();
     let (a, dir_a, uid_a, gid_a) = running_vm(&cloud, "vma");
     let (b, dir_b, uid_b, _) = running_vm(&cloud, "vmb");
     assert_ne!(uid_a, 0, "QEMU does not run as root");

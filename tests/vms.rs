@@ -496,22 +496,7 @@ fn tiny_vm_seed_console_pause_stop_and_survives_a_daemon_kill() {
 #[test]
 fn disk_vm_boots_from_an_overlay_that_rm_removes() {
     let cloud = Cloud::start();
-    let work = tempfile::tempdir().expect("tempdir");
-    let base = work.path().join("blank.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    cloud.ok(&[
-        "image",
-        "import-disk",
-        &base.to_string_lossy(),
-        "--name",
-        "blank",
-    ]);
+    cloud.import_blank_disk();
     let digest = cloud.json(&["image", "get", "blank"]).expect("image")["status"]["disk"]["digest"]
         .as_str()
         .unwrap_or_default()

@@ -81,6 +81,28 @@ impl Cloud {
         ]);
     }
 
+    /// Import an empty 16 MiB qcow2 as disk image `blank`: SeaBIOS finds
+    /// nothing to boot and waits, so a VM of it has an overlay and a seed
+    /// and costs little.
+    pub fn import_blank_disk(&self) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let base = work.path().join("blank.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("16M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success(), "qemu-img create failed");
+        self.ok(&[
+            "image",
+            "import-disk",
+            &base.to_string_lossy(),
+            "--name",
+            "blank",
+        ]);
+    }
+
     /// The unpacked starter image (a plain busybox root filesystem).
     pub fn starter_rootfs(&self) -> PathBuf {
         let v = self
