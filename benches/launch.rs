@@ -325,8 +325,14 @@ fn shim_memory(cloud: &common::Cloud, podman_conf: Option<&std::path::Path>) {
                 .expect("instance id")
                 .to_string();
             let state: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(cloud.data_dir().join("instances").join(&id).join("state.json"))
-                    .expect("state.json"),
+                &std::fs::read(
+                    cloud
+                        .data_dir()
+                        .join("instances")
+                        .join(&id)
+                        .join("state.json"),
+                )
+                .expect("state.json"),
             )
             .expect("state json");
             let pid = state["shim_pid"].as_i64().expect("shim_pid") as i32;
@@ -399,10 +405,14 @@ fn shim_memory(cloud: &common::Cloud, podman_conf: Option<&std::path::Path>) {
     if let Some((conf, id, _)) = &peer {
         let _ = podman(conf, &["rm", "-f", "-t", "0", id]);
     }
-    common::wait_until(Duration::from_secs(60), "the memory instances to be gone", || {
-        names
-            .iter()
-            .all(|n| cloud.json(&["instance", "get", n]).is_err())
-            .then_some(())
-    });
+    common::wait_until(
+        Duration::from_secs(60),
+        "the memory instances to be gone",
+        || {
+            names
+                .iter()
+                .all(|n| cloud.json(&["instance", "get", n]).is_err())
+                .then_some(())
+        },
+    );
 }
