@@ -4,7 +4,13 @@
 //! `nimbus up`.
 //!
 //! Run: `cargo bench -p nimbus-cli --bench launch` (as root). Set
-//! NIMBUS_BENCH_RUNS to change the 50 runs.
+//! NIMBUS_BENCH_RUNS to change the 50 runs, NIMBUS_BENCH_BURST the burst of
+//! 100 and NIMBUS_BENCH_SHIM_SECS the minute the shims run before their
+//! memory is read (a quick run: `NIMBUS_BENCH_RUNS=5 NIMBUS_BENCH_BURST=10
+//! NIMBUS_BENCH_SHIM_SECS=10`).
+//!
+//! `cargo bench` runs the release `nimbus` of the target directory, with the
+//! `nimbus-shim` built beside it, as `scripts/up` installs them.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -133,13 +139,6 @@ fn main() {
             );
         }
     }
-    if with_podman {
-        let _ = Command::new("podman")
-            .env("CONTAINERS_CONF", &conf)
-            .args(["rmi", "-f", "nimbus-bench-busybox"])
-            .output();
-    }
-
     println!("\n== launch latency, /bin/true in busybox, {runs} runs each");
     println!("{:<34} {:>10} {:>10}", "", "p50", "p90");
     let row = |label: &str, s: &[Duration]| {
@@ -169,8 +168,19 @@ fn main() {
         );
     }
 
+    shim_memory(&cloud, with_podman.then_some(conf.as_path()));
+    if with_podman {
+        let _ = Command::new("podman")
+            .env("CONTAINERS_CONF", &conf)
+            .args(["rmi", "-f", "nimbus-bench-busybox"])
+            .output();
+    }
+
     // Burst: 100 concurrent creates, time until all run.
-    let burst = 100;
+    let burst: usize = std::env::var("NIMBUS_BENCH_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let t0 = Instant::now();
     let handles: Vec<_> = (0..burst)
         .map(|i| {
@@ -207,9 +217,9 @@ fn main() {
         ms(last - t0)
     );
 
-    // Memory: one shim with its container running, and the daemon. Shims
-    // trim their startup pages again 2 s after the start: measure the steady
-    // state, not the launch.
+    // Memory of the burst's shims 3 s after their start (they trim their
+    // startup pages again 2 s after it); the figures that count, after a
+    // minute with logs and exec served, are in the table above.
     std::thread::sleep(Duration::from_secs(3));
     let shim_rss: Vec<u64> = cloud
         .instance_ids()
@@ -232,7 +242,11 @@ fn main() {
     let mut sorted = shim_rss.clone();
     sorted.sort();
     if let Some(median) = sorted.get(sorted.len() / 2) {
-        println!("\n== memory: nimbus shim RSS median {:.2} MiB over {} shims (goal <= 3 MiB; containerd-shim ~5 MB)", *median as f64 / 1024.0, sorted.len());
+        println!(
+            "\n== memory: burst shims 3 s after start, VmRSS median {:.2} MiB over {} shims",
+            *median as f64 / 1024.0,
+            sorted.len()
+        );
     }
     if let Some(kib) = idle_rss {
         println!(
@@ -246,4 +260,159 @@ fn main() {
     common::wait_until(Duration::from_secs(300), "burst cleanup", || {
         cloud.instance_ids().is_empty().then_some(())
     });
+}
+
+/// Shims (and podman's conmon, the peer) measured as a user would: each
+/// container prints a line every 5 s; after a minute `logs` and `exec` are
+/// served, and the memory is read 5 s later, once the shim has trimmed
+/// what the exec touched. VmRSS right after the exec is shown too.
+fn shim_memory(cloud: &common::Cloud, podman_conf: Option<&std::path::Path>) {
+    const SHIMS: usize = 3;
+    const SETTLE: Duration = Duration::from_secs(5);
+    let run_for = Duration::from_secs(
+        std::env::var("NIMBUS_BENCH_SHIM_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60),
+    );
+    let ticker = ["sh", "-c", "while true; do echo tick; sleep 5; done"];
+    let names: Vec<String> = (0..SHIMS).map(|i| format!("mem-{i}")).collect();
+    for name in &names {
+        create_instance(
+            cloud,
+            "default",
+            name,
+            &ticker,
+            serde_json::json!({"stop_grace_ms": 100}),
+        );
+    }
+    let podman = |conf: &std::path::Path, args: &[&str]| -> Option<String> {
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", conf)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let peer = podman_conf.and_then(|conf| {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--runtime",
+            "runc",
+            "nimbus-bench-busybox",
+        ];
+        args.extend(ticker);
+        let id = podman(conf, &args)?;
+        let pid: i32 = podman(conf, &["inspect", "--format", "{{.State.ConmonPid}}", &id])?
+            .parse()
+            .ok()?;
+        Some((conf, id, pid))
+    });
+    if podman_conf.is_some() && peer.is_none() {
+        eprintln!("SKIPPED PEER: podman run -d did not leave a conmon to measure");
+    }
+    let shims: Vec<(String, i32)> = names
+        .iter()
+        .map(|name| {
+            cloud.wait_phase(name, &["running"], Duration::from_secs(30));
+            let id = cloud.instance(name)["metadata"]["id"]
+                .as_str()
+                .expect("instance id")
+                .to_string();
+            let state: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(
+                    cloud
+                        .data_dir()
+                        .join("instances")
+                        .join(&id)
+                        .join("state.json"),
+                )
+                .expect("state.json"),
+            )
+            .expect("state json");
+            let pid = state["shim_pid"].as_i64().expect("shim_pid") as i32;
+            (name.clone(), pid)
+        })
+        .collect();
+    std::thread::sleep(run_for);
+    let mut rows: Vec<(String, Memory, Option<u64>)> = Vec::new();
+    let mut right_after = Vec::new();
+    for (name, pid) in &shims {
+        cloud.ok(&["instance", "logs", name]);
+        cloud.ok(&["instance", "exec", name, "--", "ps"]);
+        right_after.push(rss_kib(*pid));
+    }
+    let peer_right_after = peer.as_ref().and_then(|(conf, id, pid)| {
+        podman(conf, &["logs", id])?;
+        podman(conf, &["exec", id, "ps"])?;
+        rss_kib(*pid)
+    });
+    std::thread::sleep(SETTLE);
+    for ((name, pid), after) in shims.iter().zip(right_after) {
+        if let Some(m) = memory_of(*pid) {
+            rows.push((format!("{} ({name})", exe_of(*pid)), m, after));
+        }
+    }
+    let shim_rows = rows.len();
+    if let Some((_, _, pid)) = &peer {
+        if let Some(m) = memory_of(*pid) {
+            rows.push(("conmon (podman run -d)".into(), m, peer_right_after));
+        }
+    }
+    println!(
+        "\n== memory per shim after {} s running, then logs + exec, read {} s later",
+        run_for.as_secs(),
+        SETTLE.as_secs()
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>16}",
+        "process", "VmRSS", "PSS", "anon", "file", "VmRSS at exec"
+    );
+    for (label, m, after) in &rows {
+        println!(
+            "{label:<28} {:>10} {:>10} {:>10} {:>10} {:>16}",
+            mib(m.rss_kib),
+            mib(m.pss_kib),
+            mib(m.anon_kib),
+            mib(m.file_kib),
+            after.map(mib).unwrap_or_else(|| "-".into())
+        );
+    }
+    let mut shim_rss: Vec<u64> = rows[..shim_rows].iter().map(|r| r.1.rss_kib).collect();
+    shim_rss.sort();
+    if let Some(worst) = shim_rss.last() {
+        let goal = 3 * 1024;
+        println!(
+            "nimbus shim VmRSS max {} (goal <= 3 MiB: {}; containerd-shim ~5 MB)",
+            mib(*worst),
+            if *worst <= goal { "met" } else { "missed" }
+        );
+        if let Some((_, m, _)) = rows.get(shim_rows) {
+            println!(
+                "ratio conmon/nimbus shim (VmRSS, median): {:.2}x",
+                m.rss_kib as f64 / shim_rss[shim_rss.len() / 2] as f64
+            );
+        }
+    }
+    for name in &names {
+        delete_instance(cloud, "default", name);
+    }
+    if let Some((conf, id, _)) = &peer {
+        let _ = podman(conf, &["rm", "-f", "-t", "0", id]);
+    }
+    common::wait_until(
+        Duration::from_secs(60),
+        "the memory instances to be gone",
+        || {
+            names
+                .iter()
+                .all(|n| cloud.json(&["instance", "get", n]).is_err())
+                .then_some(())
+        },
+    );
 }

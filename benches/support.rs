@@ -229,3 +229,51 @@ pub fn copy_rootfs_for_userns(from: &Path, to: &Path, host_id: u32) {
         .expect("chown");
     assert!(st.success(), "chown of the rootfs copy failed");
 }
+
+/// A process's memory as a user would read it, in KiB: VmRSS from
+/// `/proc/<pid>/status`, the rest from `/proc/<pid>/smaps_rollup`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+    pub anon_kib: u64,
+    /// Resident pages backed by a file (the executable, libc, ...): Rss
+    /// minus Anonymous.
+    pub file_kib: u64,
+}
+
+pub fn memory_of(pid: i32) -> Option<Memory> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let rss = field("Rss")?;
+    let anon = field("Anonymous")?;
+    Some(Memory {
+        rss_kib: rss_kib(pid).unwrap_or(rss),
+        pss_kib: field("Pss")?,
+        anon_kib: anon,
+        file_kib: rss.saturating_sub(anon),
+    })
+}
+
+pub fn mib(kib: u64) -> String {
+    format!("{:.2} MiB", kib as f64 / 1024.0)
+}
+
+/// The executable a process runs, for the table.
+pub fn exe_of(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        })
+        .unwrap_or_else(|_| "?".into())
+}

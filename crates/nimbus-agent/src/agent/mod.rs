@@ -26,7 +26,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where image layers live (shared with the server on one machine).
     pub images_dir: PathBuf,
-    /// The `nimbus` executable, run as `nimbus shim <dir>`.
+    /// The shim executable, run as `<exe> shim <dir>`: `nimbus-shim` or
+    /// `nimbus` itself (see [`crate::container::shim_executable`]).
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
     /// First host uid handed out; each instance gets `id_range` ids (a

@@ -13,6 +13,34 @@ use super::spec::ShimSpec;
 use super::state::{read_state, write_state, Phase, ShimState, STATE_FILE};
 use super::ShimError;
 
+/// File name of the dedicated shim executable, installed beside `nimbus`.
+pub const SHIM_EXE_NAME: &str = "nimbus-shim";
+
+/// The executable the agent runs as `<exe> shim <dir>`: `nimbus-shim` beside
+/// `main_exe` when it is there (its code is a third of `nimbus`'s, so a
+/// running shim keeps 1.5-2 MiB less resident), else `main_exe` itself,
+/// which has the same `shim` subcommand.
+pub fn shim_executable(main_exe: &Path) -> std::path::PathBuf {
+    let dedicated = main_exe.with_file_name(SHIM_EXE_NAME);
+    let executable = std::fs::metadata(&dedicated)
+        .map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+        .unwrap_or(false);
+    if executable {
+        tracing::info!(shim = %dedicated.display(), "instances are supervised by the dedicated shim executable");
+        dedicated
+    } else {
+        tracing::warn!(
+            shim = %main_exe.display(),
+            missing = %dedicated.display(),
+            "no dedicated shim executable beside nimbus: instances are supervised by `nimbus shim` (install nimbus-shim beside nimbus to use less memory per instance)"
+        );
+        main_exe.to_path_buf()
+    }
+}
+
 /// Runs `<exe> shim <instance_dir>` and waits until the shim reports that the
 /// container runs or that it failed. Returns the state at that moment (a short-lived
 /// container may already be `exited`; a failed one is `failed` with a reason).
@@ -149,5 +177,30 @@ pub fn cleanup_instance_dir(instance_dir: &Path) -> Result<(), ShimError> {
             instance_dir.display(),
             problems.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_dedicated_shim_is_used_only_when_installed_and_executable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nimbus = dir.path().join("nimbus");
+        std::fs::write(&nimbus, b"").expect("write nimbus");
+        assert_eq!(shim_executable(&nimbus), nimbus, "nothing beside nimbus");
+
+        let dedicated = dir.path().join(SHIM_EXE_NAME);
+        std::fs::write(&dedicated, b"").expect("write nimbus-shim");
+        std::fs::set_permissions(&dedicated, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        assert_eq!(shim_executable(&nimbus), nimbus, "not executable");
+
+        std::fs::set_permissions(&dedicated, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        assert_eq!(shim_executable(&nimbus), dedicated);
     }
 }

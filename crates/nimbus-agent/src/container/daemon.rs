@@ -135,6 +135,7 @@ fn detach_from_caller(keep: RawFd) {
 
 fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
     detach_from_caller(ready.as_raw_fd());
+    super::trim::limit_malloc_arenas();
     // The shim must outlive any workload under memory pressure: it holds
     // the workload's exit status and supervision. Best effort: a shim that
     // is not root cannot lower its score, and runs anyway.

@@ -24,6 +24,7 @@ pub(super) async fn run(
     mut writer: OwnedWriteHalf,
     req: ExecRequest,
 ) {
+    let _trim = TrimWhenDone(shim.clone());
     let refuse = |message: String| ShimResponse::Error { message };
     let Some(init_pid) = shim.init_pid() else {
         let phase = shim.state().phase;
@@ -159,6 +160,16 @@ pub(super) async fn run(
     // then lose the exit frame.
     let _ = tokio::time::timeout(INPUT_LINGER, &mut input).await;
     input.abort();
+}
+
+/// Asks the supervisor to trim its working set once this exec is over,
+/// however it ended.
+struct TrimWhenDone(Rc<Shim>);
+
+impl Drop for TrimWhenDone {
+    fn drop(&mut self) {
+        self.0.exec_finished.notify_one();
+    }
 }
 
 /// How long the shim waits for the client to hang up after the exit frame.

@@ -79,7 +79,9 @@ pub mod spec;
 pub mod state;
 pub(crate) mod trim;
 
-pub use cleanup::{cleanup_instance_dir, spawn_shim, spawn_shim_async};
+pub use cleanup::{
+    cleanup_instance_dir, shim_executable, spawn_shim, spawn_shim_async, SHIM_EXE_NAME,
+};
 pub use control::{
     encode_frame, frame, read_frame, read_frame_async, AsyncStateStream, ExecRequest, ShimClient,
     ShimRequest, ShimResponse, StateStream,

@@ -36,6 +36,10 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// When the shim trims its working set a second time after a start.
 const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(2);
+/// When the shim trims its working set after an exec ended: the exec path
+/// (namespace joins, seccomp, pipes) faults in code and heap that an idle
+/// shim never touches again.
+const TRIM_AFTER_EXEC: Duration = Duration::from_secs(1);
 /// A run at least this long resets the back-off delay.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// How long output may keep flowing after the init exited (a leaked descriptor in
@@ -62,6 +66,9 @@ pub(super) struct Shim {
     init_pid: Cell<Option<Pid>>,
     pub(super) connections: Cell<usize>,
     pub(super) connection_closed: Notify,
+    /// Signalled when an exec ended: the supervisor trims its working set
+    /// shortly after.
+    pub(super) exec_finished: Notify,
 }
 
 impl Shim {
@@ -131,6 +138,7 @@ pub(super) async fn supervise(
         init_pid: Cell::new(None),
         connections: Cell::new(0),
         connection_closed: Notify::new(),
+        exec_finished: Notify::new(),
     });
 
     if let Ok(mut sigchld) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -255,6 +263,11 @@ async fn run_container_loop(
                 _ = sleep_until_opt(trim_at) => {
                     super::trim::trim_working_set();
                     trim_at = None;
+                }
+                _ = shim.exec_finished.notified() => {
+                    // A later exec pushes the trim back: one trim after a
+                    // burst of execs.
+                    trim_at = Some(Instant::now() + TRIM_AFTER_EXEC);
                 }
             }
         };

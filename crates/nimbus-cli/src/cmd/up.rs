@@ -176,7 +176,9 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
     let mut agent_config = nimbus_agent::AgentConfig::new(
         host.clone(),
         g.data_dir.clone(),
-        std::env::current_exe().context("finding the nimbus executable for the shims")?,
+        nimbus_agent::container::shim_executable(
+            &std::env::current_exe().context("finding the nimbus executable for the shims")?,
+        ),
     );
     // The server's own listeners, which no published port may take over.
     agent_config.reserved_tcp_ports = nimbus_server::hostports::reserved_by_nimbus(&state.config)
