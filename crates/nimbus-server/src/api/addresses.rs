@@ -42,15 +42,7 @@ pub async fn list_all(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
-    super::networks::require_agent_or_admin(&caller, "addresses")?;
-    super::watch::list_or_watch::<PublishedPort>(
-        &state,
-        None,
-        &opts,
-        |_| true,
-        super::watch::Guard::admin_or_host(caller.clone()),
-    )
-    .await
+    super::networks::list_every_project::<PublishedPort>(&state, &caller, &opts).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/addresses/{name}", operation_id = "get_published_port", params(AddressPath),

@@ -59,11 +59,21 @@ pub async fn list_all(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
-    require_agent_or_admin(&caller, "networks")?;
-    super::watch::list_or_watch::<Network>(
-        &state,
+    list_every_project::<Network>(&state, &caller, &opts).await
+}
+
+/// A collection across every project, for host agents (what they enforce)
+/// and system administrators: a list, or with `watch=true` a stream.
+pub async fn list_every_project<T: nimbus_api::resources::Object>(
+    state: &std::sync::Arc<crate::state::AppState>,
+    caller: &Caller,
+    opts: &ListOptions,
+) -> ApiResult<Response> {
+    require_agent_or_admin(caller, T::COLLECTION)?;
+    super::watch::list_or_watch::<T>(
+        state,
         None,
-        &opts,
+        opts,
         |_| true,
         super::watch::Guard::admin_or_host(caller.clone()),
     )

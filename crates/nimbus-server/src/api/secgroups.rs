@@ -42,15 +42,7 @@ pub async fn list_all(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<Response> {
-    super::networks::require_agent_or_admin(&caller, "secgroups")?;
-    super::watch::list_or_watch::<SecurityGroup>(
-        &state,
-        None,
-        &opts,
-        |_| true,
-        super::watch::Guard::admin_or_host(caller.clone()),
-    )
-    .await
+    super::networks::list_every_project::<SecurityGroup>(&state, &caller, &opts).await
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/secgroups/{name}", operation_id = "get_security_group", params(SecgroupPath),
