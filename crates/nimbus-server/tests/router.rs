@@ -230,6 +230,16 @@ async fn projects_are_sealed_and_roles_are_enforced() {
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {b}");
         assert_eq!(code(&b), "not_found", "{b}");
     }
+    // Secret environment values go to no user: another project's member
+    // learns nothing (404), blue's reader and the system administrator are
+    // refused (403).
+    let secret = "/v1/projects/blue/instances/web/secret-env";
+    let (s, b) = api.call("GET", secret, Some(&red_member), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    for token in [&blue_reader, &admin] {
+        let (s, b) = api.call("GET", secret, Some(token), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    }
     // A reader sees blue but may not change it: 403, with the role named.
     let (s, b) = api
         .call(
