@@ -33,6 +33,30 @@ impl From<StoreError> for ServerError {
     }
 }
 
+/// The domain's refusals: an invalid request is 422, a conflict with the
+/// current state 409.
+macro_rules! invalid_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ServerError {
+            fn from(e: $t) -> Self {
+                ServerError(ApiError::invalid(e.to_string()))
+            }
+        }
+    )*};
+}
+
+invalid_from!(
+    crate::domain::instances::SpecError,
+    crate::domain::networks::NetworkError,
+    crate::domain::addresses::PublishError
+);
+
+impl From<crate::domain::instances::StateError> for ServerError {
+    fn from(e: crate::domain::instances::StateError) -> Self {
+        ServerError(ApiError::conflict(e.to_string()))
+    }
+}
+
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)

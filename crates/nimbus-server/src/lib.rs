@@ -13,6 +13,7 @@ pub mod config;
 pub mod connlimit;
 pub mod controllers;
 pub mod datadir;
+pub mod domain;
 pub mod error;
 pub mod hostio;
 pub mod hostports;

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use nimbus_api::{
-    ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol, PublishedPort,
-    PublishedPortSpec, PublishedPortStatus, ResourceList, Role, WatchEvent,
+    ApiError, CreateRequest, Instance, ListOptions, Metadata, PublishedPort, PublishedPortSpec,
+    PublishedPortStatus, ResourceList, Role, WatchEvent,
 };
 use nimbus_store::{Compare, Op, Txn};
 
@@ -17,6 +17,7 @@ use super::body::JsonBody;
 use super::params::{AddressPath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
+use crate::domain::addresses as domain;
 use crate::error::{ApiResult, ServerError};
 use crate::{hostports, ipam, repo};
 
@@ -56,16 +57,6 @@ pub async fn get(
     Ok(Json(state.repo.get(Some(&project), &name).await?))
 }
 
-/// The name a published port gets when the request leaves it empty.
-pub fn default_name(spec: &PublishedPortSpec) -> String {
-    format!(
-        "{}-{}-{}",
-        spec.instance,
-        spec.protocol.as_str(),
-        spec.host_port
-    )
-}
-
 #[utoipa::path(post, path = "/v1/projects/{project}/addresses", operation_id = "create_published_port", params(ProjectPath), request_body = CreateRequest<PublishedPortSpec>,
     responses((status = 201, body = PublishedPort, description = "Published"),
         (status = 403, description = "host port outside the project's range"),
@@ -78,29 +69,9 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<PublishedPort>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     let spec = req.spec;
-    let name = if req.name.is_empty() {
-        default_name(&spec)
-    } else {
-        req.name
-    };
-    nimbus_api::validate_name("published port", &name).map_err(ApiError::invalid)?;
-    if !matches!(spec.protocol, Protocol::Tcp | Protocol::Udp) {
-        return Err(ServerError(ApiError::invalid(
-            "only tcp and udp ports can be published; use --port 8080:80 or --port 53:53/udp",
-        )));
-    }
-    if spec.host_port < hostports::FIRST_CLAIMABLE_PORT || spec.instance_port == 0 {
-        return Err(ServerError(ApiError::invalid(
-            "host ports below 1024 belong to the host's own services (DNS, SSH, ...); publish on 1024-65535, e.g. --port 8080:80",
-        )));
-    }
+    let name = domain::validate_publish(&req.name, &spec)?;
     let instance: Instance = state.repo.get(Some(&project), &spec.instance).await?;
-    if instance.status.addresses.is_empty() {
-        return Err(ServerError(ApiError::invalid(format!(
-            "instance {:?} is on no network, so nothing can reach it; run it with --network <name>",
-            spec.instance
-        ))));
-    }
+    domain::check_target_on_network(&instance)?;
     let mut metadata = Metadata::new(&name, Some(&project));
     metadata.labels = req.labels;
     let now = chrono::Utc::now();
@@ -204,7 +175,7 @@ pub async fn report_status(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
-    JsonBody(mut status): JsonBody<PublishedPortStatus>,
+    JsonBody(status): JsonBody<PublishedPortStatus>,
 ) -> ApiResult<Json<PublishedPort>> {
     // Users without a role in the project must not learn what exists there.
     if !caller.is_host_agent() {
@@ -222,9 +193,7 @@ pub async fn report_status(
             port.spec.instance
         ))));
     }
-    if caller.host.is_some() {
-        status.host = caller.host.clone();
-    }
+    let status = domain::reported_status(status, caller.host.as_deref());
     let saved = state
         .repo
         .modify::<PublishedPort, _>(Some(&project), &name, |p| {

@@ -73,57 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/projects/{project}/images/{name}",
             get(images::get).delete(images::delete),
         )
-        .route("/v1/instances", get(instances::list_all))
-        .route(
-            "/v1/projects/{project}/instances",
-            get(instances::list).post(instances::create),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}",
-            get(instances::get)
-                .put(instances::replace)
-                .delete(instances::delete),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/start",
-            post(instances::start),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/stop",
-            post(instances::stop),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/restart",
-            post(instances::restart),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/pause",
-            post(instances::pause),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/resume",
-            post(instances::resume),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/console",
-            post(instances::console),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/status",
-            post(instances::report_status),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/secret-env",
-            get(instances::secret_env),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/logs",
-            get(instances::logs),
-        )
-        .route(
-            "/v1/projects/{project}/instances/{name}/exec",
-            post(instances::exec),
-        )
+        .merge(instances::routes())
         .route("/v1/networks", get(networks::list_all))
         .route(
             "/v1/projects/{project}/networks",

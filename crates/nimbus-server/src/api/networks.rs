@@ -6,15 +6,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use nimbus_api::cidr::Subnet;
 use nimbus_api::{
-    validate_name, ApiError, CreateRequest, Instance, ListOptions, Metadata, Network, NetworkSpec,
-    NetworkStatus, ResourceList, Role, WatchEvent,
+    ApiError, CreateRequest, Instance, ListOptions, Metadata, Network, NetworkSpec, NetworkStatus,
+    ResourceList, Role, WatchEvent,
 };
 
 use super::params::{NetworkPath, ProjectPath};
 use super::St;
 use crate::auth::{self, Caller};
+use crate::domain::networks as domain;
 use crate::error::{ApiResult, ServerError};
 use crate::ipam;
 use crate::repo::Repo;
@@ -114,29 +114,6 @@ async fn fill_status(repo: &Repo, project: &str, net: &mut Network) -> ApiResult
     Ok(())
 }
 
-/// Check a network spec: a /16 to /29 IPv4 subnet, a gateway inside it.
-pub fn validate_spec(spec: &NetworkSpec) -> Result<(), String> {
-    let subnet = Subnet::parse(&spec.subnet)?;
-    if !(16..=29).contains(&subnet.prefix_len) {
-        return Err(format!(
-            "subnet {} must have a prefix length from /16 to /29 (e.g. 10.20.0.0/24)",
-            spec.subnet
-        ));
-    }
-    if let Some(gw) = spec.gateway {
-        if !subnet.contains(gw) || gw == subnet.network || gw == subnet.broadcast() {
-            return Err(format!(
-                "gateway {gw} is not a usable address of subnet {subnet}; leave it out to use {}",
-                subnet.first_host()
-            ));
-        }
-    }
-    if let Some(d) = &spec.dns_search {
-        validate_name("dns search domain", d)?;
-    }
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/v1/projects/{project}/networks", operation_id = "create_network", params(ProjectPath), request_body = CreateRequest<NetworkSpec>,
     responses((status = 201, body = Network, description = "Created"),
         (status = 409, description = "A network of that name already exists, or its subnet overlaps another"),
@@ -148,13 +125,8 @@ pub async fn create(
     super::body::JsonBody(req): super::body::JsonBody<CreateRequest<NetworkSpec>>,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    validate_name("network", &req.name).map_err(ApiError::invalid)?;
-    if req.name == "none" {
-        return Err(ServerError(ApiError::invalid(
-            "\"none\" is reserved (`--network none` means loopback only); choose another network name",
-        )));
-    }
-    validate_spec(&req.spec).map_err(ApiError::invalid)?;
+    domain::validate_network_name(&req.name)?;
+    domain::validate_spec(&req.spec)?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let mut net = state

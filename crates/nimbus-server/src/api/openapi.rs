@@ -25,14 +25,14 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         users::list_bindings, users::get_binding, users::create_binding, users::delete_binding,
         hosts::list, hosts::get, hosts::register, hosts::report,
         images::list, images::get, images::import, images::delete,
-        instances::list, instances::list_all, instances::get, instances::create, instances::replace,
-        instances::start, instances::stop, instances::restart, instances::delete,
-        instances::report_status, instances::logs, instances::exec, instances::secret_env,
+        instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
+        instances::actions::start, instances::actions::stop, instances::actions::restart, instances::crud::delete,
+        instances::actions::report_status, instances::streams::logs, instances::streams::exec, instances::crud::secret_env,
         networks::list, networks::list_all, networks::get, networks::create, networks::delete,
         secgroups::list, secgroups::list_all, secgroups::get, secgroups::create, secgroups::replace, secgroups::delete,
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
         addresses::report_status,
-        instances::pause, instances::resume, instances::console,
+        instances::actions::pause, instances::actions::resume, instances::streams::console,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),
@@ -273,15 +273,30 @@ mod tests {
             .collect()
     }
 
-    /// The routes `router()` registers, read from its source: `(method,
-    /// path)` for every method router of every `.route(path, ...)` call.
+    /// The routes `router()` registers, read from its source and from the
+    /// sources of the routers it merges: `(method, path)` for every method
+    /// router of every `.route(path, ...)` call.
     fn router_routes() -> BTreeSet<(String, String)> {
-        let source = include_str!("mod.rs");
-        let router_fn = source
-            .split_once("pub fn router(")
-            .map(|(_, rest)| rest)
-            .expect("mod.rs has `pub fn router(`");
+        let sources = [
+            ("mod.rs", include_str!("mod.rs"), "pub fn router("),
+            (
+                "instances/mod.rs",
+                include_str!("instances/mod.rs"),
+                "pub fn routes(",
+            ),
+        ];
         let mut routes = BTreeSet::new();
+        for (file, source, start) in sources {
+            let router_fn = source
+                .split_once(start)
+                .map(|(_, rest)| rest)
+                .unwrap_or_else(|| panic!("{file} has `{start}`"));
+            read_routes(router_fn, &mut routes);
+        }
+        routes
+    }
+
+    fn read_routes(router_fn: &str, routes: &mut BTreeSet<(String, String)>) {
         for call in router_fn.split(".route(").skip(1) {
             let call = call.trim_start();
             let rest = call.strip_prefix('"').expect("a route path literal");
@@ -312,7 +327,6 @@ mod tests {
                 }
             }
         }
-        routes
     }
 
     #[test]
@@ -365,7 +379,7 @@ mod tests {
         ] {
             assert!(
                 routes.contains(&(m.to_string(), p.to_string())),
-                "{m} {p} not read from mod.rs: {routes:?}"
+                "{m} {p} not read from the router sources: {routes:?}"
             );
         }
         assert!(routes.len() > 50, "only {} routes read", routes.len());
