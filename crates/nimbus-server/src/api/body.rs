@@ -46,11 +46,23 @@ where
                 "the request body is empty; send a JSON object",
             )));
         }
-        let value = serde_json::from_slice(&bytes).map_err(|e| {
+        let not_valid = |e: serde_json::Error, field: Option<String>| {
+            let at = field.map(|f| format!("at `{f}`: ")).unwrap_or_default();
             ServerError(ApiError::bad_request(format!(
-                "the request body is not valid JSON for this call: {e}"
+                "the request body is not valid JSON for this call: {at}{e}"
             )))
+        };
+        // The path of the field that failed (`spec.resources.memory_bytes`)
+        // goes into the message: serde_json's own error names only a line
+        // and column.
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = (field != ".").then_some(field);
+            not_valid(e.into_inner(), field)
         })?;
+        // Trailing data after the object is refused, as `from_slice` does.
+        de.end().map_err(|e| not_valid(e, None))?;
         Ok(JsonBody(value))
     }
 }
