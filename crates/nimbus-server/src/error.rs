@@ -48,7 +48,8 @@ macro_rules! invalid_from {
 invalid_from!(
     crate::domain::instances::SpecError,
     crate::domain::networks::NetworkError,
-    crate::domain::addresses::PublishError
+    crate::domain::addresses::PublishError,
+    crate::domain::secgroups::SecgroupError
 );
 
 impl From<crate::domain::instances::StateError> for ServerError {

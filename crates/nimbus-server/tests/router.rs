@@ -818,3 +818,46 @@ async fn status_reports_come_only_from_the_agent_of_the_instances_host() {
         "the reporting agent's host: {b}"
     );
 }
+
+#[tokio::test]
+async fn network_and_security_group_rules_are_checked_before_anything_is_stored() {
+    let api = Api::open().await;
+    api.project("red").await;
+    let member = api.member("rita", "red", "member").await;
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "networks",
+            json!({"name": "none", "spec": {"subnet": "10.20.0.0/24"}}),
+            "\"none\" is reserved",
+        ),
+        (
+            "networks",
+            json!({"name": "wide", "spec": {"subnet": "10.0.0.0/8"}}),
+            "subnet 10.0.0.0/8 must have a prefix length from /16 to /29",
+        ),
+        (
+            "networks",
+            json!({"name": "lan", "spec": {"subnet": "10.20.0.0/24", "gateway": "10.30.0.1"}}),
+            "gateway 10.30.0.1 is not a usable address of subnet 10.20.0.0/24",
+        ),
+        (
+            "secgroups",
+            json!({"name": "web", "spec": {"rules": [{"protocol": "tcp", "port_from": 90, "port_to": 80}]}}),
+            "rule 1 (tcp:90-80): port range 90-80 is empty",
+        ),
+        (
+            "secgroups",
+            json!({"name": "web", "spec": {"rules": [{"protocol": "tcp", "group": "db"}]}}),
+            "security group \"db\" not found in project \"red\"",
+        ),
+    ];
+    for (collection, body, words) in cases {
+        let path = format!("/v1/projects/red/{collection}");
+        let (s, b) = api.json("POST", &path, &member, body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
+        assert!(message(&b).contains(words), "{body}: {b}");
+        let (s, list) = api.call("GET", &path, Some(&member), None).await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        assert_eq!(list["items"], json!([]), "{collection} after {body}");
+    }
+}

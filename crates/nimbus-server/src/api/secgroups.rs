@@ -1,24 +1,24 @@
 //! Security groups: stateful ingress filters. Changing a group's rules
 //! changes the filter of its running members; the agents apply it.
 
+use std::collections::BTreeSet;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use nimbus_api::{
-    validate_name, ApiError, CreateRequest, Instance, ListOptions, Metadata, Protocol,
-    ResourceList, Role, SecurityGroup, SecurityGroupSpec, WatchEvent,
+    ApiError, CreateRequest, Instance, ListOptions, Metadata, ResourceList, Role, SecurityGroup,
+    SecurityGroupSpec, WatchEvent,
 };
 
 use super::body::JsonBody;
 use super::params::{ProjectPath, SecgroupPath};
 use super::St;
 use crate::auth::{self, Caller};
+use crate::domain::secgroups as domain;
 use crate::error::{ApiResult, ServerError};
 use crate::state::AppState;
-
-/// Rules per group at most: one nftables transaction applies them all.
-pub const MAX_RULES: usize = 5000;
 
 #[utoipa::path(get, path = "/v1/projects/{project}/secgroups", operation_id = "list_security_groups", params(ProjectPath, ListOptions),
     responses((status = 200, description = "A page of the project's security groups; with `watch=true` a stream of changes, one `WatchEvent` per line",
@@ -56,66 +56,25 @@ pub async fn get(
     Ok(Json(state.repo.get(Some(&project), &name).await?))
 }
 
+/// Look up the groups the rules name, then check the rules.
 async fn validate_spec(
     state: &AppState,
     project: &str,
     name: &str,
     spec: &SecurityGroupSpec,
 ) -> ApiResult<()> {
-    if spec.rules.len() > MAX_RULES {
-        return Err(ServerError(ApiError::invalid(format!(
-            "security group {name:?} has {} rules; at most {MAX_RULES} are allowed",
-            spec.rules.len()
-        ))));
-    }
-    for (n, r) in spec.rules.iter().enumerate() {
-        let which = format!("rule {} ({})", n + 1, r.describe());
-        let ports = r.port_from.is_some() || r.port_to.is_some();
-        if ports && !matches!(r.protocol, Protocol::Tcp | Protocol::Udp) {
-            return Err(ServerError(ApiError::invalid(format!(
-                "{which}: ports apply to tcp and udp only; drop the port or use tcp/udp"
-            ))));
-        }
-        if let (Some(f), Some(t)) = (r.port_from, r.port_to) {
-            if f > t || f == 0 {
-                return Err(ServerError(ApiError::invalid(format!(
-                    "{which}: port range {f}-{t} is empty; write the lower port first (1-65535)"
-                ))));
-            }
-        }
-        if r.port_to.is_some() && r.port_from.is_none() {
-            return Err(ServerError(ApiError::invalid(format!(
-                "{which}: a last port needs a first port"
-            ))));
-        }
-        if r.port_from == Some(0) {
-            return Err(ServerError(ApiError::invalid(format!(
-                "{which}: port 0 is not a port; use 1-65535"
-            ))));
-        }
-        if r.cidr.is_some() && r.group.is_some() {
-            return Err(ServerError(ApiError::invalid(format!(
-                "{which}: give a source CIDR or a source group, not both; split it into two rules"
-            ))));
-        }
-        if let Some(c) = &r.cidr {
-            nimbus_api::cidr::parse_source(c)
-                .map_err(|e| ApiError::invalid(format!("{which}: {e}")))?;
-        }
-        if let Some(g) = &r.group {
-            if g != name
-                && state
-                    .repo
-                    .try_get::<SecurityGroup>(Some(project), g)
-                    .await?
-                    .is_none()
-            {
-                return Err(ServerError(ApiError::invalid(format!(
-                    "{which}: security group {g:?} not found in project {project:?}; create it first"
-                ))));
-            }
+    let mut existing = BTreeSet::new();
+    for g in domain::referenced_groups(name, spec) {
+        if state
+            .repo
+            .try_get::<SecurityGroup>(Some(project), &g)
+            .await?
+            .is_some()
+        {
+            existing.insert(g);
         }
     }
+    domain::validate_spec(project, name, spec, &existing)?;
     Ok(())
 }
 
@@ -130,7 +89,7 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateRequest<SecurityGroupSpec>>,
 ) -> ApiResult<(StatusCode, Json<SecurityGroup>)> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    validate_name("security group", &req.name).map_err(ApiError::invalid)?;
+    domain::validate_group_name(&req.name)?;
     validate_spec(&state, &project, &req.name, &req.spec).await?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
@@ -156,12 +115,7 @@ pub async fn replace(
     JsonBody(body): JsonBody<SecurityGroup>,
 ) -> ApiResult<Json<SecurityGroup>> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    if body.metadata.name != name {
-        return Err(ServerError(ApiError::invalid(format!(
-            "the body names security group {:?} but the path names {name:?}; groups cannot be renamed",
-            body.metadata.name
-        ))));
-    }
+    domain::check_same_name(&name, &body.metadata.name)?;
     validate_spec(&state, &project, &name, &body.spec).await?;
     let mut current: SecurityGroup = state.repo.get(Some(&project), &name).await?;
     current.metadata.labels = body.metadata.labels;

@@ -14,3 +14,4 @@
 pub mod addresses;
 pub mod instances;
 pub mod networks;
+pub mod secgroups;
