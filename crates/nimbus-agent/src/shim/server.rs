@@ -174,10 +174,22 @@ pub(crate) fn listen(dir: &Path) -> Result<UnixListener, ShimError> {
 
 /// Accepts clients for as long as the shim runs, each on its own local task.
 pub(crate) async fn serve<H: ShimHandler>(handler: Rc<H>, listener: UnixListener) {
+    serve_with_timeout(handler, listener, REQUEST_TIMEOUT).await
+}
+
+async fn serve_with_timeout<H: ShimHandler>(
+    handler: Rc<H>,
+    listener: UnixListener,
+    request_timeout: Duration,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::task::spawn_local(handle_connection(handler.clone(), stream));
+                tokio::task::spawn_local(handle_connection(
+                    handler.clone(),
+                    stream,
+                    request_timeout,
+                ));
             }
             Err(e) => {
                 tracing::warn!(instance_id = %handler.instance_id(), error = %e, "accept failed");
@@ -197,7 +209,11 @@ pub(crate) async fn write_response(
     writer.write_all(&line).await
 }
 
-async fn handle_connection<H: ShimHandler>(handler: Rc<H>, stream: UnixStream) {
+async fn handle_connection<H: ShimHandler>(
+    handler: Rc<H>,
+    stream: UnixStream,
+    request_timeout: Duration,
+) {
     let _guard = ConnectionGuard::new(handler.clone());
     let (read_half, writer) = stream.into_split();
     let mut conn = Connection {
@@ -206,7 +222,7 @@ async fn handle_connection<H: ShimHandler>(handler: Rc<H>, stream: UnixStream) {
     };
     let mut line = String::new();
     let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
+        request_timeout,
         (&mut conn.reader)
             .take(MAX_LINE_BYTES as u64)
             .read_line(&mut line),
@@ -276,5 +292,229 @@ async fn subscribe(live: &LiveState, mut conn: Connection) {
             // The client sends nothing more; a read returning means it hung up.
             _ = conn.reader.read(&mut probe) => return,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use tokio::io::AsyncBufReadExt;
+
+    use super::*;
+    use crate::shim::control::ShimClient;
+    use crate::shim::state::Phase;
+
+    /// A shim without a workload: stops are recorded and end the instance,
+    /// `pause` is the one optional request it offers.
+    struct FakeShim {
+        live: LiveState,
+        connections: Connections,
+        stops: RefCell<Vec<Option<u64>>>,
+    }
+
+    const FAKE_REFUSAL: &str = "the fake workload has no such thing; use status";
+
+    impl ShimHandler for FakeShim {
+        fn instance_id(&self) -> &str {
+            "fake"
+        }
+
+        fn live_state(&self) -> &LiveState {
+            &self.live
+        }
+
+        fn connections(&self) -> &Connections {
+            &self.connections
+        }
+
+        async fn stop(&self, grace_ms: Option<u64>) -> ShimState {
+            self.stops.borrow_mut().push(grace_ms);
+            self.live.update(|s| s.phase = Phase::Exited);
+            self.live.get()
+        }
+
+        fn offers(&self, request: OptionalRequest) -> Result<(), String> {
+            match request {
+                OptionalRequest::Pause => Ok(()),
+                _ => Err(FAKE_REFUSAL.to_string()),
+            }
+        }
+
+        async fn pause(&self, paused: bool) -> Result<ShimState, String> {
+            self.live.update(|s| {
+                s.phase = if paused {
+                    Phase::Paused
+                } else {
+                    Phase::Running
+                }
+            });
+            Ok(self.live.get())
+        }
+    }
+
+    /// Serves a fake shim from a temporary instance directory on the
+    /// current (local) task set.
+    fn start(timeout: Duration) -> (tempfile::TempDir, Rc<FakeShim>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut initial = ShimState::new(42);
+        initial.phase = Phase::Running;
+        let shim = Rc::new(FakeShim {
+            live: LiveState::new(dir.path(), "fake", initial),
+            connections: Connections::default(),
+            stops: RefCell::new(Vec::new()),
+        });
+        let listener = listen(dir.path()).expect("listen");
+        tokio::task::spawn_local(serve_with_timeout(shim.clone(), listener, timeout));
+        (dir, shim)
+    }
+
+    async fn in_local_set<F: std::future::Future>(test: F) -> F::Output {
+        tokio::task::LocalSet::new().run_until(test).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn status_reports_the_live_state_and_the_socket_is_root_only() {
+        in_local_set(async {
+            let (dir, _shim) = start(REQUEST_TIMEOUT);
+            let mode = std::fs::metadata(dir.path().join(SOCKET_FILE))
+                .expect("socket")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let client = ShimClient::connect(dir.path()).expect("connect");
+            let state = client.status_async().await.expect("status");
+            assert_eq!((state.phase, state.shim_pid), (Phase::Running, 42));
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn subscribe_sends_every_change_and_ends_at_the_final_state() {
+        in_local_set(async {
+            let (dir, shim) = start(REQUEST_TIMEOUT);
+            let client = ShimClient::connect(dir.path()).expect("connect");
+            let mut states = client.subscribe_async().await.expect("subscribe");
+            let first = states.next().await.expect("first").expect("state");
+            assert_eq!(first.phase, Phase::Running);
+            shim.live.update(|s| s.phase = Phase::Stopping);
+            shim.live.update(|s| {
+                s.phase = Phase::Exited;
+                s.exit_code = Some(3);
+            });
+            let next = states.next().await.expect("stopping").expect("state");
+            assert_eq!(next.phase, Phase::Stopping);
+            let last = states.next().await.expect("exited").expect("state");
+            assert_eq!((last.phase, last.exit_code), (Phase::Exited, Some(3)));
+            assert!(
+                states.next().await.is_none(),
+                "the subscription ends after the final state"
+            );
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stop_is_carried_out_by_the_driver_and_answered_with_its_state() {
+        in_local_set(async {
+            let (dir, shim) = start(REQUEST_TIMEOUT);
+            let client = ShimClient::connect(dir.path()).expect("connect");
+            let state = client.stop_async(250).await.expect("stop");
+            assert_eq!(state.phase, Phase::Exited);
+            assert_eq!(*shim.stops.borrow(), vec![Some(250)]);
+            // The state file follows the live state.
+            let on_disk = crate::shim::state::read_state(dir.path()).expect("state.json");
+            assert_eq!(on_disk.phase, Phase::Exited);
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_the_driver_does_not_offer_are_refused_in_its_words() {
+        in_local_set(async {
+            let (dir, shim) = start(REQUEST_TIMEOUT);
+            let client = ShimClient::connect(dir.path()).expect("connect");
+            let exec: ExecRequest =
+                serde_json::from_str(r#"{"args":["sh"]}"#).expect("exec request");
+            for refused in [
+                client.exec_async(&exec).await.map(|_| ()),
+                client.console_async().await.map(|_| ()),
+                client.pause_async(false).await.map(|_| ()),
+            ] {
+                match refused {
+                    Err(ShimError::Refused(message)) => assert_eq!(message, FAKE_REFUSAL),
+                    other => panic!("expected a refusal, got {other:?}"),
+                }
+            }
+            // What it offers reaches it.
+            let paused = client.pause_async(true).await.expect("pause");
+            assert_eq!(paused.phase, Phase::Paused);
+            assert_eq!(shim.live.get().phase, Phase::Paused);
+        })
+        .await
+    }
+
+    /// Sends `request` as one line and returns the first response line.
+    async fn exchange(dir: &Path, request: Vec<u8>) -> String {
+        let stream = UnixStream::connect(dir.join(SOCKET_FILE))
+            .await
+            .expect("connect");
+        let (read_half, mut write_half) = stream.into_split();
+        // The server may stop reading before the whole line is in.
+        tokio::task::spawn_local(async move {
+            let _ = write_half.write_all(&request).await;
+        });
+        let mut line = String::new();
+        BufReader::new(read_half)
+            .read_line(&mut line)
+            .await
+            .expect("read response");
+        line
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_line_over_the_limit_is_rejected() {
+        in_local_set(async {
+            let (dir, _shim) = start(REQUEST_TIMEOUT);
+            let padded = |pad: usize| {
+                format!(r#"{{"op":"status","pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+            };
+            let mut fits = padded(MAX_LINE_BYTES - 100);
+            fits.push(b'\n');
+            let answer = exchange(dir.path(), fits).await;
+            assert!(answer.starts_with(r#"{"type":"state""#), "{answer:.80}");
+            let mut too_long = padded(MAX_LINE_BYTES + 1000);
+            too_long.push(b'\n');
+            let answer = exchange(dir.path(), too_long).await;
+            assert!(
+                answer.starts_with(r#"{"type":"error","message":"bad request"#),
+                "{answer:.80}"
+            );
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_sends_nothing_is_dropped_after_the_timeout() {
+        in_local_set(async {
+            let timeout = Duration::from_millis(200);
+            let (dir, shim) = start(timeout);
+            let mut silent = UnixStream::connect(dir.path().join(SOCKET_FILE))
+                .await
+                .expect("connect");
+            let since = tokio::time::Instant::now();
+            let mut buf = [0u8; 16];
+            let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+                .await
+                .expect("the shim hangs up before 10 s")
+                .expect("read");
+            assert_eq!(n, 0, "no answer, just the end of the connection");
+            assert!(since.elapsed() >= timeout);
+            // The connection no longer counts: the shim would not wait on it.
+            let waited = tokio::time::Instant::now();
+            shim.connections.wait_closed(Duration::from_secs(10)).await;
+            assert!(waited.elapsed() < Duration::from_secs(5));
+        })
+        .await
     }
 }
