@@ -36,7 +36,7 @@
 //! `/nimbus/<instance_id>` with memory (swap = memory), CFS quota and pids limits and
 //! a deny-by-default device list.
 //!
-//! Files: `shim.rs` runs the life cycle (and [`prepare_supervisor`] starts it in
+//! Files: `shim.rs` runs the life cycle (and `prepare_supervisor` starts it in
 //! the background process); `handler.rs` is what the container adds to the shared
 //! control socket (`exec`, streamed by `exec_stream.rs`; `stop` as a signal to the
 //! init); `rootfs.rs` (overlay + idmapped layers), `bundle.rs` (OCI config),

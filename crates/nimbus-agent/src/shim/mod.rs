@@ -5,7 +5,7 @@
 //!
 //! One `nimbus shim <instance_dir>` process supervises each running instance. The
 //! agent writes the driver's spec into the directory and runs the shim, which
-//! returns once the workload runs or failed. The shim daemonizes ([`daemon`]:
+//! returns once the workload runs or failed. The shim daemonizes (`daemon.rs`:
 //! fork, setsid, fork; stdio on /dev/null), so killing the agent leaves the shim
 //! and its workload running; a new agent finds it again through `shim.sock` and
 //! `state.json`.
@@ -17,11 +17,11 @@
 //!
 //! Every shim answers the same control protocol on `shim.sock` ([`control`]:
 //! one JSON request line per connection, JSON response lines, frames for
-//! interactive streams). [`server`] owns the socket: the accept loop, the request
+//! interactive streams). `server.rs` owns the socket: the accept loop, the request
 //! timeout, the connection count a shim waits on before it exits, and the
 //! requests every workload answers alike (`status`, `subscribe`, `stop`). What
 //! differs (how a stop is carried out, exec, pause/resume, the console) the
-//! driver provides through [`server::ShimHandler`]; a request its driver does not
+//! driver provides through its `ShimHandler`; a request its driver does not
 //! offer is refused by the server with a message saying what to use instead.
 //!
 //! Instance directory, the files every shim keeps:
@@ -30,7 +30,7 @@
 //! - `console.log`, `console.log.N` — timestamped output lines, rotated ([`logs`]).
 //!
 //! After its workload starts, a shim gives back the pages only start-up used
-//! ([`trim`]): one shim runs per instance, so its resident size is what every
+//! (`trim.rs`): one shim runs per instance, so its resident size is what every
 //! instance costs the host.
 //!
 //! This module never names its users: the drivers import it, never the other
@@ -38,10 +38,10 @@
 
 pub(crate) mod cgroup;
 pub mod control;
-pub mod daemon;
+pub(crate) mod daemon;
 mod error;
 pub mod logs;
-pub mod server;
+pub(crate) mod server;
 pub mod state;
 pub(crate) mod trim;
 

@@ -1,7 +1,7 @@
 //! `state.json`: what the shim reports about its instance.
 //!
 //! Rewritten atomically (temporary file + rename) at every change so a reader never
-//! sees half a file, even when the shim dies mid-write. [`LiveState`] is the
+//! sees half a file, even when the shim dies mid-write. `LiveState` is the
 //! shim's own copy: each change goes to the file and to the subscribers of the
 //! control socket.
 
