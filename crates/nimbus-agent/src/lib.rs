@@ -9,6 +9,9 @@
 pub mod agent;
 pub mod container;
 pub mod protect;
+pub mod shim;
+mod shim_entry;
 pub mod vm;
 
 pub use agent::{Agent, AgentConfig};
+pub use shim_entry::run_shim;

@@ -143,7 +143,7 @@ fn main() -> ExitCode {
 
 fn run_shim(dir: &std::path::Path) -> ExitCode {
     // The shim runs without tokio's multi-threaded runtime and daemonizes itself.
-    match nimbus_agent::container::run_shim(dir) {
+    match nimbus_agent::run_shim(dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nimbus shim: {e:#}");

@@ -9,7 +9,7 @@ use std::path::Path;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let code = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some("shim"), Some(dir)) => match nimbus_agent::container::run_shim(Path::new(dir)) {
+        (Some("shim"), Some(dir)) => match nimbus_agent::run_shim(Path::new(dir)) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("shim: {e:#}");

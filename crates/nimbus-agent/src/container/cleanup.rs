@@ -7,11 +7,11 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::cgroups::kill_and_remove;
-use super::control::{ShimClient, SOCKET_FILE};
 use super::rootfs::{unmount_rootfs, work_dir};
 use super::spec::ShimSpec;
-use super::state::{read_state, write_state, Phase, ShimState, STATE_FILE};
-use super::ShimError;
+use crate::shim::control::{ShimClient, SOCKET_FILE};
+use crate::shim::state::{read_state, write_state, Phase, ShimState, STATE_FILE};
+use crate::shim::ShimError;
 
 /// File name of the dedicated shim executable, installed beside `nimbus`.
 pub const SHIM_EXE_NAME: &str = "nimbus-shim";

@@ -37,9 +37,9 @@ use nix::unistd::{fork, pipe2, ForkResult, Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp};
 
 use super::cgroups::instance_cgroup_dirs;
-use super::control::ExecRequest;
 use super::spec::UserSpec;
 use super::ShimError;
+use crate::shim::control::ExecRequest;
 
 /// What every exec in one instance shares.
 pub struct ExecContext {

@@ -8,11 +8,11 @@ use nix::sys::wait::WaitStatus;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::control::{encode_frame, frame, read_frame_async, ExecRequest, ShimResponse};
 use super::exec::spawn_exec;
 use super::pipes::AsyncPipe;
-use super::server::write_response;
 use super::shim::Shim;
+use crate::shim::control::{encode_frame, frame, read_frame_async, ExecRequest, ShimResponse};
+use crate::shim::server::write_response;
 
 /// After the process exits, output still held open by its background children is
 /// forwarded for at most this long before the exit frame is sent.

@@ -1,5 +1,6 @@
 //! The supervisor: runs one container, restarts it by policy, answers control
-//! requests (through [`super::server`]) and tears everything down at the end.
+//! requests (through the shared [`crate::shim::server`], with [`super::handler`]
+//! for what is the container's own) and tears everything down at the end.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -15,21 +16,22 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{pipe2, Pid};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::bundle::{bundle_dir, default_capabilities, default_seccomp, environment, write_bundle};
 use super::cgroups::{kill_and_remove, oom_kill_count};
-use super::control::SOCKET_FILE;
-use super::daemon::{signal_ready, READY_FAILED, READY_RUNNING};
 use super::exec::{bring_up_loopback, ExecContext};
-use super::logs::{ConsoleLog, LineSplitter, Stream};
 use super::pipes::AsyncPipe;
 use super::reaper::Reaper;
 use super::rootfs::{mount_rootfs, unmount_rootfs, work_dir};
-use super::spec::{RestartMode, ShimSpec};
-use super::state::{write_state, Phase, ShimState};
-use super::ShimError;
+use super::spec::{RestartMode, ShimSpec, SPEC_FILE};
+use crate::shim::control::SOCKET_FILE;
+use crate::shim::daemon::{signal_ready, Supervisor, READY_FAILED, READY_RUNNING};
+use crate::shim::logs::{ConsoleLog, LineSplitter, Stream};
+use crate::shim::server::Connections;
+use crate::shim::state::{write_state, LiveState, Phase, ShimState};
+use crate::shim::ShimError;
 
 /// Restart back-off: starts here and doubles up to `BACKOFF_MAX`.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -45,6 +47,8 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// How long output may keep flowing after the init exited (a leaked descriptor in
 /// another process must not stall the exit report).
 const LOG_DRAIN: Duration = Duration::from_secs(2);
+/// How long the shim lets its clients read the final state before it exits.
+const CLIENTS_FLUSH: Duration = Duration::from_secs(2);
 
 pub(super) enum Command {
     Stop {
@@ -57,15 +61,13 @@ pub(super) enum Command {
 pub(super) struct Shim {
     pub(super) dir: PathBuf,
     pub(super) spec: ShimSpec,
-    state: RefCell<ShimState>,
-    pub(super) events: broadcast::Sender<ShimState>,
+    pub(super) live: LiveState,
     pub(super) reaper: Reaper,
     log: RefCell<ConsoleLog>,
     pub(super) exec_ctx: ExecContext,
     pub(super) commands: mpsc::UnboundedSender<Command>,
     init_pid: Cell<Option<Pid>>,
-    pub(super) connections: Cell<usize>,
-    pub(super) connection_closed: Notify,
+    pub(super) connections: Connections,
     /// Signalled when an exec ended: the supervisor trims its working set
     /// shortly after.
     pub(super) exec_finished: Notify,
@@ -73,7 +75,7 @@ pub(super) struct Shim {
 
 impl Shim {
     pub(super) fn state(&self) -> ShimState {
-        self.state.borrow().clone()
+        self.live.get()
     }
 
     pub(super) fn init_pid(&self) -> Option<Pid> {
@@ -81,24 +83,36 @@ impl Shim {
     }
 
     fn update(&self, change: impl FnOnce(&mut ShimState)) {
-        let snapshot = {
-            let mut state = self.state.borrow_mut();
-            change(&mut state);
-            state.clone()
-        };
-        if let Err(e) = write_state(&self.dir, &snapshot) {
-            tracing::warn!(instance_id = %self.spec.instance_id, error = %e, "cannot write state");
-        }
-        let _ = self.events.send(snapshot);
+        self.live.update(change);
     }
 }
 
-pub(super) async fn supervise(
-    dir: PathBuf,
-    spec: ShimSpec,
-    mut ready: Option<File>,
-    shim_pid: i32,
-) -> i32 {
+/// Whether `dir` is a container's instance directory (it holds `spec.json`).
+pub(crate) fn owns_instance_dir(dir: &Path) -> bool {
+    dir.join(SPEC_FILE).exists()
+}
+
+/// The container's start in the shim's background process: loads the spec
+/// and, still single-threaded, moves the whole shim into the prepared network
+/// namespace, so every container it starts is in it.
+pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, String> {
+    let spec = ShimSpec::load(dir).map_err(|e| e.to_string())?;
+    if let Some(ns) = &spec.netns {
+        std::fs::File::open(ns)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("joining network namespace {}: {e}", ns.display()))?;
+    }
+    let dir = dir.to_path_buf();
+    Ok(Box::new(move |ready| {
+        Box::pin(supervise(dir, spec, ready, shim_pid))
+    }))
+}
+
+async fn supervise(dir: PathBuf, spec: ShimSpec, mut ready: Option<File>, shim_pid: i32) -> i32 {
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let setup = (|| -> Result<(ConsoleLog, ExecContext), ShimError> {
         let log = ConsoleLog::open(&dir, spec.log_max_bytes, spec.log_files)?;
@@ -127,17 +141,15 @@ pub(super) async fn supervise(
     let mut initial = ShimState::new(shim_pid);
     initial.restart_count = spec.restarts_before;
     let shim = Rc::new(Shim {
+        live: LiveState::new(&dir, &spec.instance_id, initial),
         dir,
         spec,
-        state: RefCell::new(initial),
-        events: broadcast::channel(32).0,
         reaper: Reaper::default(),
         log: RefCell::new(log),
         exec_ctx,
         commands,
         init_pid: Cell::new(None),
-        connections: Cell::new(0),
-        connection_closed: Notify::new(),
+        connections: Connections::default(),
         exec_finished: Notify::new(),
     });
 
@@ -167,9 +179,9 @@ pub(super) async fn supervise(
             }
         });
     }
-    match super::server::listen(&shim.dir) {
+    match crate::shim::server::listen(&shim.dir) {
         Ok(listener) => {
-            tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
+            tokio::task::spawn_local(crate::shim::server::serve(shim.clone(), listener));
         }
         Err(e) => {
             let reason = e.to_string();
@@ -226,7 +238,7 @@ async fn run_container_loop(
         signal_ready(ready, READY_RUNNING);
         // Startup code (argument parsing, libcontainer, mounts) is done with;
         // trim again once the agent has subscribed and the first output ran.
-        super::trim::trim_working_set();
+        crate::shim::trim::trim_working_set();
         let started = Instant::now();
         let mut trim_at = Some(started + TRIM_AGAIN_AFTER);
 
@@ -261,7 +273,7 @@ async fn run_container_loop(
                     kill_at = None;
                 }
                 _ = sleep_until_opt(trim_at) => {
-                    super::trim::trim_working_set();
+                    crate::shim::trim::trim_working_set();
                     trim_at = None;
                 }
                 _ = shim.exec_finished.notified() => {
@@ -600,12 +612,7 @@ async fn finish(
     for reply in stop_replies {
         let _ = reply.send(final_state.clone());
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while shim.connections.get() > 0 {
-            shim.connection_closed.notified().await;
-        }
-    })
-    .await;
+    shim.connections.wait_closed(CLIENTS_FLUSH).await;
 }
 
 #[cfg(test)]

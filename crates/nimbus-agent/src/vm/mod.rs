@@ -6,10 +6,12 @@
 //! the image's base disk (the base is shared and never written), a NoCloud
 //! seed ([`seed`]), and `vm.json` ([`VmShimSpec`]). It then runs the same
 //! `nimbus shim <dir>` as for containers; the shim sees `vm.json` and
-//! supervises QEMU instead ([`shim`]). The shim speaks the container shim's
-//! control protocol on `shim.sock` (status, subscribe, stop) plus `pause`,
-//! `resume` and `console`, so the agent's reconcile loop, re-adoption after an
-//! agent crash and status reporting are shared with containers.
+//! supervises QEMU instead ([`shim`]). The background process, state file,
+//! console log and control socket are the shared [`crate::shim`] plumbing:
+//! `shim.sock` answers status, subscribe and stop as for every instance, plus
+//! `pause`, `resume` and `console` (`handler.rs`), so the agent's reconcile
+//! loop, re-adoption after an agent crash and status reporting are shared with
+//! containers.
 //!
 //! QEMU is the shim's child, started with `-nodefaults -no-user-config
 //! -display none`, the seccomp sandbox and `-run-with user=UID:GID`
@@ -23,19 +25,20 @@
 //! pause (`stop`/`cont`), status and events. The accelerator is chosen once
 //! per agent by [`probe`].
 //!
-//! Instance directory (besides the container shim's `state.json`,
+//! Instance directory (besides every shim's `state.json`,
 //! `shim.sock`, `console.log*`): `vm.json`, `root.qcow2` (overlay, kept
 //! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
+mod handler;
 pub mod prepare;
 pub mod probe;
 pub mod qmp;
 pub mod seed;
-mod server;
 pub(crate) mod shim;
 pub mod spec;
 
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
+pub(crate) use shim::{owns_instance_dir, prepare_supervisor};
 pub use spec::{Accelerator, Boot, RunAs, VmKind, VmShimSpec, VM_SPEC_FILE};

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::container::ShimError;
+use crate::shim::ShimError;
 
 /// File name of the seed image inside an instance directory.
 pub const SEED_FILE: &str = "seed.img";

@@ -1,12 +1,14 @@
 //! The VM supervisor: runs QEMU, drives it over QMP, tees the serial console
-//! into the log and to one attached client, and records how it ended.
+//! into the log and to one attached client, and records how it ended. The
+//! control socket is the shared [`crate::shim::server`]; [`super::handler`] is
+//! what the VM adds to it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,16 +17,17 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::cmdline::qemu_command;
 use super::qmp::{Qmp, QmpEvent};
-use super::spec::{VmKind, VmPaths, VmShimSpec};
-use crate::container::control::SOCKET_FILE;
-use crate::container::daemon::{signal_ready, READY_FAILED, READY_RUNNING};
-use crate::container::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
-use crate::container::state::{write_state, Phase, ShimState};
+use super::spec::{VmKind, VmPaths, VmShimSpec, VM_SPEC_FILE};
+use crate::shim::control::SOCKET_FILE;
+use crate::shim::daemon::{signal_ready, Supervisor, READY_FAILED, READY_RUNNING};
+use crate::shim::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
+use crate::shim::server::Connections;
+use crate::shim::state::{write_state, LiveState, Phase, ShimState};
 
 /// How long QEMU gets to greet on QMP and leave negotiation after it starts.
 const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +43,8 @@ const DRAIN: Duration = Duration::from_secs(1);
 const TRIM_AGAIN_AFTER: Duration = Duration::from_secs(2);
 /// Lines of QEMU's stderr kept for the exit reason.
 const STDERR_TAIL_LINES: usize = 8;
+/// How long the shim lets its clients read the final state before it exits.
+const CLIENTS_FLUSH: Duration = Duration::from_secs(2);
 
 pub(super) enum VmCommand {
     Stop {
@@ -56,33 +61,38 @@ pub(super) enum VmCommand {
 pub(super) struct VmShim {
     pub(super) dir: PathBuf,
     pub(super) spec: VmShimSpec,
-    state: RefCell<ShimState>,
-    pub(super) events: broadcast::Sender<ShimState>,
+    pub(super) live: LiveState,
     pub(super) commands: mpsc::UnboundedSender<VmCommand>,
     /// Serial output for the attached console client, if one is attached.
     pub(super) console_out: RefCell<Option<mpsc::Sender<Vec<u8>>>>,
     /// Keystrokes for the guest's serial port.
     pub(super) console_in: mpsc::UnboundedSender<Vec<u8>>,
-    pub(super) connections: Cell<usize>,
-    pub(super) connection_closed: Notify,
+    pub(super) connections: Connections,
 }
 
 impl VmShim {
     pub(super) fn state(&self) -> ShimState {
-        self.state.borrow().clone()
+        self.live.get()
     }
 
     fn update(&self, change: impl FnOnce(&mut ShimState)) {
-        let snapshot = {
-            let mut state = self.state.borrow_mut();
-            change(&mut state);
-            state.clone()
-        };
-        if let Err(e) = write_state(&self.dir, &snapshot) {
-            tracing::warn!(instance_id = %self.spec.instance_id, error = %e, "cannot write state");
-        }
-        let _ = self.events.send(snapshot);
+        self.live.update(change);
     }
+}
+
+/// Whether `dir` is a VM's or unikernel's instance directory (it holds
+/// `vm.json`).
+pub(crate) fn owns_instance_dir(dir: &Path) -> bool {
+    dir.join(VM_SPEC_FILE).exists()
+}
+
+/// The VM's start in the shim's background process: loads `vm.json`.
+pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, String> {
+    let spec = VmShimSpec::load(dir).map_err(|e| e.to_string())?;
+    let dir = dir.to_path_buf();
+    Ok(Box::new(move |ready| {
+        Box::pin(supervise(dir, spec, ready, shim_pid))
+    }))
 }
 
 /// How QEMU ended, in the API's terms.
@@ -240,7 +250,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     // the cgroup is what lets cleanup find and kill a QEMU whose shim died.
     // Formatted before the fork: the child must not allocate.
     let qemu_oom_score = crate::protect::workload_oom_score_adj().to_string();
-    let procs = crate::container::cgroups::create_tracking_cgroup(&shim.spec.instance_id, 4096)
+    let procs = crate::shim::cgroup::create_tracking_cgroup(&shim.spec.instance_id, 4096)
         .map_err(|e| format!("cannot make the VM's cgroup: {e}"))?;
     // SAFETY: open, write, close and prctl are async-signal-safe and use no
     // allocation (the paths were made before the fork); the child runs
@@ -302,12 +312,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     })
 }
 
-pub(crate) async fn supervise(
-    dir: PathBuf,
-    spec: VmShimSpec,
-    mut ready: Option<File>,
-    shim_pid: i32,
-) -> i32 {
+async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim_pid: i32) -> i32 {
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let (console_in, console_in_rx) = mpsc::unbounded_channel();
     let log = match ConsoleLog::open(&dir, spec.log_max_bytes, spec.log_files) {
@@ -326,15 +331,13 @@ pub(crate) async fn supervise(
     initial.accelerator_reason = Some(spec.accelerator_reason.clone());
     initial.console_log = Some(dir.join(CONSOLE_LOG).display().to_string());
     let shim = Rc::new(VmShim {
+        live: LiveState::new(&dir, &spec.instance_id, initial),
         dir,
         spec,
-        state: RefCell::new(initial),
-        events: broadcast::channel(32).0,
         commands,
         console_out: RefCell::new(None),
         console_in,
-        connections: Cell::new(0),
-        connection_closed: Notify::new(),
+        connections: Connections::default(),
     });
     // SIGTERM to the shim (e.g. host shutdown) is a stop with the spec's grace.
     if let Ok(mut sigterm) =
@@ -351,9 +354,9 @@ pub(crate) async fn supervise(
             }
         });
     }
-    match crate::container::server::listen(&shim.dir) {
+    match crate::shim::server::listen(&shim.dir) {
         Ok(listener) => {
-            tokio::task::spawn_local(super::server::serve(shim.clone(), listener));
+            tokio::task::spawn_local(crate::shim::server::serve(shim.clone(), listener));
         }
         Err(e) => {
             fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
@@ -458,7 +461,7 @@ pub(crate) async fn supervise(
     signal_ready(&mut ready, READY_RUNNING);
     // Start-up code is done with: give back its clean pages, and again once
     // the agent has subscribed (as the container shim does).
-    crate::container::trim::trim_working_set();
+    crate::shim::trim::trim_working_set();
     let mut trim_at = Some(Instant::now() + TRIM_AGAIN_AFTER);
 
     let mut stop_replies: Vec<oneshot::Sender<ShimState>> = Vec::new();
@@ -514,7 +517,7 @@ pub(crate) async fn supervise(
                     kill_at = None;
                 }
                 _ = sleep_until_opt(trim_at) => {
-                    crate::container::trim::trim_working_set();
+                    crate::shim::trim::trim_working_set();
                     trim_at = None;
                 }
             }
@@ -753,12 +756,7 @@ async fn finish(shim: &Rc<VmShim>, exit: VmExit, replies: Vec<oneshot::Sender<Sh
     for reply in replies {
         let _ = reply.send(final_state.clone());
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while shim.connections.get() > 0 {
-            shim.connection_closed.notified().await;
-        }
-    })
-    .await;
+    shim.connections.wait_closed(CLIENTS_FLUSH).await;
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::ShimError;
+use crate::shim::ShimError;
 
 /// File name of the VM spec inside an instance directory.
 pub const VM_SPEC_FILE: &str = "vm.json";
@@ -145,7 +145,7 @@ impl VmShimSpec {
     pub fn save(&self, instance_dir: &Path) -> Result<(), ShimError> {
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| ShimError::InvalidSpec(format!("cannot encode VM spec: {e}")))?;
-        crate::container::state::write_atomically(&instance_dir.join(VM_SPEC_FILE), &text)
+        crate::shim::state::write_atomically(&instance_dir.join(VM_SPEC_FILE), &text)
     }
 
     pub fn validate(&self) -> Result<(), ShimError> {

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match nimbus_agent::container::run_shim(Path::new(dir)) {
+    match nimbus_agent::run_shim(Path::new(dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nimbus shim: {e:#}");

@@ -1,4 +1,5 @@
-//! `console.log`: the container's stdout and stderr, one timestamped line per line.
+//! `console.log`: the workload's output (stdout and stderr, or a serial console),
+//! one timestamped line per line.
 //!
 //! Format: `<RFC 3339 UTC timestamp with nanoseconds> <stdout|stderr> <text>\n`.
 //! The live file is `console.log`; when it grows past `log_max_bytes` it becomes
@@ -62,7 +63,7 @@ impl ConsoleLog {
     }
 
     /// Appends one line (without its newline). Write errors are dropped: a full disk
-    /// must not stop the shim from supervising the container.
+    /// must not stop the shim from supervising the workload.
     pub fn write_line(&mut self, stream: Stream, text: &[u8]) {
         self.line.clear();
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);

@@ -1,13 +1,17 @@
 //! `state.json`: what the shim reports about its instance.
 //!
 //! Rewritten atomically (temporary file + rename) at every change so a reader never
-//! sees half a file, even when the shim dies mid-write.
+//! sees half a file, even when the shim dies mid-write. `LiveState` is the
+//! shim's own copy: each change goes to the file and to the subscribers of the
+//! control socket.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::ShimError;
 
@@ -18,17 +22,17 @@ pub const STATE_FILE: &str = "state.json";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// The shim is preparing the rootfs or creating the container.
+    /// The shim is preparing and starting the workload.
     Starting,
     Running,
     /// A virtual machine whose CPUs were stopped on request.
     Paused,
-    /// The container exited and will be restarted after a back-off delay.
+    /// The workload exited and will be restarted after a back-off delay.
     Backoff,
-    /// A stop was requested and the container is being signalled, or the container
+    /// A stop was requested and the workload is being signalled, or the workload
     /// exited for good and the shim is tearing down (exit details already set).
     Stopping,
-    /// The container exited and will not be restarted; the shim has torn down.
+    /// The workload exited and will not be restarted; the shim has torn down.
     Exited,
     /// The instance could not be set up or started; see `reason`.
     Failed,
@@ -45,7 +49,7 @@ impl Phase {
 pub struct ShimState {
     pub phase: Phase,
     pub shim_pid: i32,
-    /// Host pid of the container init while it runs.
+    /// Host pid of the workload's main process while it runs.
     pub pid: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -82,6 +86,52 @@ impl ShimState {
             accelerator_reason: None,
             console_log: None,
         }
+    }
+}
+
+/// State changes queued for a subscriber that has not read them yet; one that
+/// falls further behind is sent the current state instead.
+const STATE_EVENTS_QUEUED: usize = 32;
+
+/// The state of the instance a shim supervises, held on the shim's one thread.
+pub(crate) struct LiveState {
+    dir: PathBuf,
+    instance_id: String,
+    state: RefCell<ShimState>,
+    events: broadcast::Sender<ShimState>,
+}
+
+impl LiveState {
+    pub(crate) fn new(dir: &Path, instance_id: &str, initial: ShimState) -> LiveState {
+        LiveState {
+            dir: dir.to_path_buf(),
+            instance_id: instance_id.to_string(),
+            state: RefCell::new(initial),
+            events: broadcast::channel(STATE_EVENTS_QUEUED).0,
+        }
+    }
+
+    /// The current state.
+    pub(crate) fn get(&self) -> ShimState {
+        self.state.borrow().clone()
+    }
+
+    /// Changes the state, rewrites `state.json` and tells the subscribers.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut ShimState)) {
+        let snapshot = {
+            let mut state = self.state.borrow_mut();
+            change(&mut state);
+            state.clone()
+        };
+        if let Err(e) = write_state(&self.dir, &snapshot) {
+            tracing::warn!(instance_id = %self.instance_id, error = %e, "cannot write state");
+        }
+        let _ = self.events.send(snapshot);
+    }
+
+    /// Every state from now on, as it is published.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ShimState> {
+        self.events.subscribe()
     }
 }
 

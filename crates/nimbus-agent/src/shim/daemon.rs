@@ -4,11 +4,18 @@
 //! controlling terminal and survives the agent's death. The first process waits on a
 //! pipe for one status byte from the supervisor (started or failed) so that the
 //! agent's spawn call knows the outcome.
+//!
+//! The driver comes in as a [`PrepareSupervisor`]: in the background process, once
+//! it has left the caller's world, the driver loads its spec and makes the
+//! process-wide changes that need a single thread; the shim then runs what the
+//! driver returned on its single-threaded runtime.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::pin::Pin;
 
 use anyhow::{anyhow, Context};
 use chrono::Utc;
@@ -16,19 +23,30 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe2, ForkResult};
 
-use super::shim::supervise;
-use super::spec::ShimSpec;
 use super::state::{read_state, write_state, Phase, ShimState};
 
+/// Ready byte: the workload runs.
 pub(crate) const READY_RUNNING: u8 = b'R';
+/// Ready byte: the shim gave up; `state.json` says why.
 pub(crate) const READY_FAILED: u8 = b'F';
 
-/// Entry point of `nimbus shim <instance_dir>`.
+/// A driver's supervision of one instance, run on the shim's single-threaded
+/// runtime. It is given the ready pipe (see [`signal_ready`]) and returns the
+/// shim's exit code.
+pub type Supervisor = Box<dyn FnOnce(Option<File>) -> Pin<Box<dyn Future<Output = i32>>>>;
+
+/// A driver's start in the background process, called with the instance
+/// directory and the shim's pid while the process is still single-threaded and
+/// before its runtime exists. Returns the supervision, or why the instance
+/// cannot start (recorded as a failed state).
+pub type PrepareSupervisor = fn(&Path, i32) -> Result<Supervisor, String>;
+
+/// Entry point of `nimbus shim <instance_dir>` once the driver is known.
 ///
 /// Forks the supervisor into the background and returns once it has started the
-/// container (`Ok`) or given up (`Err` with the reason); the supervisor itself never
+/// workload (`Ok`) or given up (`Err` with the reason); the supervisor itself never
 /// returns. Must be called before the process starts any thread or runtime.
-pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
+pub fn run_in_background(instance_dir: &Path, prepare: PrepareSupervisor) -> anyhow::Result<()> {
     ensure_single_threaded()?;
     let dir = std::path::absolute(instance_dir)
         .with_context(|| format!("resolve instance dir {}", instance_dir.display()))?;
@@ -65,7 +83,9 @@ pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
                 Ok(_) => match unsafe { fork() } {
                     Err(_) => 1,
                     Ok(ForkResult::Parent { .. }) => 0,
-                    Ok(ForkResult::Child) => std::process::exit(supervisor_main(&dir, ready_w)),
+                    Ok(ForkResult::Child) => {
+                        std::process::exit(supervisor_main(&dir, ready_w, prepare))
+                    }
                 },
             };
             // SAFETY: the intermediate leaves without running the caller's code.
@@ -75,7 +95,7 @@ pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The pid of a shim that still answers on the instance's socket.
-pub(super) fn live_shim(dir: &Path) -> Option<i32> {
+fn live_shim(dir: &Path) -> Option<i32> {
     let client = super::control::ShimClient::connect(dir).ok()?;
     client.status().ok().map(|s| s.shim_pid)
 }
@@ -118,7 +138,7 @@ fn detach_from_caller(keep: RawFd) {
         }
     }
     // A no-op handler instead of SIG_IGN: handlers reset to default at execve, so the
-    // container's processes do not inherit an ignored SIGPIPE/SIGHUP.
+    // workload's processes do not inherit an ignored SIGPIPE/SIGHUP.
     let action = nix::sys::signal::SigAction::new(
         nix::sys::signal::SigHandler::Handler(ignore_signal),
         nix::sys::signal::SaFlags::SA_RESTART,
@@ -133,7 +153,7 @@ fn detach_from_caller(keep: RawFd) {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
 }
 
-fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
+fn supervisor_main(dir: &Path, ready: OwnedFd, prepare: PrepareSupervisor) -> i32 {
     detach_from_caller(ready.as_raw_fd());
     super::trim::limit_malloc_arenas();
     // The shim must outlive any workload under memory pressure: it holds
@@ -152,49 +172,10 @@ fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
         1
     };
     let _ = write_state(dir, &ShimState::new(shim_pid));
-    if dir.join(crate::vm::VM_SPEC_FILE).exists() {
-        let spec = match crate::vm::VmShimSpec::load(dir) {
-            Ok(spec) => spec,
-            Err(e) => return fail(&mut ready, e.to_string()),
-        };
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                return fail(
-                    &mut ready,
-                    format!("cannot start the shim's event loop: {e}"),
-                )
-            }
-        };
-        let local = tokio::task::LocalSet::new();
-        return local.block_on(
-            &runtime,
-            crate::vm::shim::supervise(dir.to_path_buf(), spec, ready, shim_pid),
-        );
-    }
-    let spec = match ShimSpec::load(dir) {
-        Ok(spec) => spec,
-        Err(e) => return fail(&mut ready, e.to_string()),
+    let supervise = match prepare(dir, shim_pid) {
+        Ok(supervise) => supervise,
+        Err(reason) => return fail(&mut ready, reason),
     };
-    if let Some(ns) = &spec.netns {
-        // Still single-threaded: the whole shim, and so every container
-        // it starts, moves into the prepared network namespace.
-        let joined = std::fs::File::open(ns)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = joined {
-            return fail(
-                &mut ready,
-                format!("joining network namespace {}: {e}", ns.display()),
-            );
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -208,12 +189,11 @@ fn supervisor_main(dir: &Path, ready: OwnedFd) -> i32 {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(
-        &runtime,
-        supervise(dir.to_path_buf(), spec, ready, shim_pid),
-    )
+    local.block_on(&runtime, supervise(ready))
 }
 
+/// Tells the waiting `nimbus shim` how the start went (once; later calls do
+/// nothing).
 pub(crate) fn signal_ready(ready: &mut Option<File>, byte: u8) {
     if let Some(mut file) = ready.take() {
         let _ = file.write_all(&[byte]);

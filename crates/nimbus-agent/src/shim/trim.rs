@@ -1,4 +1,4 @@
-//! Keeping the shim small: after a container starts, the shim gives back
+//! Keeping the shim small: after a workload starts, the shim gives back
 //! the clean pages of its code and read-only data that only startup used.
 //!
 //! Only mappings that are file-backed, not writable and hold no private
@@ -55,7 +55,7 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 
 /// One malloc arena for the whole shim. glibc gives each new thread its own
 /// arena (64 MiB of address space, some of it resident and never given back);
-/// the shim's only helper thread (the container delete) allocates little,
+/// a shim's helper threads (short-lived, joined at once) allocate little,
 /// and sharing the main arena costs it nothing measurable.
 pub fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
