@@ -66,6 +66,7 @@ pub(crate) mod cgroups;
 mod cleanup;
 pub mod control;
 pub(crate) mod daemon;
+pub mod driver;
 pub mod exec;
 mod exec_stream;
 pub mod logs;

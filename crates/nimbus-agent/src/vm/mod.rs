@@ -28,6 +28,7 @@
 //! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
+pub mod driver;
 pub mod prepare;
 pub mod probe;
 pub mod qmp;
