@@ -10,6 +10,8 @@ pub mod idmap;
 pub mod network;
 pub mod reconcile;
 pub mod translate;
+#[cfg(test)]
+mod worker_tests;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -121,12 +123,22 @@ impl Agent {
         client: Client,
         images: Option<Arc<ImageStore>>,
     ) -> anyhow::Result<Arc<Agent>> {
+        let drivers = Drivers::builtin(&config.data_dir);
+        Agent::with_drivers(config, client, images, drivers)
+    }
+
+    /// [`Agent::new`] with the given drivers instead of the built-in ones.
+    pub fn with_drivers(
+        config: AgentConfig,
+        client: Client,
+        images: Option<Arc<ImageStore>>,
+        drivers: Drivers,
+    ) -> anyhow::Result<Arc<Agent>> {
         let instances = config.instances_dir();
         std::fs::create_dir_all(&instances)?;
         // Searchable, not listable: containers' roots pass through to their
         // own instance directory, nobody but root learns which exist.
         std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))?;
-        let drivers = Drivers::builtin(&config.data_dir);
         secure_instance_dirs(&instances, &drivers);
         let images = match images {
             Some(i) => i,
