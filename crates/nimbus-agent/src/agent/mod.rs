@@ -105,9 +105,9 @@ fn secure_instance_dirs(instances: &std::path::Path, drivers: &Drivers) {
     };
     for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
         let result = match drivers.for_dir(&dir) {
-            Some(driver) => driver.secure_dir(&dir).map_err(|e| e.to_string()),
+            Some(driver) => driver.secure_dir(&dir),
             None => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| error::AgentError::io(format!("restricting {}", dir.display()), e)),
         };
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "could not restrict an instance directory");

@@ -13,7 +13,8 @@
 //! [`DriverContext`], so a driver never names the agent or its worker.
 //!
 //! Adding a driver: a folder with a type implementing [`Driver`], and one
-//! line in [`Drivers::builtin`].
+//! line in [`Drivers::builtin`] (`registry.rs`, the one file here that
+//! names the drivers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ use nimbus_image::ImageStore;
 use crate::agent::error::{blocking, AgentError};
 use crate::agent::network::{Attachment, VmAttachment};
 use crate::container::{IdMap, ShimClient, ShimState};
+
+mod registry;
+pub use registry::Drivers;
 
 /// The agent's services a driver may use while preparing an instance.
 #[async_trait]
@@ -146,45 +150,4 @@ pub async fn clean_up_after_shim(dir: &Path) -> Result<(), AgentError> {
         crate::container::cleanup_instance_dir(&dir)
     })
     .await
-}
-
-/// The drivers of this agent; the reconcile worker finds an instance's or
-/// a directory's driver here.
-#[derive(Clone)]
-pub struct Drivers {
-    drivers: Vec<Arc<dyn Driver>>,
-}
-
-impl Drivers {
-    pub fn new(drivers: Vec<Arc<dyn Driver>>) -> Self {
-        Drivers { drivers }
-    }
-
-    /// Every driver built into this agent. `data_dir`: the agent's data
-    /// directory (scratch space for probes).
-    pub fn builtin(data_dir: &Path) -> Self {
-        Drivers::new(vec![
-            Arc::new(crate::container::driver::ContainerDriver),
-            Arc::new(crate::vm::driver::VmDriver::new(data_dir)),
-        ])
-    }
-
-    /// The driver that runs instances of `kind`.
-    pub fn for_kind(&self, kind: InstanceKind) -> Result<&Arc<dyn Driver>, AgentError> {
-        self.drivers
-            .iter()
-            .find(|d| d.serves(kind))
-            .ok_or_else(|| AgentError::NoDriver {
-                kind: format!("{kind:?}").to_lowercase(),
-            })
-    }
-
-    /// The driver whose instance directory `dir` is, if any.
-    pub fn for_dir(&self, dir: &Path) -> Option<&Arc<dyn Driver>> {
-        self.drivers.iter().find(|d| d.owns_dir(dir))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Driver>> {
-        self.drivers.iter()
-    }
 }
