@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod container;
+pub mod driver;
 pub mod protect;
 pub mod shim;
 mod shim_entry;

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use super::error::AgentError;
 use crate::container::spec::{IdMap, ShimSpec};
 use crate::vm::VmShimSpec;
 
@@ -43,7 +44,7 @@ impl IdAllocator {
         &self,
         instances_dir: &Path,
         instance_dir: &Path,
-    ) -> Result<IdMap, String> {
+    ) -> Result<IdMap, AgentError> {
         if let Some(host_id) = recorded_range(instance_dir) {
             return Ok(IdMap {
                 host_id,
@@ -56,9 +57,7 @@ impl IdAllocator {
         let host_id = (0..max_slots)
             .map(|slot| self.base + slot * self.size)
             .find(|id| !used.contains(id))
-            .ok_or_else(|| {
-                "no free user-namespace id range left on this host; remove instances".to_string()
-            })?;
+            .ok_or(AgentError::NoFreeIdRange)?;
         used.insert(host_id);
         Ok(IdMap {
             host_id,

@@ -1,12 +1,17 @@
 //! The host agent: registration, heartbeats, and the reconcile loop that
 //! turns instance specs bound to this host into running shims.
 
+mod context;
+pub mod decision;
+pub mod error;
 pub mod hostinfo;
 pub mod hostio;
 pub mod idmap;
 pub mod network;
 pub mod reconcile;
 pub mod translate;
+#[cfg(test)]
+mod worker_tests;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +24,8 @@ use nimbus_api::client::{Client, ClientError};
 use nimbus_api::{Instance, RegisterHost, ResourceList, WatchEvent, WatchEventType};
 use nimbus_image::{ImageStore, Limits};
 use tokio::sync::mpsc;
+
+use crate::driver::Drivers;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -84,23 +91,23 @@ pub struct Agent {
     pub ids: idmap::IdAllocator,
     /// Networks of this host's instances.
     pub net: Arc<network::NetDriver>,
-    /// The VM accelerator, probed once (see `vm::probe`).
-    accelerator: tokio::sync::OnceCell<crate::vm::ProbeResult>,
+    /// The drivers that make instances real here, one per family of kinds.
+    pub drivers: Drivers,
 }
 
 /// Give the instance directories made by older versions (root:root 0755)
-/// their private modes: a container's directory lets only its root's group
-/// through (0710), a VM's is root's alone (0700).
-fn secure_instance_dirs(instances: &std::path::Path) {
+/// their private modes, as each directory's driver wants them (a
+/// container's lets only its root's group through); one no driver
+/// recognises is root's alone (0700).
+fn secure_instance_dirs(instances: &std::path::Path, drivers: &Drivers) {
     let Ok(entries) = std::fs::read_dir(instances) else {
         return;
     };
     for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-        let result = match crate::container::spec::ShimSpec::load(&dir) {
-            Ok(spec) => crate::container::rootfs::secure_instance_dir(&dir, spec.id_map)
-                .map_err(|e| e.to_string()),
-            Err(_) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| e.to_string()),
+        let result = match drivers.for_dir(&dir) {
+            Some(driver) => driver.secure_dir(&dir),
+            None => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| error::AgentError::io(format!("restricting {}", dir.display()), e)),
         };
         if let Err(e) = result {
             tracing::warn!(dir = %dir.display(), error = %e, "could not restrict an instance directory");
@@ -116,12 +123,23 @@ impl Agent {
         client: Client,
         images: Option<Arc<ImageStore>>,
     ) -> anyhow::Result<Arc<Agent>> {
+        let drivers = Drivers::builtin(&config.data_dir);
+        Agent::with_drivers(config, client, images, drivers)
+    }
+
+    /// [`Agent::new`] with the given drivers instead of the built-in ones.
+    pub fn with_drivers(
+        config: AgentConfig,
+        client: Client,
+        images: Option<Arc<ImageStore>>,
+        drivers: Drivers,
+    ) -> anyhow::Result<Arc<Agent>> {
         let instances = config.instances_dir();
         std::fs::create_dir_all(&instances)?;
         // Searchable, not listable: containers' roots pass through to their
         // own instance directory, nobody but root learns which exist.
         std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))?;
-        secure_instance_dirs(&instances);
+        secure_instance_dirs(&instances, &drivers);
         let images = match images {
             Some(i) => i,
             None => Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),
@@ -136,34 +154,16 @@ impl Agent {
                 &config.data_dir,
                 config.reserved_tcp_ports.clone(),
             )),
-            accelerator: tokio::sync::OnceCell::new(),
+            drivers,
             config,
         }))
     }
 
-    /// Which accelerator VMs use here, and why; probed on first use.
-    pub async fn accelerator(&self) -> crate::vm::ProbeResult {
-        self.accelerator
-            .get_or_init(|| async {
-                let dir = self.config.data_dir.clone();
-                let result = tokio::task::spawn_blocking(move || crate::vm::probe(&dir))
-                    .await
-                    .unwrap_or_else(|e| crate::vm::ProbeResult {
-                        accelerator: crate::vm::Accelerator::Tcg,
-                        reason: format!("the accelerator probe crashed ({e}); using TCG"),
-                    });
-                tracing::info!(accelerator = result.accelerator.as_str(), reason = %result.reason, "VM accelerator chosen");
-                result
-            })
-            .await
-            .clone()
-    }
-
     async fn host_status(&self) -> nimbus_api::HostStatus {
         let mut status = hostinfo::collect(&self.config);
-        let accel = self.accelerator().await;
-        status.accelerator = accel.accelerator.as_str().to_string();
-        status.accelerator_reason = accel.reason;
+        for driver in self.drivers.iter() {
+            driver.describe_host(&mut status).await;
+        }
         status
     }
 
@@ -291,7 +291,8 @@ impl Agent {
             }
             let dir = entry.path();
             tracing::info!(instance_id = %id, "removing an instance that no longer exists");
-            if let Err(e) = reconcile::destroy_local(self, &dir, 5_000).await {
+            let driver = self.drivers.for_dir(&dir).cloned();
+            if let Err(e) = reconcile::destroy_local(self, driver.as_deref(), &dir, 5_000).await {
                 tracing::warn!(instance_id = %id, error = %e, "could not clean up orphaned instance");
             }
         }
@@ -349,10 +350,7 @@ impl Agent {
         let dir = self.instance_dir(id);
         let id = id.to_string();
         tokio::spawn(async move {
-            let Ok(client) = crate::container::ShimClient::connect(&dir) else {
-                return;
-            };
-            if let Err(e) = client.stop_async(0).await {
+            if let Err(e) = crate::driver::stop_shim(&dir, 0).await {
                 tracing::debug!(instance_id = %id, error = %e, "forced stop");
             }
         });
@@ -368,10 +366,10 @@ impl Agent {
     pub fn instance_dir(&self, id: &str) -> PathBuf {
         self.config.instance_dir(id)
     }
-}
 
-/// Whether `dir` looks like an instance directory made by this agent.
-pub fn is_instance_dir(dir: &Path) -> bool {
-    dir.join(crate::container::spec::SPEC_FILE).exists()
-        || dir.join(crate::vm::VM_SPEC_FILE).exists()
+    /// Whether `dir` looks like an instance directory made by one of this
+    /// agent's drivers.
+    pub fn is_instance_dir(&self, dir: &Path) -> bool {
+        self.drivers.for_dir(dir).is_some()
+    }
 }

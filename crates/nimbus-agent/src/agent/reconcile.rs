@@ -5,15 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use nimbus_api::{
-    DesiredState, Image, Instance, InstanceKind, InstancePhase, InstanceStatus, RestartMode,
-    StatusUpdate,
-};
+use nimbus_api::{DesiredState, Instance, InstancePhase, InstanceStatus, StatusUpdate};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::decision::{decide, restarts_after_lost_shim, Action, Local, ShimSeen};
+use super::error::{blocking, AgentError};
 use super::{translate, Agent};
 use crate::container::{self, Phase, ShimClient, ShimState};
+use crate::driver::{Driver, DriverContext, Launch};
 
 /// Map a shim's state to the API's status.
 pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStatus {
@@ -116,7 +116,8 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
         match step(&agent, &instance, &mut tracked).await {
             Ok(true) => return,
             Ok(false) => {}
-            Err(reason) => {
+            Err(error) => {
+                let reason = error.to_string();
                 tracing::warn!(instance = %instance.metadata.name, %reason, "instance failed");
                 let status = InstanceStatus {
                     phase: InstancePhase::Failed,
@@ -131,10 +132,6 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
     }
 }
 
-fn shim_alive(dir: &Path) -> Option<ShimClient> {
-    ShimClient::connect(dir).ok()
-}
-
 /// Whether the shim that wrote `dir`'s state is still a live process and
 /// has not recorded an end.
 fn shim_process_alive(dir: &Path) -> bool {
@@ -143,117 +140,116 @@ fn shim_process_alive(dir: &Path) -> bool {
     })
 }
 
+/// What the worker sees of the instance on this host. A live shim is asked
+/// for its phase only when a stop is wanted.
+async fn observe(instance: &Instance, dir: &Path, tracked: &Tracked) -> Local {
+    let shim = match ShimClient::connect(dir) {
+        Err(_) => ShimSeen::Absent,
+        Ok(client) => ShimSeen::Answers {
+            phase: if instance.spec.desired_state == DesiredState::Stopped
+                && instance.metadata.deletion_requested_at.is_none()
+            {
+                client.status_async().await.ok().map(|s| s.phase)
+            } else {
+                None
+            },
+        },
+    };
+    Local {
+        shim,
+        recorded: container::read_state(dir).map(|s| s.phase),
+        started_generation: tracked.started_generation,
+        following: tracked
+            .subscription
+            .as_ref()
+            .is_some_and(|s| !s.is_finished()),
+    }
+}
+
 /// One reconcile pass; `Ok(true)` when the instance is gone for good.
 async fn step(
     agent: &Arc<Agent>,
     instance: &Instance,
     tracked: &mut Tracked,
-) -> Result<bool, String> {
+) -> Result<bool, AgentError> {
+    let driver = agent.drivers.for_kind(instance.spec.kind)?.clone();
     let dir = agent.instance_dir(&instance.metadata.id);
     let grace = instance
         .spec
         .stop_grace_ms
         .unwrap_or(translate::DEFAULT_STOP_GRACE_MS);
-
-    if instance.metadata.deletion_requested_at.is_some() {
+    let wanted_generation = instance.spec.restart_generation;
+    let local = observe(instance, &dir, tracked).await;
+    let action = decide(instance, &local);
+    tracing::debug!(instance = %instance.metadata.name, driver = driver.name(), ?action, "reconcile");
+    // Only a follower of the wanted generation's shim outlives a pass.
+    let keeps_follower =
+        action == Action::Nothing && instance.spec.desired_state == DesiredState::Running;
+    if !keeps_follower {
         if let Some(s) = tracked.subscription.take() {
             s.abort();
         }
-        destroy_local(agent, &dir, grace).await?;
-        report(agent, instance, InstanceStatus::default(), true).await;
-        return Ok(true);
     }
-
-    let live = shim_alive(&dir);
-    let wanted_generation = instance.spec.restart_generation;
-    match instance.spec.desired_state {
-        DesiredState::Running => {
-            let acted = instance.status.observed_generation == wanted_generation
-                || tracked.started_generation == Some(wanted_generation);
-            if !acted {
-                tracked.started_generation = Some(wanted_generation);
-                if let Some(s) = tracked.subscription.take() {
-                    s.abort();
+    // The generation acted on: when running is wanted, the wanted one
+    // either way (the watch event may predate our own report of a start).
+    let mut base = instance.status.clone();
+    if instance.spec.desired_state == DesiredState::Running {
+        base.observed_generation = wanted_generation;
+    }
+    match action {
+        Action::Delete => {
+            destroy_local(agent, Some(driver.as_ref()), &dir, grace).await?;
+            report(agent, instance, InstanceStatus::default(), true).await;
+            return Ok(true);
+        }
+        Action::Start { stop_old_shim } => {
+            tracked.started_generation = Some(wanted_generation);
+            if stop_old_shim {
+                driver.stop(&dir, grace).await?;
+            }
+            launch(agent, &driver, instance, &dir, tracked, 0).await?;
+        }
+        Action::Adopt => {
+            tracked.subscription = Some(follow(agent.clone(), driver, instance.clone(), base));
+        }
+        Action::StartAgain => {
+            // The host rebooted or the shim was killed: the restart
+            // policy asks for the workload to come back.
+            tracing::info!(instance = %instance.metadata.name, "supervisor gone; starting again");
+            driver.clean_up(&dir).await?;
+            // It counts as a restart, as for a dead workload.
+            let restarts = instance.status.restart_count.saturating_add(1);
+            launch(agent, &driver, instance, &dir, tracked, restarts).await?;
+        }
+        Action::ReportEnd {
+            clean_up,
+            stop_requested,
+        } => {
+            if clean_up {
+                // Nothing supervises what the shim left running (a
+                // container's processes, a VM's QEMU): end it.
+                if let Err(e) = driver.clean_up(&dir).await {
+                    tracing::warn!(instance = %instance.metadata.name, error = %e, "cleaning up after a dead supervisor");
                 }
-                if let Some(client) = live {
-                    client.stop_async(grace).await.map_err(|e| e.to_string())?;
+            }
+            report_final(agent, instance, &dir, base, stop_requested).await;
+        }
+        Action::Stop => {
+            let mut stopping = base.clone();
+            stopping.phase = InstancePhase::Stopping;
+            report(agent, instance, stopping, false).await;
+            match driver.stop(&dir, grace).await? {
+                Some(final_state) => {
+                    let mut status = status_from_shim(&final_state, true);
+                    status.observed_generation = base.observed_generation;
+                    status.host_uid = base.host_uid;
+                    report(agent, instance, status, false).await;
                 }
-                launch(agent, instance, &dir, tracked, 0).await?;
-            } else if tracked
-                .subscription
-                .as_ref()
-                .is_none_or(JoinHandle::is_finished)
-            {
-                tracked.subscription = None;
-                // Adopt: after an agent restart, or a shim that ended. The
-                // watch event may predate our own report of this start, so
-                // the generation acted on is the wanted one either way.
-                let mut base = instance.status.clone();
-                base.observed_generation = wanted_generation;
-                if live.is_some() {
-                    tracked.subscription = Some(follow(agent.clone(), instance.clone(), base));
-                } else if !instance.status.phase.is_terminal() {
-                    let shim_died = container::read_state(&dir).is_none_or(|s| !s.phase.is_final());
-                    if shim_died && restarts_after_lost_shim(instance) {
-                        // The host rebooted or the shim was killed: the restart
-                        // policy asks for the workload to come back.
-                        tracing::info!(instance = %instance.metadata.name, "supervisor gone; starting again");
-                        let owned = dir.clone();
-                        tokio::task::spawn_blocking(move || {
-                            container::cleanup_instance_dir(&owned)
-                        })
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
-                        // It counts as a restart, as for a dead workload.
-                        let restarts = instance.status.restart_count.saturating_add(1);
-                        launch(agent, instance, &dir, tracked, restarts).await?;
-                    } else {
-                        if shim_died {
-                            // Nothing supervises what the shim left running
-                            // (a container's processes, a VM's QEMU): end it.
-                            let owned = dir.clone();
-                            let cleaned = tokio::task::spawn_blocking(move || {
-                                container::cleanup_instance_dir(&owned)
-                            })
-                            .await;
-                            if let Ok(Err(e)) = cleaned {
-                                tracing::warn!(instance = %instance.metadata.name, error = %e, "cleaning up after a dead supervisor");
-                            }
-                        }
-                        report_final(agent, instance, &dir, base, false).await;
-                    }
-                }
+                // Gone between the look and the stop.
+                None => report_final(agent, instance, &dir, base, true).await,
             }
         }
-        DesiredState::Stopped => {
-            if let Some(s) = tracked.subscription.take() {
-                s.abort();
-            }
-            let mut base = instance.status.clone();
-            base.observed_generation = instance.status.observed_generation;
-            // A shim already stopping or done (e.g. right after our own stop)
-            // must not be stopped again.
-            let live = match live {
-                Some(c) => match c.status_async().await {
-                    Ok(s) if s.phase.is_final() || s.phase == Phase::Stopping => None,
-                    _ => Some(c),
-                },
-                None => None,
-            };
-            if let Some(client) = live {
-                let mut stopping = base.clone();
-                stopping.phase = InstancePhase::Stopping;
-                report(agent, instance, stopping, false).await;
-                let final_state = client.stop_async(grace).await.map_err(|e| e.to_string())?;
-                let mut status = status_from_shim(&final_state, true);
-                status.observed_generation = base.observed_generation;
-                status.host_uid = base.host_uid;
-                report(agent, instance, status, false).await;
-            } else if !instance.status.phase.is_terminal() {
-                report_final(agent, instance, &dir, base, true).await;
-            }
-        }
+        Action::Nothing => {}
     }
     Ok(false)
 }
@@ -262,12 +258,13 @@ async fn step(
 /// `restarts_before`: restarts already made (by a shim that was lost).
 async fn launch(
     agent: &Arc<Agent>,
+    driver: &Arc<dyn Driver>,
     instance: &Instance,
     dir: &Path,
     tracked: &mut Tracked,
     restarts_before: u32,
-) -> Result<(), String> {
-    let state = start(agent, instance, dir, restarts_before).await?;
+) -> Result<(), AgentError> {
+    let state = start(agent, driver.as_ref(), instance, dir, restarts_before).await?;
     let mut status = status_from_shim(&state, false);
     status.observed_generation = instance.spec.restart_generation;
     status.host_uid = super::idmap::recorded_range(dir);
@@ -280,12 +277,13 @@ async fn launch(
     };
     report(agent, instance, status.clone(), false).await;
     if let Some(stream) = subscription {
-        tracked.subscription = Some(follow_stream(
+        tracked.subscription = Some(tokio::spawn(forward_states(
             agent.clone(),
+            driver.clone(),
             instance.clone(),
             status,
             stream,
-        ));
+        )));
     }
     Ok(())
 }
@@ -331,13 +329,15 @@ fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> Inst
     status
 }
 
-/// Prepare the instance directory and spawn its shim.
+/// Resolve the image, have the driver prepare the instance directory and
+/// attach its networks, and spawn its shim.
 async fn start(
     agent: &Arc<Agent>,
+    driver: &dyn Driver,
     instance: &Instance,
     dir: &Path,
     restarts_before: u32,
-) -> Result<ShimState, String> {
+) -> Result<ShimState, AgentError> {
     let t0 = std::time::Instant::now();
     let project = instance.metadata.project.clone().unwrap_or_default();
     let mut starting = instance.status.clone();
@@ -353,173 +353,37 @@ async fn start(
         async {
             match cached {
                 Some(image) => Ok(image),
-                None => fetch_image(agent, &project, &instance.spec.image).await,
+                None => agent.fetch_image(&project, &instance.spec.image).await,
             }
         },
         report(agent, instance, starting, false)
     );
     let image = image?;
     if key.as_ref().is_some_and(|k| *k != image.metadata.id) {
-        return Err(format!(
-            "image {:?} was replaced after the instance was created; create the instance again",
-            instance.spec.image
-        ));
+        return Err(AgentError::ImageReplaced {
+            name: instance.spec.image.clone(),
+        });
     }
     if let Ok(mut cache) = agent.image_cache.lock() {
         cache.insert(image.metadata.id.clone(), image.clone());
     }
-    if instance.spec.kind != InstanceKind::Container {
-        prepare_vm(agent, instance, &image, dir).await?;
-        if let Some(a) = agent.net.attach_vm(agent, instance).await? {
-            if instance.spec.kind == InstanceKind::Vm {
-                // A stock cloud image takes its address from the seed's
-                // network-config; other guests ask the router's DHCP.
-                let (d, i, config) = (
-                    dir.to_path_buf(),
-                    instance.clone(),
-                    a.config.network_config_v2(),
-                );
-                tokio::task::spawn_blocking(move || crate::vm::write_seed(&d, &i, Some(config)))
-                    .await
-                    .map_err(|e| e.to_string())??;
-            }
-            let mut spec = crate::vm::spec::VmShimSpec::load(dir).map_err(|e| e.to_string())?;
-            spec.tap = Some(crate::vm::spec::TapRef {
-                netns: a.router_netns,
-                name: a.tap_name,
-                mac: a.config.mac.clone(),
-            });
-            spec.save(dir).map_err(|e| e.to_string())?;
-        }
-    } else {
-        let layers = layer_dirs(agent, &image)
-            .await
-            .map_err(|e| format!("image {:?} layers: {e}", instance.spec.image))?;
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let id_map = agent
-            .ids
-            .allocate(&agent.config.instances_dir(), dir)
-            .await?;
-        let secret_env = fetch_secret_env(agent, instance).await?;
-        let mut spec = translate::shim_spec(instance, &image, layers, id_map, &secret_env);
-        spec.restarts_before = restarts_before;
-        if let Some(a) = agent.net.attach_container(agent, instance, dir).await? {
-            spec.netns = Some(a.netns);
-            spec.resolv_conf = Some(a.resolv_conf);
-            spec.hosts_file = Some(a.hosts_file);
-        }
-        spec.save(dir).map_err(|e| e.to_string())?;
-    }
-    let exe = agent.config.exe.clone();
-    let dir = dir.to_path_buf();
-    let r = tokio::task::spawn_blocking(move || container::spawn_shim(&exe, &dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string());
+    let cx: &dyn DriverContext = agent.as_ref();
+    let launch = Launch {
+        instance,
+        image: &image,
+        dir,
+        restarts_before,
+    };
+    driver.prepare(cx, launch).await?;
+    driver.attach_networks(cx, launch).await?;
+    let r = driver.start(cx, dir).await;
     tracing::debug!(
         instance = %instance.metadata.name,
+        driver = driver.name(),
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "shim spawned"
     );
     r
-}
-
-/// Overlay, seed and `vm.json` for a VM or unikernel.
-async fn prepare_vm(
-    agent: &Arc<Agent>,
-    instance: &Instance,
-    image: &Image,
-    dir: &Path,
-) -> Result<(), String> {
-    let accel = agent.accelerator().await;
-    let kernel_image = match instance
-        .spec
-        .vm
-        .as_ref()
-        .and_then(|v| v.kernel_image.clone())
-    {
-        Some(name) => {
-            let project = instance.metadata.project.clone().unwrap_or_default();
-            Some(fetch_image(agent, &project, &name).await?)
-        }
-        None => None,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // QEMU drops to the first id of the instance's own range: the range is
-    // recorded in vm.json, so it stays across restarts and is released
-    // with the instance.
-    let ids = agent
-        .ids
-        .allocate(&agent.config.instances_dir(), dir)
-        .await?;
-    let run_as = crate::vm::RunAs::Ids {
-        uid: ids.host_id,
-        gid: ids.host_id,
-    };
-    let (agent, instance, image, dir) = (
-        agent.clone(),
-        instance.clone(),
-        image.clone(),
-        dir.to_path_buf(),
-    );
-    tokio::task::spawn_blocking(move || {
-        crate::vm::prepare_instance(
-            &dir,
-            run_as,
-            &instance,
-            &image,
-            kernel_image.as_ref(),
-            &agent.images,
-            &accel,
-            instance
-                .spec
-                .stop_grace_ms
-                .unwrap_or(translate::DEFAULT_STOP_GRACE_MS),
-            translate::LOG_MAX_BYTES,
-            translate::LOG_FILES,
-        )
-        .map(drop)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-async fn fetch_image(agent: &Agent, project: &str, name: &str) -> Result<Image, String> {
-    agent
-        .client
-        .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
-        .await
-        .map_err(|e| format!("image {name:?}: {e}"))
-}
-
-/// The opened secret environment of an instance: the watch shows only the
-/// names, the values come from the server for this host's token alone.
-async fn fetch_secret_env(
-    agent: &Agent,
-    instance: &Instance,
-) -> Result<std::collections::BTreeMap<String, String>, String> {
-    if instance.spec.secret_env.is_empty() {
-        return Ok(Default::default());
-    }
-    let project = instance.metadata.project.clone().unwrap_or_default();
-    let name = &instance.metadata.name;
-    agent
-        .client
-        .get::<nimbus_api::SecretEnv>(&format!(
-            "/v1/projects/{project}/instances/{name}/secret-env"
-        ))
-        .await
-        .map(|s| s.values)
-        .map_err(|e| format!("secret environment of instance {name:?}: {e}"))
-}
-
-async fn layer_dirs(agent: &Arc<Agent>, image: &Image) -> Result<Vec<std::path::PathBuf>, String> {
-    let imported = nimbus_image::ImportedImage::from_api(&image.status);
-    let agent = agent.clone();
-    tokio::task::spawn_blocking(move || agent.images.layer_dirs(&imported))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
 }
 
 type Subscription = Result<container::control::AsyncStateStream, container::ShimError>;
@@ -545,42 +409,23 @@ async fn subscribe(dir: &Path) -> Subscription {
     }
 }
 
-/// Whether a workload whose shim died without recording an end (killed,
-/// host reboot) starts again: its restart policy decides, as for a
-/// workload that died under a live shim. The shim was lost, not the
-/// workload's own failure, so `on_failure` restarts it too.
-fn restarts_after_lost_shim(instance: &Instance) -> bool {
-    let policy = &instance.spec.restart_policy;
-    match policy.mode {
-        RestartMode::Never => false,
-        RestartMode::Always => true,
-        RestartMode::OnFailure => policy
-            .max_retries
-            .is_none_or(|max| instance.status.restart_count < max),
-    }
-}
-
 /// Forward every state change of the shim to the server until it ends.
-fn follow(agent: Arc<Agent>, instance: Instance, base: InstanceStatus) -> JoinHandle<bool> {
+fn follow(
+    agent: Arc<Agent>,
+    driver: Arc<dyn Driver>,
+    instance: Instance,
+    base: InstanceStatus,
+) -> JoinHandle<bool> {
     tokio::spawn(async move {
         let dir = agent.instance_dir(&instance.metadata.id);
         let stream = subscribe(&dir).await;
-        forward_states(agent, instance, base, stream).await
+        forward_states(agent, driver, instance, base, stream).await
     })
-}
-
-/// [`follow`] with a subscription already made.
-fn follow_stream(
-    agent: Arc<Agent>,
-    instance: Instance,
-    base: InstanceStatus,
-    stream: Subscription,
-) -> JoinHandle<bool> {
-    tokio::spawn(forward_states(agent, instance, base, stream))
 }
 
 async fn forward_states(
     agent: Arc<Agent>,
+    driver: Arc<dyn Driver>,
     instance: Instance,
     base: InstanceStatus,
     stream: Subscription,
@@ -619,10 +464,7 @@ async fn forward_states(
         // A shim that died without recording an end leaves its workload (a
         // container's processes, a VM's QEMU) unsupervised: end it.
         if shim_died {
-            let owned = dir.clone();
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || container::cleanup_instance_dir(&owned)).await
-            {
+            if let Err(e) = driver.clean_up(&dir).await {
                 tracing::warn!(instance = %instance.metadata.name, error = %e, "cleaning up after a dead shim");
             }
         }
@@ -659,24 +501,37 @@ async fn report(agent: &Agent, instance: &Instance, status: InstanceStatus, fina
 }
 
 /// Stop the shim if it runs and remove everything the instance had here.
-pub async fn destroy_local(agent: &Agent, dir: &Path, grace_ms: u64) -> Result<(), String> {
+/// `driver`: the one whose directory `dir` is; `None` for a directory no
+/// driver recognises (left half-made), which only the shim plumbing's own
+/// clean-up is run on.
+pub async fn destroy_local(
+    agent: &Agent,
+    driver: Option<&dyn Driver>,
+    dir: &Path,
+    grace_ms: u64,
+) -> Result<(), AgentError> {
     let id_range = super::idmap::recorded_range(dir);
-    if let Some(client) = shim_alive(dir) {
-        if let Err(e) = client.stop_async(grace_ms).await {
-            tracing::warn!(dir = %dir.display(), error = %e, "stopping the shim failed; cleaning up by force");
-        }
+    let stopped = match driver {
+        Some(d) => d.stop(dir, grace_ms).await,
+        None => crate::driver::stop_shim(dir, grace_ms).await,
+    };
+    if let Err(e) = stopped {
+        tracing::warn!(dir = %dir.display(), error = %e, "stopping the shim failed; cleaning up by force");
+    }
+    match driver {
+        Some(d) => d.clean_up(dir).await?,
+        None => crate::driver::clean_up_after_shim(dir).await?,
     }
     let owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        container::cleanup_instance_dir(&owned).map_err(|e| e.to_string())?;
-        match std::fs::remove_dir_all(&owned) {
+    blocking(
+        "removing the instance directory",
+        move || match std::fs::remove_dir_all(&owned) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {}: {e}", owned.display())),
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+            Err(e) => Err(AgentError::io(format!("removing {}", owned.display()), e)),
+        },
+    )
+    .await?;
     if let Some(host_id) = id_range {
         agent.ids.release(host_id).await;
     }

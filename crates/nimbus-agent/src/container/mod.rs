@@ -65,6 +65,7 @@
 pub mod bundle;
 pub(crate) mod cgroups;
 mod cleanup;
+pub mod driver;
 pub mod exec;
 mod exec_stream;
 mod handler;

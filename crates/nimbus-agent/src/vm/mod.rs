@@ -30,6 +30,7 @@
 //! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
+pub mod driver;
 mod handler;
 pub mod prepare;
 pub mod probe;

@@ -11,6 +11,38 @@ use nimbus_image::ImageStore;
 use super::probe::ProbeResult;
 use super::seed::{Seed, SEED_FILE};
 use super::spec::{Boot, RunAs, VmKind, VmShimSpec};
+use crate::container::ShimError;
+
+/// What preparing a VM's or unikernel's directory can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("instance {name:?} is a container, not a VM; a container driver must start it")]
+    NotAVm { name: String },
+    #[error("cannot restrict {path}: {source}")]
+    Restrict {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {image:?} {what}: {source}")]
+    Blob {
+        image: String,
+        what: &'static str,
+        #[source]
+        source: Box<nimbus_image::ImageError>,
+    },
+    #[error("image {image:?} is not a kernel image")]
+    NotAKernelImage { image: String },
+    #[error("image {image:?} is neither a disk nor a kernel image")]
+    NeitherDiskNorKernel { image: String },
+    #[error("cannot run qemu-img (install qemu-utils): {0}")]
+    QemuImgMissing(#[source] std::io::Error),
+    #[error("creating the VM disk {overlay} failed: {stderr}")]
+    Overlay { overlay: PathBuf, stderr: String },
+    /// The seed or `vm.json` could not be written, or `vm.json` is invalid.
+    #[error(transparent)]
+    Spec(#[from] ShimError),
+}
 
 /// The VM's root disk: a qcow2 overlay on the image's base file.
 pub const OVERLAY_FILE: &str = "root.qcow2";
@@ -26,7 +58,7 @@ pub fn write_seed(
     dir: &Path,
     instance: &Instance,
     network_config: Option<String>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, PrepareError> {
     let vm = instance.spec.vm.clone().unwrap_or_default();
     let path = dir.join(SEED_FILE);
     Seed {
@@ -36,8 +68,7 @@ pub fn write_seed(
         user_data: vm.user_data,
         network_config,
     }
-    .write(&path)
-    .map_err(|e| e.to_string())?;
+    .write(&path)?;
     Ok(path)
 }
 
@@ -56,18 +87,26 @@ pub fn prepare_instance(
     stop_grace_ms: u64,
     log_max_bytes: u64,
     log_files: u32,
-) -> Result<VmShimSpec, String> {
+) -> Result<VmShimSpec, PrepareError> {
     let kind = match instance.spec.kind {
         InstanceKind::Vm => VmKind::Vm,
         InstanceKind::Unikernel => VmKind::Unikernel,
-        InstanceKind::Container => return Err("a container is not a VM".into()),
+        InstanceKind::Container => {
+            return Err(PrepareError::NotAVm {
+                name: instance.metadata.name.clone(),
+            })
+        }
     };
     // Root only (the agent, the shim, QEMU before it drops its ids): no
     // other instance's QEMU uid may even look up the disk and seed paths
     // in here, and the overlay qemu-img creates 0644 is never exposed
     // before it is restricted.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        PrepareError::Restrict {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
     let vm = instance.spec.vm.clone().unwrap_or_default();
     let memory_mib = instance
         .spec
@@ -78,12 +117,16 @@ pub fn prepare_instance(
             VmKind::Vm => DEFAULT_VM_MEMORY_MIB,
             VmKind::Unikernel => DEFAULT_UNIKERNEL_MEMORY_MIB,
         });
-    let blob = |digest: &str, what: &str| {
+    let blob = |digest: &str, what: &'static str| {
         images
             .blob_path(digest)
-            .map_err(|e| format!("image {:?} {what}: {e}", instance.spec.image))
+            .map_err(|source| PrepareError::Blob {
+                image: instance.spec.image.clone(),
+                what,
+                source: Box::new(source),
+            })
     };
-    let overlay_of = |disk: &nimbus_api::DiskImage| -> Result<std::path::PathBuf, String> {
+    let overlay_of = |disk: &nimbus_api::DiskImage| -> Result<PathBuf, PrepareError> {
         let base = blob(&disk.digest, "disk")?;
         let overlay = dir.join(OVERLAY_FILE);
         if !overlay.exists() {
@@ -94,13 +137,20 @@ pub fn prepare_instance(
     let boot = match (&image.status.disk, &image.status.kernel, kernel_image) {
         (Some(disk), None, Some(kimg)) => {
             let kernel =
-                kimg.status.kernel.as_ref().ok_or_else(|| {
-                    format!("image {:?} is not a kernel image", kimg.metadata.name)
-                })?;
-            let kblob = |digest: &str, what: &str| {
+                kimg.status
+                    .kernel
+                    .as_ref()
+                    .ok_or_else(|| PrepareError::NotAKernelImage {
+                        image: kimg.metadata.name.clone(),
+                    })?;
+            let kblob = |digest: &str, what: &'static str| {
                 images
                     .blob_path(digest)
-                    .map_err(|e| format!("image {:?} {what}: {e}", kimg.metadata.name))
+                    .map_err(|source| PrepareError::Blob {
+                        image: kimg.metadata.name.clone(),
+                        what,
+                        source: Box::new(source),
+                    })
             };
             Boot::Kernel {
                 kernel: kblob(&kernel.digest, "kernel")?,
@@ -125,10 +175,9 @@ pub fn prepare_instance(
             overlay: overlay_of(disk)?,
         },
         (None, None, _) => {
-            return Err(format!(
-                "image {:?} is neither a disk nor a kernel image",
-                instance.spec.image
-            ))
+            return Err(PrepareError::NeitherDiskNorKernel {
+                image: instance.spec.image.clone(),
+            })
         }
     };
     let seed = match kind {
@@ -158,8 +207,8 @@ pub fn prepare_instance(
         log_max_bytes,
         log_files,
     };
-    spec.validate().map_err(|e| e.to_string())?;
-    spec.save(dir).map_err(|e| e.to_string())?;
+    spec.validate()?;
+    spec.save(dir)?;
     Ok(spec)
 }
 
@@ -169,7 +218,7 @@ fn create_overlay(
     format: &str,
     overlay: &Path,
     size_bytes: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), PrepareError> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
@@ -177,20 +226,21 @@ fn create_overlay(
     if let Some(size) = size_bytes {
         cmd.arg(size.to_string());
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run qemu-img (install qemu-utils): {e}"))?;
+    let out = cmd.output().map_err(PrepareError::QemuImgMissing)?;
     if !out.status.success() {
         let _ = std::fs::remove_file(overlay);
-        return Err(format!(
-            "creating the VM disk {} failed: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(PrepareError::Overlay {
+            overlay: overlay.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     // The guest's disk is the tenant's data: root only (QEMU opens it
     // before dropping to its unprivileged user).
-    std::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", overlay.display()))?;
+    std::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| PrepareError::Restrict {
+            path: overlay.to_path_buf(),
+            source,
+        },
+    )?;
     Ok(())
 }

@@ -1,0 +1,93 @@
+//! The agent's side of [`DriverContext`]: what drivers may ask of it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nimbus_api::{Image, Instance};
+use nimbus_image::ImageStore;
+
+use super::error::{blocking, AgentError};
+use super::network::{Attachment, VmAttachment};
+use super::Agent;
+use crate::container::IdMap;
+use crate::driver::DriverContext;
+
+#[async_trait]
+impl DriverContext for Agent {
+    fn images(&self) -> Arc<ImageStore> {
+        self.images.clone()
+    }
+
+    fn shim_exe(&self) -> PathBuf {
+        self.config.exe.clone()
+    }
+
+    async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError> {
+        self.client
+            .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))
+            .await
+            .map_err(|source| AgentError::ImageLookup {
+                name: name.to_string(),
+                source,
+            })
+    }
+
+    /// The watch shows only the names; the values come from the server for
+    /// this host's token alone.
+    async fn secret_env(
+        &self,
+        instance: &Instance,
+    ) -> Result<BTreeMap<String, String>, AgentError> {
+        if instance.spec.secret_env.is_empty() {
+            return Ok(Default::default());
+        }
+        let project = instance.metadata.project.clone().unwrap_or_default();
+        let name = &instance.metadata.name;
+        self.client
+            .get::<nimbus_api::SecretEnv>(&format!(
+                "/v1/projects/{project}/instances/{name}/secret-env"
+            ))
+            .await
+            .map(|s| s.values)
+            .map_err(|source| AgentError::SecretEnv {
+                name: name.clone(),
+                source,
+            })
+    }
+
+    async fn layer_dirs(&self, name: &str, image: &Image) -> Result<Vec<PathBuf>, AgentError> {
+        let imported = nimbus_image::ImportedImage::from_api(&image.status);
+        let images = self.images.clone();
+        let name = name.to_string();
+        blocking("resolving image layers", move || {
+            images
+                .layer_dirs(&imported)
+                .map_err(|source| AgentError::ImageLayers {
+                    name,
+                    source: Box::new(source),
+                })
+        })
+        .await
+    }
+
+    async fn allocate_ids(&self, dir: &Path) -> Result<IdMap, AgentError> {
+        self.ids.allocate(&self.config.instances_dir(), dir).await
+    }
+
+    async fn attach_container_network(
+        &self,
+        instance: &Instance,
+        dir: &Path,
+    ) -> Result<Option<Attachment>, AgentError> {
+        Ok(self.net.attach_container(self, instance, dir).await?)
+    }
+
+    async fn attach_vm_network(
+        &self,
+        instance: &Instance,
+    ) -> Result<Option<VmAttachment>, AgentError> {
+        Ok(self.net.attach_vm(self, instance).await?)
+    }
+}

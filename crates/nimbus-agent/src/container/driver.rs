@@ -1,0 +1,86 @@
+//! The container [`Driver`]: `spec.json` from the instance and its image,
+//! a network namespace from the agent, then the shim runs the container.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use nimbus_api::InstanceKind;
+
+use super::spec::{ShimSpec, SPEC_FILE};
+use crate::agent::error::AgentError;
+use crate::agent::translate;
+use crate::driver::{Driver, DriverContext, Launch};
+
+pub struct ContainerDriver;
+
+#[async_trait]
+impl Driver for ContainerDriver {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn serves(&self, kind: InstanceKind) -> bool {
+        kind == InstanceKind::Container
+    }
+
+    fn owns_dir(&self, dir: &Path) -> bool {
+        dir.join(SPEC_FILE).exists()
+    }
+
+    fn secure_dir(&self, dir: &Path) -> Result<(), AgentError> {
+        let spec = ShimSpec::load(dir)?;
+        Ok(super::rootfs::secure_instance_dir(dir, spec.id_map)?)
+    }
+
+    async fn prepare(&self, cx: &dyn DriverContext, launch: Launch<'_>) -> Result<(), AgentError> {
+        let Launch {
+            instance,
+            image,
+            dir,
+            restarts_before,
+        } = launch;
+        let layers = cx.layer_dirs(&instance.spec.image, image).await?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
+        let id_map = cx.allocate_ids(dir).await?;
+        let secret_env = cx.secret_env(instance).await?;
+        let mut spec = translate::shim_spec(instance, image, layers, id_map, &secret_env);
+        spec.restarts_before = restarts_before;
+        spec.save(dir)?;
+        Ok(())
+    }
+
+    async fn attach_networks(
+        &self,
+        cx: &dyn DriverContext,
+        launch: Launch<'_>,
+    ) -> Result<(), AgentError> {
+        let Some(a) = cx
+            .attach_container_network(launch.instance, launch.dir)
+            .await?
+        else {
+            return Ok(());
+        };
+        let mut spec = ShimSpec::load(launch.dir)?;
+        spec.netns = Some(a.netns);
+        spec.resolv_conf = Some(a.resolv_conf);
+        spec.hosts_file = Some(a.hosts_file);
+        spec.save(launch.dir)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_directory_is_known_by_its_spec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!ContainerDriver.owns_dir(dir.path()));
+        std::fs::write(dir.path().join(SPEC_FILE), b"{}").expect("write spec.json");
+        assert!(ContainerDriver.owns_dir(dir.path()));
+        assert!(ContainerDriver.serves(InstanceKind::Container));
+        assert!(!ContainerDriver.serves(InstanceKind::Vm));
+    }
+}

@@ -1,0 +1,153 @@
+//! One trait over the kinds of instance a host runs.
+//!
+//! A [`Driver`] makes one family of instances real on this host: it
+//! prepares the instance directory (image, disks or rootfs spec), attaches
+//! the instance to its networks, starts the per-instance shim, stops it and
+//! cleans up after it. The reconcile worker (`agent/reconcile.rs`) decides
+//! *when* each step runs and never *how*: it finds the driver for an
+//! instance, or for a directory on disk, through [`Drivers`], and holds no
+//! knowledge of containers or VMs.
+//!
+//! What a driver needs from the agent (image layers and blobs, id ranges,
+//! network attachments, secrets, the shim executable) comes through
+//! [`DriverContext`], so a driver never names the agent or its worker.
+//!
+//! Adding a driver: a folder with a type implementing [`Driver`], and one
+//! line in [`Drivers::builtin`] (`registry.rs`, the one file here that
+//! names the drivers).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nimbus_api::{HostStatus, Image, Instance, InstanceKind};
+use nimbus_image::ImageStore;
+
+use crate::agent::error::{blocking, AgentError};
+use crate::agent::network::{Attachment, VmAttachment};
+use crate::container::{IdMap, ShimClient, ShimState};
+
+mod registry;
+pub use registry::Drivers;
+
+/// The agent's services a driver may use while preparing an instance.
+#[async_trait]
+pub trait DriverContext: Send + Sync {
+    /// Where image layers and disk blobs live.
+    fn images(&self) -> Arc<ImageStore>;
+    /// The shim executable, run as `<exe> shim <dir>`.
+    fn shim_exe(&self) -> PathBuf;
+    /// An image of `project` by name, from the server.
+    async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError>;
+    /// The opened values of the instance's secret environment.
+    async fn secret_env(&self, instance: &Instance)
+        -> Result<BTreeMap<String, String>, AgentError>;
+    /// The unpacked layer directories of a container image, lowest first;
+    /// `name` is the image as the instance names it (for the error).
+    async fn layer_dirs(&self, name: &str, image: &Image) -> Result<Vec<PathBuf>, AgentError>;
+    /// The host id range of the instance in `dir`: the one it recorded, or
+    /// a free one (taken until the instance is removed).
+    async fn allocate_ids(&self, dir: &Path) -> Result<IdMap, AgentError>;
+    /// Plug a container into its networks (`None`: it has none).
+    async fn attach_container_network(
+        &self,
+        instance: &Instance,
+        dir: &Path,
+    ) -> Result<Option<Attachment>, AgentError>;
+    /// Make the tap of a VM on its network (`None`: it has none).
+    async fn attach_vm_network(
+        &self,
+        instance: &Instance,
+    ) -> Result<Option<VmAttachment>, AgentError>;
+}
+
+/// One instance being started: what [`Driver::prepare`] and
+/// [`Driver::attach_networks`] work from.
+#[derive(Clone, Copy)]
+pub struct Launch<'a> {
+    pub instance: &'a Instance,
+    /// The instance's image, resolved by the server at create.
+    pub image: &'a Image,
+    /// The instance directory (may not exist yet).
+    pub dir: &'a Path,
+    /// Restarts already made by an earlier shim that was lost.
+    pub restarts_before: u32,
+}
+
+/// The life cycle of one kind of instance on this host.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Short name for logs (`container`, `vm`).
+    fn name(&self) -> &'static str;
+
+    /// Whether this driver runs instances of `kind`.
+    fn serves(&self, kind: InstanceKind) -> bool;
+
+    /// Whether `dir` is an instance directory this driver prepared.
+    fn owns_dir(&self, dir: &Path) -> bool;
+
+    /// Give a directory of this driver made by an older agent its private
+    /// mode. Blocking.
+    fn secure_dir(&self, dir: &Path) -> Result<(), AgentError>;
+
+    /// Add what this driver knows about the host (e.g. its VM accelerator)
+    /// to the status the agent registers and heartbeats.
+    async fn describe_host(&self, _status: &mut HostStatus) {}
+
+    /// Write everything the shim needs into the instance directory: id
+    /// range, rootfs spec or disks, the shim's spec file.
+    async fn prepare(&self, cx: &dyn DriverContext, launch: Launch<'_>) -> Result<(), AgentError>;
+
+    /// Attach the instance to its networks and record the attachment where
+    /// the shim reads it. Runs after [`Driver::prepare`].
+    async fn attach_networks(
+        &self,
+        cx: &dyn DriverContext,
+        launch: Launch<'_>,
+    ) -> Result<(), AgentError>;
+
+    /// Spawn the shim on the prepared directory; its first state (running,
+    /// or already exited or failed).
+    async fn start(&self, cx: &dyn DriverContext, dir: &Path) -> Result<ShimState, AgentError> {
+        spawn_shim(cx.shim_exe(), dir).await
+    }
+
+    /// Stop the shim in `dir` (SIGTERM, then SIGKILL after `grace_ms`); its
+    /// final state, or `None` when no shim answers there.
+    async fn stop(&self, dir: &Path, grace_ms: u64) -> Result<Option<ShimState>, AgentError> {
+        stop_shim(dir, grace_ms).await
+    }
+
+    /// Remove what a dead shim left running or mounted (after deletion or
+    /// when its shim died). Keeps the directory and its records.
+    async fn clean_up(&self, dir: &Path) -> Result<(), AgentError> {
+        clean_up_after_shim(dir).await
+    }
+}
+
+/// Runs the shim on `dir` and waits for its first reported state.
+pub async fn spawn_shim(exe: PathBuf, dir: &Path) -> Result<ShimState, AgentError> {
+    let dir = dir.to_path_buf();
+    blocking("spawning the shim", move || {
+        crate::container::spawn_shim(&exe, &dir)
+    })
+    .await
+}
+
+/// Asks the shim in `dir` to stop; `None` when none answers.
+pub async fn stop_shim(dir: &Path, grace_ms: u64) -> Result<Option<ShimState>, AgentError> {
+    let Ok(client) = ShimClient::connect(dir) else {
+        return Ok(None);
+    };
+    Ok(Some(client.stop_async(grace_ms).await?))
+}
+
+/// Kills and unmounts what the shim of `dir` left behind.
+pub async fn clean_up_after_shim(dir: &Path) -> Result<(), AgentError> {
+    let dir = dir.to_path_buf();
+    blocking("cleaning up after the shim", move || {
+        crate::container::cleanup_instance_dir(&dir)
+    })
+    .await
+}
