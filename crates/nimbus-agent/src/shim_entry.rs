@@ -1,8 +1,9 @@
 //! `nimbus shim <instance_dir>`: picks the driver whose spec is in the
 //! directory and runs the shared shim with it.
 //!
-//! This is the one place that names every driver, so that neither the shared
-//! [`crate::shim`] plumbing nor one driver has to know another.
+//! The drivers come from the registry (`driver/registry.rs`, the one file
+//! that names them), so neither the shared [`crate::shim`] plumbing nor one
+//! driver has to know another.
 
 use std::path::Path;
 
@@ -17,25 +18,15 @@ pub fn run_shim(instance_dir: &Path) -> anyhow::Result<()> {
     run_in_background(instance_dir, driver_for(instance_dir))
 }
 
-/// Whether an instance directory holds a driver's spec.
-type OwnsInstanceDir = fn(&Path) -> bool;
-
-/// Each driver's test for its own instance directory, in the order asked.
-const DRIVERS: [(OwnsInstanceDir, PrepareSupervisor); 2] = [
-    (crate::vm::owns_instance_dir, crate::vm::prepare_supervisor),
-    (
-        crate::container::owns_instance_dir,
-        crate::container::prepare_supervisor,
-    ),
-];
-
-/// The driver that owns `dir`. A directory with neither spec goes to the
-/// container driver, whose loader records that `spec.json` is missing.
+/// The driver that owns `dir`, from the registry's shim table. A directory
+/// with no driver's spec goes to the table's last driver (the container
+/// driver), whose loader records that its spec is missing.
 fn driver_for(dir: &Path) -> PrepareSupervisor {
-    DRIVERS
+    let table = &crate::driver::SHIM_SUPERVISORS;
+    table
         .iter()
         .find(|(owns, _)| owns(dir))
-        .map_or(crate::container::prepare_supervisor, |(_, prepare)| {
-            *prepare
-        })
+        .or(table.last())
+        .map(|(_, prepare)| *prepare)
+        .expect("the shim table names at least one driver")
 }

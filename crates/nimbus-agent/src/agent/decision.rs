@@ -4,7 +4,7 @@
 
 use nimbus_api::{DesiredState, Instance, RestartMode};
 
-use crate::container::Phase;
+use crate::shim::Phase;
 
 /// The instance's shim as the worker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use nimbus_api::client::ClientError;
 
-use crate::container::ShimError;
+use crate::shim::ShimError;
 use crate::vm::prepare::PrepareError;
 
 #[derive(Debug, thiserror::Error)]

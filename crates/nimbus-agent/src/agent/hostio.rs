@@ -9,7 +9,7 @@ use nimbus_api::hostio::{ExecStream, HostIo};
 use nimbus_api::{ApiError, Instance, Protocol};
 use nimbus_net::listeners::{self, Transport};
 
-use crate::container::ShimClient;
+use crate::shim::ShimClient;
 
 pub struct LocalHostIo {
     pub instances_dir: PathBuf,

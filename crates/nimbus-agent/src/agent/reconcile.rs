@@ -12,8 +12,8 @@ use tokio::task::JoinHandle;
 use super::decision::{decide, restarts_after_lost_shim, Action, Local, ShimSeen};
 use super::error::{blocking, AgentError};
 use super::{translate, Agent};
-use crate::container::{self, Phase, ShimClient, ShimState};
 use crate::driver::{Driver, DriverContext, Launch};
+use crate::shim::{self, Phase, ShimClient, ShimState};
 
 /// Map a shim's state to the API's status.
 pub fn status_from_shim(state: &ShimState, stop_requested: bool) -> InstanceStatus {
@@ -135,7 +135,7 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
 /// Whether the shim that wrote `dir`'s state is still a live process and
 /// has not recorded an end.
 fn shim_process_alive(dir: &Path) -> bool {
-    container::read_state(dir).is_some_and(|s| {
+    shim::read_state(dir).is_some_and(|s| {
         !s.phase.is_final() && Path::new(&format!("/proc/{}", s.shim_pid)).exists()
     })
 }
@@ -157,7 +157,7 @@ async fn observe(instance: &Instance, dir: &Path, tracked: &Tracked) -> Local {
     };
     Local {
         shim,
-        recorded: container::read_state(dir).map(|s| s.phase),
+        recorded: shim::read_state(dir).map(|s| s.phase),
         started_generation: tracked.started_generation,
         following: tracked
             .subscription
@@ -302,7 +302,7 @@ async fn report_final(
 
 /// The status of an instance whose shim has ended, from its state file.
 fn final_status(dir: &Path, base: &InstanceStatus, stop_requested: bool) -> InstanceStatus {
-    let mut status = match container::read_state(dir) {
+    let mut status = match shim::read_state(dir) {
         Some(s) if s.phase.is_final() => status_from_shim(&s, stop_requested),
         Some(s) => {
             let mut st = status_from_shim(&s, stop_requested);
@@ -386,7 +386,7 @@ async fn start(
     r
 }
 
-type Subscription = Result<container::control::AsyncStateStream, container::ShimError>;
+type Subscription = Result<shim::control::AsyncStateStream, shim::ShimError>;
 
 /// A subscription to the state changes of the shim in `dir`. A failed
 /// attempt is retried while the shim's process lives: treating a hiccup
@@ -452,7 +452,7 @@ async fn forward_states(
             }
         }
         // The shim closed the stream: it has exited; its state file says how.
-        let shim_died = container::read_state(&dir).is_some_and(|s| !s.phase.is_final());
+        let shim_died = shim::read_state(&dir).is_some_and(|s| !s.phase.is_final());
         if shim_died && restarts_after_lost_shim(&instance) {
             // Lost like a workload that died: the worker cleans up what the
             // shim left and starts it again, as its restart policy asks.

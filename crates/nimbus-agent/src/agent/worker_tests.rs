@@ -12,9 +12,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::error::AgentError;
 use super::{reconcile, Agent, AgentConfig};
-use crate::container::state::write_state;
-use crate::container::{Phase, ShimState};
 use crate::driver::{Driver, DriverContext, Drivers, Launch};
+use crate::shim::state::write_state;
+use crate::shim::{Phase, ShimState};
 
 /// Records each life-cycle call; its "shim" runs a workload that has
 /// already exited with code 0 by the time `start` returns.

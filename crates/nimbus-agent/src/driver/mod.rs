@@ -26,10 +26,11 @@ use nimbus_image::ImageStore;
 
 use crate::agent::error::{blocking, AgentError};
 use crate::agent::network::{Attachment, VmAttachment};
-use crate::container::{IdMap, ShimClient, ShimState};
+use crate::container::IdMap;
+use crate::shim::{ShimClient, ShimState};
 
 mod registry;
-pub use registry::Drivers;
+pub use registry::{Drivers, SHIM_SUPERVISORS};
 
 /// The agent's services a driver may use while preparing an instance.
 #[async_trait]

@@ -7,6 +7,22 @@ use nimbus_api::InstanceKind;
 
 use super::Driver;
 use crate::agent::error::AgentError;
+use crate::shim::daemon::PrepareSupervisor;
+
+/// Whether an instance directory holds a driver's spec.
+pub type OwnsInstanceDir = fn(&Path) -> bool;
+
+/// The shim side of each driver, for `nimbus shim <dir>`: its test for its
+/// own instance directory and its supervisor, in the order asked (the last
+/// one also takes directories no driver claims). Plain functions, so the
+/// small `nimbus-shim` executable links no agent code.
+pub const SHIM_SUPERVISORS: [(OwnsInstanceDir, PrepareSupervisor); 2] = [
+    (crate::vm::owns_instance_dir, crate::vm::prepare_supervisor),
+    (
+        crate::container::owns_instance_dir,
+        crate::container::prepare_supervisor,
+    ),
+];
 
 /// The drivers of this agent; the reconcile worker finds an instance's or
 /// a directory's driver here.

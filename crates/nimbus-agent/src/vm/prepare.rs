@@ -11,7 +11,7 @@ use nimbus_image::ImageStore;
 use super::probe::ProbeResult;
 use super::seed::{Seed, SEED_FILE};
 use super::spec::{Boot, RunAs, VmKind, VmShimSpec};
-use crate::container::ShimError;
+use crate::shim::ShimError;
 
 /// What preparing a VM's or unikernel's directory can fail with.
 #[derive(Debug, thiserror::Error)]
