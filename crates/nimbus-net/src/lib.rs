@@ -20,6 +20,9 @@
 pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
+pub mod fake;
+pub mod flows;
+pub mod host;
 pub mod listeners;
 pub mod names;
 pub mod netlink;
