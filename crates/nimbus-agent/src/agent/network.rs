@@ -1339,3 +1339,7 @@ mod tests {
         assert!(forward_refusal(&fwd(false, 9000), &BTreeSet::new(), &[], broken).is_some());
     }
 }
+
+#[cfg(test)]
+#[path = "network_tests.rs"]
+mod driver_tests;
