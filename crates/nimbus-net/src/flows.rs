@@ -4,14 +4,15 @@
 //! functions pick the flows that must go, and leave every other one
 //! (another port's, another address's, the host's own connections) alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::conntrack::Flow;
-use crate::rules::{Forward, HostForward, RouterRules};
+use crate::rules::{AllowRule, Forward, HostForward, Ingress, Proto, RouterRules};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const ICMP: u8 = 1;
 
 fn proto(udp: bool) -> u8 {
     if udp {
@@ -31,11 +32,19 @@ pub struct StaleRouterFlows {
     /// router's uplink address.
     pub forwards: Vec<(u8, u16)>,
     pub router_ip: Option<Ipv4Addr>,
+    /// Ports whose ingress filter (or a group it names) changed: address →
+    /// the new filter. Flows into them it no longer admits go.
+    pub refiltered: BTreeMap<Ipv4Addr, Ingress>,
+    /// Group members under the new rules, for `refiltered`.
+    pub groups: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The router's own addresses: its flows to a port (DNS, DHCP) never
+    /// pass a port's filter.
+    pub router_addresses: Vec<Ipv4Addr>,
 }
 
 impl StaleRouterFlows {
     pub fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.forwards.is_empty()
+        self.addresses.is_empty() && self.forwards.is_empty() && self.refiltered.is_empty()
     }
 
     pub fn matches(&self, f: &Flow) -> bool {
@@ -43,7 +52,85 @@ impl StaleRouterFlows {
             .iter()
             .any(|a| f.src == *a || f.dst == *a || f.reply_src == *a)
             || (Some(f.dst) == self.router_ip && self.forwards.contains(&(f.proto, f.dport)))
+            || self.refused_now(f)
     }
+
+    /// Whether `f` goes into a refiltered port whose new filter refuses it.
+    fn refused_now(&self, f: &Flow) -> bool {
+        if self.router_addresses.contains(&f.src) {
+            return false;
+        }
+        // Bridged, the flow goes to the port's address; published, it went
+        // to the uplink and was translated to the port's (`reply_src`).
+        let (ip, port) = if self.refiltered.contains_key(&f.dst) {
+            (f.dst, f.dport)
+        } else if f.reply_src != f.dst && self.refiltered.contains_key(&f.reply_src) {
+            (f.reply_src, f.reply_sport)
+        } else {
+            return false;
+        };
+        if f.src == ip {
+            // The instance's own connection to itself through a forward.
+            return false;
+        }
+        self.refiltered
+            .get(&ip)
+            .is_some_and(|ing| !admits(ing, &self.groups, f.proto, f.src, port))
+    }
+}
+
+/// Whether the filter `ing` lets a flow of `proto` from `src` to `port` in.
+pub fn admits(
+    ing: &Ingress,
+    groups: &BTreeMap<String, Vec<Ipv4Addr>>,
+    proto: u8,
+    src: Ipv4Addr,
+    port: u16,
+) -> bool {
+    let member = |g: &str| groups.get(g).is_some_and(|m| m.contains(&src));
+    ing.own_groups.iter().any(|g| member(g))
+        || ing
+            .rules
+            .iter()
+            .any(|r| rule_admits(r, &member, proto, src, port))
+}
+
+fn rule_admits(
+    r: &AllowRule,
+    member: &dyn Fn(&str) -> bool,
+    proto: u8,
+    src: Ipv4Addr,
+    port: u16,
+) -> bool {
+    let proto_ok = match r.proto {
+        Proto::Tcp => proto == TCP,
+        Proto::Udp => proto == UDP,
+        Proto::Icmp => proto == ICMP,
+        Proto::Any => true,
+    };
+    let ports_ok = match (r.proto, r.ports) {
+        (Proto::Tcp | Proto::Udp, Some((from, to))) => (from..=to).contains(&port),
+        _ => true,
+    };
+    let cidr_ok = r.cidr.as_deref().is_none_or(|c| cidr_contains(c, src));
+    let group_ok = r.group.as_deref().is_none_or(member);
+    proto_ok && ports_ok && cidr_ok && group_ok
+}
+
+/// `10.0.0.0/8` contains `ip`; anything unreadable contains nothing (as
+/// the rendered rule matches nothing).
+fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    if len > 32 {
+        return false;
+    }
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// What going from the router rules `old` to `new` leaves stale, on the
@@ -65,10 +152,34 @@ pub fn stale_router_flows(
         .symmetric_difference(&after)
         .map(|f| (proto(f.udp), f.port))
         .collect();
+    // A port's filter, or the members of a group it names, changed.
+    let names = |ing: &Ingress| -> BTreeSet<String> {
+        ing.own_groups
+            .iter()
+            .cloned()
+            .chain(ing.rules.iter().filter_map(|r| r.group.clone()))
+            .collect()
+    };
+    let refiltered = new
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let before = old.ports.iter().find(|o| o.ip == p.ip)?;
+            let ing = p.ingress.as_ref()?;
+            let changed = before.ingress.as_ref() != Some(ing)
+                || names(ing)
+                    .iter()
+                    .any(|g| old.groups.get(g) != new.groups.get(g));
+            changed.then(|| (p.ip, ing.clone()))
+        })
+        .collect();
     StaleRouterFlows {
         addresses,
         forwards: forwards.into_iter().collect(),
         router_ip: Some(router_ip),
+        refiltered,
+        groups: new.groups.clone(),
+        router_addresses: vec![new.gateway, router_ip],
     }
 }
 
@@ -276,5 +387,111 @@ mod tests {
             &new,
             &[HOST]
         ));
+    }
+
+    fn filtered(d: u8, ingress: Ingress) -> PortRules {
+        PortRules {
+            ingress: Some(ingress),
+            ..port(d)
+        }
+    }
+
+    fn tcp(ports: (u16, u16)) -> AllowRule {
+        AllowRule {
+            proto: Proto::Tcp,
+            ports: Some(ports),
+            cidr: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn a_removed_rule_takes_the_flows_it_admitted_and_no_others() {
+        let client = Ipv4Addr::new(10, 1, 2, 3);
+        let mut old = rules(&[6], Vec::new());
+        old.ports = vec![
+            filtered(
+                5,
+                Ingress {
+                    own_groups: Vec::new(),
+                    rules: vec![
+                        tcp((80, 80)),
+                        AllowRule {
+                            cidr: Some("10.0.0.0/8".into()),
+                            ..tcp((22, 22))
+                        },
+                    ],
+                },
+            ),
+            port(6),
+        ];
+        let mut new = old.clone();
+        new.ports[0].ingress = Some(Ingress {
+            own_groups: Vec::new(),
+            rules: vec![tcp((80, 80))],
+        });
+        let stale = stale_router_flows(&old, &new, ROUTER);
+        assert!(!stale.is_empty());
+        assert!(stale.matches(&flow(TCP, client, ip(5), 22)), "ssh went");
+        assert!(!stale.matches(&flow(TCP, client, ip(5), 80)), "http stays");
+        assert!(
+            !stale.matches(&flow(TCP, client, ip(6), 22)),
+            "an unfiltered port's flows stay"
+        );
+        assert!(
+            !stale.matches(&flow(TCP, ip(5), client, 22)),
+            "the instance's own outgoing connection stays"
+        );
+        assert!(
+            !stale.matches(&flow(UDP, ip(1), ip(5), 68)),
+            "the router's own flows stay"
+        );
+        // Published: to the uplink, translated to the port.
+        let published = |to_port| Flow {
+            reply_src: ip(5),
+            reply_sport: to_port,
+            ..flow(TCP, HOST, ROUTER, 2222)
+        };
+        assert!(stale.matches(&published(22)));
+        assert!(!stale.matches(&published(80)));
+    }
+
+    #[test]
+    fn leaving_a_group_takes_the_flows_the_membership_admitted() {
+        let ing = Ingress {
+            own_groups: vec!["db".into()],
+            rules: vec![AllowRule {
+                group: Some("app".into()),
+                ..tcp((5432, 5432))
+            }],
+        };
+        let mut old = rules(&[], Vec::new());
+        old.ports = vec![filtered(5, ing), port(6), port(7)];
+        old.groups = BTreeMap::from([
+            ("db".to_string(), vec![ip(5)]),
+            ("app".to_string(), vec![ip(6), ip(7)]),
+        ]);
+        let mut new = old.clone();
+        new.groups.insert("app".into(), vec![ip(7)]);
+        let stale = stale_router_flows(&old, &new, ROUTER);
+        assert!(stale.matches(&flow(TCP, ip(6), ip(5), 5432)), "6 left app");
+        assert!(
+            !stale.matches(&flow(TCP, ip(7), ip(5), 5432)),
+            "7 is still in app"
+        );
+        // A change of an unrelated group leaves the port's flows alone.
+        let mut other = old.clone();
+        other.groups.insert("web".into(), vec![ip(7)]);
+        assert!(stale_router_flows(&old, &other, ROUTER).is_empty());
+    }
+
+    #[test]
+    fn cidrs_contain_what_nftables_would_match() {
+        assert!(cidr_contains("10.0.0.0/8", Ipv4Addr::new(10, 255, 0, 1)));
+        assert!(!cidr_contains("10.0.0.0/8", Ipv4Addr::new(11, 0, 0, 1)));
+        assert!(cidr_contains("0.0.0.0/0", Ipv4Addr::new(8, 8, 8, 8)));
+        assert!(cidr_contains("10.20.0.5/32", ip(5)));
+        assert!(!cidr_contains("10.20.0.5/33", ip(5)));
+        assert!(!cidr_contains("bogus", ip(5)));
     }
 }

@@ -735,8 +735,9 @@ impl NetDriver {
                 Ok(()) => {
                     r.applied = Some(rr);
                     // Tracked flows of a removed port (its address may go to
-                    // a new instance) or of a changed port forward would
-                    // bypass the new rules: drop them.
+                    // a new instance), of a changed port forward, or into a
+                    // port whose filter no longer admits them would bypass
+                    // the new rules: drop them.
                     if let Some(stale) = stale.filter(|s| !s.is_empty()) {
                         let ns = r.host.netns.clone();
                         let conntrack = self.host.conntrack.clone();

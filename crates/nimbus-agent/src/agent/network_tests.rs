@@ -538,3 +538,51 @@ fn network_errors_name_the_network_and_what_to_do() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn removing_a_security_group_rule_cuts_the_connections_it_admitted() {
+    let f = fixture();
+    let net = network("shop", "front", NET_A, 20);
+    let rule = |port| SecurityRule {
+        protocol: Protocol::Tcp,
+        port_from: Some(port),
+        port_to: None,
+        cidr: None,
+        group: None,
+    };
+    f.add_group(secgroup("shop", "web", vec![rule(80), rule(22)]));
+    f.add(&net, &instance(WEB, "web", &net, 5, &["web"]));
+    f.add(&net, &instance(DB, "db", &net, 6, &[]));
+    f.sync().await;
+    let web = Ipv4Addr::new(10, 20, 0, 5);
+    let db = Ipv4Addr::new(10, 20, 0, 6);
+    let to_web = |port| Flow {
+        proto: 6,
+        src: db,
+        dst: web,
+        dport: port,
+        reply_src: web,
+        reply_sport: port,
+    };
+    let to_db = Flow {
+        proto: 6,
+        src: web,
+        dst: db,
+        dport: 22,
+        reply_src: db,
+        reply_sport: 22,
+    };
+    let router_ns = names::router_netns(NET_A);
+    f.host
+        .state()
+        .flows
+        .insert(Some(router_ns.clone()), vec![to_web(80), to_web(22), to_db]);
+    f.add_group(secgroup("shop", "web", vec![rule(80)]));
+    f.sync().await;
+    let s = f.host.state();
+    assert_eq!(
+        s.removed_flows,
+        vec![(Some(router_ns.clone()), to_web(22))],
+        "ssh to web goes; http to web and web's own ssh to db stay"
+    );
+}
