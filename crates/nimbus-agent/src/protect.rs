@@ -20,6 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cgroupfs::{CgroupFs, HostCgroupFs};
+
 /// OOM score of `nimbus up` and `nimbus server`: far below any workload,
 /// yet not immune, so a leaking daemon can still be stopped by the kernel
 /// before the host dies.
@@ -84,19 +86,28 @@ pub enum ProtectError {
 /// Sets the calling process's `oom_score_adj`. Lowering it needs
 /// `CAP_SYS_RESOURCE`; raising it (a workload going back to 0) does not.
 pub fn set_own_oom_score_adj(value: i32) -> Result<(), ProtectError> {
+    set_own_oom_score_adj_on(&HostCgroupFs, value)
+}
+
+fn set_own_oom_score_adj_on(fs: &dyn CgroupFs, value: i32) -> Result<(), ProtectError> {
     const PATH: &str = "/proc/self/oom_score_adj";
-    std::fs::write(PATH, value.to_string()).map_err(|source| ProtectError::OomScore {
-        value,
-        path: PATH,
-        source,
-    })
+    fs.write(Path::new(PATH), &value.to_string())
+        .map_err(|source| ProtectError::OomScore {
+            value,
+            path: PATH,
+            source,
+        })
 }
 
 /// The score a workload started by the calling process gets: 0 when the
 /// caller is protected (negative), else [`RAISED_WORKLOAD_OOM_SCORE_ADJ`],
 /// so the workload always ranks above its supervisor for the OOM killer.
 pub fn workload_oom_score_adj() -> i32 {
-    let own = oom_score_adj_of_self().unwrap_or(0);
+    workload_oom_score_adj_on(&HostCgroupFs)
+}
+
+fn workload_oom_score_adj_on(fs: &dyn CgroupFs) -> i32 {
+    let own = oom_score_adj_of_self(fs).unwrap_or(0);
     if own < 0 {
         WORKLOAD_OOM_SCORE_ADJ
     } else {
@@ -104,8 +115,8 @@ pub fn workload_oom_score_adj() -> i32 {
     }
 }
 
-fn oom_score_adj_of_self() -> Option<i32> {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
+fn oom_score_adj_of_self(fs: &dyn CgroupFs) -> Option<i32> {
+    fs.read(Path::new("/proc/self/oom_score_adj"))
         .ok()?
         .trim()
         .parse()
@@ -114,7 +125,8 @@ fn oom_score_adj_of_self() -> Option<i32> {
 
 /// The `oom_score_adj` of process `pid`, if it still exists.
 pub fn oom_score_adj_of(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+    HostCgroupFs
+        .read(Path::new(&format!("/proc/{pid}/oom_score_adj")))
         .ok()?
         .trim()
         .parse()
@@ -134,7 +146,7 @@ pub struct WorkloadOomScope {
 
 impl WorkloadOomScope {
     pub fn enter() -> Result<WorkloadOomScope, ProtectError> {
-        let own = oom_score_adj_of_self().unwrap_or(0);
+        let own = oom_score_adj_of_self(&HostCgroupFs).unwrap_or(0);
         set_own_oom_score_adj(workload_oom_score_adj())?;
         Ok(WorkloadOomScope { own })
     }
@@ -149,33 +161,34 @@ impl Drop for WorkloadOomScope {
 }
 
 /// Whether this host mounts the v1 hierarchy of `controller`.
-fn v1_hierarchy(controller: &str) -> Option<PathBuf> {
+fn v1_hierarchy(fs: &dyn CgroupFs, controller: &str) -> Option<PathBuf> {
     let dir = Path::new(CGROUP_ROOT).join(controller);
-    dir.join("cgroup.procs").exists().then_some(dir)
+    fs.exists(&dir.join("cgroup.procs")).then_some(dir)
 }
 
 /// The unified (v2) hierarchy when it is mounted at the root.
-fn v2_root() -> Option<PathBuf> {
+fn v2_root(fs: &dyn CgroupFs) -> Option<PathBuf> {
     let root = Path::new(CGROUP_ROOT);
-    root.join("cgroup.controllers")
-        .exists()
+    fs.exists(&root.join("cgroup.controllers"))
         .then(|| root.to_path_buf())
 }
 
-fn write_cgroup_file(path: &Path, value: &str) -> Result<(), ProtectError> {
-    std::fs::write(path, value).map_err(|source| ProtectError::Cgroup {
-        what: "write",
-        path: path.to_path_buf(),
-        source,
-    })
+fn write_cgroup_file(fs: &dyn CgroupFs, path: &Path, value: &str) -> Result<(), ProtectError> {
+    fs.write(path, value)
+        .map_err(|source| ProtectError::Cgroup {
+            what: "write",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
-fn make_cgroup(path: &Path) -> Result<(), ProtectError> {
-    std::fs::create_dir_all(path).map_err(|source| ProtectError::Cgroup {
-        what: "create",
-        path: path.to_path_buf(),
-        source,
-    })
+fn make_cgroup(fs: &dyn CgroupFs, path: &Path) -> Result<(), ProtectError> {
+    fs.create_dir_all(path)
+        .map_err(|source| ProtectError::Cgroup {
+            what: "create",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Moves the calling process (every thread: v1 `cgroup.procs` moves the
@@ -184,35 +197,50 @@ fn make_cgroup(path: &Path) -> Result<(), ProtectError> {
 /// container's init and QEMU are moved into their instance's cgroup, so
 /// workloads never share the control plane's weight.
 pub fn join_system_cpu_cgroup() -> Result<PathBuf, ProtectError> {
-    let me = std::process::id().to_string();
-    if let Some(cpu) = v1_hierarchy("cpu") {
+    join_system_cpu_cgroup_on(&HostCgroupFs, std::process::id())
+}
+
+/// [`join_system_cpu_cgroup`] for the process `pid`, on the files `fs`.
+fn join_system_cpu_cgroup_on(fs: &dyn CgroupFs, pid: u32) -> Result<PathBuf, ProtectError> {
+    let me = pid.to_string();
+    if let Some(cpu) = v1_hierarchy(fs, "cpu") {
         let system = cpu.join(SYSTEM_CGROUP);
         let instances = cpu.join(INSTANCES_CGROUP);
-        make_cgroup(&system)?;
-        make_cgroup(&instances)?;
-        write_cgroup_file(&system.join("cpu.shares"), &SYSTEM_CPU_SHARES.to_string())?;
+        make_cgroup(fs, &system)?;
+        make_cgroup(fs, &instances)?;
         write_cgroup_file(
+            fs,
+            &system.join("cpu.shares"),
+            &SYSTEM_CPU_SHARES.to_string(),
+        )?;
+        write_cgroup_file(
+            fs,
             &instances.join("cpu.shares"),
             &INSTANCES_CPU_SHARES.to_string(),
         )?;
-        write_cgroup_file(&system.join("cgroup.procs"), &me)?;
+        write_cgroup_file(fs, &system.join("cgroup.procs"), &me)?;
         return Ok(system);
     }
-    if let Some(root) = v2_root() {
+    if let Some(root) = v2_root(fs) {
         let system = root.join(SYSTEM_CGROUP);
         let instances = root.join(INSTANCES_CGROUP);
-        make_cgroup(&system)?;
-        make_cgroup(&instances)?;
+        make_cgroup(fs, &system)?;
+        make_cgroup(fs, &instances)?;
         // cpu.weight exists only where the root delegates the cpu
         // controller; without it the move still groups the control plane.
-        if system.join("cpu.weight").exists() {
-            write_cgroup_file(&system.join("cpu.weight"), &SYSTEM_CPU_WEIGHT.to_string())?;
+        if fs.exists(&system.join("cpu.weight")) {
             write_cgroup_file(
+                fs,
+                &system.join("cpu.weight"),
+                &SYSTEM_CPU_WEIGHT.to_string(),
+            )?;
+            write_cgroup_file(
+                fs,
                 &instances.join("cpu.weight"),
                 &INSTANCES_CPU_WEIGHT.to_string(),
             )?;
         }
-        write_cgroup_file(&system.join("cgroup.procs"), &me)?;
+        write_cgroup_file(fs, &system.join("cgroup.procs"), &me)?;
         return Ok(system);
     }
     Err(ProtectError::Cgroup {
@@ -224,7 +252,12 @@ pub fn join_system_cpu_cgroup() -> Result<PathBuf, ProtectError> {
 
 /// The host's memory (`MemTotal`), in bytes.
 pub fn host_memory_bytes() -> Result<u64, ProtectError> {
-    let text = std::fs::read_to_string("/proc/meminfo")
+    host_memory_bytes_on(&HostCgroupFs)
+}
+
+fn host_memory_bytes_on(fs: &dyn CgroupFs) -> Result<u64, ProtectError> {
+    let text = fs
+        .read(Path::new("/proc/meminfo"))
         .map_err(|e| ProtectError::MemInfo(e.to_string()))?;
     parse_mem_total(&text).ok_or_else(|| ProtectError::MemInfo("no MemTotal line".into()))
 }
@@ -269,23 +302,34 @@ pub fn instances_memory_limit(total_bytes: u64, reserve_bytes: u64) -> Result<u6
 /// together hit their common limit, and the OOM killer acts inside it,
 /// before the host runs out. Returns the limit set.
 pub fn reserve_host_memory(reserve_bytes: Option<u64>) -> Result<u64, ProtectError> {
-    let total = host_memory_bytes()?;
+    reserve_host_memory_on(&HostCgroupFs, reserve_bytes)
+}
+
+fn reserve_host_memory_on(
+    fs: &dyn CgroupFs,
+    reserve_bytes: Option<u64>,
+) -> Result<u64, ProtectError> {
+    let total = host_memory_bytes_on(fs)?;
     let reserve = reserve_bytes.unwrap_or_else(|| default_memory_reserve(total));
     let limit = instances_memory_limit(total, reserve)?;
-    if let Some(memory) = v1_hierarchy("memory") {
+    if let Some(memory) = v1_hierarchy(fs, "memory") {
         let instances = memory.join(INSTANCES_CGROUP);
-        make_cgroup(&instances)?;
+        make_cgroup(fs, &instances)?;
         // Children count against the parent only with hierarchical
         // accounting; recent kernels have it always on and refuse the
         // write, which is fine.
-        let _ = std::fs::write(instances.join("memory.use_hierarchy"), "1");
-        write_cgroup_file(&instances.join("memory.limit_in_bytes"), &limit.to_string())?;
+        let _ = fs.write(&instances.join("memory.use_hierarchy"), "1");
+        write_cgroup_file(
+            fs,
+            &instances.join("memory.limit_in_bytes"),
+            &limit.to_string(),
+        )?;
         return Ok(limit);
     }
-    if let Some(root) = v2_root() {
+    if let Some(root) = v2_root(fs) {
         let instances = root.join(INSTANCES_CGROUP);
-        make_cgroup(&instances)?;
-        write_cgroup_file(&instances.join("memory.max"), &limit.to_string())?;
+        make_cgroup(fs, &instances)?;
+        write_cgroup_file(fs, &instances.join("memory.max"), &limit.to_string())?;
         return Ok(limit);
     }
     Err(ProtectError::Cgroup {
@@ -303,18 +347,26 @@ pub fn reserve_host_memory(reserve_bytes: Option<u64>) -> Result<u64, ProtectErr
 /// default reserve. Returns the memory left to instances when the reserve
 /// is in force.
 pub fn protect_daemon(reserve: Option<Option<u64>>) -> Result<Option<u64>, ProtectError> {
-    match set_own_oom_score_adj(DAEMON_OOM_SCORE_ADJ) {
+    protect_daemon_on(&HostCgroupFs, std::process::id(), reserve)
+}
+
+fn protect_daemon_on(
+    fs: &dyn CgroupFs,
+    pid: u32,
+    reserve: Option<Option<u64>>,
+) -> Result<Option<u64>, ProtectError> {
+    match set_own_oom_score_adj_on(fs, DAEMON_OOM_SCORE_ADJ) {
         Ok(()) => tracing::info!(oom_score_adj = DAEMON_OOM_SCORE_ADJ, "OOM protection set"),
         Err(e) => tracing::warn!(error = %e, "running without OOM protection"),
     }
-    match join_system_cpu_cgroup() {
+    match join_system_cpu_cgroup_on(fs, pid) {
         Ok(dir) => tracing::info!(cgroup = %dir.display(), "control plane in its own CPU cgroup"),
         Err(e) => tracing::warn!(error = %e, "control plane shares the CPU cgroup of its parent"),
     }
     let Some(reserve) = reserve else {
         return Ok(None);
     };
-    match reserve_host_memory(reserve) {
+    match reserve_host_memory_on(fs, reserve) {
         Ok(limit) => {
             tracing::info!(
                 instances_memory_limit_bytes = limit,
@@ -358,5 +410,151 @@ mod tests {
         );
         let err = instances_memory_limit(1 << 30, 1 << 30).unwrap_err();
         assert!(err.to_string().contains("--reserved-memory"), "{err}");
+    }
+
+    use crate::cgroupfs::FakeCgroupFs;
+
+    const GIB: u64 = 1 << 30;
+
+    /// A host with `memory_gib` of memory and v1 cpu and memory hierarchies.
+    fn v1_host(memory_gib: u64) -> FakeCgroupFs {
+        let fs = FakeCgroupFs::new();
+        fs.add_file(
+            "/proc/meminfo",
+            &format!("MemTotal:       {} kB\nMemFree: 1 kB\n", memory_gib << 20),
+        );
+        fs.add_file("/proc/self/oom_score_adj", "0\n");
+        fs.add_cgroup("/sys/fs/cgroup/cpu", &[1]);
+        fs.add_cgroup("/sys/fs/cgroup/memory", &[1]);
+        fs
+    }
+
+    fn v2_host(memory_gib: u64) -> FakeCgroupFs {
+        let fs = FakeCgroupFs::new();
+        fs.add_file(
+            "/proc/meminfo",
+            &format!("MemTotal: {} kB\n", memory_gib << 20),
+        );
+        fs.add_cgroup("/sys/fs/cgroup", &[1]);
+        fs.add_file("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids\n");
+        fs
+    }
+
+    #[test]
+    fn the_instances_parent_is_limited_to_the_host_memory_minus_the_reserve() {
+        let fs = v1_host(24);
+        let limit = reserve_host_memory_on(&fs, None).expect("a limit");
+        // A tenth of 24 GiB, rounded down to whole MiB.
+        let expected = (24 * GIB - 24 * GIB / 10) / (1 << 20) * (1 << 20);
+        assert_eq!(limit, expected);
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/memory/nimbus/memory.limit_in_bytes"),
+            Some(expected.to_string())
+        );
+        // An operator's reserve replaces the default.
+        let limit = reserve_host_memory_on(&fs, Some(4 * GIB)).expect("a limit");
+        assert_eq!(limit, 20 * GIB);
+        // Small hosts keep at least 1 GiB.
+        assert_eq!(
+            reserve_host_memory_on(&v1_host(4), None).ok(),
+            Some(3 * GIB)
+        );
+    }
+
+    #[test]
+    fn a_kernel_refusing_use_hierarchy_still_gets_the_limit() {
+        let fs = v1_host(8);
+        fs.tree().refused.insert(PathBuf::from(
+            "/sys/fs/cgroup/memory/nimbus/memory.use_hierarchy",
+        ));
+        assert_eq!(reserve_host_memory_on(&fs, Some(GIB)).ok(), Some(7 * GIB));
+    }
+
+    #[test]
+    fn v2_hosts_get_memory_max_and_cpu_weight_where_delegated() {
+        let fs = v2_host(8);
+        assert_eq!(reserve_host_memory_on(&fs, Some(GIB)).ok(), Some(7 * GIB));
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/nimbus/memory.max"),
+            Some((7 * GIB).to_string())
+        );
+        // No cpu controller delegated: the move still happens, no weight.
+        let dir = join_system_cpu_cgroup_on(&fs, 4242).expect("joined");
+        assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/nimbus-system"));
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/nimbus-system/cgroup.procs"),
+            Some("4242\n".into())
+        );
+        assert!(fs.file("/sys/fs/cgroup/nimbus-system/cpu.weight").is_none());
+        fs.add_file("/sys/fs/cgroup/nimbus-system/cpu.weight", "100");
+        join_system_cpu_cgroup_on(&fs, 4242).expect("joined");
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/nimbus-system/cpu.weight"),
+            Some("400".into())
+        );
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/nimbus/cpu.weight"),
+            Some("100".into())
+        );
+    }
+
+    #[test]
+    fn the_control_plane_weighs_four_times_the_instances_on_v1() {
+        let fs = v1_host(8);
+        let dir = join_system_cpu_cgroup_on(&fs, 4242).expect("joined");
+        assert_eq!(dir, PathBuf::from("/sys/fs/cgroup/cpu/nimbus-system"));
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/cpu/nimbus-system/cpu.shares"),
+            Some("4096".into())
+        );
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/cpu/nimbus/cpu.shares"),
+            Some("1024".into())
+        );
+        assert_eq!(
+            fs.file("/sys/fs/cgroup/cpu/nimbus-system/cgroup.procs"),
+            Some("4242\n".into())
+        );
+    }
+
+    #[test]
+    fn a_daemon_is_protected_by_every_layer_the_host_allows() {
+        let fs = v1_host(16);
+        let limit = protect_daemon_on(&fs, 4242, Some(None)).expect("protected");
+        assert!(limit.is_some());
+        assert_eq!(fs.file("/proc/self/oom_score_adj"), Some("-900".into()));
+        assert!(fs
+            .file("/sys/fs/cgroup/cpu/nimbus-system/cpu.shares")
+            .is_some());
+
+        // No root: OOM score and cgroups refused, the default reserve is
+        // skipped, the daemon still starts.
+        let bare = FakeCgroupFs::new();
+        bare.add_file("/proc/meminfo", "MemTotal: 16777216 kB\n");
+        bare.tree()
+            .refused
+            .insert(PathBuf::from("/proc/self/oom_score_adj"));
+        assert_eq!(protect_daemon_on(&bare, 1, Some(None)).ok(), Some(None));
+        assert_eq!(protect_daemon_on(&bare, 1, None).ok(), Some(None));
+        // A reserve the operator asked for must hold.
+        let err = protect_daemon_on(&bare, 1, Some(Some(GIB))).unwrap_err();
+        assert!(err.to_string().contains("/sys/fs/cgroup"), "{err}");
+        let err = protect_daemon_on(&v1_host(1), 1, Some(Some(2 * GIB))).unwrap_err();
+        assert!(err.to_string().contains("--reserved-memory"), "{err}");
+    }
+
+    #[test]
+    fn workloads_always_rank_above_their_supervisor_for_the_oom_killer() {
+        let fs = FakeCgroupFs::new();
+        for (own, workload) in [("-900", 0), ("-1000", 0), ("0", 500), ("700", 700)] {
+            fs.add_file("/proc/self/oom_score_adj", own);
+            assert_eq!(
+                workload_oom_score_adj_on(&fs),
+                workload,
+                "supervisor at {own}"
+            );
+        }
+        // Unreadable: treated as unprotected.
+        assert_eq!(workload_oom_score_adj_on(&FakeCgroupFs::new()), 500);
     }
 }

@@ -219,6 +219,16 @@ impl Ctnetlink {
     }
 }
 
+/// The tracked IPv4 TCP and UDP flows of the calling thread's network
+/// namespace.
+pub fn list_flows() -> Result<Vec<Flow>> {
+    let mut sock = Ctnetlink::open()?;
+    let mut flows = Vec::new();
+    sock.send(&request(ConntrackMessage::Get(Vec::new()), NLM_F_DUMP, 1))?;
+    sock.replies(1, |entry| flows.extend(flow_of(entry)))?;
+    Ok(flows)
+}
+
 /// Remove the tracked IPv4 TCP and UDP flows of the calling thread's
 /// network namespace that `matches` picks; returns how many went. Entries
 /// that vanish meanwhile are not an error.

@@ -11,7 +11,10 @@
 //! host ports.
 //!
 //! All links and addresses are made through netlink; nftables rules go to
-//! `nft -f -` as one script (one atomic transaction) per change.
+//! `nft -f -` as one script (one atomic transaction) per change. Those
+//! effects, and conntrack, sit behind the traits of [`host`], so what
+//! decides them (`router`, `rules`, `flows`, the agent's driver) is tested
+//! without root against [`fake::FakeHost`].
 //!
 //! This crate must never touch a link, namespace or nftables table it did
 //! not name: host links start with `nb`, namespaces live under
@@ -20,6 +23,9 @@
 pub mod conntrack;
 pub mod dhcp;
 pub mod dns;
+pub mod fake;
+pub mod flows;
+pub mod host;
 pub mod listeners;
 pub mod names;
 pub mod netlink;

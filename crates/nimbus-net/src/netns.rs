@@ -92,25 +92,29 @@ pub fn open(path: &Path) -> Result<File> {
 }
 
 /// Run `f` on a thread inside the namespace at `path` (`None`: the
-/// namespace of the calling process).
+/// namespace of the calling process). The thread is scoped, so `f` may
+/// borrow from the caller.
 pub fn run_in<T, F>(path: Option<&Path>, f: F) -> Result<T>
 where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
 {
     let ns = match path {
         Some(p) => Some(open(p)?),
         None => None,
     };
-    std::thread::spawn(move || -> Result<T> {
-        if let Some(ns) = ns {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetError::io("join the network namespace", e.into()))?;
-        }
-        f()
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<T> {
+                if let Some(ns) = ns {
+                    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| NetError::io("join the network namespace", e.into()))?;
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| NetError::Invalid("network namespace thread panicked".into()))?
     })
-    .join()
-    .map_err(|_| NetError::Invalid("network namespace thread panicked".into()))?
 }
 
 /// Write a sysctl under `/proc/sys/` in the calling thread's namespace.

@@ -713,4 +713,248 @@ mod tests {
         assert!(s.starts_with("table inet nimbus_t1\ndelete table inet nimbus_t1\n"));
         assert!(s.contains("udp dport 5353 dnat ip to 100.64.0.2:5353"));
     }
+
+    fn allow(proto: Proto, ports: Option<(u16, u16)>) -> AllowRule {
+        AllowRule {
+            proto,
+            ports,
+            cidr: None,
+            group: None,
+        }
+    }
+
+    fn port(d: u8, ingress: Option<Ingress>) -> PortRules {
+        PortRules {
+            link: format!("p{d}"),
+            ip: Ipv4Addr::new(10, 20, 0, d),
+            mac: format!("02:00:00:00:00:{d:02x}"),
+            dhcp: false,
+            ingress,
+        }
+    }
+
+    fn lines_of<'a>(script: &'a str, chain: &str) -> Vec<&'a str> {
+        let prefix = format!("add rule inet nimbus {chain} ");
+        script
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    /// The rules of the ingress chain the port at `ip` jumps to.
+    fn filter_of<'a>(script: &'a str, ip: &str) -> Vec<&'a str> {
+        let chain = script
+            .lines()
+            .find(|l| l.starts_with("add element inet nimbus ingress {"))
+            .and_then(|l| l.split(&format!("{ip} : jump ")).nth(1))
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .unwrap_or_else(|| panic!("{ip} has no filter: {script}"));
+        lines_of(script, chain)
+    }
+
+    #[test]
+    fn ingress_is_denied_by_default_and_open_only_to_the_rules() {
+        let mut r = sample();
+        r.forwards.clear();
+        r.groups.clear();
+        r.ports = vec![
+            port(
+                5,
+                Some(Ingress {
+                    own_groups: Vec::new(),
+                    rules: vec![
+                        allow(Proto::Tcp, Some((80, 80))),
+                        allow(Proto::Udp, Some((6000, 6100))),
+                        allow(Proto::Icmp, None),
+                    ],
+                }),
+            ),
+            port(6, Some(Ingress::default())),
+        ];
+        let s = router_script(&r, None);
+        assert!(s.contains(
+            "add chain inet nimbus forward { type filter hook forward priority 0; policy drop; }"
+        ));
+        assert!(s.contains(
+            "add chain inet nimbus input { type filter hook input priority 0; policy drop; }"
+        ));
+        assert_eq!(
+            filter_of(&s, "10.20.0.5"),
+            vec![
+                "tcp dport 80 accept",
+                "udp dport 6000-6100 accept",
+                "meta l4proto icmp accept",
+                "drop"
+            ]
+        );
+        assert_eq!(filter_of(&s, "10.20.0.6"), vec!["drop"], "no rules: closed");
+        // Traffic from outside only through a published port's DNAT.
+        let forward = lines_of(&s, "forward");
+        let dnat = forward
+            .iter()
+            .position(|l| *l == "iifname \"uplink\" ct status dnat ip daddr vmap @ingress");
+        let rest = forward.iter().position(|l| *l == "iifname \"uplink\" drop");
+        assert!(
+            dnat.is_some() && rest.is_some() && dnat < rest,
+            "{forward:?}"
+        );
+        assert!(!s.contains("dnat ip to"), "no published port, no DNAT: {s}");
+    }
+
+    #[test]
+    fn sources_are_a_cidr_a_group_or_nothing_that_is_not_a_cidr() {
+        let mut r = sample();
+        r.ports = vec![port(
+            5,
+            Some(Ingress {
+                own_groups: Vec::new(),
+                rules: vec![
+                    AllowRule {
+                        cidr: Some("192.168.0.0/16".into()),
+                        ..allow(Proto::Any, None)
+                    },
+                    AllowRule {
+                        group: Some("db clients".into()),
+                        ..allow(Proto::Tcp, Some((5432, 5432)))
+                    },
+                    AllowRule {
+                        cidr: Some("0.0.0.0/0; flush ruleset".into()),
+                        ..allow(Proto::Tcp, Some((22, 22)))
+                    },
+                ],
+            }),
+        )];
+        r.groups = BTreeMap::from([("db clients".to_string(), vec![Ipv4Addr::new(10, 20, 0, 9)])]);
+        let s = router_script(&r, None);
+        let filter = filter_of(&s, "10.20.0.5");
+        assert_eq!(filter[0], "ip saddr 192.168.0.0/16 accept");
+        assert_eq!(filter[1], "ip saddr @g_db_20clients tcp dport 5432 accept");
+        assert_eq!(
+            filter[2], "ip saddr 0.0.0.0/32 ip saddr != 0.0.0.0/32 tcp dport 22 accept",
+            "a bad CIDR matches nothing"
+        );
+        assert!(!s.contains("flush ruleset"), "{s}");
+        assert!(s.contains("add element inet nimbus g_db_20clients { 10.20.0.9 }"));
+    }
+
+    #[test]
+    fn ports_with_one_filter_share_a_chain_and_other_filters_get_their_own() {
+        let web = Ingress {
+            own_groups: vec!["web".into()],
+            rules: vec![allow(Proto::Tcp, Some((80, 80)))],
+        };
+        let db = Ingress {
+            own_groups: vec!["db".into()],
+            rules: Vec::new(),
+        };
+        let mut r = sample();
+        r.ports = vec![
+            port(5, Some(web.clone())),
+            port(6, Some(web)),
+            port(7, Some(db)),
+        ];
+        let s = router_script(&r, None);
+        let chains: std::collections::BTreeSet<&str> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("add chain inet nimbus sg_"))
+            .collect();
+        assert_eq!(chains.len(), 2, "{chains:?}");
+        assert_eq!(filter_of(&s, "10.20.0.5"), filter_of(&s, "10.20.0.6"));
+        assert_eq!(
+            filter_of(&s, "10.20.0.7"),
+            vec!["ip saddr @g_db accept", "drop"]
+        );
+    }
+
+    #[test]
+    fn published_ports_are_dnat_to_the_instance_and_egress_is_masqueraded() {
+        let mut r = sample();
+        r.forwards.push(Forward {
+            udp: true,
+            port: 5353,
+            ip: Ipv4Addr::new(10, 20, 0, 5),
+            to_port: 53,
+        });
+        let s = router_script(&r, None);
+        assert_eq!(
+            lines_of(&s, "portfwd"),
+            vec![
+                "iifname \"uplink\" tcp dport 8080 dnat ip to 10.20.0.5:80",
+                "iifname \"uplink\" udp dport 5353 dnat ip to 10.20.0.5:53",
+            ]
+        );
+        assert_eq!(
+            lines_of(&s, "egress"),
+            vec!["oifname \"uplink\" masquerade"]
+        );
+        // Unpublishing rewrites the rules: the DNAT goes.
+        let inc = router_script(&sample(), Some(&r));
+        assert!(inc.contains("flush chain inet nimbus portfwd"), "{inc}");
+        assert!(!inc.contains("udp dport 5353"), "{inc}");
+        assert!(
+            inc.contains("tcp dport 8080 dnat ip to 10.20.0.5:80"),
+            "{inc}"
+        );
+    }
+
+    #[test]
+    fn only_vm_ports_may_send_dhcp_requests() {
+        let mut r = sample();
+        let mut vm = port(7, None);
+        vm.link = "t7".into();
+        vm.dhcp = true;
+        r.ports.push(vm);
+        let s = router_script(&r, None);
+        assert!(
+            s.contains("add element bridge nimbus dhcp_ports { \"t7\" }"),
+            "{s}"
+        );
+        assert!(!s.contains("dhcp_ports { \"pabc\""), "{s}");
+        assert!(s.contains(
+            "add rule bridge nimbus antispoof iifname @dhcp_ports ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp dport 67 accept"
+        ));
+    }
+
+    #[test]
+    fn the_host_table_isolates_networks_and_forwards_only_published_ports() {
+        let uplinks = vec!["nb01".to_string(), "nb02".to_string()];
+        let forwards = [HostForward {
+            udp: false,
+            port: 8080,
+            router_ip: Ipv4Addr::new(100, 64, 0, 2),
+        }];
+        let s = host_script("nimbus_t1", &uplinks, &forwards, false);
+        assert!(!s.contains("delete table"), "refilled, not replaced: {s}");
+        let rules = |chain: &str| -> Vec<String> {
+            let prefix = format!("add rule inet nimbus_t1 {chain} ");
+            s.lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            rules("forward"),
+            vec!["iifname \"nb*\" oifname \"nb*\" drop"]
+        );
+        assert_eq!(
+            rules("input"),
+            vec![
+                "iifname \"nb*\" ct state established,related accept",
+                "iifname \"nb*\" drop"
+            ],
+            "instances never reach the host's own services"
+        );
+        let dnat = "fib daddr type local tcp dport 8080 dnat ip to 100.64.0.2:8080";
+        assert_eq!(rules("prerouting"), vec![dnat]);
+        assert_eq!(
+            rules("output"),
+            vec![dnat],
+            "the host itself reaches it too"
+        );
+        assert!(rules("postrouting")
+            .contains(&"iifname @uplinks oifname != \"nb*\" masquerade".to_string()));
+        assert!(s.contains("add element inet nimbus_t1 uplinks { \"nb01\", \"nb02\" }"));
+        let none = host_script("nimbus_t1", &uplinks, &[], false);
+        assert!(!none.contains("dnat"), "{none}");
+    }
 }

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
+use nimbus_net::host::KernelNetns;
 use nimbus_net::rules::{self, AllowRule, Ingress, PortRules, Proto, RouterRules};
 use nimbus_net::{names, netlink::Netlink, netns, nft, router, PortSpec, RouterSpec};
 
@@ -102,14 +103,17 @@ fn ports_talk_filter_and_clean_up() {
         net_id.clone(),
         vec![a.instance_id.clone(), b.instance_id.clone()],
     );
-    let host = router::ensure_router(&RouterSpec {
-        network_id: net_id.clone(),
-        gateway: Ipv4Addr::new(10, 99, 0, 1),
-        prefix_len: 24,
-    })
+    let host = router::ensure_router(
+        &KernelNetns,
+        &RouterSpec {
+            network_id: net_id.clone(),
+            gateway: Ipv4Addr::new(10, 99, 0, 1),
+            prefix_len: 24,
+        },
+    )
     .expect("router");
-    let a_ns = router::attach_container(&router_ns, &a).expect("attach a");
-    let b_ns = router::attach_container(&router_ns, &b).expect("attach b");
+    let a_ns = router::attach_container(&KernelNetns, &router_ns, &a).expect("attach a");
+    let b_ns = router::attach_container(&KernelNetns, &router_ns, &b).expect("attach b");
     let mut rr = RouterRules {
         gateway: Ipv4Addr::new(10, 99, 0, 1),
         subnet: "10.99.0.0/24".into(),
@@ -225,9 +229,9 @@ fn ports_talk_filter_and_clean_up() {
         eprintln!("SKIPPED the DHCP check: /bin/busybox (busybox-static) is missing");
     }
 
-    router::detach_container(Some(&router_ns), &a.instance_id).expect("detach a");
-    router::detach_container(Some(&router_ns), &b.instance_id).expect("detach b");
-    router::remove_router(&net_id).expect("remove router");
+    router::detach_container(&KernelNetns, Some(&router_ns), &a.instance_id).expect("detach a");
+    router::detach_container(&KernelNetns, Some(&router_ns), &b.instance_id).expect("detach b");
+    router::remove_router(&KernelNetns, &net_id).expect("remove router");
     let links = netns::run_in(None, || Netlink::new()?.links()).expect("links");
     assert!(
         !links.iter().any(|(_, n)| *n == host.host_link),
@@ -244,9 +248,9 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let r = names::router_netns(&self.0);
         for i in &self.1 {
-            let _ = router::detach_container(Some(&r), i);
+            let _ = router::detach_container(&KernelNetns, Some(&r), i);
         }
-        let _ = router::remove_router(&self.0);
+        let _ = router::remove_router(&KernelNetns, &self.0);
     }
 }
 

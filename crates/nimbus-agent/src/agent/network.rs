@@ -14,18 +14,71 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use nimbus_api::client::ClientError;
 use nimbus_api::resources::Object;
 use nimbus_api::{
     Instance, InstanceAddress, Network, Protocol, PublishedPort, PublishedPortStatus, ResourceList,
     SecurityGroup, WatchEvent, WatchEventType,
 };
-use nimbus_net::conntrack::{self, Flow};
+use nimbus_net::host::{self, Dataplane};
 use nimbus_net::listeners::{self, Transport};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
-use nimbus_net::{dns, names, netns, nft, router, HostSide, PortSpec, RouterSpec};
+use nimbus_net::{dns, flows, names, router, HostSide, NetError, PortSpec, RouterSpec};
 use serde::{Deserialize, Serialize};
 
 use super::Agent;
+
+/// What giving an instance its network can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network {network:?} of project {project:?} could not be read from the server: {source}; check it exists (`nimbus network ls`) and the agent can reach the server")]
+    Lookup {
+        project: String,
+        network: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("setting up the router of network {network:?}: {source}")]
+    Router {
+        network: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("attaching to network {network:?}: {source}")]
+    Attach {
+        network: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("the rules of network {network:?} could not be applied (see the agent log; is the nftables package installed?)")]
+    RulesNotApplied { network: String },
+    #[error("recording {what} in {}: {source}; check the agent's data directory is writable", path.display())]
+    Record {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing resolver files in {}: {source}", dir.display())]
+    ResolverFiles {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {path} on the server: {source}")]
+    Watch {
+        path: String,
+        #[source]
+        source: ClientError,
+    },
+}
+
+/// The instance drivers report errors as text.
+impl From<NetworkError> for String {
+    fn from(e: NetworkError) -> String {
+        e.to_string()
+    }
+}
 
 /// What a container needs from its network: its namespace and the files
 /// that point its resolver at the network's DNS.
@@ -87,6 +140,8 @@ fn pkey(project: &Option<String>, name: &str) -> String {
 
 pub struct NetDriver {
     dir: PathBuf,
+    /// Links, nftables and conntrack: the kernel's, or a test double.
+    host: Dataplane,
     /// The agent's own table in the host namespace.
     pub host_table: String,
     known: std::sync::Mutex<Known>,
@@ -122,20 +177,30 @@ fn fnv(text: &str) -> u32 {
     h
 }
 
+/// Host network work, on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> nimbus_net::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+) -> nimbus_net::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        NetError::Invalid(format!("host network work stopped before it finished: {e}"))
+    })?
 }
 
 impl NetDriver {
     /// `reserved_tcp_ports`: host ports Nimbus itself listens on.
     pub fn new(data_dir: &Path, reserved_tcp_ports: Vec<u16>) -> NetDriver {
+        NetDriver::with_dataplane(data_dir, reserved_tcp_ports, Dataplane::kernel())
+    }
+
+    /// A driver whose host effects go to `host`.
+    pub fn with_dataplane(
+        data_dir: &Path,
+        reserved_tcp_ports: Vec<u16>,
+        host: Dataplane,
+    ) -> NetDriver {
         NetDriver {
             dir: data_dir.join("net"),
+            host,
             host_table: format!("nimbus_{:08x}", fnv(&data_dir.to_string_lossy())),
             known: Default::default(),
             routers: Default::default(),
@@ -216,7 +281,8 @@ impl NetDriver {
         for id in stale {
             tracing::info!(network_id = %id, "removing a router no instance uses");
             let owned = id.clone();
-            if let Err(e) = blocking(move || router::remove_router(&owned)).await {
+            let netns = self.host.netns.clone();
+            if let Err(e) = blocking(move || router::remove_router(&*netns, &owned)).await {
                 tracing::warn!(network_id = %id, error = %e, "removing router failed");
             }
             let _ = std::fs::remove_file(self.router_record_path(&id));
@@ -225,7 +291,12 @@ impl NetDriver {
     }
 
     /// Find a network by project and name: from the watch, else the API.
-    async fn network(&self, agent: &Agent, project: &str, name: &str) -> Result<Network, String> {
+    async fn network(
+        &self,
+        agent: &Agent,
+        project: &str,
+        name: &str,
+    ) -> Result<Network, NetworkError> {
         let cached = self
             .known
             .lock()
@@ -238,7 +309,11 @@ impl NetDriver {
             .client
             .get(&format!("/v1/projects/{project}/networks/{name}"))
             .await
-            .map_err(|e| format!("network {name:?}: {e}"))?;
+            .map_err(|source| NetworkError::Lookup {
+                project: project.to_string(),
+                network: name.to_string(),
+                source,
+            })?;
         if let Ok(mut k) = self.known.lock() {
             k.networks.insert(format!("{project}/{name}"), n.clone());
         }
@@ -251,7 +326,7 @@ impl NetDriver {
         project: &str,
         net: &Network,
         addr: &InstanceAddress,
-    ) -> Result<(), String> {
+    ) -> Result<(), NetworkError> {
         let id = net.metadata.id.clone();
         if routers.contains_key(&id) {
             return Ok(());
@@ -262,9 +337,19 @@ impl NetDriver {
             prefix_len: addr.prefix_len,
         };
         let _ = std::fs::create_dir_all(self.dir.join("routers"));
-        std::fs::write(self.router_record_path(&id), project)
-            .map_err(|e| format!("recording router of network {:?}: {e}", net.metadata.name))?;
-        let host = blocking(move || router::ensure_router(&spec)).await?;
+        let record = self.router_record_path(&id);
+        std::fs::write(&record, project).map_err(|source| NetworkError::Record {
+            what: format!("the router of network {:?}", net.metadata.name),
+            path: record,
+            source,
+        })?;
+        let netns = self.host.netns.clone();
+        let host = blocking(move || router::ensure_router(&*netns, &spec))
+            .await
+            .map_err(|source| NetworkError::Router {
+                network: net.metadata.name.clone(),
+                source,
+            })?;
         let names: dns::Names = Default::default();
         let server = dns::start(
             &host.netns,
@@ -307,7 +392,7 @@ impl NetDriver {
         agent: &Agent,
         instance: &Instance,
         vm: bool,
-    ) -> Result<Option<Opened<'_>>, String> {
+    ) -> Result<Option<Opened<'_>>, NetworkError> {
         let Some(addr) = instance.status.addresses.first().cloned() else {
             return Ok(None);
         };
@@ -355,7 +440,7 @@ impl NetDriver {
         agent: &Agent,
         instance: &Instance,
         dir: &Path,
-    ) -> Result<Option<Attachment>, String> {
+    ) -> Result<Option<Attachment>, NetworkError> {
         let Some(Opened {
             addr,
             net,
@@ -374,14 +459,18 @@ impl NetDriver {
         }
         // Rules name ports by interface name, so they can be applied while
         // the links are made; both are done before the workload starts.
-        let links = blocking(move || router::attach_container(&router_ns, &port));
+        let netns = self.host.netns.clone();
+        let links = blocking(move || router::attach_container(&*netns, &router_ns, &port));
         let (netns, ()) = tokio::join!(links, self.sync_locked(&mut routers));
         let netns = match netns {
             Ok(n) => n,
             Err(e) => {
                 drop(routers);
                 self.detach(&instance.metadata.id).await;
-                return Err(format!("attaching to network {:?}: {e}", addr.network));
+                return Err(NetworkError::Attach {
+                    network: addr.network.clone(),
+                    source: e,
+                });
             }
         };
         tracing::debug!(
@@ -394,10 +483,9 @@ impl NetDriver {
         if !guarded {
             // Never run a workload whose port has no anti-spoofing rules.
             self.detach(&instance.metadata.id).await;
-            return Err(format!(
-                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
-                addr.network
-            ));
+            return Err(NetworkError::RulesNotApplied {
+                network: addr.network.clone(),
+            });
         }
         let dns = resolvers(&net, &addr);
         let mut resolv: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
@@ -412,7 +500,10 @@ impl NetDriver {
         let hosts_file = dir.join("hosts");
         std::fs::write(&resolv_conf, resolv)
             .and_then(|()| std::fs::write(&hosts_file, hosts))
-            .map_err(|e| format!("writing resolver files in {}: {e}", dir.display()))?;
+            .map_err(|source| NetworkError::ResolverFiles {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         Ok(Some(Attachment {
             netns,
             resolv_conf,
@@ -431,7 +522,7 @@ impl NetDriver {
         &self,
         agent: &Agent,
         instance: &Instance,
-    ) -> Result<Option<VmAttachment>, String> {
+    ) -> Result<Option<VmAttachment>, NetworkError> {
         let Some(Opened {
             addr,
             net,
@@ -454,11 +545,15 @@ impl NetDriver {
             }
         }
         let tap_ns = router_ns.clone();
-        if let Err(e) = blocking(move || router::attach_tap(&router_ns, &port)).await {
+        let netns = self.host.netns.clone();
+        if let Err(e) = blocking(move || router::attach_tap(&*netns, &router_ns, &port)).await {
             // Nothing half-made stays: the tap, its route and the port record.
             drop(routers);
             self.detach(&instance.metadata.id).await;
-            return Err(format!("attaching to network {:?}: {e}", addr.network));
+            return Err(NetworkError::Attach {
+                network: addr.network.clone(),
+                source: e,
+            });
         }
         if let Ok(mut k) = self.known.lock() {
             k.instances
@@ -469,10 +564,9 @@ impl NetDriver {
         if !rules_cover(&routers, &net.metadata.id, &link) {
             drop(routers);
             self.detach(&instance.metadata.id).await;
-            return Err(format!(
-                "the rules of network {:?} could not be applied (see the agent log; is the nftables package installed?)",
-                addr.network
-            ));
+            return Err(NetworkError::RulesNotApplied {
+                network: addr.network.clone(),
+            });
         }
         Ok(Some(VmAttachment {
             router_netns: tap_ns,
@@ -489,11 +583,17 @@ impl NetDriver {
         }))
     }
 
-    fn save_port(&self, instance_id: &str, record: &PortRecord) -> Result<(), String> {
+    fn save_port(&self, instance_id: &str, record: &PortRecord) -> Result<(), NetworkError> {
         let _ = std::fs::create_dir_all(self.dir.join("ports"));
-        let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-        std::fs::write(self.port_record_path(instance_id), bytes)
-            .map_err(|e| format!("recording port of instance {instance_id}: {e}"))?;
+        let path = self.port_record_path(instance_id);
+        serde_json::to_vec(record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&path, bytes))
+            .map_err(|source| NetworkError::Record {
+                what: format!("the port of instance {instance_id}"),
+                path,
+                source,
+            })?;
         if let Ok(mut p) = self.ports.lock() {
             p.insert(instance_id.to_string(), record.clone());
         }
@@ -511,9 +611,10 @@ impl NetDriver {
         let router_ns = record.as_ref().map(|r| names::router_netns(&r.network_id));
         let id = instance_id.to_string();
         let vm = record.as_ref().is_some_and(|r| r.vm);
+        let netns = self.host.netns.clone();
         let result = blocking(move || match (vm, &router_ns) {
-            (true, Some(r)) => router::detach_tap(r, &id),
-            _ => router::detach_container(router_ns.as_deref(), &id),
+            (true, Some(r)) => router::detach_tap(&*netns, r, &id),
+            _ => router::detach_container(&*netns, router_ns.as_deref(), &id),
         })
         .await;
         if let Err(e) = result {
@@ -541,7 +642,8 @@ impl NetDriver {
         for id in unused {
             routers.remove(&id);
             let owned = id.clone();
-            if let Err(e) = blocking(move || router::remove_router(&owned)).await {
+            let netns = self.host.netns.clone();
+            if let Err(e) = blocking(move || router::remove_router(&*netns, &owned)).await {
                 tracing::warn!(network_id = %id, error = %e, "removing router failed");
             }
             let _ = std::fs::remove_file(self.router_record_path(&id));
@@ -627,19 +729,20 @@ impl NetDriver {
             let stale = r
                 .applied
                 .as_ref()
-                .map(|old| stale_router_flows(old, &rr, r.host.router_ip));
-            match blocking(move || nft::apply(Some(&ns), &script)).await {
+                .map(|old| flows::stale_router_flows(old, &rr, r.host.router_ip));
+            let firewall = self.host.firewall.clone();
+            match blocking(move || firewall.apply(Some(&ns), &script)).await {
                 Ok(()) => {
                     r.applied = Some(rr);
                     // Tracked flows of a removed port (its address may go to
-                    // a new instance) or of a changed port forward would
-                    // bypass the new rules: drop them.
+                    // a new instance), of a changed port forward, or into a
+                    // port whose filter no longer admits them would bypass
+                    // the new rules: drop them.
                     if let Some(stale) = stale.filter(|s| !s.is_empty()) {
                         let ns = r.host.netns.clone();
+                        let conntrack = self.host.conntrack.clone();
                         let flushed = blocking(move || {
-                            netns::run_in(Some(&ns), move || {
-                                conntrack::remove_flows(|f| stale.matches(f))
-                            })
+                            conntrack.remove_flows(Some(&ns), &|f| stale.matches(f))
                         })
                         .await;
                         if let Err(e) = flushed {
@@ -674,9 +777,10 @@ impl NetDriver {
             let script = desired
                 .as_ref()
                 .map(|(u, f)| rules::host_script(&self.host_table, u, f, fresh));
+            let firewall = self.host.firewall.clone();
             let result = match script {
-                None => blocking(move || nft::delete_table("inet", &table)).await,
-                Some(s) => blocking(move || nft::apply(None, &s)).await,
+                None => blocking(move || firewall.delete_table("inet", &table)).await,
+                Some(s) => blocking(move || firewall.apply(None, &s)).await,
             };
             match result {
                 Ok(()) => {
@@ -698,10 +802,9 @@ impl NetDriver {
                         *h = Some(desired);
                     }
                     if !gone.is_empty() || !new.is_empty() {
-                        let flushed = blocking(move || {
-                            netns::run_in(None, move || flush_host_flows(&gone, &new))
-                        })
-                        .await;
+                        let dataplane = self.host.clone();
+                        let flushed =
+                            blocking(move || flush_host_flows(&dataplane, &gone, &new)).await;
                         if let Err(e) = flushed {
                             tracing::warn!(error = %e, "removing tracked flows of changed published ports failed");
                         }
@@ -831,12 +934,12 @@ async fn watch_once<T: Object>(
     net: &NetDriver,
     path: &str,
     map: fn(&mut Known) -> &mut HashMap<String, T>,
-) -> Result<(), String> {
-    let list: ResourceList<T> = agent
-        .client
-        .list_all(path)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), NetworkError> {
+    let failed = |source| NetworkError::Watch {
+        path: path.to_string(),
+        source,
+    };
+    let list: ResourceList<T> = agent.client.list_all(path).await.map_err(failed)?;
     if let Ok(mut k) = net.known.lock() {
         let m = map(&mut k);
         m.clear();
@@ -850,10 +953,10 @@ async fn watch_once<T: Object>(
             .client
             .watch_lines::<WatchEvent<T>>(&format!("{path}?watch=true&revision={}", list.revision))
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(failed)?,
     );
     while let Some(ev) = events.next().await {
-        let ev = ev.map_err(|e| e.to_string())?;
+        let ev = ev.map_err(failed)?;
         let Some(o) = ev.object else {
             if ev.event_type == WatchEventType::Error {
                 return Ok(());
@@ -987,72 +1090,19 @@ fn rules_cover(routers: &HashMap<String, RouterState>, network_id: &str, link: &
         .is_some_and(|rr| rr.ports.iter().any(|p| p.link == link))
 }
 
-/// Tracked flows inside a router that its new rules must not inherit.
-#[derive(Default)]
-struct StaleFlows {
-    /// Addresses of ports that are gone.
-    addresses: Vec<Ipv4Addr>,
-    /// (protocol, port) of forwards that changed, to the uplink address.
-    forwards: Vec<(u8, u16)>,
-    router_ip: Option<Ipv4Addr>,
-}
-
-impl StaleFlows {
-    fn is_empty(&self) -> bool {
-        self.addresses.is_empty() && self.forwards.is_empty()
-    }
-
-    fn matches(&self, f: &Flow) -> bool {
-        self.addresses
-            .iter()
-            .any(|a| f.src == *a || f.dst == *a || f.reply_src == *a)
-            || (Some(f.dst) == self.router_ip && self.forwards.contains(&(f.proto, f.dport)))
-    }
-}
-
-fn stale_router_flows(old: &RouterRules, new: &RouterRules, router_ip: Ipv4Addr) -> StaleFlows {
-    let addresses = old
-        .ports
-        .iter()
-        .map(|p| p.ip)
-        .filter(|ip| !new.ports.iter().any(|p| p.ip == *ip))
-        .collect();
-    let before: BTreeSet<&Forward> = old.forwards.iter().collect();
-    let after: BTreeSet<&Forward> = new.forwards.iter().collect();
-    let forwards = before
-        .symmetric_difference(&after)
-        .map(|f| (if f.udp { 17 } else { 6 }, f.port))
-        .collect();
-    StaleFlows {
-        addresses,
-        forwards,
-        router_ip: Some(router_ip),
-    }
-}
-
-/// In the host namespace: drop flows DNAT'ed to a forward that is gone,
-/// and flows to a newly published port that went to the host itself
-/// untranslated (sent before the port was published). Outgoing
-/// connections of the host and of instances are never touched.
-fn flush_host_flows(gone: &[HostForward], new: &[HostForward]) -> nimbus_net::Result<usize> {
-    let proto = |udp: bool| if udp { 17u8 } else { 6u8 };
-    let local: Vec<Ipv4Addr> = nimbus_net::netlink::Netlink::new()?
-        .addresses()?
+/// In the host namespace: drop the tracked flows that published ports
+/// `gone` and `new` make stale (see [`flows::host_flow_is_stale`]).
+fn flush_host_flows(
+    host: &Dataplane,
+    gone: &[HostForward],
+    new: &[HostForward],
+) -> nimbus_net::Result<usize> {
+    let local: Vec<Ipv4Addr> = host::in_netns(&*host.netns, None, |links| links.addresses())?
         .into_iter()
         .map(|(_, ip, _)| ip)
         .collect();
-    conntrack::remove_flows(|f| {
-        let dnat_gone = gone.iter().any(|h| {
-            f.proto == proto(h.udp) && f.reply_src == h.router_ip && f.reply_sport == h.port
-        });
-        let untranslated_new = f.reply_src == f.dst
-            && f.reply_sport == f.dport
-            && (f.dst.is_loopback() || local.contains(&f.dst))
-            && new
-                .iter()
-                .any(|h| f.proto == proto(h.udp) && f.dport == h.port);
-        dnat_gone || untranslated_new
-    })
+    host.conntrack
+        .remove_flows(None, &|f| flows::host_flow_is_stale(f, gone, new, &local))
 }
 
 /// Why the host must not forward `f` (`None`: it may). Never a port
@@ -1290,3 +1340,7 @@ mod tests {
         assert!(forward_refusal(&fwd(false, 9000), &BTreeSet::new(), &[], broken).is_some());
     }
 }
+
+#[cfg(test)]
+#[path = "network_tests.rs"]
+mod driver_tests;

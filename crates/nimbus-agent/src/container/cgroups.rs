@@ -8,21 +8,27 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::ShimError;
+use crate::cgroupfs::{CgroupFs, HostCgroupFs};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Every existing cgroup directory of the instance, across hierarchies.
 pub fn instance_cgroup_dirs(instance_id: &str) -> Vec<PathBuf> {
+    instance_cgroup_dirs_on(&HostCgroupFs, instance_id)
+}
+
+/// [`instance_cgroup_dirs`] on the cgroup files `fs`.
+pub fn instance_cgroup_dirs_on(fs: &dyn CgroupFs, instance_id: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     let relative = Path::new("nimbus").join(instance_id);
     let v2 = Path::new(CGROUP_ROOT).join(&relative);
-    if v2.is_dir() {
+    if fs.is_dir(&v2) {
         dirs.push(v2);
     }
-    if let Ok(entries) = std::fs::read_dir(CGROUP_ROOT) {
-        for entry in entries.flatten() {
-            let dir = entry.path().join(&relative);
-            if dir.is_dir() {
+    if let Ok(entries) = fs.read_dir(Path::new(CGROUP_ROOT)) {
+        for entry in entries {
+            let dir = entry.join(&relative);
+            if fs.is_dir(&dir) {
                 dirs.push(dir);
             }
         }
@@ -32,6 +38,12 @@ pub fn instance_cgroup_dirs(instance_id: &str) -> Vec<PathBuf> {
 
 /// How many processes the kernel OOM-killed in the instance's memory cgroup.
 pub fn oom_kill_count(instance_id: &str) -> u64 {
+    oom_kill_count_on(&HostCgroupFs, instance_id)
+}
+
+/// [`oom_kill_count`] on the cgroup files `fs`: v1 `memory.oom_control`
+/// or v2 `memory.events`, whichever the host has.
+pub fn oom_kill_count_on(fs: &dyn CgroupFs, instance_id: &str) -> u64 {
     let relative = Path::new("nimbus").join(instance_id);
     let candidates = [
         Path::new(CGROUP_ROOT)
@@ -42,7 +54,7 @@ pub fn oom_kill_count(instance_id: &str) -> u64 {
     ];
     candidates
         .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .filter_map(|path| fs.read(path).ok())
         .map(|text| {
             text.lines()
                 .filter_map(|line| line.strip_prefix("oom_kill "))
@@ -53,10 +65,10 @@ pub fn oom_kill_count(instance_id: &str) -> u64 {
 }
 
 /// Pids still in any of the instance's cgroups.
-pub fn instance_pids(instance_id: &str) -> Vec<i32> {
-    let mut pids: Vec<i32> = instance_cgroup_dirs(instance_id)
+pub fn instance_pids_on(fs: &dyn CgroupFs, instance_id: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = instance_cgroup_dirs_on(fs, instance_id)
         .iter()
-        .filter_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .filter_map(|dir| fs.read(&dir.join("cgroup.procs")).ok())
         .flat_map(|text| {
             text.lines()
                 .filter_map(|l| l.trim().parse::<i32>().ok())
@@ -71,17 +83,23 @@ pub fn instance_pids(instance_id: &str) -> Vec<i32> {
 /// SIGKILLs whatever is left in the instance's cgroups and removes the directories,
 /// waiting up to `timeout` for the processes to die.
 pub fn kill_and_remove(instance_id: &str, timeout: Duration) -> Result<(), ShimError> {
+    kill_and_remove_on(&HostCgroupFs, instance_id, timeout)
+}
+
+/// [`kill_and_remove`] on the cgroup files `fs`.
+pub fn kill_and_remove_on(
+    fs: &dyn CgroupFs,
+    instance_id: &str,
+    timeout: Duration,
+) -> Result<(), ShimError> {
     let deadline = Instant::now() + timeout;
     loop {
-        for pid in instance_pids(instance_id) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for pid in instance_pids_on(fs, instance_id) {
+            fs.kill(pid);
         }
         let mut left = Vec::new();
-        for dir in instance_cgroup_dirs(instance_id) {
-            if std::fs::remove_dir(&dir).is_err() {
+        for dir in instance_cgroup_dirs_on(fs, instance_id) {
+            if fs.remove_dir(&dir).is_err() {
                 left.push(dir);
             }
         }
@@ -122,5 +140,97 @@ pub fn warm_cgroup_migration() {
             unsafe { libc::_exit(0) };
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) | Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::FakeCgroupFs;
+
+    const ID: &str = "inst-1";
+
+    /// A v1 host: one hierarchy per controller, the instance in some.
+    fn v1_host(pids: &[i32]) -> FakeCgroupFs {
+        let fs = FakeCgroupFs::new();
+        for c in ["pids", "cpu", "memory", "freezer"] {
+            fs.add_cgroup(format!("{CGROUP_ROOT}/{c}"), &[1]);
+        }
+        for c in ["pids", "memory"] {
+            fs.add_cgroup(format!("{CGROUP_ROOT}/{c}/nimbus/{ID}"), pids);
+        }
+        fs.add_cgroup(format!("{CGROUP_ROOT}/pids/nimbus/other"), &[99]);
+        fs
+    }
+
+    #[test]
+    fn an_instance_has_its_directory_in_each_hierarchy_that_holds_it() {
+        let fs = v1_host(&[]);
+        let mut dirs = instance_cgroup_dirs_on(&fs, ID);
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/nimbus/inst-1"),
+                PathBuf::from("/sys/fs/cgroup/pids/nimbus/inst-1"),
+            ]
+        );
+        let v2 = FakeCgroupFs::new();
+        v2.add_cgroup(format!("{CGROUP_ROOT}/nimbus/{ID}"), &[]);
+        assert_eq!(
+            instance_cgroup_dirs_on(&v2, ID),
+            vec![PathBuf::from("/sys/fs/cgroup/nimbus/inst-1")],
+            "v2: one directory under the root"
+        );
+        assert!(instance_cgroup_dirs_on(&FakeCgroupFs::new(), ID).is_empty());
+    }
+
+    #[test]
+    fn pids_are_gathered_once_across_hierarchies() {
+        let fs = v1_host(&[42, 7]);
+        assert_eq!(instance_pids_on(&fs, ID), vec![7, 42]);
+    }
+
+    #[test]
+    fn kill_and_remove_kills_only_the_instance_and_removes_its_directories() {
+        let fs = v1_host(&[42, 7]);
+        kill_and_remove_on(&fs, ID, Duration::from_secs(1)).expect("removed");
+        assert!(instance_cgroup_dirs_on(&fs, ID).is_empty());
+        let mut killed = fs.tree().killed.clone();
+        killed.sort();
+        killed.dedup();
+        assert_eq!(killed, vec![7, 42], "never another instance's process");
+        assert!(fs
+            .tree()
+            .dirs
+            .contains(Path::new("/sys/fs/cgroup/pids/nimbus/other")));
+    }
+
+    #[test]
+    fn a_process_that_will_not_die_is_reported_with_the_busy_directories() {
+        let fs = v1_host(&[42]);
+        fs.tree().unkillable.insert(42);
+        let err = kill_and_remove_on(&fs, ID, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("instance inst-1 still busy"), "{err}");
+        assert!(err.contains("/sys/fs/cgroup/pids/nimbus/inst-1"), "{err}");
+    }
+
+    #[test]
+    fn oom_kills_are_counted_from_v1_or_v2() {
+        let fs = v1_host(&[]);
+        fs.add_file(
+            format!("{CGROUP_ROOT}/memory/nimbus/{ID}/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        assert_eq!(oom_kill_count_on(&fs, ID), 3);
+        let v2 = FakeCgroupFs::new();
+        v2.add_file(
+            format!("{CGROUP_ROOT}/nimbus/{ID}/memory.events"),
+            "low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n",
+        );
+        assert_eq!(oom_kill_count_on(&v2, ID), 2);
+        assert_eq!(oom_kill_count_on(&FakeCgroupFs::new(), ID), 0);
     }
 }
