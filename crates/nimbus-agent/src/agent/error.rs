@@ -54,19 +54,12 @@ pub enum AgentError {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// Attaching the instance to its networks failed (`agent/network.rs`
-    /// reports its errors as text for now).
-    #[error("{0}")]
-    Network(String),
+    /// Attaching the instance to its networks failed.
+    #[error(transparent)]
+    Network(#[from] crate::agent::network::NetworkError),
     /// No driver of this agent runs instances of this kind.
     #[error("this host has no driver for {kind} instances; upgrade its agent")]
     NoDriver { kind: String },
-}
-
-impl From<String> for AgentError {
-    fn from(network_error: String) -> Self {
-        AgentError::Network(network_error)
-    }
 }
 
 impl AgentError {
@@ -107,8 +100,15 @@ mod tests {
             replaced.to_string(),
             "image \"web:1\" was replaced after the instance was created; create the instance again"
         );
-        let net: AgentError = String::from("network \"n1\" not found").into();
-        assert_eq!(net.to_string(), "network \"n1\" not found");
+        let net: AgentError = crate::agent::network::NetworkError::RulesNotApplied {
+            network: "n1".into(),
+        }
+        .into();
+        assert!(
+            net.to_string()
+                .starts_with("the rules of network \"n1\" could not be applied"),
+            "{net}"
+        );
         let shim: AgentError = ShimError::Spawn("no state".into()).into();
         assert_eq!(shim.to_string(), "spawning the shim failed: no state");
     }

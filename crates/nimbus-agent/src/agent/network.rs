@@ -74,12 +74,6 @@ pub enum NetworkError {
 }
 
 /// The instance drivers report errors as text.
-impl From<NetworkError> for String {
-    fn from(e: NetworkError) -> String {
-        e.to_string()
-    }
-}
-
 /// What a container needs from its network: its namespace and the files
 /// that point its resolver at the network's DNS.
 #[derive(Clone, Debug)]

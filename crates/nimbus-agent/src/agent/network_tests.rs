@@ -13,6 +13,7 @@ use nimbus_net::conntrack::Flow;
 use nimbus_net::fake::FakeHost;
 
 use super::*;
+use crate::agent::error::AgentError;
 
 /// Port numbers no host service of the test machine is expected to hold.
 const HOST_PORT: u16 = 47913;
@@ -532,7 +533,7 @@ fn network_errors_name_the_network_and_what_to_do() {
         network: "front".into(),
         source: NetError::Invalid("MAC address \"zz\" is not hex".into()),
     };
-    let text: String = e.into();
+    let text = AgentError::from(e).to_string();
     assert!(
         text.starts_with("attaching to network \"front\": "),
         "{text}"
