@@ -7,9 +7,9 @@
 //! shims do, so workloads survive the agent's crash or upgrade.
 
 pub mod agent;
-pub mod cgroupfs;
 pub mod container;
 pub mod driver;
+pub mod host;
 pub mod protect;
 pub mod shim;
 mod shim_entry;

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cgroupfs::{CgroupFs, HostCgroupFs};
+use crate::host::cgroupfs::{CgroupFs, HostCgroupFs};
 
 /// OOM score of `nimbus up` and `nimbus server`: far below any workload,
 /// yet not immune, so a leaking daemon can still be stopped by the kernel
@@ -412,7 +412,7 @@ mod tests {
         assert!(err.to_string().contains("--reserved-memory"), "{err}");
     }
 
-    use crate::cgroupfs::FakeCgroupFs;
+    use crate::host::cgroupfs::FakeCgroupFs;
 
     const GIB: u64 = 1 << 30;
 

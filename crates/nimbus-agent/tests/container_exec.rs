@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use container_support::*;
-use nimbus_agent::container::{encode_frame, frame, read_frame, ExecRequest, Phase, ShimClient};
+use nimbus_agent::shim::{encode_frame, frame, read_frame, ExecRequest, Phase, ShimClient};
 
 struct ExecOutput {
     stdout: String,
@@ -265,7 +265,7 @@ async fn async_client_follows_the_instance() {
     let (_pid, mut stream) = client.exec_async(&req).await.expect("exec");
     let mut out = Vec::new();
     let mut code = None;
-    while let Some((kind, payload)) = nimbus_agent::container::read_frame_async(&mut stream)
+    while let Some((kind, payload)) = nimbus_agent::shim::read_frame_async(&mut stream)
         .await
         .expect("frame")
     {

@@ -5,7 +5,7 @@ mod container_support;
 use std::time::Duration;
 
 use container_support::*;
-use nimbus_agent::container::Phase;
+use nimbus_agent::shim::Phase;
 
 const PROBE: &str = r#"
 grep -E '^(Seccomp|CapEff|CapInh|CapAmb|NoNewPrivs):' /proc/self/status

@@ -6,7 +6,8 @@ mod container_support;
 use std::time::{Duration, Instant};
 
 use container_support::*;
-use nimbus_agent::container::{Phase, RestartMode, RestartPolicy};
+use nimbus_agent::container::{RestartMode, RestartPolicy};
+use nimbus_agent::shim::Phase;
 
 #[test]
 fn echo_hi_is_logged_and_exits_zero() {
@@ -278,7 +279,7 @@ fn shim_outlives_the_agent_that_spawned_it() {
         "the shim died with its agent"
     );
     // A new agent finds the shim through the socket.
-    let client = nimbus_agent::container::ShimClient::connect(&inst.dir).expect("reconnect");
+    let client = nimbus_agent::shim::ShimClient::connect(&inst.dir).expect("reconnect");
     let status = client.status().expect("status");
     assert_eq!(status.phase, Phase::Running);
     assert_eq!(status.pid, Some(pid));
@@ -328,7 +329,7 @@ fn a_second_shim_for_the_same_instance_is_refused() {
     let inst = Instance::new("twice", |id, layer| sh_spec(id, layer, "exec sleep 600"));
     let first = inst.spawn();
     assert_eq!(first.phase, Phase::Running);
-    let err = nimbus_agent::container::spawn_shim(std::path::Path::new(SHIM_EXE), &inst.dir)
+    let err = nimbus_agent::shim::spawn_shim(std::path::Path::new(SHIM_EXE), &inst.dir)
         .expect_err("second shim");
     assert!(err.to_string().contains("already supervised"), "{err}");
     let status = inst.client().status().expect("first shim still answers");

@@ -5,7 +5,7 @@ mod container_support;
 use std::time::Duration;
 
 use container_support::*;
-use nimbus_agent::container::Phase;
+use nimbus_agent::shim::Phase;
 
 #[test]
 fn memory_limit_oom_kills_and_says_so() {

@@ -34,7 +34,7 @@ pub struct AgentConfig {
     /// Where image layers live (shared with the server on one machine).
     pub images_dir: PathBuf,
     /// The shim executable, run as `<exe> shim <dir>`: `nimbus-shim` or
-    /// `nimbus` itself (see [`crate::container::shim_executable`]).
+    /// `nimbus` itself (see [`crate::shim::shim_executable`]).
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
     /// First host uid handed out; each instance gets `id_range` ids (a

@@ -24,7 +24,7 @@ fn main() {
                     std::process::exit(2);
                 }
             };
-            match nimbus_agent::container::spawn_shim(&exe, Path::new(dir)) {
+            match nimbus_agent::shim::spawn_shim(&exe, Path::new(dir)) {
                 Ok(state) => {
                     println!("{:?}", state.phase);
                     loop {

@@ -18,7 +18,7 @@ use oci_spec::runtime::{
 };
 
 use super::spec::ShimSpec;
-use super::ShimError;
+use crate::shim::ShimError;
 
 /// Capabilities a container process keeps (bounding, effective and permitted sets).
 /// `CAP_NET_RAW` stays: the starter image's busybox (1.35) `ping` knows
@@ -139,7 +139,7 @@ pub fn write_bundle(instance_dir: &Path, spec: &ShimSpec, rootfs: &Path) -> Resu
     let path = dir.join("config.json");
     let text = serde_json::to_vec_pretty(&config)
         .map_err(|err| ShimError::InvalidSpec(format!("cannot encode OCI config: {err}")))?;
-    super::state::write_atomically(&path, &text)
+    crate::shim::state::write_atomically(&path, &text)
 }
 
 /// Builds the OCI runtime spec for one instance.

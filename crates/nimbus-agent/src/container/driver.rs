@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use nimbus_api::InstanceKind;
 
 use super::spec::{ShimSpec, SPEC_FILE};
-use crate::agent::error::AgentError;
+use crate::agent::error::{blocking, AgentError};
 use crate::agent::translate;
 use crate::driver::{Driver, DriverContext, Launch};
 
@@ -48,6 +48,16 @@ impl Driver for ContainerDriver {
         spec.restarts_before = restarts_before;
         spec.save(dir)?;
         Ok(())
+    }
+
+    /// The shared clean-up, plus the rootfs and layer mounts and the
+    /// runtime, bundle and work directories.
+    async fn clean_up(&self, dir: &Path) -> Result<(), AgentError> {
+        let dir = dir.to_path_buf();
+        blocking("cleaning up after the container shim", move || {
+            super::cleanup_instance_dir(&dir)
+        })
+        .await
     }
 
     async fn attach_networks(

@@ -36,10 +36,11 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp};
 
-use super::cgroups::instance_cgroup_dirs;
+use super::exec_error;
 use super::spec::UserSpec;
-use super::ShimError;
+use crate::host::cgroups::instance_cgroup_dirs;
 use crate::shim::control::ExecRequest;
+use crate::shim::ShimError;
 
 /// What every exec in one instance shares.
 pub struct ExecContext {
@@ -77,7 +78,7 @@ const NAMESPACES: [(&str, CloneFlags); 7] = [
 ];
 
 fn cloexec_pipe(what: &str) -> Result<(OwnedFd, OwnedFd), ShimError> {
-    pipe2(OFlag::O_CLOEXEC).map_err(|e| ShimError::Exec(format!("create {what} pipe: {e}")))
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| exec_error(format!("create {what} pipe: {e}")))
 }
 
 fn open_namespaces(init_pid: Pid) -> Result<Vec<(OwnedFd, CloneFlags)>, ShimError> {
@@ -89,11 +90,11 @@ fn open_namespaces(init_pid: Pid) -> Result<Vec<(OwnedFd, CloneFlags)>, ShimErro
                 .map(|f| (OwnedFd::from(f), *flag))
                 .map_err(|e| match e.kind() {
                     // The init exited between the shim's last look and now.
-                    std::io::ErrorKind::NotFound => ShimError::Exec(
+                    std::io::ErrorKind::NotFound => exec_error(
                         "the container is not running (its init just exited); start it and retry"
                             .to_string(),
                     ),
-                    _ => ShimError::Exec(format!("open namespace {path}: {e}")),
+                    _ => exec_error(format!("open namespace {path}: {e}")),
                 })
         })
         .collect()
@@ -106,7 +107,7 @@ pub fn spawn_exec(
     req: &ExecRequest,
 ) -> Result<ExecChild, ShimError> {
     if req.args.is_empty() {
-        return Err(ShimError::Exec("exec needs a command".to_string()));
+        return Err(exec_error("exec needs a command".to_string()));
     }
     let namespaces = open_namespaces(init_pid)?;
     let cgroups = instance_cgroup_dirs(&ctx.instance_id);
@@ -120,7 +121,7 @@ pub fn spawn_exec(
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| ShimError::Exec(format!("create the terminal hand-over socket: {e}")))?;
+        .map_err(|e| exec_error(format!("create the terminal hand-over socket: {e}")))?;
         let size = libc::winsize {
             ws_row: req.rows.filter(|r| *r > 0).unwrap_or(24),
             ws_col: req.cols.filter(|c| *c > 0).unwrap_or(80),
@@ -147,7 +148,7 @@ pub fn spawn_exec(
     // SAFETY: the shim is single-threaded, so the child may allocate; it never
     // returns into the shim's code and leaves through _exit or execve.
     let intermediate = match unsafe { fork() } {
-        Err(e) => return Err(ShimError::Exec(format!("fork exec helper: {e}"))),
+        Err(e) => return Err(exec_error(format!("fork exec helper: {e}"))),
         Ok(ForkResult::Child) => {
             drop((pid_r, err_r));
             let code = match enter_container(&namespaces, &cgroups, ctx.nofile) {
@@ -183,7 +184,7 @@ pub fn spawn_exec(
         } else {
             message
         };
-        return Err(ShimError::Exec(format!("{:?}: {message}", req.args)));
+        return Err(exec_error(format!("{:?}: {message}", req.args)));
     }
     let pid = Pid::from_raw(i32::from_be_bytes(pid_bytes));
     let (stdin, stdout, stderr) = match shim_ends {
@@ -194,11 +195,11 @@ pub fn spawn_exec(
             let master = receive_terminal(&socket).map_err(|e| {
                 // It runs without a terminal anyone can reach: do not leave it behind.
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                ShimError::Exec(format!("{:?}: {e}", req.args))
+                exec_error(format!("{:?}: {e}", req.args))
             })?;
             let master_in = master
                 .try_clone()
-                .map_err(|e| ShimError::Exec(format!("dup the terminal master: {e}")))?;
+                .map_err(|e| exec_error(format!("dup the terminal master: {e}")))?;
             (master_in, master, None)
         }
     };
@@ -313,9 +314,8 @@ struct Prepared {
 
 impl Prepared {
     fn new(ctx: &ExecContext, req: &ExecRequest) -> Result<Prepared, ShimError> {
-        let cstr = |s: &str| {
-            CString::new(s).map_err(|_| ShimError::Exec(format!("{s:?} contains a NUL byte")))
-        };
+        let cstr =
+            |s: &str| CString::new(s).map_err(|_| exec_error(format!("{s:?} contains a NUL byte")));
         let mut env: Vec<String> = ctx.env.clone();
         for entry in &req.env {
             let key = entry.split('=').next().unwrap_or_default();
@@ -337,9 +337,7 @@ impl Prepared {
             .unwrap_or_else(|| ctx.working_dir.clone());
         let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
         if !cwd.starts_with('/') {
-            return Err(ShimError::Exec(format!(
-                "working dir {cwd:?} is not absolute"
-            )));
+            return Err(exec_error(format!("working dir {cwd:?} is not absolute")));
         }
         Ok(Prepared {
             program: cstr(&req.args[0])?,
@@ -537,7 +535,7 @@ pub fn bring_up_loopback(init_pid: Pid) -> Result<(), ShimError> {
     })?;
     // SAFETY: the shim is single-threaded; the child makes a few syscalls and _exits.
     match unsafe { fork() } {
-        Err(e) => Err(ShimError::Exec(format!("fork loopback helper: {e}"))),
+        Err(e) => Err(exec_error(format!("fork loopback helper: {e}"))),
         Ok(ForkResult::Child) => {
             let ok = setns(&netns, CloneFlags::CLONE_NEWNET).is_ok() && set_lo_up();
             // SAFETY: _exit skips the shim's destructors in this short-lived child.
@@ -545,7 +543,7 @@ pub fn bring_up_loopback(init_pid: Pid) -> Result<(), ShimError> {
         }
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            other => Err(ShimError::Exec(format!(
+            other => Err(exec_error(format!(
                 "bring up loopback in {path}: helper ended with {other:?}"
             ))),
         },

@@ -63,26 +63,43 @@
 //! on the way must be searchable by others (mode `o+x`); the shim checks and says so.
 
 pub mod bundle;
-pub(crate) mod cgroups;
 mod cleanup;
 pub mod driver;
 pub mod exec;
 mod exec_stream;
 mod handler;
-mod mounts;
 mod pipes;
 mod reaper;
 pub mod rootfs;
 mod shim;
 pub mod spec;
 
-pub use crate::shim::{
-    control, encode_frame, frame, read_frame, read_frame_async, read_state, state,
-    AsyncStateStream, ExecRequest, Phase, ShimClient, ShimError, ShimRequest, ShimResponse,
-    ShimState, StateStream,
-};
-pub use cleanup::{
-    cleanup_instance_dir, shim_executable, spawn_shim, spawn_shim_async, SHIM_EXE_NAME,
-};
+pub use cleanup::cleanup_instance_dir;
+
+use crate::shim::ShimError;
+
+/// The image's root filesystem could not be mounted (or unmounted).
+pub(crate) fn rootfs_error(message: impl Into<String>) -> ShimError {
+    ShimError::Driver {
+        step: "image rootfs could not be mounted",
+        message: message.into(),
+    }
+}
+
+/// Creating, starting or deleting the container failed.
+pub(crate) fn container_error(message: impl Into<String>) -> ShimError {
+    ShimError::Driver {
+        step: "container",
+        message: message.into(),
+    }
+}
+
+/// Joining the running container for an exec failed.
+pub(crate) fn exec_error(message: impl Into<String>) -> ShimError {
+    ShimError::Driver {
+        step: "exec",
+        message: message.into(),
+    }
+}
 pub(crate) use shim::{owns_instance_dir, prepare_supervisor};
 pub use spec::{IdMap, Resources, RestartMode, RestartPolicy, ShimSpec, UserSpec};

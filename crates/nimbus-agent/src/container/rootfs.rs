@@ -19,9 +19,10 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
 
-use super::mounts::{mount_points_under, unmount_all_under};
+use super::rootfs_error;
 use super::spec::{IdMap, ShimSpec};
-use super::ShimError;
+use crate::host::mounts::{mount_points_under, unmount_all_under};
+use crate::shim::ShimError;
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_EMPTY_PATH: libc::c_uint = 0x1000;
@@ -61,7 +62,7 @@ fn place_etc_files(upper: &Path, spec: &ShimSpec, owner: (Uid, Gid)) -> Result<(
         std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err(format!("chmod {}", etc.display())))?;
         chown(etc.as_path(), Some(owner.0), Some(owner.1))
-            .map_err(|e| ShimError::Rootfs(format!("chown {}: {e}", etc.display())))?;
+            .map_err(|e| rootfs_error(format!("chown {}: {e}", etc.display())))?;
     }
     for (src, name) in files {
         let Some(src) = src else { continue };
@@ -73,7 +74,7 @@ fn place_etc_files(upper: &Path, spec: &ShimSpec, owner: (Uid, Gid)) -> Result<(
             dest.display()
         )))?;
         chown(dest.as_path(), Some(owner.0), Some(owner.1))
-            .map_err(|e| ShimError::Rootfs(format!("chown {}: {e}", dest.display())))?;
+            .map_err(|e| rootfs_error(format!("chown {}: {e}", dest.display())))?;
         // The agent writes the source root-only; in the container every
         // user must read its resolver files.
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
@@ -109,13 +110,13 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
     // overlayfs splits its options on ',' and lowerdir on ':'.
     let text = instance_dir.to_string_lossy();
     if text.contains(',') || text.contains(':') {
-        return Err(ShimError::Rootfs(format!(
+        return Err(rootfs_error(format!(
             "instance dir {text:?} contains ',' or ':', which overlayfs options cannot carry"
         )));
     }
     for layer in &spec.layers {
         if !layer.is_dir() {
-            return Err(ShimError::Rootfs(format!(
+            return Err(rootfs_error(format!(
                 "image layer {} is missing",
                 layer.display()
             )));
@@ -131,7 +132,7 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
     );
     for dir in [&upper, &work] {
         chown(dir.as_path(), Some(host_root.0), Some(host_root.1)).map_err(|e| {
-            ShimError::Rootfs(format!("chown {} to {}: {e}", dir.display(), host_root.0))
+            rootfs_error(format!("chown {} to {}: {e}", dir.display(), host_root.0))
         })?;
     }
     // The upper dir's mode is the container's `/`: everyone in the
@@ -165,7 +166,7 @@ fn mount_layers(
         let target = lower_dir(instance_dir).join(n.to_string());
         std::fs::create_dir_all(&target).map_err(io_err(format!("create {}", target.display())))?;
         idmapped_bind(layer, &target, &userns.fd).map_err(|e| {
-            ShimError::Rootfs(format!(
+            rootfs_error(format!(
                 "idmapped mount of layer {} at {} failed: {e}",
                 layer.display(),
                 target.display()
@@ -186,7 +187,7 @@ fn mount_layers(
         work.display()
     );
     if options.len() >= 4000 {
-        return Err(ShimError::Rootfs(format!(
+        return Err(rootfs_error(format!(
             "overlay options for {} layers under {} exceed a page",
             lowers.len(),
             instance_dir.display()
@@ -199,7 +200,7 @@ fn mount_layers(
         MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
-    .map_err(|e| ShimError::Rootfs(format!("overlay mount at {}: {e}", rootfs.display())))
+    .map_err(|e| rootfs_error(format!("overlay mount at {}: {e}", rootfs.display())))
 }
 
 /// Clones the mount tree at `source` and attaches it at `target`, read-only, with its
@@ -269,7 +270,7 @@ struct IdmapUserns {
 
 impl IdmapUserns {
     fn create(map: IdMap) -> Result<IdmapUserns, ShimError> {
-        let pipe_err = |e| ShimError::Rootfs(format!("pipe for id-map helper: {e}"));
+        let pipe_err = |e| rootfs_error(format!("pipe for id-map helper: {e}"));
         let (ready_r, ready_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
         let (hold_r, hold_w) =
@@ -277,7 +278,7 @@ impl IdmapUserns {
         // SAFETY: the shim is single-threaded here; the child only makes raw syscalls
         // and leaves with _exit, never returning into Rust code that assumes one owner.
         let child = match unsafe { fork() } {
-            Err(e) => return Err(ShimError::Rootfs(format!("fork id-map helper: {e}"))),
+            Err(e) => return Err(rootfs_error(format!("fork id-map helper: {e}"))),
             Ok(ForkResult::Child) => {
                 drop(ready_r);
                 drop(hold_w);
@@ -297,7 +298,7 @@ impl IdmapUserns {
             let mut byte = [0u8; 1];
             let n = File::from(ready_r).read(&mut byte).unwrap_or(0);
             if n != 1 || byte[0] != b'1' {
-                return Err(ShimError::Rootfs(
+                return Err(rootfs_error(
                     "id-map helper could not create a user namespace".to_string(),
                 ));
             }
@@ -305,11 +306,11 @@ impl IdmapUserns {
             for file in ["uid_map", "gid_map"] {
                 let path = format!("/proc/{child}/{file}");
                 std::fs::write(&path, &line)
-                    .map_err(|e| ShimError::Rootfs(format!("write {line:?} to {path}: {e}")))?;
+                    .map_err(|e| rootfs_error(format!("write {line:?} to {path}: {e}")))?;
             }
             let path = format!("/proc/{child}/ns/user");
             let ns = File::open(&path)
-                .map_err(|e| ShimError::Rootfs(format!("open user namespace {path}: {e}")))?;
+                .map_err(|e| rootfs_error(format!("open user namespace {path}: {e}")))?;
             Ok(IdmapUserns { fd: ns.into() })
         })();
         drop(hold_w);
@@ -330,7 +331,7 @@ pub fn secure_instance_dir(instance_dir: &Path, id_map: IdMap) -> Result<(), Shi
         Some(Gid::from_raw(id_map.host_id)),
     )
     .map_err(|e| {
-        ShimError::Rootfs(format!(
+        rootfs_error(format!(
             "chown {} to root:{}: {e}",
             instance_dir.display(),
             id_map.host_id
@@ -349,7 +350,7 @@ fn check_searchable(instances_dir: &Path) -> Result<(), ShimError> {
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            return Err(ShimError::Rootfs(format!(
+            return Err(rootfs_error(format!(
                 "{} (mode {:o}) is not searchable by others, so the container's user \
                  namespace cannot reach its rootfs",
                 dir.display(),

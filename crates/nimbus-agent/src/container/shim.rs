@@ -20,12 +20,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::bundle::{bundle_dir, default_capabilities, default_seccomp, environment, write_bundle};
-use super::cgroups::{kill_and_remove, oom_kill_count};
+use super::container_error;
 use super::exec::{bring_up_loopback, ExecContext};
 use super::pipes::AsyncPipe;
 use super::reaper::Reaper;
 use super::rootfs::{mount_rootfs, unmount_rootfs, work_dir};
 use super::spec::{RestartMode, ShimSpec, SPEC_FILE};
+use crate::host::cgroups::{kill_and_remove, oom_kill_count};
 use crate::shim::control::SOCKET_FILE;
 use crate::shim::daemon::{signal_ready, Supervisor, READY_FAILED, READY_RUNNING};
 use crate::shim::logs::{ConsoleLog, LineSplitter, Stream};
@@ -435,7 +436,7 @@ fn runtime_dir(dir: &Path) -> PathBuf {
 fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let spec = &shim.spec;
     let id = &spec.instance_id;
-    super::cgroups::warm_cgroup_migration();
+    crate::host::cgroups::warm_cgroup_migration();
     let rootfs = mount_rootfs(&shim.dir, spec)?;
     write_bundle(&shim.dir, spec, &rootfs)?;
     let runtime = runtime_dir(&shim.dir);
@@ -452,7 +453,7 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     })?;
     let pipe = |what: &str| {
         pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ShimError::Container(format!("create {what} pipe for {id}: {e}")))
+            .map_err(|e| container_error(format!("create {what} pipe for {id}: {e}")))
     };
     let (out_r, out_w) = pipe("stdout")?;
     let (err_r, err_w) = pipe("stderr")?;
@@ -461,12 +462,12 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
         source,
     })?;
     let container_err = |e: libcontainer::error::LibcontainerError| {
-        ShimError::Container(format!("libcontainer could not create container {id}: {e}"))
+        container_error(format!("libcontainer could not create container {id}: {e}"))
     };
     // libcontainer forks the container's init from the shim itself: the
     // init must start at the workload's OOM score, not the shim's.
     let workload_oom = crate::protect::WorkloadOomScope::enter().map_err(|e| {
-        ShimError::Container(format!(
+        container_error(format!(
             "cannot give container {id} the workload's OOM score: {e}"
         ))
     })?;
@@ -484,9 +485,7 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let mut container = built.map_err(container_err)?;
     let Some(pid) = container.pid() else {
         let _ = container.delete(true);
-        return Err(ShimError::Container(format!(
-            "container {id} has no init pid"
-        )));
+        return Err(container_error(format!("container {id} has no init pid")));
     };
     let exit = shim.reaper.watch(pid);
     // A prepared namespace has its loopback up already.
@@ -498,7 +497,7 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let started = loopback.and_then(|()| {
         container
             .start()
-            .map_err(|e| ShimError::Container(format!("start container {id}: {e}")))
+            .map_err(|e| container_error(format!("start container {id}: {e}")))
     });
     if let Err(e) = started {
         let _ = container.delete(true);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ShimError;
+use crate::shim::ShimError;
 
 /// File name of the spec inside an instance directory.
 pub const SPEC_FILE: &str = "spec.json";
@@ -99,7 +99,7 @@ impl ShimSpec {
         let path = instance_dir.join(SPEC_FILE);
         let text = serde_json::to_vec_pretty(self)
             .map_err(|err| ShimError::InvalidSpec(format!("cannot encode spec: {err}")))?;
-        super::state::write_atomically(&path, &text)
+        crate::shim::state::write_atomically(&path, &text)
     }
 
     /// Rejects specs the shim cannot run safely, naming the offending value.

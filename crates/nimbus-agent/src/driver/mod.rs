@@ -131,7 +131,7 @@ pub trait Driver: Send + Sync {
 pub async fn spawn_shim(exe: PathBuf, dir: &Path) -> Result<ShimState, AgentError> {
     let dir = dir.to_path_buf();
     blocking("spawning the shim", move || {
-        crate::container::spawn_shim(&exe, &dir)
+        crate::shim::spawn_shim(&exe, &dir)
     })
     .await
 }
@@ -144,11 +144,21 @@ pub async fn stop_shim(dir: &Path, grace_ms: u64) -> Result<Option<ShimState>, A
     Ok(Some(client.stop_async(grace_ms).await?))
 }
 
-/// Kills and unmounts what the shim of `dir` left behind.
+/// Kills (by cgroup) and unmounts what the shim of `dir` left behind, for a
+/// driver with nothing of its own to remove, and for a half-made directory
+/// no driver claims. The instance id is the directory's name.
 pub async fn clean_up_after_shim(dir: &Path) -> Result<(), AgentError> {
     let dir = dir.to_path_buf();
     blocking("cleaning up after the shim", move || {
-        crate::container::cleanup_instance_dir(&dir)
+        let id = crate::shim::instance_id_from_dir(&dir)?;
+        crate::shim::clean_up_after_shim(
+            &dir,
+            &id,
+            || match crate::host::mounts::unmount_all_under(&dir) {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![e.to_string()],
+            },
+        )
     })
     .await
 }

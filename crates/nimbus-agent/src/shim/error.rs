@@ -1,10 +1,10 @@
 //! The one error type of the shims and their client.
 //!
 //! The agent talks to every shim through the same [`super::ShimClient`], so
-//! what a shim, its plumbing and its client can fail with is one enum; the
-//! variants for one driver's set-up (root filesystem, workload creation,
-//! exec) sit beside the shared ones rather than behind a second type the
-//! agent would have to tell apart.
+//! what a shim, its plumbing and its client can fail with is one enum. A
+//! driver's own steps (a container's root filesystem, workload, exec) fail
+//! with [`ShimError::Driver`], which carries the step in the driver's words,
+//! so this shared type names no driver.
 
 /// Everything a shim can fail with; each message names the thing and the
 /// value involved.
@@ -18,14 +18,14 @@ pub enum ShimError {
     },
     #[error("invalid instance spec: {0}")]
     InvalidSpec(String),
-    #[error("image rootfs could not be mounted: {0}")]
-    Rootfs(String),
     #[error("cgroup: {0}")]
     Cgroup(String),
-    #[error("container: {0}")]
-    Container(String),
-    #[error("exec: {0}")]
-    Exec(String),
+    /// A step of one driver failed; `step` names it in that driver's words
+    /// (e.g. "image rootfs could not be mounted").
+    #[error("{step}: {message}")]
+    Driver { step: &'static str, message: String },
+    #[error("unmounting: {0}")]
+    Unmount(String),
     #[error("shim protocol: {0}")]
     Protocol(String),
     #[error("shim refused: {0}")]

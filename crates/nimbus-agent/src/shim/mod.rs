@@ -42,6 +42,7 @@ pub(crate) mod daemon;
 mod error;
 pub mod logs;
 pub(crate) mod server;
+mod spawn;
 pub mod state;
 pub(crate) mod trim;
 
@@ -50,4 +51,8 @@ pub use control::{
     ShimRequest, ShimResponse, StateStream,
 };
 pub use error::ShimError;
+pub use spawn::{
+    clean_up_after_shim, instance_id_from_dir, shim_executable, spawn_shim, spawn_shim_async,
+    SHIM_EXE_NAME,
+};
 pub use state::{read_state, Phase, ShimState};

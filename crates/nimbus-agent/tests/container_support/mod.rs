@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nimbus_agent::container::{
-    cleanup_instance_dir, read_state, spawn_shim, IdMap, Phase, Resources, RestartPolicy,
-    ShimClient, ShimSpec, ShimState, UserSpec,
+    cleanup_instance_dir, IdMap, Resources, RestartPolicy, ShimSpec, UserSpec,
 };
+use nimbus_agent::shim::{read_state, spawn_shim, Phase, ShimClient, ShimState};
 
 pub const SHIM_EXE: &str = env!("CARGO_BIN_EXE_nimbus-shim-test");
 

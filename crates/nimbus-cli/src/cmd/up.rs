@@ -176,7 +176,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
     let mut agent_config = nimbus_agent::AgentConfig::new(
         host.clone(),
         g.data_dir.clone(),
-        nimbus_agent::container::shim_executable(
+        nimbus_agent::shim::shim_executable(
             &std::env::current_exe().context("finding the nimbus executable for the shims")?,
         ),
     );

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 
-use super::ShimError;
+use crate::shim::ShimError;
 
 /// The mount table of this mount namespace, and unmounting from it.
 pub trait MountTable {
@@ -100,7 +100,7 @@ pub fn unmount_all_under_on(mounts: &dyn MountTable, dir: &Path) -> Result<(), S
     if left.is_empty() {
         Ok(())
     } else {
-        Err(ShimError::Rootfs(format!(
+        Err(ShimError::Unmount(format!(
             "could not unmount {} mount(s) under {}: {}",
             left.len(),
             dir.display(),

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::ShimError;
-use crate::cgroupfs::{CgroupFs, HostCgroupFs};
+use super::cgroupfs::{CgroupFs, HostCgroupFs};
+use crate::shim::ShimError;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -146,7 +146,7 @@ pub fn warm_cgroup_migration() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroupfs::FakeCgroupFs;
+    use crate::host::cgroupfs::FakeCgroupFs;
 
     const ID: &str = "inst-1";
 
