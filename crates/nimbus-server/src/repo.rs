@@ -279,7 +279,7 @@ impl Repo {
         loop {
             let page = self.list::<T>(project, &opts, |_| true).await?;
             all.extend(page.items);
-            match page.next {
+            match page.continue_token {
                 Some(next) => opts.continue_token = Some(next),
                 None => return Ok(all),
             }
@@ -336,7 +336,7 @@ impl Repo {
         Ok(ResourceList {
             items,
             revision: revision.unwrap_or_default(),
-            next,
+            continue_token: next,
         })
     }
 }

@@ -49,6 +49,13 @@ pub struct ServerArgs {
     /// Audit records kept; the oldest are pruned past this.
     #[arg(long, default_value_t = 100_000)]
     pub audit_max_records: usize,
+    /// Audit records older than this are pruned, e.g. 30d, 12h.
+    #[arg(long, default_value = "90d", value_parser = nimbus_api::units::parse_duration_secs)]
+    pub audit_max_age: u64,
+    /// Also send each audit record to the local syslog (/dev/log) as one
+    /// RFC 5424 line.
+    #[arg(long)]
+    pub audit_syslog: bool,
     /// Concurrent connections on the HTTPS port (default: from the
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
@@ -88,6 +95,10 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.max_streams_per_token = args.max_streams_per_token;
     config.max_streams_per_user = args.max_streams_per_user;
     config.audit_max_records = args.audit_max_records;
+    config.audit_max_age = std::time::Duration::from_secs(args.audit_max_age);
+    config.audit_syslog = args
+        .audit_syslog
+        .then(|| std::path::PathBuf::from("/dev/log"));
     config.max_connections = args.max_connections;
     config
 }
