@@ -129,7 +129,7 @@ impl Repo {
             if let Some(last) = kvs.last() {
                 let next = serde_json::to_string(&last.key[prefix.len()..])
                     .map_err(|e| ServerError(ApiError::internal(e.to_string())))?;
-                out.extend_from_slice(format!(",\"next\":{next}").as_bytes());
+                out.extend_from_slice(format!(",\"continue\":{next}").as_bytes());
             }
         }
         out.push(b'}');

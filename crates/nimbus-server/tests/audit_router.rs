@@ -447,3 +447,33 @@ async fn records_older_than_the_maximum_age_are_pruned() {
         .iter()
         .any(|r| r.path == "/v1/projects" && r.actor == "admin"));
 }
+
+#[tokio::test]
+async fn resource_lists_page_with_the_same_continue_key() {
+    let api = Api::open().await;
+    for i in 0..3 {
+        api.project(&format!("l{i}")).await;
+    }
+    let mut names = Vec::new();
+    let mut url = "/v1/projects?limit=2".to_string();
+    loop {
+        let (s, b) = api.call("GET", &url, &api.admin, None).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert!(b.get("next").is_none(), "{b}");
+        names.extend(b["items"].as_array().expect("items").iter().map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }));
+        match b["continue"].as_str() {
+            Some(t) => url = format!("/v1/projects?limit=2&continue={t}"),
+            None => break,
+        }
+    }
+    for i in 0..3 {
+        assert!(names.contains(&format!("l{i}")), "{names:?}");
+    }
+    let unique: HashSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+}
