@@ -50,7 +50,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 100_000)]
     pub audit_max_records: usize,
     /// Audit records older than this are pruned, e.g. 30d, 12h.
-    #[arg(long, default_value = "90d", value_parser = nimbus_api::units::parse_duration_secs)]
+    #[arg(long, default_value = "90d", value_parser = parse_max_age_arg)]
     pub audit_max_age: u64,
     /// Also send each audit record to the local syslog (/dev/log) as one
     /// RFC 5424 line.
@@ -60,6 +60,15 @@ pub struct ServerArgs {
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
     pub max_connections: Option<usize>,
+}
+
+fn parse_max_age_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        0 => Err(format!(
+            "--audit-max-age {s:?} would delete every record as it is written; give at least 1s (e.g. 30d)"
+        )),
+        secs => Ok(secs),
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {

@@ -201,9 +201,19 @@ pub async fn finish(state: &AppState, pending: Pending, (status, code): (u16, Op
     record.result = result_of(status, code);
     match serde_json::to_vec(&record) {
         Ok(value) => {
-            if let Err(e) = state.repo.store.update(&key, value, mod_revision).await {
+            match state.repo.store.update(&key, value, mod_revision).await {
+                Ok(_) => {}
+                // A tiny log (`audit_max_records`) may prune a record
+                // while its call runs.
+                Err(StoreError::NotFound(_)) => tracing::warn!(
+                    path = %record.path,
+                    status,
+                    "the audit record was pruned before its call finished; raise --audit-max-records"
+                ),
                 // The record stays `in_progress`: the call is still on file.
-                tracing::error!(error = %e, path = %record.path, status, "could not complete the audit record");
+                Err(e) => {
+                    tracing::error!(error = %e, path = %record.path, status, "could not complete the audit record")
+                }
             }
         }
         Err(e) => tracing::error!(error = %e, "could not encode audit record"),
