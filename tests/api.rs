@@ -529,7 +529,7 @@ fn api_revisions_lists_watch_and_openapi() {
         for i in v["items"].as_array().unwrap() {
             seen.push(i["metadata"]["name"].as_str().unwrap().to_string());
         }
-        match v["next"].as_str() {
+        match v["continue"].as_str() {
             Some(c) => next = Some(c.to_string()),
             None => break,
         }

@@ -235,7 +235,7 @@ impl Client {
     ) -> Result<crate::ResourceList<T>, ClientError> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut all: crate::ResourceList<T> = self.get(&format!("{path}{sep}limit=5000")).await?;
-        let mut next = all.next.take();
+        let mut next = all.continue_token.take();
         let mut seen = std::collections::HashSet::new();
         while let Some(token) = next {
             if !seen.insert(token.clone()) {
@@ -251,7 +251,7 @@ impl Client {
                 ))
                 .await?;
             all.items.extend(page.items);
-            next = page.next;
+            next = page.continue_token;
         }
         Ok(all)
     }

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Compacted,
     Internal,
     Unavailable,
+    /// The disk holding the server's data is full: free space there.
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::InsufficientStorage => 507,
         }
     }
 
@@ -53,6 +56,7 @@ impl ErrorCode {
             422 => ErrorCode::Invalid,
             429 => ErrorCode::TooManyRequests,
             503 => ErrorCode::Unavailable,
+            507 => ErrorCode::InsufficientStorage,
             400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }

@@ -65,8 +65,14 @@ pub struct ResourceList<T> {
     pub items: Vec<T>,
     pub revision: i64,
     /// Pass as `continue` to get the next page; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
+    /// (Older servers named it `next`; that name is still read.)
+    #[serde(
+        default,
+        rename = "continue",
+        alias = "next",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub continue_token: Option<String>,
 }
 
 /// Query options of a list call.

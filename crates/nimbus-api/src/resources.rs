@@ -841,9 +841,10 @@ pub struct AuditRecord {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
-    /// HTTP status of the response.
+    /// HTTP status of the response; 0 while the call runs.
     pub status: u16,
-    /// `ok`, or the error code.
+    /// `ok`, or the error code; `in_progress` while the call runs (a
+    /// record left so means the server stopped during the call).
     pub result: String,
     /// Where an unauthenticated call came from (peer address, or the local
     /// socket); unauthenticated failures are recorded once per source and

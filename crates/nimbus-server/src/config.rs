@@ -32,6 +32,10 @@ pub struct ServerConfig {
     pub max_streams_per_user: usize,
     /// Audit records kept; the oldest are pruned past this.
     pub audit_max_records: usize,
+    /// Audit records older than this are pruned (checked from start-up on).
+    pub audit_max_age: std::time::Duration,
+    /// Send a copy of each audit record to this syslog socket (`/dev/log`).
+    pub audit_syslog: Option<PathBuf>,
     /// Concurrent connections on the TLS listener; `None` derives it from
     /// the open-file limit, leaving room for the local socket and the store.
     pub max_connections: Option<usize>,
@@ -53,6 +57,8 @@ impl ServerConfig {
             max_streams_per_token: 32,
             max_streams_per_user: 64,
             audit_max_records: 100_000,
+            audit_max_age: std::time::Duration::from_secs(90 * 86_400),
+            audit_syslog: None,
             max_connections: None,
         }
     }

@@ -25,6 +25,15 @@ impl From<StoreError> for ServerError {
             StoreError::Conflict { .. } => ErrorCode::Conflict,
             StoreError::Compacted { .. } => ErrorCode::Compacted,
             StoreError::Backend(_) => ErrorCode::Internal,
+            StoreError::StorageFull { path, .. } => {
+                tracing::error!(error = %e, "the data directory's disk is full");
+                return ServerError(ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    format!(
+                        "no space left on the disk holding {path}; nothing was changed. Free space on that filesystem (remove unused images with `nimbus image rm`, lower --audit-max-records or --audit-max-age, or delete other files there) and retry"
+                    ),
+                ));
+            }
         };
         if code == ErrorCode::Internal {
             tracing::error!(error = %e, "store failure");

@@ -129,7 +129,7 @@ impl Repo {
             if let Some(last) = kvs.last() {
                 let next = serde_json::to_string(&last.key[prefix.len()..])
                     .map_err(|e| ServerError(ApiError::internal(e.to_string())))?;
-                out.extend_from_slice(format!(",\"next\":{next}").as_bytes());
+                out.extend_from_slice(format!(",\"continue\":{next}").as_bytes());
             }
         }
         out.push(b'}');
@@ -279,7 +279,7 @@ impl Repo {
         loop {
             let page = self.list::<T>(project, &opts, |_| true).await?;
             all.extend(page.items);
-            match page.next {
+            match page.continue_token {
                 Some(next) => opts.continue_token = Some(next),
                 None => return Ok(all),
             }
@@ -336,7 +336,7 @@ impl Repo {
         Ok(ResourceList {
             items,
             revision: revision.unwrap_or_default(),
-            next,
+            continue_token: next,
         })
     }
 }

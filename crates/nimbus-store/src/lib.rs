@@ -147,6 +147,10 @@ pub enum StoreError {
         requested: Revision,
         compacted: Revision,
     },
+    /// The filesystem holding the store has no room for a write; nothing was written.
+    /// `path` is the store's file (empty until the backend fills it in).
+    #[error("no space left on the filesystem holding the store {path} ({detail}); free space there and retry")]
+    StorageFull { path: String, detail: String },
     #[error("store backend error: {0}")]
     Backend(String),
 }
@@ -169,6 +173,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         prefix: &str,
         start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult>;
+    /// Keys with `prefix`, in reverse key order (last key first), strictly before
+    /// `end_before` if given, at most `limit` (0 = no limit). `more` is true when
+    /// earlier keys match beyond `limit`.
+    async fn list_reverse(
+        &self,
+        prefix: &str,
+        end_before: Option<&str>,
         limit: usize,
     ) -> Result<ListResult>;
     /// Fails with AlreadyExists if the key exists.

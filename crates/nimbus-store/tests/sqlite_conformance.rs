@@ -26,6 +26,14 @@ impl Store for TempSqliteStore {
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListResult> {
         self.store.list(prefix, after, limit).await
     }
+    async fn list_reverse(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult> {
+        self.store.list_reverse(prefix, before, limit).await
+    }
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         self.store.create(key, value).await
     }

@@ -1,7 +1,7 @@
 //! Users, tokens, roles, hosts, audit and whoami.
 
 use clap::Subcommand;
-use nimbus_api::client::Method;
+use nimbus_api::client::{query_escape, Method};
 use nimbus_api::units::format_size;
 use nimbus_api::{
     AuditRecord, CreateRequest, CreateToken, Host, ResourceList, Role, RoleBinding,
@@ -69,16 +69,76 @@ pub enum HostCmd {
     },
 }
 
+/// Which audit records to show or export.
+#[derive(clap::Args, Debug, Default)]
+pub struct AuditFilters {
+    /// Only the records of the project given with --project (a project
+    /// admin must pass it).
+    #[arg(long)]
+    only_project: bool,
+    /// Only calls made by this user (`-` for unauthenticated calls).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only calls with this HTTP method, e.g. POST or DELETE.
+    #[arg(long)]
+    method: Option<String>,
+    /// Only calls whose path starts with this, e.g. /v1/projects/ops/instances.
+    #[arg(long)]
+    path_prefix: Option<String>,
+    /// Only calls that ended with this HTTP status (404) or class (4xx).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only records since this time: RFC 3339 or a duration ago (30m, 12h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records until this time, in the same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl AuditFilters {
+    /// The query string of these filters (without `?`).
+    fn query(&self, project: &str) -> Vec<String> {
+        let mut q = Vec::new();
+        let mut add = |key: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                q.push(format!("{key}={}", query_escape(v)));
+            }
+        };
+        add("project", self.only_project.then_some(project));
+        add("actor", self.actor.as_deref());
+        add("method", self.method.as_deref());
+        add("path_prefix", self.path_prefix.as_deref());
+        add("status", self.status.as_deref());
+        add("since", self.since.as_deref());
+        add("until", self.until.as_deref());
+        q
+    }
+}
+
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// List audit records (all, or --project's for a project admin).
-    #[command(alias = "ls")]
+    /// List audit records, newest first (all, or --project's with
+    /// --only-project for a project admin).
+    #[command(
+        alias = "ls",
+        after_help = "Examples:\n  nimbus audit list --actor alice --since 1h\n  nimbus audit list --method DELETE --status 2xx --path-prefix /v1/projects/ops/\n  nimbus audit list --project ops --only-project --limit 50"
+    )]
     List {
+        #[command(flatten)]
+        filters: AuditFilters,
+        /// Records per page (default 100, at most 5000).
         #[arg(long)]
         limit: Option<usize>,
-        /// Only this project's records.
-        #[arg(long)]
-        only_project: bool,
+        /// Continue from the page before: the token the last page printed.
+        #[arg(long = "continue", value_name = "TOKEN")]
+        continue_token: Option<String>,
+    },
+    /// Write every matching record as JSON lines to stdout, oldest first.
+    #[command(after_help = "Example:\n  nimbus audit export --since 30d > audit.jsonl")]
+    Export {
+        #[command(flatten)]
+        filters: AuditFilters,
     },
 }
 
@@ -307,33 +367,93 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
 
 pub async fn audit(g: &Globals, cmd: AuditCmd) -> anyhow::Result<()> {
     let client = g.client()?;
-    let AuditCmd::List {
-        limit,
-        only_project,
-    } = cmd;
-    let mut url = format!("/v1/audit?limit={}", limit.unwrap_or(100));
-    if only_project {
-        url.push_str(&format!("&project={}", g.project));
+    match cmd {
+        AuditCmd::List {
+            filters,
+            limit,
+            continue_token,
+        } => {
+            let mut q = filters.query(&g.project);
+            q.push(format!("limit={}", limit.unwrap_or(100)));
+            if let Some(token) = &continue_token {
+                q.push(format!("continue={}", query_escape(token)));
+            }
+            let l: ResourceList<AuditRecord> =
+                client.get(&format!("/v1/audit?{}", q.join("&"))).await?;
+            print(g, &l, || {
+                table(
+                    &["time", "actor", "method", "path", "status", "result"],
+                    l.items
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                                r.actor.clone(),
+                                r.method.clone(),
+                                r.path.clone(),
+                                r.status.to_string(),
+                                r.result.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })?;
+            if let (false, Some(token)) = (g.json(), &l.continue_token) {
+                eprintln!("more records: run {}", next_page_command(token));
+            }
+            Ok(())
+        }
+        AuditCmd::Export { filters } => {
+            use futures::StreamExt;
+            use std::io::Write;
+            let q = filters.query(&g.project);
+            let mut chunks = Box::pin(
+                client
+                    .stream(&format!("/v1/audit/export?{}", q.join("&")))
+                    .await?,
+            );
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = chunks.next().await {
+                out.write_all(&chunk?)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
     }
-    let l: ResourceList<AuditRecord> = client.get(&url).await?;
-    print(g, &l, || {
-        table(
-            &["time", "actor", "method", "path", "status", "result"],
-            l.items
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.time.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        r.actor.clone(),
-                        r.method.clone(),
-                        r.path.clone(),
-                        r.status.to_string(),
-                        r.result.clone(),
-                    ]
-                })
-                .collect(),
-        )
-    })
+}
+
+/// This command line again, with `--continue token` instead of any it had.
+fn next_page_command(token: &str) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for (i, arg) in std::env::args().enumerate() {
+        if skip {
+            skip = false;
+        } else if arg == "--continue" {
+            skip = true;
+        } else if !arg.starts_with("--continue=") {
+            args.push(if i == 0 {
+                "nimbus".into()
+            } else {
+                shell_quote(&arg)
+            });
+        }
+    }
+    args.push("--continue".into());
+    args.push(shell_quote(token));
+    args.join(" ")
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+%".contains(&b));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 pub async fn whoami(g: &Globals) -> anyhow::Result<()> {

@@ -49,10 +49,26 @@ pub struct ServerArgs {
     /// Audit records kept; the oldest are pruned past this.
     #[arg(long, default_value_t = 100_000)]
     pub audit_max_records: usize,
+    /// Audit records older than this are pruned, e.g. 30d, 12h.
+    #[arg(long, default_value = "90d", value_parser = parse_max_age_arg)]
+    pub audit_max_age: u64,
+    /// Also send each audit record to the local syslog (/dev/log) as one
+    /// RFC 5424 line.
+    #[arg(long)]
+    pub audit_syslog: bool,
     /// Concurrent connections on the HTTPS port (default: from the
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
     pub max_connections: Option<usize>,
+}
+
+fn parse_max_age_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        0 => Err(format!(
+            "--audit-max-age {s:?} would delete every record as it is written; give at least 1s (e.g. 30d)"
+        )),
+        secs => Ok(secs),
+    }
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -88,6 +104,10 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.max_streams_per_token = args.max_streams_per_token;
     config.max_streams_per_user = args.max_streams_per_user;
     config.audit_max_records = args.audit_max_records;
+    config.audit_max_age = std::time::Duration::from_secs(args.audit_max_age);
+    config.audit_syslog = args
+        .audit_syslog
+        .then(|| std::path::PathBuf::from("/dev/log"));
     config.max_connections = args.max_connections;
     config
 }

@@ -40,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/whoami", get(whoami))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/export", get(audit::export))
         .route("/v1/projects", get(projects::list).post(projects::create))
         .route(
             "/v1/projects/{project}",

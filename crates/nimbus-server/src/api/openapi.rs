@@ -18,7 +18,7 @@ use super::{addresses, audit, hosts, images, instances, networks, projects, secg
 
 Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorResponse`). Lists take `selector`, `limit` and `continue`; with `watch=true` (and optionally `revision=N` from a list) they stream `application/x-ndjson` instead: one `WatchEvent` per line (`ADDED`, `MODIFIED`, `DELETED`, or `ERROR` when the history is gone: re-list and watch again)."),
     paths(
-        super::health, super::whoami, document, audit::list,
+        super::health, super::whoami, document, audit::list, audit::export,
         projects::list, projects::create, projects::get, projects::update, projects::delete,
         users::list, users::create, users::get, users::delete,
         users::create_token, users::list_tokens, users::get_token, users::delete_token,
@@ -131,6 +131,12 @@ const COMMON_ERRORS: &[CommonError] = &[
         component: "TooManyRequests",
         description: "The caller's token or user has as many streams open as allowed; close one",
         applies: |o| o.streams,
+    },
+    CommonError {
+        status: "507",
+        component: "InsufficientStorage",
+        description: "The disk holding the server's data is full: nothing was changed; the message names the path and what to free",
+        applies: |o| !o.public && matches!(o.method, "post" | "put" | "delete" | "patch"),
     },
     CommonError {
         status: "default",

@@ -122,7 +122,7 @@ async fn list_all_matching<T: nimbus_api::resources::Object>(
     loop {
         let page = repo.list::<T>(None, &opts, keep).await?;
         all.extend(page.items);
-        match page.next {
+        match page.continue_token {
             Some(next) => opts.continue_token = Some(next),
             None => return Ok(all),
         }

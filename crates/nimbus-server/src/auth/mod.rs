@@ -274,16 +274,26 @@ pub async fn auth_layer(
         }
     };
     req.extensions_mut().insert(caller.clone());
-    let resp = next.run(req).await;
     // Agents report status several times a second; auditing each report
     // would drown the log in noise, so of agents' calls only those that
     // change what exists are audited: anything but a status report, and
-    // the report that finalizes a deletion (its handler marks it).
-    let routine_report = caller.is_host_agent()
-        && path.ends_with("/status")
-        && resp.extensions().get::<audit::AuditAgentCall>().is_none();
-    if mutating && !routine_report {
-        audit::record(&state, Some(&caller), &method, &path, audit::outcome(&resp)).await;
+    // the report that finalizes a deletion (its handler marks it), which is
+    // recorded after it ran. Every other mutating call is recorded before
+    // it runs, and refused when its record cannot be written.
+    let agent_report = caller.is_host_agent() && path.ends_with("/status");
+    let pending = if mutating && !agent_report {
+        match audit::begin(&state, &caller, &method, &path).await {
+            Ok(p) => Some(p),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        None
+    };
+    let resp = next.run(req).await;
+    if let Some(pending) = pending {
+        audit::finish(&state, pending, audit::outcome(&resp)).await;
+    } else if mutating && resp.extensions().get::<audit::AuditAgentCall>().is_some() {
+        audit::record(&state, &caller, &method, &path, audit::outcome(&resp)).await;
     }
     resp
 }

@@ -297,6 +297,65 @@ pub async fn list_pagination(store: Arc<dyn Store>) {
     assert_eq!(page.kvs.len(), 5, "start_after need not be an existing key");
 }
 
+pub async fn list_reverse_pagination(store: Arc<dyn Store>) {
+    for i in 0..7 {
+        let key = format!("/p/{i:02}");
+        ok(store.create(&key, vec![i]).await, format!("create {key}"));
+    }
+    ok(store.create("/q/00", vec![]).await, "create /q/00");
+    ok(store.create("/o/99", vec![]).await, "create /o/99");
+
+    let mut pages = Vec::new();
+    let mut end_before: Option<String> = None;
+    loop {
+        let page = ok(
+            store.list_reverse("/p/", end_before.as_deref(), 3).await,
+            format!("list /p/ backwards before {end_before:?}"),
+        );
+        assert_eq!(page.revision, 9);
+        pages.push((keys(&page.kvs).join(","), page.more));
+        end_before = page.kvs.last().map(|kv| kv.key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    let expected = [
+        ("/p/06,/p/05,/p/04", true),
+        ("/p/03,/p/02,/p/01", true),
+        ("/p/00", false),
+    ];
+    let expected: Vec<_> = expected.iter().map(|(k, m)| (k.to_string(), *m)).collect();
+    assert_eq!(pages, expected);
+
+    let page = ok(
+        store.list_reverse("/p/", Some("/p/03"), 3).await,
+        "list the last full page backwards",
+    );
+    assert_eq!(keys(&page.kvs), ["/p/02", "/p/01", "/p/00"]);
+    assert!(
+        !page.more,
+        "more must be false when exactly `limit` keys remain"
+    );
+
+    let page = ok(
+        store.list_reverse("/p/", Some("/q/00"), 1).await,
+        "list backwards before a key after the prefix",
+    );
+    assert_eq!((keys(&page.kvs), page.more), (vec!["/p/06"], true));
+
+    let page = ok(
+        store.list_reverse("/p/", Some("/p/03x"), 0).await,
+        "list backwards before a non-key",
+    );
+    assert_eq!(keys(&page.kvs), ["/p/03", "/p/02", "/p/01", "/p/00"]);
+
+    let page = ok(
+        store.list_reverse("/p/", Some("/p/00"), 0).await,
+        "list backwards before the first key",
+    );
+    assert_eq!((page.kvs.len(), page.more), (0, false));
+}
+
 pub async fn txn_applies_success_ops_when_compares_hold(store: Arc<dyn Store>) {
     let x = ok(store.create("/t/x", b"x".to_vec()).await, "create /t/x");
     let txn = Txn {

@@ -55,6 +55,7 @@ macro_rules! store_conformance_tests {
             revisions_increase_by_one_per_write,
             list_by_prefix_in_key_order,
             list_pagination,
+            list_reverse_pagination,
             txn_applies_success_ops_when_compares_hold,
             txn_is_all_or_nothing,
             txn_ops_share_one_revision,

@@ -57,7 +57,17 @@ trait SqlContext<T> {
 
 impl<T> SqlContext<T> for rusqlite::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|err| StoreError::Backend(format!("{}: {err}", what())))
+        self.map_err(|err| {
+            if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+                // The path is filled in by the store, which knows it.
+                StoreError::StorageFull {
+                    path: String::new(),
+                    detail: format!("{}: {err}", what()),
+                }
+            } else {
+                StoreError::Backend(format!("{}: {err}", what()))
+            }
+        })
     }
 }
 
@@ -85,6 +95,8 @@ pub(super) struct Db {
     compacted: Revision,
     event_count: u64,
     history_limit: u64,
+    /// The database file (or `:memory:`), named in errors.
+    pub name: String,
     pub hub: WatchHub,
 }
 
@@ -136,6 +148,7 @@ impl Db {
             compacted,
             event_count: u64::try_from(event_count).unwrap_or(0),
             history_limit: u64::try_from(history_limit.max(1)).unwrap_or(u64::MAX),
+            name: name.to_string(),
             hub: WatchHub::default(),
         })
     }
@@ -177,6 +190,54 @@ impl Db {
         };
         let context = || format!("listing keys with prefix {prefix:?} after {start_after:?}");
         let mut stmt = self.conn.prepare_cached(&sql).context(context)?;
+        let rows = match &upper {
+            Some(upper) => stmt.query_map(params![lower, fetch, upper], kv_from_row),
+            None => stmt.query_map(params![lower, fetch], kv_from_row),
+        }
+        .context(context)?;
+        let mut kvs = Vec::new();
+        for row in rows {
+            kvs.push(row.context(context)??);
+        }
+        let more = limit != 0 && kvs.len() > limit;
+        kvs.truncate(if limit == 0 { kvs.len() } else { limit });
+        Ok(ListResult {
+            kvs,
+            revision: self.revision,
+            more,
+        })
+    }
+
+    /// Keys with `prefix` strictly before `end_before` (when that lies inside the
+    /// prefix's range), last key first, at most `limit` (0 = no limit).
+    pub fn list_reverse(
+        &self,
+        prefix: &str,
+        end_before: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult> {
+        let upper = prefix_upper_bound(prefix.as_bytes());
+        // The upper end: strictly before `end_before`, or the end of the prefix's range.
+        let upper = match (end_before, upper) {
+            (Some(before), up) if up.as_deref().is_none_or(|up| before.as_bytes() < up) => {
+                Some(before.as_bytes().to_vec())
+            }
+            (_, up) => up,
+        };
+        let upper_clause = if upper.is_some() { "AND key < ?3" } else { "" };
+        let sql = format!(
+            "SELECT key, value, create_revision, mod_revision FROM kv \
+             WHERE key >= ?1 {upper_clause} ORDER BY key DESC LIMIT ?2"
+        );
+        let fetch = if limit == 0 {
+            -1
+        } else {
+            i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
+        };
+        let context =
+            || format!("listing keys with prefix {prefix:?} backwards before {end_before:?}");
+        let mut stmt = self.conn.prepare_cached(&sql).context(context)?;
+        let lower = prefix.as_bytes();
         let rows = match &upper {
             Some(upper) => stmt.query_map(params![lower, fetch, upper], kv_from_row),
             None => stmt.query_map(params![lower, fetch], kv_from_row),

@@ -93,7 +93,15 @@ async fn with_db<T: Send + 'static>(
         let mut db = db.lock().map_err(|_| {
             StoreError::Backend("SQLite connection lock poisoned by a panicked task".into())
         })?;
-        work(&mut db)
+        work(&mut db).map_err(|err| match err {
+            StoreError::StorageFull { path, detail } if path.is_empty() => {
+                StoreError::StorageFull {
+                    path: db.name.clone(),
+                    detail,
+                }
+            }
+            other => other,
+        })
     })
     .await
     .map_err(|err| StoreError::Backend(format!("SQLite task failed: {err}")))?
@@ -116,6 +124,20 @@ impl Store for SqliteStore {
         let start_after = start_after.map(str::to_string);
         with_db(&self.db, move |db| {
             db.list(&prefix, start_after.as_deref(), limit)
+        })
+        .await
+    }
+
+    async fn list_reverse(
+        &self,
+        prefix: &str,
+        end_before: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult> {
+        let prefix = prefix.to_string();
+        let end_before = end_before.map(str::to_string);
+        with_db(&self.db, move |db| {
+            db.list_reverse(&prefix, end_before.as_deref(), limit)
         })
         .await
     }

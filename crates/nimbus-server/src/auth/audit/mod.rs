@@ -1,11 +1,23 @@
 //! The audit log: every mutating call, who made it, and how it ended.
 //!
-//! The log is bounded three ways, so that callers (authenticated or not)
-//! cannot fill the store through it: stored paths are cut to
-//! [`MAX_PATH_BYTES`]; unauthenticated failures are written once per
-//! source and [`FAILED_AUTH_WINDOW`], the rest of the window counted in one
-//! aggregate record; and past `audit_max_records` the oldest records are
-//! pruned.
+//! An authenticated mutating call is recorded before its handler runs
+//! ([`begin`], result `in_progress`) and the record completed with the
+//! outcome afterwards ([`finish`]): a call whose record cannot be written
+//! is refused, so no change goes unaudited (507 when the data directory's
+//! disk is full).
+//!
+//! The log is bounded, so that callers (authenticated or not) cannot fill
+//! the store through it: stored paths are cut to [`MAX_PATH_BYTES`];
+//! unauthenticated failures are written once per source and
+//! [`FAILED_AUTH_WINDOW`], the rest of the window counted in one aggregate
+//! record; and [`retention`] prunes the oldest records past
+//! `audit_max_records` and those older than `audit_max_age`.
+//!
+//! Keys sort by time (`/audit/<20-digit unix nanoseconds>-<id>`), so the
+//! log lists oldest first forwards and newest first backwards.
+
+pub mod retention;
+pub mod syslog;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use axum::response::Response;
-use chrono::Utc;
-use nimbus_api::{AuditRecord, ErrorCode};
-use nimbus_store::{Op, Txn};
+use chrono::{DateTime, Utc};
+use nimbus_api::{ApiError, AuditRecord, ErrorCode};
+use nimbus_store::StoreError;
 
 use super::Caller;
+use crate::error::ServerError;
 use crate::state::AppState;
 
 pub const PREFIX: &str = "/audit/";
@@ -30,9 +43,6 @@ pub const FAILED_AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Sources tracked at once; past this, new sources share one window.
 const MAX_SOURCES: usize = 4096;
-
-/// Records deleted per store transaction when pruning.
-const PRUNE_BATCH: usize = 500;
 
 /// The source name when the sources table is full.
 const OTHER_SOURCES: &str = "(other sources)";
@@ -49,6 +59,23 @@ pub struct AuditLog {
     /// Records in the store, counted once then kept up to date; `None`
     /// until the first write.
     stored: tokio::sync::Mutex<Option<usize>>,
+    /// Where records are copied with `--audit-syslog`, opened on first use.
+    syslog: std::sync::OnceLock<Option<syslog::SyslogTarget>>,
+}
+
+/// The result of a record whose call has not finished yet.
+pub const IN_PROGRESS: &str = "in_progress";
+
+/// The store key of a record: its time, then its id.
+pub fn record_key(record: &AuditRecord) -> String {
+    format!("{}-{}", time_key(record.time), record.id)
+}
+
+/// The key prefix of records written at `time`: every record written
+/// earlier sorts before it, every later one after.
+pub fn time_key(time: DateTime<Utc>) -> String {
+    let nanos = time.timestamp_nanos_opt().unwrap_or_default().max(0);
+    format!("{PREFIX}{nanos:020}")
 }
 
 struct FailedWindow {
@@ -92,33 +119,120 @@ pub fn capped_path(path: &str) -> String {
     format!("{}...[{} bytes in all]", &path[..end], path.len())
 }
 
-/// Record an authenticated call.
+fn project_of(path: &str) -> Option<String> {
+    // Decoded as the router decodes it, so `vic%74im` is logged as `victim`.
+    path.strip_prefix("/v1/projects/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|p| !p.is_empty())
+        .map(|p| capped_path(&percent_decode(p)))
+}
+
+fn authenticated_record(caller: &Caller, method: &Method, path: &str) -> AuditRecord {
+    AuditRecord {
+        id: nimbus_api::meta::new_id(),
+        time: Utc::now(),
+        actor: caller.user.clone(),
+        token_id: Some(caller.token_id.clone()),
+        method: method.to_string(),
+        path: capped_path(path),
+        project: project_of(path),
+        status: 0,
+        result: IN_PROGRESS.into(),
+        source: None,
+        count: None,
+    }
+}
+
+/// A record written before its call ran, completed by [`finish`].
+pub struct Pending {
+    record: AuditRecord,
+    key: String,
+    mod_revision: nimbus_store::Revision,
+}
+
+/// Record that an authenticated call is about to run. When the record
+/// cannot be written the call must not run: the error says why (507 when
+/// the disk is full).
+pub async fn begin(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+) -> Result<Pending, ServerError> {
+    let record = authenticated_record(caller, method, path);
+    let key = record_key(&record);
+    match store_new(state, &key, &record).await {
+        Ok(mod_revision) => Ok(Pending {
+            record,
+            key,
+            mod_revision,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, %method, path = %record.path, "could not write the audit record; the call is refused");
+            Err(refused(e))
+        }
+    }
+}
+
+/// The answer to a call refused because its audit record could not be written.
+fn refused(e: StoreError) -> ServerError {
+    let ServerError(inner) = ServerError::from(e);
+    let code = match inner.code {
+        ErrorCode::InsufficientStorage => ErrorCode::InsufficientStorage,
+        _ => ErrorCode::Unavailable,
+    };
+    ServerError(ApiError::new(
+        code,
+        format!(
+            "the call was not made because its audit record could not be written: {}",
+            inner.message
+        ),
+    ))
+}
+
+/// Complete a record with how its call ended.
+pub async fn finish(state: &AppState, pending: Pending, (status, code): (u16, Option<ErrorCode>)) {
+    let Pending {
+        mut record,
+        key,
+        mod_revision,
+    } = pending;
+    record.status = status;
+    record.result = result_of(status, code);
+    match serde_json::to_vec(&record) {
+        Ok(value) => {
+            match state.repo.store.update(&key, value, mod_revision).await {
+                Ok(_) => {}
+                // A tiny log (`audit_max_records`) may prune a record
+                // while its call runs.
+                Err(StoreError::NotFound(_)) => tracing::warn!(
+                    path = %record.path,
+                    status,
+                    "the audit record was pruned before its call finished; raise --audit-max-records"
+                ),
+                // The record stays `in_progress`: the call is still on file.
+                Err(e) => {
+                    tracing::error!(error = %e, path = %record.path, status, "could not complete the audit record")
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode audit record"),
+    }
+    copy_to_syslog(state, &record);
+}
+
+/// Record an authenticated call after it ran (host agents' status reports,
+/// which are audited only when they finalize something).
 pub async fn record(
     state: &AppState,
-    caller: Option<&Caller>,
+    caller: &Caller,
     method: &Method,
     path: &str,
     (status, code): (u16, Option<ErrorCode>),
 ) {
-    // Decoded as the router decodes it, so `vic%74im` is logged as `victim`.
-    let project = path
-        .strip_prefix("/v1/projects/")
-        .and_then(|rest| rest.split('/').next())
-        .filter(|p| !p.is_empty())
-        .map(|p| capped_path(&percent_decode(p)));
-    let record = AuditRecord {
-        id: nimbus_api::meta::new_id(),
-        time: Utc::now(),
-        actor: caller.map(|c| c.user.clone()).unwrap_or_else(|| "-".into()),
-        token_id: caller.map(|c| c.token_id.clone()),
-        method: method.to_string(),
-        path: capped_path(path),
-        project,
-        status,
-        result: result_of(status, code),
-        source: None,
-        count: None,
-    };
+    let mut record = authenticated_record(caller, method, path);
+    record.status = status;
+    record.result = result_of(status, code);
     write(state, record).await;
 }
 
@@ -236,89 +350,39 @@ pub async fn run_flusher(state: std::sync::Arc<AppState>) {
 }
 
 async fn write(state: &AppState, record: AuditRecord) {
-    // Keys sort by time so the log lists in order.
-    let key = format!(
-        "{PREFIX}{:020}-{}",
-        record.time.timestamp_nanos_opt().unwrap_or_default(),
-        record.id
-    );
-    let value = match serde_json::to_vec(&record) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "could not encode audit record");
-            return;
-        }
-    };
-    if let Err(e) = state.repo.store.create(&key, value).await {
+    if let Err(e) = store_new(state, &record_key(&record), &record).await {
         tracing::error!(error = %e, path = %record.path, "could not write audit record");
         return;
     }
-    if let Err(e) = keep_bounded(state).await {
+    copy_to_syslog(state, &record);
+}
+
+/// Store a new record and keep the log within its size; the record's
+/// revision.
+async fn store_new(
+    state: &AppState,
+    key: &str,
+    record: &AuditRecord,
+) -> Result<nimbus_store::Revision, StoreError> {
+    let value = serde_json::to_vec(record)
+        .map_err(|e| StoreError::Backend(format!("encoding audit record: {e}")))?;
+    let kv = state.repo.store.create(key, value).await?;
+    if let Err(e) = retention::keep_bounded(state).await {
         tracing::error!(error = %e, "could not prune the audit log");
     }
+    Ok(kv.mod_revision)
 }
 
-/// Slack past the maximum before pruning, so pruning runs in batches.
-fn prune_slack(max: usize) -> usize {
-    (max / 100).clamp(1, PRUNE_BATCH)
-}
-
-/// Count the new record, and prune the oldest ones past the maximum.
-async fn keep_bounded(state: &AppState) -> Result<(), nimbus_store::StoreError> {
-    let max = state.config.audit_max_records.max(1);
-    let mut stored = state.audit.stored.lock().await;
-    let count = match *stored {
-        Some(n) => n + 1,
-        None => count_records(state).await?,
-    };
-    *stored = Some(count);
-    if count < max + prune_slack(max) {
-        return Ok(());
-    }
-    let mut excess = count - max;
-    while excess > 0 {
-        let page = state
-            .repo
-            .store
-            .list(PREFIX, None, excess.min(PRUNE_BATCH))
-            .await?;
-        if page.kvs.is_empty() {
-            break;
-        }
-        let n = page.kvs.len();
-        let success = page
-            .kvs
-            .into_iter()
-            .map(|kv| Op::Delete { key: kv.key })
-            .collect();
+fn copy_to_syslog(state: &AppState, record: &AuditRecord) {
+    let target = state.audit.syslog.get_or_init(|| {
         state
-            .repo
-            .store
-            .txn(Txn {
-                success,
-                ..Txn::default()
-            })
-            .await?;
-        excess -= n;
-        *stored = Some(stored.unwrap_or(n).saturating_sub(n));
-    }
-    Ok(())
-}
-
-async fn count_records(state: &AppState) -> Result<usize, nimbus_store::StoreError> {
-    let mut count = 0;
-    let mut start_after: Option<String> = None;
-    loop {
-        let page = state
-            .repo
-            .store
-            .list(PREFIX, start_after.as_deref(), 1000)
-            .await?;
-        count += page.kvs.len();
-        match page.kvs.last() {
-            Some(kv) if page.more => start_after = Some(kv.key.clone()),
-            _ => return Ok(count),
-        }
+            .config
+            .audit_syslog
+            .as_deref()
+            .map(syslog::SyslogTarget::new)
+    });
+    if let Some(target) = target {
+        target.send(record);
     }
 }
 
