@@ -31,6 +31,7 @@
 
 pub mod cmdline;
 pub mod driver;
+pub mod error;
 mod handler;
 pub mod prepare;
 pub mod probe;
@@ -39,6 +40,7 @@ pub mod seed;
 pub(crate) mod shim;
 pub mod spec;
 
+pub use error::VmError;
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
 pub(crate) use shim::{owns_instance_dir, prepare_supervisor};

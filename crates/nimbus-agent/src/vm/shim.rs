@@ -21,13 +21,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::cmdline::qemu_command;
-use super::qmp::{Qmp, QmpEvent};
+use super::error::VmError;
+use super::qmp::{Qmp, QmpError, QmpEvent};
 use super::spec::{VmKind, VmPaths, VmShimSpec, VM_SPEC_FILE};
 use crate::shim::control::SOCKET_FILE;
 use crate::shim::daemon::{signal_ready, Supervisor, READY_FAILED, READY_RUNNING};
 use crate::shim::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
 use crate::shim::server::Connections;
 use crate::shim::state::{write_state, LiveState, Phase, ShimState};
+use crate::shim::ShimError;
 
 /// How long QEMU gets to greet on QMP and leave negotiation after it starts.
 const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +55,7 @@ pub(super) enum VmCommand {
     },
     Pause {
         paused: bool,
-        reply: oneshot::Sender<Result<ShimState, String>>,
+        reply: oneshot::Sender<Result<ShimState, VmError>>,
     },
 }
 
@@ -87,8 +89,8 @@ pub(crate) fn owns_instance_dir(dir: &Path) -> bool {
 }
 
 /// The VM's start in the shim's background process: loads `vm.json`.
-pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, String> {
-    let spec = VmShimSpec::load(dir).map_err(|e| e.to_string())?;
+pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, ShimError> {
+    let spec = VmShimSpec::load(dir)?;
     let dir = dir.to_path_buf();
     Ok(Box::new(move |ready| {
         Box::pin(supervise(dir, spec, ready, shim_pid))
@@ -201,22 +203,26 @@ struct Qemu {
 }
 
 /// A connected, close-on-exec pair of stream sockets for `what`.
-fn stream_pair(what: &str) -> Result<(OwnedFd, OwnedFd), String> {
+fn stream_pair(what: &'static str) -> Result<(OwnedFd, OwnedFd), VmError> {
     socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| format!("cannot create the {what} socket pair: {e}"))
+    .map_err(|source| VmError::SocketPair { what, source })
 }
 
-fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
+fn spawn_qemu(shim: &VmShim) -> Result<Qemu, VmError> {
     // The network port: the persistent tap the agent made on the router.
     let tap = match &shim.spec.tap {
         Some(t) => Some(
-            nimbus_net::router::open_tap(&t.netns, &t.name)
-                .map_err(|e| format!("cannot open the VM's network port {}: {e}", t.name))?,
+            nimbus_net::router::open_tap(&t.netns, &t.name).map_err(|source| {
+                VmError::NetworkPort {
+                    tap: t.name.clone(),
+                    source,
+                }
+            })?,
         ),
         None => None,
     };
@@ -233,7 +239,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     let (ours, theirs) = stream_pair("serial console")?;
     let theirs_in = theirs
         .try_clone()
-        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
+        .map_err(VmError::SerialConsoleDuplicate)?;
     let mut cmd = tokio::process::Command::new(&program);
     // QEMU gets no part of the daemon's environment (tokens, proxies).
     cmd.env_clear()
@@ -251,7 +257,7 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
     // Formatted before the fork: the child must not allocate.
     let qemu_oom_score = crate::protect::workload_oom_score_adj().to_string();
     let procs = crate::shim::cgroup::create_tracking_cgroup(&shim.spec.instance_id, 4096)
-        .map_err(|e| format!("cannot make the VM's cgroup: {e}"))?;
+        .map_err(VmError::Cgroup)?;
     // SAFETY: open, write, close and prctl are async-signal-safe and use no
     // allocation (the paths were made before the fork); the child runs
     // nothing else before exec.
@@ -294,16 +300,16 @@ fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| {
-        format!("cannot run {program}: {e}; install QEMU (`apt-get install qemu-system-x86`)")
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|source| VmError::QemuNotRunnable { program, source })?;
     // QEMU holds its own copies now.
     drop(tap);
     drop(qmp_theirs);
     let pid = child
         .id()
         .map(|p| Pid::from_raw(p as i32))
-        .ok_or_else(|| "QEMU exited at once".to_string())?;
+        .ok_or(VmError::QemuExitedAtOnce)?;
     Ok(Qemu {
         child,
         pid,
@@ -365,8 +371,8 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     }
     let mut qemu = match spawn_qemu(&shim) {
         Ok(q) => q,
-        Err(reason) => {
-            fail(&shim, &mut ready, reason, Vec::new()).await;
+        Err(e) => {
+            fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
             return 1;
         }
     };
@@ -388,10 +394,10 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     });
     let serial_task = match start_console_pumps(&shim, &qemu, log.clone(), console_in_rx) {
         Ok(t) => t,
-        Err(reason) => {
+        Err(e) => {
             let _ = qemu.child.start_kill();
             let _ = qemu.child.wait().await;
-            fail(&shim, &mut ready, reason, Vec::new()).await;
+            fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
             return 1;
         }
     };
@@ -401,23 +407,24 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     // exit below.
     enum Start {
         Connected(Qmp),
-        NoQmp(String),
+        NoQmp(VmError),
         Exited(Option<std::process::ExitStatus>),
     }
     let qmp_stream = std::os::unix::net::UnixStream::from(qemu.qmp);
     let handshake = async {
-        qmp_stream
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let stream = tokio::net::UnixStream::from_std(qmp_stream).map_err(|e| e.to_string())?;
-        Qmp::over(stream, "QEMU's QMP socket pair", QMP_HANDSHAKE_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())
+        let name = "QEMU's QMP socket pair";
+        let io = |source| QmpError::Io {
+            path: name.to_string(),
+            source,
+        };
+        qmp_stream.set_nonblocking(true).map_err(io)?;
+        let stream = tokio::net::UnixStream::from_std(qmp_stream).map_err(io)?;
+        Qmp::over(stream, name, QMP_HANDSHAKE_TIMEOUT).await
     };
     let start = tokio::select! {
         q = handshake => match q {
             Ok(q) => Start::Connected(q),
-            Err(e) => Start::NoQmp(format!("QEMU did not answer on QMP: {e}")),
+            Err(e) => Start::NoQmp(VmError::QmpUnanswered(e)),
         },
         status = qemu.child.wait() => Start::Exited(status.ok()),
     };
@@ -434,7 +441,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     let start = match start {
         Start::Connected(mut q) => match q.cont().await {
             Ok(()) => Start::Connected(q),
-            Err(e) => Start::NoQmp(format!("QEMU did not start the guest's vCPUs: {e}")),
+            Err(e) => Start::NoQmp(VmError::VcpusNotStarted(e)),
         },
         other => other,
     };
@@ -449,7 +456,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
             if let Some(t) = stderr_task {
                 let _ = tokio::time::timeout(DRAIN, t).await;
             }
-            fail(&shim, &mut ready, why, Vec::new()).await;
+            fail(&shim, &mut ready, why.to_string(), Vec::new()).await;
             return 1;
         }
     }
@@ -574,7 +581,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
         match cmd {
             VmCommand::Stop { reply, .. } => stop_replies.push(reply),
             VmCommand::Pause { reply, .. } => {
-                let _ = reply.send(Err("the VM has ended".into()));
+                let _ = reply.send(Err(VmError::Ended));
             }
         }
     }
@@ -591,17 +598,17 @@ fn start_console_pumps(
     qemu: &Qemu,
     log: Rc<RefCell<ConsoleLog>>,
     mut input: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, VmError> {
     let fd = qemu
         .serial
         .try_clone()
-        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
+        .map_err(VmError::SerialConsoleDuplicate)?;
     let std_stream = std::os::unix::net::UnixStream::from(fd);
     std_stream
         .set_nonblocking(true)
-        .map_err(|e| format!("serial console socket: {e}"))?;
-    let stream = tokio::net::UnixStream::from_std(std_stream)
-        .map_err(|e| format!("serial console socket: {e}"))?;
+        .map_err(VmError::SerialConsoleSocket)?;
+    let stream =
+        tokio::net::UnixStream::from_std(std_stream).map_err(VmError::SerialConsoleSocket)?;
     let (mut reader, mut writer) = stream.into_split();
     tokio::task::spawn_local(async move {
         while let Some(bytes) = input.recv().await {
@@ -677,7 +684,7 @@ async fn set_paused(
     shim: &VmShim,
     qmp: &mut Option<Qmp>,
     paused: bool,
-) -> Result<ShimState, String> {
+) -> Result<ShimState, VmError> {
     let phase = shim.state().phase;
     let wanted_from = if paused {
         Phase::Running
@@ -685,21 +692,19 @@ async fn set_paused(
         Phase::Paused
     };
     if phase != wanted_from {
-        return Err(format!(
-            "the VM is {phase:?}, so it cannot be {}",
-            if paused { "paused" } else { "resumed" }
-        ));
+        return Err(VmError::WrongPhase {
+            phase,
+            action: if paused { "paused" } else { "resumed" },
+        });
     }
-    let q = qmp
-        .as_mut()
-        .ok_or_else(|| "QEMU's QMP connection is gone".to_string())?;
+    let q = qmp.as_mut().ok_or(VmError::QmpGone)?;
     if paused {
-        q.stop().await.map_err(|e| e.to_string())?;
+        q.stop().await?;
     } else {
-        q.cont().await.map_err(|e| e.to_string())?;
+        q.cont().await?;
     }
     // The STOP/RESUME event may be queued behind the reply; confirm directly.
-    let status = q.query_status().await.map_err(|e| e.to_string())?;
+    let status = q.query_status().await?;
     shim.update(|s| {
         s.phase = if status.running {
             Phase::Running
