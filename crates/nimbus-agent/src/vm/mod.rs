@@ -30,11 +30,14 @@
 //! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
+mod console;
 pub mod driver;
 pub mod error;
+mod exit;
 mod handler;
 pub mod prepare;
 pub mod probe;
+mod qemu;
 pub mod qmp;
 pub mod seed;
 pub(crate) mod shim;
