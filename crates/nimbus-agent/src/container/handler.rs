@@ -11,6 +11,7 @@ use super::shim::{Command, Shim};
 use crate::shim::control::ExecRequest;
 use crate::shim::server::{Connection, Connections, OptionalRequest, ShimHandler};
 use crate::shim::state::{LiveState, ShimState};
+use crate::shim::ShimError;
 
 impl ShimHandler for Shim {
     fn instance_id(&self) -> &str {
@@ -33,12 +34,12 @@ impl ShimHandler for Shim {
         }
     }
 
-    fn offers(&self, request: OptionalRequest) -> Result<(), String> {
+    fn offers(&self, request: OptionalRequest) -> Result<(), ShimError> {
         match request {
             OptionalRequest::Exec => Ok(()),
             OptionalRequest::Pause | OptionalRequest::Resume | OptionalRequest::Console => Err(
-                "pause, resume and console are for virtual machines; this instance is a container (use exec)"
-                    .to_string(),
+                ShimError::Refused("pause, resume and console are for virtual machines; this instance is a container (use exec)"
+                    .to_string()),
             ),
         }
     }

@@ -96,16 +96,18 @@ pub(crate) fn owns_instance_dir(dir: &Path) -> bool {
 /// The container's start in the shim's background process: loads the spec
 /// and, still single-threaded, moves the whole shim into the prepared network
 /// namespace, so every container it starts is in it.
-pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, String> {
-    let spec = ShimSpec::load(dir).map_err(|e| e.to_string())?;
+pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, ShimError> {
+    let spec = ShimSpec::load(dir)?;
     if let Some(ns) = &spec.netns {
         std::fs::File::open(ns)
-            .map_err(|e| e.to_string())
             .and_then(|f| {
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| e.to_string())
+                    .map_err(std::io::Error::from)
             })
-            .map_err(|e| format!("joining network namespace {}: {e}", ns.display()))?;
+            .map_err(|source| ShimError::Io {
+                what: format!("joining network namespace {}", ns.display()),
+                source,
+            })?;
     }
     let dir = dir.to_path_buf();
     Ok(Box::new(move |ready| {

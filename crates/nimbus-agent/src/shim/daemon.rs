@@ -24,6 +24,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe2, ForkResult};
 
 use super::state::{read_state, write_state, Phase, ShimState};
+use super::ShimError;
 
 /// Ready byte: the workload runs.
 pub(crate) const READY_RUNNING: u8 = b'R';
@@ -39,7 +40,7 @@ pub type Supervisor = Box<dyn FnOnce(Option<File>) -> Pin<Box<dyn Future<Output 
 /// directory and the shim's pid while the process is still single-threaded and
 /// before its runtime exists. Returns the supervision, or why the instance
 /// cannot start (recorded as a failed state).
-pub type PrepareSupervisor = fn(&Path, i32) -> Result<Supervisor, String>;
+pub type PrepareSupervisor = fn(&Path, i32) -> Result<Supervisor, ShimError>;
 
 /// Entry point of `nimbus shim <instance_dir>` once the driver is known.
 ///
@@ -174,7 +175,7 @@ fn supervisor_main(dir: &Path, ready: OwnedFd, prepare: PrepareSupervisor) -> i3
     let _ = write_state(dir, &ShimState::new(shim_pid));
     let supervise = match prepare(dir, shim_pid) {
         Ok(supervise) => supervise,
-        Err(reason) => return fail(&mut ready, reason),
+        Err(e) => return fail(&mut ready, e.to_string()),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

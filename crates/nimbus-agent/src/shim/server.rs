@@ -65,7 +65,8 @@ impl Connection {
     }
 
     /// Answers with an error and ends the request.
-    pub(crate) async fn refuse(mut self, message: String) {
+    pub(crate) async fn refuse(mut self, error: ShimError) {
+        let message = refusal_message(error);
         let _ = self.respond(&ShimResponse::Error { message }).await;
     }
 }
@@ -89,8 +90,8 @@ pub(crate) trait ShimHandler: 'static {
     async fn stop(&self, grace_ms: Option<u64>) -> ShimState;
 
     /// `Ok` if this shim answers `request`; otherwise the refusal the
-    /// client gets, saying what to use instead.
-    fn offers(&self, request: OptionalRequest) -> Result<(), String>;
+    /// client gets ([`ShimError::Refused`]), saying what to use instead.
+    fn offers(&self, request: OptionalRequest) -> Result<(), ShimError>;
 
     /// Runs a process in the workload and streams it over the connection.
     /// Called only if [`ShimHandler::offers`] accepts `exec`.
@@ -100,7 +101,7 @@ pub(crate) trait ShimHandler: 'static {
 
     /// Pauses (`true`) or resumes the workload; the new state, or why not.
     /// Called only if [`ShimHandler::offers`] accepts `pause` / `resume`.
-    async fn pause(&self, paused: bool) -> Result<ShimState, String> {
+    async fn pause(&self, paused: bool) -> Result<ShimState, ShimError> {
         Err(not_offered(if paused {
             OptionalRequest::Pause
         } else {
@@ -115,8 +116,21 @@ pub(crate) trait ShimHandler: 'static {
     }
 }
 
-fn not_offered(request: OptionalRequest) -> String {
-    format!("this instance's shim does not offer `{}`", request.op())
+fn not_offered(request: OptionalRequest) -> ShimError {
+    ShimError::Refused(format!(
+        "this instance's shim does not offer `{}`",
+        request.op()
+    ))
+}
+
+/// The text an error goes over the wire as. A refusal is sent in its own
+/// words, so the client's [`ShimError::Refused`] holds the same text the
+/// handler refused with; any other error is sent as its message.
+fn refusal_message(error: ShimError) -> String {
+    match error {
+        ShimError::Refused(message) => message,
+        other => other.to_string(),
+    }
 }
 
 /// Counts live connections so the shim can let them flush before it exits.
@@ -234,8 +248,11 @@ async fn handle_connection<H: ShimHandler>(
     let request = match serde_json::from_str::<ShimRequest>(line.trim_end()) {
         Ok(r) => r,
         Err(e) => {
-            conn.refuse(format!("bad request {:?}: {e}", line.trim_end()))
-                .await;
+            conn.refuse(ShimError::Refused(format!(
+                "bad request {:?}: {e}",
+                line.trim_end()
+            )))
+            .await;
             return;
         }
     };
@@ -246,8 +263,8 @@ async fn handle_connection<H: ShimHandler>(
         ShimRequest::Resume => Some(OptionalRequest::Resume),
         ShimRequest::Console => Some(OptionalRequest::Console),
     };
-    if let Some(Err(message)) = optional.map(|r| handler.offers(r)) {
-        conn.refuse(message).await;
+    if let Some(Err(refusal)) = optional.map(|r| handler.offers(r)) {
+        conn.refuse(refusal).await;
         return;
     }
     match request {
@@ -264,7 +281,9 @@ async fn handle_connection<H: ShimHandler>(
         ShimRequest::Pause | ShimRequest::Resume => {
             let resp = match handler.pause(request == ShimRequest::Pause).await {
                 Ok(state) => ShimResponse::State { state },
-                Err(message) => ShimResponse::Error { message },
+                Err(error) => ShimResponse::Error {
+                    message: refusal_message(error),
+                },
             };
             let _ = conn.respond(&resp).await;
         }
@@ -315,6 +334,11 @@ mod tests {
 
     const FAKE_REFUSAL: &str = "the fake workload has no such thing; use status";
 
+    /// The fake driver's own typed error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("the fake workload is already paused; resume it first")]
+    struct AlreadyPaused;
+
     impl ShimHandler for FakeShim {
         fn instance_id(&self) -> &str {
             "fake"
@@ -334,14 +358,17 @@ mod tests {
             self.live.get()
         }
 
-        fn offers(&self, request: OptionalRequest) -> Result<(), String> {
+        fn offers(&self, request: OptionalRequest) -> Result<(), ShimError> {
             match request {
                 OptionalRequest::Pause => Ok(()),
-                _ => Err(FAKE_REFUSAL.to_string()),
+                _ => Err(ShimError::Refused(FAKE_REFUSAL.to_string())),
             }
         }
 
-        async fn pause(&self, paused: bool) -> Result<ShimState, String> {
+        async fn pause(&self, paused: bool) -> Result<ShimState, ShimError> {
+            if paused && self.live.get().phase == Phase::Paused {
+                return Err(ShimError::Workload(Box::new(AlreadyPaused)));
+            }
             self.live.update(|s| {
                 s.phase = if paused {
                     Phase::Paused
@@ -450,6 +477,22 @@ mod tests {
             let paused = client.pause_async(true).await.expect("pause");
             assert_eq!(paused.phase, Phase::Paused);
             assert_eq!(shim.live.get().phase, Phase::Paused);
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_driver_error_reaches_the_client_in_the_drivers_words() {
+        in_local_set(async {
+            let (dir, _shim) = start(REQUEST_TIMEOUT);
+            let client = ShimClient::connect(dir.path()).expect("connect");
+            client.pause_async(true).await.expect("first pause");
+            match client.pause_async(true).await {
+                Err(ShimError::Refused(message)) => {
+                    assert_eq!(message, AlreadyPaused.to_string())
+                }
+                other => panic!("expected the driver's refusal, got {other:?}"),
+            }
         })
         .await
     }

@@ -7,10 +7,12 @@ use std::rc::Rc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::VmError;
 use super::shim::{VmCommand, VmShim};
 use crate::shim::control::{encode_frame, frame, read_frame_async, ShimResponse};
 use crate::shim::server::{Connection, Connections, OptionalRequest, ShimHandler};
 use crate::shim::state::{LiveState, ShimState};
+use crate::shim::ShimError;
 
 /// Console output chunks buffered for a slow client before it is detached.
 const CONSOLE_BUFFER_CHUNKS: usize = 256;
@@ -36,25 +38,23 @@ impl ShimHandler for VmShim {
         }
     }
 
-    fn offers(&self, request: OptionalRequest) -> Result<(), String> {
+    fn offers(&self, request: OptionalRequest) -> Result<(), ShimError> {
         match request {
             OptionalRequest::Pause | OptionalRequest::Resume | OptionalRequest::Console => Ok(()),
-            OptionalRequest::Exec => Err(
+            OptionalRequest::Exec => Err(ShimError::Refused(
                 "exec runs in containers; for a VM use `nimbus instance console` or SSH"
                     .to_string(),
-            ),
+            )),
         }
     }
 
-    async fn pause(&self, paused: bool) -> Result<ShimState, String> {
+    async fn pause(&self, paused: bool) -> Result<ShimState, ShimError> {
         let (reply, answer) = oneshot::channel();
-        match self.commands.send(VmCommand::Pause { paused, reply }) {
-            Ok(()) => match answer.await {
-                Ok(result) => result,
-                Err(_) => Err("the VM has ended".into()),
-            },
-            Err(_) => Err("the VM has ended".into()),
-        }
+        let result = match self.commands.send(VmCommand::Pause { paused, reply }) {
+            Ok(()) => answer.await.unwrap_or(Err(VmError::Ended)),
+            Err(_) => Err(VmError::Ended),
+        };
+        Ok(result?)
     }
 
     async fn console(self: Rc<Self>, conn: Connection) {
@@ -67,7 +67,7 @@ impl ShimHandler for VmShim {
 /// the client detaches by closing the connection.
 async fn console(shim: &Rc<VmShim>, mut conn: Connection) {
     if shim.state().phase.is_final() {
-        conn.refuse("the VM has ended".into()).await;
+        conn.refuse(VmError::Ended.into()).await;
         return;
     }
     let busy = shim
@@ -76,8 +76,7 @@ async fn console(shim: &Rc<VmShim>, mut conn: Connection) {
         .as_ref()
         .is_some_and(|tx| !tx.is_closed());
     if busy {
-        conn.refuse("another console session is attached; detach it first (Ctrl-])".to_string())
-            .await;
+        conn.refuse(VmError::ConsoleBusy.into()).await;
         return;
     }
     let (tx, mut output) = mpsc::channel(CONSOLE_BUFFER_CHUNKS);

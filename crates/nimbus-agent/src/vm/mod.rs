@@ -30,15 +30,20 @@
 //! across stop/start), `seed.img`, and `qemu.pid` while running.
 
 pub mod cmdline;
+mod console;
 pub mod driver;
+pub mod error;
+mod exit;
 mod handler;
 pub mod prepare;
 pub mod probe;
+mod qemu;
 pub mod qmp;
 pub mod seed;
 pub(crate) mod shim;
 pub mod spec;
 
+pub use error::VmError;
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
 pub(crate) use shim::{owns_instance_dir, prepare_supervisor};

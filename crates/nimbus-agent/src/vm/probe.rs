@@ -46,6 +46,25 @@ const PROBE_CODE: &[u8] = &[
 const PROBE_RESET: &[u8] = &[0xe9, 0x0d, 0x00];
 const PROBE_IMAGE_BYTES: usize = 64 << 10;
 
+/// Why KVM could not run the probe guest; the words go into the TCG
+/// fallback's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot run qemu-system-x86_64: {0}")]
+    QemuNotRunnable(#[source] std::io::Error),
+    #[error("the probe did not finish within {} s", .0.as_secs())]
+    Timeout(Duration),
+    #[error("waiting for QEMU: {0}")]
+    Wait(#[source] std::io::Error),
+    /// QEMU ended without the probe's status; `message` is the first line
+    /// of its stderr that is not a warning, if any.
+    #[error("QEMU ended with {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Failed {
+        status: std::process::ExitStatus,
+        message: String,
+    },
+}
+
 /// The probe firmware image.
 pub fn probe_image() -> Vec<u8> {
     let mut image = vec![0u8; PROBE_IMAGE_BYTES];
@@ -109,7 +128,7 @@ pub fn probe(work_dir: &Path) -> ProbeResult {
     }
 }
 
-fn run_probe(image: &Path) -> Result<(), String> {
+fn run_probe(image: &Path) -> Result<(), ProbeError> {
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             "-M",
@@ -133,7 +152,7 @@ fn run_probe(image: &Path) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
+        .map_err(ProbeError::QemuNotRunnable)?;
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -141,13 +160,10 @@ fn run_probe(image: &Path) -> Result<(), String> {
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "the probe did not finish within {} s",
-                    PROBE_TIMEOUT.as_secs()
-                ));
+                return Err(ProbeError::Timeout(PROBE_TIMEOUT));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            Err(e) => return Err(ProbeError::Wait(e)),
         }
     };
     if status.code() == Some(PROBE_OK_STATUS) {
@@ -158,18 +174,14 @@ fn run_probe(image: &Path) -> Result<(), String> {
         use std::io::Read;
         let _ = err.read_to_string(&mut stderr);
     }
-    let last = stderr
+    let message = stderr
         .lines()
         .filter(|l| !l.contains("warning:"))
         .map(|l| l.trim_start_matches("qemu-system-x86_64: "))
         .next()
         .unwrap_or("")
         .to_string();
-    Err(if last.is_empty() {
-        format!("QEMU ended with {status}")
-    } else {
-        format!("QEMU ended with {status}: {last}")
-    })
+    Err(ProbeError::Failed { status, message })
 }
 
 #[cfg(test)]
@@ -182,5 +194,24 @@ mod tests {
         assert_eq!(img.len(), 65536);
         assert_eq!(img[0], 0xfa, "starts with cli");
         assert_eq!(&img[0xfff0..0xfff3], PROBE_RESET);
+    }
+
+    #[test]
+    fn a_failed_probe_says_how_qemu_ended_and_why() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(1 << 8);
+        let failed = |message: &str| ProbeError::Failed {
+            status,
+            message: message.to_string(),
+        };
+        assert_eq!(
+            failed("failed to initialize kvm: Permission denied").to_string(),
+            "QEMU ended with exit status: 1: failed to initialize kvm: Permission denied"
+        );
+        assert_eq!(failed("").to_string(), "QEMU ended with exit status: 1");
+        assert_eq!(
+            ProbeError::Timeout(PROBE_TIMEOUT).to_string(),
+            "the probe did not finish within 5 s"
+        );
     }
 }

@@ -1,12 +1,11 @@
-//! The VM supervisor: runs QEMU, drives it over QMP, tees the serial console
-//! into the log and to one attached client, and records how it ended. The
-//! control socket is the shared [`crate::shim::server`]; [`super::handler`] is
-//! what the VM adds to it.
+//! The VM supervisor: starts QEMU ([`super::qemu`]), drives it over QMP,
+//! tees the serial console ([`super::console`]) and records how it ended
+//! ([`super::exit`]). The control socket is the shared
+//! [`crate::shim::server`]; [`super::handler`] is what the VM adds to it.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -14,20 +13,22 @@ use std::time::Duration;
 
 use chrono::Utc;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::cmdline::qemu_command;
-use super::qmp::{Qmp, QmpEvent};
+use super::console::start_console_pumps;
+use super::error::VmError;
+use super::exit::{describe_exit, VmExit};
+use super::qemu::spawn_qemu;
+use super::qmp::{Qmp, QmpError, QmpEvent};
 use super::spec::{VmKind, VmPaths, VmShimSpec, VM_SPEC_FILE};
 use crate::shim::control::SOCKET_FILE;
 use crate::shim::daemon::{signal_ready, Supervisor, READY_FAILED, READY_RUNNING};
-use crate::shim::logs::{ConsoleLog, LineSplitter, Stream, CONSOLE_LOG};
+use crate::shim::logs::{ConsoleLog, Stream, CONSOLE_LOG};
 use crate::shim::server::Connections;
 use crate::shim::state::{write_state, LiveState, Phase, ShimState};
+use crate::shim::ShimError;
 
 /// How long QEMU gets to greet on QMP and leave negotiation after it starts.
 const QMP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +54,7 @@ pub(super) enum VmCommand {
     },
     Pause {
         paused: bool,
-        reply: oneshot::Sender<Result<ShimState, String>>,
+        reply: oneshot::Sender<Result<ShimState, VmError>>,
     },
 }
 
@@ -87,229 +88,12 @@ pub(crate) fn owns_instance_dir(dir: &Path) -> bool {
 }
 
 /// The VM's start in the shim's background process: loads `vm.json`.
-pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, String> {
-    let spec = VmShimSpec::load(dir).map_err(|e| e.to_string())?;
+pub(crate) fn prepare_supervisor(dir: &Path, shim_pid: i32) -> Result<Supervisor, ShimError> {
+    let spec = VmShimSpec::load(dir)?;
     let dir = dir.to_path_buf();
     Ok(Box::new(move |ready| {
         Box::pin(supervise(dir, spec, ready, shim_pid))
     }))
-}
-
-/// How QEMU ended, in the API's terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VmExit {
-    pub phase: Phase,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub reason: String,
-}
-
-/// Maps QEMU's exit to an exit code and words. A unikernel's status N written
-/// to the debug-exit port makes QEMU exit with (N << 1) | 1; QEMU's own
-/// errors also exit 1 but print to stderr, which tells them apart.
-pub(crate) fn describe_exit(
-    kind: VmKind,
-    code: Option<i32>,
-    signal: Option<i32>,
-    stop_requested: bool,
-    forced: bool,
-    shutdown_reason: Option<&str>,
-    stderr_tail: &str,
-) -> VmExit {
-    let qemu_error = stderr_tail
-        .lines()
-        .find(|l| !l.contains("warning:") && !l.contains("terminating on signal"))
-        .map(|l| l.trim_start_matches("qemu-system-x86_64: ").to_string());
-    if let Some(sig) = signal {
-        return if forced {
-            VmExit {
-                phase: Phase::Exited,
-                exit_code: Some(128 + sig),
-                signal: Some(sig),
-                reason: "killed after the stop grace period: the guest did not power off".into(),
-            }
-        } else {
-            VmExit {
-                phase: Phase::Failed,
-                exit_code: Some(128 + sig),
-                signal: Some(sig),
-                reason: format!("QEMU was killed by signal {sig}"),
-            }
-        };
-    }
-    let Some(code) = code else {
-        return VmExit {
-            phase: Phase::Failed,
-            exit_code: None,
-            signal: None,
-            reason: "QEMU's exit status was lost".into(),
-        };
-    };
-    if code == 0 {
-        let reason = match shutdown_reason {
-            _ if stop_requested => "the guest powered off on request".to_string(),
-            Some("guest-shutdown") | None => "the guest powered off".to_string(),
-            Some("guest-reset") => {
-                "the guest reset (a unikernel's triple fault, or a reboot where reboots end the VM)"
-                    .to_string()
-            }
-            Some("host-signal") => "QEMU was ended by a signal from outside Nimbus".to_string(),
-            Some("guest-panic") => "the guest kernel panicked".to_string(),
-            Some(other) => format!("QEMU shut down ({other})"),
-        };
-        // A reset nobody asked for (a unikernel's triple fault) or QEMU ended
-        // by a signal Nimbus did not send is a failure, not a clean exit.
-        let failed = !stop_requested
-            && matches!(
-                shutdown_reason,
-                Some("guest-panic") | Some("guest-reset") | Some("host-signal")
-            );
-        let phase = if failed { Phase::Failed } else { Phase::Exited };
-        return VmExit {
-            phase,
-            exit_code: Some(0),
-            signal: None,
-            reason,
-        };
-    }
-    if kind == VmKind::Unikernel && code & 1 == 1 && qemu_error.is_none() {
-        let status = code >> 1;
-        return VmExit {
-            phase: Phase::Exited,
-            exit_code: Some(status),
-            signal: None,
-            reason: format!("the unikernel exited with status {status}"),
-        };
-    }
-    VmExit {
-        phase: Phase::Failed,
-        exit_code: Some(code),
-        signal: None,
-        reason: match qemu_error {
-            Some(e) => format!("QEMU failed (exit status {code}): {e}"),
-            None => format!("QEMU failed with exit status {code}"),
-        },
-    }
-}
-
-struct Qemu {
-    child: tokio::process::Child,
-    pid: Pid,
-    serial: OwnedFd,
-    /// The shim's end of the QMP socket pair, taken by the handshake.
-    qmp: OwnedFd,
-}
-
-/// A connected, close-on-exec pair of stream sockets for `what`.
-fn stream_pair(what: &str) -> Result<(OwnedFd, OwnedFd), String> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot create the {what} socket pair: {e}"))
-}
-
-fn spawn_qemu(shim: &VmShim) -> Result<Qemu, String> {
-    // The network port: the persistent tap the agent made on the router.
-    let tap = match &shim.spec.tap {
-        Some(t) => Some(
-            nimbus_net::router::open_tap(&t.netns, &t.name)
-                .map_err(|e| format!("cannot open the VM's network port {}: {e}", t.name))?,
-        ),
-        None => None,
-    };
-    let tap_raw = tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    // QMP: a connected socket pair, QEMU's end passed as a descriptor.
-    let (qmp_ours, qmp_theirs) = stream_pair("QMP")?;
-    let qmp_raw = std::os::fd::AsRawFd::as_raw_fd(&qmp_theirs);
-    let mut spec = shim.spec.clone();
-    spec.tap_fd = tap_raw;
-    spec.qmp_fd = Some(qmp_raw);
-    let (program, args) = qemu_command(&spec, &shim.dir);
-    let paths = VmPaths::new(&shim.dir);
-    let _ = std::fs::remove_file(&paths.pidfile);
-    let (ours, theirs) = stream_pair("serial console")?;
-    let theirs_in = theirs
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
-    let mut cmd = tokio::process::Command::new(&program);
-    // QEMU gets no part of the daemon's environment (tokens, proxies).
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LANG", "C.UTF-8");
-    cmd.args(&args)
-        .stdin(std::process::Stdio::from(theirs_in))
-        .stdout(std::process::Stdio::from(theirs))
-        .stderr(std::process::Stdio::piped())
-        .current_dir(&shim.dir)
-        .kill_on_drop(false);
-    // QEMU joins the instance's pids cgroup before exec. The parent-death
-    // signal below is cleared when QEMU drops to its unprivileged user, so
-    // the cgroup is what lets cleanup find and kill a QEMU whose shim died.
-    // Formatted before the fork: the child must not allocate.
-    let qemu_oom_score = crate::protect::workload_oom_score_adj().to_string();
-    let procs = crate::shim::cgroup::create_tracking_cgroup(&shim.spec.instance_id, 4096)
-        .map_err(|e| format!("cannot make the VM's cgroup: {e}"))?;
-    // SAFETY: open, write, close and prctl are async-signal-safe and use no
-    // allocation (the paths were made before the fork); the child runs
-    // nothing else before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Writing "0" to cgroup.procs moves the writer. The pids cgroup
-            // (first) is what cleanup relies on; cpu and memory only place
-            // QEMU under the instances' parent, so a failure there is
-            // not fatal.
-            for (i, path) in procs.iter().enumerate() {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                let joined = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                if fd >= 0 {
-                    libc::close(fd);
-                }
-                if !joined && i == 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // QEMU is a workload: it must not inherit the shim's OOM
-            // protection (raising the score needs no privilege).
-            let fd = libc::open(
-                crate::protect::OWN_OOM_SCORE_ADJ_PATH.as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            let score = qemu_oom_score.as_bytes();
-            if fd < 0 || libc::write(fd, score.as_ptr().cast(), score.len()) != score.len() as isize
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-            // Until QEMU changes user, it also dies with its supervisor.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            // QEMU inherits the tap and its QMP socket (only the child's
-            // copies lose close-on-exec).
-            if let Some(fd) = tap_raw {
-                libc::fcntl(fd, libc::F_SETFD, 0);
-            }
-            libc::fcntl(qmp_raw, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| {
-        format!("cannot run {program}: {e}; install QEMU (`apt-get install qemu-system-x86`)")
-    })?;
-    // QEMU holds its own copies now.
-    drop(tap);
-    drop(qmp_theirs);
-    let pid = child
-        .id()
-        .map(|p| Pid::from_raw(p as i32))
-        .ok_or_else(|| "QEMU exited at once".to_string())?;
-    Ok(Qemu {
-        child,
-        pid,
-        serial: ours,
-        qmp: qmp_ours,
-    })
 }
 
 async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim_pid: i32) -> i32 {
@@ -365,8 +149,8 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     }
     let mut qemu = match spawn_qemu(&shim) {
         Ok(q) => q,
-        Err(reason) => {
-            fail(&shim, &mut ready, reason, Vec::new()).await;
+        Err(e) => {
+            fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
             return 1;
         }
     };
@@ -386,12 +170,12 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
             }
         })
     });
-    let serial_task = match start_console_pumps(&shim, &qemu, log.clone(), console_in_rx) {
+    let serial_task = match start_console_pumps(&shim, &qemu.serial, log.clone(), console_in_rx) {
         Ok(t) => t,
-        Err(reason) => {
+        Err(e) => {
             let _ = qemu.child.start_kill();
             let _ = qemu.child.wait().await;
-            fail(&shim, &mut ready, reason, Vec::new()).await;
+            fail(&shim, &mut ready, e.to_string(), Vec::new()).await;
             return 1;
         }
     };
@@ -401,23 +185,24 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     // exit below.
     enum Start {
         Connected(Qmp),
-        NoQmp(String),
+        NoQmp(VmError),
         Exited(Option<std::process::ExitStatus>),
     }
     let qmp_stream = std::os::unix::net::UnixStream::from(qemu.qmp);
     let handshake = async {
-        qmp_stream
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let stream = tokio::net::UnixStream::from_std(qmp_stream).map_err(|e| e.to_string())?;
-        Qmp::over(stream, "QEMU's QMP socket pair", QMP_HANDSHAKE_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())
+        let name = "QEMU's QMP socket pair";
+        let io = |source| QmpError::Io {
+            path: name.to_string(),
+            source,
+        };
+        qmp_stream.set_nonblocking(true).map_err(io)?;
+        let stream = tokio::net::UnixStream::from_std(qmp_stream).map_err(io)?;
+        Qmp::over(stream, name, QMP_HANDSHAKE_TIMEOUT).await
     };
     let start = tokio::select! {
         q = handshake => match q {
             Ok(q) => Start::Connected(q),
-            Err(e) => Start::NoQmp(format!("QEMU did not answer on QMP: {e}")),
+            Err(e) => Start::NoQmp(VmError::QmpUnanswered(e)),
         },
         status = qemu.child.wait() => Start::Exited(status.ok()),
     };
@@ -434,7 +219,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     let start = match start {
         Start::Connected(mut q) => match q.cont().await {
             Ok(()) => Start::Connected(q),
-            Err(e) => Start::NoQmp(format!("QEMU did not start the guest's vCPUs: {e}")),
+            Err(e) => Start::NoQmp(VmError::VcpusNotStarted(e)),
         },
         other => other,
     };
@@ -449,7 +234,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
             if let Some(t) = stderr_task {
                 let _ = tokio::time::timeout(DRAIN, t).await;
             }
-            fail(&shim, &mut ready, why, Vec::new()).await;
+            fail(&shim, &mut ready, why.to_string(), Vec::new()).await;
             return 1;
         }
     }
@@ -574,7 +359,7 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
         match cmd {
             VmCommand::Stop { reply, .. } => stop_replies.push(reply),
             VmCommand::Pause { reply, .. } => {
-                let _ = reply.send(Err("the VM has ended".into()));
+                let _ = reply.send(Err(VmError::Ended));
             }
         }
     }
@@ -582,64 +367,6 @@ async fn supervise(dir: PathBuf, spec: VmShimSpec, mut ready: Option<File>, shim
     finish(&shim, exit, stop_replies).await;
     signal_ready(&mut ready, READY_FAILED);
     0
-}
-
-/// Serial console: QEMU's stdio socket into the log and the attached client,
-/// and the client's keystrokes back. Returns the output task.
-fn start_console_pumps(
-    shim: &Rc<VmShim>,
-    qemu: &Qemu,
-    log: Rc<RefCell<ConsoleLog>>,
-    mut input: mpsc::UnboundedReceiver<Vec<u8>>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let fd = qemu
-        .serial
-        .try_clone()
-        .map_err(|e| format!("cannot duplicate the serial console socket: {e}"))?;
-    let std_stream = std::os::unix::net::UnixStream::from(fd);
-    std_stream
-        .set_nonblocking(true)
-        .map_err(|e| format!("serial console socket: {e}"))?;
-    let stream = tokio::net::UnixStream::from_std(std_stream)
-        .map_err(|e| format!("serial console socket: {e}"))?;
-    let (mut reader, mut writer) = stream.into_split();
-    tokio::task::spawn_local(async move {
-        while let Some(bytes) = input.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
-    let shim = shim.clone();
-    Ok(tokio::task::spawn_local(async move {
-        let mut splitter = LineSplitter::default();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let chunk = &buf[..n];
-            {
-                let mut log = log.borrow_mut();
-                // Serial lines end in CRLF; the log keeps lines without the CR.
-                splitter.feed(chunk, |line| {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    log.write_line(Stream::Stdout, line);
-                });
-            }
-            let attached = shim.console_out.borrow().clone();
-            if let Some(tx) = attached {
-                if tx.try_send(chunk.to_vec()).is_err() {
-                    // A client that has gone, or does not read (its queue
-                    // is full), is detached rather than allowed to stall the
-                    // guest's console or hold it from everyone else.
-                    shim.console_out.borrow_mut().take();
-                }
-            }
-        }
-        splitter.finish(|line| log.borrow_mut().write_line(Stream::Stdout, line));
-    }))
 }
 
 /// The next event, or `None` once QMP is closed (never pending forever).
@@ -677,7 +404,7 @@ async fn set_paused(
     shim: &VmShim,
     qmp: &mut Option<Qmp>,
     paused: bool,
-) -> Result<ShimState, String> {
+) -> Result<ShimState, VmError> {
     let phase = shim.state().phase;
     let wanted_from = if paused {
         Phase::Running
@@ -685,21 +412,19 @@ async fn set_paused(
         Phase::Paused
     };
     if phase != wanted_from {
-        return Err(format!(
-            "the VM is {phase:?}, so it cannot be {}",
-            if paused { "paused" } else { "resumed" }
-        ));
+        return Err(VmError::WrongPhase {
+            phase,
+            action: if paused { "paused" } else { "resumed" },
+        });
     }
-    let q = qmp
-        .as_mut()
-        .ok_or_else(|| "QEMU's QMP connection is gone".to_string())?;
+    let q = qmp.as_mut().ok_or(VmError::QmpGone)?;
     if paused {
-        q.stop().await.map_err(|e| e.to_string())?;
+        q.stop().await?;
     } else {
-        q.cont().await.map_err(|e| e.to_string())?;
+        q.cont().await?;
     }
     // The STOP/RESUME event may be queued behind the reply; confirm directly.
-    let status = q.query_status().await.map_err(|e| e.to_string())?;
+    let status = q.query_status().await?;
     shim.update(|s| {
         s.phase = if status.running {
             Phase::Running
@@ -757,98 +482,4 @@ async fn finish(shim: &Rc<VmShim>, exit: VmExit, replies: Vec<oneshot::Sender<Sh
         let _ = reply.send(final_state.clone());
     }
     shim.connections.wait_closed(CLIENTS_FLUSH).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unikernel_debug_exit_status_becomes_the_exit_code() {
-        let e = describe_exit(VmKind::Unikernel, Some(7), None, false, false, None, "");
-        assert_eq!((e.phase, e.exit_code), (Phase::Exited, Some(3)));
-        assert_eq!(e.reason, "the unikernel exited with status 3");
-        let e = describe_exit(VmKind::Unikernel, Some(1), None, false, false, None, "");
-        assert_eq!(e.exit_code, Some(0));
-    }
-
-    #[test]
-    fn qemu_errors_are_failures_in_words() {
-        let e = describe_exit(
-            VmKind::Unikernel,
-            Some(1),
-            None,
-            false,
-            false,
-            None,
-            "qemu-system-x86_64: warning: x\nqemu-system-x86_64: -kernel /k: cannot load kernel",
-        );
-        assert_eq!(e.phase, Phase::Failed);
-        assert_eq!(
-            e.reason,
-            "QEMU failed (exit status 1): -kernel /k: cannot load kernel"
-        );
-        let e = describe_exit(VmKind::Vm, None, Some(11), false, false, None, "");
-        assert_eq!((e.phase, e.exit_code), (Phase::Failed, Some(139)));
-    }
-
-    #[test]
-    fn power_off_and_forced_stop() {
-        let e = describe_exit(
-            VmKind::Vm,
-            Some(0),
-            None,
-            false,
-            false,
-            Some("guest-shutdown"),
-            "",
-        );
-        assert_eq!((e.phase, e.exit_code), (Phase::Exited, Some(0)));
-        assert_eq!(e.reason, "the guest powered off");
-        let e = describe_exit(VmKind::Vm, None, Some(9), true, true, None, "");
-        assert_eq!(e.phase, Phase::Exited);
-        assert!(e.reason.contains("did not power off"), "{}", e.reason);
-    }
-
-    #[test]
-    fn unasked_resets_and_outside_signals_are_failures() {
-        let reset = |stop| {
-            describe_exit(
-                VmKind::Unikernel,
-                Some(0),
-                None,
-                stop,
-                false,
-                Some("guest-reset"),
-                "",
-            )
-        };
-        assert_eq!(reset(false).phase, Phase::Failed);
-        assert!(reset(false).reason.contains("triple fault"));
-        let e = describe_exit(
-            VmKind::Vm,
-            Some(0),
-            None,
-            false,
-            false,
-            Some("host-signal"),
-            "",
-        );
-        assert_eq!(e.phase, Phase::Failed);
-        assert!(e.reason.contains("outside Nimbus"), "{}", e.reason);
-        let e = describe_exit(
-            VmKind::Vm,
-            Some(0),
-            None,
-            true,
-            false,
-            Some("host-qmp-quit"),
-            "",
-        );
-        assert_eq!(
-            e.phase,
-            Phase::Exited,
-            "a stop Nimbus asked for is a clean exit"
-        );
-    }
 }
