@@ -238,6 +238,15 @@ fn a_full_data_disk_refuses_changes_with_507_naming_the_path() {
                 .success()
                 .then_some(())
         });
+        // The host registered first, so the only writes racing the full
+        // disk are the test's own.
+        wait_until(Duration::from_secs(30), "the host to register", || {
+            cloud
+                .nimbus(&["host", "get", "e2e-full"])
+                .status
+                .success()
+                .then_some(())
+        });
         let admin = cloud.admin_token();
         let create = br#"{"name":"after-full","spec":{}}"#;
         let filler = disk.fill();
@@ -283,7 +292,16 @@ fn a_full_data_disk_refuses_changes_with_507_naming_the_path() {
         let (status, body) = http(&cloud, "POST", "/v1/projects", Some(&admin), create);
         assert_eq!(status, 201, "{body}");
         let page = cloud
-            .json(&["audit", "list", "--method", "POST", "--limit", "1"])
+            .json(&[
+                "audit",
+                "list",
+                "--method",
+                "POST",
+                "--path-prefix",
+                "/v1/projects",
+                "--limit",
+                "1",
+            ])
             .expect("audit list");
         assert_eq!(page["items"][0]["status"], 201, "{page}");
         drop(cloud);
