@@ -9,8 +9,10 @@
 //! memory is read (a quick run: `NIMBUS_BENCH_RUNS=5 NIMBUS_BENCH_BURST=10
 //! NIMBUS_BENCH_SHIM_SECS=10`).
 //!
-//! `cargo bench` runs the release `nimbus` of the target directory, with the
-//! `nimbus-shim` built beside it, as `scripts/up` installs them.
+//! The daemon and its shims run from a fresh copy of the release `nimbus`
+//! and `nimbus-shim` in a temporary `bin/`, as `scripts/up` installs them
+//! (a file just written is wholly in the page cache, which is what a user
+//! who just installed Nimbus measures).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -30,6 +32,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
+    let installed = install_binaries();
+    println!(
+        "== daemon and shims started from a fresh install in {}",
+        installed.path().display()
+    );
     let cloud = common::Cloud::start();
     let idle_rss = cloud.daemon.as_ref().and_then(|c| rss_kib(c.id() as i32));
     let phases = record_phases(&cloud, "default");
@@ -415,4 +422,24 @@ fn shim_memory(cloud: &common::Cloud, podman_conf: Option<&std::path::Path>) {
                 .then_some(())
         },
     );
+}
+
+/// Copies the release `nimbus` and `nimbus-shim` into a temporary `bin/`
+/// (mode 0755, as `install` does) and has the cloud's daemon run from there,
+/// so its shims start from an installed copy like `scripts/up`'s.
+fn install_binaries() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::Builder::new()
+        .prefix("nimbus-bench-bin-")
+        .tempdir_in("/var/tmp")
+        .expect("bin dir");
+    let built = std::path::Path::new(common::NIMBUS);
+    for name in ["nimbus", "nimbus-shim"] {
+        let from = built.with_file_name(name);
+        let to = bin.path().join(name);
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("installing {}: {e}", from.display()));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::env::set_var(common::DAEMON_EXE_ENV, bin.path().join("nimbus"));
+    bin
 }

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 pub const NIMBUS: &str = env!("CARGO_BIN_EXE_nimbus");
 
+/// When set, the daemon runs from this executable instead of [`NIMBUS`]
+/// (the launch benchmark runs an installed copy).
+pub const DAEMON_EXE_ENV: &str = "NIMBUS_DAEMON_EXE";
+
 pub struct Cloud {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -144,7 +148,8 @@ impl Cloud {
             .append(true)
             .open(self.data_dir().join("daemon.log"))
             .expect("daemon log");
-        let child = Command::new(NIMBUS)
+        let exe = std::env::var_os(DAEMON_EXE_ENV).unwrap_or_else(|| NIMBUS.into());
+        let child = Command::new(exe)
             .args([
                 "up",
                 "--listen",
