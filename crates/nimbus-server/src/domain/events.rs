@@ -102,6 +102,19 @@ fn exited(after: &Instance) -> EventDraft {
     d
 }
 
+fn started(after: &Instance) -> EventDraft {
+    let mut d = EventDraft::about_instance(
+        after,
+        EventType::Started,
+        match &after.status.host {
+            Some(h) => format!("running on host {h:?}"),
+            None => "running".into(),
+        },
+    );
+    d.restart_count = Some(after.status.restart_count);
+    d
+}
+
 /// The events of an instance changing from `before` to `after`, in the
 /// order they happened.
 pub fn instance_transitions(before: &Instance, after: &Instance) -> Vec<EventDraft> {
@@ -119,6 +132,11 @@ pub fn instance_transitions(before: &Instance, after: &Instance) -> Vec<EventDra
     }
     let restarted = after.status.restart_count > before.status.restart_count;
     let ended = |p: P| matches!(p, P::Exited | P::Backoff);
+    // A workload that ended before its running was reported still started.
+    let running_seen = matches!(was, P::Running | P::Paused) || ended(was);
+    if ended(now) && !running_seen && after.status.started_at.is_some() {
+        out.push(started(after));
+    }
     // A report that already shows the restart may skip the exit before it.
     if (ended(now) && !ended(was)) || (restarted && !ended(was) && was == P::Running) {
         out.push(exited(after));
@@ -134,16 +152,7 @@ pub fn instance_transitions(before: &Instance, after: &Instance) -> Vec<EventDra
         out.push(d);
     }
     if now == P::Running && (restarted || !matches!(was, P::Running | P::Paused)) {
-        let mut d = EventDraft::about_instance(
-            after,
-            EventType::Started,
-            match &after.status.host {
-                Some(h) => format!("running on host {h:?}"),
-                None => "running".into(),
-            },
-        );
-        d.restart_count = Some(after.status.restart_count);
-        out.push(d);
+        out.push(started(after));
     }
     if now == P::Failed && was != P::Failed {
         let reason = after
@@ -249,6 +258,26 @@ mod tests {
             d[0].message.starts_with("exited with code 3"),
             "{}",
             d[0].message
+        );
+    }
+
+    #[test]
+    fn an_exit_reported_before_running_still_started() {
+        let mut before = instance(InstancePhase::Starting);
+        before.status.host = Some("node1".into());
+        let mut exited = before.clone();
+        exited.status.phase = InstancePhase::Exited;
+        exited.status.exit_code = Some(3);
+        exited.status.started_at = Some(Utc::now());
+        assert_eq!(
+            types(&instance_transitions(&before, &exited)),
+            [EventType::Started, EventType::Exited]
+        );
+        // Never started (no start time): only how it ended.
+        exited.status.started_at = None;
+        assert_eq!(
+            types(&instance_transitions(&before, &exited)),
+            [EventType::Exited]
         );
     }
 
