@@ -856,6 +856,80 @@ pub struct AuditRecord {
     pub count: Option<u64>,
 }
 
+// ---------------------------------------------------------------- events
+
+/// What happened to an object, as an [`Event`] names it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// The scheduler bound the instance to a host.
+    Scheduled,
+    /// The workload is running.
+    Started,
+    /// The workload ended by itself: exit code, signal or OOM kill.
+    Exited,
+    /// The restart policy started the workload again (the restart count grew).
+    Restarted,
+    /// The workload could not be started, or its host lost it.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+    /// The instance was removed.
+    Deleted,
+    /// A host running instances of the project stopped sending heartbeats.
+    HostUnreachable,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Scheduled => "scheduled",
+            EventType::Started => "started",
+            EventType::Exited => "exited",
+            EventType::Restarted => "restarted",
+            EventType::Failed => "failed",
+            EventType::Stopped => "stopped",
+            EventType::Deleted => "deleted",
+            EventType::HostUnreachable => "host_unreachable",
+        }
+    }
+}
+
+/// The object an event is about.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct EventObject {
+    /// `instance` or `host`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// Something the control plane observed happen in a project: an instance
+/// scheduled, started, exited, restarted, failed, stopped or deleted, or
+/// a host of its instances unreachable. Written by the server in the same
+/// store write as the change it describes; kept for a bounded time.
+/// `metadata.name` is `<unix-nanos>-<id>`, so name order is time order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Event {
+    pub metadata: Metadata,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub object: EventObject,
+    /// What happened, in words.
+    pub message: String,
+    /// The host involved, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u32>,
+}
+object!(Event, "events", "event", true);
+
 /// Who the caller is: returned by `GET /v1/whoami`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct WhoAmI {

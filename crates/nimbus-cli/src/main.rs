@@ -82,6 +82,9 @@ enum Command {
     /// The audit log of mutating calls.
     #[command(subcommand)]
     Audit(cmd::admin::AuditCmd),
+    /// What happened in a project: instances scheduled, started, exited,
+    /// restarted, failed, stopped, deleted; hosts unreachable. Newest first.
+    Events(cmd::events::EventsArgs),
     /// Who the current token acts as.
     Whoami,
     /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Role(c) => cmd::admin::role(&g, c).await,
         Command::Host(c) => cmd::admin::host(&g, c).await,
         Command::Audit(c) => cmd::admin::audit(&g, c).await,
+        Command::Events(args) => cmd::events::run(&g, args).await,
         Command::Whoami => cmd::admin::whoami(&g).await,
         Command::Shim { .. } | Command::Completions { .. } => Ok(()),
     }

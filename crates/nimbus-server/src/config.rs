@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub audit_max_age: std::time::Duration,
     /// Send a copy of each audit record to this syslog socket (`/dev/log`).
     pub audit_syslog: Option<PathBuf>,
+    /// Events older than this are pruned (checked from start-up on).
+    pub events_max_age: std::time::Duration,
+    /// Events kept across all projects; the oldest are pruned past this.
+    pub events_max_records: usize,
     /// Concurrent connections on the TLS listener; `None` derives it from
     /// the open-file limit, leaving room for the local socket and the store.
     pub max_connections: Option<usize>,
@@ -59,6 +63,8 @@ impl ServerConfig {
             audit_max_records: 100_000,
             audit_max_age: std::time::Duration::from_secs(90 * 86_400),
             audit_syslog: None,
+            events_max_age: std::time::Duration::from_secs(7 * 86_400),
+            events_max_records: 100_000,
             max_connections: None,
         }
     }

@@ -216,11 +216,13 @@ pub async fn create_with_addresses(
 }
 
 /// Delete `instance`, its address keys and its published ports in one
-/// transaction. `expected`: the instance's revision, if it must match.
+/// transaction, with `also` (records of the deletion). `expected`: the
+/// instance's revision, if it must match.
 pub async fn delete_with_addresses(
     repo: &Repo,
     instance: &Instance,
     expected: Option<i64>,
+    also: Vec<Op>,
 ) -> ApiResult<()> {
     let project = instance.metadata.project.clone().unwrap_or_default();
     let name = &instance.metadata.name;
@@ -249,6 +251,7 @@ pub async fn delete_with_addresses(
             key: host_port_key(p.spec.protocol.as_str(), p.spec.host_port),
         });
     }
+    ops.extend(also);
     let compares = match expected {
         Some(rev) => vec![Compare::ModRevision(key, rev)],
         None => vec![Compare::Exists(key)],

@@ -15,6 +15,7 @@ pub mod controllers;
 pub mod datadir;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod hostio;
 pub mod hostports;
 pub mod ipam;

@@ -7,7 +7,7 @@ use chrono::Utc;
 use nimbus_api::meta::{parse_selector, selector_matches};
 use nimbus_api::resources::Object;
 use nimbus_api::{ApiError, ListOptions, ResourceList};
-use nimbus_store::{KeyValue, Store, StoreError};
+use nimbus_store::{Compare, KeyValue, Op, Store, StoreError, Txn};
 
 use crate::error::{ApiResult, ServerError};
 
@@ -230,6 +230,74 @@ impl Repo {
             let mut obj: T = self.get(project, name).await?;
             change(&mut obj)?;
             match self.update(obj).await {
+                Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::Conflict => continue,
+                other => return other,
+            }
+        }
+        Err(ServerError(ApiError::unavailable(format!(
+            "{} is changing too fast to update; retry",
+            describe::<T>(project, name)
+        ))))
+    }
+
+    /// [`Repo::update`] that also applies `also` (records about the
+    /// change) in the same store write: both are stored or neither.
+    pub async fn update_with<T: Object>(&self, mut obj: T, also: Vec<Op>) -> ApiResult<T> {
+        if also.is_empty() {
+            return self.update(obj).await;
+        }
+        let (project, name, expected) = {
+            let m = obj.metadata();
+            (m.project.clone(), m.name.clone(), m.revision)
+        };
+        obj.metadata_mut().updated_at = Utc::now();
+        let key = key::<T>(project.as_deref(), &name);
+        let mut success = vec![Op::Put {
+            key: key.clone(),
+            value: encode(&obj)?,
+        }];
+        success.extend(also);
+        let result = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision(key.clone(), expected)],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if result.succeeded {
+            obj.metadata_mut().revision = result.revision;
+            return Ok(obj);
+        }
+        match self.store.get(&key).await? {
+            Some(kv) => Err(ServerError(ApiError::conflict(format!(
+                "{} was changed by someone else (your revision {expected}, current {}); get it again and retry",
+                describe::<T>(project.as_deref(), &name),
+                kv.mod_revision
+            )))),
+            None => Err(ServerError(ApiError::not_found(format!(
+                "{} not found",
+                describe::<T>(project.as_deref(), &name)
+            )))),
+        }
+    }
+
+    /// [`Repo::modify`] whose change also returns writes to apply in the
+    /// same store write (see [`Repo::update_with`]).
+    pub async fn modify_with<T, F>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        mut change: F,
+    ) -> ApiResult<T>
+    where
+        T: Object,
+        F: FnMut(&mut T) -> ApiResult<Vec<Op>>,
+    {
+        for _ in 0..16 {
+            let mut obj: T = self.get(project, name).await?;
+            let also = change(&mut obj)?;
+            match self.update_with(obj, also).await {
                 Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::Conflict => continue,
                 other => return other,
             }

@@ -56,6 +56,12 @@ pub struct ServerArgs {
     /// RFC 5424 line.
     #[arg(long)]
     pub audit_syslog: bool,
+    /// Events older than this are pruned, e.g. 7d, 12h.
+    #[arg(long, default_value = "7d", value_parser = parse_events_max_age_arg)]
+    pub events_max_age: u64,
+    /// Events kept across all projects; the oldest are pruned past this.
+    #[arg(long, default_value_t = 100_000)]
+    pub events_max_records: usize,
     /// Concurrent connections on the HTTPS port (default: from the
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
@@ -66,6 +72,15 @@ fn parse_max_age_arg(s: &str) -> Result<u64, String> {
     match nimbus_api::units::parse_duration_secs(s)? {
         0 => Err(format!(
             "--audit-max-age {s:?} would delete every record as it is written; give at least 1s (e.g. 30d)"
+        )),
+        secs => Ok(secs),
+    }
+}
+
+fn parse_events_max_age_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        0 => Err(format!(
+            "--events-max-age {s:?} would delete every event as it is written; give at least 1s (e.g. 7d)"
         )),
         secs => Ok(secs),
     }
@@ -108,6 +123,8 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.audit_syslog = args
         .audit_syslog
         .then(|| std::path::PathBuf::from("/dev/log"));
+    config.events_max_age = std::time::Duration::from_secs(args.events_max_age);
+    config.events_max_records = args.events_max_records;
     config.max_connections = args.max_connections;
     config
 }

@@ -3,6 +3,7 @@
 pub mod addresses;
 pub mod audit;
 pub mod body;
+pub mod events;
 pub mod hosts;
 pub mod images;
 pub mod instances;
@@ -75,6 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(images::get).delete(images::delete),
         )
         .merge(instances::routes())
+        .route("/v1/projects/{project}/events", get(events::list))
         .route("/v1/networks", get(networks::list_all))
         .route(
             "/v1/projects/{project}/networks",

@@ -10,7 +10,9 @@ use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
-use super::{addresses, audit, hosts, images, instances, networks, projects, secgroups, users};
+use super::{
+    addresses, audit, events, hosts, images, instances, networks, projects, secgroups, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +35,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
         addresses::report_status,
         instances::actions::pause, instances::actions::resume, instances::streams::console,
+        events::list,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -1,12 +1,16 @@
 //! Host liveness: a host whose agent stops sending heartbeats becomes
-//! unreachable, and its instances are marked failed with the reason.
+//! unreachable, and its instances are marked failed with the reason. Each
+//! project of those instances gets a `host_unreachable` event (events are
+//! per project; the host list shows the host's phase to administrators).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use nimbus_api::{Host, HostPhase, Instance, InstancePhase, ListOptions};
 
+use crate::domain::events as domain;
 use crate::state::AppState;
 
 pub async fn run(state: Arc<AppState>) {
@@ -43,17 +47,36 @@ async fn check_once(state: &AppState, timeout: chrono::Duration) -> Result<(), c
                     i.status.host.as_deref() == Some(&name) && !i.status.phase.is_terminal()
                 })
                 .await?;
-            for i in on_host.items {
-                let _ = state
-                    .repo
-                    .modify::<Instance, _>(i.metadata.project.as_deref(), &i.metadata.name, |i| {
-                        if i.metadata.deletion_requested_at.is_none() {
-                            i.status.phase = InstancePhase::Failed;
-                            i.status.reason = Some(format!("host {name:?} is unreachable"));
-                        }
-                        Ok(())
-                    })
-                    .await;
+            // One `host_unreachable` event per project, written with the
+            // first of its instances to be marked failed.
+            let mut by_project: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for i in &on_host.items {
+                by_project
+                    .entry(i.metadata.project.clone().unwrap_or_default())
+                    .or_default()
+                    .push(i.metadata.name.clone());
+            }
+            for (project, names) in by_project {
+                let mut announced = false;
+                for instance in &names {
+                    let result = state
+                        .repo
+                        .modify_with::<Instance, _>(Some(&project), instance, |i| {
+                            let before = i.clone();
+                            if i.metadata.deletion_requested_at.is_none() {
+                                i.status.phase = InstancePhase::Failed;
+                                i.status.reason = Some(format!("host {name:?} is unreachable"));
+                            }
+                            let mut drafts = Vec::new();
+                            if !announced {
+                                drafts.push(domain::host_unreachable(&name, &names));
+                            }
+                            drafts.extend(domain::instance_transitions(&before, i));
+                            crate::events::ops(&project, drafts, Utc::now())
+                        })
+                        .await;
+                    announced |= result.is_ok();
+                }
             }
         }
     }

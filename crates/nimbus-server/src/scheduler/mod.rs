@@ -110,26 +110,24 @@ async fn schedule_pending(state: &AppState) -> Result<(), ServerError> {
         if let Ok(h) = &choice {
             *used.entry(h.clone()).or_default() += reserved_bytes(&instance);
         }
-        let result = state
-            .repo
-            .modify::<Instance, _>(project.as_deref(), &name, |i| {
-                if i.status.host.is_some() {
-                    return Ok(());
+        let result = crate::events::modify_instance(&state.repo, project.as_deref(), &name, |i| {
+            if i.status.host.is_some() {
+                return Ok(());
+            }
+            match &choice {
+                Ok(h) => {
+                    i.status.host = Some(h.clone());
+                    i.status.phase = InstancePhase::Scheduled;
+                    i.status.reason = Some(format!("placed on host {h:?}"));
                 }
-                match &choice {
-                    Ok(h) => {
-                        i.status.host = Some(h.clone());
-                        i.status.phase = InstancePhase::Scheduled;
-                        i.status.reason = Some(format!("placed on host {h:?}"));
-                    }
-                    Err(why) => {
-                        i.status.phase = InstancePhase::Pending;
-                        i.status.reason = Some(why.clone());
-                    }
+                Err(why) => {
+                    i.status.phase = InstancePhase::Pending;
+                    i.status.reason = Some(why.clone());
                 }
-                Ok(())
-            })
-            .await;
+            }
+            Ok(())
+        })
+        .await;
         if let Err(e) = result {
             tracing::debug!(instance = %name, error = %e, "could not bind instance");
         }

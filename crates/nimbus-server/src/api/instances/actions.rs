@@ -152,19 +152,18 @@ pub async fn report_status(
     }
     if update.finalized {
         domain::check_finalize(&current)?;
-        crate::ipam::delete_with_addresses(&state.repo, &current, None).await?;
+        let deleted = crate::events::instance_deleted(&current)?;
+        crate::ipam::delete_with_addresses(&state.repo, &current, None, deleted).await?;
         // Finalizing removes the instance: audited even from an agent.
         let mut resp = StatusCode::NO_CONTENT.into_response();
         resp.extensions_mut()
             .insert(crate::auth::audit::AuditAgentCall);
         return Ok(resp);
     }
-    let saved = state
-        .repo
-        .modify::<Instance, _>(Some(&project), &name, |i| {
-            domain::merge_reported_status(i, update.status.clone(), Utc::now());
-            Ok(())
-        })
-        .await?;
+    let saved = crate::events::modify_instance(&state.repo, Some(&project), &name, |i| {
+        domain::merge_reported_status(i, update.status.clone(), Utc::now());
+        Ok(())
+    })
+    .await?;
     Ok(shown(saved).into_response())
 }

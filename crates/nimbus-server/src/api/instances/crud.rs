@@ -308,8 +308,14 @@ pub async fn delete(
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     let current: Instance = state.repo.get(Some(&project), &name).await?;
     if current.status.host.is_none() {
-        crate::ipam::delete_with_addresses(&state.repo, &current, Some(current.metadata.revision))
-            .await?;
+        let deleted = crate::events::instance_deleted(&current)?;
+        crate::ipam::delete_with_addresses(
+            &state.repo,
+            &current,
+            Some(current.metadata.revision),
+            deleted,
+        )
+        .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let saved = state

@@ -12,7 +12,7 @@ use super::{time_key, PREFIX};
 use crate::state::AppState;
 
 /// Records deleted per store transaction when pruning.
-const PRUNE_BATCH: usize = 500;
+pub(crate) const PRUNE_BATCH: usize = 500;
 
 /// Slack past the maximum before pruning, so pruning runs in batches.
 fn prune_slack(max: usize) -> usize {
@@ -101,7 +101,7 @@ pub async fn run(state: Arc<AppState>) {
     }
 }
 
-async fn delete_keys(state: &AppState, keys: Vec<String>) -> Result<usize, StoreError> {
+pub(crate) async fn delete_keys(state: &AppState, keys: Vec<String>) -> Result<usize, StoreError> {
     let n = keys.len();
     let success = keys.into_iter().map(|key| Op::Delete { key }).collect();
     state
