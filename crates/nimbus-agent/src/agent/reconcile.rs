@@ -143,9 +143,26 @@ fn shim_process_alive(dir: &Path) -> bool {
 /// What the worker sees of the instance on this host. A live shim is asked
 /// for its phase only when a stop is wanted.
 async fn observe(instance: &Instance, dir: &Path, tracked: &Tracked) -> Local {
-    let shim = match ShimClient::connect(dir) {
-        Err(_) => ShimSeen::Absent,
-        Ok(client) => ShimSeen::Answers {
+    let following = tracked
+        .subscription
+        .as_ref()
+        .is_some_and(|s| !s.is_finished());
+    // A followed shim is known to live (its state stream is open), and a
+    // running instance needs nothing more from it: connecting anyway would
+    // wake every shim at every resync (each 15 s), costing CPU and
+    // faulting its code back in after it trimmed its memory.
+    let followed_and_running = following
+        && instance.spec.desired_state == DesiredState::Running
+        && instance.metadata.deletion_requested_at.is_none();
+    let probe = if followed_and_running {
+        None
+    } else {
+        Some(ShimClient::connect(dir))
+    };
+    let shim = match probe {
+        None => ShimSeen::Answers { phase: None },
+        Some(Err(_)) => ShimSeen::Absent,
+        Some(Ok(client)) => ShimSeen::Answers {
             phase: if instance.spec.desired_state == DesiredState::Stopped
                 && instance.metadata.deletion_requested_at.is_none()
             {
@@ -159,10 +176,7 @@ async fn observe(instance: &Instance, dir: &Path, tracked: &Tracked) -> Local {
         shim,
         recorded: shim::read_state(dir).map(|s| s.phase),
         started_generation: tracked.started_generation,
-        following: tracked
-            .subscription
-            .as_ref()
-            .is_some_and(|s| !s.is_finished()),
+        following,
     }
 }
 
