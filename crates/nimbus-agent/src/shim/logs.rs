@@ -10,8 +10,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{SecondsFormat, Utc};
-
 use super::ShimError;
 
 /// File name of the live console log inside an instance directory.
@@ -66,8 +64,8 @@ impl ConsoleLog {
     /// must not stop the shim from supervising the workload.
     pub fn write_line(&mut self, stream: Stream, text: &[u8]) {
         self.line.clear();
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
-        self.line.extend_from_slice(now.as_bytes());
+        self.line
+            .extend_from_slice(&rfc3339_nanos(std::time::SystemTime::now()));
         self.line.push(b' ');
         self.line.extend_from_slice(stream.label());
         self.line.push(b' ');
@@ -106,6 +104,46 @@ impl ConsoleLog {
             self.size = 0;
         }
     }
+}
+
+/// `2026-12-02T03:04:05.123456789Z`: the UTC time in RFC 3339 with
+/// nanoseconds, as chrono's `to_rfc3339_opts(SecondsFormat::Nanos, true)`
+/// writes it (the tests compare the two). Written out here because it runs
+/// for every line a workload prints: chrono's formatter goes through
+/// `core::fmt` and spreads over many pages of code, which a shim that
+/// trimmed its memory would fault back in at each line.
+fn rfc3339_nanos(now: std::time::SystemTime) -> [u8; 30] {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (proleptic Gregorian), after H. Hinnant's
+    // days_from_civil inverse, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3_600);
+    put(14, 2, rem % 3_600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 9, u64::from(since.subsec_nanos()));
+    out
 }
 
 fn open_append(path: &Path) -> Result<File, ShimError> {
@@ -179,6 +217,46 @@ mod tests {
         }
         s.finish(|l| out.push(l.to_vec()));
         out
+    }
+
+    #[test]
+    fn timestamps_match_chrono_rfc3339_with_nanoseconds() {
+        use chrono::{SecondsFormat, TimeZone, Utc};
+        let cases: [(i64, u32); 9] = [
+            (0, 0),
+            (951_782_400, 1),             // 2000-02-29
+            (1_709_164_799, 999_999_999), // 2024-02-28T23:59:59
+            (1_709_251_200, 5),           // 2024-03-01
+            (1_735_689_599, 123_456_789), // 2024-12-31T23:59:59
+            (1_796_180_000, 42),
+            (4_102_444_800, 0),   // 2100-01-01
+            (253_402_300_799, 7), // 9999-12-31T23:59:59
+            (68_169_600, 900),    // 1972-02-29
+        ];
+        for (secs, nanos) in cases {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos);
+            let want = Utc
+                .timestamp_opt(secs, nanos)
+                .single()
+                .expect("valid")
+                .to_rfc3339_opts(SecondsFormat::Nanos, true);
+            assert_eq!(String::from_utf8_lossy(&rfc3339_nanos(at)), want);
+        }
+        // Every day over four centuries lands on chrono's date.
+        for day in (0..146_097 * 4).step_by(13) {
+            let secs = day * 86_400 + 45_296;
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+            let want = Utc
+                .timestamp_opt(secs, 0)
+                .single()
+                .expect("valid")
+                .to_rfc3339_opts(SecondsFormat::Nanos, true);
+            assert_eq!(
+                String::from_utf8_lossy(&rfc3339_nanos(at)),
+                want,
+                "day {day}"
+            );
+        }
     }
 
     #[test]
