@@ -2,50 +2,17 @@
 //! newest first, each filter, paging with `continue` through every record,
 //! the export as JSON lines, who may read it, and retention by age.
 
+mod support;
+
 use std::collections::HashSet;
-use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::{Duration, Utc};
-use http_body_util::BodyExt;
 use nimbus_api::AuditRecord;
-use nimbus_server::config::ServerConfig;
-use nimbus_server::state::AppState;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-struct Api {
-    state: Arc<AppState>,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
+use support::*;
 
 impl Api {
-    async fn open() -> Api {
-        Self::open_with(|_| {}).await
-    }
-
-    async fn open_with(configure: impl FnOnce(&mut ServerConfig)) -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = ServerConfig::with_data_dir(dir.path().join("data"));
-        configure(&mut config);
-        let admin_path = config.admin_token_path();
-        let state = nimbus_server::server::open_state(config)
-            .await
-            .expect("open the server state");
-        let admin = std::fs::read_to_string(admin_path)
-            .expect("admin token")
-            .trim()
-            .to_string();
-        Api {
-            state,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    /// Status and raw body of one request through the router.
     async fn raw(
         &self,
         method: &str,
@@ -53,23 +20,9 @@ impl Api {
         token: &str,
         body: Option<Value>,
     ) -> (StatusCode, String) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {token}"));
-        let req = match body {
-            Some(b) => req
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&b).expect("encode"))),
-            None => req.body(Body::empty()),
-        }
-        .expect("request");
-        let resp = nimbus_server::api::router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("the router answers");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let (status, bytes) = self
+            .send(Api::request(method, path, Some(token), body))
+            .await;
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -111,50 +64,6 @@ impl Api {
         }
     }
 
-    /// A user with `role` in `project`, and its token.
-    async fn member(&self, user: &str, project: &str, role: &str) -> String {
-        let (s, b) = self
-            .call(
-                "POST",
-                "/v1/users",
-                &self.admin,
-                Some(json!({"name": user, "spec": {}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, b) = self
-            .call(
-                "POST",
-                &format!("/v1/projects/{project}/rolebindings"),
-                &self.admin,
-                Some(json!({"user": user, "role": role})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, b) = self
-            .call(
-                "POST",
-                "/v1/tokens",
-                &self.admin,
-                Some(json!({"user": user})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        b["secret"].as_str().expect("secret").to_string()
-    }
-
-    async fn project(&self, name: &str) {
-        let (s, b) = self
-            .call(
-                "POST",
-                "/v1/projects",
-                &self.admin,
-                Some(json!({"name": name, "spec": {}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
-
     /// Write a record straight into the store, as if made `ago` earlier.
     async fn old_record(&self, path: &str, ago: Duration) -> AuditRecord {
         let record = AuditRecord {
@@ -179,10 +88,6 @@ impl Api {
             .expect("write an old record");
         record
     }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
 
 #[tokio::test]

@@ -3,62 +3,18 @@
 //! record, newest first, paged with `continue`, streamed with `watch=true`,
 //! visible to the project's readers only, and pruned by age and count.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use nimbus_server::config::ServerConfig;
-use nimbus_server::state::AppState;
 use serde_json::{json, Value};
+use support::*;
 use tower::ServiceExt;
 
-struct Api {
-    state: Arc<AppState>,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
-
 impl Api {
-    async fn open_with(tune: impl FnOnce(&mut ServerConfig)) -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = ServerConfig::with_data_dir(dir.path().join("data"));
-        tune(&mut config);
-        let admin_path = config.admin_token_path();
-        let state = nimbus_server::server::open_state(config)
-            .await
-            .expect("open the server state");
-        let admin = std::fs::read_to_string(admin_path)
-            .expect("admin token")
-            .trim()
-            .to_string();
-        Api {
-            state,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    fn request(
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Request<Body> {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        match body {
-            Some(v) => req
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&v).expect("encode"))),
-            None => req.body(Body::empty()),
-        }
-        .expect("request")
-    }
-
     async fn call(
         &self,
         method: &str,
@@ -82,57 +38,6 @@ impl Api {
         let (s, b) = self.call(method, path, Some(token), body).await;
         assert!(s.is_success(), "{method} {path}: {s} {b}");
         b
-    }
-
-    async fn project(&self, name: &str) {
-        self.ok(
-            "POST",
-            "/v1/projects",
-            &self.admin,
-            Some(json!({"name": name, "spec": {}})),
-        )
-        .await;
-    }
-
-    async fn member(&self, user: &str, project: &str, role: &str) -> String {
-        let (s, _) = self
-            .call(
-                "POST",
-                "/v1/users",
-                Some(&self.admin),
-                Some(json!({"name": user, "spec": {}})),
-            )
-            .await;
-        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT, "{s}");
-        self.ok(
-            "POST",
-            &format!("/v1/projects/{project}/rolebindings"),
-            &self.admin,
-            Some(json!({"user": user, "role": role})),
-        )
-        .await;
-        let b = self
-            .ok(
-                "POST",
-                "/v1/tokens",
-                &self.admin,
-                Some(json!({"user": user})),
-            )
-            .await;
-        b["secret"].as_str().expect("secret").to_string()
-    }
-
-    async fn host_token(&self, host: &str) -> String {
-        nimbus_server::api::users::issue_token(
-            &self.state.repo,
-            &format!("host:{host}"),
-            "host agent",
-            Some(host),
-            None,
-        )
-        .await
-        .expect("host token")
-        .secret
     }
 
     /// Image `web` in `project` and instance `name` of it, not yet bound.
@@ -210,23 +115,6 @@ impl Api {
             }
         }
     }
-}
-
-fn rootfs_tar() -> Vec<u8> {
-    let content = b"hello\n";
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "etc/motd", &content[..])
-        .expect("tar entry");
-    builder.into_inner().expect("tar")
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {

@@ -2,41 +2,13 @@
 //! agent and no root. Validation, authentication, tenancy and error codes
 //! as a client sees them (status and the `error.code` of the body).
 
-use std::sync::Arc;
+mod support;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use nimbus_server::config::ServerConfig;
-use nimbus_server::state::AppState;
+use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-struct Api {
-    state: Arc<AppState>,
-    admin: String,
-    _dir: tempfile::TempDir,
-}
+use support::{code, message, rootfs_tar, Api};
 
 impl Api {
-    async fn open() -> Api {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = ServerConfig::with_data_dir(dir.path().join("data"));
-        let admin_path = config.admin_token_path();
-        let state = nimbus_server::server::open_state(config)
-            .await
-            .expect("open the server state");
-        let admin = std::fs::read_to_string(admin_path)
-            .expect("admin token")
-            .trim()
-            .to_string();
-        Api {
-            state,
-            admin,
-            _dir: dir,
-        }
-    }
-
     /// One request through the router: status and JSON body (Null if none).
     async fn call(
         &self,
@@ -45,25 +17,13 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some((content_type, bytes)) => req
-                .header("content-type", content_type)
-                .body(Body::from(bytes)),
-            None => req.body(Body::empty()),
-        }
-        .expect("request");
-        let resp = nimbus_server::api::router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("the router answers");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
+        let (status, bytes) = self
+            .send(Api::request_bytes(method, path, token, body))
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn json(
@@ -77,37 +37,6 @@ impl Api {
         self.call(method, path, Some(token), Some(("application/json", bytes)))
             .await
     }
-
-    /// A user with `role` in `project` (created if missing), and its token.
-    async fn member(&self, user: &str, project: &str, role: &str) -> String {
-        let (s, _) = self
-            .json(
-                "POST",
-                "/v1/users",
-                &self.admin,
-                json!({"name": user, "spec": {}}),
-            )
-            .await;
-        assert!(s == StatusCode::CREATED || s == StatusCode::CONFLICT, "{s}");
-        let (s, b) = self
-            .json(
-                "POST",
-                &format!("/v1/projects/{project}/rolebindings"),
-                &self.admin,
-                json!({"user": user, "role": role}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        let (s, b) = self
-            .json("POST", "/v1/tokens", &self.admin, json!({"user": user}))
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        b["secret"].as_str().expect("secret").to_string()
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
 
 #[tokio::test]
@@ -316,43 +245,7 @@ async fn projects_are_sealed_and_roles_are_enforced() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
 }
 
-/// A root-filesystem tarball with one file: an image without a default
-/// command, so instances of it give their own.
-fn rootfs_tar() -> Vec<u8> {
-    let content = b"hello\n";
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "etc/motd", &content[..])
-        .expect("tar entry");
-    builder.into_inner().expect("tar")
-}
-
-fn message(body: &Value) -> &str {
-    body["error"]["message"].as_str().unwrap_or("<no message>")
-}
-
 impl Api {
-    /// Project `name`, made by the administrator.
-    async fn project(&self, name: &str) {
-        let (s, b) = self
-            .json(
-                "POST",
-                "/v1/projects",
-                &self.admin,
-                json!({"name": name, "spec": {}}),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-    }
-
     /// Image `web` in `project`, imported through the API as a user would.
     async fn import_web_image(&self, project: &str, token: &str) {
         let (s, b) = self
@@ -383,20 +276,6 @@ impl Api {
             .iter()
             .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string())
             .collect()
-    }
-
-    /// A token of the agent of `host`, as `nimbus up` issues it.
-    async fn host_token(&self, host: &str) -> String {
-        nimbus_server::api::users::issue_token(
-            &self.state.repo,
-            &format!("host:{host}"),
-            "host agent",
-            Some(host),
-            None,
-        )
-        .await
-        .expect("host token")
-        .secret
     }
 }
 
