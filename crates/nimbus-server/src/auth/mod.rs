@@ -270,7 +270,6 @@ pub async fn auth_layer(
                 )
                 .await;
             }
-            drain_body(&state, req).await;
             return resp;
         }
     };
@@ -285,10 +284,7 @@ pub async fn auth_layer(
     let pending = if mutating && !agent_report {
         match audit::begin(&state, &caller, &method, &path).await {
             Ok(p) => Some(p),
-            Err(e) => {
-                drain_body(&state, req).await;
-                return e.into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     } else {
         None
@@ -300,18 +296,4 @@ pub async fn auth_layer(
         audit::record(&state, &caller, &method, &path, audit::outcome(&resp)).await;
     }
     resp
-}
-
-/// Reads and drops the body of a request refused before its handler ran
-/// (up to the JSON body cap, for at most 2 s). A reply sent while the client
-/// is still writing its body makes the server close the connection, and the
-/// client then sees "connection closed before message completed" instead of
-/// the error; draining first lets the refusal reach it.
-async fn drain_body(state: &AppState, req: Request) {
-    let limit = state.config.max_body_bytes;
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        axum::body::to_bytes(req.into_body(), limit),
-    )
-    .await;
 }
