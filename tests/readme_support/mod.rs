@@ -148,7 +148,7 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-/// A dummy link holding one extra host address for the test's lifetime:
+/// A link holding one extra host address for the test's lifetime:
 /// a host address other than loopback's, removed when dropped.
 pub struct ExtraHostAddress {
     link: String,
@@ -162,9 +162,13 @@ impl ExtraHostAddress {
         let link = format!("xh{tag}");
         let addr = std::net::Ipv4Addr::new(198, 19, (tag % 250) as u8, 1);
         let _ = Command::new("ip").args(["link", "del", &link]).output();
-        ip(&["link", "add", &link, "type", "dummy"]);
+        // A veth pair (this kernel has no dummy links): the address sits on
+        // one end, both ends up; deleting one end deletes the pair.
+        let peer = format!("{link}p");
+        ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
         let guard = ExtraHostAddress { link, addr };
         ip(&["addr", "add", &format!("{addr}/32"), "dev", &guard.link]);
+        ip(&["link", "set", &peer, "up"]);
         ip(&["link", "set", &guard.link, "up"]);
         guard
     }
@@ -175,5 +179,47 @@ impl Drop for ExtraHostAddress {
         let _ = Command::new("ip")
             .args(["link", "del", &self.link])
             .output();
+    }
+}
+
+/// Removes a network (and every instance of the default project first, or
+/// the removal is refused) when dropped, so a failed test leaves no router
+/// namespace behind. Declare it after the `Cloud`, so it runs first.
+pub struct NetworkGuard<'a> {
+    pub cloud: &'a crate::common::Cloud,
+    pub name: &'static str,
+}
+
+impl NetworkGuard<'_> {
+    pub fn create<'a>(
+        cloud: &'a crate::common::Cloud,
+        name: &'static str,
+        subnet: &str,
+    ) -> NetworkGuard<'a> {
+        cloud.ok(&["network", "create", name, "--subnet", subnet]);
+        NetworkGuard { cloud, name }
+    }
+
+    /// The network's router namespace on this host.
+    pub fn router_netns(&self) -> std::path::PathBuf {
+        let v = self
+            .cloud
+            .json(&["network", "get", self.name])
+            .unwrap_or_else(|e| panic!("network {}: {e}", self.name));
+        let id = v["metadata"]["id"].as_str().expect("network id");
+        std::path::PathBuf::from(format!("/run/nimbus/netns/nr-{id}"))
+    }
+}
+
+impl Drop for NetworkGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(list) = self.cloud.json(&["instance", "list"]) {
+            for i in list["items"].as_array().cloned().unwrap_or_default() {
+                if let Some(name) = i["metadata"]["name"].as_str() {
+                    let _ = self.cloud.nimbus(&["instance", "rm", "--force", name]);
+                }
+            }
+        }
+        let _ = self.cloud.nimbus(&["network", "rm", self.name]);
     }
 }
