@@ -194,8 +194,18 @@ fn exec_it_gives_a_terminal_that_echoes_input_and_returns_the_exit_code() {
     let mut command = cloud.command();
     command.args(["instance", "exec", "-it", "box", "--", "sh"]);
     let mut term = PtySession::spawn(command);
-    // What is typed comes back on the screen (the container's terminal
-    // echoes it), and the command's output follows.
+    assert!(
+        term.shows("# ", T),
+        "no shell prompt on the terminal: {:?}",
+        term.seen
+    );
+    // The CLI put this terminal in raw mode: it does not echo, so what is
+    // typed comes back on the screen only through the container's own
+    // terminal, and the command's output follows.
+    assert!(
+        !term.local_echo(),
+        "exec -it leaves the local terminal cooked"
+    );
     term.type_line("echo TYPED-$((6*7))");
     assert!(
         term.shows("echo TYPED-$((6*7))", T),

@@ -46,9 +46,16 @@ fn get_from(cloud: &Cloud, from: &str, host: &str) -> Option<String> {
         "--",
         "sh",
         "-c",
-        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {host} 80"),
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {host} 80; echo NC-RAN"),
     ]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // A refusal must come from the network, not from exec failing.
+    assert!(
+        text.contains("NC-RAN"),
+        "exec in {from} did not run nc ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.contains("200 OK").then_some(text)
 }
 
@@ -85,45 +92,28 @@ fn group_cidr_and_stateful_rules_with_real_traffic() {
     let cloud = Cloud::start();
     let network = NetworkGuard::create(&cloud, "rules", "10.40.0.0/24");
     let net = ["--network", "rules"];
+    let with_group = |group: &'static str| [&net[..], &["--secgroup", group]].concat();
 
-    // --allow-from-group: members of `app` reach `db`; others do not.
+    // `db` lets in members of `app` (--allow-from-group); `member` is in
+    // `app`, which has no rules of its own, so nothing may come in to it;
+    // `plain` has no group; `guarded`'s group gets a CIDR-limited rule.
     cloud.ok(&["secgroup", "create", "app"]);
     cloud.ok(&["secgroup", "create", "db", "--allow-from-group", "app"]);
-    run(
-        &cloud,
-        "db",
-        &[&net[..], &["--secgroup", "db"]].concat(),
-        &web("db-answers"),
-    );
-    run(
-        &cloud,
-        "member",
-        &[&net[..], &["--secgroup", "app"]].concat(),
-        &web("member-answers"),
-    );
+    cloud.ok(&["secgroup", "create", "cidr"]);
+    run(&cloud, "db", &with_group("db"), &web("db-answers"));
+    run(&cloud, "member", &with_group("app"), &web("member-answers"));
     run(&cloud, "plain", &net, &web("plain-answers"));
+    run(
+        &cloud,
+        "guarded",
+        &with_group("cidr"),
+        &web("guarded-answers"),
+    );
     let router = network.router_netns();
     assert!(
         router.exists(),
         "{} is the network's router",
         router.display()
-    );
-    reaches(&cloud, "member", "db", "db-answers");
-    is_refused(&cloud, "plain", "db");
-
-    // Stateful: `member`'s group (`app`) has no rules, so nothing may come
-    // in, yet its own outgoing connection gets its replies.
-    reaches(&cloud, "member", "plain", "plain-answers");
-    is_refused(&cloud, "plain", "member");
-
-    // A CIDR-limited rule: traffic from inside the block is let in, from
-    // outside it is not.
-    cloud.ok(&["secgroup", "create", "cidr"]);
-    run(
-        &cloud,
-        "guarded",
-        &[&net[..], &["--secgroup", "cidr"]].concat(),
-        &web("guarded-answers"),
     );
     let inside = ip_of(&cloud, "plain");
     let outside = ip_of(&cloud, "member");
@@ -136,8 +126,23 @@ fn group_cidr_and_stateful_rules_with_real_traffic() {
         group.to_string().contains(&block),
         "the rule keeps its source block {block}: {group}"
     );
+
+    // Allowed paths first: each client is shown to connect.
+    // --allow-from-group: a member of `app` reaches `db`.
+    reaches(&cloud, "member", "db", "db-answers");
+    // The CIDR rule: `plain`, inside the block, reaches `guarded`.
     reaches(&cloud, "plain", "guarded", "guarded-answers");
+    // Stateful: `member`'s own outgoing connection gets its replies,
+    // though its group lets nothing in.
+    reaches(&cloud, "member", "plain", "plain-answers");
+
+    // Then the blocked ones, from the same clients.
+    // Not a member of `app`: refused by `db`.
+    is_refused(&cloud, "plain", "db");
+    // Outside the block: refused by `guarded`.
     is_refused(&cloud, "member", "guarded");
+    // Nothing comes in to `member` unasked.
+    is_refused(&cloud, "plain", "member");
 
     cloud.remove_everything();
     cloud.ok(&["network", "rm", "rules"]);

@@ -69,6 +69,15 @@ impl PtySession {
         }
     }
 
+    /// Whether the terminal itself echoes what is typed (cooked mode). A
+    /// CLI that put it in raw mode leaves any echo to the remote side.
+    pub fn local_echo(&self) -> bool {
+        let termios = nix::sys::termios::tcgetattr(&self.master).expect("tcgetattr on the pty");
+        termios
+            .local_flags
+            .contains(nix::sys::termios::LocalFlags::ECHO)
+    }
+
     /// Types raw bytes, as keys pressed on the terminal.
     pub fn type_bytes(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).expect("type on the terminal");
