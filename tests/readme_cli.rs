@@ -387,15 +387,23 @@ fn sigterm_restart_of_the_control_plane_keeps_workloads_under_control() {
 
     // SIGTERM, as `systemctl restart` or an operator's `kill` sends: the
     // daemon ends cleanly and promptly.
-    let mut daemon = cloud.daemon.take().expect("daemon");
+    // The daemon stays the cloud's until it has exited, so a failure here
+    // still has it stopped and the instance removed when the cloud drops.
+    let daemon_pid = cloud.daemon.as_ref().expect("daemon").id() as i32;
     // SAFETY: signalling the daemon this test started.
-    let rc = unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(daemon_pid, libc::SIGTERM) };
     assert_eq!(rc, 0, "SIGTERM to nimbus up");
     let status = wait_until(
         Duration::from_secs(30),
         "nimbus up to exit on SIGTERM",
-        || daemon.try_wait().expect("wait for nimbus up"),
+        || {
+            cloud
+                .daemon
+                .as_mut()
+                .and_then(|d| d.try_wait().expect("wait for nimbus up"))
+        },
     );
+    cloud.daemon = None;
     assert!(
         status.success(),
         "nimbus up exits cleanly on SIGTERM: {status}"
