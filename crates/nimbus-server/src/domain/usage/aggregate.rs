@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(r.totals.memory_gib_hours, 0.875);
         assert_eq!(r.totals.instance_hours.vm, 0.0);
         assert_eq!(
-            serde_json::to_value(&r.hours[10]).expect("json")["hour"],
+            serde_json::to_value(r.hours[10]).expect("json")["hour"],
             "2026-12-01T10:00:00Z"
         );
     }
