@@ -214,3 +214,64 @@ async fn reported_runs_become_hours_once_each_for_the_projects_readers_only() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert!(message(&b).contains("YYYY-MM-DD"), "{b}");
 }
+
+#[tokio::test]
+async fn records_closed_longer_ago_than_the_maximum_age_are_pruned_and_open_ones_kept() {
+    let api = Api::open_with(|c| c.usage_max_age = std::time::Duration::from_secs(3600)).await;
+    api.project("red").await;
+    let member = api.member("rita", "red", "member").await;
+    let node1 = api.host_token("node1").await;
+    api.image("red", "web", &member).await;
+    api.ok(
+        "POST",
+        "/v1/projects/red/instances",
+        &member,
+        Some(json!({"name": "web", "spec": {"image": "web", "args": ["/bin/true"]}})),
+    )
+    .await;
+    nimbus_server::events::modify_instance(&api.state.repo, Some("red"), "web", |i| {
+        i.status.host = Some("node1".into());
+        Ok(())
+    })
+    .await
+    .expect("bind");
+    // A run that ended long ago, and one that still runs.
+    api.report(
+        "web",
+        &node1,
+        json!({"phase": "exited", "exit_code": 0, "observed_generation": 1,
+            "started_at": "2020-01-01T00:00:00Z", "finished_at": "2020-01-01T01:00:00Z"}),
+    )
+    .await;
+    api.report(
+        "web",
+        &node1,
+        json!({"phase": "running", "observed_generation": 2,
+            "started_at": "2020-01-02T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(api.usage_keys("red").await.len(), 3);
+    let deleted = nimbus_server::usage::retention::prune(&api.state)
+        .await
+        .expect("prune");
+    assert_eq!(deleted, 1);
+    let left = api.usage_keys("red").await;
+    assert_eq!(
+        left.len(),
+        2,
+        "the open run and the stored image stay: {left:?}"
+    );
+    let usage = api
+        .ok(
+            "GET",
+            "/v1/projects/red/usage?from=2020-01-01&to=2020-01-03",
+            &api.admin,
+            None,
+        )
+        .await;
+    // The pruned run is gone; the open one counts its whole day.
+    assert_eq!(
+        usage["totals"]["instance_hours"]["container"], 24.0,
+        "{usage}"
+    );
+}
