@@ -13,7 +13,9 @@ pub mod hostio;
 pub mod meta;
 pub mod resources;
 pub mod units;
+pub mod usage;
 
 pub use error::{ApiError, ErrorCode};
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
+pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};

@@ -13,6 +13,9 @@ pub enum OutputFormat {
     #[default]
     Table,
     Json,
+    /// Comma-separated values: `nimbus usage` only; other commands print
+    /// their table.
+    Csv,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -38,7 +41,7 @@ pub struct Globals {
         default_value = "default"
     )]
     pub project: String,
-    /// Output format.
+    /// Output format (csv: `nimbus usage` only).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }

@@ -85,6 +85,9 @@ enum Command {
     /// What happened in a project: instances scheduled, started, exited,
     /// restarted, failed, stopped, deleted; hosts unreachable. Newest first.
     Events(cmd::events::EventsArgs),
+    /// Usage of a project per hour, day or in total: instance-hours by
+    /// kind, vCPU-hours, memory-GiB-hours, image GiB-hours.
+    Usage(cmd::usage::UsageArgs),
     /// Who the current token acts as.
     Whoami,
     /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
@@ -186,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(c) => cmd::admin::host(&g, c).await,
         Command::Audit(c) => cmd::admin::audit(&g, c).await,
         Command::Events(args) => cmd::events::run(&g, args).await,
+        Command::Usage(args) => cmd::usage::run(&g, args).await,
         Command::Whoami => cmd::admin::whoami(&g).await,
         Command::Shim { .. } | Command::Completions { .. } => Ok(()),
     }

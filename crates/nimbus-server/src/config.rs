@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub events_max_age: std::time::Duration,
     /// Events kept across all projects; the oldest are pruned past this.
     pub events_max_records: usize,
+    /// Usage records closed longer ago than this are pruned.
+    pub usage_max_age: std::time::Duration,
     /// Concurrent connections on the TLS listener; `None` derives it from
     /// the open-file limit, leaving room for the local socket and the store.
     pub max_connections: Option<usize>,
@@ -65,6 +67,7 @@ impl ServerConfig {
             audit_syslog: None,
             events_max_age: std::time::Duration::from_secs(7 * 86_400),
             events_max_records: 100_000,
+            usage_max_age: std::time::Duration::from_secs(400 * 86_400),
             max_connections: None,
         }
     }

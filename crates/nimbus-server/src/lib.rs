@@ -25,6 +25,7 @@ pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod usage;
 
 pub use config::ServerConfig;
 pub use error::ServerError;

@@ -186,6 +186,82 @@ impl Repo {
         }
     }
 
+    /// [`Repo::create`] that also applies the writes `also` makes of the
+    /// object as stored (its creation time set) in the same store write:
+    /// both are stored or neither.
+    pub async fn create_with<T: Object>(
+        &self,
+        mut obj: T,
+        also: impl FnOnce(&T) -> ApiResult<Vec<Op>>,
+    ) -> ApiResult<T> {
+        let (project, name) = {
+            let m = obj.metadata();
+            (m.project.clone(), m.name.clone())
+        };
+        let now = Utc::now();
+        obj.metadata_mut().created_at = now;
+        obj.metadata_mut().updated_at = now;
+        obj.metadata_mut().revision = 0;
+        let key = key::<T>(project.as_deref(), &name);
+        let mut success = vec![Op::Put {
+            key: key.clone(),
+            value: encode(&obj)?,
+        }];
+        success.extend(also(&obj)?);
+        let result = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::Absent(key)],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if !result.succeeded {
+            return Err(ServerError(ApiError::already_exists(format!(
+                "{} already exists; pick another name or delete it first",
+                describe::<T>(project.as_deref(), &name)
+            ))));
+        }
+        obj.metadata_mut().revision = result.revision;
+        Ok(obj)
+    }
+
+    /// [`Repo::delete`] of the object at revision `expected` that also
+    /// applies `also` in the same store write: both are stored or neither.
+    pub async fn delete_with<T: Object>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        expected: i64,
+        also: Vec<Op>,
+    ) -> ApiResult<()> {
+        let key = key::<T>(project, name);
+        let mut success = vec![Op::Delete { key: key.clone() }];
+        success.extend(also);
+        let result = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision(key.clone(), expected)],
+                success,
+                failure: vec![],
+            })
+            .await?;
+        if result.succeeded {
+            return Ok(());
+        }
+        match self.store.get(&key).await? {
+            Some(kv) => Err(ServerError(ApiError::conflict(format!(
+                "{} was changed (current revision {}); get it again and retry",
+                describe::<T>(project, name),
+                kv.mod_revision
+            )))),
+            None => Err(ServerError(ApiError::not_found(format!(
+                "{} not found",
+                describe::<T>(project, name)
+            )))),
+        }
+    }
+
     /// Compare-and-swap on `obj.metadata.revision`.
     pub async fn update<T: Object>(&self, mut obj: T) -> ApiResult<T> {
         let (project, name, expected) = {

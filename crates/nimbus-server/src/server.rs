@@ -296,6 +296,7 @@ pub async fn serve(
     tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
     tokio::spawn(crate::auth::audit::retention::run(state.clone()));
     tokio::spawn(crate::events::retention::run(state.clone()));
+    tokio::spawn(crate::usage::retention::run(state.clone()));
     tokio::spawn(return_memory_after_streams_close(state.clone()));
     // Watch streams never end by themselves, so graceful shutdown gets a
     // deadline: in-flight calls have two seconds to finish.

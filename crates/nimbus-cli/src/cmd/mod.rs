@@ -8,4 +8,5 @@ pub mod instance;
 pub mod network;
 pub mod project;
 pub mod up;
+pub mod usage;
 pub mod wait;

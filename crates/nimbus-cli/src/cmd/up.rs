@@ -62,6 +62,9 @@ pub struct ServerArgs {
     /// Events kept across all projects; the oldest are pruned past this.
     #[arg(long, default_value_t = 100_000)]
     pub events_max_records: usize,
+    /// Usage records closed longer ago than this are pruned, e.g. 400d.
+    #[arg(long, default_value = "400d", value_parser = parse_usage_max_age_arg)]
+    pub usage_max_age: u64,
     /// Concurrent connections on the HTTPS port (default: from the
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
@@ -81,6 +84,15 @@ fn parse_events_max_age_arg(s: &str) -> Result<u64, String> {
     match nimbus_api::units::parse_duration_secs(s)? {
         0 => Err(format!(
             "--events-max-age {s:?} would delete every event as it is written; give at least 1s (e.g. 7d)"
+        )),
+        secs => Ok(secs),
+    }
+}
+
+fn parse_usage_max_age_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        0 => Err(format!(
+            "--usage-max-age {s:?} would delete every usage record as it closes; give at least 1s (e.g. 400d)"
         )),
         secs => Ok(secs),
     }
@@ -125,6 +137,7 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
         .then(|| std::path::PathBuf::from("/dev/log"));
     config.events_max_age = std::time::Duration::from_secs(args.events_max_age);
     config.events_max_records = args.events_max_records;
+    config.usage_max_age = std::time::Duration::from_secs(args.usage_max_age);
     config.max_connections = args.max_connections;
     config
 }

@@ -179,11 +179,14 @@ pub async fn import(
         .insert("nimbus.io/format".into(), imported.to_api().format);
     let image = state
         .repo
-        .create(Image {
-            metadata,
-            spec: ImageSpec { source: q.source },
-            status: imported.to_api(),
-        })
+        .create_with(
+            Image {
+                metadata,
+                spec: ImageSpec { source: q.source },
+                status: imported.to_api(),
+            },
+            crate::usage::image_created,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
@@ -196,7 +199,7 @@ pub async fn delete(
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    let _: Image = state.repo.get(Some(&project), &name).await?;
+    let image: Image = state.repo.get(Some(&project), &name).await?;
     let users = state
         .repo
         .list::<Instance>(Some(&project), &ListOptions::default(), |i| {
@@ -212,7 +215,12 @@ pub async fn delete(
     }
     state
         .repo
-        .delete::<Image>(Some(&project), &name, None)
+        .delete_with::<Image>(
+            Some(&project),
+            &name,
+            image.metadata.revision,
+            crate::usage::image_deleted(&image)?,
+        )
         .await?;
     if let Err(e) = collect_garbage(
         &state.repo,

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod params;
 pub mod projects;
 pub mod secgroups;
+pub mod usage;
 pub mod users;
 pub mod watch;
 
@@ -77,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(instances::routes())
         .route("/v1/projects/{project}/events", get(events::list))
+        .route("/v1/projects/{project}/usage", get(usage::get))
         .route("/v1/networks", get(networks::list_all))
         .route(
             "/v1/projects/{project}/networks",

@@ -11,7 +11,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, hosts, images, instances, networks, projects, secgroups, users,
+    addresses, audit, events, hosts, images, instances, networks, projects, secgroups, usage, users,
 };
 
 #[derive(OpenApi)]
@@ -35,7 +35,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
         addresses::report_status,
         instances::actions::pause, instances::actions::resume, instances::streams::console,
-        events::list,
+        events::list, usage::get,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -72,7 +72,9 @@ async fn check_once(state: &AppState, timeout: chrono::Duration) -> Result<(), c
                                 drafts.push(domain::host_unreachable(&name, &names));
                             }
                             drafts.extend(domain::instance_transitions(&before, i));
-                            crate::events::ops(&project, drafts, Utc::now())
+                            let mut ops = crate::events::ops(&project, drafts, Utc::now())?;
+                            ops.extend(crate::usage::instance_change(&before, i)?);
+                            Ok(ops)
                         })
                         .await;
                     announced |= result.is_ok();

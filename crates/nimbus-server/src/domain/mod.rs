@@ -16,3 +16,4 @@ pub mod events;
 pub mod instances;
 pub mod networks;
 pub mod secgroups;
+pub mod usage;

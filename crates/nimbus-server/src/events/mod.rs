@@ -51,8 +51,8 @@ pub fn instance_deleted(instance: &Instance) -> ApiResult<Vec<Op>> {
     )
 }
 
-/// Change an instance with `change` and record the events of that change
-/// in the same store write.
+/// Change an instance with `change` and record the events (and the usage
+/// intervals, `crate::usage`) of that change in the same store write.
 pub async fn modify_instance<F>(
     repo: &repo::Repo,
     project: Option<&str>,
@@ -65,7 +65,9 @@ where
     repo.modify_with::<Instance, _>(project, name, |i| {
         let before = i.clone();
         change(i)?;
-        instance_change(&before, i)
+        let mut ops = instance_change(&before, i)?;
+        ops.extend(crate::usage::instance_change(&before, i)?);
+        Ok(ops)
     })
     .await
 }

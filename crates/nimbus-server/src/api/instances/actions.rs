@@ -152,7 +152,8 @@ pub async fn report_status(
     }
     if update.finalized {
         domain::check_finalize(&current)?;
-        let deleted = crate::events::instance_deleted(&current)?;
+        let mut deleted = crate::events::instance_deleted(&current)?;
+        deleted.extend(crate::usage::instance_deleted(&current)?);
         crate::ipam::delete_with_addresses(&state.repo, &current, None, deleted).await?;
         // Finalizing removes the instance: audited even from an agent.
         let mut resp = StatusCode::NO_CONTENT.into_response();
