@@ -15,6 +15,17 @@ pub struct Current(pub Snapshot);
 
 type Labels<'a, const N: usize> = [(&'static str, &'a str); N];
 
+/// A series without labels.
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
 fn gauges<S: EncodeLabelSet, V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -53,8 +64,10 @@ fn host(h: &HostRow) -> Labels<'_, 1> {
     [("host", &h.name)]
 }
 
+/// `instance_name`, not `instance`: Prometheus gives every scraped series
+/// an `instance` label of its own (the scrape target) and would rename ours.
 fn inst(i: &InstanceRow) -> Labels<'_, 2> {
-    [("project", &i.project), ("instance", &i.name)]
+    [("project", &i.project), ("instance_name", &i.name)]
 }
 
 fn network(n: &NetworkRow) -> Labels<'_, 2> {
@@ -64,18 +77,17 @@ fn network(n: &NetworkRow) -> Labels<'_, 2> {
 impl Collector for Current {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let no_labels: Labels<0> = [];
-        gauges(
+        gauge(
             &mut e,
             "store_revision",
             "The store's current revision",
-            [(no_labels, s.store_revision)],
+            s.store_revision,
         )?;
-        gauges(
+        gauge(
             &mut e,
             "scheduler_pending_instances",
             "Instances waiting to be bound to a host",
-            [(no_labels, s.pending_instances)],
+            s.pending_instances,
         )?;
 
         gauges(
@@ -133,7 +145,7 @@ impl Collector for Current {
             s.instances.iter().map(|i| {
                 let labels: Labels<5> = [
                     ("project", &i.project),
-                    ("instance", &i.name),
+                    ("instance_name", &i.name),
                     ("kind", &i.kind),
                     ("host", &i.host),
                     ("phase", &i.phase),
@@ -315,11 +327,11 @@ mod tests {
             "nimbus_scheduler_pending_instances 1",
             "nimbus_host_memory_bytes{host=\"h1\"} 8589934592",
             "nimbus_host_allocated_cpus{host=\"h1\"} 1.5",
-            "nimbus_instance_cpu_seconds_total{project=\"ops\",instance=\"web\"} 1.5",
-            "nimbus_instance_memory_limit_bytes{project=\"ops\",instance=\"web\"} 268435456",
-            "nimbus_instance_oom_kills_total{project=\"ops\",instance=\"web\"} 1",
-            "nimbus_instance_restarts_total{project=\"ops\",instance=\"web\"} 2",
-            "nimbus_instance_network_transmit_bytes_total{project=\"ops\",instance=\"web\"} 20",
+            "nimbus_instance_cpu_seconds_total{project=\"ops\",instance_name=\"web\"} 1.5",
+            "nimbus_instance_memory_limit_bytes{project=\"ops\",instance_name=\"web\"} 268435456",
+            "nimbus_instance_oom_kills_total{project=\"ops\",instance_name=\"web\"} 1",
+            "nimbus_instance_restarts_total{project=\"ops\",instance_name=\"web\"} 2",
+            "nimbus_instance_network_transmit_bytes_total{project=\"ops\",instance_name=\"web\"} 20",
             "nimbus_network_addresses_capacity{project=\"ops\",network=\"default\"} 253",
             "# TYPE nimbus_instance_cpu_seconds counter",
         ] {
@@ -334,7 +346,10 @@ mod tests {
     #[test]
     fn an_instance_without_a_report_has_no_usage_series_and_a_gone_one_has_none() {
         let out = text(snapshot());
-        assert!(out.contains("instance=\"queued\",kind=\"vm\""), "{out}");
+        assert!(
+            out.contains("instance_name=\"queued\",kind=\"vm\""),
+            "{out}"
+        );
         assert!(
             !out.lines()
                 .any(|l| l.starts_with("nimbus_instance_cpu") && l.contains("queued")),
@@ -343,7 +358,7 @@ mod tests {
         let mut gone = snapshot();
         gone.instances.clear();
         let out = text(gone);
-        assert!(!out.contains("instance=\""), "{out}");
+        assert!(!out.contains("instance_name=\""), "{out}");
         assert!(!out.contains("nimbus_instance_cpu_seconds"), "{out}");
     }
 
