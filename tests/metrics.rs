@@ -135,7 +135,9 @@ fn prometheus_sees_a_busy_containers_cpu_grow_and_its_series_go_with_it() {
         Path::new("/usr/bin/prometheus").exists() || which_prometheus(),
         "prometheus is not installed; run scripts/deps"
     );
-    let cloud = Cloud::start();
+    let open_port = free_port();
+    let open_addr = format!("127.0.0.1:{open_port}");
+    let cloud = Cloud::start_with(&["--metrics-listen", &open_addr]);
     cloud.ok(&["user", "create", "prom", "--metrics-reader"]);
     let prom_token = token_for(&cloud, "prom");
     let prometheus = Prometheus::start(&cloud, &prom_token);
@@ -215,6 +217,28 @@ fn prometheus_sees_a_busy_containers_cpu_grow_and_its_series_go_with_it() {
         body.contains("nimbus_network_ports{project=\"default\",network=\"default\"} 1"),
         "{body}"
     );
+
+    // `--metrics-listen` serves the same without a token, and only that.
+    let plain = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", open_port)).expect("metrics port");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    let open = plain("/metrics");
+    assert!(open.starts_with("HTTP/1.1 200"), "{open}");
+    assert!(
+        open.contains(
+            "nimbus_instance_cpu_seconds_total{project=\"default\",instance_name=\"burn\"}"
+        ),
+        "{open}"
+    );
+    assert!(plain("/v1/projects/default/instances").starts_with("HTTP/1.1 404"));
 
     // A project member is not an operator.
     cloud.ok(&["user", "create", "dev"]);
