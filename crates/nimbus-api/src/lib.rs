@@ -12,6 +12,7 @@ pub mod exec;
 pub mod hostio;
 pub mod meta;
 pub mod resources;
+pub mod stats;
 pub mod units;
 pub mod usage;
 

@@ -126,6 +126,9 @@ pub struct UserSpec {
     /// A system administrator may manage every project, user and host.
     #[serde(default)]
     pub system_admin: bool,
+    /// May read `/metrics` and nothing else (a monitoring system's user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_reader: bool,
     #[serde(default)]
     pub description: String,
 }
@@ -935,6 +938,9 @@ object!(Event, "events", "event", true);
 pub struct WhoAmI {
     pub user: String,
     pub system_admin: bool,
+    /// May read `/metrics` and nothing else (a monitoring system's user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_reader: bool,
     pub token_id: String,
     pub roles: BTreeMap<String, Role>,
 }

@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// Concurrent connections on the TLS listener; `None` derives it from
     /// the open-file limit, leaving room for the local socket and the store.
     pub max_connections: Option<usize>,
+    /// Count requests, store writes and placements and serve `/metrics`
+    /// (`--metrics=false` turns it all off, e.g. to measure its cost).
+    pub metrics: bool,
+    /// Also serve `/metrics` without a token on this plain-HTTP address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -69,6 +74,8 @@ impl ServerConfig {
             events_max_records: 100_000,
             usage_max_age: std::time::Duration::from_secs(400 * 86_400),
             max_connections: None,
+            metrics: true,
+            metrics_listen: None,
         }
     }
 

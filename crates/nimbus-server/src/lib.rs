@@ -19,6 +19,7 @@ pub mod events;
 pub mod hostio;
 pub mod hostports;
 pub mod ipam;
+pub mod metrics;
 pub mod repo;
 pub mod scheduler;
 pub mod secrets;

@@ -77,6 +77,15 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         SqliteStore::open(&config.store_path(), SqliteOptions::default())
             .with_context(|| format!("opening the store {}", config.store_path().display()))?,
     );
+    let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics));
+    let store: Arc<dyn Store> = if config.metrics {
+        Arc::new(crate::metrics::store::MeteredStore::new(
+            store,
+            metrics.clone(),
+        ))
+    } else {
+        store
+    };
     let limits = Limits {
         max_archive_bytes: config.max_image_bytes,
         max_unpacked_bytes: config.max_unpacked_bytes,
@@ -100,6 +109,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         list_cache: Default::default(),
         streams: Default::default(),
         audit: Default::default(),
+        metrics,
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;
@@ -135,6 +145,7 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
                 metadata: Metadata::new(ADMIN_USER, None),
                 spec: UserSpec {
                     system_admin: true,
+                    metrics_reader: false,
                     description: "created at first start".into(),
                 },
                 status: UserStatus::default(),
@@ -288,6 +299,18 @@ pub async fn serve(
             let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = server.serve(service).await {
                 tracing::error!(error = %e, "TLS listener stopped");
+            }
+        });
+    }
+    if let Some(addr) = state.config.metrics_listen.filter(|_| state.config.metrics) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics port {addr} (--metrics-listen)"))?;
+        tracing::info!(%addr, "metrics listening (plain HTTP, no token)");
+        let app = crate::api::metrics::open_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics listener stopped");
             }
         });
     }

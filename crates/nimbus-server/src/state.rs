@@ -35,6 +35,8 @@ pub struct AppState {
     /// Audit records written and failed-authentication windows (see
     /// `auth::audit`).
     pub audit: crate::auth::audit::AuditLog,
+    /// Counters, histograms and the agents' latest statistics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

@@ -9,6 +9,7 @@ pub mod hostio;
 pub mod idmap;
 pub mod network;
 pub mod reconcile;
+pub mod stats;
 pub mod translate;
 #[cfg(test)]
 mod worker_tests;
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     /// `nimbus` itself (see [`crate::shim::shim_executable`]).
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
+    /// How often the instances' statistics are pushed (`stats.rs`).
+    pub stats_ms: u64,
     /// First host uid handed out; each instance gets `id_range` ids (a
     /// container maps its user namespace onto them, a VM's QEMU runs as the
     /// first).
@@ -61,6 +64,7 @@ impl AgentConfig {
             data_dir,
             exe,
             heartbeat_ms: 5_000,
+            stats_ms: 2_000,
             id_base: 100_000,
             id_range: 65_536,
             labels: Default::default(),
@@ -173,6 +177,7 @@ impl Agent {
         self.net.start(self.clone());
         let hb = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
+        tokio::spawn(self.clone().stats_loop());
         loop {
             if let Err(e) = self.clone().watch_and_reconcile().await {
                 tracing::warn!(error = %e, "instance watch ended; re-listing");

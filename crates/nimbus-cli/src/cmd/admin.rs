@@ -19,6 +19,10 @@ pub enum UserCmd {
         /// Make the user a system administrator.
         #[arg(long)]
         system_admin: bool,
+        /// A monitoring system's user: its tokens read `/metrics` and
+        /// nothing else.
+        #[arg(long, conflicts_with = "system_admin")]
+        metrics_reader: bool,
     },
     #[command(alias = "ls")]
     List,
@@ -145,12 +149,17 @@ pub enum AuditCmd {
 pub async fn user(g: &Globals, cmd: UserCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     match cmd {
-        UserCmd::Create { name, system_admin } => {
+        UserCmd::Create {
+            name,
+            system_admin,
+            metrics_reader,
+        } => {
             let req = CreateRequest {
                 name,
                 labels: Default::default(),
                 spec: UserSpec {
                     system_admin,
+                    metrics_reader,
                     description: String::new(),
                 },
             };

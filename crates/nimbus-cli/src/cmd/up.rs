@@ -69,6 +69,14 @@ pub struct ServerArgs {
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Count API requests, store writes and placements and serve
+    /// `/metrics`; `--metrics=false` turns all of it off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+    /// Also serve `/metrics` on this plain-HTTP address, without a token
+    /// (for a scraper on a trusted network). Off by default.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_max_age_arg(s: &str) -> Result<u64, String> {
@@ -139,6 +147,8 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.events_max_records = args.events_max_records;
     config.usage_max_age = std::time::Duration::from_secs(args.usage_max_age);
     config.max_connections = args.max_connections;
+    config.metrics = args.metrics;
+    config.metrics_listen = args.metrics_listen;
     config
 }
 

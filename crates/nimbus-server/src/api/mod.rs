@@ -7,6 +7,7 @@ pub mod events;
 pub mod hosts;
 pub mod images;
 pub mod instances;
+pub mod metrics;
 pub mod networks;
 pub mod openapi;
 pub mod params;
@@ -19,7 +20,7 @@ pub mod watch;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use nimbus_api::{ApiError, WhoAmI};
 
@@ -37,8 +38,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(images::list).post(images::import),
         )
         .layer(DefaultBodyLimit::max(image_limit));
-    Router::new()
+    let api = Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/whoami", get(whoami))
         .route("/v1/audit", get(audit::list))
@@ -71,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
         .route("/v1/hosts/{host}", get(hosts::get))
         .route("/v1/hosts/{host}/status", post(hosts::report))
+        .route("/v1/hosts/{host}/stats", put(metrics::report_stats))
         .merge(images)
         .route(
             "/v1/projects/{project}/images/{name}",
@@ -117,8 +120,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::auth_layer,
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    // Outermost, so a request's time includes authentication; applied per
+    // route, so the route template (`MatchedPath`) is known.
+    let api = if state.metrics.enabled {
+        api.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_requests,
+        ))
+    } else {
+        api
+    };
+    api.with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ServerError {
@@ -153,6 +166,7 @@ pub async fn whoami(
     Ok(Json(WhoAmI {
         user: caller.user.clone(),
         system_admin: caller.system_admin,
+        metrics_reader: caller.metrics_reader,
         token_id: caller.token_id.clone(),
         roles,
     }))

@@ -11,7 +11,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, hosts, images, instances, networks, projects, secgroups, usage, users,
+    addresses, audit, events, hosts, images, instances, metrics, networks, projects, secgroups,
+    usage, users,
 };
 
 #[derive(OpenApi)]
@@ -35,7 +36,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         addresses::list, addresses::list_all, addresses::get, addresses::create, addresses::delete,
         addresses::report_status,
         instances::actions::pause, instances::actions::resume, instances::streams::console,
-        events::list, usage::get,
+        events::list, usage::get, metrics::scrape, metrics::report_stats,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -29,6 +29,8 @@ pub struct Caller {
     pub token_id: String,
     /// Set for a host agent's token: the host it speaks for.
     pub host: Option<String>,
+    /// A metrics reader's token: `/metrics` (and `whoami`) only.
+    pub metrics_reader: bool,
 }
 
 impl Caller {
@@ -135,6 +137,7 @@ async fn load_token(state: &AppState, token_id: &str) -> ApiResult<Option<(Calle
             system_admin: false,
             token_id: token_id.to_string(),
             host: Some(host.clone()),
+            metrics_reader: false,
         }
     } else {
         let Some(user) = state.repo.try_get::<User>(None, &stored.spec.user).await? else {
@@ -145,6 +148,7 @@ async fn load_token(state: &AppState, token_id: &str) -> ApiResult<Option<(Calle
             system_admin: user.spec.system_admin,
             token_id: token_id.to_string(),
             host: None,
+            metrics_reader: user.spec.metrics_reader,
         }
     };
     Ok(Some((caller, stored)))
@@ -273,14 +277,25 @@ pub async fn auth_layer(
             return resp;
         }
     };
+    if caller.metrics_reader
+        && !caller.system_admin
+        && !matches!(path.as_str(), "/metrics" | "/v1/whoami")
+    {
+        return ServerError(ApiError::forbidden(format!(
+            "user {:?} is a metrics reader: its tokens read /metrics only",
+            caller.user
+        )))
+        .into_response();
+    }
     req.extensions_mut().insert(caller.clone());
     // Agents report status several times a second; auditing each report
     // would drown the log in noise, so of agents' calls only those that
-    // change what exists are audited: anything but a status report, and
+    // change what exists are audited: anything but a status or statistics report, and
     // the report that finalizes a deletion (its handler marks it), which is
     // recorded after it ran. Every other mutating call is recorded before
     // it runs, and refused when its record cannot be written.
-    let agent_report = caller.is_host_agent() && path.ends_with("/status");
+    let agent_report =
+        caller.is_host_agent() && (path.ends_with("/status") || path.ends_with("/stats"));
     let pending = if mutating && !agent_report {
         match audit::begin(&state, &caller, &method, &path).await {
             Ok(p) => Some(p),

@@ -244,6 +244,7 @@ mod tests {
             system_admin: false,
             token_id: token.into(),
             host: None,
+            metrics_reader: false,
         }
     }
 

@@ -128,8 +128,17 @@ async fn schedule_pending(state: &AppState) -> Result<(), ServerError> {
             Ok(())
         })
         .await;
-        if let Err(e) = result {
-            tracing::debug!(instance = %name, error = %e, "could not bind instance");
+        match (&result, &choice) {
+            (Ok(saved), Ok(h)) if saved.status.host.as_ref() == Some(h) => {
+                let waited = (chrono::Utc::now() - saved.metadata.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                state.metrics.observe_placement(waited);
+            }
+            (Err(e), _) => {
+                tracing::debug!(instance = %name, error = %e, "could not bind instance");
+            }
+            _ => {}
         }
     }
     Ok(())
