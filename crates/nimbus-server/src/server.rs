@@ -100,6 +100,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         list_cache: Default::default(),
         streams: Default::default(),
         audit: Default::default(),
+        browser_sessions: Default::default(),
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;

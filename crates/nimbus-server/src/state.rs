@@ -35,6 +35,8 @@ pub struct AppState {
     /// Audit records written and failed-authentication windows (see
     /// `auth::audit`).
     pub audit: crate::auth::audit::AuditLog,
+    /// Signed-in browsers of the web console (see `auth::cookie`).
+    pub browser_sessions: crate::auth::cookie::CookieSessions,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

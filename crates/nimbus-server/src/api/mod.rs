@@ -116,7 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::auth_layer,
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::console::router(state))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ServerError {

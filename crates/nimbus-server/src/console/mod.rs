@@ -1,0 +1,60 @@
+//! The web console at `/ui/`: embedded page assets, sign-in and sign-out.
+//!
+//! The console is a static page plus script (`ui/` in this crate, embedded
+//! with `include_str!`, so the binary serves it with no other step). Its
+//! script calls the public `/v1` API with the session cookie that sign-in
+//! sets (see `auth::cookie`); nothing here bypasses the API's own checks.
+//! Every console response carries a strict Content Security Policy (no
+//! inline script, no eval, no framing).
+
+mod assets;
+mod signin;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::AppState;
+
+/// The policy every console response carries: scripts, styles and calls
+/// only from this origin, no inline script or eval, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The console's routes, merged beside the API's (outside its token check:
+/// the page itself is public; what it shows comes from the API).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(assets::index))
+        .route("/ui/session", get(signin::current).post(signin::sign_in))
+        .route("/ui/signout", post(signin::sign_out))
+        .route("/ui/{file}", get(assets::file))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
