@@ -9,11 +9,12 @@
 
 mod assets;
 mod signin;
+mod terminal;
 
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ui/", get(assets::index))
         .route("/ui/session", get(signin::current).post(signin::sign_in))
         .route("/ui/signout", post(signin::sign_out))
+        .route("/ui/terminal/{project}/{name}", get(terminal::open))
         .route("/ui/{file}", get(assets::file))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
@@ -57,4 +59,37 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Whether a browser's `Origin` (when it sends one) is this server: a form
+/// on another site must not sign a browser in as someone else.
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or("");
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_from_another_origin_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:7443".parse().unwrap());
+        assert!(same_origin(&h), "no Origin: a plain form or a tool");
+        h.insert(header::ORIGIN, "https://127.0.0.1:7443".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!same_origin(&h));
+    }
 }
