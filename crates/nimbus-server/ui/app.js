@@ -770,17 +770,17 @@
   // ------------------------------------------------------------ routing
 
   const ROUTES = [
-    [/^#\/projects$/, () => projectsPage()],
-    [/^#\/p\/([^/]+)\/instances$/, (p) => instancesPage(p)],
-    [/^#\/p\/([^/]+)\/instances\/new$/, (p) => newInstancePage(p)],
-    [/^#\/p\/([^/]+)\/instances\/([^/]+)$/, (p, n) => instancePage(p, n)],
-    [/^#\/p\/([^/]+)\/images$/, (p) => imagesPage(p)],
-    [/^#\/p\/([^/]+)\/networks$/, (p) => networksPage(p)],
-    [/^#\/p\/([^/]+)\/secgroups$/, (p) => secgroupsPage(p)],
-    [/^#\/p\/([^/]+)\/ports$/, (p) => portsPage(p)],
-    [/^#\/p\/([^/]+)\/usage$/, (p) => usagePage(p)],
-    [/^#\/hosts$/, () => hostsPage()],
-    [/^#\/audit$/, () => auditPage()],
+    ['projects', /^#\/projects$/, () => projectsPage()],
+    ['instances', /^#\/p\/([^/]+)\/instances$/, (p) => instancesPage(p)],
+    ['new-instance', /^#\/p\/([^/]+)\/instances\/new$/, (p) => newInstancePage(p)],
+    ['instance', /^#\/p\/([^/]+)\/instances\/([^/]+)$/, (p, n) => instancePage(p, n)],
+    ['images', /^#\/p\/([^/]+)\/images$/, (p) => imagesPage(p)],
+    ['networks', /^#\/p\/([^/]+)\/networks$/, (p) => networksPage(p)],
+    ['secgroups', /^#\/p\/([^/]+)\/secgroups$/, (p) => secgroupsPage(p)],
+    ['ports', /^#\/p\/([^/]+)\/ports$/, (p) => portsPage(p)],
+    ['usage', /^#\/p\/([^/]+)\/usage$/, (p) => usagePage(p)],
+    ['hosts', /^#\/hosts$/, () => hostsPage()],
+    ['audit', /^#\/audit$/, () => auditPage()],
   ];
 
   async function route() {
@@ -791,12 +791,12 @@
     const m = location.hash.match(/^#\/p\/([^/]+)/);
     if (m) localStorage.setItem('nimbus.project', decodeURIComponent(m[1]));
     renderNav();
-    for (const [re, render] of ROUTES) {
+    for (const [name, re, render] of ROUTES) {
       const parts = hash.match(re);
       if (!parts) continue;
       try {
         await render(...parts.slice(1).map(decodeURIComponent));
-        if (!document.body.dataset.ready) markReady(hash.split('/')[1]);
+        if (!document.body.dataset.ready) markReady(name);
       } catch (e) {
         if (e.name !== 'AbortError') page('Something went wrong', errorBox(e));
       }

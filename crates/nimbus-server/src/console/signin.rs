@@ -26,10 +26,11 @@ pub struct SignIn {
 pub async fn sign_in(
     State(state): State<Arc<AppState>>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> Response {
-    if !super::same_origin(&headers) {
+    if !super::same_origin(&headers, uri.authority().map(|a| a.as_str())) {
         return ServerError(ApiError::forbidden(
             "console sign-in from another site's page is refused; open /ui/ on this server and sign in there",
         ))

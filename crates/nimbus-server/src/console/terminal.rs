@@ -50,11 +50,22 @@ pub async fn open(
     State(state): State<Arc<AppState>>,
     Path((project, name)): Path<(String, String)>,
     Query(q): Query<TerminalQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let console = q.mode.as_deref() == Some("console");
-    match prepare(&state, &headers, &project, &name, console).await {
+    let authority = uri.authority().map(|a| a.to_string());
+    match prepare(
+        &state,
+        &headers,
+        authority.as_deref(),
+        &project,
+        &name,
+        console,
+    )
+    .await
+    {
         Ok((caller, session_id, instance, session)) => {
             let path = format!(
                 "/v1/projects/{project}/instances/{name}/{}",
@@ -76,11 +87,12 @@ pub async fn open(
 async fn prepare(
     state: &Arc<AppState>,
     headers: &HeaderMap,
+    authority: Option<&str>,
     project: &str,
     name: &str,
     console: bool,
 ) -> ApiResult<(Caller, String, Instance, Session)> {
-    if !super::same_origin(headers) {
+    if !super::same_origin(headers, authority) {
         return Err(ServerError(ApiError::forbidden(
             "a console terminal can be opened only from this server's own /ui/ page",
         )));
