@@ -212,11 +212,7 @@ async fn relay(ws: WebSocket, shim: Box<dyn ExecStream>) {
     let input = async {
         while let Some(Ok(msg)) = ws_rx.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if shim_wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if shim_wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
