@@ -29,6 +29,12 @@ impl Browser {
     /// Start chromedriver and a headless Chromium session (self-signed
     /// certificates accepted: the test cloud makes its own).
     pub async fn start() -> Browser {
+        Browser::start_with("normal").await
+    }
+
+    /// With a WebDriver page load strategy: `none` makes navigation
+    /// return at once, so a benchmark's own clock sees the whole load.
+    pub async fn start_with(page_load_strategy: &str) -> Browser {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -60,6 +66,7 @@ impl Browser {
         let caps = json!({
             "acceptInsecureCerts": true,
             "unhandledPromptBehavior": "ignore",
+            "pageLoadStrategy": page_load_strategy,
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
