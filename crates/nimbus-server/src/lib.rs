@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod connlimit;
+pub mod console;
 pub mod controllers;
 pub mod datadir;
 pub mod domain;

@@ -110,6 +110,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         streams: Default::default(),
         audit: Default::default(),
         metrics,
+        browser_sessions: Default::default(),
         _data_dir_lock: lock,
     });
     bootstrap_admin(&state).await?;

@@ -37,6 +37,8 @@ pub struct AppState {
     pub audit: crate::auth::audit::AuditLog,
     /// Counters, histograms and the agents' latest statistics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Signed-in browsers of the web console (see `auth::cookie`).
+    pub browser_sessions: crate::auth::cookie::CookieSessions,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

@@ -131,7 +131,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     } else {
         api
     };
-    api.with_state(state)
+    api.with_state(state.clone())
+        .merge(crate::console::router(state))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ServerError {

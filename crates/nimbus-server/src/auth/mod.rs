@@ -5,6 +5,7 @@
 //! can see the project but lacks the role for a change gets 403.
 
 pub mod audit;
+pub mod cookie;
 pub mod session;
 pub mod token;
 
@@ -80,7 +81,13 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
             "malformed token: expected nmb_<id>_<secret> as printed when it was created",
         )
     })?;
-    let presented = token::hash_secret(secret);
+    verify(state, token_id, token::hash_secret(secret)).await
+}
+
+/// The caller of token `token_id` whose secret hashes to `presented`
+/// (cached for `CACHE_TTL`): the bearer header and a console session
+/// (`cookie`) both end here, so both see revocation alike.
+pub async fn verify(state: &AppState, token_id: &str, presented: [u8; 32]) -> ApiResult<Caller> {
     if let Ok(cache) = state.tokens.entries.read() {
         if let Some((caller, hash, at, expires)) = cache.get(token_id) {
             let unexpired = expires.is_none_or(|e| e >= chrono::Utc::now());
@@ -109,6 +116,37 @@ pub async fn authenticate(state: &AppState, header: Option<&str>) -> ApiResult<C
                 stored.spec.expires_at,
             ),
         );
+    }
+    Ok(caller)
+}
+
+/// The caller of a console session: its token verified as a bearer
+/// token would be, and for a mutating call the session's CSRF secret in
+/// `X-CSRF-Token`.
+pub async fn authenticate_cookie(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    session_id: &str,
+    mutating: bool,
+) -> ApiResult<Caller> {
+    let session = state.browser_sessions.get(session_id).ok_or_else(|| {
+        ApiError::unauthenticated(
+            "console session expired or signed out: sign in again at /ui/ with a token",
+        )
+    })?;
+    let caller = match verify(state, &session.token_id, session.secret_sha256).await {
+        Ok(c) => c,
+        Err(e) => {
+            // The token is gone: so is every session made from it.
+            state.browser_sessions.remove_token(&session.token_id);
+            return Err(e);
+        }
+    };
+    if mutating && !cookie::csrf_matches(headers, &session) {
+        return Err(ServerError(ApiError::forbidden(format!(
+            "a change made with a console session needs the session's CSRF token in the {} header; reload the console at /ui/",
+            cookie::CSRF_HEADER
+        ))));
     }
     Ok(caller)
 }
@@ -255,7 +293,15 @@ pub async fn auth_layer(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let caller = match authenticate(&state, header.as_deref()).await {
+    let result = match (header, cookie::session_id(req.headers())) {
+        // A browser session stands in for the token only when no bearer
+        // token is sent; bearer calls are unchanged.
+        (None, Some(session_id)) => {
+            authenticate_cookie(&state, req.headers(), &session_id, mutating).await
+        }
+        (header, _) => authenticate(&state, header.as_deref()).await,
+    };
+    let caller = match result {
         Ok(c) => c,
         Err(e) => {
             let resp = e.into_response();

@@ -1,0 +1,822 @@
+// Nimbus web console: one page, hash routes, the public /v1 API.
+//
+// Rules kept throughout (the server's CSP enforces the first two):
+// - no inline script, no eval, no innerHTML: every name, label and message
+//   from the API reaches the page through textContent or an attribute;
+// - the token is never kept by the page: sign-in is a form POST and the
+//   browser holds an HttpOnly session cookie; changes carry X-CSRF-Token;
+// - buttons that change things are shown only to roles that may use them,
+//   and the API refuses the call anyway.
+'use strict';
+
+(() => {
+  const S = { user: null, admin: false, csrf: '', roles: {}, page: null };
+  const RANK = { reader: 1, member: 2, admin: 3 };
+  const $ = (id) => document.getElementById(id);
+
+  // ------------------------------------------------------------ DOM helpers
+
+  // el('tag.class', {attr: v, onclick: f}, child, ...): children are nodes
+  // or strings (made text nodes); never parsed as HTML.
+  function el(spec, props, ...kids) {
+    const [tag, ...classes] = spec.split('.');
+    const n = document.createElement(tag);
+    if (classes.length) n.className = classes.join(' ');
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k.startsWith('on')) n.addEventListener(k.slice(2), v);
+      else if (k === 'text') n.textContent = v;
+      else if (k === 'value') n.value = v;
+      else if (k === 'checked') n.checked = !!v;
+      else n.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const kid of kids.flat()) {
+      if (kid === null || kid === undefined || kid === false) continue;
+      n.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+    }
+    return n;
+  }
+
+  function clear(n) { while (n.firstChild) n.removeChild(n.firstChild); return n; }
+
+  function toast(msg, bad) {
+    const t = $('toast');
+    t.textContent = msg;
+    t.className = bad ? 'bad' : '';
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 8000 : 3000);
+  }
+
+  function bytes(n) {
+    if (n === undefined || n === null) return '';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${n.toFixed(n >= 10 || i === 0 ? 0 : 1)} ${units[i]}`;
+  }
+
+  function when(t) { return t ? new Date(t).toLocaleString() : ''; }
+
+  function labelChips(labels) {
+    return Object.entries(labels || {}).map(([k, v]) => el('span.chip', { title: `${k}=${v}` }, `${k}=${v}`));
+  }
+
+  // ------------------------------------------------------------ the API
+
+  class ApiError extends Error {
+    constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+  }
+
+  async function api(method, path, body, opts = {}) {
+    const headers = {};
+    if (method !== 'GET') headers['X-CSRF-Token'] = S.csrf;
+    let payload;
+    if (body instanceof Blob) { payload = body; headers['Content-Type'] = 'application/octet-stream'; }
+    else if (body !== undefined) { payload = JSON.stringify(body); headers['Content-Type'] = 'application/json'; }
+    const resp = await fetch(path, { method, headers, body: payload, credentials: 'same-origin', signal: opts.signal });
+    if (resp.status === 401 && !opts.quiet) { showSignIn(); }
+    if (!resp.ok) {
+      let code = '', message = `${method} ${path}: HTTP ${resp.status}`;
+      try { const e = (await resp.json()).error; code = e.code; message = e.message; } catch (_) { /* not JSON */ }
+      throw new ApiError(resp.status, code, message);
+    }
+    if (opts.raw) return resp;
+    if (resp.status === 204) return null;
+    const type = resp.headers.get('content-type') || '';
+    return type.includes('json') ? resp.json() : resp.text();
+  }
+
+  // All pages of a list.
+  async function listAll(path, signal) {
+    let items = [], cont = null, revision = 0;
+    do {
+      const sep = path.includes('?') ? '&' : '?';
+      const page = await api('GET', cont ? `${path}${sep}continue=${encodeURIComponent(cont)}` : path, undefined, { signal });
+      items = items.concat(page.items);
+      revision = page.revision;
+      cont = page.continue;
+    } while (cont);
+    return { items, revision };
+  }
+
+  // Read an NDJSON or text stream, calling onLine per line, until it ends
+  // or signal aborts.
+  async function streamLines(path, signal, onLine) {
+    const resp = await api('GET', path, undefined, { raw: true, signal });
+    const reader = resp.body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line) onLine(line);
+      }
+    }
+    if (buf) onLine(buf);
+  }
+
+  // Follow a collection: onEvent(type, object) per change after revision;
+  // reconnects when the server ends the stream, until signal aborts.
+  async function watch(path, revision, signal, onEvent, onReset) {
+    let rev = revision;
+    while (!signal.aborted) {
+      try {
+        const sep = path.includes('?') ? '&' : '?';
+        await streamLines(`${path}${sep}watch=true&revision=${rev}`, signal, (line) => {
+          const ev = JSON.parse(line);
+          if (ev.type === 'ERROR') { throw new Error('compacted'); }
+          rev = Math.max(rev, ev.revision);
+          onEvent(ev.type, ev.object);
+        });
+      } catch (e) {
+        if (signal.aborted) return;
+        if (e.message === 'compacted' && onReset) { rev = await onReset(); continue; }
+      }
+      if (signal.aborted) return;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
+  // ------------------------------------------------------------ roles
+
+  function roleIn(project) { return S.admin ? 'admin' : (S.roles[project] || null); }
+  function can(project, min) { return (RANK[roleIn(project)] || 0) >= RANK[min]; }
+
+  // ------------------------------------------------------------ sign-in
+
+  function showSignIn() {
+    $('signin-page').hidden = false;
+    $('main').hidden = true;
+    $('signout').hidden = true;
+    clear($('nav'));
+    $('who').textContent = '';
+    if (new URLSearchParams(location.search).get('signin') === 'failed') $('signin-error').hidden = false;
+    $('token').focus();
+  }
+
+  async function loadSession() {
+    const resp = await fetch('/ui/session', { credentials: 'same-origin' });
+    if (!resp.ok) return false;
+    const s = await resp.json();
+    S.user = s.user; S.admin = s.system_admin; S.csrf = s.csrf;
+    const who = await api('GET', '/v1/whoami');
+    S.roles = who.roles || {};
+    return true;
+  }
+
+  async function signOut() {
+    try { await api('POST', '/ui/signout'); } catch (_) { /* already gone */ }
+    S.csrf = '';
+    location.replace('/ui/');
+  }
+
+  // ------------------------------------------------------------ layout
+
+  function currentProject() {
+    const m = location.hash.match(/^#\/p\/([^/]+)/);
+    return m ? decodeURIComponent(m[1]) : (localStorage.getItem('nimbus.project') || Object.keys(S.roles)[0] || 'default');
+  }
+
+  function renderNav() {
+    const p = currentProject();
+    const enc = encodeURIComponent(p);
+    const link = (href, text) => el('a', { href, 'aria-current': location.hash.startsWith(href) ? 'page' : null }, text);
+    clear($('nav')).append(
+      link('#/projects', 'Projects'),
+      el('span.project', { title: 'current project' }, p),
+      link(`#/p/${enc}/instances`, 'Instances'),
+      link(`#/p/${enc}/images`, 'Images'),
+      link(`#/p/${enc}/networks`, 'Networks'),
+      link(`#/p/${enc}/secgroups`, 'Security groups'),
+      link(`#/p/${enc}/ports`, 'Published ports'),
+      link(`#/p/${enc}/usage`, 'Usage'),
+      link('#/hosts', 'Hosts'),
+      link('#/audit', 'Audit'),
+    );
+    $('who').textContent = `${S.user}${S.admin ? ' (system admin)' : roleIn(p) ? ` (${roleIn(p)} in ${p})` : ''}`;
+  }
+
+  function page(title, ...kids) {
+    const main = clear($('main'));
+    main.append(el('h1', {}, title), ...kids);
+    return main;
+  }
+
+  function errorBox(e) { return el('p.error', { role: 'alert' }, e.message || String(e)); }
+
+  // A button that asks once more before a destructive call.
+  function confirmButton(text, action, attrs = {}) {
+    const b = el('button.danger', { type: 'button', ...attrs }, text);
+    let armed = false;
+    b.addEventListener('click', async () => {
+      if (!armed) { armed = true; b.textContent = `Confirm ${text.toLowerCase()}`; setTimeout(() => { armed = false; b.textContent = text; }, 4000); return; }
+      b.disabled = true;
+      try { await action(); } catch (e) { toast(e.message, true); b.disabled = false; }
+    });
+    return b;
+  }
+
+  function table(headers, rows, attrs = {}) {
+    return el('table', attrs,
+      el('thead', {}, el('tr', {}, headers.map((h) => el('th', {}, h)))),
+      el('tbody', {}, rows));
+  }
+
+  // A form from fields; onSubmit(values) may throw to show its error.
+  function form(id, fields, submitText, onSubmit) {
+    const err = el('p.error', { hidden: true, role: 'alert' });
+    const f = el('form.card', { id }, fields, el('button', { type: 'submit' }, submitText), err);
+    f.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      err.hidden = true;
+      const btn = f.querySelector('button[type=submit]');
+      btn.disabled = true;
+      try { await onSubmit(new FormData(f), f); } catch (e) { err.textContent = e.message; err.hidden = false; }
+      btn.disabled = false;
+    });
+    return f;
+  }
+
+  function field(label, input) { return el('label.field', {}, el('span', {}, label), input); }
+
+  function parseLabels(text) {
+    const labels = {};
+    for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
+      const i = line.indexOf('=');
+      if (i <= 0) throw new Error(`label ${JSON.stringify(line)} is not key=value`);
+      labels[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+    }
+    return labels;
+  }
+
+  // ------------------------------------------------------------ projects
+
+  async function projectsPage() {
+    const { items } = await listAll('/v1/projects', S.page.signal);
+    const rows = items.map((p) => {
+      const name = p.metadata.name;
+      return el('tr', { 'data-project': name },
+        el('td', {}, el('a', { href: `#/p/${encodeURIComponent(name)}/instances`, onclick: () => localStorage.setItem('nimbus.project', name) }, name)),
+        el('td', {}, p.spec.description || ''),
+        el('td', {}, labelChips(p.metadata.labels)),
+        el('td', {}, roleIn(name) || ''),
+        el('td', {}, when(p.metadata.created_at)));
+    });
+    const kids = [table(['Name', 'Description', 'Labels', 'Your role', 'Created'], rows, { id: 'projects' })];
+    if (S.admin) {
+      kids.push(el('h2', {}, 'New project'), form('project-form', [
+        field('Name', el('input', { name: 'name', required: true })),
+        field('Description', el('input', { name: 'description' })),
+        field('Labels (key=value per line)', el('textarea', { name: 'labels', rows: 2 })),
+      ], 'Create project', async (v) => {
+        await api('POST', '/v1/projects', { name: v.get('name'), labels: parseLabels(v.get('labels')), spec: { description: v.get('description') } });
+        toast(`project ${v.get('name')} created`);
+        route();
+      }));
+    }
+    page('Projects', ...kids);
+  }
+
+  // ------------------------------------------------------------ instances
+
+  const ACTIONS = [['start', 'Start'], ['stop', 'Stop'], ['restart', 'Restart']];
+
+  function instanceActions(project, name, onDone) {
+    if (!can(project, 'member')) return [];
+    const base = `/v1/projects/${encodeURIComponent(project)}/instances/${encodeURIComponent(name)}`;
+    const buttons = ACTIONS.map(([action, text]) => el('button', {
+      type: 'button', 'data-action': action,
+      onclick: async (ev) => {
+        ev.target.disabled = true;
+        try { await api('POST', `${base}/${action}`); toast(`${name}: ${action} requested`); } catch (e) { toast(e.message, true); }
+        ev.target.disabled = false;
+      },
+    }, text));
+    buttons.push(confirmButton('Delete', async () => {
+      await api('DELETE', base);
+      toast(`${name}: deletion requested`);
+      if (onDone) onDone();
+    }, { 'data-action': 'delete' }));
+    return buttons;
+  }
+
+  function cpus(spec) {
+    if (spec.vm && spec.vm.vcpus) return String(spec.vm.vcpus);
+    const m = spec.resources && spec.resources.cpu_millis;
+    return m ? String(m / 1000) : '';
+  }
+
+  function instanceCells(project, inst) {
+    const name = inst.metadata.name;
+    const phase = (inst.status && inst.status.phase) || 'pending';
+    return [
+      el('td', {}, el('a', { href: `#/p/${encodeURIComponent(project)}/instances/${encodeURIComponent(name)}` }, name)),
+      el('td', {}, inst.spec.kind || 'container'),
+      el('td', {}, inst.spec.image),
+      el('td.phase', { 'data-phase': phase }, el('span', { class: `phase phase-${phase}` }, phase)),
+      el('td', {}, (inst.status && inst.status.host) || ''),
+      el('td', {}, cpus(inst.spec)),
+      el('td', {}, bytes(inst.spec.resources && inst.spec.resources.memory_bytes)),
+      el('td', {}, labelChips(inst.metadata.labels)),
+      el('td.actions', {}, instanceActions(project, name)),
+    ];
+  }
+
+  async function instancesPage(project) {
+    const signal = S.page.signal;
+    const path = `/v1/projects/${encodeURIComponent(project)}/instances`;
+    const tbody = el('tbody');
+    const rows = new Map();
+    const filter = el('input', { type: 'search', id: 'instance-filter', placeholder: 'Filter by name, image, phase or label' });
+    const count = el('span.count');
+    const upsert = (inst) => {
+      const name = inst.metadata.name;
+      const tr = rows.get(name) || el('tr', { 'data-instance': name });
+      clear(tr).append(...instanceCells(project, inst));
+      tr.dataset.search = `${name} ${inst.spec.image} ${(inst.status && inst.status.phase) || ''} ${Object.entries(inst.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ')}`.toLowerCase();
+      if (!rows.has(name)) { rows.set(name, tr); tbody.append(tr); }
+      applyFilter(tr);
+    };
+    const remove = (name) => { const tr = rows.get(name); if (tr) { tr.remove(); rows.delete(name); } };
+    const applyFilter = (tr) => { const q = filter.value.trim().toLowerCase(); tr.hidden = q !== '' && !tr.dataset.search.includes(q); };
+    const recount = () => { count.textContent = `${rows.size} instance${rows.size === 1 ? '' : 's'}`; };
+    filter.addEventListener('input', () => { for (const tr of rows.values()) applyFilter(tr); });
+
+    const load = async () => {
+      const { items, revision } = await listAll(path, signal);
+      const frag = document.createDocumentFragment();
+      rows.clear();
+      clear(tbody);
+      for (const inst of items) {
+        const tr = el('tr', { 'data-instance': inst.metadata.name }, instanceCells(project, inst));
+        tr.dataset.search = `${inst.metadata.name} ${inst.spec.image} ${(inst.status && inst.status.phase) || ''}`.toLowerCase();
+        rows.set(inst.metadata.name, tr);
+        frag.append(tr);
+      }
+      tbody.append(frag);
+      recount();
+      return revision;
+    };
+    const revision = await load();
+    const head = [el('div.toolbar', {}, filter, count,
+      can(project, 'member') ? el('a.button', { href: `#/p/${encodeURIComponent(project)}/instances/new`, id: 'launch' }, 'Launch instance') : null)];
+    page(`Instances in ${project}`, ...head,
+      el('table', { id: 'instances' },
+        el('thead', {}, el('tr', {}, ['Name', 'Kind', 'Image', 'Phase', 'Host', 'CPUs', 'Memory', 'Labels', ''].map((h) => el('th', {}, h)))),
+        tbody));
+    markReady('instances');
+    watch(path, revision, signal, (type, obj) => {
+      if (!obj) return;
+      if (type === 'DELETED') remove(obj.metadata.name); else upsert(obj);
+      recount();
+    }, load);
+  }
+
+  function markReady(which) {
+    document.body.dataset.ready = which;
+    window.nimbusReadyAt = performance.now();
+  }
+
+  async function newInstancePage(project) {
+    const signal = S.page.signal;
+    const enc = encodeURIComponent(project);
+    const [images, networks, groups] = await Promise.all([
+      listAll(`/v1/projects/${enc}/images`, signal),
+      listAll(`/v1/projects/${enc}/networks`, signal),
+      listAll(`/v1/projects/${enc}/secgroups`, signal),
+    ]);
+    const checks = (name, items) => items.length
+      ? el('div.checks', {}, items.map((it) => el('label', {}, el('input', { type: 'checkbox', name, value: it.metadata.name }), it.metadata.name)))
+      : el('span.muted', {}, 'none in this project');
+    page(`Launch an instance in ${project}`, form('instance-form', [
+      field('Name', el('input', { name: 'name', required: true, pattern: '[a-z0-9]([-a-z0-9]*[a-z0-9])?' })),
+      field('Image', el('select', { name: 'image', required: true }, images.items.map((i) => el('option', { value: i.metadata.name }, i.metadata.name)))),
+      field('Kind', el('select', { name: 'kind' }, ['container', 'vm', 'unikernel'].map((k) => el('option', { value: k }, k)))),
+      field('CPUs', el('input', { name: 'cpus', type: 'number', min: '0.1', step: '0.1', placeholder: 'project default' })),
+      field('Memory (MiB)', el('input', { name: 'memory', type: 'number', min: '1', placeholder: 'project default' })),
+      field('Command (JSON array, or words)', el('input', { name: 'args', placeholder: '["sh","-c","echo hi; sleep 600"]' })),
+      field('Labels (key=value per line)', el('textarea', { name: 'labels', rows: 2 })),
+      field('Networks', checks('networks', networks.items)),
+      field('Security groups', checks('secgroups', groups.items)),
+    ], 'Launch', async (v) => {
+      const kind = v.get('kind');
+      const spec = { kind, image: v.get('image'), resources: {} };
+      const argText = (v.get('args') || '').trim();
+      if (argText) spec.args = argText.startsWith('[') ? JSON.parse(argText) : argText.split(/\s+/);
+      const c = parseFloat(v.get('cpus'));
+      if (c > 0) { if (kind === 'container') spec.resources.cpu_millis = Math.round(c * 1000); else spec.vm = { vcpus: Math.max(1, Math.round(c)) }; }
+      const m = parseInt(v.get('memory'), 10);
+      if (m > 0) spec.resources.memory_bytes = m * 1024 * 1024;
+      const nets = v.getAll('networks'); if (nets.length) spec.networks = nets;
+      const sgs = v.getAll('secgroups'); if (sgs.length) spec.secgroups = sgs;
+      await api('POST', `/v1/projects/${enc}/instances`, { name: v.get('name'), labels: parseLabels(v.get('labels') || ''), spec });
+      toast(`instance ${v.get('name')} created`);
+      location.hash = `#/p/${enc}/instances`;
+    }));
+  }
+
+  async function instancePage(project, name) {
+    const signal = S.page.signal;
+    const base = `/v1/projects/${encodeURIComponent(project)}/instances/${encodeURIComponent(name)}`;
+    const inst = await api('GET', base, undefined, { signal });
+    const summary = el('dl.summary');
+    const show = (i) => {
+      const st = i.status || {};
+      clear(summary).append(...[
+        ['Kind', i.spec.kind], ['Image', i.spec.image],
+        ['Phase', el('span', { class: `phase phase-${st.phase}`, id: 'detail-phase' }, st.phase || 'pending')],
+        ['Host', st.host || ''], ['Started', when(st.started_at)], ['Exit code', st.exit_code ?? ''],
+        ['Restarts', String(st.restart_count || 0)], ['Reason', st.reason || ''],
+        ['CPUs', cpus(i.spec)], ['Memory', bytes(i.spec.resources && i.spec.resources.memory_bytes)],
+        ['Networks', (i.spec.networks || []).join(', ')], ['Security groups', (i.spec.secgroups || []).join(', ')],
+        ['Labels', el('span', {}, labelChips(i.metadata.labels))],
+      ].flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+    };
+    show(inst);
+    const logs = el('pre.logs', { id: 'logs', tabindex: '0' });
+    const loadLogs = async () => {
+      try { logs.textContent = await api('GET', `${base}/logs?tail=500`, undefined, { signal }) || '(no output yet)'; } catch (e) { logs.textContent = e.message; }
+    };
+    const kids = [
+      el('div.toolbar', {}, instanceActions(project, name, () => { location.hash = `#/p/${encodeURIComponent(project)}/instances`; })),
+      summary,
+      el('h2', {}, 'Logs'),
+      el('div.toolbar', {}, el('button', { type: 'button', id: 'refresh-logs', onclick: loadLogs }, 'Refresh logs')),
+      logs,
+    ];
+    if (can(project, 'member')) {
+      const isVm = inst.spec.kind !== 'container';
+      const term = el('div.terminal', { id: 'terminal' });
+      kids.push(el('h2', {}, isVm ? 'Serial console' : 'Terminal'),
+        el('div.toolbar', {}, el('button', { type: 'button', id: 'open-terminal', onclick: () => openTerminal(term, project, name, isVm) }, isVm ? 'Attach console' : 'Open shell')),
+        term);
+    }
+    page(`Instance ${name}`, ...kids);
+    loadLogs();
+    watch(`/v1/projects/${encodeURIComponent(project)}/instances`, inst.metadata.revision, signal, (type, obj) => {
+      if (!obj || obj.metadata.name !== name) return;
+      if (type === 'DELETED') { $('detail-phase').textContent = 'deleted'; return; }
+      show(obj);
+    });
+  }
+
+  // ------------------------------------------------------------ terminal
+
+  // A small terminal: output in a <pre>, keys sent as typed. It renders
+  // text, CR/LF and backspace and drops other escape sequences (colours,
+  // cursor moves), which is enough for a shell or a serial console; it is
+  // not a full VT100 (no full-screen programs).
+  function openTerminal(box, project, name, isConsole) {
+    clear(box);
+    const out = el('pre.screen', { tabindex: '0', id: 'terminal-screen' });
+    box.append(out);
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(`${proto}//${location.host}/ui/terminal/${encodeURIComponent(project)}/${encodeURIComponent(name)}${isConsole ? "?mode=console" : ""}`);
+    ws.binaryType = 'arraybuffer';
+    const enc = new TextEncoder();
+    const dec = new TextDecoder();
+    let buf = new Uint8Array(0);
+    const frame = (kind, payload) => {
+      const f = new Uint8Array(5 + payload.length);
+      f[0] = kind;
+      new DataView(f.buffer).setUint32(1, payload.length);
+      f.set(payload, 5);
+      return f;
+    };
+    const write = (text) => {
+      // eslint-disable-next-line no-control-regex
+      text = text.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[()][A-Z0-9]|\x1b[=>]/g, '');
+      let t = out.textContent;
+      for (const ch of text) {
+        if (ch === '\r') continue;
+        if (ch === '\b' || ch === '\x7f') t = t.slice(0, -1);
+        else t += ch;
+      }
+      out.textContent = t.length > 200000 ? t.slice(-100000) : t;
+      out.scrollTop = out.scrollHeight;
+    };
+    ws.addEventListener('open', () => {
+      const rows = 30, cols = 100;
+      ws.send(JSON.stringify({ csrf: S.csrf, console: isConsole, request: { args: ['/bin/sh'], tty: true, rows, cols } }));
+      out.focus();
+    });
+    ws.addEventListener('message', (ev) => {
+      if (typeof ev.data === 'string') { write(`\n[${ev.data}]\n`); return; }
+      const more = new Uint8Array(ev.data);
+      const joined = new Uint8Array(buf.length + more.length);
+      joined.set(buf); joined.set(more, buf.length);
+      buf = joined;
+      while (buf.length >= 5) {
+        const len = new DataView(buf.buffer, buf.byteOffset).getUint32(1);
+        if (buf.length < 5 + len) break;
+        const kind = buf[0];
+        const payload = buf.slice(5, 5 + len);
+        buf = buf.slice(5 + len);
+        if (kind === 1 || kind === 2) write(dec.decode(payload, { stream: true }));
+        else if (kind === 3) write(`\n[exited with ${new DataView(payload.buffer).getInt32(0)}]\n`);
+      }
+    });
+    ws.addEventListener('close', () => write('\n[session closed]\n'));
+    out.addEventListener('keydown', (ev) => {
+      if (ws.readyState !== WebSocket.OPEN) return;
+      let s = null;
+      if (ev.key.length === 1 && !ev.ctrlKey && !ev.metaKey) s = ev.key;
+      else if (ev.ctrlKey && ev.key.length === 1) s = String.fromCharCode(ev.key.toUpperCase().charCodeAt(0) - 64);
+      else s = { Enter: '\r', Backspace: '\x7f', Tab: '\t', Escape: '\x1b', ArrowUp: '\x1b[A', ArrowDown: '\x1b[B', ArrowRight: '\x1b[C', ArrowLeft: '\x1b[D' }[ev.key] || null;
+      if (s === null) return;
+      ev.preventDefault();
+      ws.send(frame(0, enc.encode(s)));
+    });
+    out.addEventListener('paste', (ev) => {
+      ev.preventDefault();
+      if (ws.readyState === WebSocket.OPEN) ws.send(frame(0, enc.encode(ev.clipboardData.getData('text'))));
+    });
+    S.page.signal.addEventListener('abort', () => ws.close());
+  }
+
+  // ------------------------------------------------------------ images
+
+  async function imagesPage(project) {
+    const enc = encodeURIComponent(project);
+    const { items } = await listAll(`/v1/projects/${enc}/images`, S.page.signal);
+    const member = can(project, 'member');
+    const rows = items.map((i) => el('tr', { 'data-image': i.metadata.name },
+      el('td', {}, i.metadata.name),
+      el('td', {}, (i.status && i.status.format) || ''),
+      el('td', {}, bytes(i.status && i.status.size_bytes)),
+      el('td', {}, (i.status && i.status.architecture) || ''),
+      el('td', {}, (i.spec && i.spec.source) || ''),
+      el('td', {}, when(i.metadata.created_at)),
+      el('td', {}, member ? confirmButton('Delete', async () => { await api('DELETE', `/v1/projects/${enc}/images/${encodeURIComponent(i.metadata.name)}`); route(); }) : null)));
+    const kids = [table(['Name', 'Format', 'Size', 'Architecture', 'Source', 'Created', ''], rows, { id: 'images' })];
+    if (member) {
+      kids.push(el('h2', {}, 'Import an image'), form('image-form', [
+        field('Name', el('input', { name: 'name', required: true })),
+        field('Kind', el('select', { name: 'kind' }, [['archive', 'rootfs tarball or OCI archive'], ['disk', 'VM disk (qcow2 or raw)'], ['kernel', 'kernel (ELF)']].map(([v, t]) => el('option', { value: v }, t)))),
+        field('File', el('input', { name: 'file', type: 'file', required: true })),
+      ], 'Import', async (v) => {
+        const file = v.get('file');
+        const q = new URLSearchParams({ name: v.get('name'), kind: v.get('kind'), source: file.name });
+        toast(`importing ${file.name} (${bytes(file.size)})…`);
+        await api('POST', `/v1/projects/${enc}/images?${q}`, file);
+        toast(`image ${v.get('name')} imported`);
+        route();
+      }));
+    }
+    page(`Images in ${project}`, ...kids);
+  }
+
+  // ------------------------------------------------------------ networks, groups, ports
+
+  async function networksPage(project) {
+    const enc = encodeURIComponent(project);
+    const { items } = await listAll(`/v1/projects/${enc}/networks`, S.page.signal);
+    const member = can(project, 'member');
+    const rows = items.map((n) => el('tr', { 'data-network': n.metadata.name },
+      el('td', {}, n.metadata.name), el('td', {}, n.spec.subnet), el('td', {}, n.spec.gateway || ''),
+      el('td', {}, labelChips(n.metadata.labels)),
+      el('td', {}, member ? confirmButton('Delete', async () => { await api('DELETE', `/v1/projects/${enc}/networks/${encodeURIComponent(n.metadata.name)}`); route(); }) : null)));
+    const kids = [table(['Name', 'Subnet', 'Gateway', 'Labels', ''], rows, { id: 'networks' })];
+    if (member) {
+      kids.push(el('h2', {}, 'New network'), form('network-form', [
+        field('Name', el('input', { name: 'name', required: true })),
+        field('Subnet (CIDR)', el('input', { name: 'subnet', required: true, placeholder: '10.10.0.0/24' })),
+      ], 'Create network', async (v) => {
+        await api('POST', `/v1/projects/${enc}/networks`, { name: v.get('name'), spec: { subnet: v.get('subnet') } });
+        route();
+      }));
+    }
+    page(`Networks in ${project}`, ...kids);
+  }
+
+  function ruleText(r) {
+    const ports = r.port_from ? (r.port_to && r.port_to !== r.port_from ? `${r.port_from}-${r.port_to}` : String(r.port_from)) : 'all ports';
+    return `${r.protocol || 'any'} ${ports} from ${r.cidr || (r.group ? `group ${r.group}` : 'anywhere')}`;
+  }
+
+  async function secgroupsPage(project) {
+    const enc = encodeURIComponent(project);
+    const { items } = await listAll(`/v1/projects/${enc}/secgroups`, S.page.signal);
+    const member = can(project, 'member');
+    const rows = items.map((g) => el('tr', { 'data-secgroup': g.metadata.name },
+      el('td', {}, g.metadata.name), el('td', {}, g.spec.description || ''),
+      el('td', {}, (g.spec.rules || []).map((r) => el('div', {}, ruleText(r)))),
+      el('td', {}, member ? confirmButton('Delete', async () => { await api('DELETE', `/v1/projects/${enc}/secgroups/${encodeURIComponent(g.metadata.name)}`); route(); }) : null)));
+    const kids = [table(['Name', 'Description', 'Inbound rules', ''], rows, { id: 'secgroups' })];
+    if (member) {
+      kids.push(el('h2', {}, 'New security group'), form('secgroup-form', [
+        field('Name', el('input', { name: 'name', required: true })),
+        field('Description', el('input', { name: 'description' })),
+        field('Rules, one per line: protocol port[-port] cidr', el('textarea', { name: 'rules', rows: 3, placeholder: 'tcp 22 10.0.0.0/8' })),
+      ], 'Create security group', async (v) => {
+        const rules = (v.get('rules') || '').split('\n').map((l) => l.trim()).filter(Boolean).map((l) => {
+          const [protocol, ports, cidr] = l.split(/\s+/);
+          const [from, to] = (ports || '').split('-').map((p) => parseInt(p, 10));
+          const r = { protocol };
+          if (from) { r.port_from = from; r.port_to = to || from; }
+          if (cidr) r.cidr = cidr;
+          return r;
+        });
+        await api('POST', `/v1/projects/${enc}/secgroups`, { name: v.get('name'), spec: { description: v.get('description'), rules } });
+        route();
+      }));
+    }
+    page(`Security groups in ${project}`, ...kids);
+  }
+
+  async function portsPage(project) {
+    const enc = encodeURIComponent(project);
+    const { items } = await listAll(`/v1/projects/${enc}/addresses`, S.page.signal);
+    const member = can(project, 'member');
+    const rows = items.map((a) => el('tr', { 'data-port': a.metadata.name },
+      el('td', {}, a.metadata.name), el('td', {}, a.spec.instance), el('td', {}, a.spec.protocol || 'tcp'),
+      el('td', {}, String(a.spec.host_port)), el('td', {}, String(a.spec.instance_port)),
+      el('td', {}, (a.status && (a.status.phase || a.status.state)) || ''),
+      el('td', {}, member ? confirmButton('Delete', async () => { await api('DELETE', `/v1/projects/${enc}/addresses/${encodeURIComponent(a.metadata.name)}`); route(); }) : null)));
+    const kids = [table(['Name', 'Instance', 'Protocol', 'Host port', 'Instance port', 'Status', ''], rows, { id: 'ports' })];
+    if (member) {
+      kids.push(el('h2', {}, 'Publish a port'), form('port-form', [
+        field('Name', el('input', { name: 'name', required: true })),
+        field('Instance', el('input', { name: 'instance', required: true })),
+        field('Protocol', el('select', { name: 'protocol' }, ['tcp', 'udp'].map((p) => el('option', { value: p }, p)))),
+        field('Host port', el('input', { name: 'host_port', type: 'number', min: 1, max: 65535, required: true })),
+        field('Instance port', el('input', { name: 'instance_port', type: 'number', min: 1, max: 65535, required: true })),
+      ], 'Publish', async (v) => {
+        await api('POST', `/v1/projects/${enc}/addresses`, { name: v.get('name'), spec: { instance: v.get('instance'), protocol: v.get('protocol'), host_port: +v.get('host_port'), instance_port: +v.get('instance_port') } });
+        route();
+      }));
+    }
+    page(`Published ports in ${project}`, ...kids);
+  }
+
+  // ------------------------------------------------------------ hosts, audit
+
+  async function hostsPage() {
+    const { items } = await listAll('/v1/hosts', S.page.signal);
+    const rows = items.map((h) => { const st = h.status || {}; return el('tr', { 'data-host': h.metadata.name },
+      el('td', {}, h.metadata.name), el('td', {}, el('span', { class: `phase phase-${st.phase}` }, st.phase || '')),
+      el('td', {}, String(st.cpus ?? '')), el('td', {}, bytes(st.memory_bytes)), el('td', {}, bytes(st.disk_bytes)),
+      el('td', {}, st.architecture || ''), el('td', {}, st.kernel || ''), el('td', {}, st.cgroup || ''),
+      el('td', {}, when(st.last_heartbeat))); });
+    page('Hosts', table(['Name', 'Phase', 'CPUs', 'Memory', 'Disk', 'Architecture', 'Kernel', 'Cgroup', 'Last heartbeat'], rows, { id: 'hosts' }));
+  }
+
+  async function auditPage() {
+    const tbody = el('tbody');
+    const more = el('button', { type: 'button', hidden: true }, 'Older records');
+    let cont = null, query = '';
+    const load = async (append) => {
+      const q = new URLSearchParams(query);
+      q.set('limit', '100');
+      if (append && cont) q.set('continue', cont);
+      const page = await api('GET', `/v1/audit?${q}`, undefined, { signal: S.page.signal });
+      if (!append) clear(tbody);
+      for (const r of page.items) {
+        tbody.append(el('tr', {}, el('td', {}, when(r.time)), el('td', {}, r.actor), el('td', {}, r.method),
+          el('td.path', {}, r.path), el('td', {}, r.project || ''), el('td', {}, String(r.status)), el('td', {}, r.result || '')));
+      }
+      cont = page.continue;
+      more.hidden = !cont;
+    };
+    more.addEventListener('click', () => load(true).catch((e) => toast(e.message, true)));
+    const filters = form('audit-filter', [
+      field('Actor', el('input', { name: 'actor' })), field('Project', el('input', { name: 'project' })),
+      field('Method', el('input', { name: 'method', placeholder: 'POST' })), field('Path prefix', el('input', { name: 'path_prefix' })),
+      field('Status', el('input', { name: 'status', placeholder: '4xx' })), field('Since', el('input', { name: 'since', placeholder: '1h or RFC 3339' })),
+    ], 'Filter', async (v) => {
+      const q = new URLSearchParams();
+      for (const [k, val] of v.entries()) if (val) q.set(k, val);
+      query = q.toString();
+      await load(false);
+    });
+    page('Audit log', filters, el('table', { id: 'audit' },
+      el('thead', {}, el('tr', {}, ['Time', 'Actor', 'Method', 'Path', 'Project', 'Status', 'Result'].map((h) => el('th', {}, h)))), tbody), more);
+    await load(false);
+  }
+
+  // ------------------------------------------------------------ usage
+
+  function isoDay(d) { return d.toISOString().slice(0, 10); }
+
+  async function usagePage(project) {
+    const enc = encodeURIComponent(project);
+    const out = el('div', { id: 'usage' });
+    const now = new Date();
+    const show = async (from, to) => {
+      clear(out);
+      try {
+        const u = await api('GET', `/v1/projects/${enc}/usage?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`, undefined, { signal: S.page.signal });
+        out.append(usageChart(u.hours || []), usageTotals(u.totals || {}));
+      } catch (e) {
+        out.append(el('p.muted', { id: 'usage-unavailable' }, e.status === 404 ? 'Usage is not available on this server.' : e.message));
+      }
+    };
+    const f = form('usage-form', [
+      field('From', el('input', { name: 'from', type: 'date', value: isoDay(new Date(now - 86400000)) })),
+      field('To', el('input', { name: 'to', type: 'date', value: isoDay(new Date(now.getTime() + 86400000)) })),
+    ], 'Show', (v) => show(v.get('from'), v.get('to')));
+    page(`Usage of ${project}`, f, out);
+    await show(isoDay(new Date(now - 86400000)), isoDay(new Date(now.getTime() + 86400000)));
+  }
+
+  const SVG = 'http://www.w3.org/2000/svg';
+  function svg(tag, attrs, ...kids) {
+    const n = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+    for (const k of kids) n.append(k instanceof Node ? k : document.createTextNode(String(k)));
+    return n;
+  }
+
+  // Stacked bars of instance-hours per hour, by kind.
+  function usageChart(hours) {
+    const kinds = ['container', 'vm', 'unikernel'];
+    const W = 900, H = 260, pad = 40;
+    const max = Math.max(1e-9, ...hours.map((h) => kinds.reduce((s, k) => s + ((h.instance_hours || {})[k] || 0), 0)));
+    const bw = hours.length ? (W - pad * 2) / hours.length : 0;
+    const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': 'instance-hours per hour' },
+      svg('line', { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: 'axis' }),
+      svg('text', { x: pad, y: pad - 12, class: 'legend' }, `instance-hours per hour (max ${max.toFixed(2)})`));
+    hours.forEach((h, i) => {
+      let y = H - pad;
+      for (const k of kinds) {
+        const v = (h.instance_hours || {})[k] || 0;
+        const bh = (v / max) * (H - pad * 2);
+        if (bh > 0) {
+          y -= bh;
+          chart.append(svg('rect', { x: pad + i * bw + 1, y, width: Math.max(1, bw - 2), height: bh, class: `bar bar-${k}` },
+            svg('title', {}, `${h.hour} ${k}: ${v.toFixed(3)} h`)));
+        }
+      }
+    });
+    kinds.forEach((k, i) => chart.append(svg('rect', { x: W - pad - 300 + i * 100, y: 8, width: 10, height: 10, class: `bar bar-${k}` }),
+      svg('text', { x: W - pad - 285 + i * 100, y: 17, class: 'legend' }, k)));
+    return chart;
+  }
+
+  function usageTotals(t) {
+    const ih = t.instance_hours || {};
+    const num = (v) => (v === undefined ? '' : Number(v).toFixed(3));
+    return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours'],
+      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours].map((v) => el('td', {}, num(v))))],
+      { id: 'usage-totals' });
+  }
+
+  // ------------------------------------------------------------ routing
+
+  const ROUTES = [
+    ['projects', /^#\/projects$/, () => projectsPage()],
+    ['instances', /^#\/p\/([^/]+)\/instances$/, (p) => instancesPage(p)],
+    ['new-instance', /^#\/p\/([^/]+)\/instances\/new$/, (p) => newInstancePage(p)],
+    ['instance', /^#\/p\/([^/]+)\/instances\/([^/]+)$/, (p, n) => instancePage(p, n)],
+    ['images', /^#\/p\/([^/]+)\/images$/, (p) => imagesPage(p)],
+    ['networks', /^#\/p\/([^/]+)\/networks$/, (p) => networksPage(p)],
+    ['secgroups', /^#\/p\/([^/]+)\/secgroups$/, (p) => secgroupsPage(p)],
+    ['ports', /^#\/p\/([^/]+)\/ports$/, (p) => portsPage(p)],
+    ['usage', /^#\/p\/([^/]+)\/usage$/, (p) => usagePage(p)],
+    ['hosts', /^#\/hosts$/, () => hostsPage()],
+    ['audit', /^#\/audit$/, () => auditPage()],
+  ];
+
+  async function route() {
+    if (S.page) S.page.abort();
+    S.page = new AbortController();
+    delete document.body.dataset.ready;
+    const hash = location.hash || `#/p/${encodeURIComponent(currentProject())}/instances`;
+    const m = location.hash.match(/^#\/p\/([^/]+)/);
+    if (m) localStorage.setItem('nimbus.project', decodeURIComponent(m[1]));
+    renderNav();
+    for (const [name, re, render] of ROUTES) {
+      const parts = hash.match(re);
+      if (!parts) continue;
+      try {
+        await render(...parts.slice(1).map(decodeURIComponent));
+        if (!document.body.dataset.ready) markReady(name);
+      } catch (e) {
+        if (e.name !== 'AbortError') page('Something went wrong', errorBox(e));
+      }
+      return;
+    }
+    page('Not found', el('p', {}, `No console page ${hash}.`), el('a', { href: '#/projects' }, 'Projects'));
+  }
+
+  async function start() {
+    $('signout').addEventListener('click', signOut);
+    let ok = false;
+    try { ok = await loadSession(); } catch (_) { ok = false; }
+    if (!ok) { showSignIn(); return; }
+    if (location.search) history.replaceState(null, '', `/ui/${location.hash}`);
+    $('signin-page').hidden = true;
+    $('main').hidden = false;
+    $('signout').hidden = false;
+    window.addEventListener('hashchange', route);
+    route();
+  }
+
+  document.addEventListener('DOMContentLoaded', start);
+})();
