@@ -21,6 +21,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::cgroupfs::{CgroupFs, HostCgroupFs};
+use crate::host::layout::{
+    current, prepare_delegated_on, CgroupLayout, CgroupLayoutError, SUPERVISOR_LEAF,
+};
 
 /// OOM score of `nimbus up` and `nimbus server`: far below any workload,
 /// yet not immune, so a leaking daemon can still be stopped by the kernel
@@ -81,6 +84,8 @@ pub enum ProtectError {
         reserve_bytes: u64,
         total_bytes: u64,
     },
+    #[error(transparent)]
+    Layout(#[from] CgroupLayoutError),
 }
 
 /// Sets the calling process's `oom_score_adj`. Lowering it needs
@@ -346,18 +351,40 @@ fn reserve_host_memory_on(
 /// `None` for a server without instances on its host, `Some(None)` for the
 /// default reserve. Returns the memory left to instances when the reserve
 /// is in force.
+///
+/// On a unified host under systemd the cgroup steps happen only inside the
+/// delegated subtree (see [`crate::host::layout`]); `nimbus up` outside one
+/// is refused, since its instances would have nowhere to go.
 pub fn protect_daemon(reserve: Option<Option<u64>>) -> Result<Option<u64>, ProtectError> {
-    protect_daemon_on(&HostCgroupFs, std::process::id(), reserve)
+    protect_daemon_on(
+        &HostCgroupFs,
+        current().cloned(),
+        std::process::id(),
+        reserve,
+    )
 }
 
 fn protect_daemon_on(
     fs: &dyn CgroupFs,
+    layout: Result<CgroupLayout, CgroupLayoutError>,
     pid: u32,
     reserve: Option<Option<u64>>,
 ) -> Result<Option<u64>, ProtectError> {
     match set_own_oom_score_adj_on(fs, DAEMON_OOM_SCORE_ADJ) {
         Ok(()) => tracing::info!(oom_score_adj = DAEMON_OOM_SCORE_ADJ, "OOM protection set"),
         Err(e) => tracing::warn!(error = %e, "running without OOM protection"),
+    }
+    let layout = match layout {
+        Ok(layout) => layout,
+        // A server without instances writes no cgroup anyway.
+        Err(e) if reserve.is_none() => {
+            tracing::warn!(error = %e, "control plane left in the cgroup it was started in");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if layout.delegated.is_some() {
+        return protect_delegated_on(fs, &layout, reserve);
     }
     match join_system_cpu_cgroup_on(fs, pid) {
         Ok(dir) => tracing::info!(cgroup = %dir.display(), "control plane in its own CPU cgroup"),
@@ -380,6 +407,49 @@ fn protect_daemon_on(
             Ok(None)
         }
     }
+}
+
+/// [`protect_daemon_on`] inside a delegated subtree: prepares it (the
+/// root's processes into `supervisor`, controllers enabled), weighs
+/// `supervisor` above `instances` where the cpu controller is there, and
+/// limits `instances` to the host's memory minus the reserve. Every write
+/// is checked: a daemon that cannot place instances must not start.
+fn protect_delegated_on(
+    fs: &dyn CgroupFs,
+    layout: &CgroupLayout,
+    reserve: Option<Option<u64>>,
+) -> Result<Option<u64>, ProtectError> {
+    let Some(reserve) = reserve else {
+        return Ok(None);
+    };
+    let Some(instances) = prepare_delegated_on(fs, layout)? else {
+        return Ok(None);
+    };
+    let supervisor = instances.with_file_name(SUPERVISOR_LEAF);
+    if fs.exists(&supervisor.join("cpu.weight")) {
+        write_cgroup_file(
+            fs,
+            &supervisor.join("cpu.weight"),
+            &SYSTEM_CPU_WEIGHT.to_string(),
+        )?;
+        write_cgroup_file(
+            fs,
+            &instances.join("cpu.weight"),
+            &INSTANCES_CPU_WEIGHT.to_string(),
+        )?;
+    }
+    let total = host_memory_bytes_on(fs)?;
+    let limit = instances_memory_limit(
+        total,
+        reserve.unwrap_or_else(|| default_memory_reserve(total)),
+    )?;
+    write_cgroup_file(fs, &instances.join("memory.max"), &limit.to_string())?;
+    tracing::info!(
+        cgroup = %instances.display(),
+        instances_memory_limit_bytes = limit,
+        "instances live in the delegated cgroup subtree"
+    );
+    Ok(Some(limit))
 }
 
 #[cfg(test)]
@@ -413,6 +483,7 @@ mod tests {
     }
 
     use crate::host::cgroupfs::FakeCgroupFs;
+    use crate::host::layout::detect_on;
 
     const GIB: u64 = 1 << 30;
 
@@ -520,7 +591,8 @@ mod tests {
     #[test]
     fn a_daemon_is_protected_by_every_layer_the_host_allows() {
         let fs = v1_host(16);
-        let limit = protect_daemon_on(&fs, 4242, Some(None)).expect("protected");
+        let limit =
+            protect_daemon_on(&fs, detect_on(&fs, None), 4242, Some(None)).expect("protected");
         assert!(limit.is_some());
         assert_eq!(fs.file("/proc/self/oom_score_adj"), Some("-900".into()));
         assert!(fs
@@ -534,12 +606,20 @@ mod tests {
         bare.tree()
             .refused
             .insert(PathBuf::from("/proc/self/oom_score_adj"));
-        assert_eq!(protect_daemon_on(&bare, 1, Some(None)).ok(), Some(None));
-        assert_eq!(protect_daemon_on(&bare, 1, None).ok(), Some(None));
+        assert_eq!(
+            protect_daemon_on(&bare, detect_on(&bare, None), 1, Some(None)).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            protect_daemon_on(&bare, detect_on(&bare, None), 1, None).ok(),
+            Some(None)
+        );
         // A reserve the operator asked for must hold.
-        let err = protect_daemon_on(&bare, 1, Some(Some(GIB))).unwrap_err();
+        let err = protect_daemon_on(&bare, detect_on(&bare, None), 1, Some(Some(GIB))).unwrap_err();
         assert!(err.to_string().contains("/sys/fs/cgroup"), "{err}");
-        let err = protect_daemon_on(&v1_host(1), 1, Some(Some(2 * GIB))).unwrap_err();
+        let small = v1_host(1);
+        let err =
+            protect_daemon_on(&small, detect_on(&small, None), 1, Some(Some(2 * GIB))).unwrap_err();
         assert!(err.to_string().contains("--reserved-memory"), "{err}");
     }
 
@@ -556,5 +636,61 @@ mod tests {
         }
         // Unreadable: treated as unprotected.
         assert_eq!(workload_oom_score_adj_on(&FakeCgroupFs::new()), 500);
+    }
+
+    /// A unified host under systemd; the daemon in `nimbus.service`, the
+    /// subtree `nimbus-cgroup.service` delegated with its holder (pid 300).
+    fn v2_systemd_host(memory_gib: u64) -> FakeCgroupFs {
+        let fs = v2_host(memory_gib);
+        fs.add_file("/proc/self/oom_score_adj", "0\n");
+        fs.add_file("/proc/1/comm", "systemd\n");
+        fs.add_file("/proc/self/cgroup", "0::/system.slice/nimbus.service\n");
+        let unit = "/sys/fs/cgroup/system.slice/nimbus-cgroup.service";
+        fs.add_cgroup(unit, &[300]);
+        fs.add_file(format!("{unit}/cgroup.controllers"), "cpu memory pids\n");
+        fs.tree().delegated.insert(PathBuf::from(unit));
+        fs
+    }
+
+    #[test]
+    fn under_systemd_the_daemon_writes_only_inside_its_delegated_subtree() {
+        let fs = v2_systemd_host(8);
+        let layout = detect_on(&fs, Some("/system.slice/nimbus-cgroup.service"));
+        let limit = protect_daemon_on(&fs, layout, 4242, Some(Some(GIB))).expect("protected");
+        assert_eq!(limit, Some(7 * GIB));
+        let unit = "/sys/fs/cgroup/system.slice/nimbus-cgroup.service";
+        assert_eq!(
+            fs.file(format!("{unit}/instances/memory.max")),
+            Some((7 * GIB).to_string())
+        );
+        assert!(!fs.is_dir(Path::new("/sys/fs/cgroup/nimbus")));
+        assert!(!fs.is_dir(Path::new("/sys/fs/cgroup/nimbus-system")));
+        let outside: Vec<_> = fs
+            .tree()
+            .writes
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| p.starts_with("/sys") && !p.starts_with(unit))
+            .collect();
+        assert!(outside.is_empty(), "wrote outside the subtree: {outside:?}");
+    }
+
+    #[test]
+    fn nimbus_up_outside_a_delegated_cgroup_is_refused_and_a_server_is_not() {
+        let fs = v2_systemd_host(8);
+        fs.add_file(
+            "/proc/self/cgroup",
+            "0::/user.slice/user-0.slice/session-1.scope\n",
+        );
+        let err = protect_daemon_on(&fs, detect_on(&fs, None), 1, Some(None)).unwrap_err();
+        assert!(
+            err.to_string().contains("systemd-run -p Delegate=yes"),
+            "{err}"
+        );
+        assert_eq!(
+            protect_daemon_on(&fs, detect_on(&fs, None), 1, None).ok(),
+            Some(None)
+        );
+        assert!(!fs.is_dir(Path::new("/sys/fs/cgroup/nimbus-system")));
     }
 }

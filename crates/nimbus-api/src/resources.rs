@@ -276,6 +276,11 @@ pub struct HostStatus {
     /// Which cgroup layout the host has (`v1`, `v2`, `hybrid`).
     #[serde(default)]
     pub cgroup: String,
+    /// The cgroup subtree systemd delegated to Nimbus, relative to the v2
+    /// root (`/system.slice/nimbus-cgroup.service`); empty where Nimbus
+    /// uses the hierarchies' roots (v1, hybrid, v2 without systemd).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup_delegated: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<DateTime<Utc>>,
     #[serde(default)]

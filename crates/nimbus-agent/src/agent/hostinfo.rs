@@ -20,6 +20,11 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
         cgroup: cgroup_layout().to_string(),
+        cgroup_delegated: crate::host::layout::current()
+            .ok()
+            .and_then(|l| l.delegated.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         last_heartbeat: None,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         instances: 0,
@@ -52,13 +57,6 @@ fn disk_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 /// `v2` (unified only), `hybrid` (v1 controllers plus a v2 mount) or `v1`.
-pub fn cgroup_layout() -> &'static str {
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        "v2"
-    } else if root.join("unified").exists() {
-        "hybrid"
-    } else {
-        "v1"
-    }
+pub fn cgroup_layout() -> String {
+    crate::host::layout::detect_mode_on(&crate::host::cgroupfs::HostCgroupFs).to_string()
 }

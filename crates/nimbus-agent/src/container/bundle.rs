@@ -116,9 +116,11 @@ pub fn bundle_dir(instance_dir: &Path) -> PathBuf {
     instance_dir.join("bundle")
 }
 
-/// The cgroup every instance gets, relative to each hierarchy's root.
+/// The cgroup every instance gets, relative to each hierarchy's root:
+/// `/nimbus/<id>`, or `<delegated subtree>/instances/<id>` on a unified
+/// host under systemd (see [`crate::host::layout`]).
 pub fn cgroup_path(instance_id: &str) -> PathBuf {
-    PathBuf::from(format!("/nimbus/{instance_id}"))
+    crate::host::layout::current_or_legacy().instance_cgroup(instance_id)
 }
 
 fn spec_err(what: &str) -> impl Fn(oci_spec::OciSpecError) -> ShimError + '_ {

@@ -439,6 +439,7 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     let spec = &shim.spec;
     let id = &spec.instance_id;
     crate::host::cgroups::warm_cgroup_migration();
+    crate::host::cgroups::make_delegated_instance_cgroup(id)?;
     let rootfs = mount_rootfs(&shim.dir, spec)?;
     write_bundle(&shim.dir, spec, &rootfs)?;
     let runtime = runtime_dir(&shim.dir);

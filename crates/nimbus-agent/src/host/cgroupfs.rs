@@ -24,6 +24,9 @@ pub trait CgroupFs: Send + Sync {
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// SIGKILL `pid`; one already gone is fine.
     fn kill(&self, pid: i32);
+    /// Whether systemd delegated the cgroup directory `path` (it marks one
+    /// with the `trusted.delegate` extended attribute).
+    fn is_delegated(&self, path: &Path) -> bool;
 }
 
 /// The real files, through `std::fs`, and `kill(2)`.
@@ -68,6 +71,24 @@ impl CgroupFs for HostCgroupFs {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+
+    fn is_delegated(&self, path: &Path) -> bool {
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        let mut value = [0u8; 8];
+        // SAFETY: both strings are NUL-terminated and outlive the call; the
+        // kernel writes at most `value.len()` bytes into `value`.
+        let n = unsafe {
+            libc::getxattr(
+                c_path.as_ptr(),
+                c"trusted.delegate".as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n > 0 && value[0] == b'1'
+    }
 }
 
 /// The in-memory tree of [`FakeCgroupFs`].
@@ -83,6 +104,8 @@ pub struct FakeTree {
     pub unkillable: BTreeSet<i32>,
     /// Writes to these paths fail with `EACCES`.
     pub refused: BTreeSet<PathBuf>,
+    /// Cgroups systemd delegated (`trusted.delegate`).
+    pub delegated: BTreeSet<PathBuf>,
 }
 
 /// An in-memory cgroup tree (and `/proc` files) for tests.
@@ -245,5 +268,9 @@ impl CgroupFs for FakeCgroupFs {
                     .collect();
             }
         }
+    }
+
+    fn is_delegated(&self, path: &Path) -> bool {
+        self.tree().delegated.contains(path)
     }
 }

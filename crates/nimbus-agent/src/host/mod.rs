@@ -1,9 +1,11 @@
 //! Host effects every driver shares, behind narrow traits with in-memory
 //! doubles so their logic is tested without root: the cgroup and `/proc`
-//! control files ([`cgroupfs`]), the instance's cgroups ([`cgroups`]: find,
+//! control files ([`cgroupfs`]), where Nimbus's cgroups live on this host
+//! (the cgroup mode and a delegated subtree: [`layout`]), the instance's cgroups ([`cgroups`]: find,
 //! count OOM kills, kill and remove), and the mounts left under an instance
 //! directory ([`mounts`]).
 
 pub mod cgroupfs;
 pub(crate) mod cgroups;
+pub mod layout;
 pub(crate) mod mounts;

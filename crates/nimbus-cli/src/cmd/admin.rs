@@ -362,6 +362,12 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
             let h: Host = client.get(&format!("/v1/hosts/{name}")).await?;
             print(g, &h, || {
                 let mut out = host_rows(std::slice::from_ref(&h));
+                if !h.status.cgroup_delegated.is_empty() {
+                    out.push_str(&format!(
+                        "\n\ncgroup: {}, delegated subtree {}",
+                        h.status.cgroup, h.status.cgroup_delegated
+                    ));
+                }
                 if !h.status.accelerator_reason.is_empty() {
                     out.push_str(&format!(
                         "\n\nvm accelerator: {} ({})",
