@@ -26,6 +26,7 @@ use nimbus_api::stats::{HostStats, InstanceStats, NetworkCounters};
 use super::Agent;
 use crate::host::cgroupfs::{CgroupFs, HostCgroupFs};
 use crate::host::cgroups;
+use crate::host::layout::{current_or_legacy, CgroupLayout};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -116,11 +117,13 @@ pub fn is_vcpu_thread(comm: &str) -> bool {
 /// `proc_root`. `None` when the instance has no cgroup (not running).
 pub fn collect_instance(
     fs: &dyn CgroupFs,
+    layout: &CgroupLayout,
     proc_root: &Path,
     clock_ticks_per_second: u64,
     target: &Target,
 ) -> Option<InstanceStats> {
-    let relative = Path::new("nimbus").join(&target.id);
+    let cgroup = layout.instance_cgroup(&target.id);
+    let relative = cgroup.strip_prefix("/").unwrap_or(&cgroup);
     let v2 = Path::new(CGROUP_ROOT).join(&relative);
     let v1 = |controller: &str| Path::new(CGROUP_ROOT).join(controller).join(&relative);
     let read = |p: PathBuf| fs.read(&p).ok();
@@ -146,8 +149,8 @@ pub fn collect_instance(
     } else {
         return None;
     }
-    stats.oom_kills = cgroups::oom_kill_count_on(fs, &target.id);
-    let pids = cgroups::instance_pids_on(fs, &target.id);
+    stats.oom_kills = cgroups::oom_kill_count_on(fs, layout, &target.id);
+    let pids = cgroups::instance_pids_on(fs, layout, &target.id);
     if target.emulated {
         let ticks: u64 = pids
             .iter()
@@ -184,10 +187,11 @@ pub fn collect(targets: &[Target]) -> HostStats {
     // SAFETY: sysconf only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = u64::try_from(ticks).unwrap_or(100);
+    let layout = current_or_legacy();
     HostStats {
         instances: targets
             .iter()
-            .filter_map(|t| collect_instance(&HostCgroupFs, Path::new("/proc"), ticks, t))
+            .filter_map(|t| collect_instance(&HostCgroupFs, &layout, Path::new("/proc"), ticks, t))
             .collect(),
     }
 }
@@ -245,6 +249,7 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::host::cgroupfs::FakeCgroupFs;
+    use crate::host::layout::CgroupMode;
 
     const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
@@ -299,6 +304,10 @@ mod tests {
         assert!(!is_vcpu_thread("qemu-system-x86"));
     }
 
+    fn v1() -> CgroupLayout {
+        CgroupLayout::legacy(CgroupMode::V1)
+    }
+
     fn target(id: &str, emulated: bool) -> Target {
         Target {
             id: id.into(),
@@ -320,14 +329,15 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         );
         fs.add_file("/proc/77/net/dev", NET_DEV);
-        let s = collect_instance(&fs, Path::new("/proc"), 100, &target("c1", false)).unwrap();
+        let s =
+            collect_instance(&fs, &v1(), Path::new("/proc"), 100, &target("c1", false)).unwrap();
         assert_eq!(s.cpu_seconds, 3.0);
         assert_eq!((s.memory_bytes, s.memory_limit_bytes), (4096, Some(8192)));
         assert_eq!(s.oom_kills, 2);
         assert_eq!(s.network.map(|n| n.tx_bytes), Some(2000));
         assert_eq!(s.vcpu_seconds, None);
         assert_eq!(
-            collect_instance(&fs, Path::new("/proc"), 100, &target("gone", false)),
+            collect_instance(&fs, &v1(), Path::new("/proc"), 100, &target("gone", false)),
             None,
             "an instance without a cgroup is not reported"
         );
@@ -357,10 +367,48 @@ mod tests {
             );
         }
         fs.add_file("/proc/900/net/dev", NET_DEV);
-        let s = collect_instance(&fs, Path::new("/proc"), 100, &target("vm1", true)).unwrap();
+        let s = collect_instance(
+            &fs,
+            &CgroupLayout::legacy(CgroupMode::Unified),
+            Path::new("/proc"),
+            100,
+            &target("vm1", true),
+        )
+        .unwrap();
         assert_eq!(s.cpu_seconds, 5.0);
         assert_eq!((s.memory_bytes, s.memory_limit_bytes), (1_048_576, None));
         assert_eq!(s.vcpu_seconds, Some(3.0), "CPU 0 and CPU 1 threads only");
         assert_eq!(s.network, None, "the emulator's namespace is the host's");
+    }
+
+    #[test]
+    fn a_container_in_a_delegated_subtree_is_read_there() {
+        let fs = FakeCgroupFs::new();
+        let layout = CgroupLayout {
+            mode: CgroupMode::Unified,
+            delegated: Some(PathBuf::from("/system.slice/nimbus-cgroup.service")),
+        };
+        let dir = format!("{CGROUP_ROOT}/system.slice/nimbus-cgroup.service/instances/c2");
+        fs.add_cgroup(&dir, &[]);
+        fs.add_file(format!("{dir}/cpu.stat"), "usage_usec 2500000\n");
+        fs.add_file(format!("{dir}/memory.current"), "4096\n");
+        fs.add_file(format!("{dir}/memory.max"), "8192\n");
+        fs.add_file(format!("{dir}/memory.events"), "oom 1\noom_kill 1\n");
+        let s = collect_instance(&fs, &layout, Path::new("/proc"), 100, &target("c2", false))
+            .expect("the instance's cgroup is under the delegated subtree");
+        assert_eq!(s.cpu_seconds, 2.5);
+        assert_eq!((s.memory_bytes, s.memory_limit_bytes), (4096, Some(8192)));
+        assert_eq!(s.oom_kills, 1);
+        assert_eq!(
+            collect_instance(
+                &fs,
+                &CgroupLayout::legacy(CgroupMode::Unified),
+                Path::new("/proc"),
+                100,
+                &target("c2", false)
+            ),
+            None,
+            "the historical path holds nothing"
+        );
     }
 }
