@@ -124,8 +124,8 @@ pub fn collect_instance(
 ) -> Option<InstanceStats> {
     let cgroup = layout.instance_cgroup(&target.id);
     let relative = cgroup.strip_prefix("/").unwrap_or(&cgroup);
-    let v2 = Path::new(CGROUP_ROOT).join(&relative);
-    let v1 = |controller: &str| Path::new(CGROUP_ROOT).join(controller).join(&relative);
+    let v2 = Path::new(CGROUP_ROOT).join(relative);
+    let v1 = |controller: &str| Path::new(CGROUP_ROOT).join(controller).join(relative);
     let read = |p: PathBuf| fs.read(&p).ok();
     let mut stats = InstanceStats {
         id: target.id.clone(),
