@@ -164,6 +164,47 @@ impl DataStore {
         Ok(id)
     }
 
+    /// Join data files, in order, into a new one (completing a multipart
+    /// upload), durably. Returns the new file's id and size.
+    pub async fn concat(&self, parts: &[DataId]) -> Result<(DataId, u64), ObjectsError> {
+        let id = DataId::random();
+        let tmp = self.tmp_dir().join(id.as_str());
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ObjectsError::io("creating", &tmp))?;
+        let result = async {
+            let mut size = 0;
+            for part in parts {
+                let src = self.path(part);
+                let mut f = tokio::fs::File::open(&src)
+                    .await
+                    .map_err(ObjectsError::io("opening a part", &src))?;
+                size += tokio::io::copy(&mut f, &mut out)
+                    .await
+                    .map_err(ObjectsError::io("joining parts into", &tmp))?;
+            }
+            out.sync_all()
+                .await
+                .map_err(ObjectsError::io("syncing", &tmp))?;
+            Ok(size)
+        }
+        .await;
+        drop(out);
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let dest = self.path(&id);
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(ObjectsError::io("renaming into place", &dest))?;
+        self.sync_data_dir().await?;
+        Ok((id, size))
+    }
+
     async fn sync_data_dir(&self) -> Result<(), ObjectsError> {
         let dir = self.data_dir();
         tokio::task::spawn_blocking(move || {

@@ -7,6 +7,8 @@ use crate::error::ObjectsError;
 pub const BUCKETS: &str = "/s3/buckets/";
 pub const OBJECTS: &str = "/s3/objects/";
 pub const CREDENTIALS: &str = "/s3/credentials/";
+pub const UPLOADS: &str = "/s3/uploads/";
+pub const PARTS: &str = "/s3/parts/";
 
 pub fn bucket(name: &str) -> String {
     format!("{BUCKETS}{name}")
@@ -21,6 +23,25 @@ pub fn objects_of(bucket: &str) -> String {
 /// store key, never a path.
 pub fn object(bucket: &str, key: &str) -> String {
     format!("{OBJECTS}{bucket}/{key}")
+}
+
+/// Prefix of the multipart uploads in progress in `bucket`.
+pub fn uploads_of(bucket: &str) -> String {
+    format!("{UPLOADS}{bucket}/")
+}
+
+pub fn upload(bucket: &str, upload_id: &str) -> String {
+    format!("{UPLOADS}{bucket}/{upload_id}")
+}
+
+/// Prefix of the parts of one upload (upload ids are random hex).
+pub fn parts_of(upload_id: &str) -> String {
+    format!("{PARTS}{upload_id}/")
+}
+
+/// Zero-padded, so the store lists parts in number order.
+pub fn part(upload_id: &str, part_number: i32) -> String {
+    format!("{PARTS}{upload_id}/{part_number:05}")
 }
 
 pub fn credential(access_key_id: &str) -> String {

@@ -54,3 +54,23 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs of strings and numbers cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
 }
+
+/// A multipart upload in progress: what the object gets on completion.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub key: String,
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub user_metadata: std::collections::BTreeMap<String, String>,
+    pub initiated: chrono::DateTime<chrono::Utc>,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartRecord {
+    pub data_id: String,
+    pub size: u64,
+    /// MD5 hex of the part.
+    pub etag: String,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}

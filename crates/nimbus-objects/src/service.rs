@@ -24,6 +24,13 @@ use crate::keys;
 use crate::listing::{resume_after, skip_past, Lister, Page, Step};
 use crate::records::{decode, encode, BucketRecord, ObjectRecord};
 
+mod multipart;
+
+#[derive(serde::Deserialize)]
+struct DataRef {
+    data_id: String,
+}
+
 /// Largest object one PUT may store (S3's own single-PUT limit is 5 GiB).
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 5 << 30;
 /// Store keys read per listing round trip.
@@ -127,21 +134,21 @@ impl NimbusS3 {
     /// their rename and their commit). Run before serving.
     pub async fn collect_orphans(&self) -> Result<usize, ObjectsError> {
         let mut live = HashSet::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list(keys::OBJECTS, after.as_deref(), LIST_BATCH)
-                .await?;
-            for kv in &page.kvs {
-                let record: ObjectRecord = decode("object", &kv.key, &kv.value)?;
-                if let Some(id) = DataId::parse(&record.data_id) {
-                    live.insert(id);
+        for prefix in [keys::OBJECTS, keys::PARTS] {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.store.list(prefix, after.as_deref(), LIST_BATCH).await?;
+                for kv in &page.kvs {
+                    // Object and part records both name their file `data_id`.
+                    let record: DataRef = decode("object or part", &kv.key, &kv.value)?;
+                    if let Some(id) = DataId::parse(&record.data_id) {
+                        live.insert(id);
+                    }
                 }
-            }
-            after = page.kvs.last().map(|kv| kv.key.clone());
-            if !page.more || after.is_none() {
-                break;
+                after = page.kvs.last().map(|kv| kv.key.clone());
+                if !page.more || after.is_none() {
+                    break;
+                }
             }
         }
         let data = self.data.clone();
@@ -193,7 +200,18 @@ impl NimbusS3 {
     /// Make `record` the object `bucket/key`, replacing any older one
     /// (whose data file then goes). On failure the new data file goes.
     async fn commit(&self, bucket: &str, key: &str, record: ObjectRecord) -> S3Result<()> {
-        let result = self.commit_inner(bucket, key, &record).await;
+        self.commit_with(bucket, key, record, Vec::new()).await
+    }
+
+    /// [`Self::commit`], applying `also` in the same transaction.
+    async fn commit_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: ObjectRecord,
+        also: Vec<Op>,
+    ) -> S3Result<()> {
+        let result = self.commit_inner(bucket, key, &record, also).await;
         if result.is_err() {
             if let Some(id) = DataId::parse(&record.data_id) {
                 self.data.remove(&id).await;
@@ -202,7 +220,13 @@ impl NimbusS3 {
         result
     }
 
-    async fn commit_inner(&self, bucket: &str, key: &str, record: &ObjectRecord) -> S3Result<()> {
+    async fn commit_inner(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: &ObjectRecord,
+        also: Vec<Op>,
+    ) -> S3Result<()> {
         let skey = keys::object(bucket, key);
         let value = encode(record);
         loop {
@@ -215,10 +239,12 @@ impl NimbusS3 {
                         Compare::Exists(keys::bucket(bucket)),
                         Compare::ModRevision(skey.clone(), rev),
                     ],
-                    success: vec![Op::Put {
+                    success: std::iter::once(Op::Put {
                         key: skey.clone(),
                         value: value.clone(),
-                    }],
+                    })
+                    .chain(also.iter().cloned())
+                    .collect(),
                     failure: vec![],
                 })
                 .await
@@ -656,6 +682,45 @@ impl S3 for NimbusS3 {
         }))
     }
 
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.mp_create(req.input).await.map(S3Response::new)
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.mp_upload_part(req.input).await.map(S3Response::new)
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.mp_complete(req.input).await.map(S3Response::new)
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.mp_abort(req.input).await.map(S3Response::new)
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.mp_list_parts(req.input).await.map(S3Response::new)
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.mp_list_uploads(req.input).await.map(S3Response::new)
+    }
+
     async fn list_objects_v2(
         &self,
         req: S3Request<ListObjectsV2Input>,
@@ -735,5 +800,83 @@ impl S3 for NimbusS3 {
             encoding_type: input.encoding_type,
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ObjectRecord {
+        ObjectRecord {
+            data_id: "0".repeat(32),
+            size: 10,
+            etag: "5d41402abc4b2a76b9719d911017c592".into(),
+            content_type: None,
+            user_metadata: Default::default(),
+            last_modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        }
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    }
+
+    fn code(r: S3Result<()>) -> Option<S3ErrorCode> {
+        r.err().map(|e| e.code().clone())
+    }
+
+    #[test]
+    fn conditional_requests_answer_as_s3_does() {
+        let r = record();
+        let same = ETagCondition::ETag(ETag::Strong(r.etag.clone()));
+        let other = ETagCondition::ETag(ETag::Strong("0".repeat(32)));
+        assert_eq!(code(check_conditions(&r, Some(&same), None, None, None)), None);
+        assert_eq!(
+            code(check_conditions(&r, Some(&other), None, None, None)),
+            Some(S3ErrorCode::PreconditionFailed)
+        );
+        assert_eq!(
+            code(check_conditions(&r, None, Some(&same), None, None)),
+            Some(S3ErrorCode::NotModified)
+        );
+        assert_eq!(
+            code(check_conditions(&r, None, Some(&ETagCondition::Any), None, None)),
+            Some(S3ErrorCode::NotModified)
+        );
+        assert_eq!(code(check_conditions(&r, None, Some(&other), None, None)), None);
+        // Modified since a second before: served; since then: 304.
+        assert_eq!(code(check_conditions(&r, None, None, Some(&at(1_699_999_999)), None)), None);
+        assert_eq!(
+            code(check_conditions(&r, None, None, Some(&at(1_700_000_000)), None)),
+            Some(S3ErrorCode::NotModified)
+        );
+        // If-None-Match wins over If-Modified-Since (RFC 9110).
+        assert_eq!(
+            code(check_conditions(&r, None, Some(&other), Some(&at(1_800_000_000)), None)),
+            None
+        );
+        assert_eq!(
+            code(check_conditions(&r, None, None, None, Some(&at(1_600_000_000)))),
+            Some(S3ErrorCode::PreconditionFailed)
+        );
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_invalid_and_suffixes_clamp() {
+        let full = 10;
+        let r = Range::parse("bytes=6-").unwrap();
+        assert_eq!(r.check(full).unwrap(), 6..10);
+        let r = Range::parse("bytes=-4").unwrap();
+        assert_eq!(r.check(full).unwrap(), 6..10);
+        assert!(Range::parse("bytes=100-200").unwrap().check(full).is_err());
+    }
+
+    #[test]
+    fn continuation_tokens_round_trip_any_key() {
+        for marker in ["a/b", "../x", "ünï ᚠ"] {
+            assert_eq!(decode_token(&encode_token(marker)).unwrap(), marker);
+        }
+        assert!(decode_token("zz").is_err());
     }
 }

@@ -11,7 +11,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, hosts, images, instances, networks, projects, secgroups, users,
+    addresses, audit, events, hosts, images, instances, networks, objects, projects, secgroups,
+    users,
 };
 
 #[derive(OpenApi)]
@@ -36,6 +37,8 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         addresses::report_status,
         instances::actions::pause, instances::actions::resume, instances::streams::console,
         events::list,
+        objects::list_buckets, objects::create_bucket, objects::delete_bucket,
+        objects::list_credentials, objects::create_credential, objects::delete_credential,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),
