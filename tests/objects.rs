@@ -380,3 +380,59 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
         .count();
     assert_eq!(files, stored.len(), "orphaned data files after restart");
 }
+
+#[test]
+fn multipart_copy_and_batch_delete_work_with_unchanged_clients() {
+    let (cloud, endpoint) = start();
+    cloud.ok(&["bucket", "create", "big"]);
+    let s3 = S3Client {
+        cloud: &cloud,
+        endpoint,
+        key: credentials(&cloud, "default"),
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+
+    // The aws CLI splits 100 MiB into 8 MiB parts: a multipart upload.
+    let big = random_file(work.path(), "big.iso", 100);
+    s3.aws_ok(&["s3", "cp", &big.to_string_lossy(), "s3://big/big.iso"]);
+    let etag = s3.boto3_ok("print(s3.head_object(Bucket='big', Key='big.iso')['ETag'])");
+    assert!(etag.trim().ends_with("-13\""), "not a 13-part multipart ETag: {etag}");
+    let back = work.path().join("back.iso");
+    s3.aws_ok(&["s3", "cp", "s3://big/big.iso", &back.to_string_lossy()]);
+    assert_eq!(sha256_of(&big), sha256_of(&back), "100 MiB came back different");
+
+    // Parts and uploads can be listed, and an upload aborted.
+    let out = s3.boto3_ok(&format!(
+        "u = s3.create_multipart_upload(Bucket='big', Key='half')['UploadId']\n\
+         s3.upload_part(Bucket='big', Key='half', UploadId=u, PartNumber=1, Body=b'a' * (5 << 20))\n\
+         s3.upload_part(Bucket='big', Key='half', UploadId=u, PartNumber=2, Body=b'b')\n\
+         print([(p['PartNumber'], p['Size']) for p in s3.list_parts(Bucket='big', Key='half', UploadId=u)['Parts']])\n\
+         print([x['Key'] for x in s3.list_multipart_uploads(Bucket='big').get('Uploads', [])])\n\
+         s3.abort_multipart_upload(Bucket='big', Key='half', UploadId=u)\n\
+         print(len(s3.list_multipart_uploads(Bucket='big').get('Uploads', [])))\n\
+         try:\n    s3.head_object(Bucket='big', Key='half')\n{PRINT_ERROR_CODE}"
+    ));
+    assert_eq!(out, "[(1, 5242880), (2, 1)]\n['half']\n0\n404\n");
+
+    // Copy keeps bytes and metadata; v1 listing; DeleteObjects.
+    let out = s3.boto3_ok(
+        "s3.put_object(Bucket='big', Key='a.txt', Body=b'copy me', Metadata={'k': 'v'})\n\
+         s3.copy_object(Bucket='big', Key='b.txt', CopySource={'Bucket': 'big', 'Key': 'a.txt'})\n\
+         o = s3.get_object(Bucket='big', Key='b.txt')\n\
+         print(o['Body'].read(), o['Metadata'])\n\
+         print([o['Key'] for o in s3.list_objects(Bucket='big', Prefix='a')['Contents']])\n\
+         r = s3.delete_objects(Bucket='big', Delete={'Objects': [{'Key': 'a.txt'}, {'Key': 'b.txt'}, {'Key': 'big.iso'}]})\n\
+         print(sorted(d['Key'] for d in r['Deleted']))\n\
+         print(s3.list_objects_v2(Bucket='big')['KeyCount'])",
+    );
+    assert_eq!(
+        out,
+        "b'copy me' {'k': 'v'}\n['a.txt']\n['a.txt', 'b.txt', 'big.iso']\n0\n"
+    );
+    // Every data file went with its object or part.
+    let files = std::fs::read_dir(cloud.data_dir().join("objects").join("data"))
+        .expect("objects/data")
+        .count();
+    assert_eq!(files, 0, "data files left after every object was deleted");
+    cloud.ok(&["bucket", "rm", "big"]);
+}
