@@ -23,11 +23,11 @@ fn credentials(cloud: &Cloud, project: &str) -> (String, String) {
     let v = cloud
         .json(&["s3", "credentials", "create", "--project", project])
         .expect("s3 credentials create");
-    let id = v["access_key_id"].as_str().expect("access key id").to_string();
-    let secret = v["secret_access_key"]
+    let id = v["access_key_id"]
         .as_str()
-        .expect("secret")
+        .expect("access key id")
         .to_string();
+    let secret = v["secret_access_key"].as_str().expect("secret").to_string();
     (id, secret)
 }
 
@@ -98,7 +98,8 @@ impl S3Client<'_> {
 }
 
 /// The S3 error code a boto3 call gets, printed by the script.
-const PRINT_ERROR_CODE: &str = "except botocore.exceptions.ClientError as e:\n    print(e.response['Error']['Code'])\n";
+const PRINT_ERROR_CODE: &str =
+    "except botocore.exceptions.ClientError as e:\n    print(e.response['Error']['Code'])\n";
 
 fn sha256_of(path: &Path) -> String {
     use sha2::{Digest, Sha256};
@@ -138,9 +139,19 @@ fn aws_cli_and_boto3_store_list_and_fetch_objects() {
 
     // Upload and download, byte for byte.
     let small = random_file(work.path(), "small.bin", 1);
-    s3.aws_ok(&["s3", "cp", &small.to_string_lossy(), "s3://photos/2024/small.bin"]);
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        &small.to_string_lossy(),
+        "s3://photos/2024/small.bin",
+    ]);
     let back = work.path().join("back.bin");
-    s3.aws_ok(&["s3", "cp", "s3://photos/2024/small.bin", &back.to_string_lossy()]);
+    s3.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://photos/2024/small.bin",
+        &back.to_string_lossy(),
+    ]);
     assert_eq!(sha256_of(&small), sha256_of(&back));
 
     // Listing with a delimiter folds "directories" into common prefixes.
@@ -148,7 +159,10 @@ fn aws_cli_and_boto3_store_list_and_fetch_objects() {
     let top = s3.aws_ok(&["s3", "ls", "s3://photos/"]);
     assert!(top.contains("PRE 2024/"), "ls: {top}");
     assert!(top.contains("top.bin"), "ls: {top}");
-    assert!(!top.contains("small.bin"), "ls without --recursive went into 2024/: {top}");
+    assert!(
+        !top.contains("small.bin"),
+        "ls without --recursive went into 2024/: {top}"
+    );
     let listed = s3.boto3_ok(
         "r = s3.list_objects_v2(Bucket='photos', Delimiter='/', MaxKeys=1)\n\
          print([p['Prefix'] for p in r.get('CommonPrefixes', [])], r['IsTruncated'])\n\
@@ -170,14 +184,24 @@ fn aws_cli_and_boto3_store_list_and_fetch_objects() {
     assert_eq!(lines.next(), Some("b'world'"));
 
     // A presigned URL works for anyone holding it, with plain curl.
-    let url = s3.aws_ok(&["s3", "presign", "s3://photos/note.txt", "--expires-in", "300"]);
+    let url = s3.aws_ok(&[
+        "s3",
+        "presign",
+        "s3://photos/note.txt",
+        "--expires-in",
+        "300",
+    ]);
     let out = Command::new("curl")
         .args(["-sS", "--fail", "--cacert"])
         .arg(s3.ca())
         .arg(url.trim())
         .output()
         .expect("curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"hello world");
 
     // Missing things have S3's codes.
@@ -253,7 +277,9 @@ fn keys_are_checked_and_kept_to_their_project() {
     // The secret is not in the store in plain text.
     let store = std::fs::read(data.join("store.db")).unwrap_or_default();
     assert!(
-        !store.windows(s3.key.1.len()).any(|w| w == s3.key.1.as_bytes()),
+        !store
+            .windows(s3.key.1.len())
+            .any(|w| w == s3.key.1.as_bytes()),
         "the secret is in the store in plain text"
     );
 }
@@ -284,9 +310,23 @@ fn public_read_buckets_serve_anonymous_gets_only() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "<h1>hi</h1>\n200");
     let out = curl(&format!("{endpoint}/private/secret.txt"));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("403") && text.contains("AccessDenied"), "{text}");
+    assert!(
+        text.ends_with("403") && text.contains("AccessDenied"),
+        "{text}"
+    );
     let anonymous_put = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data", "x", "--cacert"])
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "--data",
+            "x",
+            "--cacert",
+        ])
         .arg(s3.ca())
         .arg(format!("{endpoint}/www/defaced.html"))
         .output()
@@ -318,9 +358,8 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
         key: key.clone(),
     }
     .env(&mut c);
-    let prelude = format!(
-        "import boto3, botocore\ns3 = boto3.client('s3', endpoint_url={endpoint:?})\n"
-    );
+    let prelude =
+        format!("import boto3, botocore\ns3 = boto3.client('s3', endpoint_url={endpoint:?})\n");
     let acks_path = cloud.data_dir().join("acks.txt");
     let acks_file = std::fs::File::create(&acks_path).expect("acks file");
     let mut clients = c
@@ -372,7 +411,11 @@ fn kill_9_during_uploads_keeps_every_acknowledged_object_and_shows_no_partial_on
         assert_eq!(got, sha, "acknowledged object {key} changed after kill -9");
     }
     for (key, (_, len)) in &stored {
-        assert_eq!(*len, (4 << 20).to_string(), "partial object {key} is visible");
+        assert_eq!(
+            *len,
+            (4 << 20).to_string(),
+            "partial object {key} is visible"
+        );
     }
     // No data file is left that no object names.
     let files = std::fs::read_dir(cloud.data_dir().join("objects").join("data"))
@@ -396,10 +439,17 @@ fn multipart_copy_and_batch_delete_work_with_unchanged_clients() {
     let big = random_file(work.path(), "big.iso", 100);
     s3.aws_ok(&["s3", "cp", &big.to_string_lossy(), "s3://big/big.iso"]);
     let etag = s3.boto3_ok("print(s3.head_object(Bucket='big', Key='big.iso')['ETag'])");
-    assert!(etag.trim().ends_with("-13\""), "not a 13-part multipart ETag: {etag}");
+    assert!(
+        etag.trim().ends_with("-13\""),
+        "not a 13-part multipart ETag: {etag}"
+    );
     let back = work.path().join("back.iso");
     s3.aws_ok(&["s3", "cp", "s3://big/big.iso", &back.to_string_lossy()]);
-    assert_eq!(sha256_of(&big), sha256_of(&back), "100 MiB came back different");
+    assert_eq!(
+        sha256_of(&big),
+        sha256_of(&back),
+        "100 MiB came back different"
+    );
 
     // Parts and uploads can be listed, and an upload aborted.
     let out = s3.boto3_ok(&format!(

@@ -137,7 +137,10 @@ impl NimbusS3 {
         for prefix in [keys::OBJECTS, keys::PARTS] {
             let mut after: Option<String> = None;
             loop {
-                let page = self.store.list(prefix, after.as_deref(), LIST_BATCH).await?;
+                let page = self
+                    .store
+                    .list(prefix, after.as_deref(), LIST_BATCH)
+                    .await?;
                 for kv in &page.kvs {
                     // Object and part records both name their file `data_id`.
                     let record: DataRef = decode("object or part", &kv.key, &kv.value)?;
@@ -710,7 +713,10 @@ impl S3 for NimbusS3 {
         self.mp_abort(req.input).await.map(S3Response::new)
     }
 
-    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
         self.mp_list_parts(req.input).await.map(S3Response::new)
     }
 
@@ -831,7 +837,10 @@ mod tests {
         let r = record();
         let same = ETagCondition::ETag(ETag::Strong(r.etag.clone()));
         let other = ETagCondition::ETag(ETag::Strong("0".repeat(32)));
-        assert_eq!(code(check_conditions(&r, Some(&same), None, None, None)), None);
+        assert_eq!(
+            code(check_conditions(&r, Some(&same), None, None, None)),
+            None
+        );
         assert_eq!(
             code(check_conditions(&r, Some(&other), None, None, None)),
             Some(S3ErrorCode::PreconditionFailed)
@@ -841,23 +850,59 @@ mod tests {
             Some(S3ErrorCode::NotModified)
         );
         assert_eq!(
-            code(check_conditions(&r, None, Some(&ETagCondition::Any), None, None)),
+            code(check_conditions(
+                &r,
+                None,
+                Some(&ETagCondition::Any),
+                None,
+                None
+            )),
             Some(S3ErrorCode::NotModified)
         );
-        assert_eq!(code(check_conditions(&r, None, Some(&other), None, None)), None);
-        // Modified since a second before: served; since then: 304.
-        assert_eq!(code(check_conditions(&r, None, None, Some(&at(1_699_999_999)), None)), None);
         assert_eq!(
-            code(check_conditions(&r, None, None, Some(&at(1_700_000_000)), None)),
+            code(check_conditions(&r, None, Some(&other), None, None)),
+            None
+        );
+        // Modified since a second before: served; since then: 304.
+        assert_eq!(
+            code(check_conditions(
+                &r,
+                None,
+                None,
+                Some(&at(1_699_999_999)),
+                None
+            )),
+            None
+        );
+        assert_eq!(
+            code(check_conditions(
+                &r,
+                None,
+                None,
+                Some(&at(1_700_000_000)),
+                None
+            )),
             Some(S3ErrorCode::NotModified)
         );
         // If-None-Match wins over If-Modified-Since (RFC 9110).
         assert_eq!(
-            code(check_conditions(&r, None, Some(&other), Some(&at(1_800_000_000)), None)),
+            code(check_conditions(
+                &r,
+                None,
+                Some(&other),
+                Some(&at(1_800_000_000)),
+                None
+            )),
             None
         );
         assert_eq!(
-            code(check_conditions(&r, None, None, None, Some(&at(1_600_000_000)))),
+            code(check_conditions(
+                &r,
+                None,
+                None,
+                None,
+                Some(&at(1_600_000_000))
+            )),
             Some(S3ErrorCode::PreconditionFailed)
         );
     }

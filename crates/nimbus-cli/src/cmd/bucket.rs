@@ -12,7 +12,9 @@ use crate::output::{age, print, table};
 #[derive(Subcommand)]
 pub enum BucketCmd {
     /// Create a bucket owned by the project.
-    #[command(after_help = "Examples:\n  nimbus bucket create photos\n  nimbus bucket create www --public-read")]
+    #[command(
+        after_help = "Examples:\n  nimbus bucket create photos\n  nimbus bucket create www --public-read"
+    )]
     Create {
         name: String,
         /// Anyone may GET its objects without signing.
@@ -54,7 +56,9 @@ pub async fn bucket(g: &Globals, cmd: BucketCmd) -> anyhow::Result<()> {
             let b: Bucket = client
                 .post(&base, &CreateBucket { name, public_read })
                 .await?;
-            print(g, &b, || format!("bucket {:?} created in project {:?}", b.name, b.project))
+            print(g, &b, || {
+                format!("bucket {:?} created in project {:?}", b.name, b.project)
+            })
         }
         BucketCmd::List => {
             let items: Vec<Bucket> = client.get(&base).await?;
@@ -112,7 +116,11 @@ pub async fn s3(g: &Globals, cmd: S3Cmd) -> anyhow::Result<()> {
                     items
                         .iter()
                         .map(|k| {
-                            vec![k.access_key_id.clone(), k.user.clone(), age(Some(k.created))]
+                            vec![
+                                k.access_key_id.clone(),
+                                k.user.clone(),
+                                age(Some(k.created)),
+                            ]
                         })
                         .collect(),
                 )

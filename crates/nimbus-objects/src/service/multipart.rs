@@ -19,7 +19,12 @@ pub const MIN_PART_BYTES: u64 = 5 << 20;
 const PART_NUMBERS: std::ops::RangeInclusive<i32> = 1..=10_000;
 
 impl NimbusS3 {
-    async fn upload_record(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<UploadRecord> {
+    async fn upload_record(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> S3Result<UploadRecord> {
         let skey = keys::upload(bucket, upload_id);
         let kv = self
             .store
@@ -80,9 +85,15 @@ impl NimbusS3 {
         })
     }
 
-    pub(super) async fn mp_upload_part(&self, input: UploadPartInput) -> S3Result<UploadPartOutput> {
+    pub(super) async fn mp_upload_part(
+        &self,
+        input: UploadPartInput,
+    ) -> S3Result<UploadPartOutput> {
         if !PART_NUMBERS.contains(&input.part_number) {
-            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers run from 1 to 10000"
+            ));
         }
         self.upload_record(&input.bucket, &input.key, &input.upload_id)
             .await?;
@@ -94,7 +105,9 @@ impl NimbusS3 {
         }
         let body = match input.body {
             Some(b) => b,
-            None => StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()),
+            None => StreamingBlob::wrap(futures::stream::empty::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()),
         };
         let written = match self.data.write(body, self.max_object_bytes).await {
             Ok(w) => w,
@@ -123,7 +136,11 @@ impl NimbusS3 {
             .await
             .map_err(|e| internal("reading a part", e))?;
         let stored = match &old {
-            Some(kv) => self.store.update(&pkey, encode(&record), kv.mod_revision).await,
+            Some(kv) => {
+                self.store
+                    .update(&pkey, encode(&record), kv.mod_revision)
+                    .await
+            }
             None => self.store.create(&pkey, encode(&record)).await,
         };
         if let Err(e) = stored {
@@ -180,10 +197,14 @@ impl NimbusS3 {
             chosen.push(record);
         }
         let etags: Vec<&str> = chosen.iter().map(|p| p.etag.as_str()).collect();
-        let etag = etag::multipart(&etags).ok_or_else(|| internal("a part's ETag is not MD5", ""))?;
+        let etag =
+            etag::multipart(&etags).ok_or_else(|| internal("a part's ETag is not MD5", ""))?;
         let ids: Vec<DataId> = chosen
             .iter()
-            .map(|p| DataId::parse(&p.data_id).ok_or_else(|| internal("a part names no valid data file", &p.data_id)))
+            .map(|p| {
+                DataId::parse(&p.data_id)
+                    .ok_or_else(|| internal("a part names no valid data file", &p.data_id))
+            })
             .collect::<S3Result<_>>()?;
         let (id, size) = self
             .data
@@ -267,9 +288,7 @@ impl NimbusS3 {
             upload_id: Some(input.upload_id),
             max_parts: Some(max as i32),
             is_truncated: Some(truncated),
-            next_part_number_marker: truncated
-                .then(|| page.last().map(|(n, _)| *n))
-                .flatten(),
+            next_part_number_marker: truncated.then(|| page.last().map(|(n, _)| *n)).flatten(),
             parts: Some(
                 page.iter()
                     .map(|(n, p)| Part {
