@@ -116,7 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(objects::list_buckets).post(objects::create_bucket),
         )
         .route(
-            "/v1/projects/{project}/buckets/{bucket}",
+            "/v1/projects/{project}/buckets/{name}",
             axum::routing::delete(objects::delete_bucket),
         )
         .route(
@@ -124,7 +124,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(objects::list_credentials).post(objects::create_credential),
         )
         .route(
-            "/v1/projects/{project}/s3credentials/{access_key}",
+            "/v1/projects/{project}/s3credentials/{name}",
             axum::routing::delete(objects::delete_credential),
         )
         .fallback(not_found)

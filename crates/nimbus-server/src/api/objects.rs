@@ -72,7 +72,7 @@ pub struct BucketPath {
     /// Project name.
     pub project: String,
     /// Bucket name.
-    pub bucket: String,
+    pub name: String,
 }
 
 /// `{project}` and one of its S3 access key ids.
@@ -82,7 +82,7 @@ pub struct AccessKeyPath {
     /// Project name.
     pub project: String,
     /// Access key id.
-    pub access_key: String,
+    pub name: String,
 }
 
 /// A bucket: S3 objects owned by one project.
@@ -163,7 +163,7 @@ pub async fn create_bucket(
     Ok((StatusCode::CREATED, Json(bucket_out(bucket))))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/buckets/{bucket}", operation_id = "delete_bucket", params(BucketPath), tag = "objects",
+#[utoipa::path(delete, path = "/v1/projects/{project}/buckets/{name}", operation_id = "delete_bucket", params(BucketPath), tag = "objects",
     responses((status = 204, description = "Deleted"),
         (status = 409, description = "the bucket still holds objects (BucketNotEmpty)")))]
 pub async fn delete_bucket(
@@ -226,7 +226,7 @@ pub async fn create_credential(
     ))
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{project}/s3credentials/{access_key}", operation_id = "delete_s3_credential", params(AccessKeyPath), tag = "objects",
+#[utoipa::path(delete, path = "/v1/projects/{project}/s3credentials/{name}", operation_id = "delete_s3_credential", params(AccessKeyPath), tag = "objects",
     responses((status = 204, description = "Deleted: requests signed with it fail from now on")))]
 pub async fn delete_credential(
     State(state): St,
