@@ -486,3 +486,37 @@ fn multipart_copy_and_batch_delete_work_with_unchanged_clients() {
     assert_eq!(files, 0, "data files left after every object was deleted");
     cloud.ok(&["bucket", "rm", "big"]);
 }
+
+#[test]
+fn limits_digests_and_conditions_are_enforced() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cloud = Cloud::start_with(&["--s3-listen", &listen, "--max-object-size", "1MiB"]);
+    cloud.ok(&["bucket", "create", "strict"]);
+    let s3 = S3Client {
+        cloud: &cloud,
+        endpoint: format!("https://{listen}"),
+        key: credentials(&cloud, "default"),
+    };
+    let out = s3.boto3_ok(&format!(
+        "import base64, hashlib\n\
+         try:\n    s3.put_object(Bucket='strict', Key='big', Body=b'x' * (2 << 20))\n{PRINT_ERROR_CODE}\
+         wrong = base64.b64encode(hashlib.md5(b'other').digest()).decode()\n\
+         try:\n    s3.put_object(Bucket='strict', Key='md5', Body=b'data', ContentMD5=wrong)\n{PRINT_ERROR_CODE}\
+         right = base64.b64encode(hashlib.md5(b'data').digest()).decode()\n\
+         e = s3.put_object(Bucket='strict', Key='md5', Body=b'data', ContentMD5=right)['ETag']\n\
+         print(s3.get_object(Bucket='strict', Key='md5', IfMatch=e)['Body'].read())\n\
+         try:\n    s3.get_object(Bucket='strict', Key='md5', IfNoneMatch=e)\n{PRINT_ERROR_CODE}\
+         try:\n    s3.get_object(Bucket='strict', Key='md5', IfMatch='\"0123\"')\n{PRINT_ERROR_CODE}\
+         print([o['Key'] for o in s3.list_objects_v2(Bucket='strict').get('Contents', [])])"
+    ));
+    assert_eq!(
+        out,
+        "EntityTooLarge\nBadDigest\nb'data'\n304\nPreconditionFailed\n['md5']\n"
+    );
+    // Refused uploads leave no data behind.
+    let files = std::fs::read_dir(cloud.data_dir().join("objects").join("data"))
+        .expect("objects/data")
+        .count();
+    assert_eq!(files, 1);
+}
