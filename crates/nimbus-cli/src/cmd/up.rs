@@ -119,6 +119,10 @@ pub struct UpArgs {
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
     config.listen = (!args.no_tls).then_some(args.listen);
+    config.other_listeners = (!args.no_s3)
+        .then_some(args.s3_listen)
+        .into_iter()
+        .collect();
     config.socket_group = args.socket_group.clone();
     config.tls_cert = args.tls_cert.clone();
     config.tls_key = args.tls_key.clone();
