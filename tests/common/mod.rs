@@ -149,6 +149,15 @@ impl Cloud {
             .open(self.data_dir().join("daemon.log"))
             .expect("daemon log");
         let exe = std::env::var_os(DAEMON_EXE_ENV).unwrap_or_else(|| NIMBUS.into());
+        // Clouds side by side each need their own S3 port, unless a test picks one.
+        let s3_listen = if self.extra.iter().any(|a| a.contains("s3")) {
+            vec![]
+        } else {
+            vec![
+                "--s3-listen".to_string(),
+                format!("127.0.0.1:{}", free_port()),
+            ]
+        };
         let child = Command::new(exe)
             .args([
                 "up",
@@ -158,6 +167,7 @@ impl Cloud {
                 &self.host,
             ])
             .args(&self.extra)
+            .args(&s3_listen)
             .env("NIMBUS_DATA_DIR", self.data_dir())
             .env("NIMBUS_LOG", "info")
             .stdin(Stdio::null())

@@ -67,6 +67,12 @@ enum Command {
     /// Host ports published to instances.
     #[command(subcommand)]
     Address(cmd::network::AddressCmd),
+    /// Buckets of the project's object storage.
+    #[command(subcommand)]
+    Bucket(cmd::bucket::BucketCmd),
+    /// The S3 endpoint: access keys.
+    #[command(subcommand)]
+    S3(cmd::bucket::S3Cmd),
     /// Users of the cloud.
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -183,6 +189,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(c) => cmd::network::network(&g, c).await,
         Command::Secgroup(c) => cmd::network::secgroup(&g, c).await,
         Command::Address(c) => cmd::network::address(&g, c).await,
+        Command::Bucket(c) => cmd::bucket::bucket(&g, c).await,
+        Command::S3(c) => cmd::bucket::s3(&g, c).await,
         Command::User(c) => cmd::admin::user(&g, c).await,
         Command::Token(c) => cmd::admin::token(&g, c).await,
         Command::Role(c) => cmd::admin::role(&g, c).await,

@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub socket_group: String,
     /// TCP address for HTTPS; `None` serves the Unix socket only.
     pub listen: Option<SocketAddr>,
+    /// Other ports this process serves (e.g. the S3 endpoint): no
+    /// published port may take them either.
+    pub other_listeners: Vec<SocketAddr>,
     /// Certificate and key to serve; generated self-signed when absent.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -59,6 +62,7 @@ impl ServerConfig {
             data_dir,
             socket_group: crate::server::SOCKET_GROUP.to_string(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7443))),
+            other_listeners: Vec::new(),
             tls_cert: None,
             tls_key: None,
             max_body_bytes: 1 << 20,

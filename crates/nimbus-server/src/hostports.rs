@@ -49,6 +49,7 @@ pub fn reserved_by_nimbus(config: &ServerConfig) -> Vec<Claim> {
     config
         .listen
         .iter()
+        .chain(&config.other_listeners)
         .map(|addr| Claim {
             protocol: Protocol::Tcp,
             port: addr.port(),
@@ -185,6 +186,18 @@ mod tests {
         check_policy("p", &HostPortPolicy::default(), &reserved, 0, &[udp]).unwrap();
         config.listen = None;
         assert!(reserved_by_nimbus(&config).is_empty());
+    }
+
+    #[test]
+    fn the_other_listeners_are_reserved_too() {
+        let mut config = ServerConfig::with_data_dir("/d".into());
+        config.listen = Some("127.0.0.1:9443".parse().unwrap());
+        config.other_listeners = vec!["127.0.0.1:7480".parse().unwrap()];
+        let reserved = reserved_by_nimbus(&config);
+        assert_eq!(reserved, vec![tcp(9443), tcp(7480)]);
+        let e =
+            check_policy("p", &HostPortPolicy::default(), &reserved, 0, &[tcp(7480)]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One file per group of subcommands.
 
 pub mod admin;
+pub mod bucket;
 pub mod events;
 pub mod exec;
 pub mod image;

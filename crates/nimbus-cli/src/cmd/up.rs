@@ -77,6 +77,15 @@ pub struct ServerArgs {
     /// (for a scraper on a trusted network). Off by default.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// TCP address of the S3 endpoint (TLS, the API's certificate).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub s3_listen: SocketAddr,
+    /// Do not serve the S3 endpoint.
+    #[arg(long)]
+    pub no_s3: bool,
+    /// Largest object one S3 PUT or upload part may store, e.g. 5GiB.
+    #[arg(long, default_value = "5GiB", value_parser = parse_size_arg)]
+    pub max_object_size: u64,
 }
 
 fn parse_max_age_arg(s: &str) -> Result<u64, String> {
@@ -130,6 +139,10 @@ pub struct UpArgs {
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
     config.listen = (!args.no_tls).then_some(args.listen);
+    config.other_listeners = (!args.no_s3)
+        .then_some(args.s3_listen)
+        .into_iter()
+        .collect();
     config.socket_group = args.socket_group.clone();
     config.tls_cert = args.tls_cert.clone();
     config.tls_key = args.tls_key.clone();
@@ -197,11 +210,36 @@ async fn ensure_default_project(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serve the S3 endpoint beside the API, unless `--no-s3`.
+async fn start_s3(state: &Arc<AppState>, args: &ServerArgs) -> anyhow::Result<()> {
+    if args.no_s3 {
+        return Ok(());
+    }
+    let (cert, key) = nimbus_server::tls::ensure_certificate(
+        &state.config.tls_dir(),
+        state.config.tls_cert.as_deref(),
+        state.config.tls_key.as_deref(),
+    )?;
+    nimbus_objects::listener::start(nimbus_objects::listener::EndpointConfig {
+        listen: args.s3_listen,
+        data_dir: state.config.data_dir.join("objects"),
+        tls_cert: cert,
+        tls_key: key,
+        store: state.repo.store.clone(),
+        sealer: Arc::new(nimbus_server::api::objects::ServerSealer(state.clone())),
+        max_object_bytes: args.max_object_size,
+    })
+    .await
+    .context("starting the S3 endpoint")?;
+    Ok(())
+}
+
 pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
     // No instances run on a server-only host: no memory reserve to set.
     nimbus_agent::protect::protect_daemon(None)?;
     let state = server::open_state(server_config(g, &args)).await?;
     ensure_default_project(&state).await?;
+    start_s3(&state, &args).await?;
     server::serve(state, shutdown_signal()).await
 }
 
@@ -231,6 +269,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
     let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.reserved_memory))?;
     let state = server::open_state(server_config(g, &args.server)).await?;
     ensure_default_project(&state).await?;
+    start_s3(&state, &args.server).await?;
     let host = args.host_name.clone().unwrap_or_else(local_host_name);
     let token = server::ensure_host_token(&state, &host, &g.data_dir.join("agent.token")).await?;
     let mut agent_config = nimbus_agent::AgentConfig::new(

@@ -9,6 +9,7 @@ pub mod images;
 pub mod instances;
 pub mod metrics;
 pub mod networks;
+pub mod objects;
 pub mod openapi;
 pub mod params;
 pub mod projects;
@@ -114,6 +115,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/addresses/{name}/status",
             post(addresses::report_status),
+        )
+        .route(
+            "/v1/projects/{project}/buckets",
+            get(objects::list_buckets).post(objects::create_bucket),
+        )
+        .route(
+            "/v1/projects/{project}/buckets/{name}",
+            axum::routing::delete(objects::delete_bucket),
+        )
+        .route(
+            "/v1/projects/{project}/s3credentials",
+            get(objects::list_credentials).post(objects::create_credential),
+        )
+        .route(
+            "/v1/projects/{project}/s3credentials/{name}",
+            axum::routing::delete(objects::delete_credential),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -11,8 +11,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, hosts, images, instances, metrics, networks, projects, secgroups,
-    usage, users,
+    addresses, audit, events, hosts, images, instances, metrics, networks, objects, projects,
+    secgroups, usage, users,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,8 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         addresses::report_status,
         instances::actions::pause, instances::actions::resume, instances::streams::console,
         events::list, usage::get, metrics::scrape, metrics::report_stats,
+        objects::list_buckets, objects::create_bucket, objects::delete_bucket,
+        objects::list_credentials, objects::create_credential, objects::delete_credential,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -1,0 +1,127 @@
+//! Object storage throughput against the raw disk, in the same run:
+//! - PUT and GET of 1 MiB and 64 MiB objects (goal: large objects at
+//!   ≥ 70% of writing the same bytes to the same disk with fsync);
+//! - 4 KiB PUT and GET operations per second with 32 concurrent clients
+//!   (goal: ≥ 2,000 PUT/s).
+//!
+//! The clients are boto3 threads (scripts/deps installs it), so the
+//! figures include a Python client's cost, as a user's would; the raw
+//! peer writes the same bytes from the same script (write + fsync into
+//! the data directory's filesystem) and reads them back.
+//!
+//! Run: `cargo bench -p nimbus-cli --bench objects` (as root). Knobs:
+//! NIMBUS_BENCH_LARGE (64 MiB objects, default 4), NIMBUS_BENCH_MEDIUM
+//! (1 MiB objects, default 64), NIMBUS_BENCH_SMALL (4 KiB operations,
+//! default 4000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::process::Command;
+
+use common::{free_port, Cloud};
+
+const SCRIPT: &str = r#"
+import boto3, os, sys, time, threading
+from concurrent.futures import ThreadPoolExecutor
+from botocore.config import Config
+
+endpoint, raw_dir = sys.argv[1], sys.argv[2]
+large, medium, small = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+s3 = boto3.client('s3', endpoint_url=endpoint, config=Config(max_pool_connections=64))
+
+def raw_put(name, body):
+    fd = os.open(os.path.join(raw_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, body)
+    os.fsync(fd)
+    os.close(fd)
+
+def raw_get(name):
+    with open(os.path.join(raw_dir, name), 'rb') as f:
+        return f.read()
+
+def timed(fn, items, workers):
+    start = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, items))
+    return time.monotonic() - start
+
+def throughput(label, size, count, workers):
+    body = os.urandom(size)
+    keys = ['%s/%d' % (label, i) for i in range(count)]
+    mib = size * count / (1 << 20)
+    put = timed(lambda k: s3.put_object(Bucket='bench', Key=k, Body=body), keys, workers)
+    get = timed(lambda k: s3.get_object(Bucket='bench', Key=k)['Body'].read(), keys, workers)
+    rput = timed(lambda k: raw_put(k.replace('/', '_'), body), keys, workers)
+    rget = timed(lambda k: raw_get(k.replace('/', '_')), keys, workers)
+    print('%-12s PUT %8.1f MiB/s  raw %8.1f MiB/s  ratio %5.0f%%' % (label, mib / put, mib / rput, 100 * rput / put))
+    print('%-12s GET %8.1f MiB/s  raw %8.1f MiB/s  ratio %5.0f%%' % (label, mib / get, mib / rget, 100 * rget / get))
+
+def ops(label, count, workers):
+    body = os.urandom(4096)
+    keys = ['%s/%d' % (label, i) for i in range(count)]
+    put = timed(lambda k: s3.put_object(Bucket='bench', Key=k, Body=body), keys, workers)
+    get = timed(lambda k: s3.get_object(Bucket='bench', Key=k)['Body'].read(), keys, workers)
+    rput = timed(lambda k: raw_put(k.replace('/', '_'), body), keys, workers)
+    rget = timed(lambda k: raw_get(k.replace('/', '_')), keys, workers)
+    print('%-12s PUT %8.0f ops/s   raw %8.0f ops/s   ratio %5.0f%%   (goal >= 2000 PUT/s)' % (label, count / put, count / rput, 100 * rput / put))
+    print('%-12s GET %8.0f ops/s   raw %8.0f ops/s   ratio %5.0f%%' % (label, count / get, count / rget, 100 * rget / get))
+
+throughput('64MiB', 64 << 20, large, 4)
+throughput('1MiB', 1 << 20, medium, 8)
+ops('4KiB-x32', small, 32)
+"#;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !support::have("python3") {
+        eprintln!("objects benchmark skipped: python3 with boto3 is missing (run scripts/deps)");
+        return;
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cloud = Cloud::start_with(&["--s3-listen", &listen]);
+    cloud.ok(&["bucket", "create", "bench"]);
+    let key = cloud
+        .json(&["s3", "credentials", "create"])
+        .expect("s3 credentials create");
+    // The raw peer writes beside the objects: the same filesystem.
+    let raw_dir = cloud.data_dir().join("raw-peer");
+    std::fs::create_dir_all(&raw_dir).expect("raw peer dir");
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, &format!("https://{listen}")])
+        .arg(&raw_dir)
+        .args([
+            knob("NIMBUS_BENCH_LARGE", 4).to_string(),
+            knob("NIMBUS_BENCH_MEDIUM", 64).to_string(),
+            knob("NIMBUS_BENCH_SMALL", 4000).to_string(),
+        ])
+        .env(
+            "AWS_ACCESS_KEY_ID",
+            key["access_key_id"].as_str().unwrap_or_default(),
+        )
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            key["secret_access_key"].as_str().unwrap_or_default(),
+        )
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env(
+            "AWS_CA_BUNDLE",
+            cloud.data_dir().join("tls").join("cert.pem"),
+        )
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .expect("python3");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        std::process::exit(1);
+    }
+}

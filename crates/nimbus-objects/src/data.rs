@@ -1,0 +1,333 @@
+//! Object bytes on disk: `<root>/data/<id>` for committed data and
+//! `<root>/tmp/<id>` while an upload streams in. Ids are random (128-bit
+//! hex), so file names never derive from object keys.
+//!
+//! A write is durable before it is acknowledged: the temp file is fsync'd,
+//! renamed into `data/`, and `data/` itself is fsync'd. Data files that no
+//! metadata record names (an upload killed between rename and commit, or a
+//! delete killed before its unlink) are collected at start.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ObjectsError;
+
+/// The id of one data file: 32 lowercase hex digits, checked on every use,
+/// so even a corrupt record cannot name a path outside `data/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DataId(String);
+
+impl DataId {
+    pub fn random() -> DataId {
+        DataId(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    pub fn parse(s: &str) -> Option<DataId> {
+        (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| DataId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a finished upload wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub id: DataId,
+    pub size: u64,
+    pub md5_hex: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Io(#[from] ObjectsError),
+    #[error("the upload's body failed: {0}")]
+    Body(String),
+    #[error("the object is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+pub struct DataStore {
+    root: PathBuf,
+}
+
+impl DataStore {
+    /// Open (creating) `root`, emptying its `tmp/` of interrupted uploads.
+    pub fn open(root: &Path) -> Result<DataStore, ObjectsError> {
+        let store = DataStore {
+            root: root.to_path_buf(),
+        };
+        for dir in [store.data_dir(), store.tmp_dir()] {
+            std::fs::create_dir_all(&dir).map_err(ObjectsError::io("creating", &dir))?;
+        }
+        let tmp = store.tmp_dir();
+        for entry in std::fs::read_dir(&tmp).map_err(ObjectsError::io("reading", &tmp))? {
+            let entry = entry.map_err(ObjectsError::io("reading", &tmp))?;
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(store)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn path(&self, id: &DataId) -> PathBuf {
+        self.data_dir().join(id.as_str())
+    }
+
+    /// Stream `body` into a new data file, durably, computing its MD5.
+    pub async fn write<S, E>(&self, mut body: S, max_bytes: u64) -> Result<Written, WriteError>
+    where
+        S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = DataId::random();
+        let tmp = self.tmp_dir().join(id.as_str());
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ObjectsError::io("creating", &tmp))?;
+        let result = async {
+            let mut md5 = Md5::new();
+            let mut size = 0u64;
+            let mut buf = Vec::with_capacity(1 << 20);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| WriteError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > max_bytes {
+                    return Err(WriteError::TooLarge { limit: max_bytes });
+                }
+                md5.update(&chunk);
+                buf.extend_from_slice(&chunk);
+                if buf.len() >= 1 << 20 {
+                    file.write_all(&buf)
+                        .await
+                        .map_err(ObjectsError::io("writing", &tmp))?;
+                    buf.clear();
+                }
+            }
+            file.write_all(&buf)
+                .await
+                .map_err(ObjectsError::io("writing", &tmp))?;
+            file.sync_all()
+                .await
+                .map_err(ObjectsError::io("syncing", &tmp))?;
+            Ok((size, hex::encode(md5.finalize())))
+        }
+        .await;
+        drop(file);
+        let (size, md5_hex) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let dest = self.path(&id);
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(ObjectsError::io("renaming into place", &dest))?;
+        self.sync_data_dir().await?;
+        Ok(Written { id, size, md5_hex })
+    }
+
+    /// Copy an existing data file to a new one (CopyObject), durably.
+    pub async fn copy(&self, from: &DataId) -> Result<DataId, ObjectsError> {
+        let id = DataId::random();
+        let src = self.path(from);
+        let tmp = self.tmp_dir().join(id.as_str());
+        tokio::fs::copy(&src, &tmp)
+            .await
+            .map_err(ObjectsError::io("copying", &src))?;
+        let f = tokio::fs::File::open(&tmp)
+            .await
+            .map_err(ObjectsError::io("opening", &tmp))?;
+        f.sync_all()
+            .await
+            .map_err(ObjectsError::io("syncing", &tmp))?;
+        let dest = self.path(&id);
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(ObjectsError::io("renaming into place", &dest))?;
+        self.sync_data_dir().await?;
+        Ok(id)
+    }
+
+    /// Join data files, in order, into a new one (completing a multipart
+    /// upload), durably. Returns the new file's id and size.
+    pub async fn concat(&self, parts: &[DataId]) -> Result<(DataId, u64), ObjectsError> {
+        let id = DataId::random();
+        let tmp = self.tmp_dir().join(id.as_str());
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ObjectsError::io("creating", &tmp))?;
+        let result = async {
+            let mut size = 0;
+            for part in parts {
+                let src = self.path(part);
+                let mut f = tokio::fs::File::open(&src)
+                    .await
+                    .map_err(ObjectsError::io("opening a part", &src))?;
+                size += tokio::io::copy(&mut f, &mut out)
+                    .await
+                    .map_err(ObjectsError::io("joining parts into", &tmp))?;
+            }
+            out.sync_all()
+                .await
+                .map_err(ObjectsError::io("syncing", &tmp))?;
+            Ok(size)
+        }
+        .await;
+        drop(out);
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let dest = self.path(&id);
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(ObjectsError::io("renaming into place", &dest))?;
+        self.sync_data_dir().await?;
+        Ok((id, size))
+    }
+
+    async fn sync_data_dir(&self) -> Result<(), ObjectsError> {
+        let dir = self.data_dir();
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(ObjectsError::io("syncing the directory", &dir))
+        })
+        .await
+        .map_err(|e| ObjectsError::Io {
+            what: "syncing the directory",
+            path: self.data_dir(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    pub async fn open_file(&self, id: &DataId) -> Result<tokio::fs::File, ObjectsError> {
+        let path = self.path(id);
+        tokio::fs::File::open(&path)
+            .await
+            .map_err(ObjectsError::io("opening object data", &path))
+    }
+
+    /// Remove a data file no record names any more (missing is fine).
+    pub async fn remove(&self, id: &DataId) {
+        let path = self.path(id);
+        if let Err(e) = tokio::fs::remove_file(&path).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove object data; it is collected at the next start");
+            }
+        }
+    }
+
+    /// Remove every data file not in `live`. Returns how many went.
+    pub fn collect_orphans(&self, live: &HashSet<DataId>) -> Result<usize, ObjectsError> {
+        let dir = self.data_dir();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).map_err(ObjectsError::io("reading", &dir))? {
+            let entry = entry.map_err(ObjectsError::io("reading", &dir))?;
+            let name = entry.file_name();
+            let keep = name
+                .to_str()
+                .and_then(DataId::parse)
+                .is_some_and(|id| live.contains(&id));
+            if !keep && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> impl Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(bytes::Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn data_ids_cannot_name_other_paths() {
+        assert!(DataId::parse("../../etc/passwd").is_none());
+        assert!(DataId::parse(&"A".repeat(32)).is_none());
+        assert!(DataId::parse(&"a/".repeat(16)).is_none());
+        let id = DataId::random();
+        assert_eq!(DataId::parse(id.as_str()), Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_write_lands_in_data_with_its_md5_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DataStore::open(dir.path()).unwrap();
+        let w = store.write(body(&[b"hel", b"lo"]), 100).await.unwrap();
+        assert_eq!(
+            (w.size, w.md5_hex.as_str()),
+            (5, "5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(std::fs::read(store.path(&w.id)).unwrap(), b"hello");
+        assert!(store.path(&w.id).starts_with(dir.path()));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_oversized_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DataStore::open(dir.path()).unwrap();
+        let err = store.write(body(&[b"0123456789"]), 4).await.unwrap_err();
+        assert!(matches!(err, WriteError::TooLarge { limit: 4 }), "{err}");
+        let broken = futures::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(b"abc")),
+            Err("connection reset".to_string()),
+        ]);
+        assert!(store.write(broken, 100).await.is_err());
+        for sub in ["data", "tmp"] {
+            assert_eq!(std::fs::read_dir(dir.path().join(sub)).unwrap().count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn orphans_are_collected_and_live_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DataStore::open(dir.path()).unwrap();
+        let live = store.write(body(&[b"a"]), 10).await.unwrap().id;
+        let orphan = store.write(body(&[b"b"]), 10).await.unwrap().id;
+        std::fs::write(dir.path().join("tmp").join("half"), b"x").unwrap();
+        let removed = store
+            .collect_orphans(&HashSet::from([live.clone()]))
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(store.path(&live).exists() && !store.path(&orphan).exists());
+        // Reopening empties tmp/ of interrupted uploads.
+        DataStore::open(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}
