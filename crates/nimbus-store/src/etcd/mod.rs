@@ -35,8 +35,8 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take; a request to a dead member fails over within it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reads are retried on another member this many times when a member is unreachable.
-const READ_ATTEMPTS: usize = 5;
+/// Requests are tried this many times when members are unreachable.
+const ATTEMPTS: usize = 5;
 
 /// A [`Store`] kept in an etcd v3 cluster.
 pub struct EtcdStore {
@@ -91,21 +91,39 @@ impl EtcdStore {
         ))
     }
 
-    /// A read, retried on another member while members are unreachable.
-    async fn get_raw(&self, key: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse> {
+    /// Runs `request`, again on another member while `retry_on` says the failure
+    /// was an unreachable member's.
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        retry_on: fn(&etcd_client::Error) -> bool,
+        request: F,
+    ) -> Result<T>
+    where
+        F: Fn(etcd_client::KvClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         let mut attempt = 0;
         loop {
-            let mut kv = self.client.kv_client();
-            match kv.get(key.clone(), Some(options.clone())).await {
+            match request(self.client.kv_client()).await {
                 Ok(response) => return Ok(response),
-                Err(err) if attempt + 1 < READ_ATTEMPTS && is_unavailable(&err) => {
+                Err(err) if attempt + 1 < ATTEMPTS && retry_on(&err) => {
                     attempt += 1;
-                    tracing::debug!(endpoints = %self.endpoints, %err, attempt, "etcd read failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                    tracing::debug!(endpoints = %self.endpoints, %err, attempt, "etcd {what} failed on one member; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
                 }
-                Err(err) => return Err(self.error("read", err)),
+                Err(err) => return Err(self.error(what, err)),
             }
         }
+    }
+
+    /// A read, retried on another member while members are unreachable.
+    async fn get_raw(&self, key: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse> {
+        self.retrying("read", is_unavailable, |mut kv| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
     }
 
     /// The cluster's current etcd revision.
@@ -118,10 +136,14 @@ impl EtcdStore {
     }
 
     async fn run_txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse> {
-        // Writes are not retried: a write that reached etcd before the connection
-        // broke may have been applied, and only the caller knows whether to re-check.
-        let mut kv = self.client.kv_client();
-        kv.txn(txn).await.map_err(|err| self.error("write", err))
+        // A write is retried only when it certainly was not applied: one that reached
+        // etcd before the connection broke may have been, and only the caller knows
+        // whether to re-check.
+        self.retrying("write", never_reached_a_leader, |mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     fn kv(&self, kv: &etcd_client::KeyValue) -> KeyValue {
@@ -157,6 +179,21 @@ fn is_unavailable(err: &etcd_client::Error) -> bool {
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
             ) && !status.message().contains("compacted")
+        }
+        _ => false,
+    }
+}
+
+/// True for errors of a request that no leader received, so that it was certainly
+/// not applied: the member could not be connected to, or had no leader to propose to.
+fn never_reached_a_leader(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message();
+            status.code() == tonic::Code::Unavailable
+                && (message.contains("tcp connect error")
+                    || message.contains("Connection refused")
+                    || message.contains("etcdserver: no leader"))
         }
         _ => false,
     }

@@ -160,6 +160,24 @@ impl EtcdCluster {
         }
     }
 
+    /// Starts member `i` again on its data directory (after [`kill`](Self::kill)); it
+    /// rejoins the cluster and catches up.
+    pub fn restart(&mut self, i: usize) {
+        let binary = etcd_binary().expect("etcd is installed: the cluster started");
+        self.start_member(&binary, i);
+    }
+
+    /// A config naming only the given members.
+    pub fn config_of(&self, members: &[usize]) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: members
+                .iter()
+                .map(|&i| self.members[i].endpoint())
+                .collect(),
+            prefix: "/nimbus/".into(),
+        }
+    }
+
     /// Every member's `host:port`, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::endpoint).collect()
