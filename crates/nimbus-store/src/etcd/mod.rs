@@ -71,7 +71,8 @@ impl EtcdStore {
         let probe = tokio::time::timeout(CONNECT_TIMEOUT * 2, store.header_revision()).await;
         match probe {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(err)) => Err(unreachable_error(&store.endpoints, &err.to_string())),
+            // Already names the endpoints and what to check.
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(unreachable_error(
                 &store.endpoints,
                 "no answer within 10s (no member reachable, or no leader elected)",
