@@ -39,6 +39,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("e2e={peer}")])
+            .args(["--max-txn-ops", "1000"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -86,6 +86,15 @@ impl EtcdStore {
     }
 
     fn error(&self, what: &str, err: etcd_client::Error) -> StoreError {
+        let message = err.to_string();
+        if message.contains("too many operations in txn request") {
+            // Nimbus writes up to 500 keys in one txn (retention pruning); etcd's
+            // default limit is 128.
+            return StoreError::Backend(format!(
+                "etcd at {} refused a transaction as too large ({message}); start every etcd member with --max-txn-ops 1000",
+                self.endpoints
+            ));
+        }
         StoreError::Backend(format!(
             "etcd at {} failed to {what}: {err}; check that etcd is running there (`etcdctl --endpoints={} endpoint health`)",
             self.endpoints, self.endpoints
