@@ -3,10 +3,44 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Where the server keeps its state (`--store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// `sqlite`: the data directory's `store.db`, the one-machine default.
+    #[default]
+    Sqlite,
+    /// `etcd://host:port,host:port[/prefix]`: an etcd v3 cluster, for several servers.
+    Etcd(nimbus_store::EtcdConfig),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreBackendError {
+    #[error("unknown store {0:?}; give sqlite (the data directory's store.db) or etcd://host:port[,host:port...]")]
+    Unknown(String),
+    #[error(transparent)]
+    Etcd(#[from] nimbus_store::EtcdUrlError),
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = StoreBackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "sqlite" {
+            Ok(StoreBackend::Sqlite)
+        } else if s.starts_with("etcd://") {
+            Ok(StoreBackend::Etcd(nimbus_store::EtcdConfig::from_url(s)?))
+        } else {
+            Err(StoreBackendError::Unknown(s.to_string()))
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Everything the server keeps: store, images, TLS material, tokens.
     pub data_dir: PathBuf,
+    /// Where the cluster state lives: SQLite in the data directory by default.
+    pub store: StoreBackend,
     /// The local API socket.
     pub socket_path: PathBuf,
     /// Group whose members may connect to the socket (mode 0660); when no
@@ -60,6 +94,7 @@ impl ServerConfig {
         ServerConfig {
             socket_path: data_dir.join("api.sock"),
             data_dir,
+            store: StoreBackend::Sqlite,
             socket_group: crate::server::SOCKET_GROUP.to_string(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7443))),
             other_listeners: Vec::new(),
@@ -98,5 +133,23 @@ impl ServerConfig {
     }
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+}
+
+#[cfg(test)]
+mod store_backend_tests {
+    use super::*;
+
+    #[test]
+    fn store_flag_values_parse() {
+        assert_eq!("sqlite".parse(), Ok(StoreBackend::Sqlite));
+        let Ok(StoreBackend::Etcd(etcd)) = "etcd://127.0.0.1:2379,127.0.0.1:22379".parse() else {
+            panic!("an etcd URL parses as etcd");
+        };
+        assert_eq!(etcd.endpoints, ["127.0.0.1:2379", "127.0.0.1:22379"]);
+        assert_eq!(etcd.prefix, nimbus_store::DEFAULT_ETCD_PREFIX);
+        let err = "postgres://db".parse::<StoreBackend>().unwrap_err();
+        assert!(err.to_string().contains("\"postgres://db\""), "{err}");
+        assert!("etcd://nohost".parse::<StoreBackend>().is_err());
     }
 }

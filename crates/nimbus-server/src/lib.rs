@@ -29,6 +29,6 @@ pub mod state;
 pub mod tls;
 pub mod usage;
 
-pub use config::ServerConfig;
+pub use config::{ServerConfig, StoreBackend, StoreBackendError};
 pub use error::ServerError;
 pub use state::AppState;

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use nimbus_api::{Metadata, Token, User, UserSpec, UserStatus};
 use nimbus_image::{ImageStore, Limits};
-use nimbus_store::{SqliteOptions, SqliteStore, Store};
+use nimbus_store::{EtcdStore, SqliteOptions, SqliteStore, Store};
 
 use crate::api::users::issue_token;
 use crate::auth::token;
@@ -73,10 +73,17 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         );
     }
     let secrets = crate::secrets::SecretBox::open_or_create(&config.secrets_key_path())?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.store_path(), SqliteOptions::default())
-            .with_context(|| format!("opening the store {}", config.store_path().display()))?,
-    );
+    let store: Arc<dyn Store> = match &config.store {
+        crate::config::StoreBackend::Sqlite => Arc::new(
+            SqliteStore::open(&config.store_path(), SqliteOptions::default())
+                .with_context(|| format!("opening the store {}", config.store_path().display()))?,
+        ),
+        crate::config::StoreBackend::Etcd(etcd) => Arc::new(
+            EtcdStore::connect(etcd)
+                .await
+                .with_context(|| format!("opening the etcd store (keys under {})", etcd.prefix))?,
+        ),
+    };
     let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics));
     let store: Arc<dyn Store> = if config.metrics {
         Arc::new(crate::metrics::store::MeteredStore::new(

@@ -2,7 +2,8 @@
 //! cluster state (instances, hosts, images, ...) as bytes under string keys such as
 //! `/instances/ops/web`.
 //!
-//! The crate defines the [`Store`] trait, its SQLite backend ([`SqliteStore`]) and a
+//! The crate defines the [`Store`] trait, its SQLite backend ([`SqliteStore`], the
+//! one-machine default), its etcd v3 backend ([`EtcdStore`], for a cluster) and a
 //! backend-independent [`conformance`] suite that every backend must pass.
 //!
 //! Semantics follow etcd: one global revision counter increases by one per write
@@ -19,9 +20,11 @@
 //! - block the async runtime: blocking database work runs on the blocking thread pool.
 
 pub mod conformance;
+mod etcd;
 mod hub;
 mod sqlite;
 
+pub use etcd::{EtcdConfig, EtcdStore, EtcdUrlError, DEFAULT_ETCD_PREFIX};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A store revision. 0 for an empty store; the first write is revision 1.

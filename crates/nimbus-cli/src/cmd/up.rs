@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// Usage records closed longer ago than this are pruned, e.g. 400d.
     #[arg(long, default_value = "400d", value_parser = parse_usage_max_age_arg)]
     pub usage_max_age: u64,
+    /// Where cluster state lives: `sqlite` (the data directory's store.db)
+    /// or `etcd://host:port[,host:port...][/prefix]` (default prefix /nimbus/).
+    #[arg(long, default_value = "sqlite")]
+    pub store: nimbus_server::StoreBackend,
     /// Concurrent connections on the HTTPS port (default: from the
     /// open-file limit, leaving room for the local socket).
     #[arg(long)]
@@ -138,6 +142,7 @@ pub struct UpArgs {
 
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
+    config.store = args.store.clone();
     config.listen = (!args.no_tls).then_some(args.listen);
     config.other_listeners = (!args.no_s3)
         .then_some(args.s3_listen)

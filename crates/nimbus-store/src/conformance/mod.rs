@@ -10,6 +10,14 @@
 //! nimbus_store::store_conformance_tests!(fresh_store);
 //! ```
 //!
+//! A backend that needs something the machine may lack (an etcd binary) passes
+//! `skip_if: f`, where `f()` returns `Some(reason)` to skip each check with a
+//! `SKIPPED` line instead of running it:
+//!
+//! ```ignore
+//! nimbus_store::store_conformance_tests!(fresh_store, skip_if: || None::<String>);
+//! ```
+//!
 //! The generated tests use `#[tokio::test]`, so the calling crate needs `tokio` (with
 //! the `macros` and `rt-multi-thread` features) among its dev-dependencies.
 
@@ -41,6 +49,9 @@ pub async fn run_all(factory: &StoreFactory) {
 /// and must give a fresh, empty store on every call.
 #[macro_export]
 macro_rules! store_conformance_tests {
+    ($factory:expr, skip_if: $skip:expr) => {
+        $crate::store_conformance_tests!(@for_each_check skippable_tests ($factory, $skip));
+    };
     ($factory:expr) => {
         $crate::store_conformance_tests!(@for_each_check tests ($factory));
     };
@@ -72,6 +83,19 @@ macro_rules! store_conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $check() {
+                let store: ::std::sync::Arc<dyn $crate::Store> = ($factory)().await;
+                $crate::conformance::$check(store).await;
+            }
+        )+
+    };
+    (@skippable_tests ($factory:expr, $skip:expr) $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                if let Some(reason) = ($skip)() {
+                    eprintln!("SKIPPED {}: {reason}", stringify!($check));
+                    return;
+                }
                 let store: ::std::sync::Arc<dyn $crate::Store> = ($factory)().await;
                 $crate::conformance::$check(store).await;
             }
