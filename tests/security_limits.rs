@@ -548,3 +548,41 @@ fn qemu_runs_under_its_instance_cgroups_at_the_workload_oom_score() {
     }
     cloud.remove_everything();
 }
+
+/// The cgroup helper the limit tests read through finds this process's own
+/// cgroups on this host's layout, and a missing file or instance is a
+/// failure, never an empty value or 0.
+#[test]
+fn cgroup_reads_fail_loudly_when_the_file_is_missing() {
+    let me = i64::from(std::process::id());
+    let pids = common::cgroup_dir_of(me, "pids");
+    assert!(
+        pids.join("cgroup.procs").exists(),
+        "the pids cgroup of this test is a cgroup directory: {pids:?}"
+    );
+    assert!(
+        common::cgroup_file(me, "pids", "cgroup.procs")
+            .lines()
+            .any(|l| l == me.to_string()),
+        "this test is listed in its own pids cgroup"
+    );
+    let missing_file = std::panic::catch_unwind(|| common::cgroup_file(me, "pids", "no-such-file"));
+    assert!(
+        missing_file.is_err(),
+        "reading a missing file must fail: {missing_file:?}"
+    );
+    let no_instance = std::panic::catch_unwind(|| {
+        common::instance_cgroup_file("no-such-instance", "pids", "pids.max")
+    });
+    assert!(
+        no_instance.is_err(),
+        "an instance without a cgroup must fail: {no_instance:?}"
+    );
+    let no_process = std::panic::catch_unwind(|| {
+        common::cgroup_number(i64::from(i32::MAX), "pids", "pids.current")
+    });
+    assert!(
+        no_process.is_err(),
+        "a process that is gone must fail: {no_process:?}"
+    );
+}

@@ -200,3 +200,51 @@ fn a_non_root_user_is_mapped_too() {
     let last = inst.client().stop(0).expect("stop");
     inst.assert_torn_down(&last);
 }
+
+/// The mountinfo check itself fails on a table without the masking, so a
+/// passing isolation test means the mounts are there.
+#[test]
+fn the_masking_check_rejects_unmasked_mount_tables() {
+    let masked = "\
+100 90 0:22 / /proc rw,nosuid,nodev,noexec - proc proc rw
+101 100 0:5 /null /proc/keys rw,nosuid - devtmpfs udev rw,mode=755
+102 100 0:5 /null /proc/timer_list rw,nosuid - devtmpfs udev rw,mode=755
+103 100 0:22 /sys /proc/sys ro,nosuid,nodev,noexec - proc proc rw
+104 95 0:60 / /sys/firmware ro,relatime - tmpfs tmpfs ro,size=0k
+";
+    assert_masked_mounts(masked);
+    let broken = [
+        (
+            "/proc/keys",
+            "101 100 0:22 /keys /proc/keys rw - proc proc rw",
+        ),
+        ("/proc/timer_list", ""),
+        (
+            "/proc/sys",
+            "103 100 0:22 /sys /proc/sys rw,nosuid - proc proc rw",
+        ),
+        (
+            "/sys/firmware",
+            "104 95 0:23 /firmware /sys/firmware rw - sysfs sysfs rw",
+        ),
+    ];
+    for (path, replacement) in broken {
+        let table: String = masked
+            .lines()
+            .map(|l| {
+                if l.split(' ').nth(4) == Some(path) {
+                    replacement.to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .filter(|l| !l.is_empty())
+            .map(|l| l + "\n")
+            .collect();
+        let caught = std::panic::catch_unwind(|| assert_masked_mounts(&table));
+        assert!(
+            caught.is_err(),
+            "a table with {path} unmasked passed:\n{table}"
+        );
+    }
+}
