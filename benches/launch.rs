@@ -66,9 +66,14 @@ fn main() {
         eprintln!("SKIPPED PEER: runc is not installed (scripts/deps installs it)");
     }
     let conf = podman_env(work.path());
-    let with_podman = have("podman") && podman_import(&rootfs, &conf, work.path());
-    if !with_podman {
-        eprintln!("SKIPPED PEER: podman is missing or could not import the rootfs");
+    let with_podman = have("podman");
+    if with_podman {
+        // Installed but failing is an error, not a missing peer.
+        if let Err(e) = podman_import(&rootfs, &conf, work.path()) {
+            panic!("podman is installed but could not import the starter rootfs: {e}");
+        }
+    } else {
+        eprintln!("SKIPPED PEER: podman is not installed (scripts/deps installs it)");
     }
 
     // Rounds of one launch each, Nimbus, runc and podman in turn, so load

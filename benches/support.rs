@@ -216,25 +216,36 @@ pub fn podman_env(dir: &Path) -> PathBuf {
 }
 
 /// Import the rootfs into podman as `nimbus-bench-busybox`.
-pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> bool {
+/// Imports `rootfs` as podman image `nimbus-bench-busybox`; the error says
+/// which step failed and how.
+pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> Result<(), String> {
     let tar = work.join("rootfs.tar");
-    let ok = Command::new("tar")
+    let st = Command::new("tar")
         .arg("-C")
         .arg(rootfs)
         .arg("-cf")
         .arg(&tar)
         .arg(".")
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok && Command::new("podman")
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !st.success() {
+        return Err(format!("tar of {} failed: {st}", rootfs.display()));
+    }
+    let out = Command::new("podman")
         .env("CONTAINERS_CONF", conf)
         .args(["import", "--quiet"])
         .arg(&tar)
         .arg("nimbus-bench-busybox")
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .map_err(|e| format!("cannot run podman import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "podman import failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 pub fn rss_kib(pid: i32) -> Option<u64> {
