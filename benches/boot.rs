@@ -92,8 +92,12 @@ fn nimbus_boot(
         let state: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("state"))
                 .expect("state json");
-        let shim = rss_kib(state["shim_pid"].as_i64().expect("shim pid") as i32).unwrap_or(0);
-        let qemu = rss_kib(state["pid"].as_i64().expect("qemu pid") as i32).unwrap_or(0);
+        // A process that is gone is a failure, not 0 KiB.
+        let shim_pid = state["shim_pid"].as_i64().expect("shim pid") as i32;
+        let qemu_pid = state["pid"].as_i64().expect("qemu pid") as i32;
+        let shim =
+            rss_kib(shim_pid).unwrap_or_else(|| panic!("the shim {shim_pid} of {name} is gone"));
+        let qemu = rss_kib(qemu_pid).unwrap_or_else(|| panic!("QEMU {qemu_pid} of {name} is gone"));
         (shim, qemu)
     });
     delete_instance(cloud, "default", name);
@@ -142,7 +146,9 @@ fn bare_boot(
     let mut line = String::new();
     let elapsed = loop {
         line.clear();
-        let n = reader.read_line(&mut line).unwrap_or(0);
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading bare QEMU's console: {e}"));
         assert!(n > 0, "bare QEMU ended before {marker:?}");
         if line.contains(marker) {
             break t0.elapsed();
@@ -150,7 +156,8 @@ fn bare_boot(
     };
     let rss = measure_rss.then(|| {
         std::thread::sleep(Duration::from_secs(2));
-        rss_kib(child.id() as i32).unwrap_or(0)
+        rss_kib(child.id() as i32)
+            .unwrap_or_else(|| panic!("bare QEMU {} ended before its memory was read", child.id()))
     });
     // Keep draining so a unikernel's last lines do not block it, then stop it.
     std::thread::spawn(move || {

@@ -160,24 +160,43 @@ fn tcp_rtt_ms(server_ns: &Path, client_ns: &Path, server_ip: Ipv4Addr) -> f64 {
         }
         Ok(t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64)
     })
-    .unwrap_or(f64::NAN)
+    .unwrap_or_else(|e| panic!("TCP round trips to {server_ip} failed: {e}"))
 }
 
 /// iperf3 (5 s, one stream) and TCP round trips from `client` to `server_ip`.
+/// A failed run is an error, never a measurement of 0 Gbit/s.
 fn measure(server_ns: &Path, client_ns: &Path, server_ip: &str) -> Measured {
     let mut server = in_ns(server_ns, &["iperf3", "-s", "-1"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("iperf3 server (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(300));
+    // The server listens before the client connects.
+    common::wait_until(Duration::from_secs(10), "iperf3 -s to listen", || {
+        let out = in_ns(server_ns, &["ss", "-Hltn", "sport = :5201"])
+            .output()
+            .expect("ss");
+        (!out.stdout.is_empty()).then_some(())
+    });
     let out = in_ns(client_ns, &["iperf3", "-c", server_ip, "-t", "5", "-J"])
         .output()
         .expect("iperf3 client");
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let server_status = server.wait().expect("iperf3 server");
+    assert!(
+        out.status.success() && server_status.success(),
+        "iperf3 to {server_ip} failed (client {}, server {server_status}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 -J printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     let gbits = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no end.sum_received.bits_per_second in iperf3's report: {v}"))
         / 1e9;
     let rtt_ms = tcp_rtt_ms(server_ns, client_ns, server_ip.parse().expect("server ip"));
     Measured { gbits, rtt_ms }

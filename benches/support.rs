@@ -124,15 +124,49 @@ pub fn create_instance(
     assert_eq!(status, 201, "create {name}: {resp}");
 }
 
+/// DELETE an instance; a refused delete fails the benchmark.
 pub fn delete_instance(cloud: &Cloud, project: &str, name: &str) {
     let token = cloud.admin_token();
-    crate::common::http(
+    let (status, body) = crate::common::http(
         cloud,
         "DELETE",
         &format!("/v1/projects/{project}/instances/{name}"),
         Some(&token),
         b"",
     );
+    assert!(
+        (200..300).contains(&status),
+        "delete {name}: HTTP {status}: {body}"
+    );
+}
+
+/// When instance `name` (project default) was seen deleted: the API answers
+/// 404 for it and no instance directory is left in the data dir (the
+/// benchmark runs one instance at a time). Polled every millisecond.
+pub fn wait_deleted(cloud: &Cloud, name: &str, timeout: Duration) -> Instant {
+    let token = cloud.admin_token();
+    let instances = cloud.data_dir().join("instances");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, _) = crate::common::http(
+            cloud,
+            "GET",
+            &format!("/v1/projects/default/instances/{name}"),
+            Some(&token),
+            b"",
+        );
+        let dirs_left = std::fs::read_dir(&instances)
+            .map(|d| d.count())
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", instances.display()));
+        if status == 404 && dirs_left == 0 {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance {name} not deleted within {timeout:?} (HTTP {status}, {dirs_left} instance dirs left)"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 pub fn have(cmd: &str) -> bool {
@@ -182,25 +216,36 @@ pub fn podman_env(dir: &Path) -> PathBuf {
 }
 
 /// Import the rootfs into podman as `nimbus-bench-busybox`.
-pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> bool {
+/// Imports `rootfs` as podman image `nimbus-bench-busybox`; the error says
+/// which step failed and how.
+pub fn podman_import(rootfs: &Path, conf: &Path, work: &Path) -> Result<(), String> {
     let tar = work.join("rootfs.tar");
-    let ok = Command::new("tar")
+    let st = Command::new("tar")
         .arg("-C")
         .arg(rootfs)
         .arg("-cf")
         .arg(&tar)
         .arg(".")
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok && Command::new("podman")
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    if !st.success() {
+        return Err(format!("tar of {} failed: {st}", rootfs.display()));
+    }
+    let out = Command::new("podman")
         .env("CONTAINERS_CONF", conf)
         .args(["import", "--quiet"])
         .arg(&tar)
         .arg("nimbus-bench-busybox")
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .map_err(|e| format!("cannot run podman import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "podman import failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 pub fn rss_kib(pid: i32) -> Option<u64> {

@@ -115,6 +115,35 @@ fn container_runs_and_is_isolated() {
         "{uid_line}"
     );
 
+    // The masked and read-only paths, from the container's own mount table.
+    let mountinfo = cloud.ok(&[
+        "instance",
+        "exec",
+        "iso",
+        "--",
+        "cat",
+        "/proc/self/mountinfo",
+    ]);
+    common::assert_masked_mounts(&mountinfo);
+    let nulls = cloud.ok(&[
+        "instance",
+        "exec",
+        "iso",
+        "--",
+        "stat",
+        "-c",
+        "%n %t:%T",
+        "/proc/keys",
+        "/proc/timer_list",
+    ]);
+    assert_eq!(
+        nulls.lines().collect::<Vec<_>>(),
+        ["/proc/keys 1:3", "/proc/timer_list 1:3"],
+        "the masked files are the null device"
+    );
+    let firmware = cloud.ok(&["instance", "exec", "iso", "--", "ls", "-A", "/sys/firmware"]);
+    assert_eq!(firmware.trim(), "", "/sys/firmware is empty");
+
     // Exec: output and exit codes.
     let ps = cloud.ok(&["instance", "exec", "iso", "--", "ps"]);
     assert!(ps.contains("sleep 600"), "{ps}");

@@ -315,6 +315,18 @@ fn containers_talk_by_name_filter_publish_and_egress() {
         "api does not resolve to {api_ip}:\n{text}"
     );
 
+    // The allowed path first, so the miss below is the group's doing: a
+    // member of the group reaches api's running server.
+    run(
+        &cloud,
+        "peer",
+        &["--network", "backend", "--secgroup", "web"],
+        "exec sleep 600",
+    );
+    let body = wait_until(T, "a group member to reach api", || {
+        get_from(&cloud, "peer", "default", "api", 80)
+    });
+    assert!(body.contains("hello-api"), "{body}");
     // The group has no rules: cli (not a member) is blocked.
     assert_eq!(
         get_from(&cloud, "cli", "default", "api", 80),
@@ -334,13 +346,8 @@ fn containers_talk_by_name_filter_publish_and_egress() {
             .is_none()
             .then_some(())
     });
-    // Members of the group reach each other on any port.
-    run(
-        &cloud,
-        "peer",
-        &["--network", "backend", "--secgroup", "web"],
-        "exec sleep 600",
-    );
+    // Members of the group reach each other on any port (still, after the
+    // rule came and went).
     let body = wait_until(T, "a group member to reach api", || {
         get_from(&cloud, "peer", "default", "api", 80)
     });

@@ -92,14 +92,9 @@ fn instance_id(cloud: &Cloud, name: &str) -> String {
         .to_string()
 }
 
-fn v1_cgroup_file(controller: &str, id: &str, file: &str) -> String {
-    read_trim(
-        Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join("nimbus")
-            .join(id)
-            .join(file),
-    )
+/// A file of instance `id`'s cgroup; missing is a failure, not "".
+fn cgroup_file(controller: &str, id: &str, file: &str) -> String {
+    common::instance_cgroup_file(id, controller, file)
 }
 
 fn mem_total_bytes() -> u64 {
@@ -124,20 +119,16 @@ fn fork_bomb_and_memory_hog_without_flags_leave_the_control_plane_answering() {
     if protected {
         assert_eq!(score(daemon), -900, "nimbus up's OOM score");
     }
-    let cpu_cgroup = read_trim(format!("/proc/{daemon}/cgroup"));
+    let cpu_cgroup = common::cgroup_dir_of(daemon, "cpu");
     assert!(
-        cpu_cgroup
-            .lines()
-            .any(|l| l.ends_with(":cpu:/nimbus-system")),
-        "nimbus up runs in the nimbus-system cpu cgroup: {cpu_cgroup}"
+        cpu_cgroup.ends_with("nimbus-system"),
+        "nimbus up runs in the nimbus-system cpu cgroup: {cpu_cgroup:?}"
     );
-    assert_eq!(
-        read_trim("/sys/fs/cgroup/cpu/nimbus-system/cpu.shares"),
-        "4096"
-    );
-    let instances_limit: u64 = read_trim("/sys/fs/cgroup/memory/nimbus/memory.limit_in_bytes")
-        .parse()
-        .expect("memory limit of /nimbus");
+    assert_eq!(common::cgroup_file(daemon, "cpu", "cpu.shares"), "4096");
+    let instances_limit: u64 =
+        common::cgroup_path_file("memory", "/nimbus", "memory.limit_in_bytes")
+            .parse()
+            .expect("memory limit of /nimbus");
     assert!(
         instances_limit <= mem_total_bytes() - GIB,
         "all instances together may use at most the host's memory minus the reserve: {instances_limit}"
@@ -168,15 +159,12 @@ fn fork_bomb_and_memory_hog_without_flags_leave_the_control_plane_answering() {
         "instance get shows the effective limits: {shown}"
     );
     let calm_id = instance_id(&cloud, "calm");
-    assert_eq!(v1_cgroup_file("pids", &calm_id, "pids.max"), "1024");
+    assert_eq!(cgroup_file("pids", &calm_id, "pids.max"), "1024");
     assert_eq!(
-        v1_cgroup_file("memory", &calm_id, "memory.limit_in_bytes"),
+        cgroup_file("memory", &calm_id, "memory.limit_in_bytes"),
         GIB.to_string()
     );
-    assert_eq!(
-        v1_cgroup_file("cpu", &calm_id, "cpu.cfs_quota_us"),
-        "100000"
-    );
+    assert_eq!(cgroup_file("cpu", &calm_id, "cpu.cfs_quota_us"), "100000");
     let init = calm["status"]["pid"].as_i64().expect("init pid");
     let calm_shim = shim_pid(&cloud, "calm");
     let exec = cloud.ok(&[
@@ -223,15 +211,15 @@ fn fork_bomb_and_memory_hog_without_flags_leave_the_control_plane_answering() {
     let bomb_id = instance_id(&cloud, "bomb");
     let bomb_shim = shim_pid(&cloud, "bomb");
     wait_until(T, "the fork bomb to hit the default pids limit", || {
-        let events = v1_cgroup_file("pids", &bomb_id, "pids.events");
+        let events = cgroup_file("pids", &bomb_id, "pids.events");
         events
             .lines()
             .any(|l| l.starts_with("max ") && l != "max 0")
             .then_some(())
     });
-    let pids_current: u64 = v1_cgroup_file("pids", &bomb_id, "pids.current")
+    let pids_current: u64 = cgroup_file("pids", &bomb_id, "pids.current")
         .parse()
-        .unwrap_or(u64::MAX);
+        .expect("pids.current is a number");
     assert!(pids_current <= 1024, "pids.current {pids_current}");
 
     // A memory hog, without flags, beside it.
@@ -330,12 +318,12 @@ fn project_defaults_apply_and_explicit_values_win() {
     assert_eq!(d["spec"]["resources"]["cpu_millis"], 500, "{d}");
     assert_eq!(d["spec"]["resources"]["pids_max"], 100, "{d}");
     let id = d["metadata"]["id"].as_str().expect("id").to_string();
-    assert_eq!(v1_cgroup_file("pids", &id, "pids.max"), "100");
+    assert_eq!(cgroup_file("pids", &id, "pids.max"), "100");
     assert_eq!(
-        v1_cgroup_file("memory", &id, "memory.limit_in_bytes"),
+        cgroup_file("memory", &id, "memory.limit_in_bytes"),
         (64u64 << 20).to_string()
     );
-    assert_eq!(v1_cgroup_file("cpu", &id, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup_file("cpu", &id, "cpu.cfs_quota_us"), "50000");
 
     let e = run("explicit", &["--memory", "32MiB", "--pids", "50"]);
     assert_eq!(e["spec"]["resources"]["memory_bytes"], 32 << 20, "{e}");
@@ -539,15 +527,16 @@ fn qemu_runs_under_its_instance_cgroups_at_the_workload_oom_score() {
     );
     let qemu = vm["status"]["qemu_pid"].as_i64().expect("qemu pid");
     let id = vm["metadata"]["id"].as_str().expect("id");
-    let cgroups = read_trim(format!("/proc/{qemu}/cgroup"));
     for controller in ["pids", "cpu", "memory"] {
+        let dir = common::cgroup_dir_of(qemu, controller);
         assert!(
-            cgroups
-                .lines()
-                .any(|l| l.ends_with(&format!(":{controller}:/nimbus/{id}"))),
-            "QEMU must be in its instance's {controller} cgroup: {cgroups}"
+            dir == common::instance_cgroup_dir(id, controller)
+                && dir.ends_with(format!("nimbus/{id}")),
+            "QEMU must be in its instance's {controller} cgroup: {dir:?}"
         );
     }
+    // The tracking cgroup's pids limit was really written.
+    assert_eq!(cgroup_file("pids", id, "pids.max"), "4096");
     let shim = shim_pid(&cloud, "vm1");
     let (qemu_score, shim_score) = (score(qemu), score(shim));
     assert!(
@@ -558,4 +547,42 @@ fn qemu_runs_under_its_instance_cgroups_at_the_workload_oom_score() {
         assert_eq!((qemu_score, shim_score), (0, -1000));
     }
     cloud.remove_everything();
+}
+
+/// The cgroup helper the limit tests read through finds this process's own
+/// cgroups on this host's layout, and a missing file or instance is a
+/// failure, never an empty value or 0.
+#[test]
+fn cgroup_reads_fail_loudly_when_the_file_is_missing() {
+    let me = i64::from(std::process::id());
+    let pids = common::cgroup_dir_of(me, "pids");
+    assert!(
+        pids.join("cgroup.procs").exists(),
+        "the pids cgroup of this test is a cgroup directory: {pids:?}"
+    );
+    assert!(
+        common::cgroup_file(me, "pids", "cgroup.procs")
+            .lines()
+            .any(|l| l == me.to_string()),
+        "this test is listed in its own pids cgroup"
+    );
+    let missing_file = std::panic::catch_unwind(|| common::cgroup_file(me, "pids", "no-such-file"));
+    assert!(
+        missing_file.is_err(),
+        "reading a missing file must fail: {missing_file:?}"
+    );
+    let no_instance = std::panic::catch_unwind(|| {
+        common::instance_cgroup_file("no-such-instance", "pids", "pids.max")
+    });
+    assert!(
+        no_instance.is_err(),
+        "an instance without a cgroup must fail: {no_instance:?}"
+    );
+    let no_process = std::panic::catch_unwind(|| {
+        common::cgroup_number(i64::from(i32::MAX), "pids", "pids.current")
+    });
+    assert!(
+        no_process.is_err(),
+        "a process that is gone must fail: {no_process:?}"
+    );
 }

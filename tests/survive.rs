@@ -29,7 +29,9 @@ fn containers_survive_daemon_kill_and_are_readopted() {
         "--",
         "sh",
         "-c",
-        "sleep 3; exit 5",
+        // Exits (5) only when told, while the daemon is down: a timer
+        // could fire before the kill on a slow machine.
+        "trap 'exit 5' USR1; echo armed; sleep 600 & wait",
     ]);
     cloud.ok(&[
         "instance",
@@ -57,6 +59,21 @@ fn containers_survive_daemon_kill_and_are_readopted() {
         serde_json::from_slice(&std::fs::read(phoenix_dir.join("state.json")).unwrap()).unwrap();
     let phoenix_shim = state["shim_pid"].as_i64().unwrap() as i32;
 
+    // All three are seen running, their processes alive, before the kill;
+    // quitter's trap is set.
+    common::wait_until(T, "quitter's trap to be set", || {
+        cloud.logs("quitter").contains("armed").then_some(())
+    });
+    for (name, p) in [
+        ("keeper", pid),
+        ("quitter", quitter_pid),
+        ("phoenix", phoenix_pid),
+    ] {
+        assert!(
+            alive(p),
+            "{name} ({p}) must be alive before the daemon is killed"
+        );
+    }
     cloud.kill_daemon();
     assert!(
         alive(pid),
@@ -69,6 +86,10 @@ fn containers_survive_daemon_kill_and_are_readopted() {
         libc::kill(phoenix_pid as i32, libc::SIGKILL);
     }
     // quitter exits while nobody watches.
+    // SAFETY: signalling a process this test started.
+    unsafe {
+        libc::kill(quitter_pid as i32, libc::SIGUSR1);
+    }
     common::wait_until(T, "quitter to exit", || (!alive(quitter_pid)).then_some(()));
     assert!(alive(pid));
 

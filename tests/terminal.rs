@@ -17,15 +17,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: terminal tests need root (namespaces, cgroups, mounts)");
-    }
-    root
-}
-
 fn winsize(rows: u16, cols: u16) -> libc::winsize {
     libc::winsize {
         ws_row: rows,
@@ -186,7 +177,7 @@ fn start_instance(cloud: &Cloud, name: &str) {
 
 #[test]
 fn exec_tty_is_a_terminal_of_the_container() {
-    if !is_root() {
+    if !is_root("namespaces, cgroups, mounts") {
         return;
     }
     let cloud = Cloud::start();
@@ -248,7 +239,7 @@ fn exec_tty_is_a_terminal_of_the_container() {
 
 #[test]
 fn exec_tty_follows_the_window_size() {
-    if !is_root() {
+    if !is_root("namespaces, cgroups, mounts") {
         return;
     }
     let cloud = Cloud::start();

@@ -24,6 +24,9 @@ echo "devices=$(ls /dev | tr '\n' ' ')"
 echo "kcore=$(cat /proc/kcore 2>/dev/null | wc -c)"
 echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo procsys=writable || echo procsys=readonly
 echo "nofile=$(ulimit -n)"
+grep -E ' /(proc/keys|proc/timer_list|proc/sys|sys/firmware) ' /proc/self/mountinfo | sed 's/^/mnt /'
+stat -c 'masked %n %F %t:%T' /proc/keys /proc/timer_list
+echo "firmware=$(ls -A /sys/firmware | wc -l)"
 echo "ps=$(ps -o pid,comm | tail -n +2 | wc -l)"
 echo "ps1=$(ps -o pid,comm | awk '$1 == 1 { print $2 }')"
 echo probe-done
@@ -103,6 +106,23 @@ fn container_is_isolated_and_confined() {
     assert_eq!(value(&out, "kcore"), "0", "/proc/kcore is masked");
     assert_eq!(value(&out, "procsys"), "readonly");
     assert_eq!(value(&out, "nofile"), "1024");
+    // The masking itself, from the container's own mount table: the masked
+    // files are /dev/null bound over them, /proc/sys is read-only and
+    // /sys/firmware an empty tmpfs.
+    let mountinfo: String = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("mnt "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_masked_mounts(&mountinfo);
+    for file in ["/proc/keys", "/proc/timer_list"] {
+        assert!(
+            out.iter()
+                .any(|l| l == &format!("masked {file} character special file 1:3")),
+            "{file} must be the null device (char 1:3) inside the container: {out:#?}"
+        );
+    }
+    assert_eq!(value(&out, "firmware"), "0", "/sys/firmware is empty");
     // Only the probe's own processes are visible (the host runs hundreds).
     assert_eq!(value(&out, "ps1"), "sh");
     assert!(
@@ -114,10 +134,10 @@ fn container_is_isolated_and_confined() {
     // instance's cgroup.
     let pid = running.pid.expect("init pid");
     assert_eq!(host_uids(pid), vec![spec.id_map.host_id; 4]);
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let memory_cgroup = cgroup_dir_of(i64::from(pid), "memory");
     assert!(
-        cgroups.contains(&format!(":memory:/nimbus/{}", inst.id)),
-        "{cgroups}"
+        memory_cgroup.ends_with(format!("nimbus/{}", inst.id)),
+        "the init is in its instance's memory cgroup: {memory_cgroup:?}"
     );
 
     // The image layer stays untouched and still root-owned; writes land in upper/.
@@ -179,4 +199,52 @@ fn a_non_root_user_is_mapped_too() {
     );
     let last = inst.client().stop(0).expect("stop");
     inst.assert_torn_down(&last);
+}
+
+/// The mountinfo check itself fails on a table without the masking, so a
+/// passing isolation test means the mounts are there.
+#[test]
+fn the_masking_check_rejects_unmasked_mount_tables() {
+    let masked = "\
+100 90 0:22 / /proc rw,nosuid,nodev,noexec - proc proc rw
+101 100 0:5 /null /proc/keys rw,nosuid - devtmpfs udev rw,mode=755
+102 100 0:5 /null /proc/timer_list rw,nosuid - devtmpfs udev rw,mode=755
+103 100 0:22 /sys /proc/sys ro,nosuid,nodev,noexec - proc proc rw
+104 95 0:60 / /sys/firmware ro,relatime - tmpfs tmpfs ro,size=0k
+";
+    assert_masked_mounts(masked);
+    let broken = [
+        (
+            "/proc/keys",
+            "101 100 0:22 /keys /proc/keys rw - proc proc rw",
+        ),
+        ("/proc/timer_list", ""),
+        (
+            "/proc/sys",
+            "103 100 0:22 /sys /proc/sys rw,nosuid - proc proc rw",
+        ),
+        (
+            "/sys/firmware",
+            "104 95 0:23 /firmware /sys/firmware rw - sysfs sysfs rw",
+        ),
+    ];
+    for (path, replacement) in broken {
+        let table: String = masked
+            .lines()
+            .map(|l| {
+                if l.split(' ').nth(4) == Some(path) {
+                    replacement.to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .filter(|l| !l.is_empty())
+            .map(|l| l + "\n")
+            .collect();
+        let caught = std::panic::catch_unwind(|| assert_masked_mounts(&table));
+        assert!(
+            caught.is_err(),
+            "a table with {path} unmasked passed:\n{table}"
+        );
+    }
 }

@@ -50,8 +50,13 @@ fn pids_limit_contains_a_fork_bomb() {
     });
     let running = inst.spawn();
     assert_eq!(running.phase, Phase::Running, "{running:?}");
-    let cgroup = std::path::Path::new("/sys/fs/cgroup/pids/nimbus").join(&inst.id);
-    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap_or_default();
+    let init = i64::from(running.pid.expect("init pid"));
+    let cgroup = cgroup_dir_of(init, "pids");
+    assert!(
+        cgroup.ends_with(&inst.id),
+        "the init is in its instance's pids cgroup: {cgroup:?}"
+    );
+    let read = |file: &str| cgroup_file(init, "pids", file);
     assert_eq!(read("pids.max").trim(), "20");
     // The bomb hits the limit: forks start failing ("max" events count them).
     assert!(
@@ -65,11 +70,11 @@ fn pids_limit_contains_a_fork_bomb() {
         inst.client().status().map(|s| s.phase)
     );
     for _ in 0..10 {
-        let current: u32 = read("pids.current").trim().parse().unwrap_or(0);
+        let current = cgroup_number(init, "pids", "pids.current");
         assert!(current <= 20, "pids.current {current} exceeds the limit");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let peak: u32 = read("pids.peak").trim().parse().unwrap_or(0);
+    let peak = cgroup_number(init, "pids", "pids.peak");
     assert!(peak <= 20, "pids.peak {peak}");
     // The host still forks fine and the shim still answers.
     let status = std::process::Command::new("true")
@@ -97,13 +102,19 @@ fn cpu_quota_is_applied() {
         spec.resources.memory_bytes = Some(32 << 20);
         spec
     });
-    inst.spawn();
-    let cpu = std::path::Path::new("/sys/fs/cgroup/cpu/nimbus").join(&inst.id);
-    let read = |file: &str| std::fs::read_to_string(cpu.join(file)).unwrap_or_default();
+    let running = inst.spawn();
+    let init = i64::from(running.pid.expect("init pid"));
+    for controller in ["cpu", "memory"] {
+        let dir = cgroup_dir_of(init, controller);
+        assert!(
+            dir.ends_with(&inst.id),
+            "{controller} cgroup of the init: {dir:?}"
+        );
+    }
+    let read = |file: &str| cgroup_file(init, "cpu", file);
     assert_eq!(read("cpu.cfs_period_us").trim(), "100000");
     assert_eq!(read("cpu.cfs_quota_us").trim(), "25000");
-    let mem = std::path::Path::new("/sys/fs/cgroup/memory/nimbus").join(&inst.id);
-    let mem_read = |file: &str| std::fs::read_to_string(mem.join(file)).unwrap_or_default();
+    let mem_read = |file: &str| cgroup_file(init, "memory", file);
     assert_eq!(
         mem_read("memory.limit_in_bytes").trim(),
         (32u64 << 20).to_string()

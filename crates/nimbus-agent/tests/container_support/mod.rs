@@ -3,6 +3,7 @@
 //! whatever a test started, even when the test fails.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,13 +16,29 @@ use nimbus_agent::shim::{read_state, spawn_shim, Phase, ShimClient, ShimState};
 
 pub const SHIM_EXE: &str = env!("CARGO_BIN_EXE_nimbus-shim-test");
 
-/// True when the test may touch mounts, cgroups and namespaces.
+/// Set by `scripts/test`, which runs as root: there a test that would skip
+/// fails instead, so a suite that ran nothing cannot pass.
+pub const NO_SKIP_ENV: &str = "NIMBUS_TESTS_REQUIRE_ROOT";
+
+/// True when the test may touch mounts, cgroups and namespaces. Otherwise
+/// the test is skipped: a failure under `scripts/test` ([`NO_SKIP_ENV`]),
+/// elsewhere a SKIPPED line written straight to the stderr handle, which the
+/// harness does not capture (it captures `print!`/`eprint!` only), so the
+/// line shows in `cargo test`'s output.
 pub fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!(
-        "SKIPPED (NOT RUN): the container tests need root; run them as root to test containers"
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if std::env::var_os(NO_SKIP_ENV).is_some() {
+        panic!("{test} needs root (mounts, cgroups, namespaces), and {NO_SKIP_ENV} is set: under scripts/test every test must run");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: the container tests need root; run them as root to test containers\n"
     );
     false
 }
@@ -255,7 +272,12 @@ pub fn is_shim_of(pid: i32, dir: &Path) -> bool {
 /// True if `pid` is alive and in the instance's cgroup.
 pub fn is_in_instance(pid: i32, id: &str) -> bool {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    pid_alive(pid) && cgroups.contains(&format!("/nimbus/{id}\n"))
+    // Any hierarchy, wherever the instance's cgroup sits in it (v1 or v2).
+    let in_id = |path: &str| path.split('/').any(|part| part == id);
+    pid_alive(pid)
+        && cgroups
+            .lines()
+            .any(|l| l.splitn(3, ':').nth(2).is_some_and(in_id))
 }
 
 pub fn wait_until(timeout: Duration, cond: impl Fn() -> bool) -> bool {
@@ -280,19 +302,28 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// cgroup directories of instance `id`, on every mounted hierarchy (v1,
+/// hybrid or unified), wherever below the hierarchy's root they are: the
+/// id is unique, so a directory of that name is the instance's.
 pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+    fn find(dir: &Path, id: &str, depth: u32, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
-            let p = e.path().join("nimbus").join(id);
-            if p.exists() {
-                found.push(p);
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == id {
+                found.push(e.path());
+            } else if depth > 0 {
+                find(&e.path(), id, depth - 1, found);
             }
         }
     }
-    let v2 = Path::new("/sys/fs/cgroup/nimbus").join(id);
-    if v2.exists() {
-        found.push(v2);
+    let mut found = Vec::new();
+    for m in cgroup_mounts() {
+        find(&m.mount_point, id, 4, &mut found);
     }
     found
 }
@@ -322,4 +353,211 @@ pub fn host_uids(pid: i32) -> Vec<u32> {
 
 pub fn final_phase_is(state: &ShimState, phase: Phase) {
     assert_eq!(state.phase, phase, "state: {state:?}");
+}
+
+/// One line of /proc/PID/mountinfo, the fields the masking tests look at.
+#[derive(Debug)]
+pub struct MountLine {
+    /// The path inside the mounted filesystem that is mounted (for a bind
+    /// mount of a file, that file: `/null` for /dev/null).
+    pub root: String,
+    pub mount_point: String,
+    pub options: Vec<String>,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Parses mountinfo text (proc(5)); lines it cannot read are a failure.
+pub fn parse_mountinfo(text: &str) -> Vec<MountLine> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (left, right) = l
+                .split_once(" - ")
+                .unwrap_or_else(|| panic!("not a mountinfo line: {l:?}"));
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            assert!(
+                left.len() >= 6 && right.len() >= 2,
+                "short mountinfo line: {l:?}"
+            );
+            MountLine {
+                root: left[3].to_string(),
+                mount_point: left[4].to_string(),
+                options: left[5].split(',').map(str::to_string).collect(),
+                fstype: right[0].to_string(),
+                source: right[1].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Asserts the container's masked and read-only paths from its own
+/// mountinfo: `/proc/keys` and `/proc/timer_list` have the null device bound
+/// over them, `/proc/sys` is mounted read-only and `/sys/firmware` is a
+/// tmpfs. The last mount of a path is the one a process sees.
+pub fn assert_masked_mounts(mountinfo: &str) {
+    let mounts = parse_mountinfo(mountinfo);
+    let top = |path: &str| {
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == path)
+            .unwrap_or_else(|| {
+                panic!("nothing is mounted on {path} in the container:\n{mountinfo}")
+            })
+    };
+    for file in ["/proc/keys", "/proc/timer_list"] {
+        let m = top(file);
+        assert!(
+            m.root.ends_with("/null") && m.fstype != "proc",
+            "{file} must have /dev/null bound over it, but it is {m:?}"
+        );
+    }
+    let sys = top("/proc/sys");
+    assert!(
+        sys.options.iter().any(|o| o == "ro"),
+        "/proc/sys must be mounted read-only: {sys:?}"
+    );
+    let firmware = top("/sys/firmware");
+    assert_eq!(
+        firmware.fstype, "tmpfs",
+        "/sys/firmware must be a tmpfs: {firmware:?}"
+    );
+}
+
+/// A mounted cgroup hierarchy: v1 (one or more controllers each) or the
+/// unified v2 one.
+#[derive(Debug, Clone)]
+pub struct CgroupMount {
+    pub mount_point: PathBuf,
+    /// The cgroup path mounted there (usually `/`).
+    pub root: String,
+    /// v1 controllers (`name=systemd` included); empty for v2.
+    pub controllers: Vec<String>,
+    pub unified: bool,
+}
+
+/// Every cgroup hierarchy mounted in this mount namespace (v1, hybrid or
+/// unified hosts alike).
+pub fn cgroup_mounts() -> Vec<CgroupMount> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let _source = right.next()?;
+            let options = right.next().unwrap_or("");
+            let unified = match fstype {
+                "cgroup2" => true,
+                "cgroup" => false,
+                _ => return None,
+            };
+            let controllers = if unified {
+                Vec::new()
+            } else {
+                options
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains("xattr"))
+                    .map(str::to_string)
+                    .collect()
+            };
+            Some(CgroupMount {
+                mount_point: PathBuf::from(left.get(4)?),
+                root: left.get(3)?.to_string(),
+                controllers,
+                unified,
+            })
+        })
+        .collect()
+}
+
+impl CgroupMount {
+    /// The directory of cgroup `path` (as in /proc/PID/cgroup) here.
+    fn dir_of(&self, path: &str) -> PathBuf {
+        let relative = path
+            .strip_prefix(self.root.trim_end_matches('/'))
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        self.mount_point.join(relative)
+    }
+}
+
+/// The hierarchy that holds `controller`'s files: the v1 mount of that
+/// controller, or else the unified one (v2 and the v2 half of hybrid hosts).
+fn cgroup_mount_for(controller: &str) -> CgroupMount {
+    let mounts = cgroup_mounts();
+    mounts
+        .iter()
+        .find(|m| m.controllers.iter().any(|c| c == controller))
+        .or_else(|| mounts.iter().find(|m| m.unified))
+        .cloned()
+        .unwrap_or_else(|| panic!("no cgroup hierarchy mounted for {controller}: {mounts:?}"))
+}
+
+/// The cgroup directory whose `controller` files govern process `pid`, on
+/// v1, hybrid or unified hosts. Panics, quoting /proc/PID/cgroup, when the
+/// process or its cgroup is gone or the controller is not enabled there.
+pub fn cgroup_dir_of(pid: i64, controller: &str) -> PathBuf {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/cgroup ({e}): is process {pid} gone?"));
+    let mount = cgroup_mount_for(controller);
+    let line = membership.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = if mount.unified {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then(|| path.to_string())
+    });
+    let path = line.unwrap_or_else(|| {
+        panic!("process {pid} is in no {controller} cgroup; /proc/{pid}/cgroup:\n{membership}")
+    });
+    let dir = mount.dir_of(&path);
+    if mount.unified {
+        let enabled = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}/cgroup.controllers ({e}); /proc/{pid}/cgroup:\n{membership}",
+                dir.display()
+            )
+        });
+        assert!(
+            enabled.split_whitespace().any(|c| c == controller),
+            "the {controller} controller is not enabled in {} (it has: {enabled}); /proc/{pid}/cgroup:\n{membership}",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The trimmed contents of `file` in process `pid`'s `controller` cgroup
+/// ([`cgroup_dir_of`]). A missing file is a failure, never an empty value.
+pub fn cgroup_file(pid: i64, controller: &str, file: &str) -> String {
+    let dir = cgroup_dir_of(pid, controller);
+    read_cgroup_file(&dir.join(file))
+}
+
+/// The trimmed contents of `file` in cgroup `path` (such as `/nimbus`) of
+/// the hierarchy holding `controller`, on v1, hybrid or unified hosts.
+pub fn cgroup_path_file(controller: &str, path: &str, file: &str) -> String {
+    read_cgroup_file(&cgroup_mount_for(controller).dir_of(path).join(file))
+}
+
+fn read_cgroup_file(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read cgroup file {} ({e})", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// A cgroup file read as a number; a missing or unparsable file fails.
+pub fn cgroup_number(pid: i64, controller: &str, file: &str) -> u64 {
+    let text = cgroup_file(pid, controller, file);
+    text.parse().unwrap_or_else(|e| {
+        panic!("{controller} {file} of process {pid} is {text:?}, not a number: {e}")
+    })
 }
