@@ -209,6 +209,41 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A tar (in the temp dir, off the small disk) of one file of `bytes`
+/// random, so incompressible, bytes.
+fn random_rootfs_tar(bytes: usize) -> PathBuf {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let mut data = vec![0u8; bytes];
+    let mut urandom = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    std::io::Read::read_exact(&mut urandom, &mut data).expect("read /dev/urandom");
+    std::fs::write(dir.path().join("blob"), &data).expect("write blob");
+    let tar = std::env::temp_dir().join(format!("nimbus-e2e-random-{}.tar", std::process::id()));
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("blob")
+        .output()
+        .expect("run tar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tar
+}
+
+/// Shrinks the filler by `bytes`, leaving that much free space.
+fn release(filler: &Path, bytes: u64) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(filler)
+        .expect("open filler");
+    let len = f.metadata().expect("filler size").len();
+    f.set_len(len.saturating_sub(bytes)).expect("shrink filler");
+}
+
 fn is_mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
@@ -304,6 +339,37 @@ fn a_full_data_disk_refuses_changes_with_507_naming_the_path() {
             ])
             .expect("audit list");
         assert_eq!(page["items"][0]["status"], 201, "{page}");
+
+        // An image too large for what is left: the store still has room
+        // for its records, the image store runs out. 507 names the images
+        // directory, and nothing of the image is kept.
+        let archive_copy = random_rootfs_tar(6 << 20);
+        let filler = disk.fill();
+        release(&filler, 2 << 20);
+        let out = cloud.nimbus(&[
+            "image",
+            "import",
+            archive_copy.to_str().unwrap(),
+            "--name",
+            "too-big",
+        ]);
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "the import cannot fit: {err}");
+        let images = cloud.data_dir().join("images");
+        assert!(
+            err.contains("no space left") && err.contains(&*images.to_string_lossy()),
+            "the error names the full disk's images directory: {err}"
+        );
+        std::fs::remove_file(&filler).expect("remove filler");
+        let _ = std::fs::remove_file(&archive_copy);
+        let (status, body) = http(
+            &cloud,
+            "GET",
+            "/v1/projects/default/images/too-big",
+            Some(&admin),
+            b"",
+        );
+        assert_eq!(status, 404, "no image was recorded: {body}");
         drop(cloud);
     }
     drop(disk);

@@ -295,3 +295,52 @@ fn agents_report_only_for_their_own_host_and_metrics_can_be_turned_off() {
     );
     assert_eq!(status, 403, "{body}");
 }
+
+/// The value of the first sample line starting with `series` in an
+/// exposition text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_vms_vcpu_time_and_traffic_are_reported() {
+    let cloud = Cloud::start();
+    cloud.import_tiny();
+    // The tiny guest asks for an address over DHCP at boot: traffic the
+    // router's side of its tap sees.
+    cloud.ok(&[
+        "instance", "run", "vm1", "--kind", "vm", "--image", "tiny", "--memory", "128MiB",
+    ]);
+    cloud.wait_phase("vm1", &["running"], T);
+    let admin = cloud.admin_token();
+    let labels = "{project=\"default\",instance_name=\"vm1\"}";
+    let (sent, received, vcpu) = wait_until(
+        Duration::from_secs(90),
+        "the VM's traffic and vCPU time",
+        || {
+            let (status, text) = scrape(&cloud, &admin);
+            assert_eq!(status, 200, "{text}");
+            let sent = sample(
+                &text,
+                &format!("nimbus_instance_network_transmit_packets_total{labels}"),
+            )?;
+            let received = sample(
+                &text,
+                &format!("nimbus_instance_network_receive_packets_total{labels}"),
+            )?;
+            let vcpu = sample(
+                &text,
+                &format!("nimbus_instance_vcpu_seconds_total{labels}"),
+            )?;
+            (sent > 0.0 && received > 0.0 && vcpu > 0.0).then_some((sent, received, vcpu))
+        },
+    );
+    assert!(
+        sent >= 1.0 && received >= 1.0 && vcpu > 0.0,
+        "sent {sent}, received {received}, vCPU {vcpu}"
+    );
+    cloud.ok(&["instance", "rm", "--force", "vm1"]);
+}

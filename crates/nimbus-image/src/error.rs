@@ -189,6 +189,22 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// Whether the import failed because the filesystem holding the image
+    /// store is full (or over a quota): the caller frees space, the archive
+    /// itself is fine.
+    pub fn is_disk_full(&self) -> bool {
+        let source = match self {
+            ImageError::Io { source, .. }
+            | ImageError::Extract { source, .. }
+            | ImageError::ReadArchive { source } => source,
+            _ => return false,
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) || source.kind() == std::io::ErrorKind::StorageFull
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -199,5 +215,34 @@ impl ImageError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_filesystem_counts_as_disk_full() {
+        let full = ImageError::io(
+            "write",
+            "/data/images/blobs/tmp",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(full.is_disk_full());
+        let quota = ImageError::Extract {
+            layer: "sha256:1".into(),
+            entry: "bin/sh".into(),
+            action: "write",
+            source: std::io::Error::from_raw_os_error(libc::EDQUOT),
+        };
+        assert!(quota.is_disk_full());
+        let denied = ImageError::io(
+            "write",
+            "/data/images",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert!(!denied.is_disk_full());
+        assert!(!ImageError::ArchiveTooLarge { limit: 1 }.is_disk_full());
     }
 }

@@ -9,8 +9,10 @@
 //!   `memory.usage_in_bytes` / `memory.limit_in_bytes`;
 //! - OOM kills: `host::cgroups::oom_kill_count_on` (v1 `memory.oom_control`,
 //!   v2 `memory.events`);
-//! - network (containers): `/proc/<pid>/net/dev` of a process in the
+//! - network: for containers `/proc/<pid>/net/dev` of a process in the
 //!   instance's cgroup, which shows the container's own network namespace;
+//!   for VMs the counters of the VM's tap in its router namespace, turned
+//!   to the guest's view;
 //! - vCPU time (VMs): the emulator's `CPU n/KVM` (or `/TCG`) threads'
 //!   `utime + stime` from `/proc/<pid>/task/<tid>/stat`.
 //!
@@ -38,8 +40,8 @@ const V1_UNLIMITED: u64 = 1 << 62;
 pub struct Target {
     pub id: String,
     /// Its workload is an emulator (VM, unikernel): vCPU threads are read,
-    /// and the emulator's network namespace is the host's, so it has no
-    /// network counters of its own here.
+    /// and as the emulator's network namespace is the host's, its traffic
+    /// is read from its tap in the router namespace.
     pub emulated: bool,
 }
 
@@ -66,33 +68,73 @@ pub fn parse_memory_limit(text: &str) -> Option<u64> {
     text.parse::<u64>().ok().filter(|&v| v < V1_UNLIMITED)
 }
 
-/// The sum over every interface but loopback of a `/proc/net/dev` table.
-pub fn parse_net_dev(text: &str) -> Option<NetworkCounters> {
-    let mut total = NetworkCounters::default();
-    let mut any = false;
+/// The rows of a `/proc/net/dev` table: interface name and its counters.
+fn net_dev_rows(text: &str) -> impl Iterator<Item = (&str, NetworkCounters)> {
     // Two header lines, then `iface: rx_bytes rx_packets errs drop fifo
     // frame compressed multicast tx_bytes tx_packets ...`.
-    for line in text.lines().skip(2) {
-        let Some((name, counters)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim() == "lo" {
-            continue;
-        }
+    text.lines().skip(2).filter_map(|line| {
+        let (name, counters) = line.split_once(':')?;
         let v: Vec<u64> = counters
             .split_whitespace()
             .filter_map(|f| f.parse().ok())
             .collect();
-        if v.len() < 10 {
-            continue;
-        }
-        any = true;
-        total.rx_bytes += v[0];
-        total.rx_packets += v[1];
-        total.tx_bytes += v[8];
-        total.tx_packets += v[9];
+        (v.len() >= 10).then(|| {
+            (
+                name.trim(),
+                NetworkCounters {
+                    rx_bytes: v[0],
+                    rx_packets: v[1],
+                    tx_bytes: v[8],
+                    tx_packets: v[9],
+                },
+            )
+        })
+    })
+}
+
+/// The sum over every interface but loopback of a `/proc/net/dev` table.
+pub fn parse_net_dev(text: &str) -> Option<NetworkCounters> {
+    let mut total = None::<NetworkCounters>;
+    for (_, c) in net_dev_rows(text).filter(|(name, _)| *name != "lo") {
+        let t = total.get_or_insert_with(NetworkCounters::default);
+        t.rx_bytes += c.rx_bytes;
+        t.rx_packets += c.rx_packets;
+        t.tx_bytes += c.tx_bytes;
+        t.tx_packets += c.tx_packets;
     }
-    any.then_some(total)
+    total
+}
+
+/// A VM's traffic from the counters of its tap (`link`) in a
+/// `/proc/net/dev` table of its router namespace, turned to the guest's
+/// view: what the tap receives, the guest sent.
+pub fn parse_tap_as_guest(text: &str, link: &str) -> Option<NetworkCounters> {
+    net_dev_rows(text)
+        .find(|(name, _)| *name == link)
+        .map(|(_, tap)| NetworkCounters {
+            rx_bytes: tap.tx_bytes,
+            rx_packets: tap.tx_packets,
+            tx_bytes: tap.rx_bytes,
+            tx_packets: tap.rx_packets,
+        })
+}
+
+/// A VM's traffic, read from its tap in whichever router namespace holds
+/// it (the emulator itself runs in the host's namespace). `None` for a VM
+/// on no network.
+fn vm_network(instance_id: &str) -> Option<NetworkCounters> {
+    let tap = nimbus_net::names::tap_link(instance_id);
+    nimbus_net::netns::list(Path::new(nimbus_net::names::NETNS_DIR), "nr-")
+        .iter()
+        .find_map(|ns| {
+            nimbus_net::netns::run_in(Some(ns), || {
+                // The calling thread's namespace, not the process's.
+                std::fs::read_to_string("/proc/thread-self/net/dev")
+                    .map_err(|e| nimbus_net::NetError::io("read /proc/thread-self/net/dev", e))
+            })
+            .ok()
+            .and_then(|text| parse_tap_as_guest(&text, &tap))
+        })
 }
 
 /// `utime + stime` (clock ticks) of a `/proc/<pid>/task/<tid>/stat` line.
@@ -191,7 +233,14 @@ pub fn collect(targets: &[Target]) -> HostStats {
     HostStats {
         instances: targets
             .iter()
-            .filter_map(|t| collect_instance(&HostCgroupFs, &layout, Path::new("/proc"), ticks, t))
+            .filter_map(|t| {
+                let mut stats =
+                    collect_instance(&HostCgroupFs, &layout, Path::new("/proc"), ticks, t)?;
+                if t.emulated {
+                    stats.network = vm_network(&t.id);
+                }
+                Some(stats)
+            })
             .collect(),
     }
 }
@@ -290,6 +339,22 @@ mod tests {
         );
         let only_lo = NET_DEV.lines().take(3).collect::<Vec<_>>().join("\n");
         assert_eq!(parse_net_dev(&only_lo), None);
+    }
+
+    #[test]
+    fn a_vms_tap_counts_in_the_guests_direction() {
+        let table = format!("{NET_DEV}  tab12: 300 3 0 0 0 0 0 0 7000 70 0 0 0 0 0 0\n");
+        assert_eq!(
+            parse_tap_as_guest(&table, "tab12"),
+            Some(NetworkCounters {
+                rx_bytes: 7000,
+                rx_packets: 70,
+                tx_bytes: 300,
+                tx_packets: 3,
+            }),
+            "the tap's transmit is what the guest received"
+        );
+        assert_eq!(parse_tap_as_guest(&table, "tother"), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use nimbus_api::{
-    validate_name, ApiError, Image, ImageSpec, Instance, ListOptions, Metadata, ResourceList, Role,
-    WatchEvent,
+    validate_name, ApiError, ErrorCode, Image, ImageSpec, Instance, ListOptions, Metadata,
+    ResourceList, Role, WatchEvent,
 };
 use nimbus_image::ImportedImage;
 
@@ -172,7 +172,21 @@ pub async fn import(
     let imported = importer
         .await
         .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
-        .map_err(|e| ApiError::invalid(format!("image {:?} was not imported: {e}", q.name)))?;
+        .map_err(|e| {
+            if e.is_disk_full() {
+                tracing::error!(error = %e, "the image store's disk is full");
+                ApiError::new(
+                    ErrorCode::InsufficientStorage,
+                    format!(
+                        "image {:?} was not imported: no space left on the disk holding {}; nothing was kept. Free space on that filesystem (remove unused images with `nimbus image rm`, or delete other files there) and retry",
+                        q.name,
+                        state.config.images_dir().display()
+                    ),
+                )
+            } else {
+                ApiError::invalid(format!("image {:?} was not imported: {e}", q.name))
+            }
+        })?;
     let mut metadata = Metadata::new(&q.name, Some(&project));
     metadata
         .labels
