@@ -258,7 +258,7 @@ impl Agent {
                 let emulated = self
                     .drivers
                     .for_dir(&self.instance_dir(&id))
-                    .is_some_and(|d| d.name() != "container");
+                    .is_some_and(|d| d.runs_an_emulator());
                 Target { id, emulated }
             })
             .collect()

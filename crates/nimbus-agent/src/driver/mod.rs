@@ -85,6 +85,13 @@ pub trait Driver: Send + Sync {
     /// Whether this driver runs instances of `kind`.
     fn serves(&self, kind: InstanceKind) -> bool;
 
+    /// Whether its workload is an emulator in the host's network namespace
+    /// (statistics then read vCPU threads and the instance's tap) rather
+    /// than processes in namespaces of their own.
+    fn runs_an_emulator(&self) -> bool {
+        false
+    }
+
     /// Whether `dir` is an instance directory this driver prepared.
     fn owns_dir(&self, dir: &Path) -> bool;
 

@@ -53,6 +53,10 @@ impl Driver for VmDriver {
         "vm"
     }
 
+    fn runs_an_emulator(&self) -> bool {
+        true
+    }
+
     fn serves(&self, kind: InstanceKind) -> bool {
         matches!(kind, InstanceKind::Vm | InstanceKind::Unikernel)
     }
