@@ -72,15 +72,28 @@ fn exec_runs_inside_the_container() {
     let client = inst.client();
     let spec = inst.spec();
 
-    let ps = exec(&client, &["ps", "-o", "pid,comm"], None);
-    assert_eq!(ps.code, 0, "{}", ps.stderr);
-    let pid1 = ps
-        .stdout
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("1"));
+    // The workload is `sh -c "echo up; exec sleep 600"`: running is
+    // reported once `sh` runs, and on a busy machine it may not have
+    // exec'd `sleep` yet, so wait for that rather than race it.
+    let pid1_command = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("1"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ps = loop {
+        let ps = exec(&client, &["ps", "-o", "pid,comm"], None);
+        assert_eq!(ps.code, 0, "{}", ps.stderr);
+        if pid1_command(&ps.stdout).as_deref() != Some("sh") || std::time::Instant::now() > deadline
+        {
+            break ps;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(
-        pid1.map(|l| l.split_whitespace().nth(1)),
-        Some(Some("sleep")),
+        pid1_command(&ps.stdout).as_deref(),
+        Some("sleep"),
         "{}",
         ps.stdout
     );
