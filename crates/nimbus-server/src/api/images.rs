@@ -85,6 +85,24 @@ impl Read for ChannelReader {
     }
 }
 
+/// How much of a refused upload is still read (and discarded) before the
+/// answer is sent.
+const REFUSED_UPLOAD_DRAIN_BYTES: usize = 64 << 20;
+
+/// Reads and discards up to `limit` more bytes of a request body.
+async fn drain_rest<S, E>(stream: &mut S, limit: usize)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let mut read = 0usize;
+    while read < limit {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/v1/projects/{project}/images", operation_id = "import_image", params(ProjectPath, ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive; with `kind=disk` a qcow2 or raw disk; with `kind=kernel` an ELF kernel, optionally followed by an initrd. Capped by the server's image size limit (413 past it)"),
@@ -164,7 +182,16 @@ pub async fn import(
             }
         });
         let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        if failed {
+            let _ = tx.send(item).await;
+            break;
+        }
+        if tx.send(item).await.is_err() {
+            // The importer stopped early (a bad archive, a full disk).
+            // Read a little more of what the client is still sending, so
+            // a client that writes its whole body before reading gets the
+            // answer instead of a reset connection.
+            drain_rest(&mut stream, REFUSED_UPLOAD_DRAIN_BYTES).await;
             break;
         }
     }
