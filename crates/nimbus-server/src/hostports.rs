@@ -85,7 +85,7 @@ pub fn check_policy(
             .any(|r| r.port == c.port && r.protocol == c.protocol)
         {
             return Err(ApiError::conflict(format!(
-                "host port {c} is where Nimbus's own API listens; pick another host port"
+                "host port {c} is where Nimbus's own API (or its S3 or metrics endpoint) listens; pick another host port"
             )));
         }
     }

@@ -144,9 +144,11 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
     config.store = args.store.clone();
     config.listen = (!args.no_tls).then_some(args.listen);
+    // Every port the daemon listens on, so no published port takes one.
     config.other_listeners = (!args.no_s3)
         .then_some(args.s3_listen)
         .into_iter()
+        .chain(args.metrics_listen)
         .collect();
     config.socket_group = args.socket_group.clone();
     config.tls_cert = args.tls_cert.clone();
