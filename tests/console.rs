@@ -434,7 +434,7 @@ async fn console_in_a_real_browser() {
         .wait_js(
             "the refusal to delete a bucket that holds an object",
             T,
-            "const t = document.getElementById('toast'); return !t.hidden && t.textContent",
+            "const t = document.getElementById('toast'); return !t.hidden && t.classList.contains('bad') && t.textContent",
         )
         .await;
     assert!(
@@ -521,7 +521,7 @@ async fn console_in_a_real_browser() {
     )
     .await;
     let chart = b
-        .js("const pick = (id, names) => Array.from(document.querySelectorAll('#' + id + ' g.hour')).map((g) => [g.getAttribute('data-hour'), ...names.map((n) => g.getAttribute('data-' + n))]); return { instances: pick('usage-instances', ['container', 'vm', 'unikernel']), storage: pick('usage-storage', ['image', 'object']), totals: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.textContent) }")
+        .js("const pick = (id, names) => Array.from(document.querySelectorAll('#' + id + ' g.hour')).map((g) => [g.getAttribute('data-hour'), ...names.map((n) => g.getAttribute('data-' + n))]); return { instances: pick('usage-instances', ['container', 'vm', 'unikernel']), storage: pick('usage-storage', ['image', 'object']), totals: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.getAttribute('data-value')), shown: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.textContent) }")
         .await;
     let hours = report["hours"].as_array().expect("hours");
     let drawn = |chart_id: &str| chart[chart_id].as_array().cloned().unwrap_or_default();
@@ -568,7 +568,7 @@ async fn console_in_a_real_browser() {
             && t["object_gib_hours"].as_f64().unwrap_or(0.0) > 0.0,
         "the window holds web1's run, the image and the object: {report}"
     );
-    let totals: Vec<String> = [
+    let totals = [
         &t["instance_hours"]["container"],
         &t["instance_hours"]["vm"],
         &t["instance_hours"]["unikernel"],
@@ -576,11 +576,32 @@ async fn console_in_a_real_browser() {
         &t["memory_gib_hours"],
         &t["image_gib_hours"],
         &t["object_gib_hours"],
-    ]
-    .iter()
-    .map(|v| format!("{:.4}", v.as_f64().expect("number")))
-    .collect();
-    assert_eq!(chart["totals"], json!(totals), "the totals row: {report}");
+    ];
+    let cells = chart["totals"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cells.len(), totals.len(), "a cell per figure: {chart}");
+    for (cell, api) in cells.iter().zip(totals) {
+        assert_eq!(
+            figure(cell),
+            api.as_f64().expect("number"),
+            "totals row: {chart} vs {report}"
+        );
+    }
+    // What people read: no figure that is not zero shows as zero.
+    for (shown, api) in chart["shown"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .zip(totals)
+    {
+        let shown = shown.as_str().unwrap_or_default();
+        let api = api.as_f64().unwrap_or(0.0);
+        assert_eq!(
+            shown.parse::<f64>().map(|v| v == 0.0).ok(),
+            Some(api == 0.0),
+            "{shown:?} shown for {api}"
+        );
+    }
     b.screenshot_to(&shots, "usage").await;
 
     // A reader sees no mutating buttons, and the API refuses anyway.

@@ -830,7 +830,7 @@
     const bw = hours.length ? (W - pad * 2) / hours.length : 0;
     const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', id, role: 'img', 'aria-label': title },
       svg('line', { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: 'axis' }),
-      svg('text', { x: pad, y: pad - 12, class: 'legend' }, `${title} (max ${max >= 1e-6 ? max.toFixed(4) : '0'} ${unit})`));
+      svg('text', { x: pad, y: pad - 12, class: 'legend' }, `${title} (max ${figure(max > 1e-9 ? max : 0)} ${unit})`));
     hours.forEach((h, i) => {
       const g = svg('g', { class: 'hour', 'data-hour': h.hour });
       let y = H - pad;
@@ -842,25 +842,35 @@
         if (bh > 0) {
           y -= bh;
           g.append(svg('rect', { x: pad + i * bw + 1, y, width: Math.max(1, bw - 2), height: bh, class: `bar bar-${name}` },
-            svg('title', {}, `${h.hour} ${name}: ${v.toFixed(4)} ${unit}`)));
+            svg('title', {}, `${h.hour} ${name}: ${figure(v)} ${unit}`)));
         }
       }
       chart.append(g);
     });
-    // Hour labels: the first, and every sixth hour after it.
+    // Hour labels: about eight along the axis, whatever the window.
+    const every = Math.max(1, Math.ceil(hours.length / 8));
     hours.forEach((h, i) => {
-      if (i % 6 === 0) chart.append(svg('text', { x: pad + i * bw, y: H - pad + 16, class: 'legend' }, String(h.hour).slice(5, 16).replace('T', ' ')));
+      if (i % every === 0) chart.append(svg('text', { x: pad + i * bw, y: H - pad + 16, class: 'legend' }, String(h.hour).slice(5, 16).replace('T', ' ')));
     });
     series.forEach(([name], i) => chart.append(svg('rect', { x: W - pad - 300 + i * 100, y: 8, width: 10, height: 10, class: `bar bar-${name}` }),
       svg('text', { x: W - pad - 285 + i * 100, y: 17, class: 'legend' }, name)));
     return chart;
   }
 
+  // Four decimals, or four significant digits for what is smaller (a
+  // few MiB of objects for minutes is far below 0.0001 GiB-hours).
+  function figure(v) {
+    if (typeof v !== 'number') return '';
+    if (v === 0) return '0';
+    return Math.abs(v) >= 0.001 ? v.toFixed(4) : v.toPrecision(4);
+  }
+
+  // Each cell shows a rounded figure and keeps the API's in data-value.
   function usageTotals(t) {
     const ih = t.instance_hours || {};
-    const num = (v) => (v === undefined ? '' : Number(v).toFixed(4));
     return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours', 'Object GiB-hours'],
-      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours, t.object_gib_hours].map((v) => el('td', {}, num(v))))],
+      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours, t.object_gib_hours]
+        .map((v) => el('td', { 'data-value': v === undefined ? '' : String(v) }, figure(v))))],
       { id: 'usage-totals' });
   }
 
