@@ -2,7 +2,12 @@
 //! sign in with a token, launch a container through the form, see it run
 //! without a reload, read its logs, use its terminal, delete it; a reader
 //! sees no delete button and the API refuses the reader's delete; names
-//! and labels holding markup are shown as text and run nothing.
+//! and labels holding markup are shown as text and run nothing. Buckets
+//! are made, refused deletion while they hold an object (the API's
+//! message shown) and deleted through the console, with an S3 key made
+//! there (its secret shown once) and used by boto3. The usage page's
+//! chart and totals carry exactly what `nimbus usage -o json` reports
+//! for the same window.
 //!
 //! Screenshots of each page go to `$CARGO_TARGET_TMPDIR/console/`
 //! (`docs/console/` keeps copies).
@@ -13,7 +18,7 @@ mod common;
 use std::time::Duration;
 
 use browser::Browser;
-use common::{http, wait_until, Cloud};
+use common::{free_port, http, wait_until, Cloud};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -80,6 +85,43 @@ async fn goto_hash(b: &Browser, hash: &str, ready: &str) {
     .await;
 }
 
+/// Run a boto3 script with `s3` bound to a client of `endpoint` using
+/// `key`; its standard output.
+fn boto3(cloud: &Cloud, endpoint: &str, key: &(String, String), script: &str) -> String {
+    let prelude = format!("import boto3\ns3 = boto3.client('s3', endpoint_url={endpoint:?})\n");
+    let out = std::process::Command::new("python3")
+        .env("AWS_ACCESS_KEY_ID", &key.0)
+        .env("AWS_SECRET_ACCESS_KEY", &key.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env(
+            "AWS_CA_BUNDLE",
+            cloud.data_dir().join("tls").join("cert.pem"),
+        )
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .args(["-c", &format!("{prelude}{script}")])
+        .output()
+        .expect("run python3 with boto3 (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}{}\n{script}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn bucket_row(name: &str) -> String {
+    format!("#buckets tr[data-bucket='{name}']")
+}
+
+/// Click a confirm-twice button (`confirmButton` in app.js).
+async fn click_twice(b: &Browser, selector: &str) {
+    b.click(selector).await;
+    b.click(selector).await;
+}
+
 async fn assert_no_dialog(b: &Browser, when: &str) {
     if let Some(text) = b.dialog_open().await {
         panic!("a script ran from data ({when}): dialog {text:?} opened");
@@ -96,7 +138,9 @@ async fn assert_no_dialog(b: &Browser, when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
-    let cloud = Cloud::start();
+    let s3_listen = format!("127.0.0.1:{}", free_port());
+    let s3_endpoint = format!("https://{s3_listen}");
+    let cloud = Cloud::start_with(&["--s3-listen", &s3_listen]);
     let admin = cloud.admin_token();
     let base = format!("https://127.0.0.1:{}", cloud.port);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
@@ -282,12 +326,296 @@ async fn console_in_a_real_browser() {
     });
     assert_eq!(b.js("return window.nimbusNoReload").await, json!(42));
 
+    // Buckets: a name holding markup is refused by the API, and its
+    // message is shown as text.
+    goto_hash(&b, "#/p/default/buckets", "buckets").await;
+    b.fill("#bucket-form input[name=name]", XSS).await;
+    b.click("#bucket-form button[type=submit]").await;
+    let refusal = b
+        .wait_js(
+            "the refusal of a bucket named with markup",
+            T,
+            "const e = document.querySelector('#bucket-form .error'); return !e.hidden && e.textContent",
+        )
+        .await;
+    let refusal = refusal.as_str().unwrap_or_default().to_string();
+    assert!(
+        refusal.contains(XSS) && refusal.contains("invalid"),
+        "the API's message, literally: {refusal}"
+    );
+    assert_no_dialog(&b, "bucket form").await;
+    b.fill("#bucket-form input[name=name]", "console-photos")
+        .await;
+    b.click("#bucket-form input[name=public_read]").await;
+    b.click("#bucket-form button[type=submit]").await;
+    let listed = b
+        .wait_js(
+            "console-photos in the bucket list",
+            T,
+            &format!(
+                "const r = document.querySelector(\"{}\"); return document.body.dataset.ready === 'buckets' && r && r.textContent",
+                bucket_row("console-photos")
+            ),
+        )
+        .await;
+    assert!(
+        listed.as_str().unwrap_or_default().contains("public read"),
+        "made with public read: {listed}"
+    );
+    let (s, body) = http(
+        &cloud,
+        "GET",
+        "/v1/projects/default/buckets",
+        Some(&admin),
+        b"",
+    );
+    assert_eq!(s, 200, "{body}");
+    let buckets: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        buckets
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|b| b["name"] == "console-photos" && b["public_read"] == true),
+        "the API has the console's bucket, public: {buckets}"
+    );
+
+    // An S3 key made in the console: its secret shown once, and working.
+    goto_hash(&b, "#/p/default/s3credentials", "s3credentials").await;
+    b.click("#create-s3credential").await;
+    let shown = b
+        .wait_js(
+            "the new key's secret",
+            T,
+            "const s = document.getElementById('new-secret-access-key'); return s && [document.getElementById('new-access-key-id').textContent, s.textContent]",
+        )
+        .await;
+    let key = (
+        shown[0].as_str().expect("access key id").to_string(),
+        shown[1].as_str().expect("secret").to_string(),
+    );
+    assert!(key.1.len() >= 20, "a secret: {shown}");
+    boto3(
+        &cloud,
+        &s3_endpoint,
+        &key,
+        "s3.put_object(Bucket='console-photos', Key='cat.jpg', Body=b'meow' * 1000)\n",
+    );
+    goto_hash(&b, "#/p/default/instances", "instances").await;
+    goto_hash(&b, "#/p/default/s3credentials", "s3credentials").await;
+    b.wait_js(
+        "the key listed",
+        T,
+        &format!(
+            "return document.querySelector(\"#s3credentials tr[data-access-key='{}']\")",
+            key.0
+        ),
+    )
+    .await;
+    let page_text = b.js("return document.body.textContent").await;
+    assert!(
+        !page_text.as_str().unwrap_or_default().contains(&key.1),
+        "the secret is shown once only"
+    );
+    b.screenshot_to(&shots, "s3credentials").await;
+
+    // A bucket holding an object is not deleted; the API's reason shows.
+    goto_hash(&b, "#/p/default/buckets", "buckets").await;
+    b.screenshot_to(&shots, "buckets").await;
+    click_twice(
+        &b,
+        &format!(
+            "{} button[data-action=delete]",
+            bucket_row("console-photos")
+        ),
+    )
+    .await;
+    let toast = b
+        .wait_js(
+            "the refusal to delete a bucket that holds an object",
+            T,
+            "const t = document.getElementById('toast'); return !t.hidden && t.classList.contains('bad') && t.textContent",
+        )
+        .await;
+    assert!(
+        toast
+            .as_str()
+            .unwrap_or_default()
+            .contains("bucket \"console-photos\" is not empty; delete its objects first"),
+        "the API's message: {toast}"
+    );
+    assert!(cloud.ok(&["bucket", "list"]).contains("console-photos"));
+    boto3(
+        &cloud,
+        &s3_endpoint,
+        &key,
+        "s3.delete_object(Bucket='console-photos', Key='cat.jpg')\n",
+    );
+    goto_hash(&b, "#/p/default/instances", "instances").await;
+    goto_hash(&b, "#/p/default/buckets", "buckets").await;
+    click_twice(
+        &b,
+        &format!(
+            "{} button[data-action=delete]",
+            bucket_row("console-photos")
+        ),
+    )
+    .await;
+    b.wait_js(
+        "console-photos to leave the list",
+        T,
+        &format!(
+            "return document.body.dataset.ready === 'buckets' && document.querySelector('#buckets') && !document.querySelector(\"{}\")",
+            bucket_row("console-photos")
+        ),
+    )
+    .await;
+    assert!(!cloud.ok(&["bucket", "list"]).contains("console-photos"));
+
+    // The key deleted in the console is gone.
+    goto_hash(&b, "#/p/default/s3credentials", "s3credentials").await;
+    click_twice(
+        &b,
+        &format!(
+            "#s3credentials tr[data-access-key='{}'] button[data-action=delete]",
+            key.0
+        ),
+    )
+    .await;
+    b.wait_js(
+        "the key to leave the list",
+        T,
+        &format!(
+            "return document.body.dataset.ready === 's3credentials' && document.querySelector('#s3credentials') && !document.querySelector(\"#s3credentials tr[data-access-key='{}']\")",
+            key.0
+        ),
+    )
+    .await;
+    assert!(!cloud.ok(&["s3", "credentials", "list"]).contains(&key.0));
+
+    // The usage page shows what `nimbus usage -o json` reports for the
+    // same window: a window that has ended, so nothing in it still grows.
+    let to_t = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let to_s = to_t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let from_s = (to_t - chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:00:00Z")
+        .to_string();
+    wait_until(T, "the usage window to end", || {
+        (chrono::Utc::now() > to_t + chrono::Duration::seconds(1)).then_some(())
+    });
+    let report = cloud
+        .json(&["usage", "--from", &from_s, "--to", &to_s])
+        .expect("usage -o json");
+    goto_hash(&b, "#/p/default/usage", "usage").await;
+    b.fill("#usage-form input[name=from]", &from_s).await;
+    b.fill("#usage-form input[name=to]", &to_s).await;
+    b.click("#usage-form button[type=submit]").await;
+    b.wait_js(
+        "the usage of the window asked for",
+        T,
+        &format!(
+            "const u = document.getElementById('usage'); return u.dataset.from === {} && u.dataset.to === {}",
+            json!(from_s),
+            json!(to_s)
+        ),
+    )
+    .await;
+    let chart = b
+        .js("const pick = (id, names) => Array.from(document.querySelectorAll('#' + id + ' g.hour')).map((g) => [g.getAttribute('data-hour'), ...names.map((n) => g.getAttribute('data-' + n))]); return { instances: pick('usage-instances', ['container', 'vm', 'unikernel']), storage: pick('usage-storage', ['image', 'object']), totals: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.getAttribute('data-value')), shown: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.textContent) }")
+        .await;
+    let hours = report["hours"].as_array().expect("hours");
+    let drawn = |chart_id: &str| chart[chart_id].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        drawn("instances").len(),
+        hours.len(),
+        "a group per hour: {chart}"
+    );
+    assert_eq!(
+        drawn("storage").len(),
+        hours.len(),
+        "a group per hour: {chart}"
+    );
+    let figure = |v: &serde_json::Value| -> f64 {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{v} is not a figure"))
+    };
+    for (i, h) in hours.iter().enumerate() {
+        let inst = &drawn("instances")[i];
+        let storage = &drawn("storage")[i];
+        assert_eq!(inst[0], h["hour"], "hour {i}: {chart}");
+        assert_eq!(storage[0], h["hour"], "hour {i}: {chart}");
+        let want = [
+            (&inst[1], &h["instance_hours"]["container"]),
+            (&inst[2], &h["instance_hours"]["vm"]),
+            (&inst[3], &h["instance_hours"]["unikernel"]),
+            (&storage[1], &h["image_gib_hours"]),
+            (&storage[2], &h["object_gib_hours"]),
+        ];
+        for (k, (shown, api)) in want.into_iter().enumerate() {
+            assert_eq!(
+                figure(shown),
+                api.as_f64().expect("number"),
+                "hour {} series {k}: chart {shown} vs `nimbus usage` {api}",
+                h["hour"]
+            );
+        }
+    }
+    let t = &report["totals"];
+    assert!(
+        t["instance_hours"]["container"].as_f64().unwrap_or(0.0) > 0.0
+            && t["image_gib_hours"].as_f64().unwrap_or(0.0) > 0.0
+            && t["object_gib_hours"].as_f64().unwrap_or(0.0) > 0.0,
+        "the window holds web1's run, the image and the object: {report}"
+    );
+    let totals = [
+        &t["instance_hours"]["container"],
+        &t["instance_hours"]["vm"],
+        &t["instance_hours"]["unikernel"],
+        &t["vcpu_hours"],
+        &t["memory_gib_hours"],
+        &t["image_gib_hours"],
+        &t["object_gib_hours"],
+    ];
+    let cells = chart["totals"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cells.len(), totals.len(), "a cell per figure: {chart}");
+    for (cell, api) in cells.iter().zip(totals) {
+        assert_eq!(
+            figure(cell),
+            api.as_f64().expect("number"),
+            "totals row: {chart} vs {report}"
+        );
+    }
+    // What people read: no figure that is not zero shows as zero.
+    for (shown, api) in chart["shown"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .zip(totals)
+    {
+        let shown = shown.as_str().unwrap_or_default();
+        let api = api.as_f64().unwrap_or(0.0);
+        assert_eq!(
+            shown.parse::<f64>().map(|v| v == 0.0).ok(),
+            Some(api == 0.0),
+            "{shown:?} shown for {api}"
+        );
+    }
+    b.screenshot_to(&shots, "usage").await;
+
     // A reader sees no mutating buttons, and the API refuses anyway.
     created(
         &cloud,
         &admin,
         "/v1/projects/default/instances",
         json!({"name": "keep", "spec": {"image": "busybox", "args": ["sleep", "1000"]}}),
+    );
+    created(
+        &cloud,
+        &admin,
+        "/v1/projects/default/buckets",
+        json!({"name": "reader-sees"}),
     );
     b.click("#signout").await;
     b.wait_js(
@@ -309,6 +637,36 @@ async fn console_in_a_real_browser() {
         .await;
     assert_eq!(buttons, json!(0), "a reader sees no mutating buttons");
     b.screenshot_to(&shots, "reader").await;
+    goto_hash(&b, "#/p/default/buckets", "buckets").await;
+    b.wait_js(
+        "reader-sees in the reader's bucket list",
+        T,
+        &format!(
+            "return document.querySelector(\"{}\")",
+            bucket_row("reader-sees")
+        ),
+    )
+    .await;
+    let buttons = b
+        .js("return document.querySelectorAll('#buckets button, #bucket-form').length")
+        .await;
+    assert_eq!(buttons, json!(0), "a reader sees no bucket buttons");
+    let status = b
+        .js("return fetch('/ui/session').then(r => r.json()).then(s => fetch('/v1/projects/default/buckets/reader-sees', {method: 'DELETE', headers: {'X-CSRF-Token': s.csrf}})).then(r => r.status)")
+        .await;
+    assert_eq!(
+        status,
+        json!(403),
+        "the API refuses the reader's bucket delete"
+    );
+    goto_hash(&b, "#/p/default/s3credentials", "s3credentials").await;
+    b.css("#s3credentials-denied").await;
+    assert_eq!(
+        b.js("return document.querySelectorAll('main button').length")
+            .await,
+        json!(0),
+        "a reader gets no key buttons"
+    );
     let status = b
         .js("return fetch('/ui/session').then(r => r.json()).then(s => fetch('/v1/projects/default/instances/keep', {method: 'DELETE', headers: {'X-CSRF-Token': s.csrf}})).then(r => r.status)")
         .await;

@@ -3,14 +3,16 @@
 //! stopped; `nimbus usage -o json` gives exactly the hours its two runs
 //! (the start and finish times its status recorded) and the stored
 //! starter image add up to, hour by hour, and nothing twice across the
-//! kill.
+//! kill. S3 objects stored, overwritten and deleted, with the daemon
+//! killed after, give exactly their bytes times the seconds between the
+//! Last-Modified times S3 showed (and the deletion).
 
 mod common;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
-use common::{wait_until, Cloud};
+use common::{free_port, wait_until, Cloud};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -220,5 +222,196 @@ fn usage_of_two_runs_across_a_daemon_kill_matches_the_arithmetic() {
         "csv total container",
         &Value::from(total[1].parse::<f64>().expect("number")),
         total_run as f64 / hour,
+    );
+}
+
+/// Run a boto3 script with `s3` bound to a client of `endpoint` using
+/// `key`; its standard output.
+fn boto3(cloud: &Cloud, endpoint: &str, key: &(String, String), script: &str) -> String {
+    let prelude = format!("import boto3\ns3 = boto3.client('s3', endpoint_url={endpoint:?})\n");
+    let out = std::process::Command::new("python3")
+        .env("AWS_ACCESS_KEY_ID", &key.0)
+        .env("AWS_SECRET_ACCESS_KEY", &key.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env(
+            "AWS_CA_BUNDLE",
+            cloud.data_dir().join("tls").join("cert.pem"),
+        )
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .args(["-c", &format!("{prelude}{script}")])
+        .output()
+        .expect("run python3 with boto3 (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}{}\n{script}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PUT `size` bytes at `key`; the Last-Modified second S3 then shows.
+fn put(cloud: &Cloud, endpoint: &str, cred: &(String, String), key: &str, size: u64) -> i64 {
+    let out = boto3(
+        cloud,
+        endpoint,
+        cred,
+        &format!(
+            "s3.put_object(Bucket='metered', Key={key:?}, Body=b'x' * {size})\n\
+             print(int(s3.head_object(Bucket='metered', Key={key:?})['LastModified'].timestamp()))\n"
+        ),
+    );
+    out.parse().unwrap_or_else(|_| panic!("a time: {out}"))
+}
+
+fn now_secs() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// Wait until the clock is past second `t`.
+fn wait_past(t: i64) {
+    wait_until(T, &format!("the clock to pass {t}"), || {
+        (now_secs() > t).then_some(())
+    });
+}
+
+#[test]
+fn object_storage_usage_across_a_daemon_kill_matches_the_arithmetic() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let endpoint = format!("https://{listen}");
+    let mut cloud = Cloud::start_with(&["--s3-listen", &listen]);
+    cloud.ok(&["bucket", "create", "metered"]);
+    let v = cloud
+        .json(&["s3", "credentials", "create"])
+        .expect("s3 credentials create");
+    let cred = (
+        v["access_key_id"].as_str().expect("id").to_string(),
+        v["secret_access_key"].as_str().expect("secret").to_string(),
+    );
+    let (a1, a2, b) = (3u64 << 20, (5u64 << 20) + 7, (1u64 << 20) + 1);
+
+    // `a` stored, then overwritten a second later by a bigger version;
+    // `b` stored, then deleted a second later.
+    let a1_at = put(&cloud, &endpoint, &cred, "reports/a", a1);
+    wait_past(a1_at);
+    let a2_at = put(&cloud, &endpoint, &cred, "reports/a", a2);
+    let b_at = put(&cloud, &endpoint, &cred, "b", b);
+    wait_past(b_at);
+    let deleting_from = now_secs();
+    boto3(
+        &cloud,
+        &endpoint,
+        &cred,
+        "s3.delete_object(Bucket='metered', Key='b')\n",
+    );
+    let deleted_by = now_secs();
+
+    // What the overwrite and the deletion recorded survives a crash.
+    cloud.kill_daemon();
+    cloud.spawn_daemon();
+    cloud.wait_ready();
+
+    let from_s = a1_at - a1_at.rem_euclid(3600);
+    let to_s = deleted_by.max(a2_at) + 2;
+    wait_past(to_s);
+    let sec = 1_000_000_000i64;
+    let (from, to) = (from_s * sec, to_s * sec);
+    let fmt = |s: i64| {
+        DateTime::from_timestamp(s, 0)
+            .expect("time")
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let usage = cloud
+        .json(&["usage", "--from", &fmt(from_s), "--to", &fmt(to_s)])
+        .expect("usage -o json");
+    let hours = usage["hours"].as_array().expect("hours");
+    let count = ((to - from + NANOS_PER_HOUR - 1) / NANOS_PER_HOUR) as usize;
+    assert_eq!(hours.len(), count, "{usage}");
+    let gib_hour = NANOS_PER_HOUR as f64 * (1u64 << 30) as f64;
+    let total = &usage["totals"]["object_gib_hours"];
+
+    // Byte-nanoseconds per hour for a deletion at second `deleted`.
+    let expected = |deleted: i64| -> Vec<u128> {
+        let spans = [(a1_at, a2_at, a1), (a2_at, to_s, a2), (b_at, deleted, b)];
+        let mut out = vec![0u128; count];
+        for (start, end, bytes) in spans {
+            for (i, n) in per_hour(start * sec, end * sec, from, to, count)
+                .into_iter()
+                .enumerate()
+            {
+                out[i] += n * u128::from(bytes);
+            }
+        }
+        out
+    };
+    // The deletion's second is known to lie in [deleting_from, deleted_by]
+    // (the same second on a quiet machine): the report must match one.
+    let deleted = (deleting_from..=deleted_by)
+        .find(|d| {
+            let sum: u128 = expected(*d).iter().sum();
+            total
+                .as_f64()
+                .is_some_and(|t| (t - sum as f64 / gib_hour).abs() <= 1e-12 * t.abs().max(1.0))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "object GiB-hours {total} match no deletion second in [{deleting_from}, {deleted_by}]: {usage}"
+            )
+        });
+    for (i, (h, n)) in hours.iter().zip(expected(deleted)).enumerate() {
+        same(
+            &format!("hour {i} ({}) objects", h["hour"]),
+            &h["object_gib_hours"],
+            n as f64 / gib_hour,
+        );
+    }
+    // Nothing else is billed as objects, and objects as nothing else.
+    assert!(total.as_f64().unwrap_or(0.0) > 0.0, "{usage}");
+    same(
+        "container hours",
+        &usage["totals"]["instance_hours"]["container"],
+        0.0,
+    );
+
+    let csv = cloud.ok(&[
+        "usage",
+        "--from",
+        &fmt(from_s),
+        "--to",
+        &fmt(to_s),
+        "-o",
+        "csv",
+    ]);
+    let header: Vec<&str> = csv.lines().next().unwrap_or("").split(',').collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "object_gib_hours")
+        .unwrap_or_else(|| panic!("no object column: {csv}"));
+    let last = csv.lines().last().unwrap_or("");
+    let figure: f64 = last
+        .split(',')
+        .nth(column)
+        .and_then(|f| f.parse().ok())
+        .expect("figure");
+    same(
+        "csv total objects",
+        &Value::from(figure),
+        total.as_f64().unwrap_or(-1.0),
+    );
+    let table = cloud.ok(&[
+        "usage",
+        "--from",
+        &fmt(from_s),
+        "--to",
+        &fmt(to_s),
+        "--by",
+        "total",
+    ]);
+    assert!(
+        table.to_lowercase().contains("object-gib-h"),
+        "an object column: {table}"
     );
 }

@@ -1,7 +1,8 @@
 //! Usage of a project per hour, as `GET /v1/projects/{project}/usage`
-//! answers it: instance-hours by kind, vCPU-hours, memory-GiB-hours and
-//! image storage GiB-hours. The server computes them from the intervals its
-//! status transitions recorded; these types are only the answer.
+//! answers it: instance-hours by kind, vCPU-hours, memory-GiB-hours,
+//! image storage GiB-hours and object storage GiB-hours. The server
+//! computes them from the intervals its status transitions recorded;
+//! these types are only the answer.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub struct UsageTotals {
     pub memory_gib_hours: f64,
     /// GiB of stored images times hours stored.
     pub image_gib_hours: f64,
+    /// GiB of stored S3 objects times hours stored (each version from its
+    /// Last-Modified second until it was overwritten or deleted).
+    #[serde(default)]
+    pub object_gib_hours: f64,
 }
 
 /// The usage of one hour `[hour, hour + 1h)` (clipped to the window).
@@ -38,6 +43,8 @@ pub struct UsageHour {
     pub vcpu_hours: f64,
     pub memory_gib_hours: f64,
     pub image_gib_hours: f64,
+    #[serde(default)]
+    pub object_gib_hours: f64,
 }
 
 /// `GET /v1/projects/{project}/usage`: every hour of `[from, to)`, oldest

@@ -28,6 +28,7 @@ pub mod etag;
 pub mod keys;
 pub mod listener;
 pub mod listing;
+pub mod metering;
 pub mod records;
 pub mod service;
 

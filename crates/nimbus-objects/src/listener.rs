@@ -13,6 +13,7 @@ use crate::auth::{NimbusAccess, NimbusAuth, Sealer};
 use crate::credentials::Admin;
 use crate::data::DataStore;
 use crate::error::ObjectsError;
+use crate::metering::RetiredObjects;
 use crate::service::NimbusS3;
 
 /// What the embedding server hands the endpoint.
@@ -25,6 +26,8 @@ pub struct EndpointConfig {
     pub store: Arc<dyn Store>,
     pub sealer: Arc<dyn Sealer>,
     pub max_object_bytes: u64,
+    /// Told of every object version overwritten or deleted (metering).
+    pub retired: Option<Arc<dyn RetiredObjects>>,
 }
 
 /// The s3s service over the object layer (also used by tests without TLS).
@@ -33,13 +36,16 @@ pub async fn build_service(
     sealer: Arc<dyn Sealer>,
     data_dir: &Path,
     max_object_bytes: u64,
+    retired: Option<Arc<dyn RetiredObjects>>,
 ) -> Result<S3Service, ObjectsError> {
     let data = Arc::new(DataStore::open(data_dir)?);
     let admin = Admin {
         store: store.clone(),
         sealer: sealer.clone(),
     };
-    let s3 = NimbusS3::new(store.clone(), data, admin).with_max_object_bytes(max_object_bytes);
+    let s3 = NimbusS3::new(store.clone(), data, admin)
+        .with_max_object_bytes(max_object_bytes)
+        .with_retired(retired);
     let orphans = s3.collect_orphans().await?;
     if orphans > 0 {
         tracing::info!(files = orphans, dir = %data_dir.display(), "removed object data no object names (uploads interrupted before their commit)");
@@ -84,6 +90,7 @@ pub async fn start(config: EndpointConfig) -> Result<SocketAddr, ObjectsError> {
         config.sealer,
         &config.data_dir,
         config.max_object_bytes,
+        config.retired,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

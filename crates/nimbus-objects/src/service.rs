@@ -22,6 +22,7 @@ use crate::error::ObjectsError;
 use crate::etag;
 use crate::keys;
 use crate::listing::{resume_after, skip_past, Lister, Page, Step};
+use crate::metering::RetiredObjects;
 use crate::records::{decode, encode, BucketRecord, ObjectRecord};
 
 mod multipart;
@@ -41,6 +42,7 @@ pub struct NimbusS3 {
     data: Arc<DataStore>,
     admin: Admin,
     max_object_bytes: u64,
+    retired: Option<Arc<dyn RetiredObjects>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> S3Error {
@@ -122,7 +124,32 @@ impl NimbusS3 {
             data,
             admin,
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            retired: None,
         }
+    }
+
+    /// Tell `retired` of every object version overwritten or deleted, in
+    /// the transaction that does it (usage metering).
+    pub fn with_retired(mut self, retired: Option<Arc<dyn RetiredObjects>>) -> NimbusS3 {
+        self.retired = retired;
+        self
+    }
+
+    /// The embedder's writes for `old` ending at `until`: none without a
+    /// listener or an old version; else the bucket's owner is read (one
+    /// read, only when a version is replaced or deleted).
+    async fn retired_ops(
+        &self,
+        bucket: &str,
+        key: &str,
+        old: Option<&ObjectRecord>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> S3Result<Vec<Op>> {
+        let (Some(listener), Some(old)) = (&self.retired, old) else {
+            return Ok(Vec::new());
+        };
+        let owner = self.existing_bucket(bucket).await?;
+        Ok(listener.retired(&owner.project, bucket, key, old, until))
     }
 
     pub fn with_max_object_bytes(mut self, max: u64) -> NimbusS3 {
@@ -235,6 +262,14 @@ impl NimbusS3 {
         loop {
             let old = self.object(bucket, key).await?;
             let rev = old.as_ref().map_or(0, |(_, r)| *r);
+            let retired = self
+                .retired_ops(
+                    bucket,
+                    key,
+                    old.as_ref().map(|(r, _)| r),
+                    record.last_modified,
+                )
+                .await?;
             let done = self
                 .store
                 .txn(Txn {
@@ -247,6 +282,7 @@ impl NimbusS3 {
                         value: value.clone(),
                     })
                     .chain(also.iter().cloned())
+                    .chain(retired)
                     .collect(),
                     failure: vec![],
                 })
@@ -270,11 +306,16 @@ impl NimbusS3 {
             let Some((old, rev)) = self.object(bucket, key).await? else {
                 return Ok(false);
             };
+            let retired = self
+                .retired_ops(bucket, key, Some(&old), chrono::Utc::now())
+                .await?;
             let done = self
                 .store
                 .txn(Txn {
                     compares: vec![Compare::ModRevision(skey.clone(), rev)],
-                    success: vec![Op::Delete { key: skey.clone() }],
+                    success: std::iter::once(Op::Delete { key: skey.clone() })
+                        .chain(retired)
+                        .collect(),
                     failure: vec![],
                 })
                 .await

@@ -195,6 +195,8 @@
       link(`#/p/${enc}/networks`, 'Networks'),
       link(`#/p/${enc}/secgroups`, 'Security groups'),
       link(`#/p/${enc}/ports`, 'Published ports'),
+      link(`#/p/${enc}/buckets`, 'Buckets'),
+      link(`#/p/${enc}/s3credentials`, 'S3 keys'),
       link(`#/p/${enc}/usage`, 'Usage'),
       link('#/hosts', 'Hosts'),
       link('#/audit', 'Audit'),
@@ -655,6 +657,75 @@
     page(`Published ports in ${project}`, ...kids);
   }
 
+  // ------------------------------------------------------------ object storage
+
+  async function bucketsPage(project) {
+    const enc = encodeURIComponent(project);
+    const buckets = await api('GET', `/v1/projects/${enc}/buckets`, undefined, { signal: S.page.signal });
+    const member = can(project, 'member');
+    const rows = buckets.map((b) => el('tr', { 'data-bucket': b.name },
+      el('td', {}, b.name),
+      el('td', {}, b.public_read ? 'public read' : 'private'),
+      el('td', {}, when(b.created)),
+      el('td', {}, member ? confirmButton('Delete', async () => {
+        await api('DELETE', `/v1/projects/${enc}/buckets/${encodeURIComponent(b.name)}`);
+        toast(`bucket ${b.name} deleted`);
+        route();
+      }, { 'data-action': 'delete' }) : null)));
+    const kids = [table(['Name', 'Access', 'Created', ''], rows, { id: 'buckets' }),
+      el('p.hint', {}, 'Objects are reached through the S3 endpoint with an access key of this project (S3 keys). A bucket that still holds objects cannot be deleted.')];
+    if (member) {
+      kids.push(el('h2', {}, 'New bucket'), form('bucket-form', [
+        field('Name (3-63 lowercase letters, digits, - and .; unique on this cloud)', el('input', { name: 'name', required: true, spellcheck: 'false' })),
+        el('label.field', {}, el('span', {}, 'Access'),
+          el('span', {}, el('input', { name: 'public_read', type: 'checkbox', value: 'true' }), ' public read: anyone may GET its objects without a key')),
+      ], 'Create bucket', async (v) => {
+        await api('POST', `/v1/projects/${enc}/buckets`, { name: v.get('name'), public_read: v.get('public_read') === 'true' });
+        toast(`bucket ${v.get('name')} created`);
+        route();
+      }));
+    }
+    page(`Buckets of ${project}`, ...kids);
+  }
+
+  async function credentialsPage(project) {
+    const enc = encodeURIComponent(project);
+    if (!can(project, 'member')) {
+      // The API shows access keys to members and admins only.
+      page(`S3 access keys of ${project}`, el('p.muted', { id: 's3credentials-denied' },
+        `S3 access keys are shown to members and admins of ${project}; you are ${roleIn(project) || 'not a member'}.`));
+      return;
+    }
+    const keys = await api('GET', `/v1/projects/${enc}/s3credentials`, undefined, { signal: S.page.signal });
+    const secretBox = el('div', { id: 'new-secret', hidden: true });
+    const rows = keys.map((k) => el('tr', { 'data-access-key': k.access_key_id },
+      el('td.path', {}, k.access_key_id), el('td', {}, k.user), el('td', {}, when(k.created)),
+      el('td', {}, confirmButton('Delete', async () => {
+        await api('DELETE', `/v1/projects/${enc}/s3credentials/${encodeURIComponent(k.access_key_id)}`);
+        toast(`access key ${k.access_key_id} deleted`);
+        route();
+      }, { 'data-action': 'delete' }))));
+    const create = el('button', { type: 'button', id: 'create-s3credential' }, 'Create access key');
+    create.addEventListener('click', async () => {
+      create.disabled = true;
+      try {
+        const k = await api('POST', `/v1/projects/${enc}/s3credentials`);
+        // The secret is in this response only; it is not kept by the page.
+        clear(secretBox).append(el('p', {}, 'Copy the secret now: it is shown this once and cannot be read again.'),
+          el('dl.summary', {},
+            el('dt', {}, 'Access key id'), el('dd.path', { id: 'new-access-key-id' }, k.access_key_id),
+            el('dt', {}, 'Secret access key'), el('dd.path', { id: 'new-secret-access-key' }, k.secret_access_key)));
+        secretBox.hidden = false;
+        const tbody = document.querySelector('#s3credentials tbody');
+        tbody.append(el('tr', { 'data-access-key': k.access_key_id },
+          el('td.path', {}, k.access_key_id), el('td', {}, k.user), el('td', {}, 'now'), el('td')));
+      } catch (e) { toast(e.message, true); }
+      create.disabled = false;
+    });
+    page(`S3 access keys of ${project}`, table(['Access key id', 'User', 'Created', ''], rows, { id: 's3credentials' }),
+      el('div.toolbar', {}, create), secretBox);
+  }
+
   // ------------------------------------------------------------ hosts, audit
 
   async function hostsPage() {
@@ -704,25 +775,40 @@
 
   function isoDay(d) { return d.toISOString().slice(0, 10); }
 
+  // The window is given as `nimbus usage --from/--to` takes it: a date
+  // (midnight UTC) or an RFC 3339 time; the server parses and checks it.
   async function usagePage(project) {
     const enc = encodeURIComponent(project);
     const out = el('div', { id: 'usage' });
     const now = new Date();
     const show = async (from, to) => {
       clear(out);
+      delete out.dataset.from;
       try {
-        const u = await api('GET', `/v1/projects/${enc}/usage?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`, undefined, { signal: S.page.signal });
-        out.append(usageChart(u.hours || []), usageTotals(u.totals || {}));
+        const q = new URLSearchParams({ from, to });
+        const u = await api('GET', `/v1/projects/${enc}/usage?${q}`, undefined, { signal: S.page.signal });
+        const hours = u.hours || [];
+        out.append(
+          usageChart(hours, 'instance-hours per hour', 'usage-instances', 'h',
+            [['container', (h) => (h.instance_hours || {}).container], ['vm', (h) => (h.instance_hours || {}).vm], ['unikernel', (h) => (h.instance_hours || {}).unikernel]]),
+          usageChart(hours, 'storage GiB-hours per hour', 'usage-storage', 'GiB-h',
+            [['image', (h) => h.image_gib_hours], ['object', (h) => h.object_gib_hours]]),
+          usageTotals(u.totals || {}));
+        // Set last: a reader of the page (or a test) waits for it.
+        out.dataset.from = u.from;
+        out.dataset.to = u.to;
       } catch (e) {
         out.append(el('p.muted', { id: 'usage-unavailable' }, e.status === 404 ? 'Usage is not available on this server.' : e.message));
       }
     };
+    const hint = 'YYYY-MM-DD (UTC) or RFC 3339';
+    const from0 = isoDay(new Date(now - 86400000)), to0 = isoDay(new Date(now.getTime() + 86400000));
     const f = form('usage-form', [
-      field('From', el('input', { name: 'from', type: 'date', value: isoDay(new Date(now - 86400000)) })),
-      field('To', el('input', { name: 'to', type: 'date', value: isoDay(new Date(now.getTime() + 86400000)) })),
-    ], 'Show', (v) => show(v.get('from'), v.get('to')));
+      field('From', el('input', { name: 'from', value: from0, placeholder: hint, required: true, spellcheck: 'false' })),
+      field('To', el('input', { name: 'to', value: to0, placeholder: hint, required: true, spellcheck: 'false' })),
+    ], 'Show', (v) => show(v.get('from').trim(), v.get('to').trim()));
     page(`Usage of ${project}`, f, out);
-    await show(isoDay(new Date(now - 86400000)), isoDay(new Date(now.getTime() + 86400000)));
+    await show(from0, to0);
   }
 
   const SVG = 'http://www.w3.org/2000/svg';
@@ -733,37 +819,58 @@
     return n;
   }
 
-  // Stacked bars of instance-hours per hour, by kind.
-  function usageChart(hours) {
-    const kinds = ['container', 'vm', 'unikernel'];
-    const W = 900, H = 260, pad = 40;
-    const max = Math.max(1e-9, ...hours.map((h) => kinds.reduce((s, k) => s + ((h.instance_hours || {})[k] || 0), 0)));
+  // Stacked bars per hour, one colour per series. Every hour of the
+  // window gets a group, empty or not, carrying the API's figures as
+  // data attributes (data-<series>), so what is drawn can be checked
+  // against `nimbus usage -o json`.
+  function usageChart(hours, title, id, unit, series) {
+    const W = 900, H = 240, pad = 40;
+    const value = (h, get) => { const v = get(h); return typeof v === 'number' && v > 0 ? v : 0; };
+    const max = Math.max(1e-9, ...hours.map((h) => series.reduce((s, [, get]) => s + value(h, get), 0)));
     const bw = hours.length ? (W - pad * 2) / hours.length : 0;
-    const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': 'instance-hours per hour' },
+    const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', id, role: 'img', 'aria-label': title },
       svg('line', { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, class: 'axis' }),
-      svg('text', { x: pad, y: pad - 12, class: 'legend' }, `instance-hours per hour (max ${max.toFixed(2)})`));
+      svg('text', { x: pad, y: pad - 12, class: 'legend' }, `${title} (max ${figure(max > 1e-9 ? max : 0)} ${unit})`));
     hours.forEach((h, i) => {
+      const g = svg('g', { class: 'hour', 'data-hour': h.hour });
       let y = H - pad;
-      for (const k of kinds) {
-        const v = (h.instance_hours || {})[k] || 0;
+      for (const [name, get] of series) {
+        const raw = get(h);
+        g.setAttribute(`data-${name}`, String(raw === undefined ? 0 : raw));
+        const v = value(h, get);
         const bh = (v / max) * (H - pad * 2);
         if (bh > 0) {
           y -= bh;
-          chart.append(svg('rect', { x: pad + i * bw + 1, y, width: Math.max(1, bw - 2), height: bh, class: `bar bar-${k}` },
-            svg('title', {}, `${h.hour} ${k}: ${v.toFixed(3)} h`)));
+          g.append(svg('rect', { x: pad + i * bw + 1, y, width: Math.max(1, bw - 2), height: bh, class: `bar bar-${name}` },
+            svg('title', {}, `${h.hour} ${name}: ${figure(v)} ${unit}`)));
         }
       }
+      chart.append(g);
     });
-    kinds.forEach((k, i) => chart.append(svg('rect', { x: W - pad - 300 + i * 100, y: 8, width: 10, height: 10, class: `bar bar-${k}` }),
-      svg('text', { x: W - pad - 285 + i * 100, y: 17, class: 'legend' }, k)));
+    // Hour labels: about eight along the axis, whatever the window.
+    const every = Math.max(1, Math.ceil(hours.length / 8));
+    hours.forEach((h, i) => {
+      if (i % every === 0) chart.append(svg('text', { x: pad + i * bw, y: H - pad + 16, class: 'legend' }, String(h.hour).slice(5, 16).replace('T', ' ')));
+    });
+    series.forEach(([name], i) => chart.append(svg('rect', { x: W - pad - 300 + i * 100, y: 8, width: 10, height: 10, class: `bar bar-${name}` }),
+      svg('text', { x: W - pad - 285 + i * 100, y: 17, class: 'legend' }, name)));
     return chart;
   }
 
+  // Four decimals, or four significant digits for what is smaller (a
+  // few MiB of objects for minutes is far below 0.0001 GiB-hours).
+  function figure(v) {
+    if (typeof v !== 'number') return '';
+    if (v === 0) return '0';
+    return Math.abs(v) >= 0.001 ? v.toFixed(4) : v.toPrecision(4);
+  }
+
+  // Each cell shows a rounded figure and keeps the API's in data-value.
   function usageTotals(t) {
     const ih = t.instance_hours || {};
-    const num = (v) => (v === undefined ? '' : Number(v).toFixed(3));
-    return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours'],
-      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours].map((v) => el('td', {}, num(v))))],
+    return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours', 'Object GiB-hours'],
+      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours, t.object_gib_hours]
+        .map((v) => el('td', { 'data-value': v === undefined ? '' : String(v) }, figure(v))))],
       { id: 'usage-totals' });
   }
 
@@ -778,6 +885,8 @@
     ['networks', /^#\/p\/([^/]+)\/networks$/, (p) => networksPage(p)],
     ['secgroups', /^#\/p\/([^/]+)\/secgroups$/, (p) => secgroupsPage(p)],
     ['ports', /^#\/p\/([^/]+)\/ports$/, (p) => portsPage(p)],
+    ['buckets', /^#\/p\/([^/]+)\/buckets$/, (p) => bucketsPage(p)],
+    ['s3credentials', /^#\/p\/([^/]+)\/s3credentials$/, (p) => credentialsPage(p)],
     ['usage', /^#\/p\/([^/]+)\/usage$/, (p) => usagePage(p)],
     ['hosts', /^#\/hosts$/, () => hostsPage()],
     ['audit', /^#\/audit$/, () => auditPage()],

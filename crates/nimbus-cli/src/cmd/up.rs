@@ -235,6 +235,7 @@ async fn start_s3(state: &Arc<AppState>, args: &ServerArgs) -> anyhow::Result<()
         store: state.repo.store.clone(),
         sealer: Arc::new(nimbus_server::api::objects::ServerSealer(state.clone())),
         max_object_bytes: args.max_object_size,
+        retired: Some(Arc::new(nimbus_server::usage::objects::ObjectUsage)),
     })
     .await
     .context("starting the S3 endpoint")?;

@@ -50,6 +50,7 @@ fn add(into: &mut UsageTotals, u: &UsageTotals) {
     into.vcpu_hours += u.vcpu_hours;
     into.memory_gib_hours += u.memory_gib_hours;
     into.image_gib_hours += u.image_gib_hours;
+    into.object_gib_hours += u.object_gib_hours;
 }
 
 fn hour_totals(h: &nimbus_api::UsageHour) -> UsageTotals {
@@ -58,6 +59,7 @@ fn hour_totals(h: &nimbus_api::UsageHour) -> UsageTotals {
         vcpu_hours: h.vcpu_hours,
         memory_gib_hours: h.memory_gib_hours,
         image_gib_hours: h.image_gib_hours,
+        object_gib_hours: h.object_gib_hours,
     }
 }
 
@@ -89,7 +91,7 @@ fn rows(report: &UsageReport, by: By) -> Vec<Row> {
     }
 }
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 8] = [
     "period",
     "container_hours",
     "vm_hours",
@@ -97,9 +99,10 @@ const HEADERS: [&str; 7] = [
     "vcpu_hours",
     "memory_gib_hours",
     "image_gib_hours",
+    "object_gib_hours",
 ];
 
-fn figures(u: &UsageTotals) -> [f64; 6] {
+fn figures(u: &UsageTotals) -> [f64; 7] {
     let InstanceHours {
         container,
         vm,
@@ -112,6 +115,7 @@ fn figures(u: &UsageTotals) -> [f64; 6] {
         u.vcpu_hours,
         u.memory_gib_hours,
         u.image_gib_hours,
+        u.object_gib_hours,
     ]
 }
 
@@ -199,6 +203,7 @@ pub async fn run(g: &Globals, args: UsageArgs) -> anyhow::Result<()> {
                 "vcpu-h",
                 "memory-gib-h",
                 "image-gib-h",
+                "object-gib-h",
             ];
             println!(
                 "usage of project {} from {} to {}",
@@ -228,6 +233,7 @@ mod tests {
             vcpu_hours: c,
             memory_gib_hours: c / 2.0,
             image_gib_hours: 0.0,
+            object_gib_hours: c / 4.0,
         };
         let hour = |h: &str, c: f64| nimbus_api::UsageHour {
             hour: t(h),
@@ -235,6 +241,7 @@ mod tests {
             vcpu_hours: c,
             memory_gib_hours: c / 2.0,
             image_gib_hours: 0.0,
+            object_gib_hours: c / 4.0,
         };
         UsageReport {
             project: "ops".into(),
@@ -264,8 +271,8 @@ mod tests {
         let text = csv(&rows(&r, By::Hour), &r.totals);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], HEADERS.join(","));
-        assert_eq!(lines[1], "2026-12-01T23:00:00Z,0.5,0,0,0.5,0.25,0");
-        assert_eq!(lines[4], "total,1.75,0,0,1.75,0.875,0");
+        assert_eq!(lines[1], "2026-12-01T23:00:00Z,0.5,0,0,0.5,0.25,0,0.125");
+        assert_eq!(lines[4], "total,1.75,0,0,1.75,0.875,0,0.4375");
         assert_eq!(lines.len(), 5);
     }
 

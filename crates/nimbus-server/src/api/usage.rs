@@ -1,5 +1,5 @@
 //! A project's usage per hour (`crate::usage`): instance-hours by kind,
-//! vCPU-hours, memory-GiB-hours and image GiB-hours over a window. Readers
+//! vCPU-hours, memory-GiB-hours, image and object GiB-hours over a window. Readers
 //! of the project and above see it; a caller with no role in the project
 //! gets 404.
 
@@ -26,8 +26,9 @@ pub struct UsageQuery {
 
 /// Every hour of `[from, to)`, oldest first, and the window's totals.
 /// Instances count while their workload runs (from the start to the end
-/// the agent reports); images while they are stored. Running instances
-/// and stored images count up to now.
+/// the agent reports); images while they are stored; S3 objects from
+/// their Last-Modified second until overwritten or deleted. Running
+/// instances and stored images and objects count up to now.
 #[utoipa::path(get, tag = "usage", path = "/v1/projects/{project}/usage", operation_id = "get_usage", params(ProjectPath, UsageQuery),
     responses((status = 200, body = UsageReport, description = "The project's usage in each hour of the window, and its totals")))]
 pub async fn get(
@@ -40,6 +41,7 @@ pub async fn get(
     let now = Utc::now();
     let (from, to) = aggregate::window(q.from.as_deref(), q.to.as_deref(), now)
         .map_err(|e| ServerError(ApiError::bad_request(e.to_string())))?;
-    let records = crate::usage::records_before(&state.repo, &project, to).await?;
+    let mut records = crate::usage::records_before(&state.repo, &project, to).await?;
+    records.extend(crate::usage::objects::live_objects(&state.repo, &project, to).await?);
     Ok(Json(aggregate::report(&project, &records, from, to, now)))
 }

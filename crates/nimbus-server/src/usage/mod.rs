@@ -4,6 +4,7 @@
 //! loses an interval nor counts one twice. Read through `api/usage.rs`;
 //! kept for `usage_max_age` by `retention.rs`.
 
+pub mod objects;
 pub mod retention;
 
 use chrono::{DateTime, Utc};

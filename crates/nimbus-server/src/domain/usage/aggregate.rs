@@ -79,12 +79,14 @@ pub struct Sums {
     pub vcpu_milli_nanos: u128,
     pub memory_byte_nanos: u128,
     pub image_byte_nanos: u128,
+    pub object_byte_nanos: u128,
 }
 
 impl Sums {
     fn add_record(&mut self, r: &UsageRecord, nanos: u128) {
         match r.metered {
             Metered::Image => self.image_byte_nanos += nanos * u128::from(r.storage_bytes),
+            Metered::Object => self.object_byte_nanos += nanos * u128::from(r.storage_bytes),
             kind => {
                 let k = match kind {
                     Metered::Vm => 1,
@@ -105,6 +107,7 @@ impl Sums {
         self.vcpu_milli_nanos += o.vcpu_milli_nanos;
         self.memory_byte_nanos += o.memory_byte_nanos;
         self.image_byte_nanos += o.image_byte_nanos;
+        self.object_byte_nanos += o.object_byte_nanos;
     }
 
     /// In hours, each figure divided once (f64 division rounds correctly).
@@ -120,6 +123,7 @@ impl Sums {
             vcpu_hours: self.vcpu_milli_nanos as f64 / (hour * 1000.0),
             memory_gib_hours: self.memory_byte_nanos as f64 / (hour * GIB as f64),
             image_gib_hours: self.image_byte_nanos as f64 / (hour * GIB as f64),
+            object_gib_hours: self.object_byte_nanos as f64 / (hour * GIB as f64),
         }
     }
 }
@@ -195,6 +199,7 @@ pub fn report(
                     vcpu_hours: t.vcpu_hours,
                     memory_gib_hours: t.memory_gib_hours,
                     image_gib_hours: t.image_gib_hours,
+                    object_gib_hours: t.object_gib_hours,
                 }
             })
             .collect(),
@@ -308,6 +313,20 @@ mod tests {
         assert_eq!(r.hours[1].instance_hours.container, 2000.0 / 3600.0);
         assert_eq!(r.totals.image_gib_hours, 3.0);
         assert_eq!(r.hours[1].image_gib_hours, 1.5);
+    }
+
+    #[test]
+    fn object_versions_count_their_bytes_apart_from_images() {
+        use crate::domain::usage::object_record;
+        // 1 GiB stored 00:30-01:30 then replaced by 2 GiB, still stored.
+        let first = object_record("ops", "b", "k", "d1", 1 << 30, at(1800), Some(at(5400)));
+        let second = object_record("ops", "b", "k", "d2", 2 << 30, at(5400), None);
+        let r = report("ops", &[first, second], at(0), at(7200), at(7200));
+        assert_eq!(r.hours[0].object_gib_hours, 0.5);
+        assert_eq!(r.hours[1].object_gib_hours, 0.5 + 1.0);
+        assert_eq!(r.totals.object_gib_hours, 2.0);
+        assert_eq!(r.totals.image_gib_hours, 0.0);
+        assert_eq!(r.totals.instance_hours.container, 0.0);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! An instance is metered while its workload runs: from the `started_at`
 //! the agent reports to its `finished_at` (or, when the end was not
 //! reported, the time the server learnt of it: a host unreachable, a
-//! deletion). An image is metered from its import to its deletion.
+//! deletion). An image is metered from its import to its deletion. An S3
+//! object version is metered from its Last-Modified second (what S3
+//! clients see) to the second it was overwritten (the new version's
+//! Last-Modified) or deleted; see [`object_record`].
 //! `aggregate.rs` turns the records into hours.
 
 pub mod aggregate;
@@ -33,6 +36,8 @@ pub enum Metered {
     Unikernel,
     /// Stored image bytes.
     Image,
+    /// Stored S3 object bytes (one version of one object).
+    Object,
 }
 
 impl From<InstanceKind> for Metered {
@@ -64,7 +69,7 @@ pub struct UsageRecord {
     /// Memory the instance has.
     #[serde(default)]
     pub memory_bytes: u64,
-    /// Bytes an image stores.
+    /// Bytes an image or object stores.
     #[serde(default)]
     pub storage_bytes: u64,
 }
@@ -228,6 +233,38 @@ pub fn image_created(image: &Image) -> UsageRecord {
 /// An image's removal at `now` closes its record.
 pub fn image_deleted(image: &Image, now: DateTime<Utc>) -> UsageRecord {
     image_record(image, Some(now.max(image.metadata.created_at)))
+}
+
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+/// One version of an S3 object of `project`: `size` bytes stored from
+/// `last_modified` until `until` (`None`: still stored). Both ends are
+/// whole seconds, as S3's Last-Modified shows them, so a bill can be
+/// checked against what clients saw; `data_id` (unique per version) names
+/// the record, so an overwrite retried writes the same key.
+pub fn object_record(
+    project: &str,
+    bucket: &str,
+    key: &str,
+    data_id: &str,
+    size: u64,
+    last_modified: DateTime<Utc>,
+    until: Option<DateTime<Utc>>,
+) -> UsageRecord {
+    let start = whole_second(last_modified);
+    UsageRecord {
+        project: project.to_string(),
+        metered: Metered::Object,
+        name: format!("{bucket}/{key}"),
+        id: data_id.to_string(),
+        start,
+        end: until.map(|u| whole_second(u).max(start)),
+        vcpu_millis: 0,
+        memory_bytes: 0,
+        storage_bytes: size,
+    }
 }
 
 #[cfg(test)]
@@ -400,5 +437,30 @@ mod tests {
         let closed = image_deleted(&image, at(5) + Duration::hours(2));
         assert_eq!(closed.record_name(), open.record_name());
         assert_eq!(closed.end, Some(at(7205)));
+    }
+
+    #[test]
+    fn objects_are_metered_in_whole_seconds_of_last_modified() {
+        let lm = at(5) + Duration::milliseconds(900);
+        let open = object_record("ops", "photos", "a/b.jpg", "d1", 1 << 20, lm, None);
+        assert_eq!(
+            (open.start, open.end, open.storage_bytes),
+            (at(5), None, 1 << 20)
+        );
+        assert_eq!(open.metered, Metered::Object);
+        let closed = object_record(
+            "ops",
+            "photos",
+            "a/b.jpg",
+            "d1",
+            1 << 20,
+            lm,
+            Some(at(65) + Duration::milliseconds(400)),
+        );
+        assert_eq!(closed.end, Some(at(65)));
+        assert_eq!(closed.record_name(), open.record_name());
+        // Replaced within its first second: an empty interval, never negative.
+        let quick = object_record("ops", "photos", "k", "d2", 1, lm, Some(lm));
+        assert_eq!(quick.end, Some(quick.start));
     }
 }
