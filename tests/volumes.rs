@@ -257,11 +257,17 @@ fn volumes_snapshots_clones_and_quotas() {
     for n in ["data", "data2", "small"] {
         cloud.ok(&["volume", "rm", n]);
     }
-    let out = as_token(&cloud, &bob, &["volume", "rm", "data", "--project", "beta"]);
+    // A project holding a volume is not deleted; --force removes it.
+    let beta_file = location(&volume(&cloud, "beta", "data"));
+    fails_with(
+        &cloud.nimbus(&["project", "rm", "beta"]),
+        "1 volumes (data)",
+    );
+    cloud.ok(&["project", "rm", "beta", "--force"]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !beta_file.exists(),
+        "{} is left behind",
+        beta_file.display()
     );
     for f in files {
         assert!(!f.exists(), "{} is left behind", f.display());

@@ -6,6 +6,7 @@
 //! never writes the store, it reports through the API.
 
 pub mod controller;
+pub mod mount;
 pub mod plan;
 pub mod qcow2;
 
