@@ -281,3 +281,49 @@ fn volumes_snapshots_clones_and_quotas() {
     let list = cloud.json(&["volume", "list"]).expect("list");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
 }
+
+/// A volume holding data, killed mid-life with the daemon (`kill -9`),
+/// comes back available with its data and snapshots: the restarted agent
+/// converges to what exists instead of making the volume again.
+#[test]
+fn a_volume_full_of_data_survives_kill_9_of_the_daemon() {
+    if !common::is_root("volumes") {
+        return;
+    }
+    if Command::new("qemu-io").arg("--version").output().is_err() {
+        common::skip("qemu-io is not installed");
+        return;
+    }
+    let mut cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
+    let file = location(&volume(&cloud, "default", "data"));
+    let wrote = qemu_io(&file, "write -P 0x5a 0 60M");
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    cloud.ok(&["volume", "snapshot", "data", "--name", "full"]);
+    let before = volume(&cloud, "default", "data");
+
+    cloud.kill_daemon();
+    cloud.spawn_daemon();
+    cloud.wait_ready();
+
+    let after = common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the volume to be reported available again",
+        || {
+            let v = cloud.json(&["volume", "get", "data"]).ok()?;
+            (v["status"]["phase"] == "available").then_some(v)
+        },
+    );
+    assert_eq!(after["metadata"]["id"], before["metadata"]["id"]);
+    assert_eq!(after["status"]["snapshots"][0], "full", "{after}");
+    assert_eq!(location(&after), file);
+    let read = qemu_io(&file, "read -P 0x5a 0 60M");
+    let out = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success() && !out.contains("mismatch"), "{out}");
+    cloud.ok(&["volume", "rm", "data"]);
+    assert!(!file.exists(), "{} is left behind", file.display());
+}
