@@ -14,6 +14,7 @@ pub mod protect;
 pub mod shim;
 mod shim_entry;
 pub mod vm;
+pub mod volume;
 
 pub use agent::{Agent, AgentConfig};
 pub use shim_entry::run_shim;

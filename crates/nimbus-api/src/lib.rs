@@ -15,8 +15,13 @@ pub mod resources;
 pub mod stats;
 pub mod units;
 pub mod usage;
+pub mod volumes;
 
 pub use error::{ApiError, ErrorCode};
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
+pub use volumes::{
+    CreateSnapshot, ProjectQuota, ResizeVolume, Volume, VolumePhase, VolumeSnapshot, VolumeSpec,
+    VolumeStatus,
+};

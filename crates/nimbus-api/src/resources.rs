@@ -53,6 +53,13 @@ pub struct ProjectSpec {
     /// forwards). Only a system administrator changes it.
     #[serde(default)]
     pub host_ports: HostPortPolicy,
+    /// Limits on the project's volumes (`nimbus quota set`). Only a
+    /// system administrator changes it.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::volumes::ProjectQuota::is_unlimited"
+    )]
+    pub quota: crate::volumes::ProjectQuota,
 }
 
 /// Which host ports a project may claim, and how many at once.

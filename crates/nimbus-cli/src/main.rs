@@ -73,6 +73,12 @@ enum Command {
     /// The S3 endpoint: access keys.
     #[command(subcommand)]
     S3(cmd::bucket::S3Cmd),
+    /// Block volumes of the project and their snapshots.
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCmd),
+    /// Limits on a project's volumes.
+    #[command(subcommand)]
+    Quota(cmd::volume::QuotaCmd),
     /// Users of the cloud.
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -191,6 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Address(c) => cmd::network::address(&g, c).await,
         Command::Bucket(c) => cmd::bucket::bucket(&g, c).await,
         Command::S3(c) => cmd::bucket::s3(&g, c).await,
+        Command::Volume(c) => cmd::volume::volume(&g, c).await,
+        Command::Quota(c) => cmd::volume::quota(&g, c).await,
         Command::User(c) => cmd::admin::user(&g, c).await,
         Command::Token(c) => cmd::admin::token(&g, c).await,
         Command::Role(c) => cmd::admin::role(&g, c).await,

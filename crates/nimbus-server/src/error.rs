@@ -58,8 +58,15 @@ invalid_from!(
     crate::domain::instances::SpecError,
     crate::domain::networks::NetworkError,
     crate::domain::addresses::PublishError,
-    crate::domain::secgroups::SecgroupError
+    crate::domain::secgroups::SecgroupError,
+    crate::domain::volumes::VolumeError
 );
+
+impl From<crate::domain::volumes::QuotaError> for ServerError {
+    fn from(e: crate::domain::volumes::QuotaError) -> Self {
+        ServerError(ApiError::conflict(e.to_string()))
+    }
+}
 
 impl From<crate::domain::instances::StateError> for ServerError {
     fn from(e: crate::domain::instances::StateError) -> Self {

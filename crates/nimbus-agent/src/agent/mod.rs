@@ -178,6 +178,12 @@ impl Agent {
         let hb = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
         tokio::spawn(self.clone().stats_loop());
+        match crate::volume::qcow2::Qcow2Backend::open(&self.config.data_dir.join("volumes")) {
+            Ok(b) => {
+                tokio::spawn(crate::volume::controller::run(self.clone(), Arc::new(b)));
+            }
+            Err(e) => tracing::error!(error = %e, "volumes are unavailable on this host"),
+        }
         loop {
             if let Err(e) = self.clone().watch_and_reconcile().await {
                 tracing::warn!(error = %e, "instance watch ended; re-listing");

@@ -10,4 +10,5 @@ pub mod network;
 pub mod project;
 pub mod up;
 pub mod usage;
+pub mod volume;
 pub mod wait;

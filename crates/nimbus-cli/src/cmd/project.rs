@@ -259,7 +259,27 @@ async fn remove_contents(client: &Client, project: &str) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("removing image {name:?}"))?;
     }
-    Ok(())
+    // A volume goes once its host removed the data.
+    for name in names_of::<nimbus_api::Volume>(client, project).await? {
+        delete_if_present(client, &format!("{base}/volumes/{name}"))
+            .await
+            .with_context(|| format!("removing volume {name:?}"))?;
+    }
+    let deadline = Instant::now() + INSTANCES_GONE_TIMEOUT;
+    loop {
+        let left = names_of::<nimbus_api::Volume>(client, project).await?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "volumes of project {project:?} still being deleted after {} s: {}; is the agent of their host running? See `nimbus volume list --project {project}`",
+                INSTANCES_GONE_TIMEOUT.as_secs(),
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A group named as the source of another group's rule cannot be deleted

@@ -16,6 +16,7 @@ pub mod projects;
 pub mod secgroups;
 pub mod usage;
 pub mod users;
+pub mod volumes;
 pub mod watch;
 
 use std::sync::Arc;
@@ -131,6 +132,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/s3credentials/{name}",
             axum::routing::delete(objects::delete_credential),
+        )
+        .route("/v1/volumes", get(volumes::list_all))
+        .route(
+            "/v1/projects/{project}/volumes",
+            get(volumes::list).post(volumes::create),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}",
+            get(volumes::get).delete(volumes::delete),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/resize",
+            post(volumes::resize),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/snapshots",
+            post(volumes::create_snapshot),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/snapshots/{snapshot}",
+            axum::routing::delete(volumes::delete_snapshot),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/status",
+            post(volumes::report_status),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

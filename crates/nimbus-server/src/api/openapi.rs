@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 
 use super::{
     addresses, audit, events, hosts, images, instances, metrics, networks, objects, projects,
-    secgroups, usage, users,
+    secgroups, usage, users, volumes,
 };
 
 #[derive(OpenApi)]
@@ -39,6 +39,8 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         events::list, usage::get, metrics::scrape, metrics::report_stats,
         objects::list_buckets, objects::create_bucket, objects::delete_bucket,
         objects::list_credentials, objects::create_credential, objects::delete_credential,
+        volumes::list, volumes::list_all, volumes::get, volumes::create, volumes::delete,
+        volumes::resize, volumes::create_snapshot, volumes::delete_snapshot, volumes::report_status,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -95,3 +95,25 @@ pub struct HostPath {
     /// Host name.
     pub host: String,
 }
+
+/// `{project}` and the `{name}` of a volume in it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct VolumePath {
+    /// Project name.
+    pub project: String,
+    /// Volume name.
+    pub name: String,
+}
+
+/// `{project}`, the `{name}` of a volume in it and one of its `{snapshot}`s.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SnapshotPath {
+    /// Project name.
+    pub project: String,
+    /// Volume name.
+    pub name: String,
+    /// Snapshot name.
+    pub snapshot: String,
+}

@@ -170,6 +170,11 @@ impl Holdings {
                     remove: "nimbus image rm",
                     names: names::<Image>(repo, project).await?,
                 },
+                HeldKind {
+                    noun: "volumes",
+                    remove: "nimbus volume rm",
+                    names: names::<nimbus_api::Volume>(repo, project).await?,
+                },
             ],
         })
     }

@@ -17,3 +17,4 @@ pub mod instances;
 pub mod networks;
 pub mod secgroups;
 pub mod usage;
+pub mod volumes;

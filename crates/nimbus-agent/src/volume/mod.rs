@@ -1,0 +1,89 @@
+//! Block volumes on this host: the backend trait that keeps a volume's
+//! data (`qcow2.rs`, the default), the pure plan that says what to change
+//! to make the data match the spec (`plan.rs`), and the controller that
+//! watches the volumes bound to this host and converges them
+//! (`controller.rs`). The server never touches the data; this module
+//! never writes the store, it reports through the API.
+
+pub mod controller;
+pub mod mount;
+pub mod plan;
+pub mod qcow2;
+
+use std::path::PathBuf;
+
+/// What failed while changing a volume's data, with the volume and the
+/// value; shown to the user as the volume's `status.message`.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{what} for volume {volume_id}: {source}")]
+    Io {
+        what: String,
+        volume_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` for volume {volume_id} failed: {stderr}")]
+    Tool {
+        command: String,
+        volume_id: String,
+        stderr: String,
+    },
+    #[error("reading what `qemu-img info` says about volume {volume_id}: {detail}")]
+    Info { volume_id: String, detail: String },
+    #[error("source volume {source_name:?} of this clone is not on this host (deleted, or on another host); create the volume from a snapshot of a volume that exists")]
+    NoSource { source_name: String },
+}
+
+/// What the backend found for one volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub size_bytes: u64,
+    /// Bytes the host's storage holds for it.
+    pub allocated_bytes: u64,
+    pub snapshots: Vec<String>,
+}
+
+/// How a consumer opens the volume: QEMU's block driver name and the
+/// driver's options for `blockdev-add` (for qcow2, a `file` child with a
+/// path; for Ceph, `rbd` with a pool and image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachInfo {
+    pub driver: &'static str,
+    /// The file for local backends; `None` for network ones.
+    pub path: Option<PathBuf>,
+    /// `blockdev-add` options as JSON.
+    pub blockdev: serde_json::Value,
+}
+
+/// Keeps volumes' data. Methods block (they run tools or network I/O):
+/// callers run them on a blocking thread. Volumes are named by their id,
+/// which never changes, so a re-created name never meets old data.
+/// Every method is idempotent where the plan may repeat it after a crash:
+/// `create` and `clone_from_snapshot` make the volume appear whole or not
+/// at all; `delete` of a missing volume succeeds.
+pub trait VolumeBackend: Send + Sync {
+    /// Short name shown in status (`qcow2`, `rbd`).
+    fn name(&self) -> &'static str;
+    /// What exists for the volume, `None` if nothing does.
+    fn inspect(&self, volume_id: &str) -> Result<Option<Observed>, VolumeError>;
+    /// An empty volume of `size_bytes`, allocated lazily.
+    fn create(&self, volume_id: &str, size_bytes: u64) -> Result<(), VolumeError>;
+    /// A new, independent volume holding the data `source_id` had at
+    /// `snapshot`, grown to `size_bytes` if that is larger.
+    fn clone_from_snapshot(
+        &self,
+        volume_id: &str,
+        source_id: &str,
+        snapshot: &str,
+        size_bytes: u64,
+    ) -> Result<(), VolumeError>;
+    /// Grow to `size_bytes` (never shrinks).
+    fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<(), VolumeError>;
+    fn snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError>;
+    fn delete_snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError>;
+    /// Remove the volume and its snapshots.
+    fn delete(&self, volume_id: &str) -> Result<(), VolumeError>;
+    /// How QEMU (or a mount helper) opens the volume.
+    fn attach_info(&self, volume_id: &str) -> AttachInfo;
+}

@@ -1,0 +1,269 @@
+//! A qcow2 volume as a mounted ext4 filesystem, for containers. The kernel
+//! here has no NBD, so `qemu-storage-daemon` exports a raw view of the
+//! qcow2 as a FUSE file, a loop device backs that file, and the ext4 on it
+//! (made on first use, its root owned by the container's mapped root) is
+//! mounted. Everything an attachment holds is named by files in its work
+//! directory (`qsd.pid`, `loop`, `mountpoint`), so `detach` undoes it after
+//! an agent restart as well as at once.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::VolumeError;
+
+/// What one attachment holds on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsAttachment {
+    pub loop_device: PathBuf,
+    pub mountpoint: PathBuf,
+    pub daemon_pid: i32,
+}
+
+const EXPORT: &str = "export.raw";
+const PID_FILE: &str = "qsd.pid";
+const LOOP_FILE: &str = "loop";
+const MOUNTPOINT_FILE: &str = "mountpoint";
+
+fn io(what: String, volume: &Path, source: std::io::Error) -> VolumeError {
+    VolumeError::Io {
+        what,
+        volume_id: volume.display().to_string(),
+        source,
+    }
+}
+
+fn run(volume: &Path, program: &str, args: &[&str]) -> Result<String, VolumeError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| io(format!("running `{command}`"), volume, e))?;
+    if !out.status.success() {
+        return Err(VolumeError::Tool {
+            command,
+            volume_id: volume.display().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Mount the qcow2 `volume_file` at `mountpoint` through `work_dir`
+/// (made, root's alone); a new volume gets an ext4 whose root directory
+/// `owner` (uid, gid) owns. On failure, what was set up is undone.
+pub fn attach(
+    volume_file: &Path,
+    work_dir: &Path,
+    mountpoint: &Path,
+    owner: (u32, u32),
+) -> Result<FsAttachment, VolumeError> {
+    let v = volume_file;
+    std::fs::create_dir_all(work_dir)
+        .and_then(|()| std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| io(format!("preparing {}", work_dir.display()), v, e))?;
+    std::fs::write(
+        work_dir.join(MOUNTPOINT_FILE),
+        mountpoint.as_os_str().as_encoded_bytes(),
+    )
+    .map_err(|e| io("recording the mount point".into(), v, e))?;
+    let result = attach_steps(v, work_dir, mountpoint, owner);
+    if result.is_err() {
+        if let Err(e) = detach(work_dir) {
+            tracing::warn!(error = %e, dir = %work_dir.display(), "undoing a failed volume attach");
+        }
+    }
+    result
+}
+
+fn attach_steps(
+    v: &Path,
+    work_dir: &Path,
+    mountpoint: &Path,
+    (uid, gid): (u32, u32),
+) -> Result<FsAttachment, VolumeError> {
+    let export = work_dir.join(EXPORT);
+    std::fs::File::create(&export).map_err(|e| io("creating the export file".into(), v, e))?;
+    let pid_file = work_dir.join(PID_FILE);
+    let file_node = format!(
+        "driver=file,filename={},node-name=file",
+        v.to_string_lossy().replace(',', ",,")
+    );
+    let export_opt = format!(
+        "type=fuse,id=volume,node-name=disk,mountpoint={},writable=on",
+        export.to_string_lossy().replace(',', ",,")
+    );
+    // `--daemonize` returns once the export is served.
+    run(
+        v,
+        "qemu-storage-daemon",
+        &[
+            "--daemonize",
+            "--pidfile",
+            &pid_file.to_string_lossy(),
+            "--blockdev",
+            &file_node,
+            "--blockdev",
+            "driver=qcow2,file=file,node-name=disk",
+            "--export",
+            &export_opt,
+        ],
+    )?;
+    let daemon_pid = read_pid(&pid_file).ok_or_else(|| {
+        io(
+            "reading qemu-storage-daemon's pid file".into(),
+            v,
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
+    let device = run(
+        v,
+        "losetup",
+        &["--find", "--show", &export.to_string_lossy()],
+    )?;
+    std::fs::write(work_dir.join(LOOP_FILE), &device)
+        .map_err(|e| io("recording the loop device".into(), v, e))?;
+    // `blkid -p` exits 2 when the device holds no filesystem yet.
+    let probe = Command::new("blkid")
+        .args(["-p", &device])
+        .output()
+        .map_err(|e| io("running blkid".into(), v, e))?;
+    if probe.status.code() == Some(2) {
+        let owner = format!("root_owner={uid}:{gid}");
+        run(v, "mkfs.ext4", &["-q", "-E", &owner, &device])?;
+    }
+    std::fs::create_dir_all(mountpoint)
+        .map_err(|e| io(format!("creating {}", mountpoint.display()), v, e))?;
+    nix::mount::mount(
+        Some(Path::new(&device)),
+        mountpoint,
+        Some("ext4"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        io(
+            format!("mounting {device} at {}", mountpoint.display()),
+            v,
+            e.into(),
+        )
+    })?;
+    Ok(FsAttachment {
+        loop_device: PathBuf::from(device),
+        mountpoint: mountpoint.to_path_buf(),
+        daemon_pid,
+    })
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == wanted))
+}
+
+/// Undo whatever `attach` set up in `work_dir` (all of it, part of it, or
+/// nothing), then remove the directory. Safe to repeat.
+pub fn detach(work_dir: &Path) -> Result<(), VolumeError> {
+    let v = work_dir;
+    if !work_dir.exists() {
+        return Ok(());
+    }
+    if let Ok(m) = std::fs::read_to_string(work_dir.join(MOUNTPOINT_FILE)) {
+        let m = PathBuf::from(m);
+        if is_mounted(&m) {
+            nix::mount::umount(&m)
+                .map_err(|e| io(format!("unmounting {}", m.display()), v, e.into()))?;
+        }
+    }
+    if let Ok(device) = std::fs::read_to_string(work_dir.join(LOOP_FILE)) {
+        let device = device.trim();
+        // Gone already (a reboot) is fine.
+        if Path::new(device).exists() {
+            let _ = run(v, "losetup", &["-d", device]);
+        }
+    }
+    if let Some(pid) = read_pid(&work_dir.join(PID_FILE)) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            // The daemon flushes the qcow2 and ends its FUSE export.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let export = work_dir.join(EXPORT);
+    if is_mounted(&export) {
+        nix::mount::umount2(&export, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| io("unmounting the FUSE export".into(), v, e.into()))?;
+    }
+    std::fs::remove_dir_all(work_dir)
+        .map_err(|e| io(format!("removing {}", work_dir.display()), v, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// As root with qemu-storage-daemon and /dev/fuse: the filesystem is
+    /// made once, owned by the given root, keeps its files across detach
+    /// and attach, and detach leaves no mount, loop device or daemon.
+    #[test]
+    fn attach_write_detach_reattach() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root
+            || Command::new("qemu-storage-daemon")
+                .arg("--version")
+                .output()
+                .is_err()
+            || !Path::new("/dev/fuse").exists()
+        {
+            eprintln!("skipped: needs root, qemu-storage-daemon and /dev/fuse");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let qcow2 = tmp.path().join("v.qcow2");
+        run(
+            &qcow2,
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &qcow2.to_string_lossy(),
+                "64M",
+            ],
+        )
+        .expect("qemu-img create");
+        let work = tmp.path().join("work");
+        let mnt = tmp.path().join("mnt");
+        let a = attach(&qcow2, &work, &mnt, (100_000, 100_000)).expect("attach");
+        assert_eq!(std::fs::metadata(&mnt).expect("root").uid(), 100_000);
+        std::fs::write(mnt.join("kept"), b"data").expect("write");
+        detach(&work).expect("detach");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let tmp_text = tmp.path().to_string_lossy().to_string();
+        assert!(!info.contains(&tmp_text), "a mount is left: {info}");
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.daemon_pid), None).is_err());
+        let loops = run(&qcow2, "losetup", &["-a"]).expect("losetup");
+        assert!(!loops.contains(&tmp_text), "a loop device is left: {loops}");
+        assert!(!work.exists());
+        attach(&qcow2, &work, &mnt, (1, 1)).expect("attach again");
+        assert_eq!(std::fs::read(mnt.join("kept")).expect("read"), b"data");
+        // Made once: the owner from the first attach stays.
+        assert_eq!(std::fs::metadata(&mnt).expect("root").uid(), 100_000);
+        detach(&work).expect("detach again");
+        detach(&work).expect("detach is repeatable");
+    }
+}

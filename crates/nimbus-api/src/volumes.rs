@@ -1,0 +1,150 @@
+//! Block volumes: a project's disks that outlive instances. The server
+//! records what the user wants (`spec`); the agent of the volume's host
+//! makes the file real and reports what it found (`status`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::meta::Metadata;
+use crate::resources::Object;
+
+/// What a volume should be.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VolumeSpec {
+    /// Size of the disk in bytes; only grows.
+    pub size_bytes: u64,
+    /// The host keeping the volume's data. Chosen by the server at create
+    /// (a ready host, or the source volume's host for a clone) unless given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `volume@snapshot` this volume was created from, in the same project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    /// Snapshots that should exist, oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<VolumeSnapshot>,
+}
+
+/// A point-in-time copy of a volume, kept inside the volume.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VolumeSnapshot {
+    pub name: String,
+    /// The volume's size when the snapshot was asked for: what it counts
+    /// against the project's `volume_bytes` quota.
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumePhase {
+    /// Recorded; the host's agent has not made it yet.
+    #[default]
+    Pending,
+    /// The data exists on the host at the spec's size with its snapshots.
+    Available,
+    /// The agent could not converge; `message` says why.
+    Error,
+    /// `rm` was asked; the agent removes the data, then the record goes.
+    Deleting,
+}
+
+impl VolumePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumePhase::Pending => "pending",
+            VolumePhase::Available => "available",
+            VolumePhase::Error => "error",
+            VolumePhase::Deleting => "deleting",
+        }
+    }
+}
+
+/// What the agent of the volume's host observed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VolumeStatus {
+    #[serde(default)]
+    pub phase: VolumePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The size the data has on the host now.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Bytes the host's disk holds for it (sparse files use less).
+    #[serde(default)]
+    pub allocated_bytes: u64,
+    /// Names of the snapshots that exist on the host.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+    /// Where the data lives on its host (a path for the qcow2 backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The agent has removed the data of a deleting volume: the server
+    /// removes the record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finalized: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Volume {
+    pub metadata: Metadata,
+    pub spec: VolumeSpec,
+    #[serde(default)]
+    pub status: VolumeStatus,
+}
+
+impl Object for Volume {
+    const COLLECTION: &'static str = "volumes";
+    const KIND: &'static str = "volume";
+    const PROJECT_SCOPED: bool = true;
+    fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+}
+
+impl Volume {
+    /// Bytes it counts against the project's quota: its size plus the size
+    /// each snapshot had when taken.
+    pub fn counted_bytes(&self) -> u64 {
+        self.spec
+            .snapshots
+            .iter()
+            .fold(self.spec.size_bytes, |sum, s| {
+                sum.saturating_add(s.size_bytes)
+            })
+    }
+}
+
+/// `POST /v1/projects/{project}/volumes/{name}/resize`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResizeVolume {
+    /// The new size in bytes: larger than the current one.
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/projects/{project}/volumes/{name}/snapshots`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateSnapshot {
+    pub name: String,
+}
+
+/// Limits on a project's volumes; unset means unlimited.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct ProjectQuota {
+    /// How many volumes the project may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<u32>,
+    /// Bytes of volumes and their snapshots together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_bytes: Option<u64>,
+}
+
+impl ProjectQuota {
+    pub fn is_unlimited(&self) -> bool {
+        self.volumes.is_none() && self.volume_bytes.is_none()
+    }
+}

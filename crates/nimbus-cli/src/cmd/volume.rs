@@ -1,0 +1,407 @@
+//! `nimbus volume ...` and `nimbus quota ...`: a project's block volumes,
+//! their snapshots, and the limits on them.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use nimbus_api::client::{Client, ClientError, Method};
+use nimbus_api::units::{format_size, parse_size};
+use nimbus_api::{
+    CreateRequest, CreateSnapshot, ErrorCode, Project, ResizeVolume, ResourceList, Volume,
+    VolumePhase, VolumeSpec,
+};
+
+use crate::ctx::Globals;
+use crate::output::{age, opt, print, table};
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume (empty, or from a snapshot) and wait until its host made it.
+    #[command(
+        after_help = "Examples:\n  nimbus volume create data --size 5GiB\n  nimbus volume create data2 --from-snapshot data@before-upgrade"
+    )]
+    Create {
+        name: String,
+        /// Size, e.g. 5GiB; from a snapshot it defaults to the snapshot's size.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// VOLUME@SNAPSHOT to copy the data from.
+        #[arg(long)]
+        from_snapshot: Option<String>,
+        /// Host keeping the data (default: a ready host; a clone's source's host).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List volumes of the project.
+    #[command(alias = "ls")]
+    List,
+    /// Show one volume.
+    Get { name: String },
+    /// Grow a volume.
+    Resize {
+        name: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a snapshot of a volume.
+    #[command(args_conflicts_with_subcommands = true)]
+    #[command(
+        after_help = "Examples:\n  nimbus volume snapshot data --name before-upgrade\n  nimbus volume snapshot list data\n  nimbus volume snapshot rm data before-upgrade"
+    )]
+    Snapshot {
+        #[command(subcommand)]
+        cmd: Option<SnapshotCmd>,
+        /// The volume to snapshot.
+        volume: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a volume and its snapshots; waits until its data is gone.
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// List a volume's snapshots.
+    #[command(alias = "ls")]
+    List { volume: String },
+    /// Delete a snapshot.
+    #[command(alias = "delete")]
+    Rm { volume: String, snapshot: String },
+}
+
+#[derive(Subcommand)]
+pub enum QuotaCmd {
+    /// Set the project's limits (system administrators). `none` lifts one.
+    #[command(
+        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus --project ops quota set --volume-bytes none"
+    )]
+    Set {
+        /// How many volumes the project may hold.
+        #[arg(long)]
+        volumes: Option<String>,
+        /// Bytes of volumes and snapshots together, e.g. 100GiB.
+        #[arg(long)]
+        volume_bytes: Option<String>,
+    },
+    /// Show the project's limits and what it uses.
+    Get,
+}
+
+fn volume_rows(items: &[Volume]) -> String {
+    table(
+        &[
+            "name",
+            "size",
+            "status",
+            "host",
+            "snapshots",
+            "allocated",
+            "age",
+        ],
+        items
+            .iter()
+            .map(|v| {
+                let phase = if v.metadata.deletion_requested_at.is_some() {
+                    VolumePhase::Deleting
+                } else {
+                    v.status.phase
+                };
+                vec![
+                    v.metadata.name.clone(),
+                    format_size(v.spec.size_bytes),
+                    phase.as_str().to_string(),
+                    opt(v.spec.host.as_deref()),
+                    v.spec.snapshots.len().to_string(),
+                    format_size(v.status.allocated_bytes),
+                    age(Some(v.metadata.created_at)),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn volume_detail(v: &Volume) -> String {
+    let mut out = volume_rows(std::slice::from_ref(v));
+    if let Some(m) = &v.status.message {
+        out.push_str(&format!("\nerror: {m}"));
+    }
+    if let Some(src) = &v.spec.from_snapshot {
+        out.push_str(&format!("\nfrom snapshot: {src}"));
+    }
+    out
+}
+
+fn snapshot_rows(v: &Volume) -> String {
+    table(
+        &["name", "size", "taken", "age"],
+        v.spec
+            .snapshots
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    format_size(s.size_bytes),
+                    if v.status.snapshots.contains(&s.name) {
+                        "yes".into()
+                    } else {
+                        "pending".into()
+                    },
+                    age(Some(s.created_at)),
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// Whether the host has made what the spec asks for.
+fn converged(v: &Volume) -> bool {
+    v.status.phase == VolumePhase::Available
+        && v.status.size_bytes >= v.spec.size_bytes
+        && v.spec.snapshots.len() == v.status.snapshots.len()
+        && v.spec
+            .snapshots
+            .iter()
+            .all(|s| v.status.snapshots.contains(&s.name))
+}
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Poll until the volume's host converged it (`None` once it is gone
+/// when `gone_ok`); its error, if it reports one.
+async fn wait_volume(
+    client: &Client,
+    path: &str,
+    name: &str,
+    gone_ok: bool,
+) -> anyhow::Result<Option<Volume>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.get::<Volume>(path).await {
+            Ok(v) if !gone_ok && converged(&v) => return Ok(Some(v)),
+            Ok(v) if !gone_ok && v.status.phase == VolumePhase::Error => anyhow::bail!(
+                "volume {name:?} failed on host {}: {}; see `nimbus volume get {name}`",
+                v.spec.host.as_deref().unwrap_or("-"),
+                v.status.message.as_deref().unwrap_or("no message")
+            ),
+            Ok(v) if Instant::now() > deadline => anyhow::bail!(
+                "volume {name:?} is still {} after {}s: is the agent of host {} running? See `nimbus volume get {name}`",
+                v.status.phase.as_str(),
+                WAIT.as_secs(),
+                v.spec.host.as_deref().unwrap_or("-")
+            ),
+            Ok(_) => {}
+            Err(e) if gone_ok && e.code() == Some(ErrorCode::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let p = &g.project;
+    let path = |name: &str| format!("/v1/projects/{p}/volumes/{name}");
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size,
+            from_snapshot,
+            host,
+            no_wait,
+        } => {
+            if size.is_none() && from_snapshot.is_none() {
+                anyhow::bail!("give the volume a size, e.g. `nimbus volume create {name} --size 5GiB`, or --from-snapshot VOLUME@SNAPSHOT");
+            }
+            let req = CreateRequest {
+                name: name.clone(),
+                labels: Default::default(),
+                spec: VolumeSpec {
+                    size_bytes: size.unwrap_or(0),
+                    host,
+                    from_snapshot,
+                    snapshots: vec![],
+                },
+            };
+            let mut v: Volume = client
+                .post(&format!("/v1/projects/{p}/volumes"), &req)
+                .await?;
+            if !no_wait {
+                v = wait_volume(&client, &path(&name), &name, false)
+                    .await?
+                    .unwrap_or(v);
+            }
+            print(g, &v, || volume_detail(&v))
+        }
+        VolumeCmd::List => {
+            let list: ResourceList<Volume> = client
+                .list_all(&format!("/v1/projects/{p}/volumes"))
+                .await?;
+            print(g, &list, || volume_rows(&list.items))
+        }
+        VolumeCmd::Get { name } => {
+            let v: Volume = client.get(&path(&name)).await?;
+            print(g, &v, || volume_detail(&v))
+        }
+        VolumeCmd::Resize {
+            name,
+            size,
+            no_wait,
+        } => {
+            let mut v: Volume = client
+                .post(
+                    &format!("{}/resize", path(&name)),
+                    &ResizeVolume { size_bytes: size },
+                )
+                .await?;
+            if !no_wait {
+                v = wait_volume(&client, &path(&name), &name, false)
+                    .await?
+                    .unwrap_or(v);
+            }
+            print(g, &v, || volume_detail(&v))
+        }
+        VolumeCmd::Snapshot {
+            cmd: Some(SnapshotCmd::List { volume }),
+            ..
+        } => {
+            let v: Volume = client.get(&path(&volume)).await?;
+            print(g, &v.spec.snapshots, || snapshot_rows(&v))
+        }
+        VolumeCmd::Snapshot {
+            cmd: Some(SnapshotCmd::Rm { volume, snapshot }),
+            ..
+        } => {
+            client
+                .request_bytes(
+                    Method::DELETE,
+                    &format!("{}/snapshots/{snapshot}", path(&volume)),
+                    None,
+                )
+                .await?;
+            print(
+                g,
+                &serde_json::json!({"deleted": format!("{volume}@{snapshot}")}),
+                || format!("snapshot {volume}@{snapshot} deleted"),
+            )
+        }
+        VolumeCmd::Snapshot {
+            cmd: None,
+            volume,
+            name,
+            no_wait,
+        } => {
+            let (Some(volume), Some(snapshot)) = (volume, name) else {
+                anyhow::bail!("name the volume and the snapshot, e.g. `nimbus volume snapshot data --name before-upgrade`");
+            };
+            let mut v: Volume = client
+                .post(
+                    &format!("{}/snapshots", path(&volume)),
+                    &CreateSnapshot {
+                        name: snapshot.clone(),
+                    },
+                )
+                .await?;
+            if !no_wait {
+                v = wait_volume(&client, &path(&volume), &volume, false)
+                    .await?
+                    .unwrap_or(v);
+            }
+            print(g, &v, || {
+                format!("snapshot {volume}@{snapshot} taken\n{}", snapshot_rows(&v))
+            })
+        }
+        VolumeCmd::Rm { name, no_wait } => {
+            client
+                .request_bytes(Method::DELETE, &path(&name), None)
+                .await?;
+            if !no_wait {
+                wait_volume(&client, &path(&name), &name, true).await?;
+            }
+            print(g, &serde_json::json!({"deleted": name}), || {
+                format!("volume {name:?} deleted")
+            })
+        }
+    }
+}
+
+/// `10`, `none` → Some(Some(10)), Some(None).
+fn limit<T>(
+    text: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<Option<T>>> {
+    match text {
+        None => Ok(None),
+        Some("none") | Some("unlimited") => Ok(Some(None)),
+        Some(t) => parse(t).map(|v| Some(Some(v))).map_err(anyhow::Error::msg),
+    }
+}
+
+pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let p = &g.project;
+    let path = format!("/v1/projects/{p}");
+    let mut project: Project = client.get(&path).await?;
+    if let QuotaCmd::Set {
+        volumes,
+        volume_bytes,
+    } = cmd
+    {
+        let volumes = limit(volumes.as_deref(), |t| {
+            t.parse::<u32>()
+                .map_err(|_| format!("--volumes {t:?} is not a count; give e.g. 10 or none"))
+        })?;
+        let bytes = limit(volume_bytes.as_deref(), parse_size)?;
+        if volumes.is_none() && bytes.is_none() {
+            anyhow::bail!("give --volumes N and/or --volume-bytes SIZE (or none to lift a limit)");
+        }
+        if let Some(v) = volumes {
+            project.spec.quota.volumes = v;
+        }
+        if let Some(b) = bytes {
+            project.spec.quota.volume_bytes = b;
+        }
+        project = client
+            .put(&path, &project.spec)
+            .await
+            .map_err(|e: ClientError| anyhow::anyhow!(e))?;
+    }
+    let used: ResourceList<Volume> = client.list_all(&format!("{path}/volumes")).await?;
+    let bytes: u64 = used.items.iter().map(Volume::counted_bytes).sum();
+    let q = &project.spec.quota;
+    let out = serde_json::json!({
+        "project": p,
+        "quota": q,
+        "used": {"volumes": used.items.len(), "volume_bytes": bytes},
+    });
+    print(g, &out, || {
+        table(
+            &["resource", "used", "limit"],
+            vec![
+                vec![
+                    "volumes".into(),
+                    used.items.len().to_string(),
+                    opt(q.volumes),
+                ],
+                vec![
+                    "volume bytes".into(),
+                    format_size(bytes),
+                    q.volume_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "-".into()),
+                ],
+            ],
+        )
+    })
+}
