@@ -46,6 +46,11 @@ pub enum ClientError {
     Http { endpoint: String, message: String },
     #[error("the server sent a response that is not valid JSON for {what}: {message}")]
     Decode { what: String, message: String },
+    #[error("the server at {endpoint} closed the connection while the request was still being sent ({error}) and sent no answer; the server's log says why")]
+    SendInterrupted {
+        endpoint: String,
+        error: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -163,6 +168,30 @@ impl Client {
     /// Send a request and return the raw response (errors already mapped).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
         let io = self.connect().await?;
+        self.send_on(io, req).await
+    }
+
+    /// Send a request whose body is long: if the server answers and closes
+    /// the connection before the body is all sent (an upload refused
+    /// early), the caller gets that answer rather than the write's error.
+    async fn send_long_body(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        let io = HoldWritesAfterPeerClosed::new(self.connect().await?);
+        let write_error = io.write_error.clone();
+        let result = self.send_on(Box::new(io), req).await;
+        match (result, take_write_error(&write_error)) {
+            (Err(ClientError::Http { .. }), Some(error)) => Err(ClientError::SendInterrupted {
+                endpoint: self.endpoint_label(),
+                error,
+            }),
+            (result, _) => result,
+        }
+    }
+
+    async fn send_on(
+        &self,
+        io: Box<dyn Io>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let label = self.endpoint_label();
         let http_err = |e: hyper::Error| ClientError::Http {
             endpoint: label.clone(),
@@ -299,7 +328,7 @@ impl Client {
     {
         let body = BoxBody::new(StreamBody::new(chunks.map(|c| c.map(Frame::data))));
         let req = self.build(Method::POST, path, body, "application/octet-stream")?;
-        let resp = self.send(req).await?;
+        let resp = self.send_long_body(req).await?;
         let bytes = self.body_bytes(resp).await?;
         decode(path, &bytes)
     }
@@ -361,6 +390,117 @@ impl Client {
                 message: format!("upgrade to an exec stream failed: {e}"),
             })?;
         Ok(TokioIo::new(upgraded))
+    }
+}
+
+/// The connection's I/O, except that once a write fails because the server
+/// closed its end (EPIPE, ECONNRESET), that error is recorded and every
+/// later write waits forever instead of failing. hyper gives up a request
+/// at its first write error, even when the server's answer is already
+/// waiting to be read; with the writes held, hyper keeps reading, so that
+/// answer (a 413 or 422 to an upload the server refused part-way) reaches
+/// the caller. When no answer comes the read side ends, the request fails,
+/// and [`Client::send_long_body`] reports the recorded write error.
+struct HoldWritesAfterPeerClosed {
+    inner: Box<dyn Io>,
+    write_error: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl HoldWritesAfterPeerClosed {
+    fn new(inner: Box<dyn Io>) -> Self {
+        HoldWritesAfterPeerClosed {
+            inner,
+            write_error: Arc::default(),
+        }
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.write_error.lock().map(|e| e.is_some()).unwrap_or(true)
+    }
+
+    /// Passes `result` on, unless it says the peer closed the connection:
+    /// then it is recorded and the write waits (see the type's comment).
+    fn hold_if_peer_closed<T>(
+        &self,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match result {
+            std::task::Poll::Ready(Err(e))
+                if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) =>
+            {
+                if let Ok(mut slot) = self.write_error.lock() {
+                    slot.get_or_insert(e);
+                }
+                std::task::Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+fn take_write_error(slot: &std::sync::Mutex<Option<std::io::Error>>) -> Option<std::io::Error> {
+    slot.lock().ok().and_then(|mut e| e.take())
+}
+
+impl AsyncRead for HoldWritesAfterPeerClosed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HoldWritesAfterPeerClosed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.peer_closed() {
+            return std::task::Poll::Pending;
+        }
+        let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.hold_if_peer_closed(result)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.peer_closed() {
+            return std::task::Poll::Pending;
+        }
+        let result = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.hold_if_peer_closed(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.peer_closed() {
+            return std::task::Poll::Pending;
+        }
+        let result = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.hold_if_peer_closed(result)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.peer_closed() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -467,4 +607,97 @@ pub fn query_escape(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A listening socket in a fresh directory under the temp dir.
+    fn listener(name: &str) -> (tokio::net::UnixListener, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("nimbus-client-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("api.sock");
+        let l = tokio::net::UnixListener::bind(&path).expect("bind");
+        (l, path)
+    }
+
+    /// Accepts one connection, reads about `read_first` bytes of the
+    /// request, writes `answer` and closes with the rest unread.
+    async fn refuse_part_way(l: tokio::net::UnixListener, read_first: usize, answer: &[u8]) {
+        let (mut conn, _) = l.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64 << 10];
+        let mut read = 0;
+        while read < read_first {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        let _ = conn.write_all(answer).await;
+        let _ = conn.flush().await;
+    }
+
+    /// 256 MiB of zeros: far more than a socket buffers.
+    fn long_body() -> impl Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {
+        let chunk = Bytes::from(vec![0u8; 64 << 10]);
+        futures::stream::iter(std::iter::repeat_n(chunk, 4096).map(Ok))
+    }
+
+    #[tokio::test]
+    async fn an_upload_refused_part_way_gets_the_servers_answer() {
+        let (l, path) = listener("answer");
+        let server = tokio::spawn(async move {
+            refuse_part_way(
+                l,
+                1 << 20,
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 27\r\nconnection: close\r\n\r\nthe archive is far too big\n",
+            )
+            .await
+        });
+        let client = Client::new(Endpoint::Unix(path.clone()), None).expect("client");
+        let result = client
+            .upload::<_, serde_json::Value>("/v1/upload", long_body())
+            .await;
+        server.await.expect("server");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        match result {
+            Err(ClientError::Api(e)) => {
+                assert!(
+                    e.message.contains("413") && e.message.contains("far too big"),
+                    "not the server's answer: {e}"
+                )
+            }
+            other => panic!("expected the server's 413, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_off_without_an_answer_says_so() {
+        let (l, path) = listener("silent");
+        let server = tokio::spawn(async move { refuse_part_way(l, 1 << 20, b"").await });
+        let client = Client::new(Endpoint::Unix(path.clone()), None).expect("client");
+        let result = client
+            .upload::<_, serde_json::Value>("/v1/upload", long_body())
+            .await;
+        server.await.expect("server");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        match result {
+            Err(e @ ClientError::SendInterrupted { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("closed the connection") && text.contains("no answer"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected SendInterrupted, got {other:?}"),
+        }
+    }
 }

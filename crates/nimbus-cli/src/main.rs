@@ -117,28 +117,16 @@ fn main() -> ExitCode {
     if let Command::Shim { dir } = &cli.command {
         return run_shim(dir);
     }
+    // SIGPIPE stays ignored (Rust's default) in every role: a client whose
+    // upload the server refused part-way must survive its failed write to
+    // show the server's answer. A closed stdout (`| head`) is handled where
+    // the client writes (see `output`).
     if let Command::Completions { shell } = &cli.command {
-        // SAFETY: as below, before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-        clap_complete::generate(
-            *shell,
-            &mut Cli::command(),
-            "nimbus",
-            &mut std::io::stdout(),
-        );
-        return ExitCode::SUCCESS;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "nimbus", &mut script);
+        return exit_code(output::stdout_bytes(&script));
     }
     let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_));
-    if !daemon {
-        // A client piped into `head` should stop quietly, as other tools do.
-        // SAFETY: restoring the default disposition of SIGPIPE before any
-        // thread or runtime exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,10 +138,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    exit_code(runtime.block_on(run(cli)))
+}
+
+/// Success, a quiet [`output::STDOUT_CLOSED_EXIT_STATUS`] when the reader
+/// of our output went away, or the error on stderr and failure.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if output::is_stdout_closed(&e) => ExitCode::from(output::STDOUT_CLOSED_EXIT_STATUS),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not `eprintln!`: it panics when stderr is a closed pipe.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }

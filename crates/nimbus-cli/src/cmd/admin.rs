@@ -420,18 +420,15 @@ pub async fn audit(g: &Globals, cmd: AuditCmd) -> anyhow::Result<()> {
         }
         AuditCmd::Export { filters } => {
             use futures::StreamExt;
-            use std::io::Write;
             let q = filters.query(&g.project);
             let mut chunks = Box::pin(
                 client
                     .stream(&format!("/v1/audit/export?{}", q.join("&")))
                     .await?,
             );
-            let mut out = std::io::stdout().lock();
             while let Some(chunk) = chunks.next().await {
-                out.write_all(&chunk?)?;
+                crate::output::stdout_bytes(&chunk?)?;
             }
-            out.flush()?;
             Ok(())
         }
     }

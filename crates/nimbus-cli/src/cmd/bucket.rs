@@ -87,7 +87,7 @@ pub async fn bucket(g: &Globals, cmd: BucketCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             if !g.json() {
-                println!("bucket {name:?} deleted");
+                crate::outln!("bucket {name:?} deleted")?;
             }
             Ok(())
         }
@@ -135,7 +135,7 @@ pub async fn s3(g: &Globals, cmd: S3Cmd) -> anyhow::Result<()> {
                 )
                 .await?;
             if !g.json() {
-                println!("access key {access_key_id} deleted");
+                crate::outln!("access key {access_key_id} deleted")?;
             }
             Ok(())
         }

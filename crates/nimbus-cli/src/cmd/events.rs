@@ -80,19 +80,12 @@ pub async fn run(g: &Globals, args: EventsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    use std::io::Write;
-    let mut out = std::io::stdout();
     if !g.json() {
-        writeln!(
-            out,
-            "{:<19}  {:<16}  {:<24}  MESSAGE",
-            "TIME", "TYPE", "OBJECT"
-        )?;
+        crate::outln!("{:<19}  {:<16}  {:<24}  MESSAGE", "TIME", "TYPE", "OBJECT")?;
     }
     for e in page.items.iter().rev() {
-        writeln!(out, "{}", follow_line(g, e)?)?;
+        crate::outln!("{}", follow_line(g, e)?)?;
     }
-    out.flush()?;
     let mut revision = page.revision;
     loop {
         let path = format!("{base}?watch=true&revision={revision}");
@@ -104,8 +97,7 @@ pub async fn run(g: &Globals, args: EventsArgs) -> anyhow::Result<()> {
                 WatchEventType::Added => {
                     revision = revision.max(ev.revision);
                     if let Some(e) = &ev.object {
-                        writeln!(out, "{}", follow_line(g, e)?)?;
-                        out.flush()?;
+                        crate::outln!("{}", follow_line(g, e)?)?;
                     }
                 }
                 WatchEventType::Modified | WatchEventType::Deleted => {

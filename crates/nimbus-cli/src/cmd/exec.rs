@@ -1,7 +1,7 @@
 //! The client side of `nimbus instance exec`: frames over an upgraded
 //! connection, with the local terminal in raw mode for `--tty`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::os::fd::AsFd;
 
 use nimbus_api::client::Client;
@@ -166,14 +166,10 @@ pub async fn exec(
     while let Some((kind, payload)) = exec::read_frame(&mut reader).await? {
         match kind {
             exec::STDOUT => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&payload)?;
-                out.flush()?;
+                crate::output::stdout_bytes(&payload)?;
             }
             exec::STDERR => {
-                let mut err = std::io::stderr().lock();
-                err.write_all(&payload)?;
-                err.flush()?;
+                crate::output::stderr_bytes(&payload)?;
             }
             exec::EXIT if payload.len() == 4 => {
                 code = Some(i32::from_be_bytes([
@@ -248,9 +244,7 @@ pub async fn console(client: &Client, instance_path: &str, name: &str) -> anyhow
             },
             frame = exec::read_frame(&mut reader) => match frame? {
                 Some((exec::STDOUT, payload)) => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&payload)?;
-                    out.flush()?;
+                    crate::output::stdout_bytes(&payload)?;
                 }
                 Some((exec::EXIT, payload)) if payload.len() == 4 => {
                     let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);

@@ -569,9 +569,6 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             }
             let chunks = client.stream(&url).await?;
             let mut lines = Box::pin(nimbus_api::client::lines(chunks));
-            use std::io::Write;
-            let stdout = std::io::stdout();
-            let stderr = std::io::stderr();
             while let Some(line) = lines.next().await {
                 let line = line?;
                 let text = String::from_utf8_lossy(&line);
@@ -581,17 +578,18 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     parts.next().unwrap_or(""),
                     parts.next().unwrap_or(""),
                 );
+                // A closed stdout or stderr (`| head`) ends `--follow` too.
                 if g.json() {
-                    println!(
+                    crate::outln!(
                         "{}",
                         serde_json::json!({"time": ts, "stream": stream, "line": body})
-                    );
+                    )?;
                 } else if timestamps {
-                    let _ = writeln!(stdout.lock(), "{text}");
+                    crate::outln!("{text}")?;
                 } else if stream == "stderr" {
-                    let _ = writeln!(stderr.lock(), "{body}");
+                    crate::output::stderr_bytes(format!("{body}\n").as_bytes())?;
                 } else {
-                    let _ = writeln!(stdout.lock(), "{body}");
+                    crate::outln!("{body}")?;
                 }
             }
             Ok(())

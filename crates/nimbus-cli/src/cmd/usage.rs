@@ -187,8 +187,8 @@ pub async fn run(g: &Globals, args: UsageArgs) -> anyhow::Result<()> {
     let report: UsageReport = client.get(&path).await?;
     let rows = rows(&report, args.by);
     match g.output {
-        OutputFormat::Json => println!("{}", json(&report, args.by, &rows)?),
-        OutputFormat::Csv => print!("{}", csv(&rows, &report.totals)),
+        OutputFormat::Json => crate::outln!("{}", json(&report, args.by, &rows)?)?,
+        OutputFormat::Csv => crate::out!("{}", csv(&rows, &report.totals))?,
         OutputFormat::Table => {
             let mut lines: Vec<Vec<String>> = rows
                 .iter()
@@ -205,13 +205,13 @@ pub async fn run(g: &Globals, args: UsageArgs) -> anyhow::Result<()> {
                 "image-gib-h",
                 "object-gib-h",
             ];
-            println!(
+            crate::outln!(
                 "usage of project {} from {} to {}",
                 report.project,
                 report.from.to_rfc3339(),
                 report.to.to_rfc3339()
-            );
-            println!("{}", table(&headers, lines));
+            )?;
+            crate::outln!("{}", table(&headers, lines))?;
         }
     }
     Ok(())
