@@ -297,6 +297,14 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .map(|c| c.port)
         .collect();
     agent_config.instances_memory_bytes = instances_memory;
+    let min_disk = nimbus_agent::container::spec::MIN_DISK_BYTES;
+    anyhow::ensure!(
+        args.container_disk >= min_disk,
+        "--container-disk {} is below the {} MiB a container's writable layer needs; give at least {}MiB",
+        args.container_disk,
+        min_disk >> 20,
+        min_disk >> 20
+    );
     agent_config.container_disk_bytes = args.container_disk;
     *state
         .host_io
