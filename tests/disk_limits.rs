@@ -6,11 +6,13 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{mounts_under, wait_until, Cloud};
+use common::{free_port, http, mounts_under, wait_until, Cloud};
 
 const T: Duration = Duration::from_secs(60);
 const LIMIT_BYTES: u64 = 64 << 20;
@@ -219,4 +221,98 @@ fn a_dead_shim_or_a_restarted_daemon_leaves_no_loop_device() {
     assert_eq!(mounts_under(&dir), Vec::<String>::new());
     assert_eq!(loop_devices_under(cloud.data_dir()), vec![]);
     cloud.remove_everything();
+}
+
+/// A tmpfs of `size` for one test, unmounted when dropped (declare it
+/// before the cloud on it).
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let path = tempfile::Builder::new()
+            .prefix("nimbus-e2e-reserve-")
+            .tempdir_in("/var/tmp")
+            .expect("mount point")
+            .keep();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
+            .arg("nimbus-e2e-reserve")
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+
+    /// Writes zeros until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).expect("create filler");
+        let chunk = vec![0u8; 64 << 10];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+        while f.write(&[0u8; 512]).is_ok_and(|n| n > 0) {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+#[test]
+fn on_a_full_data_disk_a_deletion_still_commits_on_the_stores_reserve() {
+    if !common::is_root("a tmpfs as the data disk") {
+        return;
+    }
+    let disk = SmallDisk::mount("24m");
+    {
+        let mut cloud = Cloud {
+            dir: tempfile::TempDir::new_in(&disk.path).expect("data dir"),
+            port: free_port(),
+            daemon: None,
+            host: "e2e-reserve".into(),
+            extra: vec!["--no-starter-image".into()],
+        };
+        cloud.spawn_daemon();
+        wait_until(T, "the host to register", || {
+            cloud
+                .nimbus(&["host", "get", "e2e-reserve"])
+                .status
+                .success()
+                .then_some(())
+        });
+        let reserve = cloud.data_dir().join("store.db.reserve");
+        assert!(reserve.exists(), "the store keeps a reserve beside it");
+        cloud.ok(&["project", "create", "doomed"]);
+        let admin = cloud.admin_token();
+        let filler = disk.fill();
+
+        // A call that adds is refused, and says what to do.
+        let (status, body) = http(
+            &cloud,
+            "POST",
+            "/v1/projects",
+            Some(&admin),
+            br#"{"name":"more","spec":{}}"#,
+        );
+        assert_eq!(status, 507, "{body}");
+        assert!(body.contains("deletions"), "{body}");
+        // A deletion goes through, on the reserve.
+        let (status, body) = http(&cloud, "DELETE", "/v1/projects/doomed", Some(&admin), b"");
+        assert!((200..300).contains(&status), "{status} {body}");
+        assert!(!reserve.exists(), "the reserve was used");
+        let (status, body) = http(&cloud, "GET", "/v1/projects/doomed", Some(&admin), b"");
+        assert_eq!(status, 404, "{body}");
+        std::fs::remove_file(&filler).expect("remove filler");
+        cloud.kill_daemon();
+    }
 }
