@@ -53,7 +53,14 @@ impl Reserve {
             return Ok(());
         }
         let result = (|| {
-            let mut file = std::fs::File::create(&self.path)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Zeros only, but nobody else has business with the data dir.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.path)?;
             // Zeros, not set_len: a sparse file would reserve nothing.
             let chunk = vec![0u8; 1 << 20];
             for _ in 0..RESERVE_BYTES / chunk.len() as u64 {
