@@ -97,6 +97,7 @@ impl InstanceDefaults {
         memory_bytes: Some(1 << 30),
         cpu_millis: Some(1000),
         pids_max: Some(1024),
+        disk_bytes: None,
     };
 
     /// `spec`'s unset fields filled from the project's defaults, then from
@@ -110,6 +111,8 @@ impl InstanceDefaults {
                 .or(b.memory_bytes),
             cpu_millis: spec.cpu_millis.or(project.cpu_millis).or(b.cpu_millis),
             pids_max: spec.pids_max.or(project.pids_max).or(b.pids_max),
+            // No built-in size: the host's default applies (the agent's).
+            disk_bytes: spec.disk_bytes.or(project.disk_bytes),
         }
     }
 }
@@ -405,6 +408,12 @@ pub struct Resources {
     pub cpu_millis: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_max: Option<i64>,
+    /// Containers: size of the writable root filesystem layer (an ext4
+    /// filesystem of its own; a write past it fails with ENOSPC). Unset:
+    /// the project's default, then the host's (`nimbus up
+    /// --container-disk`, 10 GiB). A VM's disk is `vm.disk_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]

@@ -30,7 +30,7 @@ impl From<StoreError> for ServerError {
                 return ServerError(ApiError::new(
                     ErrorCode::InsufficientStorage,
                     format!(
-                        "no space left on the disk holding {path}; nothing was changed. Free space on that filesystem (remove unused images with `nimbus image rm`, lower --audit-max-records or --audit-max-age, or delete other files there) and retry"
+                        "no space left on the disk holding {path}; nothing was changed. Free space on that filesystem (remove unused images with `nimbus image rm`, lower --audit-max-records or --audit-max-age, or delete other files there) and retry; deletions (`nimbus instance rm`, `nimbus project rm`) still work, on the store's reserve"
                     ),
                 ));
             }

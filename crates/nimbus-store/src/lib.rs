@@ -209,4 +209,11 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<WatchStream>;
     /// Drop history at or below `revision`.
     async fn compact(&self, revision: Revision) -> Result<()>;
+    /// Frees the disk space the backend keeps back for when its filesystem
+    /// is full, so a call that frees space (a deletion) can still be
+    /// recorded; true when there was such a reserve. The caller retries
+    /// the write that failed with [`StoreError::StorageFull`].
+    async fn release_reserve(&self) -> bool {
+        false
+    }
 }

@@ -24,6 +24,10 @@ impl DriverContext for Agent {
         self.config.exe.clone()
     }
 
+    fn default_container_disk_bytes(&self) -> u64 {
+        self.config.container_disk_bytes
+    }
+
     async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError> {
         self.client
             .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))

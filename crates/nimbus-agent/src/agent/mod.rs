@@ -28,6 +28,9 @@ use tokio::sync::mpsc;
 
 use crate::driver::Drivers;
 
+/// A container's writable layer when nobody asked for a size.
+pub const DEFAULT_CONTAINER_DISK_BYTES: u64 = 10 << 30;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub host_name: String,
@@ -54,6 +57,9 @@ pub struct AgentConfig {
     /// (`protect::reserve_host_memory`). The scheduler fills hosts up to
     /// it, so it never places more than the instances' cgroup allows.
     pub instances_memory_bytes: Option<u64>,
+    /// Size of a container's writable layer (its own ext4 filesystem)
+    /// when neither the instance nor its project sets `disk_bytes`.
+    pub container_disk_bytes: u64,
 }
 
 impl AgentConfig {
@@ -70,6 +76,7 @@ impl AgentConfig {
             labels: Default::default(),
             reserved_tcp_ports: Vec::new(),
             instances_memory_bytes: None,
+            container_disk_bytes: DEFAULT_CONTAINER_DISK_BYTES,
         }
     }
 

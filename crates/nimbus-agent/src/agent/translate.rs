@@ -109,5 +109,7 @@ pub fn shim_spec(
         resolv_conf: None,
         hosts_file: None,
         restarts_before: 0,
+        // The driver fills in the host's default when this is unset.
+        disk_bytes: instance.spec.resources.disk_bytes,
     }
 }

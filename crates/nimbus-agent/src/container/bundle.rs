@@ -461,6 +461,7 @@ mod tests {
             resolv_conf: None,
             hosts_file: None,
             restarts_before: 0,
+            disk_bytes: None,
         }
     }
 

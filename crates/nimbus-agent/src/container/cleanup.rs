@@ -9,8 +9,9 @@ use super::spec::ShimSpec;
 use crate::shim::{clean_up_after_shim, instance_id_from_dir, ShimError};
 
 /// Removes what a dead shim left behind: the container's processes and cgroups,
-/// the rootfs and layer mounts, runtime files and the socket. Keeps spec.json,
-/// state.json, console logs and the upper dir. Refuses while a shim still answers.
+/// the rootfs and layer mounts and the writable layer's mount (freeing its loop
+/// device), runtime files and the socket. Keeps spec.json, state.json, console
+/// logs and the upper dir or `disk.img`. Refuses while a shim still answers.
 pub fn cleanup_instance_dir(instance_dir: &Path) -> Result<(), ShimError> {
     let instance_id = match ShimSpec::load(instance_dir) {
         Ok(spec) => spec.instance_id,

@@ -46,6 +46,7 @@ impl Driver for ContainerDriver {
         let secret_env = cx.secret_env(instance).await?;
         let mut spec = translate::shim_spec(instance, image, layers, id_map, &secret_env);
         spec.restarts_before = restarts_before;
+        spec.disk_bytes = spec.disk_bytes.or(Some(cx.default_container_disk_bytes()));
         spec.save(dir)?;
         Ok(())
     }

@@ -25,7 +25,9 @@
 //! - `spec.json` — written by the agent.
 //! - `lower/<n>` — each image layer, idmapped into the instance's id range.
 //! - `rootfs` — overlayfs of the lower mounts under `upper` (kept across restarts
-//!   and stops) with `work`.
+//!   and stops) with `work`; both in `disk/`, the loop mount of the sized ext4
+//!   image `disk.img` (see [`disk`]), or in the instance dir for a spec
+//!   without a size.
 //! - `bundle/config.json` — the OCI spec; `runtime/` — libcontainer's state.
 //!
 //! Isolation: new pid, mount, UTS, IPC, network (loopback only, brought up by the
@@ -64,6 +66,7 @@
 
 pub mod bundle;
 mod cleanup;
+pub mod disk;
 pub mod driver;
 pub mod exec;
 mod exec_stream;

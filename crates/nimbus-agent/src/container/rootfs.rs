@@ -4,8 +4,9 @@
 //! never chowned. Each layer is bind-mounted read-only at `<dir>/lower/<n>` through an
 //! *idmapped* mount (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)` + `move_mount`)
 //! that shifts its ids into the instance's host range; the overlay at `<dir>/rootfs`
-//! stacks those under `<dir>/upper` (owned by the instance's host root, kept across
-//! restarts as the writable layer).
+//! stacks those under the upper dir (owned by the instance's host root, kept across
+//! restarts as the writable layer; on the instance's own sized filesystem, see
+//! [`super::disk`], or at `<dir>/upper` for a spec without a size).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -19,6 +20,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{chown, fork, ForkResult, Gid, Uid};
 
+use super::disk::{disk_mount_dir, prepare_writable_layer, HostTools};
 use super::rootfs_error;
 use super::spec::{IdMap, ShimSpec};
 use crate::host::mounts::{mount_points_under, unmount_all_under};
@@ -122,8 +124,19 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
             )));
         }
     }
-    let (upper, work) = (upper_dir(instance_dir), work_dir(instance_dir));
-    for dir in [&rootfs, &upper, &work, &lower_dir(instance_dir)] {
+    // Anything mounted so far (the writable layer's filesystem, layers)
+    // comes off again if a later step fails.
+    let result = mount_over_layers(instance_dir, spec, &rootfs);
+    if result.is_err() {
+        let _ = unmount_all_under(instance_dir);
+    }
+    result.map(|_| rootfs)
+}
+
+/// The writable layer, the idmapped layers and the overlay of [`mount_rootfs`].
+fn mount_over_layers(instance_dir: &Path, spec: &ShimSpec, rootfs: &Path) -> Result<(), ShimError> {
+    let (upper, work) = prepare_writable_layer(&HostTools, instance_dir, spec.disk_bytes)?;
+    for dir in [rootfs, &upper, &work, &lower_dir(instance_dir)] {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
     }
     let host_root = (
@@ -143,14 +156,9 @@ pub fn mount_rootfs(instance_dir: &Path, spec: &ShimSpec) -> Result<PathBuf, Shi
     // The container root reaches its rootfs through this path from inside its user
     // namespace: the instance dir lets it through by group (see
     // `secure_instance_dir`), the rootfs mount point is the container's own.
-    std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(rootfs, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err(format!("chmod {}", rootfs.display())))?;
-
-    let result = mount_layers(instance_dir, spec, &rootfs, &upper, &work);
-    if result.is_err() {
-        let _ = unmount_all_under(instance_dir);
-    }
-    result.map(|_| rootfs)
+    mount_layers(instance_dir, spec, rootfs, &upper, &work)
 }
 
 fn mount_layers(
@@ -361,11 +369,14 @@ fn check_searchable(instances_dir: &Path) -> Result<(), ShimError> {
     Ok(())
 }
 
-/// Unmounts the rootfs and the idmapped layers and removes their mount points.
-/// The upper and work dirs stay: they are the instance's writable layer.
+/// Unmounts the rootfs, the idmapped layers and the writable layer's
+/// filesystem (which frees its loop device) and removes their mount points.
+/// The upper and work dirs, or the image holding them, stay: they are the
+/// instance's writable layer.
 pub fn unmount_rootfs(instance_dir: &Path) -> Result<(), ShimError> {
     unmount_all_under(instance_dir)?;
     let _ = std::fs::remove_dir(rootfs_dir(instance_dir));
+    let _ = std::fs::remove_dir(disk_mount_dir(instance_dir));
     let lower = lower_dir(instance_dir);
     if lower.exists() {
         std::fs::remove_dir_all(&lower).map_err(io_err(format!("remove {}", lower.display())))?;

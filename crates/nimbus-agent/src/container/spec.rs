@@ -11,6 +11,9 @@ use crate::shim::ShimError;
 /// File name of the spec inside an instance directory.
 pub const SPEC_FILE: &str = "spec.json";
 
+/// Smallest writable layer the shim makes (the API's minimum too).
+pub const MIN_DISK_BYTES: u64 = 16 << 20;
+
 /// Everything the shim needs to run one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimSpec {
@@ -44,6 +47,13 @@ pub struct ShimSpec {
     /// was lost: counted against `max_retries` and in the reported count.
     #[serde(default)]
     pub restarts_before: u32,
+    /// Size of the writable layer: a sparse ext4 image loop-mounted under
+    /// the instance dir holds the overlay's upper and work dirs, so a
+    /// container that writes past it gets ENOSPC and the host's disk does
+    /// not fill. `None` (a spec of an older agent): the upper dir sits on
+    /// the host's filesystem, unlimited, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// The user the container process runs as, in container ids.
@@ -177,6 +187,14 @@ impl ShimSpec {
         if let Some(mem) = self.resources.memory_bytes {
             if mem < 4 * 1024 * 1024 {
                 return bad(format!("memory limit {mem} bytes is below 4 MiB"));
+            }
+        }
+        if let Some(disk) = self.disk_bytes {
+            if disk < MIN_DISK_BYTES {
+                return bad(format!(
+                    "writable layer of {disk} bytes is below {} MiB",
+                    MIN_DISK_BYTES >> 20
+                ));
             }
         }
         if self.resources.cpu_millis == Some(0) {

@@ -39,6 +39,11 @@ pub trait DriverContext: Send + Sync {
     fn images(&self) -> Arc<ImageStore>;
     /// The shim executable, run as `<exe> shim <dir>`.
     fn shim_exe(&self) -> PathBuf;
+    /// Size of a container's writable layer when neither it nor its
+    /// project asks for one.
+    fn default_container_disk_bytes(&self) -> u64 {
+        crate::agent::DEFAULT_CONTAINER_DISK_BYTES
+    }
     /// An image of `project` by name, from the server.
     async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError>;
     /// The opened values of the instance's secret environment.

@@ -116,7 +116,10 @@ pub struct RunArgs {
     /// VMs: virtual CPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
-    /// VMs from disk images: root disk size, e.g. 10GiB (default: the image's).
+    /// Root disk size, e.g. 10GiB: a VM's disk (VMs from disk images;
+    /// default: the image's) or a container's writable layer, where a write
+    /// past it fails with "No space left on device" (default: the host's,
+    /// 10GiB; at least 16MiB).
     #[arg(long)]
     pub disk: Option<String>,
     /// VMs: an SSH public key file for the default user (repeatable).
@@ -204,8 +207,10 @@ fn networks_of(a: &RunArgs, kind: InstanceKind) -> anyhow::Result<Vec<String>> {
 
 /// The `vm` part of a run request, from the VM flags; `None` without any.
 fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
+    // A container's --disk sizes its writable layer (`resources.disk_bytes`).
+    let vm_disk = a.disk.as_deref().filter(|_| a.kind != "container");
     if a.vcpus.is_none()
-        && a.disk.is_none()
+        && vm_disk.is_none()
         && a.ssh_key.is_empty()
         && a.user_data.is_none()
         && a.forward.is_empty()
@@ -254,9 +259,7 @@ fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Some(nimbus_api::VmSpec {
         vcpus: a.vcpus,
-        disk_bytes: a
-            .disk
-            .as_deref()
+        disk_bytes: vm_disk
             .map(parse_size)
             .transpose()
             .map_err(anyhow::Error::msg)?,
@@ -388,7 +391,10 @@ fn detail(i: &Instance) -> String {
                     InstanceKind::Container => "unlimited".into(),
                     _ => "4096 (QEMU)".into(),
                 }),
-        ),
+        ) + &r
+            .disk_bytes
+            .map(|d| format!(", disk {}", format_size(d)))
+            .unwrap_or_default(),
     );
     if let Some(s) = i.status.signal {
         line("signal:", s.to_string());
@@ -485,6 +491,12 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?,
                 cpu_millis: a.cpus.map(|c| (c * 1000.0).round() as u64),
                 pids_max: a.pids,
+                disk_bytes: match a.disk.as_deref() {
+                    Some(d) if a.kind == "container" => {
+                        Some(parse_size(d).map_err(anyhow::Error::msg)?)
+                    }
+                    _ => None,
+                },
             };
             let kind = match a.kind.as_str() {
                 "container" => InstanceKind::Container,

@@ -138,6 +138,11 @@ pub struct UpArgs {
     /// tenth of it, at least 1GiB, at most half).
     #[arg(long, value_parser = parse_size_arg)]
     pub reserved_memory: Option<u64>,
+    /// Writable layer of a container that asks for no --disk (nor has a
+    /// project default): its own ext4 filesystem of this size, so one
+    /// container cannot fill the host's disk (at least 16MiB).
+    #[arg(long, value_parser = parse_size_arg, default_value = "10GiB")]
+    pub container_disk: u64,
 }
 
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
@@ -293,6 +298,15 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .map(|c| c.port)
         .collect();
     agent_config.instances_memory_bytes = instances_memory;
+    let min_disk = nimbus_agent::container::spec::MIN_DISK_BYTES;
+    anyhow::ensure!(
+        args.container_disk >= min_disk,
+        "--container-disk {} is below the {} MiB a container's writable layer needs; give at least {}MiB",
+        args.container_disk,
+        min_disk >> 20,
+        min_disk >> 20
+    );
+    agent_config.container_disk_bytes = args.container_disk;
     *state
         .host_io
         .write()

@@ -43,6 +43,9 @@ impl Store for MeteredStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.inner.get(key).await
     }
+    async fn release_reserve(&self) -> bool {
+        self.inner.release_reserve().await
+    }
     async fn list(
         &self,
         prefix: &str,

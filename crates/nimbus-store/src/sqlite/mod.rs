@@ -6,6 +6,7 @@
 //! keeps revisions, commits and live events in one order.
 
 mod db;
+mod reserve;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use crate::{
     WatchStream, WATCH_CHANNEL_CAPACITY,
 };
 use db::{Cursor, Db};
+use reserve::Reserve;
 
 /// Events read from the log per lock acquisition while a watcher replays history.
 const REPLAY_PAGE_SIZE: usize = 512;
@@ -43,6 +45,9 @@ impl Default for SqliteOptions {
 #[derive(Clone)]
 pub struct SqliteStore {
     db: Arc<Mutex<Db>>,
+    /// Space kept back for deletions once the disk is full (`reserve.rs`);
+    /// none for an in-memory store.
+    reserve: Option<Arc<Reserve>>,
 }
 
 impl SqliteStore {
@@ -50,7 +55,13 @@ impl SqliteStore {
     ///
     /// This blocks on file I/O; call it at startup or from `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self> {
-        Ok(Self::from_db(Db::open(path, options.history_limit)?))
+        let mut store = Self::from_db(Db::open(path, options.history_limit)?);
+        let reserve = Reserve::beside(path);
+        if let Err(e) = reserve.ensure() {
+            tracing::warn!(path = %reserve.path().display(), error = %e, "could not set aside the store's disk reserve; deletions may fail once the disk is full");
+        }
+        store.reserve = Some(Arc::new(reserve));
+        Ok(store)
     }
 
     /// A store that lives only in memory, with default options; for tests and tools.
@@ -65,6 +76,16 @@ impl SqliteStore {
     fn from_db(db: Db) -> Self {
         SqliteStore {
             db: Arc::new(Mutex::new(db)),
+            reserve: None,
+        }
+    }
+
+    /// After the reserve was released, try to make it again now and then
+    /// (in the background: the write does not wait for it).
+    fn remake_reserve_if_released(&self) {
+        if let Some(reserve) = self.reserve.as_ref().filter(|r| r.is_missing()) {
+            let reserve = Arc::clone(reserve);
+            tokio::task::spawn_blocking(move || reserve.ensure_now_and_then());
         }
     }
 
@@ -109,6 +130,15 @@ async fn with_db<T: Send + 'static>(
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn release_reserve(&self) -> bool {
+        let Some(reserve) = self.reserve.clone() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || reserve.release())
+            .await
+            .unwrap_or(false)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let key = key.to_string();
         with_db(&self.db, move |db| db.get(&key)).await
@@ -144,6 +174,7 @@ impl Store for SqliteStore {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let key = key.to_string();
+        self.remake_reserve_if_released();
         with_db(&self.db, move |db| {
             db.write(|batch| {
                 if batch.current(&key)?.is_some() {

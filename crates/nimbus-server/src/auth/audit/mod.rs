@@ -161,7 +161,15 @@ pub async fn begin(
 ) -> Result<Pending, ServerError> {
     let record = authenticated_record(caller, method, path);
     let key = record_key(&record);
-    match store_new(state, &key, &record).await {
+    let mut written = store_new(state, &key, &record).await;
+    // A deletion frees space: on a full disk it may use the store's reserve.
+    if matches!(written, Err(StoreError::StorageFull { .. }))
+        && *method == Method::DELETE
+        && state.repo.store.release_reserve().await
+    {
+        written = store_new(state, &key, &record).await;
+    }
+    match written {
         Ok(mod_revision) => Ok(Pending {
             record,
             key,

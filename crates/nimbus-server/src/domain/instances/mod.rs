@@ -39,6 +39,8 @@ pub enum SpecError {
     NoCommand(String),
     #[error("memory limit of {0} bytes is below the 4 MiB minimum; ask for at least 4MiB")]
     ContainerMemoryTooSmall(u64),
+    #[error("disk of {0} bytes is below the {min} MiB minimum of a container's writable layer; ask for at least --disk {min}MiB", min = MIN_CONTAINER_DISK_BYTES >> 20)]
+    ContainerDiskTooSmall(u64),
     #[error("cpu of 0 would never run; give at least 1 millicpu (e.g. 500 for half a CPU)")]
     ZeroCpu,
     #[error("pids limit {0} is below 1; give at least 1")]
@@ -86,6 +88,8 @@ pub enum SpecError {
     RestartPolicyForVm(&'static str),
     #[error("--cpus and --pids limit containers; a {0} takes --vcpus")]
     ContainerLimitsForVm(&'static str),
+    #[error("resources.disk_bytes sizes a container's writable layer; a {0} sizes its disk with vm.disk_bytes (`--disk`)")]
+    ContainerDiskForVm(&'static str),
     #[error("vcpus {0} is not between 1 and {max}", max = MAX_VCPUS)]
     Vcpus(u32),
     #[error("disk of {want} bytes is smaller than image {image:?} ({image_bytes} bytes); ask for at least its size")]

@@ -17,6 +17,9 @@ pub const DEFAULT_VM_MEMORY_BYTES: u64 = 512 << 20;
 pub const DEFAULT_UNIKERNEL_MEMORY_BYTES: u64 = 64 << 20;
 /// Smallest memory limit of a container.
 pub const MIN_CONTAINER_MEMORY_BYTES: u64 = 4 << 20;
+/// Smallest writable layer of a container: ext4's own metadata takes a
+/// few MiB, and a smaller layer could not even hold a package install.
+pub const MIN_CONTAINER_DISK_BYTES: u64 = 16 << 20;
 /// Smallest guest RAM of a VM or unikernel.
 pub const MIN_VM_MEMORY_BYTES: u64 = 16 << 20;
 /// Most virtual CPUs a VM may ask for.
@@ -118,6 +121,11 @@ fn validate_container_spec(
     if let Some(m) = spec.resources.memory_bytes {
         if m < MIN_CONTAINER_MEMORY_BYTES {
             return Err(SpecError::ContainerMemoryTooSmall(m));
+        }
+    }
+    if let Some(d) = spec.resources.disk_bytes {
+        if d < MIN_CONTAINER_DISK_BYTES {
+            return Err(SpecError::ContainerDiskTooSmall(d));
         }
     }
     if spec.resources.cpu_millis == Some(0) {
@@ -228,6 +236,9 @@ fn validate_vm_spec(
     }
     if spec.resources.pids_max.is_some() || spec.resources.cpu_millis.is_some() {
         return Err(SpecError::ContainerLimitsForVm(kind));
+    }
+    if spec.resources.disk_bytes.is_some() {
+        return Err(SpecError::ContainerDiskForVm(kind));
     }
     if let Some(v) = vm.vcpus {
         if !(1..=MAX_VCPUS).contains(&v) {
@@ -394,7 +405,10 @@ pub fn check_replace(name: &str, old: &InstanceSpec, new: &InstanceSpec) -> Resu
         Some("image")
     } else if old_vm.kernel_image != new_vm.kernel_image {
         Some("kernel image")
-    } else if old_vm.disk_bytes != new_vm.disk_bytes {
+    } else if old_vm.disk_bytes != new_vm.disk_bytes
+        || old.resources.disk_bytes != new.resources.disk_bytes
+    {
+        // A container's writable layer is made once, at its first start.
         Some("disk size")
     } else if old_vm.port_forwards != new_vm.port_forwards {
         Some("port forwards")

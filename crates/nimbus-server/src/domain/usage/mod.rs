@@ -286,6 +286,7 @@ mod tests {
                     memory_bytes: Some(256 << 20),
                     cpu_millis: Some(500),
                     pids_max: None,
+                    disk_bytes: None,
                 },
                 ..Default::default()
             },

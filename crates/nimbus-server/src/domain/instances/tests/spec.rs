@@ -104,6 +104,33 @@ fn container_limits_have_floors() {
 }
 
 #[test]
+fn a_containers_disk_has_a_floor_and_is_not_a_vms() {
+    let mut spec = container();
+    spec.resources.disk_bytes = Some(MIN_CONTAINER_DISK_BYTES - 1);
+    assert_eq!(
+        refused(&spec),
+        "disk of 16777215 bytes is below the 16 MiB minimum of a container's writable layer; ask for at least --disk 16MiB"
+    );
+    spec.resources.disk_bytes = Some(64 << 20);
+    assert!(validate(&spec).is_ok());
+    let mut spec = vm();
+    spec.resources.disk_bytes = Some(64 << 20);
+    assert_eq!(
+        refused(&spec),
+        "resources.disk_bytes sizes a container's writable layer; a vm sizes its disk with vm.disk_bytes (`--disk`)"
+    );
+    let mut bigger = container();
+    bigger.resources.disk_bytes = Some(1 << 30);
+    assert!(matches!(
+        check_replace("web", &container(), &bigger),
+        Err(SpecError::FixedField {
+            what: "disk size",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn max_retries_needs_the_on_failure_policy() {
     for mode in [RestartMode::Never, RestartMode::Always] {
         let mut spec = container();
@@ -457,6 +484,7 @@ fn a_container_gets_its_projects_defaults_then_the_built_in_ones() {
         memory_bytes: Some(256 << 20),
         cpu_millis: None,
         pids_max: None,
+        disk_bytes: None,
     };
     let mut spec = container();
     spec.resources.pids_max = Some(50);
@@ -467,6 +495,7 @@ fn a_container_gets_its_projects_defaults_then_the_built_in_ones() {
             memory_bytes: Some(256 << 20),
             cpu_millis: InstanceDefaults::BUILT_IN.cpu_millis,
             pids_max: Some(50),
+            disk_bytes: None,
         }
     );
     let mut spec = container();
@@ -480,6 +509,7 @@ fn a_vm_gets_guest_memory_and_no_container_limits() {
         memory_bytes: Some(256 << 20),
         cpu_millis: Some(100),
         pids_max: Some(10),
+        disk_bytes: None,
     };
     let mut spec = vm();
     apply_default_limits(&mut spec, &project);
