@@ -292,6 +292,10 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .map(|c| c.port)
         .collect();
     agent_config.instances_memory_bytes = instances_memory;
+    // With --metrics=false no one reads the statistics: do not collect them.
+    if !args.server.metrics {
+        agent_config.stats_ms = 0;
+    }
     *state
         .host_io
         .write()
