@@ -41,7 +41,7 @@ pub struct AgentConfig {
     /// `nimbus` itself (see [`crate::shim::shim_executable`]).
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
-    /// How often the instances' statistics are pushed (`stats.rs`).
+    /// How often the instances' statistics are pushed (`stats.rs`); 0: never.
     pub stats_ms: u64,
     /// First host uid handed out; each instance gets `id_range` ids (a
     /// container maps its user namespace onto them, a VM's QEMU runs as the

@@ -264,9 +264,13 @@ impl Agent {
             .collect()
     }
 
-    /// Push a report every `stats_ms`, forever. A failed push is logged and
-    /// the next one carries fresh numbers anyway.
+    /// Push a report every `stats_ms`, forever; never with `stats_ms` 0
+    /// (the server's metrics are off: nothing would read the reports). A
+    /// failed push is logged and the next one carries fresh numbers anyway.
     pub(super) async fn stats_loop(self: Arc<Self>) {
+        if self.config.stats_ms == 0 {
+            return;
+        }
         let path = format!("/v1/hosts/{}/stats", self.config.host_name);
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.stats_ms.max(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

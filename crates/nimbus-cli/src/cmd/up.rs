@@ -307,6 +307,10 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         min_disk >> 20
     );
     agent_config.container_disk_bytes = args.container_disk;
+    // With --metrics=false no one reads the statistics: do not collect them.
+    if !args.server.metrics {
+        agent_config.stats_ms = 0;
+    }
     *state
         .host_io
         .write()

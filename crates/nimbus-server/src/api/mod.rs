@@ -166,13 +166,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
     // Outermost, so a request's time includes authentication; applied per
     // route, so the route template (`MatchedPath`) is known.
-    let api = if state.metrics.enabled {
-        api.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track_requests,
-        ))
-    } else {
-        api
+    let api = match metrics::CountRequestsLayer::new(&state.metrics) {
+        Some(count) => api.layer(count),
+        None => api,
     };
     api.with_state(state.clone())
         .merge(crate::console::router(state))

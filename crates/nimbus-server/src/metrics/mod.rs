@@ -10,6 +10,7 @@
 //! memory carry only bounded labels (route template, method, status).
 
 pub mod render;
+pub mod requests;
 pub mod snapshot;
 pub mod store;
 
@@ -17,17 +18,13 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use axum::http::Method;
 use nimbus_api::stats::HostStats;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Labels of one API request series: route template, method, status.
-type RequestLabels = [(&'static str, String); 3];
-/// Labels of one latency series: route template and method.
-type RouteLabels = [(&'static str, String); 2];
 type OpLabels = [(&'static str, &'static str); 1];
 
 /// A host's report is dropped from the metrics when it is older than this
@@ -43,8 +40,9 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     /// `false` (`--metrics=false`): nothing is counted and `/metrics` says so.
     pub enabled: bool,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Leaked: one per process, read on every request without a
+    /// reference count (`requests.rs`).
+    requests: &'static requests::RequestMetrics,
     store_write_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
     store_watches: Gauge,
     placement_seconds: Histogram,
@@ -64,8 +62,7 @@ impl Metrics {
     pub fn new(enabled: bool) -> Metrics {
         Metrics {
             enabled,
-            requests: Family::default(),
-            request_seconds: Family::new_with_constructor(latency_histogram),
+            requests: Box::leak(Box::default()),
             store_write_seconds: Family::new_with_constructor(latency_histogram),
             store_watches: Gauge::default(),
             placement_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -74,21 +71,25 @@ impl Metrics {
     }
 
     /// Count one answered API request. `route` is the router's template
-    /// (`/v1/projects/{project}/instances`), never the concrete path.
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
-        if !self.enabled {
-            return;
+    /// (`/v1/projects/{project}/instances`), never the concrete path. On
+    /// every request's path: allocates nothing and takes no lock
+    /// (`requests.rs`).
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, took: Duration) {
+        if let Some(route) = self.request_route(route) {
+            route.observe(method, status, took);
         }
-        self.requests
-            .get_or_create(&[
-                ("route", route.to_string()),
-                ("method", method.to_string()),
-                ("status", status.to_string()),
-            ])
-            .inc();
-        self.request_seconds
-            .get_or_create(&[("route", route.to_string()), ("method", method.to_string())])
-            .observe(took.as_secs_f64());
+    }
+
+    /// The request series of route template `route`, to count a request
+    /// with once it is answered; `None` when metrics are off.
+    pub fn request_route(&self, route: &str) -> Option<&'static requests::Route> {
+        self.request_metrics().map(|r| r.route(route))
+    }
+
+    /// The request counters, for the request path; `None` when metrics
+    /// are off.
+    pub fn request_metrics(&self) -> Option<&'static requests::RequestMetrics> {
+        self.enabled.then_some(self.requests)
     }
 
     /// One store write (`create`, `update`, `delete`, `txn`) took `took`.
@@ -113,7 +114,11 @@ impl Metrics {
     }
 
     /// Keep `stats` as `host`'s latest report, replacing the one before.
+    /// With metrics off nothing would read it, so it is not kept.
     pub fn record_host_stats(&self, host: &str, stats: HostStats) {
+        if !self.enabled {
+            return;
+        }
         if let Ok(mut all) = self.host_stats.write() {
             all.insert(host.to_string(), (Instant::now(), stats));
         }
@@ -140,16 +145,7 @@ impl Metrics {
     /// series rendered from `snapshot`.
     pub fn encode(&self, snapshot: snapshot::Snapshot) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("nimbus");
-        registry.register(
-            "api_requests",
-            "API requests answered, by route template, method and status",
-            self.requests.clone(),
-        );
-        registry.register(
-            "api_request_duration_seconds",
-            "Time to answer an API request (to the response head), by route template and method",
-            self.request_seconds.clone(),
-        );
+        registry.register_collector(Box::new(requests::RequestCollector(self.requests)));
         registry.register(
             "store_write_duration_seconds",
             "Time of one store write, by operation",

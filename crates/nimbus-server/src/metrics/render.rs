@@ -364,17 +364,64 @@ mod tests {
 
     #[test]
     fn requests_are_counted_by_route_template_method_and_status() {
+        use axum::http::Method;
         let m = Metrics::new(true);
         let route = "/v1/projects/{project}/instances";
-        m.observe_request(route, "GET", 200, std::time::Duration::from_millis(3));
-        m.observe_request(route, "GET", 200, std::time::Duration::from_millis(5));
-        m.observe_request(route, "POST", 403, std::time::Duration::from_millis(1));
+        m.observe_request(
+            route,
+            &Method::GET,
+            200,
+            std::time::Duration::from_millis(3),
+        );
+        m.observe_request(
+            route,
+            &Method::GET,
+            200,
+            std::time::Duration::from_millis(5),
+        );
+        m.observe_request(
+            route,
+            &Method::POST,
+            403,
+            std::time::Duration::from_millis(1),
+        );
         let out = m.encode(Snapshot::default()).unwrap();
         assert!(out.contains("nimbus_api_requests_total{route=\"/v1/projects/{project}/instances\",method=\"GET\",status=\"200\"} 2"), "{out}");
         assert!(out.contains("status=\"403\"} 1"), "{out}");
         assert!(out.contains("nimbus_api_request_duration_seconds_count{route=\"/v1/projects/{project}/instances\",method=\"GET\"} 2"), "{out}");
+        // 3 ms and 5 ms: one under 4 ms, both under 8 ms (buckets are cumulative).
+        let get = "route=\"/v1/projects/{project}/instances\",method=\"GET\"";
+        assert!(
+            out.contains(&format!(
+                "nimbus_api_request_duration_seconds_bucket{{le=\"0.004\",{get}}} 1"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "nimbus_api_request_duration_seconds_bucket{{le=\"0.008\",{get}}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "nimbus_api_request_duration_seconds_bucket{{le=\"+Inf\",{get}}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "nimbus_api_request_duration_seconds_sum{{{get}}} 0.008"
+            )),
+            "{out}"
+        );
         let off = Metrics::new(false);
-        off.observe_request(route, "GET", 200, std::time::Duration::from_millis(3));
+        off.observe_request(
+            route,
+            &Method::GET,
+            200,
+            std::time::Duration::from_millis(3),
+        );
         assert!(!off
             .encode(Snapshot::default())
             .unwrap()
