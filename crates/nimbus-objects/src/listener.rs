@@ -10,6 +10,7 @@ use nimbus_store::Store;
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use crate::auth::{NimbusAccess, NimbusAuth, Sealer};
+use crate::credential_cache::CredentialCache;
 use crate::credentials::Admin;
 use crate::data::DataStore;
 use crate::error::ObjectsError;
@@ -39,17 +40,18 @@ pub async fn build_service(
         store: store.clone(),
         sealer: sealer.clone(),
     };
-    let s3 = NimbusS3::new(store.clone(), data, admin).with_max_object_bytes(max_object_bytes);
+    let credentials = Arc::new(CredentialCache::new(store.clone(), sealer));
+    let s3 = NimbusS3::new(store.clone(), data, admin, credentials.clone())
+        .with_max_object_bytes(max_object_bytes);
     let orphans = s3.collect_orphans().await?;
     if orphans > 0 {
         tracing::info!(files = orphans, dir = %data_dir.display(), "removed object data no object names (uploads interrupted before their commit)");
     }
     let mut builder = S3ServiceBuilder::new(s3);
     builder.set_auth(NimbusAuth {
-        store: store.clone(),
-        sealer,
+        credentials: credentials.clone(),
     });
-    builder.set_access(NimbusAccess { store });
+    builder.set_access(NimbusAccess { store, credentials });
     Ok(builder.build())
 }
 
