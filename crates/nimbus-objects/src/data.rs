@@ -9,8 +9,9 @@
 //!
 //! Two things keep small writes cheap without weakening that:
 //! - a body that fits in [`SMALL_WRITE_BYTES`] is gathered in memory and
-//!   created, written, fsync'd and renamed in one blocking task, instead
-//!   of a blocking-pool hop per step;
+//!   created in `data/` directly, written and fsync'd in one blocking task,
+//!   instead of a blocking-pool hop per step and a rename (its record is
+//!   still what makes it visible; a crash leaves an orphan, collected);
 //! - concurrent writers share `data/`'s fsync ([`DirSync`]): one fsync of
 //!   the directory makes durable every rename that finished before it
 //!   started, so a writer whose rename an fsync already covered does not
@@ -94,7 +95,8 @@ impl DirSync {
         }
     }
 
-    /// Make durable a rename into the directory that has returned.
+    /// Make durable a rename into (or a create in) the directory that has
+    /// returned.
     pub async fn after_rename(&self) -> Result<(), ObjectsError> {
         let ticket = self.renamed.fetch_add(1, Ordering::SeqCst) + 1;
         let _turn = self.running.lock().await;
@@ -129,22 +131,26 @@ fn sync_dir(dir: &Path) -> Result<(), ObjectsError> {
         .map_err(ObjectsError::io("syncing the directory", dir))
 }
 
-/// Create `tmp` with `bytes`, fsync it and rename it to `dest`; on error
-/// nothing is left behind.
-fn write_small(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<(), ObjectsError> {
+/// Create `dest` (a new random id: it cannot exist) with `bytes` and
+/// fsync it; on error nothing is left behind. Written in place rather
+/// than renamed from `tmp/`: the file's fsync then commits its directory
+/// entry in the same journal transaction on ext4, so the directory fsync
+/// that follows seldom waits for another. A crash before the record's
+/// commit leaves a file no record names: collected at start like any.
+fn write_small(dest: &Path, bytes: &[u8]) -> Result<(), ObjectsError> {
     use std::io::Write;
-    let written = std::fs::File::create(tmp)
-        .map_err(ObjectsError::io("creating", tmp))
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .map_err(ObjectsError::io("creating", dest))
         .and_then(|mut f| {
             f.write_all(bytes)
-                .map_err(ObjectsError::io("writing", tmp))?;
-            f.sync_all().map_err(ObjectsError::io("syncing", tmp))
-        })
-        .and_then(|()| {
-            std::fs::rename(tmp, dest).map_err(ObjectsError::io("renaming into place", dest))
+                .map_err(ObjectsError::io("writing", dest))?;
+            f.sync_all().map_err(ObjectsError::io("syncing", dest))
         });
     if written.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        let _ = std::fs::remove_file(dest);
     }
     written
 }
@@ -212,12 +218,12 @@ impl DataStore {
         }
         let Some(mut body) = rest else {
             let dest = self.path(&id);
-            let (t, d) = (tmp.clone(), dest.clone());
-            tokio::task::spawn_blocking(move || write_small(&t, &d, &head))
+            let d = dest.clone();
+            tokio::task::spawn_blocking(move || write_small(&d, &head))
                 .await
                 .map_err(|e| ObjectsError::Io {
                     what: "writing",
-                    path: tmp,
+                    path: dest,
                     source: std::io::Error::other(e),
                 })??;
             self.data_sync.after_rename().await?;
