@@ -16,7 +16,7 @@ use s3s::{s3_error, S3Result};
 
 use crate::credential_cache::CredentialCache;
 use crate::keys;
-use crate::records::{decode, BucketRecord, CredentialRecord};
+use crate::records::{decode, BucketRecord};
 
 /// Seals and opens access-key secrets (the server's secrets key).
 pub trait Sealer: Send + Sync + 'static {
@@ -33,20 +33,6 @@ pub fn seal_context(access_key_id: &str) -> String {
 fn internal(what: &str, e: impl std::fmt::Display) -> s3s::S3Error {
     tracing::error!(error = %e, "{what}");
     s3_error!(InternalError, "{what}")
-}
-
-pub(crate) async fn credential(
-    store: &dyn Store,
-    access_key_id: &str,
-) -> S3Result<Option<CredentialRecord>> {
-    let key = keys::credential(access_key_id);
-    match store.get(&key).await {
-        Ok(Some(kv)) => decode("access key", &key, &kv.value)
-            .map(Some)
-            .map_err(|e| internal("reading an access key", e)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(internal("reading an access key", e)),
-    }
 }
 
 pub(crate) async fn bucket(store: &dyn Store, name: &str) -> S3Result<Option<BucketRecord>> {

@@ -1,30 +1,24 @@
 //! Access keys as the S3 endpoint checks them on every request: the
 //! opened secret and the key's project, kept in memory so a request does
-//! not read and unseal its key two or three times (signature check,
+//! not decode and unseal its key two or three times (signature check,
 //! access check, the operation).
 //!
-//! A deleted key must be refused at once, so the cache follows the store:
-//! it watches the credentials prefix and drains that watch before every
-//! lookup, dropping each key an event names. With the SQLite store a
-//! delete's event is queued before the delete returns, so a request that
-//! starts after it sees the key gone. A read that raced an event (the
-//! generation moved while it ran) is served but not cached. Without a
-//! working watch nothing is cached; entries also expire after
-//! [`ENTRY_TTL`], which bounds staleness where watches lag (etcd).
+//! A deleted key must be refused at once, so every lookup still reads the
+//! key's record from the store (one point read) and serves the cached
+//! opening only while the record's mod_revision is the one it was opened
+//! from: a deleted or replaced key is never served from memory. (A watch
+//! cannot give that: its events reach the reader after the delete returns.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use nimbus_store::{Store, WatchStream};
+use nimbus_store::{Revision, Store};
 use s3s::{s3_error, S3Result};
-use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::auth::{credential, seal_context, Sealer};
+use crate::auth::{seal_context, Sealer};
 use crate::keys;
+use crate::records::{decode, CredentialRecord};
 
-/// How long an entry may serve without a fresh read of the store.
-pub const ENTRY_TTL: Duration = Duration::from_secs(60);
 /// Most keys kept; past it the cache starts over (keys are few per host).
 pub const MAX_ENTRIES: usize = 10_000;
 
@@ -35,51 +29,11 @@ pub struct OpenedKey {
     pub project: String,
 }
 
-struct Entry {
-    key: Arc<OpenedKey>,
-    read_at: Instant,
-}
-
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<String, Entry>,
-    /// Events for the credentials prefix; `None` until established, and
-    /// again after it failed (then nothing is cached until it is back).
-    watch: Option<WatchStream>,
-    /// Moves on every event and on every (re)watch: a read that started
-    /// under another generation may have missed a delete.
-    generation: u64,
-}
-
-impl Inner {
-    fn drain(&mut self) {
-        let Some(watch) = &mut self.watch else {
-            return;
-        };
-        loop {
-            match watch.try_recv() {
-                Ok(Ok(event)) => {
-                    self.generation += 1;
-                    if let Some(id) = event.kv.key.strip_prefix(keys::CREDENTIALS) {
-                        self.entries.remove(id);
-                    }
-                }
-                Err(TryRecvError::Empty) => return,
-                Ok(Err(_)) | Err(TryRecvError::Disconnected) => {
-                    self.generation += 1;
-                    self.entries.clear();
-                    self.watch = None;
-                    return;
-                }
-            }
-        }
-    }
-}
-
 pub struct CredentialCache {
     store: Arc<dyn Store>,
     sealer: Arc<dyn Sealer>,
-    inner: Mutex<Inner>,
+    /// Access key id -> (record's mod_revision, the key opened).
+    entries: Mutex<HashMap<String, (Revision, Arc<OpenedKey>)>>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> s3s::S3Error {
@@ -92,35 +46,34 @@ impl CredentialCache {
         CredentialCache {
             store,
             sealer,
-            inner: Mutex::new(Inner::default()),
+            entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Revision, Arc<OpenedKey>)>> {
         // A panic while holding the lock leaves plain data behind: use it.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The key `access_key_id` opened, or `None` if no such key exists.
     pub async fn get(&self, access_key_id: &str) -> S3Result<Option<Arc<OpenedKey>>> {
-        let (generation, watching) = {
-            let mut inner = self.lock();
-            inner.drain();
-            if let Some(entry) = inner.entries.get(access_key_id) {
-                if entry.read_at.elapsed() < ENTRY_TTL {
-                    return Ok(Some(entry.key.clone()));
-                }
-            }
-            (inner.generation, inner.watch.is_some())
-        };
-        let generation = if watching {
-            Some(generation)
-        } else {
-            self.watch().await
-        };
-        let Some(record) = credential(&*self.store, access_key_id).await? else {
+        let skey = keys::credential(access_key_id);
+        let Some(kv) = self
+            .store
+            .get(&skey)
+            .await
+            .map_err(|e| internal("reading an access key", e))?
+        else {
+            self.lock().remove(access_key_id);
             return Ok(None);
         };
+        if let Some((rev, key)) = self.lock().get(access_key_id) {
+            if *rev == kv.mod_revision {
+                return Ok(Some(key.clone()));
+            }
+        }
+        let record: CredentialRecord = decode("access key", &skey, &kv.value)
+            .map_err(|e| internal("reading an access key", e))?;
         let secret = self
             .sealer
             .unseal(&seal_context(access_key_id), &record.sealed_secret)
@@ -129,46 +82,12 @@ impl CredentialCache {
             secret,
             project: record.project,
         });
-        let mut inner = self.lock();
-        inner.drain();
-        if generation.is_some_and(|g| g == inner.generation && inner.watch.is_some()) {
-            if inner.entries.len() >= MAX_ENTRIES {
-                inner.entries.clear();
-            }
-            inner.entries.insert(
-                access_key_id.to_string(),
-                Entry {
-                    key: key.clone(),
-                    read_at: Instant::now(),
-                },
-            );
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
         }
+        entries.insert(access_key_id.to_string(), (kv.mod_revision, key.clone()));
         Ok(Some(key))
-    }
-
-    /// Start watching the credentials prefix from the current revision;
-    /// returns the generation reads may cache under, `None` if the store
-    /// would not watch (then this request reads through).
-    async fn watch(&self) -> Option<u64> {
-        let started = async {
-            let revision = self.store.current_revision().await?;
-            self.store.watch(keys::CREDENTIALS, revision).await
-        }
-        .await;
-        let stream = match started {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch access keys; each S3 request reads its key from the store");
-                return None;
-            }
-        };
-        let mut inner = self.lock();
-        if inner.watch.is_none() {
-            inner.watch = Some(stream);
-            inner.entries.clear();
-            inner.generation += 1;
-        }
-        Some(inner.generation)
     }
 }
 
