@@ -57,7 +57,7 @@ async fn print_the_cost_of_each_step_of_a_small_put() {
     );
     for (label, clients_run) in [
         ("raw: create + write 4 KiB + fsync", 0),
-        ("data: write 4 KiB file (fsync, rename, dir fsync)", 1),
+        ("data: write 4 KiB file (fsync, shared dir fsync)", 1),
         ("store: get (blocking-pool hop + SQLite read)", 2),
         ("store: commit txn (compare + put, WAL append)", 3),
     ] {
