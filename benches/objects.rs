@@ -4,10 +4,12 @@
 //! - 4 KiB PUT and GET operations per second with 32 concurrent clients
 //!   (goal: ≥ 2,000 PUT/s).
 //!
-//! The clients are boto3 threads (scripts/deps installs it), so the
-//! figures include a Python client's cost, as a user's would; the raw
-//! peer writes the same bytes from the same script (write + fsync into
-//! the data directory's filesystem) and reads them back.
+//! The large-object clients are boto3 threads (scripts/deps installs it),
+//! so those figures include a Python client's cost, as a user's would; the
+//! raw peer writes the same bytes from the same script (write + fsync into
+//! the data directory's filesystem) and reads them back. The 4 KiB clients
+//! are Rust (see `s3_small.rs`: boto3 alone tops out near 600 PUT/s here),
+//! against 32 Rust threads writing the same bytes with fsync.
 //!
 //! Run: `cargo bench -p nimbus-cli --bench objects` (as root). Knobs:
 //! NIMBUS_BENCH_LARGE (64 MiB objects, default 4), NIMBUS_BENCH_MEDIUM
@@ -16,6 +18,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod s3_small;
 mod support;
 
 use std::process::Command;
@@ -28,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from botocore.config import Config
 
 endpoint, raw_dir = sys.argv[1], sys.argv[2]
-large, medium, small = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+large, medium = int(sys.argv[3]), int(sys.argv[4])
 s3 = boto3.client('s3', endpoint_url=endpoint, config=Config(max_pool_connections=64))
 
 def raw_put(name, body):
@@ -48,6 +51,8 @@ def timed(fn, items, workers):
     return time.monotonic() - start
 
 def throughput(label, size, count, workers):
+    if count == 0:
+        return
     body = os.urandom(size)
     keys = ['%s/%d' % (label, i) for i in range(count)]
     mib = size * count / (1 << 20)
@@ -58,19 +63,8 @@ def throughput(label, size, count, workers):
     print('%-12s PUT %8.1f MiB/s  raw %8.1f MiB/s  ratio %5.0f%%' % (label, mib / put, mib / rput, 100 * rput / put))
     print('%-12s GET %8.1f MiB/s  raw %8.1f MiB/s  ratio %5.0f%%' % (label, mib / get, mib / rget, 100 * rget / get))
 
-def ops(label, count, workers):
-    body = os.urandom(4096)
-    keys = ['%s/%d' % (label, i) for i in range(count)]
-    put = timed(lambda k: s3.put_object(Bucket='bench', Key=k, Body=body), keys, workers)
-    get = timed(lambda k: s3.get_object(Bucket='bench', Key=k)['Body'].read(), keys, workers)
-    rput = timed(lambda k: raw_put(k.replace('/', '_'), body), keys, workers)
-    rget = timed(lambda k: raw_get(k.replace('/', '_')), keys, workers)
-    print('%-12s PUT %8.0f ops/s   raw %8.0f ops/s   ratio %5.0f%%   (goal >= 2000 PUT/s)' % (label, count / put, count / rput, 100 * rput / put))
-    print('%-12s GET %8.0f ops/s   raw %8.0f ops/s   ratio %5.0f%%' % (label, count / get, count / rget, 100 * rget / get))
-
 throughput('64MiB', 64 << 20, large, 4)
 throughput('1MiB', 1 << 20, medium, 8)
-ops('4KiB-x32', small, 32)
 "#;
 
 fn knob(name: &str, default: usize) -> usize {
@@ -100,7 +94,6 @@ fn main() {
         .args([
             knob("NIMBUS_BENCH_LARGE", 4).to_string(),
             knob("NIMBUS_BENCH_MEDIUM", 64).to_string(),
-            knob("NIMBUS_BENCH_SMALL", 4000).to_string(),
         ])
         .env(
             "AWS_ACCESS_KEY_ID",
@@ -124,4 +117,40 @@ fn main() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         std::process::exit(1);
     }
+    small_ops(&cloud, &listen, &key, &raw_dir);
+}
+
+/// 4 KiB PUT and GET with 32 concurrent clients against the raw peer.
+fn small_ops(cloud: &Cloud, listen: &str, key: &serde_json::Value, raw_dir: &std::path::Path) {
+    const CLIENTS: usize = 32;
+    let count = knob("NIMBUS_BENCH_SMALL", 4000);
+    let target = s3_small::Target {
+        addr: listen.parse().expect("listen address"),
+        ca_pem: cloud.data_dir().join("tls").join("cert.pem"),
+        access_key: key["access_key_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        secret_key: key["secret_access_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        bucket: "bench".to_string(),
+    };
+    let s3 = s3_small::s3_ops(target, "4KiB-x32", count, CLIENTS);
+    let raw = s3_small::raw_ops(raw_dir, count, CLIENTS);
+    println!(
+        "{:<12} PUT {:>8.0} ops/s   raw {:>8.0} ops/s   ratio {:>5.0}%   (goal >= 2000 PUT/s)",
+        "4KiB-x32",
+        s3.put,
+        raw.put,
+        100.0 * s3.put / raw.put
+    );
+    println!(
+        "{:<12} GET {:>8.0} ops/s   raw {:>8.0} ops/s   ratio {:>5.0}%",
+        "4KiB-x32",
+        s3.get,
+        raw.get,
+        100.0 * s3.get / raw.get
+    );
 }

@@ -14,8 +14,9 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
 use s3s::{s3_error, S3Result};
 
+use crate::credential_cache::CredentialCache;
 use crate::keys;
-use crate::records::{decode, BucketRecord, CredentialRecord};
+use crate::records::{decode, BucketRecord};
 
 /// Seals and opens access-key secrets (the server's secrets key).
 pub trait Sealer: Send + Sync + 'static {
@@ -34,20 +35,6 @@ fn internal(what: &str, e: impl std::fmt::Display) -> s3s::S3Error {
     s3_error!(InternalError, "{what}")
 }
 
-pub(crate) async fn credential(
-    store: &dyn Store,
-    access_key_id: &str,
-) -> S3Result<Option<CredentialRecord>> {
-    let key = keys::credential(access_key_id);
-    match store.get(&key).await {
-        Ok(Some(kv)) => decode("access key", &key, &kv.value)
-            .map(Some)
-            .map_err(|e| internal("reading an access key", e)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(internal("reading an access key", e)),
-    }
-}
-
 pub(crate) async fn bucket(store: &dyn Store, name: &str) -> S3Result<Option<BucketRecord>> {
     let key = keys::bucket(name);
     match store.get(&key).await {
@@ -61,27 +48,23 @@ pub(crate) async fn bucket(store: &dyn Store, name: &str) -> S3Result<Option<Buc
 
 /// Gives s3s the secret of an access key so it can check SigV4 signatures.
 pub struct NimbusAuth {
-    pub store: Arc<dyn Store>,
-    pub sealer: Arc<dyn Sealer>,
+    pub credentials: Arc<CredentialCache>,
 }
 
 #[async_trait::async_trait]
 impl S3Auth for NimbusAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        let Some(record) = credential(&*self.store, access_key).await? else {
-            return Err(s3_error!(InvalidAccessKeyId));
-        };
-        let secret = self
-            .sealer
-            .unseal(&seal_context(access_key), &record.sealed_secret)
-            .map_err(|e| internal("opening an access key's secret", e))?;
-        Ok(SecretKey::from(secret))
+        match self.credentials.get(access_key).await? {
+            Some(key) => Ok(SecretKey::from(key.secret.clone())),
+            None => Err(s3_error!(InvalidAccessKeyId)),
+        }
     }
 }
 
 /// Keeps each project's keys to its own buckets.
 pub struct NimbusAccess {
     pub store: Arc<dyn Store>,
+    pub credentials: Arc<CredentialCache>,
 }
 
 /// Operations an anonymous caller may run on a public-read bucket.
@@ -95,8 +78,8 @@ impl S3Access for NimbusAccess {
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
         };
         let project = match cx.credentials() {
-            Some(c) => match credential(&*self.store, &c.access_key).await? {
-                Some(record) => Some(record.project),
+            Some(c) => match self.credentials.get(&c.access_key).await? {
+                Some(key) => Some(key.project.clone()),
                 None => return Err(s3_error!(InvalidAccessKeyId)),
             },
             None => None,

@@ -21,6 +21,7 @@
 //! - know its embedder: the server hands in a store, a sealer and paths.
 
 pub mod auth;
+pub mod credential_cache;
 pub mod credentials;
 pub mod data;
 pub mod error;

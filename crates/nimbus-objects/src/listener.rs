@@ -10,6 +10,7 @@ use nimbus_store::Store;
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use crate::auth::{NimbusAccess, NimbusAuth, Sealer};
+use crate::credential_cache::CredentialCache;
 use crate::credentials::Admin;
 use crate::data::DataStore;
 use crate::error::ObjectsError;
@@ -43,7 +44,8 @@ pub async fn build_service(
         store: store.clone(),
         sealer: sealer.clone(),
     };
-    let s3 = NimbusS3::new(store.clone(), data, admin)
+    let credentials = Arc::new(CredentialCache::new(store.clone(), sealer));
+    let s3 = NimbusS3::new(store.clone(), data, admin, credentials.clone())
         .with_max_object_bytes(max_object_bytes)
         .with_retired(retired);
     let orphans = s3.collect_orphans().await?;
@@ -52,10 +54,9 @@ pub async fn build_service(
     }
     let mut builder = S3ServiceBuilder::new(s3);
     builder.set_auth(NimbusAuth {
-        store: store.clone(),
-        sealer,
+        credentials: credentials.clone(),
     });
-    builder.set_access(NimbusAccess { store });
+    builder.set_access(NimbusAccess { store, credentials });
     Ok(builder.build())
 }
 

@@ -16,6 +16,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth;
+use crate::credential_cache::CredentialCache;
 use crate::credentials::Admin;
 use crate::data::{DataId, DataStore, WriteError};
 use crate::error::ObjectsError;
@@ -41,6 +42,7 @@ pub struct NimbusS3 {
     store: Arc<dyn Store>,
     data: Arc<DataStore>,
     admin: Admin,
+    credentials: Arc<CredentialCache>,
     max_object_bytes: u64,
     retired: Option<Arc<dyn RetiredObjects>>,
 }
@@ -118,11 +120,17 @@ fn decode_token(token: &str) -> S3Result<String> {
 }
 
 impl NimbusS3 {
-    pub fn new(store: Arc<dyn Store>, data: Arc<DataStore>, admin: Admin) -> NimbusS3 {
+    pub fn new(
+        store: Arc<dyn Store>,
+        data: Arc<DataStore>,
+        admin: Admin,
+        credentials: Arc<CredentialCache>,
+    ) -> NimbusS3 {
         NimbusS3 {
             store,
             data,
             admin,
+            credentials,
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             retired: None,
         }
@@ -194,8 +202,8 @@ impl NimbusS3 {
                 "sign the request with an access key"
             ));
         };
-        match auth::credential(&*self.store, &c.access_key).await? {
-            Some(record) => Ok(record.project),
+        match self.credentials.get(&c.access_key).await? {
+            Some(key) => Ok(key.project.clone()),
             None => Err(s3_error!(InvalidAccessKeyId)),
         }
     }
