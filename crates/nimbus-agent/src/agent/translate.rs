@@ -109,5 +109,6 @@ pub fn shim_spec(
         resolv_conf: None,
         hosts_file: None,
         restarts_before: 0,
+        volumes: Vec::new(),
     }
 }

@@ -383,6 +383,19 @@ fn mounts_for(spec: &ShimSpec) -> Result<Vec<Mount>, ShimError> {
             }
         }
     }
+    // Volumes last: over the defaults, never under them.
+    for v in &spec.volumes {
+        let mut options = vec!["rbind", "nosuid", "nodev"];
+        if v.read_only {
+            options.push("ro");
+        }
+        mounts.push(mount(
+            &v.destination,
+            "bind",
+            &v.source.to_string_lossy(),
+            &options,
+        )?);
+    }
     Ok(mounts)
 }
 
@@ -461,6 +474,7 @@ mod tests {
             resolv_conf: None,
             hosts_file: None,
             restarts_before: 0,
+            volumes: Vec::new(),
         }
     }
 

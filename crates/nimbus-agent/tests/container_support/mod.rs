@@ -92,6 +92,7 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
         resolv_conf: None,
         hosts_file: None,
         restarts_before: 0,
+        volumes: Vec::new(),
     }
 }
 
