@@ -502,4 +502,43 @@ mod tests {
             format!("0 {}", sample_spec().id_map.size - 1)
         );
     }
+
+    #[test]
+    fn volumes_are_bind_mounted_read_only_when_asked() {
+        let mut spec = sample_spec();
+        spec.volumes = vec![
+            VolumeBind {
+                source: "/i/volumes/data/mnt".into(),
+                destination: "/var/lib/db".into(),
+                read_only: false,
+            },
+            VolumeBind {
+                source: "/i/volumes/conf/mnt".into(),
+                destination: "/etc/app".into(),
+                read_only: true,
+            },
+        ];
+        spec.validate().expect("valid");
+        let json = serde_json::to_value(build_oci_spec(&spec, Path::new("/r")).expect("build"))
+            .expect("encode");
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let find = |dest: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .unwrap_or_else(|| panic!("no mount at {dest}: {mounts:?}"))
+        };
+        let data = find("/var/lib/db");
+        assert_eq!(data["source"], "/i/volumes/data/mnt");
+        assert!(!data["options"]
+            .as_array()
+            .expect("options")
+            .contains(&"ro".into()));
+        assert!(find("/etc/app")["options"]
+            .as_array()
+            .expect("options")
+            .contains(&"ro".into()));
+        spec.volumes[0].destination = "/a/../etc".into();
+        assert!(spec.validate().is_err());
+    }
 }
