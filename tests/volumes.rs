@@ -327,3 +327,168 @@ fn a_volume_full_of_data_survives_kill_9_of_the_daemon() {
     cloud.ok(&["volume", "rm", "data"]);
     assert!(!file.exists(), "{} is left behind", file.display());
 }
+
+/// Whether the host can mount a qcow2 volume for a container.
+fn can_mount_volumes() -> bool {
+    if !common::is_root("volumes") {
+        return false;
+    }
+    let qsd = Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !qsd || !std::path::Path::new("/dev/fuse").exists() {
+        common::skip("needs qemu-storage-daemon and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+fn run_with(cloud: &Cloud, name: &str, extra: &[&str], script: &str) -> Output {
+    let mut args = vec!["instance", "run", name, "--image", "busybox"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    cloud.nimbus(&args)
+}
+
+fn wait_for_log(cloud: &Cloud, name: &str, text: &str) -> String {
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        &format!("{text:?} in the output of {name}"),
+        || {
+            let logs = cloud.logs(name);
+            logs.contains(text).then_some(logs)
+        },
+    )
+}
+
+fn remove_instance(cloud: &Cloud, name: &str) {
+    cloud.ok(&["instance", "rm", name]);
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        &format!("instance {name} to be gone"),
+        || {
+            cloud
+                .json(&["instance", "get", name])
+                .is_err()
+                .then_some(())
+        },
+    );
+}
+
+/// A volume mounted into containers: what one container writes (as the
+/// container's root, and as a non-root user where root chowned) outlives
+/// it, shows up in the next one and in a clone made from a snapshot; a
+/// volume serves one instance at a time, an attached volume cannot be
+/// removed, and once the instances are gone no mount, loop device or
+/// qemu-storage-daemon is left.
+#[test]
+fn a_volume_carries_files_from_container_to_container() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    let data_dir = cloud.data_dir().to_string_lossy().to_string();
+    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
+
+    let out = run_with(
+        &cloud,
+        "writer",
+        &["--volume", "data:/var/lib/db"],
+        "echo kept > /var/lib/db/f && mkdir /var/lib/db/app && chown 1000:1000 /var/lib/db/app \
+         && echo OWNER=$(stat -c %u:%g /var/lib/db/f) && sleep 600",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = wait_for_log(&cloud, "writer", "OWNER=");
+    assert!(logs.contains("OWNER=0:0"), "{logs}");
+    let shown = cloud.ok(&["instance", "get", "writer"]);
+    assert!(shown.contains("data at /var/lib/db"), "{shown}");
+
+    // Read-write belongs to one instance, read-only included.
+    for flag in ["data:/x", "data:/x:ro"] {
+        let refused = run_with(&cloud, "second", &["--volume", flag, "--no-wait"], "true");
+        fails_with(&refused, "attached read-write to instance \"writer\"");
+    }
+    fails_with(
+        &cloud.nimbus(&["volume", "rm", "data"]),
+        "volume \"data\" is attached to instance \"writer\"",
+    );
+    remove_instance(&cloud, "writer");
+
+    // A non-root user writes where root chowned.
+    let out = run_with(
+        &cloud,
+        "reader",
+        &["--volume", "data:/data", "--user", "1000:1000"],
+        "cat /data/f && echo hello > /data/app/u && echo USERWRITE=ok",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = cloud.wait_phase(
+        "reader",
+        &["exited", "failed"],
+        std::time::Duration::from_secs(60),
+    );
+    let logs = cloud.logs("reader");
+    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
+    assert!(
+        logs.contains("kept") && logs.contains("USERWRITE=ok"),
+        "{logs}"
+    );
+    remove_instance(&cloud, "reader");
+
+    // A clone from a snapshot holds the files; read-only is read-only.
+    cloud.ok(&["volume", "snapshot", "data", "--name", "s1"]);
+    cloud.ok(&["volume", "create", "copy", "--from-snapshot", "data@s1"]);
+    let out = run_with(
+        &cloud,
+        "third",
+        &["--volume", "copy:/c:ro"],
+        "cat /c/f /c/app/u; touch /c/new 2>/dev/null && echo RO=writable || echo RO=refused",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = wait_for_log(&cloud, "third", "RO=");
+    assert!(logs.contains("kept") && logs.contains("hello"), "{logs}");
+    assert!(logs.contains("RO=refused"), "{logs}");
+    // One instance at a time, read-only too (each attachment opens the
+    // qcow2 for itself).
+    let refused = run_with(
+        &cloud,
+        "fourth",
+        &["--volume", "copy:/c:ro", "--no-wait"],
+        "true",
+    );
+    fails_with(&refused, "attached read-only to instance \"third\"");
+    remove_instance(&cloud, "third");
+
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "no volume mount, loop device or qemu-storage-daemon left",
+        || {
+            let mounts = common::mounts_under(cloud.data_dir());
+            let loops = Command::new("losetup").arg("-a").output().ok()?;
+            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+            let daemons: Vec<i32> = common::processes_mentioning(&data_dir)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.contains("qemu-storage"))
+                })
+                .collect();
+            (mounts.is_empty() && !loops.contains(&data_dir) && daemons.is_empty()).then_some(())
+        },
+    );
+    cloud.ok(&["volume", "rm", "copy"]);
+    cloud.ok(&["volume", "rm", "data"]);
+}

@@ -495,6 +495,10 @@ pub struct InstanceSpec {
     /// not start it again). `nimbus instance run --rm`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_remove: bool,
+    /// Volumes of the same project mounted into the container; the
+    /// instance is placed on their host. `nimbus instance run --volume`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volumes::VolumeMount>,
 }
 
 /// What a virtual machine (or unikernel) gets besides memory (`resources.memory_bytes`).

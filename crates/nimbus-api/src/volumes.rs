@@ -119,6 +119,43 @@ impl Volume {
     }
 }
 
+/// A volume mounted into an instance (`--volume data:/var/lib/db[:ro]`).
+/// A volume serves one instance at a time (read-only included: each
+/// attachment opens the qcow2 for itself).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct VolumeMount {
+    /// Volume name in the instance's project.
+    pub volume: String,
+    /// Absolute path inside the container.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// `data:/var/lib/db` or `data:/var/lib/db:ro`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("--volume {text:?} is not VOLUME:PATH[:ro], e.g. --volume data:/var/lib/db or data:/srv:ro")
+        };
+        let (volume, rest) = text.split_once(':').ok_or_else(bad)?;
+        let (path, read_only) = match rest.rsplit_once(':') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some(_) => return Err(bad()),
+            None => (rest, false),
+        };
+        if volume.is_empty() || !path.starts_with('/') {
+            return Err(bad());
+        }
+        Ok(VolumeMount {
+            volume: volume.to_string(),
+            path: path.to_string(),
+            read_only,
+        })
+    }
+}
+
 /// `POST /v1/projects/{project}/volumes/{name}/resize`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ResizeVolume {
@@ -146,5 +183,24 @@ pub struct ProjectQuota {
 impl ProjectQuota {
     pub fn is_unlimited(&self) -> bool {
         self.volumes.is_none() && self.volume_bytes.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VolumeMount;
+
+    #[test]
+    fn volume_flags_parse() {
+        let m = VolumeMount::parse("data:/var/lib/db").expect("rw");
+        assert_eq!(
+            (m.volume.as_str(), m.path.as_str(), m.read_only),
+            ("data", "/var/lib/db", false)
+        );
+        assert!(VolumeMount::parse("data:/srv:ro").expect("ro").read_only);
+        for bad in ["data", "data:rel", ":/x", "data:/x:rx"] {
+            let e = VolumeMount::parse(bad).expect_err(bad);
+            assert!(e.contains("VOLUME:PATH[:ro]"), "{e}");
+        }
     }
 }

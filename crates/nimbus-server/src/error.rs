@@ -62,6 +62,16 @@ invalid_from!(
     crate::domain::volumes::VolumeError
 );
 
+impl From<crate::domain::volumes::AttachError> for ServerError {
+    fn from(e: crate::domain::volumes::AttachError) -> Self {
+        if e.is_conflict() {
+            ServerError(ApiError::conflict(e.to_string()))
+        } else {
+            ServerError(ApiError::invalid(e.to_string()))
+        }
+    }
+}
+
 impl From<crate::domain::volumes::QuotaError> for ServerError {
     fn from(e: crate::domain::volumes::QuotaError) -> Self {
         ServerError(ApiError::conflict(e.to_string()))

@@ -28,6 +28,23 @@ impl DriverContext for Agent {
         self.config.container_disk_bytes
     }
 
+    async fn volume_file(&self, project: &str, name: &str) -> Result<PathBuf, AgentError> {
+        let v: nimbus_api::Volume = self
+            .client
+            .get(&format!("/v1/projects/{project}/volumes/{name}"))
+            .await
+            .map_err(|source| AgentError::VolumeLookup {
+                name: name.to_string(),
+                source,
+            })?;
+        crate::volume::attach::local_file(&v, &self.config.host_name).map_err(|detail| {
+            AgentError::VolumeNotReady {
+                name: name.to_string(),
+                detail,
+            }
+        })
+    }
+
     async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError> {
         self.client
             .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))

@@ -58,6 +58,16 @@ pub enum AgentError {
     #[error(transparent)]
     Network(#[from] crate::agent::network::NetworkError),
     /// No driver of this agent runs instances of this kind.
+    #[error("volume {name:?}: {source}")]
+    VolumeLookup {
+        name: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("volume {name:?} cannot be mounted here: {detail}")]
+    VolumeNotReady { name: String, detail: String },
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     #[error("this host has no driver for {kind} instances; upgrade its agent")]
     NoDriver { kind: String },
 }

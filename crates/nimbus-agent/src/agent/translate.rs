@@ -111,5 +111,6 @@ pub fn shim_spec(
         restarts_before: 0,
         // The driver fills in the host's default when this is unset.
         disk_bytes: instance.spec.resources.disk_bytes,
+        volumes: Vec::new(),
     }
 }

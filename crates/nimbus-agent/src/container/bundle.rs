@@ -383,6 +383,19 @@ fn mounts_for(spec: &ShimSpec) -> Result<Vec<Mount>, ShimError> {
             }
         }
     }
+    // Volumes last: over the defaults, never under them.
+    for v in &spec.volumes {
+        let mut options = vec!["rbind", "nosuid", "nodev"];
+        if v.read_only {
+            options.push("ro");
+        }
+        mounts.push(mount(
+            &v.destination,
+            "bind",
+            &v.source.to_string_lossy(),
+            &options,
+        )?);
+    }
     Ok(mounts)
 }
 
@@ -462,6 +475,7 @@ mod tests {
             hosts_file: None,
             restarts_before: 0,
             disk_bytes: None,
+            volumes: Vec::new(),
         }
     }
 
@@ -488,5 +502,44 @@ mod tests {
             linux["sysctl"]["net.ipv4.ping_group_range"],
             format!("0 {}", sample_spec().id_map.size - 1)
         );
+    }
+
+    #[test]
+    fn volumes_are_bind_mounted_read_only_when_asked() {
+        let mut spec = sample_spec();
+        spec.volumes = vec![
+            VolumeBind {
+                source: "/i/volumes/data/mnt".into(),
+                destination: "/var/lib/db".into(),
+                read_only: false,
+            },
+            VolumeBind {
+                source: "/i/volumes/conf/mnt".into(),
+                destination: "/etc/app".into(),
+                read_only: true,
+            },
+        ];
+        spec.validate().expect("valid");
+        let json = serde_json::to_value(build_oci_spec(&spec, Path::new("/r")).expect("build"))
+            .expect("encode");
+        let mounts = json["mounts"].as_array().expect("mounts");
+        let find = |dest: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .unwrap_or_else(|| panic!("no mount at {dest}: {mounts:?}"))
+        };
+        let data = find("/var/lib/db");
+        assert_eq!(data["source"], "/i/volumes/data/mnt");
+        assert!(!data["options"]
+            .as_array()
+            .expect("options")
+            .contains(&"ro".into()));
+        assert!(find("/etc/app")["options"]
+            .as_array()
+            .expect("options")
+            .contains(&"ro".into()));
+        spec.volumes[0].destination = "/a/../etc".into();
+        assert!(spec.validate().is_err());
     }
 }

@@ -47,16 +47,35 @@ impl Driver for ContainerDriver {
         let mut spec = translate::shim_spec(instance, image, layers, id_map, &secret_env);
         spec.restarts_before = restarts_before;
         spec.disk_bytes = spec.disk_bytes.or(Some(cx.default_container_disk_bytes()));
+        let project = instance.metadata.project.as_deref().unwrap_or_default();
+        let mut wanted = Vec::new();
+        for m in &instance.spec.volumes {
+            let file = cx.volume_file(project, &m.volume).await?;
+            wanted.push((m.clone(), file));
+        }
+        let owned = dir.to_path_buf();
+        // Made by the container's root: its writes land as the mapped root.
+        let owner = (id_map.host_id, id_map.host_id);
+        spec.volumes = blocking("mounting the instance's volumes", move || {
+            crate::volume::attach::attach_all(&owned, &wanted, owner)
+        })
+        .await?;
         spec.save(dir)?;
         Ok(())
     }
 
     /// The shared clean-up, plus the rootfs and layer mounts and the
-    /// runtime, bundle and work directories.
+    /// runtime, bundle and work directories; then the volumes, once no
+    /// process of the container holds them.
     async fn clean_up(&self, dir: &Path) -> Result<(), AgentError> {
-        let dir = dir.to_path_buf();
+        let owned = dir.to_path_buf();
         blocking("cleaning up after the container shim", move || {
-            super::cleanup_instance_dir(&dir)
+            super::cleanup_instance_dir(&owned)
+        })
+        .await?;
+        let owned = dir.to_path_buf();
+        blocking("unmounting the instance's volumes", move || {
+            crate::volume::attach::detach_all(&owned)
         })
         .await
     }

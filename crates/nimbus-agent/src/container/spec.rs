@@ -54,6 +54,20 @@ pub struct ShimSpec {
     /// the host's filesystem, unlimited, as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// Volumes the agent mounted on the host, bind-mounted into the
+    /// container (`crate::volume::attach`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeBind>,
+}
+
+/// A host directory (a mounted volume) bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeBind {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The user the container process runs as, in container ids.
@@ -171,6 +185,18 @@ impl ShimSpec {
         {
             if !p.is_absolute() {
                 return bad(format!("path {} is not absolute", p.display()));
+            }
+        }
+        for v in &self.volumes {
+            let dest_ok = v.destination.starts_with('/')
+                && v.destination != "/"
+                && !v.destination.split('/').any(|c| c == "..");
+            if !v.source.is_absolute() || !dest_ok {
+                return bad(format!(
+                    "volume {} at {:?}: the source must be absolute and the destination an absolute path other than / without `..`",
+                    v.source.display(),
+                    v.destination
+                ));
             }
         }
         if self.hostname.len() > 64 {

@@ -55,6 +55,14 @@ pub trait DriverContext: Send + Sync {
     /// The host id range of the instance in `dir`: the one it recorded, or
     /// a free one (taken until the instance is removed).
     async fn allocate_ids(&self, dir: &Path) -> Result<IdMap, AgentError>;
+    /// The file holding volume `name` of `project` on this host, checked
+    /// to be available here.
+    async fn volume_file(&self, project: &str, name: &str) -> Result<PathBuf, AgentError> {
+        Err(AgentError::VolumeNotReady {
+            name: format!("{project}/{name}"),
+            detail: "this agent cannot look volumes up".into(),
+        })
+    }
     /// Plug a container into its networks (`None`: it has none).
     async fn attach_container_network(
         &self,

@@ -5,6 +5,7 @@
 //! (`controller.rs`). The server never touches the data; this module
 //! never writes the store, it reports through the API.
 
+pub mod attach;
 pub mod controller;
 pub mod mount;
 pub mod plan;

@@ -13,6 +13,132 @@ use std::time::{Duration, Instant};
 
 use super::VolumeError;
 
+/// The host effects of an attachment, so the order of steps and the
+/// undoing of a half-made attachment are tested without root
+/// (`HostTools` runs the real commands).
+pub trait MountHost {
+    /// Serve `volume` as a raw FUSE file at `export`; the daemon's pid
+    /// goes to `pid_file`.
+    fn start_export(
+        &self,
+        volume: &Path,
+        export: &Path,
+        pid_file: &Path,
+    ) -> Result<(), VolumeError>;
+    /// A loop device backing `file`.
+    fn loop_attach(&self, volume: &Path, file: &Path) -> Result<String, VolumeError>;
+    fn loop_detach(&self, volume: &Path, device: &str);
+    /// Whether `device` holds a filesystem already.
+    fn has_filesystem(&self, volume: &Path, device: &str) -> Result<bool, VolumeError>;
+    fn make_ext4(&self, volume: &Path, device: &str, owner: (u32, u32)) -> Result<(), VolumeError>;
+    fn mount_ext4(&self, volume: &Path, device: &str, mountpoint: &Path)
+        -> Result<(), VolumeError>;
+    fn unmount(&self, volume: &Path, path: &Path, lazy: bool) -> Result<(), VolumeError>;
+    fn is_mounted(&self, path: &Path) -> bool;
+    /// SIGTERM the daemon and wait (bounded) for it to flush and end.
+    fn stop_daemon(&self, pid: i32);
+}
+
+/// The real host: qemu-storage-daemon, losetup, blkid, mkfs.ext4, mount(2).
+pub struct HostTools;
+
+impl MountHost for HostTools {
+    fn start_export(&self, v: &Path, export: &Path, pid_file: &Path) -> Result<(), VolumeError> {
+        let file_node = format!(
+            "driver=file,filename={},node-name=file",
+            v.to_string_lossy().replace(',', ",,")
+        );
+        let export_opt = format!(
+            "type=fuse,id=volume,node-name=disk,mountpoint={},writable=on",
+            export.to_string_lossy().replace(',', ",,")
+        );
+        // `--daemonize` returns once the export is served.
+        run(
+            v,
+            "qemu-storage-daemon",
+            &[
+                "--daemonize",
+                "--pidfile",
+                &pid_file.to_string_lossy(),
+                "--blockdev",
+                &file_node,
+                "--blockdev",
+                "driver=qcow2,file=file,node-name=disk",
+                "--export",
+                &export_opt,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn loop_attach(&self, v: &Path, file: &Path) -> Result<String, VolumeError> {
+        run(v, "losetup", &["--find", "--show", &file.to_string_lossy()])
+    }
+
+    fn loop_detach(&self, v: &Path, device: &str) {
+        // Gone already (a reboot) is fine.
+        if Path::new(device).exists() {
+            let _ = run(v, "losetup", &["-d", device]);
+        }
+    }
+
+    fn has_filesystem(&self, v: &Path, device: &str) -> Result<bool, VolumeError> {
+        // `blkid -p` exits 2 when the device holds no filesystem yet.
+        let probe = Command::new("blkid")
+            .args(["-p", device])
+            .output()
+            .map_err(|e| io("running blkid".into(), v, e))?;
+        Ok(probe.status.code() != Some(2))
+    }
+
+    fn make_ext4(&self, v: &Path, device: &str, (uid, gid): (u32, u32)) -> Result<(), VolumeError> {
+        let owner = format!("root_owner={uid}:{gid}");
+        run(v, "mkfs.ext4", &["-q", "-E", &owner, device]).map(|_| ())
+    }
+
+    fn mount_ext4(&self, v: &Path, device: &str, mountpoint: &Path) -> Result<(), VolumeError> {
+        nix::mount::mount(
+            Some(Path::new(device)),
+            mountpoint,
+            Some("ext4"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            io(
+                format!("mounting {device} at {}", mountpoint.display()),
+                v,
+                e.into(),
+            )
+        })
+    }
+
+    fn unmount(&self, v: &Path, path: &Path, lazy: bool) -> Result<(), VolumeError> {
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        nix::mount::umount2(path, flags)
+            .map_err(|e| io(format!("unmounting {}", path.display()), v, e.into()))
+    }
+
+    fn is_mounted(&self, path: &Path) -> bool {
+        is_mounted(path)
+    }
+
+    fn stop_daemon(&self, pid: i32) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            // The daemon flushes the qcow2 and ends its FUSE export.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// What one attachment holds on the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsAttachment {
@@ -59,6 +185,17 @@ pub fn attach(
     mountpoint: &Path,
     owner: (u32, u32),
 ) -> Result<FsAttachment, VolumeError> {
+    attach_with(&HostTools, volume_file, work_dir, mountpoint, owner)
+}
+
+/// [`attach`] through `host`.
+pub fn attach_with(
+    host: &dyn MountHost,
+    volume_file: &Path,
+    work_dir: &Path,
+    mountpoint: &Path,
+    owner: (u32, u32),
+) -> Result<FsAttachment, VolumeError> {
     let v = volume_file;
     std::fs::create_dir_all(work_dir)
         .and_then(|()| std::fs::set_permissions(work_dir, std::fs::Permissions::from_mode(0o700)))
@@ -68,9 +205,9 @@ pub fn attach(
         mountpoint.as_os_str().as_encoded_bytes(),
     )
     .map_err(|e| io("recording the mount point".into(), v, e))?;
-    let result = attach_steps(v, work_dir, mountpoint, owner);
+    let result = attach_steps(host, v, work_dir, mountpoint, owner);
     if result.is_err() {
-        if let Err(e) = detach(work_dir) {
+        if let Err(e) = detach_with(host, work_dir) {
             tracing::warn!(error = %e, dir = %work_dir.display(), "undoing a failed volume attach");
         }
     }
@@ -78,38 +215,16 @@ pub fn attach(
 }
 
 fn attach_steps(
+    host: &dyn MountHost,
     v: &Path,
     work_dir: &Path,
     mountpoint: &Path,
-    (uid, gid): (u32, u32),
+    owner: (u32, u32),
 ) -> Result<FsAttachment, VolumeError> {
     let export = work_dir.join(EXPORT);
     std::fs::File::create(&export).map_err(|e| io("creating the export file".into(), v, e))?;
     let pid_file = work_dir.join(PID_FILE);
-    let file_node = format!(
-        "driver=file,filename={},node-name=file",
-        v.to_string_lossy().replace(',', ",,")
-    );
-    let export_opt = format!(
-        "type=fuse,id=volume,node-name=disk,mountpoint={},writable=on",
-        export.to_string_lossy().replace(',', ",,")
-    );
-    // `--daemonize` returns once the export is served.
-    run(
-        v,
-        "qemu-storage-daemon",
-        &[
-            "--daemonize",
-            "--pidfile",
-            &pid_file.to_string_lossy(),
-            "--blockdev",
-            &file_node,
-            "--blockdev",
-            "driver=qcow2,file=file,node-name=disk",
-            "--export",
-            &export_opt,
-        ],
-    )?;
+    host.start_export(v, &export, &pid_file)?;
     let daemon_pid = read_pid(&pid_file).ok_or_else(|| {
         io(
             "reading qemu-storage-daemon's pid file".into(),
@@ -117,38 +232,15 @@ fn attach_steps(
             std::io::ErrorKind::NotFound.into(),
         )
     })?;
-    let device = run(
-        v,
-        "losetup",
-        &["--find", "--show", &export.to_string_lossy()],
-    )?;
+    let device = host.loop_attach(v, &export)?;
     std::fs::write(work_dir.join(LOOP_FILE), &device)
         .map_err(|e| io("recording the loop device".into(), v, e))?;
-    // `blkid -p` exits 2 when the device holds no filesystem yet.
-    let probe = Command::new("blkid")
-        .args(["-p", &device])
-        .output()
-        .map_err(|e| io("running blkid".into(), v, e))?;
-    if probe.status.code() == Some(2) {
-        let owner = format!("root_owner={uid}:{gid}");
-        run(v, "mkfs.ext4", &["-q", "-E", &owner, &device])?;
+    if !host.has_filesystem(v, &device)? {
+        host.make_ext4(v, &device, owner)?;
     }
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| io(format!("creating {}", mountpoint.display()), v, e))?;
-    nix::mount::mount(
-        Some(Path::new(&device)),
-        mountpoint,
-        Some("ext4"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        io(
-            format!("mounting {device} at {}", mountpoint.display()),
-            v,
-            e.into(),
-        )
-    })?;
+    host.mount_ext4(v, &device, mountpoint)?;
     Ok(FsAttachment {
         loop_device: PathBuf::from(device),
         mountpoint: mountpoint.to_path_buf(),
@@ -172,38 +264,30 @@ fn is_mounted(path: &Path) -> bool {
 /// Undo whatever `attach` set up in `work_dir` (all of it, part of it, or
 /// nothing), then remove the directory. Safe to repeat.
 pub fn detach(work_dir: &Path) -> Result<(), VolumeError> {
+    detach_with(&HostTools, work_dir)
+}
+
+/// [`detach`] through `host`.
+pub fn detach_with(host: &dyn MountHost, work_dir: &Path) -> Result<(), VolumeError> {
     let v = work_dir;
     if !work_dir.exists() {
         return Ok(());
     }
     if let Ok(m) = std::fs::read_to_string(work_dir.join(MOUNTPOINT_FILE)) {
         let m = PathBuf::from(m);
-        if is_mounted(&m) {
-            nix::mount::umount(&m)
-                .map_err(|e| io(format!("unmounting {}", m.display()), v, e.into()))?;
+        if host.is_mounted(&m) {
+            host.unmount(v, &m, false)?;
         }
     }
     if let Ok(device) = std::fs::read_to_string(work_dir.join(LOOP_FILE)) {
-        let device = device.trim();
-        // Gone already (a reboot) is fine.
-        if Path::new(device).exists() {
-            let _ = run(v, "losetup", &["-d", device]);
-        }
+        host.loop_detach(v, device.trim());
     }
     if let Some(pid) = read_pid(&work_dir.join(PID_FILE)) {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            // The daemon flushes the qcow2 and ends its FUSE export.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        host.stop_daemon(pid);
     }
     let export = work_dir.join(EXPORT);
-    if is_mounted(&export) {
-        nix::mount::umount2(&export, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| io("unmounting the FUSE export".into(), v, e.into()))?;
+    if host.is_mounted(&export) {
+        host.unmount(v, &export, true)?;
     }
     std::fs::remove_dir_all(work_dir)
         .map_err(|e| io(format!("removing {}", work_dir.display()), v, e))
@@ -213,6 +297,122 @@ pub fn detach(work_dir: &Path) -> Result<(), VolumeError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+
+    /// Records the steps; `fail` names the step that fails.
+    #[derive(Default)]
+    struct FakeHost {
+        steps: Mutex<Vec<String>>,
+        fail: &'static str,
+        formatted: bool,
+    }
+
+    impl FakeHost {
+        fn step(&self, name: &str) -> Result<(), VolumeError> {
+            self.steps.lock().expect("steps").push(name.to_string());
+            if self.fail == name {
+                return Err(VolumeError::Tool {
+                    command: name.into(),
+                    volume_id: "v".into(),
+                    stderr: "refused".into(),
+                });
+            }
+            Ok(())
+        }
+        fn steps(&self) -> Vec<String> {
+            self.steps.lock().expect("steps").clone()
+        }
+    }
+
+    impl MountHost for FakeHost {
+        fn start_export(&self, _: &Path, _: &Path, pid_file: &Path) -> Result<(), VolumeError> {
+            self.step("export")?;
+            std::fs::write(pid_file, b"4242\n").expect("pid file");
+            Ok(())
+        }
+        fn loop_attach(&self, _: &Path, _: &Path) -> Result<String, VolumeError> {
+            self.step("loop").map(|()| "/dev/loop7".into())
+        }
+        fn loop_detach(&self, _: &Path, device: &str) {
+            let _ = self.step(&format!("loop -d {device}"));
+        }
+        fn has_filesystem(&self, _: &Path, _: &str) -> Result<bool, VolumeError> {
+            Ok(self.formatted)
+        }
+        fn make_ext4(&self, _: &Path, _: &str, (u, g): (u32, u32)) -> Result<(), VolumeError> {
+            self.step(&format!("mkfs {u}:{g}"))
+        }
+        fn mount_ext4(&self, _: &Path, _: &str, _: &Path) -> Result<(), VolumeError> {
+            self.step("mount")
+        }
+        fn unmount(&self, _: &Path, p: &Path, lazy: bool) -> Result<(), VolumeError> {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            self.step(&format!("umount {name} lazy={lazy}"))
+        }
+        fn is_mounted(&self, p: &Path) -> bool {
+            // The mount point is mounted once `mount` ran; the export always.
+            let steps = self.steps();
+            p.ends_with(EXPORT) || steps.iter().any(|s| s == "mount")
+        }
+        fn stop_daemon(&self, pid: i32) {
+            let _ = self.step(&format!("stop {pid}"));
+        }
+    }
+
+    #[test]
+    fn a_new_volume_is_formatted_for_the_mapped_root_and_detach_undoes_all() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (work, mnt) = (tmp.path().join("work"), tmp.path().join("mnt"));
+        let host = FakeHost::default();
+        let a = attach_with(
+            &host,
+            Path::new("/v.qcow2"),
+            &work,
+            &mnt,
+            (100_000, 100_000),
+        )
+        .expect("attach");
+        assert_eq!(a.daemon_pid, 4242);
+        assert_eq!(
+            host.steps(),
+            ["export", "loop", "mkfs 100000:100000", "mount"]
+        );
+        detach_with(&host, &work).expect("detach");
+        assert_eq!(
+            host.steps()[4..],
+            [
+                "umount mnt lazy=false",
+                "loop -d /dev/loop7",
+                "stop 4242",
+                "umount export.raw lazy=true"
+            ]
+        );
+        assert!(!work.exists());
+    }
+
+    #[test]
+    fn a_failed_step_undoes_what_was_made_and_keeps_existing_data() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (work, mnt) = (tmp.path().join("work"), tmp.path().join("mnt"));
+        let host = FakeHost {
+            fail: "mount",
+            formatted: true,
+            ..Default::default()
+        };
+        let e = attach_with(&host, Path::new("/v.qcow2"), &work, &mnt, (1, 1))
+            .expect_err("mount fails");
+        assert!(e.to_string().contains("refused"), "{e}");
+        // Formatted already: never made again; the loop device and the
+        // daemon are undone, and the work directory is gone.
+        let steps = host.steps();
+        assert!(!steps.iter().any(|s| s.starts_with("mkfs")), "{steps:?}");
+        assert!(
+            steps.contains(&"loop -d /dev/loop7".to_string()),
+            "{steps:?}"
+        );
+        assert!(steps.contains(&"stop 4242".to_string()), "{steps:?}");
+        assert!(!work.exists());
+    }
 
     /// As root with qemu-storage-daemon and /dev/fuse: the filesystem is
     /// made once, owned by the given root, keeps its files across detach

@@ -93,6 +93,7 @@ pub fn sh_spec(id: &str, layer: &Path, script: &str) -> ShimSpec {
         hosts_file: None,
         restarts_before: 0,
         disk_bytes: None,
+        volumes: Vec::new(),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::output::{age, opt, print, table};
 pub enum InstanceCmd {
     /// Create and start an instance.
     #[command(
-        after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'\n  nimbus instance run api --image busybox --network backend --secgroup web -- httpd -f -p 80\n  nimbus instance run batch --image busybox --network none -- true"
+        after_help = "Examples:\n  nimbus instance run web --image busybox --memory 64MiB -- sh -c 'echo hi; sleep 600'\n  nimbus instance run job --image busybox --restart on-failure:3 -- sh -c 'exit 1'\n  nimbus instance run api --image busybox --network backend --secgroup web -- httpd -f -p 80\n  nimbus instance run db --image busybox --volume data:/var/lib/db -- sleep 600\n  nimbus instance run batch --image busybox --network none -- true"
     )]
     Run(Box<RunArgs>),
     /// List instances of the project.
@@ -172,6 +172,10 @@ pub struct RunArgs {
     /// Security group filtering ingress (repeatable).
     #[arg(long)]
     pub secgroup: Vec<String>,
+    /// Volume of the project to mount, VOLUME:PATH or VOLUME:PATH:ro
+    /// (repeatable); the instance runs on the volume's host.
+    #[arg(long, value_name = "VOLUME:PATH[:ro]")]
+    pub volume: Vec<String>,
     /// Return at once instead of waiting until it runs.
     #[arg(long)]
     pub no_wait: bool,
@@ -414,6 +418,10 @@ fn detail(i: &Instance) -> String {
     if !i.spec.secgroups.is_empty() {
         line("secgroups:", i.spec.secgroups.join(", "));
     }
+    for v in &i.spec.volumes {
+        let mode = if v.read_only { " (read-only)" } else { "" };
+        line("volume:", format!("{} at {}{mode}", v.volume, v.path));
+    }
     line("reason:", opt(i.status.reason.clone()));
     if i.spec.kind != InstanceKind::Container {
         line(
@@ -524,6 +532,12 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                     networks,
                     secgroups: a.secgroup,
                     auto_remove: a.rm,
+                    volumes: a
+                        .volume
+                        .iter()
+                        .map(|v| nimbus_api::VolumeMount::parse(v))
+                        .collect::<Result<_, _>>()
+                        .map_err(anyhow::Error::msg)?,
                     ..Default::default()
                 },
             };

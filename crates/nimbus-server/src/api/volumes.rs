@@ -24,6 +24,65 @@ use crate::repo::{Repo, MAX_PAGE};
 /// room left for one. The server is the store's only writer.
 static QUOTA_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Attachments are derived from instance records (an instance holds the
+/// volumes its spec names until its record is gone), so they hold across
+/// restarts. Checking them and writing the instance (or marking the
+/// volume deleted) go one at a time, so two creates never both take one
+/// read-write volume.
+static ATTACH_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Check the volumes a new instance names (they exist in `project`, are
+/// available, on one host, and no other instance holds them in a
+/// conflicting mode). The returned guard must be held until the instance
+/// is stored.
+pub(crate) async fn check_new_attachments(
+    repo: &Repo,
+    project: &str,
+    spec: &nimbus_api::InstanceSpec,
+) -> ApiResult<Option<tokio::sync::MutexGuard<'static, ()>>> {
+    if spec.volumes.is_empty() {
+        return Ok(None);
+    }
+    if spec.kind != nimbus_api::InstanceKind::Container {
+        return Err(domain::AttachError::Kind {
+            kind: format!("{:?}", spec.kind).to_lowercase(),
+        }
+        .into());
+    }
+    let guard = ATTACH_CHANGES.lock().await;
+    let volumes = repo.list_every::<Volume>(Some(project), MAX_PAGE).await?;
+    let instances = repo
+        .list_every::<nimbus_api::Instance>(Some(project), MAX_PAGE)
+        .await?;
+    domain::check_attachments(project, &spec.volumes, &volumes, &instances)?;
+    Ok(Some(guard))
+}
+
+/// The hosts an instance may go to: its volumes' host when it names
+/// volumes (all of them otherwise, or when the volumes cannot be read:
+/// the agent then refuses and the instance fails with the reason).
+pub(crate) async fn hosts_holding_volumes(
+    repo: &Repo,
+    instance: &nimbus_api::Instance,
+    hosts: &[Host],
+) -> Vec<Host> {
+    if instance.spec.volumes.is_empty() {
+        return hosts.to_vec();
+    }
+    let project = instance.metadata.project.as_deref();
+    let Ok(volumes) = repo.list_every::<Volume>(project, MAX_PAGE).await else {
+        return hosts.to_vec();
+    };
+    match domain::volume_host(instance, &volumes) {
+        Some(h) => hosts
+            .iter()
+            .filter(|x| x.metadata.name == h)
+            .cloned()
+            .collect(),
+        None => hosts.to_vec(),
+    }
+}
+
 #[utoipa::path(get, path = "/v1/projects/{project}/volumes", operation_id = "list_volumes", params(ProjectPath, ListOptions), tag = "volumes",
     responses((status = 200, description = "A page of the project's volumes; with `watch=true` a stream of changes, one `WatchEvent` per line",
         content((ResourceList<Volume> = "application/json"), (WatchEvent<Volume> = "application/x-ndjson")))))]
@@ -232,14 +291,21 @@ pub async fn delete_snapshot(
 /// and then the record goes. A volume no host ever made goes at once.
 #[utoipa::path(delete, path = "/v1/projects/{project}/volumes/{name}", operation_id = "delete_volume", params(VolumePath), tag = "volumes",
     responses((status = 202, body = Volume, description = "Marked for deletion: the host's agent removes the data, then the volume is gone"),
-        (status = 204, description = "Deleted")))]
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "An instance has the volume attached: the message names it")))]
 pub async fn delete(
     State(state): St,
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
+    let _attachments = ATTACH_CHANGES.lock().await;
     let volume: Volume = state.repo.get(Some(&project), &name).await?;
+    let instances = state
+        .repo
+        .list_every::<nimbus_api::Instance>(Some(&project), MAX_PAGE)
+        .await?;
+    domain::check_not_attached(&name, &instances)?;
     if volume.spec.host.is_none() {
         state
             .repo

@@ -2,7 +2,7 @@
 //! and whether a project's quota admits a change.
 
 use nimbus_api::units::format_size;
-use nimbus_api::{validate_name, ProjectQuota, Volume, VolumeSpec};
+use nimbus_api::{validate_name, Instance, ProjectQuota, Volume, VolumePhase, VolumeSpec};
 
 /// The smallest volume: room for an ext4 filesystem with a journal.
 pub const MIN_SIZE_BYTES: u64 = 16 << 20;
@@ -46,6 +46,151 @@ pub enum QuotaError {
         used: u64,
         more: u64,
     },
+}
+
+/// An instance's volumes that cannot be attached as asked, or a volume
+/// that cannot go because an instance holds it (422 for a bad request,
+/// 409 for a conflict with what exists).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("volume {volume:?} does not exist in project {project:?}; create it with `nimbus volume create {volume} --size 1GiB`")]
+    NotFound { volume: String, project: String },
+    #[error("volume {volume:?} is {phase}, not available; wait for `nimbus volume get {volume}` to say available (or read its message)")]
+    NotAvailable { volume: String, phase: &'static str },
+    #[error("volume {volume:?} is attached read-write to instance {instance:?}; remove that instance first")]
+    InUse { volume: String, instance: String },
+    #[error("volume {volume:?} is attached read-only to instance {instance:?}; a volume serves one instance at a time for now: remove that instance first")]
+    SharedReadOnly { volume: String, instance: String },
+    #[error("volume {volume:?} is named twice; give each volume once")]
+    Twice { volume: String },
+    #[error(
+        "volume path {path:?} must be an absolute path other than / without `..`, e.g. /var/lib/db"
+    )]
+    Path { path: String },
+    #[error("volumes {first:?} (on host {first_host:?}) and {second:?} (on host {second_host:?}) are on different hosts; one instance can use volumes of one host only")]
+    Hosts {
+        first: String,
+        first_host: String,
+        second: String,
+        second_host: String,
+    },
+    #[error("volume {volume:?} is attached to instance {instance:?}; remove the instance first (`nimbus instance rm {instance}`)")]
+    Attached { volume: String, instance: String },
+    #[error(
+        "volumes attach to containers only for now; instance kind {kind:?} cannot take --volume"
+    )]
+    Kind { kind: String },
+}
+
+impl AttachError {
+    /// Conflicts with what other instances hold (409); the rest are bad
+    /// requests (422).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            AttachError::InUse { .. }
+                | AttachError::SharedReadOnly { .. }
+                | AttachError::Attached { .. }
+        )
+    }
+}
+
+/// Whether `instance` holds `volume` of its project: any instance record
+/// that names it, until the record is gone (a deleting instance still has
+/// it mounted). Returns the mode (`true` read-only).
+fn holds<'a>(instance: &'a Instance, volume: &str) -> Option<&'a nimbus_api::VolumeMount> {
+    instance.spec.volumes.iter().find(|m| m.volume == volume)
+}
+
+/// Check a new instance's volume mounts against the project's volumes and
+/// the instances that exist (attachments are derived from instance
+/// records, so they hold across restarts). Returns the host the instance
+/// must run on, if it names volumes.
+pub fn check_attachments(
+    project: &str,
+    mounts: &[nimbus_api::VolumeMount],
+    volumes: &[Volume],
+    instances: &[Instance],
+) -> Result<Option<String>, AttachError> {
+    let mut host: Option<(&str, &str)> = None;
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|o| o.volume == m.volume) {
+            return Err(AttachError::Twice {
+                volume: m.volume.clone(),
+            });
+        }
+        if !m.path.starts_with('/') || m.path == "/" || m.path.split('/').any(|c| c == "..") {
+            return Err(AttachError::Path {
+                path: m.path.clone(),
+            });
+        }
+        let v = volumes
+            .iter()
+            .find(|v| v.metadata.name == m.volume)
+            .ok_or_else(|| AttachError::NotFound {
+                volume: m.volume.clone(),
+                project: project.to_string(),
+            })?;
+        if v.metadata.deletion_requested_at.is_some() || v.status.phase != VolumePhase::Available {
+            let phase = if v.metadata.deletion_requested_at.is_some() {
+                VolumePhase::Deleting
+            } else {
+                v.status.phase
+            };
+            return Err(AttachError::NotAvailable {
+                volume: m.volume.clone(),
+                phase: phase.as_str(),
+            });
+        }
+        for other in instances {
+            if let Some(held) = holds(other, &m.volume) {
+                let instance = other.metadata.name.clone();
+                let volume = m.volume.clone();
+                // Each attachment runs its own qemu-storage-daemon, which
+                // takes the qcow2's write lock: read-only users cannot
+                // share either until one host mount serves them all.
+                if !held.read_only {
+                    return Err(AttachError::InUse { volume, instance });
+                }
+                return Err(AttachError::SharedReadOnly { volume, instance });
+            }
+        }
+        let vh = v.spec.host.as_deref().unwrap_or_default();
+        match host {
+            Some((first, first_host)) if first_host != vh => {
+                return Err(AttachError::Hosts {
+                    first: first.to_string(),
+                    first_host: first_host.to_string(),
+                    second: m.volume.clone(),
+                    second_host: vh.to_string(),
+                })
+            }
+            Some(_) => {}
+            None => host = Some((&m.volume, vh)),
+        }
+    }
+    Ok(host.map(|(_, h)| h.to_string()))
+}
+
+/// Refuse removing `volume` while an instance of its project names it.
+pub fn check_not_attached(volume: &str, instances: &[Instance]) -> Result<(), AttachError> {
+    match instances.iter().find(|i| holds(i, volume).is_some()) {
+        Some(i) => Err(AttachError::Attached {
+            volume: volume.to_string(),
+            instance: i.metadata.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The host an instance's volumes live on, if it names any: the
+/// scheduler places it there.
+pub fn volume_host(instance: &Instance, volumes: &[Volume]) -> Option<String> {
+    let first = instance.spec.volumes.first()?;
+    volumes
+        .iter()
+        .find(|v| v.metadata.name == first.volume)
+        .and_then(|v| v.spec.host.clone())
 }
 
 pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
@@ -295,6 +440,115 @@ mod tests {
         assert_eq!(parse_source("data@before"), Ok(("data", "before")));
         assert!(parse_source("data").is_err());
         assert!(parse_source("Data@x").is_err());
+    }
+
+    fn instance(name: &str, mounts: &[(&str, bool)]) -> Instance {
+        let mut i: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": Metadata::new(name, Some("p")),
+            "spec": {"image": "busybox"},
+        }))
+        .expect("instance");
+        i.spec.volumes = mounts
+            .iter()
+            .map(|(v, ro)| nimbus_api::VolumeMount {
+                volume: v.to_string(),
+                path: "/data".into(),
+                read_only: *ro,
+            })
+            .collect();
+        i
+    }
+
+    fn available(name: &str, host: &str) -> Volume {
+        let mut v = volume(name, GIB, &[]);
+        v.spec.host = Some(host.into());
+        v.status.phase = VolumePhase::Available;
+        v
+    }
+
+    fn mount(v: &str, ro: bool) -> nimbus_api::VolumeMount {
+        nimbus_api::VolumeMount {
+            volume: v.into(),
+            path: "/data".into(),
+            read_only: ro,
+        }
+    }
+
+    #[test]
+    fn a_volume_serves_one_instance() {
+        let vols = vec![available("data", "h1"), available("logs", "h1")];
+        let none: Vec<Instance> = vec![];
+        assert_eq!(
+            check_attachments("p", &[mount("data", false)], &vols, &none),
+            Ok(Some("h1".into()))
+        );
+        let rw = vec![instance("db", &[("data", false)])];
+        let e = check_attachments("p", &[mount("data", true)], &vols, &rw).expect_err("rw held");
+        assert!(e.is_conflict());
+        assert!(
+            e.to_string()
+                .contains("attached read-write to instance \"db\""),
+            "{e}"
+        );
+        let ro = vec![instance("reader", &[("data", true)])];
+        for read_only in [true, false] {
+            let e = check_attachments("p", &[mount("data", read_only)], &vols, &ro)
+                .expect_err("ro held");
+            assert!(e.is_conflict());
+            assert!(
+                e.to_string().contains("read-only to instance \"reader\""),
+                "{e}"
+            );
+        }
+        // Other volumes are free.
+        assert!(check_attachments("p", &[mount("logs", false)], &vols, &rw).is_ok());
+        assert_eq!(check_attachments("p", &[], &vols, &rw), Ok(None));
+    }
+
+    #[test]
+    fn attachments_need_an_available_volume_on_one_host() {
+        let mut pending = available("new", "h1");
+        pending.status.phase = VolumePhase::Pending;
+        let vols = vec![available("a", "h1"), available("b", "h2"), pending];
+        let none: Vec<Instance> = vec![];
+        let e = check_attachments("p", &[mount("x", false)], &vols, &none).expect_err("missing");
+        assert!(
+            e.to_string()
+                .contains("volume \"x\" does not exist in project \"p\""),
+            "{e}"
+        );
+        assert!(!e.is_conflict());
+        let e = check_attachments("p", &[mount("new", false)], &vols, &none).expect_err("pending");
+        assert!(e.to_string().contains("is pending, not available"), "{e}");
+        let e = check_attachments("p", &[mount("a", false), mount("b", false)], &vols, &none)
+            .expect_err("hosts");
+        assert!(e.to_string().contains("different hosts"), "{e}");
+        let e = check_attachments("p", &[mount("a", false), mount("a", true)], &vols, &none)
+            .expect_err("twice");
+        assert!(e.to_string().contains("named twice"), "{e}");
+        for path in ["rel", "/", "/a/../etc"] {
+            let mut m = mount("a", false);
+            m.path = path.into();
+            assert!(
+                check_attachments("p", &[m], &vols, &none).is_err(),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_attached_volume_is_not_removed() {
+        let users = vec![instance("web", &[]), instance("db", &[("data", true)])];
+        let e = check_not_attached("data", &users).expect_err("attached");
+        assert_eq!(
+            e.to_string(),
+            "volume \"data\" is attached to instance \"db\"; remove the instance first (`nimbus instance rm db`)"
+        );
+        assert_eq!(check_not_attached("logs", &users), Ok(()));
+        assert_eq!(
+            volume_host(&users[1], &[available("data", "h7")]).as_deref(),
+            Some("h7")
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ async fn schedule_pending(state: &AppState) -> Result<(), ServerError> {
     for instance in pending.items {
         let project = instance.metadata.project.clone();
         let name = instance.metadata.name.clone();
+        let hosts =
+            crate::api::volumes::hosts_holding_volumes(&state.repo, &instance, &hosts).await;
         let choice = choose_host(&instance, &hosts, &used);
         if let Ok(h) = &choice {
             *used.entry(h.clone()).or_default() += reserved_bytes(&instance);

@@ -237,6 +237,8 @@ pub async fn create(
     let mut spec = req.spec;
     spec.secret_env = seal_secret_env(&state, &metadata.id, spec.secret_env, None)?;
     apply_default_limits(&state, &project, &mut spec).await?;
+    let _attaching =
+        crate::api::volumes::check_new_attachments(&state.repo, &project, &spec).await?;
     let instance = domain::pending_instance(metadata, spec, image_id);
     let forwards = domain::host_port_claims(&instance.spec);
     let created = if networks.is_empty() && forwards.is_empty() {
@@ -267,6 +269,11 @@ pub async fn replace(
     let mut current: Instance = state.repo.get(Some(&project), &name).await?;
     domain::check_not_deleting(&current)?;
     domain::check_replace(&name, &current.spec, &body.spec)?;
+    if body.spec.volumes != current.spec.volumes {
+        return Err(ServerError(ApiError::invalid(format!(
+            "the volumes of instance {name:?} cannot change; create a new instance with the --volume flags you want"
+        ))));
+    }
     // Limits the body sets are kept; unset ones (a client that built the
     // spec from scratch) get the project's current defaults, so no replace
     // can leave an instance unlimited.
