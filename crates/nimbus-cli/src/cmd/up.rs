@@ -138,6 +138,10 @@ pub struct UpArgs {
     /// tenth of it, at least 1GiB, at most half).
     #[arg(long, value_parser = parse_size_arg)]
     pub reserved_memory: Option<u64>,
+    /// Label of this host, KEY=VALUE (repeatable), shown by `nimbus host
+    /// list` and matched by `instance run --require/--prefer label:KEY=VALUE`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub host_label: Vec<String>,
 }
 
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
@@ -293,6 +297,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .map(|c| c.port)
         .collect();
     agent_config.instances_memory_bytes = instances_memory;
+    agent_config.labels = crate::cmd::instance::parse_kv(&args.host_label, "--host-label")?;
     *state
         .host_io
         .write()
