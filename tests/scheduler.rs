@@ -179,7 +179,17 @@ fn placement_by_labels_spread_anti_affinity_cordon_quota() {
         .map(Vec::len)
         .unwrap_or_default();
     cloud.ok(&["quota", "set", "--instances", &held.to_string()]);
-    let out = cloud.nimbus(&["instance", "run", "q0", "--image", "busybox", "--no-wait"]);
+    let out = cloud.nimbus(&[
+        "instance",
+        "run",
+        "q0",
+        "--image",
+        "busybox",
+        "--no-wait",
+        "--",
+        "sleep",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "quota admitted q0");
     assert!(
