@@ -499,6 +499,97 @@ pub struct InstanceSpec {
     /// instance is placed on their host. `nimbus instance run --volume`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::volumes::VolumeMount>,
+    /// Where the scheduler may and should put the instance.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
+}
+
+impl InstanceSpec {
+    /// vCPUs it counts against the project's quota: a VM's vcpus (default
+    /// 1), a container's CPU limit rounded up, at least 1.
+    pub fn quota_vcpus(&self) -> u64 {
+        match self.kind {
+            InstanceKind::Container => self.resources.cpu_millis.unwrap_or(0).div_ceil(1000).max(1),
+            InstanceKind::Vm | InstanceKind::Unikernel => {
+                u64::from(self.vm.as_ref().and_then(|v| v.vcpus).unwrap_or(1))
+            }
+        }
+    }
+}
+
+/// How hosts are ranked once they fit.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// Prefer the host running fewest instances (`--spread host`).
+    #[default]
+    Spread,
+    /// Prefer the fullest host that still fits (`--pack`).
+    Pack,
+}
+
+/// Constraints and preferences for choosing a host. Labels are host labels
+/// (`nimbus up --host-label site=bj`); affinity labels are labels of other
+/// instances in the same project (`nimbus instance run --label app=web`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct Placement {
+    #[serde(default)]
+    pub strategy: PlacementStrategy,
+    /// Only hosts carrying all of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require_labels: BTreeMap<String, String>,
+    /// Among fitting hosts, those with more of these labels first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefer_labels: BTreeMap<String, String>,
+    /// Only hosts already running an instance of the project with all of
+    /// these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub affinity: BTreeMap<String, String>,
+    /// No host running an instance of the project with any of these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anti_affinity: BTreeMap<String, String>,
+    /// Only hosts of this CPU architecture (as `uname -m`, e.g. `x86_64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+}
+
+impl Placement {
+    pub fn is_default(&self) -> bool {
+        *self == Placement::default()
+    }
+
+    /// Every label key and value is a valid name-like token.
+    pub fn validate(&self) -> Result<(), String> {
+        let maps = [
+            ("require label", &self.require_labels),
+            ("prefer label", &self.prefer_labels),
+            ("affinity label", &self.affinity),
+            ("anti-affinity label", &self.anti_affinity),
+        ];
+        for (what, map) in maps {
+            for (k, v) in map {
+                let ok = |t: &str| {
+                    !t.is_empty()
+                        && t.len() <= 63
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+                };
+                if !ok(k) || !(v.is_empty() || ok(v)) {
+                    return Err(format!(
+                        "{what} {k:?}={v:?} is not valid: keys and values are up to 63 of a-z, A-Z, 0-9, '-', '_', '.', '/'"
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &self.architecture {
+            if a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "architecture {a:?} is not valid: give it as `uname -m` prints it, e.g. x86_64 or aarch64"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a virtual machine (or unikernel) gets besides memory (`resources.memory_bytes`).

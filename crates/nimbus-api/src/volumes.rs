@@ -178,11 +178,25 @@ pub struct ProjectQuota {
     /// Bytes of volumes and their snapshots together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_bytes: Option<u64>,
+    /// How many instances the project may hold (`nimbus quota set --instances`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// Virtual CPUs of all its instances together: a VM counts its vcpus, a
+    /// container its CPU limit rounded up (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Memory limits of all its instances together, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl ProjectQuota {
     pub fn is_unlimited(&self) -> bool {
-        self.volumes.is_none() && self.volume_bytes.is_none()
+        self.volumes.is_none()
+            && self.volume_bytes.is_none()
+            && self.instances.is_none()
+            && self.vcpus.is_none()
+            && self.memory_bytes.is_none()
     }
 }
 

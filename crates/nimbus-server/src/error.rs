@@ -78,6 +78,12 @@ impl From<crate::domain::volumes::QuotaError> for ServerError {
     }
 }
 
+impl From<crate::scheduler::quota::InstanceQuotaError> for ServerError {
+    fn from(e: crate::scheduler::quota::InstanceQuotaError) -> Self {
+        ServerError(ApiError::conflict(e.to_string()))
+    }
+}
+
 impl From<crate::domain::instances::StateError> for ServerError {
     fn from(e: crate::domain::instances::StateError) -> Self {
         ServerError(ApiError::conflict(e.to_string()))

@@ -71,6 +71,15 @@ pub enum HostCmd {
     Get {
         name: String,
     },
+    /// Place nothing new on the host; what runs there keeps running
+    /// (system administrators).
+    Cordon {
+        name: String,
+    },
+    /// Let the scheduler place instances on the host again.
+    Uncordon {
+        name: String,
+    },
 }
 
 /// Which audit records to show or export.
@@ -327,13 +336,21 @@ fn host_rows(items: &[Host]) -> String {
             "vm accel",
             "instances",
             "heartbeat",
+            "labels",
         ],
         items
             .iter()
             .map(|h| {
                 vec![
                     h.metadata.name.clone(),
-                    format!("{:?}", h.status.phase).to_lowercase(),
+                    {
+                        let phase = format!("{:?}", h.status.phase).to_lowercase();
+                        if h.spec.unschedulable {
+                            format!("{phase},cordoned")
+                        } else {
+                            phase
+                        }
+                    },
                     h.status.cpus.to_string(),
                     format_size(h.status.memory_bytes),
                     h.status.architecture.clone(),
@@ -345,14 +362,47 @@ fn host_rows(items: &[Host]) -> String {
                     },
                     h.status.instances.to_string(),
                     age(h.status.last_heartbeat),
+                    if h.metadata.labels.is_empty() {
+                        "-".into()
+                    } else {
+                        h.metadata
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
                 ]
             })
             .collect(),
     )
 }
 
+/// `nimbus host cordon|uncordon NAME`: `action` is the path's last part.
+async fn set_cordon(
+    g: &Globals,
+    client: &nimbus_api::client::Client,
+    name: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let h: Host = client
+        .post(
+            &format!("/v1/hosts/{name}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    print(g, &h, || {
+        if h.spec.unschedulable {
+            format!("host {name:?} cordoned: no new instances go there (`nimbus host uncordon {name}` undoes it)")
+        } else {
+            format!("host {name:?} uncordoned: it takes new instances")
+        }
+    })
+}
+
 pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
     let client = g.client()?;
+
     match cmd {
         HostCmd::List => {
             let l: ResourceList<Host> = client.list_all("/v1/hosts").await?;
@@ -377,6 +427,8 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
                 out
             })
         }
+        HostCmd::Cordon { name } => set_cordon(g, &client, &name, "cordon").await,
+        HostCmd::Uncordon { name } => set_cordon(g, &client, &name, "uncordon").await,
     }
 }
 

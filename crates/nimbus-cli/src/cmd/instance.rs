@@ -164,6 +164,32 @@ pub struct RunArgs {
     /// Label KEY=VALUE (repeatable).
     #[arg(long, short = 'l')]
     pub label: Vec<String>,
+    /// Placement: `--spread host` (default) puts it on the host running
+    /// fewest instances.
+    #[arg(long, value_name = "host", value_parser = ["host"], conflicts_with = "pack", help_heading = "Placement")]
+    pub spread: Option<String>,
+    /// Placement: put it on the fullest host that still fits.
+    #[arg(long, help_heading = "Placement")]
+    pub pack: bool,
+    /// Placement: only hosts with this host label, `label:KEY=VALUE`
+    /// (repeatable; hosts get labels from `nimbus up --host-label`).
+    #[arg(long, value_name = "label:KEY=VALUE", help_heading = "Placement")]
+    pub require: Vec<String>,
+    /// Placement: hosts with this host label first, `label:KEY=VALUE` (repeatable).
+    #[arg(long, value_name = "label:KEY=VALUE", help_heading = "Placement")]
+    pub prefer: Vec<String>,
+    /// Placement: only hosts already running an instance of the project
+    /// labelled KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Placement")]
+    pub affinity: Vec<String>,
+    /// Placement: no host running an instance of the project labelled
+    /// KEY=VALUE (repeatable); give replicas `--label app=web
+    /// --anti-affinity app=web` to put each on its own host.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Placement")]
+    pub anti_affinity: Vec<String>,
+    /// Placement: only hosts of this CPU architecture, e.g. x86_64.
+    #[arg(long, help_heading = "Placement")]
+    pub arch: Option<String>,
     /// Network to join. Without it, containers and VMs join the project's
     /// `default` network (created on demand), except unikernels and VMs
     /// with --forward; `none`: loopback only.
@@ -274,7 +300,7 @@ fn vm_spec(a: &RunArgs) -> anyhow::Result<Option<nimbus_api::VmSpec>> {
     }))
 }
 
-fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
     items
         .iter()
         .map(|kv| {
@@ -514,6 +540,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
             };
             let vm = vm_spec(&a)?;
             let networks = networks_of(&a, kind)?;
+            let placement = placement_of(&a)?;
             let req = CreateRequest {
                 name: a.name.clone(),
                 labels: parse_kv(&a.label, "label")?,
@@ -538,6 +565,7 @@ pub async fn run(g: &Globals, cmd: InstanceCmd) -> anyhow::Result<()> {
                         .map(|v| nimbus_api::VolumeMount::parse(v))
                         .collect::<Result<_, _>>()
                         .map_err(anyhow::Error::msg)?,
+                    placement,
                     ..Default::default()
                 },
             };
@@ -741,4 +769,38 @@ async fn finish(
             .ok_or_else(|| anyhow::anyhow!("instance {name:?} disappeared"))?
     };
     print(g, &i, || rows(std::slice::from_ref(&i)))
+}
+
+/// `label:KEY=VALUE` flags to a label map.
+fn host_labels(
+    flags: &[String],
+    flag: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let stripped = flags
+        .iter()
+        .map(|f| {
+            f.strip_prefix("label:").map(str::to_string).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--{flag} {f:?}: give a host label as label:KEY=VALUE, e.g. label:site=bj"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    parse_kv(&stripped, &format!("--{flag} label"))
+}
+
+/// The placement flags of `instance run`.
+fn placement_of(a: &RunArgs) -> anyhow::Result<nimbus_api::Placement> {
+    Ok(nimbus_api::Placement {
+        strategy: if a.pack {
+            nimbus_api::PlacementStrategy::Pack
+        } else {
+            nimbus_api::PlacementStrategy::Spread
+        },
+        require_labels: host_labels(&a.require, "require")?,
+        prefer_labels: host_labels(&a.prefer, "prefer")?,
+        affinity: parse_kv(&a.affinity, "--affinity label")?,
+        anti_affinity: parse_kv(&a.anti_affinity, "--anti-affinity label")?,
+        architecture: a.arch.clone(),
+    })
 }

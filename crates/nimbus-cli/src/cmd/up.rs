@@ -143,6 +143,10 @@ pub struct UpArgs {
     /// container cannot fill the host's disk (at least 16MiB).
     #[arg(long, value_parser = parse_size_arg, default_value = "10GiB")]
     pub container_disk: u64,
+    /// Label of this host, KEY=VALUE (repeatable), shown by `nimbus host
+    /// list` and matched by `instance run --require/--prefer label:KEY=VALUE`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub host_label: Vec<String>,
 }
 
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
@@ -311,6 +315,7 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
     if !args.server.metrics {
         agent_config.stats_ms = 0;
     }
+    agent_config.labels = crate::cmd::instance::parse_kv(&args.host_label, "--host-label")?;
     *state
         .host_io
         .write()

@@ -85,7 +85,7 @@ pub enum SnapshotCmd {
 pub enum QuotaCmd {
     /// Set the project's limits (system administrators). `none` lifts one.
     #[command(
-        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus --project ops quota set --volume-bytes none"
+        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus quota set --instances 20 --vcpus 16 --memory 32GiB\n  nimbus --project ops quota set --volume-bytes none"
     )]
     Set {
         /// How many volumes the project may hold.
@@ -94,6 +94,16 @@ pub enum QuotaCmd {
         /// Bytes of volumes and snapshots together, e.g. 100GiB.
         #[arg(long)]
         volume_bytes: Option<String>,
+        /// How many instances the project may hold.
+        #[arg(long)]
+        instances: Option<String>,
+        /// vCPUs of all its instances together (a VM counts its vcpus, a
+        /// container its --cpus rounded up, at least 1).
+        #[arg(long)]
+        vcpus: Option<String>,
+        /// Memory limits of all its instances together, e.g. 16GiB.
+        #[arg(long)]
+        memory: Option<String>,
     },
     /// Show the project's limits and what it uses.
     Get,
@@ -356,15 +366,41 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
     if let QuotaCmd::Set {
         volumes,
         volume_bytes,
+        instances,
+        vcpus,
+        memory,
     } = cmd
     {
+        let count = |flag: &'static str| {
+            move |t: &str| {
+                t.parse::<u32>()
+                    .map_err(|_| format!("--{flag} {t:?} is not a count; give e.g. 10 or none"))
+            }
+        };
+        let instances = limit(instances.as_deref(), count("instances"))?;
+        let vcpus = limit(vcpus.as_deref(), count("vcpus"))?;
+        let memory = limit(memory.as_deref(), parse_size)?;
         let volumes = limit(volumes.as_deref(), |t| {
             t.parse::<u32>()
                 .map_err(|_| format!("--volumes {t:?} is not a count; give e.g. 10 or none"))
         })?;
         let bytes = limit(volume_bytes.as_deref(), parse_size)?;
-        if volumes.is_none() && bytes.is_none() {
-            anyhow::bail!("give --volumes N and/or --volume-bytes SIZE (or none to lift a limit)");
+        if volumes.is_none()
+            && bytes.is_none()
+            && instances.is_none()
+            && vcpus.is_none()
+            && memory.is_none()
+        {
+            anyhow::bail!("give one or more of --volumes N, --volume-bytes SIZE, --instances N, --vcpus N, --memory SIZE (or none to lift a limit)");
+        }
+        if let Some(v) = instances {
+            project.spec.quota.instances = v;
+        }
+        if let Some(v) = vcpus {
+            project.spec.quota.vcpus = v;
+        }
+        if let Some(v) = memory {
+            project.spec.quota.memory_bytes = v;
         }
         if let Some(v) = volumes {
             project.spec.quota.volumes = v;
@@ -379,11 +415,20 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
     }
     let used: ResourceList<Volume> = client.list_all(&format!("{path}/volumes")).await?;
     let bytes: u64 = used.items.iter().map(Volume::counted_bytes).sum();
+    let instances: ResourceList<nimbus_api::Instance> =
+        client.list_all(&format!("{path}/instances")).await?;
+    let vcpus: u64 = instances.items.iter().map(|i| i.spec.quota_vcpus()).sum();
+    let memory: u64 = instances
+        .items
+        .iter()
+        .map(|i| i.spec.resources.memory_bytes.unwrap_or(0))
+        .sum();
     let q = &project.spec.quota;
     let out = serde_json::json!({
         "project": p,
         "quota": q,
-        "used": {"volumes": used.items.len(), "volume_bytes": bytes},
+        "used": {"volumes": used.items.len(), "volume_bytes": bytes,
+            "instances": instances.items.len(), "vcpus": vcpus, "memory_bytes": memory},
     });
     print(g, &out, || {
         table(
@@ -398,6 +443,19 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
                     "volume bytes".into(),
                     format_size(bytes),
                     q.volume_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "instances".into(),
+                    instances.items.len().to_string(),
+                    opt(q.instances),
+                ],
+                vec!["vcpus".into(), vcpus.to_string(), opt(q.vcpus)],
+                vec![
+                    "memory".into(),
+                    format_size(memory),
+                    q.memory_bytes
                         .map(format_size)
                         .unwrap_or_else(|| "-".into()),
                 ],

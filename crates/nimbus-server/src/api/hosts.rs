@@ -122,4 +122,46 @@ pub async fn report(
     Ok(Json(saved))
 }
 
+/// Cordon or uncordon: a cordoned host keeps what runs there but the
+/// scheduler places nothing new on it.
+async fn set_cordon(
+    state: &crate::state::AppState,
+    caller: &Caller,
+    host: &str,
+    on: bool,
+) -> ApiResult<Json<Host>> {
+    auth::require_system_admin(caller)?;
+    let saved = state
+        .repo
+        .modify::<Host, _>(None, host, |h| {
+            h.spec.unschedulable = on;
+            Ok(())
+        })
+        .await?;
+    if !on {
+        crate::scheduler::nudge(state);
+    }
+    Ok(Json(saved))
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{host}/cordon", operation_id = "cordon_host", params(HostPath),
+    responses((status = 200, body = Host, description = "The host, cordoned: it gets no new instances (system administrators)")))]
+pub async fn cordon(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<Host>> {
+    set_cordon(&state, &caller, &host, true).await
+}
+
+#[utoipa::path(post, path = "/v1/hosts/{host}/uncordon", operation_id = "uncordon_host", params(HostPath),
+    responses((status = 200, body = Host, description = "The host, open to new instances again (system administrators)")))]
+pub async fn uncordon(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(host): Path<String>,
+) -> ApiResult<Json<Host>> {
+    set_cordon(&state, &caller, &host, false).await
+}
+
 pub use auth::require_system_admin;

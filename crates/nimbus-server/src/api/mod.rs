@@ -75,6 +75,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
         .route("/v1/hosts/{host}", get(hosts::get))
         .route("/v1/hosts/{host}/status", post(hosts::report))
+        .route("/v1/hosts/{host}/cordon", post(hosts::cordon))
+        .route("/v1/hosts/{host}/uncordon", post(hosts::uncordon))
         .route("/v1/hosts/{host}/stats", put(metrics::report_stats))
         .merge(images)
         .route(

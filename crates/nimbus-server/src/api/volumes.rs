@@ -58,29 +58,16 @@ pub(crate) async fn check_new_attachments(
     Ok(Some(guard))
 }
 
-/// The hosts an instance may go to: its volumes' host when it names
-/// volumes (all of them otherwise, or when the volumes cannot be read:
-/// the agent then refuses and the instance fails with the reason).
-pub(crate) async fn hosts_holding_volumes(
-    repo: &Repo,
-    instance: &nimbus_api::Instance,
-    hosts: &[Host],
-) -> Vec<Host> {
+/// The host an instance's volumes pin it to: `None` when it names no
+/// volumes, or when they cannot be read (the agent then refuses and the
+/// instance fails with the reason).
+pub(crate) async fn volumes_host(repo: &Repo, instance: &nimbus_api::Instance) -> Option<String> {
     if instance.spec.volumes.is_empty() {
-        return hosts.to_vec();
+        return None;
     }
     let project = instance.metadata.project.as_deref();
-    let Ok(volumes) = repo.list_every::<Volume>(project, MAX_PAGE).await else {
-        return hosts.to_vec();
-    };
-    match domain::volume_host(instance, &volumes) {
-        Some(h) => hosts
-            .iter()
-            .filter(|x| x.metadata.name == h)
-            .cloned()
-            .collect(),
-        None => hosts.to_vec(),
-    }
+    let volumes = repo.list_every::<Volume>(project, MAX_PAGE).await.ok()?;
+    domain::volume_host(instance, &volumes)
 }
 
 #[utoipa::path(get, path = "/v1/projects/{project}/volumes", operation_id = "list_volumes", params(ProjectPath, ListOptions), tag = "volumes",

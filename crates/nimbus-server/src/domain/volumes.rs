@@ -390,6 +390,7 @@ mod tests {
         let quota = ProjectQuota {
             volumes: Some(3),
             volume_bytes: Some(10 * GIB),
+            ..Default::default()
         };
         let vols = vec![volume("a", 4 * GIB, &[("s1", 4 * GIB)])];
         assert_eq!(check_quota("p", &quota, &vols, 1, 2 * GIB), Ok(()));

@@ -218,9 +218,33 @@ async fn apply_default_limits(
     Ok(())
 }
 
+/// Refuse an instance the project's quota does not admit (409).
+async fn check_instance_quota(
+    state: &AppState,
+    project: &str,
+    spec: &InstanceSpec,
+) -> ApiResult<()> {
+    let p: Project = state.repo.get(None, project).await?;
+    let q = &p.spec.quota;
+    if q.instances.is_none() && q.vcpus.is_none() && q.memory_bytes.is_none() {
+        return Ok(());
+    }
+    let all = ListOptions {
+        limit: Some(100_000),
+        ..Default::default()
+    };
+    let existing = state
+        .repo
+        .list::<Instance>(Some(project), &all, |_| true)
+        .await?
+        .items;
+    crate::scheduler::quota::check_instance_quota(project, q, &existing, spec)?;
+    Ok(())
+}
+
 #[utoipa::path(post, tag = "instances", path = "/v1/projects/{project}/instances", operation_id = "create_instance", params(ProjectPath), request_body = CreateRequest<InstanceSpec>,
     responses((status = 201, body = Instance, description = "Created, `phase: pending`"),
-        (status = 409, description = "An instance of that name already exists in the project"),
+        (status = 409, description = "An instance of that name already exists in the project, or the project's quota does not admit it"),
         (status = 422, description = "The spec is invalid, or names an image, network or security group that does not exist")))]
 pub async fn create(
     State(state): St,
@@ -239,6 +263,7 @@ pub async fn create(
     apply_default_limits(&state, &project, &mut spec).await?;
     let _attaching =
         crate::api::volumes::check_new_attachments(&state.repo, &project, &spec).await?;
+    check_instance_quota(&state, &project, &spec).await?;
     let instance = domain::pending_instance(metadata, spec, image_id);
     let forwards = domain::host_port_claims(&instance.spec);
     let created = if networks.is_empty() && forwards.is_empty() {

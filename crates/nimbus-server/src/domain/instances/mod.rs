@@ -23,6 +23,8 @@ pub enum SpecError {
         project: String,
         import: &'static str,
     },
+    #[error("{0}")]
+    Placement(String),
     #[error("a unikernel cannot join a network; drop --network")]
     UnikernelOnNetwork,
     #[error("a VM on a network is reached through it; drop --forward and publish ports with `nimbus address publish`")]

@@ -72,6 +72,7 @@ pub fn validate_spec(
             import,
         });
     };
+    spec.placement.validate().map_err(SpecError::Placement)?;
     if spec.kind == InstanceKind::Unikernel && !spec.networks.is_empty() {
         return Err(SpecError::UnikernelOnNetwork);
     }
