@@ -122,9 +122,19 @@ async fn default_host(repo: &Repo) -> ApiResult<String> {
     })
 }
 
-async fn quota_of(repo: &Repo, project: &str) -> ApiResult<nimbus_api::ProjectQuota> {
+/// Refuses `new_volumes` more volumes and `new_bytes` more bytes beyond the
+/// project's quota, counting its volumes and snapshots as stored now. Call
+/// it holding `QUOTA_CHANGES` until the write is made.
+async fn check_quota(
+    repo: &Repo,
+    project: &str,
+    new_volumes: usize,
+    new_bytes: u64,
+) -> ApiResult<()> {
     let p: Project = repo.get(None, project).await?;
-    Ok(p.spec.quota)
+    let existing = repo.list_every::<Volume>(Some(project), MAX_PAGE).await?;
+    domain::check_quota(project, &p.spec.quota, &existing, new_volumes, new_bytes)?;
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/volumes", operation_id = "create_volume", params(ProjectPath), tag = "volumes", request_body = CreateRequest<VolumeSpec>,
@@ -156,17 +166,7 @@ pub async fn create(
         default,
     )?;
     let _one_at_a_time = QUOTA_CHANGES.lock().await;
-    let existing = state
-        .repo
-        .list_every::<Volume>(Some(&project), MAX_PAGE)
-        .await?;
-    domain::check_quota(
-        &project,
-        &quota_of(&state.repo, &project).await?,
-        &existing,
-        1,
-        spec.size_bytes,
-    )?;
+    check_quota(&state.repo, &project, 1, spec.size_bytes).await?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let volume = state
@@ -193,17 +193,7 @@ pub async fn resize(
     let _one_at_a_time = QUOTA_CHANGES.lock().await;
     let volume: Volume = state.repo.get(Some(&project), &name).await?;
     let growth = domain::resize_growth(&volume, req.size_bytes)?;
-    let existing = state
-        .repo
-        .list_every::<Volume>(Some(&project), MAX_PAGE)
-        .await?;
-    domain::check_quota(
-        &project,
-        &quota_of(&state.repo, &project).await?,
-        &existing,
-        0,
-        growth,
-    )?;
+    check_quota(&state.repo, &project, 0, growth).await?;
     let saved = state
         .repo
         .modify::<Volume, _>(Some(&project), &name, |v| {
@@ -228,17 +218,7 @@ pub async fn create_snapshot(
     let _one_at_a_time = QUOTA_CHANGES.lock().await;
     let volume: Volume = state.repo.get(Some(&project), &name).await?;
     let snapshot = domain::new_snapshot(&volume, &req.name, chrono::Utc::now())?;
-    let existing = state
-        .repo
-        .list_every::<Volume>(Some(&project), MAX_PAGE)
-        .await?;
-    domain::check_quota(
-        &project,
-        &quota_of(&state.repo, &project).await?,
-        &existing,
-        0,
-        snapshot.size_bytes,
-    )?;
+    check_quota(&state.repo, &project, 0, snapshot.size_bytes).await?;
     let saved = state
         .repo
         .modify::<Volume, _>(Some(&project), &name, |v| {
