@@ -3,14 +3,15 @@
 //!
 //! Everything here blocks; callers run it on the blocking thread pool while holding the
 //! store's connection lock, which also serialises writes so revisions are assigned and
-//! published to watchers in order.
+//! handed to [`Durability`] in order.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::hub::WatchHub;
+use super::durable::Durability;
 use crate::{Event, EventKind, KeyValue, ListResult, Result, Revision, StoreError};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -97,7 +98,8 @@ pub(super) struct Db {
     history_limit: u64,
     /// The database file (or `:memory:`), named in errors.
     pub name: String,
-    pub hub: WatchHub,
+    /// Acknowledges commits once on disk and publishes their events.
+    pub durability: Arc<Durability>,
 }
 
 impl Db {
@@ -113,7 +115,10 @@ impl Db {
                 path.display()
             )));
         }
-        Self::init(conn, history_limit, &path.display().to_string())
+        let mut db = Self::init(conn, history_limit, &path.display().to_string())?;
+        // The schema was written, so the WAL file exists now.
+        db.durability = Arc::new(Durability::for_database(path, db.revision)?);
+        Ok(db)
     }
 
     pub fn open_in_memory(history_limit: usize) -> Result<Self> {
@@ -149,7 +154,7 @@ impl Db {
             event_count: u64::try_from(event_count).unwrap_or(0),
             history_limit: u64::try_from(history_limit.max(1)).unwrap_or(u64::MAX),
             name: name.to_string(),
-            hub: WatchHub::default(),
+            durability: Arc::new(Durability::in_memory(revision)),
         })
     }
 
@@ -259,7 +264,8 @@ impl Db {
     /// Runs `apply` in one SQLite transaction at the next revision. If it records no
     /// change, nothing is written and the revision does not move; otherwise the kv
     /// changes, their events, the new revision and any history trimming commit together
-    /// and the events are then published to live watchers.
+    /// and the events go to [`Durability`], which publishes them once the WAL is synced
+    /// (the caller waits for that after releasing the connection).
     pub fn write<T>(&mut self, apply: impl FnOnce(&mut WriteBatch<'_>) -> Result<T>) -> Result<T> {
         let revision = self.revision + 1;
         let tx = self
@@ -291,7 +297,7 @@ impl Db {
         self.revision = revision;
         self.event_count = event_count;
         self.compacted = compacted;
-        self.hub.publish(&events, revision);
+        self.durability.committed(revision, events);
         Ok(output)
     }
 

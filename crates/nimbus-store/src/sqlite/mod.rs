@@ -2,10 +2,12 @@
 //! event log for watch replay, and the store metadata.
 //!
 //! A single connection sits behind a mutex; every call takes it on the blocking thread
-//! pool. Holding that lock while committing and publishing to the watch hub is what
-//! keeps revisions, commits and live events in one order.
+//! pool. Holding that lock while committing and handing the commit to [`Durability`] is
+//! what keeps revisions, commits and live events in one order. A write returns only
+//! once its commit is on disk (`durable.rs`: group commit).
 
 mod db;
+mod durable;
 mod reserve;
 
 use std::path::Path;
@@ -19,6 +21,7 @@ use crate::{
     WatchStream, WATCH_CHANNEL_CAPACITY,
 };
 use db::{Cursor, Db};
+use durable::Durability;
 use reserve::Reserve;
 
 /// Events read from the log per lock acquisition while a watcher replays history.
@@ -91,11 +94,7 @@ impl SqliteStore {
 
     /// The number of live watchers (watchers whose streams were dropped are not counted).
     pub async fn watcher_count(&self) -> Result<usize> {
-        with_db(&self.db, |db| {
-            db.hub.remove_closed();
-            Ok(db.hub.len())
-        })
-        .await
+        with_db(&self.db, |db| Ok(db.durability.watcher_count())).await
     }
 
     /// The revision at or below which history has been dropped.
@@ -110,22 +109,44 @@ async fn with_db<T: Send + 'static>(
     work: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || locked(&db, work).map(|(output, _)| output))
+        .await
+        .map_err(|err| StoreError::Backend(format!("SQLite task failed: {err}")))?
+}
+
+/// Like [`with_db`] for a write: after `work` succeeds and the connection is
+/// released, waits until the revision it left is on disk.
+async fn write_db<T: Send + 'static>(
+    db: &Arc<Mutex<Db>>,
+    work: impl FnOnce(&mut Db) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
     tokio::task::spawn_blocking(move || {
-        let mut db = db.lock().map_err(|_| {
-            StoreError::Backend("SQLite connection lock poisoned by a panicked task".into())
-        })?;
-        work(&mut db).map_err(|err| match err {
-            StoreError::StorageFull { path, detail } if path.is_empty() => {
-                StoreError::StorageFull {
-                    path: db.name.clone(),
-                    detail,
-                }
-            }
-            other => other,
-        })
+        let (output, (revision, durability)) = locked(&db, work)?;
+        durability.wait_durable(revision)?;
+        Ok(output)
     })
     .await
     .map_err(|err| StoreError::Backend(format!("SQLite task failed: {err}")))?
+}
+
+/// `work` with the connection locked; also the revision it left and the
+/// store's [`Durability`], for a writer to wait on once the lock is gone.
+fn locked<T>(
+    db: &Mutex<Db>,
+    work: impl FnOnce(&mut Db) -> Result<T>,
+) -> Result<(T, (Revision, Arc<Durability>))> {
+    let mut db = db.lock().map_err(|_| {
+        StoreError::Backend("SQLite connection lock poisoned by a panicked task".into())
+    })?;
+    let output = work(&mut db).map_err(|err| match err {
+        StoreError::StorageFull { path, detail } if path.is_empty() => StoreError::StorageFull {
+            path: db.name.clone(),
+            detail,
+        },
+        other => other,
+    })?;
+    Ok((output, (db.revision(), Arc::clone(&db.durability))))
 }
 
 #[async_trait::async_trait]
@@ -175,7 +196,7 @@ impl Store for SqliteStore {
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let key = key.to_string();
         self.remake_reserve_if_released();
-        with_db(&self.db, move |db| {
+        write_db(&self.db, move |db| {
             db.write(|batch| {
                 if batch.current(&key)?.is_some() {
                     return Err(StoreError::AlreadyExists(key.clone()));
@@ -193,7 +214,7 @@ impl Store for SqliteStore {
         expected_mod_revision: Revision,
     ) -> Result<KeyValue> {
         let key = key.to_string();
-        with_db(&self.db, move |db| {
+        write_db(&self.db, move |db| {
             db.write(|batch| {
                 let current = batch
                     .current(&key)?
@@ -207,7 +228,7 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &str, expected_mod_revision: Option<Revision>) -> Result<KeyValue> {
         let key = key.to_string();
-        with_db(&self.db, move |db| {
+        write_db(&self.db, move |db| {
             db.write(|batch| {
                 let current = batch
                     .current(&key)?
@@ -224,7 +245,7 @@ impl Store for SqliteStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
-        with_db(&self.db, move |db| {
+        write_db(&self.db, move |db| {
             let succeeded = db.write(|batch| {
                 let mut succeeded = true;
                 for compare in &txn.compares {
@@ -280,8 +301,11 @@ impl Store for SqliteStore {
                     compacted: db.compacted(),
                 });
             }
-            let live = db.hub.subscribe(&watched_prefix, WATCH_CHANNEL_CAPACITY);
-            Ok((db.revision(), live))
+            // The head is the newest durable revision: later commits reach
+            // the live stream once synced.
+            Ok(db
+                .durability
+                .subscribe(&watched_prefix, WATCH_CHANNEL_CAPACITY))
         })
         .await?;
         // Small: the task reads the live channel only as fast as the watcher
