@@ -555,6 +555,7 @@ async fn console_in_a_real_browser() {
             (&inst[3], &h["instance_hours"]["unikernel"]),
             (&storage[1], &h["image_gib_hours"]),
             (&storage[2], &h["object_gib_hours"]),
+            (&storage[3], &h["volume_gib_hours"]),
         ];
         for (k, (shown, api)) in want.into_iter().enumerate() {
             assert_eq!(
@@ -580,6 +581,7 @@ async fn console_in_a_real_browser() {
         &t["memory_gib_hours"],
         &t["image_gib_hours"],
         &t["object_gib_hours"],
+        &t["volume_gib_hours"],
     ];
     let cells = chart["totals"].as_array().cloned().unwrap_or_default();
     assert_eq!(cells.len(), totals.len(), "a cell per figure: {chart}");

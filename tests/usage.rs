@@ -415,3 +415,107 @@ fn object_storage_usage_across_a_daemon_kill_matches_the_arithmetic() {
         "an object column: {table}"
     );
 }
+
+/// The `volume_gib_hours` of `[from_s, to_s)`: the report and its hours.
+fn volume_usage(cloud: &Cloud, from_s: i64, to_s: i64) -> Value {
+    let fmt = |s: i64| {
+        DateTime::from_timestamp(s, 0)
+            .expect("time")
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    cloud
+        .json(&["usage", "--from", &fmt(from_s), "--to", &fmt(to_s)])
+        .expect("usage -o json")
+}
+
+#[test]
+fn volume_usage_bills_each_size_across_a_daemon_kill_and_stops_at_deletion() {
+    if !common::is_root("volume usage") {
+        return;
+    }
+    let mut cloud = Cloud::start();
+    let (small, big) = (64u64 << 20, 128u64 << 20);
+    let get = |cloud: &Cloud| {
+        cloud
+            .json(&["volume", "get", "metered"])
+            .expect("volume get")
+    };
+    // Created at 64 MiB, grown to 128 MiB, then a snapshot of 128 MiB
+    // makes it count 256 MiB: three intervals, each from the time the
+    // server recorded on the volume.
+    cloud.ok(&["volume", "create", "metered", "--size", "64MiB"]);
+    let created = nanos(time(&get(&cloud)["metadata"]["created_at"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    cloud.ok(&["volume", "resize", "metered", "--size", "128MiB"]);
+    let grown = nanos(time(&get(&cloud)["spec"]["counted_since"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    cloud.ok(&["volume", "snapshot", "metered", "--name", "s1"]);
+    let snapped = nanos(time(&get(&cloud)["spec"]["counted_since"]));
+    assert!(
+        created < grown && grown < snapped,
+        "{created} {grown} {snapped}"
+    );
+    let sec = 1_000_000_000i64;
+    let to_s = snapped / sec + 2;
+    wait_past(to_s);
+
+    // What was recorded survives a crash of the control plane.
+    cloud.kill_daemon();
+    cloud.spawn_daemon();
+    cloud.wait_ready();
+
+    let from_s = created / sec - (created / sec).rem_euclid(3600);
+    let (from, to) = (from_s * sec, to_s * sec);
+    let usage = volume_usage(&cloud, from_s, to_s);
+    let hours = usage["hours"].as_array().expect("hours");
+    let count = ((to - from + NANOS_PER_HOUR - 1) / NANOS_PER_HOUR) as usize;
+    assert_eq!(hours.len(), count, "{usage}");
+    let gib_hour = NANOS_PER_HOUR as f64 * (1u64 << 30) as f64;
+    let spans = [
+        (created, grown, small),
+        (grown, snapped, big),
+        (snapped, to, 2 * big),
+    ];
+    let mut expected = vec![0u128; count];
+    for (start, end, bytes) in spans {
+        for (i, n) in per_hour(start, end, from, to, count)
+            .into_iter()
+            .enumerate()
+        {
+            expected[i] += n * u128::from(bytes);
+        }
+    }
+    for (i, (h, n)) in hours.iter().zip(&expected).enumerate() {
+        same(
+            &format!("hour {i} ({}) volumes", h["hour"]),
+            &h["volume_gib_hours"],
+            *n as f64 / gib_hour,
+        );
+    }
+    let total: u128 = expected.iter().sum();
+    same(
+        "total volumes",
+        &usage["totals"]["volume_gib_hours"],
+        total as f64 / gib_hour,
+    );
+    same(
+        "container hours",
+        &usage["totals"]["instance_hours"]["container"],
+        0.0,
+    );
+
+    // Deleted: billed up to the deletion, and not a second more.
+    cloud.ok(&["volume", "rm", "metered"]);
+    let after = now_secs() + 1;
+    wait_past(after);
+    let at_deletion = volume_usage(&cloud, from_s, after)["totals"]["volume_gib_hours"].clone();
+    assert!(
+        at_deletion.as_f64().unwrap_or(0.0) > total as f64 / gib_hour,
+        "billed until the deletion: {at_deletion}"
+    );
+    let later = after + 2;
+    wait_past(later);
+    let settled = volume_usage(&cloud, from_s, later)["totals"]["volume_gib_hours"].clone();
+    assert_eq!(settled, at_deletion, "nothing billed after the deletion");
+}

@@ -32,6 +32,10 @@ pub struct UsageTotals {
     /// Last-Modified second until it was overwritten or deleted).
     #[serde(default)]
     pub object_gib_hours: f64,
+    /// GiB of block volumes times hours kept: a volume's size plus its
+    /// snapshots' sizes, from creation until deletion was asked for.
+    #[serde(default)]
+    pub volume_gib_hours: f64,
 }
 
 /// The usage of one hour `[hour, hour + 1h)` (clipped to the window).
@@ -45,6 +49,8 @@ pub struct UsageHour {
     pub image_gib_hours: f64,
     #[serde(default)]
     pub object_gib_hours: f64,
+    #[serde(default)]
+    pub volume_gib_hours: f64,
 }
 
 /// `GET /v1/projects/{project}/usage`: every hour of `[from, to)`, oldest

@@ -24,6 +24,11 @@ pub struct VolumeSpec {
     /// Snapshots that should exist, oldest first.
     #[serde(default)]
     pub snapshots: Vec<VolumeSnapshot>,
+    /// Set by the server (ignored in requests): when the bytes the volume
+    /// counts (its size plus its snapshots') last changed; usage metering
+    /// bills the current size from here. Unset: since creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_since: Option<DateTime<Utc>>,
 }
 
 /// A point-in-time copy of a volume, kept inside the volume.

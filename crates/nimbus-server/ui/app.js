@@ -792,7 +792,7 @@
           usageChart(hours, 'instance-hours per hour', 'usage-instances', 'h',
             [['container', (h) => (h.instance_hours || {}).container], ['vm', (h) => (h.instance_hours || {}).vm], ['unikernel', (h) => (h.instance_hours || {}).unikernel]]),
           usageChart(hours, 'storage GiB-hours per hour', 'usage-storage', 'GiB-h',
-            [['image', (h) => h.image_gib_hours], ['object', (h) => h.object_gib_hours]]),
+            [['image', (h) => h.image_gib_hours], ['object', (h) => h.object_gib_hours], ['volume', (h) => h.volume_gib_hours]]),
           usageTotals(u.totals || {}));
         // Set last: a reader of the page (or a test) waits for it.
         out.dataset.from = u.from;
@@ -868,8 +868,8 @@
   // Each cell shows a rounded figure and keeps the API's in data-value.
   function usageTotals(t) {
     const ih = t.instance_hours || {};
-    return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours', 'Object GiB-hours'],
-      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours, t.object_gib_hours]
+    return table(['Container hours', 'VM hours', 'Unikernel hours', 'vCPU hours', 'Memory GiB-hours', 'Image GiB-hours', 'Object GiB-hours', 'Volume GiB-hours'],
+      [el('tr', {}, [ih.container, ih.vm, ih.unikernel, t.vcpu_hours, t.memory_gib_hours, t.image_gib_hours, t.object_gib_hours, t.volume_gib_hours]
         .map((v) => el('td', { 'data-value': v === undefined ? '' : String(v) }, figure(v))))],
       { id: 'usage-totals' });
   }

@@ -102,6 +102,7 @@ mod tests {
                         created_at: chrono::Utc::now(),
                     })
                     .collect(),
+                counted_since: None,
             },
             status: Default::default(),
         }

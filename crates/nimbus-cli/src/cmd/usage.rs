@@ -51,6 +51,7 @@ fn add(into: &mut UsageTotals, u: &UsageTotals) {
     into.memory_gib_hours += u.memory_gib_hours;
     into.image_gib_hours += u.image_gib_hours;
     into.object_gib_hours += u.object_gib_hours;
+    into.volume_gib_hours += u.volume_gib_hours;
 }
 
 fn hour_totals(h: &nimbus_api::UsageHour) -> UsageTotals {
@@ -60,6 +61,7 @@ fn hour_totals(h: &nimbus_api::UsageHour) -> UsageTotals {
         memory_gib_hours: h.memory_gib_hours,
         image_gib_hours: h.image_gib_hours,
         object_gib_hours: h.object_gib_hours,
+        volume_gib_hours: h.volume_gib_hours,
     }
 }
 
@@ -91,7 +93,7 @@ fn rows(report: &UsageReport, by: By) -> Vec<Row> {
     }
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "period",
     "container_hours",
     "vm_hours",
@@ -100,9 +102,10 @@ const HEADERS: [&str; 8] = [
     "memory_gib_hours",
     "image_gib_hours",
     "object_gib_hours",
+    "volume_gib_hours",
 ];
 
-fn figures(u: &UsageTotals) -> [f64; 7] {
+fn figures(u: &UsageTotals) -> [f64; 8] {
     let InstanceHours {
         container,
         vm,
@@ -116,6 +119,7 @@ fn figures(u: &UsageTotals) -> [f64; 7] {
         u.memory_gib_hours,
         u.image_gib_hours,
         u.object_gib_hours,
+        u.volume_gib_hours,
     ]
 }
 
@@ -234,6 +238,7 @@ mod tests {
             memory_gib_hours: c / 2.0,
             image_gib_hours: 0.0,
             object_gib_hours: c / 4.0,
+            volume_gib_hours: c * 2.0,
         };
         let hour = |h: &str, c: f64| nimbus_api::UsageHour {
             hour: t(h),
@@ -242,6 +247,7 @@ mod tests {
             memory_gib_hours: c / 2.0,
             image_gib_hours: 0.0,
             object_gib_hours: c / 4.0,
+            volume_gib_hours: c * 2.0,
         };
         UsageReport {
             project: "ops".into(),
@@ -271,8 +277,8 @@ mod tests {
         let text = csv(&rows(&r, By::Hour), &r.totals);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], HEADERS.join(","));
-        assert_eq!(lines[1], "2026-12-01T23:00:00Z,0.5,0,0,0.5,0.25,0,0.125");
-        assert_eq!(lines[4], "total,1.75,0,0,1.75,0.875,0,0.4375");
+        assert_eq!(lines[1], "2026-12-01T23:00:00Z,0.5,0,0,0.5,0.25,0,0.125,1");
+        assert_eq!(lines[4], "total,1.75,0,0,1.75,0.875,0,0.4375,3.5");
         assert_eq!(lines.len(), 5);
     }
 

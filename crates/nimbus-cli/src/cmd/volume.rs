@@ -241,7 +241,7 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
                     size_bytes: size.unwrap_or(0),
                     host,
                     from_snapshot,
-                    snapshots: vec![],
+                    ..Default::default()
                 },
             };
             let mut v: Volume = client

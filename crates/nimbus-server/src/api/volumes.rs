@@ -171,11 +171,14 @@ pub async fn create(
     metadata.labels = req.labels;
     let volume = state
         .repo
-        .create(Volume {
-            metadata,
-            spec,
-            status: VolumeStatus::default(),
-        })
+        .create_with(
+            Volume {
+                metadata,
+                spec,
+                status: VolumeStatus::default(),
+            },
+            crate::usage::volume_created,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(volume)))
 }
@@ -196,10 +199,11 @@ pub async fn resize(
     check_quota(&state.repo, &project, 0, growth).await?;
     let saved = state
         .repo
-        .modify::<Volume, _>(Some(&project), &name, |v| {
+        .modify_with::<Volume, _>(Some(&project), &name, |v| {
             domain::resize_growth(v, req.size_bytes)?;
+            let before = v.clone();
             v.spec.size_bytes = req.size_bytes;
-            Ok(())
+            crate::usage::volume_changed(&before, v)
         })
         .await?;
     Ok(Json(saved))
@@ -221,10 +225,11 @@ pub async fn create_snapshot(
     check_quota(&state.repo, &project, 0, snapshot.size_bytes).await?;
     let saved = state
         .repo
-        .modify::<Volume, _>(Some(&project), &name, |v| {
+        .modify_with::<Volume, _>(Some(&project), &name, |v| {
             let s = domain::new_snapshot(v, &req.name, snapshot.created_at)?;
+            let before = v.clone();
             v.spec.snapshots.push(s);
-            Ok(())
+            crate::usage::volume_changed(&before, v)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(saved)))
@@ -240,15 +245,15 @@ pub async fn delete_snapshot(
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     state
         .repo
-        .modify::<Volume, _>(Some(&project), &name, |v| {
-            let before = v.spec.snapshots.len();
+        .modify_with::<Volume, _>(Some(&project), &name, |v| {
+            let before = v.clone();
             v.spec.snapshots.retain(|s| s.name != snapshot);
-            if v.spec.snapshots.len() == before {
+            if v.spec.snapshots.len() == before.spec.snapshots.len() {
                 return Err(ServerError(ApiError::not_found(format!(
                     "volume {name:?} has no snapshot {snapshot:?}; list them with `nimbus volume snapshot list {name}`"
                 ))));
             }
-            Ok(())
+            crate::usage::volume_changed(&before, v)
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -276,17 +281,23 @@ pub async fn delete(
     if volume.spec.host.is_none() {
         state
             .repo
-            .delete::<Volume>(Some(&project), &name, Some(volume.metadata.revision))
+            .delete_with::<Volume>(
+                Some(&project),
+                &name,
+                volume.metadata.revision,
+                crate::usage::volume_deleted(&volume)?,
+            )
             .await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let saved = state
         .repo
-        .modify::<Volume, _>(Some(&project), &name, |v| {
-            if v.metadata.deletion_requested_at.is_none() {
-                v.metadata.deletion_requested_at = Some(chrono::Utc::now());
+        .modify_with::<Volume, _>(Some(&project), &name, |v| {
+            if v.metadata.deletion_requested_at.is_some() {
+                return Ok(Vec::new());
             }
-            Ok(())
+            v.metadata.deletion_requested_at = Some(chrono::Utc::now());
+            crate::usage::volume_deleted(v)
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(saved)).into_response())

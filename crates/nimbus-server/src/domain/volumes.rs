@@ -234,6 +234,7 @@ pub fn new_volume_spec(
         host: requested.host.clone(),
         from_snapshot: requested.from_snapshot.clone(),
         snapshots: Vec::new(),
+        counted_since: None,
     };
     if let Some((volume, snapshot)) = source {
         let snap = volume
@@ -357,6 +358,7 @@ mod tests {
                         created_at: chrono::Utc::now(),
                     })
                     .collect(),
+                counted_since: None,
             },
             status: Default::default(),
         }

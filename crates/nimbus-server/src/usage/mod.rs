@@ -8,7 +8,7 @@ pub mod objects;
 pub mod retention;
 
 use chrono::{DateTime, Utc};
-use nimbus_api::{ApiError, Image, Instance};
+use nimbus_api::{ApiError, Image, Instance, Volume};
 use nimbus_store::{KeyValue, Op};
 
 use crate::domain::usage::{self as domain, unix_nanos, UsageRecord};
@@ -68,6 +68,22 @@ pub fn image_created(image: &Image) -> ApiResult<Vec<Op>> {
 /// The record an image's removal closes, as a write to apply with it.
 pub fn image_deleted(image: &Image) -> ApiResult<Vec<Op>> {
     ops([domain::image_deleted(image, Utc::now())])
+}
+
+/// The record a volume opens when it is recorded, as a write to apply with it.
+pub fn volume_created(volume: &Volume) -> ApiResult<Vec<Op>> {
+    ops([domain::volume_created(volume)])
+}
+
+/// The records of a volume's change from `before` to `after` (which keeps
+/// when its counted size began), as writes to apply with it.
+pub fn volume_changed(before: &Volume, after: &mut Volume) -> ApiResult<Vec<Op>> {
+    ops(domain::volume_changed(before, after, Utc::now()))
+}
+
+/// The record a volume's deletion closes, as a write to apply with it.
+pub fn volume_deleted(volume: &Volume) -> ApiResult<Vec<Op>> {
+    ops([domain::volume_deleted(volume, Utc::now())])
 }
 
 pub fn decode(kv: &KeyValue) -> ApiResult<UsageRecord> {

@@ -80,6 +80,7 @@ pub struct Sums {
     pub memory_byte_nanos: u128,
     pub image_byte_nanos: u128,
     pub object_byte_nanos: u128,
+    pub volume_byte_nanos: u128,
 }
 
 impl Sums {
@@ -87,6 +88,7 @@ impl Sums {
         match r.metered {
             Metered::Image => self.image_byte_nanos += nanos * u128::from(r.storage_bytes),
             Metered::Object => self.object_byte_nanos += nanos * u128::from(r.storage_bytes),
+            Metered::Volume => self.volume_byte_nanos += nanos * u128::from(r.storage_bytes),
             kind => {
                 let k = match kind {
                     Metered::Vm => 1,
@@ -108,6 +110,7 @@ impl Sums {
         self.memory_byte_nanos += o.memory_byte_nanos;
         self.image_byte_nanos += o.image_byte_nanos;
         self.object_byte_nanos += o.object_byte_nanos;
+        self.volume_byte_nanos += o.volume_byte_nanos;
     }
 
     /// In hours, each figure divided once (f64 division rounds correctly).
@@ -124,6 +127,7 @@ impl Sums {
             memory_gib_hours: self.memory_byte_nanos as f64 / (hour * GIB as f64),
             image_gib_hours: self.image_byte_nanos as f64 / (hour * GIB as f64),
             object_gib_hours: self.object_byte_nanos as f64 / (hour * GIB as f64),
+            volume_gib_hours: self.volume_byte_nanos as f64 / (hour * GIB as f64),
         }
     }
 }
@@ -200,6 +204,7 @@ pub fn report(
                     memory_gib_hours: t.memory_gib_hours,
                     image_gib_hours: t.image_gib_hours,
                     object_gib_hours: t.object_gib_hours,
+                    volume_gib_hours: t.volume_gib_hours,
                 }
             })
             .collect(),

@@ -19,7 +19,7 @@
 pub mod aggregate;
 
 use chrono::{DateTime, Utc};
-use nimbus_api::{Image, Instance, InstanceKind, InstancePhase};
+use nimbus_api::{Image, Instance, InstanceKind, InstancePhase, Volume};
 use serde::{Deserialize, Serialize};
 
 /// Memory of a VM or unikernel without a limit: the agent's defaults
@@ -38,6 +38,8 @@ pub enum Metered {
     Image,
     /// Stored S3 object bytes (one version of one object).
     Object,
+    /// Block volume bytes (its size plus its snapshots').
+    Volume,
 }
 
 impl From<InstanceKind> for Metered {
@@ -233,6 +235,49 @@ pub fn image_created(image: &Image) -> UsageRecord {
 /// An image's removal at `now` closes its record.
 pub fn image_deleted(image: &Image, now: DateTime<Utc>) -> UsageRecord {
     image_record(image, Some(now.max(image.metadata.created_at)))
+}
+
+/// A volume's counted bytes (size plus snapshots) kept from its
+/// `counted_since` (or creation) until `end` (`None`: still kept).
+fn volume_record(volume: &Volume, end: Option<DateTime<Utc>>) -> UsageRecord {
+    let start = volume
+        .spec
+        .counted_since
+        .unwrap_or(volume.metadata.created_at);
+    UsageRecord {
+        project: volume.metadata.project.clone().unwrap_or_default(),
+        metered: Metered::Volume,
+        name: volume.metadata.name.clone(),
+        id: volume.metadata.id.clone(),
+        start,
+        end: end.map(|e| e.max(start)),
+        vcpu_millis: 0,
+        memory_bytes: 0,
+        storage_bytes: volume.counted_bytes(),
+    }
+}
+
+/// A volume recorded (its size), from its creation time.
+pub fn volume_created(volume: &Volume) -> UsageRecord {
+    volume_record(volume, None)
+}
+
+/// A volume changed from `before` to `after` at `now`: when the bytes it
+/// counts changed, the old size's record closes and the new one opens at
+/// `now`, which `after` keeps as its `counted_since`.
+pub fn volume_changed(before: &Volume, after: &mut Volume, now: DateTime<Utc>) -> Vec<UsageRecord> {
+    if before.counted_bytes() == after.counted_bytes() {
+        return Vec::new();
+    }
+    let closed = volume_record(before, Some(now));
+    // Never before the closed record's start, so the two never overlap.
+    after.spec.counted_since = closed.end;
+    vec![closed, volume_record(after, None)]
+}
+
+/// Deletion asked for at `now` ends the volume's billing.
+pub fn volume_deleted(volume: &Volume, now: DateTime<Utc>) -> UsageRecord {
+    volume_record(volume, Some(now))
 }
 
 fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -463,5 +508,44 @@ mod tests {
         // Replaced within its first second: an empty interval, never negative.
         let quick = object_record("ops", "photos", "k", "d2", 1, lm, Some(lm));
         assert_eq!(quick.end, Some(quick.start));
+    }
+
+    #[test]
+    fn a_volume_bills_each_counted_size_from_when_it_began() {
+        let mut v = Volume {
+            metadata: nimbus_api::Metadata::new("data", Some("ops")),
+            spec: nimbus_api::VolumeSpec {
+                size_bytes: 1 << 30,
+                ..Default::default()
+            },
+            status: Default::default(),
+        };
+        v.metadata.created_at = at(0);
+        let open = volume_created(&v);
+        assert_eq!(
+            (open.start, open.end, open.storage_bytes),
+            (at(0), None, 1 << 30)
+        );
+        let mut grown = v.clone();
+        grown.spec.size_bytes = 2 << 30;
+        let records = volume_changed(&v, &mut grown, at(3600));
+        assert_eq!(records.len(), 2);
+        // The closed record has the open one's key, so it replaces it.
+        assert_eq!(records[0].record_name(), open.record_name());
+        assert_eq!(
+            (records[0].end, records[0].storage_bytes),
+            (Some(at(3600)), 1 << 30)
+        );
+        assert_eq!(
+            (records[1].start, records[1].end, records[1].storage_bytes),
+            (at(3600), None, 2 << 30)
+        );
+        assert_eq!(grown.spec.counted_since, Some(at(3600)));
+        // A change that leaves the counted bytes alone writes nothing.
+        let mut same = grown.clone();
+        assert!(volume_changed(&grown, &mut same, at(4000)).is_empty());
+        let gone = volume_deleted(&grown, at(5400));
+        assert_eq!(gone.record_name(), records[1].record_name());
+        assert_eq!((gone.start, gone.end), (at(3600), Some(at(5400))));
     }
 }
