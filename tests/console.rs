@@ -112,6 +112,127 @@ fn boto3(cloud: &Cloud, endpoint: &str, key: &(String, String), script: &str) ->
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+fn volume_row(name: &str) -> String {
+    format!("#volumes tr[data-volume='{name}']")
+}
+
+/// The text of `name`'s row once the volumes page shows it and `check`
+/// (JS on the row `r`) holds, going back to the page until it does.
+async fn volume_row_when(b: &Browser, name: &str, what: &str, check: &str) -> String {
+    let js = format!(
+        "const r = document.querySelector(\"{}\"); return document.body.dataset.ready === 'volumes' && r && ({check}) && r.textContent",
+        volume_row(name)
+    );
+    for _ in 0..60 {
+        let v = b.js(&js).await;
+        if let Some(text) = v.as_str() {
+            return text.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        goto_hash(b, "#/p/default/images", "images").await;
+        goto_hash(b, "#/p/default/volumes", "volumes").await;
+    }
+    panic!("{what}: the volumes page never showed it")
+}
+
+/// Volumes page: create, snapshot, grow, clone from the snapshot, a
+/// refusal shown as the API's text, and delete; each checked in the API.
+async fn volumes_in_the_console(b: &Browser, cloud: &Cloud, shots: &std::path::Path) {
+    let vol = |name: &str| cloud.json(&["volume", "get", name]);
+    goto_hash(b, "#/p/default/volumes", "volumes").await;
+    b.fill("#volume-form input[name=name]", "console-data")
+        .await;
+    b.fill("#volume-form input[name=size]", "32").await;
+    b.click("#volume-form button[type=submit]").await;
+    let text = volume_row_when(
+        b,
+        "console-data",
+        "console-data made by its host",
+        "r.querySelector('.phase-available')",
+    )
+    .await;
+    assert!(text.contains("32 MiB"), "its size: {text}");
+    let v = vol("console-data").expect("the API has console-data");
+    assert_eq!(v["spec"]["size_bytes"], json!(32u64 << 20), "{v}");
+
+    b.fill("#volume-snapshot-form input[name=name]", "s1").await;
+    b.click("#volume-snapshot-form button[type=submit]").await;
+    volume_row_when(
+        b,
+        "console-data",
+        "snapshot s1 listed",
+        "r.querySelector('[data-snapshot=s1]')",
+    )
+    .await;
+    let v = vol("console-data").expect("console-data");
+    assert_eq!(v["spec"]["snapshots"][0]["name"], "s1", "{v}");
+
+    // Shrinking is refused; the API's reason shows in the form.
+    b.fill("#volume-resize-form input[name=size]", "16").await;
+    b.click("#volume-resize-form button[type=submit]").await;
+    let refusal = b
+        .wait_js(
+            "the refusal to shrink",
+            T,
+            "const e = document.querySelector('#volume-resize-form .error'); return !e.hidden && e.textContent",
+        )
+        .await;
+    assert!(
+        refusal.as_str().unwrap_or_default().contains("only grow"),
+        "the API's message: {refusal}"
+    );
+    b.fill("#volume-resize-form input[name=size]", "64").await;
+    b.click("#volume-resize-form button[type=submit]").await;
+    volume_row_when(
+        b,
+        "console-data",
+        "grown to 64 MiB",
+        "r.children[1].textContent === '64 MiB'",
+    )
+    .await;
+    assert_eq!(
+        vol("console-data").expect("console-data")["spec"]["size_bytes"],
+        json!(64u64 << 20)
+    );
+
+    b.fill("#volume-form input[name=name]", "console-clone")
+        .await;
+    b.js("const s = document.querySelector('#volume-form select[name=from_snapshot]'); s.value = 'console-data@s1'; return s.value")
+        .await;
+    b.click("#volume-form button[type=submit]").await;
+    let text = volume_row_when(
+        b,
+        "console-clone",
+        "the clone made by its host",
+        "r.querySelector('.phase-available')",
+    )
+    .await;
+    assert!(text.contains("32 MiB"), "the snapshot's size: {text}");
+    assert_eq!(
+        vol("console-clone").expect("console-clone")["spec"]["from_snapshot"],
+        "console-data@s1"
+    );
+    b.screenshot_to(shots, "volumes").await;
+
+    click_twice(
+        b,
+        &format!("{} button[data-action=delete]", volume_row("console-clone")),
+    )
+    .await;
+    b.wait_js(
+        "console-clone to leave the list or show deleting",
+        T,
+        &format!(
+            "const r = document.querySelector(\"{}\"); return document.body.dataset.ready === 'volumes' && (!r || !!r.querySelector('.phase-deleting'))",
+            volume_row("console-clone")
+        ),
+    )
+    .await;
+    wait_until(T, "console-clone to be deleted", || {
+        vol("console-clone").err()
+    });
+}
+
 fn bucket_row(name: &str) -> String {
     format!("#buckets tr[data-bucket='{name}']")
 }
@@ -497,6 +618,8 @@ async fn console_in_a_real_browser() {
     .await;
     assert!(!cloud.ok(&["s3", "credentials", "list"]).contains(&key.0));
 
+    volumes_in_the_console(&b, &cloud, &shots).await;
+
     // The usage page shows what `nimbus usage -o json` reports for the
     // same window: a window that has ended, so nothing in it still grows.
     let to_t = chrono::Utc::now() + chrono::Duration::seconds(1);
@@ -525,7 +648,7 @@ async fn console_in_a_real_browser() {
     )
     .await;
     let chart = b
-        .js("const pick = (id, names) => Array.from(document.querySelectorAll('#' + id + ' g.hour')).map((g) => [g.getAttribute('data-hour'), ...names.map((n) => g.getAttribute('data-' + n))]); return { instances: pick('usage-instances', ['container', 'vm', 'unikernel']), storage: pick('usage-storage', ['image', 'object']), totals: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.getAttribute('data-value')), shown: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.textContent) }")
+        .js("const pick = (id, names) => Array.from(document.querySelectorAll('#' + id + ' g.hour')).map((g) => [g.getAttribute('data-hour'), ...names.map((n) => g.getAttribute('data-' + n))]); return { instances: pick('usage-instances', ['container', 'vm', 'unikernel']), storage: pick('usage-storage', ['image', 'object', 'volume']), totals: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.getAttribute('data-value')), shown: Array.from(document.querySelectorAll('#usage-totals td')).map((td) => td.textContent) }")
         .await;
     let hours = report["hours"].as_array().expect("hours");
     let drawn = |chart_id: &str| chart[chart_id].as_array().cloned().unwrap_or_default();
@@ -657,6 +780,24 @@ async fn console_in_a_real_browser() {
         .js("return document.querySelectorAll('#buckets button, #bucket-form').length")
         .await;
     assert_eq!(buttons, json!(0), "a reader sees no bucket buttons");
+    goto_hash(&b, "#/p/default/volumes", "volumes").await;
+    b.wait_js(
+        "console-data in the reader's volume list",
+        T,
+        &format!(
+            "return document.querySelector(\"{}\")",
+            volume_row("console-data")
+        ),
+    )
+    .await;
+    let buttons = b
+        .js("return document.querySelectorAll('main button, main form').length")
+        .await;
+    assert_eq!(
+        buttons,
+        json!(0),
+        "a reader sees no volume buttons or forms"
+    );
     let status = b
         .js("return fetch('/ui/session').then(r => r.json()).then(s => fetch('/v1/projects/default/buckets/reader-sees', {method: 'DELETE', headers: {'X-CSRF-Token': s.csrf}})).then(r => r.status)")
         .await;

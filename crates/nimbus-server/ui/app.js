@@ -195,6 +195,7 @@
       link(`#/p/${enc}/networks`, 'Networks'),
       link(`#/p/${enc}/secgroups`, 'Security groups'),
       link(`#/p/${enc}/ports`, 'Published ports'),
+      link(`#/p/${enc}/volumes`, 'Volumes'),
       link(`#/p/${enc}/buckets`, 'Buckets'),
       link(`#/p/${enc}/s3credentials`, 'S3 keys'),
       link(`#/p/${enc}/usage`, 'Usage'),
@@ -659,6 +660,77 @@
 
   // ------------------------------------------------------------ object storage
 
+  // ------------------------------------------------------------ volumes
+
+  async function volumesPage(project) {
+    const enc = encodeURIComponent(project);
+    const [{ items: volumes }, { items: instances }] = await Promise.all([
+      listAll(`/v1/projects/${enc}/volumes`, S.page.signal),
+      listAll(`/v1/projects/${enc}/instances`, S.page.signal)]);
+    const member = can(project, 'member');
+    const users = {};
+    for (const i of instances) {
+      for (const m of (i.spec.volumes || [])) (users[m.volume] = users[m.volume] || []).push(`${i.metadata.name}:${m.path}${m.read_only ? ' (ro)' : ''}`);
+    }
+    const base = (name) => `/v1/projects/${enc}/volumes/${encodeURIComponent(name)}`;
+    const mib = (v, key) => { const n = parseInt(v.get(key), 10); return Number.isFinite(n) && n > 0 ? n * 1048576 : 0; };
+    const rows = volumes.map((v) => {
+      const st = v.status || {}, name = v.metadata.name;
+      const snaps = (v.spec.snapshots || []).map((s) => el('span.chip', { 'data-snapshot': s.name, title: `${bytes(s.size_bytes)}, ${when(s.created_at)}` }, s.name,
+        member ? confirmButton('×', async () => {
+          await api('DELETE', `${base(name)}/snapshots/${encodeURIComponent(s.name)}`);
+          toast(`snapshot ${name}@${s.name} deleted`);
+          route();
+        }, { 'data-action': 'delete-snapshot', title: `delete snapshot ${s.name}` }) : null));
+      return el('tr', { 'data-volume': name },
+        el('td', {}, name), el('td', {}, bytes(v.spec.size_bytes)), el('td', {}, bytes(st.allocated_bytes)),
+        el('td', {}, el('span', { class: `phase phase-${st.phase}`, title: st.message || '' }, st.phase || 'pending')),
+        el('td', {}, v.spec.host || ''), el('td', {}, snaps), el('td', {}, (users[name] || []).join(', ')),
+        el('td', {}, member ? confirmButton('Delete', async () => {
+          await api('DELETE', base(name));
+          toast(`volume ${name} deleted`);
+          route();
+        }, { 'data-action': 'delete' }) : null));
+    });
+    const kids = [table(['Name', 'Size', 'Used', 'Phase', 'Host', 'Snapshots', 'Attached to', ''], rows, { id: 'volumes' }),
+      el('p.hint', {}, 'A volume keeps its data on its host; attach it with `nimbus instance run --volume NAME:/path`. A volume attached to an instance cannot be deleted.')];
+    if (member) {
+      const sources = volumes.flatMap((v) => (v.spec.snapshots || []).map((s) => `${v.metadata.name}@${s.name}`));
+      const names = volumes.map((v) => el('option', { value: v.metadata.name }, v.metadata.name));
+      kids.push(el('h2', {}, 'New volume'), form('volume-form', [
+        field('Name', el('input', { name: 'name', required: true, spellcheck: 'false' })),
+        field('Size (MiB; from a snapshot: at least its size, empty for the same)', el('input', { name: 'size', type: 'number', min: '1' })),
+        field('From snapshot', el('select', { name: 'from_snapshot' }, el('option', { value: '' }, 'empty volume'), sources.map((s) => el('option', { value: s }, s)))),
+      ], 'Create volume', async (v) => {
+        const spec = { size_bytes: mib(v, 'size') };
+        if (v.get('from_snapshot')) spec.from_snapshot = v.get('from_snapshot');
+        await api('POST', `/v1/projects/${enc}/volumes`, { name: v.get('name'), spec });
+        toast(`volume ${v.get('name')} created`);
+        route();
+      }));
+      if (volumes.length) {
+        kids.push(el('h2', {}, 'Grow or snapshot'),
+          form('volume-resize-form', [
+            field('Volume', el('select', { name: 'volume' }, names)),
+            field('New size (MiB; volumes only grow)', el('input', { name: 'size', type: 'number', min: '1', required: true })),
+          ], 'Resize', async (v) => {
+            await api('POST', `${base(v.get('volume'))}/resize`, { size_bytes: mib(v, 'size') });
+            toast(`volume ${v.get('volume')} resized`);
+            route();
+          }),
+          form('volume-snapshot-form', [
+            field('Volume', el('select', { name: 'volume' }, volumes.map((x) => el('option', { value: x.metadata.name }, x.metadata.name)))),
+            field('Snapshot name', el('input', { name: 'name', required: true, spellcheck: 'false' })),
+          ], 'Take snapshot', async (v) => {
+            await api('POST', `${base(v.get('volume'))}/snapshots`, { name: v.get('name') });
+            toast(`snapshot ${v.get('volume')}@${v.get('name')} taken`);
+            route();
+          }));
+      }
+    }
+    page(`Volumes of ${project}`, ...kids);
+  }
+
   async function bucketsPage(project) {
     const enc = encodeURIComponent(project);
     const buckets = await api('GET', `/v1/projects/${enc}/buckets`, undefined, { signal: S.page.signal });
@@ -885,6 +957,7 @@
     ['networks', /^#\/p\/([^/]+)\/networks$/, (p) => networksPage(p)],
     ['secgroups', /^#\/p\/([^/]+)\/secgroups$/, (p) => secgroupsPage(p)],
     ['ports', /^#\/p\/([^/]+)\/ports$/, (p) => portsPage(p)],
+    ['volumes', /^#\/p\/([^/]+)\/volumes$/, (p) => volumesPage(p)],
     ['buckets', /^#\/p\/([^/]+)\/buckets$/, (p) => bucketsPage(p)],
     ['s3credentials', /^#\/p\/([^/]+)\/s3credentials$/, (p) => credentialsPage(p)],
     ['usage', /^#\/p\/([^/]+)\/usage$/, (p) => usagePage(p)],
