@@ -20,10 +20,14 @@
 //! - block the async runtime: blocking database work runs on the blocking thread pool.
 
 pub mod conformance;
+mod election;
 mod etcd;
 mod hub;
 mod sqlite;
 
+pub use election::{
+    server_key, Election, EtcdElection, Leadership, LocalElection, LEADER_KEY, SERVERS_PREFIX,
+};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdUrlError, DEFAULT_ETCD_PREFIX};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
