@@ -108,7 +108,10 @@ async fn a_dead_leader_is_replaced_within_its_lease_and_its_fenced_writes_refuse
         "a write fenced by the old leadership must be refused"
     );
     assert!(fenced_write(&store_b, &held_by_b, "from b").await);
-    assert_eq!(store_b.get("/fenced").await.unwrap().unwrap().value, b"from b");
+    assert_eq!(
+        store_b.get("/fenced").await.unwrap().unwrap().value,
+        b"from b"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -142,7 +145,10 @@ async fn resignation_hands_over_at_once_and_a_removed_leader_key_ends_leadership
         "a resignation must not wait for the 30s lease: {handover:?}"
     );
 
-    store_a.delete(LEADER_KEY, None).await.expect("delete the leader key");
+    store_a
+        .delete(LEADER_KEY, None)
+        .await
+        .expect("delete the leader key");
     tokio::time::timeout(DEADLINE, held_by_b.lost())
         .await
         .expect("b sees its leadership end when the key is removed");

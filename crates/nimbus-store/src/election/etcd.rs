@@ -103,7 +103,11 @@ impl EtcdElection {
         let deadline = Instant::now() + self.ttl + Duration::from_secs(2);
         loop {
             let txn = etcd_client::Txn::new()
-                .when([EtcdCompare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .when([EtcdCompare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
                 .and_then([TxnOp::put(key.clone(), value.clone(), with_lease())])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let response = self.store.run_txn(txn).await?;
@@ -221,7 +225,11 @@ impl Election for EtcdElection {
         loop {
             let (lease, mut lost) = self.session().await?;
             let txn = etcd_client::Txn::new()
-                .when([EtcdCompare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .when([EtcdCompare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
                 .and_then([TxnOp::put(
                     key.clone(),
                     self.member.as_bytes().to_vec(),

@@ -70,8 +70,9 @@ mod tests {
     #[tokio::test]
     async fn leads_at_once_and_keeps_one_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).unwrap(),
+        );
         LocalElection::new("old-name", store.clone())
             .announce(b"old".to_vec())
             .await

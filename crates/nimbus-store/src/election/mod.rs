@@ -48,7 +48,11 @@ pub struct Leadership {
 
 impl Leadership {
     /// A leadership that ends when `lost` turns true (or its sender is dropped).
-    pub fn new(lost: watch::Receiver<bool>, since_revision: Revision, fence: Option<Compare>) -> Self {
+    pub fn new(
+        lost: watch::Receiver<bool>,
+        since_revision: Revision,
+        fence: Option<Compare>,
+    ) -> Self {
         Leadership {
             lost,
             since_revision,
