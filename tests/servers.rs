@@ -109,13 +109,21 @@ impl Server {
         );
     }
 
-    /// `nimbus server` run to its end, as when it refuses to start.
-    fn run_to_exit(&self, etcd: &EtcdCluster, name: &str) -> (bool, String) {
+    /// Runs `nimbus server --server-name name`, which must refuse to start
+    /// with an error containing `says`.
+    fn assert_refused(&self, etcd: &EtcdCluster, name: &str, says: &str) {
+        let before = self.log().len();
         let status = self
             .command(etcd, name)
             .status()
             .expect("run nimbus server");
-        (status.success(), self.log())
+        let log = self.log().split_off(before);
+        assert!(!status.success(), "server {name} must not start:\n{log}");
+        assert!(
+            log.contains(says),
+            "the error says {says:?}:\n{}",
+            tail(&log, 10)
+        );
     }
 
     fn kill(&mut self) {
@@ -220,6 +228,23 @@ fn bound_host(cli: &Cli, name: &str) -> String {
     )
 }
 
+/// Runs instance `name` through `cli` and waits, reading through `reader`,
+/// until the leader's scheduler binds it to the fake host.
+fn run_and_expect_bound(cli: &Cli, reader: &Cli, name: &str) {
+    cli.ok(&[
+        "instance",
+        "run",
+        name,
+        "--image",
+        "tiny",
+        "--no-wait",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(bound_host(reader, name), FAKE_HOST);
+}
+
 /// A one-file root filesystem archive, enough for an image record.
 fn tiny_rootfs_tar(dir: &Path) -> String {
     let root = dir.join("rootfs");
@@ -250,26 +275,14 @@ fn two_servers_share_etcd_and_the_survivor_takes_over_when_the_leader_is_killed(
 
     // A second server with its own secrets key would not open what the
     // first sealed: refused, with the way out.
-    let (started, log) = s2.run_to_exit(&etcd, "s2");
-    assert!(!started, "a server with another secrets key must not start");
-    assert!(
-        log.contains("copy secrets.key"),
-        "the error says what to do:\n{}",
-        tail(&log, 10)
-    );
+    s2.assert_refused(&etcd, "s2", "copy secrets.key");
     std::fs::copy(
         s1.data_dir().join("secrets.key"),
         s2.data_dir().join("secrets.key"),
     )
     .expect("copy the secrets key");
     // A name already in use by a live server is refused too.
-    let (started, log) = s2.run_to_exit(&etcd, "s1");
-    assert!(!started, "a second server named s1 must not start");
-    assert!(
-        log.contains("--server-name"),
-        "the error names the flag:\n{}",
-        tail(&log, 10)
-    );
+    s2.assert_refused(&etcd, "s1", "--server-name");
     s2.spawn(&etcd);
 
     // Either server's certificate is trusted through one CA file.
@@ -333,18 +346,7 @@ fn two_servers_share_etcd_and_the_survivor_takes_over_when_the_leader_is_killed(
 
     // The leader's scheduler binds what either server accepted.
     beat(&s1, &token);
-    both.ok(&[
-        "instance",
-        "run",
-        "before",
-        "--image",
-        "tiny",
-        "--no-wait",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    assert_eq!(bound_host(&via2, "before"), FAKE_HOST);
+    run_and_expect_bound(&both, &via2, "before");
 
     // kill -9 the leader.
     let old = list["leader"].as_str().expect("a leader").to_string();
@@ -380,18 +382,7 @@ fn two_servers_share_etcd_and_the_survivor_takes_over_when_the_leader_is_killed(
 
     // An instance created after the kill is bound by the new leader.
     beat(survivor, &token);
-    dead_first.ok(&[
-        "instance",
-        "run",
-        "after",
-        "--image",
-        "tiny",
-        "--no-wait",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    assert_eq!(bound_host(&dead_first, "after"), FAKE_HOST);
+    run_and_expect_bound(&dead_first, &dead_first, "after");
     let instances = dead_first.ok(&["instance", "list"]);
     assert!(
         instances.contains("before") && instances.contains("after"),

@@ -807,4 +807,61 @@ mod tests {
             other => panic!("expected SendInterrupted, got {other:?}"),
         }
     }
+
+    /// Accepts `count` connections on `l`, each answered with `answer` and
+    /// closed after its request head arrived.
+    async fn answer_each(l: tokio::net::UnixListener, count: usize, answer: &'static [u8]) {
+        for _ in 0..count {
+            let (mut conn, _) = l.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(answer).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_move_on_to_the_next_endpoint_when_one_cannot_be_reached() {
+        let (l, live) = listener("failover-live");
+        let dead = live.with_file_name("nobody-listens.sock");
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+        let server = tokio::spawn(answer_each(l, 2, ok));
+        let client = Client::with_endpoints(
+            vec![Endpoint::Unix(dead.clone()), Endpoint::Unix(live.clone())],
+            None,
+        )
+        .expect("client");
+        // A POST too: it never reached the dead endpoint, so it may move on.
+        let got: serde_json::Value = client.get("/v1/health").await.expect("get");
+        let posted: serde_json::Value = client
+            .post("/v1/projects", &serde_json::json!({}))
+            .await
+            .expect("post");
+        server.await.expect("server");
+        assert_eq!(
+            (got["ok"].as_bool(), posted["ok"].as_bool()),
+            (Some(true), Some(true))
+        );
+        assert_eq!(client.endpoint_label(), format!("unix:{}", live.display()));
+
+        // Nothing reachable: the error names every endpoint.
+        let err = client
+            .get::<serde_json::Value>("/v1/health")
+            .await
+            .unwrap_err();
+        if let Some(dir) = live.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(&dead.display().to_string())
+                && text.contains(&live.display().to_string()),
+            "{text}"
+        );
+    }
 }

@@ -8,7 +8,9 @@ mod etcd_cluster;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_cluster::{cluster_permit, skip_reason, EtcdCluster};
+use tokio::sync::OwnedSemaphorePermit;
+
+use etcd_cluster::{cluster_permit, skip, EtcdCluster};
 use nimbus_store::{
     Election, EtcdElection, EtcdStore, Leadership, Op, Store, Txn, LEADER_KEY, SERVERS_PREFIX,
 };
@@ -17,14 +19,16 @@ const LEASE: Duration = Duration::from_secs(2);
 /// Generous bound for anything that should take about a lease.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn skip(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            true
-        }
-        None => false,
+/// A cluster of its own for `test` and a store on it, or None when the
+/// test is skipped.
+async fn fresh(test: &str) -> Option<(OwnedSemaphorePermit, EtcdCluster, EtcdStore)> {
+    if skip(test) {
+        return None;
     }
+    let permit = cluster_permit().await;
+    let cluster = EtcdCluster::start(3).await;
+    let store = store(&cluster).await;
+    Some((permit, cluster, store))
 }
 
 async fn store(cluster: &EtcdCluster) -> EtcdStore {
@@ -64,12 +68,12 @@ async fn servers(store: &EtcdStore) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_leader_is_replaced_within_its_lease_and_its_fenced_writes_refused() {
-    if skip("a_dead_leader_is_replaced_within_its_lease_and_its_fenced_writes_refused") {
+    let Some((_permit, cluster, store_a)) =
+        fresh("a_dead_leader_is_replaced_within_its_lease_and_its_fenced_writes_refused").await
+    else {
         return;
-    }
-    let _permit = cluster_permit().await;
-    let cluster = EtcdCluster::start(3).await;
-    let (store_a, store_b) = (store(&cluster).await, store(&cluster).await);
+    };
+    let store_b = store(&cluster).await;
     let a = EtcdElection::new(&store_a, "a", LEASE);
     let b = Arc::new(EtcdElection::new(&store_b, "b", LEASE));
     a.announce(b"a".to_vec()).await.expect("announce a");
@@ -116,12 +120,11 @@ async fn a_dead_leader_is_replaced_within_its_lease_and_its_fenced_writes_refuse
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resignation_hands_over_at_once_and_a_removed_leader_key_ends_leadership() {
-    if skip("resignation_hands_over_at_once_and_a_removed_leader_key_ends_leadership") {
+    let Some((_permit, _cluster, store_a)) =
+        fresh("resignation_hands_over_at_once_and_a_removed_leader_key_ends_leadership").await
+    else {
         return;
-    }
-    let _permit = cluster_permit().await;
-    let cluster = EtcdCluster::start(3).await;
-    let store_a = store(&cluster).await;
+    };
     let a = EtcdElection::new(&store_a, "a", Duration::from_secs(30));
     let b = Arc::new(EtcdElection::new(&store_a, "b", Duration::from_secs(30)));
     let mut held_by_a = campaign(&a).await;
@@ -160,12 +163,11 @@ async fn resignation_hands_over_at_once_and_a_removed_leader_key_ends_leadership
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_etcd_ends_the_leadership_before_the_lease_runs_out() {
-    if skip("losing_etcd_ends_the_leadership_before_the_lease_runs_out") {
+    let Some((_permit, mut cluster, store_a)) =
+        fresh("losing_etcd_ends_the_leadership_before_the_lease_runs_out").await
+    else {
         return;
-    }
-    let _permit = cluster_permit().await;
-    let mut cluster = EtcdCluster::start(3).await;
-    let store_a = store(&cluster).await;
+    };
     let a = EtcdElection::new(&store_a, "a", LEASE);
     let mut held = campaign(&a).await;
     for member in 0..3 {
@@ -185,12 +187,9 @@ async fn losing_etcd_ends_the_leadership_before_the_lease_runs_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_name_in_use_is_refused() {
-    if skip("a_server_name_in_use_is_refused") {
+    let Some((_permit, _cluster, store_a)) = fresh("a_server_name_in_use_is_refused").await else {
         return;
-    }
-    let _permit = cluster_permit().await;
-    let cluster = EtcdCluster::start(3).await;
-    let store_a = store(&cluster).await;
+    };
     let first = EtcdElection::new(&store_a, "same", LEASE);
     first.announce(b"first".to_vec()).await.unwrap();
     let second = EtcdElection::new(&store_a, "same", LEASE);
