@@ -364,6 +364,20 @@ fn two_servers_share_etcd_and_the_survivor_takes_over_when_the_leader_is_killed(
     let takeover = killed.elapsed();
     assert_eq!(new, survivor.name);
     eprintln!("leader {old} killed: {new} took over in {takeover:?} (lease {LEASE})");
+    let (status, metrics) = http_at(
+        survivor.data_dir(),
+        "GET",
+        "/metrics",
+        Some(&token),
+        b"",
+        "application/json",
+    );
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "nimbus_leader 1"),
+        "the new leader's /metrics says it leads:\n{}",
+        tail(&metrics, 20)
+    );
 
     // The CLI given both endpoints, the dead one first, keeps working.
     let dead_first = Cli {

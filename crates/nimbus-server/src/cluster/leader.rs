@@ -57,6 +57,7 @@ pub async fn run(state: Arc<AppState>) {
             server = %state.config.server_name,
             "leading: running the scheduler and the controllers"
         );
+        state.metrics.set_leader(true);
         let mut tasks = JoinSet::new();
         for (name, task) in LEADER_TASKS {
             tracing::debug!(task = name, "starting leader task");
@@ -65,6 +66,7 @@ pub async fn run(state: Arc<AppState>) {
         leadership.lost().await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        state.metrics.set_leader(false);
         tracing::warn!(
             server = %state.config.server_name,
             "no longer the leader: stopped the scheduler and the controllers"
