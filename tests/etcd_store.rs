@@ -4,85 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
-use common::{free_port, wait_until, Cloud};
-
-/// One etcd member on loopback, killed and removed when dropped.
-struct Etcd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
-        let (port, peer) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = Command::new("etcd")
-            .args(["--name", "e2e", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("e2e={peer}")])
-            .args(["--max-txn-ops", "1000"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start etcd (apt-get install etcd-server, or scripts/deps)");
-        let etcd = Etcd {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_until(Duration::from_secs(30), "etcd to answer", || {
-            etcd.etcdctl(&["endpoint", "health"])
-                .status
-                .success()
-                .then_some(())
-        });
-        etcd
-    }
-
-    fn url(&self) -> String {
-        format!("etcd://127.0.0.1:{}", self.port)
-    }
-
-    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=127.0.0.1:{}", self.port))
-            .args(args)
-            .output()
-            .expect("run etcdctl (apt-get install etcd-client)")
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::etcd::EtcdCluster;
+use common::{free_port, Cloud};
 
 #[test]
 fn projects_live_in_etcd_and_survive_a_daemon_restart() {
-    let etcd = Etcd::start();
+    let etcd = EtcdCluster::start(1);
     let mut cloud = Cloud::start_with(&["--store", &etcd.url()]);
     cloud.ok(&["project", "create", "ops"]);
     let listed = cloud.ok(&["project", "list"]);

@@ -704,6 +704,7 @@ impl Drop for Console {
     }
 }
 
+pub mod etcd;
 mod host_files;
 pub use host_files::*;
 

@@ -2,6 +2,7 @@
 //! on TCP with TLS. Every call carries a bearer token.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -68,48 +69,131 @@ type Body = BoxBody<Bytes, std::io::Error>;
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// How long connecting (TCP and TLS) to one endpoint may take before the
+/// next endpoint is tried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One endpoint and the TLS configuration that trusts its server.
+struct Target {
+    endpoint: Endpoint,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A client of one server or of several sharing one store: each call goes
+/// to the endpoint that answered last, and moves on to the next one when
+/// that cannot be connected to (so the request certainly did not reach
+/// it). A GET whose connection breaks before the answer is also sent again
+/// to the next endpoint; other calls are not, as they may have been applied.
 #[derive(Clone)]
 pub struct Client {
-    endpoint: Endpoint,
+    targets: Arc<[Target]>,
+    /// Index of the endpoint tried first.
+    preferred: Arc<AtomicUsize>,
     token: Option<String>,
-    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&Endpoint> = self.targets.iter().map(|t| &t.endpoint).collect();
         f.debug_struct("Client")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &endpoints)
             .finish()
     }
 }
 
 impl Client {
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Result<Client, ClientError> {
-        let tls = match &endpoint {
-            Endpoint::Unix(_) => None,
-            Endpoint::Https { ca_pem, .. } => Some(Arc::new(tls_config(ca_pem)?)),
-        };
+        Client::with_endpoints(vec![endpoint], token)
+    }
+
+    /// A client that fails over between `endpoints`, tried in order.
+    pub fn with_endpoints(
+        endpoints: Vec<Endpoint>,
+        token: Option<String>,
+    ) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Tls(
+                "no API endpoint given; pass e.g. --endpoint https://10.0.0.1:7443,https://10.0.0.2:7443".into(),
+            ));
+        }
+        let targets = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let tls = match &endpoint {
+                    Endpoint::Unix(_) => None,
+                    Endpoint::Https { ca_pem, .. } => Some(Arc::new(tls_config(ca_pem)?)),
+                };
+                Ok(Target { endpoint, tls })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Client {
-            endpoint,
+            targets: targets.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             token,
-            tls,
         })
     }
 
+    /// The endpoint calls go to first (the one that answered last).
     pub fn endpoint_label(&self) -> String {
-        match &self.endpoint {
+        self.label(self.preferred.load(Ordering::Relaxed))
+    }
+
+    fn label(&self, at: usize) -> String {
+        match &self.targets[at % self.targets.len()].endpoint {
             Endpoint::Unix(p) => format!("unix:{}", p.display()),
             Endpoint::Https { addr, .. } => format!("https://{addr}"),
         }
     }
 
-    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
-        let label = self.endpoint_label();
+    /// Every endpoint, comma-separated, for messages.
+    fn all_labels(&self) -> String {
+        (0..self.targets.len())
+            .map(|at| self.label(at))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A connection to the first endpoint that takes one, starting from the
+    /// preferred one, and which endpoint that is.
+    async fn connect(&self) -> Result<(Box<dyn Io>, usize), ClientError> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let count = self.targets.len();
+        let mut last_error = None;
+        for at in (first..first + count).map(|n| n % count) {
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_to(at)).await;
+            let error = match attempt {
+                Ok(Ok(io)) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok((io, at));
+                }
+                Ok(Err(ClientError::Connect { error, .. })) => error,
+                Ok(Err(other)) => return Err(other),
+                Err(_) => std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()),
+                ),
+            };
+            last_error = Some(error);
+        }
+        let error = last_error.unwrap_or_else(|| std::io::Error::other("no endpoint"));
+        Err(ClientError::Connect {
+            endpoint: if count == 1 {
+                self.label(0)
+            } else {
+                format!("any of {}", self.all_labels())
+            },
+            error,
+        })
+    }
+
+    async fn connect_to(&self, at: usize) -> Result<Box<dyn Io>, ClientError> {
+        let label = self.label(at);
         let connect_err = |error| ClientError::Connect {
             endpoint: label.clone(),
             error,
         };
-        match &self.endpoint {
+        let target = &self.targets[at];
+        match &target.endpoint {
             Endpoint::Unix(path) => {
                 let s = tokio::net::UnixStream::connect(path)
                     .await
@@ -123,7 +207,7 @@ impl Client {
                     .await
                     .map_err(connect_err)?;
                 let _ = tcp.set_nodelay(true);
-                let config = self
+                let config = target
                     .tls
                     .clone()
                     .ok_or_else(|| ClientError::Tls("no TLS configuration".into()))?;
@@ -145,14 +229,9 @@ impl Client {
         body: Body,
         content_type: &str,
     ) -> Result<Request<Body>, ClientError> {
-        let host = match &self.endpoint {
-            Endpoint::Unix(_) => "localhost".to_string(),
-            Endpoint::Https { addr, .. } => addr.clone(),
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", host)
             .header("content-type", content_type)
             // Large lists come compressed (about a tenth of the bytes).
             .header("accept-encoding", "gzip");
@@ -166,33 +245,61 @@ impl Client {
     }
 
     /// Send a request and return the raw response (errors already mapped).
+    /// A GET whose connection breaks before an answer goes to the next
+    /// endpoint, once.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        let io = self.connect().await?;
-        self.send_on(io, req).await
+        let again = (req.method() == Method::GET && self.targets.len() > 1)
+            .then(|| (req.uri().clone(), req.headers().clone()));
+        let (io, at) = self.connect().await?;
+        let result = self.send_on(io, at, req).await;
+        match (result, again) {
+            (Err(ClientError::Http { .. }), Some((uri, headers))) => {
+                let next = (at + 1) % self.targets.len();
+                self.preferred.store(next, Ordering::Relaxed);
+                let mut retry = Request::new(full(Vec::new()));
+                *retry.uri_mut() = uri;
+                *retry.headers_mut() = headers;
+                let (io, at) = self.connect().await?;
+                self.send_on(io, at, retry).await
+            }
+            (result, _) => result,
+        }
     }
 
     /// Send a request whose body is long: if the server answers and closes
     /// the connection before the body is all sent (an upload refused
     /// early), the caller gets that answer rather than the write's error.
     async fn send_long_body(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
-        let io = HoldWritesAfterPeerClosed::new(self.connect().await?);
+        let (io, at) = self.connect().await?;
+        let io = HoldWritesAfterPeerClosed::new(io);
         let write_error = io.write_error.clone();
-        let result = self.send_on(Box::new(io), req).await;
+        let result = self.send_on(Box::new(io), at, req).await;
         match (result, take_write_error(&write_error)) {
             (Err(ClientError::Http { .. }), Some(error)) => Err(ClientError::SendInterrupted {
-                endpoint: self.endpoint_label(),
+                endpoint: self.label(at),
                 error,
             }),
             (result, _) => result,
         }
     }
 
+    /// Send `req` on `io`, a connection to endpoint `at`.
     async fn send_on(
         &self,
         io: Box<dyn Io>,
-        req: Request<Body>,
+        at: usize,
+        mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let label = self.endpoint_label();
+        let host = match &self.targets[at].endpoint {
+            Endpoint::Unix(_) => "localhost".to_string(),
+            Endpoint::Https { addr, .. } => addr.clone(),
+        };
+        let host = hyper::header::HeaderValue::from_str(&host).map_err(|e| ClientError::Http {
+            endpoint: self.label(at),
+            message: format!("the address {host:?} is not a valid Host header: {e}"),
+        })?;
+        req.headers_mut().insert(hyper::header::HOST, host);
+        let label = self.label(at);
         let http_err = |e: hyper::Error| ClientError::Http {
             endpoint: label.clone(),
             message: e.to_string(),
@@ -699,5 +806,62 @@ mod tests {
             }
             other => panic!("expected SendInterrupted, got {other:?}"),
         }
+    }
+
+    /// Accepts `count` connections on `l`, each answered with `answer` and
+    /// closed after its request head arrived.
+    async fn answer_each(l: tokio::net::UnixListener, count: usize, answer: &'static [u8]) {
+        for _ in 0..count {
+            let (mut conn, _) = l.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn.write_all(answer).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_move_on_to_the_next_endpoint_when_one_cannot_be_reached() {
+        let (l, live) = listener("failover-live");
+        let dead = live.with_file_name("nobody-listens.sock");
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+        let server = tokio::spawn(answer_each(l, 2, ok));
+        let client = Client::with_endpoints(
+            vec![Endpoint::Unix(dead.clone()), Endpoint::Unix(live.clone())],
+            None,
+        )
+        .expect("client");
+        // A POST too: it never reached the dead endpoint, so it may move on.
+        let got: serde_json::Value = client.get("/v1/health").await.expect("get");
+        let posted: serde_json::Value = client
+            .post("/v1/projects", &serde_json::json!({}))
+            .await
+            .expect("post");
+        server.await.expect("server");
+        assert_eq!(
+            (got["ok"].as_bool(), posted["ok"].as_bool()),
+            (Some(true), Some(true))
+        );
+        assert_eq!(client.endpoint_label(), format!("unix:{}", live.display()));
+
+        // Nothing reachable: the error names every endpoint.
+        let err = client
+            .get::<serde_json::Value>("/v1/health")
+            .await
+            .unwrap_err();
+        if let Some(dir) = live.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(&dead.display().to_string())
+                && text.contains(&live.display().to_string()),
+            "{text}"
+        );
     }
 }

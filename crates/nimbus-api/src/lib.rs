@@ -12,6 +12,7 @@ pub mod exec;
 pub mod hostio;
 pub mod meta;
 pub mod resources;
+pub mod servers;
 pub mod stats;
 pub mod units;
 pub mod usage;
@@ -20,6 +21,7 @@ pub mod volumes;
 pub use error::{ApiError, ErrorCode};
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
+pub use servers::{ServerInfo, ServerList, ServerRecord};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
 pub use volumes::{
     CreateSnapshot, ProjectQuota, ResizeVolume, Volume, VolumeMount, VolumePhase, VolumeSnapshot,

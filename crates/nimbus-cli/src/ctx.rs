@@ -23,10 +23,14 @@ pub struct Globals {
     /// Data directory of the local Nimbus (socket, admin token, store).
     #[arg(long, global = true, env = "NIMBUS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// API endpoint: `unix:/path/api.sock` or `https://host:port`. Default: the local socket.
+    /// API endpoint: `unix:/path/api.sock` or `https://host:port`; several
+    /// servers of one cloud comma-separated (`https://a:7443,https://b:7443`),
+    /// tried in turn when one cannot be reached. Default: the local socket.
     #[arg(long, global = true, env = "NIMBUS_ENDPOINT")]
     pub endpoint: Option<String>,
-    /// Certificate to trust for an https endpoint (the server's cert.pem).
+    /// Certificate to trust for an https endpoint (the server's cert.pem;
+    /// with several servers, a file holding each one's certificate, or
+    /// their common CA).
     #[arg(long, global = true, env = "NIMBUS_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// API token. Default: NIMBUS_TOKEN, then <data-dir>/admin.token when readable.
@@ -62,9 +66,9 @@ impl Globals {
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
-        let endpoint = match self.endpoint.as_deref() {
-            None => Endpoint::Unix(self.data_dir.join("api.sock")),
-            Some(e) => parse_endpoint(e, self.ca_cert.as_deref(), &self.data_dir)?,
+        let endpoints = match self.endpoint.as_deref() {
+            None => vec![Endpoint::Unix(self.data_dir.join("api.sock"))],
+            Some(list) => parse_endpoints(list, self.ca_cert.as_deref(), &self.data_dir)?,
         };
         if self.token().is_none() {
             anyhow::bail!(
@@ -72,8 +76,26 @@ impl Globals {
                 self.data_dir.join("admin.token").display()
             );
         }
-        Ok(Client::new(endpoint, self.token())?)
+        Ok(Client::with_endpoints(endpoints, self.token())?)
     }
+}
+
+/// `--endpoint`: one endpoint or several, comma-separated.
+fn parse_endpoints(
+    list: &str,
+    ca: Option<&Path>,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<Endpoint>> {
+    let endpoints = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| parse_endpoint(e, ca, data_dir))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if endpoints.is_empty() {
+        anyhow::bail!("--endpoint {list:?} names no endpoint: give unix:/path/to/api.sock or https://host:port[,https://host:port...]");
+    }
+    Ok(endpoints)
 }
 
 fn parse_endpoint(text: &str, ca: Option<&Path>, data_dir: &Path) -> anyhow::Result<Endpoint> {

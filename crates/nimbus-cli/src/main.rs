@@ -44,8 +44,9 @@ struct Cli {
 enum Command {
     /// Start the control plane and a local host agent in one process.
     Up(cmd::up::UpArgs),
-    /// Start the control plane only.
-    Server(cmd::up::ServerArgs),
+    /// Start the control plane only (several may share one etcd store);
+    /// `nimbus server list` shows them and the leader.
+    Server(cmd::up::ServerCommand),
     /// Supervise one instance (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },
@@ -126,7 +127,11 @@ fn main() -> ExitCode {
         clap_complete::generate(*shell, &mut Cli::command(), "nimbus", &mut script);
         return exit_code(output::stdout_bytes(&script));
     }
-    let daemon = matches!(cli.command, Command::Up(_) | Command::Server(_));
+    let daemon = match &cli.command {
+        Command::Up(_) => true,
+        Command::Server(server) => server.action.is_none(),
+        _ => false,
+    };
     init_tracing(daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,7 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.globals;
     match cli.command {
         Command::Up(args) => cmd::up::up(&g, args).await,
-        Command::Server(args) => cmd::up::server(&g, args).await,
+        Command::Server(server) => match server.action {
+            None => cmd::up::server(&g, server.args).await,
+            Some(action) => cmd::servers::run(&g, action).await,
+        },
         Command::Project(c) => cmd::project::run(&g, c).await,
         Command::Image(c) => cmd::image::run(&g, c).await,
         Command::Instance(c) => cmd::instance::run(&g, c).await,

@@ -87,6 +87,12 @@ pub struct ServerConfig {
     pub metrics: bool,
     /// Also serve `/metrics` without a token on this plain-HTTP address.
     pub metrics_listen: Option<SocketAddr>,
+    /// This server's name among the servers sharing the store
+    /// (`--server-name`); each must have its own.
+    pub server_name: String,
+    /// How long the leader's etcd lease outlives its last renewal: how long
+    /// the servers wait for a dead leader before one of them takes over.
+    pub leader_lease: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -115,6 +121,8 @@ impl ServerConfig {
             max_connections: None,
             metrics: true,
             metrics_listen: None,
+            server_name: "local".to_string(),
+            leader_lease: std::time::Duration::from_secs(5),
         }
     }
 

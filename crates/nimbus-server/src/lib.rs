@@ -1,14 +1,17 @@
 //! Nimbus control plane: the REST API (Unix socket and TLS), authentication,
 //! tenancy and audit, the scheduler and the controllers.
 //!
-//! The server is the only writer of the store. It never touches a host
-//! directly: agents make instances real and report back through the API.
+//! Servers are the only writers of the store; several may share one (see
+//! `cluster`), with the elected leader alone running the controllers. A
+//! server never touches a host directly: agents make instances real and
+//! report back through the API.
 //! It must never show one project's resources to a caller without a role in
 //! that project, nor an instance's secret environment values to anyone but
 //! the agent of the instance's host, nor store those values unsealed.
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connlimit;
 pub mod console;

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use nimbus_api::{Metadata, Token, User, UserSpec, UserStatus};
 use nimbus_image::{ImageStore, Limits};
-use nimbus_store::{EtcdStore, SqliteOptions, SqliteStore, Store};
+use nimbus_store::{
+    Election, EtcdElection, EtcdStore, LocalElection, SqliteOptions, SqliteStore, Store,
+};
 
 use crate::api::users::issue_token;
 use crate::auth::token;
@@ -73,17 +75,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         );
     }
     let secrets = crate::secrets::SecretBox::open_or_create(&config.secrets_key_path())?;
-    let store: Arc<dyn Store> = match &config.store {
-        crate::config::StoreBackend::Sqlite => Arc::new(
-            SqliteStore::open(&config.store_path(), SqliteOptions::default())
-                .with_context(|| format!("opening the store {}", config.store_path().display()))?,
-        ),
-        crate::config::StoreBackend::Etcd(etcd) => Arc::new(
-            EtcdStore::connect(etcd)
-                .await
-                .with_context(|| format!("opening the etcd store (keys under {})", etcd.prefix))?,
-        ),
-    };
+    let (store, election) = open_store(&config).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(config.metrics));
     let store: Arc<dyn Store> = if config.metrics {
         Arc::new(crate::metrics::store::MeteredStore::new(
@@ -93,6 +85,9 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
     } else {
         store
     };
+    let election = election.unwrap_or_else(|| {
+        Arc::new(LocalElection::new(&config.server_name, store.clone())) as Arc<dyn Election>
+    });
     let limits = Limits {
         max_archive_bytes: config.max_image_bytes,
         max_unpacked_bytes: config.max_unpacked_bytes,
@@ -118,10 +113,34 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         audit: Default::default(),
         metrics,
         browser_sessions: Default::default(),
+        election,
         _data_dir_lock: lock,
     });
+    // Before anything is written: a refused server leaves no trace.
+    crate::cluster::check_secrets_key(&state).await?;
     bootstrap_admin(&state).await?;
     Ok(state)
+}
+
+/// The store, and for etcd the election among the servers sharing it (a
+/// SQLite store has one server, always the leader: made by the caller).
+async fn open_store(
+    config: &ServerConfig,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<dyn Election>>)> {
+    match &config.store {
+        crate::config::StoreBackend::Sqlite => {
+            let store = SqliteStore::open(&config.store_path(), SqliteOptions::default())
+                .with_context(|| format!("opening the store {}", config.store_path().display()))?;
+            Ok((Arc::new(store), None))
+        }
+        crate::config::StoreBackend::Etcd(etcd) => {
+            let store = EtcdStore::connect(etcd)
+                .await
+                .with_context(|| format!("opening the etcd store (keys under {})", etcd.prefix))?;
+            let election = EtcdElection::new(&store, &config.server_name, config.leader_lease);
+            Ok((Arc::new(store), Some(Arc::new(election))))
+        }
+    }
 }
 
 async fn token_file_valid(state: &AppState, path: &std::path::Path) -> bool {
@@ -147,7 +166,7 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
         .await?
         .is_none()
     {
-        state
+        let created = state
             .repo
             .create(User {
                 metadata: Metadata::new(ADMIN_USER, None),
@@ -158,8 +177,13 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
                 },
                 status: UserStatus::default(),
             })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the admin user: {e}"))?;
+            .await;
+        // Another server starting on the same store may have made it first.
+        if let Err(e) = created {
+            if e.0.code != nimbus_api::ErrorCode::AlreadyExists {
+                anyhow::bail!("creating the admin user: {e}");
+            }
+        }
     }
     let path = state.config.admin_token_path();
     if !token_file_valid(state, &path).await {
@@ -256,6 +280,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::cluster::announce(&state).await?;
     let app = crate::api::router(state.clone());
     let sock = state.config.socket_path.clone();
     if let Some(parent) = sock.parent() {
@@ -322,12 +347,9 @@ pub async fn serve(
             }
         });
     }
-    tokio::spawn(crate::scheduler::run(state.clone()));
-    tokio::spawn(crate::controllers::hosts::run(state.clone()));
+    // The scheduler and the controllers run on the elected leader only.
+    tokio::spawn(crate::cluster::leader::run(state.clone()));
     tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
-    tokio::spawn(crate::auth::audit::retention::run(state.clone()));
-    tokio::spawn(crate::events::retention::run(state.clone()));
-    tokio::spawn(crate::usage::retention::run(state.clone()));
     tokio::spawn(return_memory_after_streams_close(state.clone()));
     // Watch streams never end by themselves, so graceful shutdown gets a
     // deadline: in-flight calls have two seconds to finish.
@@ -349,6 +371,8 @@ pub async fn serve(
         _ = deadline => tracing::info!("closing long-lived API streams"),
     }
     handle.shutdown();
+    // Another server takes over at once rather than after the lease.
+    state.election.resign().await;
     Ok(())
 }
 

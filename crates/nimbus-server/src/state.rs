@@ -39,6 +39,9 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Signed-in browsers of the web console (see `auth::cookie`).
     pub browser_sessions: crate::auth::cookie::CookieSessions,
+    /// This server's part in the election among the servers sharing the
+    /// store (see `cluster`): the leader runs the controllers.
+    pub election: Arc<dyn nimbus_store::Election>,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }

@@ -4,7 +4,9 @@
 //!
 //! The crate defines the [`Store`] trait, its SQLite backend ([`SqliteStore`], the
 //! one-machine default), its etcd v3 backend ([`EtcdStore`], for a cluster) and a
-//! backend-independent [`conformance`] suite that every backend must pass.
+//! backend-independent [`conformance`] suite that every backend must pass. Next to it,
+//! [`Election`] elects one leader among the servers sharing a store ([`LocalElection`]
+//! for a store only one process opens, [`EtcdElection`] over an etcd lease).
 //!
 //! Semantics follow etcd: one global revision counter increases by one per write
 //! transaction; every key carries the revision that created it and the revision that
@@ -20,10 +22,14 @@
 //! - block the async runtime: blocking database work runs on the blocking thread pool.
 
 pub mod conformance;
+mod election;
 mod etcd;
 mod hub;
 mod sqlite;
 
+pub use election::{
+    server_key, Election, EtcdElection, Leadership, LocalElection, LEADER_KEY, SERVERS_PREFIX,
+};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdUrlError, DEFAULT_ETCD_PREFIX};
 pub use sqlite::{SqliteOptions, SqliteStore};
 

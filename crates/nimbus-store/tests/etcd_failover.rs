@@ -6,21 +6,11 @@ mod etcd_cluster;
 
 use std::time::{Duration, Instant};
 
-use etcd_cluster::{skip_reason, EtcdCluster};
+use etcd_cluster::{skip, EtcdCluster};
 use nimbus_store::{EtcdStore, Op, Revision, Store, StoreError, Txn, WatchStream};
 
 /// How long a write may keep failing while the cluster elects a new leader.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(30);
-
-fn skip(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            true
-        }
-        None => false,
-    }
-}
 
 /// Creates `key`, retrying while the cluster has no leader. A create that reached
 /// etcd before its answer was lost shows up as AlreadyExists on the retry.

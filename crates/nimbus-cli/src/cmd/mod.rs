@@ -8,6 +8,7 @@ pub mod image;
 pub mod instance;
 pub mod network;
 pub mod project;
+pub mod servers;
 pub mod up;
 pub mod usage;
 pub mod volume;

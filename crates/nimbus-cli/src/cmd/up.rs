@@ -90,6 +90,41 @@ pub struct ServerArgs {
     /// Largest object one S3 PUT or upload part may store, e.g. 5GiB.
     #[arg(long, default_value = "5GiB", value_parser = parse_size_arg)]
     pub max_object_size: u64,
+    /// This server's name among the servers sharing an etcd store (each
+    /// needs its own). Default: the host name, with the --listen port.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// With an etcd store: how long the leader's lease outlives its last
+    /// renewal, which is how long the other servers wait for a dead leader
+    /// before one takes over the scheduler and controllers, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_leader_lease_arg)]
+    pub leader_lease: u64,
+}
+
+/// `nimbus server`: run a server, or ask about the servers.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerCommand {
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+    #[command(flatten)]
+    pub args: ServerArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServerAction {
+    /// The servers sharing the store, and which one leads (runs the
+    /// scheduler and the controllers).
+    List,
+}
+
+fn parse_leader_lease_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        secs @ 2..=300 => Ok(secs),
+        _ => Err(format!(
+            "--leader-lease {s:?} is out of range; give 2s to 300s (e.g. 5s): etcd refuses shorter leases, and a longer one leaves the cloud without a leader for that long"
+        )),
+    }
 }
 
 fn parse_max_age_arg(s: &str) -> Result<u64, String> {
@@ -178,7 +213,21 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.max_connections = args.max_connections;
     config.metrics = args.metrics;
     config.metrics_listen = args.metrics_listen;
+    config.server_name = args
+        .server_name
+        .clone()
+        .unwrap_or_else(|| default_server_name(config.listen));
+    config.leader_lease = std::time::Duration::from_secs(args.leader_lease);
     config
+}
+
+/// The host name, with the API port when there is one (two servers may
+/// share a machine).
+fn default_server_name(listen: Option<SocketAddr>) -> String {
+    match listen {
+        Some(addr) => format!("{}:{}", local_host_name(), addr.port()),
+        None => local_host_name(),
+    }
 }
 
 async fn shutdown_signal() {

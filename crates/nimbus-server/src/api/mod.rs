@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod params;
 pub mod projects;
 pub mod secgroups;
+pub mod servers;
 pub mod usage;
 pub mod users;
 pub mod volumes;
@@ -72,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/tokens/{token}",
             get(users::get_token).delete(users::delete_token),
         )
+        .route("/v1/servers", get(servers::list))
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
         .route("/v1/hosts/{host}", get(hosts::get))
         .route("/v1/hosts/{host}/status", post(hosts::report))

@@ -45,6 +45,8 @@ pub struct Metrics {
     requests: &'static requests::RequestMetrics,
     store_write_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
     store_watches: Gauge,
+    /// 1 while this server is the elected leader (see `cluster::leader`).
+    leader: Gauge,
     placement_seconds: Histogram,
     /// The latest report of each host, by host name, with when it came.
     host_stats: RwLock<HashMap<String, (Instant, HostStats)>>,
@@ -65,6 +67,7 @@ impl Metrics {
             requests: Box::leak(Box::default()),
             store_write_seconds: Family::new_with_constructor(latency_histogram),
             store_watches: Gauge::default(),
+            leader: Gauge::default(),
             placement_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             host_stats: RwLock::new(HashMap::new()),
         }
@@ -104,6 +107,11 @@ impl Metrics {
     /// A store watch opened (`+1`) or ended (`-1`).
     pub fn add_store_watches(&self, delta: i64) {
         self.store_watches.inc_by(delta);
+    }
+
+    /// This server became (`true`) or stopped being the leader.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The scheduler bound an instance `waited` after it was created.
@@ -155,6 +163,11 @@ impl Metrics {
             "store_watches",
             "Store watches open now",
             self.store_watches.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this server is the elected leader, running the scheduler and the controllers",
+            self.leader.clone(),
         );
         registry.register(
             "scheduler_placement_duration_seconds",

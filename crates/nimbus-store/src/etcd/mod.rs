@@ -23,7 +23,8 @@ use etcd_client::{
 };
 
 pub use config::{EtcdConfig, EtcdUrlError, DEFAULT_ETCD_PREFIX};
-use keys::{before_range_end, etcd_revision, store_revision, Namespace};
+pub(crate) use keys::store_revision;
+use keys::{before_range_end, etcd_revision, Namespace};
 
 use crate::{
     Compare, KeyValue, ListResult, Op, Result, Revision, Store, StoreError, Txn, TxnResult,
@@ -38,7 +39,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests are tried this many times when members are unreachable.
 const ATTEMPTS: usize = 5;
 
-/// A [`Store`] kept in an etcd v3 cluster.
+/// A [`Store`] kept in an etcd v3 cluster. Clones share the connection.
+#[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
     ns: Namespace,
@@ -85,7 +87,17 @@ impl EtcdStore {
         self.ns.as_str()
     }
 
-    fn error(&self, what: &str, err: etcd_client::Error) -> StoreError {
+    /// The connection, for what the [`Store`] trait does not cover (leases).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The etcd key of a store key.
+    pub(crate) fn etcd_key(&self, key: &str) -> Vec<u8> {
+        self.ns.etcd_key(key)
+    }
+
+    pub(crate) fn error(&self, what: &str, err: etcd_client::Error) -> StoreError {
         let message = err.to_string();
         if message.contains("too many operations in txn request") {
             // Nimbus writes up to 500 keys in one txn (retention pruning); etcd's
@@ -145,7 +157,7 @@ impl EtcdStore {
         Ok(response.header().map(|h| h.revision()).unwrap_or(0))
     }
 
-    async fn run_txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse> {
+    pub(crate) async fn run_txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse> {
         // A write is retried only when it certainly was not applied: one that reached
         // etcd before the connection broke may have been, and only the caller knows
         // whether to re-check.
@@ -209,7 +221,7 @@ fn never_reached_a_leader(err: &etcd_client::Error) -> bool {
     }
 }
 
-fn header_of(response: &etcd_client::TxnResponse) -> i64 {
+pub(crate) fn header_of(response: &etcd_client::TxnResponse) -> i64 {
     response.header().map(|h| h.revision()).unwrap_or(0)
 }
 

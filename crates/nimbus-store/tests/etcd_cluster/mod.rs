@@ -42,6 +42,18 @@ pub fn skip_reason() -> Option<String> {
     }
 }
 
+/// True (after printing a SKIPPED line for `test`) when the etcd tests
+/// cannot run here (see [`skip_reason`]).
+pub fn skip(test: &str) -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// At most this many clusters run at once in one test binary, so a loaded machine
 /// still elects leaders within the deadlines.
 pub async fn cluster_permit() -> tokio::sync::OwnedSemaphorePermit {
