@@ -45,6 +45,31 @@ impl DriverContext for Agent {
         })
     }
 
+    async fn volume_attach_info(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(String, crate::volume::AttachInfo), AgentError> {
+        let v: nimbus_api::Volume = self
+            .client
+            .get(&format!("/v1/projects/{project}/volumes/{name}"))
+            .await
+            .map_err(|source| AgentError::VolumeLookup {
+                name: name.to_string(),
+                source,
+            })?;
+        let not_ready = |detail: String| AgentError::VolumeNotReady {
+            name: name.to_string(),
+            detail,
+        };
+        crate::volume::attach::local_file(&v, &self.config.host_name).map_err(not_ready)?;
+        let backend = self
+            .volume_backend
+            .get()
+            .ok_or_else(|| not_ready("this host's volume backend did not open (see the agent's log)".into()))?;
+        Ok((v.metadata.id.clone(), backend.attach_info(&v.metadata.id)))
+    }
+
     async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError> {
         self.client
             .get::<Image>(&format!("/v1/projects/{project}/images/{name}"))

@@ -11,4 +11,5 @@ pub mod project;
 pub mod up;
 pub mod usage;
 pub mod volume;
+pub mod volume_attach;
 pub mod wait;
