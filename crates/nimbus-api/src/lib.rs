@@ -22,6 +22,6 @@ pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
 pub use volumes::{
-    AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume, Volume, VolumeMount, VolumePhase, VolumeSnapshot,
-    VolumeSpec, VolumeStatus,
+    AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume, Volume,
+    VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec, VolumeStatus,
 };

@@ -63,10 +63,9 @@ impl DriverContext for Agent {
             detail,
         };
         crate::volume::attach::local_file(&v, &self.config.host_name).map_err(not_ready)?;
-        let backend = self
-            .volume_backend
-            .get()
-            .ok_or_else(|| not_ready("this host's volume backend did not open (see the agent's log)".into()))?;
+        let backend = self.volume_backend.get().ok_or_else(|| {
+            not_ready("this host's volume backend did not open (see the agent's log)".into())
+        })?;
         Ok((v.metadata.id.clone(), backend.attach_info(&v.metadata.id)))
     }
 

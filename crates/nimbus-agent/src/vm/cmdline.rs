@@ -289,7 +289,10 @@ mod tests {
         assert!(line.contains("\"serial\":\"data\""), "{line}");
         assert!(line.contains("\"bus\":\"hp0\""), "{line}");
         for port in ["hp0", "hp1", "hp2"] {
-            assert!(line.contains(&format!("pcie-root-port,id={port},")), "{line}");
+            assert!(
+                line.contains(&format!("pcie-root-port,id={port},")),
+                "{line}"
+            );
         }
         assert!(!line.contains("id=hp3,"), "{line}");
         assert!(line.contains("virtio-blk-pci,drive=seed"), "{line}");

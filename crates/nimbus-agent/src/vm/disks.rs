@@ -3,7 +3,8 @@
 //! match its instance's volumes, and which QEMU holds a volume.
 //!
 //! Names (documented in `docs/architecture.md`; snapshot code relies on
-//! them): the block node and the device are both `vol-<volume id>`, the
+//! them): the block node and the device are both `vol-<volume id>` (the
+//! id cut to 27 characters: QEMU's node names hold 31), the
 //! disk's serial is the volume's name, and each disk sits on its own PCIe
 //! root port `hp<N>`. The block monitor of the instance
 //! (`<instance dir>/qmp-block.sock`) reaches them.
@@ -17,14 +18,22 @@ use super::spec::{VmPaths, VmShimSpec, VmVolume, VM_SPEC_FILE};
 /// virtio-blk keeps 20 bytes of serial; longer names are cut there.
 pub const SERIAL_MAX_BYTES: usize = 20;
 
-/// The block node and device id of a volume's disk.
+/// QEMU's longest block node name (31 bytes); `vol-` leaves 27 for the id.
+const NODE_NAME_MAX_BYTES: usize = 31;
+const PREFIX: &str = "vol-";
+
+/// The block node and device id of a volume's disk: `vol-` and the
+/// volume id, cut to the 31 bytes QEMU allows a node name (27 hex digits
+/// of a random id stay unique).
 pub fn disk_id(volume_id: &str) -> String {
-    format!("vol-{volume_id}")
+    let keep = NODE_NAME_MAX_BYTES - PREFIX.len();
+    let id: String = volume_id.chars().take(keep).collect();
+    format!("{PREFIX}{id}")
 }
 
-/// The volume id of a block node or device named by [`disk_id`].
-pub fn volume_id_of(node: &str) -> Option<&str> {
-    node.strip_prefix("vol-")
+/// Whether a block node or device is a volume's disk ([`disk_id`]).
+pub fn is_disk_id(name: &str) -> bool {
+    name.starts_with(PREFIX)
 }
 
 /// The disk's serial: the volume's name, cut to what virtio-blk keeps.
@@ -65,8 +74,8 @@ pub fn port_name(index: usize) -> String {
     format!("hp{index}")
 }
 
-/// What to change so the disks `present` (volume ids of `vol-*` devices)
-/// become the `wanted` volumes; nodes without a device (`orphans`, left
+/// What to change so the disks `present` (ids of `vol-*` devices) become
+/// the `wanted` disk ids; nodes without a device (`orphans`, left
 /// by an interrupted unplug) go too.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DiskPlan {
@@ -152,9 +161,14 @@ mod tests {
         assert_eq!(d["drive"], "vol-0a1b");
         assert_eq!(d["serial"], "data");
         assert_eq!(d["bus"], "hp2");
-        assert_eq!(volume_id_of("vol-0a1b"), Some("0a1b"));
-        assert_eq!(volume_id_of("root"), None);
-        assert_eq!(serial("a-very-long-volume-name-indeed"), "a-very-long-volume-n");
+        assert!(is_disk_id("vol-0a1b") && !is_disk_id("root"));
+        let long = disk_id("0c8d84aea915bf9c607ccdb9fa5703ac");
+        assert_eq!(long, "vol-0c8d84aea915bf9c607ccdb9fa5");
+        assert_eq!(long.len(), 31, "QEMU's limit for a node name");
+        assert_eq!(
+            serial("a-very-long-volume-name-indeed"),
+            "a-very-long-volume-n"
+        );
     }
 
     #[test]
@@ -164,7 +178,10 @@ mod tests {
         assert_eq!(p.plug, s(&["a"]));
         assert_eq!(p.unplug, s(&["c"]));
         assert_eq!(p.drop_nodes, s(&["d"]), "a node left by a crash mid-unplug");
-        assert_eq!(plan(&s(&["a"]), &s(&["a"]), &s(&["a"])), DiskPlan::default());
+        assert_eq!(
+            plan(&s(&["a"]), &s(&["a"]), &s(&["a"])),
+            DiskPlan::default()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use nimbus_api::AttachedVolume;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::disks::{self, disk_id, volume_id_of};
+use super::disks::{self, disk_id, is_disk_id};
 use super::qmp::{Qmp, QmpError, QmpEvent};
 use super::spec::{VmPaths, VmShimSpec, VmVolume};
 
@@ -38,13 +38,14 @@ pub async fn sync(dir: &Path, wanted: Vec<VmVolume>) -> Option<Vec<AttachedVolum
             return None;
         }
     };
-    let ids = |v: &[VmVolume]| v.iter().map(|v| v.volume_id.clone()).collect::<Vec<_>>();
+    let ids = |v: &[VmVolume]| v.iter().map(|v| disk_id(&v.volume_id)).collect::<Vec<_>>();
     let plan = disks::plan(&ids(&wanted), &present, &nodes);
     let mut states = Vec::new();
     let mut kept = Vec::new();
     for v in &wanted {
-        let result = if plan.plug.contains(&v.volume_id) {
-            plug(&mut qmp, v, nodes.contains(&v.volume_id), &ports).await
+        let id = disk_id(&v.volume_id);
+        let result = if plan.plug.contains(&id) {
+            plug(&mut qmp, v, nodes.contains(&id), &ports).await
         } else {
             Ok(())
         };
@@ -54,21 +55,15 @@ pub async fn sync(dir: &Path, wanted: Vec<VmVolume>) -> Option<Vec<AttachedVolum
         }
     }
     for id in &plan.unplug {
-        let name = spec
-            .volumes
-            .iter()
-            .find(|v| &v.volume_id == id)
-            .map(|v| v.name.clone())
-            .unwrap_or_else(|| id.clone());
+        let recorded = spec.volumes.iter().find(|v| &disk_id(&v.volume_id) == id);
+        let name = recorded.map_or_else(|| id.clone(), |v| v.name.clone());
         if let Err(message) = unplug(&mut qmp, id).await {
             states.push(state(&name, Some(message), "detaching"));
-            kept.extend(spec.volumes.iter().find(|v| &v.volume_id == id).cloned());
+            kept.extend(recorded.cloned());
         }
     }
     for id in &plan.drop_nodes {
-        let _ = qmp
-            .execute::<Value>("blockdev-del", Some(json!({"node-name": disk_id(id)})))
-            .await;
+        drop_node(&mut qmp, id).await;
     }
     if spec.volumes != kept {
         spec.volumes = kept;
@@ -109,6 +104,16 @@ fn without_hotplug(spec: &VmShimSpec, wanted: &[VmVolume]) -> Vec<AttachedVolume
     states
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_port_holding_a_disk_is_told_from_other_refusals() {
+        let taken = "PCI: slot 0 function 0 already occupied by virtio-blk-pci, new func virtio-blk-pci cannot be exposed to guest.";
+        assert!(super::port_taken(taken));
+        assert!(!super::port_taken("Could not open '/dev/fdset/1': Permission denied"));
+    }
+}
+
 #[derive(Deserialize)]
 struct QomEntry {
     name: String,
@@ -122,7 +127,7 @@ struct BlockNode {
     node_name: String,
 }
 
-/// Volume ids with a disk device, volume ids with a block node, and the
+/// The disk ids of the volume devices, of the volume block nodes, and the
 /// root ports, in order.
 async fn observe(qmp: &mut Qmp) -> Result<(Vec<String>, Vec<String>, Vec<String>), QmpError> {
     let devices: Vec<QomEntry> = qmp
@@ -130,20 +135,26 @@ async fn observe(qmp: &mut Qmp) -> Result<(Vec<String>, Vec<String>, Vec<String>
         .await?;
     let present = devices
         .iter()
-        .filter_map(|d| volume_id_of(&d.name).map(str::to_string))
+        .filter(|d| is_disk_id(&d.name))
+        .map(|d| d.name.clone())
         .collect();
     let mut ports: Vec<String> = devices
         .iter()
         .filter(|d| d.kind == "child<pcie-root-port>")
         .map(|d| d.name.clone())
         .collect();
-    ports.sort_by_key(|p| p.trim_start_matches("hp").parse::<u32>().unwrap_or(u32::MAX));
+    ports.sort_by_key(|p| {
+        p.trim_start_matches("hp")
+            .parse::<u32>()
+            .unwrap_or(u32::MAX)
+    });
     let nodes: Vec<BlockNode> = qmp
         .execute("query-named-block-nodes", Some(json!({"flat": true})))
         .await?;
     let mut nodes: Vec<String> = nodes
         .iter()
-        .filter_map(|n| volume_id_of(&n.node_name).map(str::to_string))
+        .filter(|n| is_disk_id(&n.node_name))
+        .map(|n| n.node_name.clone())
         .collect();
     nodes.dedup();
     Ok((present, nodes, ports))
@@ -151,7 +162,12 @@ async fn observe(qmp: &mut Qmp) -> Result<(Vec<String>, Vec<String>, Vec<String>
 
 /// Open the volume's node (unless a crashed pass left it) and put its
 /// disk on the first free root port.
-async fn plug(qmp: &mut Qmp, v: &VmVolume, have_node: bool, ports: &[String]) -> Result<(), String> {
+async fn plug(
+    qmp: &mut Qmp,
+    v: &VmVolume,
+    have_node: bool,
+    ports: &[String],
+) -> Result<(), String> {
     if !have_node {
         add_node(qmp, v).await?;
     }
@@ -165,18 +181,25 @@ async fn plug(qmp: &mut Qmp, v: &VmVolume, have_node: bool, ports: &[String]) ->
                 return Ok(());
             }
             // Taken by another disk: try the next port.
-            Err(QmpError::Command { desc, .. }) if desc.contains("in use") || desc.contains("not available") => {}
+            Err(QmpError::Command { desc, .. }) if port_taken(&desc) => {}
             Err(e) => {
-                drop_node(qmp, &v.volume_id).await;
+                drop_node(qmp, &disk_id(&v.volume_id)).await;
                 return Err(format!("QEMU refused the disk: {e}"));
             }
         }
     }
-    drop_node(qmp, &v.volume_id).await;
+    drop_node(qmp, &disk_id(&v.volume_id)).await;
     Err(format!(
         "all {} PCIe ports of this VM hold disks; detach a volume, or stop and start the VM (it then gets more)",
         ports.len()
     ))
+}
+
+/// Whether QEMU refused a `device_add` because the port holds a device.
+fn port_taken(desc: &str) -> bool {
+    ["occupied", "in use", "not available"]
+        .iter()
+        .any(|w| desc.contains(w))
 }
 
 async fn add_node(qmp: &mut Qmp, v: &VmVolume) -> Result<(), String> {
@@ -212,18 +235,17 @@ async fn add_node(qmp: &mut Qmp, v: &VmVolume) -> Result<(), String> {
         .map_err(|e| format!("QEMU could not open the volume: {e}"))
 }
 
-async fn drop_node(qmp: &mut Qmp, volume_id: &str) {
+async fn drop_node(qmp: &mut Qmp, id: &str) {
     if let Err(e) = qmp
-        .execute::<Value>("blockdev-del", Some(json!({"node-name": disk_id(volume_id)})))
+        .execute::<Value>("blockdev-del", Some(json!({"node-name": id})))
         .await
     {
-        tracing::warn!(volume_id, error = %e, "closing a volume's block node");
+        tracing::warn!(node = id, error = %e, "closing a volume's block node");
     }
 }
 
-/// Ask the guest to release the disk, wait for it, then close the node.
-async fn unplug(qmp: &mut Qmp, volume_id: &str) -> Result<(), String> {
-    let id = disk_id(volume_id);
+/// Ask the guest to release disk `id`, wait for it, then close the node.
+async fn unplug(qmp: &mut Qmp, id: &str) -> Result<(), String> {
     match qmp
         .execute::<Value>("device_del", Some(json!({"id": id})))
         .await
@@ -253,7 +275,7 @@ async fn unplug(qmp: &mut Qmp, volume_id: &str) -> Result<(), String> {
             ))
         }
     }
-    drop_node(qmp, volume_id).await;
-    tracing::info!(volume_id, "disk unplugged");
+    drop_node(qmp, id).await;
+    tracing::info!(disk = id, "disk unplugged");
     Ok(())
 }

@@ -50,9 +50,9 @@ pub mod seed;
 pub(crate) mod shim;
 pub mod spec;
 
+pub use disks::{holder as volume_disk_holder, DiskHolder};
 pub use error::VmError;
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
 pub(crate) use shim::{owns_instance_dir, prepare_supervisor};
-pub use disks::{holder as volume_disk_holder, DiskHolder};
 pub use spec::{Accelerator, Boot, RunAs, VmKind, VmShimSpec, VmVolume, VM_SPEC_FILE};

@@ -175,7 +175,11 @@ impl Qmp {
         self.reply(command, id).await
     }
 
-    fn encode(&mut self, command: &str, arguments: Option<Value>) -> Result<(u64, Vec<u8>), QmpError> {
+    fn encode(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<(u64, Vec<u8>), QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });

@@ -45,8 +45,7 @@ pub async fn attach(
     let saved = state
         .repo
         .modify::<Instance, _>(Some(&project), &req.instance, |i| {
-            i.spec.volumes =
-                attachments::attach(&project, i, mount.clone(), &volumes, &instances)?;
+            i.spec.volumes = attachments::attach(&project, i, mount.clone(), &volumes, &instances)?;
             Ok(())
         })
         .await?;

@@ -9,10 +9,7 @@ use super::volumes::{check_attachments, AttachError};
 
 /// Whether the kind of instance takes these mounts: containers need a
 /// path for each, VMs may leave it out, unikernels take none.
-pub fn check_kind(
-    kind: InstanceKind,
-    mounts: &[VolumeMount],
-) -> Result<(), AttachError> {
+pub fn check_kind(kind: InstanceKind, mounts: &[VolumeMount]) -> Result<(), AttachError> {
     match kind {
         InstanceKind::Unikernel if !mounts.is_empty() => Err(AttachError::Kind {
             kind: "unikernel".into(),
@@ -60,7 +57,12 @@ pub fn attach(
 ) -> Result<Vec<VolumeMount>, AttachError> {
     check_changeable(instance, "attach")?;
     check_kind(instance.spec.kind, std::slice::from_ref(&mount))?;
-    if let Some(held) = instance.spec.volumes.iter().find(|m| m.volume == mount.volume) {
+    if let Some(held) = instance
+        .spec
+        .volumes
+        .iter()
+        .find(|m| m.volume == mount.volume)
+    {
         return Err(if held.read_only {
             AttachError::SharedReadOnly {
                 volume: mount.volume,
@@ -168,7 +170,10 @@ mod tests {
         let all = vec![vm.clone(), other.clone()];
         let e = attach("p", &other, mount("data", ""), &vols, &all).expect_err("held");
         assert!(e.is_conflict());
-        assert!(e.to_string().contains("read-write to instance \"db\""), "{e}");
+        assert!(
+            e.to_string().contains("read-write to instance \"db\""),
+            "{e}"
+        );
         let e = attach("p", &vm, mount("data", ""), &vols, &all).expect_err("twice");
         assert!(e.to_string().contains("instance \"db\""), "{e}");
     }
@@ -200,7 +205,10 @@ mod tests {
     fn detaching_what_is_not_attached_says_so() {
         let vm = instance("db", InstanceKind::Vm, "h1", &[]);
         let e = detach(&vm, "data").expect_err("not attached");
-        assert!(e.to_string().contains("not attached to instance \"db\""), "{e}");
+        assert!(
+            e.to_string().contains("not attached to instance \"db\""),
+            "{e}"
+        );
         let u = instance("k", InstanceKind::Unikernel, "h1", &[]);
         let e = check_kind(u.spec.kind, &[mount("data", "")]).expect_err("unikernel");
         assert!(e.to_string().contains("unikernel"), "{e}");

@@ -76,9 +76,7 @@ pub enum AttachError {
     },
     #[error("volume {volume:?} is attached to instance {instance:?}; remove the instance first (`nimbus instance rm {instance}`)")]
     Attached { volume: String, instance: String },
-    #[error(
-        "volumes attach to containers and VMs; instance kind {kind:?} cannot take a volume"
-    )]
+    #[error("volumes attach to containers and VMs; instance kind {kind:?} cannot take a volume")]
     Kind { kind: String },
     #[error("a container mounts volume {volume:?} at a path: give one, e.g. --volume {volume}:/var/lib/db (or `nimbus volume attach {volume} --instance NAME --path /var/lib/db`)")]
     NoPath { volume: String },

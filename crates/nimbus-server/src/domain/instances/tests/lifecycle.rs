@@ -169,7 +169,11 @@ fn a_report_without_volume_states_keeps_the_last_ones() {
     let mut none = report(InstancePhase::Running, 2);
     none.volumes = Some(vec![]);
     merge_reported_status(&mut i, none, Utc::now());
-    assert_eq!(i.status.volumes, Some(vec![]), "an explicit empty list replaces");
+    assert_eq!(
+        i.status.volumes,
+        Some(vec![]),
+        "an explicit empty list replaces"
+    );
 }
 
 #[test]
