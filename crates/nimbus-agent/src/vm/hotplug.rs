@@ -110,7 +110,9 @@ mod tests {
     fn a_port_holding_a_disk_is_told_from_other_refusals() {
         let taken = "PCI: slot 0 function 0 already occupied by virtio-blk-pci, new func virtio-blk-pci cannot be exposed to guest.";
         assert!(super::port_taken(taken));
-        assert!(!super::port_taken("Could not open '/dev/fdset/1': Permission denied"));
+        assert!(!super::port_taken(
+            "Could not open '/dev/fdset/1': Permission denied"
+        ));
     }
 }
 

@@ -158,7 +158,14 @@ mod tests {
     fn a_running_vm_takes_a_disk_without_a_path() {
         let vm = instance("db", InstanceKind::Vm, "h1", &[]);
         let vols = vec![available("data", "h1")];
-        let wanted = attach("p", &vm, mount("data", ""), &vols, &[vm.clone()]).expect("attach");
+        let wanted = attach(
+            "p",
+            &vm,
+            mount("data", ""),
+            &vols,
+            std::slice::from_ref(&vm),
+        )
+        .expect("attach");
         assert_eq!(wanted, vec![mount("data", "")]);
     }
 
