@@ -4,7 +4,8 @@
 //! hot-unplug from that running VM and a hot-plug into another running
 //! VM, which reads them back byte for byte; a second read-write attach is
 //! refused, as are detaching what is not attached and another project's
-//! token; an agent restart neither loses nor doubles the hot-plugged disk.
+//! token; an agent restart neither loses nor doubles the hot-plugged disk;
+//! a container's volumes change only while it is stopped.
 
 mod common;
 
@@ -274,12 +275,48 @@ fn a_vm_volume_moves_between_running_vms_byte_exact() {
         "the first disk is not doubled"
     );
 
-    // A volume held by a VM is not removed; once detached it is.
+    // A volume held by a VM is not removed.
     fails_with(
         &cloud.nimbus(&["volume", "rm", "logs"]),
         "attached to instance \"vm2\"",
     );
     cloud.ok(&["volume", "detach", "logs", "--instance", "vm2"]);
+
+    // A container's volumes change only while it is stopped, and apply at
+    // its next start.
+    cloud.ok(&[
+        "instance", "run", "web", "--image", "busybox", "--", "sleep", "600",
+    ]);
+    cloud.wait_phase("web", &["running"], Duration::from_secs(60));
+    let attach_web = [
+        "volume",
+        "attach",
+        "logs",
+        "--instance",
+        "web",
+        "--path",
+        "/data",
+    ];
+    fails_with(&cloud.nimbus(&attach_web), "nimbus instance stop web");
+    cloud.ok(&["instance", "stop", "web"]);
+    cloud.wait_phase("web", &["stopped"], Duration::from_secs(60));
+    fails_with(
+        &cloud.nimbus(&["volume", "attach", "logs", "--instance", "web"]),
+        "--path",
+    );
+    let out = cloud.ok(&attach_web);
+    assert!(out.contains("next start"), "{out}");
+    cloud.ok(&["instance", "start", "web"]);
+    cloud.wait_phase("web", &["running"], Duration::from_secs(60));
+    let mounts = cloud.ok(&["instance", "exec", "web", "--", "cat", "/proc/mounts"]);
+    assert!(mounts.contains(" /data ext4 "), "{mounts}");
+    fails_with(
+        &cloud.nimbus(&["volume", "detach", "logs", "--instance", "web"]),
+        "nimbus instance stop web",
+    );
+    cloud.ok(&["instance", "stop", "web"]);
+    cloud.wait_phase("web", &["stopped"], Duration::from_secs(60));
+    cloud.ok(&["volume", "detach", "logs", "--instance", "web"]);
     cloud.ok(&["volume", "rm", "logs"]);
 
     cloud.remove_everything();
