@@ -495,8 +495,9 @@ pub struct InstanceSpec {
     /// not start it again). `nimbus instance run --rm`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_remove: bool,
-    /// Volumes of the same project mounted into the container; the
-    /// instance is placed on their host. `nimbus instance run --volume`.
+    /// Volumes of the same project mounted into the container or given to
+    /// the VM as virtio disks; the instance is placed on their host.
+    /// `nimbus instance run --volume`, `nimbus volume attach|detach`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<crate::volumes::VolumeMount>,
     /// Where the scheduler may and should put the instance.
@@ -725,6 +726,10 @@ pub struct InstanceStatus {
     /// Addresses allocated by the server on each network, at creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<InstanceAddress>,
+    /// How its volumes are attached on the host (VMs: hot-plug state).
+    /// A report without it keeps what the last one said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<crate::volumes::AttachedVolume>>,
 }
 
 /// An instance's address on one network.

@@ -124,33 +124,41 @@ impl Volume {
     }
 }
 
-/// A volume mounted into an instance (`--volume data:/var/lib/db[:ro]`).
+/// A volume attached to an instance (`--volume data:/var/lib/db[:ro]`; a
+/// VM also takes `--volume data[:ro]`). A container mounts it at `path`;
+/// a VM sees a virtio disk whose serial is the volume's name
+/// (`/dev/disk/by-id/virtio-<name>`), which the guest mounts itself.
 /// A volume serves one instance at a time (read-only included: each
 /// attachment opens the qcow2 for itself).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct VolumeMount {
     /// Volume name in the instance's project.
     pub volume: String,
-    /// Absolute path inside the container.
+    /// Absolute path inside the container; empty for a VM's disk (the
+    /// guest chooses where to mount it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
 }
 
 impl VolumeMount {
-    /// `data:/var/lib/db` or `data:/var/lib/db:ro`.
+    /// `data:/var/lib/db`, `data:/var/lib/db:ro`, or for a VM's disk
+    /// `data` and `data:ro` (no path).
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || {
-            format!("--volume {text:?} is not VOLUME:PATH[:ro], e.g. --volume data:/var/lib/db or data:/srv:ro")
+            format!("--volume {text:?} is not VOLUME[:PATH][:ro], e.g. --volume data:/var/lib/db or data:/srv:ro (a VM also takes --volume data)")
         };
-        let (volume, rest) = text.split_once(':').ok_or_else(bad)?;
+        let (volume, rest) = text.split_once(':').unwrap_or((text, ""));
         let (path, read_only) = match rest.rsplit_once(':') {
             Some((p, "ro")) => (p, true),
             Some((p, "rw")) => (p, false),
             Some(_) => return Err(bad()),
+            None if rest == "ro" => ("", true),
+            None if rest == "rw" => ("", false),
             None => (rest, false),
         };
-        if volume.is_empty() || !path.starts_with('/') {
+        if volume.is_empty() || !(path.is_empty() || path.starts_with('/')) {
             return Err(bad());
         }
         Ok(VolumeMount {
@@ -159,6 +167,37 @@ impl VolumeMount {
             read_only,
         })
     }
+}
+
+/// `POST /v1/projects/{project}/volumes/{name}/attach`: attach the volume
+/// to an existing instance of the same project.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct AttachVolume {
+    pub instance: String,
+    /// Where a container mounts it (required for a container); a VM's
+    /// guest mounts its disk itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// `POST /v1/projects/{project}/volumes/{name}/detach`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct DetachVolume {
+    pub instance: String,
+}
+
+/// How one of an instance's volumes is attached on its host, as the agent
+/// last saw it (VMs: the hot-plugged disk's state).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct AttachedVolume {
+    pub volume: String,
+    /// `attached`, `attaching`, `detaching` or `failed`.
+    pub state: String,
+    /// Why it is failed or still pending, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `POST /v1/projects/{project}/volumes/{name}/resize`.
@@ -217,9 +256,12 @@ mod tests {
             ("data", "/var/lib/db", false)
         );
         assert!(VolumeMount::parse("data:/srv:ro").expect("ro").read_only);
-        for bad in ["data", "data:rel", ":/x", "data:/x:rx"] {
+        let vm = VolumeMount::parse("data").expect("a VM's disk");
+        assert_eq!((vm.path.as_str(), vm.read_only), ("", false));
+        assert!(VolumeMount::parse("data:ro").expect("ro disk").read_only);
+        for bad in ["data:rel", ":/x", "data:/x:rx", ":ro"] {
             let e = VolumeMount::parse(bad).expect_err(bad);
-            assert!(e.contains("VOLUME:PATH[:ro]"), "{e}");
+            assert!(e.contains("VOLUME[:PATH][:ro]"), "{e}");
         }
     }
 }

@@ -29,20 +29,23 @@ impl DriverContext for Agent {
     }
 
     async fn volume_file(&self, project: &str, name: &str) -> Result<PathBuf, AgentError> {
-        let v: nimbus_api::Volume = self
-            .client
-            .get(&format!("/v1/projects/{project}/volumes/{name}"))
-            .await
-            .map_err(|source| AgentError::VolumeLookup {
+        self.local_volume(project, name).await.map(|(_, file)| file)
+    }
+
+    async fn volume_attach_info(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(String, crate::volume::AttachInfo), AgentError> {
+        let (v, _) = self.local_volume(project, name).await?;
+        let backend = self
+            .volume_backend
+            .get()
+            .ok_or_else(|| AgentError::VolumeNotReady {
                 name: name.to_string(),
-                source,
+                detail: "this host's volume backend did not open (see the agent's log)".into(),
             })?;
-        crate::volume::attach::local_file(&v, &self.config.host_name).map_err(|detail| {
-            AgentError::VolumeNotReady {
-                name: name.to_string(),
-                detail,
-            }
-        })
+        Ok((v.metadata.id.clone(), backend.attach_info(&v.metadata.id)))
     }
 
     async fn fetch_image(&self, project: &str, name: &str) -> Result<Image, AgentError> {
@@ -110,5 +113,32 @@ impl DriverContext for Agent {
         instance: &Instance,
     ) -> Result<Option<VmAttachment>, AgentError> {
         Ok(self.net.attach_vm(self, instance).await?)
+    }
+}
+
+impl Agent {
+    /// Volume `name` of `project` and its file, checked to be available
+    /// on this host.
+    async fn local_volume(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(nimbus_api::Volume, PathBuf), AgentError> {
+        let v: nimbus_api::Volume = self
+            .client
+            .get(&format!("/v1/projects/{project}/volumes/{name}"))
+            .await
+            .map_err(|source| AgentError::VolumeLookup {
+                name: name.to_string(),
+                source,
+            })?;
+        let file =
+            crate::volume::attach::local_file(&v, &self.config.host_name).map_err(|detail| {
+                AgentError::VolumeNotReady {
+                    name: name.to_string(),
+                    detail,
+                }
+            })?;
+        Ok((v, file))
     }
 }

@@ -104,6 +104,8 @@ pub struct Agent {
     pub net: Arc<network::NetDriver>,
     /// The drivers that make instances real here, one per family of kinds.
     pub drivers: Drivers,
+    /// Where this host keeps volumes; set once it opened (at `run`).
+    pub volume_backend: std::sync::OnceLock<Arc<dyn crate::volume::VolumeBackend>>,
 }
 
 /// Give the instance directories made by older versions (root:root 0755)
@@ -167,6 +169,7 @@ impl Agent {
             )),
             drivers,
             config,
+            volume_backend: std::sync::OnceLock::new(),
         }))
     }
 
@@ -187,7 +190,9 @@ impl Agent {
         tokio::spawn(self.clone().stats_loop());
         match crate::volume::qcow2::Qcow2Backend::open(&self.config.data_dir.join("volumes")) {
             Ok(b) => {
-                tokio::spawn(crate::volume::controller::run(self.clone(), Arc::new(b)));
+                let backend: Arc<dyn crate::volume::VolumeBackend> = Arc::new(b);
+                let _ = self.volume_backend.set(backend.clone());
+                tokio::spawn(crate::volume::controller::run(self.clone(), backend));
             }
             Err(e) => tracing::error!(error = %e, "volumes are unavailable on this host"),
         }

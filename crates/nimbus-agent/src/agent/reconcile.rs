@@ -263,9 +263,48 @@ async fn step(
                 None => report_final(agent, instance, &dir, base, true).await,
             }
         }
+        Action::Nothing if keeps_follower => {
+            sync_volumes(agent, driver.as_ref(), instance, &dir, &base).await;
+        }
         Action::Nothing => {}
     }
     Ok(false)
+}
+
+/// A running instance whose driver changes volumes while it runs (a VM's
+/// hot-plug): converge them and report each one's state when it changed.
+async fn sync_volumes(
+    agent: &Arc<Agent>,
+    driver: &dyn Driver,
+    instance: &Instance,
+    dir: &Path,
+    base: &InstanceStatus,
+) {
+    if !matches!(
+        instance.status.phase,
+        InstancePhase::Running | InstancePhase::Paused
+    ) {
+        return;
+    }
+    let Some(volumes) = driver.sync_volumes(agent.as_ref(), instance, dir).await else {
+        return;
+    };
+    if instance.status.volumes.as_ref() == Some(&volumes) {
+        return;
+    }
+    // The shim's own state, not the stored one: a follower may have
+    // reported a newer phase meanwhile.
+    let mut status = match shim::read_state(dir) {
+        Some(s) => {
+            let mut st = status_from_shim(&s, false);
+            st.observed_generation = base.observed_generation;
+            st.host_uid = base.host_uid;
+            st
+        }
+        None => base.clone(),
+    };
+    status.volumes = Some(volumes);
+    report(agent, instance, status, false).await;
 }
 
 /// Start the instance's shim, report it, and follow its state changes.

@@ -63,6 +63,19 @@ pub trait DriverContext: Send + Sync {
             detail: "this agent cannot look volumes up".into(),
         })
     }
+    /// Volume `name` of `project` as QEMU opens it on this host: its id and
+    /// the backend's [`AttachInfo`](crate::volume::AttachInfo), checked to
+    /// be available here.
+    async fn volume_attach_info(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<(String, crate::volume::AttachInfo), AgentError> {
+        Err(AgentError::VolumeNotReady {
+            name: format!("{project}/{name}"),
+            detail: "this agent cannot look volumes up".into(),
+        })
+    }
     /// Plug a container into its networks (`None`: it has none).
     async fn attach_container_network(
         &self,
@@ -127,6 +140,19 @@ pub trait Driver: Send + Sync {
         cx: &dyn DriverContext,
         launch: Launch<'_>,
     ) -> Result<(), AgentError>;
+
+    /// Bring the volumes of the running instance in `dir` to what its spec
+    /// names, where the kind can change them while it runs (a VM's
+    /// hot-plugged disks); what each volume's attachment is now, or `None`
+    /// when this driver changes nothing while it runs.
+    async fn sync_volumes(
+        &self,
+        _cx: &dyn DriverContext,
+        _instance: &Instance,
+        _dir: &Path,
+    ) -> Option<Vec<nimbus_api::AttachedVolume>> {
+        None
+    }
 
     /// Spawn the shim on the prepared directory; its first state (running,
     /// or already exited or failed).

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::disks;
 use super::spec::{Accelerator, Boot, VmKind, VmPaths, VmShimSpec};
 
 /// The seccomp sandbox. `elevateprivileges` stays `allow`: QEMU installs its
@@ -38,9 +39,11 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
         Accelerator::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
     // microvm (virtio-mmio) for kernels without a disk; a PC (virtio-pci,
-    // which distribution initramfs images carry drivers for) otherwise.
+    // which distribution initramfs images carry drivers for) otherwise,
+    // and for VMs that take hot-plugged disks (microvm has no hot-plug).
     let direct_kernel = matches!(spec.boot, Boot::Kernel { disk: None, .. });
-    match (spec.kind, direct_kernel) {
+    let microvm = spec.kind == VmKind::Unikernel || (direct_kernel && spec.hotplug_ports == 0);
+    match (spec.kind, microvm) {
         (VmKind::Unikernel, _) => push(&["-M", "microvm,pit=off,pic=off,rtc=off,acpi=off"]),
         // Direct kernel boot of a Linux VM: microvm with ACPI (power button
         // for graceful stops, virtio-mmio devices described in ACPI) and
@@ -48,10 +51,11 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
         // an early PIT tick arrived as vector 0 and the kernel panicked
         // with a "divide error" in about half of all TCG boots.
         (VmKind::Vm, true) => push(&["-M", "microvm,rtc=on,acpi=on,pic=off"]),
-        // Firmware boot of a disk: a PC with SeaBIOS.
+        // Firmware boot of a disk, or a VM that takes hot-plugged disks: a
+        // PC (SeaBIOS programs the PIC before the kernel runs).
         (VmKind::Vm, false) => push(&["-M", "q35"]),
     }
-    let virtio_blk = if direct_kernel {
+    let virtio_blk = if microvm {
         "virtio-blk-device"
     } else {
         "virtio-blk-pci"
@@ -112,7 +116,9 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
             &format!("{virtio_blk},drive=seed"),
         ]);
     }
-    let nic = if direct_kernel {
+    let volumes = volume_args(spec, microvm);
+    push(&volumes.iter().map(String::as_str).collect::<Vec<_>>());
+    let nic = if microvm {
         "virtio-net-device"
     } else {
         "virtio-net-pci"
@@ -143,6 +149,17 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     }
     push(&["-chardev", "stdio,id=console,signal=off"]);
     push(&["-serial", "chardev:console"]);
+    if spec.hotplug_ports > 0 {
+        // Served by QEMU itself, created before it drops its ids: only
+        // root reaches it in the instance directory (0700).
+        let block = paths.block_qmp.display().to_string().replace(',', ",,");
+        push(&[
+            "-chardev",
+            &format!("socket,id=qmp-block,path={block},server=on,wait=off"),
+            "-mon",
+            "chardev=qmp-block,mode=control",
+        ]);
+    }
     match spec.qmp_fd {
         // Already connected: the shim speaks QMP at once, with no socket
         // file to wait for and nobody else able to connect.
@@ -159,6 +176,46 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
     }
     push(&["-pidfile", &paths.pidfile.display().to_string()]);
     ("qemu-system-x86_64".to_string(), a)
+}
+
+/// The volumes' disks: on a PC each on a PCIe root port of its own (so it
+/// can be unplugged), then `hotplug_ports` free ports for later disks.
+fn volume_args(spec: &VmShimSpec, microvm: bool) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        a.push("-blockdev".into());
+        a.push(disks::blockdev(v, None).to_string());
+        a.push("-device".into());
+        if microvm {
+            a.push(format!(
+                "virtio-blk-device,drive={id},id={id},serial={}",
+                qemu_path(Path::new(&disks::serial(&v.name))),
+                id = disks::disk_id(&v.volume_id)
+            ));
+        } else {
+            a.push(format!(
+                "pcie-root-port,id={},bus=pcie.0,chassis={}",
+                disks::port_name(i),
+                i + 1
+            ));
+            let d = disks::device(v, &disks::port_name(i));
+            a.push("-device".into());
+            a.push(d.to_string());
+        }
+    }
+    if microvm {
+        return a;
+    }
+    let first_free = spec.volumes.len();
+    for i in first_free..first_free + spec.hotplug_ports as usize {
+        a.push("-device".into());
+        a.push(format!(
+            "pcie-root-port,id={},bus=pcie.0,chassis={}",
+            disks::port_name(i),
+            i + 1
+        ));
+    }
+    a
 }
 
 /// QEMU's option syntax splits on commas; doubling them keeps a path whole.
@@ -194,7 +251,55 @@ mod tests {
             stop_grace_ms: 1000,
             log_max_bytes: 1 << 20,
             log_files: 2,
+            volumes: Vec::new(),
+            hotplug_ports: 0,
         }
+    }
+
+    #[test]
+    fn a_vm_with_volumes_gets_named_disks_and_free_ports_on_a_pc() {
+        let mut s = spec(
+            VmKind::Vm,
+            Boot::Kernel {
+                kernel: "/b/k".into(),
+                initrd: Some("/b/i".into()),
+                cmdline: String::new(),
+                disk: None,
+            },
+        );
+        s.volumes = vec![super::super::spec::VmVolume {
+            volume_id: "v1".into(),
+            name: "data".into(),
+            blockdev: serde_json::json!({"driver": "qcow2", "file": {"driver": "file", "filename": "/v/v1.qcow2"}}),
+            file: Some("/v/v1.qcow2".into()),
+            read_only: true,
+        }];
+        s.hotplug_ports = 2;
+        let (_, args) = qemu_command(&s, Path::new("/d"));
+        let line = args.join(" ");
+        assert!(line.contains("-M q35"), "hot-plug needs a PC: {line}");
+        let blockdev = args
+            .iter()
+            .position(|a| a == "-blockdev")
+            .map(|i| serde_json::from_str::<serde_json::Value>(&args[i + 1]).expect("json"))
+            .expect("a -blockdev");
+        assert_eq!(blockdev["node-name"], "vol-v1");
+        assert_eq!(blockdev["read-only"], true);
+        assert_eq!(blockdev["file"]["filename"], "/v/v1.qcow2");
+        assert!(line.contains("\"serial\":\"data\""), "{line}");
+        assert!(line.contains("\"bus\":\"hp0\""), "{line}");
+        for port in ["hp0", "hp1", "hp2"] {
+            assert!(
+                line.contains(&format!("pcie-root-port,id={port},")),
+                "{line}"
+            );
+        }
+        assert!(!line.contains("id=hp3,"), "{line}");
+        assert!(line.contains("virtio-blk-pci,drive=seed"), "{line}");
+        assert!(
+            line.contains("socket,id=qmp-block,path=/d/qmp-block.sock,server=on,wait=off"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use nimbus_api::{HostStatus, InstanceKind};
 
 use super::probe::{probe, ProbeResult};
-use super::spec::{Accelerator, RunAs, TapRef, VmShimSpec, VM_SPEC_FILE};
+use super::spec::{Accelerator, RunAs, TapRef, VmShimSpec, VmVolume, VM_SPEC_FILE};
 use crate::agent::error::{blocking, AgentError};
 use crate::agent::translate;
 use crate::driver::{Driver, DriverContext, Launch};
@@ -108,6 +108,7 @@ impl Driver for VmDriver {
             uid: ids.host_id,
             gid: ids.host_id,
         };
+        let volumes = volumes_of(cx, instance).await?;
         let images = cx.images();
         let (instance, image, dir) = (instance.clone(), image.clone(), dir.to_path_buf());
         blocking("preparing the VM", move || {
@@ -119,6 +120,7 @@ impl Driver for VmDriver {
                 kernel_image.as_ref(),
                 &images,
                 &accel,
+                volumes,
                 instance
                     .spec
                     .stop_grace_ms
@@ -129,6 +131,34 @@ impl Driver for VmDriver {
             .map(drop)
         })
         .await
+    }
+
+    async fn sync_volumes(
+        &self,
+        cx: &dyn DriverContext,
+        instance: &nimbus_api::Instance,
+        dir: &Path,
+    ) -> Option<Vec<nimbus_api::AttachedVolume>> {
+        let recorded = VmShimSpec::load(dir).ok()?.volumes;
+        let mut wanted = Vec::new();
+        let mut unknown = Vec::new();
+        for m in &instance.spec.volumes {
+            match volume_of(cx, instance, m).await {
+                Ok(v) => wanted.push(v),
+                // Attached already: kept, whatever the lookup says now.
+                Err(_) if recorded.iter().any(|r| r.name == m.volume) => {
+                    wanted.extend(recorded.iter().find(|r| r.name == m.volume).cloned())
+                }
+                Err(e) => unknown.push(nimbus_api::AttachedVolume {
+                    volume: m.volume.clone(),
+                    state: "failed".into(),
+                    message: Some(e.to_string()),
+                }),
+            }
+        }
+        let mut states = super::hotplug::sync(dir, wanted).await?;
+        states.extend(unknown);
+        Some(states)
     }
 
     async fn attach_networks(
@@ -162,6 +192,36 @@ impl Driver for VmDriver {
         spec.save(dir)?;
         Ok(())
     }
+}
+
+/// A volume the instance names, as a disk QEMU opens.
+async fn volume_of(
+    cx: &dyn DriverContext,
+    instance: &nimbus_api::Instance,
+    m: &nimbus_api::VolumeMount,
+) -> Result<VmVolume, AgentError> {
+    let project = instance.metadata.project.clone().unwrap_or_default();
+    let (volume_id, info) = cx.volume_attach_info(&project, &m.volume).await?;
+    Ok(VmVolume {
+        volume_id,
+        name: m.volume.clone(),
+        blockdev: info.blockdev,
+        file: info.path,
+        read_only: m.read_only,
+    })
+}
+
+/// Every volume the instance names; the first that is not ready here
+/// fails the start with its reason.
+async fn volumes_of(
+    cx: &dyn DriverContext,
+    instance: &nimbus_api::Instance,
+) -> Result<Vec<VmVolume>, AgentError> {
+    let mut volumes = Vec::new();
+    for m in &instance.spec.volumes {
+        volumes.push(volume_of(cx, instance, m).await?);
+    }
+    Ok(volumes)
 }
 
 #[cfg(test)]

@@ -25,16 +25,23 @@
 //! pause (`stop`/`cont`), status and events. The accelerator is chosen once
 //! per agent by [`probe`].
 //!
+//! Volumes are virtio disks ([`disks`]): named at start on QEMU's command
+//! line, hot-plugged into a running VM over a second QMP monitor that
+//! QEMU serves itself, `qmp-block.sock` ([`hotplug`]).
+//!
 //! Instance directory (besides every shim's `state.json`,
 //! `shim.sock`, `console.log*`): `vm.json`, `root.qcow2` (overlay, kept
-//! across stop/start), `seed.img`, and `qemu.pid` while running.
+//! across stop/start), `seed.img`, and `qemu.pid` and `qmp-block.sock`
+//! while running.
 
 pub mod cmdline;
 mod console;
+pub mod disks;
 pub mod driver;
 pub mod error;
 mod exit;
 mod handler;
+pub mod hotplug;
 pub mod prepare;
 pub mod probe;
 mod qemu;
@@ -43,8 +50,9 @@ pub mod seed;
 pub(crate) mod shim;
 pub mod spec;
 
+pub use disks::{holder as volume_disk_holder, DiskHolder};
 pub use error::VmError;
 pub use prepare::{prepare_instance, write_seed, OVERLAY_FILE};
 pub use probe::{probe, ProbeResult};
 pub(crate) use shim::{owns_instance_dir, prepare_supervisor};
-pub use spec::{Accelerator, Boot, RunAs, VmKind, VmShimSpec, VM_SPEC_FILE};
+pub use spec::{Accelerator, Boot, RunAs, VmKind, VmShimSpec, VmVolume, VM_SPEC_FILE};

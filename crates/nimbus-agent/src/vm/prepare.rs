@@ -10,7 +10,7 @@ use nimbus_image::ImageStore;
 
 use super::probe::ProbeResult;
 use super::seed::{Seed, SEED_FILE};
-use super::spec::{Boot, RunAs, VmKind, VmShimSpec};
+use super::spec::{Boot, RunAs, VmKind, VmShimSpec, VmVolume};
 use crate::shim::ShimError;
 
 /// What preparing a VM's or unikernel's directory can fail with.
@@ -46,6 +46,9 @@ pub enum PrepareError {
 
 /// The VM's root disk: a qcow2 overlay on the image's base file.
 pub const OVERLAY_FILE: &str = "root.qcow2";
+
+/// Free PCIe root ports a VM gets for disks hot-plugged later.
+pub const HOTPLUG_PORTS: u32 = 4;
 
 /// Memory when the spec gives none.
 const DEFAULT_VM_MEMORY_MIB: u64 = 512;
@@ -84,6 +87,7 @@ pub fn prepare_instance(
     kernel_image: Option<&Image>,
     images: &ImageStore,
     accel: &ProbeResult,
+    volumes: Vec<VmVolume>,
     stop_grace_ms: u64,
     log_max_bytes: u64,
     log_files: u32,
@@ -203,6 +207,13 @@ pub fn prepare_instance(
         qmp_fd: None,
         tap: None,
         run_as: Some(run_as),
+        // A unikernel takes no volumes (the API refuses them) and stays
+        // on microvm.
+        hotplug_ports: match kind {
+            VmKind::Vm => HOTPLUG_PORTS,
+            VmKind::Unikernel => 0,
+        },
+        volumes,
         stop_grace_ms,
         log_max_bytes,
         log_files,

@@ -64,6 +64,11 @@ pub enum QmpEvent {
     Stop,
     /// The vCPUs run again.
     Resume,
+    /// A device is gone (the guest released a hot-unplugged disk); `device`
+    /// is its id.
+    DeviceDeleted {
+        device: Option<String>,
+    },
     Other(String),
 }
 
@@ -159,6 +164,22 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<R, QmpError> {
+        let (id, line) = self.encode(command, arguments)?;
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.reply(command, id).await
+    }
+
+    fn encode(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<(u64, Vec<u8>), QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });
@@ -168,13 +189,11 @@ impl Qmp {
         let mut line = serde_json::to_vec(&msg)
             .map_err(|e| QmpError::Protocol(format!("cannot encode {command}: {e}")))?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .await
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        Ok((id, line))
+    }
+
+    /// The reply to command `id`; events met meanwhile are queued.
+    async fn reply<R: DeserializeOwned>(&mut self, command: &str, id: u64) -> Result<R, QmpError> {
         loop {
             let reply = self.read_message().await?;
             if reply.get("event").is_some() {
@@ -195,6 +214,66 @@ impl Qmp {
             return serde_json::from_value(ret)
                 .map_err(|e| QmpError::Protocol(format!("unexpected reply to {command}: {e}")));
         }
+    }
+
+    /// `add-fd`: hands QEMU an open file (SCM_RIGHTS with the command), for
+    /// a QEMU that can no longer open it itself; returns its fd set, which
+    /// `/dev/fdset/<id>` names in a `filename`.
+    pub async fn add_fd(&mut self, file: std::os::fd::BorrowedFd<'_>) -> Result<u64, QmpError> {
+        use std::os::fd::AsRawFd;
+        let (id, line) = self.encode("add-fd", None)?;
+        let io = |path: &str, source: std::io::Error| QmpError::Io {
+            path: path.to_string(),
+            source,
+        };
+        let socket: &UnixStream = self.writer.as_ref();
+        let fds = [file.as_raw_fd()];
+        loop {
+            socket.writable().await.map_err(|e| io(&self.path, e))?;
+            let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(&line)];
+                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                nix::sys::socket::sendmsg::<()>(
+                    socket.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(n) if n == line.len() => break,
+                Ok(n) => {
+                    return Err(QmpError::Protocol(format!(
+                        "add-fd: sent {n} of {} bytes",
+                        line.len()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io(&self.path, e)),
+            }
+        }
+        #[derive(Deserialize)]
+        struct Added {
+            #[serde(rename = "fdset-id")]
+            fdset_id: u64,
+        }
+        let added: Added = tokio::time::timeout(COMMAND_TIMEOUT, self.reply("add-fd", id))
+            .await
+            .map_err(|_| QmpError::Timeout("add-fd".into(), COMMAND_TIMEOUT))??;
+        Ok(added.fdset_id)
+    }
+
+    /// Connects to a QMP socket QEMU serves (the block monitor).
+    pub async fn connect(path: &std::path::Path) -> Result<Qmp, QmpError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QmpError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Qmp::over(stream, &path.display().to_string(), COMMAND_TIMEOUT).await
     }
 
     /// The next asynchronous event. Cancel-safe: a line half read stays
@@ -257,6 +336,9 @@ fn parse_event(msg: &Value) -> QmpEvent {
         },
         "STOP" => QmpEvent::Stop,
         "RESUME" => QmpEvent::Resume,
+        "DEVICE_DELETED" => QmpEvent::DeviceDeleted {
+            device: data["device"].as_str().map(str::to_string),
+        },
         other => QmpEvent::Other(other.to_string()),
     }
 }

@@ -83,9 +83,36 @@ pub struct VmShimSpec {
     pub tap: Option<TapRef>,
     /// Who QEMU runs as after opening its files.
     pub run_as: Option<RunAs>,
+    /// Volumes given to the guest as virtio disks: those named at start,
+    /// then kept up to date as disks are hot-plugged and unplugged
+    /// (`super::hotplug`), so an agent restart knows what is attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VmVolume>,
+    /// Free PCIe root ports for disks hot-plugged later. Non-zero makes a
+    /// directly booted VM a PC (`q35`: microvm has no hot-plug) and opens
+    /// the block monitor (`VmPaths::block_qmp`).
+    #[serde(default)]
+    pub hotplug_ports: u32,
     pub stop_grace_ms: u64,
     pub log_max_bytes: u64,
     pub log_files: u32,
+}
+
+/// A volume as a virtio disk of the guest: block node and device id
+/// `vol-<volume id>` (see [`super::disks`]), serial the volume's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmVolume {
+    pub volume_id: String,
+    /// The volume's name: the disk's serial (`/dev/disk/by-id/virtio-<name>`).
+    pub name: String,
+    /// The backend's `blockdev-add` options (`AttachInfo::blockdev`).
+    pub blockdev: serde_json::Value,
+    /// The backend's local file, when it has one: opened by the agent and
+    /// passed to QEMU for a hot-plug (QEMU then runs unprivileged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The unprivileged identity QEMU drops to (`-run-with user=`).
@@ -174,6 +201,10 @@ impl VmShimSpec {
 /// Per-instance files the VM shim and QEMU use.
 pub struct VmPaths {
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor for block work (hot-plug, snapshots of
+    /// attached volumes), served by QEMU itself; the shim keeps its own
+    /// monitor for the VM's life cycle.
+    pub block_qmp: PathBuf,
     pub pidfile: PathBuf,
 }
 
@@ -181,6 +212,7 @@ impl VmPaths {
     pub fn new(dir: &Path) -> VmPaths {
         VmPaths {
             qmp_socket: dir.join("qmp.sock"),
+            block_qmp: dir.join("qmp-block.sock"),
             pidfile: dir.join("qemu.pid"),
         }
     }

@@ -12,4 +12,5 @@ pub mod servers;
 pub mod up;
 pub mod usage;
 pub mod volume;
+pub mod volume_attach;
 pub mod wait;

@@ -62,6 +62,37 @@ pub enum VolumeCmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Attach a volume to an existing instance: a running VM gets it
+    /// hot-plugged as a virtio disk (`/dev/disk/by-id/virtio-<volume>`), a
+    /// stopped instance at its next start; a running container must be
+    /// stopped first.
+    #[command(
+        after_help = "Examples:\n  nimbus volume attach data --instance db\n  nimbus volume attach data --instance web --path /var/lib/db --read-only"
+    )]
+    Attach {
+        name: String,
+        #[arg(long)]
+        instance: String,
+        /// Where a container mounts it (required for containers; a VM's
+        /// guest mounts its disk itself).
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        read_only: bool,
+        /// Return once recorded, without waiting for a running VM's hot-plug.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Detach a volume from an instance: a running VM's disk is unplugged
+    /// (the guest must release it); a container must be stopped first.
+    #[command(after_help = "Example:\n  nimbus volume detach data --instance db")]
+    Detach {
+        name: String,
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Delete a volume and its snapshots; waits until its data is gone.
     #[command(alias = "delete")]
     Rm {
@@ -332,6 +363,25 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
                 format!("snapshot {volume}@{snapshot} taken\n{}", snapshot_rows(&v))
             })
         }
+        VolumeCmd::Attach {
+            name,
+            instance,
+            path,
+            read_only,
+            no_wait,
+        } => {
+            let req = nimbus_api::AttachVolume {
+                instance,
+                path,
+                read_only,
+            };
+            super::volume_attach::attach(g, &client, &name, req, no_wait).await
+        }
+        VolumeCmd::Detach {
+            name,
+            instance,
+            no_wait,
+        } => super::volume_attach::detach(g, &client, &name, &instance, no_wait).await,
         VolumeCmd::Rm { name, no_wait } => {
             client
                 .request_bytes(Method::DELETE, &path(&name), None)

@@ -17,6 +17,7 @@ pub mod secgroups;
 pub mod servers;
 pub mod usage;
 pub mod users;
+pub mod volume_attach;
 pub mod volumes;
 pub mod watch;
 
@@ -145,6 +146,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/volumes/{name}",
             get(volumes::get).delete(volumes::delete),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/attach",
+            post(volume_attach::attach),
+        )
+        .route(
+            "/v1/projects/{project}/volumes/{name}/detach",
+            post(volume_attach::detach),
         )
         .route(
             "/v1/projects/{project}/volumes/{name}/resize",

@@ -12,7 +12,7 @@ use utoipa::OpenApi;
 
 use super::{
     addresses, audit, events, hosts, images, instances, metrics, networks, objects, projects,
-    secgroups, servers, usage, users, volumes,
+    secgroups, servers, usage, users, volume_attach, volumes,
 };
 
 #[derive(OpenApi)]
@@ -41,6 +41,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         objects::list_credentials, objects::create_credential, objects::delete_credential,
         volumes::list, volumes::list_all, volumes::get, volumes::create, volumes::delete,
         volumes::resize, volumes::create_snapshot, volumes::delete_snapshot, volumes::report_status,
+        volume_attach::attach, volume_attach::detach,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

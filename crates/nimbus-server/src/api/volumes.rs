@@ -29,7 +29,7 @@ static QUOTA_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// restarts. Checking them and writing the instance (or marking the
 /// volume deleted) go one at a time, so two creates never both take one
 /// read-write volume.
-static ATTACH_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ATTACH_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Check the volumes a new instance names (they exist in `project`, are
 /// available, on one host, and no other instance holds them in a
@@ -43,12 +43,7 @@ pub(crate) async fn check_new_attachments(
     if spec.volumes.is_empty() {
         return Ok(None);
     }
-    if spec.kind != nimbus_api::InstanceKind::Container {
-        return Err(domain::AttachError::Kind {
-            kind: format!("{:?}", spec.kind).to_lowercase(),
-        }
-        .into());
-    }
+    crate::domain::attachments::check_kind(spec.kind, &spec.volumes)?;
     let guard = ATTACH_CHANGES.lock().await;
     let volumes = repo.list_every::<Volume>(Some(project), MAX_PAGE).await?;
     let instances = repo

@@ -12,6 +12,7 @@
 //! Nothing here reads the store, touches a host or knows about axum.
 
 pub mod addresses;
+pub mod attachments;
 pub mod events;
 pub mod instances;
 pub mod networks;

@@ -76,10 +76,26 @@ pub enum AttachError {
     },
     #[error("volume {volume:?} is attached to instance {instance:?}; remove the instance first (`nimbus instance rm {instance}`)")]
     Attached { volume: String, instance: String },
-    #[error(
-        "volumes attach to containers only for now; instance kind {kind:?} cannot take --volume"
-    )]
+    #[error("volumes attach to containers and VMs; instance kind {kind:?} cannot take a volume")]
     Kind { kind: String },
+    #[error("a container mounts volume {volume:?} at a path: give one, e.g. --volume {volume}:/var/lib/db (or `nimbus volume attach {volume} --instance NAME --path /var/lib/db`)")]
+    NoPath { volume: String },
+    #[error("volume {volume:?} is kept on host {volume_host:?} but instance {instance:?} runs on host {instance_host:?}; an instance uses volumes of its own host only (make a volume there from a snapshot)")]
+    OtherHost {
+        volume: String,
+        volume_host: String,
+        instance: String,
+        instance_host: String,
+    },
+    #[error("volume {volume:?} is not attached to instance {instance:?}; `nimbus instance get {instance}` lists what is")]
+    NotAttached { volume: String, instance: String },
+    #[error("container {instance:?} is running: a container's volumes change only while it is stopped; run `nimbus instance stop {instance}`, then {action} again (the change applies at its next start)")]
+    RunningContainer {
+        instance: String,
+        action: &'static str,
+    },
+    #[error("instance {instance:?} is being deleted; it takes no volume changes")]
+    InstanceDeleting { instance: String },
 }
 
 impl AttachError {
@@ -91,6 +107,9 @@ impl AttachError {
             AttachError::InUse { .. }
                 | AttachError::SharedReadOnly { .. }
                 | AttachError::Attached { .. }
+                | AttachError::RunningContainer { .. }
+                | AttachError::InstanceDeleting { .. }
+                | AttachError::NotAttached { .. }
         )
     }
 }
@@ -119,7 +138,10 @@ pub fn check_attachments(
                 volume: m.volume.clone(),
             });
         }
-        if !m.path.starts_with('/') || m.path == "/" || m.path.split('/').any(|c| c == "..") {
+        // An empty path is a VM's disk (the kind is checked by the caller).
+        if !m.path.is_empty()
+            && (!m.path.starts_with('/') || m.path == "/" || m.path.split('/').any(|c| c == ".."))
+        {
             return Err(AttachError::Path {
                 path: m.path.clone(),
             });

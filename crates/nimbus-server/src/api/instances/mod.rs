@@ -76,7 +76,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// An instance as responses show it: secret values replaced by
 /// `<secret>`. Every handler answers with this, never the stored object.
-fn shown(mut instance: Instance) -> Json<Instance> {
+pub(crate) fn shown(mut instance: Instance) -> Json<Instance> {
     use nimbus_api::resources::Object;
     instance.redact();
     Json(instance)

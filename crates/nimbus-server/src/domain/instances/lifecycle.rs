@@ -78,7 +78,11 @@ pub fn merge_reported_status(
     let host = instance.status.host.take();
     let image_id = instance.status.image_id.take();
     let addresses = std::mem::take(&mut instance.status.addresses);
+    let volumes = instance.status.volumes.take();
     instance.status = reported;
+    if instance.status.volumes.is_none() {
+        instance.status.volumes = volumes;
+    }
     instance.status.host = host;
     instance.status.image_id = image_id;
     instance.status.addresses = addresses;

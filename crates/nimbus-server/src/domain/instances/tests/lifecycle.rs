@@ -154,6 +154,29 @@ fn a_report_keeps_the_servers_fields_and_takes_the_agents() {
 }
 
 #[test]
+fn a_report_without_volume_states_keeps_the_last_ones() {
+    let mut i = bound(container());
+    let attached = vec![nimbus_api::AttachedVolume {
+        volume: "data".into(),
+        state: "attached".into(),
+        message: None,
+    }];
+    let mut with = report(InstancePhase::Running, 2);
+    with.volumes = Some(attached.clone());
+    merge_reported_status(&mut i, with, Utc::now());
+    merge_reported_status(&mut i, report(InstancePhase::Paused, 2), Utc::now());
+    assert_eq!(i.status.volumes, Some(attached));
+    let mut none = report(InstancePhase::Running, 2);
+    none.volumes = Some(vec![]);
+    merge_reported_status(&mut i, none, Utc::now());
+    assert_eq!(
+        i.status.volumes,
+        Some(vec![]),
+        "an explicit empty list replaces"
+    );
+}
+
+#[test]
 fn an_instance_being_deleted_stays_deleting() {
     let mut i = bound(container());
     let asked = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
