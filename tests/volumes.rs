@@ -362,6 +362,29 @@ fn wait_for_log(cloud: &Cloud, name: &str, text: &str) -> String {
     )
 }
 
+/// Once a cloud's instances are gone: no volume mount, loop device or
+/// qemu-storage-daemon of its data directory is left.
+fn wait_no_volume_leftovers(cloud: &Cloud) {
+    let data_dir = cloud.data_dir().to_string_lossy().to_string();
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "no volume mount, loop device or qemu-storage-daemon left",
+        || {
+            let mounts = common::mounts_under(cloud.data_dir());
+            let loops = Command::new("losetup").arg("-a").output().ok()?;
+            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+            let daemons: Vec<i32> = common::processes_mentioning(&data_dir)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.contains("qemu-storage"))
+                })
+                .collect();
+            (mounts.is_empty() && !loops.contains(&data_dir) && daemons.is_empty()).then_some(())
+        },
+    );
+}
+
 fn remove_instance(cloud: &Cloud, name: &str) {
     cloud.ok(&["instance", "rm", name]);
     common::wait_until(
@@ -388,7 +411,6 @@ fn a_volume_carries_files_from_container_to_container() {
         return;
     }
     let cloud = Cloud::start();
-    let data_dir = cloud.data_dir().to_string_lossy().to_string();
     cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
 
     let out = run_with(
@@ -472,23 +494,125 @@ fn a_volume_carries_files_from_container_to_container() {
     fails_with(&refused, "attached read-only to instance \"third\"");
     remove_instance(&cloud, "third");
 
-    common::wait_until(
-        std::time::Duration::from_secs(30),
-        "no volume mount, loop device or qemu-storage-daemon left",
-        || {
-            let mounts = common::mounts_under(cloud.data_dir());
-            let loops = Command::new("losetup").arg("-a").output().ok()?;
-            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
-            let daemons: Vec<i32> = common::processes_mentioning(&data_dir)
-                .into_iter()
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.contains("qemu-storage"))
-                })
-                .collect();
-            (mounts.is_empty() && !loops.contains(&data_dir) && daemons.is_empty()).then_some(())
-        },
-    );
+    wait_no_volume_leftovers(&cloud);
     cloud.ok(&["volume", "rm", "copy"]);
+    cloud.ok(&["volume", "rm", "data"]);
+}
+
+fn exec(cloud: &Cloud, name: &str, script: &str) -> String {
+    cloud.ok(&["instance", "exec", name, "--", "sh", "-c", script])
+}
+
+/// The SHA-256 of `path` as a container sees it.
+fn sum_in(cloud: &Cloud, name: &str, path: &str) -> String {
+    let out = exec(cloud, name, &format!("sha256sum {path}"));
+    out.split_whitespace()
+        .next()
+        .filter(|s| s.len() == 64)
+        .unwrap_or_else(|| panic!("no sha256 in {out:?}"))
+        .to_string()
+}
+
+/// A snapshot of a volume that a running container is writing: it goes
+/// through the container's qemu-storage-daemon (the qcow2 is locked) with
+/// the ext4 frozen, so it holds what the container wrote just before,
+/// flushed or not, and none of what it wrote after. A clone of it shows
+/// exactly that file in a second container; the original volume, once its
+/// container is removed, re-attaches to a new one with the latest data.
+#[test]
+fn a_running_containers_volume_is_snapshotted_consistently() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
+    // No `sync`: the freeze must flush what sits in the page cache.
+    let out = run_with(
+        &cloud,
+        "writer",
+        &["--volume", "data:/v"],
+        "seq 1 300000 > /v/f && echo WROTE && sleep 600",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_log(&cloud, "writer", "WROTE");
+    let at_snapshot = sum_in(&cloud, "writer", "/v/f");
+
+    cloud.ok(&["volume", "snapshot", "data", "--name", "snap"]);
+    let snaps = cloud.ok(&["volume", "snapshot", "list", "data"]);
+    assert!(snaps.contains("snap") && snaps.contains("yes"), "{snaps}");
+    // The container was never stopped, and writes after the thaw.
+    exec(&cloud, "writer", "echo later >> /v/f && echo new > /v/g");
+    let latest = sum_in(&cloud, "writer", "/v/f");
+    assert_ne!(latest, at_snapshot);
+
+    // The clone, made while the source is still attached, holds the file
+    // as it was at the snapshot, and not what came after.
+    cloud.ok(&["volume", "create", "data2", "--from-snapshot", "data@snap"]);
+    let out = run_with(
+        &cloud,
+        "reader",
+        &["--volume", "data2:/v"],
+        "sha256sum /v/f; test -e /v/g && echo G=present || echo G=absent",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = cloud.wait_phase(
+        "reader",
+        &["exited", "failed"],
+        std::time::Duration::from_secs(60),
+    );
+    let logs = cloud.logs("reader");
+    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
+    assert!(
+        logs.contains(&at_snapshot),
+        "expected {at_snapshot} in {logs}"
+    );
+    assert!(logs.contains("G=absent"), "{logs}");
+    remove_instance(&cloud, "reader");
+
+    // Still one read-write holder at a time.
+    let refused = run_with(
+        &cloud,
+        "second",
+        &["--volume", "data:/v", "--no-wait"],
+        "true",
+    );
+    fails_with(&refused, "attached read-write to instance \"writer\"");
+
+    // Detached (its instance removed) and re-attached: the latest data.
+    remove_instance(&cloud, "writer");
+    let out = run_with(
+        &cloud,
+        "again",
+        &["--volume", "data:/v"],
+        "cat /v/g && echo READY && sleep 600",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = wait_for_log(&cloud, "again", "READY");
+    assert!(logs.contains("new"), "{logs}");
+    assert_eq!(sum_in(&cloud, "again", "/v/f"), latest);
+    // A snapshot deleted while attached goes through the daemon too.
+    cloud.ok(&["volume", "snapshot", "rm", "data", "snap"]);
+    let v = volume(&cloud, "default", "data");
+    assert_eq!(
+        v["status"]["snapshots"].as_array().map(Vec::len),
+        Some(0),
+        "{v}"
+    );
+    remove_instance(&cloud, "again");
+
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "data2"]);
     cloud.ok(&["volume", "rm", "data"]);
 }

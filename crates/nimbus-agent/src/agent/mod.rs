@@ -187,7 +187,15 @@ impl Agent {
         tokio::spawn(self.clone().stats_loop());
         match crate::volume::qcow2::Qcow2Backend::open(&self.config.data_dir.join("volumes")) {
             Ok(b) => {
-                tokio::spawn(crate::volume::controller::run(self.clone(), Arc::new(b)));
+                let volumes = crate::volume::controller::Volumes {
+                    backend: Arc::new(b),
+                    holders: Arc::new(crate::volume::holder::Holders(vec![Box::new(
+                        crate::volume::holder::ContainerHolders {
+                            instances_dir: self.config.instances_dir(),
+                        },
+                    )])),
+                };
+                tokio::spawn(crate::volume::controller::run(self.clone(), volumes));
             }
             Err(e) => tracing::error!(error = %e, "volumes are unavailable on this host"),
         }
