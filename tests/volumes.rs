@@ -604,11 +604,13 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     assert_eq!(sum_in(&cloud, "again", "/v/f"), latest);
     // A snapshot deleted while attached goes through the daemon too.
     cloud.ok(&["volume", "snapshot", "rm", "data", "snap"]);
-    let v = volume(&cloud, "default", "data");
-    assert_eq!(
-        v["status"]["snapshots"].as_array().map(Vec::len),
-        Some(0),
-        "{v}"
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the host to drop the snapshot of the attached volume",
+        || {
+            let v = volume(&cloud, "default", "data");
+            (v["status"]["snapshots"].as_array().map(Vec::len) == Some(0)).then_some(())
+        },
     );
     remove_instance(&cloud, "again");
 
