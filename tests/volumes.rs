@@ -351,6 +351,29 @@ fn run_with(cloud: &Cloud, name: &str, extra: &[&str], script: &str) -> Output {
     cloud.nimbus(&args)
 }
 
+/// Start instance `name`; a refused start fails the test.
+fn run_ok(cloud: &Cloud, name: &str, extra: &[&str], script: &str) {
+    let out = run_with(cloud, name, extra, script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run instance `name` to its end, check it exited 0 and give its output.
+fn run_to_exit(cloud: &Cloud, name: &str, extra: &[&str], script: &str) -> String {
+    run_ok(cloud, name, extra, script);
+    let v = cloud.wait_phase(
+        name,
+        &["exited", "failed"],
+        std::time::Duration::from_secs(60),
+    );
+    let logs = cloud.logs(name);
+    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
+    logs
+}
+
 fn wait_for_log(cloud: &Cloud, name: &str, text: &str) -> String {
     common::wait_until(
         std::time::Duration::from_secs(60),
@@ -413,17 +436,12 @@ fn a_volume_carries_files_from_container_to_container() {
     let cloud = Cloud::start();
     cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
 
-    let out = run_with(
+    run_ok(
         &cloud,
         "writer",
         &["--volume", "data:/var/lib/db"],
         "echo kept > /var/lib/db/f && mkdir /var/lib/db/app && chown 1000:1000 /var/lib/db/app \
          && echo OWNER=$(stat -c %u:%g /var/lib/db/f) && sleep 600",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let logs = wait_for_log(&cloud, "writer", "OWNER=");
     assert!(logs.contains("OWNER=0:0"), "{logs}");
@@ -442,24 +460,12 @@ fn a_volume_carries_files_from_container_to_container() {
     remove_instance(&cloud, "writer");
 
     // A non-root user writes where root chowned.
-    let out = run_with(
+    let logs = run_to_exit(
         &cloud,
         "reader",
         &["--volume", "data:/data", "--user", "1000:1000"],
         "cat /data/f && echo hello > /data/app/u && echo USERWRITE=ok",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = cloud.wait_phase(
-        "reader",
-        &["exited", "failed"],
-        std::time::Duration::from_secs(60),
-    );
-    let logs = cloud.logs("reader");
-    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
     assert!(
         logs.contains("kept") && logs.contains("USERWRITE=ok"),
         "{logs}"
@@ -469,16 +475,11 @@ fn a_volume_carries_files_from_container_to_container() {
     // A clone from a snapshot holds the files; read-only is read-only.
     cloud.ok(&["volume", "snapshot", "data", "--name", "s1"]);
     cloud.ok(&["volume", "create", "copy", "--from-snapshot", "data@s1"]);
-    let out = run_with(
+    run_ok(
         &cloud,
         "third",
         &["--volume", "copy:/c:ro"],
         "cat /c/f /c/app/u; touch /c/new 2>/dev/null && echo RO=writable || echo RO=refused",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let logs = wait_for_log(&cloud, "third", "RO=");
     assert!(logs.contains("kept") && logs.contains("hello"), "{logs}");
@@ -527,16 +528,11 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     let cloud = Cloud::start();
     cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
     // No `sync`: the freeze must flush what sits in the page cache.
-    let out = run_with(
+    run_ok(
         &cloud,
         "writer",
         &["--volume", "data:/v"],
         "seq 1 300000 > /v/f && echo WROTE && sleep 600",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     wait_for_log(&cloud, "writer", "WROTE");
     let at_snapshot = sum_in(&cloud, "writer", "/v/f");
@@ -552,24 +548,12 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     // The clone, made while the source is still attached, holds the file
     // as it was at the snapshot, and not what came after.
     cloud.ok(&["volume", "create", "data2", "--from-snapshot", "data@snap"]);
-    let out = run_with(
+    let logs = run_to_exit(
         &cloud,
         "reader",
         &["--volume", "data2:/v"],
         "sha256sum /v/f; test -e /v/g && echo G=present || echo G=absent",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = cloud.wait_phase(
-        "reader",
-        &["exited", "failed"],
-        std::time::Duration::from_secs(60),
-    );
-    let logs = cloud.logs("reader");
-    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
     assert!(
         logs.contains(&at_snapshot),
         "expected {at_snapshot} in {logs}"
@@ -588,16 +572,11 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
 
     // Detached (its instance removed) and re-attached: the latest data.
     remove_instance(&cloud, "writer");
-    let out = run_with(
+    run_ok(
         &cloud,
         "again",
         &["--volume", "data:/v"],
         "cat /v/g && echo READY && sleep 600",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let logs = wait_for_log(&cloud, "again", "READY");
     assert!(logs.contains("new"), "{logs}");
