@@ -351,6 +351,29 @@ fn run_with(cloud: &Cloud, name: &str, extra: &[&str], script: &str) -> Output {
     cloud.nimbus(&args)
 }
 
+/// Start instance `name`; a refused start fails the test.
+fn run_ok(cloud: &Cloud, name: &str, extra: &[&str], script: &str) {
+    let out = run_with(cloud, name, extra, script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run instance `name` to its end, check it exited 0 and give its output.
+fn run_to_exit(cloud: &Cloud, name: &str, extra: &[&str], script: &str) -> String {
+    run_ok(cloud, name, extra, script);
+    let v = cloud.wait_phase(
+        name,
+        &["exited", "failed"],
+        std::time::Duration::from_secs(60),
+    );
+    let logs = cloud.logs(name);
+    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
+    logs
+}
+
 fn wait_for_log(cloud: &Cloud, name: &str, text: &str) -> String {
     common::wait_until(
         std::time::Duration::from_secs(60),
@@ -360,6 +383,29 @@ fn wait_for_log(cloud: &Cloud, name: &str, text: &str) -> String {
             logs.contains(text).then_some(logs)
         },
     )
+}
+
+/// Once a cloud's instances are gone: no volume mount, loop device or
+/// qemu-storage-daemon of its data directory is left.
+fn wait_no_volume_leftovers(cloud: &Cloud) {
+    let data_dir = cloud.data_dir().to_string_lossy().to_string();
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "no volume mount, loop device or qemu-storage-daemon left",
+        || {
+            let mounts = common::mounts_under(cloud.data_dir());
+            let loops = Command::new("losetup").arg("-a").output().ok()?;
+            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+            let daemons: Vec<i32> = common::processes_mentioning(&data_dir)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.contains("qemu-storage"))
+                })
+                .collect();
+            (mounts.is_empty() && !loops.contains(&data_dir) && daemons.is_empty()).then_some(())
+        },
+    );
 }
 
 fn remove_instance(cloud: &Cloud, name: &str) {
@@ -388,20 +434,14 @@ fn a_volume_carries_files_from_container_to_container() {
         return;
     }
     let cloud = Cloud::start();
-    let data_dir = cloud.data_dir().to_string_lossy().to_string();
     cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
 
-    let out = run_with(
+    run_ok(
         &cloud,
         "writer",
         &["--volume", "data:/var/lib/db"],
         "echo kept > /var/lib/db/f && mkdir /var/lib/db/app && chown 1000:1000 /var/lib/db/app \
          && echo OWNER=$(stat -c %u:%g /var/lib/db/f) && sleep 600",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let logs = wait_for_log(&cloud, "writer", "OWNER=");
     assert!(logs.contains("OWNER=0:0"), "{logs}");
@@ -420,24 +460,12 @@ fn a_volume_carries_files_from_container_to_container() {
     remove_instance(&cloud, "writer");
 
     // A non-root user writes where root chowned.
-    let out = run_with(
+    let logs = run_to_exit(
         &cloud,
         "reader",
         &["--volume", "data:/data", "--user", "1000:1000"],
         "cat /data/f && echo hello > /data/app/u && echo USERWRITE=ok",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = cloud.wait_phase(
-        "reader",
-        &["exited", "failed"],
-        std::time::Duration::from_secs(60),
-    );
-    let logs = cloud.logs("reader");
-    assert_eq!(v["status"]["exit_code"], 0, "{v}\n{logs}");
     assert!(
         logs.contains("kept") && logs.contains("USERWRITE=ok"),
         "{logs}"
@@ -447,16 +475,11 @@ fn a_volume_carries_files_from_container_to_container() {
     // A clone from a snapshot holds the files; read-only is read-only.
     cloud.ok(&["volume", "snapshot", "data", "--name", "s1"]);
     cloud.ok(&["volume", "create", "copy", "--from-snapshot", "data@s1"]);
-    let out = run_with(
+    run_ok(
         &cloud,
         "third",
         &["--volume", "copy:/c:ro"],
         "cat /c/f /c/app/u; touch /c/new 2>/dev/null && echo RO=writable || echo RO=refused",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let logs = wait_for_log(&cloud, "third", "RO=");
     assert!(logs.contains("kept") && logs.contains("hello"), "{logs}");
@@ -472,23 +495,105 @@ fn a_volume_carries_files_from_container_to_container() {
     fails_with(&refused, "attached read-only to instance \"third\"");
     remove_instance(&cloud, "third");
 
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "copy"]);
+    cloud.ok(&["volume", "rm", "data"]);
+}
+
+fn exec(cloud: &Cloud, name: &str, script: &str) -> String {
+    cloud.ok(&["instance", "exec", name, "--", "sh", "-c", script])
+}
+
+/// The SHA-256 of `path` as a container sees it.
+fn sum_in(cloud: &Cloud, name: &str, path: &str) -> String {
+    let out = exec(cloud, name, &format!("sha256sum {path}"));
+    out.split_whitespace()
+        .next()
+        .filter(|s| s.len() == 64)
+        .unwrap_or_else(|| panic!("no sha256 in {out:?}"))
+        .to_string()
+}
+
+/// A snapshot of a volume that a running container is writing: it goes
+/// through the container's qemu-storage-daemon (the qcow2 is locked) with
+/// the ext4 frozen, so it holds what the container wrote just before,
+/// flushed or not, and none of what it wrote after. A clone of it shows
+/// exactly that file in a second container; the original volume, once its
+/// container is removed, re-attaches to a new one with the latest data.
+#[test]
+fn a_running_containers_volume_is_snapshotted_consistently() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
+    // No `sync`: the freeze must flush what sits in the page cache.
+    run_ok(
+        &cloud,
+        "writer",
+        &["--volume", "data:/v"],
+        "seq 1 300000 > /v/f && echo WROTE && sleep 600",
+    );
+    wait_for_log(&cloud, "writer", "WROTE");
+    let at_snapshot = sum_in(&cloud, "writer", "/v/f");
+
+    cloud.ok(&["volume", "snapshot", "data", "--name", "snap"]);
+    let snaps = cloud.ok(&["volume", "snapshot", "list", "data"]);
+    assert!(snaps.contains("snap") && snaps.contains("yes"), "{snaps}");
+    // The container was never stopped, and writes after the thaw.
+    exec(&cloud, "writer", "echo later >> /v/f && echo new > /v/g");
+    let latest = sum_in(&cloud, "writer", "/v/f");
+    assert_ne!(latest, at_snapshot);
+
+    // The clone, made while the source is still attached, holds the file
+    // as it was at the snapshot, and not what came after.
+    cloud.ok(&["volume", "create", "data2", "--from-snapshot", "data@snap"]);
+    let logs = run_to_exit(
+        &cloud,
+        "reader",
+        &["--volume", "data2:/v"],
+        "sha256sum /v/f; test -e /v/g && echo G=present || echo G=absent",
+    );
+    assert!(
+        logs.contains(&at_snapshot),
+        "expected {at_snapshot} in {logs}"
+    );
+    assert!(logs.contains("G=absent"), "{logs}");
+    remove_instance(&cloud, "reader");
+
+    // Still one read-write holder at a time.
+    let refused = run_with(
+        &cloud,
+        "second",
+        &["--volume", "data:/v", "--no-wait"],
+        "true",
+    );
+    fails_with(&refused, "attached read-write to instance \"writer\"");
+
+    // Detached (its instance removed) and re-attached: the latest data.
+    remove_instance(&cloud, "writer");
+    run_ok(
+        &cloud,
+        "again",
+        &["--volume", "data:/v"],
+        "cat /v/g && echo READY && sleep 600",
+    );
+    let logs = wait_for_log(&cloud, "again", "READY");
+    assert!(logs.contains("new"), "{logs}");
+    assert_eq!(sum_in(&cloud, "again", "/v/f"), latest);
+    // A snapshot deleted while attached goes through the daemon too.
+    cloud.ok(&["volume", "snapshot", "rm", "data", "snap"]);
     common::wait_until(
         std::time::Duration::from_secs(30),
-        "no volume mount, loop device or qemu-storage-daemon left",
+        "the host to drop the snapshot of the attached volume",
         || {
-            let mounts = common::mounts_under(cloud.data_dir());
-            let loops = Command::new("losetup").arg("-a").output().ok()?;
-            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
-            let daemons: Vec<i32> = common::processes_mentioning(&data_dir)
-                .into_iter()
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.contains("qemu-storage"))
-                })
-                .collect();
-            (mounts.is_empty() && !loops.contains(&data_dir) && daemons.is_empty()).then_some(())
+            let v = volume(&cloud, "default", "data");
+            (v["status"]["snapshots"].as_array().map(Vec::len) == Some(0)).then_some(())
         },
     );
-    cloud.ok(&["volume", "rm", "copy"]);
+    remove_instance(&cloud, "again");
+
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "data2"]);
     cloud.ok(&["volume", "rm", "data"]);
 }

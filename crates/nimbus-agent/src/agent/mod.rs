@@ -192,7 +192,17 @@ impl Agent {
             Ok(b) => {
                 let backend: Arc<dyn crate::volume::VolumeBackend> = Arc::new(b);
                 let _ = self.volume_backend.set(backend.clone());
-                tokio::spawn(crate::volume::controller::run(self.clone(), backend));
+                let instances_dir = self.config.instances_dir();
+                let volumes = crate::volume::controller::Volumes {
+                    backend,
+                    holders: Arc::new(crate::volume::holder::Holders(vec![
+                        Box::new(crate::volume::holder::ContainerHolders {
+                            instances_dir: instances_dir.clone(),
+                        }),
+                        Box::new(crate::volume::holder::VmHolders { instances_dir }),
+                    ])),
+                };
+                tokio::spawn(crate::volume::controller::run(self.clone(), volumes));
             }
             Err(e) => tracing::error!(error = %e, "volumes are unavailable on this host"),
         }

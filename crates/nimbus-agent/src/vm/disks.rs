@@ -18,17 +18,14 @@ use super::spec::{VmPaths, VmShimSpec, VmVolume, VM_SPEC_FILE};
 /// virtio-blk keeps 20 bytes of serial; longer names are cut there.
 pub const SERIAL_MAX_BYTES: usize = 20;
 
-/// QEMU's longest block node name (31 bytes); `vol-` leaves 27 for the id.
-const NODE_NAME_MAX_BYTES: usize = 31;
+/// The start of every volume disk's node and device id (`volume::node_name`).
 const PREFIX: &str = "vol-";
 
 /// The block node and device id of a volume's disk: `vol-` and the
 /// volume id, cut to the 31 bytes QEMU allows a node name (27 hex digits
 /// of a random id stay unique).
 pub fn disk_id(volume_id: &str) -> String {
-    let keep = NODE_NAME_MAX_BYTES - PREFIX.len();
-    let id: String = volume_id.chars().take(keep).collect();
-    format!("{PREFIX}{id}")
+    crate::volume::node_name(volume_id)
 }
 
 /// Whether a block node or device is a volume's disk ([`disk_id`]).

@@ -12,14 +12,25 @@ use futures::StreamExt;
 use nimbus_api::client::ClientError;
 use nimbus_api::{ResourceList, Volume, VolumePhase, VolumeStatus, WatchEvent, WatchEventType};
 
+use super::holder::HolderLookup;
 use super::plan::{plan, Action};
+use super::quiesce::quiesce;
 use super::{VolumeBackend, VolumeError};
 use crate::agent::Agent;
 
+/// What the controller changes volumes with: the backend keeping their
+/// data, and who holds them open (snapshots of held volumes go through
+/// the holder).
+#[derive(Clone)]
+pub struct Volumes {
+    pub backend: Arc<dyn VolumeBackend>,
+    pub holders: Arc<dyn HolderLookup>,
+}
+
 /// Watch and converge forever.
-pub async fn run(agent: Arc<Agent>, backend: Arc<dyn VolumeBackend>) {
+pub async fn run(agent: Arc<Agent>, volumes: Volumes) {
     loop {
-        if let Err(e) = watch_once(&agent, &backend).await {
+        if let Err(e) = watch_once(&agent, &volumes).await {
             tracing::debug!(error = %e, "volume watch ended; re-listing");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -34,16 +45,13 @@ fn pkey(v: &Volume) -> String {
     )
 }
 
-async fn watch_once(
-    agent: &Arc<Agent>,
-    backend: &Arc<dyn VolumeBackend>,
-) -> Result<(), ClientError> {
+async fn watch_once(agent: &Arc<Agent>, volumes: &Volumes) -> Result<(), ClientError> {
     let list: ResourceList<Volume> = agent.client.list_all("/v1/volumes").await?;
     // Every project's volumes by `project/name`: a clone finds its source.
     let mut known: HashMap<String, Volume> =
         list.items.iter().map(|v| (pkey(v), v.clone())).collect();
     for v in &list.items {
-        converge(agent, backend, v, &known).await;
+        converge(agent, volumes, v, &known).await;
     }
     let mut events = Box::pin(
         agent
@@ -64,7 +72,7 @@ async fn watch_once(
                 match (ev.event_type, ev.object) {
                     (WatchEventType::Added | WatchEventType::Modified, Some(v)) => {
                         known.insert(pkey(&v), v.clone());
-                        converge(agent, backend, &v, &known).await;
+                        converge(agent, volumes, &v, &known).await;
                     }
                     (WatchEventType::Deleted, Some(v)) => {
                         known.remove(&pkey(&v));
@@ -81,7 +89,7 @@ async fn watch_once(
 /// Run the plan for one volume of this host and report the outcome.
 async fn converge(
     agent: &Arc<Agent>,
-    backend: &Arc<dyn VolumeBackend>,
+    volumes: &Volumes,
     volume: &Volume,
     known: &HashMap<String, Volume>,
 ) {
@@ -98,9 +106,9 @@ async fn converge(
         .and_then(|(v, _)| known.get(&format!("{project}/{v}")))
         .filter(|v| v.spec.host == volume.spec.host)
         .map(|v| v.metadata.id.clone());
-    let backend = backend.clone();
+    let volumes = volumes.clone();
     let v = volume.clone();
-    let outcome = tokio::task::spawn_blocking(move || apply(backend.as_ref(), &v, source_id))
+    let outcome = tokio::task::spawn_blocking(move || apply(&volumes, &v, source_id))
         .await
         .unwrap_or_else(|e| VolumeStatus {
             phase: VolumePhase::Error,
@@ -119,8 +127,27 @@ async fn converge(
     }
 }
 
+/// A snapshot of a detached volume, or of a held one through its holder
+/// with its filesystem frozen for the moment it takes (thawed on every
+/// path when `_quiet` drops).
+fn take_snapshot(
+    backend: &dyn VolumeBackend,
+    holders: &dyn HolderLookup,
+    id: &str,
+    name: &str,
+) -> Result<(), VolumeError> {
+    let holder = holders.holder(id);
+    let _quiet = holder
+        .as_ref()
+        .map(|h| quiesce(&h.quiesce, id))
+        .transpose()?;
+    backend.snapshot(id, name, holder.as_ref())
+}
+
 /// Blocking: observe, act, observe again; the status says what exists.
-fn apply(backend: &dyn VolumeBackend, volume: &Volume, source_id: Option<String>) -> VolumeStatus {
+fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> VolumeStatus {
+    let backend = volumes.backend.as_ref();
+    let holders = volumes.holders.as_ref();
     let id = &volume.metadata.id;
     let deleting = volume.metadata.deletion_requested_at.is_some();
     let result = (|| -> Result<(), VolumeError> {
@@ -139,9 +166,19 @@ fn apply(backend: &dyn VolumeBackend, volume: &Volume, source_id: Option<String>
                     })?;
                     backend.clone_from_snapshot(id, source, &snapshot, size_bytes)?
                 }
-                Action::Grow { size_bytes } => backend.resize(id, size_bytes)?,
-                Action::Snapshot { name } => backend.snapshot(id, &name)?,
-                Action::DeleteSnapshot { name } => backend.delete_snapshot(id, &name)?,
+                Action::Grow { size_bytes } => match holders.holder(id) {
+                    Some(_) => {
+                        return Err(VolumeError::Held {
+                            volume_id: id.clone(),
+                            what: "grow".into(),
+                        })
+                    }
+                    None => backend.resize(id, size_bytes)?,
+                },
+                Action::Snapshot { name } => take_snapshot(backend, holders, id, &name)?,
+                Action::DeleteSnapshot { name } => {
+                    backend.delete_snapshot(id, &name, holders.holder(id).as_ref())?
+                }
                 Action::Delete => backend.delete(id)?,
             }
         }
@@ -188,5 +225,144 @@ fn apply(backend: &dyn VolumeBackend, volume: &Volume, source_id: Option<String>
                 finalized: false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::holder::{Holder, Quiesce};
+    use super::super::plan::tests::{observed, volume};
+    use super::super::{AttachInfo, Observed};
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps one volume in memory and records what was asked of it.
+    struct Recorder {
+        now: Mutex<Observed>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn new(o: Observed) -> Recorder {
+            Recorder {
+                now: Mutex::new(o),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+        fn call(&self, c: String) {
+            self.calls.lock().expect("calls").push(c);
+        }
+    }
+
+    fn via(holder: Option<&Holder>) -> String {
+        holder.map_or("qemu-img".into(), |h| h.node_name.clone())
+    }
+
+    impl VolumeBackend for Recorder {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn inspect(&self, _: &str) -> Result<Option<Observed>, VolumeError> {
+            Ok(Some(self.now.lock().expect("now").clone()))
+        }
+        fn create(&self, _: &str, _: u64) -> Result<(), VolumeError> {
+            unreachable!("the volume exists")
+        }
+        fn clone_from_snapshot(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: u64,
+        ) -> Result<(), VolumeError> {
+            unreachable!("the volume exists")
+        }
+        fn resize(&self, _: &str, size_bytes: u64) -> Result<(), VolumeError> {
+            self.call(format!("resize {size_bytes}"));
+            self.now.lock().expect("now").size_bytes = size_bytes;
+            Ok(())
+        }
+        fn snapshot(&self, _: &str, s: &str, h: Option<&Holder>) -> Result<(), VolumeError> {
+            self.call(format!("snapshot {s} via {}", via(h)));
+            self.now.lock().expect("now").snapshots.push(s.to_string());
+            Ok(())
+        }
+        fn delete_snapshot(&self, _: &str, s: &str, h: Option<&Holder>) -> Result<(), VolumeError> {
+            self.call(format!("delete {s} via {}", via(h)));
+            self.now.lock().expect("now").snapshots.retain(|x| x != s);
+            Ok(())
+        }
+        fn delete(&self, _: &str) -> Result<(), VolumeError> {
+            unreachable!("not deleted")
+        }
+        fn attach_info(&self, _: &str) -> AttachInfo {
+            AttachInfo {
+                driver: "fake",
+                path: None,
+                blockdev: serde_json::Value::Null,
+            }
+        }
+    }
+
+    struct HeldBy(Option<Holder>);
+
+    impl HolderLookup for HeldBy {
+        fn holder(&self, _: &str) -> Option<Holder> {
+            self.0.clone()
+        }
+    }
+
+    fn volumes(backend: Arc<Recorder>, holder: Option<Holder>) -> Volumes {
+        Volumes {
+            backend,
+            holders: Arc::new(HeldBy(holder)),
+        }
+    }
+
+    #[test]
+    fn a_held_volume_is_snapshotted_through_its_holder_and_not_grown() {
+        let backend = Arc::new(Recorder::new(observed(16 << 20, &["old"])));
+        let held = Holder {
+            qmp_socket: "/nowhere/qmp.sock".into(),
+            node_name: "vol-x".into(),
+            quiesce: Quiesce::None,
+        };
+        let status = apply(
+            &volumes(backend.clone(), Some(held)),
+            &volume(32 << 20, &["new"], None),
+            None,
+        );
+        assert_eq!(
+            *backend.calls.lock().expect("calls"),
+            ["delete old via vol-x", "snapshot new via vol-x"]
+        );
+        assert_eq!(status.phase, VolumePhase::Error);
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.contains("held open by a running instance"),
+            "{message}"
+        );
+        assert!(
+            message.contains("once the instance is stopped"),
+            "{message}"
+        );
+        assert_eq!(status.snapshots, ["new"]);
+
+        // Detached: the same plan goes through the backend's own tools.
+        let backend = Arc::new(Recorder::new(observed(16 << 20, &["old"])));
+        let status = apply(
+            &volumes(backend.clone(), None),
+            &volume(32 << 20, &["new"], None),
+            None,
+        );
+        assert_eq!(
+            *backend.calls.lock().expect("calls"),
+            [
+                "delete old via qemu-img",
+                "snapshot new via qemu-img",
+                "resize 33554432"
+            ]
+        );
+        assert_eq!(status.phase, VolumePhase::Available);
     }
 }

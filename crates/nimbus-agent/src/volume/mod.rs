@@ -2,14 +2,20 @@
 //! data (`qcow2.rs`, the default), the pure plan that says what to change
 //! to make the data match the spec (`plan.rs`), and the controller that
 //! watches the volumes bound to this host and converges them
-//! (`controller.rs`). The server never touches the data; this module
-//! never writes the store, it reports through the API.
+//! (`controller.rs`). A volume held open by a process (a container's
+//! qemu-storage-daemon, a VM's QEMU) is snapshotted through that process
+//! (`holder.rs`), its filesystem frozen meanwhile (`quiesce.rs`). The
+//! server never touches the data; this module never writes the store, it
+//! reports through the API.
 
 pub mod attach;
 pub mod controller;
+pub mod guest_agent;
+pub mod holder;
 pub mod mount;
 pub mod plan;
 pub mod qcow2;
+pub mod quiesce;
 
 use std::path::PathBuf;
 
@@ -32,8 +38,27 @@ pub enum VolumeError {
     },
     #[error("reading what `qemu-img info` says about volume {volume_id}: {detail}")]
     Info { volume_id: String, detail: String },
+    #[error("`{command}` on {socket} for volume {volume_id} (held open by a running instance) failed: {detail}; the snapshot is retried on the next pass, or stop the instance")]
+    Qmp {
+        volume_id: String,
+        command: String,
+        socket: String,
+        detail: String,
+    },
+    #[error("volume {volume_id} is held open by a running instance, so it cannot {what} now; it does once the instance is stopped or removed")]
+    Held { volume_id: String, what: String },
     #[error("source volume {source_name:?} of this clone is not on this host (deleted, or on another host); create the volume from a snapshot of a volume that exists")]
     NoSource { source_name: String },
+}
+
+/// The QEMU block node name of a volume in whichever process holds it
+/// (a container's qemu-storage-daemon, a VM's QEMU): `vol-` and the
+/// volume id's first 27 characters, because QEMU refuses node names of
+/// 32 characters or more (an id is 32 hex digits; 108 bits still tell
+/// volumes apart).
+pub fn node_name(volume_id: &str) -> String {
+    let short: String = volume_id.chars().take(27).collect();
+    format!("vol-{short}")
 }
 
 /// What the backend found for one volume.
@@ -81,10 +106,33 @@ pub trait VolumeBackend: Send + Sync {
     ) -> Result<(), VolumeError>;
     /// Grow to `size_bytes` (never shrinks).
     fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<(), VolumeError>;
-    fn snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError>;
-    fn delete_snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError>;
+    /// Take `snapshot`; through `holder` when a process holds the volume
+    /// open (the caller has quiesced it).
+    fn snapshot(
+        &self,
+        volume_id: &str,
+        snapshot: &str,
+        holder: Option<&holder::Holder>,
+    ) -> Result<(), VolumeError>;
+    fn delete_snapshot(
+        &self,
+        volume_id: &str,
+        snapshot: &str,
+        holder: Option<&holder::Holder>,
+    ) -> Result<(), VolumeError>;
     /// Remove the volume and its snapshots.
     fn delete(&self, volume_id: &str) -> Result<(), VolumeError>;
     /// How QEMU (or a mount helper) opens the volume.
     fn attach_info(&self, volume_id: &str) -> AttachInfo;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_names_fit_qemu_and_keep_the_id() {
+        let n = super::node_name("0123456789abcdef0123456789abcdef");
+        assert_eq!(n, "vol-0123456789abcdef0123456789a");
+        assert!(n.len() < 32);
+        assert_eq!(super::node_name("abc"), "vol-abc");
+    }
 }

@@ -4,26 +4,31 @@
 //! (made on first use, its root owned by the container's mapped root) is
 //! mounted. Everything an attachment holds is named by files in its work
 //! directory (`qsd.pid`, `loop`, `mountpoint`), so `detach` undoes it after
-//! an agent restart as well as at once.
+//! an agent restart as well as at once. The daemon's QMP monitor listens on
+//! `qmp.sock` there and the qcow2 is its block node [`super::node_name`]
+//! (recorded in `node`), so snapshots of the attached volume go through it
+//! (`holder.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::holder::{Holder, Quiesce};
 use super::VolumeError;
 
 /// The host effects of an attachment, so the order of steps and the
 /// undoing of a half-made attachment are tested without root
 /// (`HostTools` runs the real commands).
 pub trait MountHost {
-    /// Serve `volume` as a raw FUSE file at `export`; the daemon's pid
-    /// goes to `pid_file`.
+    /// Serve `volume` as a raw FUSE file at `<work_dir>/export.raw`, its
+    /// qcow2 as block node `node_name`, with a QMP monitor on
+    /// `<work_dir>/qmp.sock`; the daemon's pid goes to `<work_dir>/qsd.pid`.
     fn start_export(
         &self,
         volume: &Path,
-        export: &Path,
-        pid_file: &Path,
+        work_dir: &Path,
+        node_name: &str,
     ) -> Result<(), VolumeError>;
     /// A loop device backing `file`.
     fn loop_attach(&self, volume: &Path, file: &Path) -> Result<String, VolumeError>;
@@ -43,27 +48,35 @@ pub trait MountHost {
 pub struct HostTools;
 
 impl MountHost for HostTools {
-    fn start_export(&self, v: &Path, export: &Path, pid_file: &Path) -> Result<(), VolumeError> {
+    fn start_export(&self, v: &Path, work_dir: &Path, node: &str) -> Result<(), VolumeError> {
         let file_node = format!(
             "driver=file,filename={},node-name=file",
             v.to_string_lossy().replace(',', ",,")
         );
         let export_opt = format!(
-            "type=fuse,id=volume,node-name=disk,mountpoint={},writable=on",
-            export.to_string_lossy().replace(',', ",,")
+            "type=fuse,id=volume,node-name={node},mountpoint={},writable=on",
+            work_dir.join(EXPORT).to_string_lossy().replace(',', ",,")
         );
+        // The monitor's path is relative to the work directory, where the
+        // daemon starts: a Unix socket path holds 108 bytes at most.
+        let monitor = format!("socket,id=qmp,path={QMP_SOCKET},server=on,wait=off");
         // `--daemonize` returns once the export is served.
-        run(
+        run_in(
             v,
+            Some(work_dir),
             "qemu-storage-daemon",
             &[
                 "--daemonize",
                 "--pidfile",
-                &pid_file.to_string_lossy(),
+                &work_dir.join(PID_FILE).to_string_lossy(),
+                "--chardev",
+                &monitor,
+                "--monitor",
+                "chardev=qmp",
                 "--blockdev",
                 &file_node,
                 "--blockdev",
-                "driver=qcow2,file=file,node-name=disk",
+                &format!("driver=qcow2,file=file,node-name={node}"),
                 "--export",
                 &export_opt,
             ],
@@ -151,6 +164,8 @@ const EXPORT: &str = "export.raw";
 const PID_FILE: &str = "qsd.pid";
 const LOOP_FILE: &str = "loop";
 const MOUNTPOINT_FILE: &str = "mountpoint";
+const NODE_FILE: &str = "node";
+const QMP_SOCKET: &str = "qmp.sock";
 
 fn io(what: String, volume: &Path, source: std::io::Error) -> VolumeError {
     VolumeError::Io {
@@ -161,8 +176,21 @@ fn io(what: String, volume: &Path, source: std::io::Error) -> VolumeError {
 }
 
 fn run(volume: &Path, program: &str, args: &[&str]) -> Result<String, VolumeError> {
+    run_in(volume, None, program, args)
+}
+
+fn run_in(
+    volume: &Path,
+    dir: Option<&Path>,
+    program: &str,
+    args: &[&str],
+) -> Result<String, VolumeError> {
     let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
+    let mut cmd = Command::new(program);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd
         .args(args)
         .output()
         .map_err(|e| io(format!("running `{command}`"), volume, e))?;
@@ -224,7 +252,12 @@ fn attach_steps(
     let export = work_dir.join(EXPORT);
     std::fs::File::create(&export).map_err(|e| io("creating the export file".into(), v, e))?;
     let pid_file = work_dir.join(PID_FILE);
-    host.start_export(v, &export, &pid_file)?;
+    // The volume's file is `<volume id>.qcow2` (`qcow2.rs`).
+    let volume_id = v.file_stem().unwrap_or_default().to_string_lossy();
+    let node = super::node_name(&volume_id);
+    std::fs::write(work_dir.join(NODE_FILE), &node)
+        .map_err(|e| io("recording the block node name".into(), v, e))?;
+    host.start_export(v, work_dir, &node)?;
     let daemon_pid = read_pid(&pid_file).ok_or_else(|| {
         io(
             "reading qemu-storage-daemon's pid file".into(),
@@ -245,6 +278,32 @@ fn attach_steps(
         loop_device: PathBuf::from(device),
         mountpoint: mountpoint.to_path_buf(),
         daemon_pid,
+    })
+}
+
+/// The attachment in `work_dir` if it serves block node `node_name` and
+/// its daemon's monitor is there: how to snapshot it, and which
+/// filesystem to freeze meanwhile.
+pub fn holder_in(work_dir: &Path, node_name: &str) -> Option<Holder> {
+    let node = std::fs::read_to_string(work_dir.join(NODE_FILE)).ok()?;
+    let qmp_socket = work_dir.join(QMP_SOCKET);
+    if node.trim() != node_name || !qmp_socket.exists() {
+        return None;
+    }
+    let device = std::fs::read_to_string(work_dir.join(LOOP_FILE)).ok();
+    let mountpoint = std::fs::read_to_string(work_dir.join(MOUNTPOINT_FILE)).ok();
+    let quiesce = match (device, mountpoint) {
+        (Some(d), Some(m)) => Quiesce::HostFs {
+            mountpoint: PathBuf::from(m),
+            device: PathBuf::from(d.trim()),
+        },
+        // Not mounted yet (an attach in progress): nothing to freeze.
+        _ => Quiesce::None,
+    };
+    Some(Holder {
+        qmp_socket,
+        node_name: node_name.to_string(),
+        quiesce,
     })
 }
 
@@ -325,9 +384,10 @@ mod tests {
     }
 
     impl MountHost for FakeHost {
-        fn start_export(&self, _: &Path, _: &Path, pid_file: &Path) -> Result<(), VolumeError> {
-            self.step("export")?;
-            std::fs::write(pid_file, b"4242\n").expect("pid file");
+        fn start_export(&self, _: &Path, work: &Path, node: &str) -> Result<(), VolumeError> {
+            self.step(&format!("export {node}"))?;
+            std::fs::write(work.join(PID_FILE), b"4242\n").expect("pid file");
+            std::fs::write(work.join(QMP_SOCKET), b"").expect("monitor");
             Ok(())
         }
         fn loop_attach(&self, _: &Path, _: &Path) -> Result<String, VolumeError> {
@@ -375,8 +435,21 @@ mod tests {
         assert_eq!(a.daemon_pid, 4242);
         assert_eq!(
             host.steps(),
-            ["export", "loop", "mkfs 100000:100000", "mount"]
+            ["export vol-v", "loop", "mkfs 100000:100000", "mount"]
         );
+        // Snapshots find the attachment by the volume's node name.
+        assert_eq!(
+            holder_in(&work, "vol-v"),
+            Some(Holder {
+                qmp_socket: work.join("qmp.sock"),
+                node_name: "vol-v".into(),
+                quiesce: Quiesce::HostFs {
+                    mountpoint: mnt.clone(),
+                    device: PathBuf::from("/dev/loop7"),
+                },
+            })
+        );
+        assert_eq!(holder_in(&work, "vol-other"), None);
         detach_with(&host, &work).expect("detach");
         assert_eq!(
             host.steps()[4..],
@@ -451,6 +524,26 @@ mod tests {
         let a = attach(&qcow2, &work, &mnt, (100_000, 100_000)).expect("attach");
         assert_eq!(std::fs::metadata(&mnt).expect("root").uid(), 100_000);
         std::fs::write(mnt.join("kept"), b"data").expect("write");
+        // Held open: the snapshot goes through the daemon's monitor, with
+        // the filesystem frozen meanwhile, and `qemu-img` lists it.
+        let holder = holder_in(&work, "vol-v").expect("the attachment holds the volume");
+        let quiet = super::super::quiesce::quiesce(&holder.quiesce, "v").expect("frozen");
+        super::super::holder::qmp_execute(
+            &holder,
+            "v",
+            "blockdev-snapshot-internal-sync",
+            serde_json::json!({"device": "vol-v", "name": "s1"}),
+        )
+        .expect("snapshot through QMP");
+        drop(quiet);
+        std::fs::write(mnt.join("after"), b"thawed").expect("writes go on after the thaw");
+        let info = run(
+            &qcow2,
+            "qemu-img",
+            &["snapshot", "-U", "-l", &qcow2.to_string_lossy()],
+        )
+        .expect("qemu-img snapshot -l");
+        assert!(info.contains("s1"), "{info}");
         detach(&work).expect("detach");
         let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let tmp_text = tmp.path().to_string_lossy().to_string();

@@ -83,11 +83,12 @@ pub fn plan(volume: &Volume, observed: Option<&Observed>) -> Vec<Action> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nimbus_api::{Metadata, VolumeSnapshot, VolumeSpec};
 
-    fn volume(size: u64, snapshots: &[&str], from: Option<&str>) -> Volume {
+    /// A volume of `size` bytes on host `h` asking for `snapshots`.
+    pub(crate) fn volume(size: u64, snapshots: &[&str], from: Option<&str>) -> Volume {
         Volume {
             metadata: Metadata::new("data", Some("p")),
             spec: VolumeSpec {
@@ -108,7 +109,7 @@ mod tests {
         }
     }
 
-    fn observed(size: u64, snapshots: &[&str]) -> Observed {
+    pub(crate) fn observed(size: u64, snapshots: &[&str]) -> Observed {
         Observed {
             size_bytes: size,
             allocated_bytes: 0,

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::holder::{self, Holder};
 use super::{AttachInfo, Observed, VolumeBackend, VolumeError};
 
 pub struct Qcow2Backend {
@@ -95,6 +96,55 @@ impl Qcow2Backend {
                 Err(self.io("removing a half-made volume file", volume_id, e))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SnapshotOp {
+    Create,
+    Delete,
+}
+
+impl SnapshotOp {
+    fn qemu_img_flag(self) -> &'static str {
+        match self {
+            SnapshotOp::Create => "-c",
+            SnapshotOp::Delete => "-d",
+        }
+    }
+
+    fn qmp_command(self) -> &'static str {
+        match self {
+            SnapshotOp::Create => "blockdev-snapshot-internal-sync",
+            SnapshotOp::Delete => "blockdev-snapshot-delete-internal-sync",
+        }
+    }
+}
+
+impl Qcow2Backend {
+    /// An internal qcow2 snapshot made or removed by `qemu-img` on a
+    /// detached volume, or by the holder's QEMU (which has the image open
+    /// and locked) on an attached one. Either way it lands in the same
+    /// snapshot table, so listing and cloning see no difference.
+    fn snapshot_op(
+        &self,
+        volume_id: &str,
+        snapshot: &str,
+        holder: Option<&Holder>,
+        op: SnapshotOp,
+    ) -> Result<(), VolumeError> {
+        match holder {
+            Some(h) => {
+                let arguments = serde_json::json!({"device": h.node_name, "name": snapshot});
+                holder::qmp_execute(h, volume_id, op.qmp_command(), arguments).map(|_| ())
+            }
+            None => {
+                let path = self.path(volume_id);
+                let p = path.to_string_lossy();
+                self.run(volume_id, &["snapshot", op.qemu_img_flag(), snapshot, &p])
+                    .map(|_| ())
+            }
         }
     }
 }
@@ -218,22 +268,22 @@ impl VolumeBackend for Qcow2Backend {
         Ok(())
     }
 
-    fn snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError> {
-        let path = self.path(volume_id);
-        self.run(
-            volume_id,
-            &["snapshot", "-c", snapshot, &path.to_string_lossy()],
-        )?;
-        Ok(())
+    fn snapshot(
+        &self,
+        volume_id: &str,
+        snapshot: &str,
+        holder: Option<&Holder>,
+    ) -> Result<(), VolumeError> {
+        self.snapshot_op(volume_id, snapshot, holder, SnapshotOp::Create)
     }
 
-    fn delete_snapshot(&self, volume_id: &str, snapshot: &str) -> Result<(), VolumeError> {
-        let path = self.path(volume_id);
-        self.run(
-            volume_id,
-            &["snapshot", "-d", snapshot, &path.to_string_lossy()],
-        )?;
-        Ok(())
+    fn delete_snapshot(
+        &self,
+        volume_id: &str,
+        snapshot: &str,
+        holder: Option<&Holder>,
+    ) -> Result<(), VolumeError> {
+        self.snapshot_op(volume_id, snapshot, holder, SnapshotOp::Delete)
     }
 
     fn delete(&self, volume_id: &str) -> Result<(), VolumeError> {
@@ -300,7 +350,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
-        b.snapshot("a", "s1").expect("snapshot");
+        b.snapshot("a", "s1", None).expect("snapshot");
         b.resize("a", 32 << 20).expect("resize");
         let o = b.inspect("a").expect("inspect").expect("exists");
         assert_eq!(o.size_bytes, 32 << 20);
@@ -310,7 +360,7 @@ mod tests {
         let c = b.inspect("b").expect("inspect").expect("exists");
         assert_eq!(c.size_bytes, 24 << 20);
         assert!(c.snapshots.is_empty());
-        b.delete_snapshot("a", "s1").expect("delete snapshot");
+        b.delete_snapshot("a", "s1", None).expect("delete snapshot");
         b.delete("a").expect("delete");
         b.delete("a").expect("delete again");
         assert_eq!(b.inspect("a").expect("inspect"), None);
