@@ -87,7 +87,14 @@ pub struct ServerConfig {
     pub metrics: bool,
     /// Also serve `/metrics` without a token on this plain-HTTP address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The most an instance's output log may take on its host's disk
+    /// (`nimbus up --log-max`): given to instances that set none, the
+    /// ceiling for those that do, and counted in disk quotas.
+    pub log_max_bytes: u64,
 }
+
+/// An instance's log cap when `nimbus up --log-max` is not given.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 << 20;
 
 impl ServerConfig {
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
@@ -115,6 +122,7 @@ impl ServerConfig {
             max_connections: None,
             metrics: true,
             metrics_listen: None,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
 

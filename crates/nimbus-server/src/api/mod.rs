@@ -73,7 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(users::get_token).delete(users::delete_token),
         )
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
-        .route("/v1/hosts/{host}", get(hosts::get))
+        .route("/v1/hosts/{host}", get(hosts::get).delete(hosts::remove))
         .route("/v1/hosts/{host}/status", post(hosts::report))
         .route("/v1/hosts/{host}/cordon", post(hosts::cordon))
         .route("/v1/hosts/{host}/uncordon", post(hosts::uncordon))
