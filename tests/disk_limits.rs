@@ -467,6 +467,6 @@ fn logs_stay_under_their_cap_and_disk_quotas_and_free_disk_are_enforced() {
             .filter(|r| r.starts_with("unschedulable:"))
             .map(str::to_string)
     });
-    assert!(why.contains("1 host lacks 10TiB of free disk"), "{why}");
+    assert!(why.contains("1 host lacks 10.0TiB of free disk"), "{why}");
     cloud.remove_everything();
 }

@@ -185,6 +185,9 @@ fn placement_by_labels_spread_anti_affinity_cordon_quota() {
         "--memory",
         "2GiB",
         "--no-wait",
+        "--",
+        "sleep",
+        "1",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "memory quota admitted q1");
@@ -229,7 +232,7 @@ fn placement_by_labels_spread_anti_affinity_cordon_quota() {
     let c0 = cloud.instance("c0");
     assert!(c0["status"]["host"].is_null(), "{c0}");
     let why = unschedulable(&cloud, "c0");
-    assert!(why.contains("lack label site=sh"), "{why}");
+    assert!(why.contains("1 host lacks label site=sh"), "{why}");
 
     cloud.remove_everything();
 }
