@@ -52,6 +52,20 @@ fn logs_of(cloud: &Cloud, name: &str, project: &str) -> String {
     cloud.ok(&["instance", "logs", name, "--project", project])
 }
 
+/// Project `other`, with the starter image as `busybox`.
+fn another_project_with_busybox(cloud: &Cloud) {
+    cloud.ok(&["project", "create", "other"]);
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "other",
+        "--name",
+        "busybox",
+        &cloud.starter_tar(),
+    ]);
+}
+
 /// `create` and `delete` still work: the control plane was not starved.
 fn api_accepts_a_create_and_a_delete(cloud: &Cloud, name: &str) {
     cloud.ok(&[
@@ -74,16 +88,7 @@ fn a_container_that_writes_past_its_disk_gets_enospc_and_nobody_else_notices() {
         return;
     }
     let cloud = Cloud::start();
-    cloud.ok(&["project", "create", "other"]);
-    cloud.ok(&[
-        "image",
-        "import",
-        "--project",
-        "other",
-        "--name",
-        "busybox",
-        &cloud.starter_tar(),
-    ]);
+    another_project_with_busybox(&cloud);
     // Another tenant, writing 4 MiB over and over.
     cloud.ok(&[
         "instance",
@@ -349,16 +354,7 @@ fn logs_stay_under_their_cap_and_disk_quotas_and_free_disk_are_enforced() {
         return;
     }
     let cloud = Cloud::start_with(&["--log-max", "192KiB"]);
-    cloud.ok(&["project", "create", "other"]);
-    cloud.ok(&[
-        "image",
-        "import",
-        "--project",
-        "other",
-        "--name",
-        "busybox",
-        &cloud.starter_tar(),
-    ]);
+    another_project_with_busybox(&cloud);
     cloud.ok(&["user", "create", "mia"]);
     cloud.ok(&["role", "grant", "mia", "member", "--project", "default"]);
     let mia = cloud
