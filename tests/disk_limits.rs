@@ -2,7 +2,9 @@
 //! own filesystem of `--disk` bytes. A container that writes past it gets
 //! "No space left on device", while another project's container keeps
 //! writing and the API keeps accepting calls; removal leaves no loop
-//! device, mount or image behind.
+//! device, mount or image behind. An instance's log stays under its cap
+//! (`nimbus up --log-max`); a project's disk quota (`nimbus quota set
+//! --disk`) refuses what it cannot hold; no host takes a disk it lacks.
 
 mod common;
 
@@ -50,6 +52,20 @@ fn logs_of(cloud: &Cloud, name: &str, project: &str) -> String {
     cloud.ok(&["instance", "logs", name, "--project", project])
 }
 
+/// Project `other`, with the starter image as `busybox`.
+fn another_project_with_busybox(cloud: &Cloud) {
+    cloud.ok(&["project", "create", "other"]);
+    cloud.ok(&[
+        "image",
+        "import",
+        "--project",
+        "other",
+        "--name",
+        "busybox",
+        &cloud.starter_tar(),
+    ]);
+}
+
 /// `create` and `delete` still work: the control plane was not starved.
 fn api_accepts_a_create_and_a_delete(cloud: &Cloud, name: &str) {
     cloud.ok(&[
@@ -72,16 +88,7 @@ fn a_container_that_writes_past_its_disk_gets_enospc_and_nobody_else_notices() {
         return;
     }
     let cloud = Cloud::start();
-    cloud.ok(&["project", "create", "other"]);
-    cloud.ok(&[
-        "image",
-        "import",
-        "--project",
-        "other",
-        "--name",
-        "busybox",
-        &cloud.starter_tar(),
-    ]);
+    another_project_with_busybox(&cloud);
     // Another tenant, writing 4 MiB over and over.
     cloud.ok(&[
         "instance",
@@ -315,4 +322,147 @@ fn on_a_full_data_disk_a_deletion_still_commits_on_the_stores_reserve() {
         std::fs::remove_file(&filler).expect("remove filler");
         cloud.kill_daemon();
     }
+}
+
+/// Bytes of an instance's log files (`console.log` and its rotations) on
+/// the host's disk.
+fn log_bytes_on_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("console.log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The number in the last `line N ` the text holds.
+fn last_line_number(text: &str) -> Option<u64> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.split("line ").nth(1)?.split(' ').next()?.parse().ok())
+}
+
+const LOG_CAP_BYTES: u64 = 192 << 10;
+
+#[test]
+fn logs_stay_under_their_cap_and_disk_quotas_and_free_disk_are_enforced() {
+    if !common::is_root("containers writing logs and sized disks") {
+        return;
+    }
+    let cloud = Cloud::start_with(&["--log-max", "192KiB"]);
+    another_project_with_busybox(&cloud);
+    cloud.ok(&["user", "create", "mia"]);
+    cloud.ok(&["role", "grant", "mia", "member", "--project", "default"]);
+    let mia = cloud
+        .json(&["token", "create", "--user", "mia"])
+        .expect("token create")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+
+    // A chatty container: batches of 200 lines of ~100 bytes, far more
+    // than its 192KiB cap over the test.
+    cloud.ok(&[
+        "instance",
+        "run",
+        "chatty",
+        "--image",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do for j in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do for k in 1 2 3 4 5 6 7 8 9 10; do i=$((i+1)); echo \"line $i ................................................................................\"; done; done; sleep 0.05; done",
+    ]);
+    cloud.wait_phase("chatty", &["running"], T);
+    let shown = cloud.instance("chatty");
+    assert_eq!(shown["spec"]["log_max_bytes"], LOG_CAP_BYTES, "{shown}");
+    let dir = instance_dir(&cloud, "chatty", "default");
+    // Five times the cap printed: the first lines are long gone.
+    let printed_past = 5 * LOG_CAP_BYTES / 130;
+    let mut largest = 0;
+    wait_until(T, "chatty to print five times its log cap", || {
+        largest = largest.max(log_bytes_on_disk(&dir));
+        let newest = last_line_number(&cloud.logs("chatty"))?;
+        (newest > printed_past).then_some(())
+    });
+    largest = largest.max(log_bytes_on_disk(&dir));
+    assert!(
+        largest <= LOG_CAP_BYTES,
+        "chatty's logs took {largest} bytes of the host's disk, more than its {LOG_CAP_BYTES}"
+    );
+    cloud.ok(&["instance", "stop", "chatty"]);
+    let logs = cloud.logs("chatty");
+    assert!(!logs.contains("line 1 "), "the oldest lines were kept");
+    let live = std::fs::read_to_string(dir.join("console.log")).expect("console.log");
+    assert_eq!(
+        last_line_number(&logs),
+        last_line_number(&live),
+        "`instance logs` does not end with the newest line written"
+    );
+
+    // A disk quota: a member asking for more gets a 409 that names the
+    // quota and the command to raise it, and nothing is created.
+    cloud.ok(&["quota", "set", "--disk", "1GiB"]);
+    let body = br#"{"name":"huge","spec":{"image":"busybox","args":["true"],"resources":{"disk_bytes":2147483648}}}"#;
+    let (status, resp) = http(
+        &cloud,
+        "POST",
+        "/v1/projects/default/instances",
+        Some(&mia),
+        body,
+    );
+    assert_eq!(status, 409, "{resp}");
+    assert!(resp.contains("may use 1GiB of host disk"), "{resp}");
+    assert!(resp.contains("nimbus quota set --disk"), "{resp}");
+    assert!(
+        cloud.json(&["instance", "get", "huge"]).is_err(),
+        "huge was created"
+    );
+    // Without --disk a container counts the 10GiB it would be given.
+    let out = cloud.nimbus(&[
+        "instance", "run", "nosize", "--image", "busybox", "--", "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nosize was admitted");
+    assert!(err.contains("this one needs 10.0GiB"), "{err}");
+    cloud.ok(&[
+        "instance", "run", "fits", "--image", "busybox", "--disk", "64MiB", "--", "true",
+    ]);
+    let q = cloud.json(&["quota", "get"]).expect("quota get");
+    assert_eq!(
+        q["used"]["disk_bytes"],
+        (64 << 20) + 2 * LOG_CAP_BYTES,
+        "{q}"
+    );
+    // Other projects and the API are untouched.
+    api_accepts_a_create_and_a_delete(&cloud, "meanwhile");
+    cloud.ok(&["quota", "set", "--disk", "none"]);
+
+    // No host can hold 10TiB: the instance stays pending and says why.
+    cloud.ok(&[
+        "instance",
+        "run",
+        "vast",
+        "--image",
+        "busybox",
+        "--disk",
+        "10TiB",
+        "--no-wait",
+        "--",
+        "true",
+    ]);
+    let why = wait_until(T, "vast to be judged unschedulable", || {
+        let v = cloud.instance("vast");
+        assert!(v["status"]["host"].is_null(), "vast was placed: {v}");
+        v["status"]["reason"]
+            .as_str()
+            .filter(|r| r.starts_with("unschedulable:"))
+            .map(str::to_string)
+    });
+    assert!(why.contains("1 host lacks 10.0TiB of free disk"), "{why}");
+    cloud.remove_everything();
 }

@@ -64,30 +64,7 @@ fn unschedulable(cloud: &Cloud, name: &str) -> String {
     )
 }
 
-/// Act as the fake hosts' agent: finish deleting what is bound to them.
-fn finalize_fake(cloud: &Cloud, admin: &str) {
-    let list = cloud.json(&["instance", "list"]).expect("instance list");
-    for i in list["items"].as_array().cloned().unwrap_or_default() {
-        let host = i["status"]["host"].as_str().unwrap_or_default();
-        if !host.starts_with("fake-") {
-            continue;
-        }
-        let name = i["metadata"]["name"].as_str().unwrap_or_default();
-        cloud.ok(&["instance", "rm", name, "--no-wait"]);
-        let body = serde_json::json!({"status": i["status"], "finalized": true}).to_string();
-        let (status, resp) = http(
-            cloud,
-            "POST",
-            &format!("/v1/projects/default/instances/{name}/status"),
-            Some(admin),
-            body.as_bytes(),
-        );
-        assert!(status < 300, "finalizing {name}: {status} {resp}");
-    }
-}
-
 #[test]
-#[ignore = "NOT RUN: hangs in its clean-up (instances bound to fake hosts are never finalized); fix before enabling"]
 fn placement_by_labels_spread_anti_affinity_cordon_quota() {
     if !is_root("scheduler end-to-end test") {
         return;
@@ -208,6 +185,9 @@ fn placement_by_labels_spread_anti_affinity_cordon_quota() {
         "--memory",
         "2GiB",
         "--no-wait",
+        "--",
+        "sleep",
+        "1",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "memory quota admitted q1");
@@ -217,6 +197,42 @@ fn placement_by_labels_spread_anti_affinity_cordon_quota() {
     assert_eq!(q["quota"]["memory_bytes"], 1u64 << 30, "{q}");
     cloud.ok(&["quota", "set", "--memory", "none"]);
 
-    finalize_fake(&cloud, &admin);
+    // Removing a host: refused while its agent heartbeats, unless forced.
+    let out = cloud.nimbus(&["host", "rm", "fake-c"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a ready host was removed");
+    assert!(err.contains("nimbus host rm fake-c --force"), "{err}");
+    assert!(cloud.ok(&["host", "list"]).contains("fake-c"));
+
+    // What was being deleted on a removed host goes (no agent is left to
+    // finish it); what runs there waits to be placed again.
+    let w1_host = bound(&cloud, "w1");
+    cloud.ok(&["instance", "rm", "w1", "--no-wait"]);
+    assert_eq!(cloud.instance("w1")["status"]["phase"], "deleting");
+    let removed = cloud
+        .json(&["host", "rm", &w1_host, "--force"])
+        .expect("host rm");
+    assert_eq!(
+        removed["finalized"],
+        serde_json::json!(["default/w1"]),
+        "{removed}"
+    );
+    assert!(
+        cloud.json(&["instance", "get", "w1"]).is_err(),
+        "w1 is still there"
+    );
+    let released = removed["released"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(released >= 2, "{removed}");
+    for (name, _) in FAKE_HOSTS.iter().filter(|(n, _)| *n != w1_host) {
+        let shown = cloud.ok(&["host", "rm", name, "--force"]);
+        assert!(shown.contains(&format!("host {name:?} removed")), "{shown}");
+    }
+    assert!(!cloud.ok(&["host", "list"]).contains("fake-"));
+    // c0 needs site=sh, which only fake-c had: released, it stays unbound.
+    let c0 = cloud.instance("c0");
+    assert!(c0["status"]["host"].is_null(), "{c0}");
+    let why = unschedulable(&cloud, "c0");
+    assert!(why.contains("1 host lacks label site=sh"), "{why}");
+
     cloud.remove_everything();
 }

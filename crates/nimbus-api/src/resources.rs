@@ -280,7 +280,12 @@ pub struct HostStatus {
     pub phase: HostPhase,
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// Size of the filesystem holding the agent's data dir.
     pub disk_bytes: u64,
+    /// What is free on it for Nimbus, at the last heartbeat (0: not
+    /// reported, by an older agent).
+    #[serde(default)]
+    pub disk_available_bytes: u64,
     pub architecture: String,
     pub kernel: String,
     /// Which cgroup layout the host has (`v1`, `v2`, `hybrid`).
@@ -503,9 +508,35 @@ pub struct InstanceSpec {
     /// Where the scheduler may and should put the instance.
     #[serde(default, skip_serializing_if = "Placement::is_default")]
     pub placement: Placement,
+    /// The most the instance's output log (container stdout and stderr, a
+    /// VM's serial console) takes on its host's disk, rotated files
+    /// together; the oldest lines go first. Set by the server from `nimbus
+    /// up --log-max` when not given, never above it, and counted in the
+    /// project's disk quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_max_bytes: Option<u64>,
 }
 
+/// A container's writable layer when neither it nor its project sets a
+/// size: the agent's default (`nimbus up --container-disk`), and what a
+/// project with a disk quota is given.
+pub const DEFAULT_CONTAINER_DISK_BYTES: u64 = 10 << 30;
+
 impl InstanceSpec {
+    /// Bytes of host disk it may take: its writable layer (a container's
+    /// `resources.disk_bytes`, a VM's `vm.disk_bytes`; unset counts 0, see
+    /// the server's defaults) plus its log cap.
+    pub fn disk_demand_bytes(&self) -> u64 {
+        let disk = match self.kind {
+            InstanceKind::Container => self.resources.disk_bytes,
+            InstanceKind::Vm | InstanceKind::Unikernel => {
+                self.vm.as_ref().and_then(|v| v.disk_bytes)
+            }
+        };
+        disk.unwrap_or(0)
+            .saturating_add(self.log_max_bytes.unwrap_or(0))
+    }
+
     /// vCPUs it counts against the project's quota: a VM's vcpus (default
     /// 1), a container's CPU limit rounded up, at least 1.
     pub fn quota_vcpus(&self) -> u64 {

@@ -232,6 +232,11 @@ pub struct ProjectQuota {
     /// Memory limits of all its instances together, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Host disk of all its instances together, in bytes: each one's
+    /// writable layer (a container's `--disk`, a VM's disk) plus its log
+    /// cap (`nimbus quota set --disk`). Volumes count in `volume_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl ProjectQuota {
@@ -241,6 +246,7 @@ impl ProjectQuota {
             && self.instances.is_none()
             && self.vcpus.is_none()
             && self.memory_bytes.is_none()
+            && self.disk_bytes.is_none()
     }
 }
 

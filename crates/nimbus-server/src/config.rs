@@ -93,7 +93,14 @@ pub struct ServerConfig {
     /// How long the leader's etcd lease outlives its last renewal: how long
     /// the servers wait for a dead leader before one of them takes over.
     pub leader_lease: std::time::Duration,
+    /// The most an instance's output log may take on its host's disk
+    /// (`nimbus up --log-max`): given to instances that set none, the
+    /// ceiling for those that do, and counted in disk quotas.
+    pub log_max_bytes: u64,
 }
+
+/// An instance's log cap when `nimbus up --log-max` is not given.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 16 << 20;
 
 impl ServerConfig {
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
@@ -123,6 +130,7 @@ impl ServerConfig {
             metrics_listen: None,
             server_name: "local".to_string(),
             leader_lease: std::time::Duration::from_secs(5),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
 

@@ -15,6 +15,7 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
             .or_else(mem_total_bytes)
             .unwrap_or(0),
         disk_bytes: disk_bytes(&config.data_dir).unwrap_or(0),
+        disk_available_bytes: disk_available_bytes(&config.data_dir).unwrap_or(0),
         architecture: architecture().to_string(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
@@ -54,6 +55,12 @@ fn mem_total_bytes() -> Option<u64> {
 fn disk_bytes(path: &std::path::Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     Some(st.blocks() as u64 * st.fragment_size() as u64)
+}
+
+/// Free to unprivileged writers (what ext4 keeps for root stays out).
+fn disk_available_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// `v2` (unified only), `hybrid` (v1 controllers plus a v2 mount) or `v1`.

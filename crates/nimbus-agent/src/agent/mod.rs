@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::driver::Drivers;
 
 /// A container's writable layer when nobody asked for a size.
-pub const DEFAULT_CONTAINER_DISK_BYTES: u64 = 10 << 30;
+pub const DEFAULT_CONTAINER_DISK_BYTES: u64 = nimbus_api::DEFAULT_CONTAINER_DISK_BYTES;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {

@@ -7,8 +7,18 @@ use nimbus_api::{Image, Instance};
 use crate::container::spec::{self as shim, IdMap, ShimSpec, UserSpec};
 
 pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
-pub const LOG_MAX_BYTES: u64 = 10 << 20;
+/// Files an instance's log rotates through, the live one included.
 pub const LOG_FILES: u32 = 3;
+/// The log cap of an instance whose spec carries none (made by a server
+/// from before caps were written into specs): three files of 10 MiB.
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 30 << 20;
+
+/// How big each of an instance's log files may grow, and how many are
+/// kept: together they stay within the spec's `log_max_bytes`.
+pub fn log_rotation(instance: &Instance) -> (u64, u32) {
+    let cap = instance.spec.log_max_bytes.unwrap_or(DEFAULT_LOG_CAP_BYTES);
+    (cap / u64::from(LOG_FILES), LOG_FILES)
+}
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn parse_user(user: Option<&str>) -> UserSpec {
@@ -103,8 +113,8 @@ pub fn shim_spec(
         },
         id_map,
         stop_grace_ms: instance.spec.stop_grace_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
-        log_max_bytes: LOG_MAX_BYTES,
-        log_files: LOG_FILES,
+        log_max_bytes: log_rotation(instance).0,
+        log_files: log_rotation(instance).1,
         netns: None,
         resolv_conf: None,
         hosts_file: None,

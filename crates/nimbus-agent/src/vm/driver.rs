@@ -125,8 +125,7 @@ impl Driver for VmDriver {
                     .spec
                     .stop_grace_ms
                     .unwrap_or(translate::DEFAULT_STOP_GRACE_MS),
-                translate::LOG_MAX_BYTES,
-                translate::LOG_FILES,
+                translate::log_rotation(&instance),
             )
             .map(drop)
         })

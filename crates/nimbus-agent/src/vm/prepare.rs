@@ -89,8 +89,7 @@ pub fn prepare_instance(
     accel: &ProbeResult,
     volumes: Vec<VmVolume>,
     stop_grace_ms: u64,
-    log_max_bytes: u64,
-    log_files: u32,
+    (log_max_bytes, log_files): (u64, u32),
 ) -> Result<VmShimSpec, PrepareError> {
     let kind = match instance.spec.kind {
         InstanceKind::Vm => VmKind::Vm,

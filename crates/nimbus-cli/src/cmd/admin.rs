@@ -80,6 +80,16 @@ pub enum HostCmd {
     Uncordon {
         name: String,
     },
+    /// Remove a decommissioned or dead host: instances being deleted there
+    /// are finalized, the others placed again elsewhere (system
+    /// administrators).
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+        /// Remove it even though its agent still heartbeats.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Which audit records to show or export.
@@ -400,6 +410,35 @@ async fn set_cordon(
     })
 }
 
+/// `nimbus host rm NAME [--force]`.
+async fn remove_host(
+    g: &Globals,
+    client: &nimbus_api::client::Client,
+    name: &str,
+    force: bool,
+) -> anyhow::Result<()> {
+    let query = if force { "?force=true" } else { "" };
+    let removed: serde_json::Value = client.delete(&format!("/v1/hosts/{name}{query}")).await?;
+    print(g, &removed, || {
+        let names = |k: &str| -> Vec<String> {
+            removed[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        let (released, finalized) = (names("released"), names("finalized"));
+        format!(
+            "host {name:?} removed; {} instance(s) released to be placed again{}{}; {} deleted instance(s) finalized",
+            released.len(),
+            if released.is_empty() { "" } else { ": " },
+            released.join(", "),
+            finalized.len()
+        )
+    })
+}
+
 pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
     let client = g.client()?;
 
@@ -429,6 +468,7 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
         }
         HostCmd::Cordon { name } => set_cordon(g, &client, &name, "cordon").await,
         HostCmd::Uncordon { name } => set_cordon(g, &client, &name, "uncordon").await,
+        HostCmd::Rm { name, force } => remove_host(g, &client, &name, force).await,
     }
 }
 

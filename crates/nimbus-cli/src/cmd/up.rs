@@ -39,6 +39,11 @@ pub struct ServerArgs {
     /// Largest total size an image may unpack to (decompression-bomb guard).
     #[arg(long, default_value = "8GiB", value_parser = parse_size_arg)]
     pub max_unpacked_size: u64,
+    /// The most an instance's output log (stdout and stderr, a VM's serial
+    /// console) takes on its host's disk, rotated files together; the
+    /// oldest lines go first. Counted in the project's disk quota.
+    #[arg(long, default_value = "16MiB", value_parser = parse_log_max_arg)]
+    pub log_max: u64,
     /// Long-lived streams (watch, logs --follow, exec, console) one token
     /// may hold open; more get 429.
     #[arg(long, default_value_t = 32)]
@@ -184,6 +189,17 @@ pub struct UpArgs {
     pub host_label: Vec<String>,
 }
 
+/// A log cap: a size of at least 64KiB (three files of a long line each).
+fn parse_log_max_arg(text: &str) -> Result<u64, String> {
+    let bytes = parse_size_arg(text)?;
+    if bytes < 64 << 10 {
+        return Err(format!(
+            "{text:?} is below the 64KiB an instance's log needs; give at least 64KiB"
+        ));
+    }
+    Ok(bytes)
+}
+
 fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::with_data_dir(g.data_dir.clone());
     config.store = args.store.clone();
@@ -200,6 +216,7 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
     config.max_body_bytes = args.max_body_bytes;
     config.max_image_bytes = args.max_image_size;
     config.max_unpacked_bytes = args.max_unpacked_size;
+    config.log_max_bytes = args.log_max;
     config.max_streams_per_token = args.max_streams_per_token;
     config.max_streams_per_user = args.max_streams_per_user;
     config.audit_max_records = args.audit_max_records;

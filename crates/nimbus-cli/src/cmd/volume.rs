@@ -116,7 +116,7 @@ pub enum SnapshotCmd {
 pub enum QuotaCmd {
     /// Set the project's limits (system administrators). `none` lifts one.
     #[command(
-        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus quota set --instances 20 --vcpus 16 --memory 32GiB\n  nimbus --project ops quota set --volume-bytes none"
+        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus quota set --instances 20 --vcpus 16 --memory 32GiB --disk 50GiB\n  nimbus --project ops quota set --volume-bytes none"
     )]
     Set {
         /// How many volumes the project may hold.
@@ -135,6 +135,11 @@ pub enum QuotaCmd {
         /// Memory limits of all its instances together, e.g. 16GiB.
         #[arg(long)]
         memory: Option<String>,
+        /// Host disk of all its instances together, e.g. 50GiB: each
+        /// one's --disk (a container without one counts 10GiB) plus its
+        /// log cap. Volumes count in --volume-bytes.
+        #[arg(long)]
+        disk: Option<String>,
     },
     /// Show the project's limits and what it uses.
     Get,
@@ -419,6 +424,7 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         instances,
         vcpus,
         memory,
+        disk,
     } = cmd
     {
         let count = |flag: &'static str| {
@@ -430,6 +436,7 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         let instances = limit(instances.as_deref(), count("instances"))?;
         let vcpus = limit(vcpus.as_deref(), count("vcpus"))?;
         let memory = limit(memory.as_deref(), parse_size)?;
+        let disk = limit(disk.as_deref(), parse_size)?;
         let volumes = limit(volumes.as_deref(), |t| {
             t.parse::<u32>()
                 .map_err(|_| format!("--volumes {t:?} is not a count; give e.g. 10 or none"))
@@ -440,8 +447,9 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
             && instances.is_none()
             && vcpus.is_none()
             && memory.is_none()
+            && disk.is_none()
         {
-            anyhow::bail!("give one or more of --volumes N, --volume-bytes SIZE, --instances N, --vcpus N, --memory SIZE (or none to lift a limit)");
+            anyhow::bail!("give one or more of --volumes N, --volume-bytes SIZE, --instances N, --vcpus N, --memory SIZE, --disk SIZE (or none to lift a limit)");
         }
         if let Some(v) = instances {
             project.spec.quota.instances = v;
@@ -451,6 +459,9 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         }
         if let Some(v) = memory {
             project.spec.quota.memory_bytes = v;
+        }
+        if let Some(v) = disk {
+            project.spec.quota.disk_bytes = v;
         }
         if let Some(v) = volumes {
             project.spec.quota.volumes = v;
@@ -473,12 +484,18 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         .iter()
         .map(|i| i.spec.resources.memory_bytes.unwrap_or(0))
         .sum();
+    let disk: u64 = instances
+        .items
+        .iter()
+        .map(|i| i.spec.disk_demand_bytes())
+        .sum();
     let q = &project.spec.quota;
     let out = serde_json::json!({
         "project": p,
         "quota": q,
         "used": {"volumes": used.items.len(), "volume_bytes": bytes,
-            "instances": instances.items.len(), "vcpus": vcpus, "memory_bytes": memory},
+            "instances": instances.items.len(), "vcpus": vcpus, "memory_bytes": memory,
+            "disk_bytes": disk},
     });
     print(g, &out, || {
         table(
@@ -508,6 +525,11 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
                     q.memory_bytes
                         .map(format_size)
                         .unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "disk".into(),
+                    format_size(disk),
+                    q.disk_bytes.map(format_size).unwrap_or_else(|| "-".into()),
                 ],
             ],
         )

@@ -4,8 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use chrono::Utc;
 use nimbus_api::{
-    validate_name, ApiError, Host, HostPhase, HostStatus, ListOptions, Metadata, RegisterHost,
-    ResourceList, WatchEvent,
+    validate_name, ApiError, Host, HostPhase, HostStatus, Instance, ListOptions, Metadata,
+    RegisterHost, ResourceList, WatchEvent,
 };
 
 use super::body::JsonBody;
@@ -162,6 +162,96 @@ pub async fn uncordon(
     Path(host): Path<String>,
 ) -> ApiResult<Json<Host>> {
     set_cordon(&state, &caller, &host, false).await
+}
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveHostQuery {
+    /// Remove a host even though its agent still heartbeats.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What removing a host did to the instances bound to it (`project/name`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct HostRemoved {
+    pub host: String,
+    /// Unbound and pending: the scheduler places them again.
+    pub released: Vec<String>,
+    /// Being deleted: removed, since no agent is left to finish.
+    pub finalized: Vec<String>,
+}
+
+/// Remove a host (decommissioned, or dead for good): what was being
+/// deleted there is finalized, the rest released to be placed again. A
+/// host whose agent heartbeats is refused unless `force`.
+#[utoipa::path(delete, path = "/v1/hosts/{host}", operation_id = "remove_host", params(HostPath, RemoveHostQuery),
+    responses((status = 200, body = HostRemoved, description = "Removed; the instances bound to it released or finalized (system administrators)"),
+        (status = 409, description = "The host is ready (its agent heartbeats) and `force` was not given")))]
+pub async fn remove(
+    State(state): St,
+    Extension(caller): Extension<Caller>,
+    Path(host): Path<String>,
+    Query(q): Query<RemoveHostQuery>,
+) -> ApiResult<Json<HostRemoved>> {
+    auth::require_system_admin(&caller)?;
+    let current: Host = state.repo.get(None, &host).await?;
+    if current.status.phase == HostPhase::Ready && !q.force {
+        return Err(ServerError(ApiError::conflict(format!(
+            "host {host:?} is ready: its agent still heartbeats and runs what is bound there; stop the agent first, or remove the host anyway with `nimbus host rm {host} --force`"
+        ))));
+    }
+    // The host goes first, so the scheduler cannot bind a released
+    // instance to it again.
+    state
+        .repo
+        .delete::<Host>(None, &host, Some(current.metadata.revision))
+        .await?;
+    let removed = release_bound_instances(&state, &host).await?;
+    crate::scheduler::nudge(&state);
+    tracing::info!(host = %host, released = removed.released.len(), finalized = removed.finalized.len(), "host removed");
+    Ok(Json(removed))
+}
+
+async fn release_bound_instances(
+    state: &crate::state::AppState,
+    host: &str,
+) -> ApiResult<HostRemoved> {
+    use crate::domain::instances::{release_from_removed_host, HostRemoval};
+    let mut removed = HostRemoved {
+        host: host.to_string(),
+        ..Default::default()
+    };
+    let bound: Vec<Instance> = state
+        .repo
+        .list_every::<Instance>(None, 500)
+        .await?
+        .into_iter()
+        .filter(|i| i.status.host.as_deref() == Some(host))
+        .collect();
+    for instance in bound {
+        let project = instance.metadata.project.clone().unwrap_or_default();
+        let shown = format!("{project}/{}", instance.metadata.name);
+        let mut outcome = HostRemoval::Release;
+        let saved = crate::events::modify_instance(
+            &state.repo,
+            Some(&project),
+            &instance.metadata.name,
+            |i| {
+                outcome = release_from_removed_host(i, host);
+                Ok(())
+            },
+        )
+        .await?;
+        match outcome {
+            HostRemoval::Finalize => {
+                crate::api::instances::actions::finalize(&state.repo, &saved).await?;
+                removed.finalized.push(shown);
+            }
+            HostRemoval::Release => removed.released.push(shown),
+        }
+    }
+    Ok(removed)
 }
 
 pub use auth::require_system_admin;

@@ -76,7 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/servers", get(servers::list))
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
-        .route("/v1/hosts/{host}", get(hosts::get))
+        .route("/v1/hosts/{host}", get(hosts::get).delete(hosts::remove))
         .route("/v1/hosts/{host}/status", post(hosts::report))
         .route("/v1/hosts/{host}/cordon", post(hosts::cordon))
         .route("/v1/hosts/{host}/uncordon", post(hosts::uncordon))

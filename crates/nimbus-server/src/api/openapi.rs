@@ -26,7 +26,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         users::list, users::create, users::get, users::delete,
         users::create_token, users::list_tokens, users::get_token, users::delete_token,
         users::list_bindings, users::get_binding, users::create_binding, users::delete_binding,
-        servers::list, hosts::list, hosts::get, hosts::register, hosts::report, hosts::cordon, hosts::uncordon,
+        servers::list, hosts::list, hosts::get, hosts::remove, hosts::register, hosts::report, hosts::cordon, hosts::uncordon,
         images::list, images::get, images::import, images::delete,
         instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
         instances::actions::start, instances::actions::stop, instances::actions::restart, instances::crud::delete,

@@ -80,8 +80,10 @@ impl Filter for FreeCpu {
     }
 }
 
-/// VM disks placed on a host fit on its disk (no overcommit). Hosts that
-/// report no disk size are not judged.
+/// The disks and log caps of the instances placed on a host fit on its
+/// disk (no overcommit), and the request fits in what the host last
+/// reported free: a sparse `--disk 10TiB` never lands on a host that could
+/// not hold it. Hosts that report no disk size are not judged.
 pub struct FreeDisk;
 
 impl Filter for FreeDisk {
@@ -89,16 +91,12 @@ impl Filter for FreeDisk {
         "disk"
     }
     fn admit(&self, demand: &Demand, host: &HostView) -> Result<(), Rejection> {
-        if demand.disk_bytes == 0
-            || host.disk_bytes_total == 0
-            || host.used.disk_bytes + demand.disk_bytes <= host.disk_bytes_total
-        {
-            Ok(())
-        } else {
-            Err(Rejection::lacks(format!(
+        match host.disk_bytes_free() {
+            Some(free) if demand.disk_bytes > free => Err(Rejection::lacks(format!(
                 "{} of free disk",
                 format_size(demand.disk_bytes)
-            )))
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -317,6 +315,25 @@ mod tests {
                 &host()
             )
             .is_ok());
+    }
+
+    #[test]
+    fn disk_counts_what_is_placed_and_what_the_host_reports_free() {
+        let d = Demand {
+            disk_bytes: 4 << 30,
+            ..Default::default()
+        };
+        let mut h = host();
+        h.used.disk_bytes = 7 << 30;
+        assert!(FreeDisk.admit(&d, &h).is_err(), "3GiB left unpromised");
+        h.used.disk_bytes = 0;
+        h.disk_bytes_available = 3 << 30;
+        assert_eq!(
+            FreeDisk.admit(&d, &h).unwrap_err().describe(1),
+            "1 host lacks 4GiB of free disk"
+        );
+        h.disk_bytes_available = 5 << 30;
+        assert!(FreeDisk.admit(&d, &h).is_ok());
     }
 
     #[test]

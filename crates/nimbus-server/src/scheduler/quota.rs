@@ -1,5 +1,5 @@
 //! Project quotas on instances (`nimbus quota set --instances --vcpus
-//! --memory`): checked when an instance is created, so a project over its
+//! --memory --disk`): checked when an instance is created, so a project over its
 //! quota is refused at once rather than left pending.
 
 use nimbus_api::units::format_size;
@@ -23,6 +23,13 @@ pub enum InstanceQuotaError {
     },
     #[error("project {project:?} may use {} of memory; its instances use {} and this one needs {}; give less (--memory) or ask an administrator to raise it (`nimbus quota set --memory SIZE`)", format_size(*limit), format_size(*used), format_size(*more))]
     Memory {
+        project: String,
+        limit: u64,
+        used: u64,
+        more: u64,
+    },
+    #[error("project {project:?} may use {} of host disk; its instances take {} (writable layers and log caps) and this one needs {}; give a smaller --disk or ask an administrator to raise it (`nimbus quota set --disk SIZE`)", format_size(*limit), format_size(*used), format_size(*more))]
+    Disk {
         project: String,
         limit: u64,
         used: u64,
@@ -71,6 +78,18 @@ pub fn check_instance_quota(
         let more = spec.resources.memory_bytes.unwrap_or(0);
         if used + more > limit {
             return Err(InstanceQuotaError::Memory {
+                project: project.into(),
+                limit,
+                used,
+                more,
+            });
+        }
+    }
+    if let Some(limit) = quota.disk_bytes {
+        let used: u64 = existing.iter().map(|i| i.spec.disk_demand_bytes()).sum();
+        let more = spec.disk_demand_bytes();
+        if used.saturating_add(more) > limit {
+            return Err(InstanceQuotaError::Disk {
                 project: project.into(),
                 limit,
                 used,
@@ -180,6 +199,63 @@ mod tests {
                 "may use 1GiB of memory; its instances use 512MiB and this one needs 513MiB"
             ),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+    use nimbus_api::{InstanceKind, Metadata, Resources, VmSpec};
+
+    fn container(disk: u64, log: u64) -> InstanceSpec {
+        InstanceSpec {
+            image: "x".into(),
+            resources: Resources {
+                disk_bytes: Some(disk),
+                ..Default::default()
+            },
+            log_max_bytes: Some(log),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn disk_sums_writable_layers_vm_disks_and_log_caps() {
+        let mut vm = InstanceSpec {
+            kind: InstanceKind::Vm,
+            vm: Some(VmSpec {
+                disk_bytes: Some(2 << 30),
+                ..Default::default()
+            }),
+            log_max_bytes: Some(16 << 20),
+            ..Default::default()
+        };
+        let existing = vec![Instance {
+            metadata: Metadata::new("a", Some("p")),
+            spec: vm.clone(),
+            status: Default::default(),
+        }];
+        let q = ProjectQuota {
+            disk_bytes: Some(3 << 30),
+            ..Default::default()
+        };
+        // 2GiB + 16MiB held; 1GiB - 32MiB + 16MiB more fits exactly.
+        let fits = container((1 << 30) - (32 << 20), 16 << 20);
+        assert!(check_instance_quota("p", &q, &existing, &fits).is_ok());
+        let err = check_instance_quota("p", &q, &existing, &container(1 << 30, 16 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("project \"p\" may use 3GiB of host disk; its instances take 2.0GiB"),
+            "{err}"
+        );
+        assert!(err.contains("`nimbus quota set --disk SIZE`"), "{err}");
+        vm.vm = None;
+        assert_eq!(
+            vm.disk_demand_bytes(),
+            16 << 20,
+            "no disk: its log cap only"
         );
     }
 }

@@ -22,6 +22,8 @@ pub struct HostView {
     pub cpu_millis_total: u64,
     pub memory_bytes_total: u64,
     pub disk_bytes_total: u64,
+    /// Free on the host's data disk at its last heartbeat (0: unknown).
+    pub disk_bytes_available: u64,
     pub used: Usage,
     /// Instances placed here, per `label_key`.
     pub instance_labels: HashMap<String, u32>,
@@ -38,6 +40,7 @@ impl HostView {
             cpu_millis_total: u64::from(h.status.cpus) * 1000,
             memory_bytes_total: h.status.memory_bytes,
             disk_bytes_total: h.status.disk_bytes,
+            disk_bytes_available: h.status.disk_available_bytes,
             used: Usage::default(),
             instance_labels: HashMap::new(),
         }
@@ -52,6 +55,19 @@ impl HostView {
         for k in &demand.own_label_keys {
             *self.instance_labels.entry(k.clone()).or_default() += 1;
         }
+    }
+
+    /// Disk not promised to the instances placed here and, when the host
+    /// reports it, really free; `None` when the host reports no disk.
+    pub fn disk_bytes_free(&self) -> Option<u64> {
+        if self.disk_bytes_total == 0 {
+            return None;
+        }
+        let unpromised = self.disk_bytes_total.saturating_sub(self.used.disk_bytes);
+        Some(match self.disk_bytes_available {
+            0 => unpromised,
+            available => unpromised.min(available),
+        })
     }
 
     pub fn memory_bytes_free(&self) -> u64 {
@@ -90,7 +106,8 @@ pub struct Demand {
 impl Demand {
     /// What `i` reserves: nothing once it is meant to be stopped. Memory is
     /// its limit (none: best effort, as without a request in Kubernetes);
-    /// CPU is a VM's vcpus or a container's CPU limit; disk is a VM's disk.
+    /// CPU is a VM's vcpus or a container's CPU limit; disk is its writable
+    /// layer or VM disk, when sized, plus its log cap.
     pub fn of(i: &Instance) -> Self {
         let project = i.metadata.project.as_deref().unwrap_or("");
         let keys = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
@@ -121,7 +138,7 @@ impl Demand {
                 u64::from(i.spec.vm.as_ref().and_then(|v| v.vcpus).unwrap_or(1)) * 1000
             }
         };
-        d.disk_bytes = i.spec.vm.as_ref().and_then(|v| v.disk_bytes).unwrap_or(0);
+        d.disk_bytes = i.spec.disk_demand_bytes();
         d
     }
 }

@@ -152,9 +152,7 @@ pub async fn report_status(
     }
     if update.finalized {
         domain::check_finalize(&current)?;
-        let mut deleted = crate::events::instance_deleted(&current)?;
-        deleted.extend(crate::usage::instance_deleted(&current)?);
-        crate::ipam::delete_with_addresses(&state.repo, &current, None, deleted).await?;
+        finalize(&state.repo, &current).await?;
         // Finalizing removes the instance: audited even from an agent.
         let mut resp = StatusCode::NO_CONTENT.into_response();
         resp.extensions_mut()
@@ -167,4 +165,12 @@ pub async fn report_status(
     })
     .await?;
     Ok(shown(saved).into_response())
+}
+
+/// Remove an instance whose deletion is done (or can no longer be done by
+/// its host), with its addresses, its deletion event and its usage record.
+pub async fn finalize(repo: &crate::repo::Repo, instance: &Instance) -> ApiResult<()> {
+    let mut deleted = crate::events::instance_deleted(instance)?;
+    deleted.extend(crate::usage::instance_deleted(instance)?);
+    crate::ipam::delete_with_addresses(repo, instance, None, deleted).await
 }

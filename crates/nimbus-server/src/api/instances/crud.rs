@@ -212,10 +212,10 @@ async fn apply_default_limits(
     state: &AppState,
     project: &str,
     spec: &mut InstanceSpec,
-) -> ApiResult<()> {
+) -> ApiResult<Project> {
     let project: Project = state.repo.get(None, project).await?;
     domain::apply_default_limits(spec, &project.spec.instance_defaults);
-    Ok(())
+    Ok(project)
 }
 
 /// Refuse an instance the project's quota does not admit (409).
@@ -226,7 +226,11 @@ async fn check_instance_quota(
 ) -> ApiResult<()> {
     let p: Project = state.repo.get(None, project).await?;
     let q = &p.spec.quota;
-    if q.instances.is_none() && q.vcpus.is_none() && q.memory_bytes.is_none() {
+    if q.instances.is_none()
+        && q.vcpus.is_none()
+        && q.memory_bytes.is_none()
+        && q.disk_bytes.is_none()
+    {
         return Ok(());
     }
     let all = ListOptions {
@@ -259,8 +263,10 @@ pub async fn create(
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
     let mut spec = req.spec;
+    domain::apply_log_cap(&mut spec, state.config.log_max_bytes)?;
     spec.secret_env = seal_secret_env(&state, &metadata.id, spec.secret_env, None)?;
-    apply_default_limits(&state, &project, &mut spec).await?;
+    let p = apply_default_limits(&state, &project, &mut spec).await?;
+    domain::size_for_disk_quota(&mut spec, &p.spec.quota);
     let _attaching =
         crate::api::volumes::check_new_attachments(&state.repo, &project, &spec).await?;
     check_instance_quota(&state, &project, &spec).await?;
@@ -303,6 +309,8 @@ pub async fn replace(
     // spec from scratch) get the project's current defaults, so no replace
     // can leave an instance unlimited.
     let mut spec = body.spec;
+    // The log cap is fixed at creation: counted in the quota then.
+    spec.log_max_bytes = current.spec.log_max_bytes;
     apply_default_limits(&state, &project, &mut spec).await?;
     spec.secret_env = seal_secret_env(
         &state,
@@ -326,7 +334,20 @@ pub struct DeleteQuery {
     pub force: bool,
 }
 
-/// Deletion: instances never started are removed at once; others are
+/// Whether the host `instance` is bound to no longer exists.
+async fn host_removed(state: &AppState, instance: &Instance) -> ApiResult<bool> {
+    let Some(host) = instance.status.host.as_deref() else {
+        return Ok(false);
+    };
+    Ok(state
+        .repo
+        .try_get::<nimbus_api::Host>(None, host)
+        .await?
+        .is_none())
+}
+
+/// Deletion: instances never started (or bound to a removed host) are
+/// removed at once; others are
 /// marked and their host's agent removes everything, then finalizes.
 #[utoipa::path(delete, tag = "instances", path = "/v1/projects/{project}/instances/{name}", operation_id = "delete_instance", params(InstancePath, DeleteQuery),
     responses((status = 202, body = Instance, description = "Deletion in progress: the host's agent cleans up, then the instance goes"),
@@ -348,6 +369,12 @@ pub async fn delete(
             deleted,
         )
         .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if host_removed(&state, &current).await? {
+        // Bound to a host removed since (`nimbus host rm`): no agent is
+        // left to clean up, so it goes now.
+        super::actions::finalize(&state.repo, &current).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let saved = state

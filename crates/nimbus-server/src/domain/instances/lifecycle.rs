@@ -50,6 +50,35 @@ pub fn request_deletion(instance: &mut Instance, force: bool, now: DateTime<Utc>
     instance.status.reason = Some("deletion requested; the host is cleaning up".into());
 }
 
+/// What removing host `host` does to an instance bound to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRemoval {
+    /// Its deletion was requested: nobody is left to finish it, so it goes.
+    Finalize,
+    /// It is unbound and waits to be placed again.
+    Release,
+}
+
+/// An instance being deleted is finalized; any other is released: unbound
+/// from the removed host and pending, so the scheduler places it again.
+pub fn release_from_removed_host(instance: &mut Instance, host: &str) -> HostRemoval {
+    if instance.metadata.deletion_requested_at.is_some() {
+        return HostRemoval::Finalize;
+    }
+    // What the old host observed is forgotten; what the server decided
+    // (the image resolved, the addresses allocated) is kept.
+    instance.status = InstanceStatus {
+        phase: InstancePhase::Pending,
+        reason: Some(format!(
+            "host {host:?} was removed; waiting to be placed again"
+        )),
+        image_id: instance.status.image_id.take(),
+        addresses: std::mem::take(&mut instance.status.addresses),
+        ..Default::default()
+    };
+    HostRemoval::Release
+}
+
 /// `finalized` is accepted only for an instance being deleted.
 pub fn check_finalize(instance: &Instance) -> Result<(), StateError> {
     if instance.metadata.deletion_requested_at.is_none() {

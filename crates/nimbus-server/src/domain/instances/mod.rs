@@ -92,6 +92,8 @@ pub enum SpecError {
     ContainerLimitsForVm(&'static str),
     #[error("resources.disk_bytes sizes a container's writable layer; a {0} sizes its disk with vm.disk_bytes (`--disk`)")]
     ContainerDiskForVm(&'static str),
+    #[error("log_max_bytes of {} is above this cloud's cap of {}; ask for at most that (an administrator sets it with `nimbus up --log-max`)", nimbus_api::units::format_size(*asked), nimbus_api::units::format_size(*max))]
+    LogCapTooLarge { asked: u64, max: u64 },
     #[error("vcpus {0} is not between 1 and {max}", max = MAX_VCPUS)]
     Vcpus(u32),
     #[error("disk of {want} bytes is smaller than image {image:?} ({image_bytes} bytes); ask for at least its size")]

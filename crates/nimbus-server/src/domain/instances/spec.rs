@@ -318,6 +318,33 @@ pub fn apply_default_limits(spec: &mut InstanceSpec, project_defaults: &Resource
     }
 }
 
+/// The log cap: the server's (`nimbus up --log-max`) when the spec sets
+/// none; one above it is refused.
+pub fn apply_log_cap(spec: &mut InstanceSpec, server_max_bytes: u64) -> Result<(), SpecError> {
+    match spec.log_max_bytes {
+        Some(asked) if asked > server_max_bytes => Err(SpecError::LogCapTooLarge {
+            asked,
+            max: server_max_bytes,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            spec.log_max_bytes = Some(server_max_bytes);
+            Ok(())
+        }
+    }
+}
+
+/// In a project with a disk quota, a container without a size gets the
+/// agent's default one written down, so the quota counts what its host
+/// will enforce.
+pub fn size_for_disk_quota(spec: &mut InstanceSpec, quota: &nimbus_api::ProjectQuota) {
+    if quota.disk_bytes.is_some() && spec.kind == InstanceKind::Container {
+        spec.resources
+            .disk_bytes
+            .get_or_insert(nimbus_api::DEFAULT_CONTAINER_DISK_BYTES);
+    }
+}
+
 /// What becomes of one secret environment value given in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretValue {

@@ -224,3 +224,31 @@ fn auto_remove_deletes_on_a_terminal_phase_of_the_current_generation_only() {
     assert_eq!(i.metadata.deletion_requested_at, None);
     assert_eq!(i.status.phase, InstancePhase::Exited);
 }
+
+#[test]
+fn removing_a_host_finalizes_what_is_deleted_and_releases_the_rest() {
+    let mut running = instance(container(), InstancePhase::Running);
+    running.status.host = Some("h1".into());
+    running.status.pid = Some(42);
+    running.status.image_id = Some("sha256:abc".into());
+    assert_eq!(
+        release_from_removed_host(&mut running, "h1"),
+        HostRemoval::Release
+    );
+    assert_eq!(running.status.host, None);
+    assert_eq!(running.status.phase, InstancePhase::Pending);
+    assert_eq!(running.status.pid, None, "the old host's pid is forgotten");
+    assert_eq!(running.status.image_id.as_deref(), Some("sha256:abc"));
+    assert_eq!(
+        running.status.reason.as_deref(),
+        Some("host \"h1\" was removed; waiting to be placed again")
+    );
+
+    let mut deleting = instance(container(), InstancePhase::Running);
+    deleting.status.host = Some("h1".into());
+    request_deletion(&mut deleting, false, Utc::now());
+    assert_eq!(
+        release_from_removed_host(&mut deleting, "h1"),
+        HostRemoval::Finalize
+    );
+}
