@@ -219,15 +219,13 @@ async fn volumes_in_the_console(b: &Browser, cloud: &Cloud, shots: &std::path::P
         &format!("{} button[data-action=delete]", volume_row("console-clone")),
     )
     .await;
-    b.wait_js(
-        "console-clone to leave the list or show deleting",
-        T,
-        &format!(
-            "const r = document.querySelector(\"{}\"); return document.body.dataset.ready === 'volumes' && (!r || !!r.querySelector('.phase-deleting'))",
-            volume_row("console-clone")
-        ),
-    )
-    .await;
+    // The page shows it deleting, or (its host was quick) gone.
+    let gone_or_deleting = format!(
+        "const r = document.querySelector(\"{}\"); return document.body.dataset.ready === 'volumes' && (!r || !!r.querySelector('.phase-deleting'))",
+        volume_row("console-clone")
+    );
+    b.wait_js("console-clone deleting or gone", T, &gone_or_deleting)
+        .await;
     wait_until(T, "console-clone to be deleted", || {
         vol("console-clone").err()
     });

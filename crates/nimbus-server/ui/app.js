@@ -676,6 +676,8 @@
     const mib = (v, key) => { const n = parseInt(v.get(key), 10); return Number.isFinite(n) && n > 0 ? n * 1048576 : 0; };
     const rows = volumes.map((v) => {
       const st = v.status || {}, name = v.metadata.name;
+      // Asked to be deleted: its host removes the data, then it goes.
+      const phase = v.metadata.deletion_requested_at ? 'deleting' : (st.phase || 'pending');
       const snaps = (v.spec.snapshots || []).map((s) => el('span.chip', { 'data-snapshot': s.name, title: `${bytes(s.size_bytes)}, ${when(s.created_at)}` }, s.name,
         member ? confirmButton('×', async () => {
           await api('DELETE', `${base(name)}/snapshots/${encodeURIComponent(s.name)}`);
@@ -684,7 +686,7 @@
         }, { 'data-action': 'delete-snapshot', title: `delete snapshot ${s.name}` }) : null));
       return el('tr', { 'data-volume': name },
         el('td', {}, name), el('td', {}, bytes(v.spec.size_bytes)), el('td', {}, bytes(st.allocated_bytes)),
-        el('td', {}, el('span', { class: `phase phase-${st.phase}`, title: st.message || '' }, st.phase || 'pending')),
+        el('td', {}, el('span', { class: `phase phase-${phase}`, title: st.message || '' }, phase)),
         el('td', {}, v.spec.host || ''), el('td', {}, snaps), el('td', {}, (users[name] || []).join(', ')),
         el('td', {}, member ? confirmButton('Delete', async () => {
           await api('DELETE', base(name));
