@@ -10,7 +10,9 @@
 //!   `--metrics=false`, in alternating rounds (on, off, off, on, on, off,
 //!   …) so drift in the shared machine's load falls on both. It prints
 //!   each round's p99, the median of the rounds' p99s, the p99 of all
-//!   requests pooled, and the on/off ratios (goal: under 1.05).
+//!   requests pooled, and the on/off ratios (goal: under 1.05), with the
+//!   geometric mean of the paired rounds' ratios and its 95% interval, which
+//!   says whether the rounds can show a 5% cost at all.
 //!
 //! Any non-2xx answer fails the benchmark: a fast error is not a result.
 //!
@@ -612,4 +614,35 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
         met(on_pooled / off_pooled),
         on_pooled / off_pooled
     );
+    let (mean, low, high) = paired_ratio_interval(&a.p99_ms, &b.p99_ms);
+    let verdict = if high < 1.05 {
+        "shown under 1.05"
+    } else if low >= 1.05 {
+        "shown over 1.05"
+    } else {
+        "NOT shown either way: the rounds vary more than the cost; run more rounds"
+    };
+    println!(
+        "paired rounds: geometric mean of p99 on/off {mean:.3}, 95% interval {low:.3}..{high:.3}: {verdict}"
+    );
+}
+
+/// The geometric mean of the paired ratios `on[i] / off[i]` and its 95%
+/// interval (normal approximation on the log ratios): whether the rounds
+/// say anything about a 5% cost, given how much single rounds vary.
+fn paired_ratio_interval(on: &[f64], off: &[f64]) -> (f64, f64, f64) {
+    let logs: Vec<f64> = on
+        .iter()
+        .zip(off)
+        .filter(|(a, b)| **a > 0.0 && **b > 0.0)
+        .map(|(a, b)| (a / b).ln())
+        .collect();
+    let n = logs.len() as f64;
+    if n < 2.0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = logs.iter().sum::<f64>() / n;
+    let var = logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = 1.96 * (var / n).sqrt();
+    (mean.exp(), (mean - half).exp(), (mean + half).exp())
 }
