@@ -111,11 +111,12 @@ impl WatchHub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{EventKind, KeyValue};
 
-    fn put(key: &str, revision: Revision) -> Event {
+    /// A put of `key` at `revision`, for tests of the fan-out.
+    pub(crate) fn put(key: &str, revision: Revision) -> Event {
         Event {
             kind: EventKind::Put,
             kv: KeyValue {

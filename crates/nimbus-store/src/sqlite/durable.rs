@@ -184,20 +184,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{EventKind, KeyValue};
-
-    fn put(key: &str, revision: Revision) -> Event {
-        Event {
-            kind: EventKind::Put,
-            kv: KeyValue {
-                key: key.to_string(),
-                value: b"v".to_vec(),
-                create_revision: revision,
-                mod_revision: revision,
-            },
-            prev: None,
-        }
-    }
+    use crate::hub::tests::put;
 
     #[test]
     fn events_reach_watchers_only_after_the_sync_and_in_order() {
