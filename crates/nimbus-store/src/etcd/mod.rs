@@ -168,6 +168,33 @@ impl EtcdStore {
         .await
     }
 
+    /// Runs a write guarded by a compare that its own success makes false (a create
+    /// or an update at a revision), so that sending it twice applies it at most
+    /// once. Unlike [`run_txn`](Self::run_txn) it is retried also when the
+    /// connection broke with the request on it; the flag then says that an earlier
+    /// attempt may have landed, and a failed compare may be that attempt's own
+    /// write, which the caller checks by the value now stored.
+    async fn run_guarded_txn(
+        &self,
+        txn: etcd_client::Txn,
+    ) -> Result<(etcd_client::TxnResponse, bool)> {
+        let mut uncertain = false;
+        for attempt in 1.. {
+            let err = match self.client.kv_client().txn(txn.clone()).await {
+                Ok(response) => return Ok((response, uncertain)),
+                Err(err) => err,
+            };
+            let lost_in_flight = outcome_unknown(&err);
+            if attempt >= ATTEMPTS || !(lost_in_flight || never_reached_a_leader(&err)) {
+                return Err(self.error("write", err));
+            }
+            uncertain |= lost_in_flight;
+            tracing::debug!(endpoints = %self.endpoints, %err, attempt, "etcd write failed on one member; retrying its guarded txn");
+            tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+        }
+        unreachable!("the loop returns by its last attempt")
+    }
+
     fn kv(&self, kv: &etcd_client::KeyValue) -> KeyValue {
         KeyValue {
             key: self.ns.store_key(kv.key()),
@@ -217,6 +244,20 @@ fn never_reached_a_leader(err: &etcd_client::Error) -> bool {
                     || message.contains("Connection refused")
                     || message.contains("etcdserver: no leader"))
         }
+        _ => false,
+    }
+}
+
+/// True for errors after which a write may or may not have been applied: the
+/// connection broke while the request was on it, or the member lost its leader
+/// after proposing it.
+fn outcome_unknown(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown)
+                || (status.code() == tonic::Code::Unavailable && !never_reached_a_leader(err))
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
 }
@@ -343,10 +384,21 @@ impl Store for EtcdStore {
                 CompareOp::Equal,
                 0,
             )])
-            .and_then([TxnOp::put(etcd_key, value.clone(), None)]);
-        let response = self.run_txn(txn).await?;
+            .and_then([TxnOp::put(etcd_key.clone(), value.clone(), None)])
+            .or_else([TxnOp::get(etcd_key, None)]);
+        let (response, uncertain) = self.run_guarded_txn(txn).await?;
         if !response.succeeded() {
-            return Err(StoreError::AlreadyExists(key.to_string()));
+            return match self.failure_read(&response) {
+                // An attempt whose answer was lost created it.
+                Some(current)
+                    if uncertain
+                        && current.value == value
+                        && current.create_revision == current.mod_revision =>
+                {
+                    Ok(current)
+                }
+                _ => Err(StoreError::AlreadyExists(key.to_string())),
+            };
         }
         let revision = store_revision(header_of(&response));
         Ok(KeyValue {
@@ -379,10 +431,12 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(etcd_key, None)]);
-        let response = self.run_txn(txn).await?;
+        let (response, uncertain) = self.run_guarded_txn(txn).await?;
         if !response.succeeded() {
             return Err(match self.failure_read(&response) {
                 None => StoreError::NotFound(key.to_string()),
+                // An attempt whose answer was lost wrote it.
+                Some(current) if uncertain && current.value == value => return Ok(current),
                 Some(current) => StoreError::Conflict {
                     key: key.to_string(),
                     expected: expected_mod_revision,
@@ -491,5 +545,34 @@ impl Store for EtcdStore {
             }
             Err(err) => Err(self.error(&format!("compact to revision {revision}"), err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn a_write_lost_with_its_connection_is_uncertain_and_a_refused_one_is_not() {
+        let cancelled = status(tonic::Code::Cancelled, "operation was canceled");
+        assert!(outcome_unknown(&cancelled));
+        assert!(!never_reached_a_leader(&cancelled));
+
+        let refused = status(
+            tonic::Code::Unavailable,
+            "tcp connect error: Connection refused",
+        );
+        assert!(never_reached_a_leader(&refused));
+        assert!(!outcome_unknown(&refused));
+
+        let no_leader = status(tonic::Code::Unavailable, "etcdserver: no leader");
+        assert!(!outcome_unknown(&no_leader));
+
+        let conflict = status(tonic::Code::FailedPrecondition, "etcdserver: duplicate key");
+        assert!(!outcome_unknown(&conflict) && !never_reached_a_leader(&conflict));
     }
 }
