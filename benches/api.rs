@@ -7,8 +7,8 @@
 //! - end to end: the same GET load on a server with metrics on (its
 //!   agent pushing statistics every 2 s as in production, `/metrics`
 //!   scraped every second as Prometheus would) and on one started with
-//!   `--metrics=false`, in alternating rounds (on, off, off, on, on, off,
-//!   …) so drift in the shared machine's load falls on both. It prints
+//!   `--metrics=false`, both loaded at the same time in each round, so
+//!   whatever else the shared machine does falls on both alike. It prints
 //!   each round's p99, the median of the rounds' p99s, the p99 of all
 //!   requests pooled, and the on/off ratios (goal: under 1.05), with the
 //!   geometric mean of the paired rounds' ratios and its 95% interval, which
@@ -19,7 +19,7 @@
 //! Run: `cargo bench -p nimbus-cli --bench api` (as root, needs `wrk`).
 //! Knobs: `NIMBUS_BENCH_API_SECONDS` (each wrk run of the first part,
 //! default 10), `NIMBUS_BENCH_API_INSTANCES` (default 1000),
-//! `NIMBUS_BENCH_API_ROUNDS` (metrics on/off pairs, default 8),
+//! `NIMBUS_BENCH_API_ROUNDS` (metrics on/off rounds, default 8),
 //! `NIMBUS_BENCH_API_ROUND_SECONDS` (each round, default 5),
 //! `NIMBUS_BENCH_API_ONLY` (`record`: only the per-request timing;
 //! `metrics`: skip the GET/LIST part).
@@ -489,8 +489,8 @@ fn record_cost() {
 
 /// The same GET load on `on` (metrics on, its agent pushing statistics,
 /// `/metrics` scraped every second) and on a second server with
-/// `--metrics=false` holding the same instances, in alternating rounds
-/// (ABBA order, so neither side always runs right after the other), with
+/// `--metrics=false` holding the same instances, both loaded at once in
+/// each round (each by its own wrk with 50 connections), with
 /// each round's p99, the median of those, the p99 of all requests pooled,
 /// and the on/off ratios.
 fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
@@ -513,7 +513,10 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
             (status == 200 && body.contains("route=\"/v1/hosts/{host}/stats\"")).then_some(())
         },
     );
-    let scratch = tempfile::tempdir().expect("scratch dir");
+    let (on_scratch, off_scratch) = (
+        tempfile::tempdir().expect("scratch dir"),
+        tempfile::tempdir().expect("scratch dir"),
+    );
     let (on_token, off_token) = (on.admin_token(), off.admin_token());
     #[derive(Default)]
     struct Side {
@@ -523,33 +526,28 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
     }
     let (mut a, mut b) = (Side::default(), Side::default());
     let mut scrape_ms = vec![];
-    for round in 0..rounds {
-        // on/off, then off/on: neither always goes first.
-        let on_first = round % 2 == 0;
-        for measure_on in [on_first, !on_first] {
-            let (side, r) = if measure_on {
-                let scraper = Scraper::start(on);
-                let r = wrk_with(
-                    &url(on),
-                    &on_token,
-                    seconds,
-                    50,
-                    false,
-                    Some(scratch.path()),
-                );
-                scrape_ms.extend(scraper.finish());
-                (&mut a, r)
-            } else {
-                let r = wrk_with(
-                    &url(&off),
-                    &off_token,
-                    seconds,
-                    50,
-                    false,
-                    Some(scratch.path()),
-                );
-                (&mut b, r)
-            };
+    for _ in 0..rounds {
+        // Both loads at once: whatever else the machine does in this round
+        // falls on both servers alike, so the round's on/off ratio shows the
+        // metrics' cost rather than the machine's drift between rounds.
+        let scraper = Scraper::start(on);
+        let off_url = url(&off);
+        let off_token = off_token.clone();
+        let off_dir = off_scratch.path().to_path_buf();
+        let off_run = std::thread::spawn(move || {
+            wrk_with(&off_url, &off_token, seconds, 50, false, Some(&off_dir))
+        });
+        let on_run = wrk_with(
+            &url(on),
+            &on_token,
+            seconds,
+            50,
+            false,
+            Some(on_scratch.path()),
+        );
+        let off_run = off_run.join().expect("the --metrics=false load");
+        scrape_ms.extend(scraper.finish());
+        for (side, r) in [(&mut a, on_run), (&mut b, off_run)] {
             side.p99_ms.push(r.p99_ms);
             side.rps.push(r.requests_per_sec);
             side.quantiles.extend(r.quantiles);
@@ -572,7 +570,7 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
     );
     let (on_rps, off_rps) = (median(a.rps.clone()), median(b.rps.clone()));
     println!(
-        "\n== Metrics cost: GET one instance, 50 clients, {rounds} on/off pairs of {seconds} s rounds (order on-off, off-on, ...)"
+        "\n== Metrics cost: GET one instance, 50 clients on each server at once, {rounds} rounds of {seconds} s"
     );
     println!(
         "metrics on  (agent pushing stats every 2 s, {} scrapes of /metrics, median {:.1} ms each):",

@@ -69,6 +69,10 @@ const ENCODED_CACHE_MAX: usize = 200_000;
 pub struct Repo {
     pub store: Arc<dyn Store>,
     pub encoded: Arc<EncodedCache>,
+    /// A compare every update through this repo also requires: the leader's
+    /// fence ([`nimbus_store::Leadership::fence`]), so that a leader task's
+    /// write sent after its server lost the leadership cannot land.
+    fence: Option<Compare>,
 }
 
 impl Repo {
@@ -76,6 +80,16 @@ impl Repo {
         Repo {
             store,
             encoded: Arc::default(),
+            fence: None,
+        }
+    }
+
+    /// This repo, whose updates hold only while `fence` does. A failed fence
+    /// is reported as unavailable (not as a conflict, which callers retry).
+    pub fn fenced(&self, fence: Option<&Compare>) -> Repo {
+        Repo {
+            fence: fence.cloned(),
+            ..self.clone()
         }
     }
 
@@ -263,7 +277,14 @@ impl Repo {
     }
 
     /// Compare-and-swap on `obj.metadata.revision`.
-    pub async fn update<T: Object>(&self, mut obj: T) -> ApiResult<T> {
+    pub async fn update<T: Object>(&self, obj: T) -> ApiResult<T> {
+        if self.fence.is_some() {
+            return self.update_txn(obj, vec![]).await;
+        }
+        self.update_cas(obj).await
+    }
+
+    async fn update_cas<T: Object>(&self, mut obj: T) -> ApiResult<T> {
         let (project, name, expected) = {
             let m = obj.metadata();
             (m.project.clone(), m.name.clone(), m.revision)
@@ -318,10 +339,16 @@ impl Repo {
 
     /// [`Repo::update`] that also applies `also` (records about the
     /// change) in the same store write: both are stored or neither.
-    pub async fn update_with<T: Object>(&self, mut obj: T, also: Vec<Op>) -> ApiResult<T> {
-        if also.is_empty() {
-            return self.update(obj).await;
+    pub async fn update_with<T: Object>(&self, obj: T, also: Vec<Op>) -> ApiResult<T> {
+        if also.is_empty() && self.fence.is_none() {
+            return self.update_cas(obj).await;
         }
+        self.update_txn(obj, also).await
+    }
+
+    /// The update as a store transaction: the object's revision, and the
+    /// fence if any, compared; `also` applied with it.
+    async fn update_txn<T: Object>(&self, mut obj: T, also: Vec<Op>) -> ApiResult<T> {
         let (project, name, expected) = {
             let m = obj.metadata();
             (m.project.clone(), m.name.clone(), m.revision)
@@ -336,7 +363,9 @@ impl Repo {
         let result = self
             .store
             .txn(Txn {
-                compares: vec![Compare::ModRevision(key.clone(), expected)],
+                compares: std::iter::once(Compare::ModRevision(key.clone(), expected))
+                    .chain(self.fence.clone())
+                    .collect(),
                 success,
                 failure: vec![],
             })
@@ -346,6 +375,12 @@ impl Repo {
             return Ok(obj);
         }
         match self.store.get(&key).await? {
+            Some(kv) if self.fence.is_some() && kv.mod_revision == expected => {
+                Err(ServerError(ApiError::unavailable(format!(
+                    "{} was not changed: this server is no longer the leader, and the new leader takes its work over",
+                    describe::<T>(project.as_deref(), &name)
+                ))))
+            }
             Some(kv) => Err(ServerError(ApiError::conflict(format!(
                 "{} was changed by someone else (your revision {expected}, current {}); get it again and retry",
                 describe::<T>(project.as_deref(), &name),
@@ -482,5 +517,69 @@ impl Repo {
             revision: revision.unwrap_or_default(),
             continue_token: next,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_api::{Host, HostPhase, Metadata};
+
+    fn host(name: &str) -> Host {
+        Host {
+            metadata: Metadata::new(name, None),
+            spec: Default::default(),
+            status: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fenced_update_lands_only_while_its_fence_holds() {
+        let store: Arc<dyn Store> =
+            Arc::new(nimbus_store::SqliteStore::open_in_memory().expect("store"));
+        let repo = Repo::new(store.clone());
+        repo.create(host("h1")).await.expect("create host");
+        let leader = store
+            .create("/cluster/leader", b"s1".to_vec())
+            .await
+            .expect("leader key");
+        let fence = Compare::ModRevision("/cluster/leader".into(), leader.mod_revision);
+        let leading = repo.fenced(Some(&fence));
+
+        let updated = leading
+            .modify::<Host, _>(None, "h1", |h| {
+                h.status.phase = HostPhase::Unreachable;
+                Ok(())
+            })
+            .await
+            .expect("an update while the fence holds");
+        assert_eq!(updated.status.phase, HostPhase::Unreachable);
+
+        // Another server takes the leadership: the old leader's writes stop
+        // landing, and are not retried as conflicts.
+        store
+            .update("/cluster/leader", b"s2".to_vec(), leader.mod_revision)
+            .await
+            .expect("new leader");
+        let err = leading
+            .modify::<Host, _>(None, "h1", |h| {
+                h.status.phase = HostPhase::Ready;
+                Ok(())
+            })
+            .await
+            .expect_err("an update after the fence fell");
+        assert_eq!(err.0.code, nimbus_api::ErrorCode::Unavailable, "{err:?}");
+        assert!(err.0.message.contains("no longer the leader"), "{err:?}");
+        let stored: Host = repo.get(None, "h1").await.expect("host");
+        assert_eq!(stored.status.phase, HostPhase::Unreachable);
+        assert_eq!(stored.metadata.revision, updated.metadata.revision);
+
+        // An unfenced repo is not held back by it.
+        repo.modify::<Host, _>(None, "h1", |h| {
+            h.status.phase = HostPhase::Ready;
+            Ok(())
+        })
+        .await
+        .expect("an API write");
     }
 }

@@ -114,6 +114,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         metrics,
         browser_sessions: Default::default(),
         election,
+        leader_fence: RwLock::new(None),
         _data_dir_lock: lock,
     });
     // Before anything is written: a refused server leaves no trace.

@@ -42,11 +42,22 @@ pub struct AppState {
     /// This server's part in the election among the servers sharing the
     /// store (see `cluster`): the leader runs the controllers.
     pub election: Arc<dyn nimbus_store::Election>,
+    /// While this server leads, its leadership's fence (`None` otherwise, and
+    /// with an election that has no one to race, as `nimbus up`'s).
+    pub leader_fence: RwLock<Option<nimbus_store::Compare>>,
     /// Held while the server runs (see `server::lock_data_dir`).
     pub _data_dir_lock: crate::server::DataDirLock,
 }
 
 impl AppState {
+    /// The repo leader tasks write through: each update also requires this
+    /// server's leadership, so one sent after it passed to another server
+    /// is refused instead of undoing the new leader's decision.
+    pub fn leader_repo(&self) -> crate::repo::Repo {
+        let fence = self.leader_fence.read().ok().and_then(|f| f.clone());
+        self.repo.fenced(fence.as_ref())
+    }
+
     pub fn host_io(&self) -> Option<Arc<dyn HostIo>> {
         self.host_io.read().ok().and_then(|g| g.clone())
     }

@@ -8,7 +8,10 @@
 //! another, so two servers' loops do not overlap (clocks running at the
 //! same rate). A write already sent when the loops stop may still land;
 //! every leader write is a compare-and-swap on the revision it read
-//! (binding, host phase), so it cannot undo a newer leader's decision.
+//! (binding, host phase), so it cannot undo a newer leader's decision, and
+//! the scheduler's bindings and the host controller's updates also require
+//! the leadership itself (`AppState::leader_repo`, the leader key's
+//! revision as a compare), so none lands once another server leads.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -58,6 +61,7 @@ pub async fn run(state: Arc<AppState>) {
             "leading: running the scheduler and the controllers"
         );
         state.metrics.set_leader(true);
+        set_fence(&state, leadership.fence().cloned());
         let mut tasks = JoinSet::new();
         for (name, task) in LEADER_TASKS {
             tracing::debug!(task = name, "starting leader task");
@@ -66,11 +70,20 @@ pub async fn run(state: Arc<AppState>) {
         leadership.lost().await;
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        set_fence(&state, None);
         state.metrics.set_leader(false);
         tracing::warn!(
             server = %state.config.server_name,
             "no longer the leader: stopped the scheduler and the controllers"
         );
+    }
+}
+
+/// The fence leader tasks' writes carry (`AppState::leader_repo`); set
+/// before they start and cleared after the last has stopped.
+fn set_fence(state: &AppState, fence: Option<nimbus_store::Compare>) {
+    if let Ok(mut slot) = state.leader_fence.write() {
+        *slot = fence;
     }
 }
 

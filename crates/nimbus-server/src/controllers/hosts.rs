@@ -29,18 +29,18 @@ async fn check_once(state: &AppState, timeout: chrono::Duration) -> Result<(), c
         .list::<Host>(None, &ListOptions::default(), |_| true)
         .await?;
     let now = Utc::now();
+    // Its writes hold only while this server leads (see `cluster::leader`).
+    let repo = state.leader_repo();
     for host in hosts.items {
         let stale = host.status.last_heartbeat.is_none_or(|t| now - t > timeout);
         if host.status.phase == HostPhase::Ready && stale {
             let name = host.metadata.name.clone();
             tracing::warn!(host = %name, "host missed its heartbeats; marking it unreachable");
-            state
-                .repo
-                .modify::<Host, _>(None, &name, |h| {
-                    h.status.phase = HostPhase::Unreachable;
-                    Ok(())
-                })
-                .await?;
+            repo.modify::<Host, _>(None, &name, |h| {
+                h.status.phase = HostPhase::Unreachable;
+                Ok(())
+            })
+            .await?;
             let on_host = state
                 .repo
                 .list::<Instance>(None, &ListOptions::default(), |i| {
@@ -59,8 +59,7 @@ async fn check_once(state: &AppState, timeout: chrono::Duration) -> Result<(), c
             for (project, names) in by_project {
                 let mut announced = false;
                 for instance in &names {
-                    let result = state
-                        .repo
+                    let result = repo
                         .modify_with::<Instance, _>(Some(&project), instance, |i| {
                             let before = i.clone();
                             if i.metadata.deletion_requested_at.is_none() {

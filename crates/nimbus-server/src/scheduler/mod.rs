@@ -124,12 +124,14 @@ async fn schedule_pending(
         volumes_hosts.push(crate::api::volumes::volumes_host(&state.repo, i).await);
     }
     let choices = place_all_on(scheduler, &mut views, &pending.items, &volumes_hosts, start);
+    // Bindings hold only while this server leads (see `cluster::leader`).
+    let repo = state.leader_repo();
     for (instance, choice) in pending.items.into_iter().zip(choices) {
         let project = instance.metadata.project.clone();
         let name = instance.metadata.name.clone();
         let revision = instance.metadata.revision;
         let mut stale = false;
-        let result = crate::events::modify_instance(&state.repo, project.as_deref(), &name, |i| {
+        let result = crate::events::modify_instance(&repo, project.as_deref(), &name, |i| {
             // Compare-and-swap: the store refuses the write if the
             // instance changed since this read (and `modify` reads again);
             // bind only the revision this pass placed, so a spec replaced
