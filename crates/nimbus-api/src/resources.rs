@@ -308,6 +308,13 @@ pub struct HostStatus {
     /// Why that accelerator, in words (e.g. what KVM failed to run).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub accelerator_reason: String,
+    /// The agent's self-fencing lease: it stops every instance of the host
+    /// once no heartbeat has been accepted for this long. Set only by agents
+    /// that fence; the server then moves the host's instances that have a
+    /// restart policy to other hosts when the host goes unreachable (no
+    /// sooner than this lease plus a margin after its last heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_after_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]

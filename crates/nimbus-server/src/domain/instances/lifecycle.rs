@@ -62,6 +62,30 @@ pub enum HostRemoval {
 /// An instance being deleted is finalized; any other is released: unbound
 /// from the removed host and pending, so the scheduler places it again.
 pub fn release_from_removed_host(instance: &mut Instance, host: &str) -> HostRemoval {
+    release_from_host(
+        instance,
+        format!("host {host:?} was removed; waiting to be placed again"),
+    )
+}
+
+/// An instance on a host that fences itself and stopped heartbeating: one
+/// with a restart policy is released to run elsewhere (the host has
+/// stopped it by then), one being deleted is finalized, and any other
+/// stays, to be marked failed (`None`).
+pub fn release_from_lost_host(instance: &mut Instance, host: &str) -> Option<HostRemoval> {
+    let restarts = instance.spec.restart_policy.mode != nimbus_api::RestartMode::Never;
+    if !restarts && instance.metadata.deletion_requested_at.is_none() {
+        return None;
+    }
+    Some(release_from_host(
+        instance,
+        format!(
+            "host {host:?} stopped heartbeating and fenced itself; placed again on another host"
+        ),
+    ))
+}
+
+fn release_from_host(instance: &mut Instance, reason: String) -> HostRemoval {
     if instance.metadata.deletion_requested_at.is_some() {
         return HostRemoval::Finalize;
     }
@@ -69,9 +93,7 @@ pub fn release_from_removed_host(instance: &mut Instance, host: &str) -> HostRem
     // (the image resolved, the addresses allocated) is kept.
     instance.status = InstanceStatus {
         phase: InstancePhase::Pending,
-        reason: Some(format!(
-            "host {host:?} was removed; waiting to be placed again"
-        )),
+        reason: Some(reason),
         image_id: instance.status.image_id.take(),
         addresses: std::mem::take(&mut instance.status.addresses),
         ..Default::default()
