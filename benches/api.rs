@@ -9,7 +9,7 @@
 //!   scraped every second as Prometheus would) and on one started with
 //!   `--metrics=false`, both loaded at the same time in each round, so
 //!   whatever else the shared machine does falls on both alike. It prints
-//!   each round's p99, the median of the rounds' p99s, the p99 of all
+//!   each round's p99 and the server's CPU time per request, the median of the rounds' p99s, the p99 of all
 //!   requests pooled, and the on/off ratios (goal: under 1.05), with the
 //!   geometric mean of the paired rounds' ratios and its 95% interval, which
 //!   says whether the rounds can show a 5% cost at all.
@@ -523,10 +523,15 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
         p99_ms: Vec<f64>,
         rps: Vec<f64>,
         quantiles: Vec<Quantiles>,
+        /// The server process's CPU time per answered request, in µs.
+        cpu_us: Vec<f64>,
     }
     let (mut a, mut b) = (Side::default(), Side::default());
     let mut scrape_ms = vec![];
+    let pid = |c: &common::Cloud| c.daemon.as_ref().expect("the daemon").id();
+    let (on_pid, off_pid) = (pid(on), pid(&off));
     for _ in 0..rounds {
+        let cpu_before = (cpu_seconds(on_pid), cpu_seconds(off_pid));
         // Both loads at once: whatever else the machine does in this round
         // falls on both servers alike, so the round's on/off ratio shows the
         // metrics' cost rather than the machine's drift between rounds.
@@ -547,7 +552,13 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
         );
         let off_run = off_run.join().expect("the --metrics=false load");
         scrape_ms.extend(scraper.finish());
-        for (side, r) in [(&mut a, on_run), (&mut b, off_run)] {
+        let cpu = [
+            cpu_seconds(on_pid) - cpu_before.0,
+            cpu_seconds(off_pid) - cpu_before.1,
+        ];
+        for ((side, r), cpu) in [(&mut a, on_run), (&mut b, off_run)].into_iter().zip(cpu) {
+            let requests = r.requests_per_sec * f64::from(seconds);
+            side.cpu_us.push(cpu * 1e6 / requests);
             side.p99_ms.push(r.p99_ms);
             side.rps.push(r.requests_per_sec);
             side.quantiles.extend(r.quantiles);
@@ -604,6 +615,16 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
         off_rps,
         on_rps / off_rps
     );
+    let (on_cpu, off_cpu) = (median(a.cpu_us.clone()), median(b.cpu_us.clone()));
+    println!(
+        "{:<34} {:>7.1} us {:>7.1} us {:>8.3}",
+        "server CPU per request (median)",
+        on_cpu,
+        off_cpu,
+        on_cpu / off_cpu
+    );
+    println!("  CPU us/request per round, on:  {}", fmt(&a.cpu_us));
+    println!("  CPU us/request per round, off: {}", fmt(&b.cpu_us));
     let met = |ratio: f64| if ratio < 1.05 { "met" } else { "NOT met" };
     println!(
         "goal: p99 on/off < 1.05: {} by the median of rounds ({:.3}), {} by the pooled p99 ({:.3})",
@@ -623,6 +644,21 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
     println!(
         "paired rounds: geometric mean of p99 on/off {mean:.3}, 95% interval {low:.3}..{high:.3}: {verdict}"
     );
+}
+
+/// User plus system CPU time the process `pid` (every thread) has used, in
+/// seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's stat");
+    // Fields after the command name in parentheses; utime and stime are
+    // the 14th and 15th fields of the line.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
 }
 
 /// The geometric mean of the paired ratios `on[i] / off[i]` and its 95%
