@@ -597,3 +597,163 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     cloud.ok(&["volume", "rm", "data2"]);
     cloud.ok(&["volume", "rm", "data"]);
 }
+
+/// The size of the filesystem at `path` in container `name`, in KiB
+/// (`df -k`'s total).
+fn df_kib(cloud: &Cloud, name: &str, path: &str) -> u64 {
+    let out = exec(cloud, name, &format!("df -k {path} | tail -n 1"));
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no size in df's {out:?}"))
+}
+
+/// Whether container `name` has a mount at `path`.
+fn mounted_in(cloud: &Cloud, name: &str, path: &str) -> bool {
+    let mounts = exec(cloud, name, "cat /proc/mounts");
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(path))
+}
+
+/// No attachment of the instance `name` is left on the host: no mount in
+/// its volumes directory, no qemu-storage-daemon, no loop device over an
+/// export (the instance itself may still run).
+fn no_attachment_left(cloud: &Cloud, name: &str) {
+    let id = cloud.json(&["instance", "get", name]).expect("instance")["metadata"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let data_dir = cloud.data_dir().to_string_lossy().to_string();
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the host side of the detached volume to go",
+        || {
+            let mounts = common::mounts_under(cloud.data_dir());
+            let ours: Vec<&String> = mounts
+                .iter()
+                .filter(|m| m.contains(&id) && m.contains("/volumes/"))
+                .collect();
+            let loops = Command::new("losetup").arg("-a").output().ok()?;
+            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+            let daemons = common::processes_mentioning(&data_dir)
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.contains("qemu-storage"))
+                })
+                .count();
+            (ours.is_empty() && !loops.contains("export.raw") && daemons == 0).then_some(())
+        },
+    );
+}
+
+/// A volume attached to a container that runs (never restarted): it is
+/// mounted at once, owned by the container's root, takes writes, grows
+/// while attached (`df` inside shows it, the data stays), refuses to
+/// shrink, and is detached while the container runs, its mount gone inside
+/// and on the host; the file written is in the volume when the next
+/// container mounts it. Another project's token cannot attach or grow it.
+#[test]
+fn a_running_container_gets_grows_and_loses_a_volume() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
+    run_ok(&cloud, "app", &[], "echo UP && sleep 600");
+    wait_for_log(&cloud, "app", "UP");
+    let started = cloud.json(&["instance", "get", "app"]).expect("app")["status"]["started_at"]
+        .clone();
+
+    // Attach: mounted at once at a path the image does not have.
+    let out = cloud.ok(&[
+        "volume",
+        "attach",
+        "data",
+        "--instance",
+        "app",
+        "--path",
+        "/srv/data",
+    ]);
+    assert!(out.contains("mounted at /srv/data"), "{out}");
+    assert!(mounted_in(&cloud, "app", "/srv/data"));
+    let owner = exec(
+        &cloud,
+        "app",
+        "echo live > /srv/data/f && sync && stat -c %u:%g /srv/data /srv/data/f",
+    );
+    assert_eq!(owner.split_whitespace().collect::<Vec<_>>(), ["0:0", "0:0"], "{owner}");
+    let shown = cloud.json(&["instance", "get", "app"]).expect("app");
+    assert_eq!(shown["status"]["volumes"][0]["state"], "attached", "{shown}");
+    // Being held, it is no one else's.
+    let refused = run_with(
+        &cloud,
+        "second",
+        &["--volume", "data:/x", "--no-wait"],
+        "true",
+    );
+    fails_with(&refused, "attached read-write to instance \"app\"");
+
+    // Grow while attached; shrinking stays refused.
+    let before_kib = df_kib(&cloud, "app", "/srv/data");
+    fails_with(
+        &cloud.nimbus(&["volume", "resize", "data", "--size", "32MiB"]),
+        "a volume only grows",
+    );
+    let out = cloud.ok(&["volume", "resize", "data", "--size", "256MiB"]);
+    assert!(out.contains("grown online"), "{out}");
+    let after_kib = df_kib(&cloud, "app", "/srv/data");
+    assert!(
+        after_kib > 3 * before_kib && after_kib > 200 * 1024,
+        "df shows {after_kib} KiB after growing from {before_kib} KiB"
+    );
+    assert_eq!(exec(&cloud, "app", "cat /srv/data/f").trim(), "live");
+    assert_eq!(volume(&cloud, "default", "data")["status"]["size_bytes"], 256 * MIB);
+
+    // Another project's member neither attaches nor grows it.
+    cloud.ok(&["project", "create", "beta"]);
+    cloud.ok(&["user", "create", "bob"]);
+    cloud.ok(&["role", "grant", "bob", "member", "--project", "beta"]);
+    let bob = cloud
+        .json(&["token", "create", "--user", "bob"])
+        .expect("token")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    for args in [
+        vec!["volume", "resize", "data", "--size", "1GiB", "--project", "default"],
+        vec!["volume", "detach", "data", "--instance", "app", "--project", "default"],
+        vec![
+            "volume", "attach", "data", "--instance", "app", "--path", "/y", "--project",
+            "default",
+        ],
+    ] {
+        let out = as_token(&cloud, &bob, &args);
+        assert!(!out.status.success(), "bob ran {args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not found"), "{args:?}: {stderr}");
+    }
+
+    // Detach while it runs: flushed, gone inside and on the host.
+    exec(&cloud, "app", "echo more >> /srv/data/f");
+    let out = cloud.ok(&["volume", "detach", "data", "--instance", "app"]);
+    assert!(out.contains("unmounted from container"), "{out}");
+    assert!(!mounted_in(&cloud, "app", "/srv/data"));
+    no_attachment_left(&cloud, "app");
+    let now = cloud.json(&["instance", "get", "app"]).expect("app");
+    assert_eq!(now["status"]["phase"], "running", "{now}");
+    assert_eq!(now["status"]["started_at"], started, "the container restarted: {now}");
+    assert_eq!(now["status"]["restart_count"], 0, "{now}");
+
+    // The next container finds the file, and the grown filesystem.
+    let logs = run_to_exit(
+        &cloud,
+        "reader",
+        &["--volume", "data:/d"],
+        "cat /d/f && df -k /d | tail -n 1",
+    );
+    assert!(logs.contains("live") && logs.contains("more"), "{logs}");
+    remove_instance(&cloud, "reader");
+    remove_instance(&cloud, "app");
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "data"]);
+}

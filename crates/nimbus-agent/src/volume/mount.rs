@@ -36,6 +36,9 @@ pub trait MountHost {
     /// Whether `device` holds a filesystem already.
     fn has_filesystem(&self, volume: &Path, device: &str) -> Result<bool, VolumeError>;
     fn make_ext4(&self, volume: &Path, device: &str, owner: (u32, u32)) -> Result<(), VolumeError>;
+    /// Grow the mounted ext4 on `device` to fill it (a volume grown
+    /// while detached); nothing when it fills it already.
+    fn grow_ext4(&self, volume: &Path, device: &str) -> Result<(), VolumeError>;
     fn mount_ext4(&self, volume: &Path, device: &str, mountpoint: &Path)
         -> Result<(), VolumeError>;
     fn unmount(&self, volume: &Path, path: &Path, lazy: bool) -> Result<(), VolumeError>;
@@ -109,6 +112,10 @@ impl MountHost for HostTools {
         run(v, "mkfs.ext4", &["-q", "-E", &owner, device]).map(|_| ())
     }
 
+    fn grow_ext4(&self, v: &Path, device: &str) -> Result<(), VolumeError> {
+        grow_ext4(v, Path::new(device))
+    }
+
     fn mount_ext4(&self, v: &Path, device: &str, mountpoint: &Path) -> Result<(), VolumeError> {
         nix::mount::mount(
             Some(Path::new(device)),
@@ -150,6 +157,11 @@ impl MountHost for HostTools {
             }
         }
     }
+}
+
+/// Grow the ext4 on `device`, mounted, online to fill the device.
+pub fn grow_ext4(volume: &Path, device: &Path) -> Result<(), VolumeError> {
+    run(volume, "resize2fs", &[&device.to_string_lossy()]).map(drop)
 }
 
 /// What one attachment holds on the host.
@@ -268,12 +280,16 @@ fn attach_steps(
     let device = host.loop_attach(v, &export)?;
     std::fs::write(work_dir.join(LOOP_FILE), &device)
         .map_err(|e| io("recording the loop device".into(), v, e))?;
-    if !host.has_filesystem(v, &device)? {
+    let formatted = host.has_filesystem(v, &device)?;
+    if !formatted {
         host.make_ext4(v, &device, owner)?;
     }
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| io(format!("creating {}", mountpoint.display()), v, e))?;
     host.mount_ext4(v, &device, mountpoint)?;
+    if formatted {
+        host.grow_ext4(v, &device)?;
+    }
     Ok(FsAttachment {
         loop_device: PathBuf::from(device),
         mountpoint: mountpoint.to_path_buf(),
@@ -311,7 +327,14 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn is_mounted(path: &Path) -> bool {
+/// The loop device the attachment in `work_dir` recorded.
+pub fn loop_device(work_dir: &Path) -> Option<PathBuf> {
+    let d = std::fs::read_to_string(work_dir.join(LOOP_FILE)).ok()?;
+    Some(PathBuf::from(d.trim()))
+}
+
+/// Whether something is mounted at `path` in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -404,6 +427,9 @@ mod tests {
         }
         fn mount_ext4(&self, _: &Path, _: &str, _: &Path) -> Result<(), VolumeError> {
             self.step("mount")
+        }
+        fn grow_ext4(&self, _: &Path, _: &str) -> Result<(), VolumeError> {
+            self.step("grow")
         }
         fn unmount(&self, _: &Path, p: &Path, lazy: bool) -> Result<(), VolumeError> {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
