@@ -608,6 +608,19 @@ fn df_kib(cloud: &Cloud, name: &str, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("no size in df's {out:?}"))
 }
 
+/// Whether this process (root, like the daemon it starts) may grow a
+/// mounted ext4: the kernel asks for CAP_SYS_RESOURCE (bit 24).
+fn may_grow_mounted_ext4() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
 /// Whether container `name` has a mount at `path`.
 fn mounted_in(cloud: &Cloud, name: &str, path: &str) -> bool {
     let mounts = exec(cloud, name, "cat /proc/mounts");
@@ -700,12 +713,33 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
         "a volume only grows",
     );
     let out = cloud.ok(&["volume", "resize", "data", "--size", "256MiB"]);
-    assert!(out.contains("grown online"), "{out}");
-    let after_kib = df_kib(&cloud, "app", "/srv/data");
-    assert!(
-        after_kib > 3 * before_kib && after_kib > 200 * 1024,
-        "df shows {after_kib} KiB after growing from {before_kib} KiB"
-    );
+    let grown = |kib: u64| kib > 3 * before_kib && kib > 200 * 1024;
+    if may_grow_mounted_ext4() {
+        assert!(out.contains("grown online"), "{out}");
+        let after_kib = df_kib(&cloud, "app", "/srv/data");
+        assert!(grown(after_kib), "df shows {after_kib} KiB, was {before_kib} KiB");
+    } else {
+        // The kernel grows a mounted ext4 only with CAP_SYS_RESOURCE,
+        // which this machine withholds even from root: the host says the
+        // filesystem grows at its next mount, and a detach and attach
+        // while the container runs does it.
+        eprintln!(
+            "NOTE: no CAP_SYS_RESOURCE here: online ext4 growth is not checked; checking growth at the next mount"
+        );
+        assert!(
+            out.contains("grows when it is next mounted") && out.contains("CAP_SYS_RESOURCE"),
+            "{out}\n{}",
+            cloud.daemon_log()
+        );
+        assert_eq!(df_kib(&cloud, "app", "/srv/data"), before_kib);
+        cloud.ok(&["volume", "detach", "data", "--instance", "app"]);
+        assert!(!mounted_in(&cloud, "app", "/srv/data"));
+        cloud.ok(&[
+            "volume", "attach", "data", "--instance", "app", "--path", "/srv/data",
+        ]);
+        let after_kib = df_kib(&cloud, "app", "/srv/data");
+        assert!(grown(after_kib), "df shows {after_kib} KiB, was {before_kib} KiB");
+    }
     assert_eq!(exec(&cloud, "app", "cat /srv/data/f").trim(), "live");
     assert_eq!(volume(&cloud, "default", "data")["status"]["size_bytes"], 256 * MIB);
 

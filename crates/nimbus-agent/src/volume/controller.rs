@@ -12,7 +12,7 @@ use futures::StreamExt;
 use nimbus_api::client::ClientError;
 use nimbus_api::{ResourceList, Volume, VolumePhase, VolumeStatus, WatchEvent, WatchEventType};
 
-use super::grow::grow;
+use super::grow::{grow, pending_fs_growth};
 use super::holder::HolderLookup;
 use super::plan::{plan, Action};
 use super::quiesce::quiesce;
@@ -177,6 +177,11 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
         }
         Ok(())
     })();
+    // A container's filesystem that waits for its next mount to grow.
+    let note = match (&result, deleting) {
+        (Ok(()), false) => pending_fs_growth(holders, id),
+        _ => None,
+    };
     let observed = backend.inspect(id);
     let location = backend
         .attach_info(id)
@@ -210,7 +215,7 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
             };
             VolumeStatus {
                 phase,
-                message: error,
+                message: error.or(note),
                 size_bytes: o.size_bytes,
                 allocated_bytes: o.allocated_bytes,
                 snapshots: o.snapshots,

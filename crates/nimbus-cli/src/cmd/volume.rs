@@ -184,7 +184,12 @@ fn volume_rows(items: &[Volume]) -> String {
 fn volume_detail(v: &Volume) -> String {
     let mut out = volume_rows(std::slice::from_ref(v));
     if let Some(m) = &v.status.message {
-        out.push_str(&format!("\nerror: {m}"));
+        let label = if v.status.phase == VolumePhase::Error {
+            "error"
+        } else {
+            "note"
+        };
+        out.push_str(&format!("\n{label}: {m}"));
     }
     if let Some(src) = &v.spec.from_snapshot {
         out.push_str(&format!("\nfrom snapshot: {src}"));
@@ -193,12 +198,16 @@ fn volume_detail(v: &Volume) -> String {
 }
 
 /// What growing a held volume means for its holder.
-fn grown_note(holder: &Instance, volume: &str) -> Option<String> {
+fn grown_note(holder: &Instance, v: &Volume) -> Option<String> {
+    let volume = &v.metadata.name;
     let name = &holder.metadata.name;
     match holder.spec.kind {
-        InstanceKind::Container => Some(format!(
+        // A filesystem that could not grow online comes with the
+        // host's note instead.
+        InstanceKind::Container if v.status.message.is_none() => Some(format!(
             "container {name:?} holds it: its filesystem was grown online (`df` there shows the new size)"
         )),
+        InstanceKind::Container => None,
         InstanceKind::Vm => Some(format!(
             "VM {name:?} holds it: the guest sees the larger disk now; grow its filesystem inside the guest (e.g. `resize2fs` on /dev/disk/by-id/virtio-{volume})"
         )),
@@ -308,7 +317,7 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
             let holder = crate::cmd::volume_attach::holder_of(&client, p, &name).await;
             print(g, &v, || {
                 let mut out = volume_detail(&v);
-                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &name)) {
+                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &v)) {
                     out.push_str(&format!("\n{note}"));
                 }
                 out
@@ -343,7 +352,7 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
             let holder = crate::cmd::volume_attach::holder_of(&client, p, &name).await;
             print(g, &v, || {
                 let mut out = volume_detail(&v);
-                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &name)) {
+                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &v)) {
                     out.push_str(&format!("\n{note}"));
                 }
                 out
