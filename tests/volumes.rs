@@ -674,8 +674,8 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
     cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
     run_ok(&cloud, "app", &[], "echo UP && sleep 600");
     wait_for_log(&cloud, "app", "UP");
-    let started = cloud.json(&["instance", "get", "app"]).expect("app")["status"]["started_at"]
-        .clone();
+    let started =
+        cloud.json(&["instance", "get", "app"]).expect("app")["status"]["started_at"].clone();
 
     // Attach: mounted at once at a path the image does not have.
     let out = cloud.ok(&[
@@ -694,9 +694,16 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
         "app",
         "echo live > /srv/data/f && sync && stat -c %u:%g /srv/data /srv/data/f",
     );
-    assert_eq!(owner.split_whitespace().collect::<Vec<_>>(), ["0:0", "0:0"], "{owner}");
+    assert_eq!(
+        owner.split_whitespace().collect::<Vec<_>>(),
+        ["0:0", "0:0"],
+        "{owner}"
+    );
     let shown = cloud.json(&["instance", "get", "app"]).expect("app");
-    assert_eq!(shown["status"]["volumes"][0]["state"], "attached", "{shown}");
+    assert_eq!(
+        shown["status"]["volumes"][0]["state"], "attached",
+        "{shown}"
+    );
     // Being held, it is no one else's.
     let refused = run_with(
         &cloud,
@@ -717,7 +724,10 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
     if may_grow_mounted_ext4() {
         assert!(out.contains("grown online"), "{out}");
         let after_kib = df_kib(&cloud, "app", "/srv/data");
-        assert!(grown(after_kib), "df shows {after_kib} KiB, was {before_kib} KiB");
+        assert!(
+            grown(after_kib),
+            "df shows {after_kib} KiB, was {before_kib} KiB"
+        );
     } else {
         // The kernel grows a mounted ext4 only with CAP_SYS_RESOURCE,
         // which this machine withholds even from root: the host says the
@@ -735,13 +745,25 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
         cloud.ok(&["volume", "detach", "data", "--instance", "app"]);
         assert!(!mounted_in(&cloud, "app", "/srv/data"));
         cloud.ok(&[
-            "volume", "attach", "data", "--instance", "app", "--path", "/srv/data",
+            "volume",
+            "attach",
+            "data",
+            "--instance",
+            "app",
+            "--path",
+            "/srv/data",
         ]);
         let after_kib = df_kib(&cloud, "app", "/srv/data");
-        assert!(grown(after_kib), "df shows {after_kib} KiB, was {before_kib} KiB");
+        assert!(
+            grown(after_kib),
+            "df shows {after_kib} KiB, was {before_kib} KiB"
+        );
     }
     assert_eq!(exec(&cloud, "app", "cat /srv/data/f").trim(), "live");
-    assert_eq!(volume(&cloud, "default", "data")["status"]["size_bytes"], 256 * MIB);
+    assert_eq!(
+        volume(&cloud, "default", "data")["status"]["size_bytes"],
+        256 * MIB
+    );
 
     // Another project's member neither attaches nor grows it.
     cloud.ok(&["project", "create", "beta"]);
@@ -754,10 +776,33 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
         .expect("secret")
         .to_string();
     for args in [
-        vec!["volume", "resize", "data", "--size", "1GiB", "--project", "default"],
-        vec!["volume", "detach", "data", "--instance", "app", "--project", "default"],
         vec![
-            "volume", "attach", "data", "--instance", "app", "--path", "/y", "--project",
+            "volume",
+            "resize",
+            "data",
+            "--size",
+            "1GiB",
+            "--project",
+            "default",
+        ],
+        vec![
+            "volume",
+            "detach",
+            "data",
+            "--instance",
+            "app",
+            "--project",
+            "default",
+        ],
+        vec![
+            "volume",
+            "attach",
+            "data",
+            "--instance",
+            "app",
+            "--path",
+            "/y",
+            "--project",
             "default",
         ],
     ] {
@@ -775,7 +820,10 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
     no_attachment_left(&cloud, "app");
     let now = cloud.json(&["instance", "get", "app"]).expect("app");
     assert_eq!(now["status"]["phase"], "running", "{now}");
-    assert_eq!(now["status"]["started_at"], started, "the container restarted: {now}");
+    assert_eq!(
+        now["status"]["started_at"], started,
+        "the container restarted: {now}"
+    );
     assert_eq!(now["status"]["restart_count"], 0, "{now}");
 
     // The next container finds the file, and the grown filesystem.

@@ -256,7 +256,10 @@ fn a_vm_volume_moves_between_running_vms_byte_exact() {
     // Grown while vm2 holds it: the guest sees the larger disk at once,
     // with the same bytes; shrinking stays refused.
     let out = cloud.ok(&["volume", "resize", "data", "--size", "64MiB"]);
-    assert!(out.contains("grow its filesystem inside the guest"), "{out}");
+    assert!(
+        out.contains("grow its filesystem inside the guest"),
+        "{out}"
+    );
     common::wait_until(Duration::from_secs(60), "vm2 to see 64 MiB", || {
         let sectors = guest_run(&cloud, "vm2", &format!("cat /sys/block/{dev2}/size"));
         (sectors.trim() == "131072").then_some(())

@@ -183,7 +183,10 @@ impl Pass {
             self.owner,
             bind.read_only,
         )
-        .and_then(|()| self.record(|v| v.push(bind.clone())).map_err(|e| tool_error(&m.volume, e)));
+        .and_then(|()| {
+            self.record(|v| v.push(bind.clone()))
+                .map_err(|e| tool_error(&m.volume, e))
+        });
         if let Err(e) = moved {
             if let Err(undo) = attach::detach_one(&self.dir, &m.volume) {
                 tracing::warn!(volume = %m.volume, error = %undo, "undoing a failed live volume attach");

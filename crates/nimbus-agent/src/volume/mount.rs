@@ -547,7 +547,10 @@ mod tests {
         sb[24..28].copy_from_slice(&2u32.to_le_bytes());
         sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
         sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(ext4_size_from_superblock(&sb), ((1u64 << 32) + 65536) * 4096);
+        assert_eq!(
+            ext4_size_from_superblock(&sb),
+            ((1u64 << 32) + 65536) * 4096
+        );
     }
 
     #[test]

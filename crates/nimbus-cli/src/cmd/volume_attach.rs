@@ -96,7 +96,12 @@ pub async fn attach(
     }
     print(g, &i, || {
         if now && i.spec.kind == InstanceKind::Container {
-            let at = i.spec.volumes.iter().find(|m| m.volume == volume).map_or("", |m| m.path.as_str());
+            let at = i
+                .spec
+                .volumes
+                .iter()
+                .find(|m| m.volume == volume)
+                .map_or("", |m| m.path.as_str());
             format!("volume {volume:?} mounted at {at} in container {name:?}")
         } else if now {
             format!("volume {volume:?} attached to VM {name:?}: the guest sees /dev/disk/by-id/virtio-{volume}")
