@@ -51,6 +51,32 @@ fn as_token(cloud: &Cloud, token: &str, args: &[&str]) -> Output {
         .expect("run nimbus")
 }
 
+/// Each command, run with `token`, fails with "not found".
+fn all_not_found(cloud: &Cloud, token: &str, commands: &[&[&str]]) {
+    for args in commands {
+        let out = as_token(cloud, token, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "ran {args:?} with another project's token"
+        );
+        assert!(stderr.contains("not found"), "{args:?}: {stderr}");
+    }
+}
+
+/// A token of user bob, a member of a new project "beta" only.
+fn member_of_beta(cloud: &Cloud) -> String {
+    cloud.ok(&["project", "create", "beta"]);
+    cloud.ok(&["user", "create", "bob"]);
+    cloud.ok(&["role", "grant", "bob", "member", "--project", "beta"]);
+    cloud
+        .json(&["token", "create", "--user", "bob"])
+        .expect("token")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string()
+}
+
 #[test]
 fn volumes_snapshots_clones_and_quotas() {
     if !common::is_root("volumes") {
@@ -168,15 +194,7 @@ fn volumes_snapshots_clones_and_quotas() {
 
     // Another project's member neither sees nor touches these volumes,
     // and names are per project.
-    cloud.ok(&["project", "create", "beta"]);
-    cloud.ok(&["user", "create", "bob"]);
-    cloud.ok(&["role", "grant", "bob", "member", "--project", "beta"]);
-    let bob = cloud
-        .json(&["token", "create", "--user", "bob"])
-        .expect("token")["secret"]
-        .as_str()
-        .expect("secret")
-        .to_string();
+    let bob = member_of_beta(&cloud);
     for args in [
         vec!["volume", "get", "data", "--project", "default"],
         vec!["volume", "list", "--project", "default"],
@@ -209,13 +227,7 @@ fn volumes_snapshots_clones_and_quotas() {
             "default",
         ],
     ] {
-        let out = as_token(&cloud, &bob, &args);
-        assert!(!out.status.success(), "bob ran {args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("not found"),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        all_not_found(&cloud, &bob, &[&args]);
     }
     let out = as_token(
         &cloud,
@@ -598,6 +610,27 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     cloud.ok(&["volume", "rm", "data"]);
 }
 
+/// Attach volume "data" to container "app" at /srv/data.
+const ATTACH_TO_APP: [&str; 7] = [
+    "volume",
+    "attach",
+    "data",
+    "--instance",
+    "app",
+    "--path",
+    "/srv/data",
+];
+
+/// A cloud with volume "data" of `size` and container "app" running
+/// (sleeping), with no volume.
+fn cloud_with_a_running_app(size: &str) -> Cloud {
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", size]);
+    run_ok(&cloud, "app", &[], "echo UP && sleep 600");
+    wait_for_log(&cloud, "app", "UP");
+    cloud
+}
+
 /// The size of the filesystem at `path` in container `name`, in KiB
 /// (`df -k`'s total).
 fn df_kib(cloud: &Cloud, name: &str, path: &str) -> u64 {
@@ -670,23 +703,12 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
     if !can_mount_volumes() {
         return;
     }
-    let cloud = Cloud::start();
-    cloud.ok(&["volume", "create", "data", "--size", "64MiB"]);
-    run_ok(&cloud, "app", &[], "echo UP && sleep 600");
-    wait_for_log(&cloud, "app", "UP");
+    let cloud = cloud_with_a_running_app("64MiB");
     let started =
         cloud.json(&["instance", "get", "app"]).expect("app")["status"]["started_at"].clone();
 
     // Attach: mounted at once at a path the image does not have.
-    let out = cloud.ok(&[
-        "volume",
-        "attach",
-        "data",
-        "--instance",
-        "app",
-        "--path",
-        "/srv/data",
-    ]);
+    let out = cloud.ok(&ATTACH_TO_APP);
     assert!(out.contains("mounted at /srv/data"), "{out}");
     assert!(mounted_in(&cloud, "app", "/srv/data"));
     let owner = exec(
@@ -744,15 +766,7 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
         assert_eq!(df_kib(&cloud, "app", "/srv/data"), before_kib);
         cloud.ok(&["volume", "detach", "data", "--instance", "app"]);
         assert!(!mounted_in(&cloud, "app", "/srv/data"));
-        cloud.ok(&[
-            "volume",
-            "attach",
-            "data",
-            "--instance",
-            "app",
-            "--path",
-            "/srv/data",
-        ]);
+        cloud.ok(&ATTACH_TO_APP);
         let after_kib = df_kib(&cloud, "app", "/srv/data");
         assert!(
             grown(after_kib),
@@ -766,51 +780,26 @@ fn a_running_container_gets_grows_and_loses_a_volume() {
     );
 
     // Another project's member neither attaches nor grows it.
-    cloud.ok(&["project", "create", "beta"]);
-    cloud.ok(&["user", "create", "bob"]);
-    cloud.ok(&["role", "grant", "bob", "member", "--project", "beta"]);
-    let bob = cloud
-        .json(&["token", "create", "--user", "bob"])
-        .expect("token")["secret"]
-        .as_str()
-        .expect("secret")
-        .to_string();
-    for args in [
-        vec![
-            "volume",
-            "resize",
-            "data",
-            "--size",
-            "1GiB",
-            "--project",
-            "default",
+    let bob = member_of_beta(&cloud);
+    let other = "--project=default";
+    all_not_found(
+        &cloud,
+        &bob,
+        &[
+            &["volume", "resize", "data", "--size", "1GiB", other],
+            &["volume", "detach", "data", "--instance", "app", other],
+            &[
+                "volume",
+                "attach",
+                "data",
+                "--instance",
+                "app",
+                "--path",
+                "/y",
+                other,
+            ],
         ],
-        vec![
-            "volume",
-            "detach",
-            "data",
-            "--instance",
-            "app",
-            "--project",
-            "default",
-        ],
-        vec![
-            "volume",
-            "attach",
-            "data",
-            "--instance",
-            "app",
-            "--path",
-            "/y",
-            "--project",
-            "default",
-        ],
-    ] {
-        let out = as_token(&cloud, &bob, &args);
-        assert!(!out.status.success(), "bob ran {args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("not found"), "{args:?}: {stderr}");
-    }
+    );
 
     // Detach while it runs: flushed, gone inside and on the host.
     exec(&cloud, "app", "echo more >> /srv/data/f");
@@ -850,19 +839,8 @@ fn a_busy_volume_is_detached_lazily_and_released_once_free() {
     if !can_mount_volumes() {
         return;
     }
-    let cloud = Cloud::start();
-    cloud.ok(&["volume", "create", "data", "--size", "32MiB"]);
-    run_ok(&cloud, "app", &[], "echo UP && sleep 600");
-    wait_for_log(&cloud, "app", "UP");
-    cloud.ok(&[
-        "volume",
-        "attach",
-        "data",
-        "--instance",
-        "app",
-        "--path",
-        "/srv/data",
-    ]);
+    let cloud = cloud_with_a_running_app("32MiB");
+    cloud.ok(&ATTACH_TO_APP);
     exec(
         &cloud,
         "app",

@@ -314,14 +314,7 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
                     .await?
                     .unwrap_or(v);
             }
-            let holder = crate::cmd::volume_attach::holder_of(&client, p, &name).await;
-            print(g, &v, || {
-                let mut out = volume_detail(&v);
-                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &v)) {
-                    out.push_str(&format!("\n{note}"));
-                }
-                out
-            })
+            print(g, &v, || volume_detail(&v))
         }
         VolumeCmd::List => {
             let list: ResourceList<Volume> = client
