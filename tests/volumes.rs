@@ -894,3 +894,42 @@ fn a_busy_volume_is_detached_lazily_and_released_once_free() {
     wait_no_volume_leftovers(&cloud);
     cloud.ok(&["volume", "rm", "data"]);
 }
+
+/// A container restarted by its policy mounts what is attached now: the
+/// shim reads the mounts the agent recorded for the running container
+/// again before the restart.
+#[test]
+fn a_restarted_container_keeps_a_volume_attached_while_it_ran() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "32MiB"]);
+    run_ok(
+        &cloud,
+        "app",
+        &["--restart", "always"],
+        "echo UP; until [ -e /srv/data/stop ]; do sleep 0.2; done; rm /srv/data/stop; exit 3",
+    );
+    wait_for_log(&cloud, "app", "UP");
+    cloud.ok(&ATTACH_TO_APP);
+    exec(
+        &cloud,
+        "app",
+        "echo kept > /srv/data/f && touch /srv/data/stop",
+    );
+    common::wait_until(
+        std::time::Duration::from_secs(60),
+        "app to be restarted and running",
+        || {
+            let app = cloud.json(&["instance", "get", "app"]).ok()?;
+            (app["status"]["restart_count"] == 1 && app["status"]["phase"] == "running")
+                .then_some(())
+        },
+    );
+    assert!(mounted_in(&cloud, "app", "/srv/data"));
+    assert_eq!(exec(&cloud, "app", "cat /srv/data/f").trim(), "kept");
+    remove_instance(&cloud, "app");
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "data"]);
+}
