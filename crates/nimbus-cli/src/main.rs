@@ -114,6 +114,11 @@ fn main() -> ExitCode {
     if args.len() == 3 && args[1] == "shim" {
         return run_shim(std::path::Path::new(&args[2]));
     }
+    // The agent's single-threaded helper that mounts a volume into a
+    // running container (`nimbus_agent::volume::live`).
+    if let Some(code) = nimbus_agent::volume::live::helper_main(&args) {
+        return code;
+    }
     let cli = Cli::parse();
     if let Command::Shim { dir } = &cli.command {
         return run_shim(dir);

@@ -64,6 +64,17 @@ impl Driver for ContainerDriver {
         Ok(())
     }
 
+    /// Mount or unmount volumes in the running container
+    /// (`live_volumes.rs`).
+    async fn sync_volumes(
+        &self,
+        cx: &dyn DriverContext,
+        instance: &nimbus_api::Instance,
+        dir: &Path,
+    ) -> Option<Vec<nimbus_api::AttachedVolume>> {
+        super::live_volumes::sync(cx, instance, dir).await
+    }
+
     /// The shared clean-up, plus the rootfs and layer mounts and the
     /// runtime, bundle and work directories; then the volumes, once no
     /// process of the container holds them.

@@ -71,6 +71,7 @@ pub mod driver;
 pub mod exec;
 mod exec_stream;
 mod handler;
+mod live_volumes;
 mod pipes;
 mod reaper;
 pub mod rootfs;

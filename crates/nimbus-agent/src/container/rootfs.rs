@@ -8,11 +8,9 @@
 //! restarts as the writable layer; on the instance's own sized filesystem, see
 //! [`super::disk`], or at `<dir>/upper` for a spec without a size).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -26,21 +24,10 @@ use super::spec::{IdMap, ShimSpec};
 use crate::host::mounts::{mount_points_under, unmount_all_under};
 use crate::shim::ShimError;
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_EMPTY_PATH: libc::c_uint = 0x1000;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+use crate::host::mount_api::{
+    move_mount_to, open_tree_clone, set_attributes, MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_RDONLY,
+};
 
 pub fn rootfs_dir(instance_dir: &Path) -> PathBuf {
     instance_dir.join("rootfs")
@@ -214,60 +201,13 @@ fn mount_layers(
 /// Clones the mount tree at `source` and attaches it at `target`, read-only, with its
 /// ids shifted through `userns`.
 fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd) -> Result<(), std::io::Error> {
-    let source_c = CString::new(source.as_os_str().as_bytes())?;
-    let target_c = CString::new(target.as_os_str().as_bytes())?;
-    // SAFETY: open_tree takes a NUL-terminated path that outlives the call; the
-    // returned descriptor is checked and then owned by `tree`.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source_c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by open_tree and nothing else owns it.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let empty = c"";
-    // SAFETY: `attr` is a properly laid out mount_attr living across the call and its
-    // size is passed; `tree` is a valid detached mount descriptor.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both paths are NUL-terminated and live across the call; `tree` is valid.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let tree = open_tree_clone(source)?;
+    set_attributes(
+        &tree,
+        MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
+        Some(userns),
+    )?;
+    move_mount_to(&tree, target)
 }
 
 /// A user namespace carrying the instance's id mapping, held open by a descriptor.

@@ -441,7 +441,14 @@ fn start_container(shim: &Rc<Shim>) -> Result<RunningContainer, ShimError> {
     crate::host::cgroups::warm_cgroup_migration();
     crate::host::cgroups::make_delegated_instance_cgroup(id)?;
     let rootfs = mount_rootfs(&shim.dir, spec)?;
-    write_bundle(&shim.dir, spec, &rootfs)?;
+    // The agent changes the volumes of a running container and records
+    // them in spec.json: a restart mounts what is attached now.
+    let volumes = ShimSpec::load(&shim.dir).map_or_else(|_| spec.volumes.clone(), |s| s.volumes);
+    let bundle_spec = ShimSpec {
+        volumes,
+        ..spec.clone()
+    };
+    write_bundle(&shim.dir, &bundle_spec, &rootfs)?;
     let runtime = runtime_dir(&shim.dir);
     let stale = runtime.join(id);
     if stale.exists() {

@@ -3,9 +3,10 @@
 //! control files ([`cgroupfs`]), where Nimbus's cgroups live on this host
 //! (the cgroup mode and a delegated subtree: [`layout`]), the instance's cgroups ([`cgroups`]: find,
 //! count OOM kills, kill and remove), and the mounts left under an instance
-//! directory ([`mounts`]).
+//! directory ([`mounts`]), and the new mount API ([`mount_api`]).
 
 pub mod cgroupfs;
 pub(crate) mod cgroups;
 pub mod layout;
+pub mod mount_api;
 pub(crate) mod mounts;

@@ -48,10 +48,58 @@ pub fn local_file(volume: &Volume, host: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| "its host has not reported where its data is".to_string())
 }
 
-/// Mount each volume for the instance in `instance_dir` (its filesystem
-/// made on first use, its root owned by `owner`, the container's mapped
-/// root) and say what the container bind-mounts. What an earlier start
-/// left is undone first; on failure, everything mounted here is undone.
+/// The directory of volume `name`'s attachment to the instance in
+/// `instance_dir`.
+pub fn attachment_dir(instance_dir: &Path, name: &str) -> PathBuf {
+    instance_dir.join(VOLUMES_DIR).join(name)
+}
+
+/// The names of the volumes with an attachment directory (mounted, or
+/// half made or half undone) in `instance_dir`.
+pub fn attached_names(instance_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(instance_dir.join(VOLUMES_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A directory the container's root (an unprivileged host uid) passes
+/// through to reach `mnt`; `work` stays root's alone.
+fn searchable(d: &Path) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(d)
+        .and_then(|()| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)))
+        .map_err(|e| io(format!("preparing {}", d.display()), d, e))
+}
+
+/// Mount volume `m` (its qcow2 `file`) for the instance in `instance_dir`
+/// under `<dir>/volumes/<name>/mnt`, its filesystem made on first use
+/// with its root owned by `owner`; what the container bind-mounts. What
+/// an earlier attachment of the same name left is undone first; on
+/// failure, everything mounted here is undone.
+pub fn attach_one(
+    instance_dir: &Path,
+    m: &VolumeMount,
+    file: &Path,
+    owner: (u32, u32),
+) -> Result<VolumeBind, VolumeError> {
+    searchable(&instance_dir.join(VOLUMES_DIR))?;
+    let dir = attachment_dir(instance_dir, &m.volume);
+    detach_dir(&dir)?;
+    searchable(&dir)?;
+    mount::attach(file, &dir.join("work"), &dir.join("mnt"), owner)?;
+    Ok(VolumeBind {
+        source: dir.join("mnt"),
+        destination: m.path.clone(),
+        read_only: m.read_only,
+    })
+}
+
+/// Mount each volume for the instance in `instance_dir` ([`attach_one`])
+/// and say what the container bind-mounts. What an earlier start left is
+/// undone first; on failure, everything mounted here is undone.
 pub fn attach_all(
     instance_dir: &Path,
     volumes: &[(VolumeMount, PathBuf)],
@@ -61,38 +109,45 @@ pub fn attach_all(
     if volumes.is_empty() {
         return Ok(Vec::new());
     }
-    let base = instance_dir.join(VOLUMES_DIR);
-    // The container's root (an unprivileged host uid) passes through to
-    // reach `mnt`; `work` stays root's alone.
-    let searchable = |d: &Path| {
-        std::fs::create_dir_all(d)
-            .and_then(|()| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)))
-            .map_err(|e| io(format!("preparing {}", d.display()), d, e))
-    };
-    searchable(&base)?;
     let mut binds = Vec::new();
     for (m, file) in volumes {
-        let dir = base.join(&m.volume);
-        let attached = searchable(&dir)
-            .and_then(|()| mount::attach(file, &dir.join("work"), &dir.join("mnt"), owner));
-        if let Err(e) = attached {
-            if let Err(undo) = detach_all(instance_dir) {
-                tracing::warn!(error = %undo, dir = %instance_dir.display(), "undoing a failed volume attach");
+        match attach_one(instance_dir, m, file, owner) {
+            Ok(bind) => binds.push(bind),
+            Err(e) => {
+                if let Err(undo) = detach_all(instance_dir) {
+                    tracing::warn!(error = %undo, dir = %instance_dir.display(), "undoing a failed volume attach");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        binds.push(VolumeBind {
-            source: dir.join("mnt"),
-            destination: m.path.clone(),
-            read_only: m.read_only,
-        });
     }
     Ok(binds)
 }
 
+/// Undo the attachment in `dir` (`<instance>/volumes/<name>`) and remove
+/// it. Safe to repeat; a mount point still mounted (held by a live
+/// process) is an error and is never removed with what it holds.
+fn detach_dir(dir: &Path) -> Result<(), VolumeError> {
+    mount::detach(&dir.join("work"))?;
+    // `remove_dir`, never `remove_dir_all`: a mount point that is
+    // somehow still mounted is not emptied.
+    for d in [dir.join("mnt"), dir.to_path_buf()] {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("removing {}", d.display()), &d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Undo volume `name`'s attachment to the instance in `instance_dir`.
+pub fn detach_one(instance_dir: &Path, name: &str) -> Result<(), VolumeError> {
+    detach_dir(&attachment_dir(instance_dir, name))
+}
+
 /// Unmount every volume of the instance in `instance_dir` and remove the
-/// directories. Safe to repeat; a mount point still mounted (held by a
-/// live process) is an error and is never removed with what it holds.
+/// directories. Safe to repeat.
 pub fn detach_all(instance_dir: &Path) -> Result<(), VolumeError> {
     let base = instance_dir.join(VOLUMES_DIR);
     let entries = match std::fs::read_dir(&base) {
@@ -104,17 +159,7 @@ pub fn detach_all(instance_dir: &Path) -> Result<(), VolumeError> {
         let dir = entry
             .map_err(|e| io(format!("listing {}", base.display()), &base, e))?
             .path();
-        mount::detach(&dir.join("work"))?;
-        // `remove_dir`, never `remove_dir_all`: a mount point that is
-        // somehow still mounted is not emptied.
-        let mnt = dir.join("mnt");
-        match std::fs::remove_dir(&mnt) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(format!("removing {}", mnt.display()), &mnt, e)),
-        }
-        std::fs::remove_dir(&dir)
-            .map_err(|e| io(format!("removing {}", dir.display()), &dir, e))?;
+        detach_dir(&dir)?;
     }
     std::fs::remove_dir(&base).map_err(|e| io(format!("removing {}", base.display()), &base, e))
 }

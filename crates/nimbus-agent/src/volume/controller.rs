@@ -12,6 +12,7 @@ use futures::StreamExt;
 use nimbus_api::client::ClientError;
 use nimbus_api::{ResourceList, Volume, VolumePhase, VolumeStatus, WatchEvent, WatchEventType};
 
+use super::grow::{grow, pending_fs_growth};
 use super::holder::HolderLookup;
 use super::plan::{plan, Action};
 use super::quiesce::quiesce;
@@ -166,15 +167,7 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
                     })?;
                     backend.clone_from_snapshot(id, source, &snapshot, size_bytes)?
                 }
-                Action::Grow { size_bytes } => match holders.holder(id) {
-                    Some(_) => {
-                        return Err(VolumeError::Held {
-                            volume_id: id.clone(),
-                            what: "grow".into(),
-                        })
-                    }
-                    None => backend.resize(id, size_bytes)?,
-                },
+                Action::Grow { size_bytes } => grow(backend, holders, id, size_bytes)?,
                 Action::Snapshot { name } => take_snapshot(backend, holders, id, &name)?,
                 Action::DeleteSnapshot { name } => {
                     backend.delete_snapshot(id, &name, holders.holder(id).as_ref())?
@@ -184,6 +177,11 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
         }
         Ok(())
     })();
+    // A container's filesystem that waits for its next mount to grow.
+    let note = match (&result, deleting) {
+        (Ok(()), false) => pending_fs_growth(holders, id),
+        _ => None,
+    };
     let observed = backend.inspect(id);
     let location = backend
         .attach_info(id)
@@ -217,7 +215,7 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
             };
             VolumeStatus {
                 phase,
-                message: error,
+                message: error.or(note),
                 size_bytes: o.size_bytes,
                 allocated_bytes: o.allocated_bytes,
                 snapshots: o.snapshots,
@@ -277,8 +275,8 @@ mod tests {
         ) -> Result<(), VolumeError> {
             unreachable!("the volume exists")
         }
-        fn resize(&self, _: &str, size_bytes: u64) -> Result<(), VolumeError> {
-            self.call(format!("resize {size_bytes}"));
+        fn resize(&self, _: &str, size_bytes: u64, h: Option<&Holder>) -> Result<(), VolumeError> {
+            self.call(format!("resize {size_bytes} via {}", via(h)));
             self.now.lock().expect("now").size_bytes = size_bytes;
             Ok(())
         }
@@ -320,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn a_held_volume_is_snapshotted_through_its_holder_and_not_grown() {
+    fn a_held_volume_is_snapshotted_and_grown_through_its_holder() {
         let backend = Arc::new(Recorder::new(observed(16 << 20, &["old"])));
         let held = Holder {
             qmp_socket: "/nowhere/qmp.sock".into(),
@@ -334,18 +332,14 @@ mod tests {
         );
         assert_eq!(
             *backend.calls.lock().expect("calls"),
-            ["delete old via vol-x", "snapshot new via vol-x"]
+            [
+                "delete old via vol-x",
+                "snapshot new via vol-x",
+                "resize 33554432 via vol-x"
+            ]
         );
-        assert_eq!(status.phase, VolumePhase::Error);
-        let message = status.message.unwrap_or_default();
-        assert!(
-            message.contains("held open by a running instance"),
-            "{message}"
-        );
-        assert!(
-            message.contains("once the instance is stopped"),
-            "{message}"
-        );
+        assert_eq!(status.phase, VolumePhase::Available, "{status:?}");
+        assert_eq!(status.size_bytes, 32 << 20);
         assert_eq!(status.snapshots, ["new"]);
 
         // Detached: the same plan goes through the backend's own tools.
@@ -360,7 +354,7 @@ mod tests {
             [
                 "delete old via qemu-img",
                 "snapshot new via qemu-img",
-                "resize 33554432"
+                "resize 33554432 via qemu-img"
             ]
         );
         assert_eq!(status.phase, VolumePhase::Available);

@@ -4,14 +4,18 @@
 //! watches the volumes bound to this host and converges them
 //! (`controller.rs`). A volume held open by a process (a container's
 //! qemu-storage-daemon, a VM's QEMU) is snapshotted through that process
-//! (`holder.rs`), its filesystem frozen meanwhile (`quiesce.rs`). The
+//! (`holder.rs`), its filesystem frozen meanwhile (`quiesce.rs`), and
+//! grown through it too, a container's ext4 online (`grow.rs`). A running
+//! container gets and loses volumes through `live.rs`. The
 //! server never touches the data; this module never writes the store, it
 //! reports through the API.
 
 pub mod attach;
 pub mod controller;
+pub mod grow;
 pub mod guest_agent;
 pub mod holder;
+pub mod live;
 pub mod mount;
 pub mod plan;
 pub mod qcow2;
@@ -45,8 +49,13 @@ pub enum VolumeError {
         socket: String,
         detail: String,
     },
-    #[error("volume {volume_id} is held open by a running instance, so it cannot {what} now; it does once the instance is stopped or removed")]
-    Held { volume_id: String, what: String },
+    #[error("volume {volume_id} was grown to {size_bytes} bytes but its filesystem on {device} was not: {detail}; the next pass tries again, or detach and attach the volume")]
+    FsGrow {
+        volume_id: String,
+        size_bytes: u64,
+        device: String,
+        detail: String,
+    },
     #[error("source volume {source_name:?} of this clone is not on this host (deleted, or on another host); create the volume from a snapshot of a volume that exists")]
     NoSource { source_name: String },
 }
@@ -104,8 +113,14 @@ pub trait VolumeBackend: Send + Sync {
         snapshot: &str,
         size_bytes: u64,
     ) -> Result<(), VolumeError>;
-    /// Grow to `size_bytes` (never shrinks).
-    fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<(), VolumeError>;
+    /// Grow to `size_bytes` (never shrinks); through `holder` when a
+    /// process holds the volume open (it then sees the new size at once).
+    fn resize(
+        &self,
+        volume_id: &str,
+        size_bytes: u64,
+        holder: Option<&holder::Holder>,
+    ) -> Result<(), VolumeError>;
     /// Take `snapshot`; through `holder` when a process holds the volume
     /// open (the caller has quiesced it).
     fn snapshot(

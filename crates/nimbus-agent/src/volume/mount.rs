@@ -36,6 +36,9 @@ pub trait MountHost {
     /// Whether `device` holds a filesystem already.
     fn has_filesystem(&self, volume: &Path, device: &str) -> Result<bool, VolumeError>;
     fn make_ext4(&self, volume: &Path, device: &str, owner: (u32, u32)) -> Result<(), VolumeError>;
+    /// Grow the ext4 on `device`, not mounted, to fill the device (a
+    /// volume grown since it was last mounted); nothing when it fills it.
+    fn grow_ext4(&self, volume: &Path, device: &str) -> Result<(), VolumeError>;
     fn mount_ext4(&self, volume: &Path, device: &str, mountpoint: &Path)
         -> Result<(), VolumeError>;
     fn unmount(&self, volume: &Path, path: &Path, lazy: bool) -> Result<(), VolumeError>;
@@ -109,6 +112,29 @@ impl MountHost for HostTools {
         run(v, "mkfs.ext4", &["-q", "-E", &owner, device]).map(|_| ())
     }
 
+    fn grow_ext4(&self, v: &Path, device: &str) -> Result<(), VolumeError> {
+        let dev = Path::new(device);
+        let sizes = ext4_bytes(dev).and_then(|fs| Ok((fs, device_bytes(dev)?)));
+        let (fs, whole) = sizes.map_err(|e| io(format!("reading the sizes of {device}"), v, e))?;
+        if fs >= whole {
+            return Ok(());
+        }
+        // resize2fs grows an unmounted filesystem only after a full check;
+        // `-p` repairs what is safe (exit 1 means it did).
+        let check = Command::new("e2fsck")
+            .args(["-f", "-p", device])
+            .output()
+            .map_err(|e| io("running e2fsck".into(), v, e))?;
+        if !matches!(check.status.code(), Some(0 | 1)) {
+            return Err(VolumeError::Tool {
+                command: format!("e2fsck -f -p {device}"),
+                volume_id: v.display().to_string(),
+                stderr: String::from_utf8_lossy(&check.stdout).trim().to_string(),
+            });
+        }
+        run(v, "resize2fs", &[device]).map(drop)
+    }
+
     fn mount_ext4(&self, v: &Path, device: &str, mountpoint: &Path) -> Result<(), VolumeError> {
         nix::mount::mount(
             Some(Path::new(device)),
@@ -150,6 +176,40 @@ impl MountHost for HostTools {
             }
         }
     }
+}
+
+/// Grow the ext4 on `device`, mounted, online to fill the device (the
+/// kernel asks for `CAP_SYS_RESOURCE`).
+pub fn grow_ext4_online(volume: &Path, device: &Path) -> Result<(), VolumeError> {
+    run(volume, "resize2fs", &[&device.to_string_lossy()]).map(drop)
+}
+
+/// The size of the ext4 on `device`, from its superblock (1024 bytes in):
+/// the block count (low 32 bits at 4, high at 0x150 with the 64bit
+/// feature) times the block size (1024 << the value at 24).
+pub fn ext4_bytes(device: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut sb = [0u8; 1024];
+    let mut f = std::fs::File::open(device)?;
+    f.seek(SeekFrom::Start(1024))?;
+    f.read_exact(&mut sb)?;
+    Ok(ext4_size_from_superblock(&sb))
+}
+
+fn ext4_size_from_superblock(sb: &[u8; 1024]) -> u64 {
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]) as u64;
+    const INCOMPAT_64BIT: u64 = 0x80;
+    let mut blocks = u32_at(4);
+    if u32_at(0x60) & INCOMPAT_64BIT != 0 {
+        blocks |= u32_at(0x150) << 32;
+    }
+    blocks << (10 + u32_at(24).min(6))
+}
+
+/// The size of block device `device`, in bytes.
+pub fn device_bytes(device: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(device)?.seek(SeekFrom::End(0))
 }
 
 /// What one attachment holds on the host.
@@ -268,11 +328,15 @@ fn attach_steps(
     let device = host.loop_attach(v, &export)?;
     std::fs::write(work_dir.join(LOOP_FILE), &device)
         .map_err(|e| io("recording the loop device".into(), v, e))?;
-    if !host.has_filesystem(v, &device)? {
+    let formatted = host.has_filesystem(v, &device)?;
+    if !formatted {
         host.make_ext4(v, &device, owner)?;
     }
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| io(format!("creating {}", mountpoint.display()), v, e))?;
+    if formatted {
+        host.grow_ext4(v, &device)?;
+    }
     host.mount_ext4(v, &device, mountpoint)?;
     Ok(FsAttachment {
         loop_device: PathBuf::from(device),
@@ -311,7 +375,14 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn is_mounted(path: &Path) -> bool {
+/// The loop device the attachment in `work_dir` recorded.
+pub fn loop_device(work_dir: &Path) -> Option<PathBuf> {
+    let d = std::fs::read_to_string(work_dir.join(LOOP_FILE)).ok()?;
+    Some(PathBuf::from(d.trim()))
+}
+
+/// Whether something is mounted at `path` in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -405,6 +476,9 @@ mod tests {
         fn mount_ext4(&self, _: &Path, _: &str, _: &Path) -> Result<(), VolumeError> {
             self.step("mount")
         }
+        fn grow_ext4(&self, _: &Path, _: &str) -> Result<(), VolumeError> {
+            self.step("grow")
+        }
         fn unmount(&self, _: &Path, p: &Path, lazy: bool) -> Result<(), VolumeError> {
             let name = p.file_name().unwrap_or_default().to_string_lossy();
             self.step(&format!("umount {name} lazy={lazy}"))
@@ -461,6 +535,22 @@ mod tests {
             ]
         );
         assert!(!work.exists());
+    }
+
+    #[test]
+    fn the_ext4_size_is_read_from_its_superblock() {
+        let mut sb = [0u8; 1024];
+        sb[4..8].copy_from_slice(&65536u32.to_le_bytes());
+        sb[24..28].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(ext4_size_from_superblock(&sb), 64 << 20);
+        // 4 KiB blocks, 64bit with a high word.
+        sb[24..28].copy_from_slice(&2u32.to_le_bytes());
+        sb[0x60..0x64].copy_from_slice(&0x80u32.to_le_bytes());
+        sb[0x150..0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            ext4_size_from_superblock(&sb),
+            ((1u64 << 32) + 65536) * 4096
+        );
     }
 
     #[test]

@@ -251,7 +251,18 @@ impl VolumeBackend for Qcow2Backend {
         self.publish(volume_id)
     }
 
-    fn resize(&self, volume_id: &str, size_bytes: u64) -> Result<(), VolumeError> {
+    fn resize(
+        &self,
+        volume_id: &str,
+        size_bytes: u64,
+        holder: Option<&Holder>,
+    ) -> Result<(), VolumeError> {
+        if let Some(h) = holder {
+            // The holder has the image open: it grows the qcow2 and tells
+            // its consumers (a VM's disk, a daemon's export) the new size.
+            let arguments = serde_json::json!({"node-name": h.node_name, "size": size_bytes});
+            return holder::qmp_execute(h, volume_id, "block_resize", arguments).map(|_| ());
+        }
         let size = size_bytes.to_string();
         let path = self.path(volume_id);
         self.run(
@@ -351,7 +362,7 @@ mod tests {
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         b.snapshot("a", "s1", None).expect("snapshot");
-        b.resize("a", 32 << 20).expect("resize");
+        b.resize("a", 32 << 20, None).expect("resize");
         let o = b.inspect("a").expect("inspect").expect("exists");
         assert_eq!(o.size_bytes, 32 << 20);
         assert_eq!(o.snapshots, vec!["s1"]);

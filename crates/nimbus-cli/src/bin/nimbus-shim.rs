@@ -11,12 +11,20 @@
 //! `nimbus shim <instance_dir>`, which stays available (the agent falls back
 //! to it when no `nimbus-shim` is installed beside `nimbus`). The control
 //! socket is the same, so either agent adopts shims started by the other.
+//! It also serves the agent as a single-threaded helper that mounts a
+//! volume into a running container's mount namespace (`container-mount`,
+//! `container-unmount`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `container-mount|container-unmount ...`: the agent's single-threaded
+    // helper for volumes of running containers.
+    if let Some(code) = nimbus_agent::volume::live::helper_main(&args) {
+        return code;
+    }
     let dir = match args.as_slice() {
         [_, sub, dir] if sub == "shim" => dir,
         [_, dir] if dir != "--help" && dir != "-h" => dir,

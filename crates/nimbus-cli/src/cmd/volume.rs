@@ -7,8 +7,8 @@ use clap::Subcommand;
 use nimbus_api::client::{Client, ClientError, Method};
 use nimbus_api::units::{format_size, parse_size};
 use nimbus_api::{
-    CreateRequest, CreateSnapshot, ErrorCode, Project, ResizeVolume, ResourceList, Volume,
-    VolumePhase, VolumeSpec,
+    CreateRequest, CreateSnapshot, ErrorCode, Instance, InstanceKind, Project, ResizeVolume,
+    ResourceList, Volume, VolumePhase, VolumeSpec,
 };
 
 use crate::ctx::Globals;
@@ -39,7 +39,9 @@ pub enum VolumeCmd {
     List,
     /// Show one volume.
     Get { name: String },
-    /// Grow a volume.
+    /// Grow a volume, also while an instance holds it: a running
+    /// container's filesystem grows online; a running VM sees the larger
+    /// disk, and growing its filesystem is the guest's job.
     Resize {
         name: String,
         #[arg(long, value_parser = parse_size)]
@@ -64,8 +66,8 @@ pub enum VolumeCmd {
     },
     /// Attach a volume to an existing instance: a running VM gets it
     /// hot-plugged as a virtio disk (`/dev/disk/by-id/virtio-<volume>`), a
-    /// stopped instance at its next start; a running container must be
-    /// stopped first.
+    /// running container gets it mounted at `--path` at once, a stopped
+    /// instance at its next start.
     #[command(
         after_help = "Examples:\n  nimbus volume attach data --instance db\n  nimbus volume attach data --instance web --path /var/lib/db --read-only"
     )]
@@ -84,7 +86,8 @@ pub enum VolumeCmd {
         no_wait: bool,
     },
     /// Detach a volume from an instance: a running VM's disk is unplugged
-    /// (the guest must release it); a container must be stopped first.
+    /// (the guest must release it); a running container's mount is flushed
+    /// and removed (lazily, and said so, while a process there holds it).
     #[command(after_help = "Example:\n  nimbus volume detach data --instance db")]
     Detach {
         name: String,
@@ -181,12 +184,35 @@ fn volume_rows(items: &[Volume]) -> String {
 fn volume_detail(v: &Volume) -> String {
     let mut out = volume_rows(std::slice::from_ref(v));
     if let Some(m) = &v.status.message {
-        out.push_str(&format!("\nerror: {m}"));
+        let label = if v.status.phase == VolumePhase::Error {
+            "error"
+        } else {
+            "note"
+        };
+        out.push_str(&format!("\n{label}: {m}"));
     }
     if let Some(src) = &v.spec.from_snapshot {
         out.push_str(&format!("\nfrom snapshot: {src}"));
     }
     out
+}
+
+/// What growing a held volume means for its holder.
+fn grown_note(holder: &Instance, v: &Volume) -> Option<String> {
+    let volume = &v.metadata.name;
+    let name = &holder.metadata.name;
+    match holder.spec.kind {
+        // A filesystem that could not grow online comes with the
+        // host's note instead.
+        InstanceKind::Container if v.status.message.is_none() => Some(format!(
+            "container {name:?} holds it: its filesystem was grown online (`df` there shows the new size)"
+        )),
+        InstanceKind::Container => None,
+        InstanceKind::Vm => Some(format!(
+            "VM {name:?} holds it: the guest sees the larger disk now; grow its filesystem inside the guest (e.g. `resize2fs` on /dev/disk/by-id/virtio-{volume})"
+        )),
+        InstanceKind::Unikernel => None,
+    }
 }
 
 fn snapshot_rows(v: &Volume) -> String {
@@ -316,7 +342,14 @@ pub async fn volume(g: &Globals, cmd: VolumeCmd) -> anyhow::Result<()> {
                     .await?
                     .unwrap_or(v);
             }
-            print(g, &v, || volume_detail(&v))
+            let holder = crate::cmd::volume_attach::holder_of(&client, p, &name).await;
+            print(g, &v, || {
+                let mut out = volume_detail(&v);
+                if let Some(note) = holder.as_ref().and_then(|h| grown_note(h, &v)) {
+                    out.push_str(&format!("\n{note}"));
+                }
+                out
+            })
         }
         VolumeCmd::Snapshot {
             cmd: Some(SnapshotCmd::List { volume }),

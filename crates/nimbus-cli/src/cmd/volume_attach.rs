@@ -1,12 +1,12 @@
 //! `nimbus volume attach|detach`: change an existing instance's volumes,
-//! and wait for a running VM's hot-plug to be done (its
-//! `status.volumes`), so the command's success means the guest has (or no
-//! longer has) the disk.
+//! and wait for a running VM's hot-plug, or a running container's mount,
+//! to be done (its `status.volumes`), so the command's success means the
+//! guest has (or no longer has) the disk, the container the mount.
 
 use std::time::{Duration, Instant};
 
 use nimbus_api::client::Client;
-use nimbus_api::{AttachVolume, DetachVolume, Instance, InstanceKind, InstancePhase};
+use nimbus_api::{AttachVolume, DetachVolume, Instance, InstanceKind, InstancePhase, ResourceList};
 
 use crate::ctx::Globals;
 use crate::output::print;
@@ -14,14 +14,26 @@ use crate::output::print;
 /// Hot-unplug waits up to 30 s for the guest; this leaves room for it.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Whether the instance's host changes its volumes now (a running VM) or
-/// at its next start.
+/// Whether the instance's host changes its volumes now (a running VM or
+/// container) or at its next start.
 fn applies_now(i: &Instance) -> bool {
-    i.spec.kind == InstanceKind::Vm
+    i.spec.kind != InstanceKind::Unikernel
         && matches!(
             i.status.phase,
             InstancePhase::Running | InstancePhase::Paused
         )
+}
+
+/// The instance of `project` that names `volume`, if any (for what a
+/// change of the volume means to it).
+pub async fn holder_of(client: &Client, project: &str, volume: &str) -> Option<Instance> {
+    let list: ResourceList<Instance> = client
+        .list_all(&format!("/v1/projects/{project}/instances"))
+        .await
+        .ok()?;
+    list.items
+        .into_iter()
+        .find(|i| i.spec.volumes.iter().any(|m| m.volume == volume))
 }
 
 /// What the host last reported for `volume` on the instance.
@@ -72,10 +84,10 @@ pub async fn attach(
     let now = applies_now(&i);
     if now && !no_wait {
         let path = format!("/v1/projects/{p}/instances/{name}");
-        i = wait_for(client, &path, "the hot-plug", |i| match reported(i, volume) {
+        i = wait_for(client, &path, "the attach", |i| match reported(i, volume) {
             Some(a) if a.state == "attached" => Ok(true),
             Some(a) if a.state == "failed" => Err(format!(
-                "volume {volume:?} is recorded on instance {name:?} but its disk could not be hot-plugged: {}; detach it with `nimbus volume detach {volume} --instance {name}`",
+                "volume {volume:?} is recorded on instance {name:?} but could not be attached to it: {}; detach it with `nimbus volume detach {volume} --instance {name}`",
                 a.message.as_deref().unwrap_or("no reason given")
             )),
             _ => Ok(false),
@@ -83,7 +95,15 @@ pub async fn attach(
         .await?;
     }
     print(g, &i, || {
-        if now {
+        if now && i.spec.kind == InstanceKind::Container {
+            let at = i
+                .spec
+                .volumes
+                .iter()
+                .find(|m| m.volume == volume)
+                .map_or("", |m| m.path.as_str());
+            format!("volume {volume:?} mounted at {at} in container {name:?}")
+        } else if now {
             format!("volume {volume:?} attached to VM {name:?}: the guest sees /dev/disk/by-id/virtio-{volume}")
         } else {
             format!("volume {volume:?} attached to instance {name:?}; it applies at its next start (`nimbus instance start {name}`)")
@@ -108,10 +128,10 @@ pub async fn detach(
     let now = applies_now(&i);
     if now && !no_wait {
         let path = format!("/v1/projects/{p}/instances/{instance}");
-        i = wait_for(client, &path, "the unplug", |i| match reported(i, volume) {
+        i = wait_for(client, &path, "the detach", |i| match reported(i, volume) {
             None => Ok(i.status.volumes.is_some()),
-            Some(a) if a.message.is_some() && a.state == "detaching" => Err(format!(
-                "volume {volume:?} is detached from instance {instance:?} in its spec, but the guest still holds the disk: {}",
+            Some(a) if a.message.is_some() && matches!(a.state.as_str(), "detaching" | "failed") => Err(format!(
+                "volume {volume:?} is detached from instance {instance:?} in its spec, but the instance still holds it: {}",
                 a.message.as_deref().unwrap_or("")
             )),
             Some(_) => Ok(false),
@@ -119,7 +139,9 @@ pub async fn detach(
         .await?;
     }
     print(g, &i, || {
-        if now {
+        if now && i.spec.kind == InstanceKind::Container {
+            format!("volume {volume:?} unmounted from container {instance:?}; its data is flushed to the volume")
+        } else if now {
             format!("volume {volume:?} detached from VM {instance:?}: its disk is unplugged")
         } else {
             format!("volume {volume:?} detached from instance {instance:?}")

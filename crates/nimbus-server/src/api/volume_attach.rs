@@ -18,8 +18,9 @@ use crate::error::ApiResult;
 use crate::repo::MAX_PAGE;
 
 #[utoipa::path(post, path = "/v1/projects/{project}/volumes/{name}/attach", operation_id = "attach_volume", params(VolumePath), tag = "volumes", request_body = AttachVolume,
-    responses((status = 200, body = Instance, description = "The instance now names the volume: a running VM gets it hot-plugged (see `status.volumes`), a stopped instance at its next start"),
-        (status = 409, description = "Another instance holds the volume, or the instance is a running container (stop it first)")))]
+    responses((status = 200, body = Instance, description = "The instance now names the volume: a running VM gets it hot-plugged, a running container gets it mounted at the path (see `status.volumes`), a stopped instance at its next start"),
+        (status = 404, description = "No such volume or instance in the project (also for a project the token has no role in)"),
+        (status = 409, description = "Another instance holds the volume, the volume is on another host or not available, or the instance is being deleted")))]
 pub async fn attach(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -53,8 +54,9 @@ pub async fn attach(
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/volumes/{name}/detach", operation_id = "detach_volume", params(VolumePath), tag = "volumes", request_body = DetachVolume,
-    responses((status = 200, body = Instance, description = "The instance no longer names the volume: a running VM's disk is unplugged (see `status.volumes`)"),
-        (status = 409, description = "The volume is not attached to the instance, or the instance is a running container (stop it first)")))]
+    responses((status = 200, body = Instance, description = "The instance no longer names the volume: a running VM's disk is unplugged, a running container's mount is removed after a sync (see `status.volumes`; a mount still busy is detached lazily and reported so)"),
+        (status = 404, description = "No such volume or instance in the project (also for a project the token has no role in)"),
+        (status = 409, description = "The volume is not attached to the instance, or the instance is being deleted")))]
 pub async fn detach(
     State(state): St,
     Extension(caller): Extension<Caller>,

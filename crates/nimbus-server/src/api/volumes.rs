@@ -179,7 +179,8 @@ pub async fn create(
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/volumes/{name}/resize", operation_id = "resize_volume", params(VolumePath), tag = "volumes", request_body = ResizeVolume,
-    responses((status = 200, body = Volume, description = "The new size is recorded; the host's agent grows the data"),
+    responses((status = 200, body = Volume, description = "The new size is recorded; the host's agent grows the data, also while an instance holds it: a running container's ext4 is grown online, a running VM sees the larger disk (growing the guest's filesystem is the guest's job)"),
+        (status = 400, description = "The size is not larger than the volume's: a volume only grows"),
         (status = 409, description = "The project's volume quota does not admit the growth")))]
 pub async fn resize(
     State(state): St,

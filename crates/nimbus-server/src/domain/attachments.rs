@@ -1,9 +1,10 @@
 //! Attaching a volume to an instance that exists, and detaching it: the
 //! same rules as at create (`volumes::check_attachments`), plus what the
-//! instance's kind, phase and host allow. A container's mounts change only
-//! while it is stopped; a running VM gets or loses a hot-plugged disk.
+//! instance's kind and host allow. A running container gets or loses a
+//! mount at once, a running VM a hot-plugged disk; a stopped instance
+//! takes the change at its next start.
 
-use nimbus_api::{DesiredState, Instance, InstanceKind, Volume, VolumeMount};
+use nimbus_api::{Instance, InstanceKind, Volume, VolumeMount};
 
 use super::volumes::{check_attachments, AttachError};
 
@@ -24,23 +25,10 @@ pub fn check_kind(kind: InstanceKind, mounts: &[VolumeMount]) -> Result<(), Atta
     }
 }
 
-/// A container that is (or is about to be) running: its mounts are fixed.
-fn running_container(instance: &Instance) -> bool {
-    instance.spec.kind == InstanceKind::Container
-        && instance.spec.desired_state == DesiredState::Running
-        && !instance.status.phase.is_terminal()
-}
-
-fn check_changeable(instance: &Instance, action: &'static str) -> Result<(), AttachError> {
+fn check_changeable(instance: &Instance) -> Result<(), AttachError> {
     if instance.metadata.deletion_requested_at.is_some() {
         return Err(AttachError::InstanceDeleting {
             instance: instance.metadata.name.clone(),
-        });
-    }
-    if running_container(instance) {
-        return Err(AttachError::RunningContainer {
-            instance: instance.metadata.name.clone(),
-            action,
         });
     }
     Ok(())
@@ -55,7 +43,7 @@ pub fn attach(
     volumes: &[Volume],
     instances: &[Instance],
 ) -> Result<Vec<VolumeMount>, AttachError> {
-    check_changeable(instance, "attach")?;
+    check_changeable(instance)?;
     check_kind(instance.spec.kind, std::slice::from_ref(&mount))?;
     if let Some(held) = instance
         .spec
@@ -107,7 +95,7 @@ pub fn detach(instance: &Instance, volume: &str) -> Result<Vec<VolumeMount>, Att
             instance: instance.metadata.name.clone(),
         });
     }
-    check_changeable(instance, "detach")?;
+    check_changeable(instance)?;
     Ok(instance
         .spec
         .volumes
@@ -194,18 +182,18 @@ mod tests {
     }
 
     #[test]
-    fn a_running_container_is_changed_only_once_stopped() {
+    fn a_running_container_takes_a_mount_with_a_path() {
         let mut c = instance("web", InstanceKind::Container, "h1", &[]);
         let vols = vec![available("data", "h1")];
-        let e = attach("p", &c, mount("data", "/data"), &vols, &[]).expect_err("running");
-        assert!(e.to_string().contains("nimbus instance stop web"), "{e}");
-        c.status.phase = InstancePhase::Stopped;
-        c.spec.desired_state = DesiredState::Stopped;
         let e = attach("p", &c, mount("data", ""), &vols, &[]).expect_err("no path");
         assert!(e.to_string().contains("--path"), "{e}");
-        let wanted = attach("p", &c, mount("data", "/data"), &vols, &[]).expect("stopped");
+        let wanted = attach("p", &c, mount("data", "/data"), &vols, &[]).expect("running");
+        assert_eq!(wanted, vec![mount("data", "/data")]);
         c.spec.volumes = wanted;
         assert_eq!(detach(&c, "data").expect("detach"), vec![]);
+        c.metadata.deletion_requested_at = Some(chrono::Utc::now());
+        let e = attach("p", &c, mount("other", "/o"), &vols, &[]).expect_err("deleting");
+        assert!(e.to_string().contains("being deleted"), "{e}");
     }
 
     #[test]

@@ -89,11 +89,6 @@ pub enum AttachError {
     },
     #[error("volume {volume:?} is not attached to instance {instance:?}; `nimbus instance get {instance}` lists what is")]
     NotAttached { volume: String, instance: String },
-    #[error("container {instance:?} is running: a container's volumes change only while it is stopped; run `nimbus instance stop {instance}`, then {action} again (the change applies at its next start)")]
-    RunningContainer {
-        instance: String,
-        action: &'static str,
-    },
     #[error("instance {instance:?} is being deleted; it takes no volume changes")]
     InstanceDeleting { instance: String },
 }
@@ -107,7 +102,6 @@ impl AttachError {
             AttachError::InUse { .. }
                 | AttachError::SharedReadOnly { .. }
                 | AttachError::Attached { .. }
-                | AttachError::RunningContainer { .. }
                 | AttachError::InstanceDeleting { .. }
                 | AttachError::NotAttached { .. }
         )
