@@ -31,8 +31,10 @@ pub enum JoinError {
         expected: String,
         presented: String,
     },
+    /// The server's answer is the message: not a `source`, so it is not
+    /// printed twice.
     #[error("joining failed: {0}")]
-    Refused(#[source] ClientError),
+    Refused(ClientError),
     #[error("this host has not joined yet: {} is missing or unreadable ({detail}); start it once with --join <token> from `nimbus host join-token create`", .path.display())]
     NotJoined { path: PathBuf, detail: String },
     #[error("keeping the credential in {}: {detail}", .path.display())]
@@ -57,12 +59,18 @@ pub fn parse_servers(list: &str) -> Result<Vec<ServerAddr>, JoinError> {
             let addr = s
                 .strip_prefix("https://")
                 .map(|a| a.trim_end_matches('/'))
-                .filter(|a| a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()))
+                .filter(|a| {
+                    a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                })
                 .ok_or_else(|| JoinError::BadServer(s.to_string()))?;
             let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
             Ok(ServerAddr {
                 addr: addr.to_string(),
-                server_name: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                server_name: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -190,12 +198,11 @@ pub fn load(data_dir: &Path) -> Result<(Vec<u8>, Credential), JoinError> {
         })
     };
     let ca_pem = read(CA_FILE)?;
-    let credential = serde_json::from_slice(&read(CREDENTIAL_FILE)?).map_err(|e| {
-        JoinError::NotJoined {
+    let credential =
+        serde_json::from_slice(&read(CREDENTIAL_FILE)?).map_err(|e| JoinError::NotJoined {
             path: data_dir.join(CREDENTIAL_FILE),
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     Ok((ca_pem, credential))
 }
 
@@ -239,9 +246,15 @@ mod tests {
         };
         save(dir.path(), b"PEM", &cred).unwrap();
         let (ca, back) = load(dir.path()).unwrap();
-        assert_eq!((ca.as_slice(), back.host.as_str(), back.token.as_str()), (&b"PEM"[..], "h1", "nmb_x"));
+        assert_eq!(
+            (ca.as_slice(), back.host.as_str(), back.token.as_str()),
+            (&b"PEM"[..], "h1", "nmb_x")
+        );
         for f in [CA_FILE, CREDENTIAL_FILE] {
-            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
     }

@@ -287,7 +287,10 @@ mod tests {
         let text = parts.format();
         assert_eq!(JoinTokenParts::parse(&text), Some(parts.clone()));
         assert_eq!(
-            JoinTokenParts::parse(&format!(" {} \n", text.to_uppercase().replace("NMBJOIN_", "nmbjoin_"))),
+            JoinTokenParts::parse(&format!(
+                " {} \n",
+                text.to_uppercase().replace("NMBJOIN_", "nmbjoin_")
+            )),
             Some(parts)
         );
         for bad in [

@@ -63,7 +63,7 @@ impl AppState {
             let name = &instance.metadata.name;
             let host = instance.status.host.as_deref().unwrap_or("(none yet)");
             nimbus_api::ApiError::unavailable(format!(
-                "instance {name:?} runs on host {host:?}, which is remote to this server: {what} of an instance on a host whose agent runs alone (`nimbus agent`) is not supported yet; read it on that host, or run the instance where `nimbus up` runs"
+                "instance {name:?} runs on host {host:?}, which is remote to this server (its agent runs alone, `nimbus agent`): this server cannot serve {what} of instances on remote hosts yet; run the instance where `nimbus up` runs to use {what}"
             ))
         })
     }

@@ -84,6 +84,12 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
     nimbus_server::datadir::restrict_umask();
     std::fs::create_dir_all(&g.data_dir)
         .with_context(|| format!("creating the data directory {}", g.data_dir.display()))?;
+    // Searchable, not listable: containers' roots pass through it.
+    std::fs::set_permissions(
+        &g.data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(nimbus_server::datadir::SEARCH_ONLY_MODE),
+    )
+    .with_context(|| format!("restricting the data directory {}", g.data_dir.display()))?;
     let _lock = nimbus_server::server::lock_data_dir(&g.data_dir).await?;
     let servers = join::parse_servers(&args.server)?;
     let (ca_pem, credential) = match &args.join {
@@ -137,7 +143,10 @@ fn check_host_name(
 /// A credential the servers no longer accept (host removed, or joined
 /// again elsewhere) stops the agent with what to do, rather than retrying
 /// for ever; unreachable servers are retried by the agent itself.
-async fn check_credential(client: &nimbus_api::client::Client, data_dir: &Path) -> anyhow::Result<()> {
+async fn check_credential(
+    client: &nimbus_api::client::Client,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
     match client.get::<nimbus_api::WhoAmI>("/v1/whoami").await {
         Err(e) if e.code() == Some(nimbus_api::ErrorCode::Unauthenticated) => anyhow::bail!(
             "the servers refuse the credential in {} ({e}); join again with --join and a token from `nimbus host join-token create`",

@@ -84,7 +84,12 @@ fn rows(items: &[JoinToken]) -> String {
                     t.metadata.name.clone(),
                     t.spec.host.clone().unwrap_or_else(|| "-".into()),
                     t.spec.expires_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                    if t.spec.expires_at < now { "expired" } else { "usable" }.to_string(),
+                    if t.spec.expires_at < now {
+                        "expired"
+                    } else {
+                        "usable"
+                    }
+                    .to_string(),
                 ]
             })
             .collect(),

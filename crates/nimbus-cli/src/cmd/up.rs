@@ -104,6 +104,10 @@ pub struct ServerArgs {
     /// before one takes over the scheduler and controllers, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_leader_lease_arg)]
     pub leader_lease: u64,
+    /// A host whose agent sent no heartbeat for this long turns
+    /// unreachable (agents beat every 5s), e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_host_timeout_arg)]
+    pub host_timeout: u64,
 }
 
 /// `nimbus server`: run a server, or ask about the servers.
@@ -128,6 +132,15 @@ fn parse_leader_lease_arg(s: &str) -> Result<u64, String> {
         secs @ 2..=300 => Ok(secs),
         _ => Err(format!(
             "--leader-lease {s:?} is out of range; give 2s to 300s (e.g. 5s): etcd refuses shorter leases, and a longer one leaves the cloud without a leader for that long"
+        )),
+    }
+}
+
+fn parse_host_timeout_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        secs @ 10..=3600 => Ok(secs),
+        _ => Err(format!(
+            "--host-timeout {s:?} is out of range; give 10s to 1h (e.g. 30s): agents beat every 5s, so a shorter timeout marks live hosts unreachable"
         )),
     }
 }
@@ -220,6 +233,7 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
         .clone()
         .unwrap_or_else(|| default_server_name(config.listen));
     config.leader_lease = std::time::Duration::from_secs(args.leader_lease);
+    config.host_timeout_ms = args.host_timeout * 1000;
     config
 }
 

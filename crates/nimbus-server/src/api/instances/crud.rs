@@ -81,7 +81,11 @@ pub async fn list_all(
             "listing instances of every project needs a system administrator; use /v1/projects/{project}/instances",
         )));
     }
-    if let Some(own) = caller.host.as_deref().filter(|own| q.host.as_deref() != Some(own)) {
+    if let Some(own) = caller
+        .host
+        .as_deref()
+        .filter(|own| q.host.as_deref() != Some(own))
+    {
         return Err(ServerError(ApiError::forbidden(format!(
             "the agent of host {own:?} reads only the instances bound to it: ask for /v1/instances?host={own}"
         ))));
