@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{assert_no_leaks, free_port, http_at, is_root, tail, wait_until, NIMBUS};
+use common::{
+    assert_no_leaks, free_port, http_at, is_root, tail, tiny_rootfs_tar, wait_until, NIMBUS,
+};
 use serde_json::Value;
 
 const HOST_TIMEOUT: &str = "10s";
@@ -502,26 +504,6 @@ fn instance_without_blobs_says_so(server: &Server, agent_dir: &Path, host: &str)
 /// A one-file root filesystem imported as image `tiny` in `project`.
 fn import_tiny_rootfs(server: &Server, project: &str) {
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("root");
-    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
-    std::fs::write(root.join("bin/x"), "hi\n").expect("write");
-    let tar = work.path().join("root.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar");
-    server.ok(&[
-        "image",
-        "import",
-        &tar.to_string_lossy(),
-        "--name",
-        "tiny",
-        "-p",
-        project,
-    ]);
+    let tar = tiny_rootfs_tar(work.path());
+    server.ok(&["image", "import", &tar, "--name", "tiny", "-p", project]);
 }
