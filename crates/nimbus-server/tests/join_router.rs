@@ -182,3 +182,16 @@ async fn a_host_joining_again_revokes_its_older_credential() {
     assert_eq!(api.whoami_status(new).await, StatusCode::OK);
     assert_eq!(api.whoami_status(&old).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn an_expired_token_is_refused_and_pruned_when_the_next_is_made() {
+    let api = Api::open().await;
+    let (short, short_id) = api.join_token(json!({"ttl_secs": 1})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, b) = api.join(&short, "node1").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(message(&b).contains("expired"), "{b}");
+    assert_eq!(api.join_token_ids().await, vec![short_id]);
+    let (_, next_id) = api.join_token(json!({})).await;
+    assert_eq!(api.join_token_ids().await, vec![next_id]);
+}

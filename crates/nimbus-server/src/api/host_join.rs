@@ -40,6 +40,7 @@ pub async fn create(
         validate_name("host", host).map_err(ApiError::invalid)?;
     }
     let ca_sha256 = served_ca_sha256(&state)?;
+    prune_expired(&state).await?;
     let (id, secret) = token::generate();
     let expires_at = Utc::now() + Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
     let mut stored = state
@@ -70,6 +71,18 @@ pub async fn create(
             token,
         }),
     ))
+}
+
+/// Expired tokens can never be used: they go when a new one is made.
+async fn prune_expired(state: &AppState) -> ApiResult<()> {
+    let now = Utc::now();
+    let expired =
+        super::users::list_all_matching::<JoinToken>(&state.repo, |t| t.spec.expires_at < now)
+            .await?;
+    for t in expired {
+        super::users::delete_if_present::<JoinToken>(&state.repo, None, &t.metadata.name).await?;
+    }
+    Ok(())
 }
 
 /// The SHA-256 of the CA certificate this server's TLS port presents.
