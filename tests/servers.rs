@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
-use common::{free_port, http_at, is_root, tail, wait_until, NIMBUS};
+use common::{free_port, http_at, is_root, tail, tiny_rootfs_tar, wait_until, NIMBUS};
 
 const LEASE: &str = "3s";
 const FAKE_HOST: &str = "fake-a";
@@ -243,24 +243,6 @@ fn run_and_expect_bound(cli: &Cli, reader: &Cli, name: &str) {
         "600",
     ]);
     assert_eq!(bound_host(reader, name), FAKE_HOST);
-}
-
-/// A one-file root filesystem archive, enough for an image record.
-fn tiny_rootfs_tar(dir: &Path) -> String {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
-    std::fs::write(root.join("etc/hostname"), "tiny\n").expect("rootfs file");
-    let tar = dir.join("rootfs.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the tiny rootfs");
-    tar.to_string_lossy().to_string()
 }
 
 #[test]

@@ -729,3 +729,21 @@ pub fn instance_cgroup_dir(id: &str, controller: &str) -> PathBuf {
 pub fn instance_cgroup_file(id: &str, controller: &str, file: &str) -> String {
     read_cgroup_file(&instance_cgroup_dir(id, controller).join(file))
 }
+
+/// A one-file root filesystem archive, enough for an image record.
+pub fn tiny_rootfs_tar(dir: &Path) -> String {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
+    std::fs::write(root.join("etc/hostname"), "tiny\n").expect("rootfs file");
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the tiny rootfs");
+    tar.to_string_lossy().to_string()
+}

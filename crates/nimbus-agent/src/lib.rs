@@ -10,6 +10,7 @@ pub mod agent;
 pub mod container;
 pub mod driver;
 pub mod host;
+pub mod join;
 pub mod protect;
 pub mod shim;
 mod shim_entry;

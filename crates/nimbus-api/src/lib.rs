@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 pub mod exec;
 pub mod hostio;
+pub mod join;
 pub mod meta;
 pub mod resources;
 pub mod servers;
@@ -19,6 +20,10 @@ pub mod usage;
 pub mod volumes;
 
 pub use error::{ApiError, ErrorCode};
+pub use join::{
+    CreateJoinToken, JoinRequest, JoinResponse, JoinToken, JoinTokenCreated, JoinTokenSpec,
+    JoinTokenStatus,
+};
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};

@@ -47,6 +47,9 @@ enum Command {
     /// Start the control plane only (several may share one etcd store);
     /// `nimbus server list` shows them and the leader.
     Server(cmd::up::ServerCommand),
+    /// Run this host's agent alone, joined to the servers with a one-time
+    /// token (`nimbus host join-token create`).
+    Agent(cmd::agent::AgentArgs),
     /// Supervise one instance (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },
@@ -133,7 +136,7 @@ fn main() -> ExitCode {
         return exit_code(output::stdout_bytes(&script));
     }
     let daemon = match &cli.command {
-        Command::Up(_) => true,
+        Command::Up(_) | Command::Agent(_) => true,
         Command::Server(server) => server.action.is_none(),
         _ => false,
     };
@@ -195,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.globals;
     match cli.command {
         Command::Up(args) => cmd::up::up(&g, args).await,
+        Command::Agent(args) => cmd::agent::agent(&g, args).await,
         Command::Server(server) => match server.action {
             None => cmd::up::server(&g, server.args).await,
             Some(action) => cmd::servers::run(&g, action).await,

@@ -61,4 +61,21 @@ impl AppState {
     pub fn host_io(&self) -> Option<Arc<dyn HostIo>> {
         self.host_io.read().ok().and_then(|g| g.clone())
     }
+
+    /// The host I/O that reaches `instance` for `what` (logs, exec, a
+    /// console, pause), or why none can: a server without its own agent
+    /// (`nimbus server`) cannot reach hosts whose agents run alone.
+    pub fn host_io_for(
+        &self,
+        instance: &nimbus_api::Instance,
+        what: &str,
+    ) -> Result<Arc<dyn HostIo>, nimbus_api::ApiError> {
+        self.host_io().ok_or_else(|| {
+            let name = &instance.metadata.name;
+            let host = instance.status.host.as_deref().unwrap_or("(none yet)");
+            nimbus_api::ApiError::unavailable(format!(
+                "instance {name:?} runs on host {host:?}, which is remote to this server (its agent runs alone, `nimbus agent`): this server cannot serve {what} of instances on remote hosts yet; run the instance where `nimbus up` runs to use {what}"
+            ))
+        })
+    }
 }

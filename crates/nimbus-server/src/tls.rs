@@ -59,3 +59,15 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
+
+/// Hex SHA-256 of the CA certificate clients pin: the last certificate of
+/// the served PEM file (the self-signed certificate itself, or the top of
+/// an operator's chain).
+pub fn ca_sha256(cert: &Path) -> anyhow::Result<String> {
+    let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let last = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .last()
+        .with_context(|| format!("no certificate found in {}", cert.display()))?;
+    Ok(nimbus_api::join::certificate_sha256(last.as_ref()))
+}

@@ -85,13 +85,17 @@ impl DriverContext for Agent {
         let imported = nimbus_image::ImportedImage::from_api(&image.status);
         let images = self.images.clone();
         let name = name.to_string();
+        let host = self.config.host_name.clone();
         blocking("resolving image layers", move || {
-            images
-                .layer_dirs(&imported)
-                .map_err(|source| AgentError::ImageLayers {
+            images.layer_dirs(&imported).map_err(|source| match source {
+                nimbus_image::ImageError::LayerMissing { digest } => {
+                    AgentError::ImageNotOnHost { name, host, digest }
+                }
+                source => AgentError::ImageLayers {
                     name,
                     source: Box::new(source),
-                })
+                },
+            })
         })
         .await
     }

@@ -90,6 +90,9 @@ pub enum HostCmd {
         #[arg(long)]
         force: bool,
     },
+    /// One-time tokens new hosts join with (`nimbus agent --join`).
+    #[command(subcommand)]
+    JoinToken(crate::cmd::join_token::JoinTokenCmd),
 }
 
 /// Which audit records to show or export.
@@ -440,6 +443,9 @@ async fn remove_host(
 }
 
 pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
+    if let HostCmd::JoinToken(cmd) = cmd {
+        return crate::cmd::join_token::run(g, cmd).await;
+    }
     let client = g.client()?;
 
     match cmd {
@@ -469,6 +475,7 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
         HostCmd::Cordon { name } => set_cordon(g, &client, &name, "cordon").await,
         HostCmd::Uncordon { name } => set_cordon(g, &client, &name, "uncordon").await,
         HostCmd::Rm { name, force } => remove_host(g, &client, &name, force).await,
+        HostCmd::JoinToken(_) => Ok(()),
     }
 }
 

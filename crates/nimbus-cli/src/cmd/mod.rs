@@ -1,11 +1,13 @@
 //! One file per group of subcommands.
 
 pub mod admin;
+pub mod agent;
 pub mod bucket;
 pub mod events;
 pub mod exec;
 pub mod image;
 pub mod instance;
+pub mod join_token;
 pub mod network;
 pub mod project;
 pub mod servers;

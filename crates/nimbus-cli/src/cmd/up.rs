@@ -104,6 +104,10 @@ pub struct ServerArgs {
     /// before one takes over the scheduler and controllers, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_leader_lease_arg)]
     pub leader_lease: u64,
+    /// A host whose agent sent no heartbeat for this long turns
+    /// unreachable (agents beat every 5s), e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_host_timeout_arg)]
+    pub host_timeout: u64,
 }
 
 /// `nimbus server`: run a server, or ask about the servers.
@@ -128,6 +132,15 @@ fn parse_leader_lease_arg(s: &str) -> Result<u64, String> {
         secs @ 2..=300 => Ok(secs),
         _ => Err(format!(
             "--leader-lease {s:?} is out of range; give 2s to 300s (e.g. 5s): etcd refuses shorter leases, and a longer one leaves the cloud without a leader for that long"
+        )),
+    }
+}
+
+fn parse_host_timeout_arg(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        secs @ 10..=3600 => Ok(secs),
+        _ => Err(format!(
+            "--host-timeout {s:?} is out of range; give 10s to 1h (e.g. 30s): agents beat every 5s, so a shorter timeout marks live hosts unreachable"
         )),
     }
 }
@@ -167,26 +180,11 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 pub struct UpArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Name of this host (default: the machine's hostname).
-    #[arg(long)]
-    pub host_name: Option<String>,
+    #[command(flatten)]
+    pub host: crate::cmd::agent::HostAgentArgs,
     /// Do not import the starter busybox image.
     #[arg(long)]
     pub no_starter_image: bool,
-    /// Memory kept for the control plane and the host: all instances
-    /// together are limited to the host's memory minus this (default: a
-    /// tenth of it, at least 1GiB, at most half).
-    #[arg(long, value_parser = parse_size_arg)]
-    pub reserved_memory: Option<u64>,
-    /// Writable layer of a container that asks for no --disk (nor has a
-    /// project default): its own ext4 filesystem of this size, so one
-    /// container cannot fill the host's disk (at least 16MiB).
-    #[arg(long, value_parser = parse_size_arg, default_value = "10GiB")]
-    pub container_disk: u64,
-    /// Label of this host, KEY=VALUE (repeatable), shown by `nimbus host
-    /// list` and matched by `instance run --require/--prefer label:KEY=VALUE`.
-    #[arg(long, value_name = "KEY=VALUE")]
-    pub host_label: Vec<String>,
 }
 
 /// A log cap: a size of at least 64KiB (three files of a long line each).
@@ -235,6 +233,7 @@ fn server_config(g: &Globals, args: &ServerArgs) -> ServerConfig {
         .clone()
         .unwrap_or_else(|| default_server_name(config.listen));
     config.leader_lease = std::time::Duration::from_secs(args.leader_lease);
+    config.host_timeout_ms = args.host_timeout * 1000;
     config
 }
 
@@ -247,7 +246,7 @@ fn default_server_name(listen: Option<SocketAddr>) -> String {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
@@ -326,7 +325,7 @@ pub async fn server(g: &Globals, args: ServerArgs) -> anyhow::Result<()> {
     server::serve(state, shutdown_signal()).await
 }
 
-fn local_host_name() -> String {
+pub(crate) fn local_host_name() -> String {
     let raw =
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
     let name: String = raw
@@ -349,39 +348,23 @@ fn local_host_name() -> String {
 }
 
 pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
-    let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.reserved_memory))?;
+    let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.host.reserved_memory))?;
     let state = server::open_state(server_config(g, &args.server)).await?;
     ensure_default_project(&state).await?;
     start_s3(&state, &args.server).await?;
-    let host = args.host_name.clone().unwrap_or_else(local_host_name);
+    let host = args.host.host_name.clone().unwrap_or_else(local_host_name);
     let token = server::ensure_host_token(&state, &host, &g.data_dir.join("agent.token")).await?;
-    let mut agent_config = nimbus_agent::AgentConfig::new(
-        host.clone(),
-        g.data_dir.clone(),
-        nimbus_agent::shim::shim_executable(
-            &std::env::current_exe().context("finding the nimbus executable for the shims")?,
-        ),
-    );
+    let mut agent_config =
+        crate::cmd::agent::agent_config(&g.data_dir, host.clone(), &args.host, instances_memory)?;
     // The server's own listeners, which no published port may take over.
     agent_config.reserved_tcp_ports = nimbus_server::hostports::reserved_by_nimbus(&state.config)
         .iter()
         .map(|c| c.port)
         .collect();
-    agent_config.instances_memory_bytes = instances_memory;
-    let min_disk = nimbus_agent::container::spec::MIN_DISK_BYTES;
-    anyhow::ensure!(
-        args.container_disk >= min_disk,
-        "--container-disk {} is below the {} MiB a container's writable layer needs; give at least {}MiB",
-        args.container_disk,
-        min_disk >> 20,
-        min_disk >> 20
-    );
-    agent_config.container_disk_bytes = args.container_disk;
     // With --metrics=false no one reads the statistics: do not collect them.
     if !args.server.metrics {
         agent_config.stats_ms = 0;
     }
-    agent_config.labels = crate::cmd::instance::parse_kv(&args.host_label, "--host-label")?;
     *state
         .host_io
         .write()

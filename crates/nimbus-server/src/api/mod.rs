@@ -4,6 +4,7 @@ pub mod addresses;
 pub mod audit;
 pub mod body;
 pub mod events;
+pub mod host_join;
 pub mod hosts;
 pub mod images;
 pub mod instances;
@@ -76,6 +77,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/servers", get(servers::list))
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
+        .route(
+            "/v1/hosts/join-tokens",
+            get(host_join::list).post(host_join::create),
+        )
+        .route(
+            "/v1/hosts/join-tokens/{token}",
+            axum::routing::delete(host_join::delete),
+        )
+        .route(auth::JOIN_PATH, post(host_join::join))
         .route("/v1/hosts/{host}", get(hosts::get).delete(hosts::remove))
         .route("/v1/hosts/{host}/status", post(hosts::report))
         .route("/v1/hosts/{host}/cordon", post(hosts::cordon))

@@ -117,3 +117,11 @@ pub struct SnapshotPath {
     /// Snapshot name.
     pub snapshot: String,
 }
+
+/// `{token}` of a join token
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JoinTokenPath {
+    /// Join token id: the `<id>` part of `nmbjoin_<id>_<secret>_<ca-sha256>`.
+    pub token: String,
+}

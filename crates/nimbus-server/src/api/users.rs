@@ -110,7 +110,7 @@ pub async fn delete(
 
 /// Every object of a collection (all projects) that `keep` accepts,
 /// across all pages.
-async fn list_all_matching<T: nimbus_api::resources::Object>(
+pub(crate) async fn list_all_matching<T: nimbus_api::resources::Object>(
     repo: &Repo,
     keep: impl Fn(&T) -> bool + Copy,
 ) -> ApiResult<Vec<T>> {
@@ -130,7 +130,7 @@ async fn list_all_matching<T: nimbus_api::resources::Object>(
 }
 
 /// Delete, treating "already gone" as done (another call may race us).
-async fn delete_if_present<T: nimbus_api::resources::Object>(
+pub(crate) async fn delete_if_present<T: nimbus_api::resources::Object>(
     repo: &Repo,
     project: Option<&str>,
     name: &str,
@@ -146,6 +146,30 @@ fn redact(mut t: Token) -> Token {
     t
 }
 
+/// A new token record, not yet stored, and its secret (`nmb_<id>_<secret>`).
+pub fn new_token(
+    user: &str,
+    description: &str,
+    host: Option<&str>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> (Token, String) {
+    let (id, secret) = token::generate();
+    let record = Token {
+        metadata: Metadata::new(&id, None),
+        spec: TokenSpec {
+            user: user.to_string(),
+            description: description.to_string(),
+            expires_at,
+            host: host.map(str::to_string),
+        },
+        status: TokenStatus {
+            secret_sha256: token::hash_hex(&secret),
+            last_used_at: None,
+        },
+    };
+    (record, token::format(&id, &secret))
+}
+
 /// Create a token record and return it with its secret.
 pub async fn issue_token(
     repo: &Repo,
@@ -154,25 +178,11 @@ pub async fn issue_token(
     host: Option<&str>,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> ApiResult<TokenCreated> {
-    let (id, secret) = token::generate();
-    let t = repo
-        .create(Token {
-            metadata: Metadata::new(&id, None),
-            spec: TokenSpec {
-                user: user.to_string(),
-                description: description.to_string(),
-                expires_at,
-                host: host.map(str::to_string),
-            },
-            status: TokenStatus {
-                secret_sha256: token::hash_hex(&secret),
-                last_used_at: None,
-            },
-        })
-        .await?;
+    let (record, secret) = new_token(user, description, host, expires_at);
+    let t = repo.create(record).await?;
     Ok(TokenCreated {
         token: redact(t),
-        secret: token::format(&id, &secret),
+        secret,
     })
 }
 

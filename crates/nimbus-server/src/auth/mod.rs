@@ -271,9 +271,21 @@ pub fn require_system_admin(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-/// Paths served without a token.
+/// Paths served without a token (joining hosts authenticate with their
+/// join token, in the body).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/v1/openapi.json" | "/v1/health")
+    matches!(path, "/v1/openapi.json" | "/v1/health" | JOIN_PATH)
+}
+
+pub const JOIN_PATH: &str = "/v1/hosts/join";
+
+/// Where a call came from, for the audit log: the peer's address, or the
+/// local socket.
+pub fn request_source(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local socket".into())
 }
 
 /// Middleware: authenticate, run the handler, audit mutating calls.
@@ -306,14 +318,9 @@ pub async fn auth_layer(
         Err(e) => {
             let resp = e.into_response();
             if mutating {
-                let source = req
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip().to_string())
-                    .unwrap_or_else(|| "local socket".into());
                 audit::record_unauthenticated(
                     &state,
-                    &source,
+                    &request_source(req.extensions()),
                     &method,
                     &path,
                     audit::outcome(&resp),

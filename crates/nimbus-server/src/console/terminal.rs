@@ -186,9 +186,8 @@ async fn start(
             "the terminal's CSRF token does not match the session's; reload the console at /ui/",
         )));
     }
-    let io = state.host_io().ok_or_else(|| {
-        ApiError::unavailable("no agent can serve exec or consoles on this server")
-    })?;
+    let what = if console { "the console" } else { "exec" };
+    let io = state.host_io_for(instance, what)?;
     if console {
         Ok(io.console(instance).await?)
     } else {

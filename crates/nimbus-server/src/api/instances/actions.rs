@@ -86,9 +86,7 @@ async fn set_paused(
     let action = if paused { "pause" } else { "resume" };
     let instance = running_vm(&state, &caller, &project, &name, action).await?;
     domain::check_pause_phase(&instance, paused)?;
-    let io = state
-        .host_io()
-        .ok_or_else(|| ApiError::unavailable("no agent can reach this instance's host"))?;
+    let io = state.host_io_for(&instance, action)?;
     io.set_paused(&instance, paused).await?;
     // The agent reports the new phase; wait briefly so the answer shows it.
     let want = if paused {

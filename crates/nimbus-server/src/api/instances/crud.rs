@@ -81,6 +81,15 @@ pub async fn list_all(
             "listing instances of every project needs a system administrator; use /v1/projects/{project}/instances",
         )));
     }
+    if let Some(own) = caller
+        .host
+        .as_deref()
+        .filter(|own| q.host.as_deref() != Some(own))
+    {
+        return Err(ServerError(ApiError::forbidden(format!(
+            "the agent of host {own:?} reads only the instances bound to it: ask for /v1/instances?host={own}"
+        ))));
+    }
     let host = q.host.clone();
     let on_host = move |i: &Instance| host.is_none() || i.status.host == host;
     let guard = crate::api::watch::Guard::admin_or_host(caller);

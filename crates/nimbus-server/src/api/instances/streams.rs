@@ -42,9 +42,7 @@ pub async fn logs(
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Reader).await?;
     let instance: Instance = state.repo.get(Some(&project), &name).await?;
-    let io = state.host_io().ok_or_else(|| {
-        ApiError::unavailable("no agent can serve logs on this server; is the host agent running?")
-    })?;
+    let io = state.host_io_for(&instance, "logs")?;
     // Counted against the caller's stream limits only when it is long-lived.
     let session = if q.follow {
         Some(crate::api::watch::Guard::role(caller, &project, Role::Reader).open(&state)?)
@@ -104,9 +102,7 @@ pub async fn exec(
     let exec_req: ExecRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the exec request is not valid JSON: {e}")))?;
     domain::check_exec_command(&exec_req.args)?;
-    let io = state
-        .host_io()
-        .ok_or_else(|| ApiError::unavailable("no agent can serve exec on this server"))?;
+    let io = state.host_io_for(&instance, "exec")?;
     let shim = io.exec(&instance, &exec_req).await?;
     // The session ends when the caller loses member in the project or
     // their token.
@@ -141,9 +137,7 @@ pub async fn console(
     let on_upgrade = hyper::upgrade::on(&mut req);
     // The body (an empty JSON object) must be read before the upgrade.
     let _ = axum::body::to_bytes(req.into_body(), 4 << 10).await;
-    let io = state
-        .host_io()
-        .ok_or_else(|| ApiError::unavailable("no agent can serve consoles on this server"))?;
+    let io = state.host_io_for(&instance, "the console")?;
     let shim = io.console(&instance).await?;
     // The console (often a root shell) ends when the caller loses member
     // in the project or their token.
