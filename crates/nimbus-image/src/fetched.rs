@@ -221,11 +221,13 @@ mod tests {
             .import(&rootfs_tar("unused")[..], &mut |_| {})
             .unwrap();
         let hour = Duration::from_secs(3600);
-        let young = store.collect_unused(&[kept.clone()], hour).unwrap();
+        let young = store
+            .collect_unused(std::slice::from_ref(&kept), hour)
+            .unwrap();
         assert!(young.removed_blobs.is_empty(), "{young:?}");
         assert!(young.removed_layers.is_empty(), "{young:?}");
         let report = store
-            .collect_unused(&[kept.clone()], Duration::ZERO)
+            .collect_unused(std::slice::from_ref(&kept), Duration::ZERO)
             .unwrap();
         assert_eq!(report.removed_blobs, unused.layers);
         assert_eq!(report.removed_layers, unused.layers);

@@ -81,7 +81,7 @@ async fn readable_image(
 ) -> ApiResult<Image> {
     let Some(host) = caller.host.as_deref() else {
         auth::require_role(repo, caller, project, Role::Reader).await?;
-        return Ok(repo.get(Some(project), name).await?);
+        return repo.get(Some(project), name).await;
     };
     let users = repo
         .list::<Instance>(Some(project), &ListOptions::default(), |i| {
@@ -93,7 +93,7 @@ async fn readable_image(
             "no instance on host {host:?} uses image {name:?} of project {project:?}; a host reads only the blobs of its own instances' images"
         ))));
     }
-    Ok(repo.get(Some(project), name).await?)
+    repo.get(Some(project), name).await
 }
 
 /// Whether instance `i` boots from or runs image `name`.
