@@ -9,6 +9,8 @@
 
 mod collect;
 mod remote;
+#[cfg(test)]
+mod remote_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
