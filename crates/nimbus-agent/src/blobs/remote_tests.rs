@@ -119,7 +119,11 @@ async fn concurrent_starts_fetch_a_shared_blob_once() {
     let dirs = a.expect("first start");
     assert_eq!(dirs, b.expect("second start"));
     assert_eq!(dirs, c.expect("third start"));
-    assert_eq!(served.load(Ordering::SeqCst), 1, "the blob was fetched more than once");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "the blob was fetched more than once"
+    );
     assert_eq!(blobs.fetched_count(), 1);
     assert_eq!(
         std::fs::read_to_string(dirs[0].join("data.txt")).expect("layer file"),
