@@ -3,9 +3,12 @@
 //! the agent's fetcher verifies, keeps and unpacks them, and collects them
 //! once no instance of the host uses them. Nobody else gets them.
 //!
-//! No root needed: nothing here mounts or starts a workload. Starting a
-//! container from fetched layers needs a standalone agent beside the
-//! server (`nimbus agent`), which this branch does not have yet.
+//! The first test needs no root: nothing there mounts or starts a
+//! workload. The second runs a whole agent in process, with a data dir and
+//! image store of its own, beside the server, and starts a container from
+//! the layers it fetched (root).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -307,5 +310,168 @@ async fn a_host_fetches_verifies_unpacks_and_collects_its_instances_image_blobs(
     assert_eq!(store_entries(&fetcher.store()), Vec::<String>::new());
     // The server's store is not the agent's to collect.
     assert!(server_dirs.iter().all(|d| d.is_dir()));
+    server.stop().await;
+}
+
+/// The status phase of instance `name` of `ops`, `None` once it is gone.
+async fn phase(admin: &Client, name: &str) -> Option<String> {
+    match admin
+        .get::<Instance>(&format!("/v1/projects/ops/instances/{name}"))
+        .await
+    {
+        Ok(i) => Some(i.status.phase.as_str().to_string()),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => None,
+        Err(e) => panic!("instance {name}: {e}"),
+    }
+}
+
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills and unmounts what a failed test left under its data dir.
+struct CleanupOnPanic(PathBuf);
+
+impl Drop for CleanupOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            common::force_cleanup(&self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_starts_from_layers_its_host_fetched_and_they_go_with_it() {
+    if !common::is_root("containers") {
+        return;
+    }
+    let server = Server::start().await;
+    let _: serde_json::Value = server
+        .admin
+        .post("/v1/projects", &json!({"name": "ops", "spec": {}}))
+        .await
+        .expect("project");
+    let image: Image = server
+        .admin
+        .upload(
+            "/v1/projects/ops/images?name=busybox",
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(busybox_tar()))]),
+        )
+        .await
+        .expect("import busybox");
+
+    // A host with a data dir and image store of its own, as one that
+    // joined a remote server has: it shares nothing with the server.
+    let host_dir = tempfile::Builder::new()
+        .prefix("nimbus-e2e-")
+        .tempdir_in("/var/tmp")
+        .expect("host data dir");
+    let data_dir = host_dir.path().to_path_buf();
+    // Searchable, as a real data dir is: the containers' user namespaces
+    // pass through it to their rootfs.
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod the data dir");
+    let _cleanup = CleanupOnPanic(data_dir.clone());
+    let mut config = nimbus_agent::AgentConfig::new(
+        "h1".into(),
+        data_dir.clone(),
+        nimbus_agent::shim::shim_executable(Path::new(env!("CARGO_BIN_EXE_nimbus"))),
+    );
+    config.stats_ms = 0;
+    config.blob_min_age_ms = 0;
+    // Logs are read from the host's files, as under `nimbus up`.
+    *server.state.host_io.write().expect("host I/O lock") =
+        Some(Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+            instances_dir: data_dir.join("instances"),
+        }));
+    let token = server.host_token("h1").await;
+    let agent = nimbus_agent::Agent::new(config, server.client(&token), None).expect("agent");
+    let agent_task = tokio::spawn(agent.clone().run());
+
+    let created: Instance = server
+        .admin
+        .post(
+            "/v1/projects/ops/instances",
+            &json!({"name": "hello", "spec": {"image": "busybox",
+                "args": ["/bin/sh", "-c", "cat /etc/passwd; echo fetched-ok"]}}),
+        )
+        .await
+        .expect("instance");
+    let ended = wait_for("the instance to end", Duration::from_secs(120), || async {
+        phase(&server.admin, "hello")
+            .await
+            .filter(|p| p == "exited" || p == "failed")
+    })
+    .await;
+    let instance: Instance = server
+        .admin
+        .get("/v1/projects/ops/instances/hello")
+        .await
+        .expect("instance");
+    assert_eq!(ended, "exited", "{:?}", instance.status.reason);
+    assert_eq!(instance.status.exit_code, Some(0));
+    let logs = server
+        .admin
+        .request_bytes(
+            nimbus_api::client::Method::GET,
+            "/v1/projects/ops/instances/hello/logs",
+            None,
+        )
+        .await
+        .expect("logs");
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("fetched-ok"), "{logs}");
+    assert!(logs.contains("root:x:0:0"), "{logs}");
+
+    // The layer came into the host's own store.
+    let layer_hex = image.status.layers[0].trim_start_matches("sha256:");
+    let own = data_dir.join("images");
+    assert!(own.join("blobs/sha256").join(layer_hex).is_file());
+    assert!(own.join("layers").join(layer_hex).is_dir());
+    assert_ne!(
+        own.canonicalize().expect("own store"),
+        server.state.images.root()
+    );
+
+    // Removed: the agent cleans up and, on its own, collects the blobs.
+    let _: serde_json::Value = server
+        .admin
+        .delete("/v1/projects/ops/instances/hello")
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    wait_for("the instance to go", Duration::from_secs(60), || async {
+        phase(&server.admin, "hello").await.is_none().then_some(())
+    })
+    .await;
+    let entries = |sub: &str| {
+        std::fs::read_dir(own.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the host to collect the unused blobs",
+        Duration::from_secs(30),
+        || async { (entries("blobs/sha256") == 0 && entries("layers") == 0).then_some(()) },
+    )
+    .await;
+    common::assert_no_leaks(&data_dir, &[created.metadata.id.clone()]);
+    agent_task.abort();
     server.stop().await;
 }

@@ -103,7 +103,8 @@ pub struct Agent {
     pub client: Client,
     /// This host's image store and how blobs reach it.
     pub blobs: Arc<dyn BlobSource>,
-    /// Notified when an instance was removed here: its blobs may be unused.
+    /// Notified when an instance was removed (from the store, or here as
+    /// an orphan): its images' blobs may be unused.
     pub blobs_unused: Arc<tokio::sync::Notify>,
     /// One worker per instance, fed with the latest version of its resource.
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Instance>>>,
@@ -412,11 +413,14 @@ impl Agent {
         });
     }
 
+    /// The instance is gone from the store (its worker cleaned up here
+    /// before reporting it finalized): its images' blobs may be unused now.
     fn forget(&self, id: &str) {
         self.net.forget_instance(id);
         if let Ok(mut w) = self.workers.lock() {
             w.remove(id);
         }
+        self.blobs_unused.notify_one();
     }
 
     pub fn instance_dir(&self, id: &str) -> PathBuf {
