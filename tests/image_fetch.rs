@@ -471,7 +471,7 @@ async fn a_container_starts_from_layers_its_host_fetched_and_they_go_with_it() {
         || async { (entries("blobs/sha256") == 0 && entries("layers") == 0).then_some(()) },
     )
     .await;
-    common::assert_no_leaks(&data_dir, &[created.metadata.id.clone()]);
+    common::assert_no_leaks(&data_dir, std::slice::from_ref(&created.metadata.id));
     agent_task.abort();
     server.stop().await;
 }
