@@ -103,6 +103,14 @@ impl Server {
         }
     }
 
+    async fn project(&self, name: &str) {
+        let _: serde_json::Value = self
+            .admin
+            .post("/v1/projects", &json!({"name": name, "spec": {}}))
+            .await
+            .expect("project");
+    }
+
     fn client(&self, token: &str) -> Client {
         Client::new(Endpoint::Unix(self.sock.clone()), Some(token.to_string())).expect("client")
     }
@@ -186,13 +194,8 @@ fn store_entries(store: &ImageStore) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_fetches_verifies_unpacks_and_collects_its_instances_image_blobs() {
     let server = Server::start().await;
-    for project in ["ops", "dev"] {
-        let _: serde_json::Value = server
-            .admin
-            .post("/v1/projects", &json!({"name": project, "spec": {}}))
-            .await
-            .expect("project");
-    }
+    server.project("ops").await;
+    server.project("dev").await;
     let tar = bytes::Bytes::from(busybox_tar());
     let image: Image = server
         .admin
@@ -313,6 +316,67 @@ async fn a_host_fetches_verifies_unpacks_and_collects_its_instances_image_blobs(
     server.stop().await;
 }
 
+/// A kernel image's kernel and initrd reach a host running an instance of
+/// it byte for byte, as the VM driver asks for them (`ensure_blobs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_fetches_the_kernel_and_initrd_of_its_vm() {
+    let guest = common::guest("tiny");
+    let kernel = std::fs::read(guest.join("vmlinux")).expect("tiny kernel");
+    let initrd = std::fs::read(guest.join("tiny-initrd.img")).expect("tiny initrd");
+    let server = Server::start().await;
+    server.project("ops").await;
+    let body = bytes::Bytes::from([kernel.clone(), initrd].concat());
+    let image: Image = server
+        .admin
+        .upload(
+            &format!(
+                "/v1/projects/ops/images?name=tiny&kind=kernel&kernel_bytes={}",
+                kernel.len()
+            ),
+            futures::stream::iter([Ok::<_, std::io::Error>(body)]),
+        )
+        .await
+        .expect("import the tiny kernel");
+    let mut vm = Instance {
+        metadata: nimbus_api::Metadata::new("vm1", Some("ops")),
+        spec: nimbus_api::InstanceSpec {
+            image: "tiny".into(),
+            ..Default::default()
+        },
+        status: Default::default(),
+    };
+    vm.status.host = Some("h1".into());
+    server
+        .state
+        .repo
+        .create(vm)
+        .await
+        .expect("a VM bound to h1");
+
+    let fetcher = server.fetcher("h1-images", &server.host_token("h1").await);
+    fetcher
+        .ensure(&image)
+        .await
+        .expect("fetch kernel and initrd");
+    let k = image.status.kernel.as_ref().expect("a kernel image");
+    let wanted = std::iter::once(&k.digest).chain(k.initrd.as_ref());
+    assert_eq!(fetcher.fetched_count(), 2);
+    for digest in wanted {
+        let mine = fetcher.store().blob_path(digest).expect("fetched blob");
+        let theirs = server.state.images.blob_path(digest).expect("server blob");
+        assert_eq!(
+            std::fs::read(&mine).expect("read"),
+            std::fs::read(&theirs).expect("read"),
+            "{digest}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(fetcher.store().blob_path(&k.digest).expect("kernel")).expect("read"),
+        kernel
+    );
+    server.stop().await;
+}
+
 /// The status phase of instance `name` of `ops`, `None` once it is gone.
 async fn phase(admin: &Client, name: &str) -> Option<String> {
     match admin
@@ -360,11 +424,7 @@ async fn a_container_starts_from_layers_its_host_fetched_and_they_go_with_it() {
         return;
     }
     let server = Server::start().await;
-    let _: serde_json::Value = server
-        .admin
-        .post("/v1/projects", &json!({"name": "ops", "spec": {}}))
-        .await
-        .expect("project");
+    server.project("ops").await;
     let image: Image = server
         .admin
         .upload(

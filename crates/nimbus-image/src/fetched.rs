@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::blob::{self, digest_from_hex, digest_hex, CopyError};
+use crate::blob::{digest_from_hex, digest_hex};
 use crate::error::ImageError;
 use crate::gc::{self, KeepSet};
 use crate::{GcReport, ImageStore, ImportedImage, Staging};
@@ -65,19 +65,7 @@ impl ImageStore {
         let hex = digest_hex(digest, "fetched blob")?;
         let staging = Staging::create(&self.tmp_dir, "fetch")?;
         let path = staging.path.join("blob");
-        let (actual, size) = blob::copy_hashed_to_new_file(
-            reader,
-            &path,
-            self.limits.max_archive_bytes,
-            &mut |_| {},
-        )
-        .map_err(|e| match e {
-            CopyError::Read(source) => ImageError::ReadArchive { source },
-            CopyError::Write(e) => ImageError::io("write fetched blob", &path, e),
-            CopyError::TooLarge => ImageError::ArchiveTooLarge {
-                limit: self.limits.max_archive_bytes,
-            },
-        })?;
+        let (actual, size) = self.stage(reader, &path)?;
         if actual != hex {
             return Err(ImageError::FetchedBlobMismatch {
                 expected: digest.to_string(),
@@ -194,7 +182,7 @@ mod tests {
     fn a_blob_that_hashes_otherwise_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path(), Limits::default()).unwrap();
-        let wanted = format!("sha256:{}", blob::sha256_hex(b"the real bytes"));
+        let wanted = format!("sha256:{}", crate::blob::sha256_hex(b"the real bytes"));
         let err = store
             .add_blob(&wanted, &mut &b"other bytes"[..])
             .unwrap_err();
