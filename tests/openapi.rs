@@ -76,7 +76,9 @@ fn every_documented_operation_reaches_a_handler() {
         // Names that exist nowhere: every call fails in its handler (404)
         // or its body or query extractor (400) and changes nothing.
         let mut path = template.clone();
-        for p in ["project", "name", "user", "host", "token", "snapshot"] {
+        for p in [
+            "project", "name", "user", "host", "token", "snapshot", "digest",
+        ] {
             path = path.replace(&format!("{{{p}}}"), "openapi-probe");
         }
         assert!(!path.contains('{'), "unknown path parameter in {template}");

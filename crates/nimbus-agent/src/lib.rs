@@ -7,6 +7,7 @@
 //! shims do, so workloads survive the agent's crash or upgrade.
 
 pub mod agent;
+pub mod blobs;
 pub mod container;
 pub mod driver;
 pub mod host;

@@ -186,6 +186,18 @@ pub enum ImageError {
          import the image again"
     )]
     LayerMissing { digest: String },
+
+    /// A blob fetched from another store hashed to something else.
+    #[error(
+        "blob {expected} arrived as {actual} ({size} bytes): the transfer was corrupted or the \
+         server's copy is damaged; nothing was kept. The next start of the instance fetches it \
+         again; if it keeps failing, check the server's image store and re-import the image"
+    )]
+    FetchedBlobMismatch {
+        expected: String,
+        actual: String,
+        size: u64,
+    },
 }
 
 impl ImageError {

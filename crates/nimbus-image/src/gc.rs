@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::blob::{digest_from_hex, digest_hex, is_sha256_hex, BlobDir};
 use crate::error::ImageError;
@@ -21,28 +22,40 @@ pub struct GcReport {
     pub freed_bytes: u64,
 }
 
-pub(crate) fn collect(
-    blobs: &BlobDir,
-    layers_dir: &Path,
-    tmp_dir: &Path,
-    keep: &[ImportedImage],
-) -> Result<GcReport, ImageError> {
-    let mut keep_blobs: HashSet<String> = HashSet::new();
-    let mut keep_layers: HashSet<String> = HashSet::new();
-    for image in keep {
-        for layer in &image.layers {
-            let hex = digest_hex(layer, "layer of an image to keep")?.to_string();
-            keep_blobs.insert(hex.clone());
-            keep_layers.insert(hex);
-        }
-        if let Some(kernel) = &image.kernel {
-            if let Some(initrd) = &kernel.initrd {
-                keep_blobs.insert(digest_hex(initrd, "initrd of an image to keep")?.to_string());
+/// The blobs (hex) and unpacked layers (hex) a collection keeps.
+#[derive(Debug, Default)]
+pub(crate) struct KeepSet {
+    pub(crate) blobs: HashSet<String>,
+    pub(crate) layers: HashSet<String>,
+}
+
+impl KeepSet {
+    /// What a host needs to run `keep`: layers, disks, kernels, initrds.
+    pub(crate) fn to_run(keep: &[ImportedImage]) -> Result<KeepSet, ImageError> {
+        let mut set = KeepSet::default();
+        for image in keep {
+            for layer in &image.layers {
+                set.layers
+                    .insert(digest_hex(layer, "layer of an image to keep")?.to_string());
+            }
+            for digest in image.runtime_blobs() {
+                set.blobs
+                    .insert(digest_hex(&digest, "blob of an image to keep")?.to_string());
             }
         }
-        let manifest_hex = digest_hex(&image.manifest_digest, "manifest of an image to keep")?;
-        keep_blobs.insert(manifest_hex.to_string());
-        if image.format == ImageFormat::Oci {
+        Ok(set)
+    }
+
+    /// What an importing store keeps: everything to run the images, plus
+    /// their manifests and configs.
+    pub(crate) fn imported(blobs: &BlobDir, keep: &[ImportedImage]) -> Result<KeepSet, ImageError> {
+        let mut set = KeepSet::to_run(keep)?;
+        for image in keep {
+            let manifest_hex = digest_hex(&image.manifest_digest, "manifest of an image to keep")?;
+            set.blobs.insert(manifest_hex.to_string());
+            if image.format != ImageFormat::Oci {
+                continue;
+            }
             let config = blobs
                 .read_small(manifest_hex, MAX_METADATA_BYTES)
                 .and_then(|data| {
@@ -56,7 +69,7 @@ pub(crate) fn collect(
                 });
             match config {
                 Ok(hex) => {
-                    keep_blobs.insert(hex);
+                    set.blobs.insert(hex);
                 }
                 // The config was copied into ImportedImage at import; losing its blob
                 // costs nothing, so a damaged manifest must not block collection.
@@ -67,14 +80,27 @@ pub(crate) fn collect(
                 ),
             }
         }
+        Ok(set)
     }
+}
 
+/// Removes what `keep` does not hold and changed longer than `min_age` ago
+/// (its inode's change time: a blob or layer that just arrived is young
+/// whatever times its files carry).
+pub(crate) fn collect(
+    blobs: &BlobDir,
+    layers_dir: &Path,
+    tmp_dir: &Path,
+    keep: &KeepSet,
+    min_age: Duration,
+) -> Result<GcReport, ImageError> {
+    let (keep_blobs, keep_layers) = (&keep.blobs, &keep.layers);
     let mut report = GcReport::default();
     for name in list_hex_names(blobs.dir())? {
-        if keep_blobs.contains(&name) {
+        let path = blobs.path(&name);
+        if keep_blobs.contains(&name) || is_younger(&path, min_age) {
             continue;
         }
-        let path = blobs.path(&name);
         let size = std::fs::symlink_metadata(&path)
             .map(|m| m.len())
             .unwrap_or(0);
@@ -83,10 +109,10 @@ pub(crate) fn collect(
         report.removed_blobs.push(digest_from_hex(&name));
     }
     for name in list_hex_names(layers_dir)? {
-        if keep_layers.contains(&name) {
+        let path = layers_dir.join(&name);
+        if keep_layers.contains(&name) || is_younger(&path, min_age) {
             continue;
         }
-        let path = layers_dir.join(&name);
         let size = safe_fs::open_root(&path)
             .and_then(|fd| safe_fs::tree_size(&fd))
             .unwrap_or(0);
@@ -104,6 +130,24 @@ pub(crate) fn collect(
         "image store garbage collected"
     );
     Ok(report)
+}
+
+/// Whether `path` changed less than `min_age` ago (a vanished path counts
+/// as young: someone else is handling it).
+fn is_younger(path: &Path, min_age: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if min_age.is_zero() {
+        return false;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return true;
+    };
+    let changed = std::time::UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(meta.ctime()).unwrap_or(0),
+            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+        );
+    changed.elapsed().map_or(true, |age| age < min_age)
 }
 
 /// Names in `dir` that look like sha256 hex digests; anything else is not ours to touch.

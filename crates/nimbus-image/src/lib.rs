@@ -12,6 +12,7 @@
 mod api;
 mod blob;
 mod error;
+mod fetched;
 mod gc;
 mod oci;
 mod safe_fs;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
+pub use fetched::check_digest;
 pub use gc::GcReport;
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
@@ -371,7 +373,14 @@ impl ImageStore {
 
     /// Removes blobs and layer dirs that none of `keep` references.
     pub fn gc(&self, keep: &[ImportedImage]) -> Result<GcReport, ImageError> {
-        gc::collect(&self.blobs, &self.layers_dir, &self.tmp_dir, keep)
+        let keep = gc::KeepSet::imported(&self.blobs, keep)?;
+        gc::collect(
+            &self.blobs,
+            &self.layers_dir,
+            &self.tmp_dir,
+            &keep,
+            std::time::Duration::ZERO,
+        )
     }
 
     fn layer_path(&self, hex: &str) -> PathBuf {

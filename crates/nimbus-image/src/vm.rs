@@ -253,7 +253,13 @@ impl ImageStore {
         })
     }
 
-    fn stage(&self, reader: &mut dyn Read, path: &Path) -> Result<(String, u64), ImageError> {
+    /// Copies `reader` to the new staging file `path`, hashed and capped
+    /// at `Limits::max_archive_bytes`: `(hex digest, size)`.
+    pub(crate) fn stage(
+        &self,
+        reader: &mut dyn Read,
+        path: &Path,
+    ) -> Result<(String, u64), ImageError> {
         blob::copy_hashed_to_new_file(reader, path, self.limits.max_archive_bytes, &mut |_| {})
             .map_err(|e| match e {
                 CopyError::Read(source) => ImageError::ReadArchive { source },

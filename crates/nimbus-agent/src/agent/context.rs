@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use nimbus_api::{Image, Instance};
 use nimbus_image::ImageStore;
 
-use super::error::{blocking, AgentError};
+use super::error::AgentError;
 use super::network::{Attachment, VmAttachment};
 use super::Agent;
 use crate::container::IdMap;
@@ -17,7 +17,11 @@ use crate::driver::DriverContext;
 #[async_trait]
 impl DriverContext for Agent {
     fn images(&self) -> Arc<ImageStore> {
-        self.images.clone()
+        self.blobs.store()
+    }
+
+    async fn ensure_blobs(&self, image: &Image) -> Result<(), AgentError> {
+        self.blobs.ensure(image).await
     }
 
     fn shim_exe(&self) -> PathBuf {
@@ -81,23 +85,8 @@ impl DriverContext for Agent {
             })
     }
 
-    async fn layer_dirs(&self, name: &str, image: &Image) -> Result<Vec<PathBuf>, AgentError> {
-        let imported = nimbus_image::ImportedImage::from_api(&image.status);
-        let images = self.images.clone();
-        let name = name.to_string();
-        let host = self.config.host_name.clone();
-        blocking("resolving image layers", move || {
-            images.layer_dirs(&imported).map_err(|source| match source {
-                nimbus_image::ImageError::LayerMissing { digest } => {
-                    AgentError::ImageNotOnHost { name, host, digest }
-                }
-                source => AgentError::ImageLayers {
-                    name,
-                    source: Box::new(source),
-                },
-            })
-        })
-        .await
+    async fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, AgentError> {
+        self.blobs.layer_dirs(image).await
     }
 
     async fn allocate_ids(&self, dir: &Path) -> Result<IdMap, AgentError> {

@@ -39,6 +39,20 @@ pub enum AgentError {
         #[source]
         source: Box<nimbus_image::ImageError>,
     },
+    #[error("fetching blob {digest} of image {image:?} from the servers: {source}; the next start tries again")]
+    BlobFetch {
+        image: String,
+        digest: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("blob {digest} of image {image:?} was not kept: {source}")]
+    BlobRefused {
+        image: String,
+        digest: String,
+        #[source]
+        source: Box<nimbus_image::ImageError>,
+    },
     #[error("secret environment of instance {name:?}: {source}")]
     SecretEnv {
         name: String,

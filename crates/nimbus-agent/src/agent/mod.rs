@@ -26,6 +26,7 @@ use nimbus_api::{Instance, RegisterHost, ResourceList, WatchEvent, WatchEventTyp
 use nimbus_image::{ImageStore, Limits};
 use tokio::sync::mpsc;
 
+use crate::blobs::{BlobSource, RemoteBlobs, SharedStore};
 use crate::driver::Drivers;
 
 /// A container's writable layer when nobody asked for a size.
@@ -60,6 +61,12 @@ pub struct AgentConfig {
     /// Size of a container's writable layer (its own ext4 filesystem)
     /// when neither the instance nor its project sets `disk_bytes`.
     pub container_disk_bytes: u64,
+    /// How often a host with its own image store collects the blobs no
+    /// instance here uses (also soon after an instance is removed).
+    pub blob_collect_ms: u64,
+    /// A fetched blob or unpacked layer younger than this is never
+    /// collected: an instance may be starting from it.
+    pub blob_min_age_ms: u64,
 }
 
 impl AgentConfig {
@@ -77,6 +84,8 @@ impl AgentConfig {
             reserved_tcp_ports: Vec::new(),
             instances_memory_bytes: None,
             container_disk_bytes: DEFAULT_CONTAINER_DISK_BYTES,
+            blob_collect_ms: 10 * 60 * 1000,
+            blob_min_age_ms: 10 * 60 * 1000,
         }
     }
 
@@ -92,7 +101,11 @@ impl AgentConfig {
 pub struct Agent {
     pub config: AgentConfig,
     pub client: Client,
-    pub images: Arc<ImageStore>,
+    /// This host's image store and how blobs reach it.
+    pub blobs: Arc<dyn BlobSource>,
+    /// Notified when an instance was removed (from the store, or here as
+    /// an orphan): its images' blobs may be unused.
+    pub blobs_unused: Arc<tokio::sync::Notify>,
     /// One worker per instance, fed with the latest version of its resource.
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Instance>>>,
     /// Images by id (resolved by the server when the instance was created),
@@ -153,13 +166,18 @@ impl Agent {
         // own instance directory, nobody but root learns which exist.
         std::fs::set_permissions(&instances, std::fs::Permissions::from_mode(0o711))?;
         secure_instance_dirs(&instances, &drivers);
-        let images = match images {
-            Some(i) => i,
-            None => Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),
+        let blobs: Arc<dyn BlobSource> = match images {
+            Some(shared) => Arc::new(SharedStore(shared)),
+            None => Arc::new(RemoteBlobs::new(
+                Arc::new(ImageStore::open(&config.images_dir, Limits::default())?),
+                client.clone(),
+                Duration::from_millis(config.blob_min_age_ms),
+            )),
         };
         Ok(Arc::new(Agent {
             client,
-            images,
+            blobs,
+            blobs_unused: Arc::new(tokio::sync::Notify::new()),
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
@@ -188,6 +206,12 @@ impl Agent {
         let hb = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
         tokio::spawn(self.clone().stats_loop());
+        tokio::spawn(crate::blobs::run_collection(
+            self.blobs.clone(),
+            self.config.host_name.clone(),
+            Duration::from_millis(self.config.blob_collect_ms.max(1_000)),
+            self.blobs_unused.clone(),
+        ));
         match crate::volume::qcow2::Qcow2Backend::open(&self.config.data_dir.join("volumes")) {
             Ok(b) => {
                 let backend: Arc<dyn crate::volume::VolumeBackend> = Arc::new(b);
@@ -389,11 +413,14 @@ impl Agent {
         });
     }
 
+    /// The instance is gone from the store (its worker cleaned up here
+    /// before reporting it finalized): its images' blobs may be unused now.
     fn forget(&self, id: &str) {
         self.net.forget_instance(id);
         if let Ok(mut w) = self.workers.lock() {
             w.remove(id);
         }
+        self.blobs_unused.notify_one();
     }
 
     pub fn instance_dir(&self, id: &str) -> PathBuf {

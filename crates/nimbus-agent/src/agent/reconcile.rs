@@ -591,5 +591,6 @@ pub async fn destroy_local(
     if let Some(id) = dir.file_name() {
         agent.net.detach(&id.to_string_lossy()).await;
     }
+    agent.blobs_unused.notify_one();
     Ok(())
 }

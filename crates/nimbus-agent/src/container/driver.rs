@@ -39,7 +39,7 @@ impl Driver for ContainerDriver {
             dir,
             restarts_before,
         } = launch;
-        let layers = cx.layer_dirs(&instance.spec.image, image).await?;
+        let layers = cx.layer_dirs(image).await?;
         std::fs::create_dir_all(dir)
             .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
         let id_map = cx.allocate_ids(dir).await?;

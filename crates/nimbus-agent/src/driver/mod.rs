@@ -49,9 +49,12 @@ pub trait DriverContext: Send + Sync {
     /// The opened values of the instance's secret environment.
     async fn secret_env(&self, instance: &Instance)
         -> Result<BTreeMap<String, String>, AgentError>;
-    /// The unpacked layer directories of a container image, lowest first;
-    /// `name` is the image as the instance names it (for the error).
-    async fn layer_dirs(&self, name: &str, image: &Image) -> Result<Vec<PathBuf>, AgentError>;
+    /// The unpacked layer directories of a container image, lowest first,
+    /// its blobs fetched first where this host lacks them.
+    async fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, AgentError>;
+    /// Brings every blob `image` needs (disk, kernel, initrd, layers) into
+    /// [`DriverContext::images`] where this host lacks them.
+    async fn ensure_blobs(&self, image: &Image) -> Result<(), AgentError>;
     /// The host id range of the instance in `dir`: the one it recorded, or
     /// a free one (taken until the instance is removed).
     async fn allocate_ids(&self, dir: &Path) -> Result<IdMap, AgentError>;

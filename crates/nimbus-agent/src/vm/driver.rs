@@ -98,6 +98,9 @@ impl Driver for VmDriver {
             }
             None => None,
         };
+        for needed in std::iter::once(image).chain(kernel_image.as_ref()) {
+            cx.ensure_blobs(needed).await?;
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
         // QEMU drops to the first id of the instance's own range: the range

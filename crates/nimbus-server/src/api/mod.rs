@@ -6,6 +6,7 @@ pub mod body;
 pub mod events;
 pub mod host_join;
 pub mod hosts;
+pub mod image_blobs;
 pub mod images;
 pub mod instances;
 pub mod metrics;
@@ -95,6 +96,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/images/{name}",
             get(images::get).delete(images::delete),
+        )
+        .route(
+            "/v1/projects/{project}/images/{name}/blobs/{digest}",
+            get(image_blobs::get),
         )
         .merge(instances::routes())
         .route("/v1/projects/{project}/events", get(events::list))

@@ -125,3 +125,17 @@ pub struct JoinTokenPath {
     /// Join token id: the `<id>` part of `nmbjoin_<id>_<secret>_<ca-sha256>`.
     pub token: String,
 }
+
+/// `{project}`, the `{name}` of an image in it and the `{digest}` of one of
+/// its blobs.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ImageBlobPath {
+    /// Project name.
+    pub project: String,
+    /// Image name.
+    pub name: String,
+    /// The blob's digest, `sha256:<64 lowercase hex digits>`: one of the
+    /// image's layers, its disk, kernel or initrd.
+    pub digest: String,
+}
