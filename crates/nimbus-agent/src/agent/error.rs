@@ -27,12 +27,6 @@ pub enum AgentError {
         "image {name:?} was replaced after the instance was created; create the instance again"
     )]
     ImageReplaced { name: String },
-    #[error("the blobs of image {name:?} are not on host {host:?} (layer {digest} is missing): an agent running alone (`nimbus agent`) cannot fetch image blobs from the servers yet; run the instance on a host of `nimbus up` (give that host a label and `instance run --require label:KEY=VALUE`)")]
-    ImageNotOnHost {
-        name: String,
-        host: String,
-        digest: String,
-    },
     #[error("image {name:?} layers: {source}")]
     ImageLayers {
         name: String,
