@@ -460,23 +460,7 @@ fn credential_reads_only_its_host(server: &Server, agent_dir: &Path, host: &str)
 /// An image imported on the servers only: the standalone agent fetches its
 /// blobs by digest and runs it; logs say the host is remote.
 fn instance_runs_from_fetched_blobs(server: &Server, agent_dir: &Path, _host: &str) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-    let tar = work.path().join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the busybox rootfs");
-    server.ok(&["image", "import", &tar.to_string_lossy(), "--name", "bb"]);
+    import_busybox(server, "bb");
     assert!(
         !agent_dir.join("images/blobs/sha256").exists()
             || std::fs::read_dir(agent_dir.join("images/blobs/sha256"))
@@ -540,4 +524,121 @@ fn import_tiny_rootfs(server: &Server, project: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let tar = tiny_rootfs_tar(work.path());
     server.ok(&["image", "import", &tar, "--name", "tiny", "-p", project]);
+}
+
+/// A busybox root filesystem (Debian's busybox-static) imported on the
+/// server as image `name`.
+fn import_busybox(server: &Server, name: &str) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    let tar = work.path().join("bb.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the busybox rootfs");
+    server.ok(&["image", "import", &tar.to_string_lossy(), "--name", name]);
+}
+
+#[test]
+fn an_agent_cut_off_from_its_servers_stops_its_instances_and_resumes_them() {
+    if !is_root("an agent's cgroups, networks and instance directories") {
+        return;
+    }
+    let server = Server::start();
+    let host = format!("fence-e2e-{}", std::process::id());
+    let (token, _) = server.join_token("1h");
+    let agent_dir = tempdir("nimbus-fence-agent-");
+    let _agent = spawn_agent(
+        agent_dir.path(),
+        &server,
+        &[
+            "--join",
+            &token,
+            "--host-name",
+            &host,
+            "--fence-after",
+            "2s",
+        ],
+    );
+    let shown = server.wait_host_phase(&host, "ready", Duration::from_secs(60));
+    assert_eq!(shown["status"]["fence_after_ms"], 2000, "{shown}");
+    import_busybox(&server, "bb");
+    let out = server.nimbus(&[
+        "instance",
+        "run",
+        "web",
+        "--image",
+        "bb",
+        "--restart",
+        "always",
+        "--no-wait",
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        out.status.success(),
+        "run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let running_pid = || {
+        let i = server.json(&["instance", "get", "web"]).ok()?;
+        (i["status"]["phase"] == "running")
+            .then(|| i["status"]["pid"].as_i64())
+            .flatten()
+    };
+    let pid = wait_until(Duration::from_secs(120), "web to run", running_pid);
+
+    // The server stops answering (SIGSTOP): within the 2 s lease the agent
+    // kills the workload, before the server could move it (lease + 4 s).
+    let server_pid = nix::unistd::Pid::from_raw(server._daemon.0.id() as i32);
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let cut = std::time::Instant::now();
+    let gone = wait_until(
+        Duration::from_secs(20),
+        "the workload to be stopped",
+        || (!Path::new(&format!("/proc/{pid}")).exists()).then(|| cut.elapsed()),
+    );
+    nix::sys::signal::kill(server_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    println!(
+        "fenced: the workload stopped {:.1} s after the server stopped answering",
+        gone.as_secs_f64()
+    );
+    assert!(
+        gone < Duration::from_secs(6),
+        "the workload ran {gone:?} after contact was lost: past the server's deadline to move it"
+    );
+    assert!(
+        agent_log(agent_dir.path()).contains("fencing lease"),
+        "the agent's log does not say it fenced:\n{}",
+        tail(&agent_log(agent_dir.path()), 30)
+    );
+
+    // Contact is back: the instance runs again (here, the only host).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let again = loop {
+        if let Some(p) = running_pid().filter(|p| *p != pid) {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web did not run again: {}\n--- agent log ---\n{}\n--- server log ---\n{}",
+            server.ok(&["instance", "get", "web"])["status"],
+            tail(&agent_log(agent_dir.path()), 12),
+            tail(&server.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(Path::new(&format!("/proc/{again}")).exists());
+    server.ok(&["instance", "rm", "--force", "web"]);
 }

@@ -32,9 +32,9 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         // Filled in by the agent from its probe.
         accelerator: String::new(),
         accelerator_reason: String::new(),
-        // This agent does not stop its instances when cut off from the
-        // servers, so none may be moved off its host.
-        fence_after_ms: None,
+        // With none, the agent does not stop its instances when cut off
+        // from the servers, so none may be moved off its host.
+        fence_after_ms: config.fence_after_ms,
     }
 }
 

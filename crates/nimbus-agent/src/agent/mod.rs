@@ -4,6 +4,7 @@
 mod context;
 pub mod decision;
 pub mod error;
+pub mod fence;
 pub mod hostinfo;
 pub mod hostio;
 pub mod idmap;
@@ -42,6 +43,10 @@ pub struct AgentConfig {
     /// `nimbus` itself (see [`crate::shim::shim_executable`]).
     pub exe: PathBuf,
     pub heartbeat_ms: u64,
+    /// Self-fencing lease (see `fence.rs`): with one, the agent stops every
+    /// instance once no heartbeat was accepted for this long, and beats at
+    /// least three times per lease. `None` (`nimbus up`): never.
+    pub fence_after_ms: Option<u64>,
     /// How often the instances' statistics are pushed (`stats.rs`); 0: never.
     pub stats_ms: u64,
     /// First host uid handed out; each instance gets `id_range` ids (a
@@ -77,6 +82,7 @@ impl AgentConfig {
             data_dir,
             exe,
             heartbeat_ms: 5_000,
+            fence_after_ms: None,
             stats_ms: 2_000,
             id_base: 100_000,
             id_range: 65_536,
@@ -117,6 +123,8 @@ pub struct Agent {
     pub net: Arc<network::NetDriver>,
     /// The drivers that make instances real here, one per family of kinds.
     pub drivers: Drivers,
+    /// Self-fencing state: whether this host is cut off from the servers.
+    pub fence: fence::Fence,
     /// Where this host keeps volumes; set once it opened (at `run`).
     pub volume_backend: std::sync::OnceLock<Arc<dyn crate::volume::VolumeBackend>>,
 }
@@ -175,6 +183,7 @@ impl Agent {
             )),
         };
         Ok(Arc::new(Agent {
+            fence: fence::Fence::new(config.fence_after_ms.map(Duration::from_millis)),
             client,
             blobs,
             blobs_unused: Arc::new(tokio::sync::Notify::new()),
@@ -205,6 +214,7 @@ impl Agent {
         self.net.start(self.clone());
         let hb = self.clone();
         tokio::spawn(async move { hb.heartbeat_loop().await });
+        tokio::spawn(fence::watchdog(self.clone()));
         tokio::spawn(self.clone().stats_loop());
         tokio::spawn(crate::blobs::run_collection(
             self.blobs.clone(),
@@ -265,17 +275,30 @@ impl Agent {
         }
     }
 
+    /// The configured interval, or a third of the fencing lease if that is
+    /// shorter, so one late heartbeat does not fence the host.
+    fn heartbeat_every(&self) -> Duration {
+        let every = self.config.heartbeat_ms;
+        Duration::from_millis(match self.config.fence_after_ms {
+            Some(lease) => every.min(lease / 3).max(50),
+            None => every,
+        })
+    }
+
     async fn heartbeat_loop(&self) {
         let path = format!("/v1/hosts/{}/status", self.config.host_name);
         loop {
-            tokio::time::sleep(Duration::from_millis(self.config.heartbeat_ms)).await;
+            tokio::time::sleep(self.heartbeat_every()).await;
             let mut status = self.host_status().await;
             status.instances = self.workers.lock().map(|w| w.len() as u32).unwrap_or(0);
-            if let Err(e) = self
+            let sent = self
                 .client
                 .post::<_, nimbus_api::Host>(&path, &status)
-                .await
-            {
+                .await;
+            if sent.is_ok() {
+                self.fence.heartbeat_accepted();
+            }
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, "heartbeat failed");
                 if e.code() == Some(nimbus_api::ErrorCode::NotFound) {
                     self.register_until_ok().await;

@@ -110,6 +110,17 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
         while let Ok(newer) = rx.try_recv() {
             latest = Some(newer);
         }
+        // Cut off from the servers (fenced): start nothing; afterwards act
+        // on what the servers say now, as the instance may have moved.
+        if agent.fence.wait_lifted().await {
+            let fresh = reread(&agent, latest.as_ref()).await;
+            tracing::debug!(instance = ?latest.as_ref().map(|i| &i.metadata.name), here = matches!(fresh, Reread::Here(_)), "re-read after the fence");
+            match fresh {
+                Reread::Here(fresh) => latest = Some(*fresh),
+                Reread::Gone => return,
+                Reread::Unknown => {}
+            }
+        }
         let Some(instance) = latest.clone() else {
             continue;
         };
@@ -128,6 +139,38 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
                 };
                 report(&agent, &instance, status, false).await;
             }
+        }
+    }
+}
+
+enum Reread {
+    /// Still bound to this host, as it is now.
+    Here(Box<Instance>),
+    /// Deleted, or moved to another host while this one was fenced.
+    Gone,
+    /// Could not be read; keep the version at hand.
+    Unknown,
+}
+
+/// The instance as the servers have it now, from the list of this host's
+/// instances (what a host's credential may read).
+async fn reread(agent: &Agent, latest: Option<&Instance>) -> Reread {
+    let Some(i) = latest else {
+        return Reread::Unknown;
+    };
+    let path = format!("/v1/instances?host={}", agent.config.host_name);
+    match agent.client.list_all::<Instance>(&path).await {
+        Ok(list) => match list
+            .items
+            .into_iter()
+            .find(|f| f.metadata.id == i.metadata.id)
+        {
+            Some(fresh) => Reread::Here(Box::new(fresh)),
+            None => Reread::Gone,
+        },
+        Err(e) => {
+            tracing::warn!(instance = %i.metadata.name, error = %e, "re-reading the instance after the fence failed");
+            Reread::Unknown
         }
     }
 }

@@ -76,8 +76,23 @@ pub struct AgentArgs {
     /// only the first time (the credential is then kept in --data-dir).
     #[arg(long, env = "NIMBUS_JOIN_TOKEN", hide_env_values = true)]
     pub join: Option<String>,
+    /// Self-fencing lease: when no server has accepted a heartbeat for this
+    /// long, the agent stops every instance on this host, and the servers,
+    /// 4 s later, run those with a restart policy on other hosts (2s to
+    /// 5m; heartbeats go out at least three times per lease).
+    #[arg(long, default_value = "8s", value_parser = parse_fence_after)]
+    pub fence_after: u64,
     #[command(flatten)]
     pub host: HostAgentArgs,
+}
+
+fn parse_fence_after(s: &str) -> Result<u64, String> {
+    match nimbus_api::units::parse_duration_secs(s)? {
+        secs @ 2..=300 => Ok(secs * 1000),
+        _ => Err(format!(
+            "--fence-after {s:?} is out of range; give 2s to 5m (e.g. 8s): shorter fences a host at the first slow heartbeat, longer leaves its instances down that long before they move"
+        )),
+    }
 }
 
 pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
@@ -109,12 +124,13 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
     let client = join::client(&servers, &ca_pem, Some(credential.token.clone()))?;
     check_credential(&client, &g.data_dir).await?;
     let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.host.reserved_memory))?;
-    let config = agent_config(
+    let mut config = agent_config(
         &g.data_dir,
         credential.host.clone(),
         &args.host,
         instances_memory,
     )?;
+    config.fence_after_ms = Some(args.fence_after);
     // Its own image store, in its data directory.
     let agent = Agent::new(config, client, None)?;
     tracing::info!(host = %credential.host, data_dir = %g.data_dir.display(), "host agent running");
