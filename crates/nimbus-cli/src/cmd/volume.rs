@@ -191,7 +191,7 @@ fn volume_detail(v: &Volume) -> String {
 
 fn snapshot_rows(v: &Volume) -> String {
     table(
-        &["name", "size", "taken", "age"],
+        &["name", "size", "taken", "consistency", "age"],
         v.spec
             .snapshots
             .iter()
@@ -204,6 +204,11 @@ fn snapshot_rows(v: &Volume) -> String {
                     } else {
                         "pending".into()
                     },
+                    v.status
+                        .snapshot_consistency
+                        .get(&s.name)
+                        .map_or("-", |c| c.as_str())
+                        .to_string(),
                     age(Some(s.created_at)),
                 ]
             })
