@@ -5,7 +5,13 @@
 //! VM, which reads them back byte for byte; a second read-write attach is
 //! refused, as are detaching what is not attached and another project's
 //! token; an agent restart neither loses nor doubles the hot-plugged disk;
-//! a container's volumes change only while it is stopped.
+//! a container's volumes change only while it is stopped. A snapshot of
+//! a running VM's volume freezes the guest's filesystem through its guest
+//! agent (so data the guest has not synced is in it), and a clone of it,
+//! attached to a container, holds exactly what the VM and an earlier
+//! container wrote before the snapshot; with the agent gone the snapshot
+//! still succeeds, marked crash-consistent. A VM's console log stays
+//! within its cap.
 
 mod common;
 
@@ -318,6 +324,183 @@ fn a_vm_volume_moves_between_running_vms_byte_exact() {
     cloud.wait_phase("web", &["stopped"], Duration::from_secs(60));
     cloud.ok(&["volume", "detach", "logs", "--instance", "web"]);
     cloud.ok(&["volume", "rm", "logs"]);
+
+    cloud.remove_everything();
+}
+
+/// The consistency the volume's status records for `snapshot`.
+fn consistency(cloud: &Cloud, volume: &str, snapshot: &str) -> String {
+    cloud.json(&["volume", "get", volume]).expect("volume")["status"]["snapshot_consistency"]
+        [snapshot]
+        .as_str()
+        .unwrap_or("none recorded")
+        .to_string()
+}
+
+#[test]
+fn a_running_vms_snapshot_is_frozen_by_its_guest_agent_and_restores_byte_exact() {
+    if !common::is_root("snapshots of volumes on VMs") {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.import_tiny();
+    cloud.ok(&["volume", "create", "data", "--size", "32MiB"]);
+
+    // A container formats the volume (ext4) and writes a file.
+    cloud.ok(&[
+        "instance",
+        "run",
+        "writer",
+        "--image",
+        "busybox",
+        "--volume",
+        "data:/data",
+        "--",
+        "sh",
+        "-c",
+        "echo written-by-a-container > /data/from-container",
+    ]);
+    cloud.wait_phase("writer", &["exited"], Duration::from_secs(60));
+    // A stopped container keeps its volumes mounted until it starts again
+    // or is removed: removed here, so the volume is free for the VM.
+    cloud.ok(&["instance", "rm", "writer"]);
+    common::wait_until(Duration::from_secs(60), "writer to be gone", || {
+        cloud
+            .json(&["instance", "get", "writer"])
+            .is_err()
+            .then_some(())
+    });
+
+    // The VM mounts it, reads the container's file, writes its own and
+    // does not sync: only the guest's page cache holds it.
+    run_vm(&cloud, "vm1", &["--volume", "data"]);
+    let dev = guest_disk(&cloud, "vm1", "data").expect("vm1 sees the data disk");
+    let seen = guest_run(
+        &cloud,
+        "vm1",
+        &format!("mkdir -p /mnt/data && mount -t ext4 /dev/{dev} /mnt/data && cat /mnt/data/from-container"),
+    );
+    assert!(seen.contains("written-by-a-container"), "{seen}");
+    let expected = md5_hex(&payload());
+    let written = guest_run(
+        &cloud,
+        "vm1",
+        "i=0; while [ $i -lt 64 ]; do printf 'line-%04d-nimbus-volume-payload\\n' $i; i=$((i+1)); done > /mnt/data/from-vm; md5sum /mnt/data/from-vm",
+    );
+    assert!(written.contains(&expected), "{written}");
+
+    // The snapshot, while the VM runs: its guest agent froze the guest's
+    // filesystems, which flushed the file.
+    let out = cloud.ok(&["volume", "snapshot", "data", "--name", "s1"]);
+    assert!(out.contains("guest-frozen"), "{out}");
+    assert_eq!(consistency(&cloud, "data", "s1"), "guest-frozen");
+    let after = guest_run(
+        &cloud,
+        "vm1",
+        "echo later > /mnt/data/from-vm && echo more > /mnt/data/after-snapshot && sync && cat /mnt/data/from-vm",
+    );
+    assert_eq!(after, "later", "the guest writes again once thawed");
+
+    // The snapshot restored into a new volume, read by a container.
+    cloud.ok(&["volume", "create", "data2", "--from-snapshot", "data@s1"]);
+    cloud.ok(&[
+        "instance",
+        "run",
+        "reader",
+        "--image",
+        "busybox",
+        "--volume",
+        "data2:/data",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    cloud.wait_phase("reader", &["running"], Duration::from_secs(60));
+    let read = |args: &[&str]| {
+        let mut all = vec!["instance", "exec", "reader", "--"];
+        all.extend_from_slice(args);
+        cloud.ok(&all)
+    };
+    assert!(
+        read(&["md5sum", "/data/from-vm"]).contains(&expected),
+        "the VM's file as it was at the snapshot"
+    );
+    assert_eq!(
+        read(&["cat", "/data/from-container"]).trim(),
+        "written-by-a-container"
+    );
+    let listing = read(&["ls", "/data"]);
+    assert!(
+        !listing.contains("after-snapshot"),
+        "a file written after the snapshot is in it: {listing}"
+    );
+
+    // No guest agent answering: still a snapshot, said to be crash-consistent.
+    guest_run(&cloud, "vm1", "killall qemu-ga; sync");
+    let out = cloud.ok(&["volume", "snapshot", "data", "--name", "s2"]);
+    assert!(out.contains("crash-consistent"), "{out}");
+    assert_eq!(consistency(&cloud, "data", "s2"), "crash-consistent");
+    assert_eq!(
+        consistency(&cloud, "data", "s1"),
+        "guest-frozen",
+        "an earlier snapshot keeps its record"
+    );
+    let list = cloud.ok(&["volume", "snapshot", "list", "data"]);
+    assert!(
+        list.contains("guest-frozen") && list.contains("crash-consistent"),
+        "{list}"
+    );
+
+    cloud.remove_everything();
+}
+
+/// A VM's console log cap (`nimbus up --log-max`), over its rotations.
+const VM_LOG_CAP_BYTES: u64 = 192 << 10;
+
+#[test]
+fn a_vm_console_log_stays_within_its_cap() {
+    if !common::is_root("VM console logs") {
+        return;
+    }
+    let cloud = Cloud::start_with(&["--log-max", "192KiB"]);
+    cloud.import_tiny();
+    run_vm(&cloud, "chatty", &[]);
+    let id = cloud.instance("chatty")["metadata"]["id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
+    let dir = cloud.data_dir().join("instances").join(id);
+
+    // About five times the cap, printed on the serial console.
+    let lines = 5 * VM_LOG_CAP_BYTES / 100;
+    let mut console = Console::attach(&cloud, "chatty");
+    console.type_line(&format!(
+        "i=0; while [ $i -lt {lines} ]; do echo \"line $i ..........................................................................\"; i=$((i+1)); done; echo FLOOD-$((40+2))-DONE"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut largest = 0;
+    while !console.shows("FLOOD-42-DONE", Duration::from_secs(1)) {
+        largest = largest.max(common::log_bytes_on_disk(&dir));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not finish printing {lines} lines"
+        );
+    }
+    drop(console);
+    largest = largest.max(common::log_bytes_on_disk(&dir));
+    assert!(
+        largest <= VM_LOG_CAP_BYTES,
+        "the VM's console logs took {largest} bytes, more than the {VM_LOG_CAP_BYTES} cap"
+    );
+    let logs = cloud.logs("chatty");
+    assert!(
+        logs.contains(&format!("line {} ", lines - 1)),
+        "the newest line is kept"
+    );
+    assert!(
+        !logs.contains("NIMBUS-TINY: ready"),
+        "the oldest lines (the boot) were rotated away"
+    );
 
     cloud.remove_everything();
 }

@@ -58,7 +58,7 @@ build_tiny() {
   modules_dir=/lib/modules/$kver
   local wanted=(virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
     virtio_blk virtio_net virtio_scsi virtio_console virtio-rng
-    fat vfat nls_cp437 nls_ascii nls_utf8 cdrom isofs ext4
+    fat vfat nls_cp437 nls_ascii nls_utf8 cdrom isofs crc32c_generic ext4
     scsi_common scsi_mod libata ata_piix libahci ahci sd_mod sr_mod
     button evdev)
   local -A seen=()
