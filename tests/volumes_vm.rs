@@ -18,6 +18,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::guest::{guest_disk, guest_run, run_vm};
 use common::{Cloud, Console};
 
 /// 2 KiB the guest writes to the volume's first sectors (the same lines
@@ -43,41 +44,6 @@ fn md5_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// Runs `script` in the guest's shell and returns what it printed between
-/// two markers the shell computes (so the echoed command line never
-/// matches them).
-fn guest_run(cloud: &Cloud, vm: &str, script: &str) -> String {
-    let mut console = Console::attach(cloud, vm);
-    let line = format!("echo OUT-$((6*7))-BEGIN; {script}; echo OUT-$((6*7))-END");
-    for _ in 0..10 {
-        console.type_line(&line);
-        if console.shows("OUT-42-END", Duration::from_secs(5)) {
-            break;
-        }
-    }
-    let seen = console.seen.clone();
-    let start = seen
-        .rfind("OUT-42-BEGIN")
-        .unwrap_or_else(|| panic!("the guest {vm} never ran {script:?}; its console:\n{seen}"));
-    let rest = &seen[start + "OUT-42-BEGIN".len()..];
-    let end = rest.find("OUT-42-END").unwrap_or(rest.len());
-    rest[..end].replace('\r', "").trim().to_string()
-}
-
-/// The guest's block device whose serial is `serial` (`vdb`), if any.
-const FIND_DISK: &str =
-    "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = SERIAL ] && echo DEV=${d##*/}; done";
-
-fn guest_disk(cloud: &Cloud, vm: &str, serial: &str) -> Option<String> {
-    let out = guest_run(cloud, vm, &FIND_DISK.replace("SERIAL", serial));
-    let devices: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("DEV="))
-        .collect();
-    assert!(devices.len() <= 1, "{vm} sees the disk twice: {out}");
-    devices.first().map(|d| d.to_string())
-}
-
 fn wait_guest_disk(cloud: &Cloud, vm: &str, serial: &str, present: bool) -> Option<String> {
     common::wait_until(
         Duration::from_secs(60),
@@ -90,22 +56,6 @@ fn wait_guest_disk(cloud: &Cloud, vm: &str, serial: &str, present: bool) -> Opti
             (d.is_some() == present).then_some(d)
         },
     )
-}
-
-fn run_vm(cloud: &Cloud, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "instance", "run", name, "--kind", "vm", "--image", "tiny", "--memory", "128MiB",
-    ];
-    args.extend_from_slice(extra);
-    cloud.ok(&args);
-    common::wait_until(Duration::from_secs(180), &format!("{name} to boot"), || {
-        cloud
-            .logs(name)
-            .contains("NIMBUS-TINY: ready")
-            .then_some(())
-    });
-    // Kernel messages (hot-plug) would interleave with what the tests read.
-    guest_run(cloud, name, "dmesg -n 1");
 }
 
 fn fails_with(out: &Output, text: &str) {

@@ -721,6 +721,7 @@ impl Drop for Console {
 }
 
 pub mod etcd;
+pub mod guest;
 mod host_files;
 pub use host_files::*;
 
