@@ -82,3 +82,13 @@ file_is_static() {
   # A static binary has no program interpreter.
   ! readelf -l "$1" 2>/dev/null | grep -q 'interpreter'
 }
+
+# Copies the dynamically linked program $1 to $2$3 with the shared libraries
+# ldd says it loads (at the same paths, the program interpreter included).
+copy_with_libraries() {
+  local program=$1 root=$2 dest=$3 lib
+  install -D -m 0755 "$program" "$root$dest"
+  for lib in $(ldd "$program" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+}

@@ -324,21 +324,6 @@ fn on_a_full_data_disk_a_deletion_still_commits_on_the_stores_reserve() {
     }
 }
 
-/// Bytes of an instance's log files (`console.log` and its rotations) on
-/// the host's disk.
-fn log_bytes_on_disk(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("console.log"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.blocks() * 512)
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The number in the last `line N ` the text holds.
 fn last_line_number(text: &str) -> Option<u64> {
     text.lines()
@@ -385,11 +370,11 @@ fn logs_stay_under_their_cap_and_disk_quotas_and_free_disk_are_enforced() {
     let printed_past = 5 * LOG_CAP_BYTES / 130;
     let mut largest = 0;
     wait_until(T, "chatty to print five times its log cap", || {
-        largest = largest.max(log_bytes_on_disk(&dir));
+        largest = largest.max(common::log_bytes_on_disk(&dir));
         let newest = last_line_number(&cloud.logs("chatty"))?;
         (newest > printed_past).then_some(())
     });
-    largest = largest.max(log_bytes_on_disk(&dir));
+    largest = largest.max(common::log_bytes_on_disk(&dir));
     assert!(
         largest <= LOG_CAP_BYTES,
         "chatty's logs took {largest} bytes of the host's disk, more than its {LOG_CAP_BYTES}"

@@ -29,14 +29,19 @@ fn qemu_pid(cloud: &Cloud, name: &str) -> i64 {
 }
 
 fn wait_log(cloud: &Cloud, name: &str, needle: &str, timeout: Duration) -> String {
-    wait_until(
-        timeout,
-        &format!("{needle:?} in the console of {name}"),
-        || {
-            let logs = cloud.logs(name);
-            logs.contains(needle).then_some(logs)
-        },
-    )
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let logs = cloud.logs(name);
+        if logs.contains(needle) {
+            return logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the console of {name} after {timeout:?}; it ends with:\n{}",
+            common::tail(&logs, 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

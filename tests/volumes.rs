@@ -128,7 +128,7 @@ fn volumes_snapshots_clones_and_quotas() {
     cloud.ok(&["volume", "snapshot", "data", "--name", "before-upgrade"]);
     let snaps = cloud.ok(&["volume", "snapshot", "list", "data"]);
     assert!(
-        snaps.contains("before-upgrade") && snaps.contains("yes"),
+        snaps.contains("before-upgrade") && snaps.contains("yes") && snaps.contains("detached"),
         "{snaps}"
     );
     let wrote = qemu_io(&file, "write -P 0xcd 0 1M");
@@ -552,6 +552,10 @@ fn a_running_containers_volume_is_snapshotted_consistently() {
     cloud.ok(&["volume", "snapshot", "data", "--name", "snap"]);
     let snaps = cloud.ok(&["volume", "snapshot", "list", "data"]);
     assert!(snaps.contains("snap") && snaps.contains("yes"), "{snaps}");
+    assert!(
+        snaps.contains("host-frozen"),
+        "the container's filesystem was frozen for it: {snaps}"
+    );
     // The container was never stopped, and writes after the thaw.
     exec(&cloud, "writer", "echo later >> /v/f && echo new > /v/g");
     let latest = sum_in(&cloud, "writer", "/v/f");

@@ -6,13 +6,21 @@
 //! refused, as are detaching what is not attached and another project's
 //! token; an agent restart neither loses nor doubles the hot-plugged disk;
 //! a volume held by a running VM grows and the guest sees the larger
-//! disk; a running container gets and loses a volume at once too.
+//! disk; a running container gets and loses a volume at once too. A
+//! snapshot of
+//! a running VM's volume freezes the guest's filesystem through its guest
+//! agent (so data the guest has not synced is in it), and a clone of it,
+//! attached to a container, holds exactly what the VM and an earlier
+//! container wrote before the snapshot; with the agent gone the snapshot
+//! still succeeds, marked crash-consistent. A VM's console log stays
+//! within its cap.
 
 mod common;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::guest::{guest_disk, guest_run, run_vm};
 use common::{Cloud, Console};
 
 /// 2 KiB the guest writes to the volume's first sectors (the same lines
@@ -38,41 +46,6 @@ fn md5_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-/// Runs `script` in the guest's shell and returns what it printed between
-/// two markers the shell computes (so the echoed command line never
-/// matches them).
-fn guest_run(cloud: &Cloud, vm: &str, script: &str) -> String {
-    let mut console = Console::attach(cloud, vm);
-    let line = format!("echo OUT-$((6*7))-BEGIN; {script}; echo OUT-$((6*7))-END");
-    for _ in 0..10 {
-        console.type_line(&line);
-        if console.shows("OUT-42-END", Duration::from_secs(5)) {
-            break;
-        }
-    }
-    let seen = console.seen.clone();
-    let start = seen
-        .rfind("OUT-42-BEGIN")
-        .unwrap_or_else(|| panic!("the guest {vm} never ran {script:?}; its console:\n{seen}"));
-    let rest = &seen[start + "OUT-42-BEGIN".len()..];
-    let end = rest.find("OUT-42-END").unwrap_or(rest.len());
-    rest[..end].replace('\r', "").trim().to_string()
-}
-
-/// The guest's block device whose serial is `serial` (`vdb`), if any.
-const FIND_DISK: &str =
-    "for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = SERIAL ] && echo DEV=${d##*/}; done";
-
-fn guest_disk(cloud: &Cloud, vm: &str, serial: &str) -> Option<String> {
-    let out = guest_run(cloud, vm, &FIND_DISK.replace("SERIAL", serial));
-    let devices: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("DEV="))
-        .collect();
-    assert!(devices.len() <= 1, "{vm} sees the disk twice: {out}");
-    devices.first().map(|d| d.to_string())
-}
-
 fn wait_guest_disk(cloud: &Cloud, vm: &str, serial: &str, present: bool) -> Option<String> {
     common::wait_until(
         Duration::from_secs(60),
@@ -85,22 +58,6 @@ fn wait_guest_disk(cloud: &Cloud, vm: &str, serial: &str, present: bool) -> Opti
             (d.is_some() == present).then_some(d)
         },
     )
-}
-
-fn run_vm(cloud: &Cloud, name: &str, extra: &[&str]) {
-    let mut args = vec![
-        "instance", "run", name, "--kind", "vm", "--image", "tiny", "--memory", "128MiB",
-    ];
-    args.extend_from_slice(extra);
-    cloud.ok(&args);
-    common::wait_until(Duration::from_secs(180), &format!("{name} to boot"), || {
-        cloud
-            .logs(name)
-            .contains("NIMBUS-TINY: ready")
-            .then_some(())
-    });
-    // Kernel messages (hot-plug) would interleave with what the tests read.
-    guest_run(cloud, name, "dmesg -n 1");
 }
 
 fn fails_with(out: &Output, text: &str) {
@@ -343,6 +300,183 @@ fn a_vm_volume_moves_between_running_vms_byte_exact() {
     cloud.wait_phase("web", &["stopped"], Duration::from_secs(60));
     cloud.ok(&["volume", "detach", "logs", "--instance", "web"]);
     cloud.ok(&["volume", "rm", "logs"]);
+
+    cloud.remove_everything();
+}
+
+/// The consistency the volume's status records for `snapshot`.
+fn consistency(cloud: &Cloud, volume: &str, snapshot: &str) -> String {
+    cloud.json(&["volume", "get", volume]).expect("volume")["status"]["snapshot_consistency"]
+        [snapshot]
+        .as_str()
+        .unwrap_or("none recorded")
+        .to_string()
+}
+
+#[test]
+fn a_running_vms_snapshot_is_frozen_by_its_guest_agent_and_restores_byte_exact() {
+    if !common::is_root("snapshots of volumes on VMs") {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.import_tiny();
+    cloud.ok(&["volume", "create", "data", "--size", "32MiB"]);
+
+    // A container formats the volume (ext4) and writes a file.
+    cloud.ok(&[
+        "instance",
+        "run",
+        "writer",
+        "--image",
+        "busybox",
+        "--volume",
+        "data:/data",
+        "--",
+        "sh",
+        "-c",
+        "echo written-by-a-container > /data/from-container",
+    ]);
+    cloud.wait_phase("writer", &["exited"], Duration::from_secs(60));
+    // A stopped container keeps its volumes mounted until it starts again
+    // or is removed: removed here, so the volume is free for the VM.
+    cloud.ok(&["instance", "rm", "writer"]);
+    common::wait_until(Duration::from_secs(60), "writer to be gone", || {
+        cloud
+            .json(&["instance", "get", "writer"])
+            .is_err()
+            .then_some(())
+    });
+
+    // The VM mounts it, reads the container's file, writes its own and
+    // does not sync: only the guest's page cache holds it.
+    run_vm(&cloud, "vm1", &["--volume", "data"]);
+    let dev = guest_disk(&cloud, "vm1", "data").expect("vm1 sees the data disk");
+    let seen = guest_run(
+        &cloud,
+        "vm1",
+        &format!("mkdir -p /mnt/data && mount -t ext4 /dev/{dev} /mnt/data && cat /mnt/data/from-container"),
+    );
+    assert!(seen.contains("written-by-a-container"), "{seen}");
+    let expected = md5_hex(&payload());
+    let written = guest_run(
+        &cloud,
+        "vm1",
+        "i=0; while [ $i -lt 64 ]; do printf 'line-%04d-nimbus-volume-payload\\n' $i; i=$((i+1)); done > /mnt/data/from-vm; md5sum /mnt/data/from-vm",
+    );
+    assert!(written.contains(&expected), "{written}");
+
+    // The snapshot, while the VM runs: its guest agent froze the guest's
+    // filesystems, which flushed the file.
+    let out = cloud.ok(&["volume", "snapshot", "data", "--name", "s1"]);
+    assert!(out.contains("guest-frozen"), "{out}");
+    assert_eq!(consistency(&cloud, "data", "s1"), "guest-frozen");
+    let after = guest_run(
+        &cloud,
+        "vm1",
+        "echo later > /mnt/data/from-vm && echo more > /mnt/data/after-snapshot && sync && cat /mnt/data/from-vm",
+    );
+    assert_eq!(after, "later", "the guest writes again once thawed");
+
+    // The snapshot restored into a new volume, read by a container.
+    cloud.ok(&["volume", "create", "data2", "--from-snapshot", "data@s1"]);
+    cloud.ok(&[
+        "instance",
+        "run",
+        "reader",
+        "--image",
+        "busybox",
+        "--volume",
+        "data2:/data",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    cloud.wait_phase("reader", &["running"], Duration::from_secs(60));
+    let read = |args: &[&str]| {
+        let mut all = vec!["instance", "exec", "reader", "--"];
+        all.extend_from_slice(args);
+        cloud.ok(&all)
+    };
+    assert!(
+        read(&["md5sum", "/data/from-vm"]).contains(&expected),
+        "the VM's file as it was at the snapshot"
+    );
+    assert_eq!(
+        read(&["cat", "/data/from-container"]).trim(),
+        "written-by-a-container"
+    );
+    let listing = read(&["ls", "/data"]);
+    assert!(
+        !listing.contains("after-snapshot"),
+        "a file written after the snapshot is in it: {listing}"
+    );
+
+    // No guest agent answering: still a snapshot, said to be crash-consistent.
+    guest_run(&cloud, "vm1", "killall qemu-ga; sync");
+    let out = cloud.ok(&["volume", "snapshot", "data", "--name", "s2"]);
+    assert!(out.contains("crash-consistent"), "{out}");
+    assert_eq!(consistency(&cloud, "data", "s2"), "crash-consistent");
+    assert_eq!(
+        consistency(&cloud, "data", "s1"),
+        "guest-frozen",
+        "an earlier snapshot keeps its record"
+    );
+    let list = cloud.ok(&["volume", "snapshot", "list", "data"]);
+    assert!(
+        list.contains("guest-frozen") && list.contains("crash-consistent"),
+        "{list}"
+    );
+
+    cloud.remove_everything();
+}
+
+/// A VM's console log cap (`nimbus up --log-max`), over its rotations.
+const VM_LOG_CAP_BYTES: u64 = 192 << 10;
+
+#[test]
+fn a_vm_console_log_stays_within_its_cap() {
+    if !common::is_root("VM console logs") {
+        return;
+    }
+    let cloud = Cloud::start_with(&["--log-max", "192KiB"]);
+    cloud.import_tiny();
+    run_vm(&cloud, "chatty", &[]);
+    let id = cloud.instance("chatty")["metadata"]["id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
+    let dir = cloud.data_dir().join("instances").join(id);
+
+    // About five times the cap, printed on the serial console.
+    let lines = 5 * VM_LOG_CAP_BYTES / 100;
+    let mut console = Console::attach(&cloud, "chatty");
+    console.type_line(&format!(
+        "i=0; while [ $i -lt {lines} ]; do echo \"line $i ..........................................................................\"; i=$((i+1)); done; echo FLOOD-$((40+2))-DONE"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut largest = 0;
+    while !console.shows("FLOOD-42-DONE", Duration::from_secs(1)) {
+        largest = largest.max(common::log_bytes_on_disk(&dir));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not finish printing {lines} lines"
+        );
+    }
+    drop(console);
+    largest = largest.max(common::log_bytes_on_disk(&dir));
+    assert!(
+        largest <= VM_LOG_CAP_BYTES,
+        "the VM's console logs took {largest} bytes, more than the {VM_LOG_CAP_BYTES} cap"
+    );
+    let logs = cloud.logs("chatty");
+    assert!(
+        logs.contains(&format!("line {} ", lines - 1)),
+        "the newest line is kept"
+    );
+    assert!(
+        !logs.contains("NIMBUS-TINY: ready"),
+        "the oldest lines (the boot) were rotated away"
+    );
 
     cloud.remove_everything();
 }

@@ -7,12 +7,13 @@
 build_tiny() {
   local kver key final tmp root modules_dir m
   kver=$(host_kernel_version)
-  ensure_deps busybox cpio xz
+  ensure_deps busybox cpio xz qemu-ga
   if ! [ -x /bin/busybox ] || ! file_is_static /bin/busybox; then
     die "/bin/busybox is not the static busybox: install busybox-static (scripts/deps does)"
   fi
   key=$(target_key tiny "kernel $kver $(dpkg-query -W -f='${Version}' "linux-image-$kver" 2>/dev/null)" \
-    "busybox $(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null)")
+    "busybox $(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null)" \
+    "qemu-ga $(dpkg-query -W -f='${Version}' qemu-guest-agent 2>/dev/null)")
   final=$cache/tiny-$key
   if [ -f "$final/manifest.json" ]; then
     echo "$final"
@@ -22,7 +23,7 @@ build_tiny() {
   begin_build tiny "$key"
   tmp=$build_tmp
   root=$tmp/initramfs
-  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,etc/acpi/PWRF,proc,sys,dev,run,tmp,mnt,root,lib/modules}
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,etc/acpi/PWRF,proc,sys,dev,run,tmp,mnt,root,lib/modules,var}
 
   log "tiny: extracting the vmlinux ELF from /boot/vmlinuz-$kver"
   extract_vmlinux "/boot/vmlinuz-$kver" "$tmp/vmlinux"
@@ -47,12 +48,17 @@ build_tiny() {
   echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
   echo "root:x:0:" >"$root/etc/group"
   echo "nimbus-tiny" >"$root/etc/hostname"
+  ln -s ../run "$root/var/run"
+
+  # The QEMU guest agent (freezes filesystems for the host's snapshots),
+  # with the shared libraries it links.
+  copy_with_libraries "$(command -v qemu-ga)" "$root" /usr/sbin/qemu-ga
 
   # Drivers Debian builds as modules, with their dependencies, in load order.
   modules_dir=/lib/modules/$kver
   local wanted=(virtio_ring virtio virtio_mmio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
     virtio_blk virtio_net virtio_scsi virtio_console virtio-rng
-    fat vfat nls_cp437 nls_ascii nls_utf8 cdrom isofs
+    fat vfat nls_cp437 nls_ascii nls_utf8 cdrom isofs crc32c_generic ext4
     scsi_common scsi_mod libata ata_piix libahci ahci sd_mod sr_mod
     button evdev)
   local -A seen=()

@@ -388,6 +388,22 @@ impl Drop for Cloud {
     }
 }
 
+/// Bytes of an instance's log files (`console.log` and its rotations) on
+/// the host's disk, in instance directory `dir`.
+pub fn log_bytes_on_disk(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("console.log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -705,6 +721,7 @@ impl Drop for Console {
 }
 
 pub mod etcd;
+pub mod guest;
 mod host_files;
 pub use host_files::*;
 

@@ -29,6 +29,7 @@ pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
 pub use volumes::{
-    AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume, Volume,
-    VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec, VolumeStatus,
+    AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume,
+    SnapshotConsistency, Volume, VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec,
+    VolumeStatus,
 };

@@ -2,6 +2,8 @@
 //! records what the user wants (`spec`); the agent of the volume's host
 //! makes the file real and reports what it found (`status`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -66,6 +68,32 @@ impl VolumePhase {
     }
 }
 
+/// What a snapshot's data holds, as far as the agent could make it so.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotConsistency {
+    /// Nothing held the volume open: its data was at rest.
+    Detached,
+    /// A container's filesystem on the host was frozen (`FIFREEZE`).
+    HostFrozen,
+    /// A VM's guest agent froze the guest's filesystems.
+    GuestFrozen,
+    /// Taken while the volume was in use with nothing frozen (a VM whose
+    /// guest agent did not answer): as after a power cut.
+    CrashConsistent,
+}
+
+impl SnapshotConsistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotConsistency::Detached => "detached",
+            SnapshotConsistency::HostFrozen => "host-frozen",
+            SnapshotConsistency::GuestFrozen => "guest-frozen",
+            SnapshotConsistency::CrashConsistent => "crash-consistent",
+        }
+    }
+}
+
 /// What the agent of the volume's host observed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct VolumeStatus {
@@ -82,6 +110,11 @@ pub struct VolumeStatus {
     /// Names of the snapshots that exist on the host.
     #[serde(default)]
     pub snapshots: Vec<String>,
+    /// How consistent each snapshot's data is, by snapshot name, as the
+    /// agent recorded when it took it (absent for snapshots taken before
+    /// this was recorded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshot_consistency: BTreeMap<String, SnapshotConsistency>,
     /// Where the data lives on its host (a path for the qcow2 backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,

@@ -147,6 +147,15 @@ pub fn qemu_command(spec: &VmShimSpec, dir: &Path) -> (String, Vec<String>) {
         push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         push(&["-no-reboot"]);
     }
+    if spec.kind == VmKind::Vm {
+        let serial = if microvm {
+            "virtio-serial-device"
+        } else {
+            "virtio-serial-pci"
+        };
+        let args = guest_agent_args(serial, &paths.guest_agent);
+        push(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     push(&["-chardev", "stdio,id=console,signal=off"]);
     push(&["-serial", "chardev:console"]);
     if spec.hotplug_ports > 0 {
@@ -216,6 +225,28 @@ fn volume_args(spec: &VmShimSpec, microvm: bool) -> Vec<String> {
         ));
     }
     a
+}
+
+/// The guest agent's channel: a virtio-serial port with the name `qemu-ga`
+/// looks for, its host end a socket QEMU serves (created before QEMU drops
+/// its ids, in the 0700 instance directory: only root reaches it). With
+/// `wait=off` a guest without an agent costs nothing; the agent's
+/// snapshots find out by `guest-sync` (`volume/guest_agent.rs`).
+fn guest_agent_args(serial_device: &str, socket: &Path) -> Vec<String> {
+    [
+        "-device",
+        &format!("{serial_device},id=vser0"),
+        "-chardev",
+        &format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            qemu_path(socket)
+        ),
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// QEMU's option syntax splits on commas; doubling them keeps a path whole.
@@ -300,6 +331,10 @@ mod tests {
             line.contains("socket,id=qmp-block,path=/d/qmp-block.sock,server=on,wait=off"),
             "{line}"
         );
+        assert!(
+            line.contains("-device virtio-serial-pci,id=vser0 -chardev socket,id=qga0,path=/d/qga.sock,server=on,wait=off -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"),
+            "every Linux VM gets a guest agent channel: {line}"
+        );
     }
 
     #[test]
@@ -326,6 +361,10 @@ mod tests {
         assert!(line.contains("-M microvm,"), "{line}");
         assert!(line.contains("isa-debug-exit,iobase=0xf4"), "{line}");
         assert!(line.contains("-append exit=3"), "{line}");
+        assert!(
+            !line.contains("qga"),
+            "a unikernel runs no guest agent: {line}"
+        );
         assert!(
             args.iter().any(|a| a == "-S"),
             "vCPUs wait for the shim to hold QMP: {line}"
@@ -385,6 +424,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(append, format!("{LINUX_CMDLINE} quiet"));
         assert!(args.iter().any(|a| a == "virtio-blk-device,drive=seed"));
+        assert!(
+            args.iter().any(|a| a == "virtio-serial-device,id=vser0"),
+            "microvm has no PCI: {args:?}"
+        );
         // No 8259: its unprogrammed vector base turned the PIT's first tick
         // into vector 0, a "divide error" panic in about half of all boots.
         let machine = args

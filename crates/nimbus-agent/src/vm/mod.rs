@@ -31,8 +31,9 @@
 //!
 //! Instance directory (besides every shim's `state.json`,
 //! `shim.sock`, `console.log*`): `vm.json`, `root.qcow2` (overlay, kept
-//! across stop/start), `seed.img`, and `qemu.pid` and `qmp-block.sock`
-//! while running.
+//! across stop/start), `seed.img`, and `qemu.pid`, `qmp-block.sock` and
+//! `qga.sock` (the guest agent's channel, used to freeze the guest's
+//! filesystems for snapshots of its volumes) while running.
 
 pub mod cmdline;
 mod console;

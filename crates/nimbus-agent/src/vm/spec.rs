@@ -206,7 +206,13 @@ pub struct VmPaths {
     /// monitor for the VM's life cycle.
     pub block_qmp: PathBuf,
     pub pidfile: PathBuf,
+    /// The guest agent's channel (a virtio-serial port in Linux VMs),
+    /// served by QEMU: the host end of `org.qemu.guest_agent.0`.
+    pub guest_agent: PathBuf,
 }
+
+/// The guest agent socket's name in a VM's instance directory.
+pub const GUEST_AGENT_SOCKET: &str = "qga.sock";
 
 impl VmPaths {
     pub fn new(dir: &Path) -> VmPaths {
@@ -214,6 +220,7 @@ impl VmPaths {
             qmp_socket: dir.join("qmp.sock"),
             block_qmp: dir.join("qmp-block.sock"),
             pidfile: dir.join("qemu.pid"),
+            guest_agent: dir.join(GUEST_AGENT_SOCKET),
         }
     }
 }

@@ -4,13 +4,16 @@
 //! Level-triggered: a re-list (on a watch end and every 15 s) repeats
 //! whatever an earlier pass did not finish.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use nimbus_api::client::ClientError;
-use nimbus_api::{ResourceList, Volume, VolumePhase, VolumeStatus, WatchEvent, WatchEventType};
+use nimbus_api::{
+    ResourceList, SnapshotConsistency, Volume, VolumePhase, VolumeStatus, WatchEvent,
+    WatchEventType,
+};
 
 use super::grow::{grow, pending_fs_growth};
 use super::holder::HolderLookup;
@@ -130,19 +133,35 @@ async fn converge(
 
 /// A snapshot of a detached volume, or of a held one through its holder
 /// with its filesystem frozen for the moment it takes (thawed on every
-/// path when `_quiet` drops).
+/// path when `quiet` drops); says how consistent the snapshot is.
 fn take_snapshot(
     backend: &dyn VolumeBackend,
     holders: &dyn HolderLookup,
     id: &str,
     name: &str,
-) -> Result<(), VolumeError> {
+) -> Result<SnapshotConsistency, VolumeError> {
     let holder = holders.holder(id);
-    let _quiet = holder
+    let quiet = holder
         .as_ref()
         .map(|h| quiesce(&h.quiesce, id))
         .transpose()?;
-    backend.snapshot(id, name, holder.as_ref())
+    backend.snapshot(id, name, holder.as_ref())?;
+    Ok(quiet.map_or(SnapshotConsistency::Detached, |q| q.consistency()))
+}
+
+/// The consistency of each snapshot that exists: what earlier passes
+/// recorded, plus what this one took.
+fn consistency_of(
+    before: &BTreeMap<String, SnapshotConsistency>,
+    taken: Vec<(String, SnapshotConsistency)>,
+    existing: &[String],
+) -> BTreeMap<String, SnapshotConsistency> {
+    before
+        .clone()
+        .into_iter()
+        .chain(taken)
+        .filter(|(name, _)| existing.contains(name))
+        .collect()
 }
 
 /// Blocking: observe, act, observe again; the status says what exists.
@@ -151,6 +170,7 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
     let holders = volumes.holders.as_ref();
     let id = &volume.metadata.id;
     let deleting = volume.metadata.deletion_requested_at.is_some();
+    let mut taken = Vec::new();
     let result = (|| -> Result<(), VolumeError> {
         let observed = backend.inspect(id)?;
         for action in plan(volume, observed.as_ref()) {
@@ -168,7 +188,10 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
                     backend.clone_from_snapshot(id, source, &snapshot, size_bytes)?
                 }
                 Action::Grow { size_bytes } => grow(backend, holders, id, size_bytes)?,
-                Action::Snapshot { name } => take_snapshot(backend, holders, id, &name)?,
+                Action::Snapshot { name } => {
+                    let consistency = take_snapshot(backend, holders, id, &name)?;
+                    taken.push((name, consistency));
+                }
                 Action::DeleteSnapshot { name } => {
                     backend.delete_snapshot(id, &name, holders.holder(id).as_ref())?
                 }
@@ -218,6 +241,11 @@ fn apply(volumes: &Volumes, volume: &Volume, source_id: Option<String>) -> Volum
                 message: error.or(note),
                 size_bytes: o.size_bytes,
                 allocated_bytes: o.allocated_bytes,
+                snapshot_consistency: consistency_of(
+                    &volume.status.snapshot_consistency,
+                    taken,
+                    &o.snapshots,
+                ),
                 snapshots: o.snapshots,
                 location,
                 finalized: false,
@@ -341,6 +369,11 @@ mod tests {
         assert_eq!(status.phase, VolumePhase::Available, "{status:?}");
         assert_eq!(status.size_bytes, 32 << 20);
         assert_eq!(status.snapshots, ["new"]);
+        assert_eq!(
+            status.snapshot_consistency,
+            BTreeMap::from([("new".into(), SnapshotConsistency::CrashConsistent)]),
+            "held with nothing to freeze: said to be crash-consistent"
+        );
 
         // Detached: the same plan goes through the backend's own tools.
         let backend = Arc::new(Recorder::new(observed(16 << 20, &["old"])));
@@ -358,5 +391,29 @@ mod tests {
             ]
         );
         assert_eq!(status.phase, VolumePhase::Available);
+        assert_eq!(
+            status.snapshot_consistency,
+            BTreeMap::from([("new".into(), SnapshotConsistency::Detached)])
+        );
+    }
+
+    #[test]
+    fn recorded_consistency_stays_for_snapshots_that_exist_only() {
+        let before = BTreeMap::from([
+            ("kept".to_string(), SnapshotConsistency::GuestFrozen),
+            ("gone".to_string(), SnapshotConsistency::HostFrozen),
+        ]);
+        let now = consistency_of(
+            &before,
+            vec![("new".into(), SnapshotConsistency::CrashConsistent)],
+            &["kept".into(), "new".into()],
+        );
+        assert_eq!(
+            now,
+            BTreeMap::from([
+                ("kept".into(), SnapshotConsistency::GuestFrozen),
+                ("new".into(), SnapshotConsistency::CrashConsistent),
+            ])
+        );
     }
 }

@@ -97,13 +97,10 @@ pub struct VmHolders {
     pub instances_dir: PathBuf,
 }
 
-/// The guest agent's socket in a VM's instance directory.
-pub const GUEST_AGENT_SOCKET: &str = "qga.sock";
-
 impl HolderLookup for VmHolders {
     fn holder(&self, volume_id: &str) -> Option<Holder> {
         let disk = crate::vm::volume_disk_holder(&self.instances_dir, volume_id)?;
-        let agent = disk.instance_dir.join(GUEST_AGENT_SOCKET);
+        let agent = crate::vm::spec::VmPaths::new(&disk.instance_dir).guest_agent;
         let quiesce = if agent.exists() {
             Quiesce::GuestAgent { socket: agent }
         } else {

@@ -11,6 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use nimbus_api::SnapshotConsistency;
+
 use super::holder::Quiesce;
 use super::{guest_agent, VolumeError};
 
@@ -29,6 +31,18 @@ pub enum Quiet {
     GuestAgent {
         _frozen: guest_agent::Frozen,
     },
+}
+
+impl Quiet {
+    /// What a snapshot taken under this guard holds: a held volume with
+    /// nothing frozen is as after a power cut.
+    pub fn consistency(&self) -> SnapshotConsistency {
+        match self {
+            Quiet::Nothing => SnapshotConsistency::CrashConsistent,
+            Quiet::HostFs { .. } => SnapshotConsistency::HostFrozen,
+            Quiet::GuestAgent { .. } => SnapshotConsistency::GuestFrozen,
+        }
+    }
 }
 
 impl Drop for Quiet {
@@ -117,9 +131,14 @@ mod tests {
         };
         let e = quiesce(&how, "v1").err().expect("refused");
         assert!(e.to_string().contains("not the volume's filesystem"), "{e}");
-        assert!(matches!(
-            quiesce(&Quiesce::None, "v1").expect("nothing"),
-            Quiet::Nothing
-        ));
+        let nothing = quiesce(&Quiesce::None, "v1").expect("nothing");
+        assert!(matches!(nothing, Quiet::Nothing));
+        assert_eq!(nothing.consistency(), SnapshotConsistency::CrashConsistent);
+        // A guest agent that is not there: still a snapshot, marked so.
+        let silent = Quiesce::GuestAgent {
+            socket: tmp.path().join("qga.sock"),
+        };
+        let unfrozen = quiesce(&silent, "v1").expect("crash-consistent");
+        assert_eq!(unfrozen.consistency(), SnapshotConsistency::CrashConsistent);
     }
 }

@@ -217,7 +217,7 @@ fn grown_note(holder: &Instance, v: &Volume) -> Option<String> {
 
 fn snapshot_rows(v: &Volume) -> String {
     table(
-        &["name", "size", "taken", "age"],
+        &["name", "size", "taken", "consistency", "age"],
         v.spec
             .snapshots
             .iter()
@@ -230,6 +230,11 @@ fn snapshot_rows(v: &Volume) -> String {
                     } else {
                         "pending".into()
                     },
+                    v.status
+                        .snapshot_consistency
+                        .get(&s.name)
+                        .map_or("-", |c| c.as_str())
+                        .to_string(),
                     age(Some(s.created_at)),
                 ]
             })
