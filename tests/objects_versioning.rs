@@ -23,14 +23,14 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// (Key, VersionId, IsLatest) of every version, then of every marker, as
-/// `aws s3api list-object-versions` prints them.
-fn listed(
-    s3: &S3Client,
-    bucket: &str,
-) -> (Vec<(String, String, bool)>, Vec<(String, String, bool)>) {
+/// (Key, VersionId, IsLatest) of one listed version or marker.
+type Entry = (String, String, bool);
+
+/// Every version, then every marker, as `aws s3api list-object-versions`
+/// prints them.
+fn listed(s3: &S3Client, bucket: &str) -> (Vec<Entry>, Vec<Entry>) {
     let v = json(&s3.aws_ok(&["s3api", "list-object-versions", "--bucket", bucket]));
-    let rows = |field: &str| -> Vec<(String, String, bool)> {
+    let rows = |field: &str| -> Vec<Entry> {
         v[field]
             .as_array()
             .map(|a| {
