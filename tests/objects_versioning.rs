@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use common::s3::{credentials, start, S3Client, PRINT_ERROR_CODE};
+use common::s3::{start, S3Client, PRINT_ERROR_CODE};
 use common::wait_until;
 
 /// Data files under the cloud's object store.
@@ -49,50 +49,32 @@ fn listed(s3: &S3Client, bucket: &str) -> (Vec<Entry>, Vec<Entry>) {
     (rows("Versions"), rows("DeleteMarkers"))
 }
 
+/// Set `bucket`'s versioning with the aws CLI; what it then reads back.
+fn set_versioning(s3: &S3Client, bucket: &str, status: &str) -> serde_json::Value {
+    let config = format!("Status={status}");
+    s3.aws_ok(&[
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        bucket,
+        "--versioning-configuration",
+        &config,
+    ]);
+    json(&s3.aws_ok(&["s3api", "get-bucket-versioning", "--bucket", bucket]))
+}
+
 #[test]
 fn versions_keep_their_bytes_through_overwrites_deletes_and_suspension() {
     let (cloud, endpoint) = start();
     cloud.ok(&["bucket", "create", "docs"]);
-    let s3 = S3Client {
-        cloud: &cloud,
-        endpoint,
-        key: credentials(&cloud, "default"),
-    };
+    let s3 = S3Client::of(&cloud, &endpoint, "default");
     let work = tempfile::tempdir().expect("tempdir");
     let file = |name: &str, bytes: &[u8]| {
         let p = work.path().join(name);
         std::fs::write(&p, bytes).expect("write");
         p.to_string_lossy().into_owned()
     };
-    // Stored before versioning: it becomes the `null` version.
-    s3.aws_ok(&[
-        "s3api",
-        "put-object",
-        "--bucket",
-        "docs",
-        "--key",
-        "r.txt",
-        "--body",
-        &file("v0", b"zero"),
-    ]);
-
-    // A bucket never set shows no status at all.
-    let never = s3.aws_ok(&["s3api", "get-bucket-versioning", "--bucket", "docs"]);
-    assert!(!never.contains("Status"), "never-versioned bucket: {never}");
-    s3.aws_ok(&[
-        "s3api",
-        "put-bucket-versioning",
-        "--bucket",
-        "docs",
-        "--versioning-configuration",
-        "Status=Enabled",
-    ]);
-    let on = json(&s3.aws_ok(&["s3api", "get-bucket-versioning", "--bucket", "docs"]));
-    assert_eq!(on["Status"], "Enabled");
-
-    // Two PUTs: two versions, each with its own bytes (binary, byte-exact).
-    let one: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    let two = b"second version".to_vec();
+    // PUT r.txt with the aws CLI: the version id it answers ("" if none).
     let put = |name: &str, bytes: &[u8]| -> String {
         let out = json(&s3.aws_ok(&[
             "s3api",
@@ -104,12 +86,26 @@ fn versions_keep_their_bytes_through_overwrites_deletes_and_suspension() {
             "--body",
             &file(name, bytes),
         ]));
-        out["VersionId"].as_str().expect("a VersionId").to_string()
+        out["VersionId"].as_str().unwrap_or_default().to_string()
     };
+    // Stored before versioning: it becomes the `null` version.
+    assert_eq!(put("v0", b"zero"), "");
+
+    // A bucket never set shows no status at all.
+    let never = s3.aws_ok(&["s3api", "get-bucket-versioning", "--bucket", "docs"]);
+    assert!(!never.contains("Status"), "never-versioned bucket: {never}");
+    assert_eq!(set_versioning(&s3, "docs", "Enabled")["Status"], "Enabled");
+
+    // Two PUTs: two versions, each with its own bytes (binary, byte-exact).
+    let one: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let two = b"second version".to_vec();
     let v1 = put("v1", &one);
     let v2 = put("v2", &two);
     assert_ne!(v1, v2);
-    assert!(v1 != "null" && v2 != "null");
+    assert!(
+        v1.len() == 32 && v2.len() == 32,
+        "version ids {v1:?} {v2:?}"
+    );
     let get = |version: Option<&str>| -> Vec<u8> {
         let out = work.path().join("got");
         let mut args = vec!["s3api", "get-object", "--bucket", "docs", "--key", "r.txt"];
@@ -175,31 +171,24 @@ fn versions_keep_their_bytes_through_overwrites_deletes_and_suspension() {
         "a delete marker removed data"
     );
 
+    let delete_version = |id: &str| {
+        let args = [
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "docs",
+            "--key",
+            "r.txt",
+        ];
+        s3.aws_ok(&[&args[..], &["--version-id", id]].concat());
+    };
     // Deleting the marker by id un-deletes.
-    s3.aws_ok(&[
-        "s3api",
-        "delete-object",
-        "--bucket",
-        "docs",
-        "--key",
-        "r.txt",
-        "--version-id",
-        &marker,
-    ]);
+    delete_version(&marker);
     assert_eq!(get(None), two);
 
     // Deleting a version by id frees it: its data file goes, the next one
     // is current, and its id no longer answers.
-    s3.aws_ok(&[
-        "s3api",
-        "delete-object",
-        "--bucket",
-        "docs",
-        "--key",
-        "r.txt",
-        "--version-id",
-        &v2,
-    ]);
+    delete_version(&v2);
     assert_eq!(get(None), one);
     assert_eq!(data_files(cloud.data_dir()), 2);
     let code = s3.boto3_ok(&format!(
@@ -218,28 +207,12 @@ fn versions_keep_their_bytes_through_overwrites_deletes_and_suspension() {
 
     // Suspended: writes are the `null` version, replacing the earlier one
     // (and its data); the other versions stay.
-    s3.aws_ok(&[
-        "s3api",
-        "put-bucket-versioning",
-        "--bucket",
-        "docs",
-        "--versioning-configuration",
-        "Status=Suspended",
-    ]);
-    let off = json(&s3.aws_ok(&["s3api", "get-bucket-versioning", "--bucket", "docs"]));
-    assert_eq!(off["Status"], "Suspended");
+    assert_eq!(
+        set_versioning(&s3, "docs", "Suspended")["Status"],
+        "Suspended"
+    );
     let files_before = data_files(cloud.data_dir());
-    let out = json(&s3.aws_ok(&[
-        "s3api",
-        "put-object",
-        "--bucket",
-        "docs",
-        "--key",
-        "r.txt",
-        "--body",
-        &file("v3", b"suspended"),
-    ]));
-    assert_eq!(out["VersionId"], "null");
+    assert_eq!(put("v3", b"suspended"), "null");
     assert_eq!(get(Some("null")), b"suspended");
     assert_eq!(get(Some(&v1)), one);
     let (versions, _) = listed(&s3, "docs");
@@ -273,11 +246,7 @@ fn version_listings_page_fold_prefixes_and_stay_in_their_project() {
     let (cloud, endpoint) = start();
     cloud.ok(&["project", "create", "other"]);
     cloud.ok(&["bucket", "create", "tree"]);
-    let s3 = S3Client {
-        cloud: &cloud,
-        endpoint: endpoint.clone(),
-        key: credentials(&cloud, "default"),
-    };
+    let s3 = S3Client::of(&cloud, &endpoint, "default");
     // a: two versions; b/x, b/y: one each; c: a version under a marker.
     s3.boto3_ok(
         "s3.put_bucket_versioning(Bucket='tree', VersioningConfiguration={'Status': 'Enabled'})\n\
@@ -315,11 +284,7 @@ fn version_listings_page_fold_prefixes_and_stay_in_their_project() {
     let version = s3.boto3_ok(
         "print(s3.list_object_versions(Bucket='tree', Prefix='a')['Versions'][1]['VersionId'])",
     );
-    let stranger = S3Client {
-        cloud: &cloud,
-        endpoint,
-        key: credentials(&cloud, "other"),
-    };
+    let stranger = S3Client::of(&cloud, &endpoint, "other");
     let codes = stranger.boto3_ok(&format!(
         "try:\n    s3.list_object_versions(Bucket='tree')\n{PRINT_ERROR_CODE}\
          try:\n    s3.get_object(Bucket='tree', Key='a', VersionId={:?})\n{PRINT_ERROR_CODE}\
@@ -362,11 +327,7 @@ fn object_gib_hours(cloud: &common::Cloud, from: i64, to: i64) -> f64 {
 fn versions_are_billed_and_keep_their_bucket_until_every_one_is_deleted() {
     let (cloud, endpoint) = start();
     cloud.ok(&["bucket", "create", "kept"]);
-    let s3 = S3Client {
-        cloud: &cloud,
-        endpoint,
-        key: credentials(&cloud, "default"),
-    };
+    let s3 = S3Client::of(&cloud, &endpoint, "default");
     let (old, new) = (3u64 << 20, 1u64 << 20);
     let ids = s3.boto3_ok(&format!(
         "s3.put_bucket_versioning(Bucket='kept', VersioningConfiguration={{'Status': 'Enabled'}})\n\

@@ -33,7 +33,15 @@ pub struct S3Client<'a> {
     pub key: (String, String),
 }
 
-impl S3Client<'_> {
+impl<'a> S3Client<'a> {
+    /// A client with a new access key of `project`.
+    pub fn of(cloud: &'a Cloud, endpoint: &str, project: &str) -> S3Client<'a> {
+        S3Client {
+            cloud,
+            endpoint: endpoint.to_string(),
+            key: credentials(cloud, project),
+        }
+    }
     pub fn ca(&self) -> PathBuf {
         self.cloud.data_dir().join("tls").join("cert.pem")
     }

@@ -350,7 +350,10 @@ impl NimbusS3 {
             }
         }
         self.existing_bucket(bucket).await?;
-        Err(s3_error!(NoSuchVersion))
+        Err(s3_error!(
+            NoSuchVersion,
+            "no version {version_id:?} of that key; list them with `aws s3api list-object-versions`"
+        ))
     }
 
     /// DELETE of `key`: in a bucket that never had versioning the object
