@@ -205,6 +205,15 @@ fn versions_keep_their_bytes_through_overwrites_deletes_and_suspension() {
     );
     assert_eq!(copied, "null True\nb'zero'\n");
 
+    // Completing a multipart upload makes a version too.
+    let multipart = s3.boto3_ok(
+        "u = s3.create_multipart_upload(Bucket='docs', Key='mp')['UploadId']\n\
+         e = s3.upload_part(Bucket='docs', Key='mp', UploadId=u, PartNumber=1, Body=b'parts')['ETag']\n\
+         r = s3.complete_multipart_upload(Bucket='docs', Key='mp', UploadId=u, MultipartUpload={'Parts': [{'PartNumber': 1, 'ETag': e}]})\n\
+         print(len(r['VersionId']), s3.get_object(Bucket='docs', Key='mp', VersionId=r['VersionId'])['Body'].read())",
+    );
+    assert_eq!(multipart, "32 b'parts'\n");
+
     // Suspended: writes are the `null` version, replacing the earlier one
     // (and its data); the other versions stay.
     assert_eq!(

@@ -6,11 +6,12 @@
 use s3s::dto::*;
 use s3s::S3Result;
 
+use super::versioning::invalid_version_id;
 use super::{common_prefixes, timestamp, NimbusS3};
 use crate::keys;
 use crate::listing::{resume_after, Page};
 use crate::records::ObjectRecord;
-use crate::versioning::{LatestTracker, NULL_VERSION};
+use crate::versioning::{parse_version_id, LatestTracker, VersionRef, NULL_VERSION};
 
 impl NimbusS3 {
     pub(super) async fn list_versions(
@@ -118,10 +119,18 @@ impl NimbusS3 {
         prefix: &str,
         delimiter: Option<&str>,
     ) -> S3Result<String> {
-        if let Some(id) = version_marker {
-            if let Some(found) = self.find_version(bucket, key_marker, id).await? {
-                return Ok(found.key);
+        match version_marker.map(|id| (id, parse_version_id(id))) {
+            // The id names its place, even once that version is deleted.
+            Some((_, Some(VersionRef::Token(token)))) => {
+                return Ok(keys::version(bucket, key_marker, token))
             }
+            Some((id, Some(VersionRef::Null))) => {
+                if let Some(found) = self.find_version(bucket, key_marker, id).await? {
+                    return Ok(found.key);
+                }
+            }
+            Some((id, None)) => return Err(invalid_version_id(id)),
+            None => {}
         }
         let base = keys::versions_of(bucket);
         Ok(match resume_after(key_marker, prefix, delimiter) {

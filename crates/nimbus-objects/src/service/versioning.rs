@@ -82,7 +82,7 @@ fn parse_status(s: Option<&BucketVersioningStatus>) -> S3Result<Versioning> {
     }
 }
 
-fn invalid_version_id(id: &str) -> S3Error {
+pub(super) fn invalid_version_id(id: &str) -> S3Error {
     s3_error!(
         InvalidArgument,
         "version id {id:?} is not one this server gives; list them with `aws s3api list-object-versions`"
@@ -204,6 +204,14 @@ impl NimbusS3 {
         record: ObjectRecord,
         also: &[Op],
     ) -> S3Result<Option<Option<String>>> {
+        if key.contains(keys::VERSION_SEPARATOR) {
+            // It would end a key's versions early (S3's XML cannot carry it
+            // anyway).
+            return Err(s3_error!(
+                InvalidArgument,
+                "object keys in a versioned bucket may not hold a NUL character; rename the key"
+            ));
+        }
         let name = &bucket.record.name;
         let head_key = keys::object(name, key);
         let head = self.object(name, key).await?;
