@@ -5,101 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use common::s3::{credentials, start, S3Client, PRINT_ERROR_CODE};
 use common::{free_port, wait_until, Cloud};
-
-/// A cloud with its S3 endpoint on a port of its own.
-fn start() -> (Cloud, String) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let cloud = Cloud::start_with(&["--s3-listen", &listen]);
-    (cloud, format!("https://{listen}"))
-}
-
-/// An access key of `project`: (id, secret).
-fn credentials(cloud: &Cloud, project: &str) -> (String, String) {
-    let v = cloud
-        .json(&["s3", "credentials", "create", "--project", project])
-        .expect("s3 credentials create");
-    let id = v["access_key_id"]
-        .as_str()
-        .expect("access key id")
-        .to_string();
-    let secret = v["secret_access_key"].as_str().expect("secret").to_string();
-    (id, secret)
-}
-
-struct S3Client<'a> {
-    cloud: &'a Cloud,
-    endpoint: String,
-    key: (String, String),
-}
-
-impl S3Client<'_> {
-    fn ca(&self) -> PathBuf {
-        self.cloud.data_dir().join("tls").join("cert.pem")
-    }
-
-    fn env(&self, c: &mut Command) {
-        c.env("AWS_ACCESS_KEY_ID", &self.key.0)
-            .env("AWS_SECRET_ACCESS_KEY", &self.key.1)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CA_BUNDLE", self.ca())
-            .env_remove("AWS_PROFILE")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    }
-
-    fn aws(&self, args: &[&str]) -> Output {
-        let mut c = Command::new("aws");
-        self.env(&mut c);
-        c.args(["--endpoint-url", &self.endpoint])
-            .args(args)
-            .output()
-            .expect("run aws (scripts/deps installs it)")
-    }
-
-    fn aws_ok(&self, args: &[&str]) -> String {
-        let out = self.aws(args);
-        assert!(
-            out.status.success(),
-            "aws {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Run a boto3 script with `s3` bound to a client of the endpoint.
-    fn boto3(&self, script: &str) -> Output {
-        let mut c = Command::new("python3");
-        self.env(&mut c);
-        let prelude = format!(
-            "import boto3, botocore, sys\ns3 = boto3.client('s3', endpoint_url={:?})\n",
-            self.endpoint
-        );
-        c.args(["-c", &format!("{prelude}{script}")])
-            .output()
-            .expect("run python3 with boto3 (scripts/deps installs it)")
-    }
-
-    fn boto3_ok(&self, script: &str) -> String {
-        let out = self.boto3(script);
-        assert!(
-            out.status.success(),
-            "boto3 script failed: {}{}\n{script}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// The S3 error code a boto3 call gets, printed by the script.
-const PRINT_ERROR_CODE: &str =
-    "except botocore.exceptions.ClientError as e:\n    print(e.response['Error']['Code'])\n";
 
 fn sha256_of(path: &Path) -> String {
     use sha2::{Digest, Sha256};

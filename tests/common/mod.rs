@@ -723,6 +723,7 @@ impl Drop for Console {
 pub mod etcd;
 pub mod guest;
 mod host_files;
+pub mod s3;
 pub use host_files::*;
 
 /// Instance `id`'s cgroup directory in the hierarchy that holds

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use nimbus_store::Store;
+use nimbus_store::{Revision, Store};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
@@ -36,10 +36,19 @@ fn internal(what: &str, e: impl std::fmt::Display) -> s3s::S3Error {
 }
 
 pub(crate) async fn bucket(store: &dyn Store, name: &str) -> S3Result<Option<BucketRecord>> {
+    Ok(bucket_with_revision(store, name).await?.map(|(b, _)| b))
+}
+
+/// The bucket's record and its revision (for a compare that catches a
+/// concurrent change of its settings, versioning above all).
+pub(crate) async fn bucket_with_revision(
+    store: &dyn Store,
+    name: &str,
+) -> S3Result<Option<(BucketRecord, Revision)>> {
     let key = keys::bucket(name);
     match store.get(&key).await {
         Ok(Some(kv)) => decode("bucket", &key, &kv.value)
-            .map(Some)
+            .map(|b| Some((b, kv.mod_revision)))
             .map_err(|e| internal("reading a bucket", e)),
         Ok(None) => Ok(None),
         Err(e) => Err(internal("reading a bucket", e)),

@@ -119,6 +119,7 @@ impl Admin {
             project: project.to_string(),
             public_read,
             created: chrono::Utc::now(),
+            versioning: None,
         };
         match self
             .store
@@ -155,7 +156,7 @@ impl Admin {
 }
 
 /// Delete an empty bucket: refused with BucketNotEmpty while it holds an
-/// object. (An upload committing at the same moment can still land after
+/// object, a version or a delete marker. (An upload committing at the same moment can still land after
 /// the check; its record is then unreachable until the bucket is made
 /// again. Closing that needs a per-bucket revision compare.)
 pub async fn delete_bucket(
@@ -170,13 +171,12 @@ pub async fn delete_bucket(
     if record.project != project {
         return Err(missing());
     }
-    if !store
-        .list(&keys::objects_of(name), None, 1)
-        .await?
-        .kvs
-        .is_empty()
-    {
-        return Err(ObjectsError::BucketNotEmpty(name.to_string()));
+    // Versions and delete markers count: a versioned bucket whose keys
+    // all read as deleted still holds them.
+    for prefix in [keys::objects_of(name), keys::versions_of(name)] {
+        if !store.list(&prefix, None, 1).await?.kvs.is_empty() {
+            return Err(ObjectsError::BucketNotEmpty(name.to_string()));
+        }
     }
     let done = store
         .txn(Txn {

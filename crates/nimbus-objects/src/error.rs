@@ -28,7 +28,7 @@ pub enum ObjectsError {
     #[error("bucket {0:?} already exists; choose another name")]
     BucketExists(String),
     #[error(
-        "bucket {0:?} is not empty; delete its objects first (aws s3 rm --recursive s3://{0})"
+        "bucket {0:?} is not empty; delete its objects first (aws s3 rm --recursive s3://{0}), and in a versioned bucket every version and delete marker too (aws s3api list-object-versions --bucket {0})"
     )]
     BucketNotEmpty(String),
     #[error("bucket name {name:?} is invalid: {reason}")]

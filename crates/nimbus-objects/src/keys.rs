@@ -9,6 +9,12 @@ pub const OBJECTS: &str = "/s3/objects/";
 pub const CREDENTIALS: &str = "/s3/credentials/";
 pub const UPLOADS: &str = "/s3/uploads/";
 pub const PARTS: &str = "/s3/parts/";
+pub const VERSIONS: &str = "/s3/versions/";
+
+/// Between an object key and its version's sort token. NUL sorts before
+/// every other character, so all versions of `a` come before those of
+/// `a/b` or `a!`, and a version listing walks keys in S3's order.
+pub const VERSION_SEPARATOR: char = '\0';
 
 pub fn bucket(name: &str) -> String {
     format!("{BUCKETS}{name}")
@@ -23,6 +29,29 @@ pub fn objects_of(bucket: &str) -> String {
 /// store key, never a path.
 pub fn object(bucket: &str, key: &str) -> String {
     format!("{OBJECTS}{bucket}/{key}")
+}
+
+/// Prefix of every stored version of every key in `bucket`.
+pub fn versions_of(bucket: &str) -> String {
+    format!("{VERSIONS}{bucket}/")
+}
+
+/// Prefix of the versions of one key (the newest first).
+pub fn versions_of_key(bucket: &str, key: &str) -> String {
+    format!("{VERSIONS}{bucket}/{key}{VERSION_SEPARATOR}")
+}
+
+/// The record of one version of `key`: `token` orders it (see
+/// `crate::versioning::sort_token`).
+pub fn version(bucket: &str, key: &str, token: &str) -> String {
+    format!("{}{token}", versions_of_key(bucket, key))
+}
+
+/// Split a store key under [`versions_of`] (already stripped of it) into
+/// the object key and the sort token. The token holds no NUL, so the last
+/// one is the separator whatever the object key holds.
+pub fn split_version(rest: &str) -> Option<(&str, &str)> {
+    rest.rsplit_once(VERSION_SEPARATOR)
 }
 
 /// Prefix of the multipart uploads in progress in `bucket`.
@@ -88,6 +117,18 @@ mod tests {
         }
         // A bucket whose name is a prefix of another's does not share keys.
         assert!(!object("photos2", "a").starts_with(&objects_of("photos")));
+    }
+
+    #[test]
+    fn versions_sort_by_key_then_token_and_split_back() {
+        let a = version("b", "a", "0001");
+        let a_child = version("b", "a/b", "0000");
+        let a_bang = version("b", "a!", "0000");
+        assert!(a < a_child && a < a_bang);
+        let rest = &a_child[versions_of("b").len()..];
+        assert_eq!(split_version(rest), Some(("a/b", "0000")));
+        assert!(a.starts_with(&versions_of_key("b", "a")));
+        assert!(!a_child.starts_with(&versions_of_key("b", "a")));
     }
 
     #[test]

@@ -32,5 +32,6 @@ pub mod listing;
 pub mod metering;
 pub mod records;
 pub mod service;
+pub mod versioning;
 
 pub use error::ObjectsError;

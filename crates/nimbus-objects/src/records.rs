@@ -13,6 +13,33 @@ pub struct BucketRecord {
     #[serde(default)]
     pub public_read: bool,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// `None` while versioning was never turned on: the bucket then keeps
+    /// one record per key and nothing else, exactly as before versioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<Versioning>,
+}
+
+/// A bucket's versioning state once set (S3 has no way back to "never").
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Versioning {
+    /// Every write makes a new version with its own id.
+    Enabled,
+    /// Writes make the `null` version, replacing an earlier one; the
+    /// versions already stored stay.
+    Suspended,
+}
+
+/// Which version an object record is, in a bucket whose versioning was
+/// ever set. Absent in buckets that never had versioning.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The S3 `VersionId`: 32 hex digits, or `null`.
+    pub id: String,
+    /// Orders the key's versions (higher is newer); unique per key.
+    pub seq: u64,
+    /// A delete marker: no data, GET answers 404.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_marker: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +53,21 @@ pub struct ObjectRecord {
     #[serde(default)]
     pub user_metadata: std::collections::BTreeMap<String, String>,
     pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// Set in buckets whose versioning was ever set (see
+    /// `crate::versioning`); a delete marker has an empty `data_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<VersionInfo>,
+}
+
+impl ObjectRecord {
+    pub fn is_delete_marker(&self) -> bool {
+        self.version.as_ref().is_some_and(|v| v.delete_marker)
+    }
+
+    /// The `VersionId` S3 shows for it: none in a never-versioned bucket.
+    pub fn version_id(&self) -> Option<String> {
+        self.version.as_ref().map(|v| v.id.clone())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

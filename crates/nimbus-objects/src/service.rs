@@ -27,6 +27,17 @@ use crate::metering::RetiredObjects;
 use crate::records::{decode, encode, BucketRecord, ObjectRecord};
 
 mod multipart;
+mod version_listing;
+mod versioning;
+
+/// A bucket as read for a write: the commit compares its revision, so a
+/// write that raced a change of the bucket's versioning is redone under
+/// the new setting.
+#[derive(Clone)]
+pub(crate) struct BucketState {
+    pub record: BucketRecord,
+    pub revision: Revision,
+}
 
 #[derive(serde::Deserialize)]
 struct DataRef {
@@ -143,21 +154,22 @@ impl NimbusS3 {
         self
     }
 
-    /// The embedder's writes for `old` ending at `until`: none without a
-    /// listener or an old version; else the bucket's owner is read (one
-    /// read, only when a version is replaced or deleted).
-    async fn retired_ops(
+    /// The embedder's writes for `old` (stored in `bucket`) ending at
+    /// `until`: none without a listener, an old version or its data (a
+    /// delete marker stores nothing).
+    fn retired_ops(
         &self,
-        bucket: &str,
+        bucket: &BucketRecord,
         key: &str,
         old: Option<&ObjectRecord>,
         until: chrono::DateTime<chrono::Utc>,
-    ) -> S3Result<Vec<Op>> {
-        let (Some(listener), Some(old)) = (&self.retired, old) else {
-            return Ok(Vec::new());
-        };
-        let owner = self.existing_bucket(bucket).await?;
-        Ok(listener.retired(&owner.project, bucket, key, old, until))
+    ) -> Vec<Op> {
+        match (&self.retired, old) {
+            (Some(listener), Some(old)) if !old.is_delete_marker() => {
+                listener.retired(&bucket.project, &bucket.name, key, old, until)
+            }
+            _ => Vec::new(),
+        }
     }
 
     pub fn with_max_object_bytes(mut self, max: u64) -> NimbusS3 {
@@ -169,7 +181,7 @@ impl NimbusS3 {
     /// their rename and their commit). Run before serving.
     pub async fn collect_orphans(&self) -> Result<usize, ObjectsError> {
         let mut live = HashSet::new();
-        for prefix in [keys::OBJECTS, keys::PARTS] {
+        for prefix in [keys::OBJECTS, keys::PARTS, keys::VERSIONS] {
             let mut after: Option<String> = None;
             loop {
                 let page = self
@@ -177,7 +189,8 @@ impl NimbusS3 {
                     .list(prefix, after.as_deref(), LIST_BATCH)
                     .await?;
                 for kv in &page.kvs {
-                    // Object and part records both name their file `data_id`.
+                    // Object, version and part records all name their file
+                    // `data_id` (empty for a delete marker).
                     let record: DataRef = decode("object or part", &kv.key, &kv.value)?;
                     if let Some(id) = DataId::parse(&record.data_id) {
                         live.insert(id);
@@ -214,6 +227,13 @@ impl NimbusS3 {
             .ok_or_else(|| s3_error!(NoSuchBucket))
     }
 
+    async fn bucket_state(&self, name: &str) -> S3Result<BucketState> {
+        auth::bucket_with_revision(&*self.store, name)
+            .await?
+            .map(|(record, revision)| BucketState { record, revision })
+            .ok_or_else(|| s3_error!(NoSuchBucket))
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> S3Result<Option<(ObjectRecord, Revision)>> {
         let skey = keys::object(bucket, key);
         match self.store.get(&skey).await {
@@ -225,8 +245,13 @@ impl NimbusS3 {
         }
     }
 
+    /// The current version of `bucket/key`: NoSuchKey when there is none
+    /// or it is a delete marker (then saying so, as S3 does).
     async fn existing_object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
         match self.object(bucket, key).await? {
+            Some((r, _)) if r.is_delete_marker() => {
+                Err(versioning::marker_error(s3_error!(NoSuchKey), &r))
+            }
             Some((r, _)) => Ok(r),
             None => {
                 self.existing_bucket(bucket).await?;
@@ -235,23 +260,31 @@ impl NimbusS3 {
         }
     }
 
-    /// Make `record` the object `bucket/key`, replacing any older one
-    /// (whose data file then goes). On failure the new data file goes.
-    async fn commit(&self, bucket: &str, key: &str, record: ObjectRecord) -> S3Result<()> {
+    /// Make `record` the object `bucket/key`: in a bucket that never had
+    /// versioning it replaces any older one (whose data file then goes);
+    /// else it becomes the key's newest version. Returns the version id.
+    /// On failure the new data file goes.
+    async fn commit(
+        &self,
+        bucket: BucketState,
+        key: &str,
+        record: ObjectRecord,
+    ) -> S3Result<Option<String>> {
         self.commit_with(bucket, key, record, Vec::new()).await
     }
 
     /// [`Self::commit`], applying `also` in the same transaction.
     async fn commit_with(
         &self,
-        bucket: &str,
+        bucket: BucketState,
         key: &str,
         record: ObjectRecord,
         also: Vec<Op>,
-    ) -> S3Result<()> {
-        let result = self.commit_inner(bucket, key, &record, also).await;
+    ) -> S3Result<Option<String>> {
+        let data_id = record.data_id.clone();
+        let result = self.commit_inner(bucket, key, record, also).await;
         if result.is_err() {
-            if let Some(id) = DataId::parse(&record.data_id) {
+            if let Some(id) = DataId::parse(&data_id) {
                 self.data.remove(&id).await;
             }
         }
@@ -260,63 +293,84 @@ impl NimbusS3 {
 
     async fn commit_inner(
         &self,
-        bucket: &str,
+        mut bucket: BucketState,
         key: &str,
-        record: &ObjectRecord,
+        record: ObjectRecord,
         also: Vec<Op>,
-    ) -> S3Result<()> {
-        let skey = keys::object(bucket, key);
-        let value = encode(record);
+    ) -> S3Result<Option<String>> {
         loop {
-            let old = self.object(bucket, key).await?;
-            let rev = old.as_ref().map_or(0, |(_, r)| *r);
-            let retired = self
-                .retired_ops(
-                    bucket,
-                    key,
-                    old.as_ref().map(|(r, _)| r),
-                    record.last_modified,
-                )
-                .await?;
-            let done = self
-                .store
-                .txn(Txn {
-                    compares: vec![
-                        Compare::Exists(keys::bucket(bucket)),
-                        Compare::ModRevision(skey.clone(), rev),
-                    ],
-                    success: std::iter::once(Op::Put {
-                        key: skey.clone(),
-                        value: value.clone(),
-                    })
-                    .chain(also.iter().cloned())
-                    .chain(retired)
-                    .collect(),
-                    failure: vec![],
-                })
-                .await
-                .map_err(|e| internal("committing an object", e))?;
-            if done.succeeded {
-                if let Some(id) = old.and_then(|(r, _)| DataId::parse(&r.data_id)) {
-                    self.data.remove(&id).await;
+            let committed = match bucket.record.versioning {
+                None => self
+                    .try_commit_unversioned(&bucket, key, &record, &also)
+                    .await?
+                    .map(|()| None),
+                Some(mode) => {
+                    self.try_commit_version(&bucket, mode, key, record.clone(), &also)
+                        .await?
                 }
-                return Ok(());
+            };
+            if let Some(version_id) = committed {
+                return Ok(version_id);
             }
-            // Lost a race with another writer, or the bucket went.
-            self.existing_bucket(bucket).await?;
+            // Lost a race with another writer, or the bucket changed or went.
+            bucket = self.bucket_state(&bucket.record.name).await?;
         }
     }
 
-    /// Delete `bucket/key` if present. Returns whether it was.
-    async fn remove_object(&self, bucket: &str, key: &str) -> S3Result<bool> {
-        let skey = keys::object(bucket, key);
+    /// One attempt to replace `bucket/key` with `record`; `None` when a
+    /// concurrent change won.
+    async fn try_commit_unversioned(
+        &self,
+        bucket: &BucketState,
+        key: &str,
+        record: &ObjectRecord,
+        also: &[Op],
+    ) -> S3Result<Option<()>> {
+        let name = &bucket.record.name;
+        let skey = keys::object(name, key);
+        let old = self.object(name, key).await?;
+        let rev = old.as_ref().map_or(0, |(_, r)| *r);
+        let retired = self.retired_ops(
+            &bucket.record,
+            key,
+            old.as_ref().map(|(r, _)| r),
+            record.last_modified,
+        );
+        let done = self
+            .store
+            .txn(Txn {
+                compares: vec![
+                    Compare::ModRevision(keys::bucket(name), bucket.revision),
+                    Compare::ModRevision(skey.clone(), rev),
+                ],
+                success: std::iter::once(Op::Put {
+                    key: skey,
+                    value: encode(record),
+                })
+                .chain(also.iter().cloned())
+                .chain(retired)
+                .collect(),
+                failure: vec![],
+            })
+            .await
+            .map_err(|e| internal("committing an object", e))?;
+        if !done.succeeded {
+            return Ok(None);
+        }
+        if let Some(id) = old.and_then(|(r, _)| DataId::parse(&r.data_id)) {
+            self.data.remove(&id).await;
+        }
+        Ok(Some(()))
+    }
+
+    /// Delete `bucket/key` (never versioned) if present.
+    async fn remove_object(&self, bucket: &BucketRecord, key: &str) -> S3Result<()> {
+        let skey = keys::object(&bucket.name, key);
         loop {
-            let Some((old, rev)) = self.object(bucket, key).await? else {
-                return Ok(false);
+            let Some((old, rev)) = self.object(&bucket.name, key).await? else {
+                return Ok(());
             };
-            let retired = self
-                .retired_ops(bucket, key, Some(&old), chrono::Utc::now())
-                .await?;
+            let retired = self.retired_ops(bucket, key, Some(&old), chrono::Utc::now());
             let done = self
                 .store
                 .txn(Txn {
@@ -332,7 +386,7 @@ impl NimbusS3 {
                 if let Some(id) = DataId::parse(&old.data_id) {
                     self.data.remove(&id).await;
                 }
-                return Ok(true);
+                return Ok(());
             }
         }
     }
@@ -347,8 +401,26 @@ impl NimbusS3 {
     ) -> S3Result<Page<ObjectRecord>> {
         self.existing_bucket(bucket).await?;
         let base = keys::objects_of(bucket);
+        let after = marker.map(|m| format!("{base}{}", resume_after(m, prefix, delimiter)));
+        // A key whose newest version is a delete marker is not listed.
+        let current = |rest: &str, r: &ObjectRecord| (!r.is_delete_marker()).then(|| rest.into());
+        self.walk_listing(&base, prefix, delimiter, max_keys, after, current)
+            .await
+    }
+
+    /// Feed the records under `base` + `prefix`, after the store key
+    /// `after`, through a [`Lister`]. `object_key` names the object key of
+    /// a record from its store key less `base`, or `None` to leave it out.
+    async fn walk_listing(
+        &self,
+        base: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        max_keys: usize,
+        mut after: Option<String>,
+        object_key: impl Fn(&str, &ObjectRecord) -> Option<String>,
+    ) -> S3Result<Page<ObjectRecord>> {
         let store_prefix = format!("{base}{prefix}");
-        let mut after = marker.map(|m| format!("{base}{}", resume_after(m, prefix, delimiter)));
         let mut lister = Lister::new(prefix, delimiter, max_keys);
         'pages: loop {
             let page = self
@@ -357,9 +429,11 @@ impl NimbusS3 {
                 .await
                 .map_err(|e| internal("listing objects", e))?;
             for kv in &page.kvs {
-                let key = kv.key[base.len()..].to_string();
                 let record: ObjectRecord = decode("object", &kv.key, &kv.value)
                     .map_err(|e| internal("listing objects", e))?;
+                let Some(key) = object_key(&kv.key[base.len()..], &record) else {
+                    continue;
+                };
                 match lister.push(key, record) {
                     Step::Next => {}
                     Step::SkipPast(cp) => {
@@ -383,9 +457,10 @@ impl NimbusS3 {
         &self,
         bucket: &str,
         key: &str,
+        version_id: Option<&str>,
     ) -> S3Result<(ObjectRecord, tokio::fs::File)> {
         for _ in 0..3 {
-            let record = self.existing_object(bucket, key).await?;
+            let record = self.object_or_version(bucket, key, version_id).await?;
             let id = DataId::parse(&record.data_id).ok_or_else(|| {
                 internal("an object record names no valid data file", &record.data_id)
             })?;
@@ -400,6 +475,19 @@ impl NimbusS3 {
             }
         }
         Err(internal("opening object data", "it kept being replaced"))
+    }
+
+    /// The current version, or the one `version_id` names.
+    async fn object_or_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<ObjectRecord> {
+        match version_id {
+            None => self.existing_object(bucket, key).await,
+            Some(id) => self.existing_version(bucket, key, id).await,
+        }
     }
 }
 
@@ -511,7 +599,7 @@ impl S3 for NimbusS3 {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
+        let bucket = self.bucket_state(&input.bucket).await?;
         if input
             .content_length
             .is_some_and(|n| n as u64 > self.max_object_bytes)
@@ -519,7 +607,10 @@ impl S3 for NimbusS3 {
             return Err(s3_error!(EntityTooLarge));
         }
         if matches!(input.if_none_match, Some(ETagCondition::Any))
-            && self.object(&input.bucket, &input.key).await?.is_some()
+            && self
+                .object(&input.bucket, &input.key)
+                .await?
+                .is_some_and(|(r, _)| !r.is_delete_marker())
         {
             return Err(s3_error!(PreconditionFailed));
         }
@@ -546,11 +637,13 @@ impl S3 for NimbusS3 {
             content_type: input.content_type,
             user_metadata: user_metadata(input.metadata),
             last_modified: chrono::Utc::now(),
+            version: None,
         };
-        self.commit(&input.bucket, &input.key, record).await?;
+        let version_id = self.commit(bucket, &input.key, record).await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(written.md5_hex)),
             size: Some(written.size as i64),
+            version_id,
             ..Default::default()
         }))
     }
@@ -560,7 +653,9 @@ impl S3 for NimbusS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let (record, mut file) = self.open_object(&input.bucket, &input.key).await?;
+        let (record, mut file) = self
+            .open_object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -597,6 +692,7 @@ impl S3 for NimbusS3 {
             e_tag: Some(ETag::Strong(record.etag.clone())),
             last_modified: Some(timestamp(record.last_modified)),
             metadata: metadata_out(&record.user_metadata),
+            version_id: record.version_id(),
             ..Default::default()
         }))
     }
@@ -606,7 +702,9 @@ impl S3 for NimbusS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let record = self.existing_object(&input.bucket, &input.key).await?;
+        let record = self
+            .object_or_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -621,6 +719,7 @@ impl S3 for NimbusS3 {
             e_tag: Some(ETag::Strong(record.etag.clone())),
             last_modified: Some(timestamp(record.last_modified)),
             metadata: metadata_out(&record.user_metadata),
+            version_id: record.version_id(),
             ..Default::default()
         }))
     }
@@ -630,10 +729,16 @@ impl S3 for NimbusS3 {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
+        let bucket = self.bucket_state(&input.bucket).await?;
         // S3 answers 204 whether or not the key existed.
-        self.remove_object(&input.bucket, &input.key).await?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        let deleted = self
+            .delete_one(&bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Ok(S3Response::new(DeleteObjectOutput {
+            delete_marker: deleted.delete_marker.then_some(true),
+            version_id: deleted.version_id,
+            ..Default::default()
+        }))
     }
 
     async fn delete_objects(
@@ -641,18 +746,18 @@ impl S3 for NimbusS3 {
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
-        self.existing_bucket(&input.bucket).await?;
+        let bucket = self.bucket_state(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for id in input.delete.objects {
-            match self.remove_object(&input.bucket, &id.key).await {
-                Ok(_) => {
+            match self
+                .delete_one(&bucket, &id.key, id.version_id.as_deref())
+                .await
+            {
+                Ok(d) => {
                     if !quiet {
-                        deleted.push(DeletedObject {
-                            key: Some(id.key),
-                            ..Default::default()
-                        })
+                        deleted.push(d.entry(id.key, id.version_id))
                     }
                 }
                 Err(e) => errors.push(Error {
@@ -679,7 +784,7 @@ impl S3 for NimbusS3 {
         let CopySource::Bucket {
             bucket: src_bucket,
             key: src_key,
-            ..
+            version_id: src_version,
         } = &input.copy_source
         else {
             return Err(s3_error!(NotImplemented, "copy from an access point"));
@@ -693,8 +798,10 @@ impl S3 for NimbusS3 {
                 "the source bucket belongs to another project"
             ));
         }
-        self.existing_bucket(&input.bucket).await?;
-        let src = self.existing_object(src_bucket, src_key).await?;
+        let bucket = self.bucket_state(&input.bucket).await?;
+        let src = self
+            .object_or_version(src_bucket, src_key, src_version.as_deref())
+            .await?;
         let src_id = DataId::parse(&src.data_id)
             .ok_or_else(|| internal("an object record names no valid data file", &src.data_id))?;
         let new_id = self
@@ -721,10 +828,13 @@ impl S3 for NimbusS3 {
                 src.user_metadata.clone()
             },
             last_modified: chrono::Utc::now(),
+            version: None,
         };
         let last_modified = timestamp(record.last_modified);
-        self.commit(&input.bucket, &input.key, record).await?;
+        let version_id = self.commit(bucket, &input.key, record).await?;
         Ok(S3Response::new(CopyObjectOutput {
+            version_id,
+            copy_source_version_id: src.version_id(),
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(src.etag)),
                 last_modified: Some(last_modified),
@@ -774,6 +884,27 @@ impl S3 for NimbusS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.mp_list_uploads(req.input).await.map(S3Response::new)
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.get_versioning(req.input).await.map(S3Response::new)
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.put_versioning(req.input).await.map(S3Response::new)
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        self.list_versions(req.input).await.map(S3Response::new)
     }
 
     async fn list_objects_v2(
@@ -870,6 +1001,7 @@ mod tests {
             content_type: None,
             user_metadata: Default::default(),
             last_modified: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            version: None,
         }
     }
 

@@ -165,6 +165,7 @@ impl NimbusS3 {
         let upload = self
             .upload_record(&input.bucket, &input.key, &input.upload_id)
             .await?;
+        let bucket = self.bucket_state(&input.bucket).await?;
         let stored = self.parts(&input.upload_id).await?;
         let wanted = input
             .multipart_upload
@@ -218,6 +219,7 @@ impl NimbusS3 {
             content_type: upload.content_type,
             user_metadata: upload.user_metadata,
             last_modified: chrono::Utc::now(),
+            version: None,
         };
         let mut done = vec![Op::Delete {
             key: keys::upload(&input.bucket, &input.upload_id),
@@ -225,8 +227,7 @@ impl NimbusS3 {
         done.extend(stored.iter().map(|(n, _)| Op::Delete {
             key: keys::part(&input.upload_id, *n),
         }));
-        self.commit_with(&input.bucket, &input.key, record, done)
-            .await?;
+        let version_id = self.commit_with(bucket, &input.key, record, done).await?;
         for (_, part) in &stored {
             if let Some(id) = DataId::parse(&part.data_id) {
                 self.data.remove(&id).await;
@@ -236,6 +237,7 @@ impl NimbusS3 {
             bucket: Some(input.bucket),
             key: Some(input.key),
             e_tag: Some(ETag::Strong(etag)),
+            version_id,
             ..Default::default()
         })
     }

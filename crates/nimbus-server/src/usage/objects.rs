@@ -4,7 +4,9 @@
 //!   closed record, written by [`ObjectUsage`] in the same transaction
 //!   that retires it (`nimbus_objects::metering`);
 //! - versions still stored are read from the object records themselves
-//!   when a report is asked for ([`live_objects`]), counted up to now.
+//!   when a report is asked for ([`live_objects`]), counted up to now; in
+//!   a versioned bucket that is every version (not only the newest), so
+//!   old versions count as long as they are kept.
 //!
 //! Recording an open interval at every PUT would double the store writes
 //! of the small-object path; reading live objects instead costs one scan
@@ -76,11 +78,24 @@ pub async fn live_objects(
         if b.project != project {
             continue;
         }
-        let prefix = keys::objects_of(&b.name);
+        // A versioned bucket's every version is stored (and counted); its
+        // head records only repeat the newest one.
+        let versioned = b.versioning.is_some();
+        let prefix = match versioned {
+            true => keys::versions_of(&b.name),
+            false => keys::objects_of(&b.name),
+        };
         for kv in list_all(repo, &prefix).await? {
             let o: ObjectRecord = records::decode("object", &kv.key, &kv.value)
                 .map_err(|e| corrupt("an object", e))?;
-            let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key);
+            if o.is_delete_marker() {
+                continue;
+            }
+            let rest = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key);
+            let name = match versioned {
+                true => keys::split_version(rest).map_or(rest, |(k, _)| k),
+                false => rest,
+            };
             let r = object_record(
                 project,
                 &b.name,
