@@ -10,7 +10,7 @@ use nimbus_api::join::{JoinTokenParts, JOIN_TOKEN_DEFAULT_TTL_SECS, JOIN_TOKEN_M
 use nimbus_api::{
     validate_name, ApiError, CreateJoinToken, Host, HostPhase, JoinRequest, JoinResponse,
     JoinToken, JoinTokenCreated, JoinTokenSpec, JoinTokenStatus, ListOptions, Metadata,
-    ResourceList, Token,
+    ResourceList, Token, WatchEvent,
 };
 use nimbus_store::{Compare, Op, Txn};
 
@@ -107,7 +107,8 @@ fn served_ca_sha256(state: &AppState) -> ApiResult<String> {
 }
 
 #[utoipa::path(get, path = "/v1/hosts/join-tokens", operation_id = "list_join_tokens", tag = "hosts", params(ListOptions),
-    responses((status = 200, body = ResourceList<JoinToken>, description = "Unused join tokens, without their secrets (system administrators)")))]
+    responses((status = 200, description = "Unused join tokens, without their secrets (system administrators); with `watch=true` a stream of changes, one `WatchEvent` per line",
+        content((ResourceList<JoinToken> = "application/json"), (WatchEvent<JoinToken> = "application/x-ndjson")))))]
 pub async fn list(
     State(state): St,
     Extension(caller): Extension<Caller>,
