@@ -99,21 +99,7 @@ mod tests {
     use super::*;
     use crate::{DiskFormat, DiskInfo, ImageConfig, ImageFormat, KernelEntry, KernelInfo, Limits};
 
-    fn rootfs_tar(content: &str) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, "data.txt", content.as_bytes())
-            .unwrap();
-        builder.into_inner().unwrap()
-    }
+    use crate::testing::one_file_rootfs_tar as rootfs_tar;
 
     fn image(layers: &[&str]) -> ImportedImage {
         ImportedImage {

@@ -17,6 +17,8 @@ mod gc;
 mod oci;
 mod safe_fs;
 mod stream;
+#[doc(hidden)]
+pub mod testing;
 mod unpack;
 mod vm;
 

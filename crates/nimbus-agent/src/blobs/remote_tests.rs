@@ -14,21 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{BlobSource, RemoteBlobs};
 use crate::agent::error::AgentError;
 
-fn rootfs_tar(content: &str) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "data.txt", content.as_bytes())
-        .expect("tar entry");
-    builder.into_inner().expect("tar")
-}
+use nimbus_image::testing::one_file_rootfs_tar as rootfs_tar;
 
 /// Answers every request with `body`, after `delay`; counts the requests.
 fn serve(sock: &Path, body: Vec<u8>, delay: Duration) -> Arc<AtomicUsize> {

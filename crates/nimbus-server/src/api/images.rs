@@ -314,22 +314,7 @@ mod tests {
     use super::collect_garbage;
     use crate::repo::{Repo, MAX_PAGE};
 
-    /// A root-filesystem tarball whose one file makes its layer unique.
-    fn rootfs_tar(content: &str) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, "data.txt", content.as_bytes())
-            .expect("tar entry");
-        builder.into_inner().expect("tar")
-    }
+    use nimbus_image::testing::one_file_rootfs_tar as rootfs_tar;
 
     struct Fixture {
         _dir: tempfile::TempDir,
