@@ -937,3 +937,37 @@ fn a_restarted_container_keeps_a_volume_attached_while_it_ran() {
     wait_no_volume_leftovers(&cloud);
     cloud.ok(&["volume", "rm", "data"]);
 }
+
+/// A stopped container lets go of its volume: once detached from it, the
+/// volume serves another instance at once, with what the first one wrote,
+/// and the stopped container starts again without it.
+#[test]
+fn a_stopped_container_frees_its_volume() {
+    if !can_mount_volumes() {
+        return;
+    }
+    let cloud = Cloud::start();
+    cloud.ok(&["volume", "create", "data", "--size", "32MiB"]);
+    run_ok(
+        &cloud,
+        "first",
+        &["--volume", "data:/srv/data"],
+        "echo from-first > /srv/data/f && sync && echo WROTE && sleep 600",
+    );
+    wait_for_log(&cloud, "first", "WROTE");
+    cloud.ok(&["instance", "stop", "first"]);
+    // Stopped, it holds nothing on the host: no mount, loop device or
+    // qemu-storage-daemon (with its write lock on the qcow2).
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "detach", "data", "--instance", "first"]);
+    let logs = run_to_exit(&cloud, "second", &["--volume", "data:/d"], "cat /d/f");
+    assert!(logs.contains("from-first"), "{logs}");
+    remove_instance(&cloud, "second");
+    // The first one starts again, now without the volume.
+    cloud.ok(&["instance", "start", "first"]);
+    cloud.wait_phase("first", &["running"], std::time::Duration::from_secs(60));
+    assert!(!mounted_in(&cloud, "first", "/srv/data"));
+    remove_instance(&cloud, "first");
+    wait_no_volume_leftovers(&cloud);
+    cloud.ok(&["volume", "rm", "data"]);
+}

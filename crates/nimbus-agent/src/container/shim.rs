@@ -585,6 +585,12 @@ async fn finish(
     if let Err(e) = unmount_rootfs(&shim.dir) {
         problems.push(e.to_string());
     }
+    // A stopped or ended container holds no volume: its qemu-storage-daemon
+    // (which keeps the qcow2's write lock) goes, so a volume detached from
+    // it can serve another instance at once. The next start mounts again.
+    if let Err(e) = crate::volume::attach::detach_all(&shim.dir) {
+        problems.push(e.to_string());
+    }
     for dir in [
         runtime_dir(&shim.dir),
         bundle_dir(&shim.dir),
