@@ -7,8 +7,11 @@
 //! - end to end: the same GET load on a server with metrics on (its
 //!   agent pushing statistics every 2 s as in production, `/metrics`
 //!   scraped every second as Prometheus would) and on one started with
-//!   `--metrics=false`, both loaded at the same time in each round, so
-//!   whatever else the shared machine does falls on both alike. It prints
+//!   `--metrics=false`. By default both servers run on one core and the
+//!   load on another, each server loaded in turn, in alternating order;
+//!   `NIMBUS_BENCH_API_METRICS_MODE=simultaneous` loads both at the same
+//!   time instead, unpinned, so whatever else a shared machine does falls
+//!   on both alike. It prints
 //!   each round's p99 and the server's CPU time per request, the median of the rounds' p99s, the p99 of all
 //!   requests pooled, and the on/off ratios (goal: under 1.05), with the
 //!   geometric mean of the paired rounds' ratios and its 95% interval, which
@@ -530,28 +533,53 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
     let mut scrape_ms = vec![];
     let pid = |c: &common::Cloud| c.daemon.as_ref().expect("the daemon").id();
     let (on_pid, off_pid) = (pid(on), pid(&off));
-    for _ in 0..rounds {
+    let pinned = Pinning::choose(on_pid, off_pid);
+    for round in 0..rounds {
         let cpu_before = (cpu_seconds(on_pid), cpu_seconds(off_pid));
-        // Both loads at once: whatever else the machine does in this round
-        // falls on both servers alike, so the round's on/off ratio shows the
-        // metrics' cost rather than the machine's drift between rounds.
-        let scraper = Scraper::start(on);
-        let off_url = url(&off);
-        let off_token = off_token.clone();
-        let off_dir = off_scratch.path().to_path_buf();
-        let off_run = std::thread::spawn(move || {
-            wrk_with(&off_url, &off_token, seconds, 50, false, Some(&off_dir))
-        });
-        let on_run = wrk_with(
-            &url(on),
-            &on_token,
-            seconds,
-            50,
-            false,
-            Some(on_scratch.path()),
-        );
-        let off_run = off_run.join().expect("the --metrics=false load");
-        scrape_ms.extend(scraper.finish());
+        let on_load = || {
+            let scraper = Scraper::start(on);
+            let run = wrk_with(
+                &url(on),
+                &on_token,
+                seconds,
+                50,
+                false,
+                Some(on_scratch.path()),
+            );
+            (run, scraper.finish())
+        };
+        let off_load = || {
+            wrk_with(
+                &url(&off),
+                &off_token,
+                seconds,
+                50,
+                false,
+                Some(off_scratch.path()),
+            )
+        };
+        let ((on_run, scrapes), off_run) = if pinned.is_some() {
+            // One server at a time on its own core, the load on the other,
+            // in alternating order so a drift of the machine falls on both.
+            if round % 2 == 0 {
+                let a = on_load();
+                (a, off_load())
+            } else {
+                let b = off_load();
+                (on_load(), b)
+            }
+        } else {
+            // Both loads at once: whatever else the machine does in this
+            // round falls on both servers alike, so the round's on/off
+            // ratio shows the metrics' cost rather than the machine's
+            // drift between rounds.
+            std::thread::scope(|s| {
+                let off_run = s.spawn(off_load);
+                let on_run = on_load();
+                (on_run, off_run.join().expect("the --metrics=false load"))
+            })
+        };
+        scrape_ms.extend(scrapes);
         let cpu = [
             cpu_seconds(on_pid) - cpu_before.0,
             cpu_seconds(off_pid) - cpu_before.1,
@@ -580,9 +608,15 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
         pooled_quantile(&b.quantiles, 0.99),
     );
     let (on_rps, off_rps) = (median(a.rps.clone()), median(b.rps.clone()));
-    println!(
-        "\n== Metrics cost: GET one instance, 50 clients on each server at once, {rounds} rounds of {seconds} s"
-    );
+    match &pinned {
+        Some(p) => println!(
+            "\n== Metrics cost: GET one instance, 50 clients, {rounds} rounds of {seconds} s on each server in turn; servers on CPU {}, wrk and scraper on CPU {}",
+            p.server_cpu, p.load_cpu
+        ),
+        None => println!(
+            "\n== Metrics cost: GET one instance, 50 clients on each server at once, {rounds} rounds of {seconds} s"
+        ),
+    }
     println!(
         "metrics on  (agent pushing stats every 2 s, {} scrapes of /metrics, median {:.1} ms each):",
         scrape_ms.len(),
@@ -648,6 +682,55 @@ fn metrics_cost(on: &common::Cloud, count: usize, seconds: u32, rounds: u32) {
 
 /// User plus system CPU time the process `pid` (every thread) has used, in
 /// seconds.
+/// The metrics-cost rounds with the servers on one core and the load
+/// (wrk, the scraper) on another, so the two never compete for a core and
+/// a round's tail shows the server's own work. The default on a machine of
+/// two cores or more; `NIMBUS_BENCH_API_METRICS_MODE=simultaneous` loads
+/// both servers at once instead, unpinned.
+struct Pinning {
+    server_cpu: usize,
+    load_cpu: usize,
+}
+
+impl Pinning {
+    fn choose(on_pid: u32, off_pid: u32) -> Option<Pinning> {
+        let mode = std::env::var("NIMBUS_BENCH_API_METRICS_MODE").unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if mode == "simultaneous" || cpus < 2 {
+            return None;
+        }
+        let p = Pinning {
+            server_cpu: cpus - 1,
+            load_cpu: 0,
+        };
+        // Every thread of each server, the agent's included.
+        for pid in [on_pid, off_pid] {
+            let status = Command::new("taskset")
+                .args([
+                    "-a",
+                    "-c",
+                    "-p",
+                    &p.server_cpu.to_string(),
+                    &pid.to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run taskset (util-linux)");
+            assert!(status.success(), "taskset of the server {pid} failed");
+        }
+        // This thread, and so the wrk processes and scraper thread it starts.
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+        // within it, and sched_setaffinity only reads it.
+        let ok = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(p.load_cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        };
+        assert!(ok, "pinning the load to CPU {}", p.load_cpu);
+        Some(p)
+    }
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's stat");
     // Fields after the command name in parentheses; utime and stime are

@@ -4,11 +4,13 @@
 //! - 4 KiB PUT and GET operations per second with 32 concurrent clients
 //!   (goal: ≥ 2,000 PUT/s).
 //!
-//! The large-object clients are boto3 threads (scripts/deps installs it),
-//! so those figures include a Python client's cost, as a user's would; the
-//! raw peer writes the same bytes from the same script (write + fsync into
-//! the data directory's filesystem) and reads them back. The 4 KiB clients
-//! are Rust (see `s3_small.rs`: boto3 alone tops out near 600 PUT/s here),
+//! The 1 MiB and 64 MiB objects are moved twice: by boto3 threads
+//! (scripts/deps installs it), so those figures include a Python client's
+//! cost, as a user's would, against a raw peer in the same script (write +
+//! fsync into the data directory's filesystem, then read back); and by
+//! Rust SigV4 clients (`s3_client.rs`), against Rust threads writing the
+//! same bytes with fsync, which shows the server's own throughput. The
+//! 4 KiB clients are Rust only (boto3 alone tops out near 600 PUT/s here),
 //! against 32 Rust threads writing the same bytes with fsync.
 //!
 //! Run: `cargo bench -p nimbus-cli --bench objects` (as root). Knobs:
@@ -18,7 +20,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-mod s3_small;
+mod s3_client;
 mod support;
 
 use std::process::Command;
@@ -117,14 +119,19 @@ fn main() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         std::process::exit(1);
     }
-    small_ops(&cloud, &listen, &key, &raw_dir);
+    rust_client_ops(&cloud, &listen, &key, &raw_dir);
 }
 
-/// 4 KiB PUT and GET with 32 concurrent clients against the raw peer.
-fn small_ops(cloud: &Cloud, listen: &str, key: &serde_json::Value, raw_dir: &std::path::Path) {
-    const CLIENTS: usize = 32;
-    let count = knob("NIMBUS_BENCH_SMALL", 4000);
-    let target = s3_small::Target {
+/// PUT and GET with the Rust clients against the raw peer: 64 MiB and
+/// 1 MiB objects (as the boto3 part, without Python's cost), and 4 KiB
+/// objects from 32 concurrent clients.
+fn rust_client_ops(
+    cloud: &Cloud,
+    listen: &str,
+    key: &serde_json::Value,
+    raw_dir: &std::path::Path,
+) {
+    let target = || s3_client::Target {
         addr: listen.parse().expect("listen address"),
         ca_pem: cloud.data_dir().join("tls").join("cert.pem"),
         access_key: key["access_key_id"]
@@ -137,8 +144,38 @@ fn small_ops(cloud: &Cloud, listen: &str, key: &serde_json::Value, raw_dir: &std
             .to_string(),
         bucket: "bench".to_string(),
     };
-    let s3 = s3_small::s3_ops(target, "4KiB-x32", count, CLIENTS);
-    let raw = s3_small::raw_ops(raw_dir, count, CLIENTS);
+    let loads = [
+        ("64MiB-rust", knob("NIMBUS_BENCH_LARGE", 4), 4, 64 << 20),
+        ("1MiB-rust", knob("NIMBUS_BENCH_MEDIUM", 64), 8, 1 << 20),
+    ];
+    for (label, count, clients, size) in loads {
+        if count == 0 {
+            continue;
+        }
+        let load = s3_client::Load {
+            count,
+            clients,
+            size,
+        };
+        let s3 = s3_client::s3_ops(target(), label, load);
+        let raw = s3_client::raw_ops(raw_dir, label, load);
+        let mib = |ops: f64| ops * size as f64 / f64::from(1 << 20);
+        for (phase, s3, raw) in [("PUT", s3.put, raw.put), ("GET", s3.get, raw.get)] {
+            println!(
+                "{label:<12} {phase} {:>8.1} MiB/s  raw {:>8.1} MiB/s  ratio {:>5.0}%",
+                mib(s3),
+                mib(raw),
+                100.0 * s3 / raw
+            );
+        }
+    }
+    let load = s3_client::Load {
+        count: knob("NIMBUS_BENCH_SMALL", 4000),
+        clients: 32,
+        size: 4096,
+    };
+    let s3 = s3_client::s3_ops(target(), "4KiB-x32", load);
+    let raw = s3_client::raw_ops(raw_dir, "4KiB-x32", load);
     println!(
         "{:<12} PUT {:>8.0} ops/s   raw {:>8.0} ops/s   ratio {:>5.0}%   (goal >= 2000 PUT/s)",
         "4KiB-x32",

@@ -7,6 +7,10 @@
 //! metadata record names (an upload killed between rename and commit, or a
 //! delete killed before its unlink) are collected at start.
 //!
+//! A larger body is written on a thread of its own while it still arrives,
+//! with the disk started early (`data/streaming.rs`), so the closing
+//! fsync waits for the last few MiB rather than the whole object.
+//!
 //! Two things keep small writes cheap without weakening that:
 //! - a body that fits in [`SMALL_WRITE_BYTES`] is gathered in memory and
 //!   created in `data/` directly, written and fsync'd in one blocking task,
@@ -24,9 +28,10 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::ObjectsError;
+
+mod streaming;
 
 /// The id of one data file: 32 lowercase hex digits, checked on every use,
 /// so even a corrupt record cannot name a path outside `data/`.
@@ -233,37 +238,32 @@ impl DataStore {
                 md5_hex: hex::encode(md5.finalize()),
             });
         };
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(ObjectsError::io("creating", &tmp))?;
-        let result = async {
-            let mut buf = head;
+        // A large body: written, hashed and pushed toward the disk on a
+        // thread of its own while the rest arrives (`streaming.rs`).
+        let writer = streaming::StreamingWrite::start(tmp.clone(), head, md5);
+        let received = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| WriteError::Body(e.to_string()))?;
                 size += chunk.len() as u64;
                 if size > max_bytes {
                     return Err(WriteError::TooLarge { limit: max_bytes });
                 }
-                md5.update(&chunk);
-                buf.extend_from_slice(&chunk);
-                if buf.len() >= 1 << 20 {
-                    file.write_all(&buf)
-                        .await
-                        .map_err(ObjectsError::io("writing", &tmp))?;
-                    buf.clear();
+                if writer.send(chunk).await.is_err() {
+                    // The writer failed; `finish` reports why.
+                    break;
                 }
             }
-            file.write_all(&buf)
-                .await
-                .map_err(ObjectsError::io("writing", &tmp))?;
-            file.sync_all()
-                .await
-                .map_err(ObjectsError::io("syncing", &tmp))?;
-            Ok((size, hex::encode(md5.finalize())))
+            Ok(())
         }
         .await;
-        drop(file);
-        let (size, md5_hex) = match result {
+        let result = match received {
+            Ok(()) => writer.finish().await.map_err(WriteError::from),
+            Err(e) => {
+                writer.abandon().await;
+                Err(e)
+            }
+        };
+        let md5_hex = match result {
             Ok(v) => v,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
