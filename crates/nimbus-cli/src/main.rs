@@ -106,6 +106,9 @@ enum Command {
     Usage(cmd::usage::UsageArgs),
     /// Who the current token acts as.
     Whoami,
+    /// This client's release and protocol level, and the server's (with the
+    /// agent levels it accepts); `nimbus --version` shows the client's only.
+    Version,
     /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
     Completions { shell: clap_complete::Shell },
 }
@@ -221,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => cmd::events::run(&g, args).await,
         Command::Usage(args) => cmd::usage::run(&g, args).await,
         Command::Whoami => cmd::admin::whoami(&g).await,
+        Command::Version => cmd::servers::version(&g).await,
         Command::Shim { .. } | Command::Completions { .. } => Ok(()),
     }
 }

@@ -1,0 +1,644 @@
+//! A rolling upgrade without restarts (issue 11 §7): two `nimbus server`
+//! processes on a 3-member etcd and one standalone `nimbus agent`, each run
+//! from its own installed executable. A container counts in `/tmp/count`
+//! ten times a second while a client keeps listing, reading and creating
+//! through the CLI given both servers. Then each process's executable is
+//! replaced in place (a new file renamed over the old, as a package
+//! upgrade does), and the process is stopped with SIGTERM and started
+//! again: first the follower, then the leader, then the agent.
+//!
+//! Asserted: the workload's pid never changes and its counter only grows,
+//! with no pause of more than a few seconds; no CLI call failed; each
+//! process exited 0 on SIGTERM; leadership moved when the leader stopped;
+//! every process now runs the new file. The "new" build is the same
+//! binary (a different file, same contents): what is exercised is the
+//! replacement, not a new protocol level, which the unit tests of
+//! `nimbus_api::version` and the refusal below cover.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::{
+    assert_no_leaks, force_cleanup, free_port, http_at, is_root, tail, wait_until, NIMBUS,
+};
+use serde_json::Value;
+
+const SHIM: &str = env!("CARGO_BIN_EXE_nimbus-shim");
+const LEASE: &str = "3s";
+
+fn lease() -> Duration {
+    Duration::from_secs(3)
+}
+/// The longest the counter may stand still: it ticks every 100 ms.
+const MAX_COUNTER_PAUSE: Duration = Duration::from_secs(3);
+
+fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .expect("temp dir")
+}
+
+/// Copies `from` to `dir/name` through a new file renamed over the old
+/// one: the running process keeps its (now unlinked) file, the next start
+/// runs the new one.
+fn install(from: &str, dir: &Path, name: &str) {
+    let staged = dir.join(format!(".{name}.new"));
+    std::fs::copy(from, &staged).expect("copy the new build");
+    std::fs::rename(&staged, dir.join(name)).expect("rename the new build into place");
+}
+
+/// One daemon (server or agent) run from its own installed executable.
+struct Daemon {
+    name: String,
+    bin_dir: PathBuf,
+    data: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn new(name: &str, args: Vec<String>) -> Daemon {
+        let data = tempdir(&format!("nimbus-upgrade-{name}-"));
+        let bin_dir = data.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).expect("bin dir");
+        install(NIMBUS, &bin_dir, "nimbus");
+        install(SHIM, &bin_dir, "nimbus-shim");
+        Daemon {
+            name: name.to_string(),
+            bin_dir,
+            data,
+            args,
+            child: None,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn exe(&self) -> PathBuf {
+        self.bin_dir.join("nimbus")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("daemon.log"))
+            .expect("log");
+        let child = Command::new(self.exe())
+            .args(&self.args)
+            .env("NIMBUS_DATA_DIR", self.dir())
+            .env("NIMBUS_LOG", "info")
+            .env_remove("NIMBUS_JOIN_TOKEN")
+            .env_remove("NIMBUS_SERVER")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+    }
+
+    /// The exit status after [`Daemon::sigterm`] (within `timeout`, or a
+    /// failure).
+    fn exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_until(timeout, &format!("{} to exit on SIGTERM", self.name), || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// SIGTERM; it must exit 0. How long it took.
+    fn stop(&mut self) -> Duration {
+        let asked = Instant::now();
+        self.sigterm();
+        let status = self.exit_status(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "{} exited {status} on SIGTERM:\n{}",
+            self.name,
+            tail(&self.log(), 20)
+        );
+        asked.elapsed()
+    }
+
+    /// The installed file is the one the process runs (not an older,
+    /// unlinked one).
+    fn runs_installed_file(&self) -> bool {
+        let exe = PathBuf::from(format!("/proc/{}/exe", self.pid()));
+        match (std::fs::metadata(&exe), std::fs::metadata(self.exe())) {
+            (Ok(running), Ok(installed)) => {
+                running.ino() == installed.ino() && running.dev() == installed.dev()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The CLI as a user elsewhere runs it: both servers, the shared
+/// certificate, the administrator's token.
+#[derive(Clone)]
+struct Cli {
+    endpoints: String,
+    ca: PathBuf,
+    token: String,
+    home: PathBuf,
+}
+
+impl Cli {
+    fn nimbus(&self, args: &[&str]) -> Output {
+        Command::new(NIMBUS)
+            .args(args)
+            .env("NIMBUS_ENDPOINT", &self.endpoints)
+            .env("NIMBUS_CA_CERT", &self.ca)
+            .env("NIMBUS_TOKEN", &self.token)
+            .env("NIMBUS_DATA_DIR", &self.home)
+            .env_remove("NIMBUS_PROJECT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nimbus")
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value, String> {
+        let out = self.nimbus(&[args, &["-o", "json"]].concat());
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Runs a command that prints no JSON; it must succeed.
+    fn succeeds(&self, args: &[&str]) {
+        let out = self.nimbus(args);
+        assert!(
+            out.status.success(),
+            "nimbus {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        self.json(args)
+            .unwrap_or_else(|e| panic!("nimbus {args:?}: {e}"))
+    }
+}
+
+fn server_args(name: &str, port: u16, etcd: &EtcdCluster) -> Vec<String> {
+    [
+        "server",
+        "--store",
+        &etcd.url(),
+        "--no-s3",
+        "--server-name",
+        name,
+        "--leader-lease",
+        LEASE,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts `server` and waits until it is listed by the servers.
+fn start_server(server: &mut Daemon, cli: &Cli) {
+    server.start();
+    let name = server.name.clone();
+    wait_until(
+        Duration::from_secs(60),
+        &format!("server {name} to serve"),
+        || {
+            let list = cli.json(&["server", "list"]).ok()?;
+            list["items"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == name.as_str())
+                .then_some(())
+        },
+    );
+}
+
+fn leader(cli: &Cli) -> Option<String> {
+    cli.json(&["server", "list"]).ok()?["leader"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// A busybox root filesystem with `/tmp`, imported as image `bb`.
+fn import_busybox(cli: &Cli) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
+    std::fs::create_dir_all(root.join("tmp")).expect("rootfs tmp");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    let tar = work.path().join("bb.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the busybox rootfs");
+    cli.succeeds(&["image", "import", &tar.to_string_lossy(), "--name", "bb"]);
+}
+
+/// What the background threads saw while the upgrade went on.
+#[derive(Default)]
+struct Seen {
+    /// (when, counter) each time the counter's file was read.
+    counts: Vec<(Instant, u64)>,
+    /// Pids other than the first, as the API or `/proc` showed them.
+    pid_changes: Vec<String>,
+    calls: usize,
+    slowest_call: Duration,
+    failed_calls: Vec<String>,
+}
+
+/// Reads the counter from the host side of the container's root
+/// filesystem every 50 ms, and checks its process is alive.
+fn watch_counter(file: PathBuf, pid: i64, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let value = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if let Ok(mut s) = seen.lock() {
+            if let Some(v) = value {
+                s.counts.push((Instant::now(), v));
+            }
+            if !alive {
+                s.pid_changes.push(format!("process {pid} is gone"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Keeps calling the API like a user: list, get (checking the pid), and a
+/// project create every fifth round.
+fn keep_calling(cli: Cli, pid: i64, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) {
+    let mut round = 0;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        let project = format!("p{round}");
+        let mut calls: Vec<Vec<&str>> = vec![vec!["instance", "list"], vec!["instance", "get", "counter"]];
+        if round % 5 == 0 {
+            calls.push(vec!["project", "create", &project]);
+        }
+        for args in calls {
+            let started = Instant::now();
+            let out = cli.nimbus(&[&args[..], &["-o", "json"]].concat());
+            let Ok(mut s) = seen.lock() else { return };
+            s.calls += 1;
+            s.slowest_call = s.slowest_call.max(started.elapsed());
+            if !out.status.success() {
+                let said = String::from_utf8_lossy(&out.stderr);
+                s.failed_calls.push(format!("{args:?}: {}", said.trim()));
+            } else if args[1] == "get" {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if v["status"]["pid"].as_i64() != Some(pid) {
+                    s.pid_changes.push(format!("the API shows {}", v["status"]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pretend agent two protocol levels ahead registers through the real
+/// server: refused (422), told to upgrade the servers first, no host made.
+fn a_too_new_agent_is_refused(server: &Daemon, token: &str) {
+    let level = nimbus_api_level() + 2;
+    let body = format!(
+        r#"{{"name":"from-the-future","labels":{{}},"status":{{"phase":"ready","cpus":1,"memory_bytes":1,"disk_bytes":1,"architecture":"amd64","kernel":"x","agent_version":"9.9.9","agent_protocol":{level}}}}}"#
+    );
+    let (status, said) = http_at(
+        server.dir(),
+        "POST",
+        "/v1/hosts",
+        Some(token),
+        body.as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 422, "{said}");
+    assert!(
+        said.contains("upgrade the servers first") && said.contains("9.9.9"),
+        "{said}"
+    );
+    let (status, _) = http_at(
+        server.dir(),
+        "GET",
+        "/v1/hosts/from-the-future",
+        Some(token),
+        b"",
+        "application/json",
+    );
+    assert_eq!(status, 404, "a refused agent's host was recorded");
+}
+
+/// This build's protocol level.
+fn nimbus_api_level() -> u64 {
+    u64::from(nimbus_api::version::PROTOCOL_LEVEL)
+}
+
+/// Kills what the agent left if the test fails half-way.
+struct AgentLeftovers(PathBuf);
+
+impl Drop for AgentLeftovers {
+    fn drop(&mut self) {
+        force_cleanup(&self.0);
+    }
+}
+
+#[test]
+fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() {
+    if !is_root("an agent's containers, cgroups and mounts") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let (p1, p2) = (free_port(), free_port());
+    let mut s1 = Daemon::new("s1", server_args("s1", p1, &etcd));
+    let mut s2 = Daemon::new("s2", server_args("s2", p2, &etcd));
+    let home = tempdir("nimbus-upgrade-cli-");
+    let mut cli = Cli {
+        endpoints: format!("https://127.0.0.1:{p1}"),
+        ca: s1.dir().join("tls/cert.pem"),
+        token: String::new(),
+        home: home.path().to_path_buf(),
+    };
+    // s1 first: it makes the secrets key and the certificate both share.
+    s1.start();
+    wait_until(Duration::from_secs(60), "s1's admin token", || {
+        std::fs::read_to_string(s1.dir().join("admin.token"))
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+    });
+    cli.token = std::fs::read_to_string(s1.dir().join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+    wait_until(Duration::from_secs(60), "s1 to serve", || {
+        cli.json(&["whoami"]).ok()
+    });
+    std::fs::copy(s1.dir().join("secrets.key"), s2.dir().join("secrets.key")).expect("key");
+    std::fs::create_dir_all(s2.dir().join("tls")).expect("tls dir");
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::copy(s1.dir().join("tls").join(f), s2.dir().join("tls").join(f)).expect("cert");
+    }
+    let ca = home.path().join("ca.pem");
+    std::fs::copy(s1.dir().join("tls/cert.pem"), &ca).expect("ca");
+    cli.ca = ca;
+    cli.endpoints = format!("https://127.0.0.1:{p1},https://127.0.0.1:{p2}");
+    start_server(&mut s2, &cli);
+    a_too_new_agent_is_refused(&s1, &cli.token);
+
+    // The agent, joined with a one-time token, given both servers.
+    let host = format!("upgrade-e2e-{}", std::process::id());
+    let join = cli.ok(&["host", "join-token", "create", "--ttl", "10m"])["token"]
+        .as_str()
+        .expect("join token")
+        .to_string();
+    let servers = cli.endpoints.clone();
+    let mut agent = Daemon::new(
+        "agent",
+        ["agent", "--server", &servers, "--join", &join, "--host-name", &host]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    let _leftovers = AgentLeftovers(agent.dir().to_path_buf());
+    agent.start();
+    let host_ready = |cli: &Cli| {
+        cli.json(&["host", "get", &host])
+            .ok()
+            .filter(|h| h["status"]["phase"] == "ready")
+    };
+    let shown = wait_until(Duration::from_secs(60), "the agent's host to be ready", || {
+        host_ready(&cli)
+    });
+    assert_eq!(
+        shown["status"]["agent_protocol"].as_u64(),
+        Some(nimbus_api_level()),
+        "the host shows its agent's protocol level: {shown}"
+    );
+    // Later starts use the kept credential.
+    agent.args.retain(|a| a != "--join" && *a != join);
+
+    // Versions, as a user sees them.
+    let versions = cli.ok(&["version"]);
+    assert_eq!(
+        versions["server"]["protocol"].as_u64(),
+        Some(nimbus_api_level())
+    );
+    assert_eq!(versions["client"]["protocol"], versions["server"]["protocol"]);
+    let list = cli.ok(&["server", "list"]);
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|s| s["protocol"].as_u64() == Some(nimbus_api_level())),
+        "{list}"
+    );
+
+    // The workload.
+    import_busybox(&cli);
+    cli.succeeds(&[
+        "instance",
+        "run",
+        "counter",
+        "--image",
+        "bb",
+        "--no-wait",
+        "--",
+        "/bin/sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+    ]);
+    let running = wait_until(Duration::from_secs(120), "the counter to run", || {
+        cli.json(&["instance", "get", "counter"])
+            .ok()
+            .filter(|i| i["status"]["phase"] == "running")
+    });
+    let pid = running["status"]["pid"].as_i64().expect("pid");
+    let id = running["metadata"]["id"].as_str().expect("id").to_string();
+    let count_file = agent
+        .dir()
+        .join("instances")
+        .join(&id)
+        .join("rootfs/tmp/count");
+    wait_until(Duration::from_secs(30), "the counter to count", || {
+        std::fs::read_to_string(&count_file).ok()
+    });
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = [
+        {
+            let (seen, stop, file) = (seen.clone(), stop.clone(), count_file.clone());
+            std::thread::spawn(move || watch_counter(file, pid, seen, stop))
+        },
+        {
+            let (seen, stop, cli) = (seen.clone(), stop.clone(), cli.clone());
+            std::thread::spawn(move || keep_calling(cli, pid, seen, stop))
+        },
+    ];
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Servers first: the follower, then the leader.
+    let first_leader = wait_until(Duration::from_secs(30), "a leader", || leader(&cli));
+    let (follower, leading) = if first_leader == "s1" {
+        (&mut s2, &mut s1)
+    } else {
+        (&mut s1, &mut s2)
+    };
+    for server in [follower, leading] {
+        install(NIMBUS, &server.bin_dir, "nimbus");
+        install(SHIM, &server.bin_dir, "nimbus-shim");
+        if leader(&cli).as_deref() == Some(server.name.as_str()) {
+            // The leader resigns on SIGTERM, before its calls in flight
+            // are done: another leads at once, not after the lease.
+            let asked = Instant::now();
+            server.sigterm();
+            let new = wait_until(Duration::from_secs(10), "another leader", || {
+                leader(&cli).filter(|l| *l != server.name)
+            });
+            let moved = asked.elapsed();
+            eprintln!(
+                "leadership moved from {} to {new} {moved:?} after SIGTERM (lease {LEASE})",
+                server.name
+            );
+            assert!(
+                moved < lease(),
+                "leadership moved only after {moved:?}: the lease expired instead of being revoked"
+            );
+            let status = server.exit_status(Duration::from_secs(15));
+            assert!(status.success(), "{} exited {status}", server.name);
+        } else {
+            let took = server.stop();
+            eprintln!("{} stopped on SIGTERM in {took:?}", server.name);
+        }
+        start_server(server, &cli);
+    }
+    assert!(
+        s1.log().contains("gave up leadership") || s2.log().contains("gave up leadership"),
+        "no server said it gave up leadership on SIGTERM"
+    );
+
+    // Then the agent: its workloads stay while it is away.
+    install(NIMBUS, &agent.bin_dir, "nimbus");
+    install(SHIM, &agent.bin_dir, "nimbus-shim");
+    let before = cli
+        .json(&["host", "get", &host])
+        .ok()
+        .and_then(|h| h["status"]["last_heartbeat"].as_str().map(str::to_string));
+    let took = agent.stop();
+    eprintln!("the agent stopped on SIGTERM in {took:?}");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the workload died with its agent"
+    );
+    agent.start();
+    wait_until(
+        Duration::from_secs(60),
+        "the upgraded agent's heartbeat",
+        || {
+            let h = host_ready(&cli)?;
+            let beat = h["status"]["last_heartbeat"].as_str().map(str::to_string);
+            (beat > before && agent.log().matches("host agent running").count() >= 2).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("a watching thread panicked");
+    }
+
+    let seen = seen.lock().expect("seen");
+    assert!(
+        seen.failed_calls.is_empty(),
+        "{} of {} API calls failed:\n{}",
+        seen.failed_calls.len(),
+        seen.calls,
+        seen.failed_calls.join("\n")
+    );
+    assert!(
+        seen.pid_changes.is_empty(),
+        "the workload's process changed: {:?}",
+        seen.pid_changes
+    );
+    let mut longest_pause = Duration::ZERO;
+    let mut last_change = seen.counts.first().expect("counter readings").0;
+    for pair in seen.counts.windows(2) {
+        let ((_, a), (at, b)) = (pair[0], pair[1]);
+        assert!(b >= a, "the counter went back from {a} to {b}: it restarted");
+        if b > a {
+            longest_pause = longest_pause.max(at - last_change);
+            last_change = at;
+        }
+    }
+    let (first, last) = (seen.counts[0].1, seen.counts[seen.counts.len() - 1].1);
+    eprintln!(
+        "{} API calls, none failed, the slowest took {:?}; counter {first} -> {last}, longest pause {longest_pause:?}",
+        seen.calls, seen.slowest_call
+    );
+    assert!(
+        longest_pause < MAX_COUNTER_PAUSE,
+        "the counter stood still for {longest_pause:?}"
+    );
+    for d in [&s1, &s2, &agent] {
+        assert!(
+            d.runs_installed_file(),
+            "{} does not run the installed new file",
+            d.name
+        );
+    }
+    let running = cli.ok(&["instance", "get", "counter"]);
+    assert_eq!(running["status"]["pid"].as_i64(), Some(pid), "{running}");
+
+    // Clean up through the real path.
+    cli.succeeds(&["instance", "rm", "counter"]);
+    wait_until(Duration::from_secs(30), "the counter to be deleted", || {
+        cli.json(&["instance", "get", "counter"]).is_err().then_some(())
+    });
+    assert_no_leaks(agent.dir(), &[id]);
+}
