@@ -128,9 +128,11 @@ impl Daemon {
     /// failure).
     fn exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        wait_until(timeout, &format!("{} to exit on SIGTERM", self.name), || {
-            child.try_wait().ok().flatten()
-        })
+        wait_until(
+            timeout,
+            &format!("{} to exit on SIGTERM", self.name),
+            || child.try_wait().ok().flatten(),
+        )
     }
 
     /// SIGTERM; it must exit 0. How long it took.
@@ -320,7 +322,8 @@ fn keep_calling(cli: Cli, pid: i64, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool
     while !stop.load(Ordering::Relaxed) {
         round += 1;
         let project = format!("p{round}");
-        let mut calls: Vec<Vec<&str>> = vec![vec!["instance", "list"], vec!["instance", "get", "counter"]];
+        let mut calls: Vec<Vec<&str>> =
+            vec![vec!["instance", "list"], vec!["instance", "get", "counter"]];
         if round % 5 == 0 {
             calls.push(vec!["project", "create", &project]);
         }
@@ -440,10 +443,18 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
     let servers = cli.endpoints.clone();
     let mut agent = Daemon::new(
         "agent",
-        ["agent", "--server", &servers, "--join", &join, "--host-name", &host]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        [
+            "agent",
+            "--server",
+            &servers,
+            "--join",
+            &join,
+            "--host-name",
+            &host,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
     );
     let _leftovers = AgentLeftovers(agent.dir().to_path_buf());
     agent.start();
@@ -452,9 +463,11 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
             .ok()
             .filter(|h| h["status"]["phase"] == "ready")
     };
-    let shown = wait_until(Duration::from_secs(60), "the agent's host to be ready", || {
-        host_ready(&cli)
-    });
+    let shown = wait_until(
+        Duration::from_secs(60),
+        "the agent's host to be ready",
+        || host_ready(&cli),
+    );
     assert_eq!(
         shown["status"]["agent_protocol"].as_u64(),
         Some(nimbus_api_level()),
@@ -469,7 +482,10 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         versions["server"]["protocol"].as_u64(),
         Some(nimbus_api_level())
     );
-    assert_eq!(versions["client"]["protocol"], versions["server"]["protocol"]);
+    assert_eq!(
+        versions["client"]["protocol"],
+        versions["server"]["protocol"]
+    );
     let list = cli.ok(&["server", "list"]);
     assert!(
         list["items"]
@@ -571,7 +587,17 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         .json(&["host", "get", &host])
         .ok()
         .and_then(|h| h["status"]["last_heartbeat"].as_str().map(str::to_string));
+    let shim_pid = || -> Option<i64> {
+        let state =
+            std::fs::read(agent.dir().join("instances").join(&id).join("state.json")).ok()?;
+        serde_json::from_slice::<Value>(&state).ok()?["shim_pid"].as_i64()
+    };
+    let shim = shim_pid().expect("the counter's shim pid in its state.json");
     let took = agent.stop();
+    assert!(
+        Path::new(&format!("/proc/{shim}")).exists(),
+        "the agent's SIGTERM took the counter's shim {shim} with it"
+    );
     eprintln!("the agent stopped on SIGTERM in {took:?}");
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -588,6 +614,15 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         },
     );
     std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        shim_pid(),
+        Some(shim),
+        "the upgraded agent started another shim instead of adopting the running one"
+    );
+    assert!(
+        Path::new(&format!("/proc/{shim}")).exists(),
+        "the shim died"
+    );
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("a watching thread panicked");
@@ -610,7 +645,10 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
     let mut last_change = seen.counts.first().expect("counter readings").0;
     for pair in seen.counts.windows(2) {
         let ((_, a), (at, b)) = (pair[0], pair[1]);
-        assert!(b >= a, "the counter went back from {a} to {b}: it restarted");
+        assert!(
+            b >= a,
+            "the counter went back from {a} to {b}: it restarted"
+        );
         if b > a {
             longest_pause = longest_pause.max(at - last_change);
             last_change = at;
@@ -638,7 +676,9 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
     // Clean up through the real path.
     cli.succeeds(&["instance", "rm", "counter"]);
     wait_until(Duration::from_secs(30), "the counter to be deleted", || {
-        cli.json(&["instance", "get", "counter"]).is_err().then_some(())
+        cli.json(&["instance", "get", "counter"])
+            .is_err()
+            .then_some(())
     });
     assert_no_leaks(agent.dir(), &[id]);
 }

@@ -864,4 +864,66 @@ mod tests {
             "{text}"
         );
     }
+
+    /// Accepts one connection, reads the request head and closes without
+    /// answering: a server going away mid-call.
+    async fn vanish_mid_call(l: tokio::net::UnixListener) {
+        let (mut conn, _) = l.accept().await.expect("accept");
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_get_cut_off_by_a_server_going_away_is_sent_to_the_next_one_and_a_post_is_not() {
+        let (first, going) = listener("midcall-going");
+        let (second, staying) = listener("midcall-staying");
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+        let going_away = tokio::spawn(vanish_mid_call(first));
+        let answering = tokio::spawn(answer_each(second, 1, ok));
+        let client = Client::with_endpoints(
+            vec![
+                Endpoint::Unix(going.clone()),
+                Endpoint::Unix(staying.clone()),
+            ],
+            None,
+        )
+        .expect("client");
+        let got: serde_json::Value = client
+            .get("/v1/instances")
+            .await
+            .expect("the GET went to the other server");
+        assert_eq!(got["ok"].as_bool(), Some(true));
+        going_away.await.expect("first server");
+        answering.await.expect("second server");
+
+        // A POST the server may have applied before going away is not
+        // sent again: the caller hears it was cut off.
+        let (first, going) = listener("midcall-post");
+        let going_away = tokio::spawn(vanish_mid_call(first));
+        let client = Client::with_endpoints(
+            vec![
+                Endpoint::Unix(going.clone()),
+                Endpoint::Unix(staying.clone()),
+            ],
+            None,
+        )
+        .expect("client");
+        let err = client
+            .post::<_, serde_json::Value>("/v1/projects", &serde_json::json!({}))
+            .await
+            .expect_err("a POST cut off mid-call is not resent");
+        assert!(matches!(err, ClientError::Http { .. }), "{err:?}");
+        going_away.await.expect("first server");
+        for path in [going, staying] {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
 }

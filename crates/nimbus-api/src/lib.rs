@@ -28,8 +28,8 @@ pub use join::{
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
-pub use version::{BuildVersion, ServerVersion};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
+pub use version::{BuildVersion, ServerVersion};
 pub use volumes::{
     AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume,
     SnapshotConsistency, Volume, VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec,

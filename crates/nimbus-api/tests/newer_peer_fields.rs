@@ -5,9 +5,9 @@
 //! there, at every level of nesting, rather than refuse it.
 
 use nimbus_api::{
-    BuildVersion, Host, HostStatus, Image, ImageSpec, ImageStatus, Instance, InstanceAddress, InstanceKind,
-    InstancePhase, Metadata, RegisterHost, ResourceList, ServerInfo, ServerList, ServerRecord,
-    ServerVersion, WatchEvent, WatchEventType,
+    BuildVersion, Host, HostStatus, Image, ImageSpec, ImageStatus, Instance, InstanceAddress,
+    InstanceKind, InstancePhase, Metadata, RegisterHost, ResourceList, ServerInfo, ServerList,
+    ServerRecord, ServerVersion, WatchEvent, WatchEventType,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;

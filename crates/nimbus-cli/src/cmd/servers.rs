@@ -58,7 +58,9 @@ struct Versions {
 pub async fn version(g: &crate::ctx::Globals) -> anyhow::Result<()> {
     let client = BuildVersion::current();
     let server: ServerVersion = g.client()?.get("/v1/version").await.map_err(|e| {
-        anyhow::anyhow!("this client is nimbus {client}; asking the server for its version failed: {e}")
+        anyhow::anyhow!(
+            "this client is nimbus {client}; asking the server for its version failed: {e}"
+        )
     })?;
     let both = Versions { client, server };
     print(g, &both, || {

@@ -4,8 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use chrono::Utc;
 use nimbus_api::{
-    validate_name, ApiError, BuildVersion, Host, HostPhase, HostStatus, Instance, ListOptions, Metadata,
-    RegisterHost, ResourceList, WatchEvent,
+    validate_name, ApiError, BuildVersion, Host, HostPhase, HostStatus, Instance, ListOptions,
+    Metadata, RegisterHost, ResourceList, WatchEvent,
 };
 
 use super::body::JsonBody;
