@@ -587,9 +587,9 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         .json(&["host", "get", &host])
         .ok()
         .and_then(|h| h["status"]["last_heartbeat"].as_str().map(str::to_string));
+    let state_file = agent.dir().join("instances").join(&id).join("state.json");
     let shim_pid = || -> Option<i64> {
-        let state =
-            std::fs::read(agent.dir().join("instances").join(&id).join("state.json")).ok()?;
+        let state = std::fs::read(&state_file).ok()?;
         serde_json::from_slice::<Value>(&state).ok()?["shim_pid"].as_i64()
     };
     let shim = shim_pid().expect("the counter's shim pid in its state.json");

@@ -602,7 +602,10 @@ mod tests {
             .await
             .expect("stored as a newer server wrote it");
 
-        let read: Host = repo.get(None, "h1").await.expect("read past unknown fields");
+        let read: Host = repo
+            .get(None, "h1")
+            .await
+            .expect("read past unknown fields");
         assert_eq!((read.metadata.name.as_str(), read.status.cpus), ("h1", 8));
         let listed = repo
             .list::<Host>(None, &Default::default(), |_| true)
@@ -614,7 +617,10 @@ mod tests {
             .await
             .expect("get")
             .expect("kept");
-        assert_eq!(kv.value, bytes, "the store keeps what the newer server wrote");
+        assert_eq!(
+            kv.value, bytes,
+            "the store keeps what the newer server wrote"
+        );
         let updated = repo
             .modify::<Host, _>(None, "h1", |h| {
                 h.status.phase = HostPhase::Ready;
@@ -634,8 +640,7 @@ mod tests {
             .await
             .expect("get")
             .expect("kept");
-        let rewritten: serde_json::Value =
-            serde_json::from_slice(&rewritten.value).expect("json");
+        let rewritten: serde_json::Value = serde_json::from_slice(&rewritten.value).expect("json");
         assert!(rewritten["status"].get("gpus").is_none(), "{rewritten}");
     }
 }
