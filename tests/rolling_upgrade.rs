@@ -62,6 +62,8 @@ struct Daemon {
     data: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
+    /// An agent: what its instances left is removed after it is killed.
+    runs_instances: bool,
 }
 
 impl Daemon {
@@ -77,6 +79,7 @@ impl Daemon {
             data,
             args,
             child: None,
+            runs_instances: false,
         }
     }
 
@@ -167,6 +170,26 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.runs_instances {
+            remove_leftover_instances(self.dir());
+        }
+    }
+}
+
+/// After a failure: the shims, containers, mounts and cgroups of the
+/// agent's instances, and their network namespaces.
+fn remove_leftover_instances(agent_dir: &Path) {
+    force_cleanup(agent_dir);
+    let Ok(entries) = std::fs::read_dir(agent_dir.join("instances")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let netns =
+            Path::new("/run/nimbus/netns").join(format!("ni-{}", e.file_name().to_string_lossy()));
+        if netns.exists() {
+            let _ = Command::new("umount").arg(&netns).status();
+            let _ = std::fs::remove_file(&netns);
         }
     }
 }
@@ -383,15 +406,6 @@ fn nimbus_api_level() -> u64 {
     u64::from(nimbus_api::version::PROTOCOL_LEVEL)
 }
 
-/// Kills what the agent left if the test fails half-way.
-struct AgentLeftovers(PathBuf);
-
-impl Drop for AgentLeftovers {
-    fn drop(&mut self) {
-        force_cleanup(&self.0);
-    }
-}
-
 #[test]
 fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() {
     if !is_root("an agent's containers, cgroups and mounts") {
@@ -456,7 +470,7 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         .map(|s| s.to_string())
         .collect(),
     );
-    let _leftovers = AgentLeftovers(agent.dir().to_path_buf());
+    agent.runs_instances = true;
     agent.start();
     let host_ready = |cli: &Cli| {
         cli.json(&["host", "get", &host])
@@ -505,6 +519,9 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
         "--image",
         "bb",
         "--no-wait",
+        // No network: the test leaves no router namespace behind.
+        "--network",
+        "none",
         "--",
         "/bin/sh",
         "-c",
