@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use common::etcd::EtcdCluster;
 use common::{
-    assert_no_leaks, force_cleanup, free_port, http_at, is_root, tail, wait_until, NIMBUS,
+    assert_no_leaks, busybox_rootfs_tar, force_cleanup, free_port, http_at, is_root, tail,
+    wait_until, NIMBUS,
 };
 use serde_json::Value;
 
@@ -287,23 +288,8 @@ fn leader(cli: &Cli) -> Option<String> {
 /// A busybox root filesystem with `/tmp`, imported as image `bb`.
 fn import_busybox(cli: &Cli) {
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
-    std::fs::create_dir_all(root.join("tmp")).expect("rootfs tmp");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-    let tar = work.path().join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the busybox rootfs");
-    cli.succeeds(&["image", "import", &tar.to_string_lossy(), "--name", "bb"]);
+    let tar = busybox_rootfs_tar(work.path());
+    cli.succeeds(&["image", "import", &tar, "--name", "bb"]);
 }
 
 /// What the background threads saw while the upgrade went on.
