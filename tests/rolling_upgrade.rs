@@ -13,7 +13,9 @@
 //! every process now runs the new file. The "new" build is the same
 //! binary (a different file, same contents): what is exercised is the
 //! replacement, not a new protocol level, which the unit tests of
-//! `nimbus_api::version` and the refusal below cover.
+//! `nimbus_api::version` cover, and the real servers' refusals here: of a
+//! server beside a live one two levels ahead (its record put in etcd as
+//! that release would), and of an agent two levels ahead registering.
 
 mod common;
 
@@ -151,6 +153,20 @@ impl Daemon {
             tail(&self.log(), 20)
         );
         asked.elapsed()
+    }
+
+    /// Runs it in the foreground where it must refuse to start: what it
+    /// logged.
+    fn refused(&self) -> String {
+        let out = Command::new(self.exe())
+            .args(&self.args)
+            .env("NIMBUS_DATA_DIR", self.dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nimbus");
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{} started: {said}", self.name);
+        said
     }
 
     /// The installed file is the one the process runs (not an older,
@@ -387,6 +403,32 @@ fn a_too_new_agent_is_refused(server: &Daemon, token: &str) {
     assert_eq!(status, 404, "a refused agent's host was recorded");
 }
 
+/// A live server two protocol levels ahead on the store (its record
+/// written as that release would): a server of this build refuses to
+/// start beside it, saying whose release to install.
+fn a_server_two_levels_apart_is_refused(etcd: &EtcdCluster, server: &Daemon) {
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/"]);
+    let keys = String::from_utf8_lossy(&keys.stdout).to_string();
+    let s1_key = keys
+        .lines()
+        .find(|k| k.ends_with("cluster/servers/s1"))
+        .unwrap_or_else(|| panic!("no record of s1 in etcd: {keys}"));
+    let ghost_key = s1_key.replace("servers/s1", "servers/s9-newer");
+    let record = format!(
+        r#"{{"name":"s9-newer","endpoint":"","version":"9.9.9","protocol":{},"started_at":"2026-12-01T00:00:00Z"}}"#,
+        nimbus_api_level() + 2
+    );
+    let put = etcd.etcdctl(&["put", &ghost_key, &record]);
+    assert!(put.status.success(), "etcdctl put");
+    let said = server.refused();
+    let del = etcd.etcdctl(&["del", &ghost_key]);
+    assert!(del.status.success(), "etcdctl del");
+    assert!(
+        said.contains("\"s9-newer\"") && said.contains("9.9.9") && said.contains("install"),
+        "{said}"
+    );
+}
+
 /// This build's protocol level.
 fn nimbus_api_level() -> u64 {
     u64::from(nimbus_api::version::PROTOCOL_LEVEL)
@@ -431,6 +473,7 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
     std::fs::copy(s1.dir().join("tls/cert.pem"), &ca).expect("ca");
     cli.ca = ca;
     cli.endpoints = format!("https://127.0.0.1:{p1},https://127.0.0.1:{p2}");
+    a_server_two_levels_apart_is_refused(&etcd, &s2);
     start_server(&mut s2, &cli);
     a_too_new_agent_is_refused(&s1, &cli.token);
 
