@@ -286,8 +286,28 @@ fn host_ready(cli: &Cli, host: &str) -> Option<Value> {
         .filter(|h| h["status"]["phase"] == "ready")
 }
 
-/// `nimbus version` and `nimbus server list` show the protocol levels.
+/// `nimbus version`, `nimbus server list` and `nimbus host list` show the
+/// releases and protocol levels, as JSON and in their tables.
 fn versions_are_shown(cli: &Cli) {
+    let cell = format!("{}/p{}", nimbus_api::version::RELEASE, nimbus_api_level());
+    for what in ["server", "host"] {
+        let out = cli.nimbus(&[what, "list"]);
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        let header = table.lines().next().unwrap_or_default().to_lowercase();
+        assert!(
+            header.contains("version") && table.matches(&cell).count() >= 1,
+            "`nimbus {what} list` shows no {cell}:\n{table}"
+        );
+    }
+    let out = cli.nimbus(&["version"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!(
+            "client: nimbus {} (protocol",
+            nimbus_api::version::RELEASE
+        )) && text.contains("accepts agents at protocol"),
+        "{text}"
+    );
     let versions = cli.ok(&["version"]);
     assert_eq!(
         versions["server"]["protocol"].as_u64(),
@@ -299,6 +319,7 @@ fn versions_are_shown(cli: &Cli) {
         versions["server"]["protocol"]
     );
     let list = cli.ok(&["server", "list"]);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
     assert!(
         list["items"]
             .as_array()
