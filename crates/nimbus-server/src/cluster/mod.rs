@@ -51,8 +51,13 @@ pub async fn announce(state: &AppState) -> anyhow::Result<()> {
 
 /// Refuses to join servers on the store whose protocol level is more than
 /// one away from this build's, before anything is written. This server's
-/// own record (a previous life under its name) does not count.
+/// own record (a previous life under its name) does not count, and a
+/// SQLite store has no other server: its records are earlier lives of this
+/// one (without a lease, they stay until it announces itself).
 pub async fn check_server_versions(state: &AppState) -> anyhow::Result<()> {
+    if matches!(state.config.store, crate::config::StoreBackend::Sqlite) {
+        return Ok(());
+    }
     let listed = state
         .repo
         .store
