@@ -299,6 +299,16 @@ fn versions_are_shown(cli: &Cli) {
             "`nimbus {what} list` shows no {cell}:\n{table}"
         );
     }
+    let out = cli.nimbus(&["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        text.trim(),
+        format!(
+            "nimbus {} (protocol {})",
+            nimbus_api::version::RELEASE,
+            nimbus_api_level()
+        )
+    );
     let out = cli.nimbus(&["version"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

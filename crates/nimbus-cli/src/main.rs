@@ -32,7 +32,7 @@ Examples:
 ";
 
 #[derive(Parser)]
-#[command(name = "nimbus", version, about = "Nimbus: a private cloud in one binary", after_help = EXAMPLES)]
+#[command(name = "nimbus", version = version_text(), about = "Nimbus: a private cloud in one binary", after_help = EXAMPLES)]
 struct Cli {
     #[command(flatten)]
     globals: Globals,
@@ -107,10 +107,17 @@ enum Command {
     /// Who the current token acts as.
     Whoami,
     /// This client's release and protocol level, and the server's (with the
-    /// agent levels it accepts); `nimbus --version` shows the client's only.
+    /// agent levels it accepts); `nimbus --version` shows this binary's only.
     Version,
     /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
     Completions { shell: clap_complete::Shell },
+}
+
+/// `nimbus --version`: the release and the protocol level (see
+/// `nimbus_api::version`).
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| nimbus_api::BuildVersion::current().to_string())
 }
 
 fn main() -> ExitCode {
