@@ -13,7 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_no_leaks, free_port, http_at, is_root, tail, tiny_rootfs_tar, wait_until, NIMBUS,
+    assert_no_leaks, busybox_rootfs_tar, free_port, http_at, is_root, tail, tiny_rootfs_tar,
+    wait_until, NIMBUS,
 };
 use serde_json::Value;
 
@@ -530,22 +531,8 @@ fn import_tiny_rootfs(server: &Server, project: &str) {
 /// server as image `name`.
 fn import_busybox(server: &Server, name: &str) {
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-    let tar = work.path().join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the busybox rootfs");
-    server.ok(&["image", "import", &tar.to_string_lossy(), "--name", name]);
+    let tar = busybox_rootfs_tar(work.path());
+    server.ok(&["image", "import", &tar, "--name", name]);
 }
 
 #[test]

@@ -753,15 +753,32 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
     std::fs::write(root.join("etc/hostname"), "tiny\n").expect("rootfs file");
-    let tar = dir.join("rootfs.tar");
+    tar_of(&root, &dir.join("rootfs.tar"))
+}
+
+/// A busybox root filesystem (Debian's busybox-static: `/bin/busybox`,
+/// `/bin/sh`, an empty `/tmp`) archived in `dir`; the archive's path.
+pub fn busybox_rootfs_tar(dir: &Path) -> String {
+    let root = dir.join("busybox-rootfs");
+    for sub in ["bin", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).expect("rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    tar_of(&root, &dir.join("busybox.tar"))
+}
+
+/// `tar -cf out -C root .`; the archive's path.
+fn tar_of(root: &Path, out: &Path) -> String {
     let st = Command::new("tar")
         .arg("-C")
-        .arg(&root)
+        .arg(root)
         .arg("-cf")
-        .arg(&tar)
+        .arg(out)
         .arg(".")
         .status()
         .expect("tar");
-    assert!(st.success(), "tar of the tiny rootfs");
-    tar.to_string_lossy().to_string()
+    assert!(st.success(), "tar of {}", root.display());
+    out.to_string_lossy().to_string()
 }

@@ -722,9 +722,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A listening socket in a fresh directory under the temp dir.
+    fn listener_dir(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("nimbus-client-test-{}-{name}", std::process::id()))
+    }
+
     fn listener(name: &str) -> (tokio::net::UnixListener, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("nimbus-client-test-{}-{name}", std::process::id()));
+        let dir = listener_dir(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("api.sock");
@@ -813,15 +816,20 @@ mod tests {
     async fn answer_each(l: tokio::net::UnixListener, count: usize, answer: &'static [u8]) {
         for _ in 0..count {
             let (mut conn, _) = l.accept().await.expect("accept");
-            let mut buf = vec![0u8; 4096];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_request_head(&mut conn).await;
             let _ = conn.write_all(answer).await;
+        }
+    }
+
+    /// Reads until the end of a request's head (or the connection's).
+    async fn read_request_head(conn: &mut tokio::net::UnixStream) {
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
         }
     }
 
@@ -863,5 +871,59 @@ mod tests {
                 && text.contains(&live.display().to_string()),
             "{text}"
         );
+    }
+
+    /// Accepts one connection, reads the request head and closes without
+    /// answering: a server going away mid-call.
+    async fn vanish_mid_call(l: tokio::net::UnixListener) {
+        let (mut conn, _) = l.accept().await.expect("accept");
+        read_request_head(&mut conn).await;
+    }
+
+    /// A client of two servers: `going` first, then `staying`.
+    fn client_of(going: &std::path::Path, staying: &std::path::Path) -> Client {
+        let endpoints = vec![
+            Endpoint::Unix(going.to_path_buf()),
+            Endpoint::Unix(staying.to_path_buf()),
+        ];
+        Client::with_endpoints(endpoints, None).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_get_cut_off_by_a_server_going_away_is_sent_to_the_next_one_and_a_post_is_not() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+        let (first, going) = listener("midcall-going");
+        let (second, staying) = listener("midcall-staying");
+        let going_away = tokio::spawn(vanish_mid_call(first));
+        let answering = tokio::spawn(answer_each(second, 1, ok));
+        let got: serde_json::Value = client_of(&going, &staying)
+            .get("/v1/instances")
+            .await
+            .expect("the GET went to the other server");
+        assert_eq!(got["ok"].as_bool(), Some(true));
+        going_away.await.expect("first server");
+        answering.await.expect("second server");
+
+        // A POST the server may have applied before going away is not
+        // sent again (the other server would have answered 200): the
+        // caller hears it was cut off.
+        let (first, going) = listener("midcall-post-going");
+        let (second, staying) = listener("midcall-post-staying");
+        let going_away = tokio::spawn(vanish_mid_call(first));
+        let answering = tokio::spawn(answer_each(second, 1, ok));
+        let err = client_of(&going, &staying)
+            .post::<_, serde_json::Value>("/v1/projects", &serde_json::json!({}))
+            .await
+            .expect_err("a POST cut off mid-call is not resent");
+        assert!(matches!(err, ClientError::Http { .. }), "{err:?}");
+        going_away.await.expect("first server");
+        assert!(
+            !answering.is_finished(),
+            "the POST reached the other server"
+        );
+        answering.abort();
+        for name in ["going", "staying", "post-going", "post-staying"] {
+            let _ = std::fs::remove_dir_all(listener_dir(&format!("midcall-{name}")));
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod servers;
 pub mod stats;
 pub mod units;
 pub mod usage;
+pub mod version;
 pub mod volumes;
 
 pub use error::{ApiError, ErrorCode};
@@ -28,6 +29,7 @@ pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
+pub use version::{BuildVersion, ServerVersion};
 pub use volumes::{
     AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume,
     SnapshotConsistency, Volume, VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec,

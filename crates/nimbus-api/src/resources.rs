@@ -298,8 +298,13 @@ pub struct HostStatus {
     pub cgroup_delegated: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The agent's release (`nimbus_api::version::RELEASE`).
     #[serde(default)]
     pub agent_version: String,
+    /// The agent's protocol level (`nimbus_api::version`); 0 from agents
+    /// older than protocol levels.
+    #[serde(default)]
+    pub agent_protocol: u32,
     #[serde(default)]
     pub instances: u32,
     /// How virtual machines run here: `kvm` or `tcg`, chosen by probing.

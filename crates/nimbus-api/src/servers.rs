@@ -15,6 +15,10 @@ pub struct ServerRecord {
     pub endpoint: String,
     /// The version of its `nimbus` binary.
     pub version: String,
+    /// Its protocol level (`nimbus_api::version`); 0 from servers older
+    /// than protocol levels.
+    #[serde(default)]
+    pub protocol: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
 

@@ -32,7 +32,7 @@ Examples:
 ";
 
 #[derive(Parser)]
-#[command(name = "nimbus", version, about = "Nimbus: a private cloud in one binary", after_help = EXAMPLES)]
+#[command(name = "nimbus", version = version_text(), about = "Nimbus: a private cloud in one binary", after_help = EXAMPLES)]
 struct Cli {
     #[command(flatten)]
     globals: Globals,
@@ -106,8 +106,18 @@ enum Command {
     Usage(cmd::usage::UsageArgs),
     /// Who the current token acts as.
     Whoami,
+    /// This client's release and protocol level, and the server's (with the
+    /// agent levels it accepts); `nimbus --version` shows this binary's only.
+    Version,
     /// Print shell completions: `nimbus completions bash > /etc/bash_completion.d/nimbus`.
     Completions { shell: clap_complete::Shell },
+}
+
+/// `nimbus --version`: the release and the protocol level (see
+/// `nimbus_api::version`).
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| nimbus_api::BuildVersion::current().to_string())
 }
 
 fn main() -> ExitCode {
@@ -221,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => cmd::events::run(&g, args).await,
         Command::Usage(args) => cmd::usage::run(&g, args).await,
         Command::Whoami => cmd::admin::whoami(&g).await,
+        Command::Version => cmd::servers::version(&g).await,
         Command::Shim { .. } | Command::Completions { .. } => Ok(()),
     }
 }

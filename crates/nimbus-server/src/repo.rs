@@ -582,4 +582,65 @@ mod tests {
         .await
         .expect("an API write");
     }
+
+    /// Version skew: a resource stored by a newer server carries fields
+    /// this build does not know. The store keeps the bytes as written;
+    /// reading, listing and updating it here work, the known fields intact.
+    #[tokio::test]
+    async fn a_resource_stored_by_a_newer_server_reads_and_updates_here() {
+        let store: Arc<dyn Store> =
+            Arc::new(nimbus_store::SqliteStore::open_in_memory().expect("store"));
+        let repo = Repo::new(store.clone());
+        let mut newer = serde_json::to_value(host("h1")).expect("json");
+        newer["from_a_newer_release"] = serde_json::json!({"x": 1});
+        newer["status"]["cpus"] = 8.into();
+        newer["status"]["gpus"] = serde_json::json!([{"model": "future"}]);
+        newer["metadata"]["owner_reference"] = "s9".into();
+        let bytes = serde_json::to_vec(&newer).expect("bytes");
+        store
+            .create(&key::<Host>(None, "h1"), bytes.clone())
+            .await
+            .expect("stored as a newer server wrote it");
+
+        let read: Host = repo
+            .get(None, "h1")
+            .await
+            .expect("read past unknown fields");
+        assert_eq!((read.metadata.name.as_str(), read.status.cpus), ("h1", 8));
+        let listed = repo
+            .list::<Host>(None, &Default::default(), |_| true)
+            .await
+            .expect("list past unknown fields");
+        assert_eq!(listed.items.len(), 1);
+        let kv = store
+            .get(&key::<Host>(None, "h1"))
+            .await
+            .expect("get")
+            .expect("kept");
+        assert_eq!(
+            kv.value, bytes,
+            "the store keeps what the newer server wrote"
+        );
+        let updated = repo
+            .modify::<Host, _>(None, "h1", |h| {
+                h.status.phase = HostPhase::Ready;
+                Ok(())
+            })
+            .await
+            .expect("update past unknown fields");
+        assert_eq!(
+            (updated.status.phase, updated.status.cpus),
+            (HostPhase::Ready, 8)
+        );
+        // What this build rewrites loses the fields it does not know: why
+        // a release only starts writing a new field once every server and
+        // agent reads it (docs/operations.md, "Adding to the wire").
+        let rewritten = store
+            .get(&key::<Host>(None, "h1"))
+            .await
+            .expect("get")
+            .expect("kept");
+        let rewritten: serde_json::Value = serde_json::from_slice(&rewritten.value).expect("json");
+        assert!(rewritten["status"].get("gpus").is_none(), "{rewritten}");
+    }
 }

@@ -118,6 +118,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         _data_dir_lock: lock,
     });
     // Before anything is written: a refused server leaves no trace.
+    crate::cluster::check_server_versions(&state).await?;
     crate::cluster::check_secrets_key(&state).await?;
     bootstrap_admin(&state).await?;
     Ok(state)
@@ -300,6 +301,7 @@ pub async fn serve(
     };
 
     let handle = axum_server::Handle::new();
+    let mut tls_serving = None;
     if let Some(addr) = state.config.listen {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (cert, key) = crate::tls::ensure_certificate(
@@ -316,7 +318,7 @@ pub async fn serve(
             .with_context(|| format!("binding the API port {addr}; is another nimbus running? pass --listen to choose another"))?;
         listener.set_nonblocking(true)?;
         tracing::info!(%addr, cert = %cert.display(), "API listening with TLS");
-        tokio::spawn(async move {
+        tls_serving = Some(tokio::spawn(async move {
             // TCP_NODELAY: without it the last segment of a large response
             // waits for the client's delayed ACK (40 ms tail latencies).
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(
@@ -334,7 +336,7 @@ pub async fn serve(
             if let Err(e) = server.serve(service).await {
                 tracing::error!(error = %e, "TLS listener stopped");
             }
-        });
+        }));
     }
     if let Some(addr) = state.config.metrics_listen.filter(|_| state.config.metrics) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -349,32 +351,64 @@ pub async fn serve(
         });
     }
     // The scheduler and the controllers run on the elected leader only.
-    tokio::spawn(crate::cluster::leader::run(state.clone()));
+    let leading = tokio::spawn(crate::cluster::leader::run(state.clone()));
     tokio::spawn(crate::auth::audit::run_flusher(state.clone()));
     tokio::spawn(return_memory_after_streams_close(state.clone()));
-    // Watch streams never end by themselves, so graceful shutdown gets a
-    // deadline: in-flight calls have two seconds to finish.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let resigning = tokio::spawn(stop_listening_and_resign(
+        state.clone(),
+        handle,
+        leading,
+        stop_rx.clone(),
+    ));
     let mut graceful_rx = stop_rx.clone();
     let serving = axum::serve(unix, app).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|s| *s).await;
     });
+    let mut deadline_rx = stop_rx;
     let deadline = async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let _ = deadline_rx.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
         r = serving => r.context("serving the API")?,
         _ = deadline => tracing::info!("closing long-lived API streams"),
     }
-    handle.shutdown();
-    // Another server takes over at once rather than after the lease.
-    state.election.resign().await;
+    let _ = resigning.await;
+    if let Some(tls) = tls_serving {
+        // It stops by itself within the grace period; a margin, not a hang.
+        let margin = std::time::Duration::from_secs(1);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + margin, tls).await;
+    }
     Ok(())
+}
+
+/// How long calls in flight at shutdown may take to finish. Watch streams
+/// never end by themselves, so they are cut after it (clients re-watch
+/// from their last revision on another server).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On shutdown: stop accepting TLS connections (calls in flight have
+/// [`SHUTDOWN_GRACE`] to finish), stop the leader's tasks and revoke the
+/// lease at once, so another server leads now rather than after the
+/// lease and this server's record leaves `GET /v1/servers`.
+async fn stop_listening_and_resign(
+    state: Arc<AppState>,
+    tls: axum_server::Handle,
+    leading: tokio::task::JoinHandle<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = stop.wait_for(|s| *s).await;
+    tls.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    // Dropping the leader loop drops its task set, which aborts every task.
+    leading.abort();
+    let _ = leading.await;
+    state.election.resign().await;
+    tracing::info!(server = %state.config.server_name, "stopped accepting calls and gave up leadership; finishing calls in flight");
 }
 
 #[cfg(test)]

@@ -27,7 +27,8 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         last_heartbeat: None,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: nimbus_api::version::RELEASE.to_string(),
+        agent_protocol: nimbus_api::version::PROTOCOL_LEVEL,
         instances: 0,
         // Filled in by the agent from its probe.
         accelerator: String::new(),

@@ -10,6 +10,7 @@ pub mod hostio;
 pub mod idmap;
 pub mod network;
 pub mod reconcile;
+pub mod skew;
 pub mod stats;
 pub mod translate;
 #[cfg(test)]

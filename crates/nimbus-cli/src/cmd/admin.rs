@@ -348,6 +348,7 @@ fn host_rows(items: &[Host]) -> String {
             "cgroup",
             "vm accel",
             "instances",
+            "version",
             "heartbeat",
             "labels",
         ],
@@ -374,6 +375,10 @@ fn host_rows(items: &[Host]) -> String {
                         h.status.accelerator.clone()
                     },
                     h.status.instances.to_string(),
+                    crate::cmd::servers::version_cell(
+                        &h.status.agent_version,
+                        h.status.agent_protocol,
+                    ),
                     age(h.status.last_heartbeat),
                     if h.metadata.labels.is_empty() {
                         "-".into()

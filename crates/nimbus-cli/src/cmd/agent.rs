@@ -123,6 +123,7 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
     check_host_name(&args.host, &credential, &g.data_dir)?;
     let client = join::client(&servers, &ca_pem, Some(credential.token.clone()))?;
     check_credential(&client, &g.data_dir).await?;
+    nimbus_agent::agent::skew::check_servers(&client, &credential.host).await?;
     let instances_memory = nimbus_agent::protect::protect_daemon(Some(args.host.reserved_memory))?;
     let mut config = agent_config(
         &g.data_dir,

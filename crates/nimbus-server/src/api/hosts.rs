@@ -4,8 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use chrono::Utc;
 use nimbus_api::{
-    validate_name, ApiError, Host, HostPhase, HostStatus, Instance, ListOptions, Metadata,
-    RegisterHost, ResourceList, WatchEvent,
+    validate_name, ApiError, BuildVersion, Host, HostPhase, HostStatus, Instance, ListOptions,
+    Metadata, RegisterHost, ResourceList, WatchEvent,
 };
 
 use super::body::JsonBody;
@@ -32,6 +32,18 @@ fn require_own_host(caller: &Caller, host: &str) -> ApiResult<()> {
             "this token may not report for host {host:?}"
         ))))
     }
+}
+
+/// An agent more than one protocol level away from this server is refused
+/// (registration and heartbeats), saying which side to upgrade; nothing
+/// is written.
+fn check_agent_version(host: &str, status: &HostStatus) -> ApiResult<()> {
+    let agent = BuildVersion {
+        release: status.agent_version.clone(),
+        protocol: status.agent_protocol,
+    };
+    nimbus_api::version::check_agent_skew(host, &agent, &BuildVersion::current())
+        .map_err(|e| ServerError(ApiError::invalid(e.to_string())))
 }
 
 #[utoipa::path(get, path = "/v1/hosts", operation_id = "list_hosts", params(ListOptions),
@@ -66,7 +78,8 @@ pub async fn get(
 }
 
 #[utoipa::path(post, path = "/v1/hosts", operation_id = "register_host", request_body = RegisterHost,
-    responses((status = 200, body = Host, description = "Registered (or registered again); the host is ready")))]
+    responses((status = 200, body = Host, description = "Registered (or registered again); the host is ready"),
+        (status = 422, description = "The agent's protocol level is more than one away from the server's; the message says which to upgrade first")))]
 pub async fn register(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -74,6 +87,7 @@ pub async fn register(
 ) -> ApiResult<Json<Host>> {
     validate_name("host", &req.name).map_err(ApiError::invalid)?;
     require_own_host(&caller, &req.name)?;
+    check_agent_version(&req.name, &req.status)?;
     let mut status = req.status;
     status.phase = HostPhase::Ready;
     status.last_heartbeat = Some(Utc::now());
@@ -102,7 +116,8 @@ pub async fn register(
 }
 
 #[utoipa::path(post, path = "/v1/hosts/{host}/status", operation_id = "report_host_status", params(HostPath), request_body = HostStatus,
-    responses((status = 200, body = Host, description = "The host with the reported status and a new heartbeat")))]
+    responses((status = 200, body = Host, description = "The host with the reported status and a new heartbeat"),
+        (status = 422, description = "The agent's protocol level is more than one away from the server's; the message says which to upgrade first")))]
 pub async fn report(
     State(state): St,
     Extension(caller): Extension<Caller>,
@@ -110,6 +125,7 @@ pub async fn report(
     JsonBody(mut status): JsonBody<HostStatus>,
 ) -> ApiResult<Json<Host>> {
     require_own_host(&caller, &host)?;
+    check_agent_version(&host, &status)?;
     status.phase = HostPhase::Ready;
     status.last_heartbeat = Some(Utc::now());
     let saved = state

@@ -77,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(users::get_token).delete(users::delete_token),
         )
         .route("/v1/servers", get(servers::list))
+        .route("/v1/version", get(servers::version))
         .route("/v1/hosts", get(hosts::list).post(hosts::register))
         .route(
             "/v1/hosts/join-tokens",

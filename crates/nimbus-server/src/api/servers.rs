@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use nimbus_api::{ApiError, ServerList};
+use nimbus_api::{ApiError, ServerList, ServerVersion};
 
 use super::St;
 use crate::auth::Caller;
@@ -20,4 +20,10 @@ pub async fn list(
         )));
     }
     Ok(Json(crate::cluster::servers::list(&state).await?))
+}
+
+#[utoipa::path(get, path = "/v1/version", operation_id = "server_version", tag = "system",
+    responses((status = 200, body = ServerVersion, description = "The answering server's release and protocol level, and the agent protocol levels it accepts (any caller)")))]
+pub async fn version(State(state): St) -> Json<ServerVersion> {
+    Json(ServerVersion::current(&state.config.server_name))
 }

@@ -37,7 +37,8 @@ pub async fn announce(state: &AppState) -> anyhow::Result<()> {
             .listen
             .map(|addr| format!("https://{addr}"))
             .unwrap_or_default(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: nimbus_api::version::RELEASE.to_string(),
+        protocol: nimbus_api::version::PROTOCOL_LEVEL,
         started_at: Utc::now(),
     };
     let value = serde_json::to_vec(&record)?;
@@ -46,6 +47,37 @@ pub async fn announce(state: &AppState) -> anyhow::Result<()> {
         .announce(value)
         .await
         .map_err(|e| anyhow::anyhow!("announcing server {:?}: {e}", record.name))
+}
+
+/// Refuses to join servers on the store whose protocol level is more than
+/// one away from this build's, before anything is written. This server's
+/// own record (a previous life under its name) does not count, and a
+/// SQLite store has no other server: its records are earlier lives of this
+/// one (without a lease, they stay until it announces itself).
+pub async fn check_server_versions(state: &AppState) -> anyhow::Result<()> {
+    if matches!(state.config.store, crate::config::StoreBackend::Sqlite) {
+        return Ok(());
+    }
+    let listed = state
+        .repo
+        .store
+        .list(nimbus_store::SERVERS_PREFIX, None, 0)
+        .await?;
+    let running: Vec<(String, nimbus_api::BuildVersion)> = listed
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<ServerRecord>(&kv.value).ok())
+        .filter(|r| r.name != state.config.server_name)
+        .map(|r| {
+            let version = nimbus_api::BuildVersion {
+                release: r.version,
+                protocol: r.protocol,
+            };
+            (r.name, version)
+        })
+        .collect();
+    nimbus_api::version::check_server_skew(&nimbus_api::BuildVersion::current(), &running)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Refuses to start with a secrets key other than the one the servers
