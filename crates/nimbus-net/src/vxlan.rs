@@ -38,6 +38,67 @@ pub const OVERHEAD: u32 = 50;
 /// VNIs are 24 bits.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 
+/// Where a host meets the others: its underlay ("data-centre") address
+/// and the UDP port of its VXLAN endpoint (the same on every host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Underlay {
+    /// The device of a network with `vni` on this underlay; `mtu` is the
+    /// instances' (the underlay's minus [`OVERHEAD`]).
+    pub fn link(&self, vni: u32, mtu: u32) -> VxlanLink {
+        VxlanLink {
+            vni,
+            local: self.address,
+            port: self.port,
+            mtu,
+        }
+    }
+}
+
+/// The address this host's traffic to `to` leaves from (the kernel's
+/// route choice, read from a connected UDP socket; nothing is sent).
+/// `None` when that is loopback: the servers are on this machine and no
+/// other host is reachable the same way.
+pub fn route_source(to: std::net::SocketAddr) -> Result<Option<Ipv4Addr>> {
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .map_err(|e| crate::NetError::io("open a UDP socket", e))?;
+    sock.connect(to)
+        .map_err(|e| crate::NetError::io(format!("find the route to {to}"), e))?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| crate::NetError::io(format!("find the route to {to}"), e))?;
+    Ok(match local.ip() {
+        std::net::IpAddr::V4(a) if !a.is_loopback() && !a.is_unspecified() => Some(a),
+        _ => None,
+    })
+}
+
+/// Refuse an underlay this host cannot use: not a unicast IPv4 address of
+/// one of its links, or port 0.
+pub fn check_underlay(u: &Underlay) -> Result<()> {
+    let a = u.address;
+    if a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+        return Err(crate::NetError::Invalid(format!(
+            "tunnel address {a} cannot carry traffic between hosts; give this host's address on the network the hosts share (see `ip -4 addr`)"
+        )));
+    }
+    if u.port == 0 {
+        return Err(crate::NetError::Invalid(
+            "tunnel port 0 is not a port; leave --tunnel-port out for 4789, or give the same port on every host".into(),
+        ));
+    }
+    std::net::UdpSocket::bind((a, 0)).map_err(|e| {
+        crate::NetError::Invalid(format!(
+            "tunnel address {a} is not an address of this host ({e}); give one of its own (see `ip -4 addr`)"
+        ))
+    })?;
+    Ok(())
+}
+
 /// An instance of the network on another host.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RemotePort {
@@ -269,6 +330,25 @@ mod tests {
             assert!(ns.fdb.is_empty() && ns.neighbours.is_empty());
         }
         remove_tunnel(&host, Path::new("/run/nimbus/netns/nr-gone")).unwrap();
+    }
+
+    #[test]
+    fn an_underlay_must_be_an_address_of_this_host() {
+        let bad = |a: [u8; 4], port| {
+            check_underlay(&Underlay {
+                address: Ipv4Addr::from(a),
+                port,
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad([127, 0, 0, 1], 4789).contains("ip -4 addr"));
+        assert!(bad([0, 0, 0, 0], 4789).contains("cannot carry"));
+        // TEST-NET-3: no host of ours holds it.
+        assert!(bad([203, 0, 113, 77], 4789).contains("not an address of this host"));
+        assert!(bad([203, 0, 113, 77], 0).contains("port 0"));
+        let to_loopback = route_source("127.0.0.1:7443".parse().unwrap()).unwrap();
+        assert_eq!(to_loopback, None, "servers on this machine: no underlay");
     }
 
     #[test]
