@@ -720,6 +720,7 @@ impl Drop for Console {
     }
 }
 
+pub mod cluster;
 pub mod etcd;
 pub mod guest;
 mod host_files;
@@ -764,4 +765,25 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
         .expect("tar");
     assert!(st.success(), "tar of the tiny rootfs");
     tar.to_string_lossy().to_string()
+}
+
+/// A busybox root filesystem (Debian's busybox-static, `/bin/busybox` and
+/// `/bin/sh`) as a tar file in `dir`.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    let tar = dir.join("bb.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the busybox rootfs");
+    tar
 }
