@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, HostSpec};
+use common::cluster::{mount_into, Cluster, HostSpec};
 use common::{is_root, wait_until};
 use serde_json::Value;
 
@@ -187,8 +187,9 @@ struct Moved {
 
 /// `name` (already running) is cut off with its host; returns once it runs
 /// elsewhere, having checked the old copy was stopped by then, and that the
-/// returning host removed it.
-fn cut_off_and_return(cluster: &Cluster, name: &str) -> Moved {
+/// returning host removed it. `on_moved` sees the new copy's record as soon
+/// as it runs.
+fn cut_off_and_return(cluster: &Cluster, name: &str, on_moved: &dyn Fn(&Value)) -> Moved {
     let first = cluster.wait_running(name, Duration::from_secs(90));
     let from = first["status"]["host"].as_str().expect("host").to_string();
     let first_pid = first["status"]["pid"].as_i64().expect("pid");
@@ -215,6 +216,7 @@ fn cut_off_and_return(cluster: &Cluster, name: &str) -> Moved {
         },
     );
     let recovery = cut.elapsed();
+    on_moved(&moved);
     let to = moved["status"]["host"].as_str().expect("host").to_string();
     let new_pid = moved["status"]["pid"].as_i64().expect("pid");
     let stopped = old_stopped_at.or_else(|| (!pid_alive(first_pid)).then(|| cut.elapsed()));
@@ -278,7 +280,7 @@ fn a_host_cut_off_from_the_bridge_has_its_instance_run_elsewhere_and_cleans_up_o
         "web",
         &["--restart", "always", "--require", "label:site=bj"],
     );
-    let moved = cut_off_and_return(&cluster, "web");
+    let moved = cut_off_and_return(&cluster, "web", &|_| {});
     assert!(!pid_alive(moved.first_pid));
     assert_ne!(moved.from, moved.to);
     assert!(
@@ -286,5 +288,159 @@ fn a_host_cut_off_from_the_bridge_has_its_instance_run_elsewhere_and_cleans_up_o
         "web took {:?} from the cut to run on {} (bound {RECOVERY_BOUND:?})",
         moved.recovery,
         moved.to
+    );
+}
+
+/// The lock workload: waits for the test to give it `/shared` (the
+/// directory all hosts share) and `/whoami` (its host and host pid), takes
+/// an exclusive lock on `/shared/lock` without waiting, and appends
+/// `start`, then a `tick` every 0.2 s, with the uptime; `CONFLICT` if the
+/// lock was taken.
+const LOCK_WORKLOAD: &str = r#"
+while [ ! -s /whoami/pid ]; do sleep 0.1; done
+h=$(cat /whoami/host); p=$(cat /whoami/pid)
+now() { cut -d' ' -f1 /proc/uptime; }
+exec 9>>/shared/lock
+if ! /usr/bin/flock -n 9; then echo "CONFLICT $h $p $(now)" >> /shared/log; exit 1; fi
+echo "start $h $p $(now)" >> /shared/log
+while :; do echo "tick $h $p $(now)" >> /shared/log; sleep 0.2; done
+"#;
+
+/// Gives the lock workload running as `instance` its shared directory and
+/// its identity.
+fn share_with(cluster: &Cluster, shared: &Path, instance: &Value) {
+    let host = instance["status"]["host"].as_str().expect("host");
+    let pid = instance["status"]["pid"].as_i64().expect("pid");
+    let whoami = cluster.dir.path().join(format!("whoami-{host}-{pid}"));
+    std::fs::create_dir_all(&whoami).expect("whoami dir");
+    std::fs::write(whoami.join("host"), host).expect("whoami host");
+    std::fs::write(whoami.join("pid"), pid.to_string()).expect("whoami pid");
+    mount_into(pid, shared, "/shared").unwrap_or_else(|e| panic!("sharing with {host}: {e}"));
+    mount_into(pid, &whoami, "/whoami").unwrap_or_else(|e| panic!("whoami on {host}: {e}"));
+}
+
+/// One copy's time holding the lock, from the log: (host, pid, start, last tick).
+fn lock_intervals(log: &str) -> Vec<(String, String, f64, f64)> {
+    let mut out: Vec<(String, String, f64, f64)> = Vec::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [what, host, pid, at] = f[..] else {
+            panic!("unexpected line in the lock log: {line:?}");
+        };
+        let at: f64 = at.parse().expect("uptime");
+        match what {
+            "start" => out.push((host.into(), pid.into(), at, at)),
+            "tick" => {
+                let copy = out
+                    .iter_mut()
+                    .rfind(|c| c.0 == host && c.1 == pid)
+                    .unwrap_or_else(|| panic!("a tick before its start: {line:?}"));
+                copy.3 = at;
+            }
+            other => panic!("unexpected {other:?} in the lock log: {line:?}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn no_instance_runs_on_two_hosts_at_once_an_exclusive_lock_proves_it() {
+    if !is_root("network namespaces, bridges, cgroups and mounts for three hosts") {
+        return;
+    }
+    let _one = lock();
+    let cluster = Cluster::start(&three_hosts(), "3s");
+    // util-linux's flock (busybox-static has none) and what it links.
+    cluster.import_busybox_with(
+        "lockbb",
+        &[
+            "/usr/bin/flock",
+            "/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ],
+        &["/shared", "/whoami"],
+    );
+    // The directory every host shares, open to the containers' mapped ids.
+    let shared = cluster.dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod shared");
+    for f in ["lock", "log"] {
+        std::fs::write(shared.join(f), "").expect("shared file");
+        std::fs::set_permissions(
+            shared.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .expect("chmod");
+    }
+    cluster.run_ok(&[
+        "instance",
+        "run",
+        "locker",
+        "--image",
+        "lockbb",
+        "--no-wait",
+        "--restart",
+        "always",
+        "--require",
+        "label:site=bj",
+        "--",
+        "/bin/sh",
+        "-c",
+        LOCK_WORKLOAD,
+    ]);
+    let first = cluster.wait_running("locker", Duration::from_secs(90));
+    share_with(&cluster, &shared, &first);
+    let log = shared.join("log");
+    wait_until(
+        Duration::from_secs(20),
+        "the first copy to hold the lock",
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines().any(|l| l.starts_with("tick")).then_some(())
+        },
+    );
+
+    let moved = cut_off_and_return(&cluster, "locker", &|i| share_with(&cluster, &shared, i));
+    wait_until(
+        Duration::from_secs(20),
+        "the moved copy to hold the lock",
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .any(|l| l.starts_with(&format!("tick {} ", moved.to)))
+                .then_some(())
+        },
+    );
+
+    let text = std::fs::read_to_string(&log).expect("lock log");
+    assert!(
+        !text.contains("CONFLICT"),
+        "a copy found the lock taken:\n{text}"
+    );
+    let copies = lock_intervals(&text);
+    assert_eq!(copies.len(), 2, "two copies held the lock in turn:\n{text}");
+    let (old, new) = (&copies[0], &copies[1]);
+    assert_eq!(
+        (old.0.as_str(), new.0.as_str()),
+        (moved.from.as_str(), moved.to.as_str()),
+        "{text}"
+    );
+    assert!(
+        old.3 < new.2,
+        "the copies overlapped: {} held the lock until {}, {} took it at {}",
+        old.0,
+        old.3,
+        new.0,
+        new.2
+    );
+    println!(
+        "lock: {} held it {:.2}-{:.2} s (uptime), {} from {:.2} s: a gap of {:.2} s, no CONFLICT",
+        old.0,
+        old.2,
+        old.3,
+        new.0,
+        new.2,
+        new.2 - old.3
     );
 }

@@ -428,8 +428,14 @@ impl Cluster {
     /// A busybox root filesystem imported on the server as image `name`;
     /// the agents fetch its blobs by digest.
     pub fn import_busybox(&self, name: &str) {
+        self.import_busybox_with(name, &[], &[]);
+    }
+
+    /// [`Cluster::import_busybox`] with the host's files `host_files` and
+    /// the empty directories `dirs` in the image.
+    pub fn import_busybox_with(&self, name: &str, host_files: &[&str], dirs: &[&str]) {
         let work = tempfile::tempdir().expect("tempdir");
-        let tar = super::busybox_rootfs_tar(work.path());
+        let tar = super::busybox_rootfs_tar_with(work.path(), host_files, dirs);
         self.run_ok(&["image", "import", &tar.to_string_lossy(), "--name", name]);
     }
 
@@ -622,4 +628,77 @@ fn log_file(path: &Path) -> std::fs::File {
         .append(true)
         .open(path)
         .expect("log file")
+}
+
+/// Bind-mounts the host directory `source` at `target` (an existing
+/// directory) inside the mount namespace of process `pid`, e.g. a
+/// container's: Nimbus has no host-path mounts (a tenant must never reach
+/// the host's files), so a test that needs a directory shared by containers
+/// on several hosts puts it there itself. The tree is cloned here
+/// (`open_tree`) and attached there (`move_mount`) by a child that joined
+/// the namespace, as a multi-threaded process cannot.
+pub fn mount_into(pid: i64, source: &Path, target: &str) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let dst = CString::new(target).map_err(|e| e.to_string())?;
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new fd or -1.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if tree < 0 {
+        return Err(format!(
+            "open_tree {}: {}",
+            source.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `tree` is a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .map_err(|e| format!("process {pid}'s mount namespace: {e}"))?;
+    let (tree_fd, ns_fd) = (tree.as_raw_fd(), ns.as_raw_fd());
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", ":"]);
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on fds
+    // and C strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let moved = libc::syscall(
+                libc::SYS_move_mount,
+                tree_fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            );
+            if moved != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().map_err(|e| {
+        format!(
+            "mounting {} at {target} in process {pid}'s namespace: {e}",
+            source.display()
+        )
+    })?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("/bin/sh in process {pid}'s namespace: {status}"))
 }
