@@ -526,25 +526,10 @@ fn import_tiny_rootfs(server: &Server, project: &str) {
     server.ok(&["image", "import", &tar, "--name", "tiny", "-p", project]);
 }
 
-/// A busybox root filesystem (Debian's busybox-static) imported on the
-/// server as image `name`.
+/// A busybox root filesystem imported on the server as image `name`.
 fn import_busybox(server: &Server, name: &str) {
     let work = tempfile::tempdir().expect("tempdir");
-    let root = work.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-    let tar = work.path().join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the busybox rootfs");
+    let tar = common::busybox_rootfs_tar(work.path());
     server.ok(&["image", "import", &tar.to_string_lossy(), "--name", name]);
 }
 

@@ -720,6 +720,7 @@ impl Drop for Console {
     }
 }
 
+pub mod cluster;
 pub mod etcd;
 pub mod guest;
 mod host_files;
@@ -764,4 +765,39 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
         .expect("tar");
     assert!(st.success(), "tar of the tiny rootfs");
     tar.to_string_lossy().to_string()
+}
+
+/// A busybox root filesystem (Debian's busybox-static, `/bin/busybox` and
+/// `/bin/sh`) as a tar file in `dir`.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    busybox_rootfs_tar_with(dir, &[], &[])
+}
+
+/// [`busybox_rootfs_tar`] plus the host's files `host_files` (symlinks
+/// followed) at the same paths, and the empty directories `dirs` (mode 0755).
+pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    for file in host_files {
+        let to = root.join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("rootfs dir");
+        std::fs::copy(file, &to).unwrap_or_else(|e| panic!("copying {file} into the image: {e}"));
+    }
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).expect("rootfs dir");
+    }
+    let tar = dir.join("bb.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar of the busybox rootfs");
+    tar
 }
