@@ -1404,3 +1404,7 @@ mod tests {
 #[cfg(test)]
 #[path = "network_tests.rs"]
 mod driver_tests;
+
+#[cfg(test)]
+#[path = "network_tunnel_tests.rs"]
+mod tunnel_tests;
