@@ -2,10 +2,7 @@
 //! talk over TCP, a security group blocks and then allows, a spoofed
 //! source address is dropped, and removal leaves no link or namespace.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::net::{Ipv4Addr, TcpStream};
 
 mod common;
 

@@ -62,7 +62,9 @@ async fn peers_get_forwarding_entries_rules_names_and_group_membership() {
     {
         let s = f.host.state();
         let router = &s.namespaces[&ns];
-        let vx = router.link(names::VXLAN).expect("a VXLAN device on the router");
+        let vx = router
+            .link(names::VXLAN)
+            .expect("a VXLAN device on the router");
         let (link, socket_ns) = vx.vxlan.clone().expect("vxlan settings");
         assert_eq!((link.vni, link.local), (7001, UNDERLAY.address));
         assert_eq!(socket_ns, None, "its socket is the host's");
