@@ -601,7 +601,7 @@ impl NetDriver {
                 gateway: addr.gateway,
                 dns: resolvers(&net, &addr),
                 search: net.spec.dns_search.iter().cloned().collect(),
-                mtu: router::DEFAULT_MTU,
+                mtu: tunnel::port_mtu(self.underlay),
             },
         }))
     }
