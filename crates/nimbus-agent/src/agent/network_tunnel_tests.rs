@@ -3,11 +3,12 @@
 //! group members; no peer, no device; no underlay, never a device.
 
 use nimbus_api::resources::SecurityGroupSpec;
-use nimbus_api::{NetworkPeer, SecurityGroup};
+use nimbus_api::SecurityGroup;
 use nimbus_net::vxlan::{self, Underlay};
 
 use super::driver_tests::{fixture, instance, network, Fixture};
 use super::*;
+use crate::agent::tunnel::tests::peer;
 
 const NET: &str = "aaaa0001-0000-4000-8000-000000000001";
 const WEB: &str = "c0de0001-0000-4000-8000-000000000011";
@@ -15,22 +16,6 @@ const UNDERLAY: Underlay = Underlay {
     address: Ipv4Addr::new(192, 168, 1, 1),
     port: vxlan::DEFAULT_PORT,
 };
-
-fn peer(network_id: &str, name: &str, last: u8, groups: &[&str]) -> NetworkPeer {
-    NetworkPeer {
-        project: "shop".into(),
-        network: "front".into(),
-        network_id: network_id.into(),
-        vni: 7001,
-        instance: name.into(),
-        secgroups: groups.iter().map(|g| g.to_string()).collect(),
-        ip: Ipv4Addr::new(10, 20, 0, last),
-        mac: format!("02:00:00:00:00:{last:02x}"),
-        host: "node2".into(),
-        tunnel_address: Ipv4Addr::new(192, 168, 1, 2),
-        tunnel_port: vxlan::DEFAULT_PORT,
-    }
-}
 
 fn with_web(underlay: Option<Underlay>) -> Fixture {
     let mut f = fixture();
@@ -66,7 +51,7 @@ async fn peers_get_forwarding_entries_rules_names_and_group_membership() {
             .link(names::VXLAN)
             .expect("a VXLAN device on the router");
         let (link, socket_ns) = vx.vxlan.clone().expect("vxlan settings");
-        assert_eq!((link.vni, link.local), (7001, UNDERLAY.address));
+        assert_eq!((link.vni, link.local), (7000, UNDERLAY.address));
         assert_eq!(socket_ns, None, "its socket is the host's");
         assert_eq!(vx.master.as_deref(), Some(names::BRIDGE));
         assert_eq!(

@@ -163,10 +163,11 @@ pub(super) fn spawn_peer_poll(agent: Arc<Agent>, net: Arc<NetDriver>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn peer(net: &str, name: &str, last: u8, groups: &[&str]) -> NetworkPeer {
+    /// An instance of network `net` on host `h2` (192.168.1.2), VNI 7000.
+    pub(in crate::agent) fn peer(net: &str, name: &str, last: u8, groups: &[&str]) -> NetworkPeer {
         NetworkPeer {
             project: "p".into(),
             network: "n".into(),
@@ -174,7 +175,7 @@ mod tests {
             vni: 7000,
             instance: name.into(),
             secgroups: groups.iter().map(|g| g.to_string()).collect(),
-            ip: Ipv4Addr::new(10, 0, 0, last),
+            ip: Ipv4Addr::new(10, 20, 0, last),
             mac: format!("02:00:00:00:00:{last:02x}"),
             host: "h2".into(),
             tunnel_address: Ipv4Addr::new(192, 168, 1, 2),
@@ -194,11 +195,11 @@ mod tests {
         assert_eq!(rules[0].ingress, None, "filtered by its own host");
         assert_eq!(
             remote_names(&peers, "blue"),
-            vec![("db".to_string(), Ipv4Addr::new(10, 0, 0, 6))]
+            vec![("db".to_string(), Ipv4Addr::new(10, 20, 0, 6))]
         );
         let mut groups = BTreeMap::from([("data".to_string(), vec![])]);
         add_remote_members(&mut groups, &peers, "blue");
-        assert_eq!(groups["data"], vec![Ipv4Addr::new(10, 0, 0, 6)]);
+        assert_eq!(groups["data"], vec![Ipv4Addr::new(10, 20, 0, 6)]);
         let ports = remote_ports(&peers, "blue");
         assert_eq!(ports[0].host, Ipv4Addr::new(192, 168, 1, 2));
         assert!(remote_ports(&peers, "red").is_empty());
