@@ -4,8 +4,9 @@
 //! `nimbus_net`. Two instances of one network on the two hosts ping and
 //! exchange data over TCP (more than one MTU's worth); a second network
 //! with the same subnet (even the same address) and another VNI never
-//! sees them; forwarding entries removed, the remote is unreachable; and
-//! removal leaves no device, socket or namespace.
+//! sees them; a compromised remote host cannot inject a source address
+//! no remote instance holds; forwarding entries removed, the remote is
+//! unreachable; and removal leaves no device, socket or namespace.
 
 mod common;
 
@@ -259,6 +260,54 @@ impl Drop for Lab {
     }
 }
 
+/// Datagrams received on `port` inside `ns`, as they come.
+fn udp_inbox(ns: &Path, port: u16) -> std::sync::mpsc::Receiver<String> {
+    let sock = netns::run_in(Some(ns), move || {
+        std::net::UdpSocket::bind(("0.0.0.0", port))
+            .map_err(|e| nimbus_net::NetError::io("bind udp", e))
+    })
+    .expect("udp listener");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = sock.recv(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).to_string())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What arrived within `wait` (a datagram that did not, never will: the
+/// path is two bridges and a tunnel on one machine).
+fn received(inbox: &std::sync::mpsc::Receiver<String>, wait: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match inbox.recv_timeout(left) {
+            Ok(m) => got.push(m),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// One datagram from `src` (an address of `ns`) to `to:port`.
+fn send_udp(ns: &Path, src: Ipv4Addr, to: Ipv4Addr, port: u16, what: &'static [u8]) {
+    netns::run_in(Some(ns), move || {
+        let sock = std::net::UdpSocket::bind((src, 0))
+            .map_err(|e| nimbus_net::NetError::io("bind udp", e))?;
+        sock.send_to(what, (to, port))
+            .map_err(|e| nimbus_net::NetError::io("send udp", e))?;
+        Ok(())
+    })
+    .expect("send a datagram");
+}
+
 /// `ping -c 1` from inside `ns` (busybox's, as root: raw sockets).
 fn ping(ns: &Path, to: Ipv4Addr) -> bool {
     std::process::Command::new("nsenter")
@@ -342,6 +391,29 @@ fn a_network_spans_two_hosts_and_another_vni_with_the_same_subnet_stays_apart() 
             parse_mac(&lab.instances[b].port.mac).expect("mac"),
             underlay(1)
         )]
+    );
+
+    // A compromised host 1 (its router's rules gone) lets b send from an
+    // address that is not b's: host 0's rules on vx0 drop it, while the
+    // same datagram from b's own address arrives.
+    let b1_ns = lab.routers[blue1].netns();
+    lab.on_host(1, || nft::apply(Some(&b1_ns), "flush ruleset"));
+    let spoofed = Ipv4Addr::new(10, 98, 0, 77);
+    netns::run_in(Some(&b_ns), || {
+        Netlink::new()?.add_address("eth0", spoofed, 24)
+    })
+    .expect("a second address on b");
+    let inbox = udp_inbox(&a_ns, 9000);
+    send_udp(&b_ns, b_ip, a_ip, 9000, b"from-b");
+    send_udp(&b_ns, spoofed, a_ip, 9000, b"spoofed");
+    let got = received(&inbox, std::time::Duration::from_secs(2));
+    assert!(
+        got.contains(&"from-b".to_string()),
+        "b's own address arrives: {got:?}"
+    );
+    assert!(
+        !got.contains(&"spoofed".to_string()),
+        "a source no remote instance holds is dropped at vx0: {got:?}"
     );
 
     // Entries gone (the instance left): unreachable.
