@@ -387,9 +387,28 @@ pub fn measure(server_ns: &Path, client_ns: &Path, server_ip: &str) -> Measured 
             .expect("ss");
         (!out.stdout.is_empty()).then_some(())
     });
-    let out = in_ns(client_ns, &["iperf3", "-c", server_ip, "-t", "5", "-J"])
-        .output()
-        .expect("iperf3 client");
+    let out = in_ns(
+        client_ns,
+        // A stalled path fails the run instead of hanging it.
+        &[
+            "timeout",
+            "60",
+            "iperf3",
+            "-c",
+            server_ip,
+            "-t",
+            "5",
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ],
+    )
+    .output()
+    .expect("iperf3 client");
+    if !out.status.success() {
+        // A client that gave up leaves the one-shot server waiting.
+        let _ = server.kill();
+    }
     let server_status = server.wait().expect("iperf3 server");
     assert!(
         out.status.success() && server_status.success(),

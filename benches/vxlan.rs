@@ -51,6 +51,20 @@ fn main() {
     let srv = run_on(&c, "srv", "r2");
     let cli = run_on(&c, "cli", "r1");
     let underlay = |h: usize| PathBuf::from(format!("/run/netns/{}", c.hosts[h].netns));
+    // The hosts learn of each other's instance within a poll of the peers.
+    common::wait_until(
+        Duration::from_secs(30),
+        "the overlay to carry a ping",
+        || {
+            support::in_ns(
+                &netns_of(&c, &cli),
+                &["/bin/busybox", "ping", "-c", "1", "-W", "1", &ip_of(&srv)],
+            )
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+        },
+    );
     let (mut overlay, mut bare) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         overlay.push(measure(
