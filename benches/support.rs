@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -321,4 +322,111 @@ pub fn exe_of(pid: i32) -> String {
                 .unwrap_or_default()
         })
         .unwrap_or_else(|_| "?".into())
+}
+
+/// Run a command in a network namespace given by path.
+pub fn in_ns(ns: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns.display())).args(args);
+    c
+}
+
+pub struct Measured {
+    pub gbits: f64,
+    pub rtt_ms: f64,
+}
+
+/// Mean round trip of 2,000 one-byte TCP exchanges (TCP_NODELAY), from a
+/// thread in `client_ns` to an echo thread in `server_ns`.
+pub fn tcp_rtt_ms(server_ns: &Path, client_ns: &Path, server_ip: Ipv4Addr) -> f64 {
+    use std::io::{Read, Write};
+    let listener = nimbus_net::netns::run_in(Some(server_ns), move || {
+        std::net::TcpListener::bind((server_ip, 7777))
+            .map_err(|e| nimbus_net::NetError::io("bind echo", e))
+    })
+    .expect("echo listener");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.set_nodelay(true);
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if s.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let rounds = 2000;
+    nimbus_net::netns::run_in(Some(client_ns), move || {
+        let mut s = TcpStream::connect((server_ip, 7777))
+            .map_err(|e| nimbus_net::NetError::io("connect echo", e))?;
+        let _ = s.set_nodelay(true);
+        let mut b = [0u8; 1];
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            s.write_all(&b)
+                .and_then(|()| s.read_exact(&mut b))
+                .map_err(|e| nimbus_net::NetError::io("echo", e))?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1000.0 / rounds as f64)
+    })
+    .unwrap_or_else(|e| panic!("TCP round trips to {server_ip} failed: {e}"))
+}
+
+/// iperf3 (5 s, one stream) and TCP round trips from `client` to `server_ip`.
+/// A failed run is an error, never a measurement of 0 Gbit/s.
+pub fn measure(server_ns: &Path, client_ns: &Path, server_ip: &str) -> Measured {
+    let mut server = in_ns(server_ns, &["iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server (apt-get install iperf3)");
+    // The server listens before the client connects.
+    crate::common::wait_until(Duration::from_secs(10), "iperf3 -s to listen", || {
+        let out = in_ns(server_ns, &["ss", "-Hltn", "sport = :5201"])
+            .output()
+            .expect("ss");
+        (!out.stdout.is_empty()).then_some(())
+    });
+    let out = in_ns(
+        client_ns,
+        // A stalled path fails the run instead of hanging it.
+        &[
+            "timeout",
+            "60",
+            "iperf3",
+            "-c",
+            server_ip,
+            "-t",
+            "5",
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ],
+    )
+    .output()
+    .expect("iperf3 client");
+    if !out.status.success() {
+        // A client that gave up leaves the one-shot server waiting.
+        let _ = server.kill();
+    }
+    let server_status = server.wait().expect("iperf3 server");
+    assert!(
+        out.status.success() && server_status.success(),
+        "iperf3 to {server_ip} failed (client {}, server {server_status}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 -J printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let gbits = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no end.sum_received.bits_per_second in iperf3's report: {v}"))
+        / 1e9;
+    let rtt_ms = tcp_rtt_ms(server_ns, client_ns, server_ip.parse().expect("server ip"));
+    Measured { gbits, rtt_ms }
 }

@@ -720,6 +720,7 @@ impl Drop for Console {
     }
 }
 
+pub mod cluster;
 pub mod etcd;
 pub mod guest;
 mod host_files;
@@ -756,19 +757,6 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
     tar_of(&root, &dir.join("rootfs.tar"))
 }
 
-/// A busybox root filesystem (Debian's busybox-static: `/bin/busybox`,
-/// `/bin/sh`, an empty `/tmp`) archived in `dir`; the archive's path.
-pub fn busybox_rootfs_tar(dir: &Path) -> String {
-    let root = dir.join("busybox-rootfs");
-    for sub in ["bin", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).expect("rootfs dir");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-    tar_of(&root, &dir.join("busybox.tar"))
-}
-
 /// `tar -cf out -C root .`; the archive's path.
 fn tar_of(root: &Path, out: &Path) -> String {
     let st = Command::new("tar")
@@ -781,4 +769,31 @@ fn tar_of(root: &Path, out: &Path) -> String {
         .expect("tar");
     assert!(st.success(), "tar of {}", root.display());
     out.to_string_lossy().to_string()
+}
+
+/// A busybox root filesystem (Debian's busybox-static: `/bin/busybox`,
+/// `/bin/sh`, an empty `/tmp`) archived in `dir`; the archive's path.
+pub fn busybox_rootfs_tar(dir: &Path) -> String {
+    busybox_rootfs_tar_with(dir, &[], &[])
+}
+
+/// [`busybox_rootfs_tar`] plus the host's files `host_files` (symlinks
+/// followed) at the same paths, and the empty directories `dirs` (mode 0755).
+pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -> String {
+    let root = dir.join("busybox-rootfs");
+    for sub in ["bin", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).expect("rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    for file in host_files {
+        let to = root.join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("rootfs dir");
+        std::fs::copy(file, &to).unwrap_or_else(|e| panic!("copying {file} into the image: {e}"));
+    }
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).expect("rootfs dir");
+    }
+    tar_of(&root, &dir.join("busybox.tar"))
 }

@@ -19,4 +19,6 @@ pub mod vm;
 pub mod volume;
 
 pub use agent::{Agent, AgentConfig};
+/// The underlay settings the CLI hands the agent (`--tunnel-address`).
+pub use nimbus_net::vxlan;
 pub use shim_entry::run_shim;

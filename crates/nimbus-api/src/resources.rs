@@ -320,6 +320,16 @@ pub struct HostStatus {
     /// sooner than this lease plus a margin after its last heartbeat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_after_ms: Option<u64>,
+    /// The host's underlay ("data-centre") address: where other hosts send
+    /// the VXLAN traffic of networks that span hosts. `None`: the agent has
+    /// none (one host, or the servers reached over loopback), and its
+    /// networks stay on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// UDP port of the host's VXLAN endpoint (4789 unless configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -857,6 +867,39 @@ pub struct NetworkStatus {
     /// Usable instance addresses in the subnet.
     #[serde(default)]
     pub capacity: u32,
+    /// The network's VXLAN network identifier, unique in the cluster:
+    /// hosts carry its frames to each other under this id. Given when the
+    /// network is created (older networks: at their next launch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+}
+
+/// An instance of a network on another host, as a host agent needs it to
+/// reach it over VXLAN: `GET /v1/hosts/{host}/network-peers`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct NetworkPeer {
+    pub project: String,
+    pub network: String,
+    pub network_id: String,
+    pub vni: u32,
+    /// The instance's name (for DNS) and security groups (for group rules).
+    pub instance: String,
+    #[serde(default)]
+    pub secgroups: Vec<String>,
+    #[schema(value_type = String)]
+    pub ip: std::net::Ipv4Addr,
+    pub mac: String,
+    /// The instance's host and that host's underlay address and port.
+    pub host: String,
+    #[schema(value_type = String)]
+    pub tunnel_address: std::net::Ipv4Addr,
+    pub tunnel_port: u16,
+}
+
+/// Every instance on another host of the networks a host serves.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct NetworkPeers {
+    pub items: Vec<NetworkPeer>,
 }
 
 /// A private network of a project: on each host, its own router namespace.

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::conntrack::Flow;
 use crate::host::{Conntrack, Dataplane, Firewall, Links, LinksWork, Netns};
+use crate::netlink::{format_mac, VxlanLink};
 use crate::{NetError, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,7 @@ pub enum LinkKind {
     Veth,
     Bridge,
     Tap,
+    Vxlan,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct FakeLink {
     pub mtu: Option<u32>,
     /// The other end of a veth: (namespace, name).
     pub peer: Option<(Option<PathBuf>, String)>,
+    /// A VXLAN device's settings, and the namespace holding its socket.
+    pub vxlan: Option<(VxlanLink, Option<PathBuf>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +57,10 @@ pub struct FakeNamespace {
     pub addresses: Vec<(String, Ipv4Addr, u8)>,
     pub routes: Vec<FakeRoute>,
     pub sysctls: BTreeMap<String, String>,
+    /// Permanent neighbours: (link, address) → MAC.
+    pub neighbours: BTreeMap<(String, Ipv4Addr), [u8; 6]>,
+    /// VXLAN forwarding entries: (link, MAC) → remote host.
+    pub fdb: BTreeMap<(String, [u8; 6]), Ipv4Addr>,
 }
 
 impl Default for FakeNamespace {
@@ -68,6 +76,7 @@ impl Default for FakeNamespace {
                 mac: None,
                 mtu: None,
                 peer: None,
+                vxlan: None,
             },
         );
         FakeNamespace {
@@ -75,6 +84,8 @@ impl Default for FakeNamespace {
             addresses: Vec::new(),
             routes: Vec::new(),
             sysctls: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            fdb: BTreeMap::new(),
         }
     }
 }
@@ -187,6 +198,8 @@ impl FakeState {
         };
         space.addresses.retain(|(l, _, _)| l != name);
         space.routes.retain(|r| r.link.as_deref() != Some(name));
+        space.neighbours.retain(|(l, _), _| l != name);
+        space.fdb.retain(|(l, _), _| l != name);
         for other in space.links.values_mut() {
             if other.master.as_deref() == Some(name) {
                 other.master = None;
@@ -207,6 +220,7 @@ impl FakeState {
             mac,
             mtu,
             peer: None,
+            vxlan: None,
         }
     }
 }
@@ -441,6 +455,73 @@ impl Links for FakeLinks<'_> {
         self.space()?
             .sysctls
             .insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    fn add_vxlan(&mut self, name: &str, tunnel: &VxlanLink, netns: Option<&Path>) -> Result<()> {
+        let target = netns.map(Path::to_path_buf).or_else(|| self.ns.clone());
+        self.record(format!(
+            "add_vxlan {name} vni {} local {} in {}",
+            tunnel.vni,
+            tunnel.local,
+            ns_label(target.as_deref())
+        ))?;
+        let mut link = self.state.new_link(LinkKind::Vxlan, None, Some(tunnel.mtu));
+        link.vxlan = Some((tunnel.clone(), self.ns.clone()));
+        self.state.add_link(target.as_deref(), name, link)
+    }
+
+    fn neighbours(&mut self, link: &str) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        self.require(link)?;
+        Ok(self
+            .space()?
+            .neighbours
+            .iter()
+            .filter(|((l, _), _)| l == link)
+            .map(|((_, ip), mac)| (*ip, *mac))
+            .collect())
+    }
+
+    fn set_neighbour(&mut self, link: &str, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> Result<()> {
+        self.record(format!(
+            "set_neighbour {link} {ip} {}",
+            mac.map(format_mac).unwrap_or_else(|| "none".into())
+        ))?;
+        self.require(link)?;
+        let key = (link.to_string(), ip);
+        let space = self.space()?;
+        match mac {
+            Some(m) => space.neighbours.insert(key, m),
+            None => space.neighbours.remove(&key),
+        };
+        Ok(())
+    }
+
+    fn fdb_remotes(&mut self, link: &str) -> Result<Vec<([u8; 6], Ipv4Addr)>> {
+        self.require(link)?;
+        Ok(self
+            .space()?
+            .fdb
+            .iter()
+            .filter(|((l, _), _)| l == link)
+            .map(|((_, mac), ip)| (*mac, *ip))
+            .collect())
+    }
+
+    fn set_fdb(&mut self, link: &str, mac: [u8; 6], remote: Option<Ipv4Addr>) -> Result<()> {
+        self.record(format!("set_fdb {link} {} {remote:?}", format_mac(mac)))?;
+        if self.require(link)?.kind != LinkKind::Vxlan {
+            return Err(NetError::Netlink {
+                what: format!("forwarding entry on {link}"),
+                message: "Operation not supported (os error 95)".into(),
+            });
+        }
+        let key = (link.to_string(), mac);
+        let space = self.space()?;
+        match remote {
+            Some(ip) => space.fdb.insert(key, ip),
+            None => space.fdb.remove(&key),
+        };
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::conntrack::Flow;
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, VxlanLink};
 use crate::{conntrack, netns, nft, tap, NetError, Result};
 
 /// Link, address and route operations inside one network namespace.
@@ -55,6 +55,17 @@ pub trait Links {
     ) -> Result<()>;
     /// Write a sysctl (`net.ipv4.ip_forward`) of this namespace.
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()>;
+    /// A VXLAN device made here (its UDP socket lives here), placed in the
+    /// namespace bind-mounted at `netns` when given.
+    fn add_vxlan(&mut self, name: &str, tunnel: &VxlanLink, netns: Option<&Path>) -> Result<()>;
+    /// Permanent IPv4 neighbours of `link`: (address, MAC).
+    fn neighbours(&mut self, link: &str) -> Result<Vec<(Ipv4Addr, [u8; 6])>>;
+    /// Set (`Some`) or remove (`None`) the permanent neighbour `ip` of `link`.
+    fn set_neighbour(&mut self, link: &str, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> Result<()>;
+    /// Forwarding entries of a VXLAN device: (MAC, remote host address).
+    fn fdb_remotes(&mut self, link: &str) -> Result<Vec<([u8; 6], Ipv4Addr)>>;
+    /// Set (`Some`) or remove (`None`) the forwarding entry of `mac`.
+    fn set_fdb(&mut self, link: &str, mac: [u8; 6], remote: Option<Ipv4Addr>) -> Result<()>;
 }
 
 /// Work handed to [`Netns::with_links`].
@@ -205,6 +216,28 @@ impl Links for Netlink {
     fn sysctl(&mut self, key: &str, value: &str) -> Result<()> {
         // The socket's thread is in the namespace, and so is its /proc/sys/net.
         netns::sysctl(key, value)
+    }
+
+    fn add_vxlan(&mut self, name: &str, tunnel: &VxlanLink, netns: Option<&Path>) -> Result<()> {
+        // The namespace file stays open until the kernel has the request.
+        let target = netns.map(netns::open).transpose()?;
+        Netlink::add_vxlan(self, name, tunnel, target.as_ref().map(netns::raw))
+    }
+
+    fn neighbours(&mut self, link: &str) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        Netlink::neighbours(self, link)
+    }
+
+    fn set_neighbour(&mut self, link: &str, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> Result<()> {
+        Netlink::set_neighbour(self, link, ip, mac)
+    }
+
+    fn fdb_remotes(&mut self, link: &str) -> Result<Vec<([u8; 6], Ipv4Addr)>> {
+        Netlink::fdb_remotes(self, link)
+    }
+
+    fn set_fdb(&mut self, link: &str, mac: [u8; 6], remote: Option<Ipv4Addr>) -> Result<()> {
+        Netlink::set_fdb(self, link, mac, remote)
     }
 }
 

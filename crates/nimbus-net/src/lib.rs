@@ -1,4 +1,5 @@
-//! Host networking for Nimbus instances, on one host.
+//! Host networking for Nimbus instances: on one host, and across hosts
+//! over VXLAN ([`vxlan`]).
 //!
 //! Every Nimbus network gets a *router namespace* on the host
 //! (`/run/nimbus/netns/nr-<network id>`): it holds the network's Linux
@@ -34,6 +35,7 @@ pub mod nft;
 pub mod router;
 pub mod rules;
 pub mod tap;
+pub mod vxlan;
 
 pub use router::{HostSide, PortSpec, RouterSpec};
 

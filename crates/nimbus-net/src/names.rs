@@ -12,6 +12,8 @@ pub const HOST_LINK_PREFIX: &str = "nb";
 pub const BRIDGE: &str = "br0";
 /// Name of the router's link towards the host, inside its namespace.
 pub const UPLINK: &str = "uplink";
+/// The router's VXLAN device (a port of `br0`) on networks spanning hosts.
+pub const VXLAN: &str = "vx0";
 
 fn short(id: &str) -> String {
     id.chars()

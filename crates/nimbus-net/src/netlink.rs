@@ -11,7 +11,10 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -380,4 +383,179 @@ impl Netlink {
         )?;
         Ok(())
     }
+
+    /// A VXLAN device `name` made from this namespace, so its UDP socket
+    /// (on `local`:`port`) lives here, placed in the namespace `netns`
+    /// when given. No learning (forwarding entries come from the store)
+    /// and ARP answered from its neighbour table (`proxy`): nothing is
+    /// flooded to other hosts.
+    pub fn add_vxlan(
+        &mut self,
+        name: &str,
+        tunnel: &VxlanLink,
+        netns: Option<RawFd>,
+    ) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(tunnel.mtu));
+        if let Some(fd) = netns {
+            msg.attributes.push(LinkAttribute::NetNsFd(fd));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(tunnel.vni),
+                InfoVxlan::Local(tunnel.local),
+                InfoVxlan::Port(tunnel.port),
+                InfoVxlan::Learning(false),
+                InfoVxlan::Proxy(true),
+                InfoVxlan::Ttl(64),
+            ])),
+        ]));
+        self.request(
+            &format!(
+                "create vxlan {name} (vni {}, local {})",
+                tunnel.vni, tunnel.local
+            ),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    fn dump_neighbours(&mut self, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        let replies = self.request(
+            "list neighbours",
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The permanent IPv4 neighbours of `link`: (address, MAC).
+    pub fn neighbours(&mut self, link: &str) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let index = self.require_index(link)?;
+        Ok(self
+            .dump_neighbours(AddressFamily::Inet)?
+            .iter()
+            .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
+            .filter_map(|n| Some((neighbour_ip(n)?, neighbour_mac(n)?)))
+            .collect())
+    }
+
+    /// The forwarding entries of the VXLAN device `link` that send to a
+    /// remote host: (MAC, remote address).
+    pub fn fdb_remotes(&mut self, link: &str) -> Result<Vec<([u8; 6], Ipv4Addr)>> {
+        let index = self.require_index(link)?;
+        Ok(self
+            .dump_neighbours(AddressFamily::Bridge)?
+            .iter()
+            .filter(|n| n.header.ifindex == index)
+            .filter_map(|n| Some((neighbour_mac(n)?, neighbour_ip(n)?)))
+            .collect())
+    }
+
+    fn neighbour_request(&mut self, what: String, msg: NeighbourMessage, add: bool) -> Result<()> {
+        let result = if add {
+            self.request(
+                &what,
+                RouteNetlinkMessage::NewNeighbour(msg),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+        } else {
+            self.request(&what, RouteNetlinkMessage::DelNeighbour(msg), 0)
+        };
+        match result {
+            Ok(_) => Ok(()),
+            // Deleting what is gone is fine (a retried sync).
+            Err(NetError::Netlink { message, .. })
+                if !add && message.contains("No such file or directory") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set (`Some(mac)`) or remove (`None`) the permanent neighbour `ip`
+    /// on `link`.
+    pub fn set_neighbour(&mut self, link: &str, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = self.require_index(link)?;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        if let Some(m) = mac {
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(m.to_vec()));
+        }
+        self.neighbour_request(format!("neighbour {ip} on {link}"), msg, mac.is_some())
+    }
+
+    /// Set (`Some(remote)`) or remove (`None`) the forwarding entry of
+    /// `mac` on the VXLAN device `link`.
+    pub fn set_fdb(&mut self, link: &str, mac: [u8; 6], remote: Option<Ipv4Addr>) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = self.require_index(link)?;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(ip) = remote {
+            msg.attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        }
+        self.neighbour_request(
+            format!("forwarding entry {} on {link}", format_mac(mac)),
+            msg,
+            remote.is_some(),
+        )
+    }
+}
+
+/// What a VXLAN device is made with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub vni: u32,
+    /// The host's underlay address: the tunnel's source.
+    pub local: Ipv4Addr,
+    /// UDP port (4789).
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// `02:aa:bb:cc:dd:ee`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn neighbour_ip(n: &NeighbourMessage) -> Option<Ipv4Addr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        // A bridge entry's remote is not decoded as IPv4 by the crate.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+            Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+        _ => None,
+    })
+}
+
+fn neighbour_mac(n: &NeighbourMessage) -> Option<[u8; 6]> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
 }

@@ -157,11 +157,14 @@ fn free_transit_block(network_id: &str, taken: &[Ipv4Addr]) -> Result<(Ipv4Addr,
         })
 }
 
-/// Remove a network's router namespace and uplink.
+/// Remove a network's router namespace, its VXLAN device (whose socket
+/// is the host's) and its uplink.
 pub fn remove_router(host: &dyn Netns, network_id: &str) -> Result<()> {
+    let ns = names::router_netns(network_id);
+    crate::vxlan::remove_tunnel(host, &ns)?;
     let link = names::host_link(network_id);
     in_netns(host, None, |nl| nl.delete_link(&link))?;
-    host.remove(&names::router_netns(network_id))
+    host.remove(&ns)
 }
 
 fn prepare_port(nl: &mut dyn Links, link: &str) -> Result<()> {

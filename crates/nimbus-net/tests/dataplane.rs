@@ -2,59 +2,14 @@
 //! talk over TCP, a security group blocks and then allows, a spoofed
 //! source address is dropped, and removal leaves no link or namespace.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::time::Duration;
+use std::net::{Ipv4Addr, TcpStream};
 
+mod common;
+
+use common::{is_root, serve, skip, talk, unique_id};
 use nimbus_net::host::KernelNetns;
 use nimbus_net::rules::{self, AllowRule, Ingress, PortRules, Proto, RouterRules};
 use nimbus_net::{names, netlink::Netlink, netns, nft, router, PortSpec, RouterSpec};
-
-/// A fresh id whose leading hex digits (used in link names) differ per call.
-fn unique_id() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in nanos
-        .to_le_bytes()
-        .iter()
-        .chain(n.to_le_bytes().iter())
-        .chain(std::process::id().to_le_bytes().iter())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}{nanos:016x}")
-}
-
-/// Set by `scripts/test`, which runs as root after `scripts/deps`: there a
-/// check that would skip fails instead.
-const NO_SKIP_ENV: &str = "NIMBUS_TESTS_REQUIRE_ROOT";
-
-/// Reports that (part of) the current test did not run: a failure under
-/// `scripts/test` ([`NO_SKIP_ENV`]), elsewhere a SKIPPED line written
-/// straight to the stderr handle, which the harness does not capture (it
-/// captures `print!`/`eprint!` only), so it shows in `cargo test`'s output.
-fn skip(why: &str) {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("this test")
-        .to_string();
-    if std::env::var_os(NO_SKIP_ENV).is_some() {
-        panic!("{test} would skip ({why}), but {NO_SKIP_ENV} is set: under scripts/test every check must run");
-    }
-    let _ = writeln!(std::io::stderr(), "\n!!!!!!!! SKIPPED {test}: {why}\n");
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn port(id: &str, last: u8) -> PortSpec {
     PortSpec {
@@ -75,37 +30,6 @@ fn port_rules(p: &PortSpec, ingress: Option<Ingress>) -> PortRules {
         dhcp: false,
         ingress,
     }
-}
-
-/// A listener inside `ns` that answers "pong" to each connection.
-fn serve(ns: &Path, port: u16) -> SocketAddr {
-    let listener = netns::run_in(Some(ns), move || {
-        TcpListener::bind(("0.0.0.0", port)).map_err(|e| nimbus_net::NetError::io("bind", e))
-    })
-    .expect("listener in namespace");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(b"pong");
-        }
-    });
-    addr
-}
-
-/// Connect from inside `ns`, optionally from a given source address.
-fn talk(ns: &Path, to: Ipv4Addr, port: u16) -> bool {
-    netns::run_in(Some(ns), move || {
-        let r =
-            TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_millis(800))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut buf = [0u8; 4];
-                    s.read_exact(&mut buf)?;
-                    Ok(buf)
-                });
-        Ok(matches!(r, Ok(b) if &b == b"pong"))
-    })
-    .unwrap_or(false)
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub mod server;
 pub mod state;
 pub mod tls;
 pub mod usage;
+pub mod vni;
 
 pub use config::{ServerConfig, StoreBackend, StoreBackendError};
 pub use error::ServerError;

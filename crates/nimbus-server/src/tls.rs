@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 /// Paths of the certificate and key to serve, generating them if needed.
+/// A generated certificate names loopback, the hostname and `listen_ip`
+/// (the address of `--listen`, unless it is a wildcard), so agents that
+/// reach the server at that address can verify it; one made earlier is kept
+/// as it is, since joined agents pin it.
 pub fn ensure_certificate(
     dir: &Path,
     cert: Option<&Path>,
     key: Option<&Path>,
+    listen_ip: Option<std::net::IpAddr>,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     if let (Some(c), Some(k)) = (cert, key) {
         return Ok((c.to_path_buf(), k.to_path_buf()));
@@ -28,6 +33,11 @@ pub fn ensure_certificate(
     if let Ok(h) = nix_hostname() {
         names.push(h);
     }
+    names.extend(
+        listen_ip
+            .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+            .map(|ip| ip.to_string()),
+    );
     let certified = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed TLS certificate")?;
     write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;

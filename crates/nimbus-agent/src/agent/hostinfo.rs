@@ -36,6 +36,8 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         // With none, the agent does not stop its instances when cut off
         // from the servers, so none may be moved off its host.
         fence_after_ms: config.fence_after_ms,
+        tunnel_address: config.tunnel.map(|t| t.address),
+        tunnel_port: config.tunnel.map(|t| t.port),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod skew;
 pub mod stats;
 pub mod translate;
+mod tunnel;
 #[cfg(test)]
 mod worker_tests;
 
@@ -73,6 +74,9 @@ pub struct AgentConfig {
     /// A fetched blob or unpacked layer younger than this is never
     /// collected: an instance may be starting from it.
     pub blob_min_age_ms: u64,
+    /// Where this host meets the others for networks that span hosts
+    /// (VXLAN); `None`: its networks stay on this host (`nimbus up`).
+    pub tunnel: Option<nimbus_net::vxlan::Underlay>,
 }
 
 impl AgentConfig {
@@ -93,6 +97,7 @@ impl AgentConfig {
             container_disk_bytes: DEFAULT_CONTAINER_DISK_BYTES,
             blob_collect_ms: 10 * 60 * 1000,
             blob_min_age_ms: 10 * 60 * 1000,
+            tunnel: None,
         }
     }
 
@@ -191,10 +196,10 @@ impl Agent {
             workers: Mutex::new(HashMap::new()),
             image_cache: Mutex::new(HashMap::new()),
             ids: idmap::IdAllocator::new(config.id_base, config.id_range),
-            net: Arc::new(network::NetDriver::new(
-                &config.data_dir,
-                config.reserved_tcp_ports.clone(),
-            )),
+            net: Arc::new(
+                network::NetDriver::new(&config.data_dir, config.reserved_tcp_ports.clone())
+                    .with_tunnel(config.tunnel),
+            ),
             drivers,
             config,
             volume_backend: std::sync::OnceLock::new(),

@@ -17,16 +17,17 @@ use futures::StreamExt;
 use nimbus_api::client::ClientError;
 use nimbus_api::resources::Object;
 use nimbus_api::{
-    Instance, InstanceAddress, Network, Protocol, PublishedPort, PublishedPortStatus, ResourceList,
-    SecurityGroup, WatchEvent, WatchEventType,
+    Instance, InstanceAddress, Network, NetworkPeer, Protocol, PublishedPort, PublishedPortStatus,
+    ResourceList, SecurityGroup, WatchEvent, WatchEventType,
 };
 use nimbus_net::host::{self, Dataplane};
 use nimbus_net::listeners::{self, Transport};
 use nimbus_net::rules::{self, AllowRule, Forward, HostForward, Ingress, PortRules, RouterRules};
+use nimbus_net::vxlan::Underlay;
 use nimbus_net::{dns, flows, names, router, HostSide, NetError, PortSpec, RouterSpec};
 use serde::{Deserialize, Serialize};
 
-use super::Agent;
+use super::{tunnel, Agent};
 
 /// What giving an instance its network can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,9 @@ struct RouterState {
     dhcp: Option<nimbus_net::dhcp::DhcpServer>,
     /// The rules last applied by this process (`None`: unknown).
     applied: Option<RouterRules>,
+    /// What its VXLAN device was given last (`None`: unknown; `Some(None)`:
+    /// no device).
+    tunnel: Option<Option<tunnel::Applied>>,
 }
 
 #[derive(Default)]
@@ -126,6 +130,8 @@ struct Known {
     secgroups: HashMap<String, SecurityGroup>,
     published: HashMap<String, PublishedPort>,
     instances: HashMap<String, Instance>,
+    /// Instances of this host's networks on other hosts (see `tunnel`).
+    peers: Vec<NetworkPeer>,
 }
 
 fn pkey(project: &Option<String>, name: &str) -> String {
@@ -152,6 +158,8 @@ pub struct NetDriver {
     /// later; this keeps a sync in between from sending it again.
     reported_forwards: std::sync::Mutex<HashMap<String, (bool, Option<String>)>>,
     wake: tokio::sync::Notify,
+    /// Where this host meets the others (`None`: networks stay here).
+    underlay: Option<Underlay>,
 }
 
 /// A published port's forwarding, to report to the server.
@@ -172,7 +180,7 @@ fn fnv(text: &str) -> u32 {
 }
 
 /// Host network work, on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> nimbus_net::Result<T> + Send + 'static,
 ) -> nimbus_net::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -204,7 +212,27 @@ impl NetDriver {
             skipped_forwards: Default::default(),
             reported_forwards: Default::default(),
             wake: tokio::sync::Notify::new(),
+            underlay: None,
         }
+    }
+
+    /// A driver whose networks may span hosts over `underlay`.
+    pub fn with_tunnel(mut self, underlay: Option<Underlay>) -> NetDriver {
+        self.underlay = underlay;
+        self
+    }
+
+    /// The instances of this host's networks on other hosts, as the
+    /// server last said; a change wakes the sync.
+    pub fn set_peers(&self, mut peers: Vec<NetworkPeer>) {
+        peers.sort_by(|a, b| (&a.network_id, a.ip).cmp(&(&b.network_id, b.ip)));
+        if let Ok(mut k) = self.known.lock() {
+            if k.peers == peers {
+                return;
+            }
+            k.peers = peers;
+        }
+        self.wake.notify_one();
     }
 
     fn port_record_path(&self, instance_id: &str) -> PathBuf {
@@ -372,6 +400,7 @@ impl NetDriver {
                 leases: Default::default(),
                 dhcp: None,
                 applied: None,
+                tunnel: None,
             },
         );
         Ok(())
@@ -402,7 +431,7 @@ impl NetDriver {
             prefix_len: addr.prefix_len,
             gateway: addr.gateway,
             mac: addr.mac.clone(),
-            mtu: router::DEFAULT_MTU,
+            mtu: tunnel::port_mtu(self.underlay),
         };
         let record = PortRecord {
             network_id: net.metadata.id.clone(),
@@ -572,7 +601,7 @@ impl NetDriver {
                 gateway: addr.gateway,
                 dns: resolvers(&net, &addr),
                 search: net.spec.dns_search.iter().cloned().collect(),
-                mtu: router::DEFAULT_MTU,
+                mtu: tunnel::port_mtu(self.underlay),
             },
         }))
     }
@@ -697,7 +726,7 @@ impl NetDriver {
                             prefix_len,
                             gateway: r.gateway,
                             dns: vec![r.gateway],
-                            mtu: router::DEFAULT_MTU as u16,
+                            mtu: tunnel::port_mtu(self.underlay) as u16,
                         },
                     ))
                 })
@@ -751,6 +780,7 @@ impl NetDriver {
                 }
             }
         }
+        self.sync_tunnels(routers).await;
         let mut uplinks: Vec<String> = routers.values().map(|r| r.host.host_link.clone()).collect();
         uplinks.sort();
         let previous = self.host_applied.lock().ok().and_then(|h| h.clone());
@@ -903,7 +933,37 @@ impl NetDriver {
         spawn_watch::<SecurityGroup>(agent.clone(), self.clone(), "/v1/secgroups", |k| {
             &mut k.secgroups
         });
+        if self.underlay.is_some() {
+            tunnel::spawn_peer_poll(agent.clone(), self.clone());
+        }
         spawn_watch::<PublishedPort>(agent, self.clone(), "/v1/addresses", |k| &mut k.published);
+    }
+
+    /// Bring every router's VXLAN device to its network's peers (after
+    /// the rules, so the device's frames are guarded from the first).
+    async fn sync_tunnels(&self, routers: &mut HashMap<String, RouterState>) {
+        let Some(underlay) = self.underlay else {
+            return;
+        };
+        let peers = match self.known.lock() {
+            Ok(k) => k.peers.clone(),
+            Err(_) => return,
+        };
+        for (id, r) in routers.iter_mut() {
+            let result = tunnel::sync_router(
+                &self.host,
+                underlay,
+                r.host.netns.clone(),
+                id,
+                &peers,
+                &mut r.tunnel,
+            )
+            .await;
+            if let Err(e) = result {
+                r.tunnel = None;
+                tracing::warn!(network = %r.network, error = %e, "programming the network's VXLAN device failed; retrying at the next change");
+            }
+        }
     }
 }
 
@@ -1174,9 +1234,13 @@ fn render(
                 Some((i, a))
             })
             .collect();
-        let names: HashMap<String, Ipv4Addr> = members
-            .iter()
-            .map(|(i, a)| (i.metadata.name.to_ascii_lowercase(), a.ip))
+        let names: HashMap<String, Ipv4Addr> = tunnel::remote_names(&k.peers, net_id)
+            .into_iter()
+            .chain(
+                members
+                    .iter()
+                    .map(|(i, a)| (i.metadata.name.to_ascii_lowercase(), a.ip)),
+            )
             .collect();
         let mut groups: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         let mut port_rules = Vec::new();
@@ -1259,6 +1323,7 @@ fn render(
                 }
             }
         }
+        tunnel::add_remote_members(&mut groups, &k.peers, net_id);
         for (g, list) in groups.iter_mut() {
             for (i, a) in &members {
                 if i.spec.secgroups.contains(g) {
@@ -1268,6 +1333,7 @@ fn render(
             list.sort();
             list.dedup();
         }
+        port_rules.extend(tunnel::remote_port_rules(&k.peers, net_id));
         forwards.sort();
         let rr = RouterRules {
             gateway: r.gateway,
@@ -1338,3 +1404,7 @@ mod tests {
 #[cfg(test)]
 #[path = "network_tests.rs"]
 mod driver_tests;
+
+#[cfg(test)]
+#[path = "network_tunnel_tests.rs"]
+mod tunnel_tests;

@@ -19,13 +19,13 @@ use crate::agent::error::AgentError;
 const HOST_PORT: u16 = 47913;
 const OTHER_HOST_PORT: u16 = 47914;
 
-struct Fixture {
-    host: Arc<FakeHost>,
-    driver: NetDriver,
+pub(super) struct Fixture {
+    pub(super) host: Arc<FakeHost>,
+    pub(super) driver: NetDriver,
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("a temp dir");
     let host = Arc::new(FakeHost::new());
     let driver = NetDriver::with_dataplane(dir.path(), vec![7443], FakeHost::dataplane(&host));
@@ -42,7 +42,7 @@ fn meta(project: &str, name: &str, id: &str) -> Metadata {
     m
 }
 
-fn network(project: &str, name: &str, id: &str, third_octet: u8) -> Network {
+pub(super) fn network(project: &str, name: &str, id: &str, third_octet: u8) -> Network {
     Network {
         metadata: meta(project, name, id),
         spec: NetworkSpec {
@@ -55,7 +55,7 @@ fn network(project: &str, name: &str, id: &str, third_octet: u8) -> Network {
     }
 }
 
-fn instance(id: &str, name: &str, net: &Network, last: u8, groups: &[&str]) -> Instance {
+pub(super) fn instance(id: &str, name: &str, net: &Network, last: u8, groups: &[&str]) -> Instance {
     let project = net.metadata.project.clone().unwrap_or_default();
     let octet: u8 = net.spec.subnet[3..]
         .split('.')
@@ -114,7 +114,7 @@ fn secgroup(project: &str, name: &str, rules: Vec<SecurityRule>) -> SecurityGrou
 impl Fixture {
     /// What the watches and an attach would have left: the network and
     /// instance known, the instance's port recorded.
-    fn add(&self, net: &Network, inst: &Instance) {
+    pub(super) fn add(&self, net: &Network, inst: &Instance) {
         let project = inst.metadata.project.clone().unwrap_or_default();
         if let Ok(mut k) = self.driver.known.lock() {
             k.networks
@@ -156,7 +156,7 @@ impl Fixture {
         }
     }
 
-    async fn sync(&self) {
+    pub(super) async fn sync(&self) {
         let mut routers = self.driver.routers.lock().await;
         self.driver.sync_locked(&mut routers).await;
     }
@@ -167,7 +167,7 @@ impl Fixture {
     }
 
     /// The last script applied in the router namespace of `network_id`.
-    fn router_script(&self, network_id: &str) -> String {
+    pub(super) fn router_script(&self, network_id: &str) -> String {
         let ns = names::router_netns(network_id);
         self.host
             .scripts(Some(&ns))

@@ -474,6 +474,13 @@ pub async fn host(g: &Globals, cmd: HostCmd) -> anyhow::Result<()> {
                         h.status.accelerator, h.status.accelerator_reason
                     ));
                 }
+                out.push_str(&match h.status.tunnel_address {
+                    Some(a) => format!(
+                        "\n\ntunnel address: {a} (VXLAN, UDP {})",
+                        h.status.tunnel_port.unwrap_or(nimbus_agent::vxlan::DEFAULT_PORT)
+                    ),
+                    None => "\n\ntunnel address: none (this host's networks stay on it; give the agent --tunnel-address)".into(),
+                });
                 out
             })
         }

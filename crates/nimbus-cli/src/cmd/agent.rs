@@ -82,8 +82,49 @@ pub struct AgentArgs {
     /// 5m; heartbeats go out at least three times per lease).
     #[arg(long, default_value = "8s", value_parser = parse_fence_after)]
     pub fence_after: u64,
+    /// This host's underlay ("data-centre") address: other hosts send the
+    /// VXLAN traffic of networks that span hosts there. Default: the
+    /// address this host reaches the first server from (none when that is
+    /// loopback: networks then stay on this host).
+    #[arg(long, value_name = "IP")]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// UDP port of this host's VXLAN endpoint; the same on every host.
+    #[arg(long, default_value_t = nimbus_agent::vxlan::DEFAULT_PORT)]
+    pub tunnel_port: u16,
     #[command(flatten)]
     pub host: HostAgentArgs,
+}
+
+/// Where this host meets the others: `--tunnel-address`, else the source
+/// of the route to the first server; checked to be this host's own.
+fn underlay(
+    args: &AgentArgs,
+    servers: &[join::ServerAddr],
+) -> anyhow::Result<Option<nimbus_agent::vxlan::Underlay>> {
+    let address = match args.tunnel_address {
+        Some(a) => Some(a),
+        None => {
+            let first = servers.first().map(|s| s.addr.as_str()).unwrap_or_default();
+            let to = std::net::ToSocketAddrs::to_socket_addrs(first)
+                .ok()
+                .and_then(|mut a| a.find(|a| a.is_ipv4()));
+            match to {
+                Some(to) => nimbus_agent::vxlan::route_source(to)?,
+                None => None,
+            }
+        }
+    };
+    let Some(address) = address else {
+        tracing::info!("no tunnel address (the servers are reached over loopback): this host's networks stay on it; give --tunnel-address to span hosts");
+        return Ok(None);
+    };
+    let u = nimbus_agent::vxlan::Underlay {
+        address,
+        port: args.tunnel_port,
+    };
+    nimbus_agent::vxlan::check_underlay(&u).context("--tunnel-address")?;
+    tracing::info!(tunnel_address = %address, port = u.port, "networks span hosts over VXLAN from this address");
+    Ok(Some(u))
 }
 
 fn parse_fence_after(s: &str) -> Result<u64, String> {
@@ -132,6 +173,7 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
         instances_memory,
     )?;
     config.fence_after_ms = Some(args.fence_after);
+    config.tunnel = underlay(&args, &servers)?;
     // Its own image store, in its data directory.
     let agent = Agent::new(config, client, None)?;
     tracing::info!(host = %credential.host, data_dir = %g.data_dir.display(), "host agent running");

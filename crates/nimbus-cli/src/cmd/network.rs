@@ -213,7 +213,15 @@ pub async fn network(g: &Globals, cmd: NetworkCmd) -> anyhow::Result<()> {
             let n: Network = client
                 .get(&format!("/v1/projects/{p}/networks/{name}"))
                 .await?;
-            print(g, &n, || network_rows(std::slice::from_ref(&n)))
+            print(g, &n, || {
+                let vni = n.status.vni.map(|v| v.to_string());
+                format!(
+                    "{}\n\nvxlan vni: {} (carries the network between hosts)",
+                    network_rows(std::slice::from_ref(&n)),
+                    vni.as_deref()
+                        .unwrap_or("none yet (given at the next launch)")
+                )
+            })
         }
         NetworkCmd::Rm { name } => {
             client

@@ -24,7 +24,7 @@ fn require_operator(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-fn require_own_host(caller: &Caller, host: &str) -> ApiResult<()> {
+pub(super) fn require_own_host(caller: &Caller, host: &str) -> ApiResult<()> {
     if caller.system_admin || caller.host.as_deref() == Some(host) {
         Ok(())
     } else {

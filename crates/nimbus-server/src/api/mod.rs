@@ -10,6 +10,7 @@ pub mod image_blobs;
 pub mod images;
 pub mod instances;
 pub mod metrics;
+pub mod network_peers;
 pub mod networks;
 pub mod objects;
 pub mod openapi;
@@ -91,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts/join", post(host_join::join))
         .route("/v1/hosts/{host}", get(hosts::get).delete(hosts::remove))
         .route("/v1/hosts/{host}/status", post(hosts::report))
+        .route("/v1/hosts/{host}/network-peers", get(network_peers::list))
         .route("/v1/hosts/{host}/cordon", post(hosts::cordon))
         .route("/v1/hosts/{host}/uncordon", post(hosts::uncordon))
         .route("/v1/hosts/{host}/stats", put(metrics::report_stats))

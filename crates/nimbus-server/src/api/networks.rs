@@ -16,8 +16,8 @@ use super::St;
 use crate::auth::{self, Caller};
 use crate::domain::networks as domain;
 use crate::error::{ApiResult, ServerError};
-use crate::ipam;
 use crate::repo::Repo;
+use crate::{ipam, vni};
 
 /// The network made on demand when an instance asks for `default`.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -110,6 +110,8 @@ async fn fill_status(repo: &Repo, project: &str, net: &mut Network) -> ApiResult
         gateway: Some(gateway),
         allocated: used.len() as u32,
         capacity: subnet.host_count().saturating_sub(1),
+        // Stored, unlike the rest: given once, at creation or first launch.
+        vni: net.status.vni,
     };
     Ok(())
 }
@@ -129,14 +131,15 @@ pub async fn create(
     domain::validate_spec(&req.spec)?;
     let mut metadata = Metadata::new(&req.name, Some(&project));
     metadata.labels = req.labels;
-    let mut net = state
-        .repo
-        .create(Network {
+    let mut net = store_new(
+        &state.repo,
+        Network {
             metadata,
             spec: req.spec,
             status: NetworkStatus::default(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     fill_status(&state.repo, &project, &mut net).await?;
     Ok((StatusCode::CREATED, Json(net)))
 }
@@ -144,7 +147,7 @@ pub async fn create(
 /// The project's `default` network, created if it does not exist yet.
 pub async fn default_network(repo: &Repo, project: &str) -> ApiResult<Network> {
     if let Some(n) = repo.try_get(Some(project), DEFAULT_NETWORK).await? {
-        return Ok(n);
+        return vni::ensure(repo, n).await;
     }
     let net = Network {
         metadata: Metadata::new(DEFAULT_NETWORK, Some(project)),
@@ -156,13 +159,28 @@ pub async fn default_network(repo: &Repo, project: &str) -> ApiResult<Network> {
         },
         status: NetworkStatus::default(),
     };
-    match repo.create(net).await {
+    match store_new(repo, net).await {
         Ok(n) => Ok(n),
         // Created by a concurrent launch.
         Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::AlreadyExists => {
-            repo.get(Some(project), DEFAULT_NETWORK).await
+            vni::ensure(repo, repo.get(Some(project), DEFAULT_NETWORK).await?).await
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Store a new network with a VNI of its own (claimed first, freed again
+/// if the network cannot be stored).
+async fn store_new(repo: &Repo, mut net: Network) -> ApiResult<Network> {
+    let project = net.metadata.project.clone().unwrap_or_default();
+    let vni = vni::claim(repo, &project, &net.metadata.id).await?;
+    net.status.vni = Some(vni);
+    match repo.create(net).await {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            vni::unclaim(repo, vni).await;
+            Err(e)
+        }
     }
 }
 
@@ -207,7 +225,12 @@ pub async fn delete(
     }
     state
         .repo
-        .delete::<Network>(Some(&project), &name, Some(net.metadata.revision))
+        .delete_with::<Network>(
+            Some(&project),
+            &name,
+            net.metadata.revision,
+            vni::release(&net),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

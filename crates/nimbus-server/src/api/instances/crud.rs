@@ -202,7 +202,8 @@ async fn resolve_networks(
             continue;
         }
         match state.repo.try_get(Some(project), n).await? {
-            Some(net) => nets.push(net),
+            // A network stored before VNIs existed gets one now.
+            Some(net) => nets.push(crate::vni::ensure(&state.repo, net).await?),
             None => {
                 return Err(SpecError::NetworkNotFound {
                     network: n.clone(),
