@@ -27,12 +27,8 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         users::list, users::create, users::get, users::delete,
         users::create_token, users::list_tokens, users::get_token, users::delete_token,
         users::list_bindings, users::get_binding, users::create_binding, users::delete_binding,
-<<<<<<< HEAD
         servers::list, servers::version, hosts::list, hosts::get, hosts::remove, hosts::register, hosts::report, hosts::cordon, hosts::uncordon,
-=======
-        servers::list, hosts::list, hosts::get, hosts::remove, hosts::register, hosts::report, hosts::cordon, hosts::uncordon,
         network_peers::list,
->>>>>>> vxlan
         host_join::create, host_join::list, host_join::delete, host_join::join,
         images::list, images::get, images::import, images::delete, image_blobs::get,
         instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
