@@ -293,17 +293,18 @@ fn a_host_cut_off_from_the_bridge_has_its_instance_run_elsewhere_and_cleans_up_o
 
 /// The lock workload: waits for the test to give it `/shared` (the
 /// directory all hosts share) and `/whoami` (its host and host pid), takes
-/// an exclusive lock on `/shared/lock` without waiting, and appends
-/// `start`, then a `tick` every 0.2 s, with the uptime; `CONFLICT` if the
-/// lock was taken.
+/// an exclusive lock on `/shared/lock` without waiting, and appends to
+/// `/shared/$LOG` `start`, then a `tick` every 0.2 s, with the uptime;
+/// `CONFLICT` if the lock was taken.
 const LOCK_WORKLOAD: &str = r#"
 while [ ! -s /whoami/pid ]; do sleep 0.1; done
 h=$(cat /whoami/host); p=$(cat /whoami/pid)
 now() { cut -d' ' -f1 /proc/uptime; }
+log=/shared/${LOG:-log}
 exec 9>>/shared/lock
-if ! /usr/bin/flock -n 9; then echo "CONFLICT $h $p $(now)" >> /shared/log; exit 1; fi
-echo "start $h $p $(now)" >> /shared/log
-while :; do echo "tick $h $p $(now)" >> /shared/log; sleep 0.2; done
+if ! /usr/bin/flock -n 9; then echo "CONFLICT $h $p $(now)" >> $log; exit 1; fi
+echo "start $h $p $(now)" >> $log
+while :; do echo "tick $h $p $(now)" >> $log; sleep 0.2; done
 "#;
 
 /// Gives the lock workload running as `instance` its shared directory and
@@ -400,6 +401,39 @@ fn no_instance_runs_on_two_hosts_at_once_an_exclusive_lock_proves_it() {
             text.lines().any(|l| l.starts_with("tick")).then_some(())
         },
     );
+
+    // The lock is really shared: a second copy on another host finds it
+    // taken (in a log of its own).
+    cluster.run_ok(&[
+        "instance",
+        "run",
+        "intruder",
+        "--image",
+        "lockbb",
+        "--no-wait",
+        "--env",
+        "LOG=intruder.log",
+        "--require",
+        "label:site=sh",
+        "--",
+        "/bin/sh",
+        "-c",
+        LOCK_WORKLOAD,
+    ]);
+    share_with(
+        &cluster,
+        &shared,
+        &cluster.wait_running("intruder", Duration::from_secs(90)),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the intruder to find the lock taken",
+        || {
+            let text = std::fs::read_to_string(shared.join("intruder.log")).ok()?;
+            text.starts_with("CONFLICT node3 ").then_some(())
+        },
+    );
+    cluster.run_ok(&["instance", "rm", "--force", "intruder"]);
 
     let moved = cut_off_and_return(&cluster, "locker", &|i| share_with(&cluster, &shared, i));
     wait_until(
