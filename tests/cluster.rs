@@ -11,9 +11,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{mount_into, Cluster, HostSpec};
+use common::cluster::{mount_into, pid_alive, Cluster, HostSpec, Moved};
 use common::{is_root, wait_until};
 use serde_json::Value;
 
@@ -167,99 +167,47 @@ fn placement_across_three_hosts_by_spread_labels_and_anti_affinity() {
     );
 }
 
-/// The instance's id.
-fn id_of(i: &Value) -> String {
-    i["metadata"]["id"].as_str().expect("id").to_string()
-}
-
-fn pid_alive(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// What the cut-off scenario saw.
-struct Moved {
-    from: String,
-    to: String,
-    first_pid: i64,
-    /// From the cut to the instance running on another host.
-    recovery: Duration,
-}
-
 /// `name` (already running) is cut off with its host; returns once it runs
-/// elsewhere, having checked the old copy was stopped by then, and that the
-/// returning host removed it. `on_moved` sees the new copy's record as soon
-/// as it runs.
+/// elsewhere and the returning host removed its stale copy, having checked
+/// that the old copy stopped before the new one ran. `on_moved` sees the new
+/// copy's record as soon as it runs.
 fn cut_off_and_return(cluster: &Cluster, name: &str, on_moved: &dyn Fn(&Value)) -> Moved {
-    let first = cluster.wait_running(name, Duration::from_secs(90));
-    let from = first["status"]["host"].as_str().expect("host").to_string();
-    let first_pid = first["status"]["pid"].as_i64().expect("pid");
-    assert_eq!(
-        cluster.host_of_pid(first_pid).as_deref(),
-        Some(from.as_str())
-    );
-    let id = id_of(&first);
-
-    cluster.set_link(&from, false);
-    let cut = Instant::now();
-    let mut old_stopped_at = None;
-    let moved = wait_until(
-        Duration::from_secs(45),
-        "the instance to run elsewhere",
-        || {
-            if old_stopped_at.is_none() && !pid_alive(first_pid) {
-                old_stopped_at = Some(cut.elapsed());
-            }
-            let i = cluster.instance(name)?;
-            let pid = i["status"]["pid"].as_i64()?;
-            let host = i["status"]["host"].as_str()?;
-            (host != from && i["status"]["phase"] == "running" && pid_alive(pid)).then_some(i)
-        },
-    );
-    let recovery = cut.elapsed();
-    on_moved(&moved);
-    let to = moved["status"]["host"].as_str().expect("host").to_string();
-    let new_pid = moved["status"]["pid"].as_i64().expect("pid");
-    let stopped = old_stopped_at.or_else(|| (!pid_alive(first_pid)).then(|| cut.elapsed()));
+    let moved = cluster.cut_off_until_moved(name, on_moved);
+    let (from, to) = (&moved.from, &moved.to);
     println!(
         "cut off {from}: {name} runs on {to} {:.1} s after the cut; the old copy stopped after {:.1} s",
-        recovery.as_secs_f64(),
-        stopped.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+        moved.recovery.as_secs_f64(),
+        moved.old_stopped_after.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
     );
     assert!(
-        stopped.is_some(),
-        "{name}'s old copy (pid {first_pid} on {from}) still ran when the new one (pid {new_pid} on {to}) did"
+        moved.old_stopped_after.is_some(),
+        "{name}'s old copy (pid {} on {from}) still ran when the new one (pid {} on {to}) did",
+        moved.first_pid,
+        moved.new_pid
     );
-    assert_eq!(cluster.host_of_pid(new_pid).as_deref(), Some(to.as_str()));
+    assert_eq!(
+        cluster.host_of_pid(moved.new_pid).as_deref(),
+        Some(to.as_str())
+    );
     assert!(
-        cluster.agent_log(&from).contains("fencing lease"),
+        cluster.agent_log(from).contains("fencing lease"),
         "{from}'s agent does not say it fenced:\n{}",
         cluster.logs_tail()
     );
-
     // The link returns: the agent finds the instance moved and removes
-    // everything its stopped copy left.
-    cluster.set_link(&from, true);
-    cluster.wait_host_phase(&from, "ready", Duration::from_secs(30));
-    wait_until(
-        Duration::from_secs(30),
-        "the returned host to remove its stale copy",
-        || cluster.leftovers_of(&from, &id).is_empty().then_some(()),
-    );
+    // everything its stopped copy left (directory, shim, cgroups, mounts,
+    // network namespace).
+    cluster.reconnect(from, &moved.id);
     assert!(
         cluster
-            .agent_log(&from)
+            .agent_log(from)
             .contains("removing its stopped copy"),
         "{from}'s agent did not remove the moved instance itself:\n{}",
-        common::tail(&cluster.agent_log(&from), 30)
+        common::tail(&cluster.agent_log(from), 30)
     );
     let still = cluster.wait_running(name, Duration::from_secs(5));
     assert_eq!(still["status"]["host"], to.as_str(), "{still}");
-    Moved {
-        from,
-        to,
-        first_pid,
-        recovery,
-    }
+    moved
 }
 
 /// The bound with default settings (`--fence-after 8s`): the

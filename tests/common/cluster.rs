@@ -352,6 +352,61 @@ impl Cluster {
         found
     }
 
+    /// Cuts off the host running `name` (which must run) and waits until
+    /// the instance runs on another host, noting when the old copy's pid
+    /// went; `on_moved` sees the new copy's record as soon as it runs. The
+    /// link stays down: [`Cluster::reconnect`] brings it back.
+    pub fn cut_off_until_moved(&self, name: &str, on_moved: &dyn Fn(&Value)) -> Moved {
+        let first = self.wait_running(name, Duration::from_secs(90));
+        let from = first["status"]["host"].as_str().expect("host").to_string();
+        let first_pid = first["status"]["pid"].as_i64().expect("pid");
+        self.set_link(&from, false);
+        let cut = Instant::now();
+        let mut old_stopped_after = None;
+        let moved = wait_until(
+            Duration::from_secs(60),
+            &format!("{name} to run elsewhere"),
+            || {
+                if old_stopped_after.is_none() && !pid_alive(first_pid) {
+                    old_stopped_after = Some(cut.elapsed());
+                }
+                let i = self.instance(name)?;
+                let pid = i["status"]["pid"].as_i64()?;
+                let host = i["status"]["host"].as_str()?;
+                (host != from && i["status"]["phase"] == "running" && pid_alive(pid)).then_some(i)
+            },
+        );
+        let recovery = cut.elapsed();
+        on_moved(&moved);
+        Moved {
+            id: moved["metadata"]["id"].as_str().expect("id").to_string(),
+            from: from.clone(),
+            to: moved["status"]["host"].as_str().expect("host").to_string(),
+            first_pid,
+            new_pid: moved["status"]["pid"].as_i64().expect("pid"),
+            old_stopped_after: old_stopped_after
+                .or_else(|| (!pid_alive(first_pid)).then(|| cut.elapsed())),
+            recovery,
+            // Read while the link is still down: no later heartbeat came.
+            last_heartbeat: self.host_record(&from).and_then(|h| heartbeat_of(&h)),
+            new_started: moved["status"]["started_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()),
+        }
+    }
+
+    /// Brings `host`'s link back and waits until it is ready and nothing of
+    /// instance `id` is left there.
+    pub fn reconnect(&self, host: &str, id: &str) {
+        self.set_link(host, true);
+        self.wait_host_phase(host, "ready", Duration::from_secs(30));
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{host} to remove its stale copy of {id}"),
+            || self.leftovers_of(host, id).is_empty().then_some(()),
+        );
+    }
+
     // --- the CLI, against the server's local socket ---
 
     pub fn nimbus(&self, args: &[&str]) -> Output {
@@ -482,6 +537,42 @@ impl Cluster {
             let _ = c.wait();
         }
     }
+}
+
+/// What [`Cluster::cut_off_until_moved`] saw.
+pub struct Moved {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub first_pid: i64,
+    pub new_pid: i64,
+    /// From the cut to the old copy's pid being gone, if it was by the time
+    /// the new copy ran.
+    pub old_stopped_after: Option<Duration>,
+    /// From the cut to the new copy running, as polled.
+    pub recovery: Duration,
+    /// The cut-off host's last accepted heartbeat, by the servers' clock.
+    pub last_heartbeat: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// When the new copy started, by its agent's clock (the same machine's).
+    pub new_started: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+impl Moved {
+    /// From the lost host's last heartbeat to the new copy's start.
+    pub fn heartbeat_to_running(&self) -> Option<Duration> {
+        let (beat, start) = (self.last_heartbeat?, self.new_started?);
+        (start - beat).to_std().ok()
+    }
+}
+
+fn heartbeat_of(host: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    host["status"]["last_heartbeat"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl ClusterHost {
