@@ -197,6 +197,12 @@ fn cut_off_and_return(cluster: &Cluster, name: &str, on_moved: &dyn Fn(&Value)) 
     // The link returns: the agent finds the instance moved and removes
     // everything its stopped copy left (directory, shim, cgroups, mounts,
     // network namespace).
+    let stale = cluster.leftovers_of(from, &moved.id);
+    println!("left on {from} while cut off: {stale:#?}");
+    assert!(
+        !stale.is_empty(),
+        "the fenced copy on {from} left nothing to clean up: the check below would prove nothing"
+    );
     cluster.reconnect(from, &moved.id);
     assert!(
         cluster
