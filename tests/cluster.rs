@@ -95,6 +95,7 @@ fn one_container_on_each_of_three_hosts_runs_in_that_host_s_namespaces() {
             h.ip
         );
     }
+    cluster.assert_torn_down();
 }
 
 /// Names of the hosts the instances `names` really run on.
@@ -165,6 +166,7 @@ fn placement_across_three_hosts_by_spread_labels_and_anti_affinity() {
         why.contains("3 hosts run an instance labelled app=web"),
         "{why}"
     );
+    cluster.assert_torn_down();
 }
 
 /// `name` (already running) is cut off with its host; returns once it runs
@@ -243,6 +245,7 @@ fn a_host_cut_off_from_the_bridge_has_its_instance_run_elsewhere_and_cleans_up_o
         moved.recovery,
         moved.to
     );
+    cluster.assert_torn_down();
 }
 
 /// The lock workload: waits for the test to give it `/shared` (the
@@ -431,4 +434,5 @@ fn no_instance_runs_on_two_hosts_at_once_an_exclusive_lock_proves_it() {
         new.2,
         new.2 - old.3
     );
+    cluster.assert_torn_down();
 }

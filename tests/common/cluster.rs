@@ -582,11 +582,15 @@ impl ClusterHost {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+impl Cluster {
+    /// Stops everything the cluster started and removes what it made:
+    /// agents and server, every process left in its cgroups (shims and
+    /// workloads outlive their agent), the cgroups, the loop devices of its
+    /// hosts' disks (freed once their mount namespaces are gone), the
+    /// network namespaces (the bridge and veths go with them). Returns what
+    /// is still there afterwards.
+    fn tear_down(&mut self) -> Vec<String> {
         self.stop_children();
-        // Shims and workloads outlive their agent: everything in the
-        // cluster's cgroups goes.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let pids = pids_under(&self.cgroup);
@@ -602,10 +606,67 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         remove_cgroups(&self.cgroup);
+        let dir = self.dir.path().to_string_lossy().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !loop_devices_of(&dir).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut left: Vec<String> = loop_devices_of(&dir)
+            .into_iter()
+            .map(|(dev, file)| {
+                let _ = Command::new("losetup").args(["-d", &dev]).status();
+                format!("loop device {dev} on {file}")
+            })
+            .collect();
         for ns in self.netns_made.drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            if Path::new("/run/netns").join(&ns).exists() {
+                left.push(format!("network namespace {ns}"));
+            }
         }
+        left.extend(
+            cgroup_dirs_under(&self.cgroup)
+                .iter()
+                .map(|d| format!("cgroup {}", d.display())),
+        );
+        left.extend(
+            processes_mentioning(&dir)
+                .iter()
+                .map(|pid| format!("process {pid} naming {dir}")),
+        );
+        left.extend(
+            super::mounts_under(self.dir.path())
+                .into_iter()
+                .map(|m| format!("mount {m}")),
+        );
+        left
     }
+
+    /// Tears the cluster down and fails on anything left behind.
+    pub fn assert_torn_down(mut self) {
+        let left = self.tear_down();
+        assert!(left.is_empty(), "the cluster left behind: {left:#?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.tear_down();
+    }
+}
+
+/// `(device, backing file)` of the loop devices backed by files under `dir`.
+fn loop_devices_of(dir: &str) -> Vec<(String, String)> {
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(dev, file)| (dev.trim().to_string(), file.trim().to_string()))
+        .filter(|(_, file)| file.starts_with(dir))
+        .collect()
 }
 
 /// The script that puts an agent into its cgroup, then into new mount and
