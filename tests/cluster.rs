@@ -103,6 +103,11 @@ fn hosts_of(cluster: &Cluster, names: &[&str]) -> Vec<String> {
     names.iter().map(|n| really_runs_on(cluster, n)).collect()
 }
 
+/// The reason the scheduler gave for leaving `name` unplaced.
+fn unschedulable(cluster: &Cluster, name: &str) -> String {
+    common::wait_unschedulable(name, || cluster.instance(name))
+}
+
 #[test]
 fn placement_across_three_hosts_by_spread_labels_and_anti_affinity() {
     if !is_root("network namespaces, bridges and cgroups for three hosts") {
@@ -131,14 +136,7 @@ fn placement_across_three_hosts_by_spread_labels_and_anti_affinity() {
     let bj = really_runs_on(&cluster, "in-bj");
     assert!(bj == "node1" || bj == "node2", "site=bj ran on {bj}");
     run_sleeper(&cluster, "nowhere", &["--require", "label:site=gz"]);
-    let why = wait_until(Duration::from_secs(20), "nowhere to be judged", || {
-        let i = cluster.instance("nowhere")?;
-        assert!(i["status"]["host"].is_null(), "nowhere was placed: {i}");
-        i["status"]["reason"]
-            .as_str()
-            .filter(|r| r.starts_with("unschedulable:"))
-            .map(str::to_string)
-    });
+    let why = unschedulable(&cluster, "nowhere");
     assert!(why.contains("3 hosts lack label site=gz"), "{why}");
     for name in ["in-sh", "in-bj", "nowhere"] {
         cluster.run_ok(&["instance", "rm", "--force", name]);
@@ -154,14 +152,7 @@ fn placement_across_three_hosts_by_spread_labels_and_anti_affinity() {
         .collect();
     assert_eq!(apart.len(), 3, "anti-affine replicas on {apart:?}");
     run_sleeper(&cluster, "web3", &web);
-    let why = wait_until(Duration::from_secs(20), "web3 to be judged", || {
-        let i = cluster.instance("web3")?;
-        assert!(i["status"]["host"].is_null(), "web3 was placed: {i}");
-        i["status"]["reason"]
-            .as_str()
-            .filter(|r| r.starts_with("unschedulable:"))
-            .map(str::to_string)
-    });
+    let why = unschedulable(&cluster, "web3");
     assert!(
         why.contains("3 hosts run an instance labelled app=web"),
         "{why}"

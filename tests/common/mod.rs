@@ -166,15 +166,7 @@ impl Cloud {
     pub fn starter_tar(&self) -> String {
         let out = self.data_dir().join("starter.tar");
         if !out.exists() {
-            let st = Command::new("tar")
-                .arg("-C")
-                .arg(self.starter_rootfs())
-                .arg("-cf")
-                .arg(&out)
-                .arg(".")
-                .status()
-                .expect("tar");
-            assert!(st.success(), "tar of the starter image");
+            tar_of(&self.starter_rootfs(), &out);
         }
         out.to_string_lossy().to_string()
     }
@@ -755,16 +747,21 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
     std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
     std::fs::write(root.join("etc/hostname"), "tiny\n").expect("rootfs file");
     let tar = dir.join("rootfs.tar");
+    tar_of(&root, &tar);
+    tar.to_string_lossy().to_string()
+}
+
+/// `tar -C root -cf tar .`, which must succeed.
+pub fn tar_of(root: &Path, tar: &Path) {
     let st = Command::new("tar")
         .arg("-C")
-        .arg(&root)
+        .arg(root)
         .arg("-cf")
-        .arg(&tar)
+        .arg(tar)
         .arg(".")
         .status()
         .expect("tar");
-    assert!(st.success(), "tar of the tiny rootfs");
-    tar.to_string_lossy().to_string()
+    assert!(st.success(), "tar of {}", root.display());
 }
 
 /// A busybox root filesystem (Debian's busybox-static, `/bin/busybox` and
@@ -790,14 +787,23 @@ pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -
         std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).expect("rootfs dir");
     }
     let tar = dir.join("bb.tar");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success(), "tar of the busybox rootfs");
+    tar_of(&root, &tar);
     tar
+}
+
+/// The reason the scheduler gave for leaving instance `name` unplaced, as
+/// `get` reads the instance; its being placed is a failure.
+pub fn wait_unschedulable(name: &str, get: impl Fn() -> Option<serde_json::Value>) -> String {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} to be judged unschedulable"),
+        || {
+            let i = get()?;
+            assert!(i["status"]["host"].is_null(), "{name} was placed: {i}");
+            i["status"]["reason"]
+                .as_str()
+                .filter(|r| r.starts_with("unschedulable:"))
+                .map(str::to_string)
+        },
+    )
 }
