@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{cgroup_mounts, processes_mentioning, tail, wait_until, NIMBUS};
+use super::{cgroup_mounts, processes_mentioning, tail, wait_until_or, NIMBUS};
 
 /// The data centre's subnet prefix; the server is `.1`, host i is `.1i`.
 const SUBNET: &str = "10.77.0";
@@ -172,9 +172,12 @@ impl Cluster {
             .spawn()
             .expect("spawn nimbus server");
         self.server = Some(child);
-        wait_until(Duration::from_secs(60), "the server to serve", || {
-            self.json(&["whoami"]).ok().map(|_| ())
-        });
+        wait_until_or(
+            Duration::from_secs(60),
+            "the server to serve",
+            || self.json(&["whoami"]).ok().map(|_| ()),
+            || self.logs_tail(),
+        );
     }
 
     /// Host number `i` (1-based): its namespace, veth, cgroup and agent.
@@ -363,7 +366,7 @@ impl Cluster {
         self.set_link(&from, false);
         let cut = Instant::now();
         let mut old_stopped_after = None;
-        let moved = wait_until(
+        let moved = wait_until_or(
             Duration::from_secs(60),
             &format!("{name} to run elsewhere"),
             || {
@@ -375,6 +378,7 @@ impl Cluster {
                 let host = i["status"]["host"].as_str()?;
                 (host != from && i["status"]["phase"] == "running" && pid_alive(pid)).then_some(i)
             },
+            || self.logs_tail(),
         );
         let recovery = cut.elapsed();
         on_moved(&moved);
@@ -400,10 +404,17 @@ impl Cluster {
     pub fn reconnect(&self, host: &str, id: &str) {
         self.set_link(host, true);
         self.wait_host_phase(host, "ready", Duration::from_secs(30));
-        wait_until(
+        wait_until_or(
             Duration::from_secs(30),
             &format!("{host} to remove its stale copy of {id}"),
             || self.leftovers_of(host, id).is_empty().then_some(()),
+            || {
+                format!(
+                    "left: {:#?}\n{}",
+                    self.leftovers_of(host, id),
+                    self.logs_tail()
+                )
+            },
         );
     }
 
@@ -460,10 +471,15 @@ impl Cluster {
     }
 
     pub fn wait_host_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
-        wait_until(timeout, &format!("host {name} to be {phase}"), || {
-            self.host_record(name)
-                .filter(|h| h["status"]["phase"] == phase)
-        })
+        wait_until_or(
+            timeout,
+            &format!("host {name} to be {phase}"),
+            || {
+                self.host_record(name)
+                    .filter(|h| h["status"]["phase"] == phase)
+            },
+            || self.logs_tail(),
+        )
     }
 
     pub fn instance(&self, name: &str) -> Option<Value> {
@@ -472,12 +488,16 @@ impl Cluster {
 
     /// Waits until `name` runs: its record, with a host and a live pid.
     pub fn wait_running(&self, name: &str, timeout: Duration) -> Value {
-        wait_until(timeout, &format!("{name} to run"), || {
-            let i = self.instance(name)?;
-            let pid = i["status"]["pid"].as_i64()?;
-            (i["status"]["phase"] == "running" && Path::new(&format!("/proc/{pid}")).exists())
-                .then_some(i)
-        })
+        wait_until_or(
+            timeout,
+            &format!("{name} to run"),
+            || {
+                let i = self.instance(name)?;
+                let pid = i["status"]["pid"].as_i64()?;
+                (i["status"]["phase"] == "running" && pid_alive(pid)).then_some(i)
+            },
+            || format!("{name}: {:?}\n{}", self.instance(name), self.logs_tail()),
+        )
     }
 
     /// A busybox root filesystem imported on the server as image `name`;

@@ -72,7 +72,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Wait until `f` returns Some, or panic with `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(timeout, what, f, String::new)
+}
+
+/// [`wait_until`], whose panic also shows what `context` says then (logs).
+pub fn wait_until_or<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(10);
     loop {
@@ -80,7 +90,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(200));
