@@ -209,9 +209,9 @@ fn cut_off_and_return(cluster: &Cluster, name: &str, on_moved: &dyn Fn(&Value)) 
     moved
 }
 
-/// The bound with default settings (`--fence-after 8s`): the
-/// servers move a fenced host's instances at lease + 4 s, and starting
-/// them takes the rest.
+/// The bound with default settings (`--fence-after 8s`: the
+/// servers move a fenced host's instances at lease + 4 s, and starting them
+/// takes the rest); this test's 3 s lease leaves starting 8 s of it.
 const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 
 #[test]
@@ -230,10 +230,21 @@ fn a_host_cut_off_from_the_bridge_has_its_instance_run_elsewhere_and_cleans_up_o
     let moved = cut_off_and_return(&cluster, "web", &|_| {});
     assert!(!pid_alive(moved.first_pid));
     assert_ne!(moved.from, moved.to);
+    // Timed by Nimbus's own records (the lost host's last heartbeat, the
+    // new copy's start), not by this test's polling.
+    let took = moved
+        .heartbeat_to_running()
+        .expect("the lost host's last heartbeat and the new copy's start time");
+    println!(
+        "web: {:.1} s from {}'s last heartbeat to running on {}",
+        took.as_secs_f64(),
+        moved.from,
+        moved.to
+    );
     assert!(
-        moved.recovery <= RECOVERY_BOUND,
-        "web took {:?} from the cut to run on {} (bound {RECOVERY_BOUND:?})",
-        moved.recovery,
+        took <= RECOVERY_BOUND,
+        "web took {took:?} from {}'s last heartbeat to run on {} (bound {RECOVERY_BOUND:?})",
+        moved.from,
         moved.to
     );
     cluster.assert_torn_down();

@@ -367,7 +367,7 @@ impl Cluster {
         let cut = Instant::now();
         let mut old_stopped_after = None;
         let moved = wait_until_or(
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             &format!("{name} to run elsewhere"),
             || {
                 if old_stopped_after.is_none() && !pid_alive(first_pid) {
@@ -403,9 +403,9 @@ impl Cluster {
     /// instance `id` is left there.
     pub fn reconnect(&self, host: &str, id: &str) {
         self.set_link(host, true);
-        self.wait_host_phase(host, "ready", Duration::from_secs(30));
+        self.wait_host_phase(host, "ready", Duration::from_secs(60));
         wait_until_or(
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             &format!("{host} to remove its stale copy of {id}"),
             || self.leftovers_of(host, id).is_empty().then_some(()),
             || {

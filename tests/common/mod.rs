@@ -808,7 +808,7 @@ pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -
 /// `get` reads the instance; its being placed is a failure.
 pub fn wait_unschedulable(name: &str, get: impl Fn() -> Option<serde_json::Value>) -> String {
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         &format!("{name} to be judged unschedulable"),
         || {
             let i = get()?;
