@@ -2,7 +2,7 @@
 //! to its instance running on another host, with default settings (goal:
 //! ≤ 15 s).
 //!
-//! Three real hosts on this machine (`tests/common/cluster.rs`: each agent
+//! Three real hosts on this machine (`tests/common/cluster/`: each agent
 //! in its own network, mount and cgroup namespaces on a data-centre bridge),
 //! agents with the default `--fence-after 8s`. Each run cuts off the host
 //! running a `--restart always` container (its veth goes down), waits until
