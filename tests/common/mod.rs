@@ -72,7 +72,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Wait until `f` returns Some, or panic with `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(timeout, what, f, String::new)
+}
+
+/// [`wait_until`], whose panic also shows what `context` says then (logs).
+pub fn wait_until_or<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(10);
     loop {
@@ -80,7 +90,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(200));
@@ -166,15 +179,7 @@ impl Cloud {
     pub fn starter_tar(&self) -> String {
         let out = self.data_dir().join("starter.tar");
         if !out.exists() {
-            let st = Command::new("tar")
-                .arg("-C")
-                .arg(self.starter_rootfs())
-                .arg("-cf")
-                .arg(&out)
-                .arg(".")
-                .status()
-                .expect("tar");
-            assert!(st.success(), "tar of the starter image");
+            tar_of(&self.starter_rootfs(), &out);
         }
         out.to_string_lossy().to_string()
     }
@@ -754,21 +759,22 @@ pub fn tiny_rootfs_tar(dir: &Path) -> String {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("etc")).expect("rootfs dir");
     std::fs::write(root.join("etc/hostname"), "tiny\n").expect("rootfs file");
-    tar_of(&root, &dir.join("rootfs.tar"))
+    let tar = dir.join("rootfs.tar");
+    tar_of(&root, &tar);
+    tar.to_string_lossy().to_string()
 }
 
-/// `tar -cf out -C root .`; the archive's path.
-fn tar_of(root: &Path, out: &Path) -> String {
+/// `tar -C root -cf tar .`, which must succeed.
+pub fn tar_of(root: &Path, tar: &Path) {
     let st = Command::new("tar")
         .arg("-C")
         .arg(root)
         .arg("-cf")
-        .arg(out)
+        .arg(tar)
         .arg(".")
         .status()
         .expect("tar");
     assert!(st.success(), "tar of {}", root.display());
-    out.to_string_lossy().to_string()
 }
 
 /// A busybox root filesystem (Debian's busybox-static: `/bin/busybox`,
@@ -795,5 +801,24 @@ pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -
     for d in dirs {
         std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).expect("rootfs dir");
     }
-    tar_of(&root, &dir.join("busybox.tar"))
+    let tar = dir.join("busybox.tar");
+    tar_of(&root, &tar);
+    tar.to_string_lossy().to_string()
+}
+
+/// The reason the scheduler gave for leaving instance `name` unplaced, as
+/// `get` reads the instance; its being placed is a failure.
+pub fn wait_unschedulable(name: &str, get: impl Fn() -> Option<serde_json::Value>) -> String {
+    wait_until(
+        Duration::from_secs(40),
+        &format!("{name} to be judged unschedulable"),
+        || {
+            let i = get()?;
+            assert!(i["status"]["host"].is_null(), "{name} was placed: {i}");
+            i["status"]["reason"]
+                .as_str()
+                .filter(|r| r.starts_with("unschedulable:"))
+                .map(str::to_string)
+        },
+    )
 }

@@ -81,3 +81,52 @@ pub fn ca_sha256(cert: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("no certificate found in {}", cert.display()))?;
     Ok(nimbus_api::join::certificate_sha256(last.as_ref()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{ServerName, UnixTime};
+
+    use super::*;
+
+    /// Whether a client trusting `cert` (as agents do) accepts it from a
+    /// server it reaches as `name`.
+    fn verifies_as(cert: &Path, name: &str) -> bool {
+        let pem = std::fs::read(cert).expect("cert");
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("a certificate")
+            .expect("PEM");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let name = ServerName::try_from(name.to_string()).expect("server name");
+        verifier
+            .verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn a_generated_certificate_names_the_listen_address_but_not_a_wildcard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, _) =
+            ensure_certificate(dir.path(), None, None, Some("10.77.0.1".parse().unwrap()))
+                .expect("certificate");
+        assert!(verifies_as(&cert, "10.77.0.1"));
+        assert!(verifies_as(&cert, "127.0.0.1"));
+        assert!(!verifies_as(&cert, "10.77.0.2"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, _) =
+            ensure_certificate(dir.path(), None, None, Some("0.0.0.0".parse().unwrap()))
+                .expect("certificate");
+        assert!(!verifies_as(&cert, "0.0.0.0"));
+        assert!(verifies_as(&cert, "localhost"));
+    }
+}

@@ -5,6 +5,8 @@ mod context;
 pub mod decision;
 pub mod error;
 pub mod fence;
+#[cfg(test)]
+mod heartbeat_tests;
 pub mod hostinfo;
 pub mod hostio;
 pub mod idmap;
@@ -291,16 +293,33 @@ impl Agent {
         })
     }
 
+    /// How long one heartbeat may wait for its answer: the fencing lease
+    /// (a later answer could not have kept the fence off anyway), else
+    /// 10 s. A request stuck on a connection that died during a partition
+    /// would otherwise wait out TCP's retransmission backoff, holding up the
+    /// heartbeat that lifts the fence once the network is back.
+    fn heartbeat_deadline(&self) -> Duration {
+        Duration::from_millis(self.config.fence_after_ms.unwrap_or(10_000))
+    }
+
     async fn heartbeat_loop(&self) {
         let path = format!("/v1/hosts/{}/status", self.config.host_name);
         loop {
             tokio::time::sleep(self.heartbeat_every()).await;
             let mut status = self.host_status().await;
             status.instances = self.workers.lock().map(|w| w.len() as u32).unwrap_or(0);
-            let sent = self
-                .client
-                .post::<_, nimbus_api::Host>(&path, &status)
-                .await;
+            let sent = tokio::time::timeout(
+                self.heartbeat_deadline(),
+                self.client.post::<_, nimbus_api::Host>(&path, &status),
+            )
+            .await;
+            let Ok(sent) = sent else {
+                tracing::warn!(
+                    deadline_ms = self.heartbeat_deadline().as_millis() as u64,
+                    "heartbeat unanswered within its deadline; sending the next"
+                );
+                continue;
+            };
             if sent.is_ok() {
                 self.fence.heartbeat_accepted();
             }

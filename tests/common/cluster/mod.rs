@@ -20,14 +20,25 @@
 //! also after a panic.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{cgroup_mounts, processes_mentioning, tail, wait_until, NIMBUS};
+use super::{cgroup_mounts, tail, wait_until_or, NIMBUS};
+
+mod cutoff;
+mod plumbing;
+mod teardown;
+
+// Re-exported for the tests; not every test binary uses each.
+#[allow(unused_imports)]
+pub use cutoff::{pid_alive, Moved};
+#[allow(unused_imports)]
+pub use plumbing::mount_into;
+use plumbing::{agent_script, cgroup_mount_lines, ip, log_file, make_cgroups};
 
 /// The data centre's subnet prefix; the server is `.1`, host i is `.1i`.
 const SUBNET: &str = "10.77.0";
@@ -77,21 +88,6 @@ pub struct Cluster {
 }
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
-
-/// Run `cmd`, panicking with its output when it fails.
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ip(args: &[&str]) {
-    run(Command::new("ip").args(args));
-}
 
 impl Cluster {
     /// A server and one agent per spec, all joined and ready. `fence_after`
@@ -172,9 +168,12 @@ impl Cluster {
             .spawn()
             .expect("spawn nimbus server");
         self.server = Some(child);
-        wait_until(Duration::from_secs(60), "the server to serve", || {
-            self.json(&["whoami"]).ok().map(|_| ())
-        });
+        wait_until_or(
+            Duration::from_secs(60),
+            "the server to serve",
+            || self.json(&["whoami"]).ok().map(|_| ()),
+            || self.logs_tail(),
+        );
     }
 
     /// Host number `i` (1-based): its namespace, veth, cgroup and agent.
@@ -290,13 +289,6 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no host {name} in the cluster"))
     }
 
-    /// Take `host`'s link to the bridge down (`false`) or up again.
-    pub fn set_link(&self, name: &str, up: bool) {
-        let port = &self.host(name).bridge_port;
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.dc_netns, "link", "set", port, state]);
-    }
-
     /// The host whose cgroup holds process `pid` (from /proc/PID/cgroup,
     /// seen from outside every agent's namespaces).
     pub fn host_of_pid(&self, pid: i64) -> Option<String> {
@@ -314,42 +306,6 @@ impl Cluster {
             .iter()
             .find(|h| path.starts_with(&format!("{}/", h.cgroup)))
             .map(|h| h.name.clone())
-    }
-
-    /// Everything of instance `id` still on `host`: its directory, shim and
-    /// processes, cgroups, mounts and network namespace there.
-    pub fn leftovers_of(&self, host: &str, id: &str) -> Vec<String> {
-        let h = self.host(host);
-        let mut found = Vec::new();
-        let dir = h.data_dir.join("instances").join(id);
-        if dir.exists() {
-            found.push(format!("directory {}", dir.display()));
-        }
-        for pid in processes_mentioning(&dir.to_string_lossy()) {
-            found.push(format!("process {pid} naming {}", dir.display()));
-        }
-        for m in cgroup_mounts() {
-            let cg = m
-                .mount_point
-                .join(h.cgroup.trim_start_matches('/'))
-                .join("nimbus")
-                .join(id);
-            if cg.exists() {
-                found.push(format!("cgroup {}", cg.display()));
-            }
-        }
-        if let Some(pid) = h.agent_pid() {
-            let mountinfo =
-                std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-            for l in mountinfo.lines().filter(|l| l.contains(id)) {
-                found.push(format!("mount {l}"));
-            }
-            let netns = format!("/proc/{pid}/root/run/nimbus/netns/ni-{id}");
-            if Path::new(&netns).exists() {
-                found.push(format!("network namespace {netns}"));
-            }
-        }
-        found
     }
 
     // --- the CLI, against the server's local socket ---
@@ -405,10 +361,15 @@ impl Cluster {
     }
 
     pub fn wait_host_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
-        wait_until(timeout, &format!("host {name} to be {phase}"), || {
-            self.host_record(name)
-                .filter(|h| h["status"]["phase"] == phase)
-        })
+        wait_until_or(
+            timeout,
+            &format!("host {name} to be {phase}"),
+            || {
+                self.host_record(name)
+                    .filter(|h| h["status"]["phase"] == phase)
+            },
+            || self.logs_tail(),
+        )
     }
 
     pub fn instance(&self, name: &str) -> Option<Value> {
@@ -417,12 +378,16 @@ impl Cluster {
 
     /// Waits until `name` runs: its record, with a host and a live pid.
     pub fn wait_running(&self, name: &str, timeout: Duration) -> Value {
-        wait_until(timeout, &format!("{name} to run"), || {
-            let i = self.instance(name)?;
-            let pid = i["status"]["pid"].as_i64()?;
-            (i["status"]["phase"] == "running" && Path::new(&format!("/proc/{pid}")).exists())
-                .then_some(i)
-        })
+        wait_until_or(
+            timeout,
+            &format!("{name} to run"),
+            || {
+                let i = self.instance(name)?;
+                let pid = i["status"]["pid"].as_i64()?;
+                (i["status"]["phase"] == "running" && pid_alive(pid)).then_some(i)
+            },
+            || format!("{name}: {:?}\n{}", self.instance(name), self.logs_tail()),
+        )
     }
 
     /// A busybox root filesystem imported on the server as image `name`;
@@ -489,216 +454,4 @@ impl ClusterHost {
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop_children();
-        // Shims and workloads outlive their agent: everything in the
-        // cluster's cgroups goes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = pids_under(&self.cgroup);
-            if pids.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: killing a process left in this cluster's cgroups.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        remove_cgroups(&self.cgroup);
-        for ns in self.netns_made.drain(..).rev() {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
-}
-
-/// The script that puts an agent into its cgroup, then into new mount and
-/// cgroup namespaces with its own sysfs, cgroup mounts and `/run/nimbus`.
-fn agent_script() -> &'static str {
-    r#"set -e
-for f in $NIMBUS_CLUSTER_CGROUP_PROCS; do echo $$ > "$f"; done
-exec unshare --mount --cgroup --propagation private sh -c '
-set -e
-mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
-echo "$NIMBUS_CLUSTER_CGROUP_MOUNTS" | while read -r fstype options dir; do
-  [ -n "$dir" ] || continue
-  mkdir -p "$dir"
-  mount -t "$fstype" -o "$options" cgroup "$dir"
-done
-mkdir -p /run/nimbus
-mount -t tmpfs -o mode=755 nimbus-run /run/nimbus
-exec "$NIMBUS_EXE" "$@"
-' agent-in-namespaces "$@"
-"#
-}
-
-/// `fstype options mount-point` of each cgroup hierarchy, one a line.
-fn cgroup_mount_lines() -> String {
-    cgroup_mounts()
-        .iter()
-        .map(|m| {
-            let (fstype, options) = if m.unified {
-                ("cgroup2", "rw".to_string())
-            } else {
-                ("cgroup", m.controllers.join(","))
-            };
-            format!("{fstype} {options} {}", m.mount_point.display())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Makes cgroup `relative` (and its parents) in every hierarchy; cpuset
-/// cgroups get their parent's cpus and memory nodes, or no process could
-/// join them.
-fn make_cgroups(relative: &str) {
-    for m in cgroup_mounts() {
-        let mut dir = m.mount_point.clone();
-        for part in relative.trim_start_matches('/').split('/') {
-            let parent = dir.clone();
-            dir = dir.join(part);
-            if dir.exists() {
-                continue;
-            }
-            std::fs::create_dir(&dir)
-                .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
-            if m.controllers.iter().any(|c| c == "cpuset") {
-                for f in ["cpuset.cpus", "cpuset.mems"] {
-                    let value = std::fs::read_to_string(parent.join(f)).expect("parent cpuset");
-                    std::fs::write(dir.join(f), value.trim())
-                        .unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()));
-                }
-            }
-        }
-    }
-}
-
-/// Every cgroup directory at or below `relative`, deepest first.
-fn cgroup_dirs_under(relative: &str) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-        out.push(dir.to_path_buf());
-    }
-    let mut out = Vec::new();
-    for m in cgroup_mounts() {
-        let top = m.mount_point.join(relative.trim_start_matches('/'));
-        if top.exists() {
-            walk(&top, &mut out);
-        }
-    }
-    out
-}
-
-fn pids_under(relative: &str) -> Vec<i32> {
-    let mut pids: Vec<i32> = cgroup_dirs_under(relative)
-        .iter()
-        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|t| {
-            t.lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
-}
-
-fn remove_cgroups(relative: &str) {
-    for dir in cgroup_dirs_under(relative) {
-        let _ = std::fs::remove_dir(&dir);
-    }
-}
-
-fn log_file(path: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("log file")
-}
-
-/// Bind-mounts the host directory `source` at `target` (an existing
-/// directory) inside the mount namespace of process `pid`, e.g. a
-/// container's: Nimbus has no host-path mounts (a tenant must never reach
-/// the host's files), so a test that needs a directory shared by containers
-/// on several hosts puts it there itself. The tree is cloned here
-/// (`open_tree`) and attached there (`move_mount`) by a child that joined
-/// the namespace, as a multi-threaded process cannot.
-pub fn mount_into(pid: i64, source: &Path, target: &str) -> Result<(), String> {
-    use std::ffi::CString;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const AT_RECURSIVE: libc::c_uint = 0x8000;
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let src = CString::new(source.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let dst = CString::new(target).map_err(|e| e.to_string())?;
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new fd or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if tree < 0 {
-        return Err(format!(
-            "open_tree {}: {}",
-            source.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `tree` is a new fd that nothing else owns.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
-        .map_err(|e| format!("process {pid}'s mount namespace: {e}"))?;
-    let (tree_fd, ns_fd) = (tree.as_raw_fd(), ns.as_raw_fd());
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", ":"]);
-    // SAFETY: only async-signal-safe syscalls between fork and exec, on fds
-    // and C strings made before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let moved = libc::syscall(
-                libc::SYS_move_mount,
-                tree_fd,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                dst.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            );
-            if moved != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let status = cmd.status().map_err(|e| {
-        format!(
-            "mounting {} at {target} in process {pid}'s namespace: {e}",
-            source.display()
-        )
-    })?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("/bin/sh in process {pid}'s namespace: {status}"))
 }
