@@ -25,7 +25,8 @@
 //! `NIMBUS_BENCH_API_ROUNDS` (metrics on/off rounds, default 8),
 //! `NIMBUS_BENCH_API_ROUND_SECONDS` (each round, default 5),
 //! `NIMBUS_BENCH_API_ONLY` (`record`: only the per-request timing;
-//! `metrics`: skip the GET/LIST part).
+//! `metrics`: skip the GET/LIST part; `stores`: only the same API on
+//! SQLite and on a 3-member etcd, creates and GETs side by side).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -68,6 +69,26 @@ done = function(summary, latency, requests)
     f:write(string.format("%.2f %d\n", p, latency:percentile(p)))
   end
   f:close()
+end
+"#;
+
+/// Each request creates a security group of a new name: the thread's
+/// number and a counter.
+const CREATE_SCRIPT: &str = r#"
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local n = 0
+init = function(args)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+request = function()
+  n = n + 1
+  local body = string.format('{"name":"g-%d-%d","spec":{"description":"bench"}}', tid, n)
+  return wrk.format(nil, nil, nil, body)
 end
 "#;
 
@@ -141,6 +162,20 @@ fn wrk(url: &str, token: &str, seconds: u32, clients: u32, gzip: bool) -> WrkRes
     wrk_with(url, token, seconds, clients, gzip, None)
 }
 
+/// wrk sending POSTs of new security groups (each a new name) to `url`,
+/// with the run's latency distribution written in `dir`.
+fn wrk_creates(url: &str, token: &str, seconds: u32, clients: u32, dir: &Path) -> WrkResult {
+    wrk_scripted(
+        url,
+        token,
+        seconds,
+        clients,
+        false,
+        Some(dir),
+        CREATE_SCRIPT,
+    )
+}
+
 /// wrk; with `quantiles_dir`, also the run's latency distribution.
 fn wrk_with(
     url: &str,
@@ -150,11 +185,24 @@ fn wrk_with(
     gzip: bool,
     quantiles_dir: Option<&Path>,
 ) -> WrkResult {
+    wrk_scripted(url, token, seconds, clients, gzip, quantiles_dir, "")
+}
+
+/// [`wrk_with`] with `lua` added to the script (it needs `quantiles_dir`).
+fn wrk_scripted(
+    url: &str,
+    token: &str,
+    seconds: u32,
+    clients: u32,
+    gzip: bool,
+    quantiles_dir: Option<&Path>,
+    lua: &str,
+) -> WrkResult {
     let threads = clients.min(2);
     let mut cmd = Command::new("wrk");
     let out_file = quantiles_dir.map(|dir| {
         let script = dir.join("quantiles.lua");
-        std::fs::write(&script, QUANTILE_SCRIPT).expect("write the wrk script");
+        std::fs::write(&script, format!("{lua}\n{QUANTILE_SCRIPT}")).expect("write the wrk script");
         cmd.arg("-s").arg(script);
         let out = dir.join("quantiles.txt");
         let _ = std::fs::remove_file(&out);
@@ -317,12 +365,68 @@ fn main() {
     let count = knob("NIMBUS_BENCH_API_INSTANCES", 1000).max(1) as usize;
     let rounds = knob("NIMBUS_BENCH_API_ROUNDS", 8).max(1);
     let round_seconds = knob("NIMBUS_BENCH_API_ROUND_SECONDS", 5).max(1);
+    if only == "stores" {
+        stores(seconds);
+        return;
+    }
     let cloud = common::Cloud::start();
     create_stopped_instances(&cloud, count);
     if only != "metrics" {
         get_and_list(&cloud, count, seconds);
     }
     metrics_cost(&cloud, count, round_seconds, rounds);
+}
+
+/// The same API on the embedded SQLite store and on a 3-member etcd
+/// cluster (Debian's etcd-server on loopback), in the same run: creates
+/// (a new security group per request) and GETs of one, 50 clients each.
+fn stores(seconds: u32) {
+    let etcd = common::etcd::EtcdCluster::start(3);
+    let sqlite = common::Cloud::start();
+    let on_etcd = common::Cloud::start_with(&["--store", &etcd.url()]);
+    let mut rows = vec![];
+    for cloud in [&sqlite, &on_etcd] {
+        let token = cloud.admin_token();
+        let base = format!(
+            "https://127.0.0.1:{}/v1/projects/default/secgroups",
+            cloud.port
+        );
+        let (status, body) = common::http(
+            cloud,
+            "POST",
+            "/v1/projects/default/secgroups",
+            Some(&token),
+            br#"{"name":"probe","spec":{"description":"read by the GET load"}}"#,
+        );
+        assert!(status == 201 || status == 200, "creating the probe: {body}");
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let create = wrk_creates(&base, &token, seconds, 50, scratch.path());
+        let get = wrk(&format!("{base}/probe"), &token, seconds, 50, false);
+        rows.push((create, get));
+    }
+    println!(
+        "\n== API on SQLite and on etcd (3 members on loopback), 50 clients, {seconds} s each"
+    );
+    println!(
+        "{:<28} {:>14} {:>12} {:>14} {:>12} {:>8} {:>8}",
+        "", "SQLite req/s", "p99", "etcd req/s", "p99", "req/s", "p99"
+    );
+    let (a, b) = (&rows[0], &rows[1]);
+    for (label, s, e) in [
+        ("create a security group", &a.0, &b.0),
+        ("GET one", &a.1, &b.1),
+    ] {
+        println!(
+            "{label:<28} {:>14.0} {:>9.2} ms {:>14.0} {:>9.2} ms {:>8.2} {:>8.2}",
+            s.requests_per_sec,
+            s.p99_ms,
+            e.requests_per_sec,
+            e.p99_ms,
+            e.requests_per_sec / s.requests_per_sec,
+            e.p99_ms / s.p99_ms
+        );
+    }
+    println!("(last two columns: etcd / SQLite)");
 }
 
 /// GET one instance and LIST all of them under load.

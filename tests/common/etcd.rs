@@ -94,6 +94,15 @@ impl EtcdCluster {
             .expect("run etcdctl (apt-get install etcd-client)")
     }
 
+    /// Kill member `i` (as a crashed machine would stop), leaving the
+    /// others to keep a quorum.
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Where the members log, for failure messages.
     pub fn log_dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -43,7 +43,7 @@ pub enum ClientError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
-    #[error("HTTP error talking to {endpoint}: {message}")]
+    #[error("HTTP error talking to {endpoint}: {message}; a change asked for may or may not have been made: look (`get`/`list`) before asking again")]
     Http { endpoint: String, message: String },
     #[error("the server sent a response that is not valid JSON for {what}: {message}")]
     Decode { what: String, message: String },

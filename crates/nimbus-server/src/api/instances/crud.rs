@@ -369,18 +369,31 @@ pub async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Response> {
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
-    let current: Instance = state.repo.get(Some(&project), &name).await?;
-    if current.status.host.is_none() {
+    let mut attempts = 0;
+    let current: Instance = loop {
+        let current: Instance = state.repo.get(Some(&project), &name).await?;
+        if current.status.host.is_some() {
+            break current;
+        }
         let deleted = crate::events::instance_deleted(&current)?;
-        crate::ipam::delete_with_addresses(
+        match crate::ipam::delete_with_addresses(
             &state.repo,
             &current,
             Some(current.metadata.revision),
             deleted,
         )
-        .await?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
+        .await
+        {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            // The scheduler wrote it meanwhile (a placement, or why none):
+            // the user asked for no revision, so read it again and decide
+            // anew, bound or not.
+            Err(e) if e.0.code == nimbus_api::ErrorCode::Conflict && attempts < 5 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if host_removed(&state, &current).await? {
         // Bound to a host removed since (`nimbus host rm`): no agent is
         // left to clean up, so it goes now.
