@@ -527,8 +527,7 @@ fn import_tiny_rootfs(server: &Server, project: &str) {
     server.ok(&["image", "import", &tar, "--name", "tiny", "-p", project]);
 }
 
-/// A busybox root filesystem (Debian's busybox-static) imported on the
-/// server as image `name`.
+/// A busybox root filesystem imported on the server as image `name`.
 fn import_busybox(server: &Server, name: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let tar = busybox_rootfs_tar(work.path());

@@ -50,18 +50,7 @@ fn bound(cloud: &Cloud, name: &str) -> String {
 
 /// The reason the scheduler gave for leaving the instance pending.
 fn unschedulable(cloud: &Cloud, name: &str) -> String {
-    wait_until(
-        Duration::from_secs(20),
-        &format!("{name} to be judged unschedulable"),
-        || {
-            let i = cloud.instance(name);
-            assert!(i["status"]["host"].is_null(), "{name} was placed: {i}");
-            i["status"]["reason"]
-                .as_str()
-                .filter(|r| r.starts_with("unschedulable:"))
-                .map(str::to_string)
-        },
-    )
+    common::wait_unschedulable(name, || Some(cloud.instance(name)))
 }
 
 #[test]

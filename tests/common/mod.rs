@@ -72,7 +72,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Wait until `f` returns Some, or panic with `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(timeout, what, f, String::new)
+}
+
+/// [`wait_until`], whose panic also shows what `context` says then (logs).
+pub fn wait_until_or<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(10);
     loop {
@@ -80,7 +90,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(200));
@@ -166,15 +179,7 @@ impl Cloud {
     pub fn starter_tar(&self) -> String {
         let out = self.data_dir().join("starter.tar");
         if !out.exists() {
-            let st = Command::new("tar")
-                .arg("-C")
-                .arg(self.starter_rootfs())
-                .arg("-cf")
-                .arg(&out)
-                .arg(".")
-                .status()
-                .expect("tar");
-            assert!(st.success(), "tar of the starter image");
+            tar_of(&self.starter_rootfs(), &out);
         }
         out.to_string_lossy().to_string()
     }
@@ -720,6 +725,7 @@ impl Drop for Console {
     }
 }
 
+pub mod cluster;
 pub mod etcd;
 pub mod guest;
 mod host_files;
@@ -781,4 +787,42 @@ fn tar_of(root: &Path, out: &Path) -> String {
         .expect("tar");
     assert!(st.success(), "tar of {}", root.display());
     out.to_string_lossy().to_string()
+}
+
+/// [`busybox_rootfs_tar`] plus the host's files `host_files` (symlinks
+/// followed) at the same paths, and the empty directories `dirs` (mode 0755).
+pub fn busybox_rootfs_tar_with(dir: &Path, host_files: &[&str], dirs: &[&str]) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs dir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox is missing: install busybox-static (scripts/deps does)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
+    for file in host_files {
+        let to = root.join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("rootfs dir");
+        std::fs::copy(file, &to).unwrap_or_else(|e| panic!("copying {file} into the image: {e}"));
+    }
+    for d in dirs {
+        std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).expect("rootfs dir");
+    }
+    let tar = dir.join("bb.tar");
+    tar_of(&root, &tar);
+    tar
+}
+
+/// The reason the scheduler gave for leaving instance `name` unplaced, as
+/// `get` reads the instance; its being placed is a failure.
+pub fn wait_unschedulable(name: &str, get: impl Fn() -> Option<serde_json::Value>) -> String {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} to be judged unschedulable"),
+        || {
+            let i = get()?;
+            assert!(i["status"]["host"].is_null(), "{name} was placed: {i}");
+            i["status"]["reason"]
+                .as_str()
+                .filter(|r| r.starts_with("unschedulable:"))
+                .map(str::to_string)
+        },
+    )
 }

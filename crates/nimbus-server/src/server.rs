@@ -308,6 +308,7 @@ pub async fn serve(
             &state.config.tls_dir(),
             state.config.tls_cert.as_deref(),
             state.config.tls_key.as_deref(),
+            state.config.listen.map(|a| a.ip()),
         )?;
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
             .await

@@ -47,6 +47,13 @@ impl Fence {
         }
     }
 
+    /// Fences as the watchdog does once the lease ran out (without
+    /// stopping anything): for tests of what follows.
+    #[cfg(test)]
+    pub(crate) fn fence_now(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
     }

@@ -117,7 +117,12 @@ pub async fn worker(agent: Arc<Agent>, mut rx: mpsc::UnboundedReceiver<Instance>
             tracing::debug!(instance = ?latest.as_ref().map(|i| &i.metadata.name), here = matches!(fresh, Reread::Here(_)), "re-read after the fence");
             match fresh {
                 Reread::Here(fresh) => latest = Some(*fresh),
-                Reread::Gone => return,
+                Reread::Gone => {
+                    if let Some(left) = latest.as_ref() {
+                        remove_stale_copy(&agent, left).await;
+                    }
+                    return;
+                }
                 Reread::Unknown => {}
             }
         }
@@ -172,6 +177,22 @@ async fn reread(agent: &Agent, latest: Option<&Instance>) -> Reread {
             tracing::warn!(instance = %i.metadata.name, error = %e, "re-reading the instance after the fence failed");
             Reread::Unknown
         }
+    }
+}
+
+/// The instance left this host while it was fenced (moved to another host,
+/// or deleted): the copy the fence stopped here is removed at once (shim,
+/// cgroups, network namespace, root filesystem, directory) rather than at
+/// the next orphan sweep.
+async fn remove_stale_copy(agent: &Agent, instance: &Instance) {
+    let dir = agent.instance_dir(&instance.metadata.id);
+    if !dir.exists() {
+        return;
+    }
+    tracing::warn!(instance = %instance.metadata.name, instance_id = %instance.metadata.id, "the instance left this host while it was fenced: removing its stopped copy");
+    let driver = agent.drivers.for_dir(&dir).cloned();
+    if let Err(e) = destroy_local(agent, driver.as_deref(), &dir, 0).await {
+        tracing::warn!(instance = %instance.metadata.name, error = %e, "could not remove the stopped copy; the orphan sweep retries");
     }
 }
 

@@ -84,8 +84,9 @@ impl Driver for FakeDriver {
     }
 }
 
-/// The API as far as one worker uses it: any GET is the image, any POST a
-/// status report, which is recorded.
+/// The API as far as one worker uses it: the list of this host's
+/// instances is empty (whatever was here left), any other GET is the image,
+/// any POST a status report, which is recorded.
 struct FakeApi {
     reports: Arc<Mutex<Vec<StatusUpdate>>>,
 }
@@ -101,12 +102,14 @@ impl FakeApi {
                 let (recorded, image) = (recorded.clone(), image.clone());
                 tokio::spawn(async move {
                     let mut stream = BufReader::new(stream);
-                    while let Some((method, body)) = read_request(&mut stream).await {
+                    while let Some((method, path, body)) = read_request(&mut stream).await {
                         let reply = if method == "POST" {
                             if let Ok(update) = serde_json::from_slice(&body) {
                                 recorded.lock().expect("reports").push(update);
                             }
                             b"{}".to_vec()
+                        } else if path.starts_with("/v1/instances?") {
+                            br#"{"items":[],"revision":1}"#.to_vec()
                         } else {
                             image.clone()
                         };
@@ -154,11 +157,15 @@ impl FakeApi {
     }
 }
 
-/// One HTTP/1.1 request: its method and body.
-async fn read_request(stream: &mut BufReader<tokio::net::UnixStream>) -> Option<(String, Vec<u8>)> {
+/// One HTTP/1.1 request: its method, path and body.
+async fn read_request(
+    stream: &mut BufReader<tokio::net::UnixStream>,
+) -> Option<(String, String, Vec<u8>)> {
     let mut line = String::new();
     stream.read_line(&mut line).await.ok()?;
-    let method = line.split(' ').next()?.to_string();
+    let mut request_line = line.split(' ');
+    let method = request_line.next()?.to_string();
+    let path = request_line.next()?.to_string();
     let mut length = 0;
     loop {
         line.clear();
@@ -177,7 +184,7 @@ async fn read_request(stream: &mut BufReader<tokio::net::UnixStream>) -> Option<
     }
     let mut body = vec![0; length];
     stream.read_exact(&mut body).await.ok()?;
-    Some((method, body))
+    Some((method, path, body))
 }
 
 struct Setup {
@@ -286,4 +293,43 @@ async fn a_lost_shim_under_restart_always_is_cleaned_up_and_started_counting_a_r
         "never shown failed on its way back: {:?}",
         s.api.phases()
     );
+}
+
+#[tokio::test]
+async fn an_instance_that_left_while_the_host_was_fenced_has_its_stopped_copy_removed() {
+    let s = setup();
+    let mut running = instance(1, 1);
+    running.spec.restart_policy.mode = RestartMode::Always;
+    running.status.phase = nimbus_api::InstancePhase::Running;
+    running.status.host = Some("h1".into());
+    // The fence killed the shim; its directory and the driver's files stay.
+    let dir = s.agent.instance_dir(&running.metadata.id);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("fake.json"), b"{}").expect("driver file");
+    let mut state = ShimState::new(1);
+    state.phase = Phase::Running;
+    write_state(&dir, &state).expect("state.json");
+    s.agent.fence.fence_now();
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = tokio::spawn(reconcile::worker(s.agent.clone(), rx));
+    tx.send(running).expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(dir.exists(), "nothing is touched while fenced");
+    assert!(s.driver.calls().is_empty(), "{:?}", s.driver.calls());
+
+    // A heartbeat is accepted again; the servers list nothing here now.
+    s.agent.fence.heartbeat_accepted();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker ends once it finds the instance gone")
+        .expect("worker");
+    assert_eq!(s.driver.calls(), ["stop grace_ms=0", "clean_up"]);
+    assert!(!dir.exists(), "the stopped copy's directory is still there");
+    assert!(
+        s.api.phases().is_empty(),
+        "a copy that left reports nothing: {:?}",
+        s.api.phases()
+    );
+    drop(tx);
 }

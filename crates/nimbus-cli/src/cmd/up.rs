@@ -300,6 +300,7 @@ async fn start_s3(state: &Arc<AppState>, args: &ServerArgs) -> anyhow::Result<()
         &state.config.tls_dir(),
         state.config.tls_cert.as_deref(),
         state.config.tls_key.as_deref(),
+        state.config.listen.map(|a| a.ip()),
     )?;
     nimbus_objects::listener::start(nimbus_objects::listener::EndpointConfig {
         listen: args.s3_listen,

@@ -101,6 +101,7 @@ fn served_ca_sha256(state: &AppState) -> ApiResult<String> {
         &state.config.tls_dir(),
         state.config.tls_cert.as_deref(),
         state.config.tls_key.as_deref(),
+        state.config.listen.map(|a| a.ip()),
     )
     .map_err(internal)?;
     crate::tls::ca_sha256(&cert).map_err(internal)
