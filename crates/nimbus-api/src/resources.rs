@@ -320,6 +320,14 @@ pub struct HostStatus {
     /// sooner than this lease plus a margin after its last heartbeat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_after_ms: Option<u64>,
+    /// Where the agent serves logs, exec, consoles and pause of its
+    /// instances to the servers (`IP:PORT`, HTTPS); empty when it does not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub io_endpoint: String,
+    /// Hex SHA-256 of that endpoint's certificate: the servers trust only
+    /// it when they connect.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub io_certificate_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]

@@ -36,6 +36,16 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         // With none, the agent does not stop its instances when cut off
         // from the servers, so none may be moved off its host.
         fence_after_ms: config.fence_after_ms,
+        io_endpoint: config
+            .io_endpoint
+            .as_ref()
+            .map(|e| e.endpoint.clone())
+            .unwrap_or_default(),
+        io_certificate_sha256: config
+            .io_endpoint
+            .as_ref()
+            .map(|e| e.certificate_sha256.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -73,6 +73,10 @@ pub struct AgentConfig {
     /// A fetched blob or unpacked layer younger than this is never
     /// collected: an instance may be starting from it.
     pub blob_min_age_ms: u64,
+    /// Where this agent serves its instances' I/O to the servers
+    /// (`crate::io_endpoint`), reported in its host status; `None` under
+    /// `nimbus up`, whose server reaches them directly.
+    pub io_endpoint: Option<crate::io_endpoint::Advertised>,
 }
 
 impl AgentConfig {
@@ -93,6 +97,7 @@ impl AgentConfig {
             container_disk_bytes: DEFAULT_CONTAINER_DISK_BYTES,
             blob_collect_ms: 10 * 60 * 1000,
             blob_min_age_ms: 10 * 60 * 1000,
+            io_endpoint: None,
         }
     }
 

@@ -82,6 +82,12 @@ pub struct AgentArgs {
     /// 5m; heartbeats go out at least three times per lease).
     #[arg(long, default_value = "8s", value_parser = parse_fence_after)]
     pub fence_after: u64,
+    /// Where the servers reach this host's instances (logs, exec,
+    /// consoles, pause): HTTPS on IP:PORT, its certificate made once in
+    /// --data-dir and pinned by the servers (default: port 7444 on the
+    /// address this host uses toward the first server).
+    #[arg(long, value_name = "IP:PORT")]
+    pub io_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub host: HostAgentArgs,
 }
@@ -132,6 +138,7 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
         instances_memory,
     )?;
     config.fence_after_ms = Some(args.fence_after);
+    config.io_endpoint = start_io_endpoint(&args, &servers, &config, &client).await;
     // Its own image store, in its data directory.
     let agent = Agent::new(config, client, None)?;
     tracing::info!(host = %credential.host, data_dir = %g.data_dir.display(), "host agent running");
@@ -139,6 +146,66 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
         result = agent.run() => result,
         _ = crate::cmd::up::shutdown_signal() => Ok(()),
     }
+}
+
+/// Serve this host's instances' I/O to the servers. Without it the agent
+/// still runs its instances; only their logs, exec and consoles are out of
+/// reach, which the servers say when asked.
+async fn start_io_endpoint(
+    args: &AgentArgs,
+    servers: &[join::ServerAddr],
+    config: &nimbus_agent::AgentConfig,
+    client: &nimbus_api::client::Client,
+) -> Option<nimbus_agent::io_endpoint::Advertised> {
+    let toward = toward_servers(servers).await;
+    let listen = args.io_listen.unwrap_or_else(|| {
+        std::net::SocketAddr::new(toward, nimbus_agent::io_endpoint::DEFAULT_PORT)
+    });
+    let io = std::sync::Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+        instances_dir: config.instances_dir(),
+    });
+    match nimbus_agent::io_endpoint::start(
+        listen,
+        toward,
+        &config.data_dir,
+        config.host_name.clone(),
+        client.clone(),
+        io,
+    )
+    .await
+    {
+        Ok(advertised) => {
+            tracing::info!(endpoint = %advertised.endpoint, "serving instance logs, exec and consoles to the servers");
+            Some(advertised)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no I/O endpoint: the servers cannot reach this host's instances' logs, exec or consoles");
+            None
+        }
+    }
+}
+
+/// The local address this host uses toward the first server (no packet is
+/// sent: a UDP socket is only connected); unspecified if none resolves.
+async fn toward_servers(servers: &[join::ServerAddr]) -> std::net::IpAddr {
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let Some(first) = servers.first() else {
+        return unspecified;
+    };
+    let Some(server) = tokio::net::lookup_host(&first.addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return unspecified;
+    };
+    let local = std::net::UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| s.connect(server).and_then(|()| s.local_addr()));
+    local.map_or(unspecified, |a| a.ip())
 }
 
 /// A data directory holds the credential of one host name.

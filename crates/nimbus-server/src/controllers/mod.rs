@@ -1,4 +1,4 @@
 //! Controllers: level-triggered loops that converge stored state.
 
 pub mod hosts;
-pub mod logs;
+
