@@ -27,11 +27,12 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, EndpointError> {
         detail: e.to_string(),
     };
     if !cert_path.exists() || !key_path.exists() {
-        let made = rcgen::generate_simple_self_signed(vec!["nimbus-host-io".to_string()])
-            .map_err(|e| EndpointError::Identity {
+        let made = rcgen::generate_simple_self_signed(vec!["nimbus-host-io".to_string()]).map_err(
+            |e| EndpointError::Identity {
                 path: cert_path.display().to_string(),
                 detail: e.to_string(),
-            })?;
+            },
+        )?;
         write_private(&key_path, made.key_pair.serialize_pem().as_bytes())
             .map_err(|e| io(&key_path, e))?;
         write_private(&cert_path, made.cert.pem().as_bytes()).map_err(|e| io(&cert_path, e))?;
@@ -75,10 +76,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = super::load_or_create(dir.path()).expect("made");
         let again = super::load_or_create(dir.path()).expect("kept");
-        assert_eq!(first.sha256, again.sha256, "a restart must keep the pinned hash");
+        assert_eq!(
+            first.sha256, again.sha256,
+            "a restart must keep the pinned hash"
+        );
         assert_eq!(first.sha256.len(), 64);
         for f in [super::CERT_FILE, super::KEY_FILE] {
-            let mode = std::fs::metadata(dir.path().join(f)).expect("file").permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(f))
+                .expect("file")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
     }

@@ -25,7 +25,9 @@ pub const DEFAULT_PORT: u16 = 7444;
 pub enum EndpointError {
     #[error("the I/O endpoint's key or certificate {path}: {detail}")]
     Identity { path: String, detail: String },
-    #[error("cannot listen on {addr} for the I/O endpoint: {detail}; give another --io-listen IP:PORT")]
+    #[error(
+        "cannot listen on {addr} for the I/O endpoint: {detail}; give another --io-listen IP:PORT"
+    )]
     Listen { addr: SocketAddr, detail: String },
 }
 

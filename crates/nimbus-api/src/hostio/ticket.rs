@@ -129,7 +129,10 @@ impl HostIoTicket {
 /// A ticket id as the server makes them: 64 lowercase hex digits. Anything
 /// else is refused before the store is asked.
 pub fn valid_ticket_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, images, instances, metrics, networks,
-    objects, projects, secgroups, servers, usage, users, volume_attach, volumes,
+    addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, images, instances,
+    metrics, networks, objects, projects, secgroups, servers, usage, users, volume_attach, volumes,
 };
 
 #[derive(OpenApi)]

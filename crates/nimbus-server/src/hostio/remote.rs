@@ -127,10 +127,16 @@ impl RemoteHostIo {
     ) -> Result<Box<dyn ExecStream>, ApiError> {
         let req = request(
             "POST",
-            &format!("/v1/io/instances/{}/{}", instance.metadata.id, action.as_str()),
+            &format!(
+                "/v1/io/instances/{}/{}",
+                instance.metadata.id,
+                action.as_str()
+            ),
             body,
         )?;
-        let resp = self.call(action, Some(instance), req, Upgrade::Exec).await?;
+        let resp = self
+            .call(action, Some(instance), req, Upgrade::Exec)
+            .await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(ApiError::internal(format!(
                 "host {:?} answered {} instead of switching to the exec stream",
@@ -139,7 +145,11 @@ impl RemoteHostIo {
             )));
         }
         let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
-            ApiError::unavailable(format!("host {:?}: the {} stream broke: {e}", self.host, action.as_str()))
+            ApiError::unavailable(format!(
+                "host {:?}: the {} stream broke: {e}",
+                self.host,
+                action.as_str()
+            ))
         })?;
         Ok(Box::new(TokioIo::new(upgraded)))
     }
@@ -200,7 +210,11 @@ impl HostIo for RemoteHostIo {
         } else {
             HostIoAction::Resume
         };
-        let path = format!("/v1/io/instances/{}/{}", instance.metadata.id, action.as_str());
+        let path = format!(
+            "/v1/io/instances/{}/{}",
+            instance.metadata.id,
+            action.as_str()
+        );
         let http = request("POST", &path, b"{}".to_vec())?;
         self.call(action, Some(instance), http, Upgrade::No)
             .await
@@ -213,7 +227,10 @@ impl HostIo for RemoteHostIo {
         protocol: Protocol,
         port: u16,
     ) -> Result<Vec<SocketAddr>, ApiError> {
-        let path = format!("/v1/io/listeners?protocol={}&port={port}", protocol.as_str());
+        let path = format!(
+            "/v1/io/listeners?protocol={}&port={port}",
+            protocol.as_str()
+        );
         let http = request("GET", &path, Vec::new())?;
         let resp = self
             .call(HostIoAction::Listeners, None, http, Upgrade::No)
@@ -225,7 +242,10 @@ impl HostIo for RemoteHostIo {
             .map_err(|e| ApiError::unavailable(format!("host {:?}: {e}", self.host)))?
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::internal(format!("host {:?} answered listeners that do not parse: {e}", self.host))
+            ApiError::internal(format!(
+                "host {:?} answered listeners that do not parse: {e}",
+                self.host
+            ))
         })
     }
 }

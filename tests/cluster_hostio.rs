@@ -1,0 +1,304 @@
+//! Logs, exec and pause of an instance on another host than the server's
+//! ([`common::cluster`]): the server reaches the agent's I/O endpoint,
+//! pinned by the certificate hash the agent reported, with a one-time
+//! ticket per call. The endpoint refuses everyone else: a user token, a
+//! made-up ticket, another host's credential.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cluster::{Cluster, HostSpec};
+use common::{is_root, wait_until, NIMBUS};
+use serde_json::Value;
+
+/// `nimbus --token TOKEN ARGS` against the cluster's server socket.
+fn as_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(NIMBUS)
+        .args(["--token", token])
+        .args(args)
+        .env("NIMBUS_DATA_DIR", c.server_dir())
+        .env_remove("NIMBUS_TOKEN")
+        .env_remove("NIMBUS_PROJECT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nimbus")
+}
+
+/// A call to `url` from the data-centre network, with `headers`; the HTTP
+/// status and the body.
+fn curl_from_dc(c: &Cluster, url: &str, headers: &[String]) -> (u16, String) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &c.dc_netns, "curl", "-sk", "-m", "10"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn logs_exec_and_refusals_of_an_instance_on_an_agent_host() {
+    if !is_root("network namespaces, bridges and cgroups for two hosts") {
+        return;
+    }
+    let c = Cluster::start(
+        &[
+            HostSpec::new("node1", &["site=a"]),
+            HostSpec::new("node2", &["site=b"]),
+        ],
+        "8s",
+    );
+    c.import_busybox_with("bb", &[], &["/tmp"]);
+
+    // The agent reports its endpoint on its own address and the hash of the
+    // certificate it keeps in its data directory.
+    let node1 = c.host("node1");
+    let record = wait_until(Duration::from_secs(30), "node1's I/O endpoint", || {
+        let h = c.host_record("node1")?;
+        h["status"]["io_endpoint"].is_string().then_some(h)
+    });
+    let endpoint = record["status"]["io_endpoint"].as_str().expect("endpoint");
+    assert_eq!(endpoint, format!("{}:7444", node1.ip), "{record}");
+    let cert = node1.data_dir.join("io-endpoint-cert.pem");
+    assert!(
+        cert.exists(),
+        "the endpoint's certificate is kept in the data dir"
+    );
+    assert_eq!(
+        record["status"]["io_certificate_sha256"].as_str(),
+        Some(certificate_sha256(&cert).as_str()),
+        "the reported hash is the kept certificate's"
+    );
+
+    let script = "echo hello-from-node1; while true; do if [ -f /tmp/go ]; then echo second-line; rm /tmp/go; fi; sleep 0.2; done";
+    c.run_ok(&[
+        "instance",
+        "run",
+        "talker",
+        "--image",
+        "bb",
+        "--require",
+        "label:site=a",
+        "--no-wait",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let i = c.wait_running("talker", Duration::from_secs(90));
+    let pid = i["status"]["pid"].as_i64().expect("pid");
+    assert_eq!(c.host_of_pid(pid).as_deref(), Some("node1"), "{i}");
+    let id = i["metadata"]["id"].as_str().expect("id").to_string();
+
+    // Logs, from node1's files, through the server.
+    let logs = wait_until(Duration::from_secs(20), "talker's first line", || {
+        let out = c.nimbus(&["instance", "logs", "talker"]);
+        assert!(
+            out.status.success(),
+            "logs: {}\n{}",
+            stderr(&out),
+            c.logs_tail()
+        );
+        stdout(&out)
+            .contains("hello-from-node1")
+            .then(|| stdout(&out))
+    });
+    assert!(!logs.contains("second-line"), "{logs}");
+
+    // Follow: a line written later arrives on the open stream.
+    let mut follow = Command::new(NIMBUS)
+        .args(["instance", "logs", "talker", "--follow"])
+        .env("NIMBUS_DATA_DIR", c.server_dir())
+        .env_remove("NIMBUS_TOKEN")
+        .env_remove("NIMBUS_PROJECT")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs --follow");
+    let lines = BufReader::new(follow.stdout.take().expect("stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the followed log's first line");
+    assert!(first.contains("hello-from-node1"), "{first}");
+    // Exec runs in the instance on node1: it makes the workload write again.
+    c.run_ok(&["instance", "exec", "talker", "--", "/bin/busybox", "touch", "/tmp/go"]);
+    let later = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a new line on the followed log");
+    assert!(later.contains("second-line"), "{later}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // Exec with stdin, stdout and the exit code.
+    let mut exec = Command::new(NIMBUS)
+        .args([
+            "instance",
+            "exec",
+            "-i",
+            "talker",
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x; echo got:$x; /bin/busybox cat /proc/1/cmdline; exit 3",
+        ])
+        .env("NIMBUS_DATA_DIR", c.server_dir())
+        .env_remove("NIMBUS_TOKEN")
+        .env_remove("NIMBUS_PROJECT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec");
+    exec.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"ping\n")
+        .expect("write stdin");
+    let out = exec.wait_with_output().expect("exec output");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exec: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("got:ping"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("hello-from-node1"),
+        "ran beside the workload: {}",
+        stdout(&out)
+    );
+
+    // Pause applies to VMs: a container says so, wherever it runs.
+    let paused = c.nimbus(&["instance", "pause", "talker"]);
+    assert!(
+        !paused.status.success() && stderr(&paused).contains("container"),
+        "{}",
+        stderr(&paused)
+    );
+
+    // A user of another project sees nothing of it.
+    c.ok(&["project", "create", "other"]);
+    c.ok(&["user", "create", "eve"]);
+    c.ok(&["role", "grant", "eve", "member", "--project", "other"]);
+    let eve = c.ok(&["token", "create", "--user", "eve"])["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    for args in [
+        &["instance", "logs", "talker", "-p", "default"][..],
+        &["instance", "exec", "talker", "-p", "default", "--", "true"][..],
+    ] {
+        let out = as_token(&c, &eve, args);
+        assert!(
+            !out.status.success() && stderr(&out).contains("not found"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
+    // The endpoint itself: nothing but a live ticket opens it.
+    let url = format!("https://{endpoint}/v1/io/instances/{id}/logs");
+    let node2_cred: Value = serde_json::from_slice(
+        &std::fs::read(c.host("node2").data_dir.join("agent-credential.json"))
+            .expect("node2 credential"),
+    )
+    .expect("credential json");
+    let node2_token = node2_cred["token"].as_str().expect("token").to_string();
+    let refusals = [
+        (
+            "no ticket, a user token",
+            vec![format!("Authorization: Bearer {eve}")],
+        ),
+        (
+            "another host's credential",
+            vec![format!("Authorization: Bearer {node2_token}")],
+        ),
+        (
+            "another host's credential as the ticket",
+            vec![format!("x-nimbus-hostio-ticket: {node2_token}")],
+        ),
+        (
+            "a made-up ticket",
+            vec![format!("x-nimbus-hostio-ticket: {}", "ab".repeat(32))],
+        ),
+    ];
+    for (what, headers) in refusals {
+        let (code, body) = curl_from_dc(&c, &url, &headers);
+        assert_eq!(code, 401, "{what}: {body}");
+        assert!(
+            !body.contains("hello-from-node1"),
+            "{what} read the log: {body}"
+        );
+    }
+    // Another host's credential cannot consume node1's tickets either.
+    let consume = format!(
+        "{}/v1/hosts/node1/io-tickets/{}",
+        c.server_url(),
+        "cd".repeat(32)
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.dc_netns,
+            "curl",
+            "-sk",
+            "-m",
+            "10",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {node2_token}"),
+            &consume,
+        ])
+        .output()
+        .expect("curl");
+    assert!(stdout(&out).ends_with("403"), "{}", stdout(&out));
+
+    c.run_ok(&["instance", "rm", "--force", "talker"]);
+    c.assert_torn_down();
+}
+
+/// Hex SHA-256 of the DER bytes of the certificate in `pem_file`.
+fn certificate_sha256(pem_file: &std::path::Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -in \"$0\" -outform der | sha256sum")
+        .arg(pem_file)
+        .output()
+        .expect("openssl x509");
+    assert!(out.status.success(), "openssl: {}", stderr(&out));
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
