@@ -144,7 +144,15 @@ fn logs_exec_and_refusals_of_an_instance_on_an_agent_host() {
         .expect("the followed log's first line");
     assert!(first.contains("hello-from-node1"), "{first}");
     // Exec runs in the instance on node1: it makes the workload write again.
-    c.run_ok(&["instance", "exec", "talker", "--", "/bin/busybox", "touch", "/tmp/go"]);
+    c.run_ok(&[
+        "instance",
+        "exec",
+        "talker",
+        "--",
+        "/bin/busybox",
+        "touch",
+        "/tmp/go",
+    ]);
     let later = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("a new line on the followed log");

@@ -140,13 +140,13 @@ mod tests {
     use super::*;
 
     fn instance(id: &str) -> Instance {
-        let mut i: Instance = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "project": "ops"},
-            "spec": {"image": "bb"}
-        }))
-        .expect("instance");
-        i.metadata.id = id.to_string();
-        i
+        let mut metadata = crate::Metadata::new("web", Some("ops"));
+        metadata.id = id.to_string();
+        Instance {
+            metadata,
+            spec: Default::default(),
+            status: Default::default(),
+        }
     }
 
     #[test]
