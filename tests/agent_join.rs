@@ -167,13 +167,21 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
 
 fn agent_command(data_dir: &Path, server: &Server, extra: &[&str]) -> Command {
     let mut cmd = Command::new(NIMBUS);
-    cmd.args(["agent", "--server", &server.url()])
-        .args(extra)
-        .env("NIMBUS_DATA_DIR", data_dir)
-        .env("NIMBUS_LOG", "info")
-        .env_remove("NIMBUS_JOIN_TOKEN")
-        .env_remove("NIMBUS_SERVER")
-        .stdin(Stdio::null());
+    // Agents of tests running side by side share this network: each takes
+    // a free port for its I/O endpoint (the default, 7444, would collide).
+    cmd.args([
+        "agent",
+        "--server",
+        &server.url(),
+        "--io-listen",
+        "127.0.0.1:0",
+    ])
+    .args(extra)
+    .env("NIMBUS_DATA_DIR", data_dir)
+    .env("NIMBUS_LOG", "info")
+    .env_remove("NIMBUS_JOIN_TOKEN")
+    .env_remove("NIMBUS_SERVER")
+    .stdin(Stdio::null());
     cmd
 }
 
