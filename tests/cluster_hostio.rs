@@ -291,6 +291,18 @@ fn logs_exec_and_refusals_of_an_instance_on_an_agent_host() {
         .expect("curl");
     assert!(stdout(&out).ends_with("403"), "{}", stdout(&out));
 
+    // A ticket serves one call: one the server really issued, caught on
+    // its way (node1's own key stands in for node1), opens the endpoint
+    // once and is refused when played again.
+    let ticket = capture_a_ticket(&c, &node1_token(&c));
+    let with_ticket = [format!("x-nimbus-hostio-ticket: {ticket}")];
+    let (code, body) = curl_from_dc(&c, &url, &with_ticket);
+    assert_eq!(code, 200, "the ticket's first use: {body}");
+    assert!(body.contains("hello-from-node1"), "{body}");
+    let (code, body) = curl_from_dc(&c, &url, &with_ticket);
+    assert_eq!(code, 401, "a replayed ticket: {body}");
+    assert!(!body.contains("hello-from-node1"), "{body}");
+
     c.run_ok(&["instance", "rm", "--force", "talker"]);
     c.assert_torn_down();
 }
@@ -309,4 +321,115 @@ fn certificate_sha256(pem_file: &std::path::Path) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+fn node1_token(c: &Cluster) -> String {
+    let cred: Value = serde_json::from_slice(
+        &std::fs::read(c.host("node1").data_dir.join("agent-credential.json"))
+            .expect("node1 credential"),
+    )
+    .expect("credential json");
+    cred["token"].as_str().expect("token").to_string()
+}
+
+/// node1's status as `token` (node1's credential) reports it.
+fn report_node1_status(c: &Cluster, token: &str, status: &Value) {
+    let url = format!("{}/v1/hosts/node1/status", c.server_url());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.dc_netns,
+            "curl",
+            "-sk",
+            "-m",
+            "10",
+            "-X",
+            "POST",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "content-type: application/json"])
+        .args(["-d", &status.to_string(), "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl");
+    assert!(
+        stdout(&out).ends_with("200"),
+        "status report: {}",
+        stdout(&out)
+    );
+}
+
+/// A ticket the server issues for `nimbus instance logs talker`, caught by
+/// a TLS listener holding node1's key that node1's status names for a
+/// moment (node1's agent is stopped meanwhile, so its heartbeat does not
+/// put its own endpoint back).
+fn capture_a_ticket(c: &Cluster, node1_token: &str) -> String {
+    let node1 = c.host("node1");
+    let mut listener = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.dc_netns,
+            "openssl",
+            "s_server",
+            "-quiet",
+            "-naccept",
+            "1",
+        ])
+        .args(["-accept", "10.77.0.1:7999"])
+        .arg("-cert")
+        .arg(node1.data_dir.join("io-endpoint-cert.pem"))
+        .arg("-key")
+        .arg(node1.data_dir.join("io-endpoint-key.pem"))
+        // Kept open: s_server closes its connection at the end of stdin.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    wait_until(Duration::from_secs(10), "the catching listener", || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &c.dc_netns, "ss", "-ltnH", "sport = :7999"])
+            .output()
+            .ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    });
+    let agent = node1.agent_pid().expect("node1's agent") as i32;
+    let original = c.host_record("node1").expect("node1")["status"].clone();
+    // SAFETY: kill(2) on the agent process this test's cluster started.
+    unsafe { libc::kill(agent, libc::SIGSTOP) };
+    let mut diverted = original.clone();
+    diverted["io_endpoint"] = Value::from("10.77.0.1:7999");
+    report_node1_status(c, node1_token, &diverted);
+    let mut logs = Command::new(NIMBUS)
+        .args(["instance", "logs", "talker"])
+        .env("NIMBUS_DATA_DIR", c.server_dir())
+        .env_remove("NIMBUS_TOKEN")
+        .env_remove("NIMBUS_PROJECT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("logs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = listener.stdout.take().expect("listener output");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(v) = line
+                .to_ascii_lowercase()
+                .strip_prefix("x-nimbus-hostio-ticket:")
+            {
+                let _ = tx.send(v.trim().to_string());
+                return;
+            }
+        }
+    });
+    let caught = rx.recv_timeout(Duration::from_secs(20));
+    let _ = logs.kill();
+    let _ = logs.wait();
+    let _ = listener.kill();
+    let _ = listener.wait();
+    report_node1_status(c, node1_token, &original);
+    // SAFETY: as above.
+    unsafe { libc::kill(agent, libc::SIGCONT) };
+    caught.expect("the server sent a ticket to the endpoint node1 named")
 }
