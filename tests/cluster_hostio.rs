@@ -27,13 +27,43 @@ fn as_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Output {
         .expect("run nimbus")
 }
 
-/// A call to `url` from the data-centre network, with `headers`; the HTTP
+/// A GET of `url` from the data-centre network, with `headers`; the HTTP
 /// status and the body.
 fn curl_from_dc(c: &Cluster, url: &str, headers: &[String]) -> (u16, String) {
+    curl_from_dc_with(c, "GET", url, headers, None)
+}
+
+/// A `method` call of `url` from the data-centre network, with `headers`
+/// and a JSON `body`; the HTTP status and the body.
+fn curl_from_dc_with(
+    c: &Cluster,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    body: Option<&Value>,
+) -> (u16, String) {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &c.dc_netns, "curl", "-sk", "-m", "10"]);
+    cmd.args([
+        "netns",
+        "exec",
+        &c.dc_netns,
+        "curl",
+        "-sk",
+        "-m",
+        "10",
+        "-X",
+        method,
+    ]);
     for h in headers {
         cmd.args(["-H", h]);
+    }
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ]);
     }
     let out = cmd
         .args(["-w", "\n%{http_code}", url])
@@ -268,28 +298,9 @@ fn logs_exec_and_refusals_of_an_instance_on_an_agent_host() {
         c.server_url(),
         "cd".repeat(32)
     );
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.dc_netns,
-            "curl",
-            "-sk",
-            "-m",
-            "10",
-            "-X",
-            "POST",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args([
-            "-H",
-            &format!("Authorization: Bearer {node2_token}"),
-            &consume,
-        ])
-        .output()
-        .expect("curl");
-    assert!(stdout(&out).ends_with("403"), "{}", stdout(&out));
+    let bearer = [format!("Authorization: Bearer {node2_token}")];
+    let (code, body) = curl_from_dc_with(&c, "POST", &consume, &bearer, None);
+    assert_eq!(code, 403, "another host consuming node1's ticket: {body}");
 
     // A ticket serves one call: one the server really issued, caught on
     // its way (node1's own key stands in for node1), opens the endpoint
@@ -335,28 +346,9 @@ fn node1_token(c: &Cluster) -> String {
 /// node1's status as `token` (node1's credential) reports it.
 fn report_node1_status(c: &Cluster, token: &str, status: &Value) {
     let url = format!("{}/v1/hosts/node1/status", c.server_url());
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.dc_netns,
-            "curl",
-            "-sk",
-            "-m",
-            "10",
-            "-X",
-            "POST",
-        ])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["-H", "content-type: application/json"])
-        .args(["-d", &status.to_string(), "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    assert!(
-        stdout(&out).ends_with("200"),
-        "status report: {}",
-        stdout(&out)
-    );
+    let bearer = [format!("Authorization: Bearer {token}")];
+    let (code, body) = curl_from_dc_with(c, "POST", &url, &bearer, Some(status));
+    assert_eq!(code, 200, "status report: {body}");
 }
 
 /// A ticket the server issues for `nimbus instance logs talker`, caught by

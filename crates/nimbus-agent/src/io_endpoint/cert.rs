@@ -2,9 +2,9 @@
 //! the data directory (owner-only files); the servers pin the
 //! certificate's SHA-256, which the agent reports in its host status.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use crate::shim::state::write_atomically;
 
 use super::EndpointError;
 
@@ -22,7 +22,7 @@ pub struct Identity {
 pub fn load_or_create(data_dir: &Path) -> Result<Identity, EndpointError> {
     let cert_path = data_dir.join(CERT_FILE);
     let key_path = data_dir.join(KEY_FILE);
-    let io = |path: &Path, e: std::io::Error| EndpointError::Identity {
+    let io = |path: &Path, e: &dyn std::fmt::Display| EndpointError::Identity {
         path: path.display().to_string(),
         detail: e.to_string(),
     };
@@ -33,12 +33,13 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, EndpointError> {
                 detail: e.to_string(),
             },
         )?;
-        write_private(&key_path, made.key_pair.serialize_pem().as_bytes())
-            .map_err(|e| io(&key_path, e))?;
-        write_private(&cert_path, made.cert.pem().as_bytes()).map_err(|e| io(&cert_path, e))?;
+        // Owner-only (0600), each file replaced whole.
+        write_atomically(&key_path, made.key_pair.serialize_pem().as_bytes())
+            .map_err(|e| io(&key_path, &e))?;
+        write_atomically(&cert_path, made.cert.pem().as_bytes()).map_err(|e| io(&cert_path, &e))?;
     }
-    let cert_pem = std::fs::read(&cert_path).map_err(|e| io(&cert_path, e))?;
-    let key_pem = std::fs::read(&key_path).map_err(|e| io(&key_path, e))?;
+    let cert_pem = std::fs::read(&cert_path).map_err(|e| io(&cert_path, &e))?;
+    let key_pem = std::fs::read(&key_path).map_err(|e| io(&key_path, &e))?;
     let der = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .next()
         .and_then(Result::ok)
@@ -51,20 +52,6 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, EndpointError> {
         cert_pem,
         key_pem,
     })
-}
-
-/// Write `data` readable by its owner only, replacing `path` whole.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
