@@ -28,7 +28,24 @@ pub async fn issue(
     let t = HostIoTicket::new(host, action, instance.cloned(), Utc::now());
     let value = serde_json::to_vec(&t).map_err(|e| ApiError::internal(e.to_string()))?;
     store.create(&key(host, &id), value).await?;
+    sweep_expired(store, host, Utc::now()).await;
     Ok(id)
+}
+
+/// Delete `host`'s tickets that expired unused (their host never asked
+/// for them, say it crashed meanwhile). Best effort: a failure leaves them
+/// for the next call.
+async fn sweep_expired(store: &dyn Store, host: &str, now: DateTime<Utc>) {
+    let Ok(page) = store.list(&ticket::store_prefix(host), None, 0).await else {
+        return;
+    };
+    for kv in page.kvs {
+        let expired =
+            serde_json::from_slice::<HostIoTicket>(&kv.value).map_or(true, |t| t.expires_at < now);
+        if expired {
+            let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
+        }
+    }
 }
 
 /// Drop a ticket whose call never reached its host (best effort: an
@@ -133,6 +150,13 @@ mod tests {
             .await
             .expect("issue");
         revoke(&s, "h1", &id).await;
+        // Expired tickets left unused are swept when the next is issued.
+        sweep_expired(&s, "h1", later).await;
+        let left = s
+            .list(&ticket::store_prefix("h1"), None, 0)
+            .await
+            .expect("list");
+        assert!(left.kvs.is_empty(), "{} tickets left", left.kvs.len());
         assert_eq!(
             code(consume(&s, "h1", "h1", &id, Utc::now()).await),
             ErrorCode::NotFound
