@@ -1,4 +1,4 @@
-//! Logs, exec and pause of an instance on another host than the server's
+//! Logs, exec, console and pause of instances on another host than the server's
 //! ([`common::cluster`]): the server reaches the agent's I/O endpoint,
 //! pinned by the certificate hash the agent reported, with a one-time
 //! ticket per call. The endpoint refuses everyone else: a user token, a
@@ -424,4 +424,77 @@ fn capture_a_ticket(c: &Cluster, node1_token: &str) -> String {
     // SAFETY: as above.
     unsafe { libc::kill(agent, libc::SIGCONT) };
     caught.expect("the server sent a ticket to the endpoint node1 named")
+}
+
+#[test]
+fn console_and_pause_of_a_vm_on_an_agent_host() {
+    if !is_root("network namespaces, bridges, cgroups and QEMU for two hosts") {
+        return;
+    }
+    let c = Cluster::start(
+        &[
+            HostSpec::new("node1", &["site=a"]),
+            HostSpec::new("node2", &["site=b"]),
+        ],
+        "8s",
+    );
+    let dir = common::guest("tiny");
+    c.run_ok(&[
+        "image",
+        "import-kernel",
+        &dir.join("vmlinux").to_string_lossy(),
+        "--initrd",
+        &dir.join("tiny-initrd.img").to_string_lossy(),
+        "--name",
+        "tiny",
+    ]);
+    c.run_ok(&[
+        "instance",
+        "run",
+        "tinyvm",
+        "--kind",
+        "vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128MiB",
+        "--require",
+        "label:site=b",
+        "--no-wait",
+    ]);
+    let vm = c.wait_running("tinyvm", Duration::from_secs(120));
+    assert_eq!(vm["status"]["host"], "node2", "{vm}");
+
+    // The serial console, relayed from node2's QEMU through the server.
+    let attach = || {
+        let mut cmd = Command::new(NIMBUS);
+        cmd.args(["instance", "console", "tinyvm"])
+            .env("NIMBUS_DATA_DIR", c.server_dir())
+            .env_remove("NIMBUS_TOKEN")
+            .env_remove("NIMBUS_PROJECT");
+        common::Console::spawn(cmd)
+    };
+    attach().roundtrip("echo CONSOLE-$((6*7))", "CONSOLE-42");
+
+    // Pause and resume on node2: a paused guest does not answer.
+    let mut console = attach();
+    let v = c.ok(&["instance", "pause", "tinyvm"]);
+    assert_eq!(v["status"]["phase"], "paused", "{v}");
+    console.type_line("echo PAUSED-$((7*7))");
+    assert!(
+        !console.shows("PAUSED-49", Duration::from_secs(3)),
+        "a paused guest ran a command: {}",
+        console.seen
+    );
+    let v = c.ok(&["instance", "resume", "tinyvm"]);
+    assert_eq!(v["status"]["phase"], "running", "{v}");
+    assert!(
+        console.shows("PAUSED-49", Duration::from_secs(30)),
+        "the resumed guest runs what was typed while paused: {}",
+        console.seen
+    );
+    drop(console);
+
+    c.run_ok(&["instance", "rm", "--force", "tinyvm"]);
+    c.assert_torn_down();
 }
