@@ -458,9 +458,12 @@ async fn a_container_starts_from_layers_its_host_fetched_and_they_go_with_it() {
     config.blob_min_age_ms = 0;
     // Logs are read from the host's files, as under `nimbus up`.
     *server.state.host_io.write().expect("host I/O lock") =
-        Some(Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
-            instances_dir: data_dir.join("instances"),
-        }));
+        Some(nimbus_server::hostio::LocalHost {
+            host: "h1".into(),
+            io: Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+                instances_dir: data_dir.join("instances"),
+            }),
+        });
     let token = server.host_token("h1").await;
     let agent = nimbus_agent::Agent::new(config, server.client(&token), None).expect("agent");
     let agent_task = tokio::spawn(agent.clone().run());

@@ -650,9 +650,14 @@ pub struct Console {
 
 impl Console {
     pub fn attach(cloud: &Cloud, name: &str) -> Console {
-        let mut child = cloud
-            .command()
-            .args(["instance", "console", name])
+        let mut cmd = cloud.command();
+        cmd.args(["instance", "console", name]);
+        Console::spawn(cmd)
+    }
+
+    /// `cmd` (a `nimbus instance console` of some cloud) driven through pipes.
+    pub fn spawn(mut cmd: Command) -> Console {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod container;
 pub mod driver;
 pub mod host;
+pub mod io_endpoint;
 pub mod join;
 pub mod protect;
 pub mod shim;

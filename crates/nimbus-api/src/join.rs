@@ -10,9 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -176,17 +174,19 @@ pub async fn fetch_server_certificates(
         addr: addr.to_string(),
         detail,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let recorder = Arc::new(RecordChain {
-        chain: Mutex::new(Vec::new()),
-        provider: provider.clone(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
+    // Any chain is accepted and kept; the caller compares hashes.
+    let recorded: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let keep = recorded.clone();
+    let config = crate::tls_trust::client_config(Box::new(move |end_entity, intermediates| {
+        if let Ok(mut chain) = keep.lock() {
+            *chain = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.as_ref().to_vec())
+                .collect();
+        }
+        Ok(())
+    }))
+    .map_err(|e| tls_err(e.to_string()))?;
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| tls_err(format!("server name {server_name:?}: {e}")))?;
     let connect = async {
@@ -205,72 +205,11 @@ pub async fn fetch_server_certificates(
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| tls_err(format!("no answer within {}s", timeout.as_secs())))??;
-    let chain = recorder.chain.lock().map(|c| c.clone()).unwrap_or_default();
+    let chain = recorded.lock().map(|c| c.clone()).unwrap_or_default();
     if chain.is_empty() {
         return Err(tls_err("the server presented no certificate".into()));
     }
     Ok(chain)
-}
-
-/// Accepts any certificate chain and keeps it, but checks the handshake
-/// signatures as usual.
-#[derive(Debug)]
-struct RecordChain {
-    chain: Mutex<Vec<Vec<u8>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for RecordChain {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut chain) = self.chain.lock() {
-            *chain = std::iter::once(end_entity)
-                .chain(intermediates)
-                .map(|c| c.as_ref().to_vec())
-                .collect();
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod meta;
 pub mod resources;
 pub mod servers;
 pub mod stats;
+mod tls_trust;
 pub mod units;
 pub mod usage;
 pub mod version;

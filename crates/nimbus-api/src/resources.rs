@@ -330,6 +330,14 @@ pub struct HostStatus {
     /// UDP port of the host's VXLAN endpoint (4789 unless configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_port: Option<u16>,
+    /// Where the agent serves logs, exec, consoles and pause of its
+    /// instances to the servers (`IP:PORT`, HTTPS); empty when it does not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub io_endpoint: String,
+    /// Hex SHA-256 of that endpoint's certificate: the servers trust only
+    /// it when they connect.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub io_certificate_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]

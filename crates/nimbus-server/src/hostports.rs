@@ -133,13 +133,21 @@ pub async fn check(
         held,
         claims,
     )?;
-    // Without an agent to ask (`nimbus server` alone) the agent's own
-    // check when it installs the forward is what protects host services.
-    let Some(io) = state.host_io() else {
+    // Without a host to ask (`nimbus server` alone, before placement) the
+    // agent's own check when it installs the forward protects host services.
+    let Some(io) = state.host_io_on(host) else {
         return Ok(());
     };
     for c in claims {
-        let listening = io.host_port_listeners(host, c.protocol, c.port).await?;
+        let listening = match io.host_port_listeners(host, c.protocol, c.port).await {
+            // A host that cannot be asked (an agent without an I/O
+            // endpoint) still checks when it installs the forward.
+            Err(e) if e.code == nimbus_api::ErrorCode::Unavailable => {
+                tracing::warn!(host = ?host, error = %e, "cannot ask the host about its listeners");
+                return Ok(());
+            }
+            other => other?,
+        };
         if !listening.is_empty() {
             return Err(ServerError(in_use(*c, host, &listening)));
         }

@@ -6,7 +6,7 @@ use nimbus_image::ImageStore;
 
 use crate::auth::TokenCache;
 use crate::config::ServerConfig;
-use crate::hostio::HostIo;
+use crate::hostio::{HostIo, LocalHost};
 use crate::repo::Repo;
 
 pub struct AppState {
@@ -16,9 +16,9 @@ pub struct AppState {
     pub images: Arc<ImageStore>,
     /// Seals and opens instances' secret environment values.
     pub secrets: crate::secrets::SecretBox,
-    /// Reaches instance logs and exec on hosts; set by `nimbus up` for the
-    /// local agent.
-    pub host_io: RwLock<Option<Arc<dyn HostIo>>>,
+    /// The agent of `nimbus up`, which serves its own host's instances
+    /// directly; other hosts are reached through their I/O endpoints.
+    pub host_io: RwLock<Option<LocalHost>>,
     /// Held while a host port claim is checked and written
     /// (`hostports::check`), so concurrent claims cannot overrun a
     /// project's count.
@@ -58,23 +58,24 @@ impl AppState {
         self.repo.fenced(fence.as_ref())
     }
 
-    pub fn host_io(&self) -> Option<Arc<dyn HostIo>> {
-        self.host_io.read().ok().and_then(|g| g.clone())
+    /// The host I/O of `host` (`None`: not placed yet), if any reaches it
+    /// (see `hostio::pick`).
+    pub fn host_io_on(&self, host: Option<&str>) -> Option<Arc<dyn HostIo>> {
+        let local = self.host_io.read().ok().and_then(|g| g.clone());
+        crate::hostio::pick(local, &self.repo, host)
     }
 
     /// The host I/O that reaches `instance` for `what` (logs, exec, a
-    /// console, pause), or why none can: a server without its own agent
-    /// (`nimbus server`) cannot reach hosts whose agents run alone.
+    /// console, pause), or why none can: it is on no host yet.
     pub fn host_io_for(
         &self,
         instance: &nimbus_api::Instance,
         what: &str,
     ) -> Result<Arc<dyn HostIo>, nimbus_api::ApiError> {
-        self.host_io().ok_or_else(|| {
+        self.host_io_on(instance.status.host.as_deref()).ok_or_else(|| {
             let name = &instance.metadata.name;
-            let host = instance.status.host.as_deref().unwrap_or("(none yet)");
-            nimbus_api::ApiError::unavailable(format!(
-                "instance {name:?} runs on host {host:?}, which is remote to this server (its agent runs alone, `nimbus agent`): this server cannot serve {what} of instances on remote hosts yet; run the instance where `nimbus up` runs to use {what}"
+            nimbus_api::ApiError::conflict(format!(
+                "instance {name:?} is on no host yet, so there is no {what} to reach; wait until `nimbus instance get {name}` shows its host"
             ))
         })
     }

@@ -38,6 +38,16 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
         fence_after_ms: config.fence_after_ms,
         tunnel_address: config.tunnel.map(|t| t.address),
         tunnel_port: config.tunnel.map(|t| t.port),
+        io_endpoint: config
+            .io_endpoint
+            .as_ref()
+            .map(|e| e.endpoint.clone())
+            .unwrap_or_default(),
+        io_certificate_sha256: config
+            .io_endpoint
+            .as_ref()
+            .map(|e| e.certificate_sha256.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -79,6 +79,10 @@ pub struct AgentConfig {
     /// Where this host meets the others for networks that span hosts
     /// (VXLAN); `None`: its networks stay on this host (`nimbus up`).
     pub tunnel: Option<nimbus_net::vxlan::Underlay>,
+    /// Where this agent serves its instances' I/O to the servers
+    /// (`crate::io_endpoint`), reported in its host status; `None` under
+    /// `nimbus up`, whose server reaches them directly.
+    pub io_endpoint: Option<crate::io_endpoint::Advertised>,
 }
 
 impl AgentConfig {
@@ -100,6 +104,7 @@ impl AgentConfig {
             blob_collect_ms: 10 * 60 * 1000,
             blob_min_age_ms: 10 * 60 * 1000,
             tunnel: None,
+            io_endpoint: None,
         }
     }
 

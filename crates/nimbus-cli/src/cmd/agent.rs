@@ -91,6 +91,12 @@ pub struct AgentArgs {
     /// UDP port of this host's VXLAN endpoint; the same on every host.
     #[arg(long, default_value_t = nimbus_agent::vxlan::DEFAULT_PORT)]
     pub tunnel_port: u16,
+    /// Where the servers reach this host's instances (logs, exec,
+    /// consoles, pause): HTTPS on IP:PORT, its certificate made once in
+    /// --data-dir and pinned by the servers (default: port 7444 on the
+    /// address this host uses toward the first server).
+    #[arg(long, value_name = "IP:PORT")]
+    pub io_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub host: HostAgentArgs,
 }
@@ -99,21 +105,14 @@ pub struct AgentArgs {
 /// of the route to the first server; checked to be this host's own.
 fn underlay(
     args: &AgentArgs,
-    servers: &[join::ServerAddr],
+    toward: std::net::IpAddr,
 ) -> anyhow::Result<Option<nimbus_agent::vxlan::Underlay>> {
-    let address = match args.tunnel_address {
-        Some(a) => Some(a),
-        None => {
-            let first = servers.first().map(|s| s.addr.as_str()).unwrap_or_default();
-            let to = std::net::ToSocketAddrs::to_socket_addrs(first)
-                .ok()
-                .and_then(|mut a| a.find(|a| a.is_ipv4()));
-            match to {
-                Some(to) => nimbus_agent::vxlan::route_source(to)?,
-                None => None,
-            }
-        }
-    };
+    // By default the address this host reaches the servers from, unless
+    // that is loopback (the servers are on this machine).
+    let address = args.tunnel_address.or(match toward {
+        std::net::IpAddr::V4(a) if !a.is_loopback() && !a.is_unspecified() => Some(a),
+        _ => None,
+    });
     let Some(address) = address else {
         tracing::info!("no tunnel address (the servers are reached over loopback): this host's networks stay on it; give --tunnel-address to span hosts");
         return Ok(None);
@@ -173,7 +172,9 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
         instances_memory,
     )?;
     config.fence_after_ms = Some(args.fence_after);
-    config.tunnel = underlay(&args, &servers)?;
+    let toward = toward_servers(&servers).await;
+    config.tunnel = underlay(&args, toward)?;
+    config.io_endpoint = start_io_endpoint(&args, toward, &config, &client).await;
     // Its own image store, in its data directory.
     let agent = Agent::new(config, client, None)?;
     tracing::info!(host = %credential.host, data_dir = %g.data_dir.display(), "host agent running");
@@ -181,6 +182,65 @@ pub async fn agent(g: &Globals, args: AgentArgs) -> anyhow::Result<()> {
         result = agent.run() => result,
         _ = crate::cmd::up::shutdown_signal() => Ok(()),
     }
+}
+
+/// Serve this host's instances' I/O to the servers. Without it the agent
+/// still runs its instances; only their logs, exec and consoles are out of
+/// reach, which the servers say when asked.
+async fn start_io_endpoint(
+    args: &AgentArgs,
+    toward: std::net::IpAddr,
+    config: &nimbus_agent::AgentConfig,
+    client: &nimbus_api::client::Client,
+) -> Option<nimbus_agent::io_endpoint::Advertised> {
+    let listen = args.io_listen.unwrap_or_else(|| {
+        std::net::SocketAddr::new(toward, nimbus_agent::io_endpoint::DEFAULT_PORT)
+    });
+    let io = std::sync::Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+        instances_dir: config.instances_dir(),
+    });
+    match nimbus_agent::io_endpoint::start(
+        listen,
+        toward,
+        &config.data_dir,
+        config.host_name.clone(),
+        client.clone(),
+        io,
+    )
+    .await
+    {
+        Ok(advertised) => {
+            tracing::info!(endpoint = %advertised.endpoint, "serving instance logs, exec and consoles to the servers");
+            Some(advertised)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no I/O endpoint: the servers cannot reach this host's instances' logs, exec or consoles");
+            None
+        }
+    }
+}
+
+/// The local address this host uses toward the first server (no packet is
+/// sent: a UDP socket is only connected); unspecified if none resolves.
+async fn toward_servers(servers: &[join::ServerAddr]) -> std::net::IpAddr {
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let Some(first) = servers.first() else {
+        return unspecified;
+    };
+    let Some(server) = tokio::net::lookup_host(&first.addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return unspecified;
+    };
+    let local = std::net::UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| s.connect(server).and_then(|()| s.local_addr()));
+    local.map_or(unspecified, |a| a.ip())
 }
 
 /// A data directory holds the credential of one host name.

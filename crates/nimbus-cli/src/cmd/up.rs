@@ -370,9 +370,12 @@ pub async fn up(g: &Globals, args: UpArgs) -> anyhow::Result<()> {
         .host_io
         .write()
         .map_err(|_| anyhow::anyhow!("host I/O lock poisoned"))? =
-        Some(Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
-            instances_dir: agent_config.instances_dir(),
-        }));
+        Some(nimbus_server::hostio::LocalHost {
+            host: host.clone(),
+            io: Arc::new(nimbus_agent::agent::hostio::LocalHostIo {
+                instances_dir: agent_config.instances_dir(),
+            }),
+        });
     let client = Client::new(
         Endpoint::Unix(state.config.socket_path.clone()),
         Some(token),

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod body;
 pub mod events;
 pub mod host_join;
+pub mod hostio_tickets;
 pub mod hosts;
 pub mod image_blobs;
 pub mod images;
@@ -93,6 +94,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts/{host}", get(hosts::get).delete(hosts::remove))
         .route("/v1/hosts/{host}/status", post(hosts::report))
         .route("/v1/hosts/{host}/network-peers", get(network_peers::list))
+        .route(
+            "/v1/hosts/{host}/io-tickets/{ticket}",
+            post(hostio_tickets::consume),
+        )
         .route("/v1/hosts/{host}/cordon", post(hosts::cordon))
         .route("/v1/hosts/{host}/uncordon", post(hosts::uncordon))
         .route("/v1/hosts/{host}/stats", put(metrics::report_stats))

@@ -11,9 +11,9 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, host_join, hosts, image_blobs, images, instances, metrics,
-    network_peers, networks, objects, projects, secgroups, servers, usage, users, volume_attach,
-    volumes,
+    addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, images, instances,
+    metrics, network_peers, networks, objects, projects, secgroups, servers, usage, users,
+    volume_attach, volumes,
 };
 
 #[derive(OpenApi)]
@@ -29,7 +29,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         users::list_bindings, users::get_binding, users::create_binding, users::delete_binding,
         servers::list, servers::version, hosts::list, hosts::get, hosts::remove, hosts::register, hosts::report, hosts::cordon, hosts::uncordon,
         network_peers::list,
-        host_join::create, host_join::list, host_join::delete, host_join::join,
+        hostio_tickets::consume, host_join::create, host_join::list, host_join::delete, host_join::join,
         images::list, images::get, images::import, images::delete, image_blobs::get,
         instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
         instances::actions::start, instances::actions::stop, instances::actions::restart, instances::crud::delete,

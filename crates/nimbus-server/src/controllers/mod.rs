@@ -1,4 +1,3 @@
 //! Controllers: level-triggered loops that converge stored state.
 
 pub mod hosts;
-pub mod logs;

@@ -49,11 +49,15 @@ pub async fn logs(
     } else {
         None
     };
-    let files = io.log_files(&instance).await?;
-    // A followed log ends when the caller loses their role in the project
-    // or their token.
+    let req = crate::hostio::LogRequest {
+        tail: q.tail,
+        follow: q.follow,
+    };
+    let lines = io.logs(&instance, req).await?;
+    // A followed log ends when the instance stops, or when the caller
+    // loses their role in the project or their token.
     use futures::StreamExt;
-    let lines = crate::controllers::logs::stream(state.clone(), instance, files, q.tail, q.follow);
+    let lines = lines.take_until(until_stopped(state.clone(), instance));
     let stream = match session {
         Some(session) => lines.take_until(session.revoked(state.clone())).boxed(),
         None => lines.boxed(),
@@ -62,6 +66,27 @@ pub async fn logs(
         .header("content-type", "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
         .map_err(|e| ServerError(ApiError::internal(e.to_string())))
+}
+
+/// Resolves once `instance` is gone or in a terminal phase (checked every
+/// second): a followed log then ends.
+async fn until_stopped(state: Arc<AppState>, instance: Instance) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now: Option<Instance> = state
+            .repo
+            .try_get(
+                instance.metadata.project.as_deref(),
+                &instance.metadata.name,
+            )
+            .await
+            .ok()
+            .flatten();
+        match now {
+            Some(i) if !i.status.phase.is_terminal() => {}
+            _ => return,
+        }
+    }
 }
 
 /// Run a command in a running instance, its input and output relayed over

@@ -1,11 +1,15 @@
-//! Logs and exec of local instances, and this host's listening sockets, for
-//! the server of `nimbus up`.
+//! Logs, exec, consoles and pause of this host's instances, and its
+//! listening sockets: for the server of `nimbus up` directly, and for the
+//! servers of a standalone agent through its I/O endpoint
+//! (`crate::io_endpoint`).
+
+pub mod logs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use nimbus_api::exec::ExecRequest;
-use nimbus_api::hostio::{ExecStream, HostIo};
+use nimbus_api::hostio::{ExecStream, HostIo, LogRequest, LogStream};
 use nimbus_api::{ApiError, Instance, Protocol};
 use nimbus_net::listeners::{self, Transport};
 
@@ -17,7 +21,7 @@ pub struct LocalHostIo {
 
 #[async_trait::async_trait]
 impl HostIo for LocalHostIo {
-    async fn log_files(&self, instance: &Instance) -> Result<Vec<PathBuf>, ApiError> {
+    async fn logs(&self, instance: &Instance, req: LogRequest) -> Result<LogStream, ApiError> {
         let dir = self.instances_dir.join(&instance.metadata.id);
         let mut files: Vec<PathBuf> = (1..=16)
             .rev()
@@ -25,7 +29,7 @@ impl HostIo for LocalHostIo {
             .filter(|p| p.exists())
             .collect();
         files.push(dir.join("console.log"));
-        Ok(files)
+        Ok(Box::pin(logs::stream(files, req.tail, req.follow)))
     }
 
     async fn exec(

@@ -1,18 +1,15 @@
 //! Streaming an instance's log files: the tail of what is there, then,
-//! with follow, new lines until the instance is no longer running.
+//! with follow, new lines until the reader drops the stream (the server
+//! ends a followed log when the instance stops).
 
 use std::collections::VecDeque;
 use std::io::SeekFrom;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use nimbus_api::Instance;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-
-use crate::state::AppState;
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -27,8 +24,6 @@ async fn read_lines(path: &PathBuf) -> Vec<String> {
 }
 
 pub fn stream(
-    state: Arc<AppState>,
-    instance: Instance,
     files: Vec<PathBuf>,
     tail: Option<usize>,
     follow: bool,
@@ -61,7 +56,6 @@ pub fn stream(
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        let mut idle_checks = 0u32;
         loop {
             tokio::time::sleep(POLL).await;
             let len = tokio::fs::metadata(&current)
@@ -83,23 +77,6 @@ pub fn stream(
                             }
                         }
                     }
-                }
-                continue;
-            }
-            idle_checks += 1;
-            if idle_checks.is_multiple_of(10) {
-                let now: Option<Instance> = state
-                    .repo
-                    .try_get(
-                        instance.metadata.project.as_deref(),
-                        &instance.metadata.name,
-                    )
-                    .await
-                    .ok()
-                    .flatten();
-                match now {
-                    Some(i) if !i.status.phase.is_terminal() => {}
-                    _ => return,
                 }
             }
         }

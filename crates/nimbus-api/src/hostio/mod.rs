@@ -1,9 +1,13 @@
 //! How the server reaches an instance's logs and exec on its host, and asks
 //! a host about its own services. On one machine the local agent provides
-//! this directly; across hosts an agent endpoint will.
+//! this directly; across hosts each agent serves it on its I/O endpoint
+//! (`ticket` says who may call it, `pinned` how the server reaches it).
+
+pub mod pinned;
+pub mod ticket;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::pin::Pin;
 
 use crate::exec::ExecRequest;
 use crate::{ApiError, Instance, Protocol};
@@ -12,10 +16,25 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait ExecStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> ExecStream for T {}
 
+/// An instance's log bytes (whole lines), as a host streams them.
+pub type LogStream =
+    Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static>>;
+
+/// Which part of the log to send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogRequest {
+    /// Only the last N lines of what is there.
+    pub tail: Option<usize>,
+    /// Then keep sending new lines until the stream is dropped.
+    #[serde(default)]
+    pub follow: bool,
+}
+
 #[async_trait::async_trait]
 pub trait HostIo: Send + Sync {
-    /// Log files of the instance, oldest first (rotated files, then current).
-    async fn log_files(&self, instance: &Instance) -> Result<Vec<PathBuf>, ApiError>;
+    /// The instance's log, oldest first (rotated files, then current); with
+    /// `follow`, new lines as they are written, until the stream is dropped.
+    async fn logs(&self, instance: &Instance, req: LogRequest) -> Result<LogStream, ApiError>;
     /// Start a process in the running instance; the returned stream speaks
     /// the frames of `nimbus_api::exec`.
     async fn exec(
