@@ -226,12 +226,22 @@ fn start_servers(etcd: &EtcdCluster, home: &Path) -> (Daemon, Daemon, Cli) {
     let mut s2 = Daemon::new("s2", server_args("s2", p2, etcd));
     // s1 first: it makes the secrets key and the certificate both share.
     s1.start();
-    let token = wait_until(Duration::from_secs(60), "s1's admin token", || {
-        std::fs::read_to_string(s1.dir().join("admin.token"))
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-    });
+    // The token and the TLS files are written at different moments of the
+    // start: wait for all three.
+    let token = wait_until(
+        Duration::from_secs(60),
+        "s1's admin token and certificate",
+        || {
+            let written = |f: &str| std::fs::metadata(s1.dir().join(f)).is_ok_and(|m| m.len() > 0);
+            if !(written("tls/cert.pem") && written("tls/key.pem")) {
+                return None;
+            }
+            std::fs::read_to_string(s1.dir().join("admin.token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        },
+    );
     std::fs::copy(s1.dir().join("secrets.key"), s2.dir().join("secrets.key")).expect("key");
     std::fs::create_dir_all(s2.dir().join("tls")).expect("tls dir");
     for f in ["cert.pem", "key.pem"] {

@@ -40,9 +40,9 @@ pub fn ensure_certificate(
     );
     let certified = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed TLS certificate")?;
+    // Each whole or not at all: a start killed half-way makes both again.
     write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert_path, certified.cert.pem())
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
     Ok((cert_path, key_path))
 }
 
@@ -54,6 +54,12 @@ fn nix_hostname() -> std::io::Result<String> {
 
 /// Write a file readable by its owner only.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    write_file(path, data, 0o600)
+}
+
+/// Write `path` whole (a temporary file, synced, renamed over it) with
+/// `mode`.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -61,7 +67,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(data)?;
