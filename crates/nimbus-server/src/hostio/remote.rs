@@ -43,7 +43,19 @@ impl RemoteHostIo {
 
     /// The host's endpoint and certificate hash, as its agent reported them.
     async fn endpoint(&self) -> Result<(String, String), ApiError> {
-        let host: Host = self.repo.get(None, &self.host).await.map_err(|e| e.0)?;
+        // A host no longer registered (removed, or not yet joined) cannot
+        // be reached: unavailable, not a missing resource of the caller's.
+        let Some(host) = self
+            .repo
+            .try_get::<Host>(None, &self.host)
+            .await
+            .map_err(|e| e.0)?
+        else {
+            return Err(ApiError::unavailable(format!(
+                "host {:?} is not registered (removed, or its agent never joined), so its instances cannot be reached; see `nimbus host list`",
+                self.host
+            )));
+        };
         if host.status.io_endpoint.is_empty() || host.status.io_certificate_sha256.is_empty() {
             return Err(ApiError::unavailable(format!(
                 "host {:?} reports no I/O endpoint, so its instances' logs, exec and consoles cannot be reached: restart its agent (`nimbus agent --io-listen IP:PORT`) and check its log for why it could not listen",
