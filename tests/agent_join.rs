@@ -81,10 +81,7 @@ impl Server {
 
     fn json(&self, args: &[&str]) -> Result<Value, String> {
         let out = self.nimbus(&[args, &["-o", "json"]].concat());
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).to_string());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        common::json_output(out)
     }
 
     fn ok(&self, args: &[&str]) -> Value {

@@ -438,16 +438,8 @@ fn console_and_pause_of_a_vm_on_an_agent_host() {
         ],
         "8s",
     );
-    let dir = common::guest("tiny");
-    c.run_ok(&[
-        "image",
-        "import-kernel",
-        &dir.join("vmlinux").to_string_lossy(),
-        "--initrd",
-        &dir.join("tiny-initrd.img").to_string_lossy(),
-        "--name",
-        "tiny",
-    ]);
+    let tiny = common::import_tiny_args();
+    c.run_ok(&tiny.iter().map(String::as_str).collect::<Vec<_>>());
     c.run_ok(&[
         "instance",
         "run",

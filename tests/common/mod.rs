@@ -127,16 +127,8 @@ impl Cloud {
 
     /// Import the tiny test guest (kernel + initramfs) as image `tiny`.
     pub fn import_tiny(&self) {
-        let dir = guest("tiny");
-        self.ok(&[
-            "image",
-            "import-kernel",
-            &dir.join("vmlinux").to_string_lossy(),
-            "--initrd",
-            &dir.join("tiny-initrd.img").to_string_lossy(),
-            "--name",
-            "tiny",
-        ]);
+        let args = import_tiny_args();
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Import an empty 16 MiB qcow2 as disk image `blank`: SeaBIOS finds
@@ -278,10 +270,7 @@ impl Cloud {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.nimbus(&all);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).to_string());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        json_output(out)
     }
 
     pub fn instance(&self, name: &str) -> serde_json::Value {
@@ -757,6 +746,28 @@ pub fn instance_cgroup_dir(id: &str, controller: &str) -> PathBuf {
 /// ([`instance_cgroup_dir`]); a missing file is a failure.
 pub fn instance_cgroup_file(id: &str, controller: &str, file: &str) -> String {
     read_cgroup_file(&instance_cgroup_dir(id, controller).join(file))
+}
+
+/// `nimbus image import-kernel` of the tiny test guest as image `tiny`.
+pub fn import_tiny_args() -> Vec<String> {
+    let dir = guest("tiny");
+    vec![
+        "image".into(),
+        "import-kernel".into(),
+        dir.join("vmlinux").to_string_lossy().into_owned(),
+        "--initrd".into(),
+        dir.join("tiny-initrd.img").to_string_lossy().into_owned(),
+        "--name".into(),
+        "tiny".into(),
+    ]
+}
+
+/// A CLI run's JSON output, or its error text when it failed.
+pub fn json_output(out: Output) -> Result<serde_json::Value, String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// A one-file root filesystem archive, enough for an image record.
