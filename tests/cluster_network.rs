@@ -324,4 +324,50 @@ fn a_network_spans_two_hosts_by_name_and_projects_with_one_subnet_stay_apart() {
     wait_until(T, "the rule to let node1's box in again", || {
         http(&c, &red_box, "srv")
     });
+
+    // With nothing changing, the agents wait on the server for their peers
+    // to change rather than asking again and again: over 8 s the two
+    // agents complete at most a handful of requests (one a second each,
+    // 16, if they polled).
+    let before = peer_requests(&c);
+    assert!(before > 0, "the agents asked for their peers");
+    std::thread::sleep(Duration::from_secs(8));
+    let asked = peer_requests(&c) - before;
+    assert!(
+        asked <= 4,
+        "the agents asked for their peers {asked} times in 8 idle seconds"
+    );
+    // A change still reaches the other host: a new instance on node2 is
+    // reachable by name from node1.
+    run_on(
+        &c,
+        "red",
+        "late",
+        "node2",
+        &["--secgroup", "web"],
+        &web("late-one"),
+    );
+    let _late = get(&c, "red", "late");
+    let answer = reach(&c, &red_box, "late");
+    assert!(answer.contains("late-one"), "{answer}");
+}
+
+/// How many requests for network peers the server has answered.
+fn peer_requests(c: &Cluster) -> u64 {
+    let token = std::fs::read_to_string(c.server_dir().join("admin.token")).expect("admin token");
+    let (status, body) = common::http_at(
+        &c.server_dir(),
+        "GET",
+        "/metrics",
+        Some(token.trim()),
+        b"",
+        "text/plain",
+    );
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("nimbus_api_requests_total{route=\"/v1/hosts/{host}/network-peers\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

@@ -908,6 +908,11 @@ pub struct NetworkPeer {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct NetworkPeers {
     pub items: Vec<NetworkPeer>,
+    /// Names this list: ask again with `after` set to it and `wait` to be
+    /// answered only when the list differs (or the wait ends). Empty from
+    /// servers that cannot wait.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// A private network of a project: on each host, its own router namespace.

@@ -109,6 +109,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
         list_cache: Default::default(),
+        peer_snapshots: Default::default(),
         streams: Default::default(),
         audit: Default::default(),
         metrics,

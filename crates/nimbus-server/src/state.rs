@@ -30,6 +30,9 @@ pub struct AppState {
     pub image_lock: tokio::sync::RwLock<()>,
     /// Whole list responses while the store is unchanged.
     pub list_cache: crate::api::watch::ListResponseCache,
+    /// The collections the hosts' network peers are made of, read once
+    /// per change for every agent waiting (see `api::network_peers`).
+    pub peer_snapshots: crate::api::network_peers::Snapshots,
     /// Open long-lived sessions per token and user (see `auth::session`).
     pub streams: Arc<crate::auth::session::StreamLimiter>,
     /// Audit records written and failed-authentication windows (see

@@ -25,8 +25,11 @@ use nimbus_net::{names, router};
 use super::network::{blocking, NetDriver};
 use super::Agent;
 
-/// How often the peers are read again.
+/// The pause before asking again after a failure, or after an answer from
+/// a server that cannot wait for changes.
 const POLL_MS: u64 = 1000;
+/// How long one request waits for the peers to change.
+const WAIT_SECONDS: u64 = 25;
 
 /// What a router's VXLAN device was last given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,15 +148,29 @@ pub(super) async fn sync_router(
     Ok(())
 }
 
-/// Keep the peers of this host's networks in the driver, read from the
-/// server every [`POLL_MS`]; a change wakes the sync.
+/// Keep the peers of this host's networks in the driver: each request
+/// names the list the agent has and waits on the server until it changes
+/// (see the server's `api::network_peers`); a change wakes the sync.
 pub(super) fn spawn_peer_poll(agent: Arc<Agent>, net: Arc<NetDriver>) {
-    let path = format!("/v1/hosts/{}/network-peers", agent.config.host_name);
+    let base = format!("/v1/hosts/{}/network-peers", agent.config.host_name);
     tokio::spawn(async move {
+        let mut version = String::new();
         loop {
+            let path = match version.as_str() {
+                "" => base.clone(),
+                v => format!("{base}?after={v}&wait={WAIT_SECONDS}"),
+            };
             match agent.client.get::<nimbus_api::NetworkPeers>(&path).await {
-                Ok(p) => net.set_peers(p.items),
+                Ok(p) => {
+                    let waited = !p.version.is_empty();
+                    version = p.version;
+                    net.set_peers(p.items);
+                    if waited {
+                        continue;
+                    }
+                }
                 Err(e) => {
+                    version.clear();
                     tracing::debug!(error = %e, "reading the peers of this host's networks failed; retrying")
                 }
             }
