@@ -794,6 +794,11 @@ pub struct InstanceStatus {
     /// The id of the image resolved when the instance was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The image platform its host runs (`linux/arm64`), chosen when the
+    /// instance is placed; none for images without platforms (root
+    /// filesystems, disks, kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// VMs: `kvm` or `tcg`, and why (from the host's probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,

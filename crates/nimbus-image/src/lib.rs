@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use fetched::check_digest;
 pub use gc::GcReport;
-pub use platform::{host_platform, ImagePlatform};
+pub use platform::{host_platform, oci_architecture, ImagePlatform};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
