@@ -304,12 +304,19 @@ fn two_platform_layout(amd64: bool) -> OciLayout {
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(b"nothing"),
          "size": 7, "platform": {"os": "unknown", "architecture": "unknown"}}));
     layout.add_blob(arm.manifest);
-    let index = serde_json::to_vec(&serde_json::json!({
+    // index.json names a nested index, as `skopeo copy --all` writes.
+    let nested = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": manifests,
     }))
     .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [descriptor("application/vnd.oci.image.index.v1+json", &nested)],
+    }))
+    .unwrap();
+    layout.add_blob(nested);
     layout.set("index.json", index);
     layout
 }
