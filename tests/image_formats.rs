@@ -239,6 +239,11 @@ fn an_image_index_keeps_every_platform_and_runs_the_hosts() {
         .collect();
     assert_eq!(platforms, ["amd64", "arm64"], "{img}");
     assert_eq!(img["status"]["architecture"], "amd64");
+    let shown = cloud.ok(&["image", "get", "multi"]);
+    assert!(
+        shown.contains("platforms: linux/amd64, linux/arm64"),
+        "{shown}"
+    );
 
     cloud.ok(&["instance", "run", "multi-1", "--image", "multi"]);
     let done = cloud.wait_phase("multi-1", &["exited", "failed"], Duration::from_secs(60));

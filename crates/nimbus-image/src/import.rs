@@ -48,6 +48,40 @@ impl ImageStore {
         }
     }
 
+    /// A gzip or zstd tar: a root filesystem, or a compressed image archive
+    /// (`docker save | gzip`), which unpacks to a top level the look-alike rule
+    /// refuses; that one is decompressed and imported as an uncompressed tar.
+    pub(crate) fn import_compressed(
+        &self,
+        staging: &Staging,
+        archive_path: &Path,
+        archive_hex: &str,
+    ) -> Result<ImportedImage, ImageError> {
+        match self.import_rootfs(staging, archive_path, archive_hex, true) {
+            Err(ImageError::LooksLikeImageArchive { .. }) => {}
+            other => return other,
+        }
+        let tar_path = staging.path.join("decompressed.tar");
+        let source = File::open(archive_path)
+            .map_err(|e| ImageError::io("open staged archive", archive_path, e))?;
+        let mut decompressed = crate::stream::decompress(source)
+            .map_err(|e| ImageError::io("decompress staged archive", archive_path, e))?;
+        let limit = self.limits.max_archive_bytes;
+        let (tar_hex, _) =
+            blob::copy_hashed_to_new_file(&mut decompressed, &tar_path, limit, &mut |_| {})
+                .map_err(|e| match e {
+                    blob::CopyError::Read(e) => ImageError::MalformedTar {
+                        what: "compressed image archive".to_string(),
+                        reason: e.to_string(),
+                    },
+                    blob::CopyError::Write(e) => {
+                        ImageError::io("write decompressed archive", &tar_path, e)
+                    }
+                    blob::CopyError::TooLarge => ImageError::ArchiveTooLarge { limit },
+                })?;
+        self.import_tar(staging, &tar_path, &tar_hex)
+    }
+
     /// Imports every platform an archive resolves to. On error nothing is published.
     pub(crate) fn import_archive(
         &self,

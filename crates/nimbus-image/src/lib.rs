@@ -176,8 +176,8 @@ impl ImageStore {
         &self.root
     }
 
-    /// Imports an OCI image layout tarball or a root-filesystem tarball (plain, gzip or
-    /// zstd) read from `reader`. `progress` receives the number of archive bytes read so
+    /// Imports an OCI image layout tarball, a docker-archive or a root-filesystem
+    /// tarball (each plain, gzip or zstd) read from `reader`. `progress` receives the number of archive bytes read so
     /// far. On error nothing new is left in `blobs/`, `layers/` or `tmp/`.
     pub fn import(
         &self,
@@ -208,7 +208,7 @@ impl ImageStore {
             .map_err(|e| ImageError::io("read staged archive", &archive_path, e))?;
         let image = match stream::compression_of(&head) {
             stream::Compression::Gzip | stream::Compression::Zstd => {
-                self.import_rootfs(&staging, &archive_path, &archive_hex, true)?
+                self.import_compressed(&staging, &archive_path, &archive_hex)?
             }
             stream::Compression::None if stream::looks_like_tar(&head) => {
                 self.import_tar(&staging, &archive_path, &archive_hex)?

@@ -122,6 +122,21 @@ fn docker_archive_imports_with_its_layers_and_config() {
 }
 
 #[test]
+fn compressed_docker_archive_imports_as_one() {
+    let (_tmp, store) = store(Limits::default());
+    let archive = DockerArchive::new(&[layer_one(), layer_two()]).to_tar();
+    let image = import(&store, &gzip(&archive)).unwrap();
+    assert_eq!(image.format, ImageFormat::DockerArchive);
+    assert_eq!(image.layers.len(), 2);
+    assert_eq!(image.config.cmd, ["echo hi"]);
+    // Nothing of the failed rootfs attempt stays: only the image's blobs and layers.
+    let blobs = std::fs::read_dir(store.root().join("blobs/sha256")).unwrap();
+    assert_eq!(blobs.count(), 4, "two layers, config, manifest");
+    let tmp = std::fs::read_dir(store.root().join("tmp")).unwrap();
+    assert_eq!(tmp.count(), 0);
+}
+
+#[test]
 fn old_docker_save_layout_with_a_symlinked_repeated_layer_imports() {
     let layer = layer_one();
     let config = config_json(&[sha256(&layer), sha256(&layer)], "amd64");
@@ -261,10 +276,11 @@ fn look_alikes_are_refused_naming_the_format() {
             "{e}"
         );
     });
-    // The same, gzip-compressed: told to decompress first.
-    let gz = gzip(&DockerArchive::new(&[layer_one()]).to_tar());
-    assert_refused(&gz, |e| {
-        assert!(e.to_string().contains("compressed docker-archive"), "{e}");
+    // The same, gzip-compressed: still named as a docker-archive.
+    let mut broken = DockerArchive::new(&[layer_one()]);
+    broken.set("manifest.json", b"{not json".to_vec());
+    assert_refused(&gzip(&broken.to_tar()), |e| {
+        assert!(e.to_string().contains("manifest.json is unreadable"), "{e}");
     });
     // A root filesystem that happens to hold a manifest.json still imports.
     let (_tmp, store) = store(Limits::default());
