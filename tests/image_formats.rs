@@ -100,7 +100,18 @@ fn podman_and_skopeo_exports_import_and_run_their_cmd() {
     let change = format!("CMD [\"/bin/sh\",\"-c\",\"echo {CMD_OUTPUT}\"]");
     podman.run(
         "podman",
-        &["import", "--quiet", "--change", &change, &rootfs, IMAGE],
+        &[
+            "import",
+            "--quiet",
+            "--change",
+            &change,
+            "--change",
+            "ENV GREETING=from-podman",
+            "--change",
+            "WORKDIR /tmp",
+            &rootfs,
+            IMAGE,
+        ],
     );
 
     let file = |name: &str| work.join(name).to_string_lossy().into_owned();
@@ -140,6 +151,14 @@ fn podman_and_skopeo_exports_import_and_run_their_cmd() {
         assert_eq!(
             img["status"]["defaults"]["cmd"],
             serde_json::json!(["/bin/sh", "-c", format!("echo {CMD_OUTPUT}")]),
+            "{name}: {img}"
+        );
+        let defaults = &img["status"]["defaults"];
+        assert_eq!(defaults["working_dir"], "/tmp", "{name}: {img}");
+        assert!(
+            defaults["env"]
+                .as_array()
+                .is_some_and(|env| env.iter().any(|e| e == "GREETING=from-podman")),
             "{name}: {img}"
         );
         let instance = format!("{name}-1");

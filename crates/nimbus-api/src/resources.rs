@@ -374,7 +374,7 @@ pub struct ImageDefaults {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ImageStatus {
-    /// `oci` or `rootfs`.
+    /// `oci`, `docker-archive`, `rootfs`, `disk` or `kernel`.
     pub format: String,
     /// Manifest digest (`sha256:...`).
     pub digest: String,
