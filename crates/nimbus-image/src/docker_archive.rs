@@ -125,7 +125,9 @@ impl ScanState {
                 .files
                 .insert(key, entry.location)
                 .map(|_| "the file appears twice".to_string()),
-            _ if entry.is_file() => None,
+            _ if entry.is_file() => Some(format!(
+                "a docker-archive keeps its files at most {MAX_FILE_DEPTH} levels deep"
+            )),
             EntryType::Symlink if parts.len() <= MAX_FILE_DEPTH => {
                 let target = entry.link_target.unwrap_or_default();
                 match link_destination(&parts, &target) {

@@ -237,6 +237,12 @@ fn docker_archive_with_duplicate_or_odd_entries_is_refused() {
             "{e}"
         );
     });
+    let mut deep = DockerArchive::new(&[layer_one()]);
+    deep.extra.push(Entry::File("a/b/c/d.tar", b"x".to_vec()));
+    assert_refused(&deep.to_tar(), |e| {
+        assert!(e.to_string().contains("a/b/c/d.tar"), "{e}");
+        assert!(e.to_string().contains("levels deep"), "{e}");
+    });
     let mut two_images = DockerArchive::new(&[layer_one()]);
     let one: serde_json::Value = serde_json::from_slice(&two_images.files[0].1).unwrap();
     let both = serde_json::to_vec(&serde_json::json!([one[0], one[0]])).unwrap();
