@@ -374,22 +374,46 @@ pub struct ImageDefaults {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ImageStatus {
-    /// `oci` or `rootfs`.
+    /// `oci`, `docker-archive`, `rootfs`, `disk` or `kernel`.
     pub format: String,
     /// Manifest digest (`sha256:...`).
     pub digest: String,
     /// Layer blob digests, lowest first.
     pub layers: Vec<String>,
     pub size_bytes: u64,
+    /// The default platform's architecture (OCI name, e.g. `amd64`); `digest`,
+    /// `layers` and `defaults` describe that platform.
     pub architecture: String,
     #[serde(default)]
     pub defaults: ImageDefaults,
+    /// Every platform of an image imported from an OCI layout or a docker-archive, the
+    /// default first; an instance runs the one of its host's architecture. Empty for
+    /// root filesystems, disks and kernels, which run on any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<ImagePlatformStatus>,
     /// For `format: disk`: the base disk of virtual machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskImage>,
     /// For `format: kernel`: a kernel booted directly (VMs and unikernels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelImage>,
+}
+
+/// One platform of a multi-architecture image.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImagePlatformStatus {
+    /// `linux`.
+    pub os: String,
+    /// OCI name: `amd64`, `arm64`, ...
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// This platform's manifest digest (`sha256:...`).
+    pub digest: String,
+    /// Its layer blob digests, lowest first.
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub defaults: ImageDefaults,
 }
 
 /// A disk image: stored once, never written; each VM gets a qcow2 overlay on it.
@@ -770,6 +794,11 @@ pub struct InstanceStatus {
     /// The id of the image resolved when the instance was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// The image platform its host runs (`linux/arm64`), chosen when the
+    /// instance is placed; none for images without platforms (root
+    /// filesystems, disks, kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// VMs: `kvm` or `tcg`, and why (from the host's probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,

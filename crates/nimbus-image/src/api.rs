@@ -1,10 +1,31 @@
 //! Conversion between an imported image and the API's image status.
 
-use nimbus_api::{DiskImage, ImageDefaults, ImageStatus, KernelImage};
+use nimbus_api::{DiskImage, ImageDefaults, ImagePlatformStatus, ImageStatus, KernelImage};
 
 use crate::{
-    DiskFormat, DiskInfo, ImageConfig, ImageFormat, ImportedImage, KernelEntry, KernelInfo,
+    DiskFormat, DiskInfo, ImageConfig, ImageFormat, ImagePlatform, ImportedImage, KernelEntry,
+    KernelInfo,
 };
+
+fn defaults_of(config: &ImageConfig) -> ImageDefaults {
+    ImageDefaults {
+        env: config.env.clone(),
+        entrypoint: config.entrypoint.clone(),
+        cmd: config.cmd.clone(),
+        working_dir: config.working_dir.clone(),
+        user: config.user.clone(),
+    }
+}
+
+fn config_of(defaults: &ImageDefaults) -> ImageConfig {
+    ImageConfig {
+        env: defaults.env.clone(),
+        entrypoint: defaults.entrypoint.clone(),
+        cmd: defaults.cmd.clone(),
+        working_dir: defaults.working_dir.clone(),
+        user: defaults.user.clone(),
+    }
+}
 
 impl ImportedImage {
     /// The image as the API reports it.
@@ -12,6 +33,7 @@ impl ImportedImage {
         ImageStatus {
             format: match self.format {
                 ImageFormat::Oci => "oci".into(),
+                ImageFormat::DockerArchive => "docker-archive".into(),
                 ImageFormat::Rootfs => "rootfs".into(),
                 ImageFormat::Disk => "disk".into(),
                 ImageFormat::Kernel => "kernel".into(),
@@ -20,13 +42,19 @@ impl ImportedImage {
             layers: self.layers.clone(),
             size_bytes: self.size_bytes,
             architecture: self.architecture.clone(),
-            defaults: ImageDefaults {
-                env: self.config.env.clone(),
-                entrypoint: self.config.entrypoint.clone(),
-                cmd: self.config.cmd.clone(),
-                working_dir: self.config.working_dir.clone(),
-                user: self.config.user.clone(),
-            },
+            defaults: defaults_of(&self.config),
+            platforms: self
+                .platforms
+                .iter()
+                .map(|p| ImagePlatformStatus {
+                    os: p.os.clone(),
+                    architecture: p.architecture.clone(),
+                    variant: p.variant.clone(),
+                    digest: p.manifest_digest.clone(),
+                    layers: p.layers.clone(),
+                    defaults: defaults_of(&p.config),
+                })
+                .collect(),
             disk: self.disk.as_ref().map(|d| DiskImage {
                 digest: d.digest.clone(),
                 format: d.format.as_str().into(),
@@ -45,21 +73,28 @@ impl ImportedImage {
         ImportedImage {
             format: match status.format.as_str() {
                 "oci" => ImageFormat::Oci,
+                "docker-archive" => ImageFormat::DockerArchive,
                 "disk" => ImageFormat::Disk,
                 "kernel" => ImageFormat::Kernel,
                 _ => ImageFormat::Rootfs,
             },
             manifest_digest: status.digest.clone(),
             layers: status.layers.clone(),
-            config: ImageConfig {
-                env: status.defaults.env.clone(),
-                entrypoint: status.defaults.entrypoint.clone(),
-                cmd: status.defaults.cmd.clone(),
-                working_dir: status.defaults.working_dir.clone(),
-                user: status.defaults.user.clone(),
-            },
+            config: config_of(&status.defaults),
             size_bytes: status.size_bytes,
             architecture: status.architecture.clone(),
+            platforms: status
+                .platforms
+                .iter()
+                .map(|p| ImagePlatform {
+                    os: p.os.clone(),
+                    architecture: p.architecture.clone(),
+                    variant: p.variant.clone(),
+                    manifest_digest: p.digest.clone(),
+                    layers: p.layers.clone(),
+                    config: config_of(&p.defaults),
+                })
+                .collect(),
             disk: status.disk.as_ref().map(|d| DiskInfo {
                 digest: d.digest.clone(),
                 format: if d.format == "raw" {
@@ -101,6 +136,14 @@ mod tests {
             },
             size_bytes: 42,
             architecture: "amd64".into(),
+            platforms: vec![ImagePlatform {
+                os: "linux".into(),
+                architecture: "arm64".into(),
+                variant: Some("v8".into()),
+                manifest_digest: "sha256:ef".into(),
+                layers: vec!["sha256:01".into()],
+                config: ImageConfig::default(),
+            }],
             disk: None,
             kernel: None,
         };
@@ -112,6 +155,7 @@ mod tests {
             config: ImageConfig::default(),
             size_bytes: 7,
             architecture: "amd64".into(),
+            platforms: Vec::new(),
             disk: None,
             kernel: Some(KernelInfo {
                 digest: "sha256:ab".into(),

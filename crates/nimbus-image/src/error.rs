@@ -37,12 +37,30 @@ pub enum ImageError {
     ArchiveTooLarge { limit: u64 },
 
     #[error(
-        "archive is neither an OCI image layout nor a root-filesystem tarball ({detail}): expected \
-         a tar with `oci-layout`, `index.json` and `blobs/sha256/...`, or a plain, gzip or zstd tar \
+        "archive is neither an OCI image layout, a docker-archive nor a root-filesystem tarball \
+         ({detail}): expected a tar with `oci-layout`, `index.json` and `blobs/sha256/...`, a tar \
+         with `manifest.json` and its layers (`podman save`), or a plain, gzip or zstd tar \
          of a root filesystem; create it with `skopeo copy docker://IMAGE oci-archive:image.tar` \
          or `tar -C rootfs -c .`"
     )]
     NotAnImage { detail: String },
+
+    /// A tarball that would import as a root filesystem but is an image archive.
+    #[error(
+        "not imported as a root filesystem: its top level holds {markers} and no root filesystem \
+         (none of /bin, /etc, /lib, /usr, /var, /sbin, /opt, /root...); {detail}"
+    )]
+    LooksLikeImageArchive { markers: String, detail: String },
+
+    #[error(
+        "unexpected entry `{entry}` in the docker-archive: {reason}; a docker-archive holds \
+         `manifest.json`, its config and layer files, directories, and symlinks between them; \
+         re-create it with `podman save` or `docker save`"
+    )]
+    UnexpectedDockerEntry { entry: String, reason: String },
+
+    #[error("invalid docker-archive: {reason}; re-create it with `podman save` or `docker save`")]
+    InvalidDockerArchive { reason: String },
 
     #[error(
         "{what} is malformed: {reason}; re-create the archive with `skopeo copy ... oci-archive:` \
@@ -99,10 +117,16 @@ pub enum ImageError {
     UnsupportedMediaType { what: String, media_type: String },
 
     #[error(
-        "image index offers no linux/amd64 image and more than one platform ({available}); \
-         copy a single platform with `skopeo copy --override-arch ...`"
+        "image index offers no linux image (it has {available}); copy a linux image with \
+         `skopeo copy --override-os linux ...`"
     )]
     NoMatchingPlatform { available: String },
+
+    #[error(
+        "the image has {available}; this host is {host}: import an image index that includes \
+         {host}, or run the instance on a host of the image's architecture"
+    )]
+    NoPlatformForHost { available: String, host: String },
 
     #[error(
         "layer {layer} unpacks to more than {limit} bytes (Limits::max_unpacked_bytes); the layer \

@@ -109,6 +109,7 @@ mod tests {
             config: ImageConfig::default(),
             size_bytes: 0,
             architecture: "amd64".into(),
+            platforms: Vec::new(),
             disk: None,
             kernel: None,
         }

@@ -34,9 +34,11 @@ impl KeepSet {
     pub(crate) fn to_run(keep: &[ImportedImage]) -> Result<KeepSet, ImageError> {
         let mut set = KeepSet::default();
         for image in keep {
-            for layer in &image.layers {
-                set.layers
-                    .insert(digest_hex(layer, "layer of an image to keep")?.to_string());
+            let platform_layers = image.platforms.iter().flat_map(|p| &p.layers);
+            for layer in image.layers.iter().chain(platform_layers) {
+                let hex = digest_hex(layer, "layer of an image to keep")?.to_string();
+                set.layers.insert(hex.clone());
+                set.blobs.insert(hex);
             }
             for digest in image.runtime_blobs() {
                 set.blobs
@@ -51,36 +53,51 @@ impl KeepSet {
     pub(crate) fn imported(blobs: &BlobDir, keep: &[ImportedImage]) -> Result<KeepSet, ImageError> {
         let mut set = KeepSet::to_run(keep)?;
         for image in keep {
-            let manifest_hex = digest_hex(&image.manifest_digest, "manifest of an image to keep")?;
-            set.blobs.insert(manifest_hex.to_string());
-            if image.format != ImageFormat::Oci {
+            if !matches!(image.format, ImageFormat::Oci | ImageFormat::DockerArchive) {
+                let manifest_hex =
+                    digest_hex(&image.manifest_digest, "manifest of an image to keep")?;
+                set.blobs.insert(manifest_hex.to_string());
                 continue;
             }
-            let config = blobs
-                .read_small(manifest_hex, MAX_METADATA_BYTES)
-                .and_then(|data| {
-                    oci::manifest_config_digest(
-                        &data,
-                        &format!("manifest {}", image.manifest_digest),
-                    )
-                })
-                .and_then(|digest| {
-                    digest_hex(&digest, "config of a kept manifest").map(str::to_string)
-                });
-            match config {
-                Ok(hex) => {
-                    set.blobs.insert(hex);
-                }
-                // The config was copied into ImportedImage at import; losing its blob
-                // costs nothing, so a damaged manifest must not block collection.
-                Err(e) => tracing::warn!(
-                    manifest_digest = %image.manifest_digest,
-                    error = %e,
-                    "cannot read kept manifest; its config blob may be collected"
-                ),
+            let platform_manifests = image.platforms.iter().map(|p| &p.manifest_digest);
+            for manifest in std::iter::once(&image.manifest_digest).chain(platform_manifests) {
+                set.keep_manifest_and_config(blobs, manifest)?;
             }
         }
         Ok(set)
+    }
+}
+
+impl KeepSet {
+    /// Keeps a stored manifest and the config it names.
+    fn keep_manifest_and_config(
+        &mut self,
+        blobs: &BlobDir,
+        manifest_digest: &str,
+    ) -> Result<(), ImageError> {
+        let manifest_hex = digest_hex(manifest_digest, "manifest of an image to keep")?;
+        self.blobs.insert(manifest_hex.to_string());
+        let config = blobs
+            .read_small(manifest_hex, MAX_METADATA_BYTES)
+            .and_then(|data| {
+                oci::manifest_config_digest(&data, &format!("manifest {manifest_digest}"))
+            })
+            .and_then(|digest| {
+                digest_hex(&digest, "config of a kept manifest").map(str::to_string)
+            });
+        match config {
+            Ok(hex) => {
+                self.blobs.insert(hex);
+            }
+            // The config was copied into ImportedImage at import; losing its blob
+            // costs nothing, so a damaged manifest must not block collection.
+            Err(e) => tracing::warn!(
+                manifest_digest = %manifest_digest,
+                error = %e,
+                "cannot read kept manifest; its config blob may be collected"
+            ),
+        }
+        Ok(())
     }
 }
 

@@ -10,11 +10,16 @@
 //! [`Limits`]. Blocking work: call it from `spawn_blocking`.
 
 mod api;
+mod archive;
 mod blob;
+mod docker_archive;
 mod error;
 mod fetched;
 mod gc;
+mod import;
+mod lookalike;
 mod oci;
+mod platform;
 mod safe_fs;
 mod stream;
 #[doc(hidden)]
@@ -32,6 +37,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use fetched::check_digest;
 pub use gc::GcReport;
+pub use platform::{host_platform, oci_architecture, ImagePlatform};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -65,6 +71,9 @@ impl Default for Limits {
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Oci,
+    /// `docker save` / `podman save` output (`manifest.json` + layer tars).
+    #[serde(rename = "docker-archive")]
+    DockerArchive,
     Rootfs,
     /// A VM disk (qcow2 or raw); see [`ImportedImage::disk`].
     Disk,
@@ -95,6 +104,11 @@ pub struct ImportedImage {
     /// Bytes of regular files across the image's distinct layers, unpacked.
     pub size_bytes: u64,
     pub architecture: String,
+    /// Every platform of an image with a manifest, the default one (which the fields
+    /// above describe) first; empty for root filesystems, disks and kernels, which run
+    /// as they are on any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<ImagePlatform>,
     /// For [`ImageFormat::Disk`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskInfo>,
@@ -162,8 +176,8 @@ impl ImageStore {
         &self.root
     }
 
-    /// Imports an OCI image layout tarball or a root-filesystem tarball (plain, gzip or
-    /// zstd) read from `reader`. `progress` receives the number of archive bytes read so
+    /// Imports an OCI image layout tarball, a docker-archive or a root-filesystem
+    /// tarball (each plain, gzip or zstd) read from `reader`. `progress` receives the number of archive bytes read so
     /// far. On error nothing new is left in `blobs/`, `layers/` or `tmp/`.
     pub fn import(
         &self,
@@ -194,13 +208,10 @@ impl ImageStore {
             .map_err(|e| ImageError::io("read staged archive", &archive_path, e))?;
         let image = match stream::compression_of(&head) {
             stream::Compression::Gzip | stream::Compression::Zstd => {
-                self.import_rootfs(&staging, &archive_path, &archive_hex, true)?
+                self.import_compressed(&staging, &archive_path, &archive_hex)?
             }
             stream::Compression::None if stream::looks_like_tar(&head) => {
-                match oci::scan_archive(&archive_path, &self.limits)? {
-                    Some(archive) => self.import_oci(&staging, &archive)?,
-                    None => self.import_rootfs(&staging, &archive_path, &archive_hex, false)?,
-                }
+                self.import_tar(&staging, &archive_path, &archive_hex)?
             }
             stream::Compression::None => {
                 return Err(ImageError::NotAnImage {
@@ -237,12 +248,8 @@ impl ImageStore {
                 .map_err(|e| ImageError::io("open staged archive", archive_path, e))?;
             let mut budget = UnpackBudget::new(self.limits.max_unpacked_bytes);
             unpack_layer(source, &staged, &digest, &self.limits, &mut budget)?;
-            if compressed && is_oci_layout_dir(&staged) {
-                return Err(ImageError::NotAnImage {
-                    detail: "it is a compressed OCI image layout; decompress it first \
-                             (`gunzip` or `zstd -d`)"
-                        .to_string(),
-                });
+            if compressed {
+                lookalike::refuse_lookalike(&lookalike::top_level_names(&staged), true)?;
             }
             new_layer = Some(staged);
         }
@@ -259,91 +266,7 @@ impl ImageStore {
             config: ImageConfig::default(),
             size_bytes: self.layer_size(hex)?,
             architecture: "amd64".to_string(),
-            disk: None,
-            kernel: None,
-        })
-    }
-
-    fn import_oci(
-        &self,
-        staging: &Staging,
-        archive: &oci::OciArchive,
-    ) -> Result<ImportedImage, ImageError> {
-        let resolved = archive.resolve()?;
-        let staged_blobs = staging.path.join("blobs");
-        std::fs::create_dir(&staged_blobs)
-            .map_err(|e| ImageError::io("create staging directory", &staged_blobs, e))?;
-        let mut new_blobs: Vec<(PathBuf, String)> = Vec::new();
-        for (hex, bytes) in [
-            (&resolved.manifest_hex, &resolved.manifest_bytes),
-            (&resolved.config_hex, &resolved.config_bytes),
-        ] {
-            if !self.blobs.contains(hex) && !new_blobs.iter().any(|(_, h)| h == hex) {
-                let path = staged_blobs.join(hex);
-                blob::write_new_file(&path, bytes)
-                    .map_err(|e| ImageError::io("write staged blob", &path, e))?;
-                new_blobs.push((path, hex.clone()));
-            }
-        }
-
-        let diff_ids = resolved.config.diff_ids();
-        let mut budget = UnpackBudget::new(self.limits.max_unpacked_bytes);
-        let mut new_layers: Vec<(PathBuf, String)> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for (position, hex) in resolved.layers.iter().enumerate() {
-            if seen.contains(&hex.as_str()) {
-                continue;
-            }
-            seen.push(hex);
-            let blob_path = if self.blobs.contains(hex) {
-                self.blobs.path(hex)
-            } else {
-                let path = staged_blobs.join(hex);
-                archive.copy_blob(hex, &path)?;
-                new_blobs.push((path.clone(), hex.clone()));
-                path
-            };
-            if self.layer_path(hex).is_dir() {
-                continue;
-            }
-            let digest = digest_from_hex(hex);
-            let staged = staging.path.join(format!("layer-{hex}"));
-            let source =
-                File::open(&blob_path).map_err(|e| ImageError::io("open blob", &blob_path, e))?;
-            let unpacked = unpack_layer(source, &staged, &digest, &self.limits, &mut budget)?;
-            if let Some(diff_id) = diff_ids.get(position) {
-                let expected = digest_hex(diff_id, "config rootfs.diff_ids")?;
-                oci::verify_digest(
-                    &format!("uncompressed layer {digest} (config rootfs.diff_ids[{position}])"),
-                    expected,
-                    &unpacked.diff_id_hex,
-                )?;
-            }
-            new_layers.push((staged, hex.clone()));
-        }
-
-        // Everything verified: publish blobs first, so a committed layer always has one.
-        for (path, hex) in &new_blobs {
-            self.blobs.commit(path, hex)?;
-        }
-        for (path, hex) in &new_layers {
-            self.commit_layer(path, hex)?;
-        }
-        let mut size_bytes = 0u64;
-        for hex in &seen {
-            size_bytes = size_bytes.saturating_add(self.layer_size(hex)?);
-        }
-        let architecture = match resolved.config.architecture.as_str() {
-            "" => "amd64".to_string(),
-            arch => arch.to_string(),
-        };
-        Ok(ImportedImage {
-            format: ImageFormat::Oci,
-            manifest_digest: digest_from_hex(&resolved.manifest_hex),
-            layers: resolved.layers.iter().map(|h| digest_from_hex(h)).collect(),
-            config: resolved.config.image_config(),
-            size_bytes,
-            architecture,
+            platforms: Vec::new(),
             disk: None,
             kernel: None,
         })
@@ -436,15 +359,6 @@ impl ImageStore {
         tracing::info!(layer = %digest, "unpacked layer from stored blob");
         self.commit_layer(&staged, hex)
     }
-}
-
-/// A compressed OCI layout would otherwise import as a root filesystem holding
-/// `oci-layout`, `index.json` and `blobs/`.
-fn is_oci_layout_dir(dir: &Path) -> bool {
-    let is = |name: &str| std::fs::symlink_metadata(dir.join(name));
-    is("oci-layout").is_ok_and(|m| m.is_file())
-        && is("index.json").is_ok_and(|m| m.is_file())
-        && is("blobs").is_ok_and(|m| m.is_dir())
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {

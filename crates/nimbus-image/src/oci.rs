@@ -6,23 +6,25 @@
 //! blobs are needed, verifying digest and size on every read.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use tar::EntryType;
 
+use crate::archive::{
+    read_small, walk_archive, ArchiveFile, BlobLocation, ImageArchive, PlatformName, ResolvedImage,
+    ResolvedManifest, ScannedEntry,
+};
 use crate::blob::{self, digest_from_hex, digest_hex, is_sha256_hex};
 use crate::error::ImageError;
-use crate::stream::{GuardedReader, Tripped, MAX_HEADER_BYTES_PER_ENTRY};
-use crate::unpack::split_path;
 use crate::{ImageConfig, Limits};
 
 /// Largest JSON document (index, manifest, config, oci-layout) we read into memory.
 pub(crate) const MAX_METADATA_BYTES: u64 = 4 * 1024 * 1024;
 /// Nested image indexes followed before giving up.
 const MAX_INDEX_DEPTH: usize = 4;
+/// The platform chosen as an image's default when an index offers several.
+pub(crate) const DEFAULT_ARCHITECTURE: &str = "amd64";
 
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -60,6 +62,25 @@ struct Platform {
     architecture: String,
     #[serde(default)]
     os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+impl Platform {
+    /// Another OS, or an attestation manifest (`unknown/unknown`, as buildx writes).
+    fn is_not_runnable(&self) -> bool {
+        (!self.os.is_empty() && self.os != "linux") || self.architecture == "unknown"
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) if !v.is_empty() => write!(f, "/{v}"),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +108,8 @@ pub(crate) struct ConfigFile {
     pub(crate) architecture: String,
     #[serde(default)]
     os: String,
+    #[serde(default)]
+    variant: Option<String>,
     #[serde(default)]
     config: Option<ContainerConfig>,
     #[serde(default)]
@@ -128,6 +151,22 @@ impl ConfigFile {
         }
     }
 
+    /// The platform the config declares; an empty one is linux/amd64, as Docker assumes.
+    pub(crate) fn platform(&self) -> PlatformName {
+        let or = |value: &str, default: &str| {
+            if value.is_empty() {
+                default.to_string()
+            } else {
+                value.to_string()
+            }
+        };
+        PlatformName {
+            os: or(&self.os, "linux"),
+            architecture: or(&self.architecture, DEFAULT_ARCHITECTURE),
+            variant: self.variant.clone().filter(|v| !v.is_empty()),
+        }
+    }
+
     pub(crate) fn diff_ids(&self) -> &[String] {
         self.rootfs
             .as_ref()
@@ -136,106 +175,45 @@ impl ConfigFile {
     }
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(file: &str, data: &'a [u8]) -> Result<T, ImageError> {
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
+    file: &str,
+    data: &'a [u8],
+) -> Result<T, ImageError> {
     serde_json::from_slice(data).map_err(|source| ImageError::MalformedJson {
         file: file.to_string(),
         source,
     })
 }
 
-/// Where a blob's bytes sit inside the archive file.
-#[derive(Clone, Copy, Debug)]
-struct BlobLocation {
-    offset: u64,
-    size: u64,
-}
-
 /// An uncompressed tar holding an OCI image layout, scanned but not yet extracted.
 pub(crate) struct OciArchive {
-    path: PathBuf,
+    file: ArchiveFile,
     oci_layout: Vec<u8>,
     index_json: Vec<u8>,
     blobs: HashMap<String, BlobLocation>,
 }
 
 /// Scans an uncompressed tar. Returns `None` when it has no top-level `oci-layout`
-/// (so it is a root filesystem), the layout when it is a well-formed OCI archive, and an
-/// error when it has `oci-layout` but other content is out of place.
+/// (so it is a root filesystem or a docker-archive), the layout when it is a well-formed
+/// OCI archive, and an error when it has `oci-layout` but other content is out of place.
 pub(crate) fn scan_archive(path: &Path, limits: &Limits) -> Result<Option<OciArchive>, ImageError> {
-    let file = File::open(path).map_err(|e| ImageError::io("open staged archive", path, e))?;
-    let (reader, guard) = GuardedReader::new(file, u64::MAX, false);
-    let mut archive = tar::Archive::new(reader);
-    let tar_error = |e: io::Error| ImageError::MalformedTar {
-        what: "image archive".to_string(),
-        reason: match guard.tripped() {
-            Some(Tripped::HeaderCap) => format!(
-                "the headers of one entry exceed {MAX_HEADER_BYTES_PER_ENTRY} bytes \
-                 (oversized PAX or GNU long-name record)"
-            ),
-            _ => e.to_string(),
-        },
-    };
-    let mut entries = archive.entries_with_seek().map_err(tar_error)?;
     let mut oci_layout = None;
     let mut index_json = None;
     let mut blobs = HashMap::new();
     let mut first_problem: Option<(String, String)> = None;
-    let mut count: u64 = 0;
-    loop {
-        guard.enter_headers();
-        let next = entries.next();
-        guard.enter_content();
-        let mut entry = match next {
-            None => break,
-            Some(entry) => entry.map_err(tar_error)?,
-        };
-        count += 1;
-        if count > limits.max_entries {
-            return Err(ImageError::TooManyEntries {
-                what: "image archive".to_string(),
-                limit: limits.max_entries,
-            });
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            continue;
-        }
-        let path_bytes = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&path_bytes).into_owned();
-        let components: Vec<String> = match split_path(&path_bytes) {
-            Ok(parts) => parts
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
-            Err(reason) => {
-                first_problem.get_or_insert((name, reason));
-                continue;
+    walk_archive(path, limits, &mut |entry| {
+        let problem = match entry.parts.clone() {
+            Ok(parts) => {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                oci_entry_problem(&parts, entry, &mut oci_layout, &mut index_json, &mut blobs)
             }
+            Err(reason) => Some((entry.name, reason)),
         };
-        let parts: Vec<&str> = components.iter().map(String::as_str).collect();
-        let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous);
-        let problem = match (parts.as_slice(), kind) {
-            ([] | ["blobs"] | ["blobs", "sha256"], EntryType::Directory) => None,
-            (["oci-layout"], _) if is_file => read_small(&mut entry, &name, &mut oci_layout).err(),
-            (["index.json"], _) if is_file => read_small(&mut entry, &name, &mut index_json).err(),
-            (["blobs", "sha256", hex], _) if is_file && is_sha256_hex(hex) => {
-                let location = BlobLocation {
-                    offset: entry.raw_file_position(),
-                    size: entry.size(),
-                };
-                blobs
-                    .insert((*hex).to_string(), location)
-                    .map(|_| "the blob appears twice".to_string())
-            }
-            _ if !is_file && kind != EntryType::Directory => Some(format!(
-                "entries of type {kind:?} are not part of an image layout"
-            )),
-            _ => Some("not a file of an OCI image layout".to_string()),
-        };
-        if let Some(reason) = problem {
-            first_problem.get_or_insert((name, reason));
+        if let Some(problem) = problem {
+            first_problem.get_or_insert(problem);
         }
-    }
+        Ok(())
+    })?;
     let Some(oci_layout) = oci_layout else {
         return Ok(None);
     };
@@ -244,40 +222,42 @@ pub(crate) fn scan_archive(path: &Path, limits: &Limits) -> Result<Option<OciArc
     }
     let index_json = index_json.ok_or(ImageError::MissingOciFile { name: "index.json" })?;
     Ok(Some(OciArchive {
-        path: path.to_path_buf(),
+        file: ArchiveFile {
+            path: path.to_path_buf(),
+        },
         oci_layout,
         index_json,
         blobs,
     }))
 }
 
-/// Reads a top-level JSON file of the layout; a second copy or an oversized one is an
-/// error reason (reported only if this turns out to be an OCI archive).
-fn read_small(entry: &mut impl Read, name: &str, slot: &mut Option<Vec<u8>>) -> Result<(), String> {
-    if slot.is_some() {
-        return Err(format!("`{name}` appears twice"));
-    }
-    let mut data = Vec::new();
-    entry
-        .take(MAX_METADATA_BYTES + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if data.len() as u64 > MAX_METADATA_BYTES {
-        return Err(format!("larger than {MAX_METADATA_BYTES} bytes"));
-    }
-    *slot = Some(data);
-    Ok(())
-}
-
-/// The image chosen from an archive, with its documents verified and parsed.
-pub(crate) struct ResolvedImage {
-    pub(crate) manifest_hex: String,
-    pub(crate) manifest_bytes: Vec<u8>,
-    pub(crate) config_hex: String,
-    pub(crate) config_bytes: Vec<u8>,
-    pub(crate) config: ConfigFile,
-    /// Layer blob hex digests, lowest first, each checked present with the right size.
-    pub(crate) layers: Vec<String>,
+/// Records one entry of an OCI layout; returns `(entry, reason)` when it does not
+/// belong there. Docker 25+ writes `manifest.json` and `repositories` beside the
+/// layout: they are ignored.
+fn oci_entry_problem(
+    parts: &[&str],
+    entry: ScannedEntry<'_>,
+    oci_layout: &mut Option<Vec<u8>>,
+    index_json: &mut Option<Vec<u8>>,
+    blobs: &mut HashMap<String, BlobLocation>,
+) -> Option<(String, String)> {
+    let is_file = entry.is_file();
+    let kind = entry.kind;
+    let name = entry.name;
+    let problem = match (parts, kind) {
+        ([] | ["blobs"] | ["blobs", "sha256"], EntryType::Directory) => None,
+        (["oci-layout"], _) if is_file => read_small(entry.content, &name, oci_layout).err(),
+        (["index.json"], _) if is_file => read_small(entry.content, &name, index_json).err(),
+        (["manifest.json"] | ["repositories"], _) if is_file => None,
+        (["blobs", "sha256", hex], _) if is_file && is_sha256_hex(hex) => blobs
+            .insert((*hex).to_string(), entry.location)
+            .map(|_| "the blob appears twice".to_string()),
+        _ if !is_file && kind != EntryType::Directory => Some(format!(
+            "entries of type {kind:?} are not part of an image layout"
+        )),
+        _ => Some("not a file of an OCI image layout".to_string()),
+    };
+    problem.map(|reason| (name, reason))
 }
 
 impl OciArchive {
@@ -305,14 +285,6 @@ impl OciArchive {
         Ok((hex, location))
     }
 
-    fn open_blob(&self, location: BlobLocation) -> Result<impl Read, ImageError> {
-        let mut file = File::open(&self.path)
-            .map_err(|e| ImageError::io("open staged archive", &self.path, e))?;
-        file.seek(SeekFrom::Start(location.offset))
-            .map_err(|e| ImageError::io("seek in staged archive", &self.path, e))?;
-        Ok(file.take(location.size))
-    }
-
     /// Reads a small blob (index, manifest, config) and verifies its digest.
     fn read_json_blob(
         &self,
@@ -320,17 +292,9 @@ impl OciArchive {
         referenced_by: &str,
     ) -> Result<(String, Vec<u8>), ImageError> {
         let (hex, location) = self.locate(desc, referenced_by)?;
-        if location.size > MAX_METADATA_BYTES {
-            return Err(ImageError::MetadataTooLarge {
-                file: format!("blob {}", desc.digest),
-                size: location.size,
-                limit: MAX_METADATA_BYTES,
-            });
-        }
-        let mut data = Vec::new();
-        self.open_blob(location)?
-            .read_to_end(&mut data)
-            .map_err(|e| ImageError::io("read staged archive", &self.path, e))?;
+        let data = self
+            .file
+            .read_metadata(location, &format!("blob {}", desc.digest))?;
         verify_digest(
             &format!("blob blobs/sha256/{hex}"),
             &hex,
@@ -339,57 +303,49 @@ impl OciArchive {
         Ok((hex, data))
     }
 
-    /// Copies a layer blob out of the archive into `dest`, verifying its digest.
-    pub(crate) fn copy_blob(&self, hex: &str, dest: &Path) -> Result<(), ImageError> {
-        let location = *self.blobs.get(hex).ok_or_else(|| ImageError::MissingBlob {
-            digest: digest_from_hex(hex),
-            referenced_by: "the manifest".to_string(),
-        })?;
-        let mut source = self.open_blob(location)?;
-        let (actual, _) =
-            blob::copy_hashed_to_new_file(&mut source, dest, location.size, &mut |_| {}).map_err(
-                |e| match e {
-                    blob::CopyError::Read(e) => {
-                        ImageError::io("read staged archive", &self.path, e)
-                    }
-                    blob::CopyError::Write(e) => ImageError::io("write staged blob", dest, e),
-                    blob::CopyError::TooLarge => ImageError::io(
-                        "copy blob",
-                        dest,
-                        io::Error::other("blob longer than its tar entry"),
-                    ),
-                },
-            )?;
-        verify_digest(&format!("blob blobs/sha256/{hex}"), hex, &actual)
-    }
-
-    /// Parses `oci-layout` and `index.json`, picks one image and verifies its manifest
-    /// and config, and checks every layer blob is present with the declared size.
-    pub(crate) fn resolve(&self) -> Result<ResolvedImage, ImageError> {
-        let _: OciLayout = parse_json("oci-layout", &self.oci_layout)?;
-        let index: Index = parse_json("index.json", &self.index_json)?;
-        let mut descriptor = choose_manifest(&index.manifests, "index.json")?;
-        let mut referenced_by = "index.json".to_string();
-        for _ in 0..=MAX_INDEX_DEPTH {
-            let (hex, data) = self.read_json_blob(&descriptor, &referenced_by)?;
-            let what = format!("manifest {}", digest_from_hex(&hex));
-            let media_type = effective_media_type(&descriptor, &data);
+    /// Resolves every linux image the descriptors name, following nested indexes.
+    fn collect_manifests(
+        &self,
+        descriptors: &[Descriptor],
+        source: &str,
+        depth: usize,
+        out: &mut Vec<ResolvedManifest>,
+    ) -> Result<(), ImageError> {
+        if descriptors.is_empty() {
+            return Err(ImageError::InvalidOci {
+                reason: format!("{source} lists no manifests"),
+            });
+        }
+        if depth > MAX_INDEX_DEPTH {
+            return Err(ImageError::InvalidOci {
+                reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
+            });
+        }
+        for descriptor in descriptors {
+            if descriptor
+                .platform
+                .as_ref()
+                .is_some_and(Platform::is_not_runnable)
+            {
+                continue;
+            }
+            let (hex, data) = self.read_json_blob(descriptor, source)?;
+            let media_type = effective_media_type(descriptor, &data);
             if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
                 let label = format!("image index {}", digest_from_hex(&hex));
                 let nested: Index = parse_json(&label, &data)?;
-                descriptor = choose_manifest(&nested.manifests, &label)?;
-                referenced_by = label;
+                self.collect_manifests(&nested.manifests, &label, depth + 1, out)?;
                 continue;
             }
+            let what = format!("manifest {}", digest_from_hex(&hex));
             if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
                 return Err(ImageError::UnsupportedMediaType { what, media_type });
             }
             let manifest: Manifest = parse_json(&what, &data)?;
-            return self.resolve_manifest(hex, data, manifest, &what);
+            let resolved = self.resolve_manifest(hex, data, manifest, &what)?;
+            out.push(with_descriptor_platform(resolved, descriptor));
         }
-        Err(ImageError::InvalidOci {
-            reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
-        })
+        Ok(())
     }
 
     fn resolve_manifest(
@@ -398,7 +354,7 @@ impl OciArchive {
         manifest_bytes: Vec<u8>,
         manifest: Manifest,
         what: &str,
-    ) -> Result<ResolvedImage, ImageError> {
+    ) -> Result<ResolvedManifest, ImageError> {
         if let Some(media_type) = &manifest.media_type {
             if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
                 return Err(ImageError::UnsupportedMediaType {
@@ -415,15 +371,7 @@ impl OciArchive {
             });
         }
         let (config_hex, config_bytes) = self.read_json_blob(config_desc, what)?;
-        let config: ConfigFile = parse_json(
-            &format!("config {}", digest_from_hex(&config_hex)),
-            &config_bytes,
-        )?;
-        if !config.os.is_empty() && config.os != "linux" {
-            return Err(ImageError::InvalidOci {
-                reason: format!("the image is for os `{}`, not linux", config.os),
-            });
-        }
+        let config = parse_config(&config_hex, &config_bytes)?;
         if manifest.layers.is_empty() {
             return Err(ImageError::InvalidOci {
                 reason: format!("{what} lists no layers"),
@@ -440,17 +388,9 @@ impl OciArchive {
             let (hex, _) = self.locate(layer, what)?;
             layers.push(hex);
         }
-        let diff_ids = config.diff_ids();
-        if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
-            return Err(ImageError::InvalidOci {
-                reason: format!(
-                    "config lists {} diff_ids but {what} has {} layers",
-                    diff_ids.len(),
-                    layers.len()
-                ),
-            });
-        }
-        Ok(ResolvedImage {
+        check_diff_id_count(&config, layers.len(), what)?;
+        Ok(ResolvedManifest {
+            platform: config.platform(),
             manifest_hex,
             manifest_bytes,
             config_hex,
@@ -459,6 +399,117 @@ impl OciArchive {
             layers,
         })
     }
+}
+
+impl ImageArchive for OciArchive {
+    /// Parses `oci-layout` and `index.json`, and resolves every linux image it names
+    /// (one per platform), verifying manifests and configs and checking every layer
+    /// blob is present with the declared size.
+    fn resolve(&mut self) -> Result<ResolvedImage, ImageError> {
+        let _: OciLayout = parse_json("oci-layout", &self.oci_layout)?;
+        let index: Index = parse_json("index.json", &self.index_json)?;
+        let mut manifests = Vec::new();
+        self.collect_manifests(&index.manifests, "index.json", 0, &mut manifests)?;
+        if manifests.is_empty() {
+            return Err(ImageError::NoMatchingPlatform {
+                available: index
+                    .manifests
+                    .iter()
+                    .map(|d| match &d.platform {
+                        Some(p) => p.to_string(),
+                        None => format!("{} without platform", d.digest),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(ResolvedImage {
+            manifests: default_platform_first(manifests),
+        })
+    }
+
+    /// Copies a layer blob out of the archive into `dest`, verifying its digest.
+    fn copy_blob(&self, hex: &str, dest: &Path) -> Result<(), ImageError> {
+        let location = *self.blobs.get(hex).ok_or_else(|| ImageError::MissingBlob {
+            digest: digest_from_hex(hex),
+            referenced_by: "the manifest".to_string(),
+        })?;
+        self.file.copy_verified(location, hex, dest)
+    }
+}
+
+/// Parses an image config and refuses images for another OS than linux.
+pub(crate) fn parse_config(
+    config_hex: &str,
+    config_bytes: &[u8],
+) -> Result<ConfigFile, ImageError> {
+    let config: ConfigFile = parse_json(
+        &format!("config {}", digest_from_hex(config_hex)),
+        config_bytes,
+    )?;
+    if !config.os.is_empty() && config.os != "linux" {
+        return Err(ImageError::InvalidOci {
+            reason: format!("the image is for os `{}`, not linux", config.os),
+        });
+    }
+    Ok(config)
+}
+
+/// Each layer needs its diff_id when the config lists them.
+pub(crate) fn check_diff_id_count(
+    config: &ConfigFile,
+    layers: usize,
+    what: &str,
+) -> Result<(), ImageError> {
+    let diff_ids = config.diff_ids();
+    if !diff_ids.is_empty() && diff_ids.len() != layers {
+        return Err(ImageError::InvalidOci {
+            reason: format!(
+                "config lists {} diff_ids but {what} has {layers} layers",
+                diff_ids.len(),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The index's platform wins over the config's (they agree in well-formed images).
+fn with_descriptor_platform(
+    mut resolved: ResolvedManifest,
+    descriptor: &Descriptor,
+) -> ResolvedManifest {
+    if let Some(p) = &descriptor.platform {
+        if !p.architecture.is_empty() {
+            resolved.platform = PlatformName {
+                os: if p.os.is_empty() {
+                    "linux".to_string()
+                } else {
+                    p.os.clone()
+                },
+                architecture: p.architecture.clone(),
+                variant: p.variant.clone().filter(|v| !v.is_empty()),
+            };
+        }
+    }
+    resolved
+}
+
+/// linux/amd64 first when offered; a platform listed twice is kept once.
+fn default_platform_first(manifests: Vec<ResolvedManifest>) -> Vec<ResolvedManifest> {
+    let mut kept: Vec<ResolvedManifest> = Vec::with_capacity(manifests.len());
+    for m in manifests {
+        if !kept.iter().any(|k| k.platform == m.platform) {
+            kept.push(m);
+        }
+    }
+    if let Some(amd64) = kept
+        .iter()
+        .position(|m| m.platform.architecture == DEFAULT_ARCHITECTURE)
+    {
+        let default = kept.remove(amd64);
+        kept.insert(0, default);
+    }
+    kept
 }
 
 pub(crate) fn verify_digest(
@@ -501,34 +552,6 @@ fn effective_media_type(descriptor: &Descriptor, data: &[u8]) -> String {
     }
 }
 
-/// linux/amd64 if offered, else the only entry.
-fn choose_manifest(manifests: &[Descriptor], source: &str) -> Result<Descriptor, ImageError> {
-    match manifests {
-        [] => Err(ImageError::InvalidOci {
-            reason: format!("{source} lists no manifests"),
-        }),
-        [only] => Ok(only.clone()),
-        many => many
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            })
-            .cloned()
-            .ok_or_else(|| ImageError::NoMatchingPlatform {
-                available: many
-                    .iter()
-                    .map(|d| match &d.platform {
-                        Some(p) => format!("{}/{}", p.os, p.architecture),
-                        None => format!("{} without platform", d.digest),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-    }
-}
-
 /// The config digest named by a stored manifest (for garbage collection).
 pub(crate) fn manifest_config_digest(data: &[u8], what: &str) -> Result<String, ImageError> {
     let manifest: Manifest = parse_json(what, data)?;
@@ -539,35 +562,50 @@ pub(crate) fn manifest_config_digest(data: &[u8], what: &str) -> Result<String, 
 mod tests {
     use super::*;
 
-    fn desc(digest: &str, platform: Option<(&str, &str)>) -> Descriptor {
-        Descriptor {
-            media_type: MEDIA_OCI_MANIFEST.to_string(),
-            digest: digest.to_string(),
-            size: 1,
-            platform: platform.map(|(os, architecture)| Platform {
-                os: os.to_string(),
-                architecture: architecture.to_string(),
-            }),
+    fn resolved(architecture: &str, manifest_hex: &str) -> ResolvedManifest {
+        ResolvedManifest {
+            platform: PlatformName {
+                os: "linux".into(),
+                architecture: architecture.into(),
+                variant: None,
+            },
+            manifest_hex: manifest_hex.into(),
+            manifest_bytes: Vec::new(),
+            config_hex: String::new(),
+            config_bytes: Vec::new(),
+            config: ConfigFile::default(),
+            layers: Vec::new(),
         }
     }
 
     #[test]
-    fn chooses_linux_amd64_else_the_only_one() {
-        let arm = desc("a", Some(("linux", "arm64")));
-        let amd = desc("b", Some(("linux", "amd64")));
-        assert_eq!(
-            choose_manifest(&[arm.clone(), amd], "t").unwrap().digest,
-            "b"
-        );
-        assert_eq!(
-            choose_manifest(std::slice::from_ref(&arm), "t")
-                .unwrap()
-                .digest,
-            "a"
-        );
-        let err = choose_manifest(&[arm.clone(), arm], "t").unwrap_err();
-        assert!(err.to_string().contains("linux/arm64"), "{err}");
-        assert!(choose_manifest(&[], "t").is_err());
+    fn amd64_comes_first_and_a_repeated_platform_is_kept_once() {
+        let ordered = default_platform_first(vec![
+            resolved("arm64", "a"),
+            resolved("amd64", "b"),
+            resolved("arm64", "c"),
+        ]);
+        let hexes: Vec<&str> = ordered.iter().map(|m| m.manifest_hex.as_str()).collect();
+        assert_eq!(hexes, ["b", "a"]);
+        let only_arm = default_platform_first(vec![resolved("arm64", "a")]);
+        assert_eq!(only_arm[0].platform.architecture, "arm64");
+    }
+
+    #[test]
+    fn attestations_and_other_oses_are_not_runnable() {
+        let p = |os: &str, architecture: &str| Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+            variant: None,
+        };
+        assert!(p("unknown", "unknown").is_not_runnable());
+        assert!(p("windows", "amd64").is_not_runnable());
+        assert!(!p("linux", "arm64").is_not_runnable());
+        let v = Platform {
+            variant: Some("v8".into()),
+            ..p("linux", "arm64")
+        };
+        assert_eq!(v.to_string(), "linux/arm64/v8");
     }
 
     #[test]

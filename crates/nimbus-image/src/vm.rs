@@ -185,6 +185,7 @@ impl ImageStore {
             config: ImageConfig::default(),
             size_bytes: size,
             architecture: "amd64".into(),
+            platforms: Vec::new(),
             disk: Some(DiskInfo {
                 digest,
                 format,
@@ -244,6 +245,7 @@ impl ImageStore {
             config: ImageConfig::default(),
             size_bytes: kernel_bytes + initrd_size,
             architecture: "amd64".into(),
+            platforms: Vec::new(),
             disk: None,
             kernel: Some(KernelInfo {
                 digest,

@@ -191,49 +191,6 @@ fn oci_whiteouts_become_overlay_whiteouts_and_opaque_dirs() {
 }
 
 #[test]
-fn image_index_picks_linux_amd64() {
-    let mut layout = OciLayout::new(&[tar_of(&[Entry::File("amd", b"64".to_vec())])]);
-    let amd64_manifest = layout.manifest_digest.clone();
-    let amd64_size = layout
-        .files
-        .iter()
-        .find(|(n, _)| *n == OciLayout::blob_name(&amd64_manifest))
-        .unwrap()
-        .1
-        .len();
-    let arm = manifest_blobs(&[tar_of(&[Entry::File("arm", b"64".to_vec())])], "arm64");
-    let arm_manifest = arm.manifest;
-    for (_, data) in arm.blobs {
-        layout.add_blob(data);
-    }
-    let nested = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(&arm_manifest),
-             "size": arm_manifest.len(), "platform": {"os": "linux", "architecture": "arm64"}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64_manifest,
-             "size": amd64_size, "platform": {"os": "linux", "architecture": "amd64"}},
-        ]
-    }))
-    .unwrap();
-    layout.add_blob(arm_manifest);
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [descriptor("application/vnd.oci.image.index.v1+json", &nested)],
-    }))
-    .unwrap();
-    layout.add_blob(nested);
-    layout.set("index.json", index);
-
-    let (_tmp, store) = store(Limits::default());
-    let image = import(&store, &layout.to_tar()).unwrap();
-    assert_eq!(image.manifest_digest, amd64_manifest);
-    assert_eq!(image.architecture, "amd64");
-    assert!(store.layer_dirs(&image).unwrap()[0].join("amd").is_file());
-}
-
-#[test]
 fn importing_twice_shares_blobs_and_layer_dirs() {
     let (_tmp, store) = store(Limits::default());
     let archive = two_layer_image().to_tar();

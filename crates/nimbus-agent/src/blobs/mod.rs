@@ -42,7 +42,7 @@ pub trait BlobSource: Send + Sync {
     /// what is missing first.
     async fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, AgentError> {
         self.ensure(image).await?;
-        let imported = ImportedImage::from_api(&image.status);
+        let imported = runnable_here(image)?;
         let store = self.store();
         let name = image.metadata.name.clone();
         blocking("resolving image layers", move || {
@@ -55,6 +55,17 @@ pub trait BlobSource: Send + Sync {
         })
         .await
     }
+}
+
+/// The image as this host runs it: for an image of several platforms, the
+/// manifest, layers and config of the host's architecture.
+pub(crate) fn runnable_here(image: &Image) -> Result<ImportedImage, AgentError> {
+    ImportedImage::from_api(&image.status)
+        .for_architecture(nimbus_image::host_platform())
+        .map_err(|source| AgentError::ImageLayers {
+            name: image.metadata.name.clone(),
+            source: Box::new(source),
+        })
 }
 
 /// The server's own store, shared in process (`nimbus up`): images were

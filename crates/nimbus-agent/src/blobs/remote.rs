@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use nimbus_api::client::Client;
 use nimbus_api::Image;
-use nimbus_image::{GcReport, ImageStore, ImportedImage};
+use nimbus_image::{GcReport, ImageStore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::BlobSource;
@@ -70,7 +70,7 @@ impl RemoteBlobs {
     }
 
     async fn fetch_if_missing(&self, image: &Image, digest: &str) -> Result<(), AgentError> {
-        let wanted = ImportedImage::from_api(&image.status);
+        let wanted = super::runnable_here(image)?;
         let still_missing = self
             .store
             .missing_blobs(&wanted)
@@ -131,7 +131,7 @@ impl BlobSource for RemoteBlobs {
 
     async fn ensure(&self, image: &Image) -> Result<(), AgentError> {
         let _not_collecting = self.collecting.read().await;
-        let wanted = ImportedImage::from_api(&image.status);
+        let wanted = super::runnable_here(image)?;
         let missing =
             self.store
                 .missing_blobs(&wanted)

@@ -128,6 +128,24 @@ fn rows(items: &[Image]) -> String {
     )
 }
 
+/// `\nplatforms: linux/amd64, linux/arm64` for an image of several
+/// platforms (an instance runs its host's); empty otherwise.
+fn platforms_line(i: &Image) -> String {
+    if i.status.platforms.len() < 2 {
+        return String::new();
+    }
+    let names: Vec<String> = i
+        .status
+        .platforms
+        .iter()
+        .map(|p| match &p.variant {
+            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+            None => format!("{}/{}", p.os, p.architecture),
+        })
+        .collect();
+    format!("\nplatforms: {}", names.join(", "))
+}
+
 pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
     let client = g.client()?;
     let p = &g.project;
@@ -173,11 +191,13 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             let image = result?;
             print(g, &image, || {
                 format!(
-                    "image {:?} imported: {} layer(s), {}, {}",
+                    "image {:?} imported ({}): {} layer(s), {}, {}{}",
                     image.metadata.name,
+                    image.status.format,
                     image.status.layers.len(),
                     format_size(image.status.size_bytes),
-                    image.status.digest
+                    image.status.digest,
+                    platforms_line(&image)
                 )
             })
         }
@@ -242,7 +262,9 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             let i: Image = client
                 .get(&format!("/v1/projects/{p}/images/{name}"))
                 .await?;
-            print(g, &i, || rows(std::slice::from_ref(&i)))
+            print(g, &i, || {
+                rows(std::slice::from_ref(&i)) + &platforms_line(&i)
+            })
         }
         ImageCmd::Rm { name } => {
             client

@@ -396,6 +396,9 @@ fn detail(i: &Instance) -> String {
             format!("{:?}", i.spec.args)
         },
     );
+    if let Some(p) = &i.status.platform {
+        line("platform:", p.clone());
+    }
     line("started:", opt(i.status.started_at.map(|t| t.to_rfc3339())));
     line(
         "finished:",

@@ -39,9 +39,10 @@ pub async fn get(
         ))
     })?;
     let image = readable_image(&state.repo, &caller, &project, &name).await?;
-    if !ImportedImage::from_api(&image.status)
-        .runtime_blobs()
-        .contains(&digest)
+    let imported = ImportedImage::from_api(&image.status);
+    let platform_layers = imported.platforms.iter().flat_map(|p| &p.layers);
+    if !imported.runtime_blobs().contains(&digest)
+        && !platform_layers.into_iter().any(|l| *l == digest)
     {
         return Err(ServerError(ApiError::not_found(format!(
             "image {name:?} of project {project:?} has no blob {digest}; its blobs are listed by `nimbus image get {name} -o json` (status.layers, disk, kernel)"

@@ -1,6 +1,7 @@
 //! Filters: each admits a host or says what it lacks.
 
 use nimbus_api::units::format_size;
+use nimbus_image::oci_architecture;
 
 use super::framework::{Filter, Rejection};
 use super::snapshot::{Demand, HostView};
@@ -110,9 +111,33 @@ impl Filter for Architecture {
     }
     fn admit(&self, demand: &Demand, host: &HostView) -> Result<(), Rejection> {
         match &demand.placement.architecture {
-            Some(a) if *a != host.architecture => Err(Rejection::is(format!("not {a}"))),
+            Some(a) if oci_architecture(a) != oci_architecture(&host.architecture) => {
+                Err(Rejection::is(format!("not {a}")))
+            }
             _ => Ok(()),
         }
+    }
+}
+
+/// The instance's image has a platform for the host's architecture (an
+/// image index of several platforms runs the one of its host).
+pub struct ImagePlatform;
+
+impl Filter for ImagePlatform {
+    fn name(&self) -> &'static str {
+        "image platform"
+    }
+    fn admit(&self, demand: &Demand, host: &HostView) -> Result<(), Rejection> {
+        let host_arch = oci_architecture(&host.architecture);
+        if demand.image_architectures.is_empty()
+            || demand.image_architectures.iter().any(|a| a == host_arch)
+        {
+            return Ok(());
+        }
+        Err(Rejection::is(format!(
+            "not of an architecture the image has ({})",
+            demand.image_architectures.join(", ")
+        )))
     }
 }
 
@@ -334,6 +359,20 @@ mod tests {
         );
         h.disk_bytes_available = 5 << 30;
         assert!(FreeDisk.admit(&d, &h).is_ok());
+    }
+
+    #[test]
+    fn image_platform_admits_hosts_of_the_images_architectures() {
+        let mut d = Demand::default();
+        assert!(
+            ImagePlatform.admit(&d, &host()).is_ok(),
+            "no platforms: any host"
+        );
+        d.image_architectures = vec!["arm64".into()];
+        let err = ImagePlatform.admit(&d, &host()).unwrap_err().describe(1);
+        assert!(err.contains("arm64"), "{err}");
+        d.image_architectures = vec!["arm64".into(), "amd64".into()];
+        assert!(ImagePlatform.admit(&d, &host()).is_ok(), "x86_64 is amd64");
     }
 
     #[test]

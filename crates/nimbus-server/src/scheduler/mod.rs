@@ -14,10 +14,11 @@ pub mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_api::{Host, Instance, InstancePhase, ListOptions};
+use nimbus_api::{Host, Image, Instance, InstancePhase, ListOptions};
+use nimbus_image::ImportedImage;
 
 pub use framework::{Filter, Rejection, Scheduler, Scorer, Unschedulable};
-pub use snapshot::{build_hosts, Demand, HostView};
+pub use snapshot::{build_hosts, Demand, HostView, PendingContext};
 
 use crate::error::ServerError;
 use crate::state::AppState;
@@ -35,6 +36,7 @@ pub fn default_scheduler() -> Scheduler {
         .with_filter(filters::NotCordoned)
         .with_filter(filters::VolumesHost)
         .with_filter(filters::Architecture)
+        .with_filter(filters::ImagePlatform)
         .with_filter(filters::RequiredLabels)
         .with_filter(filters::FreeMemory)
         .with_filter(filters::FreeCpu)
@@ -68,13 +70,14 @@ pub fn place_all(
     place_all_on(scheduler, hosts, pending, &[], start)
 }
 
-/// [`place_all`], with the host each instance's volumes pin it to
-/// (`volumes_hosts[n]` for `pending[n]`; missing entries pin nothing).
+/// [`place_all`], with what pins each instance (`contexts[n]` for
+/// `pending[n]`: the host of its volumes, its image's architectures;
+/// missing entries pin nothing).
 pub fn place_all_on(
     scheduler: &Scheduler,
     hosts: &mut [HostView],
     pending: &[Instance],
-    volumes_hosts: &[Option<String>],
+    contexts: &[PendingContext],
     start: &mut usize,
 ) -> Vec<Result<String, Unschedulable>> {
     pending
@@ -82,7 +85,10 @@ pub fn place_all_on(
         .enumerate()
         .map(|(n, i)| {
             let mut demand = Demand::of(i);
-            demand.volumes_host = volumes_hosts.get(n).cloned().flatten();
+            if let Some(context) = contexts.get(n) {
+                demand.volumes_host = context.volumes_host.clone();
+                demand.image_architectures = context.image_architectures.clone();
+            }
             let choice = scheduler.place(&demand, hosts, *start);
             *start = start.wrapping_add(1);
             choice.map(|at| {
@@ -119,14 +125,24 @@ async fn schedule_pending(
         })
         .await?;
     let mut views = build_hosts(&hosts, &placed.items);
-    let mut volumes_hosts = Vec::with_capacity(pending.items.len());
+    let mut contexts = Vec::with_capacity(pending.items.len());
+    let mut images = Vec::with_capacity(pending.items.len());
     for i in &pending.items {
-        volumes_hosts.push(crate::api::volumes::volumes_host(&state.repo, i).await);
+        let image = instance_image(state, i).await;
+        contexts.push(PendingContext {
+            volumes_host: crate::api::volumes::volumes_host(&state.repo, i).await,
+            image_architectures: image.as_ref().map(image_architectures).unwrap_or_default(),
+        });
+        images.push(image);
     }
-    let choices = place_all_on(scheduler, &mut views, &pending.items, &volumes_hosts, start);
+    let choices = place_all_on(scheduler, &mut views, &pending.items, &contexts, start);
     // Bindings hold only while this server leads (see `cluster::leader`).
     let repo = state.leader_repo();
-    for (instance, choice) in pending.items.into_iter().zip(choices) {
+    for ((instance, choice), image) in pending.items.into_iter().zip(choices).zip(images) {
+        let platform = match &choice {
+            Ok(h) => chosen_platform(image.as_ref(), &hosts, h),
+            Err(_) => None,
+        };
         let project = instance.metadata.project.clone();
         let name = instance.metadata.name.clone();
         let revision = instance.metadata.revision;
@@ -143,6 +159,7 @@ async fn schedule_pending(
                 Ok(_) if i.metadata.revision != revision => stale = true,
                 Ok(h) => {
                     i.status.host = Some(h.clone());
+                    i.status.platform = platform.clone();
                     i.status.phase = InstancePhase::Scheduled;
                     i.status.reason = Some(format!("placed on host {h:?}"));
                 }
@@ -171,6 +188,37 @@ async fn schedule_pending(
         }
     }
     Ok(())
+}
+
+/// The image an instance runs, as its project holds it now.
+async fn instance_image(state: &AppState, i: &Instance) -> Option<ImportedImage> {
+    let project = i.metadata.project.as_deref();
+    match state.repo.try_get::<Image>(project, &i.spec.image).await {
+        Ok(image) => image.map(|img| ImportedImage::from_api(&img.status)),
+        Err(e) => {
+            tracing::debug!(instance = %i.metadata.name, error = %e, "could not read image");
+            None
+        }
+    }
+}
+
+/// The architectures an image has platforms for (empty: any host).
+fn image_architectures(image: &ImportedImage) -> Vec<String> {
+    image
+        .platforms
+        .iter()
+        .map(|p| p.architecture.clone())
+        .collect()
+}
+
+/// The platform (`linux/amd64`) an image runs on the host named `host`.
+fn chosen_platform(image: Option<&ImportedImage>, hosts: &[Host], host: &str) -> Option<String> {
+    let arch = &hosts
+        .iter()
+        .find(|h| h.metadata.name == host)?
+        .status
+        .architecture;
+    image?.platform_for(arch)
 }
 
 #[cfg(test)]

@@ -101,6 +101,18 @@ pub struct Demand {
     pub affinity_keys: Vec<(String, String)>,
     /// The one host holding the instance's volumes, if it names any.
     pub volumes_host: Option<String>,
+    /// The architectures (OCI names) the instance's image has platforms
+    /// for; empty: the image runs on any host.
+    pub image_architectures: Vec<String>,
+}
+
+/// What placing a pending instance needs beyond the instance itself.
+#[derive(Clone, Debug, Default)]
+pub struct PendingContext {
+    /// The one host holding the instance's volumes, if it names any.
+    pub volumes_host: Option<String>,
+    /// See [`Demand::image_architectures`].
+    pub image_architectures: Vec<String>,
 }
 
 impl Demand {

@@ -186,7 +186,26 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
         kernel_image: kernel_image.as_ref(),
         secgroups: Some(&secgroups),
     };
-    Ok(domain::validate_spec(project, spec, named)?)
+    let image_id = domain::validate_spec(project, spec, named)?;
+    if let Some(image) = &image {
+        let all = nimbus_api::ListOptions {
+            limit: Some(5000),
+            ..Default::default()
+        };
+        let hosts = state
+            .repo
+            .list::<nimbus_api::Host>(None, &all, |_| true)
+            .await?;
+        let architectures: BTreeSet<String> = hosts
+            .items
+            .iter()
+            .map(|h| h.status.architecture.clone())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let imported = nimbus_image::ImportedImage::from_api(&image.status);
+        domain::check_image_platform(&spec.image, &imported, &architectures)?;
+    }
+    Ok(image_id)
 }
 
 /// The networks an instance spec names; `default` is created on demand.

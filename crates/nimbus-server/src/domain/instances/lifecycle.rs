@@ -128,6 +128,7 @@ pub fn merge_reported_status(
     let deleting = instance.metadata.deletion_requested_at.is_some();
     let host = instance.status.host.take();
     let image_id = instance.status.image_id.take();
+    let platform = instance.status.platform.take();
     let addresses = std::mem::take(&mut instance.status.addresses);
     let volumes = instance.status.volumes.take();
     instance.status = reported;
@@ -136,6 +137,7 @@ pub fn merge_reported_status(
     }
     instance.status.host = host;
     instance.status.image_id = image_id;
+    instance.status.platform = platform;
     instance.status.addresses = addresses;
     if deleting {
         instance.status.phase = InstancePhase::Deleting;

@@ -37,6 +37,16 @@ pub enum SpecError {
         format: String,
         or_unikernel: &'static str,
     },
+    #[error(
+        "image {image:?} has {has}; {hosts}: import an image index that includes \
+         your hosts' platform (`skopeo copy --all docker://IMAGE oci-archive:image.tar`) \
+         or add a host of the image's architecture"
+    )]
+    NoPlatformForHosts {
+        image: String,
+        has: String,
+        hosts: String,
+    },
     #[error("image {0:?} has no default command; give one after `--`, e.g. `-- sh -c 'echo hi'`")]
     NoCommand(String),
     #[error("memory limit of {0} bytes is below the 4 MiB minimum; ask for at least 4MiB")]

@@ -52,6 +52,32 @@ pub fn validate_instance_name(name: &str) -> Result<(), SpecError> {
     nimbus_api::validate_name("instance", name).map_err(SpecError::Name)
 }
 
+/// An image with platforms runs only if some registered host has one of its
+/// architectures (`host_architectures`, as hosts report them; none
+/// registered yet: the instance waits for one, so this passes).
+pub fn check_image_platform(
+    image_name: &str,
+    image: &nimbus_image::ImportedImage,
+    host_architectures: &BTreeSet<String>,
+) -> Result<(), SpecError> {
+    if host_architectures.is_empty() || host_architectures.iter().any(|a| image.runs_on(a)) {
+        return Ok(());
+    }
+    let names: Vec<String> = host_architectures
+        .iter()
+        .map(|a| format!("linux/{}", nimbus_image::oci_architecture(a)))
+        .collect();
+    let hosts = match names.as_slice() {
+        [one] => format!("this host is {one}"),
+        many => format!("the hosts are {}", many.join(", ")),
+    };
+    Err(SpecError::NoPlatformForHosts {
+        image: image_name.to_string(),
+        has: image.platform_names(),
+        hosts,
+    })
+}
+
 /// Check a spec against its image and sane bounds; returns the id of the
 /// image it names. Rules are checked in a fixed order, so a spec with
 /// several faults is always refused with the same message.

@@ -639,3 +639,42 @@ fn a_replace_keeps_the_name_networks_kind_and_what_a_vm_was_built_from() {
     let more_cpus = with_vm(vm(), |v| v.vcpus = Some(4));
     assert_eq!(check_replace("vm1", &vm(), &more_cpus), Ok(()));
 }
+
+#[test]
+fn an_image_without_the_hosts_platform_is_refused_listing_its_platforms() {
+    let platform = |arch: &str| nimbus_image::ImagePlatform {
+        os: "linux".into(),
+        architecture: arch.into(),
+        variant: None,
+        manifest_digest: format!("sha256:{arch}"),
+        layers: vec![],
+        config: Default::default(),
+    };
+    let mut image = nimbus_image::ImportedImage::from_api(&ImageStatus {
+        format: "oci".into(),
+        ..Default::default()
+    });
+    image.platforms = vec![platform("arm64"), platform("s390x")];
+    let hosts = |archs: &[&str]| archs.iter().map(|a| a.to_string()).collect::<BTreeSet<_>>();
+    let err = check_image_platform("app", &image, &hosts(&["amd64"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("image \"app\" has linux/arm64, linux/s390x; this host is linux/amd64"),
+        "{err}"
+    );
+    let err = check_image_platform("app", &image, &hosts(&["amd64", "riscv64"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the hosts are linux/amd64, linux/riscv64"),
+        "{err}"
+    );
+    assert!(check_image_platform("app", &image, &hosts(&["aarch64"])).is_ok());
+    assert!(
+        check_image_platform("app", &image, &hosts(&[])).is_ok(),
+        "no host yet: the instance waits for one"
+    );
+    image.platforms.clear();
+    assert!(check_image_platform("app", &image, &hosts(&["amd64"])).is_ok());
+}
