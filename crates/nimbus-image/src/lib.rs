@@ -14,6 +14,7 @@ mod blob;
 mod error;
 mod fetched;
 mod gc;
+mod merged;
 mod oci;
 mod safe_fs;
 mod stream;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use fetched::check_digest;
 pub use gc::GcReport;
+pub use merged::{MergedError, MergedView};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -371,6 +373,17 @@ impl ImageStore {
             dirs.push(path);
         }
         Ok(dirs)
+    }
+
+    /// The image's merged filesystem, read-only and without a mount (unpacks missing
+    /// layers first, as [`ImageStore::layer_dirs`]).
+    pub fn merged_view(&self, image: &ImportedImage) -> Result<MergedView, ImageError> {
+        let dirs = self.layer_dirs(image)?;
+        MergedView::open(&dirs).map_err(|e| ImageError::Io {
+            action: "open the layers of",
+            path: PathBuf::from(&image.manifest_digest),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 
     /// Removes blobs and layer dirs that none of `keep` references.
