@@ -353,7 +353,10 @@ mod tests {
         let status_d = safe_fs::open_root(&high.join("var/lib/dpkg/status.d")).expect("dir");
         safe_fs::make_whiteout(&status_d, OsStr::new("gone")).expect("whiteout");
         let view = MergedView::open(&[low.clone(), high.clone()]).expect("open");
-        assert_eq!(view.read_file("/lib/apk/db/installed", 100).expect("read"), None);
+        assert_eq!(
+            view.read_file("/lib/apk/db/installed", 100).expect("read"),
+            None
+        );
         assert_eq!(
             view.list_dir("/var/lib/dpkg/status.d", 10).expect("list"),
             vec!["base".to_string(), "extra".to_string()]
@@ -365,7 +368,8 @@ mod tests {
             vec!["extra".to_string()]
         );
         assert_eq!(
-            view.read_file("/var/lib/dpkg/status.d/base", 100).expect("read"),
+            view.read_file("/var/lib/dpkg/status.d/base", 100)
+                .expect("read"),
             None
         );
     }
