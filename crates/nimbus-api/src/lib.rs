@@ -38,6 +38,6 @@ pub use volumes::{
     VolumeStatus,
 };
 pub use vulns::{
-    Finding, ImageScan, ImageScanStatus, Policy, PolicySpec, Severity, VulnDb, VulnDbStatus,
-    POLICY_NAME, VULNDB_NAME,
+    Finding, ImageScan, ImageScanStatus, Policy, PolicySpec, Severity, VulnDb, VulnDbInfo,
+    VulnDbStatus, POLICY_NAME, VULNDB_NAME,
 };

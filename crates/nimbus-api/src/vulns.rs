@@ -88,6 +88,16 @@ pub struct VulnDb {
     pub status: VulnDbStatus,
 }
 
+/// `GET /v1/vulndb`: the cluster's database and whether the answering
+/// server holds its index.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct VulnDbInfo {
+    /// Absent when nothing was imported.
+    pub database: Option<VulnDbStatus>,
+    /// Digest of the index on the server that answered (empty: none).
+    pub this_server_digest: String,
+}
+
 /// One advisory matching one installed package.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Finding {
