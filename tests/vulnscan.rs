@@ -174,6 +174,41 @@ fn nimbus_as(cloud: &Cloud, token: &str, args: &[&str]) -> std::process::Output 
         .expect("run nimbus")
 }
 
+/// `instance run NAME --image IMAGE`: it must reach running; then removed.
+fn runs(cloud: &Cloud, name: &str, image: &str) {
+    let args = [
+        "instance",
+        "run",
+        name,
+        "--image",
+        image,
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ];
+    cloud.ok(&args);
+    cloud.wait_phase(name, &["running"], Duration::from_secs(60));
+    cloud.ok(&["instance", "rm", name]);
+}
+
+/// `instance run NAME --image IMAGE`: it must be refused; what it said.
+fn refused(cloud: &Cloud, name: &str, image: &str) -> String {
+    let args = [
+        "instance",
+        "run",
+        name,
+        "--image",
+        image,
+        "--no-wait",
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ];
+    fails(&cloud.nimbus(&args))
+}
+
 fn scan_json(cloud: &Cloud, image: &str) -> Value {
     cloud
         .json(&["image", "scan", image])
@@ -279,18 +314,7 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
     cloud.ok(&["policy", "set", "--max-severity", "high"]);
     let policy = cloud.json(&["policy", "get"]).expect("policy get");
     assert_eq!(policy["max_severity"], "high", "{policy}");
-    let said = fails(&cloud.nimbus(&[
-        "instance",
-        "run",
-        "bad",
-        "--image",
-        "deb-old",
-        "--no-wait",
-        "--",
-        "/bin/busybox",
-        "sleep",
-        "600",
-    ]));
+    let said = refused(&cloud, "bad", "deb-old");
     for needle in [
         DEBIAN_ADVISORY,
         "libssl3",
@@ -310,56 +334,45 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
         "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13.dfsg-1\n",
     );
     cloud.ok(&["image", "import", &unscanned, "--name", "deb-unscanned"]);
-    let said = fails(&cloud.nimbus(&[
-        "instance",
-        "run",
-        "bad2",
-        "--image",
-        "deb-unscanned",
-        "--no-wait",
-        "--",
-        "/bin/busybox",
-        "sleep",
-        "600",
-    ]));
+    let said = refused(&cloud, "bad2", "deb-unscanned");
     assert!(said.contains(DEBIAN_ADVISORY), "{said}");
     assert!(cloud
         .ok(&["image", "get", "deb-unscanned"])
         .contains("1 critical"));
 
     // ...and the fixed image launches and runs.
-    cloud.ok(&[
-        "instance",
-        "run",
-        "good",
-        "--image",
-        "deb-new",
-        "--",
-        "/bin/busybox",
-        "sleep",
-        "600",
-    ]);
-    cloud.wait_phase("good", &["running"], Duration::from_secs(60));
-    cloud.ok(&["instance", "rm", "good"]);
+    runs(&cloud, "good", "deb-new");
 
     // Raising the ceiling lets the vulnerable image run: the policy, not the scan, decides.
     cloud.ok(&["policy", "set", "--max-severity", "critical"]);
-    cloud.ok(&[
-        "instance",
-        "run",
-        "tolerated",
-        "--image",
-        "deb-old",
-        "--",
-        "/bin/busybox",
-        "sleep",
-        "600",
-    ]);
-    cloud.wait_phase("tolerated", &["running"], Duration::from_secs(60));
-    cloud.ok(&["instance", "rm", "tolerated"]);
+    runs(&cloud, "tolerated", "deb-old");
     cloud.ok(&["policy", "set", "--max-severity", "none"]);
     let policy = cloud.json(&["policy", "get"]).expect("policy get");
     assert!(policy.get("max_severity").is_none(), "{policy}");
+
+    // A scan goes with the last image of its digest; a policy with its project.
+    cloud.ok(&["image", "rm", "deb-unscanned"]);
+    cloud.ok(&["image", "import", &unscanned, "--name", "deb-again"]);
+    let shown = cloud.ok(&["image", "get", "deb-again"]);
+    assert!(shown.contains("not scanned"), "{shown}");
+    cloud.ok(&["project", "create", "gamma"]);
+    cloud.ok(&[
+        "policy",
+        "set",
+        "--max-severity",
+        "low",
+        "--project",
+        "gamma",
+    ]);
+    cloud.ok(&["project", "rm", "gamma"]);
+    cloud.ok(&["project", "create", "gamma"]);
+    let policy = cloud
+        .json(&["policy", "get", "--project", "gamma"])
+        .expect("policy get");
+    assert!(
+        policy.get("max_severity").is_none(),
+        "a new project inherited {policy}"
+    );
 
     // Another project's member sees neither the project's images nor their scans.
     cloud.ok(&["project", "create", "beta"]);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::meta::Metadata;
-use crate::resources::Object;
+use crate::resources::{object, Object};
 
 /// How bad a finding is, from the advisory's CVSS v3 base score or its
 /// database's own rating. Ordered: `unknown` < `low` < ... < `critical`.
@@ -77,7 +77,7 @@ pub struct VulnDbStatus {
     /// Records whose ecosystems Nimbus does not match (kept out of the index).
     pub skipped_records: u64,
     pub imported_at: Option<DateTime<Utc>>,
-    /// The server that imported it.
+    /// The server (`--server-name`) that imported it.
     #[serde(default)]
     pub imported_on: String,
 }
@@ -171,24 +171,9 @@ pub struct Policy {
     pub spec: PolicySpec,
 }
 
-macro_rules! stored {
-    ($ty:ty, $coll:literal, $kind:literal, $scoped:literal) => {
-        impl Object for $ty {
-            const COLLECTION: &'static str = $coll;
-            const KIND: &'static str = $kind;
-            const PROJECT_SCOPED: bool = $scoped;
-            fn metadata(&self) -> &Metadata {
-                &self.metadata
-            }
-            fn metadata_mut(&mut self) -> &mut Metadata {
-                &mut self.metadata
-            }
-        }
-    };
-}
-stored!(VulnDb, "vulndbs", "vulnerability database", false);
-stored!(ImageScan, "imagescans", "image scan", true);
-stored!(Policy, "policies", "policy", true);
+object!(VulnDb, "vulndbs", "vulnerability database", false);
+object!(ImageScan, "imagescans", "image scan", true);
+object!(Policy, "policies", "policy", true);
 
 #[cfg(test)]
 mod tests {

@@ -66,7 +66,7 @@ pub async fn import(
         ecosystems: summary.ecosystems.into_iter().collect(),
         skipped_records: summary.skipped_records,
         imported_at: Some(chrono::Utc::now()),
-        imported_on: state.config.data_dir.display().to_string(),
+        imported_on: state.config.server_name.clone(),
     };
     store_record(&state, status.clone()).await?;
     Ok((StatusCode::CREATED, Json(status)))

@@ -162,6 +162,37 @@ async fn store_scan(
     ))))
 }
 
+/// Store key prefixes of what this module keeps per project (scans, the
+/// policy), swept when the project is deleted.
+pub fn project_key_prefixes(project: &str) -> [String; 2] {
+    [
+        crate::repo::prefix::<ImageScan>(Some(project)),
+        crate::repo::prefix::<nimbus_api::Policy>(Some(project)),
+    ]
+}
+
+/// Removes the scan of `digest` in `project` once no image there has it.
+pub async fn forget_scan_if_unused(state: &AppState, project: &str, digest: &str) -> ApiResult<()> {
+    let still_used = state
+        .repo
+        .list_every::<Image>(Some(project), crate::repo::MAX_PAGE)
+        .await?
+        .iter()
+        .any(|i| i.status.digest == digest);
+    if !still_used {
+        let name = ImageScan::name_for(digest);
+        match state
+            .repo
+            .delete::<ImageScan>(Some(project), &name, None)
+            .await
+        {
+            Err(ServerError(e)) if e.code == nimbus_api::ErrorCode::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 /// The findings of `scan` strictly above `max`, worst first.
 pub fn findings_above(scan: &ImageScanStatus, max: Severity) -> Vec<&Finding> {
     scan.findings.iter().filter(|f| f.severity > max).collect()
