@@ -257,6 +257,27 @@ mod tests {
         );
         assert_eq!(check(al, &b, "1.36.1-r16"), None);
         assert_eq!(check(al, &b, "1.29.9-r0"), None, "before introduced");
+        let r = advisory(
+            "ALSA-2024:1",
+            "AlmaLinux:9",
+            "openssl",
+            vec![vec![
+                Introduced("0".into()),
+                Fixed("1:3.0.7-25.el9_3".into()),
+            ]],
+            &[],
+        );
+        let rpm = Family::Rpm;
+        assert_eq!(
+            check(rpm, &r, "1:3.0.7-24.el9"),
+            Some(Some("1:3.0.7-25.el9_3".into()))
+        );
+        assert_eq!(check(rpm, &r, "1:3.0.7-25.el9_3"), None);
+        assert_eq!(
+            check(rpm, &r, "3.0.8-1.el9"),
+            Some(Some("1:3.0.7-25.el9_3".into())),
+            "epoch 0 is older"
+        );
         let c = advisory("Z", "Alpine:v3.19", "musl", vec![], &["1.2.4-r1"]);
         assert_eq!(check(al, &c, "1.2.4-r1"), Some(None), "listed in versions");
         assert_eq!(check(al, &c, "1.2.4-r2"), None);

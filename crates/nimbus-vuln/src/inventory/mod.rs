@@ -1,10 +1,11 @@
 //! What is installed in an image: its distribution (from `/etc/os-release`) and the
-//! packages its package databases list, read through [`ImageFiles`] (the image's merged
+//! packages its package databases (dpkg, apk, rpm's SQLite) list, read through [`ImageFiles`] (the image's merged
 //! layers in production, a map in unit tests).
 
 mod apk;
 mod dpkg;
 mod os_release;
+mod rpm;
 
 use crate::error::ScanError;
 
@@ -77,6 +78,10 @@ pub fn read_inventory(files: &dyn ImageFiles) -> Result<Inventory, ScanError> {
         inventory
             .packages
             .extend(apk::parse(&String::from_utf8_lossy(&status)));
+    }
+    if let Some(packages) = rpm::read(files)? {
+        inventory.databases.push("rpm".into());
+        inventory.packages.extend(packages);
     }
     if inventory.packages.len() > MAX_PACKAGES {
         return Err(ScanError::Image(format!(
@@ -163,5 +168,32 @@ mod tests {
         assert_eq!(inv.packages.len(), 2);
         assert_eq!(inv.packages[0].source.as_deref(), Some("busybox"));
         assert_eq!(inv.packages[1].source, None, "origin equal to the name");
+    }
+
+    #[test]
+    fn an_almalinux_image_lists_its_rpm_packages_and_release() {
+        use rpm::tests::{header, rpmdb};
+        let mut files = MapFiles::default();
+        files.0.insert(
+            "/etc/os-release".into(),
+            b"NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"9.3\"\n".to_vec(),
+        );
+        let blob = header(
+            &[
+                (1000, "openssl-libs"),
+                (1001, "3.0.7"),
+                (1002, "24.el9"),
+                (1044, "openssl-3.0.7-24.el9.src.rpm"),
+            ],
+            Some(1),
+        );
+        files
+            .0
+            .insert("/usr/lib/sysimage/rpm/rpmdb.sqlite".into(), rpmdb(&[blob]));
+        let inv = read_inventory(&files).expect("inventory");
+        assert_eq!(inv.ecosystem, "AlmaLinux:9");
+        assert_eq!(inv.databases, vec!["rpm".to_string()]);
+        assert_eq!(inv.packages[0].version, "1:3.0.7-24.el9");
+        assert_eq!(inv.packages[0].source.as_deref(), Some("openssl"));
     }
 }

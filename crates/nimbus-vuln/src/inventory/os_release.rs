@@ -15,10 +15,9 @@ pub fn ecosystem_of(os_release: &str) -> String {
     };
     let version = field("VERSION_ID").unwrap_or_default();
     match field("ID").as_deref() {
-        Some("debian") => match version.split('.').next() {
-            Some(major) if !major.is_empty() => format!("Debian:{major}"),
-            _ => "Debian".into(),
-        },
+        Some("debian") => with_major("Debian", &version),
+        Some("almalinux") => with_major("AlmaLinux", &version),
+        Some("rocky") => with_major("Rocky Linux", &version),
         Some("alpine") => {
             let mut parts = version.split('.');
             match (parts.next(), parts.next()) {
@@ -27,6 +26,14 @@ pub fn ecosystem_of(os_release: &str) -> String {
             }
         }
         _ => String::new(),
+    }
+}
+
+/// `AlmaLinux:9` from `9.3`.
+fn with_major(name: &str, version: &str) -> String {
+    match version.split('.').next() {
+        Some(major) if !major.is_empty() => format!("{name}:{major}"),
+        _ => name.to_string(),
     }
 }
 
@@ -45,6 +52,10 @@ mod tests {
         assert_eq!(
             ecosystem_of("ID=alpine\nVERSION_ID=3.20.0_alpha1"),
             "Alpine:v3.20"
+        );
+        assert_eq!(
+            ecosystem_of("ID=\"rocky\"\nVERSION_ID=\"9.3\""),
+            "Rocky Linux:9"
         );
         assert_eq!(ecosystem_of("ID=fedora\nVERSION_ID=40"), "");
     }

@@ -1,18 +1,22 @@
 //! Version ordering per ecosystem: Debian through the `debversion` crate (dpkg's
-//! rules), Alpine through our own implementation of apk's rules (no maintained crate
-//! implements them).
+//! rules), Alpine and rpm through our own implementations of apk's and rpm's rules
+//! (no maintained crate implements them).
 
 mod apk;
+mod rpm;
 
 use std::cmp::Ordering;
 
 pub use apk::ApkVersion;
+pub use rpm::RpmVersion;
 
 /// The distribution families Nimbus matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
     Debian,
     Alpine,
+    /// AlmaLinux and Rocky Linux (rpm `epoch:version-release`).
+    Rpm,
 }
 
 impl Family {
@@ -22,6 +26,7 @@ impl Family {
         match base {
             "Debian" => Some(Family::Debian),
             "Alpine" => Some(Family::Alpine),
+            "AlmaLinux" | "Rocky Linux" => Some(Family::Rpm),
             _ => None,
         }
     }
@@ -36,6 +41,9 @@ impl Family {
             Family::Alpine => ApkVersion::parse(version)
                 .map(Version::Apk)
                 .ok_or_else(|| format!("{version:?} is not an Alpine package version")),
+            Family::Rpm => RpmVersion::parse(version)
+                .map(Version::Rpm)
+                .ok_or_else(|| format!("{version:?} is not an rpm version")),
         }
     }
 }
@@ -45,6 +53,7 @@ impl Family {
 pub enum Version {
     Debian(debversion::Version),
     Apk(ApkVersion),
+    Rpm(RpmVersion),
 }
 
 impl Version {
@@ -53,6 +62,7 @@ impl Version {
         match (self, other) {
             (Version::Debian(a), Version::Debian(b)) => Some(a.cmp(b)),
             (Version::Apk(a), Version::Apk(b)) => Some(a.cmp(b)),
+            (Version::Rpm(a), Version::Rpm(b)) => Some(a.cmp(b)),
             _ => None,
         }
     }
@@ -123,6 +133,7 @@ mod tests {
     fn families_of_osv_ecosystems() {
         assert_eq!(Family::of_ecosystem("Debian:12"), Some(Family::Debian));
         assert_eq!(Family::of_ecosystem("Alpine:v3.19"), Some(Family::Alpine));
+        assert_eq!(Family::of_ecosystem("AlmaLinux:9"), Some(Family::Rpm));
         assert_eq!(Family::of_ecosystem("PyPI"), None);
     }
 }
