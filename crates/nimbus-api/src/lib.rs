@@ -20,6 +20,7 @@ pub mod units;
 pub mod usage;
 pub mod version;
 pub mod volumes;
+pub mod vulns;
 
 pub use error::{ApiError, ErrorCode};
 pub use join::{
@@ -35,4 +36,8 @@ pub use volumes::{
     AttachVolume, AttachedVolume, CreateSnapshot, DetachVolume, ProjectQuota, ResizeVolume,
     SnapshotConsistency, Volume, VolumeMount, VolumePhase, VolumeSnapshot, VolumeSpec,
     VolumeStatus,
+};
+pub use vulns::{
+    Finding, ImageScan, ImageScanStatus, Policy, PolicySpec, Severity, VulnDb, VulnDbInfo,
+    VulnDbStatus, POLICY_NAME, VULNDB_NAME,
 };

@@ -29,6 +29,8 @@ Examples:
   nimbus secgroup create web --allow tcp:80 --allow-from-group web
   nimbus instance run api --image busybox --network backend --secgroup web -- httpd -f -p 80
   nimbus address publish api --port 8080:80
+  nimbus vulndb import ./osv-debian.zip && nimbus image scan busybox
+  nimbus policy set --max-severity high
 ";
 
 #[derive(Parser)]
@@ -83,6 +85,12 @@ enum Command {
     /// Limits on a project's volumes.
     #[command(subcommand)]
     Quota(cmd::volume::QuotaCmd),
+    /// The offline vulnerability database images are scanned against.
+    #[command(subcommand)]
+    Vulndb(cmd::vulns::VulnDbCmd),
+    /// The project's launch policy (e.g. the highest severity an image may have).
+    #[command(subcommand)]
+    Policy(cmd::vulns::PolicyCmd),
     /// Users of the cloud.
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -223,6 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::S3(c) => cmd::bucket::s3(&g, c).await,
         Command::Volume(c) => cmd::volume::volume(&g, c).await,
         Command::Quota(c) => cmd::volume::quota(&g, c).await,
+        Command::Vulndb(c) => cmd::vulns::vulndb(&g, c).await,
+        Command::Policy(c) => cmd::vulns::policy(&g, c).await,
         Command::User(c) => cmd::admin::user(&g, c).await,
         Command::Token(c) => cmd::admin::token(&g, c).await,
         Command::Role(c) => cmd::admin::role(&g, c).await,

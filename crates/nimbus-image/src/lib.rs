@@ -18,6 +18,7 @@ mod fetched;
 mod gc;
 mod import;
 mod lookalike;
+mod merged;
 mod oci;
 mod platform;
 mod safe_fs;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use fetched::check_digest;
 pub use gc::GcReport;
+pub use merged::{MergedError, MergedView};
 pub use platform::{host_platform, oci_architecture, ImagePlatform};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
@@ -294,6 +296,17 @@ impl ImageStore {
             dirs.push(path);
         }
         Ok(dirs)
+    }
+
+    /// The image's merged filesystem, read-only and without a mount (unpacks missing
+    /// layers first, as [`ImageStore::layer_dirs`]).
+    pub fn merged_view(&self, image: &ImportedImage) -> Result<MergedView, ImageError> {
+        let dirs = self.layer_dirs(image)?;
+        MergedView::open(&dirs).map_err(|e| ImageError::Io {
+            action: "open the layers of",
+            path: PathBuf::from(&image.manifest_digest),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 
     /// Removes blobs and layer dirs that none of `keep` references.

@@ -389,6 +389,43 @@ fn tree_size_inner(
     Ok(total)
 }
 
+/// Whether `stat` is an overlayfs whiteout (a 0:0 character device).
+pub(crate) fn is_whiteout(stat: &FileStat) -> bool {
+    stat.st_mode & libc::S_IFMT == libc::S_IFCHR && stat.st_rdev == libc::makedev(0, 0)
+}
+
+/// Whether the directory was marked opaque by [`set_opaque`].
+pub(crate) fn is_opaque(dir: &OwnedFd) -> bool {
+    let mut value = [0u8; 1];
+    // SAFETY: the name is a valid NUL-terminated C string, the buffer pointer/length
+    // describe a live, writable byte array, and the descriptor is open for the call.
+    let rc = unsafe {
+        libc::fgetxattr(
+            dir.as_raw_fd(),
+            OPAQUE_XATTR.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    rc == 1 && value[0] == b'y'
+}
+
+/// The target of the symlink `name` in `dir`, never followed.
+pub(crate) fn read_link_at(dir: &OwnedFd, name: &OsStr) -> io::Result<OsString> {
+    Ok(nix::fcntl::readlinkat(raw(dir), name)?)
+}
+
+/// Opens the regular file `name` in `dir` for reading; fails on a symlink.
+pub(crate) fn open_file_at(dir: &OwnedFd, name: &OsStr) -> io::Result<File> {
+    let fd = openat(
+        raw(dir),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )?;
+    Ok(File::from(owned(fd)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ pub mod state;
 pub mod tls;
 pub mod usage;
 pub mod vni;
+pub mod vulnscan;
 
 pub use config::{ServerConfig, StoreBackend, StoreBackendError};
 pub use error::ServerError;

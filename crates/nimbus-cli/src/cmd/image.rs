@@ -8,7 +8,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use nimbus_api::client::Method;
 use nimbus_api::units::format_size;
-use nimbus_api::{Image, ResourceList};
+use nimbus_api::{Image, ImageScan, ResourceList};
 use tokio_util::io::ReaderStream;
 
 use crate::ctx::Globals;
@@ -51,8 +51,14 @@ pub enum ImageCmd {
     /// List images of the project.
     #[command(alias = "ls")]
     List,
-    /// Show one image.
+    /// Show one image (and the summary of its last vulnerability scan).
     Get { name: String },
+    /// Scan the image's packages against the loaded vulnerability database (runs again
+    /// each time) and show the findings.
+    #[command(
+        after_help = "Examples:\n  nimbus image scan app:1.0\n  nimbus image scan app:1.0 --output json\nNeeds a database: `nimbus vulndb import FILE.zip` (an administrator)."
+    )]
+    Scan { name: String },
     /// Delete an image no instance uses.
     #[command(alias = "delete")]
     Rm { name: String },
@@ -262,9 +268,32 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             let i: Image = client
                 .get(&format!("/v1/projects/{p}/images/{name}"))
                 .await?;
+            let scan = client
+                .get::<ImageScan>(&format!("/v1/projects/{p}/images/{name}/scan"))
+                .await
+                .ok();
             print(g, &i, || {
-                rows(std::slice::from_ref(&i)) + &platforms_line(&i)
+                let summary = match &scan {
+                    Some(s) => crate::cmd::vulns::scan_summary(&s.status),
+                    None => {
+                        format!("vulnerabilities: not scanned (run `nimbus image scan {name}`)")
+                    }
+                };
+                format!(
+                    "{}{}\n{summary}",
+                    rows(std::slice::from_ref(&i)),
+                    platforms_line(&i)
+                )
             })
+        }
+        ImageCmd::Scan { name } => {
+            let scan: ImageScan = client
+                .post(
+                    &format!("/v1/projects/{p}/images/{name}/scan"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            print(g, &scan, || crate::cmd::vulns::scan_text(&scan))
         }
         ImageCmd::Rm { name } => {
             client

@@ -15,4 +15,5 @@ pub mod up;
 pub mod usage;
 pub mod volume;
 pub mod volume_attach;
+pub mod vulns;
 pub mod wait;

@@ -263,6 +263,11 @@ pub async fn delete(
             crate::usage::image_deleted(&image)?,
         )
         .await?;
+    if let Err(e) =
+        crate::vulnscan::forget_scan_if_unused(&state, &project, &image.status.digest).await
+    {
+        tracing::warn!(error = %e.0, image = %name, "the image's scan record was not removed");
+    }
     if let Err(e) = collect_garbage(
         &state.repo,
         state.images.clone(),

@@ -8,6 +8,7 @@ pub mod host_join;
 pub mod hostio_tickets;
 pub mod hosts;
 pub mod image_blobs;
+pub mod image_scans;
 pub mod images;
 pub mod instances;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod networks;
 pub mod objects;
 pub mod openapi;
 pub mod params;
+pub mod policy;
 pub mod projects;
 pub mod secgroups;
 pub mod servers;
@@ -23,6 +25,7 @@ pub mod usage;
 pub mod users;
 pub mod volume_attach;
 pub mod volumes;
+pub mod vulndb;
 pub mod watch;
 
 use std::sync::Arc;
@@ -46,6 +49,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(images::list).post(images::import),
         )
         .layer(DefaultBodyLimit::max(image_limit));
+    let vulndb_upload = Router::new()
+        .route("/v1/vulndb", get(vulndb::get).post(vulndb::import))
+        .layer(DefaultBodyLimit::max(vulndb::MAX_VULNDB_UPLOAD_BYTES));
     let api = Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics::scrape))
@@ -106,6 +112,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/projects/{project}/images/{name}",
             get(images::get).delete(images::delete),
         )
+        .route(
+            "/v1/projects/{project}/images/{name}/scan",
+            get(image_scans::get).post(image_scans::scan),
+        )
+        .route(
+            "/v1/projects/{project}/policy",
+            get(policy::get).put(policy::set),
+        )
+        .merge(vulndb_upload)
         .route(
             "/v1/projects/{project}/images/{name}/blobs/{digest}",
             get(image_blobs::get),

@@ -11,9 +11,9 @@ use utoipa::openapi::{Content, Ref, RefOr, Response};
 use utoipa::OpenApi;
 
 use super::{
-    addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, images, instances,
-    metrics, network_peers, networks, objects, projects, secgroups, servers, usage, users,
-    volume_attach, volumes,
+    addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, image_scans, images,
+    instances, metrics, network_peers, networks, objects, policy, projects, secgroups, servers,
+    usage, users, volume_attach, volumes, vulndb,
 };
 
 #[derive(OpenApi)]
@@ -45,6 +45,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         volumes::list, volumes::list_all, volumes::get, volumes::create, volumes::delete,
         volumes::resize, volumes::create_snapshot, volumes::delete_snapshot, volumes::report_status,
         volume_attach::attach, volume_attach::detach,
+        vulndb::get, vulndb::import, image_scans::scan, image_scans::get, policy::get, policy::set,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

@@ -237,13 +237,19 @@ async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
                 key: kv.key.clone(),
             }),
     );
+    // Scans and the launch policy: a later project of the same name must
+    // not inherit a policy it never set.
+    for prefix in crate::vulnscan::project_key_prefixes(project) {
+        let kvs = repo.store.list(&prefix, None, 0).await?.kvs;
+        ops.extend(kvs.into_iter().map(|kv| Op::Delete { key: kv.key }));
+    }
     if ops.is_empty() {
         return Ok(());
     }
     tracing::info!(
         project,
         keys = ops.len(),
-        "removing orphaned address and host-port keys of a deleted project"
+        "removing the address, host-port, scan and policy keys of a deleted project"
     );
     repo.store
         .txn(Txn {

@@ -204,6 +204,7 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
             .collect();
         let imported = nimbus_image::ImportedImage::from_api(&image.status);
         domain::check_image_platform(&spec.image, &imported, &architectures)?;
+        crate::vulnscan::policy::enforce_launch_policy(state, project, image).await?;
     }
     Ok(image_id)
 }
