@@ -15,6 +15,7 @@ mod error;
 mod fetched;
 mod gc;
 mod oci;
+mod pushed;
 mod safe_fs;
 mod stream;
 #[doc(hidden)]
@@ -32,6 +33,10 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use fetched::check_digest;
 pub use gc::GcReport;
+pub use pushed::{
+    manifest_references, ManifestRefs, PushError, Reference, MAX_MANIFEST_BYTES, MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -270,6 +275,21 @@ impl ImageStore {
         archive: &oci::OciArchive,
     ) -> Result<ImportedImage, ImageError> {
         let resolved = archive.resolve()?;
+        self.commit_resolved(staging, &resolved, &|hex, dest| {
+            archive.copy_blob(hex, dest)
+        })
+    }
+
+    /// Stores a resolved image: its manifest, config and layer blobs (those not
+    /// stored yet are copied into `staging` by `copy_blob(hex, dest)`), and its
+    /// layers unpacked, each verified, then all committed. Shared by archive
+    /// imports and registry pushes (whose blobs are all stored already).
+    fn commit_resolved(
+        &self,
+        staging: &Staging,
+        resolved: &oci::ResolvedImage,
+        copy_blob: &dyn Fn(&str, &Path) -> Result<(), ImageError>,
+    ) -> Result<ImportedImage, ImageError> {
         let staged_blobs = staging.path.join("blobs");
         std::fs::create_dir(&staged_blobs)
             .map_err(|e| ImageError::io("create staging directory", &staged_blobs, e))?;
@@ -299,7 +319,7 @@ impl ImageStore {
                 self.blobs.path(hex)
             } else {
                 let path = staged_blobs.join(hex);
-                archive.copy_blob(hex, &path)?;
+                copy_blob(hex, &path)?;
                 new_blobs.push((path.clone(), hex.clone()));
                 path
             };
@@ -375,7 +395,21 @@ impl ImageStore {
 
     /// Removes blobs and layer dirs that none of `keep` references.
     pub fn gc(&self, keep: &[ImportedImage]) -> Result<GcReport, ImageError> {
-        let keep = gc::KeepSet::imported(&self.blobs, keep)?;
+        self.gc_keeping(keep, &[])
+    }
+
+    /// [`ImageStore::gc`] that also keeps the blobs `also_keep` names (a
+    /// registry's pushed blobs and manifests that no image uses yet).
+    pub fn gc_keeping(
+        &self,
+        keep: &[ImportedImage],
+        also_keep: &[String],
+    ) -> Result<GcReport, ImageError> {
+        let mut keep = gc::KeepSet::imported(&self.blobs, keep)?;
+        for digest in also_keep {
+            keep.blobs
+                .insert(digest_hex(digest, "blob to keep")?.to_string());
+        }
         gc::collect(
             &self.blobs,
             &self.layers_dir,

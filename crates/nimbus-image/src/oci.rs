@@ -54,6 +54,17 @@ pub(crate) struct Descriptor {
     platform: Option<Platform>,
 }
 
+impl Descriptor {
+    pub(crate) fn new(media_type: &str, digest: &str, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 struct Platform {
     #[serde(default)]
@@ -368,97 +379,132 @@ impl OciArchive {
     pub(crate) fn resolve(&self) -> Result<ResolvedImage, ImageError> {
         let _: OciLayout = parse_json("oci-layout", &self.oci_layout)?;
         let index: Index = parse_json("index.json", &self.index_json)?;
-        let mut descriptor = choose_manifest(&index.manifests, "index.json")?;
-        let mut referenced_by = "index.json".to_string();
-        for _ in 0..=MAX_INDEX_DEPTH {
-            let (hex, data) = self.read_json_blob(&descriptor, &referenced_by)?;
-            let what = format!("manifest {}", digest_from_hex(&hex));
-            let media_type = effective_media_type(&descriptor, &data);
-            if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
-                let label = format!("image index {}", digest_from_hex(&hex));
-                let nested: Index = parse_json(&label, &data)?;
-                descriptor = choose_manifest(&nested.manifests, &label)?;
-                referenced_by = label;
-                continue;
-            }
-            if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
-                return Err(ImageError::UnsupportedMediaType { what, media_type });
-            }
-            let manifest: Manifest = parse_json(&what, &data)?;
-            return self.resolve_manifest(hex, data, manifest, &what);
-        }
-        Err(ImageError::InvalidOci {
-            reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
-        })
+        let descriptor = choose_manifest(&index.manifests, "index.json")?;
+        resolve_descriptor(self, descriptor, "index.json".to_string())
+    }
+}
+
+/// Where the documents and blobs of an image are read from while resolving it: an
+/// uploaded archive, or the store's own blob directory (a registry push).
+pub(crate) trait BlobSource {
+    /// The hex digest of the blob `desc` names, checked present with its size.
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError>;
+    /// A small blob (index, manifest, config), read whole and verified.
+    fn read_json_blob(
+        &self,
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError>;
+}
+
+impl BlobSource for OciArchive {
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError> {
+        self.locate(desc, referenced_by).map(|(hex, _)| hex)
     }
 
-    fn resolve_manifest(
+    fn read_json_blob(
         &self,
-        manifest_hex: String,
-        manifest_bytes: Vec<u8>,
-        manifest: Manifest,
-        what: &str,
-    ) -> Result<ResolvedImage, ImageError> {
-        if let Some(media_type) = &manifest.media_type {
-            if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
-                return Err(ImageError::UnsupportedMediaType {
-                    what: what.to_string(),
-                    media_type: media_type.clone(),
-                });
-            }
-        }
-        let config_desc = &manifest.config;
-        if !CONFIG_MEDIA_TYPES.contains(&config_desc.media_type.as_str()) {
-            return Err(ImageError::UnsupportedMediaType {
-                what: format!("config {} of {what}", config_desc.digest),
-                media_type: config_desc.media_type.clone(),
-            });
-        }
-        let (config_hex, config_bytes) = self.read_json_blob(config_desc, what)?;
-        let config: ConfigFile = parse_json(
-            &format!("config {}", digest_from_hex(&config_hex)),
-            &config_bytes,
-        )?;
-        if !config.os.is_empty() && config.os != "linux" {
-            return Err(ImageError::InvalidOci {
-                reason: format!("the image is for os `{}`, not linux", config.os),
-            });
-        }
-        if manifest.layers.is_empty() {
-            return Err(ImageError::InvalidOci {
-                reason: format!("{what} lists no layers"),
-            });
-        }
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for layer in &manifest.layers {
-            if !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
-                return Err(ImageError::UnsupportedMediaType {
-                    what: format!("layer {} of {what}", layer.digest),
-                    media_type: layer.media_type.clone(),
-                });
-            }
-            let (hex, _) = self.locate(layer, what)?;
-            layers.push(hex);
-        }
-        let diff_ids = config.diff_ids();
-        if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
-            return Err(ImageError::InvalidOci {
-                reason: format!(
-                    "config lists {} diff_ids but {what} has {} layers",
-                    diff_ids.len(),
-                    layers.len()
-                ),
-            });
-        }
-        Ok(ResolvedImage {
-            manifest_hex,
-            manifest_bytes,
-            config_hex,
-            config_bytes,
-            config,
-            layers,
-        })
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError> {
+        OciArchive::read_json_blob(self, desc, referenced_by)
     }
+}
+
+/// Follows `descriptor` through image indexes (choosing linux/amd64) to one manifest,
+/// and verifies that manifest and its config.
+pub(crate) fn resolve_descriptor(
+    source: &dyn BlobSource,
+    mut descriptor: Descriptor,
+    mut referenced_by: String,
+) -> Result<ResolvedImage, ImageError> {
+    for _ in 0..=MAX_INDEX_DEPTH {
+        let (hex, data) = source.read_json_blob(&descriptor, &referenced_by)?;
+        let what = format!("manifest {}", digest_from_hex(&hex));
+        let media_type = effective_media_type(&descriptor, &data);
+        if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
+            let label = format!("image index {}", digest_from_hex(&hex));
+            let nested: Index = parse_json(&label, &data)?;
+            descriptor = choose_manifest(&nested.manifests, &label)?;
+            referenced_by = label;
+            continue;
+        }
+        if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
+            return Err(ImageError::UnsupportedMediaType { what, media_type });
+        }
+        let manifest: Manifest = parse_json(&what, &data)?;
+        return resolve_manifest(source, hex, data, manifest, &what);
+    }
+    Err(ImageError::InvalidOci {
+        reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
+    })
+}
+
+fn resolve_manifest(
+    source: &dyn BlobSource,
+    manifest_hex: String,
+    manifest_bytes: Vec<u8>,
+    manifest: Manifest,
+    what: &str,
+) -> Result<ResolvedImage, ImageError> {
+    if let Some(media_type) = &manifest.media_type {
+        if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
+            return Err(ImageError::UnsupportedMediaType {
+                what: what.to_string(),
+                media_type: media_type.clone(),
+            });
+        }
+    }
+    let config_desc = &manifest.config;
+    if !CONFIG_MEDIA_TYPES.contains(&config_desc.media_type.as_str()) {
+        return Err(ImageError::UnsupportedMediaType {
+            what: format!("config {} of {what}", config_desc.digest),
+            media_type: config_desc.media_type.clone(),
+        });
+    }
+    let (config_hex, config_bytes) = source.read_json_blob(config_desc, what)?;
+    let config: ConfigFile = parse_json(
+        &format!("config {}", digest_from_hex(&config_hex)),
+        &config_bytes,
+    )?;
+    if !config.os.is_empty() && config.os != "linux" {
+        return Err(ImageError::InvalidOci {
+            reason: format!("the image is for os `{}`, not linux", config.os),
+        });
+    }
+    if manifest.layers.is_empty() {
+        return Err(ImageError::InvalidOci {
+            reason: format!("{what} lists no layers"),
+        });
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for layer in &manifest.layers {
+        if !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
+            return Err(ImageError::UnsupportedMediaType {
+                what: format!("layer {} of {what}", layer.digest),
+                media_type: layer.media_type.clone(),
+            });
+        }
+        layers.push(source.locate_hex(layer, what)?);
+    }
+    let diff_ids = config.diff_ids();
+    if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
+        return Err(ImageError::InvalidOci {
+            reason: format!(
+                "config lists {} diff_ids but {what} has {} layers",
+                diff_ids.len(),
+                layers.len()
+            ),
+        });
+    }
+    Ok(ResolvedImage {
+        manifest_hex,
+        manifest_bytes,
+        config_hex,
+        config_bytes,
+        config,
+        layers,
+    })
 }
 
 pub(crate) fn verify_digest(

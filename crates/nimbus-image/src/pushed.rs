@@ -1,0 +1,599 @@
+//! Images pushed to the registry piece by piece: blob uploads staged under `tmp/`
+//! until their digest is checked, manifests checked for what they reference, and
+//! an image built from a pushed manifest whose blobs are already in `blobs/`.
+//!
+//! Nothing here knows about repositories, projects or HTTP: the caller decides
+//! who may touch which upload and which blobs a repository may reference.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::blob::{self, digest_from_hex, digest_hex, CopyError, HashingReader};
+use crate::error::ImageError;
+use crate::oci::{self, BlobSource, Descriptor, MAX_METADATA_BYTES};
+use crate::{ImageStore, ImportedImage, Staging};
+
+/// The four manifest kinds the registry accepts.
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Largest manifest accepted (the distribution spec suggests 4 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = MAX_METADATA_BYTES;
+
+/// Why a pushed blob or manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(
+        "upload {id} is unknown or was closed; start a new one with POST /v2/<name>/blobs/uploads/"
+    )]
+    UploadUnknown { id: String },
+
+    #[error(
+        "upload {id} would hold more than {limit} bytes, the image store's limit \
+         (--max-image-bytes); nothing was kept"
+    )]
+    TooLarge { id: String, limit: u64 },
+
+    #[error(
+        "upload {id} has {actual} bytes, but the chunk starts at byte {start}; resume from \
+         the offset GET on the upload reports"
+    )]
+    OutOfOrder { id: String, start: u64, actual: u64 },
+
+    #[error(
+        "the uploaded bytes hash to {actual} ({size} bytes), not to {expected} as the \
+         client declared; nothing was kept, upload the blob again"
+    )]
+    DigestMismatch {
+        expected: String,
+        actual: String,
+        size: u64,
+    },
+
+    #[error("manifest is invalid: {reason}")]
+    ManifestInvalid { reason: String },
+
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+/// A descriptor a manifest holds: what it names, and the size it claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What a pushed manifest is, and what must exist before it may be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestRefs {
+    pub media_type: String,
+    /// Config and layers (of an image manifest).
+    pub blobs: Vec<Reference>,
+    /// Child manifests (of an index).
+    pub manifests: Vec<Reference>,
+}
+
+impl ManifestRefs {
+    pub fn is_index(&self) -> bool {
+        self.media_type == MEDIA_OCI_INDEX || self.media_type == MEDIA_DOCKER_LIST
+    }
+}
+
+#[derive(Deserialize)]
+struct AnyManifest {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<u32>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+fn invalid(reason: impl Into<String>) -> PushError {
+    PushError::ManifestInvalid {
+        reason: reason.into(),
+    }
+}
+
+/// Parses a pushed manifest sent with `content_type` and lists what it references.
+/// The bytes are kept as they are; this only reads them.
+pub fn manifest_references(bytes: &[u8], content_type: &str) -> Result<ManifestRefs, PushError> {
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!(
+            "it is {} bytes, more than the {MAX_MANIFEST_BYTES}-byte limit",
+            bytes.len()
+        )));
+    }
+    let doc: AnyManifest = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("not a JSON manifest or index: {e}")))?;
+    if doc.schema_version != Some(2) {
+        return Err(invalid(
+            "schemaVersion must be 2 (Docker schema 1 manifests are not supported)",
+        ));
+    }
+    let media_type = effective_type(content_type, doc.media_type.as_deref(), &doc)?;
+    let refs = |list: &[Descriptor]| -> Result<Vec<Reference>, PushError> {
+        list.iter()
+            .map(|d| {
+                digest_hex(&d.digest, "descriptor")
+                    .map_err(|e| invalid(e.to_string()))
+                    .map(|_| Reference {
+                        digest: d.digest.clone(),
+                        size: d.size,
+                    })
+            })
+            .collect()
+    };
+    let mut out = ManifestRefs {
+        media_type,
+        blobs: Vec::new(),
+        manifests: Vec::new(),
+    };
+    if out.is_index() {
+        let list = doc
+            .manifests
+            .ok_or_else(|| invalid("an image index needs a `manifests` list"))?;
+        out.manifests = refs(&list)?;
+    } else {
+        let config = doc
+            .config
+            .ok_or_else(|| invalid("an image manifest needs a `config` descriptor"))?;
+        let layers = doc.layers.unwrap_or_default();
+        out.blobs = refs(std::slice::from_ref(&config))?;
+        out.blobs.extend(refs(&layers)?);
+    }
+    Ok(out)
+}
+
+/// The manifest kind from the request's `Content-Type`, the document's own
+/// `mediaType`, or (neither given) its shape; the two must agree when both are set.
+fn effective_type(
+    content_type: &str,
+    declared: Option<&str>,
+    doc: &AnyManifest,
+) -> Result<String, PushError> {
+    let known = [
+        MEDIA_OCI_MANIFEST,
+        MEDIA_OCI_INDEX,
+        MEDIA_DOCKER_MANIFEST,
+        MEDIA_DOCKER_LIST,
+    ];
+    let header = content_type.split(';').next().unwrap_or("").trim();
+    let header = (!header.is_empty() && known.contains(&header)).then_some(header);
+    let declared = declared.filter(|d| !d.is_empty());
+    let chosen = match (header, declared) {
+        (Some(h), Some(d)) if h != d => {
+            return Err(invalid(format!(
+                "Content-Type is {h} but the document's mediaType is {d}; send them alike"
+            )))
+        }
+        (Some(h), _) => h.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) if doc.manifests.is_some() => MEDIA_OCI_INDEX.to_string(),
+        (None, None) => MEDIA_OCI_MANIFEST.to_string(),
+    };
+    if !known.contains(&chosen.as_str()) {
+        return Err(invalid(format!(
+            "media type {chosen} is not an OCI or Docker v2 image manifest or index"
+        )));
+    }
+    Ok(chosen)
+}
+
+/// Blobs read straight from the store's `blobs/` while resolving a pushed image.
+struct StoredBlobs<'a> {
+    store: &'a ImageStore,
+}
+
+impl BlobSource for StoredBlobs<'_> {
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError> {
+        let hex = digest_hex(&desc.digest, referenced_by)?;
+        let path = self.store.blobs.path(hex);
+        let size = std::fs::metadata(&path)
+            .map_err(|_| ImageError::MissingBlob {
+                digest: desc.digest.clone(),
+                referenced_by: referenced_by.to_string(),
+            })?
+            .len();
+        if size != desc.size {
+            return Err(ImageError::SizeMismatch {
+                what: format!("blob {} referenced by {referenced_by}", desc.digest),
+                expected: desc.size,
+                actual: size,
+            });
+        }
+        Ok(hex.to_string())
+    }
+
+    fn read_json_blob(
+        &self,
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError> {
+        let hex = self.locate_hex(desc, referenced_by)?;
+        let data = self.store.blobs.read_small(&hex, MAX_METADATA_BYTES)?;
+        oci::verify_digest(
+            &format!("stored blob {}", desc.digest),
+            &hex,
+            &blob::sha256_hex(&data),
+        )?;
+        Ok((hex, data))
+    }
+}
+
+impl ImageStore {
+    /// The limits the store enforces (an upload may not exceed `max_archive_bytes`).
+    pub fn limits(&self) -> &crate::Limits {
+        &self.limits
+    }
+
+    /// The size of a stored blob, `None` if it is not stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, ImageError> {
+        let hex = digest_hex(digest, "blob digest")?;
+        match std::fs::metadata(self.blobs.path(hex)) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ImageError::io("read size of blob", self.blobs.path(hex), e)),
+        }
+    }
+
+    /// Stores a manifest's exact bytes as a blob; returns its digest.
+    pub fn store_manifest(&self, bytes: &[u8]) -> Result<String, ImageError> {
+        let hex = blob::sha256_hex(bytes);
+        if !self.blobs.contains(&hex) {
+            let staging = Staging::create(&self.tmp_dir, "manifest")?;
+            let path = staging.path.join("manifest");
+            blob::write_new_file(&path, bytes)
+                .map_err(|e| ImageError::io("write staged manifest", &path, e))?;
+            self.blobs.commit(&path, &hex)?;
+        }
+        Ok(digest_from_hex(&hex))
+    }
+
+    /// Reads a stored manifest's bytes.
+    pub fn read_manifest(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let hex = digest_hex(digest, "manifest digest")?;
+        self.blobs.read_small(hex, MAX_MANIFEST_BYTES)
+    }
+
+    /// Builds the image a pushed manifest (or an index's linux/amd64 entry)
+    /// describes from blobs already stored, unpacking its layers as an import
+    /// does (which also stores the image manifest's bytes). Nothing is stored on
+    /// error.
+    pub fn image_from_manifest(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<ImportedImage, ImageError> {
+        let staging = Staging::create(&self.tmp_dir, "pushed")?;
+        let hex = blob::sha256_hex(bytes);
+        let source = PushedManifest {
+            stored: StoredBlobs { store: self },
+            hex: hex.clone(),
+            bytes,
+        };
+        let descriptor = Descriptor::new(media_type, &digest_from_hex(&hex), bytes.len() as u64);
+        let resolved = oci::resolve_descriptor(&source, descriptor, "the pushed tag".into())?;
+        self.commit_resolved(&staging, &resolved, &|hex, _| {
+            Err(ImageError::MissingBlob {
+                digest: digest_from_hex(hex),
+                referenced_by: "the pushed manifest".to_string(),
+            })
+        })
+    }
+
+    // ---------------------------------------------------------------- uploads
+
+    fn upload_dir(&self, id: &str) -> Result<PathBuf, PushError> {
+        let well_formed = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        let dir = self.tmp_dir.join(format!("upload-{id}"));
+        if !well_formed || !dir.is_dir() {
+            return Err(PushError::UploadUnknown { id: id.to_string() });
+        }
+        Ok(dir)
+    }
+
+    /// Opens an upload session `id` (letters, digits, `-`) for `owner`, an opaque
+    /// label the caller checks on every later call.
+    pub fn upload_start(&self, id: &str, owner: &str) -> Result<(), PushError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(PushError::UploadUnknown { id: id.to_string() });
+        }
+        let dir = self.tmp_dir.join(format!("upload-{id}"));
+        std::fs::create_dir(&dir).map_err(|e| ImageError::io("create upload", &dir, e))?;
+        let write = |name: &str, data: &[u8]| {
+            blob::write_new_file(&dir.join(name), data)
+                .map_err(|e| ImageError::io("create upload", dir.join(name), e))
+        };
+        write("owner", owner.as_bytes())?;
+        write("data", b"")?;
+        Ok(())
+    }
+
+    /// Who opened upload `id`.
+    pub fn upload_owner(&self, id: &str) -> Result<String, PushError> {
+        let path = self.upload_dir(id)?.join("owner");
+        std::fs::read_to_string(&path).map_err(|_| PushError::UploadUnknown { id: id.to_string() })
+    }
+
+    /// Bytes received so far.
+    pub fn upload_size(&self, id: &str) -> Result<u64, PushError> {
+        let path = self.upload_dir(id)?.join("data");
+        Ok(std::fs::metadata(&path)
+            .map_err(|e| ImageError::io("read size of upload", &path, e))?
+            .len())
+    }
+
+    /// Appends `reader` to upload `id`; `start`, when given, must equal the bytes
+    /// already received. Returns the new total. Past the store's size limit the
+    /// upload is cancelled.
+    pub fn upload_append(
+        &self,
+        id: &str,
+        start: Option<u64>,
+        reader: &mut dyn Read,
+    ) -> Result<u64, PushError> {
+        let path = self.upload_dir(id)?.join("data");
+        let have = self.upload_size(id)?;
+        if let Some(start) = start.filter(|s| *s != have) {
+            return Err(PushError::OutOfOrder {
+                id: id.to_string(),
+                start,
+                actual: have,
+            });
+        }
+        let limit = self.limits.max_archive_bytes;
+        let mut file = File::options()
+            .append(true)
+            .open(&path)
+            .map_err(|e| ImageError::io("open upload", &path, e))?;
+        let mut total = have;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ImageError::ReadArchive { source: e }.into()),
+            };
+            total += n as u64;
+            if total > limit {
+                drop(file);
+                self.upload_cancel(id)?;
+                return Err(PushError::TooLarge {
+                    id: id.to_string(),
+                    limit,
+                });
+            }
+            file.write_all(&buf[..n])
+                .map_err(|e| ImageError::io("write upload", &path, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| ImageError::io("sync upload", &path, e))?;
+        Ok(total)
+    }
+
+    /// Closes upload `id`: its bytes must hash to `digest`, then they become
+    /// that blob. On a mismatch the upload is removed and nothing is kept.
+    /// Returns the blob's size.
+    pub fn upload_finish(&self, id: &str, digest: &str) -> Result<u64, PushError> {
+        let hex = digest_hex(digest, "upload digest")?.to_string();
+        let dir = self.upload_dir(id)?;
+        let path = dir.join("data");
+        let file = File::open(&path).map_err(|e| ImageError::io("open upload", &path, e))?;
+        let (actual, size) = HashingReader::new(file)
+            .finish()
+            .map_err(|e| ImageError::io("read upload", &path, e))?;
+        if actual != hex {
+            self.upload_cancel(id)?;
+            return Err(PushError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: digest_from_hex(&actual),
+                size,
+            });
+        }
+        if !self.blobs.contains(&hex) {
+            self.blobs.commit(&path, &hex)?;
+        }
+        self.upload_cancel(id)?;
+        tracing::info!(digest, bytes = size, "pushed blob stored");
+        Ok(size)
+    }
+
+    /// Removes upload `id` and what it received.
+    pub fn upload_cancel(&self, id: &str) -> Result<(), PushError> {
+        let dir = self.upload_dir(id)?;
+        crate::remove_any(&dir).map_err(|e| ImageError::io("remove upload", &dir, e))?;
+        Ok(())
+    }
+
+    /// Stores a whole blob sent in one request (a monolithic upload), checked
+    /// against `digest` and the size limit like [`ImageStore::add_blob`].
+    pub fn push_blob(&self, digest: &str, reader: &mut dyn Read) -> Result<u64, PushError> {
+        let hex = digest_hex(digest, "upload digest")?.to_string();
+        let staging = Staging::create(&self.tmp_dir, "push")?;
+        let path = staging.path.join("blob");
+        let limit = self.limits.max_archive_bytes;
+        let (actual, size) = blob::copy_hashed_to_new_file(reader, &path, limit, &mut |_| {})
+            .map_err(|e| match e {
+                CopyError::Read(source) => PushError::Image(ImageError::ReadArchive { source }),
+                CopyError::Write(e) => PushError::Image(ImageError::io("write blob", &path, e)),
+                CopyError::TooLarge => PushError::TooLarge {
+                    id: "(monolithic)".into(),
+                    limit,
+                },
+            })?;
+        if actual != hex {
+            return Err(PushError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: digest_from_hex(&actual),
+                size,
+            });
+        }
+        if !self.blobs.contains(&hex) {
+            self.blobs.commit(&path, &hex)?;
+        }
+        Ok(size)
+    }
+}
+
+/// The pushed manifest (not stored yet) in front of the stored blobs.
+struct PushedManifest<'a> {
+    stored: StoredBlobs<'a>,
+    hex: String,
+    bytes: &'a [u8],
+}
+
+impl BlobSource for PushedManifest<'_> {
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError> {
+        self.stored.locate_hex(desc, referenced_by)
+    }
+
+    fn read_json_blob(
+        &self,
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError> {
+        if digest_hex(&desc.digest, referenced_by)? == self.hex {
+            return Ok((self.hex.clone(), self.bytes.to_vec()));
+        }
+        self.stored.read_json_blob(desc, referenced_by)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+
+    fn store(limit: u64) -> (tempfile::TempDir, ImageStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_archive_bytes: limit,
+            ..Limits::default()
+        };
+        let store = ImageStore::open(dir.path(), limits).unwrap();
+        (dir, store)
+    }
+
+    fn entries(store: &ImageStore, sub: &str) -> usize {
+        std::fs::read_dir(store.root().join(sub)).unwrap().count()
+    }
+
+    #[test]
+    fn chunks_in_order_become_a_blob_and_a_mismatch_keeps_nothing() {
+        let (_d, store) = store(1 << 20);
+        store.upload_start("ab-1", "ops/app").unwrap();
+        assert_eq!(store.upload_owner("ab-1").unwrap(), "ops/app");
+        assert_eq!(
+            store
+                .upload_append("ab-1", Some(0), &mut &b"hello "[..])
+                .unwrap(),
+            6
+        );
+        let err = store
+            .upload_append("ab-1", Some(2), &mut &b"x"[..])
+            .unwrap_err();
+        assert!(
+            matches!(err, PushError::OutOfOrder { actual: 6, .. }),
+            "{err}"
+        );
+        store
+            .upload_append("ab-1", None, &mut &b"world"[..])
+            .unwrap();
+        let digest = format!("sha256:{}", blob::sha256_hex(b"hello world"));
+        assert_eq!(store.upload_finish("ab-1", &digest).unwrap(), 11);
+        assert_eq!(store.blob_size(&digest).unwrap(), Some(11));
+        assert!(matches!(
+            store.upload_size("ab-1"),
+            Err(PushError::UploadUnknown { .. })
+        ));
+
+        store.upload_start("cd", "ops/app").unwrap();
+        store.upload_append("cd", None, &mut &b"other"[..]).unwrap();
+        let wanted = format!("sha256:{}", blob::sha256_hex(b"not that"));
+        let err = store.upload_finish("cd", &wanted).unwrap_err();
+        assert!(matches!(err, PushError::DigestMismatch { .. }), "{err}");
+        assert_eq!(store.blob_size(&wanted).unwrap(), None);
+        assert_eq!(entries(&store, "tmp"), 0);
+        assert_eq!(entries(&store, "blobs/sha256"), 1);
+    }
+
+    #[test]
+    fn an_upload_past_the_limit_is_dropped_and_bad_ids_name_nothing() {
+        let (_d, store) = store(10);
+        store.upload_start("ee", "p/r").unwrap();
+        let err = store
+            .upload_append("ee", None, &mut &[0u8; 11][..])
+            .unwrap_err();
+        assert!(
+            matches!(err, PushError::TooLarge { limit: 10, .. }),
+            "{err}"
+        );
+        assert_eq!(entries(&store, "tmp"), 0);
+        for bad in ["../x", "", "zz"] {
+            assert!(store.upload_size(bad).is_err());
+        }
+        assert!(store.upload_start("../x", "p").is_err());
+        let err = store
+            .push_blob(&format!("sha256:{}", "a".repeat(64)), &mut &[1u8; 11][..])
+            .unwrap_err();
+        assert!(matches!(err, PushError::TooLarge { .. }), "{err}");
+        assert_eq!(entries(&store, "blobs/sha256"), 0);
+    }
+
+    #[test]
+    fn manifest_references_list_blobs_or_children_and_refuse_nonsense() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_OCI_MANIFEST}","config":{{"mediaType":"x","digest":"{}","size":3}},"layers":[{{"mediaType":"y","digest":"{}","size":5}}]}}"#,
+            d('a'),
+            d('b')
+        );
+        let refs = manifest_references(manifest.as_bytes(), MEDIA_OCI_MANIFEST).unwrap();
+        assert_eq!(refs.blobs.len(), 2);
+        assert_eq!(refs.blobs[1].size, 5);
+        assert!(!refs.is_index());
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MEDIA_OCI_MANIFEST}","digest":"{}","size":9}}]}}"#,
+            d('c')
+        );
+        let refs = manifest_references(index.as_bytes(), "").unwrap();
+        assert!(refs.is_index());
+        assert_eq!(refs.manifests[0].digest, d('c'));
+        for (body, ct) in [
+            ("not json", MEDIA_OCI_MANIFEST),
+            (r#"{"schemaVersion":1}"#, MEDIA_OCI_MANIFEST),
+            (manifest.as_str(), MEDIA_DOCKER_MANIFEST),
+            (
+                r#"{"schemaVersion":2,"config":{"digest":"sha256:../x","size":1}}"#,
+                "",
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"text/plain","config":{"digest":"x","size":1}}"#,
+                "",
+            ),
+        ] {
+            assert!(
+                matches!(
+                    manifest_references(body.as_bytes(), ct),
+                    Err(PushError::ManifestInvalid { .. })
+                ),
+                "{body} accepted"
+            );
+        }
+    }
+}
