@@ -65,9 +65,18 @@ pub struct ImportQuery {
 }
 
 /// Reads the uploaded body on the blocking side of a channel.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
     current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>) -> Self {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {
@@ -158,10 +167,7 @@ pub async fn import(
     let images = state.images.clone();
     let display_name = q.name.clone();
     let importer = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: bytes::Bytes::new(),
-        };
+        let reader = ChannelReader::new(rx);
         match kind {
             Kind::Archive => images.import(reader, &mut |_| {}),
             Kind::Disk(format) => images.import_disk(reader, &display_name, format),
@@ -276,7 +282,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes the blobs and layers no image of any project references.
+/// Removes the blobs and layers no image of any project and no registry
+/// repository references.
 ///
 /// The keep-list is read under the exclusive image lock: an import holds
 /// the lock shared until its image record is stored, so every import has
@@ -296,7 +303,10 @@ pub(crate) async fn collect_garbage(
         .iter()
         .map(|i| ImportedImage::from_api(&i.status))
         .collect();
-    tokio::task::spawn_blocking(move || images.gc(&keep))
+    // Pushed blobs and manifests no image uses (yet) stay while a
+    // repository names them.
+    let pushed = super::registry::records::kept_digests(repo).await?;
+    tokio::task::spawn_blocking(move || images.gc_keeping(&keep, &pushed))
         .await
         .map_err(|e| ApiError::internal(format!("image garbage collection task failed: {e}")))?
         .map_err(|e| ServerError(ApiError::internal(format!("image garbage collection: {e}"))))
