@@ -49,8 +49,14 @@ async fn authenticate_and_run(state: Arc<AppState>, mut req: Request, next: Next
             let resp = e.into_response();
             if mutating {
                 let source = auth::request_source(req.extensions());
-                audit::record_unauthenticated(&state, &source, &method, &path, audit::outcome(&resp))
-                    .await;
+                audit::record_unauthenticated(
+                    &state,
+                    &source,
+                    &method,
+                    &path,
+                    audit::outcome(&resp),
+                )
+                .await;
             }
             return resp;
         }
@@ -104,7 +110,12 @@ async fn caller_of(state: &AppState, header: Option<&str>) -> RegResult<Caller> 
 }
 
 /// Requires a role in the repository's project: reader to pull, member to push.
-pub async fn authorize(state: &AppState, caller: &Caller, name: &RepoName, push: bool) -> RegResult<()> {
+pub async fn authorize(
+    state: &AppState,
+    caller: &Caller,
+    name: &RepoName,
+    push: bool,
+) -> RegResult<()> {
     let min = if push { Role::Member } else { Role::Reader };
     match auth::require_role(&state.repo, caller, &name.project, min).await {
         Ok(_) => Ok(()),
@@ -140,7 +151,10 @@ mod tests {
     #[test]
     fn tokens_come_from_basic_passwords_and_bearer_headers() {
         let basic = base64::engine::general_purpose::STANDARD.encode("anyone:nmb_ab_cd");
-        assert_eq!(token_in(&format!("Basic {basic}")).as_deref(), Some("nmb_ab_cd"));
+        assert_eq!(
+            token_in(&format!("Basic {basic}")).as_deref(),
+            Some("nmb_ab_cd")
+        );
         assert_eq!(token_in("Bearer nmb_x_y ").as_deref(), Some("nmb_x_y"));
         assert_eq!(token_in("Basic !!!"), None);
         let no_colon = base64::engine::general_purpose::STANDARD.encode("nocolon");

@@ -44,7 +44,10 @@ fn parse_range(headers: &HeaderMap, size: u64) -> RegResult<Option<(u64, u64)>> 
     let start: u64 = start.parse().map_err(|_| bad())?;
     let end: u64 = match end {
         "" => size.saturating_sub(1),
-        e => e.parse::<u64>().map_err(|_| bad())?.min(size.saturating_sub(1)),
+        e => e
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .min(size.saturating_sub(1)),
     };
     if start > end || start >= size {
         return Err(bad());
@@ -52,7 +55,12 @@ fn parse_range(headers: &HeaderMap, size: u64) -> RegResult<Option<(u64, u64)>> 
     Ok(Some((start, end)))
 }
 
-pub async fn get(ctx: &Ctx, name: &RepoName, digest: &str, headers: &HeaderMap) -> RegResult<Response> {
+pub async fn get(
+    ctx: &Ctx,
+    name: &RepoName,
+    digest: &str,
+    headers: &HeaderMap,
+) -> RegResult<Response> {
     let repo = records::load_existing(&ctx.state, name).await?;
     if !repo.status.blobs.contains_key(digest) {
         return Err(blob_unknown(name, digest));
@@ -60,7 +68,10 @@ pub async fn get(ctx: &Ctx, name: &RepoName, digest: &str, headers: &HeaderMap) 
     let path = ctx.state.images.blob_path(digest).map_err(|e| {
         RegistryError::new(
             Code::BlobUnknown,
-            format!("blob {digest} is listed in {} but gone from the image store ({e}); push it again", name.full()),
+            format!(
+                "blob {digest} is listed in {} but gone from the image store ({e}); push it again",
+                name.full()
+            ),
         )
     })?;
     let mut file = tokio::fs::File::open(&path)
@@ -80,9 +91,9 @@ pub async fn get(ctx: &Ctx, name: &RepoName, digest: &str, headers: &HeaderMap) 
         None => (StatusCode::OK, size),
         Some((start, end)) => {
             builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| RegistryError::new(Code::Internal, format!("seeking in blob {digest}: {e}")))?;
+            file.seek(SeekFrom::Start(start)).await.map_err(|e| {
+                RegistryError::new(Code::Internal, format!("seeking in blob {digest}: {e}"))
+            })?;
             (StatusCode::PARTIAL_CONTENT, end - start + 1)
         }
     };

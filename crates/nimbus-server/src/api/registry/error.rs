@@ -121,8 +121,10 @@ impl IntoResponse for RegistryError {
         }
         let mut resp = (self.code.status(), axum::Json(self.body())).into_response();
         if self.code == Code::Unauthorized {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
         }
         resp.extensions_mut().insert(self.code.audit_code());
         resp
@@ -167,9 +169,9 @@ fn image_code(e: &ImageError, otherwise: Code) -> Code {
 fn image_error(e: &ImageError, otherwise: Code) -> RegistryError {
     let code = image_code(e, otherwise);
     let message = match code {
-        Code::Unavailable => format!(
-            "{e}; nothing was kept. Free space on the server's image store and push again"
-        ),
+        Code::Unavailable => {
+            format!("{e}; nothing was kept. Free space on the server's image store and push again")
+        }
         _ => e.to_string(),
     };
     RegistryError::new(code, message)

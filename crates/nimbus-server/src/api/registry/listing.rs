@@ -15,10 +15,17 @@ use crate::repo::MAX_PAGE;
 
 /// One page of sorted `names`: after `last`, at most `n`; and the link to
 /// the next page when there is one.
-fn page(names: Vec<String>, query: &HashMap<String, String>, path: &str) -> (Vec<String>, Option<String>) {
+fn page(
+    names: Vec<String>,
+    query: &HashMap<String, String>,
+    path: &str,
+) -> (Vec<String>, Option<String>) {
     let last = query.get("last").cloned().unwrap_or_default();
     let n = query.get("n").and_then(|n| n.parse::<usize>().ok());
-    let mut rest: Vec<String> = names.into_iter().filter(|t| last.is_empty() || *t > last).collect();
+    let mut rest: Vec<String> = names
+        .into_iter()
+        .filter(|t| last.is_empty() || *t > last)
+        .collect();
     let Some(n) = n else {
         return (rest, None);
     };
@@ -39,7 +46,11 @@ fn with_link(body: serde_json::Value, link: Option<String>) -> Response {
     resp
 }
 
-pub async fn tags(ctx: &Ctx, name: &RepoName, query: &HashMap<String, String>) -> RegResult<Response> {
+pub async fn tags(
+    ctx: &Ctx,
+    name: &RepoName,
+    query: &HashMap<String, String>,
+) -> RegResult<Response> {
     let repo = records::load_existing(&ctx.state, name).await?;
     let all: Vec<String> = repo.status.tags.keys().cloned().collect();
     let (tags, link) = page(all, query, &format!("/v2/{}/tags/list", name.full()));
@@ -56,11 +67,23 @@ pub async fn catalog(ctx: &Ctx, query: &HashMap<String, String>) -> RegResult<Re
         let bindings = ctx
             .state
             .repo
-            .list::<RoleBinding>(None, &Default::default(), |b| b.spec.user == ctx.caller.user)
+            .list::<RoleBinding>(None, &Default::default(), |b| {
+                b.spec.user == ctx.caller.user
+            })
             .await?;
-        Some(bindings.items.into_iter().filter_map(|b| b.metadata.project).collect())
+        Some(
+            bindings
+                .items
+                .into_iter()
+                .filter_map(|b| b.metadata.project)
+                .collect(),
+        )
     };
-    let repos = ctx.state.repo.list_every::<Repository>(None, MAX_PAGE).await?;
+    let repos = ctx
+        .state
+        .repo
+        .list_every::<Repository>(None, MAX_PAGE)
+        .await?;
     let mut names: Vec<String> = repos
         .into_iter()
         .filter_map(|r| {
@@ -71,7 +94,10 @@ pub async fn catalog(ctx: &Ctx, query: &HashMap<String, String>) -> RegResult<Re
         .collect();
     names.sort();
     let (repositories, link) = page(names, query, "/v2/_catalog");
-    Ok(with_link(serde_json::json!({"repositories": repositories}), link))
+    Ok(with_link(
+        serde_json::json!({"repositories": repositories}),
+        link,
+    ))
 }
 
 #[cfg(test)]
@@ -82,7 +108,10 @@ mod tests {
     fn pages_start_after_last_and_link_the_next() {
         let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         let (all, link) = page(names.clone(), &q(&[]), "/p");
         assert_eq!(all.len(), 4);

@@ -26,7 +26,11 @@ fn manifest_unknown(name: &RepoName, reference: &str) -> RegistryError {
 }
 
 /// Every blob (with its size) and child manifest `refs` names is in the repository.
-fn check_references(status: &RepositoryStatus, refs: &ManifestRefs, name: &RepoName) -> RegResult<()> {
+fn check_references(
+    status: &RepositoryStatus,
+    refs: &ManifestRefs,
+    name: &RepoName,
+) -> RegResult<()> {
     for blob in &refs.blobs {
         match status.blobs.get(&blob.digest) {
             None => {
@@ -68,15 +72,22 @@ fn check_references(status: &RepositoryStatus, refs: &ManifestRefs, name: &RepoN
 
 /// The image a tagged manifest makes; `None` for what is no runnable
 /// image (a signature, an artifact, an index without linux/amd64).
-async fn build_image(ctx: &Ctx, bytes: &[u8], media_type: &str) -> RegResult<Option<ImportedImage>> {
+async fn build_image(
+    ctx: &Ctx,
+    bytes: &[u8],
+    media_type: &str,
+) -> RegResult<Option<ImportedImage>> {
     let images = ctx.state.images.clone();
     let (bytes, media_type) = (bytes.to_vec(), media_type.to_string());
-    let built = tokio::task::spawn_blocking(move || images.image_from_manifest(&bytes, &media_type))
-        .await
-        .map_err(|e| RegistryError::new(Code::Internal, format!("image task failed: {e}")))?;
+    let built =
+        tokio::task::spawn_blocking(move || images.image_from_manifest(&bytes, &media_type))
+            .await
+            .map_err(|e| RegistryError::new(Code::Internal, format!("image task failed: {e}")))?;
     match built {
         Ok(image) => Ok(Some(image)),
-        Err(e @ (ImageError::UnsupportedMediaType { .. } | ImageError::NoMatchingPlatform { .. })) => {
+        Err(
+            e @ (ImageError::UnsupportedMediaType { .. } | ImageError::NoMatchingPlatform { .. }),
+        ) => {
             tracing::info!(reason = %e, "pushed manifest stored as an artifact, not as an image");
             Ok(None)
         }
@@ -84,7 +95,13 @@ async fn build_image(ctx: &Ctx, bytes: &[u8], media_type: &str) -> RegResult<Opt
     }
 }
 
-pub async fn put(ctx: &Ctx, name: &RepoName, reference: &Reference, headers: &HeaderMap, body: Body) -> RegResult<Response> {
+pub async fn put(
+    ctx: &Ctx,
+    name: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -108,7 +125,10 @@ pub async fn put(ctx: &Ctx, name: &RepoName, reference: &Reference, headers: &He
             ));
         }
     }
-    let existing = records::load(&ctx.state, name).await?.map(|r| r.status).unwrap_or_default();
+    let existing = records::load(&ctx.state, name)
+        .await?
+        .map(|r| r.status)
+        .unwrap_or_default();
     check_references(&existing, &refs, name)?;
     let _pushing = ctx.state.image_lock.read().await;
     let image = match reference {
@@ -142,7 +162,10 @@ pub async fn put(ctx: &Ctx, name: &RepoName, reference: &Reference, headers: &He
     }
     Response::builder()
         .status(StatusCode::CREATED)
-        .header(header::LOCATION, format!("/v2/{}/manifests/{digest}", name.full()))
+        .header(
+            header::LOCATION,
+            format!("/v2/{}/manifests/{digest}", name.full()),
+        )
         .header("docker-content-digest", &digest)
         .header(header::CONTENT_LENGTH, 0)
         .body(Body::empty())

@@ -110,7 +110,9 @@ async fn route(
         (Endpoint::StartUpload(n), &Method::POST) => {
             uploads::start(ctx, n, query, headers, body).await
         }
-        (Endpoint::Upload(n, id), &Method::PATCH) => uploads::patch(ctx, n, id, headers, body).await,
+        (Endpoint::Upload(n, id), &Method::PATCH) => {
+            uploads::patch(ctx, n, id, headers, body).await
+        }
         (Endpoint::Upload(n, id), &Method::PUT) => {
             uploads::close(ctx, n, id, query, headers, body).await
         }

@@ -2,7 +2,9 @@
 //! tag makes: `<path>:<tag>` appears in `nimbus image list` and runs with
 //! `nimbus instance run --image <path>:<tag>`.
 
-use nimbus_api::{ErrorCode, Image, ImageSpec, Instance, ListOptions, Metadata, Repository, RepositoryStatus};
+use nimbus_api::{
+    ErrorCode, Image, ImageSpec, Instance, ListOptions, Metadata, Repository, RepositoryStatus,
+};
 use nimbus_image::ImportedImage;
 
 use super::access::name_unknown;
@@ -59,7 +61,10 @@ where
     }
     Err(RegistryError::new(
         Code::Internal,
-        format!("repository {} is changing too fast to update; retry", name.full()),
+        format!(
+            "repository {} is changing too fast to update; retry",
+            name.full()
+        ),
     ))
 }
 
@@ -97,7 +102,9 @@ pub async fn publish_image(
     metadata
         .labels
         .insert("nimbus.io/format".into(), image.to_api().format);
-    metadata.labels.insert(REGISTRY_LABEL.into(), name.path.clone());
+    metadata
+        .labels
+        .insert(REGISTRY_LABEL.into(), name.path.clone());
     let record = Image {
         metadata,
         spec: ImageSpec {
@@ -121,7 +128,9 @@ pub async fn unpublish_image(state: &AppState, name: &RepoName, tag: &str) -> Re
     };
     let users = state
         .repo
-        .list::<Instance>(project, &ListOptions::default(), |i| i.spec.image == image_name)
+        .list::<Instance>(project, &ListOptions::default(), |i| {
+            i.spec.image == image_name
+        })
         .await?;
     if let Some(i) = users.items.first() {
         return Err(RegistryError::new(

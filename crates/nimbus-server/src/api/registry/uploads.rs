@@ -68,7 +68,10 @@ fn upload_location(name: &RepoName, id: &str) -> String {
 fn created(name: &RepoName, digest: &str) -> RegResult<Response> {
     Response::builder()
         .status(StatusCode::CREATED)
-        .header(header::LOCATION, format!("/v2/{}/blobs/{digest}", name.full()))
+        .header(
+            header::LOCATION,
+            format!("/v2/{}/blobs/{digest}", name.full()),
+        )
         .header("docker-content-digest", digest)
         .header(header::CONTENT_LENGTH, 0)
         .body(Body::empty())
@@ -98,7 +101,13 @@ async fn link(ctx: &Ctx, name: &RepoName, digest: &str, size: u64) -> RegResult<
     .map(drop)
 }
 
-pub async fn start(ctx: &Ctx, name: &RepoName, query: &Query, headers: &HeaderMap, body: Body) -> RegResult<Response> {
+pub async fn start(
+    ctx: &Ctx,
+    name: &RepoName,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<Response> {
     if let (Some(digest), Some(from)) = (query.get("mount"), query.get("from")) {
         if let Some(response) = mount(ctx, name, digest, from).await? {
             return Ok(response);
@@ -123,7 +132,12 @@ pub async fn start(ctx: &Ctx, name: &RepoName, query: &Query, headers: &HeaderMa
 
 /// Mounts `digest` from repository `from` of the same project; `None` when
 /// it cannot be mounted (the client then uploads it).
-async fn mount(ctx: &Ctx, name: &RepoName, digest: &str, from: &str) -> RegResult<Option<Response>> {
+async fn mount(
+    ctx: &Ctx,
+    name: &RepoName,
+    digest: &str,
+    from: &str,
+) -> RegResult<Option<Response>> {
     check_digest(digest)?;
     let Ok(Endpoint::Tags(source)) = parse(&format!("{from}/tags/list")) else {
         return Ok(None);
@@ -146,7 +160,10 @@ async fn owned_session(ctx: &Ctx, name: &RepoName, id: &str) -> RegResult<u64> {
     let images = ctx.state.images.clone();
     let owned = id.to_string();
     let (owner, size) = blocking(move || {
-        Ok::<_, nimbus_image::PushError>((images.upload_owner(&owned)?, images.upload_size(&owned)?))
+        Ok::<_, nimbus_image::PushError>((
+            images.upload_owner(&owned)?,
+            images.upload_size(&owned)?,
+        ))
     })
     .await?;
     if owner != name.full() {
@@ -173,7 +190,13 @@ fn content_range_start(headers: &HeaderMap) -> RegResult<Option<u64>> {
     })
 }
 
-async fn append(ctx: &Ctx, name: &RepoName, id: &str, headers: &HeaderMap, body: Body) -> RegResult<u64> {
+async fn append(
+    ctx: &Ctx,
+    name: &RepoName,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<u64> {
     let have = owned_session(ctx, name, id).await?;
     if let Err(e) = check_declared_length(ctx, headers, have) {
         let images = ctx.state.images.clone();
@@ -187,12 +210,25 @@ async fn append(ctx: &Ctx, name: &RepoName, id: &str, headers: &HeaderMap, body:
     Ok(feed(body, move |r| images.upload_append(&owned, start, r)).await??)
 }
 
-pub async fn patch(ctx: &Ctx, name: &RepoName, id: &str, headers: &HeaderMap, body: Body) -> RegResult<Response> {
+pub async fn patch(
+    ctx: &Ctx,
+    name: &RepoName,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<Response> {
     let size = append(ctx, name, id, headers, body).await?;
     progress(StatusCode::ACCEPTED, name, id, size)
 }
 
-pub async fn close(ctx: &Ctx, name: &RepoName, id: &str, query: &Query, headers: &HeaderMap, body: Body) -> RegResult<Response> {
+pub async fn close(
+    ctx: &Ctx,
+    name: &RepoName,
+    id: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<Response> {
     let digest = query.get("digest").ok_or_else(|| {
         RegistryError::new(
             Code::DigestInvalid,
