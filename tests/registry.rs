@@ -160,6 +160,20 @@ fn curl(cloud: &Cloud, token: Option<&str>, method: &str, path: &str, extra: &[&
     }
 }
 
+/// The `Location` an upload session answered with.
+fn location_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply
+        .headers
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("location: ")
+                .map(|v| v.trim().to_string())
+        })
+        .expect("Location header")
+}
+
 fn image_names(cloud: &Cloud, project: &str) -> Vec<String> {
     let v = cloud
         .json(&["image", "list", "--project", project])
@@ -505,16 +519,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         &[],
     );
     assert_eq!(started.status, 202, "{}", started.body);
-    let location = started
-        .headers
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
-        })
-        .expect("Location header")
-        .trim()
-        .to_string();
+    let location = location_of(&started);
     let r = curl(
         &cloud,
         Some(&alice),
@@ -576,7 +581,15 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         Some(&alice),
         "POST",
         &format!("/v2/ops/app/blobs/uploads/?digest={missing}"),
-        &["-H", ten_gib, "-H", "Expect:", "--data-binary", ""],
+        &[
+            "--http1.1",
+            "-H",
+            ten_gib,
+            "-H",
+            "Expect:",
+            "--data-binary",
+            "",
+        ],
     );
     assert_eq!(
         (r.status, r.code()),
@@ -585,6 +598,39 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         r.body
     );
     assert!(r.body.contains("limit"), "{}", r.body);
+
+    // So is a chunk that would take a session past the limit; the session goes.
+    let started = curl(
+        &cloud,
+        Some(&alice),
+        "POST",
+        "/v2/ops/app/blobs/uploads/",
+        &[],
+    );
+    let location = location_of(&started);
+    let r = curl(
+        &cloud,
+        Some(&alice),
+        "PATCH",
+        &location,
+        &[
+            "--http1.1",
+            "-H",
+            ten_gib,
+            "-H",
+            "Expect:",
+            "--data-binary",
+            "",
+        ],
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (413, "SIZE_INVALID".into()),
+        "{}",
+        r.body
+    );
+    let r = curl(&cloud, Some(&alice), "GET", &location, &[]);
+    assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN", "{}", r.body);
 
     // Paths that climb out of a repository, or name one badly.
     for path in [
