@@ -213,17 +213,28 @@ impl Holdings {
     }
 }
 
-/// Deletes the project's address keys and the host ports claimed in its
-/// name. Called once no instance, network or published port of the project
+/// Deletes the project's address keys, its registry repositories and the
+/// host ports claimed in its name. Called once no instance, network or published port of the project
 /// is left, so every such key is an orphan.
 async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
     let ipam_prefix = format!("/ipam/{project}/");
     let addresses = repo.store.list(&ipam_prefix, None, 0).await?;
+    // Registry repositories: their tagged images are gone by now, so
+    // what they still name is left to the image store's collection.
+    let repositories = repo
+        .store
+        .list(
+            &crate::repo::prefix::<nimbus_api::Repository>(Some(project)),
+            None,
+            0,
+        )
+        .await?;
     let claimed = repo.store.list("/hostports/", None, 0).await?;
     let owner = format!("{project}/");
     let mut ops: Vec<Op> = addresses
         .kvs
         .iter()
+        .chain(&repositories.kvs)
         .map(|kv| Op::Delete {
             key: kv.key.clone(),
         })
@@ -243,7 +254,7 @@ async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
     tracing::info!(
         project,
         keys = ops.len(),
-        "removing orphaned address and host-port keys of a deleted project"
+        "removing orphaned address, host-port and registry repository keys of a deleted project"
     );
     repo.store
         .txn(Txn {

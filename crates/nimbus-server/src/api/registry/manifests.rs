@@ -131,9 +131,13 @@ pub async fn put(
         .unwrap_or_default();
     check_references(&existing, &refs, name)?;
     let _pushing = ctx.state.image_lock.read().await;
+    // Only `<project>/<name>` tags become images: an image's name is one
+    // path segment of the API, and `team/app:1.0` would be two.
     let image = match reference {
-        Reference::Tag(_) => build_image(ctx, &bytes, &refs.media_type).await?,
-        Reference::Digest(_) => None,
+        Reference::Tag(_) if !name.path.contains('/') => {
+            build_image(ctx, &bytes, &refs.media_type).await?
+        }
+        _ => None,
     };
     let images = ctx.state.images.clone();
     let stored = bytes.to_vec();
