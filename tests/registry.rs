@@ -673,3 +673,121 @@ fn hostile_pushes_are_refused_and_store_nothing() {
     );
     assert!(!image_names(&cloud, "ops").iter().any(|n| n.contains(':')));
 }
+
+/// podman with storage of its own under `dir` (vfs: no mounts to clean up).
+fn podman(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        .args(args)
+        .output()
+        .expect("run podman (Debian package `podman`, installed by scripts/deps)")
+}
+
+fn podman_ok(dir: &Path, args: &[&str]) -> String {
+    let out = podman(dir, args);
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn podman_pushes_and_pulls_and_the_image_runs() {
+    if !common::is_root("podman's storage and running the pushed image") {
+        return;
+    }
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    let certs = cert_dir(&cloud);
+    let certs = certs.to_str().unwrap();
+    let starter = std::fs::read(cloud.starter_tar()).unwrap();
+    let archive = oci_archive(&starter, &["/bin/sh", "-c", "echo pushed-by-podman"]);
+    let file = cloud.data_dir().join("pod.oci.tar");
+    std::fs::write(&file, &archive.tar).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let storage = work.path();
+    let remote = format!("127.0.0.1:{}/ops/pod:1", cloud.port);
+    let creds = format!("x:{alice}");
+
+    podman_ok(
+        storage,
+        &["pull", "-q", &format!("oci-archive:{}", file.display())],
+    );
+    let local = podman_ok(storage, &["images", "-q"])
+        .lines()
+        .next()
+        .expect("a local image")
+        .to_string();
+    // podman compresses the layers itself: new blob digests, the same diff_ids.
+    podman_ok(
+        storage,
+        &[
+            "push",
+            "--creds",
+            &creds,
+            "--cert-dir",
+            certs,
+            &local,
+            &format!("docker://{remote}"),
+        ],
+    );
+    let img = cloud
+        .json(&["image", "get", "pod:1", "--project", "ops"])
+        .expect("the pushed tag is an image");
+    assert_eq!(img["status"]["defaults"]["cmd"][2], "echo pushed-by-podman");
+    cloud.ok(&[
+        "instance",
+        "run",
+        "pod",
+        "--image",
+        "pod:1",
+        "--project",
+        "ops",
+    ]);
+    common::wait_until(Duration::from_secs(60), "pod to exit", || {
+        let v = cloud
+            .json(&["instance", "get", "pod", "--project", "ops"])
+            .ok()?;
+        (v["status"]["phase"] == "exited").then_some(())
+    });
+    let logs = cloud.ok(&["instance", "logs", "pod", "--project", "ops"]);
+    assert!(logs.contains("pushed-by-podman"), "{logs}");
+
+    podman_ok(storage, &["rmi", "-a", "-f"]);
+    podman_ok(
+        storage,
+        &[
+            "pull",
+            "-q",
+            "--creds",
+            &creds,
+            "--cert-dir",
+            certs,
+            &remote,
+        ],
+    );
+    let pulled = podman_ok(storage, &["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(pulled.contains("/ops/pod:1"), "{pulled}");
+    let out = podman(
+        storage,
+        &[
+            "pull",
+            "-q",
+            "--creds",
+            "x:nmb_0000000000000000_0000",
+            "--cert-dir",
+            certs,
+            &remote,
+        ],
+    );
+    assert!(!out.status.success(), "a bad token pulled");
+    cloud.ok(&["instance", "rm", "pod", "--project", "ops"]);
+    podman_ok(storage, &["rmi", "-a", "-f"]);
+    cloud.remove_everything();
+}
