@@ -791,3 +791,52 @@ fn podman_pushes_and_pulls_and_the_image_runs() {
     podman_ok(storage, &["rmi", "-a", "-f"]);
     cloud.remove_everything();
 }
+
+/// The `oras` Python client (PyPI, installed by scripts/deps): pushes a file
+/// as an artifact (one request per blob, then in chunks), pulls it back.
+const ORAS_SCRIPT: &str = r#"
+import os, sys
+import oras.client
+host, token, ca, work = sys.argv[1:5]
+client = oras.client.OrasClient(hostname=host, tls_verify=ca, auth_backend="basic")
+client.login(username="anyone", password=token, hostname=host, tls_verify=ca)
+os.chdir(work)
+client.push(target=f"{host}/ops/notes:v1", files=["notes.txt"], quiet=True)
+client.push(target=f"{host}/ops/notes:v2", files=["big.bin"], do_chunked=True, chunk_size=65536, quiet=True)
+for tag in ["v1", "v2"]:
+    out = os.path.join(work, "pulled-" + tag)
+    print(tag, client.pull(target=f"{host}/ops/notes:{tag}", outdir=out))
+print("tags", sorted(client.get_tags(f"{host}/ops/notes")))
+"#;
+
+#[test]
+fn oras_pushes_and_pulls_an_artifact() {
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("notes.txt"), "release notes\n").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(work.path().join("big.bin"), &big).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", ORAS_SCRIPT])
+        .arg(format!("127.0.0.1:{}", cloud.port))
+        .arg(&alice)
+        .arg(cloud.data_dir().join("tls/cert.pem"))
+        .arg(work.path())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "oras failed (is the PyPI package `oras` installed? scripts/deps installs it): {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tags ['v1', 'v2']"), "{stdout}");
+    let notes = std::fs::read_to_string(work.path().join("pulled-v1/notes.txt")).unwrap();
+    assert_eq!(notes, "release notes\n");
+    assert!(std::fs::read(work.path().join("pulled-v2/big.bin")).unwrap() == big);
+    // An artifact is stored and served, but is no image to run.
+    assert!(!image_names(&cloud, "ops")
+        .iter()
+        .any(|n| n.starts_with("notes")));
+}
