@@ -575,21 +575,27 @@ fn hostile_pushes_are_refused_and_store_nothing() {
     );
 
     // A declared 10 GiB upload is refused before a byte is read.
-    let ten_gib = "Content-Length: 10737418240";
-    let r = curl(
-        &cloud,
-        Some(&alice),
+    // HTTP/1.1: over HTTP/2 curl itself refuses a body shorter than declared.
+    let ten_gib = |method: &str, path: &str| {
+        curl(
+            &cloud,
+            Some(&alice),
+            method,
+            path,
+            &[
+                "--http1.1",
+                "-H",
+                "Content-Length: 10737418240",
+                "-H",
+                "Expect:",
+                "--data-binary",
+                "",
+            ],
+        )
+    };
+    let r = ten_gib(
         "POST",
         &format!("/v2/ops/app/blobs/uploads/?digest={missing}"),
-        &[
-            "--http1.1",
-            "-H",
-            ten_gib,
-            "-H",
-            "Expect:",
-            "--data-binary",
-            "",
-        ],
     );
     assert_eq!(
         (r.status, r.code()),
@@ -608,21 +614,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         &[],
     );
     let location = location_of(&started);
-    let r = curl(
-        &cloud,
-        Some(&alice),
-        "PATCH",
-        &location,
-        &[
-            "--http1.1",
-            "-H",
-            ten_gib,
-            "-H",
-            "Expect:",
-            "--data-binary",
-            "",
-        ],
-    );
+    let r = ten_gib("PATCH", &location);
     assert_eq!(
         (r.status, r.code()),
         (413, "SIZE_INVALID".into()),

@@ -390,25 +390,16 @@ impl ImageStore {
     /// that blob. On a mismatch the upload is removed and nothing is kept.
     /// Returns the blob's size.
     pub fn upload_finish(&self, id: &str, digest: &str) -> Result<u64, PushError> {
-        let hex = digest_hex(digest, "upload digest")?.to_string();
+        digest_hex(digest, "upload digest")?;
         let dir = self.upload_dir(id)?;
         let path = dir.join("data");
         let file = File::open(&path).map_err(|e| ImageError::io("open upload", &path, e))?;
         let (actual, size) = HashingReader::new(file)
             .finish()
             .map_err(|e| ImageError::io("read upload", &path, e))?;
-        if actual != hex {
-            self.upload_cancel(id)?;
-            return Err(PushError::DigestMismatch {
-                expected: digest.to_string(),
-                actual: digest_from_hex(&actual),
-                size,
-            });
-        }
-        if !self.blobs.contains(&hex) {
-            self.blobs.commit(&path, &hex)?;
-        }
+        let committed = self.commit_pushed(&path, digest, &actual, size);
         self.upload_cancel(id)?;
+        committed?;
         tracing::info!(digest, bytes = size, "pushed blob stored");
         Ok(size)
     }
@@ -423,7 +414,7 @@ impl ImageStore {
     /// Stores a whole blob sent in one request (a monolithic upload), checked
     /// against `digest` and the size limit like [`ImageStore::add_blob`].
     pub fn push_blob(&self, digest: &str, reader: &mut dyn Read) -> Result<u64, PushError> {
-        let hex = digest_hex(digest, "upload digest")?.to_string();
+        digest_hex(digest, "upload digest")?;
         let staging = Staging::create(&self.tmp_dir, "push")?;
         let path = staging.path.join("blob");
         let limit = self.limits.max_archive_bytes;
@@ -436,17 +427,31 @@ impl ImageStore {
                     limit,
                 },
             })?;
-        if actual != hex {
+        self.commit_pushed(&path, digest, &actual, size)?;
+        Ok(size)
+    }
+
+    /// Moves the pushed bytes at `path`, which hashed to `actual_hex`, to
+    /// their address if that is the `digest` the client named.
+    fn commit_pushed(
+        &self,
+        path: &std::path::Path,
+        digest: &str,
+        actual_hex: &str,
+        size: u64,
+    ) -> Result<(), PushError> {
+        let hex = digest_hex(digest, "upload digest")?;
+        if actual_hex != hex {
             return Err(PushError::DigestMismatch {
                 expected: digest.to_string(),
-                actual: digest_from_hex(&actual),
+                actual: digest_from_hex(actual_hex),
                 size,
             });
         }
-        if !self.blobs.contains(&hex) {
-            self.blobs.commit(&path, &hex)?;
+        if !self.blobs.contains(hex) {
+            self.blobs.commit(path, hex)?;
         }
-        Ok(size)
+        Ok(())
     }
 }
 
@@ -595,5 +600,119 @@ mod tests {
                 "{body} accepted"
             );
         }
+    }
+
+    fn push(store: &ImageStore, data: &[u8]) -> String {
+        let digest = format!("sha256:{}", blob::sha256_hex(data));
+        store.push_blob(&digest, &mut &data[..]).unwrap();
+        digest
+    }
+
+    fn manifest(config: (&str, &str, usize), layer: (&str, &str, usize)) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": config.0, "digest": config.1, "size": config.2},
+            "layers": [{"mediaType": layer.0, "digest": layer.1, "size": layer.2}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pushed_manifest_or_its_index_becomes_an_image_and_artifacts_do_not() {
+        let (_d, store) = store(1 << 30);
+        let layer = crate::testing::one_file_rootfs_tar("pushed");
+        let layer_digest = push(&store, &layer);
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {"Cmd": ["cat", "/data.txt"]}
+        }))
+        .unwrap();
+        let config_digest = push(&store, &config);
+        let image_manifest = manifest(
+            (
+                "application/vnd.oci.image.config.v1+json",
+                &config_digest,
+                config.len(),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar",
+                &layer_digest,
+                layer.len(),
+            ),
+        );
+        let image = store
+            .image_from_manifest(&image_manifest, MEDIA_OCI_MANIFEST)
+            .unwrap();
+        assert_eq!(
+            image.manifest_digest,
+            format!("sha256:{}", blob::sha256_hex(&image_manifest))
+        );
+        assert_eq!(image.config.cmd, ["cat", "/data.txt"]);
+        let dirs = store.layer_dirs(&image).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dirs[0].join("data.txt")).unwrap(),
+            "pushed"
+        );
+        // The image manifest is stored as it was pushed.
+        assert_eq!(
+            store.read_manifest(&image.manifest_digest).unwrap(),
+            image_manifest
+        );
+
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [
+                {"mediaType": MEDIA_OCI_MANIFEST, "digest": format!("sha256:{}", "b".repeat(64)), "size": 1,
+                 "platform": {"os": "linux", "architecture": "arm64"}},
+                {"mediaType": MEDIA_OCI_MANIFEST, "digest": image.manifest_digest, "size": image_manifest.len(),
+                 "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        }))
+        .unwrap();
+        let from_index = store.image_from_manifest(&index, MEDIA_OCI_INDEX).unwrap();
+        assert_eq!(from_index, image);
+
+        // A cosign signature: its layer is the simple-signing payload.
+        let payload = br#"{"critical":{"image":{"docker-manifest-digest":"sha256:x"}}}"#;
+        let payload_digest = push(&store, payload);
+        let signature = manifest(
+            (
+                "application/vnd.oci.image.config.v1+json",
+                &config_digest,
+                config.len(),
+            ),
+            (
+                "application/vnd.dev.cosign.simplesigning.v1+json",
+                &payload_digest,
+                payload.len(),
+            ),
+        );
+        let err = store
+            .image_from_manifest(&signature, MEDIA_OCI_MANIFEST)
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::UnsupportedMediaType { .. }),
+            "{err}"
+        );
+
+        // A layer that was never pushed: refused, nothing new in layers/ or tmp/.
+        let layers_before = entries(&store, "layers");
+        let missing = manifest(
+            (
+                "application/vnd.oci.image.config.v1+json",
+                &config_digest,
+                config.len(),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar",
+                &format!("sha256:{}", "c".repeat(64)),
+                3,
+            ),
+        );
+        let err = store
+            .image_from_manifest(&missing, MEDIA_OCI_MANIFEST)
+            .unwrap_err();
+        assert!(matches!(err, ImageError::MissingBlob { .. }), "{err}");
+        assert_eq!(entries(&store, "layers"), layers_before);
+        assert_eq!(entries(&store, "tmp"), 0);
     }
 }

@@ -96,10 +96,10 @@ impl Read for ChannelReader {
 
 /// How much of a refused upload is still read (and discarded) before the
 /// answer is sent.
-const REFUSED_UPLOAD_DRAIN_BYTES: usize = 64 << 20;
+pub(crate) const REFUSED_UPLOAD_DRAIN_BYTES: usize = 64 << 20;
 
 /// Reads and discards up to `limit` more bytes of a request body.
-async fn drain_rest<S, E>(stream: &mut S, limit: usize)
+pub(crate) async fn drain_rest<S, E>(stream: &mut S, limit: usize)
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 {

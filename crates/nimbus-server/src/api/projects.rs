@@ -25,23 +25,8 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
-    let visible: Option<std::collections::HashSet<String>> = if caller.system_admin {
-        None
-    } else {
-        let bindings = state
-            .repo
-            .list::<RoleBinding>(None, &ListOptions::default(), |b| {
-                b.spec.user == caller.user
-            })
-            .await?;
-        Some(
-            bindings
-                .items
-                .into_iter()
-                .filter_map(|b| b.metadata.project)
-                .collect(),
-        )
-    };
+    let visible: Option<std::collections::HashSet<String>> =
+        auth::visible_projects(&state.repo, &caller).await?;
     let guard = super::watch::Guard::admin_or_self(caller.clone());
     super::watch::list_or_watch::<Project>(
         &state,

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
@@ -58,6 +59,7 @@ async fn authenticate_and_run(state: Arc<AppState>, mut req: Request, next: Next
                 )
                 .await;
             }
+            drain_refused_body(req.into_body()).await;
             return resp;
         }
     };
@@ -72,6 +74,25 @@ async fn authenticate_and_run(state: Arc<AppState>, mut req: Request, next: Next
     let resp = next.run(req).await;
     audit::finish(&state, pending, audit::outcome(&resp)).await;
     resp
+}
+
+/// How long a refused request's body is read before the answer goes out.
+const REFUSED_BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads (and drops) what is left of a refused request's body, up to
+/// `REFUSED_UPLOAD_DRAIN_BYTES` for a few seconds. Answering before the body
+/// is read closes the connection under a client that is still sending it,
+/// which then sees a broken connection instead of the answer: `oras` sends
+/// every request without credentials first, chunk and all, and retries
+/// after the 401. A body declared larger than that is not waited for.
+pub async fn drain_refused_body(body: Body) {
+    use crate::api::images::{drain_rest, REFUSED_UPLOAD_DRAIN_BYTES};
+    let limit = REFUSED_UPLOAD_DRAIN_BYTES;
+    if body.size_hint().lower() > limit as u64 {
+        return;
+    }
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, drain_rest(&mut stream, limit)).await;
 }
 
 /// The token in a Basic (as the password) or Bearer authorization header.

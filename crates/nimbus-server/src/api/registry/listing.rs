@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_api::{Repository, RoleBinding};
+use nimbus_api::Repository;
 
 use super::endpoint::RepoName;
 use super::error::RegResult;
@@ -61,24 +61,8 @@ pub async fn tags(
 }
 
 pub async fn catalog(ctx: &Ctx, query: &HashMap<String, String>) -> RegResult<Response> {
-    let projects: Option<Vec<String>> = if ctx.caller.system_admin {
-        None
-    } else {
-        let bindings = ctx
-            .state
-            .repo
-            .list::<RoleBinding>(None, &Default::default(), |b| {
-                b.spec.user == ctx.caller.user
-            })
-            .await?;
-        Some(
-            bindings
-                .items
-                .into_iter()
-                .filter_map(|b| b.metadata.project)
-                .collect(),
-        )
-    };
+    let projects: Option<Vec<String>> =
+        crate::auth::visible_projects(&ctx.state.repo, &ctx.caller).await?;
     let repos = ctx
         .state
         .repo

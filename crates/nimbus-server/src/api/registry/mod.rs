@@ -70,19 +70,21 @@ async fn dispatch(
         method,
     };
     let rest = uri.path().strip_prefix("/v2/").unwrap_or_default();
-    match route(&ctx, rest, &query, &headers, body).await {
+    let endpoint = match admit(&ctx, rest).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            access::drain_refused_body(body).await;
+            return e.into_response();
+        }
+    };
+    match route(&ctx, &endpoint, rest, &query, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(
-    ctx: &Ctx,
-    rest: &str,
-    query: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> RegResult<Response> {
+/// The operation `rest` names, if the caller may perform it.
+async fn admit(ctx: &Ctx, rest: &str) -> RegResult<Endpoint> {
     let endpoint = endpoint::parse(rest)?;
     let pull = matches!(ctx.method, Method::GET | Method::HEAD);
     let name = match &endpoint {
@@ -98,8 +100,20 @@ async fn route(
         let push = !pull || matches!(endpoint, Endpoint::Upload(..));
         access::authorize(&ctx.state, &ctx.caller, name, push).await?;
     }
+    Ok(endpoint)
+}
+
+async fn route(
+    ctx: &Ctx,
+    endpoint: &Endpoint,
+    rest: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> RegResult<Response> {
+    let pull = matches!(ctx.method, Method::GET | Method::HEAD);
     let m = &ctx.method;
-    match (&endpoint, m) {
+    match (endpoint, m) {
         (Endpoint::Catalog, &Method::GET) => listing::catalog(ctx, query).await,
         (Endpoint::Tags(n), &Method::GET) => listing::tags(ctx, n, query).await,
         (Endpoint::Manifest(n, r), _) if pull => manifests::get(ctx, n, r).await,
