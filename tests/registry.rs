@@ -832,3 +832,243 @@ fn oras_pushes_and_pulls_an_artifact() {
         .iter()
         .any(|n| n.starts_with("notes")));
 }
+
+/// Pushes `data` as a blob of `repo` in one request; returns its digest.
+fn push_blob(cloud: &Cloud, token: &str, repo: &str, data: &[u8]) -> String {
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let file = cloud.data_dir().join(format!("blob-{}", &digest[7..19]));
+    std::fs::write(&file, data).unwrap();
+    let path = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
+    let r = curl(
+        cloud,
+        Some(token),
+        "POST",
+        &path,
+        &["--data-binary", &format!("@{}", file.display())],
+    );
+    assert_eq!(r.status, 201, "pushing a blob: {}", r.body);
+    digest
+}
+
+/// PUTs a manifest; returns the reply.
+fn put_manifest(
+    cloud: &Cloud,
+    token: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> Reply {
+    let file = cloud
+        .data_dir()
+        .join(format!("manifest-{}", sha256_hex(body)));
+    std::fs::write(&file, body).unwrap();
+    curl(
+        cloud,
+        Some(token),
+        "PUT",
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+    )
+}
+
+#[test]
+fn an_index_runs_its_amd64_image_and_a_signature_tag_is_kept_as_pushed() {
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    let eve = member(&cloud, "eve", "member", "other");
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let layer = std::fs::read(cloud.starter_tar()).unwrap();
+    let manifest_for = |arch: &str, cmd: &str| {
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/sh", "-c", cmd]}
+        }))
+        .unwrap();
+        let config_digest = push_blob(&cloud, &alice, "ops/app", &config);
+        let layer_digest = push_blob(&cloud, &alice, "ops/app", &layer);
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+        }))
+        .unwrap()
+    };
+    let amd = manifest_for("amd64", "echo amd64");
+    let arm = manifest_for("arm64", "echo arm64");
+    let digest_of = |b: &[u8]| format!("sha256:{}", sha256_hex(b));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": INDEX,
+        "manifests": [
+            {"mediaType": MANIFEST, "digest": digest_of(&arm), "size": arm.len(), "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": MANIFEST, "digest": digest_of(&amd), "size": amd.len(), "platform": {"os": "linux", "architecture": "amd64"}}
+        ]
+    }))
+    .unwrap();
+    // The index first: its children are not there yet.
+    let r = put_manifest(&cloud, &alice, "ops/app", "multi", INDEX, &index);
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "MANIFEST_BLOB_UNKNOWN".into()),
+        "{}",
+        r.body
+    );
+    for child in [&amd, &arm] {
+        let r = put_manifest(
+            &cloud,
+            &alice,
+            "ops/app",
+            &digest_of(child),
+            MANIFEST,
+            child,
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    // A digest in the URL that is not the body's.
+    let r = put_manifest(&cloud, &alice, "ops/app", &digest_of(&arm), MANIFEST, &amd);
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "DIGEST_INVALID".into()),
+        "{}",
+        r.body
+    );
+    let r = put_manifest(&cloud, &alice, "ops/app", "multi", INDEX, &index);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.headers
+            .to_lowercase()
+            .contains(&format!("docker-content-digest: {}", digest_of(&index))),
+        "{}",
+        r.headers
+    );
+    let img = cloud
+        .json(&["image", "get", "app:multi", "--project", "ops"])
+        .expect("image of the index");
+    assert_eq!(img["status"]["digest"], digest_of(&amd).as_str());
+    assert_eq!(img["status"]["defaults"]["cmd"][2], "echo amd64");
+
+    // Served back as pushed, with its media type; HEAD says the same without a body.
+    let got = curl(
+        &cloud,
+        Some(&alice),
+        "GET",
+        "/v2/ops/app/manifests/multi",
+        &[],
+    );
+    assert_eq!(got.body.as_bytes(), &index[..]);
+    assert!(
+        got.headers
+            .to_lowercase()
+            .contains(&format!("content-type: {INDEX}")),
+        "{}",
+        got.headers
+    );
+    let head = curl(
+        &cloud,
+        Some(&alice),
+        "HEAD",
+        "/v2/ops/app/manifests/multi",
+        &["-I"],
+    );
+    assert_eq!(head.status, 200);
+    assert!(head
+        .headers
+        .to_lowercase()
+        .contains(&format!("docker-content-digest: {}", digest_of(&index))));
+    // One byte range of a blob.
+    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    let part = curl(
+        &cloud,
+        Some(&alice),
+        "GET",
+        &format!("/v2/ops/app/blobs/{layer_digest}"),
+        &["-H", "Range: bytes=0-99"],
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body.len(), 100);
+
+    // A cosign signature tag: the simple-signing payload as its layer, the
+    // signature in an annotation. Stored and served like any tag, no image.
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "critical": {"identity": {"docker-reference": "127.0.0.1/ops/app"},
+                     "image": {"docker-manifest-digest": digest_of(&amd)}, "type": "cosign container image signature"},
+        "optional": null
+    }))
+    .unwrap();
+    let payload_digest = push_blob(&cloud, &alice, "ops/app", &payload);
+    let empty_config = push_blob(&cloud, &alice, "ops/app", b"{}");
+    let signature = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": empty_config, "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": payload_digest, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQDexample"}}]
+    }))
+    .unwrap();
+    let sig_tag = format!("sha256-{}.sig", sha256_hex(&amd));
+    let r = put_manifest(&cloud, &alice, "ops/app", &sig_tag, MANIFEST, &signature);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let got = curl(
+        &cloud,
+        Some(&alice),
+        "GET",
+        &format!("/v2/ops/app/manifests/{sig_tag}"),
+        &[],
+    );
+    assert_eq!(got.body.as_bytes(), &signature[..]);
+    let tags = curl(&cloud, Some(&alice), "GET", "/v2/ops/app/tags/list", &[]);
+    assert!(tags.body.contains(&sig_tag), "{}", tags.body);
+    assert_eq!(
+        image_names(&cloud, "ops")
+            .iter()
+            .filter(|n| n.starts_with("app:"))
+            .count(),
+        1
+    );
+
+    // Mounts: within the project, at once; from another project, an upload instead.
+    let mount = format!("/v2/ops/copy/blobs/uploads/?mount={layer_digest}&from=ops/app");
+    let r = curl(&cloud, Some(&alice), "POST", &mount, &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        curl(
+            &cloud,
+            Some(&alice),
+            "HEAD",
+            &format!("/v2/ops/copy/blobs/{layer_digest}"),
+            &["-I"]
+        )
+        .status,
+        200
+    );
+    let r = curl(
+        &cloud,
+        Some(&eve),
+        "POST",
+        &format!("/v2/other/copy/blobs/uploads/?mount={layer_digest}&from=ops/app"),
+        &[],
+    );
+    // Nothing was linked: the repository was not even made.
+    assert_eq!(
+        r.status, 202,
+        "a mount across projects must not link the blob: {}",
+        r.body
+    );
+    let r = curl(
+        &cloud,
+        Some(&eve),
+        "GET",
+        &format!("/v2/other/copy/blobs/{layer_digest}"),
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "NAME_UNKNOWN".into()),
+        "{}",
+        r.body
+    );
+}
