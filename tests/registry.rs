@@ -1030,6 +1030,16 @@ fn an_index_runs_its_amd64_image_and_a_signature_tag_is_kept_as_pushed() {
         1
     );
 
+    // Removing the image removes its tag; the manifest stays, by digest.
+    cloud.ok(&["image", "rm", "app:multi", "--project", "ops"]);
+    let tags = curl(&cloud, Some(&alice), "GET", "/v2/ops/app/tags/list", &[]);
+    assert!(!tags.body.contains("\"multi\""), "{}", tags.body);
+    let by_digest = format!("/v2/ops/app/manifests/{}", digest_of(&index));
+    assert_eq!(
+        curl(&cloud, Some(&alice), "GET", &by_digest, &[]).status,
+        200
+    );
+
     // Mounts: within the project, at once; from another project, an upload instead.
     let mount = format!("/v2/ops/copy/blobs/uploads/?mount={layer_digest}&from=ops/app");
     let r = curl(&cloud, Some(&alice), "POST", &mount, &[]);

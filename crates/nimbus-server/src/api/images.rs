@@ -269,6 +269,9 @@ pub async fn delete(
             crate::usage::image_deleted(&image)?,
         )
         .await?;
+    if let Err(e) = super::registry::records::forget_tag_of(&state, &image).await {
+        tracing::warn!(image = %name, %project, error = %e.message, "the registry tag of a removed image stays");
+    }
     if let Err(e) = collect_garbage(
         &state.repo,
         state.images.clone(),

@@ -158,3 +158,31 @@ async fn remove_record(state: &AppState, old: Image) -> RegResult<()> {
         .await?;
     Ok(())
 }
+
+/// After `nimbus image rm` of an image a tag made: the tag goes too, so
+/// the registry and the image list agree. The manifest stays, by digest.
+pub async fn forget_tag_of(state: &AppState, image: &Image) -> RegResult<()> {
+    let (Some(project), Some(path)) = (
+        image.metadata.project.as_deref(),
+        image.metadata.labels.get(REGISTRY_LABEL),
+    ) else {
+        return Ok(());
+    };
+    let Some((_, tag)) = image.metadata.name.rsplit_once(':') else {
+        return Ok(());
+    };
+    let name = RepoName {
+        project: project.to_string(),
+        path: path.clone(),
+    };
+    if load(state, &name).await?.is_none() {
+        return Ok(());
+    }
+    // A moved tag replaces its image record, so the tag is this image's.
+    change(state, &name, |status| {
+        status.tags.remove(tag);
+        Ok(())
+    })
+    .await
+    .map(drop)
+}
