@@ -21,6 +21,7 @@ mod stream;
 #[doc(hidden)]
 pub mod testing;
 mod unpack;
+mod uploads;
 mod vm;
 
 use std::fs::File;
