@@ -1,204 +1,17 @@
 //! The OCI registry on the API port, driven by real clients: `skopeo`
 //! pushes an image that then runs as a project image and pulls it back
-//! byte for byte; another project's token sees nothing; hostile pushes
-//! (curl) are refused with the spec's error codes and store nothing.
+//! byte for byte; podman and the `oras` Python client push and pull;
+//! another project's token sees nothing; hostile pushes (curl) are refused
+//! with the spec's error codes and store nothing.
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::registry::*;
 use common::Cloud;
 use serde_json::Value;
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
-/// An OCI image as `skopeo copy ... oci-archive:` writes it: one gzip
-/// layer, a config with `cmd`. Returns the archive and its blobs by digest
-/// (layer, config, manifest).
-struct Archive {
-    tar: Vec<u8>,
-    manifest_digest: String,
-    blobs: Vec<(String, Vec<u8>)>,
-}
-
-fn oci_archive(layer_tar: &[u8], cmd: &[&str]) -> Archive {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(layer_tar).unwrap();
-    let layer = gz.finish().unwrap();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(layer_tar))]}
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": format!("sha256:{}", sha256_hex(&config)), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": format!("sha256:{}", sha256_hex(&layer)), "size": layer.len()}]
-    }))
-    .unwrap();
-    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": manifest_digest, "size": manifest.len()}]
-    }))
-    .unwrap();
-    let blobs: Vec<(String, Vec<u8>)> = [layer, config, manifest]
-        .into_iter()
-        .map(|b| (sha256_hex(&b), b))
-        .collect();
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        builder.append_data(&mut h, path, data).unwrap();
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json", &index);
-    for (hex, data) in &blobs {
-        add(&format!("blobs/sha256/{hex}"), data);
-    }
-    Archive {
-        tar: builder.into_inner().unwrap(),
-        manifest_digest,
-        blobs,
-    }
-}
-
-/// A user with `role` in `project` (created if needed) and a token of theirs.
-fn member(cloud: &Cloud, user: &str, role: &str, project: &str) -> String {
-    let _ = cloud.nimbus(&["project", "create", project]);
-    cloud.ok(&["user", "create", user]);
-    cloud.ok(&["role", "grant", user, role, "--project", project]);
-    let v = cloud
-        .json(&["token", "create", "--user", user])
-        .expect("token create");
-    v["secret"].as_str().expect("secret").to_string()
-}
-
-/// The server's self-signed certificate as a skopeo certificate directory.
-fn cert_dir(cloud: &Cloud) -> PathBuf {
-    let dir = cloud.data_dir().join("registry-certs");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(cloud.data_dir().join("tls/cert.pem"), dir.join("ca.crt")).unwrap();
-    dir
-}
-
-fn skopeo(args: &[&str]) -> std::process::Output {
-    Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("run skopeo (Debian package `skopeo`, installed by scripts/deps)")
-}
-
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = skopeo(args);
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// A call with curl over TLS: (status, headers, body).
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-    stderr: String,
-}
-
-impl Reply {
-    fn code(&self) -> String {
-        serde_json::from_str::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("no registry error in {:?} ({})", self.body, self.stderr))
-    }
-}
-
-fn curl(cloud: &Cloud, token: Option<&str>, method: &str, path: &str, extra: &[&str]) -> Reply {
-    let work = tempfile::tempdir().unwrap();
-    let (head, body) = (work.path().join("h"), work.path().join("b"));
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--path-as-is", "--max-time", "30", "-X", method])
-        .arg("--cacert")
-        .arg(cloud.data_dir().join("tls/cert.pem"))
-        .arg("-D")
-        .arg(&head)
-        .arg("-o")
-        .arg(&body)
-        .args(["-w", "%{http_code}"]);
-    if let Some(t) = token {
-        cmd.args(["-u", &format!("anyone:{t}")]);
-    }
-    let out = cmd
-        .args(extra)
-        .arg(format!("https://127.0.0.1:{}{path}", cloud.port))
-        .output()
-        .expect("run curl");
-    Reply {
-        status: String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        headers: std::fs::read_to_string(&head).unwrap_or_default(),
-        body: std::fs::read_to_string(&body).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
-}
-
-/// The `Location` an upload session answered with.
-fn location_of(reply: &Reply) -> String {
-    assert_eq!(reply.status, 202, "{}", reply.body);
-    reply
-        .headers
-        .lines()
-        .find_map(|l| {
-            l.to_lowercase()
-                .strip_prefix("location: ")
-                .map(|v| v.trim().to_string())
-        })
-        .expect("Location header")
-}
-
-fn image_names(cloud: &Cloud, project: &str) -> Vec<String> {
-    let v = cloud
-        .json(&["image", "list", "--project", project])
-        .expect("image list");
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// What the image store holds, by file name.
-fn store_listing(images: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for sub in ["blobs/sha256", "layers", "tmp"] {
-        if let Ok(entries) = std::fs::read_dir(images.join(sub)) {
-            for e in entries.flatten() {
-                out.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 #[test]
 fn skopeo_pushes_an_image_that_runs_and_pulls_back_identical() {
@@ -666,29 +479,6 @@ fn hostile_pushes_are_refused_and_store_nothing() {
     assert!(!image_names(&cloud, "ops").iter().any(|n| n.contains(':')));
 }
 
-/// podman with storage of its own under `dir` (vfs: no mounts to clean up).
-fn podman(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("podman")
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--runroot")
-        .arg(dir.join("run"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-        .args(args)
-        .output()
-        .expect("run podman (Debian package `podman`, installed by scripts/deps)")
-}
-
-fn podman_ok(dir: &Path, args: &[&str]) -> String {
-    let out = podman(dir, args);
-    assert!(
-        out.status.success(),
-        "podman {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[test]
 fn podman_pushes_and_pulls_and_the_image_runs() {
     if !common::is_root("podman's storage and running the pushed image") {
@@ -831,50 +621,6 @@ fn oras_pushes_and_pulls_an_artifact() {
     assert!(!image_names(&cloud, "ops")
         .iter()
         .any(|n| n.starts_with("notes")));
-}
-
-/// Pushes `data` as a blob of `repo` in one request; returns its digest.
-fn push_blob(cloud: &Cloud, token: &str, repo: &str, data: &[u8]) -> String {
-    let digest = format!("sha256:{}", sha256_hex(data));
-    let file = cloud.data_dir().join(format!("blob-{}", &digest[7..19]));
-    std::fs::write(&file, data).unwrap();
-    let path = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
-    let r = curl(
-        cloud,
-        Some(token),
-        "POST",
-        &path,
-        &["--data-binary", &format!("@{}", file.display())],
-    );
-    assert_eq!(r.status, 201, "pushing a blob: {}", r.body);
-    digest
-}
-
-/// PUTs a manifest; returns the reply.
-fn put_manifest(
-    cloud: &Cloud,
-    token: &str,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    body: &[u8],
-) -> Reply {
-    let file = cloud
-        .data_dir()
-        .join(format!("manifest-{}", sha256_hex(body)));
-    std::fs::write(&file, body).unwrap();
-    curl(
-        cloud,
-        Some(token),
-        "PUT",
-        &format!("/v2/{repo}/manifests/{reference}"),
-        &[
-            "-H",
-            &format!("Content-Type: {media_type}"),
-            "--data-binary",
-            &format!("@{}", file.display()),
-        ],
-    )
 }
 
 #[test]
