@@ -184,12 +184,7 @@ fn skopeo_pushes_an_image_that_runs_and_pulls_back_identical() {
         ("GET", "/v2/ops/app/tags/list".to_string()),
     ] {
         let r = curl(&cloud, Some(&eve), method, &path, &[]);
-        assert_eq!(
-            (r.status, r.code()),
-            (404, "NAME_UNKNOWN".into()),
-            "{method} {path}: {}",
-            r.body
-        );
+        r.expect_error(404, "NAME_UNKNOWN");
     }
     // The blob is in the server's store, but not in eve's repository.
     let r = curl(
@@ -212,7 +207,7 @@ fn skopeo_pushes_an_image_that_runs_and_pulls_back_identical() {
         "/v2/ops/app/blobs/uploads/",
         &[],
     );
-    assert_eq!((r.status, r.code()), (403, "DENIED".into()), "{}", r.body);
+    r.expect_error(403, "DENIED");
     assert_eq!(
         curl(
             &cloud,
@@ -265,12 +260,7 @@ fn skopeo_pushes_an_image_that_runs_and_pulls_back_identical() {
         "/v2/ops/app/manifests/1.0",
         &[],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (404, "MANIFEST_UNKNOWN".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(404, "MANIFEST_UNKNOWN");
     cloud.remove_everything();
 }
 
@@ -303,12 +293,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
             &manifest,
         ],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "MANIFEST_BLOB_UNKNOWN".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
 
     // A blob whose bytes hash to something else: monolithic, and through a session.
     let r = curl(
@@ -318,12 +303,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         &format!("/v2/ops/app/blobs/uploads/?digest={missing}"),
         &["--data-binary", "not the zero digest"],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "DIGEST_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(400, "DIGEST_INVALID");
     let started = curl(
         &cloud,
         Some(&alice),
@@ -360,12 +340,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         &location,
         &["-H", "Content-Range: 2-4", "--data-binary", "llo"],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (416, "RANGE_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(416, "RANGE_INVALID");
     let r = curl(
         &cloud,
         Some(&alice),
@@ -373,19 +348,9 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         &format!("{location}?digest={missing}"),
         &[],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "DIGEST_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(400, "DIGEST_INVALID");
     let r = curl(&cloud, Some(&alice), "GET", &location, &[]);
-    assert_eq!(
-        (r.status, r.code()),
-        (404, "BLOB_UPLOAD_UNKNOWN".into()),
-        "the failed upload is gone: {}",
-        r.body
-    );
+    r.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 
     // A declared 10 GiB upload is refused before a byte is read.
     // HTTP/1.1: over HTTP/2 curl itself refuses a body shorter than declared.
@@ -410,12 +375,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         "POST",
         &format!("/v2/ops/app/blobs/uploads/?digest={missing}"),
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (413, "SIZE_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(413, "SIZE_INVALID");
     assert!(r.body.contains("limit"), "{}", r.body);
 
     // So is a chunk that would take a session past the limit; the session goes.
@@ -428,12 +388,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
     );
     let location = location_of(&started);
     let r = ten_gib("PATCH", &location);
-    assert_eq!(
-        (r.status, r.code()),
-        (413, "SIZE_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(413, "SIZE_INVALID");
     let r = curl(&cloud, Some(&alice), "GET", &location, &[]);
     assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN", "{}", r.body);
 
@@ -445,12 +400,7 @@ fn hostile_pushes_are_refused_and_store_nothing() {
         "/v2/ops/a%2e%2e/tags/list",
     ] {
         let r = curl(&cloud, Some(&alice), "GET", path, &[]);
-        assert_eq!(
-            (r.status, r.code()),
-            (400, "NAME_INVALID".into()),
-            "{path}: {}",
-            r.body
-        );
+        r.expect_error(400, "NAME_INVALID");
     }
     let r = curl(
         &cloud,
@@ -658,12 +608,7 @@ fn an_index_runs_its_amd64_image_and_a_signature_tag_is_kept_as_pushed() {
     .unwrap();
     // The index first: its children are not there yet.
     let r = put_manifest(&cloud, &alice, "ops/app", "multi", INDEX, &index);
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "MANIFEST_BLOB_UNKNOWN".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
     for child in [&amd, &arm] {
         let r = put_manifest(
             &cloud,
@@ -677,12 +622,7 @@ fn an_index_runs_its_amd64_image_and_a_signature_tag_is_kept_as_pushed() {
     }
     // A digest in the URL that is not the body's.
     let r = put_manifest(&cloud, &alice, "ops/app", &digest_of(&arm), MANIFEST, &amd);
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "DIGEST_INVALID".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(400, "DIGEST_INVALID");
     let r = put_manifest(&cloud, &alice, "ops/app", "multi", INDEX, &index);
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(
@@ -821,10 +761,5 @@ fn an_index_runs_its_amd64_image_and_a_signature_tag_is_kept_as_pushed() {
         &format!("/v2/other/copy/blobs/{layer_digest}"),
         &[],
     );
-    assert_eq!(
-        (r.status, r.code()),
-        (404, "NAME_UNKNOWN".into()),
-        "{}",
-        r.body
-    );
+    r.expect_error(404, "NAME_UNKNOWN");
 }

@@ -111,6 +111,8 @@ pub fn skopeo_ok(args: &[&str]) -> String {
 
 /// A call with curl over TLS: (status, headers, body).
 pub struct Reply {
+    /// `METHOD path`, for messages.
+    pub request: String,
     pub status: u16,
     pub headers: String,
     pub body: String,
@@ -123,6 +125,17 @@ impl Reply {
             .ok()
             .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("no registry error in {:?} ({})", self.body, self.stderr))
+    }
+
+    /// Requires the registry's refusal `code` with HTTP `status`.
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}: {}",
+            self.request,
+            self.body
+        );
     }
 }
 
@@ -147,6 +160,7 @@ pub fn curl(cloud: &Cloud, token: Option<&str>, method: &str, path: &str, extra:
         .output()
         .expect("run curl");
     Reply {
+        request: format!("{method} {path}"),
         status: String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::resources::Object;
+use crate::resources::{object, Object};
 use crate::Metadata;
 
 /// A repository; its name is the path below the project (`app`, `team/app`).
@@ -18,17 +18,7 @@ pub struct Repository {
     pub status: RepositoryStatus,
 }
 
-impl Object for Repository {
-    const COLLECTION: &'static str = "repositories";
-    const KIND: &'static str = "repository";
-    const PROJECT_SCOPED: bool = true;
-    fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut Metadata {
-        &mut self.metadata
-    }
-}
+object!(Repository, "repositories", "repository", true);
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct RepositoryStatus {

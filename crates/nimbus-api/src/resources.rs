@@ -38,6 +38,7 @@ macro_rules! object {
         }
     };
 }
+pub(crate) use object;
 
 // ---------------------------------------------------------------- projects
 

@@ -320,21 +320,7 @@ impl BlobSource for PushedManifest<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Limits;
-
-    fn store(limit: u64) -> (tempfile::TempDir, ImageStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_archive_bytes: limit,
-            ..Limits::default()
-        };
-        let store = ImageStore::open(dir.path(), limits).unwrap();
-        (dir, store)
-    }
-
-    fn entries(store: &ImageStore, sub: &str) -> usize {
-        std::fs::read_dir(store.root().join(sub)).unwrap().count()
-    }
+    use crate::testing::{entry_count as entries, store_with_limit as store};
 
     #[test]
     fn manifest_references_list_blobs_or_children_and_refuse_nonsense() {

@@ -177,21 +177,7 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Limits;
-
-    fn store(limit: u64) -> (tempfile::TempDir, ImageStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
-            max_archive_bytes: limit,
-            ..Limits::default()
-        };
-        let store = ImageStore::open(dir.path(), limits).unwrap();
-        (dir, store)
-    }
-
-    fn entries(store: &ImageStore, sub: &str) -> usize {
-        std::fs::read_dir(store.root().join(sub)).unwrap().count()
-    }
+    use crate::testing::{entry_count as entries, store_with_limit as store};
 
     #[test]
     fn chunks_in_order_become_a_blob_and_a_mismatch_keeps_nothing() {
