@@ -59,6 +59,17 @@ fn skopeo_pushes_an_image_that_runs_and_pulls_back_identical() {
         .expect("image get");
     assert_eq!(img["status"]["digest"], archive.manifest_digest.as_str());
     assert_eq!(img["status"]["defaults"]["cmd"][2], "echo pushed-image-ran");
+    // The push is in the audit log, under the token's user.
+    let audit = cloud
+        .json(&["audit", "list", "--method", "PUT", "--actor", "alice"])
+        .expect("audit list");
+    let paths: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"/v2/ops/app/manifests/1.0"), "{audit}");
 
     cloud.ok(&[
         "instance",
