@@ -723,6 +723,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod guest;
 mod host_files;
+pub mod registry;
 pub mod s3;
 pub use host_files::*;
 

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod hostio;
 pub mod join;
 pub mod meta;
+pub mod registry;
 pub mod resources;
 pub mod servers;
 pub mod stats;
@@ -28,6 +29,7 @@ pub use join::{
     JoinTokenStatus,
 };
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
+pub use registry::{Repository, RepositoryStatus, StoredManifest};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};

@@ -21,11 +21,13 @@ mod lookalike;
 mod merged;
 mod oci;
 mod platform;
+mod pushed;
 mod safe_fs;
 mod stream;
 #[doc(hidden)]
 pub mod testing;
 mod unpack;
+mod uploads;
 mod vm;
 
 use std::fs::File;
@@ -40,6 +42,10 @@ pub use fetched::check_digest;
 pub use gc::GcReport;
 pub use merged::{MergedError, MergedView};
 pub use platform::{host_platform, oci_architecture, ImagePlatform};
+pub use pushed::{
+    manifest_references, ManifestRefs, PushError, Reference, MAX_MANIFEST_BYTES, MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -311,7 +317,21 @@ impl ImageStore {
 
     /// Removes blobs and layer dirs that none of `keep` references.
     pub fn gc(&self, keep: &[ImportedImage]) -> Result<GcReport, ImageError> {
-        let keep = gc::KeepSet::imported(&self.blobs, keep)?;
+        self.gc_keeping(keep, &[])
+    }
+
+    /// [`ImageStore::gc`] that also keeps the blobs `also_keep` names (a
+    /// registry's pushed blobs and manifests that no image uses yet).
+    pub fn gc_keeping(
+        &self,
+        keep: &[ImportedImage],
+        also_keep: &[String],
+    ) -> Result<GcReport, ImageError> {
+        let mut keep = gc::KeepSet::imported(&self.blobs, keep)?;
+        for digest in also_keep {
+            keep.blobs
+                .insert(digest_hex(digest, "blob to keep")?.to_string());
+        }
         gc::collect(
             &self.blobs,
             &self.layers_dir,

@@ -66,6 +66,17 @@ struct Platform {
     variant: Option<String>,
 }
 
+impl Descriptor {
+    pub(crate) fn new(media_type: &str, digest: &str, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+        }
+    }
+}
+
 impl Platform {
     /// Another OS, or an attestation manifest (`unknown/unknown`, as buildx writes).
     fn is_not_runnable(&self) -> bool {
@@ -260,6 +271,20 @@ fn oci_entry_problem(
     problem.map(|reason| (name, reason))
 }
 
+/// Where the documents and blobs an index or manifest names are read from: an
+/// archive being imported, or the store's own blobs (a registry push).
+pub(crate) trait BlobSource {
+    /// The hex digest of the blob a descriptor names, once it is found with
+    /// the declared size.
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError>;
+    /// Reads a small blob (index, manifest, config) and verifies its digest.
+    fn read_json_blob(
+        &self,
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError>;
+}
+
 impl OciArchive {
     /// Finds the blob a descriptor names and checks its size.
     fn locate(
@@ -285,8 +310,7 @@ impl OciArchive {
         Ok((hex, location))
     }
 
-    /// Reads a small blob (index, manifest, config) and verifies its digest.
-    fn read_json_blob(
+    fn read_json_blob_here(
         &self,
         desc: &Descriptor,
         referenced_by: &str,
@@ -302,103 +326,143 @@ impl OciArchive {
         )?;
         Ok((hex, data))
     }
+}
 
-    /// Resolves every linux image the descriptors name, following nested indexes.
-    fn collect_manifests(
-        &self,
-        descriptors: &[Descriptor],
-        source: &str,
-        depth: usize,
-        out: &mut Vec<ResolvedManifest>,
-    ) -> Result<(), ImageError> {
-        if descriptors.is_empty() {
-            return Err(ImageError::InvalidOci {
-                reason: format!("{source} lists no manifests"),
-            });
-        }
-        if depth > MAX_INDEX_DEPTH {
-            return Err(ImageError::InvalidOci {
-                reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
-            });
-        }
-        for descriptor in descriptors {
-            if descriptor
-                .platform
-                .as_ref()
-                .is_some_and(Platform::is_not_runnable)
-            {
-                continue;
-            }
-            let (hex, data) = self.read_json_blob(descriptor, source)?;
-            let media_type = effective_media_type(descriptor, &data);
-            if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
-                let label = format!("image index {}", digest_from_hex(&hex));
-                let nested: Index = parse_json(&label, &data)?;
-                self.collect_manifests(&nested.manifests, &label, depth + 1, out)?;
-                continue;
-            }
-            let what = format!("manifest {}", digest_from_hex(&hex));
-            if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
-                return Err(ImageError::UnsupportedMediaType { what, media_type });
-            }
-            let manifest: Manifest = parse_json(&what, &data)?;
-            let resolved = self.resolve_manifest(hex, data, manifest, &what)?;
-            out.push(with_descriptor_platform(resolved, descriptor));
-        }
-        Ok(())
+impl BlobSource for OciArchive {
+    fn locate_hex(&self, desc: &Descriptor, referenced_by: &str) -> Result<String, ImageError> {
+        self.locate(desc, referenced_by).map(|(hex, _)| hex)
     }
 
-    fn resolve_manifest(
+    fn read_json_blob(
         &self,
-        manifest_hex: String,
-        manifest_bytes: Vec<u8>,
-        manifest: Manifest,
-        what: &str,
-    ) -> Result<ResolvedManifest, ImageError> {
-        if let Some(media_type) = &manifest.media_type {
-            if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
-                return Err(ImageError::UnsupportedMediaType {
-                    what: what.to_string(),
-                    media_type: media_type.clone(),
-                });
-            }
+        desc: &Descriptor,
+        referenced_by: &str,
+    ) -> Result<(String, Vec<u8>), ImageError> {
+        self.read_json_blob_here(desc, referenced_by)
+    }
+}
+
+/// Resolves every linux image the descriptors name, following nested indexes.
+fn collect_manifests(
+    source_blobs: &dyn BlobSource,
+    descriptors: &[Descriptor],
+    source: &str,
+    depth: usize,
+    out: &mut Vec<ResolvedManifest>,
+) -> Result<(), ImageError> {
+    if descriptors.is_empty() {
+        return Err(ImageError::InvalidOci {
+            reason: format!("{source} lists no manifests"),
+        });
+    }
+    if depth > MAX_INDEX_DEPTH {
+        return Err(ImageError::InvalidOci {
+            reason: format!("image indexes nest more than {MAX_INDEX_DEPTH} deep"),
+        });
+    }
+    for descriptor in descriptors {
+        if descriptor
+            .platform
+            .as_ref()
+            .is_some_and(Platform::is_not_runnable)
+        {
+            continue;
         }
-        let config_desc = &manifest.config;
-        if !CONFIG_MEDIA_TYPES.contains(&config_desc.media_type.as_str()) {
+        let (hex, data) = source_blobs.read_json_blob(descriptor, source)?;
+        let media_type = effective_media_type(descriptor, &data);
+        if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
+            let label = format!("image index {}", digest_from_hex(&hex));
+            let nested: Index = parse_json(&label, &data)?;
+            collect_manifests(source_blobs, &nested.manifests, &label, depth + 1, out)?;
+            continue;
+        }
+        let what = format!("manifest {}", digest_from_hex(&hex));
+        if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
+            return Err(ImageError::UnsupportedMediaType { what, media_type });
+        }
+        let manifest: Manifest = parse_json(&what, &data)?;
+        let resolved = resolve_manifest(source_blobs, hex, data, manifest, &what)?;
+        out.push(with_descriptor_platform(resolved, descriptor));
+    }
+    Ok(())
+}
+
+fn resolve_manifest(
+    source_blobs: &dyn BlobSource,
+    manifest_hex: String,
+    manifest_bytes: Vec<u8>,
+    manifest: Manifest,
+    what: &str,
+) -> Result<ResolvedManifest, ImageError> {
+    if let Some(media_type) = &manifest.media_type {
+        if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
             return Err(ImageError::UnsupportedMediaType {
-                what: format!("config {} of {what}", config_desc.digest),
-                media_type: config_desc.media_type.clone(),
+                what: what.to_string(),
+                media_type: media_type.clone(),
             });
         }
-        let (config_hex, config_bytes) = self.read_json_blob(config_desc, what)?;
-        let config = parse_config(&config_hex, &config_bytes)?;
-        if manifest.layers.is_empty() {
-            return Err(ImageError::InvalidOci {
-                reason: format!("{what} lists no layers"),
-            });
-        }
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for layer in &manifest.layers {
-            if !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
-                return Err(ImageError::UnsupportedMediaType {
-                    what: format!("layer {} of {what}", layer.digest),
-                    media_type: layer.media_type.clone(),
-                });
-            }
-            let (hex, _) = self.locate(layer, what)?;
-            layers.push(hex);
-        }
-        check_diff_id_count(&config, layers.len(), what)?;
-        Ok(ResolvedManifest {
-            platform: config.platform(),
-            manifest_hex,
-            manifest_bytes,
-            config_hex,
-            config_bytes,
-            config,
-            layers,
-        })
     }
+    let config_desc = &manifest.config;
+    if !CONFIG_MEDIA_TYPES.contains(&config_desc.media_type.as_str()) {
+        return Err(ImageError::UnsupportedMediaType {
+            what: format!("config {} of {what}", config_desc.digest),
+            media_type: config_desc.media_type.clone(),
+        });
+    }
+    let (config_hex, config_bytes) = source_blobs.read_json_blob(config_desc, what)?;
+    let config = parse_config(&config_hex, &config_bytes)?;
+    if manifest.layers.is_empty() {
+        return Err(ImageError::InvalidOci {
+            reason: format!("{what} lists no layers"),
+        });
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for layer in &manifest.layers {
+        if !LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()) {
+            return Err(ImageError::UnsupportedMediaType {
+                what: format!("layer {} of {what}", layer.digest),
+                media_type: layer.media_type.clone(),
+            });
+        }
+        let hex = source_blobs.locate_hex(layer, what)?;
+        layers.push(hex);
+    }
+    check_diff_id_count(&config, layers.len(), what)?;
+    Ok(ResolvedManifest {
+        platform: config.platform(),
+        manifest_hex,
+        manifest_bytes,
+        config_hex,
+        config_bytes,
+        config,
+        layers,
+    })
+}
+
+/// Every linux image `descriptors` name (one per platform, linux/amd64 first),
+/// manifests and configs verified and every layer blob present with its size.
+pub(crate) fn resolve_descriptors(
+    source: &dyn BlobSource,
+    descriptors: &[Descriptor],
+    label: &str,
+) -> Result<ResolvedImage, ImageError> {
+    let mut manifests = Vec::new();
+    collect_manifests(source, descriptors, label, 0, &mut manifests)?;
+    if manifests.is_empty() {
+        return Err(ImageError::NoMatchingPlatform {
+            available: descriptors
+                .iter()
+                .map(|d| match &d.platform {
+                    Some(p) => p.to_string(),
+                    None => format!("{} without platform", d.digest),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(ResolvedImage {
+        manifests: default_platform_first(manifests),
+    })
 }
 
 impl ImageArchive for OciArchive {
@@ -408,24 +472,7 @@ impl ImageArchive for OciArchive {
     fn resolve(&mut self) -> Result<ResolvedImage, ImageError> {
         let _: OciLayout = parse_json("oci-layout", &self.oci_layout)?;
         let index: Index = parse_json("index.json", &self.index_json)?;
-        let mut manifests = Vec::new();
-        self.collect_manifests(&index.manifests, "index.json", 0, &mut manifests)?;
-        if manifests.is_empty() {
-            return Err(ImageError::NoMatchingPlatform {
-                available: index
-                    .manifests
-                    .iter()
-                    .map(|d| match &d.platform {
-                        Some(p) => p.to_string(),
-                        None => format!("{} without platform", d.digest),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        Ok(ResolvedImage {
-            manifests: default_platform_first(manifests),
-        })
+        resolve_descriptors(self, &index.manifests, "index.json")
     }
 
     /// Copies a layer blob out of the archive into `dest`, verifying its digest.

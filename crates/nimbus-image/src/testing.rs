@@ -17,3 +17,23 @@ pub fn one_file_rootfs_tar(content: &str) -> Vec<u8> {
         .expect("tar entry");
     builder.into_inner().expect("tar")
 }
+
+/// A store in a temporary directory whose uploads may hold `limit` bytes.
+#[cfg(test)]
+pub(crate) fn store_with_limit(limit: u64) -> (tempfile::TempDir, crate::ImageStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = crate::Limits {
+        max_archive_bytes: limit,
+        ..crate::Limits::default()
+    };
+    let store = crate::ImageStore::open(dir.path(), limits).expect("image store");
+    (dir, store)
+}
+
+/// How many entries the store's `sub` directory holds.
+#[cfg(test)]
+pub(crate) fn entry_count(store: &crate::ImageStore, sub: &str) -> usize {
+    std::fs::read_dir(store.root().join(sub))
+        .expect("store directory")
+        .count()
+}

@@ -65,9 +65,18 @@ pub struct ImportQuery {
 }
 
 /// Reads the uploaded body on the blocking side of a channel.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
     current: bytes::Bytes,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>) -> Self {
+        ChannelReader {
+            rx,
+            current: bytes::Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {
@@ -87,10 +96,10 @@ impl Read for ChannelReader {
 
 /// How much of a refused upload is still read (and discarded) before the
 /// answer is sent.
-const REFUSED_UPLOAD_DRAIN_BYTES: usize = 64 << 20;
+pub(crate) const REFUSED_UPLOAD_DRAIN_BYTES: usize = 64 << 20;
 
 /// Reads and discards up to `limit` more bytes of a request body.
-async fn drain_rest<S, E>(stream: &mut S, limit: usize)
+pub(crate) async fn drain_rest<S, E>(stream: &mut S, limit: usize)
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 {
@@ -158,10 +167,7 @@ pub async fn import(
     let images = state.images.clone();
     let display_name = q.name.clone();
     let importer = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: bytes::Bytes::new(),
-        };
+        let reader = ChannelReader::new(rx);
         match kind {
             Kind::Archive => images.import(reader, &mut |_| {}),
             Kind::Disk(format) => images.import_disk(reader, &display_name, format),
@@ -268,6 +274,9 @@ pub async fn delete(
     {
         tracing::warn!(error = %e.0, image = %name, "the image's scan record was not removed");
     }
+    if let Err(e) = super::registry::records::forget_tag_of(&state, &image).await {
+        tracing::warn!(image = %name, %project, error = %e.message, "the registry tag of a removed image stays");
+    }
     if let Err(e) = collect_garbage(
         &state.repo,
         state.images.clone(),
@@ -281,7 +290,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes the blobs and layers no image of any project references.
+/// Removes the blobs and layers no image of any project and no registry
+/// repository references.
 ///
 /// The keep-list is read under the exclusive image lock: an import holds
 /// the lock shared until its image record is stored, so every import has
@@ -301,7 +311,10 @@ pub(crate) async fn collect_garbage(
         .iter()
         .map(|i| ImportedImage::from_api(&i.status))
         .collect();
-    tokio::task::spawn_blocking(move || images.gc(&keep))
+    // Pushed blobs and manifests no image uses (yet) stay while a
+    // repository names them.
+    let pushed = super::registry::records::kept_digests(repo).await?;
+    tokio::task::spawn_blocking(move || images.gc_keeping(&keep, &pushed))
         .await
         .map_err(|e| ApiError::internal(format!("image garbage collection task failed: {e}")))?
         .map_err(|e| ServerError(ApiError::internal(format!("image garbage collection: {e}"))))

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod params;
 pub mod policy;
 pub mod projects;
+pub mod registry;
 pub mod secgroups;
 pub mod servers;
 pub mod usage;
@@ -215,7 +216,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::auth_layer,
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Its own authentication (Basic or Bearer, with a challenge) and
+        // error format, so merged after the API's layers.
+        .merge(registry::router(state.clone()));
     // Outermost, so a request's time includes authentication; applied per
     // route, so the route template (`MatchedPath`) is known.
     let api = match metrics::CountRequestsLayer::new(&state.metrics) {

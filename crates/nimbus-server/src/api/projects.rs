@@ -25,23 +25,8 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(opts): Query<ListOptions>,
 ) -> ApiResult<axum::response::Response> {
-    let visible: Option<std::collections::HashSet<String>> = if caller.system_admin {
-        None
-    } else {
-        let bindings = state
-            .repo
-            .list::<RoleBinding>(None, &ListOptions::default(), |b| {
-                b.spec.user == caller.user
-            })
-            .await?;
-        Some(
-            bindings
-                .items
-                .into_iter()
-                .filter_map(|b| b.metadata.project)
-                .collect(),
-        )
-    };
+    let visible: Option<std::collections::HashSet<String>> =
+        auth::visible_projects(&state.repo, &caller).await?;
     let guard = super::watch::Guard::admin_or_self(caller.clone());
     super::watch::list_or_watch::<Project>(
         &state,
@@ -213,17 +198,28 @@ impl Holdings {
     }
 }
 
-/// Deletes the project's address keys and the host ports claimed in its
-/// name. Called once no instance, network or published port of the project
+/// Deletes the project's address keys, its registry repositories and the
+/// host ports claimed in its name. Called once no instance, network or published port of the project
 /// is left, so every such key is an orphan.
 async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
     let ipam_prefix = format!("/ipam/{project}/");
     let addresses = repo.store.list(&ipam_prefix, None, 0).await?;
+    // Registry repositories: their tagged images are gone by now, so
+    // what they still name is left to the image store's collection.
+    let repositories = repo
+        .store
+        .list(
+            &crate::repo::prefix::<nimbus_api::Repository>(Some(project)),
+            None,
+            0,
+        )
+        .await?;
     let claimed = repo.store.list("/hostports/", None, 0).await?;
     let owner = format!("{project}/");
     let mut ops: Vec<Op> = addresses
         .kvs
         .iter()
+        .chain(&repositories.kvs)
         .map(|kv| Op::Delete {
             key: kv.key.clone(),
         })
@@ -249,7 +245,7 @@ async fn sweep_orphan_keys(repo: &Repo, project: &str) -> ApiResult<()> {
     tracing::info!(
         project,
         keys = ops.len(),
-        "removing the address, host-port, scan and policy keys of a deleted project"
+        "removing the address, host-port, scan, policy and registry repository keys of a deleted project"
     );
     repo.store
         .txn(Txn {

@@ -205,6 +205,27 @@ pub async fn role_in(repo: &Repo, caller: &Caller, project: &str) -> ApiResult<O
     Ok(binding.map(|b| b.spec.role))
 }
 
+/// The projects the caller has a role in; `None` for a system
+/// administrator, who sees every project.
+pub async fn visible_projects<C: FromIterator<String>>(
+    repo: &Repo,
+    caller: &Caller,
+) -> ApiResult<Option<C>> {
+    if caller.system_admin {
+        return Ok(None);
+    }
+    let bindings = repo
+        .list::<RoleBinding>(None, &Default::default(), |b| b.spec.user == caller.user)
+        .await?;
+    Ok(Some(
+        bindings
+            .items
+            .into_iter()
+            .filter_map(|b| b.metadata.project)
+            .collect(),
+    ))
+}
+
 /// Require at least `min` in `project`: 404 when the caller cannot see the
 /// project at all, 403 when it can see but not do.
 pub async fn require_role(

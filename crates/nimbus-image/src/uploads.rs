@@ -1,0 +1,243 @@
+//! Blob uploads of the registry: a session stages its bytes under the store's
+//! `tmp/upload-<id>/` (with the label of who opened it), chunk after chunk, and
+//! they reach `blobs/` by rename only after hashing to the digest the client
+//! named; a whole blob sent at once stages like an import. Past the store's
+//! `Limits::max_archive_bytes` an upload is dropped.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use crate::blob::{self, digest_from_hex, digest_hex, CopyError, HashingReader};
+use crate::error::ImageError;
+use crate::pushed::PushError;
+use crate::{ImageStore, Staging};
+
+impl ImageStore {
+    fn upload_dir(&self, id: &str) -> Result<PathBuf, PushError> {
+        let well_formed = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        let dir = self.tmp_dir.join(format!("upload-{id}"));
+        if !well_formed || !dir.is_dir() {
+            return Err(PushError::UploadUnknown { id: id.to_string() });
+        }
+        Ok(dir)
+    }
+
+    /// Opens an upload session `id` (letters, digits, `-`) for `owner`, an opaque
+    /// label the caller checks on every later call.
+    pub fn upload_start(&self, id: &str, owner: &str) -> Result<(), PushError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(PushError::UploadUnknown { id: id.to_string() });
+        }
+        let dir = self.tmp_dir.join(format!("upload-{id}"));
+        std::fs::create_dir(&dir).map_err(|e| ImageError::io("create upload", &dir, e))?;
+        let write = |name: &str, data: &[u8]| {
+            blob::write_new_file(&dir.join(name), data)
+                .map_err(|e| ImageError::io("create upload", dir.join(name), e))
+        };
+        write("owner", owner.as_bytes())?;
+        write("data", b"")?;
+        Ok(())
+    }
+
+    /// Who opened upload `id`.
+    pub fn upload_owner(&self, id: &str) -> Result<String, PushError> {
+        let path = self.upload_dir(id)?.join("owner");
+        std::fs::read_to_string(&path).map_err(|_| PushError::UploadUnknown { id: id.to_string() })
+    }
+
+    /// Bytes received so far.
+    pub fn upload_size(&self, id: &str) -> Result<u64, PushError> {
+        let path = self.upload_dir(id)?.join("data");
+        Ok(std::fs::metadata(&path)
+            .map_err(|e| ImageError::io("read size of upload", &path, e))?
+            .len())
+    }
+
+    /// Appends `reader` to upload `id`; `start`, when given, must equal the bytes
+    /// already received. Returns the new total. Past the store's size limit the
+    /// upload is cancelled.
+    pub fn upload_append(
+        &self,
+        id: &str,
+        start: Option<u64>,
+        reader: &mut dyn Read,
+    ) -> Result<u64, PushError> {
+        let path = self.upload_dir(id)?.join("data");
+        let have = self.upload_size(id)?;
+        if let Some(start) = start.filter(|s| *s != have) {
+            return Err(PushError::OutOfOrder {
+                id: id.to_string(),
+                start,
+                actual: have,
+            });
+        }
+        let limit = self.limits.max_archive_bytes;
+        let mut file = File::options()
+            .append(true)
+            .open(&path)
+            .map_err(|e| ImageError::io("open upload", &path, e))?;
+        let mut total = have;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ImageError::ReadArchive { source: e }.into()),
+            };
+            total += n as u64;
+            if total > limit {
+                drop(file);
+                self.upload_cancel(id)?;
+                return Err(PushError::TooLarge {
+                    id: id.to_string(),
+                    limit,
+                });
+            }
+            file.write_all(&buf[..n])
+                .map_err(|e| ImageError::io("write upload", &path, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| ImageError::io("sync upload", &path, e))?;
+        Ok(total)
+    }
+
+    /// Closes upload `id`: its bytes must hash to `digest`, then they become
+    /// that blob. On a mismatch the upload is removed and nothing is kept.
+    /// Returns the blob's size.
+    pub fn upload_finish(&self, id: &str, digest: &str) -> Result<u64, PushError> {
+        digest_hex(digest, "upload digest")?;
+        let dir = self.upload_dir(id)?;
+        let path = dir.join("data");
+        let file = File::open(&path).map_err(|e| ImageError::io("open upload", &path, e))?;
+        let (actual, size) = HashingReader::new(file)
+            .finish()
+            .map_err(|e| ImageError::io("read upload", &path, e))?;
+        let committed = self.commit_pushed(&path, digest, &actual, size);
+        self.upload_cancel(id)?;
+        committed?;
+        tracing::info!(digest, bytes = size, "pushed blob stored");
+        Ok(size)
+    }
+
+    /// Removes upload `id` and what it received.
+    pub fn upload_cancel(&self, id: &str) -> Result<(), PushError> {
+        let dir = self.upload_dir(id)?;
+        crate::remove_any(&dir).map_err(|e| ImageError::io("remove upload", &dir, e))?;
+        Ok(())
+    }
+
+    /// Stores a whole blob sent in one request (a monolithic upload), checked
+    /// against `digest` and the size limit like [`ImageStore::add_blob`].
+    pub fn push_blob(&self, digest: &str, reader: &mut dyn Read) -> Result<u64, PushError> {
+        digest_hex(digest, "upload digest")?;
+        let staging = Staging::create(&self.tmp_dir, "push")?;
+        let path = staging.path.join("blob");
+        let limit = self.limits.max_archive_bytes;
+        let (actual, size) = blob::copy_hashed_to_new_file(reader, &path, limit, &mut |_| {})
+            .map_err(|e| match e {
+                CopyError::Read(source) => PushError::Image(ImageError::ReadArchive { source }),
+                CopyError::Write(e) => PushError::Image(ImageError::io("write blob", &path, e)),
+                CopyError::TooLarge => PushError::TooLarge {
+                    id: "(monolithic)".into(),
+                    limit,
+                },
+            })?;
+        self.commit_pushed(&path, digest, &actual, size)?;
+        Ok(size)
+    }
+
+    /// Moves the pushed bytes at `path`, which hashed to `actual_hex`, to
+    /// their address if that is the `digest` the client named.
+    fn commit_pushed(
+        &self,
+        path: &std::path::Path,
+        digest: &str,
+        actual_hex: &str,
+        size: u64,
+    ) -> Result<(), PushError> {
+        let hex = digest_hex(digest, "upload digest")?;
+        if actual_hex != hex {
+            return Err(PushError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: digest_from_hex(actual_hex),
+                size,
+            });
+        }
+        if !self.blobs.contains(hex) {
+            self.blobs.commit(path, hex)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{entry_count as entries, store_with_limit as store};
+
+    #[test]
+    fn chunks_in_order_become_a_blob_and_a_mismatch_keeps_nothing() {
+        let (_d, store) = store(1 << 20);
+        store.upload_start("ab-1", "ops/app").unwrap();
+        assert_eq!(store.upload_owner("ab-1").unwrap(), "ops/app");
+        assert_eq!(
+            store
+                .upload_append("ab-1", Some(0), &mut &b"hello "[..])
+                .unwrap(),
+            6
+        );
+        let err = store
+            .upload_append("ab-1", Some(2), &mut &b"x"[..])
+            .unwrap_err();
+        assert!(
+            matches!(err, PushError::OutOfOrder { actual: 6, .. }),
+            "{err}"
+        );
+        store
+            .upload_append("ab-1", None, &mut &b"world"[..])
+            .unwrap();
+        let digest = format!("sha256:{}", blob::sha256_hex(b"hello world"));
+        assert_eq!(store.upload_finish("ab-1", &digest).unwrap(), 11);
+        assert_eq!(store.blob_size(&digest).unwrap(), Some(11));
+        assert!(matches!(
+            store.upload_size("ab-1"),
+            Err(PushError::UploadUnknown { .. })
+        ));
+
+        store.upload_start("cd", "ops/app").unwrap();
+        store.upload_append("cd", None, &mut &b"other"[..]).unwrap();
+        let wanted = format!("sha256:{}", blob::sha256_hex(b"not that"));
+        let err = store.upload_finish("cd", &wanted).unwrap_err();
+        assert!(matches!(err, PushError::DigestMismatch { .. }), "{err}");
+        assert_eq!(store.blob_size(&wanted).unwrap(), None);
+        assert_eq!(entries(&store, "tmp"), 0);
+        assert_eq!(entries(&store, "blobs/sha256"), 1);
+    }
+
+    #[test]
+    fn an_upload_past_the_limit_is_dropped_and_bad_ids_name_nothing() {
+        let (_d, store) = store(10);
+        store.upload_start("ee", "p/r").unwrap();
+        let err = store
+            .upload_append("ee", None, &mut &[0u8; 11][..])
+            .unwrap_err();
+        assert!(
+            matches!(err, PushError::TooLarge { limit: 10, .. }),
+            "{err}"
+        );
+        assert_eq!(entries(&store, "tmp"), 0);
+        for bad in ["../x", "", "zz"] {
+            assert!(store.upload_size(bad).is_err());
+        }
+        assert!(store.upload_start("../x", "p").is_err());
+        let err = store
+            .push_blob(&format!("sha256:{}", "a".repeat(64)), &mut &[1u8; 11][..])
+            .unwrap_err();
+        assert!(matches!(err, PushError::TooLarge { .. }), "{err}");
+        assert_eq!(entries(&store, "blobs/sha256"), 0);
+    }
+}
