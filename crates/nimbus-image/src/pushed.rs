@@ -451,6 +451,19 @@ mod tests {
             ]
         }))
         .unwrap();
+        // Every platform of an index is kept, so each must be stored.
+        assert!(matches!(
+            store.image_from_manifest(&index, MEDIA_OCI_INDEX),
+            Err(ImageError::MissingBlob { .. })
+        ));
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [
+                {"mediaType": MEDIA_OCI_MANIFEST, "digest": image.manifest_digest, "size": image_manifest.len(),
+                 "platform": {"os": "linux", "architecture": "amd64"}}
+            ]
+        }))
+        .unwrap();
         let from_index = store.image_from_manifest(&index, MEDIA_OCI_INDEX).unwrap();
         assert_eq!(from_index, image);
 
