@@ -16,6 +16,7 @@ pub mod resources;
 pub mod servers;
 pub mod stats;
 mod tls_trust;
+mod trust;
 pub mod units;
 pub mod usage;
 pub mod version;
@@ -29,6 +30,10 @@ pub use join::{
 pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
+pub use trust::{
+    ImageSignatures, ImageSignaturesSpec, Policy, PolicySpec, PolicyUpdate, SignatureAdded,
+    SignatureUpload, TrustedKey, POLICY_NAME,
+};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
 pub use version::{BuildVersion, ServerVersion};
 pub use volumes::{

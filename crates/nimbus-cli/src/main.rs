@@ -59,6 +59,12 @@ enum Command {
     /// Images: import root filesystems and OCI archives.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Signing keys (cosign-compatible ECDSA P-256).
+    #[command(subcommand)]
+    Key(cmd::key::KeyCmd),
+    /// A project's launch policy: require image signatures by trusted keys.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
     /// Instances: containers (and later VMs and unikernels).
     #[command(subcommand)]
     Instance(cmd::instance::InstanceCmd),
@@ -215,6 +221,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Project(c) => cmd::project::run(&g, c).await,
         Command::Image(c) => cmd::image::run(&g, c).await,
+        Command::Key(c) => cmd::key::run(&g, c).await,
+        Command::Policy(c) => cmd::policy::run(&g, c).await,
         Command::Instance(c) => cmd::instance::run(&g, c).await,
         Command::Network(c) => cmd::network::network(&g, c).await,
         Command::Secgroup(c) => cmd::network::secgroup(&g, c).await,

@@ -19,8 +19,9 @@ mod policy;
 pub use error::SignError;
 pub use keys::{KeyPair, PublicKey, ScryptParams};
 pub use manifest::{
-    parse_signature_manifest, SignatureManifest, SignaturePair, MAX_PAYLOAD_BYTES, MAX_SIGNATURES,
-    MAX_SIGNATURE_MANIFEST_BYTES, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE,
+    parse_signature_manifest, parse_stored_signatures, SignatureManifest, SignaturePair,
+    MAX_PAYLOAD_BYTES, MAX_SIGNATURES, MAX_SIGNATURE_MANIFEST_BYTES, SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING_MEDIA_TYPE,
 };
 pub use payload::{SimpleSigning, COSIGN_SIGNATURE_TYPE};
 pub use policy::{check_signatures, Accepted, Found, Refusal};

@@ -170,6 +170,20 @@ pub fn parse_signature_manifest(
         .collect()
 }
 
+/// [`parse_signature_manifest`] over a manifest stored as text with its
+/// blobs base64 by digest (how the API carries a `.sig` manifest).
+pub fn parse_stored_signatures(
+    manifest: &str,
+    blobs_base64: &BTreeMap<String, String>,
+) -> Result<Vec<SignaturePair>, SignError> {
+    parse_signature_manifest(manifest.as_bytes(), |digest| {
+        blobs_base64
+            .get(digest)
+            .filter(|b| b.len() <= MAX_PAYLOAD_BYTES * 2)
+            .and_then(|b| STANDARD.decode(b).ok())
+    })
+}
+
 fn read_layer(
     layer: &Descriptor,
     blob: &impl Fn(&str) -> Option<Vec<u8>>,

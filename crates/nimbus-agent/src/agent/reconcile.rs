@@ -481,6 +481,7 @@ async fn start(
             name: instance.spec.image.clone(),
         });
     }
+    super::signature_policy::check(&agent.client, &project, &image).await?;
     if let Ok(mut cache) = agent.image_cache.lock() {
         cache.insert(image.metadata.id.clone(), image.clone());
     }

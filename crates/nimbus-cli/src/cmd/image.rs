@@ -56,6 +56,14 @@ pub enum ImageCmd {
     /// Delete an image no instance uses.
     #[command(alias = "delete")]
     Rm { name: String },
+    /// Sign the image's manifest digest as cosign does, with a private key
+    /// of `nimbus key create` or cosign (password from COSIGN_PASSWORD or asked).
+    #[command(after_help = "Examples:\n  nimbus image sign app --key cosign.key")]
+    Sign {
+        name: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn source_name(file: &std::path::Path) -> String {
@@ -129,6 +137,9 @@ fn rows(items: &[Image]) -> String {
 }
 
 pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
+    if let ImageCmd::Sign { name, key } = &cmd {
+        return super::image_sign::sign(g, name, key).await;
+    }
     let client = g.client()?;
     let p = &g.project;
     match cmd {
@@ -244,6 +255,7 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                 .await?;
             print(g, &i, || rows(std::slice::from_ref(&i)))
         }
+        ImageCmd::Sign { .. } => Ok(()),
         ImageCmd::Rm { name } => {
             client
                 .request_bytes(

@@ -16,9 +16,11 @@ pub mod networks;
 pub mod objects;
 pub mod openapi;
 pub mod params;
+pub mod policies;
 pub mod projects;
 pub mod secgroups;
 pub mod servers;
+pub mod signatures;
 pub mod usage;
 pub mod users;
 pub mod volume_attach;
@@ -109,6 +111,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/projects/{project}/images/{name}/blobs/{digest}",
             get(image_blobs::get),
+        )
+        .route(
+            "/v1/projects/{project}/images/{name}/signatures",
+            post(signatures::add),
+        )
+        .route(
+            "/v1/projects/{project}/signatures/{tag}",
+            get(signatures::get),
+        )
+        .route(
+            "/v1/policies/{project}",
+            get(policies::get).put(policies::set),
         )
         .merge(instances::routes())
         .route("/v1/projects/{project}/events", get(events::list))

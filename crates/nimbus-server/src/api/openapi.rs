@@ -12,8 +12,8 @@ use utoipa::OpenApi;
 
 use super::{
     addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, images, instances,
-    metrics, network_peers, networks, objects, projects, secgroups, servers, usage, users,
-    volume_attach, volumes,
+    metrics, network_peers, networks, objects, policies, projects, secgroups, servers, signatures,
+    usage, users, volume_attach, volumes,
 };
 
 #[derive(OpenApi)]
@@ -31,6 +31,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         network_peers::list,
         hostio_tickets::consume, host_join::create, host_join::list, host_join::delete, host_join::join,
         images::list, images::get, images::import, images::delete, image_blobs::get,
+        signatures::add, signatures::get, policies::get, policies::set,
         instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
         instances::actions::start, instances::actions::stop, instances::actions::restart, instances::crud::delete,
         instances::actions::report_status, instances::streams::logs, instances::streams::exec, instances::crud::secret_env,

@@ -186,7 +186,17 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
         kernel_image: kernel_image.as_ref(),
         secgroups: Some(&secgroups),
     };
-    Ok(domain::validate_spec(project, spec, named)?)
+    let image_id = domain::validate_spec(project, spec, named)?;
+    if let Some(image) = &image {
+        crate::signatures::enforce_launch_policy(
+            &state.repo,
+            state.signatures.as_ref(),
+            project,
+            image,
+        )
+        .await?;
+    }
+    Ok(image_id)
 }
 
 /// The networks an instance spec names; `default` is created on demand.
