@@ -61,7 +61,15 @@ fn import_image(cloud: &Cloud, name: &str, marker: &str) {
 
 fn refused(cloud: &Cloud, name: &str, image: &str) -> String {
     let out = cloud.nimbus(&[
-        "instance", "run", name, "--image", image, "--", "sleep", "600",
+        "instance",
+        "run",
+        name,
+        "--image",
+        image,
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
     ]);
     assert!(
         !out.status.success(),
@@ -150,7 +158,15 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
 
     // Signed by the trusted key: it launches.
     cloud.ok(&[
-        "instance", "run", "signed", "--image", "app", "--", "sleep", "600",
+        "instance",
+        "run",
+        "signed",
+        "--image",
+        "app",
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
     ]);
     cloud.wait_phase("signed", &["running"], Duration::from_secs(60));
 
@@ -181,17 +197,36 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     // policy allowed it does not start once the policy forbids it.
     cloud.ok(&["policy", "set", "--no-require-signature"]);
     cloud.ok(&[
-        "instance", "run", "late", "--image", "unsigned", "--", "sleep", "600",
+        "instance",
+        "run",
+        "late",
+        "--image",
+        "unsigned",
+        "--",
+        "/bin/busybox",
+        "sleep",
+        "600",
     ]);
     cloud.wait_phase("late", &["running"], Duration::from_secs(60));
     cloud.ok(&["instance", "stop", "late"]);
     cloud.wait_phase("late", &["stopped", "exited"], Duration::from_secs(60));
     cloud.ok(&["policy", "set", "--require-signature"]);
     cloud.ok(&["instance", "start", "late"]);
-    let failed = cloud.wait_phase("late", &["failed"], Duration::from_secs(60));
-    let reason = failed["status"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("may not start on this host"), "{failed}");
-    assert!(reason.contains("has no signature"), "{failed}");
+    let reason = common::wait_until_or(
+        Duration::from_secs(60),
+        "the agent to refuse to start instance late",
+        || {
+            let v = cloud.instance("late");
+            let reason = v["status"]["reason"].as_str()?.to_string();
+            reason
+                .contains("may not start on this host")
+                .then_some(reason)
+        },
+        || format!("{}", cloud.instance("late")),
+    );
+    assert!(reason.contains("has no signature"), "{reason}");
+    let phase = cloud.instance("late")["status"]["phase"].clone();
+    assert_ne!(phase, "running", "the refused instance runs");
     cloud.ok(&["instance", "rm", "late", "--force"]);
 }
 
