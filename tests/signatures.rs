@@ -59,6 +59,10 @@ fn import_image(cloud: &Cloud, name: &str, marker: &str) {
     cloud.ok(&["image", "import", &tar, "--name", name]);
 }
 
+fn require_signature_by(cloud: &Cloud, public_key: &str) {
+    cloud.ok(&["policy", "set", "--require-signature", "--key", public_key]);
+}
+
 fn refused(cloud: &Cloud, name: &str, image: &str) -> String {
     let out = cloud.nimbus(&[
         "instance",
@@ -142,13 +146,7 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     let policy = cloud.json(&["policy", "get"]).expect("policy");
     assert!(policy["spec"]["require_signature"].is_null(), "{policy}");
 
-    cloud.ok(&[
-        "policy",
-        "set",
-        "--require-signature",
-        "--key",
-        &key("ops.pub"),
-    ]);
+    require_signature_by(&cloud, &key("ops.pub"));
     let policy = cloud.json(&["policy", "get"]).expect("policy");
     assert_eq!(
         policy["spec"]["keys"][0]["fingerprint"],
@@ -240,13 +238,7 @@ fn another_projects_token_cannot_see_sign_or_set_the_policy() {
     let tar = common::tiny_rootfs_tar(dir.path());
     cloud.ok(&["image", "import", &tar, "--name", "app"]);
     let key = |k: &str| keys.path().join(k).to_string_lossy().into_owned();
-    cloud.ok(&[
-        "policy",
-        "set",
-        "--require-signature",
-        "--key",
-        &key("ops.pub"),
-    ]);
+    require_signature_by(&cloud, &key("ops.pub"));
 
     cloud.ok(&["user", "create", "rival"]);
     cloud.ok(&["project", "create", "rivals"]);

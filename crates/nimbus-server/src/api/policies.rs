@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use nimbus_api::{
-    ApiError, ErrorCode, Metadata, Policy, PolicySpec, PolicyUpdate, Role, TrustedKey, POLICY_NAME,
+    ApiError, Metadata, Policy, PolicySpec, PolicyUpdate, Role, TrustedKey, POLICY_NAME,
 };
 use nimbus_sign::PublicKey;
 
@@ -37,32 +37,17 @@ pub async fn set(
 ) -> ApiResult<Json<Policy>> {
     auth::require_role(&state.repo, &caller, &project, Role::Admin).await?;
     let added = checked_keys(&update.add_keys)?;
-    for _ in 0..16 {
-        let existing = state
-            .repo
-            .try_get::<Policy>(Some(&project), POLICY_NAME)
-            .await?;
-        let mut policy = existing.clone().unwrap_or_else(|| Policy {
-            metadata: Metadata::new(POLICY_NAME, Some(&project)),
-            spec: PolicySpec::default(),
-        });
-        apply(&mut policy.spec, &update, &added)?;
-        let written = match existing {
-            Some(_) => state.repo.update(policy).await,
-            None => state.repo.create(policy).await,
-        };
-        match written {
-            Err(ServerError(e))
-                if matches!(e.code, ErrorCode::Conflict | ErrorCode::AlreadyExists) =>
-            {
-                continue
-            }
-            other => return other.map(Json),
-        }
-    }
-    Err(ServerError(ApiError::unavailable(format!(
-        "the policy of project {project:?} is changing too fast to update; retry"
-    ))))
+    let fresh = || Policy {
+        metadata: Metadata::new(POLICY_NAME, Some(&project)),
+        spec: PolicySpec::default(),
+    };
+    let stored = state
+        .repo
+        .modify_or_create(Some(&project), POLICY_NAME, fresh, |policy: &mut Policy| {
+            apply(&mut policy.spec, &update, &added)
+        })
+        .await?;
+    Ok(Json(stored))
 }
 
 /// Parse every key; the fingerprint is always the server's own.

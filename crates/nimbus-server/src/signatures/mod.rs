@@ -104,3 +104,106 @@ pub async fn enforce_launch_policy(
     }
     Err(ServerError(ApiError::invalid(message)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use nimbus_api::{ImageSpec, ImageStatus, Metadata, Policy, PolicySpec, TrustedKey};
+    use nimbus_sign::{KeyPair, SignaturePair, SimpleSigning};
+    use nimbus_store::SqliteStore;
+
+    use super::records::RecordSignatures;
+    use super::*;
+
+    const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn image(digest: &str) -> Image {
+        Image {
+            metadata: Metadata::new("app", Some("ops")),
+            spec: ImageSpec::default(),
+            status: ImageStatus {
+                digest: digest.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn signed(key: &KeyPair, digest: &str) -> SignaturePair {
+        let payload = SimpleSigning::new("ops/app", digest)
+            .expect("payload")
+            .to_bytes();
+        SignaturePair {
+            signature: key.sign(&payload).expect("sign"),
+            payload,
+            signer: Some(key.public_key().fingerprint()),
+        }
+    }
+
+    async fn require(repo: &Repo, key: &KeyPair) {
+        repo.create(Policy {
+            metadata: Metadata::new(POLICY_NAME, Some("ops")),
+            spec: PolicySpec {
+                require_signature: Some(true),
+                keys: vec![TrustedKey {
+                    fingerprint: key.public_key().fingerprint(),
+                    public_key: key.public_key().to_pem(),
+                    source: String::new(),
+                }],
+            },
+        })
+        .await
+        .expect("policy");
+    }
+
+    #[tokio::test]
+    async fn records_append_signatures_and_the_policy_reads_them() {
+        let repo = Repo::new(Arc::new(SqliteStore::open_in_memory().expect("store")));
+        let source = RecordSignatures { repo: repo.clone() };
+        let ops = KeyPair::generate().expect("key");
+        let other = KeyPair::generate().expect("key");
+        // Without a policy everything launches.
+        enforce_launch_policy(&repo, &source, "ops", &image(OLD))
+            .await
+            .expect("no policy");
+        require(&repo, &ops).await;
+        let err = enforce_launch_policy(&repo, &source, "ops", &image(OLD))
+            .await
+            .expect_err("unsigned");
+        assert!(
+            err.0.message.contains("has no signature"),
+            "{}",
+            err.0.message
+        );
+
+        let append = |pair| source.append("ops", OLD, "ops/app", pair);
+        assert_eq!(append(signed(&other, OLD)).await.expect("append"), 1);
+        let same = signed(&ops, OLD);
+        assert_eq!(append(same.clone()).await.expect("append"), 2);
+        assert_eq!(
+            append(same).await.expect("again"),
+            2,
+            "a repeat is not added"
+        );
+        enforce_launch_policy(&repo, &source, "ops", &image(OLD))
+            .await
+            .expect("signed by the trusted key");
+
+        // The name now points at another digest: refused, and said why.
+        let err = enforce_launch_policy(&repo, &source, "ops", &image(NEW))
+            .await
+            .expect_err("moved");
+        assert!(
+            err.0.message.contains("re-imported after signing") && err.0.message.contains(OLD),
+            "{}",
+            err.0.message
+        );
+        // Another project sees none of it.
+        assert!(source
+            .signatures("dev", OLD)
+            .await
+            .expect("read")
+            .is_empty());
+    }
+}

@@ -62,54 +62,35 @@ impl RecordSignatures {
         pair: SignaturePair,
     ) -> ApiResult<usize> {
         let name = record_name(digest)?;
-        for _ in 0..16 {
-            let existing: Option<ImageSignatures> = self.repo.try_get(Some(project), &name).await?;
-            let (mut pairs, mut references) = match &existing {
-                Some(r) => (pairs_of(&r.spec)?, r.spec.references.clone()),
-                None => (Vec::new(), Vec::new()),
-            };
-            pairs.push(pair.clone());
-            if !references.iter().any(|r| r == reference) {
-                references.push(reference.to_string());
-            }
-            let manifest = SignatureManifest::build(&pairs)
-                .map_err(|e| ServerError(ApiError::invalid(e.to_string())))?;
-            let count = nimbus_sign::parse_signature_manifest(&manifest.manifest, |d| {
-                manifest.blobs.get(d).cloned()
-            })
-            .map(|p| p.len())
-            .unwrap_or(pairs.len());
-            let spec = spec_of(digest, &manifest, references);
-            let written = match existing {
-                Some(mut record) => {
-                    record.spec = spec;
-                    self.repo.update(record).await
-                }
-                None => {
-                    self.repo
-                        .create(ImageSignatures {
-                            metadata: Metadata::new(&name, Some(project)),
-                            spec,
-                        })
-                        .await
-                }
-            };
-            match written {
-                Ok(_) => return Ok(count),
-                Err(ServerError(e))
-                    if matches!(
-                        e.code,
-                        nimbus_api::ErrorCode::Conflict | nimbus_api::ErrorCode::AlreadyExists
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ServerError(ApiError::unavailable(format!(
-            "the signatures of {digest} are changing too fast to add one; retry"
-        ))))
+        let fresh = || ImageSignatures {
+            metadata: Metadata::new(&name, Some(project)),
+            spec: ImageSignaturesSpec::default(),
+        };
+        let stored = self
+            .repo
+            .modify_or_create(
+                Some(project),
+                &name,
+                fresh,
+                |record: &mut ImageSignatures| {
+                    let mut pairs = if record.spec.manifest.is_empty() {
+                        Vec::new()
+                    } else {
+                        pairs_of(&record.spec)?
+                    };
+                    pairs.push(pair.clone());
+                    let mut references = std::mem::take(&mut record.spec.references);
+                    if !references.iter().any(|r| r == reference) {
+                        references.push(reference.to_string());
+                    }
+                    let manifest = SignatureManifest::build(&pairs)
+                        .map_err(|e| ServerError(ApiError::invalid(e.to_string())))?;
+                    record.spec = spec_of(digest, &manifest, references);
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(pairs_of(&stored.spec)?.len())
     }
 }
 
