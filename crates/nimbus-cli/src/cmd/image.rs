@@ -137,9 +137,6 @@ fn rows(items: &[Image]) -> String {
 }
 
 pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
-    if let ImageCmd::Sign { name, key } = &cmd {
-        return super::image_sign::sign(g, name, key).await;
-    }
     let client = g.client()?;
     let p = &g.project;
     match cmd {
@@ -255,7 +252,7 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                 .await?;
             print(g, &i, || rows(std::slice::from_ref(&i)))
         }
-        ImageCmd::Sign { .. } => Ok(()),
+        ImageCmd::Sign { name, key } => super::image_sign::sign(g, &client, &name, &key).await,
         ImageCmd::Rm { name } => {
             client
                 .request_bytes(

@@ -12,8 +12,12 @@ use nimbus_sign::{KeyPair, SimpleSigning};
 use crate::ctx::Globals;
 use crate::output::print;
 
-pub async fn sign(g: &Globals, name: &str, key_file: &Path) -> anyhow::Result<()> {
-    let client = g.client()?;
+pub async fn sign(
+    g: &Globals,
+    client: &nimbus_api::client::Client,
+    name: &str,
+    key_file: &Path,
+) -> anyhow::Result<()> {
     let p = &g.project;
     let pem = std::fs::read_to_string(key_file)
         .with_context(|| format!("reading the private key {}", key_file.display()))?;

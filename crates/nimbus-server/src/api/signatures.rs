@@ -106,3 +106,62 @@ pub async fn get(
     auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
     Ok(Json(state.repo.get(Some(&project), &tag).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use nimbus_api::{ImageSpec, ImageStatus, Metadata};
+    use nimbus_sign::KeyPair;
+
+    use super::*;
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn upload(key: &KeyPair, signed_by: &KeyPair, digest: &str) -> SignatureUpload {
+        let payload = SimpleSigning::new("ops/app", digest)
+            .expect("payload")
+            .to_bytes();
+        SignatureUpload {
+            signature: STANDARD.encode(signed_by.sign(&payload).expect("sign")),
+            payload: STANDARD.encode(payload),
+            public_key: key.public_key().to_pem(),
+        }
+    }
+
+    fn image() -> Image {
+        Image {
+            metadata: Metadata::new("app", Some("ops")),
+            spec: ImageSpec::default(),
+            status: ImageStatus {
+                digest: DIGEST.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn an_upload_must_sign_the_current_digest_under_its_own_key() {
+        let key = KeyPair::generate().expect("key");
+        let other = KeyPair::generate().expect("key");
+        let (pair, signer) = checked_upload(&upload(&key, &key, DIGEST), &image()).expect("valid");
+        assert_eq!(pair.signer, Some(key.public_key().fingerprint()));
+        assert_eq!(signer, key.public_key());
+
+        let stale = checked_upload(&upload(&key, &key, OTHER), &image()).expect_err("stale");
+        assert!(
+            stale.0.message.contains("sign` again"),
+            "{}",
+            stale.0.message
+        );
+        let forged = checked_upload(&upload(&key, &other, DIGEST), &image()).expect_err("forged");
+        assert!(
+            forged.0.message.contains("does not verify"),
+            "{}",
+            forged.0.message
+        );
+        let mut garbled = upload(&key, &key, DIGEST);
+        garbled.signature = "!!".into();
+        let err = checked_upload(&garbled, &image()).expect_err("garbled");
+        assert!(err.0.message.contains("base64"), "{}", err.0.message);
+    }
+}
