@@ -192,24 +192,25 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     }
 
     // The agent checks again at start: an instance created while the
-    // policy allowed it does not start once the policy forbids it.
+    // policy allowed it, and placed only after the policy forbids it, does
+    // not start. The host is cordoned so the instance waits unplaced.
     cloud.ok(&["policy", "set", "--no-require-signature"]);
+    cloud.ok(&["host", "cordon", &cloud.host]);
     cloud.ok(&[
         "instance",
         "run",
         "late",
         "--image",
         "unsigned",
+        "--no-wait",
         "--",
         "/bin/busybox",
         "sleep",
         "600",
     ]);
-    cloud.wait_phase("late", &["running"], Duration::from_secs(60));
-    cloud.ok(&["instance", "stop", "late"]);
-    cloud.wait_phase("late", &["stopped", "exited"], Duration::from_secs(60));
+    assert_eq!(cloud.instance("late")["status"]["phase"], "pending");
     cloud.ok(&["policy", "set", "--require-signature"]);
-    cloud.ok(&["instance", "start", "late"]);
+    cloud.ok(&["host", "uncordon", &cloud.host]);
     let reason = common::wait_until_or(
         Duration::from_secs(60),
         "the agent to refuse to start instance late",
