@@ -117,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(signatures::add),
         )
         .route(
-            "/v1/projects/{project}/signatures/{tag}",
+            "/v1/projects/{project}/signatures/{name}",
             get(signatures::get),
         )
         .route(

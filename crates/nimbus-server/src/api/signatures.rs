@@ -23,7 +23,7 @@ pub struct SignaturePath {
     /// Project name.
     pub project: String,
     /// The signed digest as cosign tags it: `sha256-<hex>.sig`.
-    pub tag: String,
+    pub name: String,
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/images/{name}/signatures", operation_id = "add_image_signature", tag = "images", params(ImagePath), request_body = SignatureUpload,
@@ -96,15 +96,15 @@ fn checked_upload(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/signatures/{tag}", operation_id = "get_image_signatures", tag = "images", params(SignaturePath),
+#[utoipa::path(get, path = "/v1/projects/{project}/signatures/{name}", operation_id = "get_image_signatures", tag = "images", params(SignaturePath),
     responses((status = 200, body = ImageSignatures, description = "The `.sig` manifest of a digest and its blobs")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
-    Path((project, tag)): Path<(String, String)>,
+    Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<ImageSignatures>> {
     auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.get(Some(&project), &tag).await?))
+    Ok(Json(state.repo.get(Some(&project), &name).await?))
 }
 
 #[cfg(test)]
