@@ -15,6 +15,8 @@ mod manifest;
 mod payload;
 mod pem;
 mod policy;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::SignError;
 pub use keys::{KeyPair, PublicKey, ScryptParams};

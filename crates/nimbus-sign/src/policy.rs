@@ -121,14 +121,7 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     fn signed(key: &KeyPair, digest: &str) -> SignaturePair {
-        let payload = SimpleSigning::new("ops/app", digest)
-            .expect("payload")
-            .to_bytes();
-        SignaturePair {
-            signature: key.sign(&payload).expect("sign"),
-            payload,
-            signer: Some(key.public_key().fingerprint()),
-        }
+        crate::testing::signed(key, "ops/app", digest)
     }
 
     #[test]

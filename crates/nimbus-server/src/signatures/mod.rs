@@ -110,7 +110,7 @@ mod tests {
     use std::sync::Arc;
 
     use nimbus_api::{ImageSpec, ImageStatus, Metadata, Policy, PolicySpec, TrustedKey};
-    use nimbus_sign::{KeyPair, SignaturePair, SimpleSigning};
+    use nimbus_sign::{KeyPair, SignaturePair};
     use nimbus_store::SqliteStore;
 
     use super::records::RecordSignatures;
@@ -131,14 +131,7 @@ mod tests {
     }
 
     fn signed(key: &KeyPair, digest: &str) -> SignaturePair {
-        let payload = SimpleSigning::new("ops/app", digest)
-            .expect("payload")
-            .to_bytes();
-        SignaturePair {
-            signature: key.sign(&payload).expect("sign"),
-            payload,
-            signer: Some(key.public_key().fingerprint()),
-        }
+        nimbus_sign::testing::signed(key, "ops/app", digest)
     }
 
     async fn require(repo: &Repo, key: &KeyPair) {
