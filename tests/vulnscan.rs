@@ -313,7 +313,7 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
     // The policy: critical is above high, so deb-old is refused and nothing is created.
     cloud.ok(&["policy", "set", "--max-severity", "high"]);
     let policy = cloud.json(&["policy", "get"]).expect("policy get");
-    assert_eq!(policy["max_severity"], "high", "{policy}");
+    assert_eq!(policy["spec"]["max_severity"], "high", "{policy}");
     let said = refused(&cloud, "bad", "deb-old");
     for needle in [
         DEBIAN_ADVISORY,
@@ -348,7 +348,7 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
     runs(&cloud, "tolerated", "deb-old");
     cloud.ok(&["policy", "set", "--max-severity", "none"]);
     let policy = cloud.json(&["policy", "get"]).expect("policy get");
-    assert!(policy.get("max_severity").is_none(), "{policy}");
+    assert!(policy["spec"].get("max_severity").is_none(), "{policy}");
 
     // A scan goes with the last image of its digest; a policy with its project.
     cloud.ok(&["image", "rm", "deb-unscanned"]);
@@ -370,7 +370,7 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
         .json(&["policy", "get", "--project", "gamma"])
         .expect("policy get");
     assert!(
-        policy.get("max_severity").is_none(),
+        policy["spec"].get("max_severity").is_none(),
         "a new project inherited {policy}"
     );
 

@@ -17,6 +17,7 @@ pub mod resources;
 pub mod servers;
 pub mod stats;
 mod tls_trust;
+mod trust;
 pub mod units;
 pub mod usage;
 pub mod version;
@@ -32,6 +33,10 @@ pub use meta::{ListOptions, Metadata, ResourceList, WatchEvent, WatchEventType};
 pub use registry::{Repository, RepositoryStatus, StoredManifest};
 pub use resources::*;
 pub use servers::{ServerInfo, ServerList, ServerRecord};
+pub use trust::{
+    ImageSignatures, ImageSignaturesSpec, Policy, PolicySpec, PolicyUpdate, SignatureAdded,
+    SignatureUpload, TrustedKey, POLICY_NAME,
+};
 pub use usage::{InstanceHours, UsageHour, UsageReport, UsageTotals};
 pub use version::{BuildVersion, ServerVersion};
 pub use volumes::{
@@ -40,6 +45,5 @@ pub use volumes::{
     VolumeStatus,
 };
 pub use vulns::{
-    Finding, ImageScan, ImageScanStatus, Policy, PolicySpec, Severity, VulnDb, VulnDbInfo,
-    VulnDbStatus, POLICY_NAME, VULNDB_NAME,
+    Finding, ImageScan, ImageScanStatus, Severity, VulnDb, VulnDbInfo, VulnDbStatus, VULNDB_NAME,
 };

@@ -153,27 +153,8 @@ impl ImageScan {
     }
 }
 
-/// The name of a project's single launch policy record.
-pub const POLICY_NAME: &str = "launch";
-
-/// What a project requires of an image before an instance may run it.
-/// Each rule is optional; an empty policy allows everything.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
-pub struct PolicySpec {
-    /// Refuse images with a finding above this severity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_severity: Option<Severity>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
-pub struct Policy {
-    pub metadata: Metadata,
-    pub spec: PolicySpec,
-}
-
 object!(VulnDb, "vulndbs", "vulnerability database", false);
 object!(ImageScan, "imagescans", "image scan", true);
-object!(Policy, "policies", "policy", true);
 
 #[cfg(test)]
 mod tests {

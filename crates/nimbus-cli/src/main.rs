@@ -61,6 +61,12 @@ enum Command {
     /// Images: import root filesystems and OCI archives.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Signing keys (cosign-compatible ECDSA P-256).
+    #[command(subcommand)]
+    Key(cmd::key::KeyCmd),
+    /// A project's launch policy: image signatures by trusted keys, the highest vulnerability severity.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
     /// Instances: containers (and later VMs and unikernels).
     #[command(subcommand)]
     Instance(cmd::instance::InstanceCmd),
@@ -88,9 +94,6 @@ enum Command {
     /// The offline vulnerability database images are scanned against.
     #[command(subcommand)]
     Vulndb(cmd::vulns::VulnDbCmd),
-    /// The project's launch policy (e.g. the highest severity an image may have).
-    #[command(subcommand)]
-    Policy(cmd::vulns::PolicyCmd),
     /// Users of the cloud.
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -223,6 +226,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Project(c) => cmd::project::run(&g, c).await,
         Command::Image(c) => cmd::image::run(&g, c).await,
+        Command::Key(c) => cmd::key::run(&g, c).await,
+        Command::Policy(c) => cmd::policy::run(&g, c).await,
         Command::Instance(c) => cmd::instance::run(&g, c).await,
         Command::Network(c) => cmd::network::network(&g, c).await,
         Command::Secgroup(c) => cmd::network::secgroup(&g, c).await,
@@ -232,7 +237,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(c) => cmd::volume::volume(&g, c).await,
         Command::Quota(c) => cmd::volume::quota(&g, c).await,
         Command::Vulndb(c) => cmd::vulns::vulndb(&g, c).await,
-        Command::Policy(c) => cmd::vulns::policy(&g, c).await,
         Command::User(c) => cmd::admin::user(&g, c).await,
         Command::Token(c) => cmd::admin::token(&g, c).await,
         Command::Role(c) => cmd::admin::role(&g, c).await,

@@ -28,6 +28,7 @@ pub mod repo;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;
+pub mod signatures;
 pub mod state;
 pub mod tls;
 pub mod usage;

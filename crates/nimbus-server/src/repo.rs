@@ -337,6 +337,47 @@ impl Repo {
         ))))
     }
 
+    /// [`Repo::modify`] of an object that may not exist yet: `fresh` makes
+    /// it, then `change` applies as to an existing one.
+    pub async fn modify_or_create<T, F>(
+        &self,
+        project: Option<&str>,
+        name: &str,
+        fresh: impl Fn() -> T,
+        mut change: F,
+    ) -> ApiResult<T>
+    where
+        T: Object,
+        F: FnMut(&mut T) -> ApiResult<()>,
+    {
+        for _ in 0..16 {
+            let existing: Option<T> = self.try_get(project, name).await?;
+            let found = existing.is_some();
+            let mut obj = existing.unwrap_or_else(&fresh);
+            change(&mut obj)?;
+            let written = if found {
+                self.update(obj).await
+            } else {
+                self.create(obj).await
+            };
+            match written {
+                Err(ServerError(e))
+                    if matches!(
+                        e.code,
+                        nimbus_api::ErrorCode::Conflict | nimbus_api::ErrorCode::AlreadyExists
+                    ) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ServerError(ApiError::unavailable(format!(
+            "{} is changing too fast to update; retry",
+            describe::<T>(project, name)
+        ))))
+    }
+
     /// [`Repo::update`] that also applies `also` (records about the
     /// change) in the same store write: both are stored or neither.
     pub async fn update_with<T: Object>(&self, obj: T, also: Vec<Op>) -> ApiResult<T> {

@@ -98,11 +98,14 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
             format!("opening the image store {}", config.images_dir().display())
         })?,
     );
+    let repo = Repo::new(store);
+    let signatures = Arc::new(crate::signatures::records::RecordSignatures { repo: repo.clone() });
     let state = Arc::new(AppState {
         config,
-        repo: Repo::new(store),
+        repo,
         tokens: Default::default(),
         images,
+        signatures,
         secrets,
         host_io: RwLock::new(None),
         host_port_claims: Default::default(),

@@ -14,6 +14,10 @@ pub struct AppState {
     pub repo: Repo,
     pub tokens: TokenCache,
     pub images: Arc<ImageStore>,
+    /// Where image signatures are read for the launch policy (see
+    /// `signatures`): the signature records today, a registry's `.sig`
+    /// tags once it serves them.
+    pub signatures: Arc<dyn crate::signatures::SignatureSource>,
     /// Seals and opens instances' secret environment values.
     pub secrets: crate::secrets::SecretBox,
     /// The agent of `nimbus up`, which serves its own host's instances

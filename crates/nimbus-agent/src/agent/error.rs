@@ -27,6 +27,8 @@ pub enum AgentError {
         "image {name:?} was replaced after the instance was created; create the instance again"
     )]
     ImageReplaced { name: String },
+    #[error("image {image:?} may not start on this host: {message}")]
+    SignaturePolicy { image: String, message: String },
     #[error("image {name:?} layers: {source}")]
     ImageLayers {
         name: String,

@@ -12,6 +12,7 @@ pub mod hostio;
 pub mod idmap;
 pub mod network;
 pub mod reconcile;
+mod signature_policy;
 pub mod skew;
 pub mod stats;
 pub mod translate;

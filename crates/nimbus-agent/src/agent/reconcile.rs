@@ -464,23 +464,20 @@ async fn start(
     let cached = key
         .as_ref()
         .and_then(|k| agent.image_cache.lock().ok()?.get(k).cloned());
-    // The status report and (when not cached) the image lookup are
-    // independent round trips to the server.
-    let (image, ()) = tokio::join!(
-        async {
-            match cached {
-                Some(image) => Ok(image),
-                None => agent.fetch_image(&project, &instance.spec.image).await,
-            }
-        },
-        report(agent, instance, starting, false)
-    );
-    let image = image?;
+    let image = match cached {
+        Some(image) => image,
+        None => agent.fetch_image(&project, &instance.spec.image).await?,
+    };
     if key.as_ref().is_some_and(|k| *k != image.metadata.id) {
         return Err(AgentError::ImageReplaced {
             name: instance.spec.image.clone(),
         });
     }
+    // Checked before `starting` is reported: a refusal is then the only
+    // report of this pass, and no later pass acting on a stale `starting`
+    // can replace its reason with "never started".
+    super::signature_policy::check(&agent.client, &project, &image).await?;
+    report(agent, instance, starting, false).await;
     if let Ok(mut cache) = agent.image_cache.lock() {
         cache.insert(image.metadata.id.clone(), image.clone());
     }

@@ -62,6 +62,14 @@ pub enum ImageCmd {
     /// Delete an image no instance uses.
     #[command(alias = "delete")]
     Rm { name: String },
+    /// Sign the image's manifest digest as cosign does, with a private key
+    /// of `nimbus key create` or cosign (password from COSIGN_PASSWORD or asked).
+    #[command(after_help = "Examples:\n  nimbus image sign app --key cosign.key")]
+    Sign {
+        name: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn source_name(file: &std::path::Path) -> String {
@@ -295,6 +303,7 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
                 .await?;
             print(g, &scan, || crate::cmd::vulns::scan_text(&scan))
         }
+        ImageCmd::Sign { name, key } => super::image_sign::sign(g, &client, &name, &key).await,
         ImageCmd::Rm { name } => {
             client
                 .request_bytes(

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
-use nimbus_api::{ImageScan, ImageScanStatus, PolicySpec, Severity, VulnDbInfo, VulnDbStatus};
+use clap::Subcommand;
+use nimbus_api::{ImageScan, ImageScanStatus, Severity, VulnDbInfo, VulnDbStatus};
 use tokio_util::io::ReaderStream;
 
 use crate::ctx::Globals;
@@ -20,25 +20,6 @@ pub enum VulnDbCmd {
     Import { file: PathBuf },
     /// Show the loaded database: records, ecosystems, when it was imported.
     Get,
-}
-
-#[derive(Subcommand)]
-pub enum PolicyCmd {
-    /// Show the project's launch policy.
-    Get,
-    /// Change the project's launch policy (project admins); flags not given stay as they are.
-    #[command(
-        after_help = "Examples:\n  nimbus policy set --max-severity high     # refuse images with critical findings\n  nimbus policy set --max-severity none     # no severity rule"
-    )]
-    Set(PolicySetArgs),
-}
-
-#[derive(Args)]
-pub struct PolicySetArgs {
-    /// Refuse to launch images with a finding above this: unknown, low, medium, high,
-    /// critical, or `none` to remove the rule.
-    #[arg(long)]
-    max_severity: Option<String>,
 }
 
 pub async fn vulndb(g: &Globals, cmd: VulnDbCmd) -> anyhow::Result<()> {
@@ -90,33 +71,6 @@ fn vulndb_text(info: &VulnDbInfo) -> String {
         db.digest,
         age(db.imported_at)
     )
-}
-
-pub async fn policy(g: &Globals, cmd: PolicyCmd) -> anyhow::Result<()> {
-    let client = g.client()?;
-    let path = format!("/v1/projects/{}/policy", g.project);
-    let policy = match cmd {
-        PolicyCmd::Get => client.get::<PolicySpec>(&path).await?,
-        PolicyCmd::Set(args) => {
-            let mut policy: PolicySpec = client.get(&path).await?;
-            match args.max_severity.as_deref() {
-                None => {}
-                Some("none") => policy.max_severity = None,
-                Some(level) => {
-                    policy.max_severity =
-                        Some(level.parse::<Severity>().map_err(anyhow::Error::msg)?)
-                }
-            }
-            client.put::<_, PolicySpec>(&path, &policy).await?
-        }
-    };
-    print(g, &policy, || {
-        format!(
-            "project {:?}: max severity {}",
-            g.project,
-            opt(policy.max_severity)
-        )
-    })
 }
 
 /// The findings table of `nimbus image scan`.

@@ -17,11 +17,12 @@ pub mod networks;
 pub mod objects;
 pub mod openapi;
 pub mod params;
-pub mod policy;
+pub mod policies;
 pub mod projects;
 pub mod registry;
 pub mod secgroups;
 pub mod servers;
+pub mod signatures;
 pub mod usage;
 pub mod users;
 pub mod volume_attach;
@@ -117,14 +118,22 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/projects/{project}/images/{name}/scan",
             get(image_scans::get).post(image_scans::scan),
         )
-        .route(
-            "/v1/projects/{project}/policy",
-            get(policy::get).put(policy::set),
-        )
         .merge(vulndb_upload)
         .route(
             "/v1/projects/{project}/images/{name}/blobs/{digest}",
             get(image_blobs::get),
+        )
+        .route(
+            "/v1/projects/{project}/images/{name}/signatures",
+            post(signatures::add),
+        )
+        .route(
+            "/v1/projects/{project}/signatures/{name}",
+            get(signatures::get),
+        )
+        .route(
+            "/v1/projects/{project}/policy",
+            get(policies::get).put(policies::set),
         )
         .merge(instances::routes())
         .route("/v1/projects/{project}/events", get(events::list))

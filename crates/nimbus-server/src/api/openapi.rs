@@ -12,8 +12,8 @@ use utoipa::OpenApi;
 
 use super::{
     addresses, audit, events, host_join, hostio_tickets, hosts, image_blobs, image_scans, images,
-    instances, metrics, network_peers, networks, objects, policy, projects, secgroups, servers,
-    usage, users, volume_attach, volumes, vulndb,
+    instances, metrics, network_peers, networks, objects, policies, projects, secgroups, servers,
+    signatures, usage, users, volume_attach, volumes, vulndb,
 };
 
 #[derive(OpenApi)]
@@ -31,6 +31,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         network_peers::list,
         hostio_tickets::consume, host_join::create, host_join::list, host_join::delete, host_join::join,
         images::list, images::get, images::import, images::delete, image_blobs::get,
+        signatures::add, signatures::get, policies::get, policies::set,
         instances::crud::list, instances::crud::list_all, instances::crud::get, instances::crud::create, instances::crud::replace,
         instances::actions::start, instances::actions::stop, instances::actions::restart, instances::crud::delete,
         instances::actions::report_status, instances::streams::logs, instances::streams::exec, instances::crud::secret_env,
@@ -45,7 +46,7 @@ Errors are JSON: `{\"error\": {\"code\", \"status\", \"message\"}}` (`ErrorRespo
         volumes::list, volumes::list_all, volumes::get, volumes::create, volumes::delete,
         volumes::resize, volumes::create_snapshot, volumes::delete_snapshot, volumes::report_status,
         volume_attach::attach, volume_attach::detach,
-        vulndb::get, vulndb::import, image_scans::scan, image_scans::get, policy::get, policy::set,
+        vulndb::get, vulndb::import, image_scans::scan, image_scans::get,
     ),
     components(schemas(nimbus_api::error::ErrorResponse)),
     modifiers(&BearerAuth, &ErrorResponses),

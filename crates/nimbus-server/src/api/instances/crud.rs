@@ -205,6 +205,13 @@ async fn validate_spec(state: &AppState, project: &str, spec: &InstanceSpec) -> 
         let imported = nimbus_image::ImportedImage::from_api(&image.status);
         domain::check_image_platform(&spec.image, &imported, &architectures)?;
         crate::vulnscan::policy::enforce_launch_policy(state, project, image).await?;
+        crate::signatures::enforce_launch_policy(
+            &state.repo,
+            state.signatures.as_ref(),
+            project,
+            image,
+        )
+        .await?;
     }
     Ok(image_id)
 }
