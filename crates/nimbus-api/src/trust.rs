@@ -87,8 +87,10 @@ impl Object for Policy {
     }
 }
 
-/// The cosign signatures of one image manifest digest in a project: what
-/// a registry serves as the tag `sha256-<hex>.sig`. Named by that tag.
+/// The cosign signatures of one image manifest digest in a registry
+/// repository, as `GET /v1/projects/{project}/images/{name}/signatures/{tag}`
+/// answers them: the manifest of the repository's tag `sha256-<hex>.sig`
+/// and its blobs. Named by that tag; not stored as a record of its own.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ImageSignatures {
     pub metadata: Metadata,
@@ -105,21 +107,9 @@ pub struct ImageSignaturesSpec {
     pub manifest_digest: String,
     /// The blobs the manifest names (config and payloads), base64, by digest.
     pub blobs: BTreeMap<String, String>,
-    /// The image names (`<project>/<image>`) that were signed at this digest.
+    /// The registry repository (`<project>/<repository>`) holding the tag.
     #[serde(default)]
     pub references: Vec<String>,
-}
-
-impl Object for ImageSignatures {
-    const COLLECTION: &'static str = "signatures";
-    const KIND: &'static str = "signature";
-    const PROJECT_SCOPED: bool = true;
-    fn metadata(&self) -> &Metadata {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut Metadata {
-        &mut self.metadata
-    }
 }
 
 /// `POST /v1/projects/{project}/images/{name}/signatures`: a signature made

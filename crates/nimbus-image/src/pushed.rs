@@ -268,6 +268,13 @@ impl ImageStore {
         self.blobs.read_small(hex, MAX_MANIFEST_BYTES)
     }
 
+    /// Reads a stored blob of at most `max_bytes` (a signature's payload or
+    /// config): refused, not truncated, when it is larger.
+    pub fn read_small_blob(&self, digest: &str, max_bytes: u64) -> Result<Vec<u8>, ImageError> {
+        let hex = digest_hex(digest, "blob digest")?;
+        self.blobs.read_small(hex, max_bytes)
+    }
+
     /// Builds the image a pushed manifest (or every linux image of an index)
     /// describes from blobs already stored, unpacking its layers as an import
     /// does (which also stores the image manifest's bytes). Nothing is stored on

@@ -99,7 +99,10 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         })?,
     );
     let repo = Repo::new(store);
-    let signatures = Arc::new(crate::signatures::records::RecordSignatures { repo: repo.clone() });
+    let signatures = Arc::new(crate::signatures::registry::RegistrySignatures {
+        repo: repo.clone(),
+        images: images.clone(),
+    });
     let state = Arc::new(AppState {
         config,
         repo,

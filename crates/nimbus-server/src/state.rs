@@ -15,8 +15,7 @@ pub struct AppState {
     pub tokens: TokenCache,
     pub images: Arc<ImageStore>,
     /// Where image signatures are read for the launch policy (see
-    /// `signatures`): the signature records today, a registry's `.sig`
-    /// tags once it serves them.
+    /// `signatures`): the registry's `sha256-<hex>.sig` tags.
     pub signatures: Arc<dyn crate::signatures::SignatureSource>,
     /// Seals and opens instances' secret environment values.
     pub secrets: crate::secrets::SecretBox,

@@ -34,6 +34,22 @@ pub fn signature_tag(manifest_digest: &str) -> Result<String, SignError> {
     Ok(format!("sha256-{hex}.sig"))
 }
 
+/// The registry repository an image name lives in: the name without its
+/// `:tag` (`app:1.0` → `app`), as cosign signs a repository, not a tag.
+pub fn image_repository(image_name: &str) -> &str {
+    match image_name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') && !repository.is_empty() => repository,
+        _ => image_name,
+    }
+}
+
+/// The docker-reference a payload names for `image_name` of `project`:
+/// the registry repository `<project>/<repository>`. The client that signs
+/// and the server that stores use this one definition.
+pub fn docker_reference(project: &str, image_name: &str) -> String {
+    format!("{project}/{}", image_repository(image_name))
+}
+
 /// The hex part of a `sha256:<64 hex>` digest, refusing anything else.
 pub fn digest_hex(digest: &str) -> Result<&str, SignError> {
     match digest.strip_prefix("sha256:") {
@@ -53,4 +69,17 @@ pub fn digest_hex(digest: &str) -> Result<&str, SignError> {
 pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_signed_under_its_repository_without_the_tag() {
+        assert_eq!(image_repository("app:1.0"), "app");
+        assert_eq!(image_repository("app"), "app");
+        assert_eq!(docker_reference("ops", "app:1.0"), "ops/app");
+        assert_eq!(docker_reference("ops", "app"), "ops/app");
+    }
 }

@@ -37,7 +37,10 @@ pub async fn check(client: &Client, project: &str, image: &Image) -> Result<(), 
     let digest = &image.status.digest;
     let tag = nimbus_sign::signature_tag(digest).map_err(|e| refused(e.to_string()))?;
     let pairs = match client
-        .get::<ImageSignatures>(&format!("/v1/projects/{project}/signatures/{tag}"))
+        .get::<ImageSignatures>(&format!(
+            "/v1/projects/{project}/images/{}/signatures/{tag}",
+            image.metadata.name
+        ))
         .await
     {
         Ok(record) => {

@@ -1,5 +1,6 @@
 //! `nimbus image sign`: a cosign signature made here, with the private key
-//! that never leaves this machine, uploaded to the image's `.sig` manifest.
+//! that never leaves this machine, uploaded to the
+//! `sha256-<hex>.sig` tag of the image's registry repository.
 
 use std::path::Path;
 
@@ -27,7 +28,7 @@ pub async fn sign(
     let image: Image = client
         .get(&format!("/v1/projects/{p}/images/{name}"))
         .await?;
-    let reference = format!("{p}/{name}");
+    let reference = nimbus_sign::docker_reference(p, name);
     let payload = SimpleSigning::new(&reference, &image.status.digest)
         .with_context(|| format!("image {name:?} has no manifest digest to sign"))?
         .to_bytes();

@@ -128,7 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(signatures::add),
         )
         .route(
-            "/v1/projects/{project}/signatures/{name}",
+            "/v1/projects/{project}/images/{name}/signatures/{tag}",
             get(signatures::get),
         )
         .route(

@@ -303,7 +303,7 @@ pub async fn delete(
     // before deletions swept them) go with it, so a later project of the
     // same name starts empty.
     sweep_orphan_keys(&state.repo, &project).await?;
-    crate::signatures::records::forget_project(&state.repo, &project).await?;
+    crate::signatures::forget_project(&state.repo, &project).await?;
     // Every binding goes, page by page: a later project of the same name
     // must not inherit roles.
     loop {

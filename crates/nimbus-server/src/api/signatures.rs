@@ -1,5 +1,6 @@
 //! Image signatures: `nimbus image sign` uploads a signature made on the
-//! client; the agent reads an image digest's signatures back.
+//! client, stored as the `sha256-<hex>.sig` tag of the image's registry
+//! repository; the agent reads an image digest's signatures back from it.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,20 +15,29 @@ use super::params::ImagePath;
 use super::St;
 use crate::auth::{self, Caller};
 use crate::error::{ApiResult, ServerError};
-use crate::signatures::records::RecordSignatures;
+use crate::signatures::registry::{self, RegistrySignatures};
 
-/// `{project}` and a signature tag `sha256-<hex>.sig`.
+/// `{project}`, an image `{name}` and a signature tag `sha256-<hex>.sig`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct SignaturePath {
     /// Project name.
     pub project: String,
-    /// The signed digest as cosign tags it: `sha256-<hex>.sig`.
+    /// Image name; its registry repository is the name without `:tag`.
     pub name: String,
+    /// The signed digest as cosign tags it: `sha256-<hex>.sig`.
+    pub tag: String,
+}
+
+fn registry_signatures(state: &crate::state::AppState) -> RegistrySignatures {
+    RegistrySignatures {
+        repo: state.repo.clone(),
+        images: state.images.clone(),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/projects/{project}/images/{name}/signatures", operation_id = "add_image_signature", tag = "images", params(ImagePath), request_body = SignatureUpload,
-    responses((status = 201, body = SignatureAdded, description = "Stored in the digest's `.sig` manifest"),
+    responses((status = 201, body = SignatureAdded, description = "Stored in the digest's `.sig` tag of the image's registry repository"),
         (status = 422, description = "The payload does not name the image's current digest, or the signature does not verify under the given key")))]
 pub async fn add(
     State(state): St,
@@ -38,18 +48,20 @@ pub async fn add(
     auth::require_role(&state.repo, &caller, &project, Role::Member).await?;
     let image: Image = state.repo.get(Some(&project), &name).await?;
     let (pair, key) = checked_upload(&upload, &image)?;
-    let reference = crate::signatures::reference(&project, &name);
-    let records = RecordSignatures {
-        repo: state.repo.clone(),
+    let repository = nimbus_sign::image_repository(&name);
+    let count = {
+        // Garbage collection must not drop the new blobs before the
+        // repository record names them.
+        let _storing = state.image_lock.read().await;
+        registry_signatures(&state)
+            .append(&project, repository, &image.status.digest, pair)
+            .await?
     };
-    let count = records
-        .append(&project, &image.status.digest, &reference, pair)
-        .await?;
     Ok((
         StatusCode::CREATED,
         Json(SignatureAdded {
             image: name,
-            tag: crate::signatures::records::record_name(&image.status.digest)?,
+            tag: registry::signature_tag(&image.status.digest)?,
             digest: image.status.digest,
             key_fingerprint: key.fingerprint(),
             signatures: count,
@@ -72,6 +84,15 @@ fn checked_upload(
         .map_err(|e| invalid(format!("the signature is not base64: {e}")))?;
     let key = PublicKey::from_pem(&upload.public_key).map_err(|e| invalid(e.to_string()))?;
     let parsed = SimpleSigning::parse(&payload).map_err(|e| invalid(e.to_string()))?;
+    let project = image.metadata.project.as_deref().unwrap_or_default();
+    let wanted = nimbus_sign::docker_reference(project, &image.metadata.name);
+    let named = &parsed.critical.identity.docker_reference;
+    if *named != wanted {
+        return Err(invalid(format!(
+            "the payload names repository {named:?}, not {wanted:?} where image {:?} lives; sign it with `nimbus image sign`",
+            image.metadata.name
+        )));
+    }
     if parsed.digest() != image.status.digest {
         return Err(invalid(format!(
             "the payload signs {} but image {:?} is now {}: it changed since it was read; run `nimbus image sign` again",
@@ -96,15 +117,44 @@ fn checked_upload(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/projects/{project}/signatures/{name}", operation_id = "get_image_signatures", tag = "images", params(SignaturePath),
-    responses((status = 200, body = ImageSignatures, description = "The `.sig` manifest of a digest and its blobs")))]
+#[utoipa::path(get, path = "/v1/projects/{project}/images/{name}/signatures/{tag}", operation_id = "get_image_signatures", tag = "images", params(SignaturePath),
+    responses((status = 200, body = ImageSignatures, description = "The `.sig` manifest of a digest in the image's registry repository, and its blobs"),
+        (status = 404, description = "No signature of that digest in the repository")))]
 pub async fn get(
     State(state): St,
     Extension(caller): Extension<Caller>,
-    Path((project, name)): Path<(String, String)>,
+    Path((project, name, tag)): Path<(String, String, String)>,
 ) -> ApiResult<Json<ImageSignatures>> {
     auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.get(Some(&project), &name).await?))
+    let repository = nimbus_sign::image_repository(&name);
+    let not_found = || {
+        ServerError(ApiError::not_found(format!(
+            "no signature {tag:?} in repository {project}/{repository}; sign the image with `nimbus image sign`"
+        )))
+    };
+    let digest = registry::signed_digest(&tag).ok_or_else(|| {
+        ServerError(ApiError::invalid(format!(
+            "{tag:?} is not a signature tag; it is `sha256-<64 hex>.sig`"
+        )))
+    })?;
+    let manifest = registry_signatures(&state)
+        .manifest(&project, repository, &digest)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(ImageSignatures {
+        metadata: nimbus_api::Metadata::new(&tag, Some(&project)),
+        spec: nimbus_api::ImageSignaturesSpec {
+            digest,
+            manifest: String::from_utf8_lossy(&manifest.manifest).into_owned(),
+            manifest_digest: manifest.digest,
+            blobs: manifest
+                .blobs
+                .iter()
+                .map(|(d, b)| (d.clone(), STANDARD.encode(b)))
+                .collect(),
+            references: vec![format!("{project}/{repository}")],
+        },
+    }))
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
 //! Image signatures and the launch policy that requires them.
 //!
 //! Where an image's cosign signatures come from is behind
-//! [`SignatureSource`]: today the signature records that `nimbus image
-//! sign` uploads ([`records::RecordSignatures`]); a registry serves the
-//! same as the tag `sha256-<hex>.sig`. The check itself is
-//! `nimbus_sign::check_signatures`, shared with the agent, which checks
-//! again when it starts an instance.
+//! [`SignatureSource`]: the registry's `sha256-<hex>.sig` tags
+//! ([`registry::RegistrySignatures`]), written by `nimbus image sign` or
+//! pushed by any tool. The check itself is `nimbus_sign::check_signatures`,
+//! shared with the agent, which checks again when it starts an instance.
 
-pub mod records;
+pub mod registry;
 
 use async_trait::async_trait;
 use nimbus_api::{ApiError, Image, Policy, PolicySpec, POLICY_NAME};
@@ -19,24 +18,38 @@ use crate::repo::Repo;
 /// Where the signatures of an image digest are found.
 #[async_trait]
 pub trait SignatureSource: Send + Sync {
-    /// The signatures stored for manifest `digest` in `project` (the
-    /// layers of its `.sig` manifest); empty when there are none.
-    async fn signatures(&self, project: &str, digest: &str) -> ApiResult<Vec<SignaturePair>>;
+    /// The signatures stored for manifest `digest` in the registry
+    /// repository `<project>/<repository>` (the layers of its `.sig`
+    /// manifest); empty when there are none.
+    async fn signatures(
+        &self,
+        project: &str,
+        repository: &str,
+        digest: &str,
+    ) -> ApiResult<Vec<SignaturePair>>;
 
-    /// Digests other than `digest` that were signed under the image name
-    /// `reference` (`<project>/<image>`): the name moved after signing.
+    /// Digests other than `digest` that were signed in the repository and
+    /// that no name points at any more: the name moved after signing.
     async fn signed_elsewhere(
         &self,
         project: &str,
-        reference: &str,
+        repository: &str,
         digest: &str,
     ) -> ApiResult<Vec<String>>;
 }
 
-/// The repository name an image is signed under: `<project>/<image>`,
-/// as the registry's repository paths are.
-pub fn reference(project: &str, image: &str) -> String {
-    format!("{project}/{image}")
+/// Remove a deleted project's policy, so a later project of the same name
+/// starts without it (its signatures go with its repositories).
+pub async fn forget_project(repo: &Repo, project: &str) -> ApiResult<()> {
+    if repo
+        .try_get::<Policy>(Some(project), POLICY_NAME)
+        .await?
+        .is_some()
+    {
+        repo.delete::<Policy>(Some(project), POLICY_NAME, None)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The project's policy; the empty one when none was ever set.
@@ -79,7 +92,8 @@ pub async fn enforce_launch_policy(
     }
     let keys = trusted_keys(&policy.spec)?;
     let digest = &image.status.digest;
-    let pairs = source.signatures(project, digest).await?;
+    let repository = nimbus_sign::image_repository(&image.metadata.name);
+    let pairs = source.signatures(project, repository, digest).await?;
     let refusal = match nimbus_sign::check_signatures(digest, &pairs, &keys) {
         Ok(accepted) => {
             tracing::debug!(project, image = %image.metadata.name, key = %accepted.key_fingerprint, "signature accepted");
@@ -92,12 +106,11 @@ pub async fn enforce_launch_policy(
         image.metadata.name
     );
     if refusal.found == Found::Nothing {
-        let name = reference(project, &image.metadata.name);
-        let elsewhere = source.signed_elsewhere(project, &name, digest).await?;
+        let elsewhere = source.signed_elsewhere(project, repository, digest).await?;
         if !elsewhere.is_empty() {
             message.push_str(&format!(
-                ". The name {:?} was signed when it pointed at {}: it was re-imported after signing",
-                image.metadata.name,
+                ". Repository {project}/{repository} was signed when it pointed at {}: \
+                 it was re-imported or re-pushed after signing; sign the image again if you trust it",
                 elsewhere.join(", ")
             ));
         }
@@ -109,11 +122,14 @@ pub async fn enforce_launch_policy(
 mod tests {
     use std::sync::Arc;
 
-    use nimbus_api::{ImageSpec, ImageStatus, Metadata, Policy, PolicySpec, TrustedKey};
+    use nimbus_api::{
+        ImageSpec, ImageStatus, Metadata, Policy, PolicySpec, Repository, TrustedKey,
+    };
+    use nimbus_image::{ImageStore, Limits};
     use nimbus_sign::{KeyPair, SignaturePair};
     use nimbus_store::SqliteStore;
 
-    use super::records::RecordSignatures;
+    use super::registry::RegistrySignatures;
     use super::*;
 
     const OLD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -121,7 +137,7 @@ mod tests {
 
     fn image(digest: &str) -> Image {
         Image {
-            metadata: Metadata::new("app", Some("ops")),
+            metadata: Metadata::new("app:1.0", Some("ops")),
             spec: ImageSpec::default(),
             status: ImageStatus {
                 digest: digest.into(),
@@ -152,9 +168,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn records_append_signatures_and_the_policy_reads_them() {
+    async fn signatures_append_to_the_sig_tag_and_the_policy_reads_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
         let repo = Repo::new(Arc::new(SqliteStore::open_in_memory().expect("store")));
-        let source = RecordSignatures { repo: repo.clone() };
+        let images = Arc::new(ImageStore::open(dir.path(), Limits::default()).expect("images"));
+        let source = RegistrySignatures {
+            repo: repo.clone(),
+            images,
+        };
         let ops = KeyPair::generate().expect("key");
         let other = KeyPair::generate().expect("key");
         // Without a policy everything launches.
@@ -171,7 +192,7 @@ mod tests {
             err.0.message
         );
 
-        let append = |pair| source.append("ops", OLD, "ops/app", pair);
+        let append = |pair| source.append("ops", "app", OLD, pair);
         assert_eq!(append(signed(&other, OLD)).await.expect("append"), 1);
         let same = signed(&ops, OLD);
         assert_eq!(append(same.clone()).await.expect("append"), 2);
@@ -179,6 +200,15 @@ mod tests {
             append(same).await.expect("again"),
             2,
             "a repeat is not added"
+        );
+        // The signatures are the repository's `.sig` tag, with their blobs.
+        let record: Repository = repo.get(Some("ops"), "app").await.expect("repository");
+        let tag = nimbus_sign::signature_tag(OLD).expect("tag");
+        let sig = &record.status.tags[&tag];
+        assert_eq!(
+            record.status.manifests[sig].references.len(),
+            2,
+            "config and one payload"
         );
         enforce_launch_policy(&repo, &source, "ops", &image(OLD))
             .await
@@ -189,15 +219,17 @@ mod tests {
             .await
             .expect_err("moved");
         assert!(
-            err.0.message.contains("re-imported after signing") && err.0.message.contains(OLD),
+            err.0.message.contains("re-pushed after signing") && err.0.message.contains(OLD),
             "{}",
             err.0.message
         );
-        // Another project sees none of it.
-        assert!(source
-            .signatures("dev", OLD)
-            .await
-            .expect("read")
-            .is_empty());
+        // Another project, or another repository, sees none of it.
+        for (project, repository) in [("dev", "app"), ("ops", "web")] {
+            assert!(source
+                .signatures(project, repository, OLD)
+                .await
+                .expect("read")
+                .is_empty());
+        }
     }
 }
