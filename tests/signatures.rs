@@ -1,7 +1,9 @@
 //! Image signatures under a project's launch policy, through the real
 //! binary: keys from `nimbus key create`, signatures from `nimbus image
-//! sign`, the policy from `nimbus policy set`, enforced by the server when
-//! an instance is created and by the agent when it starts one.
+//! sign` or pushed to the registry as cosign pushes them (the tag
+//! `sha256-<hex>.sig`, read back with skopeo), the policy from `nimbus
+//! policy set`, enforced by the server when an instance is created and by
+//! the agent when it starts one.
 
 mod common;
 
@@ -10,7 +12,12 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use common::registry::{
+    cert_dir, curl, member, oci_archive, push_blob, put_manifest, sha256_hex, skopeo_ok,
+};
 use common::{busybox_rootfs_tar_with, Cloud};
+use nimbus_sign::{KeyPair, SignatureManifest, SignaturePair};
+use serde_json::Value;
 
 const PASSWORD: &str = "e2e password";
 
@@ -82,6 +89,57 @@ fn refused(cloud: &Cloud, name: &str, image: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+fn image_digest(cloud: &Cloud, name: &str, project: &str) -> String {
+    let image = cloud
+        .json(&["image", "get", name, "--project", project])
+        .expect("image get");
+    image["status"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string()
+}
+
+/// `skopeo list-tags` lists the `.sig` tag of `digest` in `repository`,
+/// and its manifest carries the simple-signing layer with cosign's
+/// signature annotation.
+fn assert_signature_tag_in_registry(cloud: &Cloud, token: &str, repository: &str, digest: &str) {
+    let certs = cert_dir(cloud);
+    let creds = format!("x:{token}");
+    let at = format!("docker://127.0.0.1:{}/{repository}", cloud.port);
+    let tag = nimbus_sign::signature_tag(digest).expect("sha256 digest");
+    let args = |verb: &'static str, target: String| {
+        vec![
+            verb.to_string(),
+            "--creds".into(),
+            creds.clone(),
+            "--cert-dir".into(),
+            certs.to_string_lossy().into_owned(),
+            target,
+        ]
+    };
+    let run = |a: Vec<String>| skopeo_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let tags: Value = serde_json::from_str(&run(args("list-tags", at.clone()))).expect("json");
+    assert!(
+        tags["Tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == tag.as_str())),
+        "{tag} not listed: {tags}"
+    );
+    let mut inspect = args("inspect", format!("{at}:{tag}"));
+    inspect.insert(1, "--raw".into());
+    let manifest: Value = serde_json::from_str(&run(inspect)).expect("manifest json");
+    let layer = &manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        nimbus_sign::SIMPLE_SIGNING_MEDIA_TYPE,
+        "{manifest}"
+    );
+    assert!(
+        layer["annotations"][nimbus_sign::SIGNATURE_ANNOTATION].is_string(),
+        "no signature annotation: {manifest}"
+    );
+}
+
 #[test]
 fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     if !common::is_root("containers") {
@@ -118,6 +176,12 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     ok_with_password(
         &cloud,
         &["image", "sign", "foreign", "--key", &key("other.key")],
+    );
+    assert_signature_tag_in_registry(
+        &cloud,
+        &cloud.admin_token(),
+        "default/app",
+        &image_digest(&cloud, "app", "default"),
     );
     // A wrong password changes nothing and says what to do.
     let wrong = cloud
@@ -185,7 +249,10 @@ fn the_policy_admits_signed_images_and_refuses_the_rest_with_reasons() {
     cloud.ok(&["image", "rm", "app"]);
     import_image(&cloud, "app", "swapped");
     let moved = refused(&cloud, "m", "app");
-    assert!(moved.contains("re-imported after signing"), "{moved}");
+    assert!(
+        moved.contains("re-imported or re-pushed after signing"),
+        "{moved}"
+    );
     assert!(moved.contains(&ops), "{moved}");
     for name in ["u", "f", "m"] {
         assert!(!cloud.nimbus(&["instance", "get", name]).status.success());
@@ -274,4 +341,214 @@ fn another_projects_token_cannot_see_sign_or_set_the_policy() {
     let policy = cloud.json(&["policy", "get"]).expect("policy");
     assert_eq!(policy["spec"]["require_signature"], true, "{policy}");
     assert_eq!(policy["spec"]["keys"].as_array().map(Vec::len), Some(1));
+}
+
+/// Pushes a `.sig` manifest holding `pairs` to `repository`'s tag for
+/// `digest`, blob by blob, as cosign does; the registry's reply code.
+fn push_signature(
+    cloud: &Cloud,
+    token: &str,
+    repository: &str,
+    digest: &str,
+    pairs: &[SignaturePair],
+) -> u16 {
+    let built = SignatureManifest::build(pairs).expect("signature manifest");
+    for blob in built.blobs.values() {
+        push_blob(cloud, token, repository, blob);
+    }
+    let tag = nimbus_sign::signature_tag(digest).expect("sha256 digest");
+    let reply = put_manifest(
+        cloud,
+        token,
+        repository,
+        &tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        &built.manifest,
+    );
+    reply.status
+}
+
+/// An image pushed with skopeo to `ops/<name>:1.0`, whose command says
+/// `word`; its manifest digest.
+fn skopeo_push(cloud: &Cloud, token: &str, name: &str, word: &str) -> String {
+    let starter = std::fs::read(cloud.starter_tar()).expect("starter tar");
+    let archive = oci_archive(&starter, &["/bin/sh", "-c", &format!("echo {word}")]);
+    let file = cloud.data_dir().join(format!("{name}-{word}.oci.tar"));
+    std::fs::write(&file, &archive.tar).expect("write archive");
+    let certs = cert_dir(cloud);
+    skopeo_ok(&[
+        "copy",
+        "--dest-creds",
+        &format!("x:{token}"),
+        "--dest-cert-dir",
+        certs.to_str().expect("utf8"),
+        &format!("oci-archive:{}", file.display()),
+        &format!("docker://127.0.0.1:{}/ops/{name}:1.0", cloud.port),
+    ]);
+    archive.manifest_digest
+}
+
+fn run_in_ops(cloud: &Cloud, instance: &str, image: &str) -> Output {
+    cloud.nimbus(&[
+        "instance",
+        "run",
+        instance,
+        "--image",
+        image,
+        "--project",
+        "ops",
+    ])
+}
+
+#[test]
+fn a_signature_pushed_to_the_registry_is_what_the_policy_reads() {
+    if !common::is_root("running the signed image") {
+        return;
+    }
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    let eve = member(&cloud, "eve", "member", "other");
+    let trusted = KeyPair::generate().expect("key");
+    let stranger = KeyPair::generate().expect("key");
+    let keys = tempfile::tempdir().expect("temp dir");
+    let public = keys.path().join("trusted.pub");
+    std::fs::write(&public, trusted.public_key().to_pem()).expect("write key");
+    let sign = |key: &KeyPair, repository: &str, digest: &str| {
+        nimbus_sign::testing::signed(key, repository, digest)
+    };
+
+    let app = skopeo_push(&cloud, &alice, "app", "signed-app-ran");
+    let web = skopeo_push(&cloud, &alice, "web", "web-ran");
+    let db = skopeo_push(&cloud, &alice, "db", "db-ran");
+    cloud.ok(&[
+        "policy",
+        "set",
+        "--require-signature",
+        "--key",
+        public.to_str().expect("utf8"),
+        "--project",
+        "ops",
+    ]);
+    let refused = |instance: &str, image: &str| {
+        let out = run_in_ops(&cloud, instance, image);
+        assert!(!out.status.success(), "{image} launched under the policy");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unsigned = refused("a", "app:1.0");
+    assert!(unsigned.contains("has no signature"), "{unsigned}");
+
+    // Pushed as cosign pushes it: the image launches.
+    let status = push_signature(
+        &cloud,
+        &alice,
+        "ops/app",
+        &app,
+        &[sign(&trusted, "ops/app", &app)],
+    );
+    assert_eq!(status, 201);
+    assert_signature_tag_in_registry(&cloud, &alice, "ops/app", &app);
+    let out = run_in_ops(&cloud, "a", "app:1.0");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_until(Duration::from_secs(60), "instance a to run", || {
+        let logs = cloud.nimbus(&["instance", "logs", "a", "--project", "ops"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("signed-app-ran")
+            .then_some(())
+    });
+
+    // Signed by another key: refused, naming it.
+    push_signature(
+        &cloud,
+        &alice,
+        "ops/web",
+        &web,
+        &[sign(&stranger, "ops/web", &web)],
+    );
+    let foreign = refused("w", "web:1.0");
+    assert!(foreign.contains("signed only by another key"), "{foreign}");
+    assert!(
+        foreign.contains(&stranger.public_key().fingerprint()),
+        "{foreign}"
+    );
+    // Under db's tag, a payload that signs app's digest: refused.
+    push_signature(
+        &cloud,
+        &alice,
+        "ops/db",
+        &db,
+        &[sign(&trusted, "ops/db", &app)],
+    );
+    let other_digest = refused("d", "db:1.0");
+    assert!(
+        other_digest.contains("is not what was signed") && other_digest.contains(&app),
+        "{other_digest}"
+    );
+
+    // The tag moved after signing: another image pushed to app:1.0.
+    cloud.ok(&["instance", "rm", "a", "--force", "--project", "ops"]);
+    let moved_to = skopeo_push(&cloud, &alice, "app", "swapped");
+    assert_ne!(moved_to, app);
+    let moved = refused("m", "app:1.0");
+    assert!(
+        moved.contains("re-imported or re-pushed after signing"),
+        "{moved}"
+    );
+    assert!(moved.contains(&app), "{moved}");
+
+    // Another project's token can neither read nor push the signature tag.
+    let tag = nimbus_sign::signature_tag(&app).expect("tag");
+    let path = format!("/v2/ops/app/manifests/{tag}");
+    curl(&cloud, Some(&eve), "GET", &path, &[]).expect_error(404, "NAME_UNKNOWN");
+    let forged = sign(&stranger, "ops/app", &moved_to);
+    let built = SignatureManifest::build(&[forged]).expect("manifest");
+    let file = cloud.data_dir().join("forged.json");
+    std::fs::write(&file, &built.manifest).expect("write");
+    let tag = nimbus_sign::signature_tag(&moved_to).expect("tag");
+    let reply = curl(
+        &cloud,
+        Some(&eve),
+        "PUT",
+        &format!("/v2/ops/app/manifests/{tag}"),
+        &[
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", file.display()),
+        ],
+    );
+    reply.expect_error(404, "NAME_UNKNOWN");
+    let tags = curl(&cloud, Some(&alice), "GET", "/v2/ops/app/tags/list", &[]);
+    assert!(!tags.body.contains(&tag), "{}", tags.body);
+    for name in ["w", "d", "m"] {
+        assert!(!cloud
+            .nimbus(&["instance", "get", name, "--project", "ops"])
+            .status
+            .success());
+    }
+    // Image garbage collection keeps the signatures: removing an unrelated
+    // image collects, and the signature still reads back.
+    cloud.ok(&["image", "rm", "web:1.0", "--project", "ops"]);
+    let sig = curl(&cloud, Some(&alice), "GET", &path, &[]);
+    assert_eq!(sig.status, 200, "{}", sig.body);
+    let manifest: Value = serde_json::from_str(&sig.body).expect("json");
+    let payload = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("payload digest");
+    let blob = curl(
+        &cloud,
+        Some(&alice),
+        "GET",
+        &format!("/v2/ops/app/blobs/{payload}"),
+        &[],
+    );
+    assert_eq!(blob.status, 200, "{}", blob.body);
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(blob.body.as_bytes())),
+        payload
+    );
+    cloud.remove_everything();
 }
