@@ -77,7 +77,7 @@ fn every_documented_operation_reaches_a_handler() {
         // or its body or query extractor (400) and changes nothing.
         let mut path = template.clone();
         for p in [
-            "project", "name", "user", "host", "token", "snapshot", "digest", "ticket",
+            "project", "name", "user", "host", "token", "snapshot", "digest", "ticket", "tag",
         ] {
             path = path.replace(&format!("{{{p}}}"), "openapi-probe");
         }
