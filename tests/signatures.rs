@@ -341,6 +341,18 @@ fn another_projects_token_cannot_see_sign_or_set_the_policy() {
     let policy = cloud.json(&["policy", "get"]).expect("policy");
     assert_eq!(policy["spec"]["require_signature"], true, "{policy}");
     assert_eq!(policy["spec"]["keys"].as_array().map(Vec::len), Some(1));
+
+    // The signature route answers the rival "not found", as for a project
+    // it cannot see, while the owner reads the signature `image sign` made.
+    ok_with_password(&cloud, &["image", "sign", "app", "--key", &key("ops.key")]);
+    let tag = nimbus_sign::signature_tag(&image_digest(&cloud, "app", "default")).expect("tag");
+    let path = format!("/v1/projects/default/images/app/signatures/{tag}");
+    let (status, body) = common::http(&cloud, "GET", &path, Some(token), b"");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = common::http(&cloud, "GET", &path, Some(&cloud.admin_token()), b"");
+    assert_eq!(status, 200, "{body}");
+    let record: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(record["spec"]["references"][0], "default/app", "{record}");
 }
 
 /// Pushes a `.sig` manifest holding `pairs` to `repository`'s tag for

@@ -168,7 +168,16 @@ mod tests {
     const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     fn upload(key: &KeyPair, signed_by: &KeyPair, digest: &str) -> SignatureUpload {
-        let payload = SimpleSigning::new("ops/app", digest)
+        upload_for("ops/app", key, signed_by, digest)
+    }
+
+    fn upload_for(
+        reference: &str,
+        key: &KeyPair,
+        signed_by: &KeyPair,
+        digest: &str,
+    ) -> SignatureUpload {
+        let payload = SimpleSigning::new(reference, digest)
             .expect("payload")
             .to_bytes();
         SignatureUpload {
@@ -209,6 +218,10 @@ mod tests {
             "{}",
             forged.0.message
         );
+        // The payload must name the repository the signature is stored in.
+        let elsewhere = upload_for("ops/web", &key, &key, DIGEST);
+        let err = checked_upload(&elsewhere, &image()).expect_err("other repository");
+        assert!(err.0.message.contains("\"ops/app\""), "{}", err.0.message);
         let mut garbled = upload(&key, &key, DIGEST);
         garbled.signature = "!!".into();
         let err = checked_upload(&garbled, &image()).expect_err("garbled");
