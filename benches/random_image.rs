@@ -58,7 +58,11 @@ struct RandomBytes {
 impl Read for RandomBytes {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = buf.len().min(self.left as usize) / 8 * 8;
-        let n = if n == 0 { buf.len().min(self.left as usize) } else { n };
+        let n = if n == 0 {
+            buf.len().min(self.left as usize)
+        } else {
+            n
+        };
         for chunk in buf[..n].chunks_mut(8) {
             self.state ^= self.state >> 12;
             self.state ^= self.state << 25;
@@ -80,7 +84,10 @@ struct Layer {
 }
 
 /// Writes the tar that `fill` writes, gzipped at level 0, into `blobs/`.
-fn write_layer(blobs: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<Layer> {
+fn write_layer(
+    blobs: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<Layer> {
     let tmp = blobs.join("layer.tmp");
     let gz = flate2::write::GzEncoder::new(
         Hashing::new(BufWriter::with_capacity(1 << 20, File::create(&tmp)?)),

@@ -135,14 +135,20 @@ struct Round {
 }
 
 fn round(reg: &Registry, work: &Path, base_tar: &Path, n: u64) -> (Round, u64) {
-    let (layers, image_mib) = (knob("NIMBUS_BENCH_LAYERS", 4), knob("NIMBUS_BENCH_IMAGE_MIB", 500));
+    let (layers, image_mib) = (
+        knob("NIMBUS_BENCH_LAYERS", 4),
+        knob("NIMBUS_BENCH_IMAGE_MIB", 500),
+    );
     let src = work.join(format!("src-{n}"));
     let base_bytes = std::fs::metadata(base_tar).map(|m| m.len()).unwrap_or(0);
     let layer_bytes = ((image_mib << 20).saturating_sub(base_bytes) / layers.max(1)) & !511;
     let image = random_image::write_layout(&src, base_tar, layers as u32, layer_bytes, n)
         .unwrap_or_else(|e| panic!("writing the image layout {}: {e}", src.display()));
     let tag = format!("r{n}");
-    let (pulled, copied) = (work.join(format!("pulled-{n}")), work.join(format!("copied-{n}")));
+    let (pulled, copied) = (
+        work.join(format!("pulled-{n}")),
+        work.join(format!("copied-{n}")),
+    );
     let peer = || {
         skopeo_timed(&[
             "copy",
@@ -157,7 +163,10 @@ fn round(reg: &Registry, work: &Path, base_tar: &Path, n: u64) -> (Round, u64) {
             reg.image_digest(&tag)
         });
         let runnable = start.elapsed();
-        assert_eq!(digest, image.manifest_digest, "image big:{tag} is not the pushed manifest");
+        assert_eq!(
+            digest, image.manifest_digest,
+            "image big:{tag} is not the pushed manifest"
+        );
         let pull = reg.pull(&tag, &pulled);
         (push, runnable, pull)
     };
@@ -235,7 +244,12 @@ fn main() {
             r.pull.as_secs_f64(),
             r.peer.as_secs_f64(),
         );
-        all.push((push, pull, peer, r.runnable.as_secs_f64() - r.push.as_secs_f64()));
+        all.push((
+            push,
+            pull,
+            peer,
+            r.runnable.as_secs_f64() - r.push.as_secs_f64(),
+        ));
     }
     let col = |f: fn(&(f64, f64, f64, f64)) -> f64| median(all.iter().map(f).collect());
     let (push, pull, peer) = (col(|r| r.0), col(|r| r.1), col(|r| r.2));
