@@ -21,6 +21,22 @@ use crate::error::ImageError;
 use crate::pushed::PushError;
 use crate::{ImageStore, Staging};
 
+/// Reads until `buf` is full or the stream ends: a request body arrives in
+/// pieces of a TLS record or so, and one write per piece would cost a system
+/// call every 16 KiB.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// The sha256 state of each open session and how many bytes it covers.
 #[derive(Debug, Default)]
 pub(crate) struct RunningHashes(Mutex<HashMap<String, (u64, Sha256)>>);
@@ -120,10 +136,9 @@ impl ImageStore {
         let mut hash = self.upload_hashes.take(id, have);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = match reader.read(&mut buf) {
+            let n = match fill(reader, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ImageError::ReadArchive { source: e }.into()),
             };
             total += n as u64;
