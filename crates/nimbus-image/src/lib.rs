@@ -137,6 +137,8 @@ pub struct ImageStore {
     layers_dir: PathBuf,
     tmp_dir: PathBuf,
     limits: Limits,
+    /// Digests of upload sessions computed as their bytes arrive.
+    upload_hashes: uploads::RunningHashes,
 }
 
 impl ImageStore {
@@ -176,6 +178,7 @@ impl ImageStore {
             layers_dir,
             tmp_dir,
             limits,
+            upload_hashes: uploads::RunningHashes::default(),
         })
     }
 

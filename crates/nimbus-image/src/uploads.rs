@@ -3,15 +3,68 @@
 //! they reach `blobs/` by rename only after hashing to the digest the client
 //! named; a whole blob sent at once stages like an import. Past the store's
 //! `Limits::max_archive_bytes` an upload is dropped.
+//!
+//! The digest is computed while the bytes arrive, so closing a session does
+//! not read the whole blob back; only a session whose running digest was
+//! lost (a server restart between chunks) is read back and hashed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
 
 use crate::blob::{self, digest_from_hex, digest_hex, CopyError, HashingReader};
 use crate::error::ImageError;
 use crate::pushed::PushError;
 use crate::{ImageStore, Staging};
+
+/// Reads until `buf` is full or the stream ends: a request body arrives in
+/// pieces of a TLS record or so, and one write per piece would cost a system
+/// call every 16 KiB.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The sha256 state of each open session and how many bytes it covers.
+#[derive(Debug, Default)]
+pub(crate) struct RunningHashes(Mutex<HashMap<String, (u64, Sha256)>>);
+
+impl RunningHashes {
+    /// The state covering exactly the first `bytes` bytes of session `id`,
+    /// if it is known; a new one for an empty session.
+    fn take(&self, id: &str, bytes: u64) -> Option<Sha256> {
+        let taken = self.0.lock().ok()?.remove(id);
+        match taken {
+            Some((covered, hash)) if covered == bytes => Some(hash),
+            _ if bytes == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, id: &str, bytes: u64, hash: Sha256) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_string(), (bytes, hash));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+}
 
 impl ImageStore {
     fn upload_dir(&self, id: &str) -> Result<PathBuf, PushError> {
@@ -80,12 +133,12 @@ impl ImageStore {
             .open(&path)
             .map_err(|e| ImageError::io("open upload", &path, e))?;
         let mut total = have;
+        let mut hash = self.upload_hashes.take(id, have);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let n = match reader.read(&mut buf) {
+            let n = match fill(reader, &mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ImageError::ReadArchive { source: e }.into()),
             };
             total += n as u64;
@@ -99,9 +152,15 @@ impl ImageStore {
             }
             file.write_all(&buf[..n])
                 .map_err(|e| ImageError::io("write upload", &path, e))?;
+            if let Some(hash) = hash.as_mut() {
+                hash.update(&buf[..n]);
+            }
         }
         file.sync_all()
             .map_err(|e| ImageError::io("sync upload", &path, e))?;
+        if let Some(hash) = hash {
+            self.upload_hashes.put(id, total, hash);
+        }
         Ok(total)
     }
 
@@ -112,10 +171,7 @@ impl ImageStore {
         digest_hex(digest, "upload digest")?;
         let dir = self.upload_dir(id)?;
         let path = dir.join("data");
-        let file = File::open(&path).map_err(|e| ImageError::io("open upload", &path, e))?;
-        let (actual, size) = HashingReader::new(file)
-            .finish()
-            .map_err(|e| ImageError::io("read upload", &path, e))?;
+        let (actual, size) = self.upload_digest(id, &path)?;
         let committed = self.commit_pushed(&path, digest, &actual, size);
         self.upload_cancel(id)?;
         committed?;
@@ -123,8 +179,24 @@ impl ImageStore {
         Ok(size)
     }
 
+    /// `(hex digest, size)` of the bytes session `id` holds in `path`: the
+    /// running digest when it covers the whole file, else read back.
+    fn upload_digest(&self, id: &str, path: &std::path::Path) -> Result<(String, u64), PushError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| ImageError::io("read size of upload", path, e))?
+            .len();
+        if let Some(hash) = self.upload_hashes.take(id, size) {
+            return Ok((hex::encode(hash.finalize()), size));
+        }
+        let file = File::open(path).map_err(|e| ImageError::io("open upload", path, e))?;
+        Ok(HashingReader::new(file)
+            .finish()
+            .map_err(|e| ImageError::io("read upload", path, e))?)
+    }
+
     /// Removes upload `id` and what it received.
     pub fn upload_cancel(&self, id: &str) -> Result<(), PushError> {
+        self.upload_hashes.forget(id);
         let dir = self.upload_dir(id)?;
         crate::remove_any(&dir).map_err(|e| ImageError::io("remove upload", &dir, e))?;
         Ok(())
@@ -216,6 +288,33 @@ mod tests {
         assert_eq!(store.blob_size(&wanted).unwrap(), None);
         assert_eq!(entries(&store, "tmp"), 0);
         assert_eq!(entries(&store, "blobs/sha256"), 1);
+    }
+
+    #[test]
+    fn a_session_whose_running_digest_was_lost_is_read_back() {
+        let (_d, store) = store(1 << 20);
+        let digest = format!("sha256:{}", blob::sha256_hex(b"hello world"));
+        store.upload_start("aa", "ops/app").unwrap();
+        store
+            .upload_append("aa", None, &mut &b"hello "[..])
+            .unwrap();
+        store.upload_hashes.forget("aa");
+        // The next chunk cannot extend a digest it does not have...
+        store.upload_append("aa", None, &mut &b"world"[..]).unwrap();
+        // ...so closing reads the bytes back, and a wrong name still fails.
+        let wrong = format!("sha256:{}", blob::sha256_hex(b"world"));
+        store.upload_start("bb", "ops/app").unwrap();
+        store
+            .upload_append("bb", None, &mut &b"hello "[..])
+            .unwrap();
+        store.upload_hashes.forget("bb");
+        store.upload_append("bb", None, &mut &b"world"[..]).unwrap();
+        assert!(matches!(
+            store.upload_finish("bb", &wrong),
+            Err(PushError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.upload_finish("aa", &digest).unwrap(), 11);
+        assert_eq!(store.blob_size(&digest).unwrap(), Some(11));
     }
 
     #[test]
