@@ -309,6 +309,25 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
     assert!(shown.contains("vulnerabilities: 1 critical"), "{shown}");
     let shown = cloud.ok(&["image", "get", "deb-new"]);
     assert!(shown.contains("no known vulnerabilities"), "{shown}");
+    // Scripts see the same summary in the image itself.
+    let image = cloud.json(&["image", "get", "deb-old"]).expect("image get");
+    let summary = &image["status"]["vulnerabilities"];
+    assert_eq!(summary["counts"]["critical"], 1, "{image}");
+    assert_eq!(summary["worst"], "critical", "{image}");
+    assert_eq!(summary["findings"], 1, "{image}");
+    assert_eq!(
+        summary["vulndb_digest"], got["database"]["digest"],
+        "{image}"
+    );
+    let image = cloud.json(&["image", "get", "deb-new"]).expect("image get");
+    assert_eq!(image["status"]["vulnerabilities"]["findings"], 0, "{image}");
+    let listed = cloud.json(&["image", "list"]).expect("image list");
+    assert!(
+        listed["items"].as_array().is_some_and(|items| items
+            .iter()
+            .all(|i| i["status"].get("vulnerabilities").is_none())),
+        "lists carry no scan summary: {listed}"
+    );
 
     // The policy: critical is above high, so deb-old is refused and nothing is created.
     cloud.ok(&["policy", "set", "--max-severity", "high"]);
@@ -334,6 +353,13 @@ fn a_scan_finds_the_fixture_cve_and_the_policy_refuses_only_the_vulnerable_image
         "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13.dfsg-1\n",
     );
     cloud.ok(&["image", "import", &unscanned, "--name", "deb-unscanned"]);
+    let image = cloud
+        .json(&["image", "get", "deb-unscanned"])
+        .expect("image get");
+    assert!(
+        image["status"].get("vulnerabilities").is_none(),
+        "not scanned yet: {image}"
+    );
     let said = refused(&cloud, "bad2", "deb-unscanned");
     assert!(said.contains(DEBIAN_ADVISORY), "{said}");
     assert!(cloud

@@ -45,5 +45,6 @@ pub use volumes::{
     VolumeStatus,
 };
 pub use vulns::{
-    Finding, ImageScan, ImageScanStatus, Severity, VulnDb, VulnDbInfo, VulnDbStatus, VULNDB_NAME,
+    Finding, ImageScan, ImageScanStatus, ScanSummary, Severity, VulnDb, VulnDbInfo, VulnDbStatus,
+    VULNDB_NAME,
 };

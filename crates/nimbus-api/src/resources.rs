@@ -398,6 +398,11 @@ pub struct ImageStatus {
     /// For `format: kernel`: a kernel booted directly (VMs and unikernels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelImage>,
+    /// The last vulnerability scan of this digest in the project, when one
+    /// was made. Filled when one image is read (`GET`), never stored with
+    /// the image; absent from lists and watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerabilities: Option<crate::vulns::ScanSummary>,
 }
 
 /// One platform of a multi-architecture image.

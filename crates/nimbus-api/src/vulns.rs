@@ -138,6 +138,41 @@ pub struct ImageScanStatus {
     pub scanned_at: Option<DateTime<Utc>>,
 }
 
+/// What `GET /v1/projects/{project}/images/{name}` shows of the last scan of
+/// the image's digest: the counts without the findings (those are in
+/// `GET .../images/{name}/scan`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ScanSummary {
+    /// OSV ecosystem of the image's distribution; empty when unknown.
+    pub ecosystem: String,
+    /// Package databases read (`dpkg`, `apk`, `rpm`).
+    pub package_databases: Vec<String>,
+    pub packages: u64,
+    /// How many findings in all.
+    pub findings: u64,
+    /// Findings per severity.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub worst: Option<Severity>,
+    /// The vulnerability database digest it was matched against.
+    pub vulndb_digest: String,
+    pub scanned_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ImageScanStatus> for ScanSummary {
+    fn from(s: &ImageScanStatus) -> Self {
+        ScanSummary {
+            ecosystem: s.ecosystem.clone(),
+            package_databases: s.package_databases.clone(),
+            packages: s.packages,
+            findings: s.findings.len() as u64,
+            counts: s.counts.clone(),
+            worst: s.worst,
+            vulndb_digest: s.vulndb_digest.clone(),
+            scanned_at: s.scanned_at,
+        }
+    }
+}
+
 /// The result of scanning an image digest in one project; named
 /// `sha256-<hex>` after the digest.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]

@@ -65,6 +65,8 @@ impl ImportedImage {
                 initrd: k.initrd.clone(),
                 entry: k.entry.as_str().into(),
             }),
+            // Joined from the stored scan when the server reads one image.
+            vulnerabilities: None,
         }
     }
 

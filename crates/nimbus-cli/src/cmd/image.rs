@@ -276,13 +276,9 @@ pub async fn run(g: &Globals, cmd: ImageCmd) -> anyhow::Result<()> {
             let i: Image = client
                 .get(&format!("/v1/projects/{p}/images/{name}"))
                 .await?;
-            let scan = client
-                .get::<ImageScan>(&format!("/v1/projects/{p}/images/{name}/scan"))
-                .await
-                .ok();
             print(g, &i, || {
-                let summary = match &scan {
-                    Some(s) => crate::cmd::vulns::scan_summary(&s.status),
+                let summary = match &i.status.vulnerabilities {
+                    Some(s) => crate::cmd::vulns::scan_summary(s),
                     None => {
                         format!("vulnerabilities: not scanned (run `nimbus image scan {name}`)")
                     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use nimbus_api::{ImageScan, ImageScanStatus, Severity, VulnDbInfo, VulnDbStatus};
+use nimbus_api::{ImageScan, ScanSummary, Severity, VulnDbInfo, VulnDbStatus};
 use tokio_util::io::ReaderStream;
 
 use crate::ctx::Globals;
@@ -91,7 +91,7 @@ pub fn scan_text(scan: &ImageScan) -> String {
             })
             .collect(),
     );
-    let mut text = scan_summary(s);
+    let mut text = scan_summary(&s.into());
     if !s.findings.is_empty() {
         text.push('\n');
         text.push_str(&findings);
@@ -100,13 +100,13 @@ pub fn scan_text(scan: &ImageScan) -> String {
 }
 
 /// One line: what was read and how many findings of each severity.
-pub fn scan_summary(s: &ImageScanStatus) -> String {
+pub fn scan_summary(s: &ScanSummary) -> String {
     let ecosystem = if s.ecosystem.is_empty() {
         "an unknown distribution".to_string()
     } else {
         s.ecosystem.clone()
     };
-    let counts = if s.findings.is_empty() {
+    let counts = if s.findings == 0 {
         "no known vulnerabilities".to_string()
     } else {
         Severity::ALL

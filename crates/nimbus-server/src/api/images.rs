@@ -40,7 +40,11 @@ pub async fn get(
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Image>> {
     auth::require_host_or_role(&state.repo, &caller, &project, Role::Reader).await?;
-    Ok(Json(state.repo.get(Some(&project), &name).await?))
+    let mut image: Image = state.repo.get(Some(&project), &name).await?;
+    if let Some(scan) = crate::vulnscan::stored_scan(&state, &project, &image).await? {
+        image.status.vulnerabilities = Some((&scan.status).into());
+    }
+    Ok(Json(image))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
