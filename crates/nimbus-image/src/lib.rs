@@ -46,6 +46,7 @@ pub use pushed::{
     manifest_references, ManifestRefs, PushError, Reference, MAX_MANIFEST_BYTES, MEDIA_DOCKER_LIST,
     MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
+pub use uploads::{OpenUpload, UploadBudget};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -342,6 +343,25 @@ impl ImageStore {
             &keep,
             std::time::Duration::ZERO,
         )
+    }
+
+    /// Digest (`sha256:...`) → size of every stored blob `images` keep:
+    /// their layers, manifests, configs, disks, kernels and initrds, each
+    /// once (what a project "holds" in the store). Blobs not stored are
+    /// left out.
+    pub fn blobs_held_by(
+        &self,
+        images: &[ImportedImage],
+    ) -> Result<std::collections::BTreeMap<String, u64>, ImageError> {
+        let keep = gc::KeepSet::imported(&self.blobs, images)?;
+        let mut held = std::collections::BTreeMap::new();
+        for hex in keep.blobs {
+            let digest = digest_from_hex(&hex);
+            if let Some(size) = self.blob_size(&digest)? {
+                held.insert(digest, size);
+            }
+        }
+        Ok(held)
     }
 
     fn layer_path(&self, hex: &str) -> PathBuf {

@@ -162,7 +162,8 @@ pub async fn import(
             ))))
         }
     };
-    let _importing = state.image_lock.read().await;
+    let quota = crate::image_quota::ImportQuota::read(&state, &project).await?;
+    let importing = state.image_lock.read().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let images = state.images.clone();
     let display_name = q.name.clone();
@@ -175,7 +176,17 @@ pub async fn import(
         }
     });
     let mut stream = body.into_data_stream();
+    let (mut received, mut refused) = (0u64, None);
     while let Some(chunk) = stream.next().await {
+        if let Ok(bytes) = &chunk {
+            received = received.saturating_add(bytes.len() as u64);
+            if let Err(e) = quota.admit_received(received) {
+                let _ = tx.send(Err(e.to_string())).await;
+                refused = Some(e);
+                drain_rest(&mut stream, REFUSED_UPLOAD_DRAIN_BYTES).await;
+                break;
+            }
+        }
         let item = chunk.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("length limit") {
@@ -202,10 +213,13 @@ pub async fn import(
         }
     }
     drop(tx);
-    let imported = importer
+    let outcome = importer
         .await
-        .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
-        .map_err(|e| {
+        .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?;
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
+    let imported = outcome.map_err(|e| {
             if e.is_disk_full() {
                 tracing::error!(error = %e, "the image store's disk is full");
                 ApiError::new(
@@ -220,6 +234,12 @@ pub async fn import(
                 ApiError::invalid(format!("image {:?} was not imported: {e}", q.name))
             }
         })?;
+    if let Err(e) = quota.admit_imported(&state, &imported).await {
+        // Its blobs are stored but nothing names them: collect them.
+        drop(importing);
+        collect_after_refusal(&state).await;
+        return Err(e);
+    }
     let mut metadata = Metadata::new(&q.name, Some(&project));
     metadata
         .labels
@@ -288,6 +308,20 @@ pub async fn delete(
         tracing::warn!(error = %e.0, "image garbage collection failed; it will run again on the next delete");
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Collects what a refused import stored; a failure only postpones that.
+async fn collect_after_refusal(state: &crate::state::AppState) {
+    let images = state.images.clone();
+    let collected = collect_garbage(
+        &state.repo,
+        images,
+        &state.image_lock,
+        crate::repo::MAX_PAGE,
+    );
+    if let Err(e) = collected.await {
+        tracing::warn!(error = %e.0, "image garbage collection after a refused import failed; it runs again on the next delete");
+    }
 }
 
 /// Removes the blobs and layers no image of any project and no registry
