@@ -10,6 +10,7 @@ use std::path::Path;
 
 use common::registry::*;
 use common::Cloud;
+use nimbus_image::testing::one_file_rootfs_tar_of as rootfs_tar;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -27,24 +28,10 @@ fn incompressible(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A root-filesystem tarball of one file holding `data`.
-fn rootfs_tar(data: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, "data.bin", data).unwrap();
-    b.into_inner().unwrap()
-}
-
 /// An OCI archive of a one-layer image whose layer holds `data`, written
 /// to the cloud's data dir as `<name>.oci.tar`.
 fn archive_file(cloud: &Cloud, name: &str, data: &[u8]) -> (Archive, String) {
-    let archive = oci_archive(&rootfs_tar(data), &["/data.bin"]);
+    let archive = oci_archive(&rootfs_tar(data), &["/data.txt"]);
     let file = cloud.data_dir().join(format!("{name}.oci.tar"));
     std::fs::write(&file, &archive.tar).unwrap();
     (archive, format!("oci-archive:{}", file.display()))
@@ -66,6 +53,25 @@ fn open_uploads(images: &Path) -> Vec<String> {
         .into_iter()
         .filter(|e| e.starts_with("tmp/"))
         .collect()
+}
+
+/// `nimbus image import <path> --name <name> --project <project>`.
+fn import(cloud: &Cloud, path: &Path, name: &str, project: &str) -> std::process::Output {
+    let path = path.to_str().unwrap();
+    cloud.nimbus(&[
+        "image",
+        "import",
+        path,
+        "--name",
+        name,
+        "--project",
+        project,
+    ])
+}
+
+fn import_ok(cloud: &Cloud, path: &Path, name: &str, project: &str) {
+    let out = import(cloud, path, name, project);
+    assert!(out.status.success(), "import of {name}: {}", stderr(&out));
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -246,15 +252,7 @@ fn an_import_past_the_image_quota_is_refused_and_stores_nothing() {
 
     let big = cloud.data_dir().join("big.tar");
     std::fs::write(&big, rootfs_tar(&incompressible(3 * MIB as usize, 5))).unwrap();
-    let out = cloud.nimbus(&[
-        "image",
-        "import",
-        big.to_str().unwrap(),
-        "--name",
-        "big",
-        "--project",
-        "ops",
-    ]);
+    let out = import(&cloud, &big, "big", "ops");
     assert!(
         !out.status.success(),
         "an import past the quota was accepted"
@@ -274,45 +272,20 @@ fn an_import_past_the_image_quota_is_refused_and_stores_nothing() {
     // counts there too, not twice here.
     let small = cloud.data_dir().join("small.tar");
     std::fs::write(&small, rootfs_tar(&incompressible(512 * 1024, 6))).unwrap();
-    let path = small.to_str().unwrap();
-    cloud.ok(&[
-        "image",
-        "import",
-        path,
-        "--name",
-        "small",
-        "--project",
-        "ops",
-    ]);
+    import_ok(&cloud, &small, "small", "ops");
     let held = image_bytes(&cloud, "ops");
     assert!(
         held > 512 * 1024 && held < 2 * MIB,
         "ops holds {held} bytes"
     );
-    cloud.ok(&[
-        "image",
-        "import",
-        path,
-        "--name",
-        "again",
-        "--project",
-        "ops",
-    ]);
+    import_ok(&cloud, &small, "again", "ops");
     assert_eq!(
         image_bytes(&cloud, "ops"),
         held,
         "a shared blob counted twice"
     );
     cloud.ok(&["project", "create", "other"]);
-    cloud.ok(&[
-        "image",
-        "import",
-        path,
-        "--name",
-        "small",
-        "--project",
-        "other",
-    ]);
+    import_ok(&cloud, &small, "small", "other");
     assert_eq!(image_bytes(&cloud, "other"), held);
     let table = cloud.ok(&["usage", "--project", "ops"]);
     assert!(table.contains("images held now"), "{table}");

@@ -292,7 +292,19 @@ impl ProjectQuota {
 
 #[cfg(test)]
 mod tests {
-    use super::VolumeMount;
+    use super::{ProjectQuota, VolumeMount};
+
+    #[test]
+    fn an_image_bytes_limit_makes_a_quota_limited() {
+        assert!(ProjectQuota::default().is_unlimited());
+        let images_only = ProjectQuota {
+            image_bytes: Some(1 << 30),
+            ..ProjectQuota::default()
+        };
+        assert!(!images_only.is_unlimited());
+        let text = serde_json::to_string(&images_only).expect("json");
+        assert_eq!(text, r#"{"image_bytes":1073741824}"#);
+    }
 
     #[test]
     fn volume_flags_parse() {

@@ -476,6 +476,34 @@ mod tests {
     }
 
     #[test]
+    fn the_blobs_images_hold_are_named_once_with_their_sizes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ImageStore::open(dir.path(), Limits::default()).expect("store");
+        let tar = crate::testing::one_file_rootfs_tar("held");
+        let image = store
+            .import(std::io::Cursor::new(&tar), &mut |_| {})
+            .expect("import");
+        let other = store
+            .import(
+                std::io::Cursor::new(crate::testing::one_file_rootfs_tar("other")),
+                &mut |_| {},
+            )
+            .expect("import");
+        let held = store
+            .blobs_held_by(&[image.clone(), image.clone()])
+            .expect("held");
+        assert!(held.contains_key(&image.manifest_digest), "{held:?}");
+        for layer in &image.layers {
+            let size = store.blob_size(layer).expect("size");
+            assert_eq!(held.get(layer).copied(), size, "{held:?}");
+        }
+        assert!(!held.keys().any(|d| other.layers.contains(d)), "{held:?}");
+        let both = store.blobs_held_by(&[image, other]).expect("held");
+        assert!(both.len() > held.len());
+        assert!(store.blobs_held_by(&[]).expect("none").is_empty());
+    }
+
+    #[test]
     fn default_limits_are_the_documented_ones() {
         let limits = Limits::default();
         assert_eq!(limits.max_archive_bytes, 4 * 1024 * 1024 * 1024);

@@ -116,7 +116,7 @@ where
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive; with `kind=disk` a qcow2 or raw disk; with `kind=kernel` an ELF kernel, optionally followed by an initrd. Capped by the server's image size limit (413 past it)"),
     responses((status = 201, body = Image, description = "Imported"),
-        (status = 409, description = "An image of that name already exists in the project"),
+        (status = 409, description = "An image of that name already exists in the project, or the project's image quota (`image_bytes`) does not admit it"),
         (status = 422, description = "The archive, disk or kernel was rejected")))]
 pub async fn import(
     State(state): St,
