@@ -298,3 +298,48 @@ fn an_import_past_the_image_quota_is_refused_and_stores_nothing() {
         .expect("quota get");
     assert_eq!(q["used"]["image_bytes"], 0, "{q}");
 }
+
+// Two sessions racing, each under the limit alone, together over it: each
+// piece is checked against every open session on disk, so they cannot
+// both fill up; together they pass the limit by at most a piece each.
+#[test]
+fn two_uploads_racing_do_not_both_pass_the_image_quota() {
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    cloud.ok(&["quota", "set", "--image-bytes", "3MiB", "--project", "ops"]);
+    let images = cloud.data_dir().join("images");
+    let sent: Vec<Reply> = std::thread::scope(|s| {
+        let racers: Vec<_> = [7u64, 8]
+            .into_iter()
+            .map(|seed| {
+                let (cloud, alice) = (&cloud, &alice);
+                s.spawn(move || {
+                    let file = cloud.data_dir().join(format!("race-{seed}.bin"));
+                    std::fs::write(&file, incompressible(2 * MIB as usize, seed)).unwrap();
+                    let path = format!("/v2/ops/race{seed}/blobs/uploads/");
+                    let location = location_of(&curl(cloud, Some(alice), "POST", &path, &[]));
+                    let data = format!("@{}", file.display());
+                    curl(
+                        cloud,
+                        Some(alice),
+                        "PATCH",
+                        &location,
+                        &["--data-binary", &data],
+                    )
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let accepted = sent.iter().filter(|r| r.status == 202).count();
+    assert!(accepted < 2, "both racing uploads were accepted");
+    for refused in sent.iter().filter(|r| r.status != 202) {
+        refused.expect_error(403, "DENIED");
+    }
+    let held = image_bytes(&cloud, "ops");
+    assert!(
+        held <= 3 * MIB + 2 * 256 * 1024,
+        "the racing uploads hold {held} bytes, past the limit by more than a piece each"
+    );
+    assert_eq!(open_uploads(&images).len(), accepted);
+}
