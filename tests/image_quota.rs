@@ -343,3 +343,36 @@ fn two_uploads_racing_do_not_both_pass_the_image_quota() {
     );
     assert_eq!(open_uploads(&images).len(), accepted);
 }
+
+// Two imports racing, each under the limit alone, together over it: at
+// most one is kept.
+#[test]
+fn two_imports_racing_do_not_both_pass_the_image_quota() {
+    let cloud = Cloud::start();
+    cloud.ok(&["project", "create", "ops"]);
+    cloud.ok(&["quota", "set", "--image-bytes", "3MiB", "--project", "ops"]);
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        let racers: Vec<_> = [9u64, 10]
+            .into_iter()
+            .map(|seed| {
+                let cloud = &cloud;
+                s.spawn(move || {
+                    let file = cloud.data_dir().join(format!("race-{seed}.tar"));
+                    let data = incompressible(2 * MIB as usize, seed);
+                    std::fs::write(&file, rootfs_tar(&data)).unwrap();
+                    import(cloud, &file, &format!("race{seed}"), "ops")
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let kept = outcomes.iter().filter(|o| o.status.success()).count();
+    assert!(kept < 2, "both racing imports were kept");
+    for refused in outcomes.iter().filter(|o| !o.status.success()) {
+        let err = stderr(refused);
+        assert!(err.contains("--image-bytes"), "{err}");
+    }
+    assert_eq!(image_names(&cloud, "ops").len(), kept);
+    let held = image_bytes(&cloud, "ops");
+    assert!(held <= 3 * MIB, "the racing imports hold {held} bytes");
+}

@@ -4,11 +4,13 @@
 //!
 //! An upload's check at every piece re-reads the open sessions on disk
 //! (every project's uploads stage under the image store's `tmp/` with an
-//! `owner` label), so two uploads racing see each other's bytes; the
-//! records are read once per request.
+//! `owner` label) and the imports in progress (`ImportsInFlight`), so two
+//! uploads or imports racing see each other's bytes; the records are read
+//! once per request.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nimbus_api::{ApiError, Image, Project, Repository};
 use nimbus_image::{ImageStore, ImportedImage, OpenUpload};
@@ -74,9 +76,79 @@ pub async fn stored_bytes(
     Ok(image_usage::distinct_blob_bytes(lists))
 }
 
-async fn open_uploads(store: Arc<ImageStore>) -> ApiResult<Vec<OpenUpload>> {
-    blocking("listing open registry uploads", move || {
-        store.open_uploads()
+/// Archive bytes received by the imports in progress, by import.
+#[derive(Debug, Default)]
+pub struct ImportsInFlight {
+    next: AtomicU64,
+    received: Mutex<BTreeMap<u64, (String, u64)>>,
+}
+
+impl ImportsInFlight {
+    /// Registers an import into `project`; it counts until the ticket drops.
+    fn start(self: &Arc<Self>, project: &str) -> ImportTicket {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.received.lock() {
+            map.insert(id, (project.to_string(), 0));
+        }
+        ImportTicket {
+            table: self.clone(),
+            id,
+        }
+    }
+
+    /// The imports as sessions (`import-<n>`, owner `<project>/`) for the tally.
+    fn as_sessions(&self) -> Vec<OpenUpload> {
+        let Ok(map) = self.received.lock() else {
+            return Vec::new();
+        };
+        map.iter()
+            .map(|(id, (project, bytes))| OpenUpload {
+                id: format!("import-{id}"),
+                owner: format!("{project}/"),
+                bytes: *bytes,
+            })
+            .collect()
+    }
+}
+
+/// An import in progress; dropped when its request ends.
+struct ImportTicket {
+    table: Arc<ImportsInFlight>,
+    id: u64,
+}
+
+impl ImportTicket {
+    fn add(&self, bytes: u64) {
+        if let Ok(mut map) = self.table.received.lock() {
+            if let Some((_, received)) = map.get_mut(&self.id) {
+                *received = received.saturating_add(bytes);
+            }
+        }
+    }
+}
+
+impl Drop for ImportTicket {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.table.received.lock() {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Every upload session on disk and every import in progress.
+fn sessions(
+    store: &ImageStore,
+    imports: &ImportsInFlight,
+) -> Result<Vec<OpenUpload>, nimbus_image::ImageError> {
+    let mut open = store.open_uploads()?;
+    open.extend(imports.as_sessions());
+    Ok(open)
+}
+
+async fn open_uploads(state: &AppState) -> ApiResult<Vec<OpenUpload>> {
+    let (store, imports) = (state.images.clone(), state.image_imports.clone());
+    blocking("listing open uploads and imports", move || {
+        sessions(&store, &imports)
     })
     .await
 }
@@ -93,11 +165,7 @@ fn observe(tally: &mut UploadTally, project: &str, open: &[OpenUpload]) -> u64 {
 /// one closing in between counts twice rather than not at all.
 async fn usage_with_tally(state: &AppState, project: &str) -> ApiResult<(ImageUsage, UploadTally)> {
     let mut tally = UploadTally::default();
-    let uploading_bytes = observe(
-        &mut tally,
-        project,
-        &open_uploads(state.images.clone()).await?,
-    );
+    let uploading_bytes = observe(&mut tally, project, &open_uploads(state).await?);
     let stored_bytes = stored_bytes(state, project, None).await?;
     let usage = ImageUsage {
         stored_bytes,
@@ -116,21 +184,21 @@ pub async fn usage(state: &AppState, project: &str) -> ApiResult<ImageUsage> {
 pub struct UploadGuard {
     project: String,
     limit: u64,
-    stored_bytes: u64,
+    /// What the project held when the request began.
+    start: ImageUsage,
     tally: UploadTally,
     store: Arc<ImageStore>,
+    imports: Arc<ImportsInFlight>,
 }
 
 impl UploadGuard {
     /// `Err(message)` when `incoming` more bytes would take the project
     /// past its limit, counting every open session as it is on disk now.
     pub fn admit(&mut self, incoming: u64) -> Result<(), String> {
-        let open = self
-            .store
-            .open_uploads()
+        let open = sessions(&self.store, &self.imports)
             .map_err(|e| format!("the project's image quota could not be checked: {e}"))?;
         let uploading = observe(&mut self.tally, &self.project, &open);
-        let used = self.stored_bytes.saturating_add(uploading);
+        let used = self.start.stored_bytes.saturating_add(uploading);
         image_usage::check(&self.project, Some(self.limit), used, incoming)
             .map_err(|e| e.to_string())
     }
@@ -145,9 +213,10 @@ pub async fn upload_guard(state: &AppState, project: &str) -> ApiResult<Option<U
     Ok(Some(UploadGuard {
         project: project.to_string(),
         limit,
-        stored_bytes: usage.stored_bytes,
+        start: usage,
         tally,
         store: state.images.clone(),
+        imports: state.image_imports.clone(),
     }))
 }
 
@@ -156,32 +225,56 @@ pub fn budget(guard: &mut Option<UploadGuard>) -> impl FnMut(u64) -> Result<(), 
     move |incoming| guard.as_mut().map_or(Ok(()), |g| g.admit(incoming))
 }
 
+/// How many received bytes an import checks at once (as an upload's piece).
+const IMPORT_PIECE_BYTES: u64 = 256 * 1024;
+
 /// The image quota of one import: the archive's bytes count as they
-/// arrive (they are staged on the server's disk), then the imported
-/// image's blobs the project did not hold yet.
+/// arrive (they are staged on the server's disk; racing imports and
+/// uploads see them through `ImportsInFlight`), then the imported image's
+/// blobs the project did not hold yet.
 pub struct ImportQuota {
     project: String,
     limit: Option<u64>,
     before: ImageUsage,
+    guard: Option<UploadGuard>,
+    ticket: ImportTicket,
+    unchecked: u64,
 }
 
 impl ImportQuota {
     pub async fn read(state: &AppState, project: &str) -> ApiResult<ImportQuota> {
-        let limit = limit(state, project).await?;
-        let before = match limit {
-            Some(_) => usage(state, project).await?,
-            None => ImageUsage::default(),
-        };
+        let guard = upload_guard(state, project).await?;
+        let before = guard.as_ref().map(|g| g.start).unwrap_or_default();
         Ok(ImportQuota {
             project: project.to_string(),
-            limit,
+            limit: guard.as_ref().map(|g| g.limit),
             before,
+            guard,
+            ticket: state.image_imports.start(project),
+            unchecked: 0,
         })
     }
 
-    /// Refuses once `received` archive bytes exceed what the quota has left.
-    pub fn admit_received(&self, received: u64) -> Result<(), image_usage::ImageQuotaError> {
-        image_usage::check(&self.project, self.limit, self.before.total(), received)
+    /// Counts `bytes` more of the archive; refused (409) once they take
+    /// the project past its limit. Checked a piece at a time.
+    pub async fn admit_received(&mut self, bytes: u64) -> ApiResult<()> {
+        self.unchecked = self.unchecked.saturating_add(bytes);
+        if self.unchecked < IMPORT_PIECE_BYTES {
+            return Ok(());
+        }
+        let piece = std::mem::take(&mut self.unchecked);
+        if let Some(mut guard) = self.guard.take() {
+            let (guard, admitted) = tokio::task::spawn_blocking(move || {
+                let admitted = guard.admit(piece);
+                (guard, admitted)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("image quota check task failed: {e}")))?;
+            self.guard = Some(guard);
+            admitted.map_err(|message| ServerError(ApiError::conflict(message)))?;
+        }
+        self.ticket.add(piece);
+        Ok(())
     }
 
     /// Refuses `image` (imported, not recorded yet) if the blobs it adds
@@ -194,5 +287,33 @@ impl ImportQuota {
         let more = after.saturating_sub(self.before.stored_bytes);
         image_usage::check(&self.project, self.limit, self.before.total(), more)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_in_progress_count_for_their_project_until_they_end() {
+        let table = Arc::new(ImportsInFlight::default());
+        let ops = table.start("ops");
+        let dev = table.start("dev");
+        ops.add(300);
+        ops.add(200);
+        dev.add(7);
+        let mut tally = UploadTally::default();
+        assert_eq!(observe(&mut tally, "ops", &table.as_sessions()), 500);
+        drop(dev);
+        assert_eq!(table.as_sessions().len(), 1);
+        // An import that ended keeps counting for a request that saw it:
+        // its blobs are stored by now, which that request's records miss.
+        drop(ops);
+        assert!(table.as_sessions().is_empty());
+        assert_eq!(observe(&mut tally, "ops", &table.as_sessions()), 500);
+        assert_eq!(
+            observe(&mut UploadTally::default(), "ops", &table.as_sessions()),
+            0
+        );
     }
 }

@@ -162,7 +162,7 @@ pub async fn import(
             ))))
         }
     };
-    let quota = crate::image_quota::ImportQuota::read(&state, &project).await?;
+    let mut quota = crate::image_quota::ImportQuota::read(&state, &project).await?;
     let importing = state.image_lock.read().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let images = state.images.clone();
@@ -176,12 +176,11 @@ pub async fn import(
         }
     });
     let mut stream = body.into_data_stream();
-    let (mut received, mut refused) = (0u64, None);
+    let mut refused = None;
     while let Some(chunk) = stream.next().await {
         if let Ok(bytes) = &chunk {
-            received = received.saturating_add(bytes.len() as u64);
-            if let Err(e) = quota.admit_received(received) {
-                let _ = tx.send(Err(e.to_string())).await;
+            if let Err(e) = quota.admit_received(bytes.len() as u64).await {
+                let _ = tx.send(Err(e.0.message.clone())).await;
                 refused = Some(e);
                 drain_rest(&mut stream, REFUSED_UPLOAD_DRAIN_BYTES).await;
                 break;
@@ -217,7 +216,7 @@ pub async fn import(
         .await
         .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?;
     if let Some(e) = refused {
-        return Err(e.into());
+        return Err(e);
     }
     let imported = outcome.map_err(|e| {
             if e.is_disk_full() {
