@@ -54,7 +54,7 @@ pub struct ProjectSpec {
     /// forwards). Only a system administrator changes it.
     #[serde(default)]
     pub host_ports: HostPortPolicy,
-    /// Limits on the project's volumes (`nimbus quota set`). Only a
+    /// Limits on the project's volumes, instances and images (`nimbus quota set`). Only a
     /// system administrator changes it.
     #[serde(
         default,

@@ -62,4 +62,9 @@ pub struct UsageReport {
     pub to: DateTime<Utc>,
     pub hours: Vec<UsageHour>,
     pub totals: UsageTotals,
+    /// Bytes of image content the project holds now, as its
+    /// `image_bytes` quota counts them: each distinct blob its images and
+    /// registry repositories name, once, plus its open registry uploads.
+    #[serde(default)]
+    pub image_bytes: u64,
 }

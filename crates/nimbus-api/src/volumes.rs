@@ -246,7 +246,7 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
-/// Limits on a project's volumes; unset means unlimited.
+/// Limits on a project's volumes, instances and images; unset means unlimited.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct ProjectQuota {
     /// How many volumes the project may hold.
@@ -270,6 +270,12 @@ pub struct ProjectQuota {
     /// cap (`nimbus quota set --disk`). Volumes count in `volume_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
+    /// Bytes of image content the project holds in the server's image
+    /// store (`nimbus quota set --image-bytes`): each distinct blob its
+    /// images and registry repositories name, counted once, plus its open
+    /// registry uploads. A blob another project also holds counts in both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
 }
 
 impl ProjectQuota {
@@ -280,12 +286,25 @@ impl ProjectQuota {
             && self.vcpus.is_none()
             && self.memory_bytes.is_none()
             && self.disk_bytes.is_none()
+            && self.image_bytes.is_none()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::VolumeMount;
+    use super::{ProjectQuota, VolumeMount};
+
+    #[test]
+    fn an_image_bytes_limit_makes_a_quota_limited() {
+        assert!(ProjectQuota::default().is_unlimited());
+        let images_only = ProjectQuota {
+            image_bytes: Some(1 << 30),
+            ..ProjectQuota::default()
+        };
+        assert!(!images_only.is_unlimited());
+        let text = serde_json::to_string(&images_only).expect("json");
+        assert_eq!(text, r#"{"image_bytes":1073741824}"#);
+    }
 
     #[test]
     fn volume_flags_parse() {

@@ -46,6 +46,7 @@ pub use pushed::{
     manifest_references, ManifestRefs, PushError, Reference, MAX_MANIFEST_BYTES, MEDIA_DOCKER_LIST,
     MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
+pub use uploads::{OpenUpload, UploadBudget};
 pub use vm::{DiskFormat, DiskInfo, KernelEntry, KernelInfo};
 
 use blob::{digest_from_hex, digest_hex, BlobDir, CopyError, HashingReader};
@@ -344,6 +345,25 @@ impl ImageStore {
         )
     }
 
+    /// Digest (`sha256:...`) → size of every stored blob `images` keep:
+    /// their layers, manifests, configs, disks, kernels and initrds, each
+    /// once (what a project "holds" in the store). Blobs not stored are
+    /// left out.
+    pub fn blobs_held_by(
+        &self,
+        images: &[ImportedImage],
+    ) -> Result<std::collections::BTreeMap<String, u64>, ImageError> {
+        let keep = gc::KeepSet::imported(&self.blobs, images)?;
+        let mut held = std::collections::BTreeMap::new();
+        for hex in keep.blobs {
+            let digest = digest_from_hex(&hex);
+            if let Some(size) = self.blob_size(&digest)? {
+                held.insert(digest, size);
+            }
+        }
+        Ok(held)
+    }
+
     fn layer_path(&self, hex: &str) -> PathBuf {
         self.layers_dir.join(hex)
     }
@@ -453,6 +473,34 @@ mod tests {
         assert_send_sync::<ImageStore>();
         assert_send_sync::<ImageError>();
         assert_send_sync::<ImportedImage>();
+    }
+
+    #[test]
+    fn the_blobs_images_hold_are_named_once_with_their_sizes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ImageStore::open(dir.path(), Limits::default()).expect("store");
+        let tar = crate::testing::one_file_rootfs_tar("held");
+        let image = store
+            .import(std::io::Cursor::new(&tar), &mut |_| {})
+            .expect("import");
+        let other = store
+            .import(
+                std::io::Cursor::new(crate::testing::one_file_rootfs_tar("other")),
+                &mut |_| {},
+            )
+            .expect("import");
+        let held = store
+            .blobs_held_by(&[image.clone(), image.clone()])
+            .expect("held");
+        assert!(held.contains_key(&image.manifest_digest), "{held:?}");
+        for layer in &image.layers {
+            let size = store.blob_size(layer).expect("size");
+            assert_eq!(held.get(layer).copied(), size, "{held:?}");
+        }
+        assert!(!held.keys().any(|d| other.layers.contains(d)), "{held:?}");
+        let both = store.blobs_held_by(&[image, other]).expect("held");
+        assert!(both.len() > held.len());
+        assert!(store.blobs_held_by(&[]).expect("none").is_empty());
     }
 
     #[test]

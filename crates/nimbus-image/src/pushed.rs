@@ -40,6 +40,10 @@ pub enum PushError {
     )]
     TooLarge { id: String, limit: u64 },
 
+    /// The caller's budget for the upload (a project's quota) refused it.
+    #[error("upload {id} was refused: {reason}")]
+    OverBudget { id: String, reason: String },
+
     #[error(
         "upload {id} has {actual} bytes, but the chunk starts at byte {start}; resume from \
          the offset GET on the upload reports"
@@ -394,7 +398,10 @@ mod tests {
 
     fn push(store: &ImageStore, data: &[u8]) -> String {
         let digest = format!("sha256:{}", blob::sha256_hex(data));
-        store.push_blob(&digest, &mut &data[..]).unwrap();
+        let id = blob::sha256_hex(data)[..16].to_string();
+        store
+            .push_blob(&id, "p/r", &digest, &mut &data[..], &mut |_| Ok(()))
+            .unwrap();
         digest
     }
 

@@ -3,9 +3,14 @@
 /// A root-filesystem tarball of one file, `data.txt` holding `content`,
 /// so that each content makes a layer of its own.
 pub fn one_file_rootfs_tar(content: &str) -> Vec<u8> {
+    one_file_rootfs_tar_of(content.as_bytes())
+}
+
+/// [`one_file_rootfs_tar`] of any bytes (for layers of a chosen size).
+pub fn one_file_rootfs_tar_of(data: &[u8]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
+    header.set_size(data.len() as u64);
     header.set_mode(0o644);
     header.set_uid(0);
     header.set_gid(0);
@@ -13,7 +18,7 @@ pub fn one_file_rootfs_tar(content: &str) -> Vec<u8> {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
     builder
-        .append_data(&mut header, "data.txt", content.as_bytes())
+        .append_data(&mut header, "data.txt", data)
         .expect("tar entry");
     builder.into_inner().expect("tar")
 }

@@ -1,8 +1,9 @@
 //! Blob uploads of the registry: a session stages its bytes under the store's
 //! `tmp/upload-<id>/` (with the label of who opened it), chunk after chunk, and
 //! they reach `blobs/` by rename only after hashing to the digest the client
-//! named; a whole blob sent at once stages like an import. Past the store's
-//! `Limits::max_archive_bytes` an upload is dropped.
+//! named; a whole blob sent at once is a session opened and closed in one call.
+//! Past the store's `Limits::max_archive_bytes`, or when the caller's budget
+//! (a project's quota) refuses the next piece, an upload is dropped.
 //!
 //! The digest is computed while the bytes arrive, so closing a session does
 //! not read the whole blob back; only a session whose running digest was
@@ -16,10 +17,10 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::blob::{self, digest_from_hex, digest_hex, CopyError, HashingReader};
+use crate::blob::{self, digest_from_hex, digest_hex, HashingReader};
 use crate::error::ImageError;
 use crate::pushed::PushError;
-use crate::{ImageStore, Staging};
+use crate::ImageStore;
 
 /// Reads until `buf` is full or the stream ends: a request body arrives in
 /// pieces of a TLS record or so, and one write per piece would cost a system
@@ -35,6 +36,21 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// Asked before each piece of an upload is written, with the piece's size
+/// in bytes: `Err(reason)` refuses it (a project's quota, say) and the
+/// session is removed.
+pub type UploadBudget<'a> = dyn FnMut(u64) -> Result<(), String> + 'a;
+
+/// An open upload session as it stands on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub id: String,
+    /// The label given at [`ImageStore::upload_start`].
+    pub owner: String,
+    /// Bytes received so far.
+    pub bytes: u64,
 }
 
 /// The sha256 state of each open session and how many bytes it covers.
@@ -109,14 +125,41 @@ impl ImageStore {
             .len())
     }
 
+    /// Every open upload session, read from disk (sessions closing or
+    /// cancelled meanwhile are left out).
+    pub fn open_uploads(&self) -> Result<Vec<OpenUpload>, ImageError> {
+        let entries = std::fs::read_dir(&self.tmp_dir)
+            .map_err(|e| ImageError::io("list", &self.tmp_dir, e))?;
+        let mut open = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ImageError::io("list", &self.tmp_dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_prefix("upload-")) else {
+                continue;
+            };
+            let dir = entry.path();
+            let owner = std::fs::read_to_string(dir.join("owner"));
+            let data = std::fs::metadata(dir.join("data"));
+            if let (Ok(owner), Ok(data)) = (owner, data) {
+                open.push(OpenUpload {
+                    id: id.to_string(),
+                    owner,
+                    bytes: data.len(),
+                });
+            }
+        }
+        Ok(open)
+    }
+
     /// Appends `reader` to upload `id`; `start`, when given, must equal the bytes
-    /// already received. Returns the new total. Past the store's size limit the
-    /// upload is cancelled.
+    /// already received. Returns the new total. Past the store's size limit, or
+    /// when `budget` refuses a piece, the upload is cancelled.
     pub fn upload_append(
         &self,
         id: &str,
         start: Option<u64>,
         reader: &mut dyn Read,
+        budget: &mut UploadBudget<'_>,
     ) -> Result<u64, PushError> {
         let path = self.upload_dir(id)?.join("data");
         let have = self.upload_size(id)?;
@@ -148,6 +191,14 @@ impl ImageStore {
                 return Err(PushError::TooLarge {
                     id: id.to_string(),
                     limit,
+                });
+            }
+            if let Err(reason) = budget(n as u64) {
+                drop(file);
+                self.upload_cancel(id)?;
+                return Err(PushError::OverBudget {
+                    id: id.to_string(),
+                    reason,
                 });
             }
             file.write_all(&buf[..n])
@@ -202,24 +253,28 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Stores a whole blob sent in one request (a monolithic upload), checked
-    /// against `digest` and the size limit like [`ImageStore::add_blob`].
-    pub fn push_blob(&self, digest: &str, reader: &mut dyn Read) -> Result<u64, PushError> {
+    /// Stores a whole blob sent in one request (a monolithic upload) as
+    /// session `id` of `owner` opened and closed at once, so that it shows
+    /// in [`ImageStore::open_uploads`] while its bytes arrive. Checked against
+    /// `digest`, the size limit and `budget` like a session; on any failure
+    /// nothing is kept.
+    pub fn push_blob(
+        &self,
+        id: &str,
+        owner: &str,
+        digest: &str,
+        reader: &mut dyn Read,
+        budget: &mut UploadBudget<'_>,
+    ) -> Result<u64, PushError> {
         digest_hex(digest, "upload digest")?;
-        let staging = Staging::create(&self.tmp_dir, "push")?;
-        let path = staging.path.join("blob");
-        let limit = self.limits.max_archive_bytes;
-        let (actual, size) = blob::copy_hashed_to_new_file(reader, &path, limit, &mut |_| {})
-            .map_err(|e| match e {
-                CopyError::Read(source) => PushError::Image(ImageError::ReadArchive { source }),
-                CopyError::Write(e) => PushError::Image(ImageError::io("write blob", &path, e)),
-                CopyError::TooLarge => PushError::TooLarge {
-                    id: "(monolithic)".into(),
-                    limit,
-                },
-            })?;
-        self.commit_pushed(&path, digest, &actual, size)?;
-        Ok(size)
+        self.upload_start(id, owner)?;
+        let stored = self
+            .upload_append(id, None, reader, budget)
+            .and_then(|_| self.upload_finish(id, digest));
+        if stored.is_err() && self.upload_dir(id).is_ok() {
+            self.upload_cancel(id)?;
+        }
+        stored
     }
 
     /// Moves the pushed bytes at `path`, which hashed to `actual_hex`, to
@@ -251,6 +306,10 @@ mod tests {
     use super::*;
     use crate::testing::{entry_count as entries, store_with_limit as store};
 
+    fn any(_: u64) -> Result<(), String> {
+        Ok(())
+    }
+
     #[test]
     fn chunks_in_order_become_a_blob_and_a_mismatch_keeps_nothing() {
         let (_d, store) = store(1 << 20);
@@ -258,19 +317,19 @@ mod tests {
         assert_eq!(store.upload_owner("ab-1").unwrap(), "ops/app");
         assert_eq!(
             store
-                .upload_append("ab-1", Some(0), &mut &b"hello "[..])
+                .upload_append("ab-1", Some(0), &mut &b"hello "[..], &mut any)
                 .unwrap(),
             6
         );
         let err = store
-            .upload_append("ab-1", Some(2), &mut &b"x"[..])
+            .upload_append("ab-1", Some(2), &mut &b"x"[..], &mut any)
             .unwrap_err();
         assert!(
             matches!(err, PushError::OutOfOrder { actual: 6, .. }),
             "{err}"
         );
         store
-            .upload_append("ab-1", None, &mut &b"world"[..])
+            .upload_append("ab-1", None, &mut &b"world"[..], &mut any)
             .unwrap();
         let digest = format!("sha256:{}", blob::sha256_hex(b"hello world"));
         assert_eq!(store.upload_finish("ab-1", &digest).unwrap(), 11);
@@ -281,7 +340,9 @@ mod tests {
         ));
 
         store.upload_start("cd", "ops/app").unwrap();
-        store.upload_append("cd", None, &mut &b"other"[..]).unwrap();
+        store
+            .upload_append("cd", None, &mut &b"other"[..], &mut any)
+            .unwrap();
         let wanted = format!("sha256:{}", blob::sha256_hex(b"not that"));
         let err = store.upload_finish("cd", &wanted).unwrap_err();
         assert!(matches!(err, PushError::DigestMismatch { .. }), "{err}");
@@ -296,19 +357,23 @@ mod tests {
         let digest = format!("sha256:{}", blob::sha256_hex(b"hello world"));
         store.upload_start("aa", "ops/app").unwrap();
         store
-            .upload_append("aa", None, &mut &b"hello "[..])
+            .upload_append("aa", None, &mut &b"hello "[..], &mut any)
             .unwrap();
         store.upload_hashes.forget("aa");
         // The next chunk cannot extend a digest it does not have...
-        store.upload_append("aa", None, &mut &b"world"[..]).unwrap();
+        store
+            .upload_append("aa", None, &mut &b"world"[..], &mut any)
+            .unwrap();
         // ...so closing reads the bytes back, and a wrong name still fails.
         let wrong = format!("sha256:{}", blob::sha256_hex(b"world"));
         store.upload_start("bb", "ops/app").unwrap();
         store
-            .upload_append("bb", None, &mut &b"hello "[..])
+            .upload_append("bb", None, &mut &b"hello "[..], &mut any)
             .unwrap();
         store.upload_hashes.forget("bb");
-        store.upload_append("bb", None, &mut &b"world"[..]).unwrap();
+        store
+            .upload_append("bb", None, &mut &b"world"[..], &mut any)
+            .unwrap();
         assert!(matches!(
             store.upload_finish("bb", &wrong),
             Err(PushError::DigestMismatch { .. })
@@ -322,7 +387,7 @@ mod tests {
         let (_d, store) = store(10);
         store.upload_start("ee", "p/r").unwrap();
         let err = store
-            .upload_append("ee", None, &mut &[0u8; 11][..])
+            .upload_append("ee", None, &mut &[0u8; 11][..], &mut any)
             .unwrap_err();
         assert!(
             matches!(err, PushError::TooLarge { limit: 10, .. }),
@@ -334,9 +399,75 @@ mod tests {
         }
         assert!(store.upload_start("../x", "p").is_err());
         let err = store
-            .push_blob(&format!("sha256:{}", "a".repeat(64)), &mut &[1u8; 11][..])
+            .push_blob(
+                "ff",
+                "p/r",
+                &format!("sha256:{}", "a".repeat(64)),
+                &mut &[1u8; 11][..],
+                &mut any,
+            )
             .unwrap_err();
         assert!(matches!(err, PushError::TooLarge { .. }), "{err}");
         assert_eq!(entries(&store, "blobs/sha256"), 0);
+    }
+
+    #[test]
+    fn open_sessions_are_listed_and_a_refusing_budget_drops_the_upload() {
+        let (_d, store) = store(1 << 20);
+        store.upload_start("a1", "ops/app").unwrap();
+        store
+            .upload_append("a1", None, &mut &b"12345"[..], &mut any)
+            .unwrap();
+        store.upload_start("b2", "dev/web").unwrap();
+        let mut open = store.open_uploads().unwrap();
+        open.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, &str, u64)> = open
+            .iter()
+            .map(|u| (u.id.as_str(), u.owner.as_str(), u.bytes))
+            .collect();
+        assert_eq!(seen, [("a1", "ops/app", 5), ("b2", "dev/web", 0)]);
+
+        let mut asked = Vec::new();
+        let mut refuse_past_8 = |n: u64| {
+            asked.push(n);
+            if n > 8 {
+                Err("over the quota".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let err = store
+            .upload_append("a1", None, &mut &[7u8; 9][..], &mut refuse_past_8)
+            .unwrap_err();
+        assert!(
+            matches!(&err, PushError::OverBudget { reason, .. } if reason == "over the quota"),
+            "{err}"
+        );
+        assert_eq!(asked, [9]);
+        assert!(
+            store.upload_owner("a1").is_err(),
+            "the refused session stays"
+        );
+        assert_eq!(store.open_uploads().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_refused_monolithic_push_keeps_nothing() {
+        let (_d, store) = store(1 << 20);
+        let data = [3u8; 64];
+        let digest = format!("sha256:{}", blob::sha256_hex(&data));
+        let err = store
+            .push_blob("c1", "ops/app", &digest, &mut &data[..], &mut |_| {
+                Err("no room".to_string())
+            })
+            .unwrap_err();
+        assert!(matches!(err, PushError::OverBudget { .. }), "{err}");
+        assert_eq!(entries(&store, "tmp"), 0);
+        assert_eq!(entries(&store, "blobs/sha256"), 0);
+        let size = store
+            .push_blob("c2", "ops/app", &digest, &mut &data[..], &mut any)
+            .unwrap();
+        assert_eq!((size, entries(&store, "tmp")), (64, 0));
+        assert_eq!(store.blob_size(&digest).unwrap(), Some(64));
     }
 }

@@ -78,6 +78,12 @@ impl From<crate::domain::volumes::QuotaError> for ServerError {
     }
 }
 
+impl From<crate::domain::image_usage::ImageQuotaError> for ServerError {
+    fn from(e: crate::domain::image_usage::ImageQuotaError) -> Self {
+        ServerError(ApiError::conflict(e.to_string()))
+    }
+}
+
 impl From<crate::scheduler::quota::InstanceQuotaError> for ServerError {
     fn from(e: crate::scheduler::quota::InstanceQuotaError) -> Self {
         ServerError(ApiError::conflict(e.to_string()))

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod hostio;
 pub mod hostports;
+pub mod image_quota;
 pub mod ipam;
 pub mod metrics;
 pub mod repo;

@@ -114,6 +114,7 @@ pub async fn open_state(config: ServerConfig) -> anyhow::Result<Arc<AppState>> {
         host_port_claims: Default::default(),
         schedule_now: tokio::sync::Notify::new(),
         image_lock: tokio::sync::RwLock::new(()),
+        image_imports: Default::default(),
         list_cache: Default::default(),
         peer_snapshots: Default::default(),
         streams: Default::default(),

@@ -31,6 +31,9 @@ pub struct AppState {
     /// Imports hold it shared, garbage collection exclusively: the image
     /// store must not collect blobs an import is still writing.
     pub image_lock: tokio::sync::RwLock<()>,
+    /// Archive bytes of imports in progress, per project, for the image
+    /// quota (`image_quota`): their staging on disk names no project.
+    pub image_imports: Arc<crate::image_quota::ImportsInFlight>,
     /// Whole list responses while the store is unchanged.
     pub list_cache: crate::api::watch::ListResponseCache,
     /// The collections the hosts' network peers are made of, read once

@@ -10,6 +10,8 @@ use nimbus_api::client::query_escape;
 use nimbus_api::{InstanceHours, UsageReport, UsageTotals};
 use serde::Serialize;
 
+use nimbus_api::units::format_size;
+
 use crate::ctx::{Globals, OutputFormat};
 use crate::output::table;
 
@@ -162,12 +164,14 @@ fn json(report: &UsageReport, by: By, rows: &[Row]) -> serde_json::Result<String
                 v
             }).collect::<Vec<_>>(),
             "totals": report.totals,
+            "image_bytes": report.image_bytes,
         }),
         By::Total => serde_json::json!({
             "project": report.project,
             "from": report.from,
             "to": report.to,
             "totals": report.totals,
+            "image_bytes": report.image_bytes,
         }),
     };
     serde_json::to_string_pretty(&value)
@@ -216,6 +220,11 @@ pub async fn run(g: &Globals, args: UsageArgs) -> anyhow::Result<()> {
                 report.to.to_rfc3339()
             )?;
             crate::outln!("{}", table(&headers, lines))?;
+            crate::outln!(
+                "images held now: {} ({} bytes; `nimbus quota get` shows the limit)",
+                format_size(report.image_bytes),
+                report.image_bytes
+            )?;
         }
     }
     Ok(())
@@ -259,6 +268,7 @@ mod tests {
                 hour("2026-12-02T01:00:00Z", 0.25),
             ],
             totals: usage(1.75),
+            image_bytes: 3 << 20,
         }
     }
 
@@ -295,5 +305,7 @@ mod tests {
             serde_json::from_str(&json(&r, By::Total, &[]).expect("json")).expect("parse");
         assert!(total.get("hours").is_none());
         assert_eq!(total["totals"]["memory_gib_hours"], 0.875);
+        assert_eq!(total["image_bytes"], 3 << 20);
+        assert_eq!(day["image_bytes"], 3 << 20);
     }
 }

@@ -119,7 +119,7 @@ pub enum SnapshotCmd {
 pub enum QuotaCmd {
     /// Set the project's limits (system administrators). `none` lifts one.
     #[command(
-        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus quota set --instances 20 --vcpus 16 --memory 32GiB --disk 50GiB\n  nimbus --project ops quota set --volume-bytes none"
+        after_help = "Examples:\n  nimbus quota set --volumes 10 --volume-bytes 100GiB\n  nimbus quota set --instances 20 --vcpus 16 --memory 32GiB --disk 50GiB\n  nimbus --project ops quota set --volume-bytes none\n  nimbus quota set --image-bytes 20GiB"
     )]
     Set {
         /// How many volumes the project may hold.
@@ -143,6 +143,11 @@ pub enum QuotaCmd {
         /// log cap. Volumes count in --volume-bytes.
         #[arg(long)]
         disk: Option<String>,
+        /// Bytes of image content the project holds, e.g. 20GiB: each
+        /// distinct blob of its images and registry repositories once,
+        /// plus its open registry uploads.
+        #[arg(long)]
+        image_bytes: Option<String>,
     },
     /// Show the project's limits and what it uses.
     Get,
@@ -463,6 +468,7 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         vcpus,
         memory,
         disk,
+        image_bytes,
     } = cmd
     {
         let count = |flag: &'static str| {
@@ -480,14 +486,16 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
                 .map_err(|_| format!("--volumes {t:?} is not a count; give e.g. 10 or none"))
         })?;
         let bytes = limit(volume_bytes.as_deref(), parse_size)?;
+        let images = limit(image_bytes.as_deref(), parse_size)?;
         if volumes.is_none()
             && bytes.is_none()
             && instances.is_none()
             && vcpus.is_none()
             && memory.is_none()
             && disk.is_none()
+            && images.is_none()
         {
-            anyhow::bail!("give one or more of --volumes N, --volume-bytes SIZE, --instances N, --vcpus N, --memory SIZE, --disk SIZE (or none to lift a limit)");
+            anyhow::bail!("give one or more of --volumes N, --volume-bytes SIZE, --instances N, --vcpus N, --memory SIZE, --disk SIZE, --image-bytes SIZE (or none to lift a limit)");
         }
         if let Some(v) = instances {
             project.spec.quota.instances = v;
@@ -506,6 +514,9 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         }
         if let Some(b) = bytes {
             project.spec.quota.volume_bytes = b;
+        }
+        if let Some(b) = images {
+            project.spec.quota.image_bytes = b;
         }
         project = client
             .put(&path, &project.spec)
@@ -527,13 +538,15 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
         .iter()
         .map(|i| i.spec.disk_demand_bytes())
         .sum();
+    let usage: nimbus_api::UsageReport = client.get(&format!("{path}/usage")).await?;
+    let image_bytes = usage.image_bytes;
     let q = &project.spec.quota;
     let out = serde_json::json!({
         "project": p,
         "quota": q,
         "used": {"volumes": used.items.len(), "volume_bytes": bytes,
             "instances": instances.items.len(), "vcpus": vcpus, "memory_bytes": memory,
-            "disk_bytes": disk},
+            "disk_bytes": disk, "image_bytes": image_bytes},
     });
     print(g, &out, || {
         table(
@@ -568,6 +581,11 @@ pub async fn quota(g: &Globals, cmd: QuotaCmd) -> anyhow::Result<()> {
                     "disk".into(),
                     format_size(disk),
                     q.disk_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                ],
+                vec![
+                    "image bytes".into(),
+                    format_size(image_bytes),
+                    q.image_bytes.map(format_size).unwrap_or_else(|| "-".into()),
                 ],
             ],
         )

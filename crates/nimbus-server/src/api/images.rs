@@ -120,7 +120,7 @@ where
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "A root-filesystem tarball (plain, gzip or zstd) or an OCI image archive; with `kind=disk` a qcow2 or raw disk; with `kind=kernel` an ELF kernel, optionally followed by an initrd. Capped by the server's image size limit (413 past it)"),
     responses((status = 201, body = Image, description = "Imported"),
-        (status = 409, description = "An image of that name already exists in the project"),
+        (status = 409, description = "An image of that name already exists in the project, or the project's image quota (`image_bytes`) does not admit it"),
         (status = 422, description = "The archive, disk or kernel was rejected")))]
 pub async fn import(
     State(state): St,
@@ -166,7 +166,8 @@ pub async fn import(
             ))))
         }
     };
-    let _importing = state.image_lock.read().await;
+    let mut quota = crate::image_quota::ImportQuota::read(&state, &project).await?;
+    let importing = state.image_lock.read().await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let images = state.images.clone();
     let display_name = q.name.clone();
@@ -179,7 +180,16 @@ pub async fn import(
         }
     });
     let mut stream = body.into_data_stream();
+    let mut refused = None;
     while let Some(chunk) = stream.next().await {
+        if let Ok(bytes) = &chunk {
+            if let Err(e) = quota.admit_received(bytes.len() as u64).await {
+                let _ = tx.send(Err(e.0.message.clone())).await;
+                refused = Some(e);
+                drain_rest(&mut stream, REFUSED_UPLOAD_DRAIN_BYTES).await;
+                break;
+            }
+        }
         let item = chunk.map_err(|e| {
             let msg = e.to_string();
             if msg.contains("length limit") {
@@ -206,10 +216,13 @@ pub async fn import(
         }
     }
     drop(tx);
-    let imported = importer
+    let outcome = importer
         .await
-        .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?
-        .map_err(|e| {
+        .map_err(|e| ApiError::internal(format!("image import task failed: {e}")))?;
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    let imported = outcome.map_err(|e| {
             if e.is_disk_full() {
                 tracing::error!(error = %e, "the image store's disk is full");
                 ApiError::new(
@@ -224,6 +237,12 @@ pub async fn import(
                 ApiError::invalid(format!("image {:?} was not imported: {e}", q.name))
             }
         })?;
+    if let Err(e) = quota.admit_imported(&state, &imported).await {
+        // Its blobs are stored but nothing names them: collect them.
+        drop(importing);
+        collect_after_refusal(&state).await;
+        return Err(e);
+    }
     let mut metadata = Metadata::new(&q.name, Some(&project));
     metadata
         .labels
@@ -292,6 +311,20 @@ pub async fn delete(
         tracing::warn!(error = %e.0, "image garbage collection failed; it will run again on the next delete");
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Collects what a refused import stored; a failure only postpones that.
+async fn collect_after_refusal(state: &crate::state::AppState) {
+    let images = state.images.clone();
+    let collected = collect_garbage(
+        &state.repo,
+        images,
+        &state.image_lock,
+        crate::repo::MAX_PAGE,
+    );
+    if let Err(e) = collected.await {
+        tracing::warn!(error = %e.0, "image garbage collection after a refused import failed; it runs again on the next delete");
+    }
 }
 
 /// Removes the blobs and layers no image of any project and no registry

@@ -28,7 +28,8 @@ pub struct UsageQuery {
 /// Instances count while their workload runs (from the start to the end
 /// the agent reports); images while they are stored; S3 objects from
 /// their Last-Modified second until overwritten or deleted. Running
-/// instances and stored images and objects count up to now.
+/// instances and stored images and objects count up to now. `image_bytes`
+/// is what the project's images hold now (its `image_bytes` quota's count).
 #[utoipa::path(get, tag = "usage", path = "/v1/projects/{project}/usage", operation_id = "get_usage", params(ProjectPath, UsageQuery),
     responses((status = 200, body = UsageReport, description = "The project's usage in each hour of the window, and its totals")))]
 pub async fn get(
@@ -43,5 +44,7 @@ pub async fn get(
         .map_err(|e| ServerError(ApiError::bad_request(e.to_string())))?;
     let mut records = crate::usage::records_before(&state.repo, &project, to).await?;
     records.extend(crate::usage::objects::live_objects(&state.repo, &project, to).await?);
-    Ok(Json(aggregate::report(&project, &records, from, to, now)))
+    let mut report = aggregate::report(&project, &records, from, to, now);
+    report.image_bytes = crate::image_quota::usage(&state, &project).await?.total();
+    Ok(Json(report))
 }

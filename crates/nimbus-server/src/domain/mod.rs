@@ -14,6 +14,7 @@
 pub mod addresses;
 pub mod attachments;
 pub mod events;
+pub mod image_usage;
 pub mod instances;
 pub mod networks;
 pub mod secgroups;

@@ -188,6 +188,7 @@ impl From<PushError> for RegistryError {
         let code = match &e {
             PushError::UploadUnknown { .. } => Code::BlobUploadUnknown,
             PushError::TooLarge { .. } => Code::SizeInvalid,
+            PushError::OverBudget { .. } => Code::Denied,
             PushError::OutOfOrder { .. } => Code::RangeInvalid,
             PushError::DigestMismatch { .. } => Code::DigestInvalid,
             PushError::ManifestInvalid { .. } => Code::ManifestInvalid,

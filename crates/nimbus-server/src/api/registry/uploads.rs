@@ -3,6 +3,11 @@
 //! chunks, PUT `?digest=` to close, GET status, DELETE to cancel). Session
 //! data stages under the image store's `tmp/`; a blob reaches `blobs/` only
 //! once its bytes hash to the digest the client named.
+//!
+//! A project with an `image_bytes` quota has every piece of an upload
+//! checked before it is written (`crate::image_quota`): past the limit the
+//! session is removed and the client gets `DENIED`. A mount within the
+//! project costs nothing (the project holds the blob already).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -15,7 +20,8 @@ use futures::StreamExt;
 use super::endpoint::{check_digest, parse, Endpoint, RepoName};
 use super::error::{Code, RegResult, RegistryError};
 use super::{blocking, records, Ctx};
-use crate::api::images::ChannelReader;
+use crate::api::images::{drain_rest, ChannelReader, REFUSED_UPLOAD_DRAIN_BYTES};
+use crate::image_quota::{self, UploadGuard};
 
 type Query = HashMap<String, String>;
 
@@ -51,7 +57,15 @@ where
     while let Some(chunk) = stream.next().await {
         let item = chunk.map_err(|e| format!("upload interrupted: {e}"));
         let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        if failed {
+            let _ = tx.send(item).await;
+            break;
+        }
+        if tx.send(item).await.is_err() {
+            // Refused midway (a quota, a limit): read a little more of
+            // what the client still sends so that it gets the answer
+            // instead of a reset connection.
+            drain_rest(&mut stream, REFUSED_UPLOAD_DRAIN_BYTES).await;
             break;
         }
     }
@@ -114,20 +128,30 @@ pub async fn start(
         }
     }
     check_declared_length(ctx, headers, 0)?;
+    let id = uuid::Uuid::new_v4().to_string();
     if let Some(digest) = query.get("digest") {
         check_digest(digest)?;
+        let mut guard = quota_guard(ctx, name).await?;
         let images = ctx.state.images.clone();
         let _pushing = ctx.state.image_lock.read().await;
-        let owned = digest.clone();
-        let size = feed(body, move |r| images.push_blob(&owned, r)).await??;
+        let (owned_digest, owner) = (digest.clone(), name.full());
+        let size = feed(body, move |r| {
+            let mut budget = image_quota::budget(&mut guard);
+            images.push_blob(&id, &owner, &owned_digest, r, &mut budget)
+        })
+        .await??;
         link(ctx, name, digest, size).await?;
         return created(name, digest);
     }
-    let id = uuid::Uuid::new_v4().to_string();
     let images = ctx.state.images.clone();
     let (owned_id, owner) = (id.clone(), name.full());
     blocking(move || images.upload_start(&owned_id, &owner)).await?;
     progress(StatusCode::ACCEPTED, name, &id, 0)
+}
+
+/// The image quota check of an upload to `name`'s project.
+async fn quota_guard(ctx: &Ctx, name: &RepoName) -> RegResult<Option<UploadGuard>> {
+    Ok(image_quota::upload_guard(&ctx.state, &name.project).await?)
 }
 
 /// Mounts `digest` from repository `from` of the same project; `None` when
@@ -205,9 +229,14 @@ async fn append(
         return Err(e);
     }
     let start = content_range_start(headers)?;
+    let mut guard = quota_guard(ctx, name).await?;
     let images = ctx.state.images.clone();
     let owned = id.to_string();
-    Ok(feed(body, move |r| images.upload_append(&owned, start, r)).await??)
+    Ok(feed(body, move |r| {
+        let mut budget = image_quota::budget(&mut guard);
+        images.upload_append(&owned, start, r, &mut budget)
+    })
+    .await??)
 }
 
 pub async fn patch(

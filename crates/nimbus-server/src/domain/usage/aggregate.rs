@@ -190,6 +190,8 @@ pub fn report(
 ) -> UsageReport {
     let (hours, total) = hourly_sums(records, from, to, now);
     UsageReport {
+        // What images hold now is read from the image store by the handler.
+        image_bytes: 0,
         project: project.to_string(),
         from,
         to,
