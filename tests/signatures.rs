@@ -564,3 +564,180 @@ fn a_signature_pushed_to_the_registry_is_what_the_policy_reads() {
     );
     cloud.remove_everything();
 }
+
+/// sigstore-rs's cosign client against the registry: `cosign verify --key`
+/// and `cosign sign --key` done by an implementation that is not ours.
+mod cosign_client {
+    use std::str::FromStr;
+
+    use sigstore::cosign::constraint::PrivateKeySigner;
+    use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
+    use sigstore::cosign::{
+        verify_constraints, ClientBuilder, Constraint, CosignCapabilities, SignatureLayer,
+    };
+    use sigstore::crypto::SigningScheme;
+    use sigstore::registry::{Auth, Certificate, CertificateEncoding, ClientConfig, OciReference};
+
+    use super::*;
+
+    pub fn client(cloud: &Cloud) -> sigstore::cosign::Client {
+        let ca = std::fs::read(cert_dir(cloud).join("ca.crt")).expect("server certificate");
+        let config = ClientConfig {
+            extra_root_certificates: vec![Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: ca,
+            }],
+            ..ClientConfig::default()
+        };
+        ClientBuilder::default()
+            .with_oci_client_config(config)
+            .build()
+            .expect("sigstore cosign client")
+    }
+
+    pub fn reference(cloud: &Cloud, repository: &str, tag: &str) -> OciReference {
+        OciReference::from_str(&format!("127.0.0.1:{}/{repository}:{tag}", cloud.port))
+            .expect("reference")
+    }
+
+    /// The signature layers sigstore-rs finds for `image` and trusts.
+    pub async fn layers(
+        client: &mut sigstore::cosign::Client,
+        token: &str,
+        image: &OciReference,
+    ) -> Vec<SignatureLayer> {
+        client
+            .trusted_signature_layers(&Auth::Basic("x".into(), token.into()), image)
+            .await
+            .expect("read the signature layers")
+    }
+
+    /// Whether the layers hold a signature by `public_pem`, as
+    /// `cosign verify --key` decides.
+    pub fn verified_by(layers: &[SignatureLayer], public_pem: &[u8]) -> bool {
+        let verifier = PublicKeyVerifier::new(public_pem, &SigningScheme::ECDSA_P256_SHA256_ASN1)
+            .expect("public key");
+        let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
+        verify_constraints(layers, constraints.iter()).is_ok()
+    }
+
+    /// Signs `image` with a new sigstore-rs key and pushes the signature
+    /// to the registry's `.sig` tag; the key's public PEM.
+    pub async fn sign_and_push(
+        client: &mut sigstore::cosign::Client,
+        token: &str,
+        image: &OciReference,
+    ) -> String {
+        let auth = Auth::Basic("x".into(), token.into());
+        let (signatures, digest) = client.triangulate(image, &auth).await.expect("triangulate");
+        let signer = SigningScheme::ECDSA_P256_SHA256_ASN1
+            .create_signer()
+            .expect("sigstore key");
+        let public = signer
+            .to_sigstore_keypair()
+            .and_then(|k| k.public_key_to_pem())
+            .expect("public key pem");
+        let mut layer = SignatureLayer::new_unsigned(image, &digest).expect("layer");
+        let signed = PrivateKeySigner::new_with_signer(signer)
+            .add_constraint(&mut layer)
+            .expect("sign");
+        assert!(signed, "sigstore-rs did not sign the layer");
+        client
+            .push_signature(None, &auth, &signatures, vec![layer])
+            .await
+            .expect("push the signature as cosign does");
+        public
+    }
+}
+
+#[test]
+fn an_independent_cosign_client_verifies_nimbus_signatures_and_its_own_are_enforced() {
+    if !common::is_root("running the signed image") {
+        return;
+    }
+    let cloud = Cloud::start();
+    let alice = member(&cloud, "alice", "member", "ops");
+    let keys = tempfile::tempdir().expect("temp dir");
+    create_key(&cloud, keys.path(), "ops");
+    let ops_pub = std::fs::read(keys.path().join("ops.pub")).expect("ops.pub");
+    let stranger = KeyPair::generate().expect("key").public_key().to_pem();
+    let app = skopeo_push(&cloud, &alice, "app", "cosign-app-ran");
+    skopeo_push(&cloud, &alice, "web", "cosign-web-ran");
+    let ops_key = keys.path().join("ops.key");
+    let ops_key = ops_key.to_str().expect("utf8");
+    ok_with_password(
+        &cloud,
+        &[
+            "image",
+            "sign",
+            "app:1.0",
+            "--key",
+            ops_key,
+            "--project",
+            "ops",
+        ],
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut client = cosign_client::client(&cloud);
+    let app_ref = cosign_client::reference(&cloud, "ops/app", "1.0");
+    let web_ref = cosign_client::reference(&cloud, "ops/web", "1.0");
+
+    // `cosign verify --key ops.pub`: what `nimbus image sign` wrote verifies,
+    // for app's digest, and not with another key.
+    let layers = runtime.block_on(cosign_client::layers(&mut client, &alice, &app_ref));
+    assert_eq!(layers.len(), 1, "one signature on app");
+    assert_eq!(
+        layers[0]
+            .simple_signing
+            .critical
+            .image
+            .docker_manifest_digest,
+        app,
+        "the payload names app's digest"
+    );
+    assert!(cosign_client::verified_by(&layers, &ops_pub));
+    assert!(!cosign_client::verified_by(&layers, stranger.as_bytes()));
+    let none = runtime.block_on(cosign_client::layers(&mut client, &alice, &web_ref));
+    assert!(none.is_empty(), "web is not signed: {} layers", none.len());
+
+    // `cosign sign --key`: sigstore-rs signs web and pushes the signature;
+    // under a policy trusting that key, Nimbus launches web and still
+    // refuses app, which only ops.key signed.
+    let theirs = runtime.block_on(cosign_client::sign_and_push(&mut client, &alice, &web_ref));
+    let theirs_file = keys.path().join("sigstore.pub");
+    std::fs::write(&theirs_file, &theirs).expect("write key");
+    cloud.ok(&[
+        "policy",
+        "set",
+        "--require-signature",
+        "--key",
+        theirs_file.to_str().expect("utf8"),
+        "--project",
+        "ops",
+    ]);
+    let out = run_in_ops(&cloud, "w", "web:1.0");
+    assert!(
+        out.status.success(),
+        "the sigstore-signed image was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_until(Duration::from_secs(60), "instance w to run", || {
+        let logs = cloud.nimbus(&["instance", "logs", "w", "--project", "ops"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("cosign-web-ran")
+            .then_some(())
+    });
+    let app_out = run_in_ops(&cloud, "a", "app:1.0");
+    assert!(!app_out.status.success(), "app launched under another key");
+    let said = String::from_utf8_lossy(&app_out.stderr);
+    assert!(said.contains("signed only by another key"), "{said}");
+
+    // Both signatures are where cosign looks: sigstore-rs finds its own too.
+    let layers = runtime.block_on(cosign_client::layers(&mut client, &alice, &web_ref));
+    assert!(cosign_client::verified_by(&layers, theirs.as_bytes()));
+    cloud.ok(&["instance", "rm", "w", "--force", "--project", "ops"]);
+}
