@@ -219,6 +219,30 @@ fn unreachable_error(endpoints: &str, detail: &str) -> StoreError {
     ))
 }
 
+/// A put of `txn` that a compare of `txn` forbids once the put is applied (the
+/// key must be absent, or at a revision the put moves), so the transaction
+/// applies at most once however often it is sent; only for transactions whose
+/// failure branch writes nothing, since a resent one may take that branch.
+fn self_guarding_put(txn: &Txn) -> Option<(&str, &[u8])> {
+    if txn
+        .failure
+        .iter()
+        .any(|op| matches!(op, Op::Put { .. } | Op::Delete { .. }))
+    {
+        return None;
+    }
+    txn.success.iter().find_map(|op| match op {
+        Op::Put { key, value }
+            if txn.compares.iter().any(
+                |c| matches!(c, Compare::Absent(k) | Compare::ModRevision(k, _) if k == key),
+            ) =>
+        {
+            Some((key.as_str(), value.as_slice()))
+        }
+        _ => None,
+    })
+}
+
 /// True for errors of an unreachable member, which another member may not have.
 fn is_unavailable(err: &etcd_client::Error) -> bool {
     match err {
@@ -511,7 +535,29 @@ impl Store for EtcdStore {
             .when(compares)
             .and_then(txn_ops(&self.ns, &txn.success))
             .or_else(txn_ops(&self.ns, &txn.failure));
-        let response = self.run_txn(etcd_txn).await?;
+        let Some((key, value)) = self_guarding_put(&txn) else {
+            let response = self.run_txn(etcd_txn).await?;
+            return Ok(TxnResult {
+                succeeded: response.succeeded(),
+                revision: store_revision(header_of(&response)),
+            });
+        };
+        // Applying it makes its own compare false, so it may be sent again when a
+        // member dies with it in flight (a create claiming addresses, say): a
+        // failed compare after such a loss is the earlier attempt's own write
+        // when the key holds exactly the value this transaction puts.
+        let (response, uncertain) = self.run_guarded_txn(etcd_txn).await?;
+        if !response.succeeded() && uncertain {
+            let stored = self
+                .get_raw(self.ns.etcd_key(key), GetOptions::new())
+                .await?;
+            if let Some(kv) = stored.kvs().first().filter(|kv| kv.value() == value) {
+                return Ok(TxnResult {
+                    succeeded: true,
+                    revision: store_revision(kv.mod_revision()),
+                });
+            }
+        }
         Ok(TxnResult {
             succeeded: response.succeeded(),
             revision: store_revision(header_of(&response)),
@@ -551,6 +597,49 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_transactions_their_own_put_forbids_are_sent_again() {
+        let put = |key: &str| Op::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+        };
+        let create = Txn {
+            compares: vec![Compare::Absent("/instances/a".into())],
+            success: vec![put("/ipam/x"), put("/instances/a")],
+            failure: vec![],
+        };
+        assert_eq!(
+            self_guarding_put(&create).map(|(k, _)| k),
+            Some("/instances/a")
+        );
+        let at_revision = Txn {
+            compares: vec![Compare::ModRevision("/k".into(), 7)],
+            success: vec![put("/k")],
+            failure: vec![],
+        };
+        assert!(self_guarding_put(&at_revision).is_some());
+        // A compare on a key it does not write: sending it twice could apply it twice.
+        let unguarded = Txn {
+            compares: vec![Compare::Exists("/projects/p".into())],
+            success: vec![put("/instances/a")],
+            failure: vec![],
+        };
+        assert!(self_guarding_put(&unguarded).is_none());
+        // A delete only: nothing to recognise the earlier attempt by.
+        let delete = Txn {
+            compares: vec![Compare::ModRevision("/k".into(), 7)],
+            success: vec![Op::Delete { key: "/k".into() }],
+            failure: vec![],
+        };
+        assert!(self_guarding_put(&delete).is_none());
+        // A failure branch that writes: a resent one may take it.
+        let writes_on_failure = Txn {
+            failure: vec![put("/audit")],
+            ..create
+        };
+        assert!(self_guarding_put(&writes_on_failure).is_none());
+    }
 
     fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
