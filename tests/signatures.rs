@@ -412,6 +412,26 @@ fn run_in_ops(cloud: &Cloud, instance: &str, image: &str) -> Output {
     ])
 }
 
+/// `instance` of `image` is admitted in ops and its log shows `marker`.
+fn runs_in_ops(cloud: &Cloud, instance: &str, image: &str, marker: &str) {
+    let out = run_in_ops(cloud, instance, image);
+    assert!(
+        out.status.success(),
+        "{image} was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::wait_until(
+        Duration::from_secs(60),
+        &format!("{instance} to run"),
+        || {
+            let logs = cloud.nimbus(&["instance", "logs", instance, "--project", "ops"]);
+            String::from_utf8_lossy(&logs.stdout)
+                .contains(marker)
+                .then_some(())
+        },
+    );
+}
+
 #[test]
 fn a_signature_pushed_to_the_registry_is_what_the_policy_reads() {
     if !common::is_root("running the signed image") {
@@ -459,18 +479,7 @@ fn a_signature_pushed_to_the_registry_is_what_the_policy_reads() {
     );
     assert_eq!(status, 201);
     assert_signature_tag_in_registry(&cloud, &alice, "ops/app", &app);
-    let out = run_in_ops(&cloud, "a", "app:1.0");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    common::wait_until(Duration::from_secs(60), "instance a to run", || {
-        let logs = cloud.nimbus(&["instance", "logs", "a", "--project", "ops"]);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("signed-app-ran")
-            .then_some(())
-    });
+    runs_in_ops(&cloud, "a", "app:1.0", "signed-app-ran");
 
     // Signed by another key: refused, naming it.
     push_signature(
@@ -719,18 +728,7 @@ fn an_independent_cosign_client_verifies_nimbus_signatures_and_its_own_are_enfor
         "--project",
         "ops",
     ]);
-    let out = run_in_ops(&cloud, "w", "web:1.0");
-    assert!(
-        out.status.success(),
-        "the sigstore-signed image was refused: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    common::wait_until(Duration::from_secs(60), "instance w to run", || {
-        let logs = cloud.nimbus(&["instance", "logs", "w", "--project", "ops"]);
-        String::from_utf8_lossy(&logs.stdout)
-            .contains("cosign-web-ran")
-            .then_some(())
-    });
+    runs_in_ops(&cloud, "w", "web:1.0", "cosign-web-ran");
     let app_out = run_in_ops(&cloud, "a", "app:1.0");
     assert!(!app_out.status.success(), "app launched under another key");
     let said = String::from_utf8_lossy(&app_out.stderr);
