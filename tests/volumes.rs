@@ -682,8 +682,13 @@ fn no_attachment_left(cloud: &Cloud, name: &str) {
                 .iter()
                 .filter(|m| m.contains(&id) && m.contains("/volumes/"))
                 .collect();
+            // Only this instance's exports: the other tests of this file
+            // run beside this one with attachments of their own.
             let loops = Command::new("losetup").arg("-a").output().ok()?;
-            let loops = String::from_utf8_lossy(&loops.stdout).to_string();
+            let our_loops = String::from_utf8_lossy(&loops.stdout)
+                .lines()
+                .filter(|l| l.contains(&data_dir) && l.contains(&id) && l.contains("export.raw"))
+                .count();
             let daemons = common::processes_mentioning(&data_dir)
                 .into_iter()
                 .filter(|pid| {
@@ -691,7 +696,7 @@ fn no_attachment_left(cloud: &Cloud, name: &str) {
                         .is_ok_and(|c| c.contains("qemu-storage"))
                 })
                 .count();
-            (ours.is_empty() && !loops.contains("export.raw") && daemons == 0).then_some(())
+            (ours.is_empty() && our_loops == 0 && daemons == 0).then_some(())
         },
     );
 }
