@@ -113,6 +113,23 @@ fn registry_pushes_past_the_image_quota_are_denied_and_store_nothing() {
         .expect("quota get");
     assert_eq!(q["quota"]["image_bytes"], 3 * MIB, "{q}");
 
+    // A member of ops cannot lift its own project's limit.
+    let out = cloud
+        .command()
+        .args(["quota", "set", "--image-bytes", "1GiB", "--project", "ops"])
+        .args(["--token", &alice])
+        .output()
+        .expect("run nimbus");
+    assert!(
+        !out.status.success() && stderr(&out).to_lowercase().contains("admin"),
+        "a member set its project's image quota: {}",
+        stderr(&out)
+    );
+    let q = cloud
+        .json(&["quota", "get", "--project", "ops"])
+        .expect("quota get");
+    assert_eq!(q["quota"]["image_bytes"], 3 * MIB, "{q}");
+
     // Under the limit: pushed, and counted as its distinct blobs.
     let (small, small_src) = archive_file(&cloud, "small", &incompressible(256 * 1024, 2));
     let out = push(&alice, &small_src, "ops/small:1");

@@ -10,12 +10,17 @@
 //! Asserted: the workload's pid never changes and its counter only grows,
 //! with no pause of more than a few seconds; no CLI call failed; each
 //! process exited 0 on SIGTERM; leadership moved when the leader stopped;
-//! every process now runs the new file. The "new" build is the same
-//! binary (a different file, same contents): what is exercised is the
-//! replacement, not a new protocol level, which the unit tests of
-//! `nimbus_api::version` cover, and the real servers' refusals here: of a
-//! server beside a live one two levels ahead (its record put in etcd as
-//! that release would), and of an agent two levels ahead registering.
+//! every process now runs the new file.
+//!
+//! The new build is `scripts/build-next`'s (`scripts/test` builds it and
+//! names it in `NIMBUS_NEXT_BUILD`): this source with its release stamped
+//! `<version>+next` and its protocol level one above, so that between the
+//! first server's upgrade and the agent's, servers one level apart share
+//! the store and an agent one level behind the servers runs the workload;
+//! the test checks each reports the level it runs. Refusals beyond one
+//! level are checked against the real servers too: a server beside a live
+//! one two levels ahead (its record put in etcd as that release would),
+//! and an agent two levels ahead registering.
 
 mod common;
 mod upgrade_support;
@@ -30,6 +35,7 @@ use common::etcd::EtcdCluster;
 use common::{
     assert_no_leaks, busybox_rootfs_tar, free_port, http_at, is_root, wait_until, NIMBUS,
 };
+use nimbus_api::BuildVersion;
 use serde_json::Value;
 use upgrade_support::{install, tempdir, Cli, Daemon, SHIM};
 
@@ -215,6 +221,68 @@ fn a_server_two_levels_apart_is_refused(etcd: &EtcdCluster, server: &Daemon) {
 /// This build's protocol level.
 fn nimbus_api_level() -> u64 {
     u64::from(nimbus_api::version::PROTOCOL_LEVEL)
+}
+
+/// The build the processes are upgraded to, and what it says it is.
+struct NextBuild {
+    exe: String,
+    version: BuildVersion,
+}
+
+/// `NIMBUS_NEXT_BUILD` (`scripts/build-next`'s output), checked to be one
+/// protocol level above this build. Without it (a plain `cargo test`), the
+/// upgrade goes to a copy of this build and the skip is reported (under
+/// `scripts/test` that fails).
+fn next_build() -> NextBuild {
+    let Some(exe) = std::env::var_os("NIMBUS_NEXT_BUILD") else {
+        common::skip(
+            "the upgrade to a newer build: NIMBUS_NEXT_BUILD is unset, so this upgrade goes to a copy of the same build; run `NIMBUS_NEXT_BUILD=$(scripts/build-next) cargo test --test rolling_upgrade`",
+        );
+        return NextBuild {
+            exe: NIMBUS.to_string(),
+            version: BuildVersion::current(),
+        };
+    };
+    let exe = exe.to_string_lossy().to_string();
+    let out = std::process::Command::new(&exe)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {exe} --version: {e}"));
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // "nimbus 0.1.0+next (protocol 2)"
+    let parsed = said
+        .strip_prefix("nimbus ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.split_once(" (protocol "))
+        .and_then(|(release, level)| Some((release.to_string(), level.parse().ok()?)));
+    let Some((release, protocol)) = parsed else {
+        panic!("{exe} --version said {said:?}");
+    };
+    let version = BuildVersion { release, protocol };
+    let current = BuildVersion::current();
+    assert!(
+        version.protocol == current.protocol + 1 && version.release != current.release,
+        "NIMBUS_NEXT_BUILD ({exe}) is {version}, not one protocol level above this build ({current}): build it with scripts/build-next"
+    );
+    NextBuild { exe, version }
+}
+
+/// The protocol levels `nimbus server list` shows, in name order.
+fn server_levels(cli: &Cli) -> Vec<(String, u64)> {
+    let list = cli.ok(&["server", "list"]);
+    let mut levels: Vec<(String, u64)> = list["items"]
+        .as_array()
+        .expect("server items")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["protocol"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    levels.sort();
+    levels
 }
 
 /// Two servers sharing the store, the secrets key and one certificate,
@@ -437,8 +505,8 @@ impl Watchers {
 /// Replaces `server`'s executable and restarts it. A leader resigns on
 /// SIGTERM before its calls in flight are done: another leads at once,
 /// not after the lease.
-fn upgrade_server(server: &mut Daemon, cli: &Cli) {
-    install(NIMBUS, &server.bin_dir, "nimbus");
+fn upgrade_server(server: &mut Daemon, cli: &Cli, next: &NextBuild) {
+    install(&next.exe, &server.bin_dir, "nimbus");
     install(SHIM, &server.bin_dir, "nimbus-shim");
     if leader(cli).as_deref() != Some(server.name.as_str()) {
         let took = server.stop();
@@ -469,22 +537,51 @@ fn upgrade_server(server: &mut Daemon, cli: &Cli) {
     start_server(server, cli);
 }
 
-/// Servers first: the follower, then the leader.
-fn upgrade_servers(s1: &mut Daemon, s2: &mut Daemon, cli: &Cli) {
+/// Servers first: the follower, then the leader. Between the two, the
+/// store has a server at each level.
+fn upgrade_servers(s1: &mut Daemon, s2: &mut Daemon, cli: &Cli, next: &NextBuild) {
     let first_leader = wait_until(Duration::from_secs(30), "a leader", || leader(cli));
     let (follower, leading) = if first_leader == s1.name {
         (s2, s1)
     } else {
         (s1, s2)
     };
-    upgrade_server(follower, cli);
-    upgrade_server(leading, cli);
+    upgrade_server(follower, cli, next);
+    let mut expected = vec![
+        (follower.name.clone(), u64::from(next.version.protocol)),
+        (leading.name.clone(), nimbus_api_level()),
+    ];
+    expected.sort();
+    let halfway = server_levels(cli);
+    eprintln!("halfway through the servers, their protocol levels: {halfway:?}");
+    assert_eq!(halfway, expected, "halfway through the servers");
+    upgrade_server(leading, cli, next);
+    let level = u64::from(next.version.protocol);
+    assert_eq!(
+        server_levels(cli),
+        vec![("s1".to_string(), level), ("s2".to_string(), level)],
+        "once both servers are upgraded"
+    );
+    // The agent, still at this build's level, works with them: the
+    // workload is watched throughout; its host is still ready.
+    let versions = cli.ok(&["version"]);
+    assert_eq!(
+        versions["server"]["release"], next.version.release,
+        "{versions}"
+    );
 }
 
 /// Then the agent: the workload and its shim stay while it is away, and
 /// the new agent adopts the same shim.
-fn upgrade_agent(agent: &mut Daemon, cli: &Cli, host: &str, counter: &Counter) {
-    install(NIMBUS, &agent.bin_dir, "nimbus");
+fn upgrade_agent(agent: &mut Daemon, cli: &Cli, host: &str, counter: &Counter, next: &NextBuild) {
+    assert_eq!(
+        host_ready(cli, host).expect("the host is ready before its agent's upgrade")["status"]
+            ["agent_protocol"]
+            .as_u64(),
+        Some(nimbus_api_level()),
+        "the host shows its agent's level before the upgrade"
+    );
+    install(&next.exe, &agent.bin_dir, "nimbus");
     install(SHIM, &agent.bin_dir, "nimbus-shim");
     let before = host_ready(cli, host)
         .and_then(|h| h["status"]["last_heartbeat"].as_str().map(str::to_string));
@@ -524,6 +621,18 @@ fn upgrade_agent(agent: &mut Daemon, cli: &Cli, host: &str, counter: &Counter) {
         "the upgraded agent started another shim instead of adopting the running one"
     );
     assert!(alive(shim), "the shim died");
+    let shown = host_ready(cli, host).expect("the host is ready after its agent's upgrade");
+    assert_eq!(
+        (
+            shown["status"]["agent_version"].as_str(),
+            shown["status"]["agent_protocol"].as_u64()
+        ),
+        (
+            Some(next.version.release.as_str()),
+            Some(u64::from(next.version.protocol))
+        ),
+        "the host shows the upgraded agent's build: {shown}"
+    );
 }
 
 /// No call failed, the pid never changed, the counter only grew and never
@@ -570,6 +679,7 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
     if !is_root("an agent's containers, cgroups and mounts") {
         return;
     }
+    let next = next_build();
     let etcd = EtcdCluster::start(3);
     let home = tempdir("nimbus-upgrade-cli-");
     let (mut s1, mut s2, cli) = start_servers(&etcd, home.path());
@@ -580,8 +690,8 @@ fn servers_and_an_agent_are_replaced_one_at_a_time_while_a_workload_counts_on() 
 
     let watchers = Watchers::start(&cli, &counter);
     std::thread::sleep(Duration::from_secs(2));
-    upgrade_servers(&mut s1, &mut s2, &cli);
-    upgrade_agent(&mut agent, &cli, &host, &counter);
+    upgrade_servers(&mut s1, &mut s2, &cli, &next);
+    upgrade_agent(&mut agent, &cli, &host, &counter, &next);
     assert_unbroken(&watchers.finish());
 
     for d in [&s1, &s2, &agent] {

@@ -34,13 +34,36 @@ pub struct BuildVersion {
     pub protocol: u32,
 }
 
+/// What the running executable was stamped with at build time, if
+/// anything (see [`stamp`]).
+static STAMPED: std::sync::OnceLock<BuildVersion> = std::sync::OnceLock::new();
+
+/// Makes this process report `release` and `protocol` instead of the
+/// source's [`RELEASE`] and [`PROTOCOL_LEVEL`]. The `nimbus` executable
+/// calls it first thing with what its builder set in
+/// `NIMBUS_BUILD_RELEASE` / `NIMBUS_BUILD_PROTOCOL`: a packager's release
+/// string (`0.1.0+deb12u1`), or `scripts/build-next`'s stand-in for the
+/// next release. Only the first call counts; it returns whether it did.
+pub fn stamp(release: Option<&str>, protocol: Option<u32>) -> bool {
+    if release.is_none() && protocol.is_none() {
+        return false;
+    }
+    STAMPED
+        .set(BuildVersion {
+            release: release.unwrap_or(RELEASE).to_string(),
+            protocol: protocol.unwrap_or(PROTOCOL_LEVEL),
+        })
+        .is_ok()
+}
+
 impl BuildVersion {
-    /// This build.
+    /// This build: the source's release and level, or what the executable
+    /// was stamped with ([`stamp`]).
     pub fn current() -> BuildVersion {
-        BuildVersion {
+        STAMPED.get().cloned().unwrap_or_else(|| BuildVersion {
             release: RELEASE.to_string(),
             protocol: PROTOCOL_LEVEL,
-        }
+        })
     }
 }
 

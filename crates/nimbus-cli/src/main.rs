@@ -131,7 +131,22 @@ fn version_text() -> &'static str {
     TEXT.get_or_init(|| nimbus_api::BuildVersion::current().to_string())
 }
 
+/// What this executable's builder stamped on it, if anything: the release
+/// in `NIMBUS_BUILD_RELEASE` (a packager's `0.1.0+deb12u1`) and the
+/// protocol level in `NIMBUS_BUILD_PROTOCOL` (`scripts/build-next` makes
+/// the stand-in for the next release with both). Read at compile time; only
+/// this crate recompiles when they change.
+const STAMPED_RELEASE: Option<&str> = option_env!("NIMBUS_BUILD_RELEASE");
+const STAMPED_PROTOCOL: Option<u32> = match option_env!("NIMBUS_BUILD_PROTOCOL") {
+    None => None,
+    Some(level) => match u32::from_str_radix(level, 10) {
+        Ok(level) => Some(level),
+        Err(_) => panic!("NIMBUS_BUILD_PROTOCOL must be a whole number"),
+    },
+};
+
 fn main() -> ExitCode {
+    nimbus_api::version::stamp(STAMPED_RELEASE, STAMPED_PROTOCOL);
     // The shim is started once per instance launch: it skips building the
     // whole command-line parser, which costs time and memory it never needs.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -5,6 +5,7 @@ use nimbus_api::{HostPhase, HostStatus};
 use super::AgentConfig;
 
 pub fn collect(config: &AgentConfig) -> HostStatus {
+    let build = nimbus_api::BuildVersion::current();
     HostStatus {
         phase: HostPhase::Ready,
         cpus: std::thread::available_parallelism()
@@ -27,8 +28,8 @@ pub fn collect(config: &AgentConfig) -> HostStatus {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         last_heartbeat: None,
-        agent_version: nimbus_api::version::RELEASE.to_string(),
-        agent_protocol: nimbus_api::version::PROTOCOL_LEVEL,
+        agent_version: build.release,
+        agent_protocol: build.protocol,
         instances: 0,
         // Filled in by the agent from its probe.
         accelerator: String::new(),

@@ -249,7 +249,9 @@ async fn not_found(uri: axum::http::Uri) -> ServerError {
 #[utoipa::path(get, path = "/v1/health", operation_id = "health", tag = "system", security(()),
     responses((status = 200, body = serde_json::Value, description = "The server is up: `{\"status\": \"ok\", \"version\": \"<version>\"}`")))]
 pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+    Json(
+        serde_json::json!({"status": "ok", "version": nimbus_api::BuildVersion::current().release}),
+    )
 }
 
 #[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami", tag = "system",

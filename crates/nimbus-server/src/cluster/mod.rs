@@ -30,6 +30,7 @@ const SECRETS_CHECK_VALUE: &str = "nimbus";
 /// Records this server in the store for as long as it runs. Fails when
 /// another live server uses the same `--server-name`.
 pub async fn announce(state: &AppState) -> anyhow::Result<()> {
+    let build = nimbus_api::BuildVersion::current();
     let record = ServerRecord {
         name: state.config.server_name.clone(),
         endpoint: state
@@ -37,8 +38,8 @@ pub async fn announce(state: &AppState) -> anyhow::Result<()> {
             .listen
             .map(|addr| format!("https://{addr}"))
             .unwrap_or_default(),
-        version: nimbus_api::version::RELEASE.to_string(),
-        protocol: nimbus_api::version::PROTOCOL_LEVEL,
+        version: build.release,
+        protocol: build.protocol,
         started_at: Utc::now(),
     };
     let value = serde_json::to_vec(&record)?;
