@@ -63,12 +63,24 @@ pub fn is_root(what: &str) -> bool {
     false
 }
 
-/// A free TCP port on loopback.
+/// A port free on loopback for both TCP and UDP, never handed out before
+/// in this test binary. The tests of one file run side by side: a port
+/// one of them only holds now and then (a daemon restarting on its port, a
+/// published port that is a rule with no socket, a port picked well before
+/// use) must not be given to another.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("no free port on loopback");
+        let port = tcp.local_addr().expect("bound address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        if GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(true) {
+            return port;
+        }
+    }
 }
 
 /// Wait until `f` returns Some, or panic with `what` after `timeout`.

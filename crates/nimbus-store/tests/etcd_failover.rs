@@ -216,15 +216,9 @@ async fn store_keeps_working_with_one_member_stopped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_names_the_endpoints_when_etcd_is_down() {
-    // Ports that nothing listens on: bound, then closed.
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        })
-        .collect();
+    // Ports that nothing listens on: bound, then closed, and never given
+    // to a member of the other tests' clusters.
+    let ports = etcd_cluster::free_ports(2);
     let config = nimbus_store::EtcdConfig {
         endpoints: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
         prefix: "/nimbus/".into(),

@@ -87,14 +87,21 @@ pub struct EtcdCluster {
     token: String,
 }
 
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
+/// `count` free loopback ports, none handed out before in this test
+/// binary: a stopped member comes back on its own ports, which another
+/// test running beside it must not have been given meanwhile.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        if GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(true) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 impl EtcdCluster {
