@@ -43,17 +43,14 @@ static STAMPED: std::sync::OnceLock<BuildVersion> = std::sync::OnceLock::new();
 /// calls it first thing with what its builder set in
 /// `NIMBUS_BUILD_RELEASE` / `NIMBUS_BUILD_PROTOCOL`: a packager's release
 /// string (`0.1.0+deb12u1`), or `scripts/build-next`'s stand-in for the
-/// next release. Only the first call counts; it returns whether it did.
-pub fn stamp(release: Option<&str>, protocol: Option<u32>) -> bool {
-    if release.is_none() && protocol.is_none() {
-        return false;
-    }
-    STAMPED
-        .set(BuildVersion {
+/// next release. Only the first call counts.
+pub fn stamp(release: Option<&str>, protocol: Option<u32>) {
+    if release.is_some() || protocol.is_some() {
+        let _ = STAMPED.set(BuildVersion {
             release: release.unwrap_or(RELEASE).to_string(),
             protocol: protocol.unwrap_or(PROTOCOL_LEVEL),
-        })
-        .is_ok()
+        });
+    }
 }
 
 impl BuildVersion {
